@@ -1,0 +1,60 @@
+use std::time::Duration;
+
+use andon_model::{SinkError, TenantError};
+
+/// Why an export was not (fully) accepted. The receivers turn these into HTTP
+/// statuses and gRPC codes; nothing else does.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("unsupported content type {0:?}: use application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    #[error("unsupported content encoding {0:?}: use gzip, zstd or identity")]
+    UnsupportedEncoding(String),
+    #[error("invalid X-Scope-OrgID: {0}")]
+    Tenant(#[from] TenantError),
+    #[error("server is busy, retry after {}s", retry_after.as_secs())]
+    Overloaded { retry_after: Duration },
+    #[error("storage unavailable, retry later: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IngestError {
+    /// How long a client should wait before retrying, when it should.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IngestError::Overloaded { retry_after } => Some(*retry_after),
+            IngestError::Unavailable(_) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// A short label for the rejected-spans metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Malformed(_)
+            | IngestError::UnsupportedMediaType(_)
+            | IngestError::UnsupportedEncoding(_) => "malformed",
+            IngestError::Tenant(_) => "tenant",
+            IngestError::TooLarge { .. } => "too_large",
+            IngestError::Overloaded { .. } => "overloaded",
+            IngestError::Unavailable(_) => "unavailable",
+            IngestError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<SinkError> for IngestError {
+    fn from(e: SinkError) -> Self {
+        match e {
+            SinkError::Overloaded { retry_after } => IngestError::Overloaded { retry_after },
+            SinkError::Unavailable(m) => IngestError::Unavailable(m),
+            SinkError::ShuttingDown => IngestError::Unavailable("server is shutting down".into()),
+        }
+    }
+}

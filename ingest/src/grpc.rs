@@ -1,0 +1,137 @@
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+
+use std::sync::Arc;
+
+use andon_model::Tenant;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::{Code, Request, Response, Status};
+
+use crate::rpc::{RpcStatus, retry_info};
+use crate::{IngestError, Ingestor};
+
+#[derive(Debug, Clone)]
+pub struct TraceReceiver {
+    ingestor: Arc<Ingestor>,
+}
+
+/// The gRPC status for an ingest error, with `RetryInfo` when the client should retry.
+pub fn to_status(e: &IngestError) -> Status {
+    let code = match e {
+        IngestError::Malformed(_)
+        | IngestError::Tenant(_)
+        | IngestError::UnsupportedMediaType(_)
+        | IngestError::UnsupportedEncoding(_) => Code::InvalidArgument,
+        IngestError::TooLarge { .. } => Code::ResourceExhausted,
+        IngestError::Overloaded { .. } | IngestError::Unavailable(_) => Code::Unavailable,
+        IngestError::Internal(_) => Code::Internal,
+    };
+    match e.retry_after() {
+        Some(delay) => {
+            let details = RpcStatus {
+                code: code as i32,
+                message: e.to_string(),
+                details: vec![retry_info(delay)],
+            };
+            Status::with_details(code, e.to_string(), details.encode_to_vec().into())
+        }
+        None => Status::new(code, e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for TraceReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let ing = &self.ingestor;
+        let result = async {
+            let tenant = Tenant::from_header(
+                request
+                    .metadata()
+                    .get("x-scope-orgid")
+                    .and_then(|v| v.to_str().ok()),
+            )?;
+            let size = request.get_ref().encoded_len();
+            let permit = ing.reserve(size)?;
+            ing.stats().add_request(size as u64);
+            let out = ing.export(&tenant, request.into_inner()).await;
+            drop(permit);
+            out
+        }
+        .await;
+        match result {
+            Ok(out) => {
+                let partial_success = (out.rejected > 0).then(|| ExportTracePartialSuccess {
+                    rejected_spans: i64::try_from(out.rejected).unwrap_or(i64::MAX),
+                    error_message: out.error_message.unwrap_or_default(),
+                });
+                Ok(Response::new(ExportTraceServiceResponse {
+                    partial_success,
+                }))
+            }
+            Err(e) => {
+                ing.record_refused(&e);
+                if matches!(e, IngestError::Internal(_)) {
+                    tracing::error!(error = %e, "otlp/grpc export failed");
+                }
+                Err(to_status(&e))
+            }
+        }
+    }
+}
+
+/// tonic answers errors it meets before the handler runs with codes OTLP does not
+/// use: a message over the size limit is `OUT_OF_RANGE` (OTLP: `RESOURCE_EXHAUSTED`,
+/// not retried) and an undecodable one `INTERNAL` (OTLP: `INVALID_ARGUMENT`, not
+/// retried). Those answers carry their status in the headers; this rewrites them.
+pub fn otlp_status_codes<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers();
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("");
+    let code = match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
+        Some("11") if message.contains("message length too large") => Some("8"),
+        Some("13") if message.contains("failed to decode Protobuf message") => Some("3"),
+        _ => None,
+    };
+    if let Some(code) = code {
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static(code));
+    }
+    resp
+}
+
+/// The gRPC service, with its size limit and gzip accepted.
+pub fn service(ingestor: Arc<Ingestor>) -> TraceServiceServer<TraceReceiver> {
+    let limit = ingestor.config().max_grpc_message_bytes;
+    TraceServiceServer::new(TraceReceiver { ingestor })
+        .max_decoding_message_size(limit)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+}
+
+/// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then drains in-flight
+/// exports.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ingestor: Arc<Ingestor>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(otlp_status_codes))
+        .add_service(service(ingestor))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+}

@@ -1,0 +1,165 @@
+//! andon-ingest: the OTLP trace receivers.
+//!
+//! Owns OTLP/gRPC (`TraceService/Export`) and OTLP/HTTP (`POST /v1/traces`) in
+//! protobuf and JSON, gzip or zstd, and the rules of the OTLP specification around
+//! them: partial success, retryable versus permanent errors, size limits and
+//! backpressure. Every request, whatever its transport, goes through one
+//! [`Ingestor`], which bounds the memory held by requests in flight, validates and
+//! converts spans to Arrow, and hands them to a [`SpanSink`]; the export is
+//! acknowledged only when the sink says the spans are durable.
+//!
+//! It does not store anything, and knows nothing about Parquet or SQL.
+
+pub mod convert;
+mod error;
+pub mod grpc;
+pub mod http;
+pub mod rpc;
+mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use andon_model::clock::Clock;
+use andon_model::{SpanSink, Tenant};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use convert::{Converted, SpanLimits, convert_request};
+pub use error::IngestError;
+pub use stats::{IngestSnapshot, IngestStats, RejectReason};
+
+/// Receiver settings, validated by the server's config.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Largest OTLP/HTTP body, after decompression.
+    pub max_request_bytes: usize,
+    /// Largest OTLP/gRPC message.
+    pub max_grpc_message_bytes: usize,
+    /// Memory that requests in flight may hold in total; past it, clients are told
+    /// to retry later.
+    pub max_inflight_bytes: usize,
+    pub span_limits: SpanLimits,
+    /// What `Retry-After` and `RetryInfo` suggest under overload.
+    pub retry_after: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 20 << 20,
+            max_grpc_message_bytes: 4 << 20,
+            max_inflight_bytes: 256 << 20,
+            span_limits: SpanLimits::default(),
+            retry_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The result of an accepted export.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportOutcome {
+    pub stored: usize,
+    pub duplicates: usize,
+    pub rejected: u64,
+    pub error_message: Option<String>,
+}
+
+/// Decoded spans held in memory are several times their encoded size; permits are
+/// taken for that, not for the bytes on the wire.
+const DECODED_EXPANSION: usize = 4;
+
+/// The shared core of every receiver.
+#[derive(Debug)]
+pub struct Ingestor {
+    sink: Arc<dyn SpanSink>,
+    clock: Arc<dyn Clock>,
+    config: IngestConfig,
+    inflight: Arc<Semaphore>,
+    stats: Arc<IngestStats>,
+}
+
+impl Ingestor {
+    pub fn new(sink: Arc<dyn SpanSink>, clock: Arc<dyn Clock>, config: IngestConfig) -> Self {
+        let permits = config.max_inflight_bytes.min(Semaphore::MAX_PERMITS);
+        Self {
+            sink,
+            clock,
+            inflight: Arc::new(Semaphore::new(permits)),
+            config,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn config(&self) -> &IngestConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &Arc<IngestStats> {
+        &self.stats
+    }
+
+    /// Reserves in-flight memory for a request of `encoded_bytes`, or refuses it.
+    pub fn reserve(&self, encoded_bytes: usize) -> Result<OwnedSemaphorePermit, IngestError> {
+        let want = encoded_bytes
+            .saturating_mul(DECODED_EXPANSION)
+            .clamp(1, self.config.max_inflight_bytes.max(1));
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        Arc::clone(&self.inflight)
+            .try_acquire_many_owned(want)
+            .map_err(|_| IngestError::Overloaded {
+                retry_after: self.config.retry_after,
+            })
+    }
+
+    /// Validates, converts and stores one request. Resolves once the spans are durable.
+    pub async fn export(
+        &self,
+        tenant: &Tenant,
+        req: ExportTraceServiceRequest,
+    ) -> Result<ExportOutcome, IngestError> {
+        let now = self.clock.now_ns();
+        let limits = self.config.span_limits;
+        let tenant_owned = tenant.clone();
+        let converted =
+            tokio::task::spawn_blocking(move || convert_request(&req, &tenant_owned, now, limits))
+                .await
+                .map_err(|e| IngestError::Internal(e.to_string()))?
+                .map_err(|e| IngestError::Internal(e.to_string()))?;
+        let received = converted.accepted() as u64 + converted.rejected;
+        self.stats.add_received(received);
+        self.stats
+            .add_rejected(RejectReason::Invalid, converted.rejected);
+        let Some(batch) = converted.batch else {
+            return Ok(ExportOutcome {
+                rejected: converted.rejected,
+                error_message: converted.error_message,
+                ..ExportOutcome::default()
+            });
+        };
+        let rows = batch.num_rows() as u64;
+        match self.sink.append(tenant, batch).await {
+            Ok(out) => {
+                self.stats.add_accepted(out.stored as u64);
+                self.stats
+                    .add_rejected(RejectReason::Duplicate, out.duplicates as u64);
+                Ok(ExportOutcome {
+                    stored: out.stored,
+                    duplicates: out.duplicates,
+                    rejected: converted.rejected,
+                    error_message: converted.error_message,
+                })
+            }
+            Err(e) => {
+                let e = IngestError::from(e);
+                self.stats.add_rejected(RejectReason::from_error(&e), rows);
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a request refused before its spans could be decoded.
+    pub fn record_refused(&self, e: &IngestError) {
+        self.stats.add_refused_request(RejectReason::from_error(e));
+    }
+}

@@ -1,0 +1,41 @@
+//! `SpanSink`: the seam between the receivers and the store.
+//!
+//! A sink resolves an append only once the spans are durable (or the operator opted
+//! out of durability), so a receiver that awaits it can acknowledge the export.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+
+use crate::Tenant;
+
+/// What became of an appended batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Spans stored for the first time.
+    pub stored: usize,
+    /// Spans already stored (a client retry), counted once and dropped.
+    pub duplicates: usize,
+}
+
+/// Why a sink did not take a batch. Every variant is retryable by the client: the
+/// receiver maps them to 503 / `UNAVAILABLE`, never to a 500.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("store is over its memory limit, retry after {retry_after:?}")]
+    Overloaded { retry_after: Duration },
+    #[error("write-ahead log unavailable: {0}")]
+    Unavailable(String),
+    #[error("store is shutting down")]
+    ShuttingDown,
+}
+
+pub type AppendFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<AppendOutcome, SinkError>> + Send + 'a>>;
+
+pub trait SpanSink: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores `batch` (with the span schema) for `tenant`.
+    fn append<'a>(&'a self, tenant: &'a Tenant, batch: RecordBatch) -> AppendFuture<'a>;
+}

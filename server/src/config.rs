@@ -1,0 +1,420 @@
+//! `andon.toml`: read, overlaid with `ANDON_*` variables and flags, validated once
+//! into [`Config`]. Nothing past this module sees raw configuration.
+//!
+//! Precedence, lowest first: built-in defaults, the file, environment variables
+//! (`ANDON_<KEY>` for top-level keys, `ANDON_<SECTION>_<KEY>` for the rest, for
+//! example `ANDON_STORAGE_DURABILITY=none`), then command-line flags.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use andon_ingest::{IngestConfig, SpanLimits};
+use andon_store::{Durability, QueryLimits, StoreConfig};
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub data_dir: PathBuf,
+    /// When set, the host of every listening address.
+    pub listen: String,
+    pub otlp: RawOtlp,
+    pub api: RawApi,
+    pub storage: RawStorage,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOtlp {
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub max_request_bytes: u64,
+    pub max_grpc_message_bytes: u64,
+    pub max_inflight_bytes: u64,
+    /// Reject spans older than this many seconds; 0 accepts any age.
+    pub max_span_age_secs: u64,
+    /// Reject spans starting more than this many seconds ahead; 0 accepts any.
+    pub max_span_future_secs: u64,
+    pub retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    pub addr: String,
+    pub query_max_rows: u64,
+    pub query_timeout_secs: u64,
+    pub query_threads: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    /// `fsync` (acknowledge after the WAL is synced) or `none`.
+    pub durability: String,
+    pub flush_interval_secs: u64,
+    pub flush_bytes: u64,
+    pub max_buffer_bytes: u64,
+    /// Keep segments this many hours; 0 keeps them forever.
+    pub retention_hours: u64,
+    pub dedup_window_secs: u64,
+    pub dedup_max_keys: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, for example `info` or `andon_store=debug,info`.
+    pub level: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("andon-data"),
+            listen: String::new(),
+            otlp: RawOtlp::default(),
+            api: RawApi::default(),
+            storage: RawStorage::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
+impl Default for RawOtlp {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:4317".into(),
+            http_addr: "127.0.0.1:4318".into(),
+            max_request_bytes: 20 << 20,
+            max_grpc_message_bytes: 4 << 20,
+            max_inflight_bytes: 256 << 20,
+            max_span_age_secs: 0,
+            max_span_future_secs: 0,
+            retry_after_secs: 2,
+        }
+    }
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:4380".into(),
+            query_max_rows: 10_000,
+            query_timeout_secs: 30,
+            query_threads: 2,
+        }
+    }
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            durability: "fsync".into(),
+            flush_interval_secs: 60,
+            flush_bytes: 64 << 20,
+            max_buffer_bytes: 512 << 20,
+            retention_hours: 24 * 7,
+            dedup_window_secs: 600,
+            dedup_max_keys: 4_000_000,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Flags of `andon serve` that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub otlp_grpc_addr: Option<String>,
+    pub otlp_http_addr: Option<String>,
+    pub api_addr: Option<String>,
+    pub listen: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub ingest: IngestConfig,
+    pub store: StoreConfig,
+    pub query: QueryLimits,
+    pub query_threads: usize,
+    pub log_json: bool,
+    pub log_level: String,
+}
+
+/// Applies `ANDON_*` variables from `vars` to the TOML table `doc`.
+fn apply_env(
+    doc: &mut toml::Table,
+    defaults: &toml::Table,
+    vars: &[(String, String)],
+) -> anyhow::Result<()> {
+    let parse = |raw: &str| -> toml::Value {
+        toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+    };
+    for (key, default) in defaults {
+        match default {
+            toml::Value::Table(section) => {
+                for (sub, sub_default) in section {
+                    let name = format!("ANDON_{}_{}", key.to_uppercase(), sub.to_uppercase());
+                    if let Some((_, v)) = vars.iter().find(|(k, _)| *k == name) {
+                        let value = match sub_default {
+                            toml::Value::String(_) => toml::Value::String(v.clone()),
+                            _ => parse(v),
+                        };
+                        let entry = doc
+                            .entry(key.clone())
+                            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                        let Some(table) = entry.as_table_mut() else {
+                            bail!("{key} must be a table")
+                        };
+                        table.insert(sub.clone(), value);
+                    }
+                }
+            }
+            _ => {
+                let name = format!("ANDON_{}", key.to_uppercase());
+                if let Some((_, v)) = vars.iter().find(|(k, _)| *k == name) {
+                    doc.insert(key.clone(), toml::Value::String(v.clone()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the file (if any) and the environment into a raw config.
+pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> anyhow::Result<RawConfig> {
+    let mut doc = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str::<toml::Table>(&text)
+                .with_context(|| format!("parsing config {}", p.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    let defaults = toml::Table::try_from(RawConfig::default())?;
+    apply_env(&mut doc, &defaults, vars)?;
+    let raw: RawConfig = doc.try_into().with_context(|| match path {
+        Some(p) => format!("invalid config {} (or ANDON_* variable)", p.display()),
+        None => "invalid ANDON_* variable".to_owned(),
+    })?;
+    Ok(raw)
+}
+
+fn addr(field: &str, value: &str, listen: Option<IpAddr>) -> anyhow::Result<SocketAddr> {
+    let mut a: SocketAddr = value
+        .parse()
+        .with_context(|| format!("{field}: {value:?} is not HOST:PORT"))?;
+    if let Some(ip) = listen {
+        a.set_ip(ip);
+    }
+    Ok(a)
+}
+
+fn size(field: &str, v: u64, min: u64) -> anyhow::Result<usize> {
+    if v < min {
+        bail!("{field} must be at least {min}");
+    }
+    usize::try_from(v).with_context(|| format!("{field} is too large"))
+}
+
+impl RawConfig {
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(d) = o.data_dir {
+            self.data_dir = d;
+        }
+        if let Some(a) = o.otlp_grpc_addr {
+            self.otlp.grpc_addr = a;
+        }
+        if let Some(a) = o.otlp_http_addr {
+            self.otlp.http_addr = a;
+        }
+        if let Some(a) = o.api_addr {
+            self.api.addr = a;
+        }
+        if let Some(l) = o.listen {
+            self.listen = l;
+        }
+    }
+
+    pub fn validate(self) -> anyhow::Result<Config> {
+        let listen = match self.listen.trim() {
+            "" => None,
+            ip => Some(
+                ip.parse::<IpAddr>()
+                    .with_context(|| format!("listen: {ip:?} is not an IP address"))?,
+            ),
+        };
+        let durability = match self.storage.durability.as_str() {
+            "fsync" => Durability::Fsync,
+            "none" => Durability::None,
+            other => bail!("storage.durability must be \"fsync\" or \"none\", not {other:?}"),
+        };
+        let log_json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => bail!("log.format must be \"text\" or \"json\", not {other:?}"),
+        };
+        let secs = |s: u64| (s > 0).then(|| s * 1_000_000_000);
+        let ingest = IngestConfig {
+            max_request_bytes: size("otlp.max_request_bytes", self.otlp.max_request_bytes, 1024)?,
+            max_grpc_message_bytes: size(
+                "otlp.max_grpc_message_bytes",
+                self.otlp.max_grpc_message_bytes,
+                1024,
+            )?,
+            max_inflight_bytes: size(
+                "otlp.max_inflight_bytes",
+                self.otlp.max_inflight_bytes,
+                1024,
+            )?,
+            span_limits: SpanLimits {
+                max_age_ns: secs(self.otlp.max_span_age_secs),
+                max_future_ns: secs(self.otlp.max_span_future_secs),
+            },
+            retry_after: Duration::from_secs(self.otlp.retry_after_secs.max(1)),
+        };
+        if self.storage.flush_interval_secs == 0 {
+            bail!("storage.flush_interval_secs must be at least 1");
+        }
+        let store = StoreConfig {
+            data_dir: self.data_dir,
+            durability,
+            flush_interval: Duration::from_secs(self.storage.flush_interval_secs),
+            flush_bytes: size("storage.flush_bytes", self.storage.flush_bytes, 1024)?,
+            max_buffer_bytes: size(
+                "storage.max_buffer_bytes",
+                self.storage.max_buffer_bytes,
+                1024,
+            )?,
+            retention: (self.storage.retention_hours > 0)
+                .then(|| Duration::from_secs(self.storage.retention_hours * 3_600)),
+            dedup_window: Duration::from_secs(self.storage.dedup_window_secs.max(1)),
+            dedup_max_keys: size("storage.dedup_max_keys", self.storage.dedup_max_keys, 1)?,
+        };
+        if store.max_buffer_bytes < store.flush_bytes {
+            bail!("storage.max_buffer_bytes must be at least storage.flush_bytes");
+        }
+        Ok(Config {
+            grpc_addr: addr("otlp.grpc_addr", &self.otlp.grpc_addr, listen)?,
+            http_addr: addr("otlp.http_addr", &self.otlp.http_addr, listen)?,
+            api_addr: addr("api.addr", &self.api.addr, listen)?,
+            ingest,
+            store,
+            query: QueryLimits {
+                max_rows: size("api.query_max_rows", self.api.query_max_rows, 1)?,
+                timeout: Duration::from_secs(self.api.query_timeout_secs.max(1)),
+            },
+            query_threads: size("api.query_threads", self.api.query_threads, 1)?,
+            log_json,
+            log_level: self.log.level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("andon.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\n[storage]\ndurability = \"none\"\nflush_bytes = 4096\n",
+        )
+        .unwrap();
+        let mut raw = load(
+            Some(&path),
+            &vars(&[
+                ("ANDON_STORAGE_FLUSH_BYTES", "8192"),
+                ("ANDON_API_ADDR", "127.0.0.1:0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(raw.storage.durability, "none");
+        assert_eq!(raw.storage.flush_bytes, 8192);
+        raw.apply(Overrides {
+            data_dir: Some("/from/flag".into()),
+            listen: Some("0.0.0.0".into()),
+            ..Overrides::default()
+        });
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.store.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(cfg.store.durability, Durability::None);
+        assert_eq!(cfg.api_addr.to_string(), "0.0.0.0:0");
+        assert_eq!(cfg.grpc_addr.to_string(), "0.0.0.0:4317");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("andon.toml");
+        std::fs::write(&path, "[storage]\nflush_byts = 1\n").unwrap();
+        let err = format!("{:#}", load(Some(&path), &[]).unwrap_err());
+        assert!(err.contains("flush_byts"), "{err}");
+        let mut raw = RawConfig::default();
+        raw.storage.durability = "sometimes".into();
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("storage.durability"), "{err}");
+        let err = load(None, &vars(&[("ANDON_OTLP_MAX_REQUEST_BYTES", "lots")])).unwrap_err();
+        assert!(format!("{err:#}").contains("max_request_bytes"), "{err:#}");
+    }
+}
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    #[test]
+    fn the_example_config_lists_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../andon.example.toml");
+        let raw = load(Some(&path), &[]).unwrap();
+        assert_eq!(
+            toml::Table::try_from(raw).unwrap(),
+            toml::Table::try_from(RawConfig::default()).unwrap()
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let defaults = toml::Table::try_from(RawConfig::default()).unwrap();
+        for (section, v) in &defaults {
+            for key in v
+                .as_table()
+                .map(|t| t.keys().cloned().collect())
+                .unwrap_or_else(|| vec![section.clone()])
+            {
+                assert!(
+                    text.contains(&format!("\n{key} =")),
+                    "andon.example.toml lacks {key}"
+                );
+            }
+        }
+    }
+}

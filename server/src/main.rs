@@ -1,0 +1,113 @@
+//! `andon`: the single binary. `andon serve` runs the receivers, the store and the
+//! API in one process; the other commands are clients of a running server (or, for
+//! `import --data-dir`, of a data directory).
+
+mod api;
+mod config;
+mod import;
+mod metrics;
+mod query_cli;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "andon",
+    version,
+    about = "Andon: where users struggle in production, and why"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the OTLP receivers, the store and the API.
+    Serve(ServeArgs),
+    /// Run read-only SQL over the spans of a running server.
+    Query(query_cli::QueryArgs),
+    /// Import OTLP JSON lines files.
+    Import(import::ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// OTLP/gRPC address, HOST:PORT (port 0 picks a free port).
+    #[arg(long)]
+    otlp_grpc_addr: Option<String>,
+    /// OTLP/HTTP address, HOST:PORT.
+    #[arg(long)]
+    otlp_http_addr: Option<String>,
+    /// REST API address, HOST:PORT.
+    #[arg(long)]
+    api_addr: Option<String>,
+    /// IP address every port listens on (for example 0.0.0.0).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+fn init_logging(json: bool, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ANDON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("ANDON_"))
+        .collect();
+    let mut raw = config::load(args.config.as_deref(), &vars)?;
+    raw.apply(config::Overrides {
+        data_dir: args.data_dir,
+        otlp_grpc_addr: args.otlp_grpc_addr,
+        otlp_http_addr: args.otlp_http_addr,
+        api_addr: args.api_addr,
+        listen: args.listen,
+    });
+    let config = raw.validate()?;
+    init_logging(config.log_json, &config.log_level);
+    runtime()?.block_on(serve::run(config))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("andon")
+        .build()?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Query(args) => runtime().and_then(|rt| rt.block_on(query_cli::run(args))),
+        Command::Import(args) => {
+            init_logging(false, "warn");
+            runtime().and_then(|rt| rt.block_on(import::run(args)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

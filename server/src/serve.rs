@@ -1,0 +1,123 @@
+//! `andon serve`: opens the store, binds the three ports, serves until SIGTERM or
+//! Ctrl-C, then drains in-flight requests and flushes everything to segments.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use andon_ingest::Ingestor;
+use andon_model::clock::SystemClock;
+use andon_store::{QueryEngine, Store};
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} on {addr}"))
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let store_config = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await?
+        .context("opening the store")?;
+    let maintenance = store.spawn_maintenance();
+    let ingestor = Arc::new(Ingestor::new(
+        Arc::new(store.clone()),
+        Arc::new(SystemClock),
+        config.ingest.clone(),
+    ));
+    let query = QueryEngine::new(store.clone(), config.query, config.query_threads)?;
+
+    let grpc = bind("otlp-grpc", config.grpc_addr).await?;
+    let http = bind("otlp-http", config.http_addr).await?;
+    let api_listener = bind("api", config.api_addr).await?;
+    let (grpc_addr, http_addr, api_addr) = (
+        grpc.local_addr()?,
+        http.local_addr()?,
+        api_listener.local_addr()?,
+    );
+
+    let app = Arc::new(AppState {
+        store: store.clone(),
+        query,
+        ingestor: Arc::clone(&ingestor),
+        ready: AtomicBool::new(false),
+        started: Instant::now(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let grpc_task = tokio::spawn(andon_ingest::grpc::serve(
+        grpc,
+        Arc::clone(&ingestor),
+        stopped(),
+    ));
+    let http_task = tokio::spawn(
+        axum::serve(
+            http,
+            andon_ingest::http::router(Arc::clone(&ingestor)).into_make_service(),
+        )
+        .with_graceful_shutdown(stopped())
+        .into_future(),
+    );
+    let api_task = tokio::spawn(
+        axum::serve(
+            api_listener,
+            api::router(Arc::clone(&app)).into_make_service(),
+        )
+        .with_graceful_shutdown(stopped())
+        .into_future(),
+    );
+    app.ready.store(true, Ordering::Release);
+    println!("listening otlp-grpc={grpc_addr} otlp-http={http_addr} api={api_addr}");
+    info!(%grpc_addr, %http_addr, %api_addr, data_dir = %config.store.data_dir.display(), "andon serving");
+
+    shutdown_signal().await;
+    info!("shutting down: draining in-flight requests");
+    app.ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let (g, h, a) = tokio::join!(grpc_task, http_task, api_task);
+    g?.context("otlp-grpc server")?;
+    h?.context("otlp-http server")?;
+    a?.context("api server")?;
+    let closing = store.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await?
+        .context("flushing the store")?;
+    let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;
+    info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,26 @@
+use datafusion::error::DataFusionError;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("wal: {0}")]
+    Wal(String),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("data directory {0} is in use by another andon process")]
+    Locked(String),
+    #[error("store is closed")]
+    Closed,
+    #[error("query: {0}")]
+    Query(#[from] DataFusionError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("query exceeded its time limit of {0:?}")]
+    Timeout(std::time::Duration),
+}

@@ -1,0 +1,523 @@
+//! andon-store: where spans live once a receiver has them.
+//!
+//! Owns the write-ahead log, the in-memory Arrow buffers of recent spans, the Parquet
+//! segments they are flushed to, retention, deduplication of retried spans, and the
+//! DataFusion `spans` table over all of it. It knows nothing about OTLP or HTTP: spans
+//! arrive as Arrow batches with the schema of [`andon_model::span_schema`] through the
+//! [`SpanSink`] seam, and leave through SQL.
+//!
+//! Durability protocol, in order:
+//! 1. an append is written to the WAL and synced (group commit), then put in the
+//!    buffer, then acknowledged;
+//! 2. a flush rotates the WAL, writes every buffered batch up to the rotation point as
+//!    segments (tmp file, sync, rename), swaps buffer for segments atomically for
+//!    readers, then records the rotation point in `checkpoint`;
+//! 3. only then are the WAL files at or before the checkpoint deleted.
+//!
+//! On start, segments newer than the checkpoint are deleted and the WAL after it is
+//! replayed, so a crash at any step loses nothing acknowledged and stores nothing twice.
+
+mod dedup;
+mod error;
+mod query;
+mod segment;
+mod stats;
+mod table;
+mod wal;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use andon_model::{AppendFuture, AppendOutcome, SinkError, SpanSink, Tenant};
+use arrow::compute::filter_record_batch;
+use arrow::record_batch::RecordBatch;
+use parking_lot::{Mutex, RwLock};
+use tracing::{info, warn};
+
+pub use error::StoreError;
+pub use query::{QueryEngine, QueryLimits, QueryOutput};
+pub use segment::Segment;
+pub use stats::{StoreSnapshot, StoreStats};
+pub use table::SpansTable;
+
+use dedup::{DedupIndex, batch_keys};
+
+/// Whether an append waits for the WAL to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fdatasync` before acknowledging (the default).
+    Fsync,
+    /// Acknowledge once written to the OS; a power loss may lose recent spans.
+    None,
+}
+
+/// Store settings, already validated by the server's config.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Flush buffered spans once the oldest is this old.
+    pub flush_interval: Duration,
+    /// Flush once the buffer holds this many bytes.
+    pub flush_bytes: usize,
+    /// Refuse appends (retryably) while the buffer holds more than this.
+    pub max_buffer_bytes: usize,
+    /// Delete segments whose hour ended longer ago than this.
+    pub retention: Option<Duration>,
+    /// How long a span's ids are remembered for deduplication.
+    pub dedup_window: Duration,
+    /// The most span ids remembered for deduplication.
+    pub dedup_max_keys: usize,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            durability: Durability::Fsync,
+            flush_interval: Duration::from_secs(60),
+            flush_bytes: 64 << 20,
+            max_buffer_bytes: 512 << 20,
+            retention: Some(Duration::from_secs(7 * 24 * 3_600)),
+            dedup_window: Duration::from_secs(600),
+            dedup_max_keys: 4_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Buffered {
+    seq: u64,
+    tenant: Tenant,
+    batch: RecordBatch,
+    bytes: usize,
+    at: Instant,
+}
+
+/// What readers see: the buffer and the committed segments, swapped together.
+#[derive(Debug, Default)]
+struct State {
+    buffer: VecDeque<Buffered>,
+    buffer_bytes: usize,
+    segments: BTreeMap<PathBuf, Segment>,
+}
+
+/// A consistent view for one query.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub batches: Vec<RecordBatch>,
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: StoreConfig,
+    state: Arc<RwLock<State>>,
+    dedup: Mutex<DedupIndex>,
+    wal: wal::Wal,
+    closed: AtomicBool,
+    flush_lock: Mutex<()>,
+    stats: Arc<StoreStats>,
+    _lock: File,
+}
+
+/// The span store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    fn segments_dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("segments")
+    }
+
+    fn checkpoint_path(data_dir: &Path) -> PathBuf {
+        data_dir.join("checkpoint")
+    }
+
+    /// Opens (or creates) the store, replaying the WAL. Blocking.
+    pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        let dir = &config.data_dir;
+        fs::create_dir_all(dir.join("wal"))?;
+        fs::create_dir_all(Self::segments_dir(dir))?;
+        let lock = File::create(dir.join("LOCK"))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked(dir.display().to_string()));
+        }
+        let fsync = config.durability == Durability::Fsync;
+        let checkpoint = read_checkpoint(&Self::checkpoint_path(dir))?;
+        let segments = segment::load_segments(&Self::segments_dir(dir), checkpoint)?;
+        let stats = Arc::new(StoreStats::default());
+
+        let mut dedup = DedupIndex::new(config.dedup_window, config.dedup_max_keys);
+        let now = Instant::now();
+        let recent = SystemTime::now() - config.dedup_window;
+        for s in &segments {
+            let modified = fs::metadata(&s.path).and_then(|m| m.modified());
+            if modified.is_ok_and(|m| m >= recent) {
+                for b in segment::read_ids(&s.path)? {
+                    dedup.insert_new(&batch_keys(&b), now);
+                }
+            }
+        }
+
+        let mut state = State {
+            segments: segments.into_iter().map(|s| (s.path.clone(), s)).collect(),
+            ..State::default()
+        };
+        let mut replayed = 0usize;
+        let last_seq = wal::replay(&dir.join("wal"), checkpoint, |r| {
+            for batch in r.batches {
+                // A record may repeat spans that reached a segment before a crash.
+                let mask = dedup.insert_new(&batch_keys(&batch), now);
+                let Ok(batch) = filter_record_batch(&batch, &mask) else {
+                    continue;
+                };
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                replayed += batch.num_rows();
+                let bytes = batch.get_array_memory_size();
+                state.buffer_bytes += bytes;
+                state.buffer.push_back(Buffered {
+                    seq: r.seq,
+                    tenant: r.tenant.clone(),
+                    batch,
+                    bytes,
+                    at: now,
+                });
+            }
+        })?;
+        info!(
+            checkpoint,
+            last_seq,
+            replayed_spans = replayed,
+            segments = state.segments.len(),
+            "store opened"
+        );
+
+        let state = Arc::new(RwLock::new(state));
+        let on_durable = {
+            let state = Arc::clone(&state);
+            Box::new(move |records: Vec<(u64, Tenant, RecordBatch)>| {
+                let now = Instant::now();
+                let mut s = state.write();
+                for (seq, tenant, batch) in records {
+                    let bytes = batch.get_array_memory_size();
+                    s.buffer_bytes += bytes;
+                    s.buffer.push_back(Buffered {
+                        seq,
+                        tenant,
+                        batch,
+                        bytes,
+                        at: now,
+                    });
+                }
+            })
+        };
+        let wal = wal::Wal::start(
+            wal::WalOptions {
+                dir: dir.join("wal"),
+                fsync,
+                segment_bytes: 256 << 20,
+                next_seq: last_seq + 1,
+                stats: Arc::clone(&stats),
+            },
+            on_durable,
+        )?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                config,
+                state,
+                dedup: Mutex::new(dedup),
+                wal,
+                closed: AtomicBool::new(false),
+                flush_lock: Mutex::new(()),
+                stats,
+                _lock: lock,
+            }),
+        };
+        // Replayed spans go to segments straight away, so the WAL does not grow
+        // across repeated crashes.
+        if replayed > 0 {
+            store.flush()?;
+        }
+        Ok(store)
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    pub fn stats(&self) -> &Arc<StoreStats> {
+        &self.inner.stats
+    }
+
+    /// Stores a batch once it is durable; spans already stored are dropped.
+    pub async fn append(
+        &self,
+        tenant: &Tenant,
+        batch: RecordBatch,
+    ) -> Result<AppendOutcome, SinkError> {
+        let total = batch.num_rows();
+        if total == 0 {
+            return Ok(AppendOutcome::default());
+        }
+        {
+            let s = self.inner.state.read();
+            if s.buffer_bytes > self.inner.config.max_buffer_bytes {
+                return Err(SinkError::Overloaded {
+                    retry_after: Duration::from_secs(5),
+                });
+            }
+        }
+        let keys = batch_keys(&batch);
+        let mask = self.inner.dedup.lock().insert_new(&keys, Instant::now());
+        let forget = || self.inner.dedup.lock().remove(&keys, &mask);
+        let fresh = match filter_record_batch(&batch, &mask) {
+            Ok(b) => b,
+            Err(e) => {
+                forget();
+                return Err(SinkError::Unavailable(e.to_string()));
+            }
+        };
+        let stored = fresh.num_rows();
+        let outcome = AppendOutcome {
+            stored,
+            duplicates: total - stored,
+        };
+        if stored == 0 {
+            self.inner.stats.add_stored(0, outcome.duplicates);
+            return Ok(outcome);
+        }
+        let payload = match wal::encode_batch(tenant, &fresh) {
+            Ok(p) => p,
+            Err(e) => {
+                forget();
+                return Err(SinkError::Unavailable(e.to_string()));
+            }
+        };
+        match self.inner.wal.append(payload, tenant.clone(), fresh).await {
+            Ok(_) => {
+                self.inner.stats.add_stored(stored, outcome.duplicates);
+                Ok(outcome)
+            }
+            Err(StoreError::Closed) => {
+                forget();
+                Err(SinkError::ShuttingDown)
+            }
+            Err(e) => {
+                forget();
+                Err(SinkError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// The buffered batches and segments a query of `tenant` (all tenants when
+    /// `None`) over hours `[min_hour, max_hour]` must read.
+    pub fn snapshot(&self, tenant: Option<&Tenant>, hours: (i64, i64)) -> Snapshot {
+        let s = self.inner.state.read();
+        let batches = s
+            .buffer
+            .iter()
+            .filter(|b| tenant.is_none_or(|t| *t == b.tenant))
+            .map(|b| b.batch.clone())
+            .collect();
+        let segments = s
+            .segments
+            .values()
+            .filter(|seg| tenant.is_none_or(|t| *t == seg.tenant))
+            .filter(|seg| seg.hour >= hours.0 && seg.hour <= hours.1)
+            .cloned()
+            .collect();
+        Snapshot { batches, segments }
+    }
+
+    /// Whether a flush is due by size or age.
+    fn flush_due(&self) -> bool {
+        let s = self.inner.state.read();
+        let cfg = &self.inner.config;
+        s.buffer_bytes >= cfg.flush_bytes
+            || s.buffer
+                .front()
+                .is_some_and(|b| b.at.elapsed() >= cfg.flush_interval)
+    }
+
+    /// Writes every buffered span to segments and truncates the WAL. Blocking.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        let _guard = self.inner.flush_lock.lock();
+        let started = Instant::now();
+        let through = self.inner.wal.rotate()?;
+        let mut by_tenant: BTreeMap<Tenant, Vec<RecordBatch>> = BTreeMap::new();
+        {
+            let s = self.inner.state.read();
+            for b in s.buffer.iter().take_while(|b| b.seq <= through) {
+                by_tenant
+                    .entry(b.tenant.clone())
+                    .or_default()
+                    .push(b.batch.clone());
+            }
+        }
+        let fsync = self.inner.config.durability == Durability::Fsync;
+        let root = Self::segments_dir(&self.inner.config.data_dir);
+        let mut written = Vec::new();
+        let mut rows = 0;
+        for (tenant, batches) in &by_tenant {
+            for (n, (hour, batch)) in segment::partition_by_hour(batches)?.into_iter().enumerate() {
+                let seg = segment::write_segment(&root, tenant, hour, through, n, &batch, fsync)?;
+                rows += seg.rows as usize;
+                self.inner.stats.add_segment(seg.bytes);
+                written.push(seg);
+            }
+        }
+        {
+            let mut s = self.inner.state.write();
+            while s.buffer.front().is_some_and(|b| b.seq <= through) {
+                if let Some(b) = s.buffer.pop_front() {
+                    s.buffer_bytes -= b.bytes;
+                }
+            }
+            for seg in written {
+                s.segments.insert(seg.path.clone(), seg);
+            }
+        }
+        write_checkpoint(&self.inner.config.data_dir, through, fsync)?;
+        wal::truncate_through(&self.inner.config.data_dir.join("wal"), through)?;
+        if rows > 0 {
+            self.inner.stats.flush_latency.observe(started.elapsed());
+            info!(
+                rows,
+                through,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "flushed spans to segments"
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Deletes segments of hours that ended before `now - retention`.
+    pub fn apply_retention(&self, now: SystemTime) -> Result<usize, StoreError> {
+        let Some(retention) = self.inner.config.retention else {
+            return Ok(0);
+        };
+        let cutoff = now
+            .checked_sub(retention)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(i64::MIN, |d| d.as_secs() as i64 / 3_600);
+        let expired: Vec<Segment> = {
+            let mut s = self.inner.state.write();
+            let paths: Vec<PathBuf> = s
+                .segments
+                .values()
+                .filter(|seg| seg.hour < cutoff)
+                .map(|seg| seg.path.clone())
+                .collect();
+            paths.iter().filter_map(|p| s.segments.remove(p)).collect()
+        };
+        for seg in &expired {
+            if let Err(e) = fs::remove_file(&seg.path) {
+                warn!(path = %seg.path.display(), error = %e, "could not delete expired segment");
+            }
+            if let Some(dir) = seg.path.parent() {
+                // Succeeds only once the hour directory is empty.
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        if !expired.is_empty() {
+            info!(segments = expired.len(), "retention deleted segments");
+        }
+        Ok(expired.len())
+    }
+
+    /// Runs flushes and retention in the background until the store is closed.
+    pub fn spawn_maintenance(&self) -> std::thread::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::spawn(move || {
+            let mut last_retention = Instant::now() - Duration::from_secs(3_600);
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                let Some(inner) = weak.upgrade() else { return };
+                let store = Store { inner };
+                if store.inner.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                if store.flush_due()
+                    && let Err(e) = store.flush()
+                {
+                    warn!(error = %e, "flush failed, will retry");
+                }
+                if last_retention.elapsed() >= Duration::from_secs(60) {
+                    last_retention = Instant::now();
+                    if let Err(e) = store.apply_retention(SystemTime::now()) {
+                        warn!(error = %e, "retention failed");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Counters and sizes for `/metrics`.
+    pub fn snapshot_stats(&self) -> StoreSnapshot {
+        let mut out = StoreSnapshot::default();
+        self.inner.stats.fill(&mut out);
+        {
+            let s = self.inner.state.read();
+            out.segments = s.segments.len() as u64;
+            out.segment_disk_bytes = s.segments.values().map(|x| x.bytes).sum();
+            out.buffered_spans = s.buffer.iter().map(|b| b.batch.num_rows() as u64).sum();
+            out.buffered_bytes = s.buffer_bytes as u64;
+        }
+        out.dedup_keys = self.inner.dedup.lock().len() as u64;
+        out.wal_disk_bytes = fs::read_dir(self.inner.config.data_dir.join("wal"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        out
+    }
+
+    /// Flushes everything, so nothing is left to replay, and stops maintenance.
+    /// Appends still in flight finish; the WAL writer stops with the last handle.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.flush()?;
+        Ok(())
+    }
+}
+
+impl SpanSink for Store {
+    fn append<'a>(&'a self, tenant: &'a Tenant, batch: RecordBatch) -> AppendFuture<'a> {
+        Box::pin(Store::append(self, tenant, batch))
+    }
+}
+
+fn read_checkpoint(path: &Path) -> Result<u64, StoreError> {
+    match fs::read_to_string(path) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("checkpoint file {}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_checkpoint(dir: &Path, seq: u64, fsync: bool) -> Result<(), StoreError> {
+    let tmp = dir.join("checkpoint.tmp");
+    fs::write(&tmp, format!("{seq}\n"))?;
+    if fsync {
+        File::open(&tmp)?.sync_all()?;
+    }
+    fs::rename(&tmp, Store::checkpoint_path(dir))?;
+    if fsync {
+        wal::sync_dir(dir)?;
+    }
+    Ok(())
+}

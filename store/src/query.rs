@@ -1,0 +1,154 @@
+//! Read-only SQL over the `spans` table, on a runtime of its own so a heavy query
+//! never starves the receivers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use andon_model::Tenant;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+
+use crate::{SpansTable, Store, StoreError};
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// Rows returned at most; the rest are cut and the output marked truncated.
+    pub max_rows: usize,
+    pub timeout: Duration,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: 10_000,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub truncated: bool,
+    pub elapsed: Duration,
+}
+
+/// Owns the query runtime; shut down without blocking when dropped.
+#[derive(Debug)]
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryEngine {
+    store: Store,
+    /// Keeps the runtime alive as long as any clone of the engine.
+    _runtime: Arc<QueryRuntime>,
+    handle: tokio::runtime::Handle,
+    limits: QueryLimits,
+}
+
+impl QueryEngine {
+    pub fn new(store: Store, limits: QueryLimits, threads: usize) -> Result<Self, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("andon-query")
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        Ok(Self {
+            store,
+            _runtime: Arc::new(QueryRuntime(Some(rt))),
+            handle,
+            limits,
+        })
+    }
+
+    pub fn limits(&self) -> QueryLimits {
+        self.limits
+    }
+
+    /// A session whose `spans` table shows `tenant`'s spans (every tenant's if `None`).
+    pub fn session(&self, tenant: Option<Tenant>) -> Result<SessionContext, StoreError> {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_information_schema(false);
+        let opts = config.options_mut();
+        opts.execution.parquet.pushdown_filters = true;
+        opts.execution.parquet.reorder_filters = true;
+        opts.sql_parser.enable_ident_normalization = true;
+        let ctx = SessionContext::new_with_config(config);
+        let table = match tenant {
+            Some(t) => SpansTable::for_tenant(self.store.clone(), t),
+            None => SpansTable::all_tenants(self.store.clone()),
+        };
+        ctx.register_table("spans", Arc::new(table))?;
+        Ok(ctx)
+    }
+
+    /// Runs one read-only statement. Anything that is not a query (DDL, DML, `SET`,
+    /// `COPY`) is refused.
+    pub async fn run(&self, tenant: Option<Tenant>, sql: &str) -> Result<QueryOutput, StoreError> {
+        let started = Instant::now();
+        let ctx = self.session(tenant)?;
+        let sql = sql.to_owned();
+        let max_rows = self.limits.max_rows;
+        let task = self.handle.spawn(async move {
+            let options = SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false);
+            let df = ctx.sql_with_options(&sql, options).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let mut stream = df.execute_stream().await?;
+            let mut batches = Vec::new();
+            let mut rows = 0;
+            let mut truncated = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                if rows + batch.num_rows() > max_rows {
+                    batches.push(batch.slice(0, max_rows - rows));
+                    truncated = true;
+                    break;
+                }
+                rows += batch.num_rows();
+                batches.push(batch);
+            }
+            Ok::<_, StoreError>((schema, batches, truncated))
+        });
+        let abort = task.abort_handle();
+        let result = match tokio::time::timeout(self.limits.timeout, task).await {
+            Ok(joined) => {
+                joined.map_err(|e| StoreError::Refused(format!("query task failed: {e}")))?
+            }
+            Err(_) => {
+                abort.abort();
+                Err(StoreError::Timeout(self.limits.timeout))
+            }
+        };
+        let elapsed = started.elapsed();
+        self.store.stats().query_latency.observe(elapsed);
+        match result {
+            Ok((schema, batches, truncated)) => Ok(QueryOutput {
+                schema,
+                batches,
+                truncated,
+                elapsed,
+            }),
+            Err(e) => {
+                self.store.stats().add_query_failure();
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Parquet segments: immutable files of spans for one tenant and one hour.
+//!
+//! Layout: `segments/<tenant>/<YYYY-MM-DDTHH>/<flush seq>-<n>.parquet`. Each file is
+//! written as `*.parquet.tmp`, synced, renamed and its directory synced, so a crash
+//! never leaves half a segment under a real name. The flush sequence number in the
+//! name ties a file to the WAL checkpoint: a file whose flush was never checkpointed
+//! is an orphan, deleted on start while the WAL replays its spans.
+//!
+//! Rows are sorted by service, span name and start time: that is what detectors and
+//! people filter on, so row-group statistics prune well, and neighbouring rows share
+//! attribute values, which dictionary encoding and zstd turn into few bytes.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use andon_model::{Tenant, span_schema};
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::TimestampNanosecondType;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::reader::FileReader;
+use parquet::file::serialized_reader::SerializedFileReader;
+use parquet::schema::types::ColumnPath;
+
+use crate::error::StoreError;
+use crate::wal::sync_dir;
+
+pub const NANOS_PER_HOUR: i64 = 3_600 * 1_000_000_000;
+
+/// A committed segment file.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub path: PathBuf,
+    pub tenant: Tenant,
+    /// Hours since the epoch of every span's start time in the file.
+    pub hour: i64,
+    pub flush_seq: u64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// `YYYY-MM-DDTHH` for an hour since the epoch (UTC, proleptic Gregorian).
+pub fn hour_dir_name(hour: i64) -> String {
+    let days = hour.div_euclid(24);
+    let h = hour.rem_euclid(24);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}")
+}
+
+fn parse_hour_dir(name: &str) -> Option<i64> {
+    let (date, h) = name.split_once('T')?;
+    let mut parts = date.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: u32 = parts.next()?.parse().ok()?;
+    let d: u32 = parts.next()?.parse().ok()?;
+    let h: i64 = h.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(0..24).contains(&h) {
+        return None;
+    }
+    Some(days_from_civil(y, m, d) * 24 + h)
+}
+
+// Howard Hinnant's civil-calendar algorithms.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn writer_properties(rows: usize) -> Result<WriterProperties, StoreError> {
+    let schema = span_schema();
+    let idx = |n: &str| schema.index_of(n).map(|i| i as i32).unwrap_or(0);
+    let col = |n: &str| ColumnPath::from(n);
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .set_sorting_columns(Some(vec![
+            SortingColumn {
+                column_idx: idx("service_name"),
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: idx("name"),
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: idx("start_time"),
+                descending: false,
+                nulls_first: false,
+            },
+        ]))
+        // Trace lookups (`WHERE trace_id = '…'`) skip row groups by bloom filter.
+        .set_column_bloom_filter_enabled(col("trace_id"), true)
+        .set_column_bloom_filter_max_ndv(col("trace_id"), rows.clamp(1_000, 256 * 1024) as u64)
+        .set_column_bloom_filter_fpp(col("trace_id"), 0.01);
+    // Random ids gain nothing from a dictionary; sorted times are cheap as deltas.
+    for c in ["span_id", "parent_span_id"] {
+        b = b.set_column_dictionary_enabled(col(c), false);
+    }
+    for c in ["start_time", "end_time", "duration_ns"] {
+        b = b
+            .set_column_dictionary_enabled(col(c), false)
+            .set_column_encoding(col(c), Encoding::DELTA_BINARY_PACKED);
+    }
+    Ok(b.build())
+}
+
+/// Sorts the batches of one tenant and splits them by hour: `(hour, sorted batch)`.
+pub fn partition_by_hour(batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
+    let schema = span_schema();
+    let all = concat_batches(&schema, batches)?;
+    if all.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let column = |n: &str| -> Result<ArrayRef, StoreError> {
+        all.column_by_name(n)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("batch lacks column {n}")))
+    };
+    let start = column("start_time")?;
+    let hours: Int64Array = start
+        .as_primitive::<TimestampNanosecondType>()
+        .iter()
+        .map(|t| t.map(|t| t.div_euclid(NANOS_PER_HOUR)))
+        .collect();
+    let sort = [
+        SortColumn {
+            values: Arc::new(hours.clone()),
+            options: None,
+        },
+        SortColumn {
+            values: column("service_name")?,
+            options: None,
+        },
+        SortColumn {
+            values: column("name")?,
+            options: None,
+        },
+        SortColumn {
+            values: start,
+            options: None,
+        },
+    ];
+    let indices = lexsort_to_indices(&sort, None)?;
+    let sorted = take_record_batch(&all, &indices)?;
+    let sorted_hours = arrow::compute::take(&hours, &indices, None)?;
+    let sorted_hours = sorted_hours.as_primitive::<arrow::datatypes::Int64Type>();
+    let mut out = Vec::new();
+    let mut run_start = 0;
+    for i in 1..=sorted.num_rows() {
+        if i == sorted.num_rows() || sorted_hours.value(i) != sorted_hours.value(run_start) {
+            out.push((
+                sorted_hours.value(run_start),
+                sorted.slice(run_start, i - run_start),
+            ));
+            run_start = i;
+        }
+    }
+    Ok(out)
+}
+
+pub fn tenant_dir(root: &Path, tenant: &Tenant) -> PathBuf {
+    root.join(tenant.as_str())
+}
+
+/// Writes one sorted batch as a segment, durably, and returns it.
+pub fn write_segment(
+    root: &Path,
+    tenant: &Tenant,
+    hour: i64,
+    flush_seq: u64,
+    n: usize,
+    batch: &RecordBatch,
+    fsync: bool,
+) -> Result<Segment, StoreError> {
+    let dir = tenant_dir(root, tenant).join(hour_dir_name(hour));
+    let new_dir = !dir.exists();
+    fs::create_dir_all(&dir)?;
+    let name = format!("{flush_seq:020}-{n:04}.parquet");
+    let path = dir.join(&name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let file = File::create(&tmp)?;
+    let mut w = ArrowWriter::try_new(
+        file,
+        span_schema(),
+        Some(writer_properties(batch.num_rows())?),
+    )?;
+    w.write(batch)?;
+    let file = w.into_inner()?;
+    if fsync {
+        file.sync_all()?;
+    }
+    let bytes = file.metadata()?.len();
+    drop(file);
+    fs::rename(&tmp, &path)?;
+    if fsync {
+        sync_dir(&dir)?;
+        if new_dir {
+            // The hour and tenant directories must survive too.
+            for d in dir.ancestors().skip(1).take(2) {
+                sync_dir(d)?;
+            }
+        }
+    }
+    Ok(Segment {
+        path,
+        tenant: tenant.clone(),
+        hour,
+        flush_seq,
+        rows: batch.num_rows() as u64,
+        bytes,
+    })
+}
+
+/// Every segment under `root`. Temporary files are deleted, and so are segments of
+/// flushes after `checkpoint`, whose spans are still in the WAL.
+pub fn load_segments(root: &Path, checkpoint: u64) -> Result<Vec<Segment>, StoreError> {
+    let mut out = Vec::new();
+    if !root.exists() {
+        return Ok(out);
+    }
+    for t in fs::read_dir(root)? {
+        let t = t?;
+        let Some(tenant) = t.file_name().to_str().and_then(|n| Tenant::new(n).ok()) else {
+            continue;
+        };
+        for h in fs::read_dir(t.path())? {
+            let h = h?;
+            let Some(hour) = h.file_name().to_str().and_then(parse_hour_dir) else {
+                continue;
+            };
+            for f in fs::read_dir(h.path())? {
+                let path = f?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned)
+                else {
+                    continue;
+                };
+                if name.ends_with(".tmp") {
+                    fs::remove_file(&path)?;
+                    continue;
+                }
+                let Some(flush_seq) = name
+                    .strip_suffix(".parquet")
+                    .and_then(|s| s.split_once('-'))
+                    .and_then(|(s, _)| s.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if flush_seq > checkpoint {
+                    tracing::info!(path = %path.display(), "removing segment of an unfinished flush");
+                    fs::remove_file(&path)?;
+                    continue;
+                }
+                let bytes = fs::metadata(&path)?.len();
+                let reader = SerializedFileReader::new(File::open(&path)?)?;
+                let rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
+                out.push(Segment {
+                    path,
+                    tenant: tenant.clone(),
+                    hour,
+                    flush_seq,
+                    rows,
+                    bytes,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.hour, a.flush_seq, &a.path).cmp(&(b.hour, b.flush_seq, &b.path)));
+    Ok(out)
+}
+
+/// Reads only the id columns of a segment, to rebuild the dedup index.
+pub fn read_ids(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["trace_id", "span_id"]);
+    let reader = builder.with_projection(mask).build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hour_names_round_trip() {
+        for hour in [0, 1, 24 * 365 * 56 + 13, 473_000] {
+            assert_eq!(parse_hour_dir(&hour_dir_name(hour)), Some(hour));
+        }
+        // 2026-11-21T23:00:00Z
+        assert_eq!(hour_dir_name(1_795_302_000 / 3_600), "2026-11-21T23");
+        assert_eq!(parse_hour_dir("2026-13-01T00"), None);
+    }
+}

@@ -1,0 +1,216 @@
+//! The `spans` table: a DataFusion `TableProvider` over the buffered batches and the
+//! Parquet segments of one tenant (or of all tenants, for operators).
+//!
+//! Each scan takes one consistent snapshot from the store, so a span is seen exactly
+//! once even while a flush moves it from the buffer into a segment. Segments are
+//! pruned by hour from the `start_time` bounds in the query; inside a segment,
+//! DataFusion prunes row groups and pages by statistics and bloom filters.
+
+use std::sync::Arc;
+
+use andon_model::{Tenant, span_schema};
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::error::Result;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+
+use crate::Store;
+use crate::segment::NANOS_PER_HOUR;
+
+#[derive(Debug, Clone)]
+pub struct SpansTable {
+    store: Store,
+    tenant: Option<Tenant>,
+}
+
+impl SpansTable {
+    /// The spans of one tenant.
+    pub fn for_tenant(store: Store, tenant: Tenant) -> Self {
+        Self {
+            store,
+            tenant: Some(tenant),
+        }
+    }
+
+    /// The spans of every tenant.
+    pub fn all_tenants(store: Store) -> Self {
+        Self {
+            store,
+            tenant: None,
+        }
+    }
+}
+
+fn timestamp_nanos(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::TimestampNanosecond(Some(t), _) => Some(*t),
+        ScalarValue::TimestampMicrosecond(Some(t), _) => t.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(t), _) => t.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(t), _) => t.checked_mul(1_000_000_000),
+        _ => None,
+    }
+}
+
+fn is_start_time(e: &Expr) -> bool {
+    match e {
+        Expr::Column(c) => c.name == "start_time",
+        _ => false,
+    }
+}
+
+/// Narrows `[lo, hi]` (hours) by one conjunct over `start_time`.
+fn narrow(e: &Expr, hours: &mut (i64, i64)) {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+        return;
+    };
+    if *op == Operator::And {
+        narrow(left, hours);
+        narrow(right, hours);
+        return;
+    }
+    let (op, lit) = match (left.as_ref(), right.as_ref()) {
+        (l, Expr::Literal(v, _)) if is_start_time(l) => (*op, v),
+        (Expr::Literal(v, _), r) if is_start_time(r) => match op.swap() {
+            Some(op) => (op, v),
+            None => return,
+        },
+        _ => return,
+    };
+    let Some(t) = timestamp_nanos(lit) else {
+        return;
+    };
+    let hour = t.div_euclid(NANOS_PER_HOUR);
+    match op {
+        Operator::Gt | Operator::GtEq => hours.0 = hours.0.max(hour),
+        Operator::Lt | Operator::LtEq => hours.1 = hours.1.min(hour),
+        Operator::Eq => {
+            hours.0 = hours.0.max(hour);
+            hours.1 = hours.1.min(hour);
+        }
+        _ => {}
+    }
+}
+
+#[async_trait]
+impl TableProvider for SpansTable {
+    fn schema(&self) -> SchemaRef {
+        span_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters are used for pruning and re-applied above the scan.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut hours = (i64::MIN, i64::MAX);
+        for f in filters {
+            narrow(f, &mut hours);
+        }
+        let snap = self.store.snapshot(self.tenant.as_ref(), hours);
+        let schema = span_schema();
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+
+        if !snap.segments.is_empty() {
+            let partitions = state.config().target_partitions().max(1);
+            let mut groups: Vec<Vec<PartitionedFile>> =
+                vec![Vec::new(); partitions.min(snap.segments.len())];
+            let n = groups.len();
+            for (i, seg) in snap.segments.iter().enumerate() {
+                groups[i % n].push(PartitionedFile::new(
+                    seg.path.to_string_lossy().into_owned(),
+                    seg.bytes,
+                ));
+            }
+            let options = state.table_options().parquet.clone();
+            let format = ParquetFormat::default().with_options(options.clone());
+            let source =
+                ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+            let config =
+                FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                    .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                    .with_projection_indices(projection.cloned())?
+                    .with_limit(limit)
+                    .build();
+            inputs.push(format.create_physical_plan(state, config).await?);
+        }
+        if !snap.batches.is_empty() {
+            // Two partitions keep both cores busy on the freshest data.
+            let half = snap.batches.len().div_ceil(2);
+            let parts: Vec<Vec<_>> = snap.batches.chunks(half).map(<[_]>::to_vec).collect();
+            inputs.push(MemorySourceConfig::try_new_exec(
+                &parts,
+                Arc::clone(&schema),
+                projection.cloned(),
+            )?);
+        }
+        if inputs.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(schema.project(p)?),
+                None => schema,
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::logical_expr::{col, lit};
+
+    fn ts(secs: i64) -> Expr {
+        lit(ScalarValue::TimestampNanosecond(
+            Some(secs * 1_000_000_000),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn start_time_bounds_narrow_the_hours() {
+        let mut h = (i64::MIN, i64::MAX);
+        narrow(
+            &col("start_time")
+                .gt_eq(ts(7_200))
+                .and(col("start_time").lt(ts(4 * 3_600 + 5))),
+            &mut h,
+        );
+        assert_eq!(h, (2, 4));
+        let mut h = (i64::MIN, i64::MAX);
+        narrow(&ts(3_600).lt_eq(col("start_time")), &mut h);
+        assert_eq!(h, (1, i64::MAX));
+        let mut h = (i64::MIN, i64::MAX);
+        narrow(&col("end_time").gt(ts(7_200)), &mut h);
+        assert_eq!(
+            h,
+            (i64::MIN, i64::MAX),
+            "only start_time decides the partition"
+        );
+    }
+}

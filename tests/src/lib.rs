@@ -1,0 +1,409 @@
+//! Helpers for the end-to-end tests in `tests/tests/`: build and start the real
+//! `andon` binary on free ports and a fresh data directory, talk to it, stop it
+//! gracefully or kill it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of the `andon` binary, built once per test process.
+pub fn andon_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> -> target/<profile>/andon
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--quiet", "-p", "andon", "--bin", "andon"])
+            .current_dir(workspace_root());
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            // Benchmarks measure the optimised server.
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("cargo runs").success(),
+            "building andon failed"
+        );
+        profile_dir.join("andon")
+    })
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// `shared/` next to the repository, where development data lives.
+pub fn shared_dir() -> PathBuf {
+    workspace_root().join("..").join("shared")
+}
+
+/// A running `andon serve`.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    pub grpc: String,
+    pub http: String,
+    pub api: String,
+    pub data_dir: PathBuf,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts a server on free loopback ports with a data dir of its own.
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_with_env(data_dir, &[])
+    }
+
+    /// Starts a server with `ANDON_*` settings in its environment.
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let extra_env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Self::spawn(data_dir, extra_env)
+    }
+
+    fn spawn(data_dir: &Path, extra_env: Vec<(String, String)>) -> Server {
+        let mut cmd = Command::new(andon_bin());
+        cmd.args([
+            "serve",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--api-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env(
+            "ANDON_LOG",
+            std::env::var("ANDON_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        for (k, v) in &extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("andon starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("andon prints its listening line");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} missing in {line:?}"))
+                .to_owned()
+        };
+        assert!(
+            line.starts_with("listening "),
+            "unexpected first line {line:?}"
+        );
+        Server {
+            grpc: field("otlp-grpc"),
+            http: field("otlp-http"),
+            api: field("api"),
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            extra_env,
+        }
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "andon exited with {status} after SIGTERM");
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "andon did not stop within 60s of SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        self.stop();
+        *self = Self::spawn(&self.data_dir.clone(), self.extra_env.clone());
+    }
+
+    /// Starts it again after a kill.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "respawn after kill or stop");
+        *self = Self::spawn(&self.data_dir.clone(), self.extra_env.clone());
+    }
+
+    /// Runs SQL through `POST /api/v1/query`; panics on an error answer.
+    pub fn query(&self, sql: &str) -> Vec<Vec<serde_json::Value>> {
+        self.query_as(None, sql)
+    }
+
+    pub fn query_as(&self, tenant: Option<&str>, sql: &str) -> Vec<Vec<serde_json::Value>> {
+        let (status, body) = self.query_raw(tenant, sql);
+        assert_eq!(status, 200, "query {sql:?} failed: {body}");
+        body["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r.as_array().expect("row").clone())
+            .collect()
+    }
+
+    pub fn query_raw(&self, tenant: Option<&str>, sql: &str) -> (u16, serde_json::Value) {
+        let client = reqwest::blocking_client();
+        let mut req = client
+            .post(self.api_url("/api/v1/query"))
+            .json(&serde_json::json!({ "sql": sql }));
+        if let Some(t) = tenant {
+            req = req.header("x-scope-orgid", t);
+        }
+        let resp = req.send().expect("api answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().expect("json body"))
+    }
+
+    /// A single number from SQL such as `SELECT count(*) FROM spans`.
+    pub fn count(&self, sql: &str) -> i64 {
+        let rows = self.query(sql);
+        rows[0][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{sql:?} gave {rows:?}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A small blocking HTTP client built on reqwest's async one, for test threads.
+pub mod reqwest {
+    pub use ::reqwest::*;
+
+    pub fn blocking_client() -> BlockingClient {
+        BlockingClient
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    pub struct BlockingClient;
+
+    impl BlockingClient {
+        pub fn post(&self, url: String) -> RequestBuilder {
+            RequestBuilder {
+                inner: ::reqwest::Client::new().post(url),
+            }
+        }
+        pub fn get(&self, url: String) -> RequestBuilder {
+            RequestBuilder {
+                inner: ::reqwest::Client::new().get(url),
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct RequestBuilder {
+        inner: ::reqwest::RequestBuilder,
+    }
+
+    impl RequestBuilder {
+        pub fn header(self, k: &str, v: &str) -> Self {
+            Self {
+                inner: self.inner.header(k, v),
+            }
+        }
+        pub fn json(self, v: &serde_json::Value) -> Self {
+            Self {
+                inner: self.inner.json(v),
+            }
+        }
+        pub fn body(self, b: Vec<u8>) -> Self {
+            Self {
+                inner: self.inner.body(b),
+            }
+        }
+        pub fn send(self) -> ::reqwest::Result<BlockingResponse> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let resp = self.inner.send().await?;
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                let body = resp.bytes().await?.to_vec();
+                Ok(BlockingResponse {
+                    status,
+                    headers,
+                    body,
+                })
+            })
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct BlockingResponse {
+        status: StatusCode,
+        pub headers: header::HeaderMap,
+        pub body: Vec<u8>,
+    }
+
+    impl BlockingResponse {
+        pub fn status(&self) -> StatusCode {
+            self.status
+        }
+        pub fn json(&self) -> serde_json::Result<serde_json::Value> {
+            serde_json::from_slice(&self.body)
+        }
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Builders for OTLP requests with known content.
+pub mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+    pub fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn kv_int(k: &str, v: i64) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::IntValue(v)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Now, in Unix nanoseconds.
+    pub fn now_ns() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    /// A trace id that is unique to `(seed, n)`.
+    pub fn trace_id(seed: u64, n: u64) -> Vec<u8> {
+        let mut id = seed.to_be_bytes().to_vec();
+        id.extend_from_slice(&(n + 1).to_be_bytes());
+        id
+    }
+
+    pub fn span_id(n: u64) -> Vec<u8> {
+        (n + 1).to_be_bytes().to_vec()
+    }
+
+    pub fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// `n` server spans of `service`, each its own trace, starting at `start_ns`.
+    pub fn request(service: &str, seed: u64, n: u64, start_ns: u64) -> ExportTraceServiceRequest {
+        let spans = (0..n)
+            .map(|i| Span {
+                trace_id: trace_id(seed, i),
+                span_id: span_id(i),
+                name: "GET /cart".into(),
+                kind: 2,
+                start_time_unix_nano: start_ns + i * 1_000_000,
+                end_time_unix_nano: start_ns + i * 1_000_000 + 5_000_000,
+                attributes: vec![
+                    kv("http.route", "/cart"),
+                    kv_int("http.response.status_code", 200),
+                    kv("session.id", &format!("s{}", i % 7)),
+                ],
+                status: Some(Status {
+                    code: 0,
+                    message: String::new(),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", service), kv("service.version", "1.2.3")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+}
