@@ -88,26 +88,68 @@ impl TraceService for TraceReceiver {
     }
 }
 
-/// tonic answers errors it meets before the handler runs with codes OTLP does not
-/// use: a message over the size limit is `OUT_OF_RANGE` (OTLP: `RESOURCE_EXHAUSTED`,
+/// tonic answers errors it meets outside the handler with codes OTLP does not use:
+/// a message over the size limit is `OUT_OF_RANGE` (OTLP: `RESOURCE_EXHAUSTED`,
 /// not retried) and an undecodable one `INTERNAL` (OTLP: `INVALID_ARGUMENT`, not
-/// retried). Those answers carry their status in the headers; this rewrites them.
-pub fn otlp_status_codes<B>(mut resp: http::Response<B>) -> http::Response<B> {
-    let headers = resp.headers();
-    let message = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .unwrap_or("");
+/// retried). The status comes in the headers or in the trailers; both are mended.
+fn mend_status(headers: &mut http::HeaderMap) {
+    // tonic percent-encodes spaces in grpc-message.
+    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("").replace("%20", " ");
     let code = match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
         Some("11") if message.contains("message length too large") => Some("8"),
         Some("13") if message.contains("failed to decode Protobuf message") => Some("3"),
         _ => None,
     };
     if let Some(code) = code {
-        resp.headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static(code));
+        headers.insert("grpc-status", http::HeaderValue::from_static(code));
     }
-    resp
+}
+
+/// A response body that mends the status in its trailers.
+#[derive(Debug)]
+pub struct MendedBody<B> {
+    inner: B,
+}
+
+impl<B> http_body::Body for MendedBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        polled.map(|frame| {
+            frame.map(|f| {
+                f.map(|frame| match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        mend_status(&mut trailers);
+                        http_body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Mends the status of a response, in its headers and its trailers.
+pub fn otlp_status_codes<B>(resp: http::Response<B>) -> http::Response<MendedBody<B>> {
+    let (mut parts, inner) = resp.into_parts();
+    mend_status(&mut parts.headers);
+    http::Response::from_parts(parts, MendedBody { inner })
 }
 
 /// The gRPC service, with its size limit and gzip accepted.
