@@ -94,7 +94,11 @@ impl TraceService for TraceReceiver {
 /// retried). The status comes in the headers or in the trailers; both are mended.
 fn mend_status(headers: &mut http::HeaderMap) {
     // tonic percent-encodes spaces in grpc-message.
-    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("").replace("%20", " ");
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("")
+        .replace("%20", " ");
     let code = match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
         Some("11") if message.contains("message length too large") => Some("8"),
         Some("13") if message.contains("failed to decode Protobuf message") => Some("3"),

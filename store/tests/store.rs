@@ -1,5 +1,7 @@
 //! The store's durability protocol, exercised through its public API.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 

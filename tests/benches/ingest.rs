@@ -59,7 +59,7 @@ fn make_request(n: u64, start_ns: u64) -> ExportTraceServiceRequest {
     let mut trace = [0u8; 16];
     let mut parent = Vec::new();
     for i in 0..SPANS_PER_REQUEST {
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             trace[..8].copy_from_slice(&rng.next().to_be_bytes());
             trace[8..].copy_from_slice(&rng.next().to_be_bytes());
             parent.clear();
@@ -68,7 +68,7 @@ fn make_request(n: u64, start_ns: u64) -> ExportTraceServiceRequest {
         let route = ROUTES[(rng.next() % ROUTES.len() as u64) as usize];
         let start = start_ns + (i as u64) * 2_000_000 + rng.next() % 1_000_000;
         let dur = 200_000 + (rng.next() % 50_000_000);
-        let error = rng.next() % 50 == 0;
+        let error = rng.next().is_multiple_of(50);
         spans.push(Span {
             trace_id: trace.to_vec(),
             span_id: span_id.clone(),
