@@ -8,13 +8,11 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use andon_model::schema::{
-    self, ColumnType, SEMCONV, SPAN_KINDS, STATUS_CODES, event_fields, link_fields,
-};
+use andon_model::schema::{self, ColumnType, SEMCONV, SPAN_KINDS, STATUS_CODES, event_fields, link_fields};
 use andon_model::{Tenant, span_schema};
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Int64Builder, ListArray, MapBuilder, MapFieldNames, StringBuilder,
-    StructArray, TimestampNanosecondBuilder,
+    ArrayRef, BooleanBuilder, Int64Builder, ListArray, MapBuilder, MapFieldNames, StringBuilder, StructArray,
+    TimestampNanosecondBuilder,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field};
@@ -98,9 +96,7 @@ fn check(span: &Span, now_ns: u64, limits: SpanLimits) -> Result<(), Reject> {
     if span.start_time_unix_nano == 0 || span.start_time_unix_nano > i64::MAX as u64 {
         return Err(Reject::StartTime);
     }
-    if span.end_time_unix_nano < span.start_time_unix_nano
-        || span.end_time_unix_nano > i64::MAX as u64
-    {
+    if span.end_time_unix_nano < span.start_time_unix_nano || span.end_time_unix_nano > i64::MAX as u64 {
         return Err(Reject::EndBeforeStart);
     }
     if let Some(max_age) = limits.max_age_ns
@@ -152,30 +148,19 @@ fn any_value_json(v: &Value) -> serde_json::Value {
         Value::StringValue(s) => J::String(s.clone()),
         Value::BoolValue(b) => J::Bool(*b),
         Value::IntValue(i) => J::from(*i),
-        Value::DoubleValue(d) => {
-            serde_json::Number::from_f64(*d).map_or_else(|| J::String(d.to_string()), J::Number)
-        }
+        Value::DoubleValue(d) => serde_json::Number::from_f64(*d).map_or_else(|| J::String(d.to_string()), J::Number),
         Value::BytesValue(b) => J::String(b.iter().fold(String::new(), |mut s, x| {
             let _ = write!(s, "{x:02x}");
             s
         })),
-        Value::ArrayValue(a) => J::Array(
-            a.values
-                .iter()
-                .map(|x| x.value.as_ref().map_or(J::Null, any_value_json))
-                .collect(),
-        ),
+        Value::ArrayValue(a) => {
+            J::Array(a.values.iter().map(|x| x.value.as_ref().map_or(J::Null, any_value_json)).collect())
+        }
         Value::KvlistValue(kv) => J::Object(
             kv.values
                 .iter()
                 .map(|e| {
-                    (
-                        e.key.clone(),
-                        e.value
-                            .as_ref()
-                            .and_then(|x| x.value.as_ref())
-                            .map_or(J::Null, any_value_json),
-                    )
+                    (e.key.clone(), e.value.as_ref().and_then(|x| x.value.as_ref()).map_or(J::Null, any_value_json))
                 })
                 .collect(),
         ),
@@ -220,18 +205,11 @@ fn semconv_index(key: &str) -> Option<usize> {
 }
 
 /// Splits attributes into semantic-convention values (by `SEMCONV` index) and the rest.
-fn split_attributes(
-    attrs: &[KeyValue],
-    sem: &mut [Option<SemValue>],
-) -> Vec<(usize, Option<String>)> {
+fn split_attributes(attrs: &[KeyValue], sem: &mut [Option<SemValue>]) -> Vec<(usize, Option<String>)> {
     let mut rest = Vec::new();
     for (i, kv) in attrs.iter().enumerate() {
-        let typed = semconv_index(&kv.key).and_then(|idx| {
-            kv.value
-                .as_ref()
-                .and_then(|v| sem_value(SEMCONV[idx].ty, v))
-                .map(|v| (idx, v))
-        });
+        let typed = semconv_index(&kv.key)
+            .and_then(|idx| kv.value.as_ref().and_then(|v| sem_value(SEMCONV[idx].ty, v)).map(|v| (idx, v)));
         match typed {
             Some((idx, v)) => sem[idx] = Some(v),
             None => rest.push((i, kv.value.as_ref().and_then(any_value_string))),
@@ -241,11 +219,7 @@ fn split_attributes(
 }
 
 fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
-    let names = MapFieldNames {
-        entry: "key_value".into(),
-        key: "key".into(),
-        value: "value".into(),
-    };
+    let names = MapFieldNames { entry: "key_value".into(), key: "key".into(), value: "value".into() };
     MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new())
 }
 
@@ -312,9 +286,7 @@ impl Builders {
                 .map(|c| match c.ty {
                     ColumnType::Utf8 => SemBuilder::Utf8(s()),
                     ColumnType::Int64 => SemBuilder::Int64(Int64Builder::with_capacity(capacity)),
-                    ColumnType::Boolean => {
-                        SemBuilder::Boolean(BooleanBuilder::with_capacity(capacity))
-                    }
+                    ColumnType::Boolean => SemBuilder::Boolean(BooleanBuilder::with_capacity(capacity)),
                 })
                 .collect(),
             scope_name: s(),
@@ -412,12 +384,7 @@ pub fn convert_request(
     now_ns: u64,
     limits: SpanLimits,
 ) -> Result<Converted, ArrowError> {
-    let total: usize = req
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum();
+    let total: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
     let mut b = Builders::new(total);
     let mut rejected = [0u64; Reject::ALL.len()];
     let mut accepted = 0usize;
@@ -430,10 +397,8 @@ pub fn convert_request(
         let res_rest = split_attributes(res_attrs, &mut res_sem);
 
         for ss in &rs.scope_spans {
-            let (scope_name, scope_version) = ss
-                .scope
-                .as_ref()
-                .map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()));
+            let (scope_name, scope_version) =
+                ss.scope.as_ref().map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()));
             for span in &ss.spans {
                 if let Err(r) = check(span, now_ns, limits) {
                     rejected[r as usize] += 1;
@@ -444,26 +409,20 @@ pub fn convert_request(
                 b.trace_id.append_value(hex_into(&span.trace_id, &mut hex));
                 b.span_id.append_value(hex_into(&span.span_id, &mut hex));
                 if span.parent_span_id.iter().any(|x| *x != 0) {
-                    b.parent_span_id
-                        .append_value(hex_into(&span.parent_span_id, &mut hex));
+                    b.parent_span_id.append_value(hex_into(&span.parent_span_id, &mut hex));
                 } else {
                     b.parent_span_id.append_null();
                 }
                 b.trace_state.append_option(opt_str(&span.trace_state));
                 b.name.append_value(&span.name);
-                let kind = usize::try_from(span.kind)
-                    .ok()
-                    .and_then(|k| SPAN_KINDS.get(k));
+                let kind = usize::try_from(span.kind).ok().and_then(|k| SPAN_KINDS.get(k));
                 b.kind.append_value(kind.copied().unwrap_or("unspecified"));
                 let start = span.start_time_unix_nano as i64;
                 let end = span.end_time_unix_nano as i64;
                 b.start.append_value(start);
                 b.end.append_value(end);
                 b.duration.append_value(end - start);
-                let (code, message) = span
-                    .status
-                    .as_ref()
-                    .map_or((0, ""), |s| (s.code, s.message.as_str()));
+                let (code, message) = span.status.as_ref().map_or((0, ""), |s| (s.code, s.message.as_str()));
                 let code = usize::try_from(code).ok().and_then(|c| STATUS_CODES.get(c));
                 b.status_code.append_value(code.copied().unwrap_or("unset"));
                 b.status_message.append_option(opt_str(message));
@@ -474,17 +433,13 @@ pub fn convert_request(
                     let v = span_sem[i].as_ref().or(res_sem[i].as_ref());
                     match (builder, v) {
                         (SemBuilder::Utf8(bb), Some(SemValue::Utf8(s))) => bb.append_value(s),
-                        (SemBuilder::Utf8(bb), None)
-                            if SEMCONV[i].column == schema::SEMCONV[0].column =>
-                        {
+                        (SemBuilder::Utf8(bb), None) if SEMCONV[i].column == schema::SEMCONV[0].column => {
                             bb.append_value("unknown_service")
                         }
                         (SemBuilder::Utf8(bb), _) => bb.append_null(),
                         (SemBuilder::Int64(bb), Some(SemValue::Int64(x))) => bb.append_value(*x),
                         (SemBuilder::Int64(bb), _) => bb.append_null(),
-                        (SemBuilder::Boolean(bb), Some(SemValue::Boolean(x))) => {
-                            bb.append_value(*x)
-                        }
+                        (SemBuilder::Boolean(bb), Some(SemValue::Boolean(x))) => bb.append_value(*x),
                         (SemBuilder::Boolean(bb), _) => bb.append_null(),
                     }
                 }
@@ -495,30 +450,20 @@ pub fn convert_request(
                 // so the resource's copy stays in the resource map only when unused.
                 append_map(
                     &mut b.resource_attributes,
-                    res_rest
-                        .iter()
-                        .map(|(i, v)| (res_attrs[*i].key.as_str(), v.as_deref())),
+                    res_rest.iter().map(|(i, v)| (res_attrs[*i].key.as_str(), v.as_deref())),
                 )?;
                 append_map(
                     &mut b.attributes,
-                    span_rest
-                        .iter()
-                        .map(|(i, v)| (span.attributes[*i].key.as_str(), v.as_deref())),
+                    span_rest.iter().map(|(i, v)| (span.attributes[*i].key.as_str(), v.as_deref())),
                 )?;
 
                 let mut exception: Option<(Option<String>, Option<String>)> = None;
                 for ev in &span.events {
-                    b.event_time
-                        .append_value(ev.time_unix_nano.min(i64::MAX as u64) as i64);
+                    b.event_time.append_value(ev.time_unix_nano.min(i64::MAX as u64) as i64);
                     b.event_name.append_value(&ev.name);
                     append_map(
                         &mut b.event_attributes,
-                        ev.attributes.iter().map(|kv| {
-                            (
-                                kv.key.as_str(),
-                                kv.value.as_ref().and_then(any_value_string),
-                            )
-                        }),
+                        ev.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.as_ref().and_then(any_value_string))),
                     )?;
                     if exception.is_none() && ev.name == "exception" {
                         let get = |k: &str| {
@@ -534,28 +479,21 @@ pub fn convert_request(
                 let (et, em) = exception.unwrap_or_default();
                 b.exception_type.append_option(et);
                 b.exception_message.append_option(em);
-                let next_event =
-                    b.event_offsets.last().copied().unwrap_or(0) + span.events.len() as i32;
+                let next_event = b.event_offsets.last().copied().unwrap_or(0) + span.events.len() as i32;
                 b.event_offsets.push(next_event);
 
                 for link in &span.links {
-                    b.link_trace_id
-                        .append_value(hex_into(&link.trace_id, &mut hex));
-                    b.link_span_id
-                        .append_value(hex_into(&link.span_id, &mut hex));
+                    b.link_trace_id.append_value(hex_into(&link.trace_id, &mut hex));
+                    b.link_span_id.append_value(hex_into(&link.span_id, &mut hex));
                     b.link_trace_state.append_option(opt_str(&link.trace_state));
                     append_map(
                         &mut b.link_attributes,
-                        link.attributes.iter().map(|kv| {
-                            (
-                                kv.key.as_str(),
-                                kv.value.as_ref().and_then(any_value_string),
-                            )
-                        }),
+                        link.attributes
+                            .iter()
+                            .map(|kv| (kv.key.as_str(), kv.value.as_ref().and_then(any_value_string))),
                     )?;
                 }
-                let next_link =
-                    b.link_offsets.last().copied().unwrap_or(0) + span.links.len() as i32;
+                let next_link = b.link_offsets.last().copied().unwrap_or(0) + span.links.len() as i32;
                 b.link_offsets.push(next_link);
             }
         }
@@ -571,16 +509,8 @@ pub fn convert_request(
             .collect();
         format!("{rejected_total} spans rejected: {}", reasons.join("; "))
     });
-    let batch = if accepted > 0 {
-        Some(b.finish()?)
-    } else {
-        None
-    };
-    Ok(Converted {
-        batch,
-        rejected: rejected_total,
-        error_message,
-    })
+    let batch = if accepted > 0 { Some(b.finish()?) } else { None };
+    Ok(Converted { batch, rejected: rejected_total, error_message })
 }
 
 #[cfg(test)]
@@ -592,11 +522,7 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
 
     fn kv(k: &str, v: Value) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue { value: Some(v) }),
-            ..Default::default()
-        }
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
     }
 
     fn span(id: u8) -> Span {
@@ -613,10 +539,7 @@ mod tests {
                 kv("browser.mobile", Value::BoolValue(true)),
                 kv("custom.flag", Value::BoolValue(false)),
             ],
-            status: Some(Status {
-                code: 2,
-                message: "boom".into(),
-            }),
+            status: Some(Status { code: 2, message: "boom".into() }),
             ..Default::default()
         }
     }
@@ -632,10 +555,7 @@ mod tests {
                     ],
                     ..Default::default()
                 }),
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
                 ..Default::default()
             }],
         }
@@ -643,48 +563,24 @@ mod tests {
 
     #[test]
     fn columns_and_maps_are_filled() {
-        let c = convert_request(
-            &request(vec![span(2)]),
-            &Tenant::default_tenant(),
-            0,
-            SpanLimits::default(),
-        )
-        .unwrap();
+        let c = convert_request(&request(vec![span(2)]), &Tenant::default_tenant(), 0, SpanLimits::default()).unwrap();
         let batch = c.batch.unwrap();
         let col = |n: &str| batch.column_by_name(n).unwrap().clone();
         assert_eq!(col("trace_id").as_string::<i32>().value(0), "01".repeat(16));
         assert!(col("parent_span_id").is_null(0));
         assert_eq!(col("kind").as_string::<i32>().value(0), "server");
         assert_eq!(col("status_code").as_string::<i32>().value(0), "error");
-        assert_eq!(
-            col("duration_ns").as_primitive::<Int64Type>().value(0),
-            250_000_000
-        );
-        assert_eq!(
-            col("http_response_status_code")
-                .as_primitive::<Int64Type>()
-                .value(0),
-            503
-        );
-        assert!(
-            col("browser_mobile").as_boolean().value(0),
-            "the span's value wins over the resource's"
-        );
+        assert_eq!(col("duration_ns").as_primitive::<Int64Type>().value(0), 250_000_000);
+        assert_eq!(col("http_response_status_code").as_primitive::<Int64Type>().value(0), 503);
+        assert!(col("browser_mobile").as_boolean().value(0), "the span's value wins over the resource's");
         let attrs = col("attributes");
         let attrs = attrs.as_map();
         let keys = attrs.keys().as_string::<i32>();
-        assert_eq!(
-            attrs.value_length(0),
-            1,
-            "only custom.flag stays in the map"
-        );
+        assert_eq!(attrs.value_length(0), 1, "only custom.flag stays in the map");
         assert_eq!(keys.value(0), "custom.flag");
         assert_eq!(attrs.values().as_string::<i32>().value(0), "false");
         let res = col("resource_attributes");
-        assert_eq!(
-            res.as_map().keys().as_string::<i32>().value(0),
-            "k8s.pod.name"
-        );
+        assert_eq!(res.as_map().keys().as_string::<i32>().value(0), "k8s.pod.name");
     }
 
     #[test]
@@ -712,17 +608,8 @@ mod tests {
     #[test]
     fn age_limits_apply_only_when_set() {
         let now = 1_700_000_000_000_000_000 + 3_600 * 1_000_000_000;
-        let limits = SpanLimits {
-            max_age_ns: Some(60 * 1_000_000_000),
-            max_future_ns: None,
-        };
-        let c = convert_request(
-            &request(vec![span(2)]),
-            &Tenant::default_tenant(),
-            now,
-            limits,
-        )
-        .unwrap();
+        let limits = SpanLimits { max_age_ns: Some(60 * 1_000_000_000), max_future_ns: None };
+        let c = convert_request(&request(vec![span(2)]), &Tenant::default_tenant(), now, limits).unwrap();
         assert_eq!((c.accepted(), c.rejected), (0, 1));
         assert!(c.batch.is_none());
     }

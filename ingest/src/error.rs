@@ -37,9 +37,9 @@ impl IngestError {
     /// A short label for the rejected-spans metric.
     pub fn reason(&self) -> &'static str {
         match self {
-            IngestError::Malformed(_)
-            | IngestError::UnsupportedMediaType(_)
-            | IngestError::UnsupportedEncoding(_) => "malformed",
+            IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
+                "malformed"
+            }
             IngestError::Tenant(_) => "tenant",
             IngestError::TooLarge { .. } => "too_large",
             IngestError::Overloaded { .. } => "overloaded",

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use andon_model::Tenant;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -34,11 +32,7 @@ pub fn to_status(e: &IngestError) -> Status {
     };
     match e.retry_after() {
         Some(delay) => {
-            let details = RpcStatus {
-                code: code as i32,
-                message: e.to_string(),
-                details: vec![retry_info(delay)],
-            };
+            let details = RpcStatus { code: code as i32, message: e.to_string(), details: vec![retry_info(delay)] };
             Status::with_details(code, e.to_string(), details.encode_to_vec().into())
         }
         None => Status::new(code, e.to_string()),
@@ -53,12 +47,7 @@ impl TraceService for TraceReceiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let ing = &self.ingestor;
         let result = async {
-            let tenant = Tenant::from_header(
-                request
-                    .metadata()
-                    .get("x-scope-orgid")
-                    .and_then(|v| v.to_str().ok()),
-            )?;
+            let tenant = Tenant::from_header(request.metadata().get("x-scope-orgid").and_then(|v| v.to_str().ok()))?;
             let size = request.get_ref().encoded_len();
             let permit = ing.reserve(size)?;
             ing.stats().add_request(size as u64);
@@ -73,9 +62,7 @@ impl TraceService for TraceReceiver {
                     rejected_spans: i64::try_from(out.rejected).unwrap_or(i64::MAX),
                     error_message: out.error_message.unwrap_or_default(),
                 });
-                Ok(Response::new(ExportTraceServiceResponse {
-                    partial_success,
-                }))
+                Ok(Response::new(ExportTraceServiceResponse { partial_success }))
             }
             Err(e) => {
                 ing.record_refused(&e);
@@ -94,11 +81,7 @@ impl TraceService for TraceReceiver {
 /// retried). The status comes in the headers or in the trailers; both are mended.
 fn mend_status(headers: &mut http::HeaderMap) {
     // tonic percent-encodes spaces in grpc-message.
-    let message = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .unwrap_or("")
-        .replace("%20", " ");
+    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("").replace("%20", " ");
     let code = match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
         Some("11") if message.contains("message length too large") => Some("8"),
         Some("13") if message.contains("failed to decode Protobuf message") => Some("3"),
@@ -175,9 +158,6 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(otlp_status_codes))
         .add_service(service(ingestor))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await
 }

@@ -42,16 +42,8 @@ impl Encoding {
 }
 
 fn encoding_of(headers: &HeaderMap) -> Result<Encoding, IngestError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
         "application/json" => Ok(Encoding::Json),
@@ -60,15 +52,8 @@ fn encoding_of(headers: &HeaderMap) -> Result<Encoding, IngestError> {
 }
 
 /// Decompresses `body` per `Content-Encoding`, refusing output beyond `limit` bytes.
-pub fn decompress(
-    content_encoding: Option<&str>,
-    body: &[u8],
-    limit: usize,
-) -> Result<Vec<u8>, IngestError> {
-    let enc = content_encoding
-        .unwrap_or("identity")
-        .trim()
-        .to_ascii_lowercase();
+pub fn decompress(content_encoding: Option<&str>, body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
+    let enc = content_encoding.unwrap_or("identity").trim().to_ascii_lowercase();
     let reader: Box<dyn Read + '_> = match enc.as_str() {
         "" | "identity" => {
             if body.len() > limit {
@@ -77,10 +62,9 @@ pub fn decompress(
             return Ok(body.to_vec());
         }
         "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(body)),
-        "zstd" => Box::new(
-            zstd::stream::read::Decoder::new(body)
-                .map_err(|e| IngestError::Malformed(format!("zstd: {e}")))?,
-        ),
+        "zstd" => {
+            Box::new(zstd::stream::read::Decoder::new(body).map_err(|e| IngestError::Malformed(format!("zstd: {e}")))?)
+        }
         other => return Err(IngestError::UnsupportedEncoding(other.to_owned())),
     };
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
@@ -96,19 +80,16 @@ pub fn decompress(
 
 fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {
     match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
-            .map_err(|e| IngestError::Malformed(format!("protobuf: {e}"))),
-        Encoding::Json => {
-            serde_json::from_slice(body).map_err(|e| IngestError::Malformed(format!("json: {e}")))
+        Encoding::Protobuf => {
+            ExportTraceServiceRequest::decode(body).map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))
         }
+        Encoding::Json => serde_json::from_slice(body).map_err(|e| IngestError::Malformed(format!("json: {e}"))),
     }
 }
 
 fn status_of(e: &IngestError) -> (StatusCode, i32) {
     match e {
-        IngestError::Malformed(_) | IngestError::Tenant(_) => {
-            (StatusCode::BAD_REQUEST, code::INVALID_ARGUMENT)
-        }
+        IngestError::Malformed(_) | IngestError::Tenant(_) => (StatusCode::BAD_REQUEST, code::INVALID_ARGUMENT),
         IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, code::INVALID_ARGUMENT)
         }
@@ -124,11 +105,7 @@ fn status_of(e: &IngestError) -> (StatusCode, i32) {
 /// `Retry-After` when the client should retry.
 fn error_response(e: &IngestError, encoding: Encoding) -> Response {
     let (status, grpc_code) = status_of(e);
-    let mut rpc = RpcStatus {
-        code: grpc_code,
-        message: e.to_string(),
-        details: Vec::new(),
-    };
+    let mut rpc = RpcStatus { code: grpc_code, message: e.to_string(), details: Vec::new() };
     if let Some(delay) = e.retry_after() {
         rpc.details.push(retry_info(delay));
     }
@@ -138,15 +115,9 @@ fn error_response(e: &IngestError, encoding: Encoding) -> Response {
     };
     let mut resp = (status, body).into_response();
     let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(encoding.content_type()),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
     if let Some(delay) = e.retry_after() {
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(delay.as_secs().max(1)),
-        );
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(delay.as_secs().max(1)));
     }
     resp
 }
@@ -199,10 +170,8 @@ async fn handle(
 ) -> Result<ExportOutcome, IngestError> {
     let limit = ing.config().max_request_bytes;
     let tenant = Tenant::from_header(headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()))?;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(IngestError::TooLarge { limit });
     }
@@ -211,9 +180,7 @@ async fn handle(
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 IngestError::TooLarge { limit }
             } else {
                 IngestError::Malformed(format!("reading body: {e}"))
@@ -221,15 +188,11 @@ async fn handle(
         })?
         .to_bytes();
     ing.stats().add_request(raw.len() as u64);
-    let content_encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let compressed = raw.len();
-    let plain =
-        tokio::task::spawn_blocking(move || decompress(content_encoding.as_deref(), &raw, limit))
-            .await
-            .map_err(|e| IngestError::Internal(e.to_string()))??;
+    let plain = tokio::task::spawn_blocking(move || decompress(content_encoding.as_deref(), &raw, limit))
+        .await
+        .map_err(|e| IngestError::Internal(e.to_string()))??;
     if plain.len() > compressed {
         // Decompressed, the request holds more memory than was reserved for it.
         permit.merge(ing.reserve(plain.len() - compressed)?);
@@ -244,7 +207,5 @@ async fn handle(
 
 /// The OTLP/HTTP routes.
 pub fn router(ingestor: Arc<Ingestor>) -> Router {
-    Router::new()
-        .route("/v1/traces", post(export))
-        .with_state(ingestor)
+    Router::new().route("/v1/traces", post(export)).with_state(ingestor)
 }

@@ -82,13 +82,7 @@ pub struct Ingestor {
 impl Ingestor {
     pub fn new(sink: Arc<dyn SpanSink>, clock: Arc<dyn Clock>, config: IngestConfig) -> Self {
         let permits = config.max_inflight_bytes.min(Semaphore::MAX_PERMITS);
-        Self {
-            sink,
-            clock,
-            inflight: Arc::new(Semaphore::new(permits)),
-            config,
-            stats: Arc::default(),
-        }
+        Self { sink, clock, inflight: Arc::new(Semaphore::new(permits)), config, stats: Arc::default() }
     }
 
     pub fn config(&self) -> &IngestConfig {
@@ -101,35 +95,25 @@ impl Ingestor {
 
     /// Reserves in-flight memory for a request of `encoded_bytes`, or refuses it.
     pub fn reserve(&self, encoded_bytes: usize) -> Result<OwnedSemaphorePermit, IngestError> {
-        let want = encoded_bytes
-            .saturating_mul(DECODED_EXPANSION)
-            .clamp(1, self.config.max_inflight_bytes.max(1));
+        let want = encoded_bytes.saturating_mul(DECODED_EXPANSION).clamp(1, self.config.max_inflight_bytes.max(1));
         let want = u32::try_from(want).unwrap_or(u32::MAX);
         Arc::clone(&self.inflight)
             .try_acquire_many_owned(want)
-            .map_err(|_| IngestError::Overloaded {
-                retry_after: self.config.retry_after,
-            })
+            .map_err(|_| IngestError::Overloaded { retry_after: self.config.retry_after })
     }
 
     /// Validates, converts and stores one request. Resolves once the spans are durable.
-    pub async fn export(
-        &self,
-        tenant: &Tenant,
-        req: ExportTraceServiceRequest,
-    ) -> Result<ExportOutcome, IngestError> {
+    pub async fn export(&self, tenant: &Tenant, req: ExportTraceServiceRequest) -> Result<ExportOutcome, IngestError> {
         let now = self.clock.now_ns();
         let limits = self.config.span_limits;
         let tenant_owned = tenant.clone();
-        let converted =
-            tokio::task::spawn_blocking(move || convert_request(&req, &tenant_owned, now, limits))
-                .await
-                .map_err(|e| IngestError::Internal(e.to_string()))?
-                .map_err(|e| IngestError::Internal(e.to_string()))?;
+        let converted = tokio::task::spawn_blocking(move || convert_request(&req, &tenant_owned, now, limits))
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))?
+            .map_err(|e| IngestError::Internal(e.to_string()))?;
         let received = converted.accepted() as u64 + converted.rejected;
         self.stats.add_received(received);
-        self.stats
-            .add_rejected(RejectReason::Invalid, converted.rejected);
+        self.stats.add_rejected(RejectReason::Invalid, converted.rejected);
         let Some(batch) = converted.batch else {
             return Ok(ExportOutcome {
                 rejected: converted.rejected,
@@ -141,8 +125,7 @@ impl Ingestor {
         match self.sink.append(tenant, batch).await {
             Ok(out) => {
                 self.stats.add_accepted(out.stored as u64);
-                self.stats
-                    .add_rejected(RejectReason::Duplicate, out.duplicates as u64);
+                self.stats.add_rejected(RejectReason::Duplicate, out.duplicates as u64);
                 Ok(ExportOutcome {
                     stored: out.stored,
                     duplicates: out.duplicates,

@@ -56,10 +56,7 @@ pub fn retry_info(delay: Duration) -> ProtoAny {
             nanos: i32::try_from(delay.subsec_nanos()).unwrap_or(0),
         }),
     };
-    ProtoAny {
-        type_url: RETRY_INFO_TYPE.into(),
-        value: info.encode_to_vec(),
-    }
+    ProtoAny { type_url: RETRY_INFO_TYPE.into(), value: info.encode_to_vec() }
 }
 
 impl RpcStatus {

@@ -46,9 +46,9 @@ impl RejectReason {
 
     pub fn from_error(e: &IngestError) -> Self {
         match e {
-            IngestError::Malformed(_)
-            | IngestError::UnsupportedMediaType(_)
-            | IngestError::UnsupportedEncoding(_) => RejectReason::Malformed,
+            IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
+                RejectReason::Malformed
+            }
             IngestError::TooLarge { .. } => RejectReason::TooLarge,
             IngestError::Tenant(_) => RejectReason::Tenant,
             IngestError::Overloaded { .. } => RejectReason::Overloaded,

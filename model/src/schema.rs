@@ -36,18 +36,8 @@ pub struct SemConv {
     pub scope: Scope,
 }
 
-const fn sc(
-    attribute: &'static str,
-    column: &'static str,
-    ty: ColumnType,
-    scope: Scope,
-) -> SemConv {
-    SemConv {
-        attribute,
-        column,
-        ty,
-        scope,
-    }
+const fn sc(attribute: &'static str, column: &'static str, ty: ColumnType, scope: Scope) -> SemConv {
+    SemConv { attribute, column, ty, scope }
 }
 
 /// The attributes listed in the contract's "semantic conventions consumed". Each is
@@ -55,91 +45,26 @@ const fn sc(
 /// `browser.mobile` on the resource, some servers put `cloud.region` on spans), and
 /// is taken out of the generic attribute maps once it has a column.
 pub const SEMCONV: &[SemConv] = &[
-    sc(
-        "service.name",
-        "service_name",
-        ColumnType::Utf8,
-        Scope::Resource,
-    ),
-    sc(
-        "service.version",
-        "service_version",
-        ColumnType::Utf8,
-        Scope::Resource,
-    ),
-    sc(
-        "deployment.environment.name",
-        "deployment_environment_name",
-        ColumnType::Utf8,
-        Scope::Resource,
-    ),
-    sc(
-        "vcs.ref.head.revision",
-        "vcs_ref_head_revision",
-        ColumnType::Utf8,
-        Scope::Resource,
-    ),
-    sc(
-        "vcs.change.id",
-        "vcs_change_id",
-        ColumnType::Utf8,
-        Scope::Resource,
-    ),
-    sc(
-        "vcs.repository.url.full",
-        "vcs_repository_url_full",
-        ColumnType::Utf8,
-        Scope::Resource,
-    ),
-    sc(
-        "cloud.region",
-        "cloud_region",
-        ColumnType::Utf8,
-        Scope::Resource,
-    ),
+    sc("service.name", "service_name", ColumnType::Utf8, Scope::Resource),
+    sc("service.version", "service_version", ColumnType::Utf8, Scope::Resource),
+    sc("deployment.environment.name", "deployment_environment_name", ColumnType::Utf8, Scope::Resource),
+    sc("vcs.ref.head.revision", "vcs_ref_head_revision", ColumnType::Utf8, Scope::Resource),
+    sc("vcs.change.id", "vcs_change_id", ColumnType::Utf8, Scope::Resource),
+    sc("vcs.repository.url.full", "vcs_repository_url_full", ColumnType::Utf8, Scope::Resource),
+    sc("cloud.region", "cloud_region", ColumnType::Utf8, Scope::Resource),
     sc("os.type", "os_type", ColumnType::Utf8, Scope::Resource),
-    sc(
-        "browser.mobile",
-        "browser_mobile",
-        ColumnType::Boolean,
-        Scope::Resource,
-    ),
-    sc(
-        "device.model.identifier",
-        "device_model_identifier",
-        ColumnType::Utf8,
-        Scope::Resource,
-    ),
+    sc("browser.mobile", "browser_mobile", ColumnType::Boolean, Scope::Resource),
+    sc("device.model.identifier", "device_model_identifier", ColumnType::Utf8, Scope::Resource),
     sc("session.id", "session_id", ColumnType::Utf8, Scope::Span),
     sc("user.id", "user_id", ColumnType::Utf8, Scope::Span),
     sc("enduser.id", "enduser_id", ColumnType::Utf8, Scope::Span),
     sc("http.route", "http_route", ColumnType::Utf8, Scope::Span),
-    sc(
-        "http.request.method",
-        "http_request_method",
-        ColumnType::Utf8,
-        Scope::Span,
-    ),
-    sc(
-        "http.response.status_code",
-        "http_response_status_code",
-        ColumnType::Int64,
-        Scope::Span,
-    ),
+    sc("http.request.method", "http_request_method", ColumnType::Utf8, Scope::Span),
+    sc("http.response.status_code", "http_response_status_code", ColumnType::Int64, Scope::Span),
     sc("url.path", "url_path", ColumnType::Utf8, Scope::Span),
-    sc(
-        "http.request.resend_count",
-        "http_request_resend_count",
-        ColumnType::Int64,
-        Scope::Span,
-    ),
+    sc("http.request.resend_count", "http_request_resend_count", ColumnType::Int64, Scope::Span),
     sc("error.type", "error_type", ColumnType::Utf8, Scope::Span),
-    sc(
-        "user_agent.original",
-        "user_agent_original",
-        ColumnType::Utf8,
-        Scope::Span,
-    ),
+    sc("user_agent.original", "user_agent_original", ColumnType::Utf8, Scope::Span),
 ];
 
 /// The fixed columns, in schema order. The semantic-convention columns follow
@@ -194,14 +119,7 @@ impl SpanColumn {
 }
 
 /// Span kinds as they appear in the `kind` column, indexed by the OTLP enum value.
-pub const SPAN_KINDS: &[&str] = &[
-    "unspecified",
-    "internal",
-    "server",
-    "client",
-    "producer",
-    "consumer",
-];
+pub const SPAN_KINDS: &[&str] = &["unspecified", "internal", "server", "client", "producer", "consumer"];
 
 /// Status codes as they appear in the `status_code` column, indexed by the OTLP enum.
 pub const STATUS_CODES: &[&str] = &["unset", "ok", "error"];
@@ -304,11 +222,7 @@ mod tests {
         }
         for (i, s) in SEMCONV.iter().enumerate() {
             assert_eq!(schema.field(SEMCONV_OFFSET + i).name(), s.column);
-            assert_eq!(
-                s.column,
-                s.attribute.replace('.', "_"),
-                "contract: dots become underscores"
-            );
+            assert_eq!(s.column, s.attribute.replace('.', "_"), "contract: dots become underscores");
         }
         let tail = SEMCONV_OFFSET + SEMCONV.len();
         for (i, name) in TAIL_COLUMNS.iter().enumerate() {

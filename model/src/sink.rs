@@ -32,8 +32,7 @@ pub enum SinkError {
     ShuttingDown,
 }
 
-pub type AppendFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<AppendOutcome, SinkError>> + Send + 'a>>;
+pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<AppendOutcome, SinkError>> + Send + 'a>>;
 
 pub trait SpanSink: Send + Sync + std::fmt::Debug + 'static {
     /// Stores `batch` (with the span schema) for `tenant`.

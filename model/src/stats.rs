@@ -14,10 +14,8 @@ pub struct Histogram {
 }
 
 /// Bounds suited to latencies from tens of microseconds to tens of seconds.
-pub const LATENCY_BOUNDS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
-];
+pub const LATENCY_BOUNDS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Self {
@@ -86,10 +84,6 @@ mod tests {
         assert_eq!(s.buckets[0], (0.0001, 1));
         let at_5ms = s.buckets.iter().find(|(b, _)| *b == 0.005).unwrap();
         assert_eq!(at_5ms.1, 2);
-        assert_eq!(
-            s.buckets.last().unwrap().1,
-            2,
-            "100s is beyond the last bound"
-        );
+        assert_eq!(s.buckets.last().unwrap().1, 2, "100s is beyond the last bound");
     }
 }

@@ -80,9 +80,6 @@ mod tests {
         assert_eq!(Tenant::new(".."), Err(TenantError::InvalidCharacter));
         assert_eq!(Tenant::new("a/b"), Err(TenantError::InvalidCharacter));
         assert_eq!(Tenant::new(&"x".repeat(65)), Err(TenantError::TooLong));
-        assert_eq!(
-            Tenant::new("team-a_1.prod").unwrap().as_str(),
-            "team-a_1.prod"
-        );
+        assert_eq!(Tenant::new("team-a_1.prod").unwrap().as_str(), "team-a_1.prod");
     }
 }

@@ -9,8 +9,8 @@ use andon_model::Tenant;
 use andon_store::{QueryEngine, Store, StoreError};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{
-    DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type,
-    UInt16Type, UInt32Type, UInt64Type,
+    DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type,
+    UInt64Type,
 };
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use axum::extract::{DefaultBodyLimit, State};
@@ -51,21 +51,14 @@ impl From<StoreError> for ApiError {
         let msg = e.to_string();
         // DataFusion capitalises some messages; ours are lowercase.
         let mut chars = msg.chars();
-        let msg = chars
-            .next()
-            .map(|c| c.to_lowercase().chain(chars).collect())
-            .unwrap_or_default();
+        let msg = chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default();
         ApiError(status, msg)
     }
 }
 
 fn tenant_of(headers: &HeaderMap) -> Result<Tenant, ApiError> {
-    Tenant::from_header(headers.get("x-scope-orgid").and_then(|v| v.to_str().ok())).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("invalid x-scope-orgid: {e}"),
-        )
-    })
+    Tenant::from_header(headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()))
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid x-scope-orgid: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,14 +88,10 @@ fn cell(array: &dyn Array, i: usize, fmt: &FormatOptions<'_>) -> Value {
         DataType::UInt16 => num!(UInt16Type),
         DataType::UInt32 => num!(UInt32Type),
         DataType::UInt64 => num!(UInt64Type),
-        DataType::Float32 => {
-            serde_json::Number::from_f64(f64::from(array.as_primitive::<Float32Type>().value(i)))
-                .map_or(Value::Null, Value::Number)
-        }
-        DataType::Float64 => {
-            serde_json::Number::from_f64(array.as_primitive::<Float64Type>().value(i))
-                .map_or(Value::Null, Value::Number)
-        }
+        DataType::Float32 => serde_json::Number::from_f64(f64::from(array.as_primitive::<Float32Type>().value(i)))
+            .map_or(Value::Null, Value::Number),
+        DataType::Float64 => serde_json::Number::from_f64(array.as_primitive::<Float64Type>().value(i))
+            .map_or(Value::Null, Value::Number),
         DataType::Utf8 => Value::String(array.as_string::<i32>().value(i).to_owned()),
         DataType::LargeUtf8 => Value::String(array.as_string::<i64>().value(i).to_owned()),
         DataType::Utf8View => Value::String(array.as_string_view().value(i).to_owned()),
@@ -117,11 +106,7 @@ fn cell(array: &dyn Array, i: usize, fmt: &FormatOptions<'_>) -> Value {
         DataType::Struct(fields) => {
             let s = array.as_struct();
             Value::Object(
-                fields
-                    .iter()
-                    .zip(s.columns())
-                    .map(|(f, c)| (f.name().clone(), cell(c.as_ref(), i, fmt)))
-                    .collect(),
+                fields.iter().zip(s.columns()).map(|(f, c)| (f.name().clone(), cell(c.as_ref(), i, fmt))).collect(),
             )
         }
         DataType::Map(_, _) => {
@@ -132,11 +117,7 @@ fn cell(array: &dyn Array, i: usize, fmt: &FormatOptions<'_>) -> Value {
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            Value::Object(
-                (0..entries.len())
-                    .map(|j| (key(j), cell(values.as_ref(), j, fmt)))
-                    .collect(),
-            )
+            Value::Object((0..entries.len()).map(|j| (key(j), cell(values.as_ref(), j, fmt))).collect())
         }
         _ => match ArrayFormatter::try_new(array, fmt) {
             Ok(f) => Value::String(f.value(i).to_string()),
@@ -146,21 +127,13 @@ fn cell(array: &dyn Array, i: usize, fmt: &FormatOptions<'_>) -> Value {
 }
 
 /// `{"columns": [...], "rows": [[...]]}` for a query result.
-pub fn to_json(
-    schema: &arrow::datatypes::Schema,
-    batches: &[RecordBatch],
-) -> (Vec<String>, Vec<Vec<Value>>) {
+pub fn to_json(schema: &arrow::datatypes::Schema, batches: &[RecordBatch]) -> (Vec<String>, Vec<Vec<Value>>) {
     let fmt = FormatOptions::default().with_timestamp_tz_format(Some("%Y-%m-%dT%H:%M:%S%.fZ"));
     let columns = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mut rows = Vec::new();
     for b in batches {
         for i in 0..b.num_rows() {
-            rows.push(
-                b.columns()
-                    .iter()
-                    .map(|c| cell(c.as_ref(), i, &fmt))
-                    .collect(),
-            );
+            rows.push(b.columns().iter().map(|c| cell(c.as_ref(), i, &fmt)).collect());
         }
     }
     (columns, rows)
@@ -172,12 +145,8 @@ async fn query(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&headers)?;
-    let req: QueryRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("body must be {{\"sql\": \"...\"}}: {e}"),
-        )
-    })?;
+    let req: QueryRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body must be {{\"sql\": \"...\"}}: {e}")))?;
     if req.sql.trim().is_empty() {
         return Err(ApiError(StatusCode::BAD_REQUEST, "sql is empty".into()));
     }
@@ -207,9 +176,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 async fn metrics_handler(State(app): State<Arc<AppState>>) -> Response {
     let app2 = Arc::clone(&app);
     // Sizing the WAL directory touches the disk.
-    let store = tokio::task::spawn_blocking(move || app2.store.snapshot_stats())
-        .await
-        .unwrap_or_default();
+    let store = tokio::task::spawn_blocking(move || app2.store.snapshot_stats()).await.unwrap_or_default();
     let stats = app.store.stats();
     let text = metrics::render(&metrics::Readings {
         ingest: app.ingestor.stats().snapshot(),

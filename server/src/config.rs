@@ -62,6 +62,10 @@ pub struct RawStorage {
     pub retention_hours: u64,
     pub dedup_window_secs: u64,
     pub dedup_max_keys: u64,
+    /// Merge an hour's small segments once there are this many.
+    pub compact_min_segments: u64,
+    /// Segments below this size count as small.
+    pub compact_small_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,12 +107,7 @@ impl Default for RawOtlp {
 
 impl Default for RawApi {
     fn default() -> Self {
-        Self {
-            addr: "127.0.0.1:4380".into(),
-            query_max_rows: 10_000,
-            query_timeout_secs: 30,
-            query_threads: 2,
-        }
+        Self { addr: "127.0.0.1:4380".into(), query_max_rows: 10_000, query_timeout_secs: 30, query_threads: 2 }
     }
 }
 
@@ -122,16 +121,15 @@ impl Default for RawStorage {
             retention_hours: 24 * 7,
             dedup_window_secs: 600,
             dedup_max_keys: 4_000_000,
+            compact_min_segments: 8,
+            compact_small_bytes: 32 << 20,
         }
     }
 }
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self {
-            format: "text".into(),
-            level: "info".into(),
-        }
+        Self { format: "text".into(), level: "info".into() }
     }
 }
 
@@ -160,11 +158,7 @@ pub struct Config {
 }
 
 /// Applies `ANDON_*` variables from `vars` to the TOML table `doc`.
-fn apply_env(
-    doc: &mut toml::Table,
-    defaults: &toml::Table,
-    vars: &[(String, String)],
-) -> anyhow::Result<()> {
+fn apply_env(doc: &mut toml::Table, defaults: &toml::Table, vars: &[(String, String)]) -> anyhow::Result<()> {
     let parse = |raw: &str| -> toml::Value {
         toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
@@ -181,12 +175,8 @@ fn apply_env(
                             toml::Value::String(_) => toml::Value::String(v.clone()),
                             _ => parse(v),
                         };
-                        let entry = doc
-                            .entry(key.clone())
-                            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                        let Some(table) = entry.as_table_mut() else {
-                            bail!("{key} must be a table")
-                        };
+                        let entry = doc.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                        let Some(table) = entry.as_table_mut() else { bail!("{key} must be a table") };
                         table.insert(sub.clone(), value);
                     }
                 }
@@ -206,10 +196,8 @@ fn apply_env(
 pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> anyhow::Result<RawConfig> {
     let mut doc = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading config {}", p.display()))?;
-            toml::from_str::<toml::Table>(&text)
-                .with_context(|| format!("parsing config {}", p.display()))?
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str::<toml::Table>(&text).with_context(|| format!("parsing config {}", p.display()))?
         }
         None => toml::Table::new(),
     };
@@ -223,9 +211,7 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> anyhow::Result<Ra
 }
 
 fn addr(field: &str, value: &str, listen: Option<IpAddr>) -> anyhow::Result<SocketAddr> {
-    let mut a: SocketAddr = value
-        .parse()
-        .with_context(|| format!("{field}: {value:?} is not HOST:PORT"))?;
+    let mut a: SocketAddr = value.parse().with_context(|| format!("{field}: {value:?} is not HOST:PORT"))?;
     if let Some(ip) = listen {
         a.set_ip(ip);
     }
@@ -261,10 +247,7 @@ impl RawConfig {
     pub fn validate(self) -> anyhow::Result<Config> {
         let listen = match self.listen.trim() {
             "" => None,
-            ip => Some(
-                ip.parse::<IpAddr>()
-                    .with_context(|| format!("listen: {ip:?} is not an IP address"))?,
-            ),
+            ip => Some(ip.parse::<IpAddr>().with_context(|| format!("listen: {ip:?} is not an IP address"))?),
         };
         let durability = match self.storage.durability.as_str() {
             "fsync" => Durability::Fsync,
@@ -279,16 +262,8 @@ impl RawConfig {
         let secs = |s: u64| (s > 0).then(|| s * 1_000_000_000);
         let ingest = IngestConfig {
             max_request_bytes: size("otlp.max_request_bytes", self.otlp.max_request_bytes, 1024)?,
-            max_grpc_message_bytes: size(
-                "otlp.max_grpc_message_bytes",
-                self.otlp.max_grpc_message_bytes,
-                1024,
-            )?,
-            max_inflight_bytes: size(
-                "otlp.max_inflight_bytes",
-                self.otlp.max_inflight_bytes,
-                1024,
-            )?,
+            max_grpc_message_bytes: size("otlp.max_grpc_message_bytes", self.otlp.max_grpc_message_bytes, 1024)?,
+            max_inflight_bytes: size("otlp.max_inflight_bytes", self.otlp.max_inflight_bytes, 1024)?,
             span_limits: SpanLimits {
                 max_age_ns: secs(self.otlp.max_span_age_secs),
                 max_future_ns: secs(self.otlp.max_span_future_secs),
@@ -303,15 +278,13 @@ impl RawConfig {
             durability,
             flush_interval: Duration::from_secs(self.storage.flush_interval_secs),
             flush_bytes: size("storage.flush_bytes", self.storage.flush_bytes, 1024)?,
-            max_buffer_bytes: size(
-                "storage.max_buffer_bytes",
-                self.storage.max_buffer_bytes,
-                1024,
-            )?,
+            max_buffer_bytes: size("storage.max_buffer_bytes", self.storage.max_buffer_bytes, 1024)?,
             retention: (self.storage.retention_hours > 0)
                 .then(|| Duration::from_secs(self.storage.retention_hours * 3_600)),
             dedup_window: Duration::from_secs(self.storage.dedup_window_secs.max(1)),
             dedup_max_keys: size("storage.dedup_max_keys", self.storage.dedup_max_keys, 1)?,
+            compact_min_segments: size("storage.compact_min_segments", self.storage.compact_min_segments, 2)?,
+            compact_small_bytes: self.storage.compact_small_bytes,
         };
         if store.max_buffer_bytes < store.flush_bytes {
             bail!("storage.max_buffer_bytes must be at least storage.flush_bytes");
@@ -338,28 +311,18 @@ mod tests {
     use super::*;
 
     fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect()
+        v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
     }
 
     #[test]
     fn precedence_is_file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("andon.toml");
-        std::fs::write(
-            &path,
-            "data_dir = \"/from/file\"\n[storage]\ndurability = \"none\"\nflush_bytes = 4096\n",
-        )
-        .unwrap();
-        let mut raw = load(
-            Some(&path),
-            &vars(&[
-                ("ANDON_STORAGE_FLUSH_BYTES", "8192"),
-                ("ANDON_API_ADDR", "127.0.0.1:0"),
-            ]),
-        )
-        .unwrap();
+        std::fs::write(&path, "data_dir = \"/from/file\"\n[storage]\ndurability = \"none\"\nflush_bytes = 4096\n")
+            .unwrap();
+        let mut raw =
+            load(Some(&path), &vars(&[("ANDON_STORAGE_FLUSH_BYTES", "8192"), ("ANDON_API_ADDR", "127.0.0.1:0")]))
+                .unwrap();
         assert_eq!(raw.storage.durability, "none");
         assert_eq!(raw.storage.flush_bytes, 8192);
         raw.apply(Overrides {
@@ -398,22 +361,12 @@ mod example {
     fn the_example_config_lists_every_key_with_its_default() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../andon.example.toml");
         let raw = load(Some(&path), &[]).unwrap();
-        assert_eq!(
-            toml::Table::try_from(raw).unwrap(),
-            toml::Table::try_from(RawConfig::default()).unwrap()
-        );
+        assert_eq!(toml::Table::try_from(raw).unwrap(), toml::Table::try_from(RawConfig::default()).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
         let defaults = toml::Table::try_from(RawConfig::default()).unwrap();
         for (section, v) in &defaults {
-            for key in v
-                .as_table()
-                .map(|t| t.keys().cloned().collect())
-                .unwrap_or_else(|| vec![section.clone()])
-            {
-                assert!(
-                    text.contains(&format!("\n{key} =")),
-                    "andon.example.toml lacks {key}"
-                );
+            for key in v.as_table().map(|t| t.keys().cloned().collect()).unwrap_or_else(|| vec![section.clone()]) {
+                assert!(text.contains(&format!("\n{key} =")), "andon.example.toml lacks {key}");
             }
         }
     }

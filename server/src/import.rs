@@ -17,9 +17,7 @@ use andon_model::clock::SystemClock;
 use andon_store::{Store, StoreConfig};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 
 #[derive(Debug, clap::Args)]
@@ -28,11 +26,7 @@ pub struct ImportArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// OTLP/HTTP endpoint of a running server.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:4318",
-        env = "ANDON_OTLP_ENDPOINT"
-    )]
+    #[arg(long, default_value = "http://127.0.0.1:4318", env = "ANDON_OTLP_ENDPOINT")]
     pub endpoint: String,
     /// Tenant to import into (sent as X-Scope-OrgID).
     #[arg(long)]
@@ -55,47 +49,26 @@ struct Totals {
 }
 
 enum Target {
-    Server {
-        client: reqwest::Client,
-        url: String,
-        tenant: Option<String>,
-    },
-    Local {
-        ingestor: Ingestor,
-        store: Store,
-        tenant: Tenant,
-    },
+    Server { client: reqwest::Client, url: String, tenant: Option<String> },
+    Local { ingestor: Ingestor, store: Store, tenant: Tenant },
 }
 
 impl Target {
-    async fn send(
-        &self,
-        req: ExportTraceServiceRequest,
-        totals: &mut Totals,
-    ) -> anyhow::Result<()> {
+    async fn send(&self, req: ExportTraceServiceRequest, totals: &mut Totals) -> anyhow::Result<()> {
         match self {
-            Target::Local {
-                ingestor, tenant, ..
-            } => {
+            Target::Local { ingestor, tenant, .. } => {
                 let out = ingestor.export(tenant, req).await?;
                 totals.stored += out.stored as u64;
                 totals.duplicates += out.duplicates as u64;
                 totals.rejected += out.rejected;
             }
-            Target::Server {
-                client,
-                url,
-                tenant,
-            } => {
+            Target::Server { client, url, tenant } => {
                 let body = req.encode_to_vec();
                 let spans: u64 = count_spans(&req);
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    let mut r = client
-                        .post(url)
-                        .header("content-type", "application/x-protobuf")
-                        .body(body.clone());
+                    let mut r = client.post(url).header("content-type", "application/x-protobuf").body(body.clone());
                     if let Some(t) = tenant {
                         r = r.header("x-scope-orgid", t);
                     }
@@ -103,11 +76,8 @@ impl Target {
                     let retry_in = match resp {
                         Ok(resp) if resp.status().is_success() => {
                             let bytes = resp.bytes().await?;
-                            let parsed = ExportTraceServiceResponse::decode(bytes.as_ref())
-                                .unwrap_or_default();
-                            let rejected = parsed
-                                .partial_success
-                                .map_or(0, |p| p.rejected_spans.max(0) as u64);
+                            let parsed = ExportTraceServiceResponse::decode(bytes.as_ref()).unwrap_or_default();
+                            let rejected = parsed.partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64);
                             totals.rejected += rejected;
                             totals.stored += spans.saturating_sub(rejected);
                             return Ok(());
@@ -121,10 +91,7 @@ impl Target {
                         Ok(resp) => {
                             let status = resp.status();
                             let text = resp.text().await.unwrap_or_default();
-                            bail!(
-                                "server refused the export ({status}): {}",
-                                text.escape_debug()
-                            );
+                            bail!("server refused the export ({status}): {}", text.escape_debug());
                         }
                         Err(e) if attempt < 10 => {
                             tracing::warn!(error = %e, "export failed, retrying");
@@ -144,11 +111,7 @@ impl Target {
 }
 
 fn count_spans(req: &ExportTraceServiceRequest) -> u64 {
-    req.resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len() as u64)
-        .sum()
+    req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
 }
 
 /// Reads the files on a thread of its own, sending merged requests down `tx`.
@@ -186,13 +149,8 @@ fn read_files(
                 }
                 Err(e) => {
                     bad_lines += 1;
-                    progress.suspend(|| {
-                        eprintln!(
-                            "{}:{}: not an OTLP JSON export request: {e}",
-                            path.display(),
-                            n + 1
-                        )
-                    });
+                    progress
+                        .suspend(|| eprintln!("{}:{}: not an OTLP JSON export request: {e}", path.display(), n + 1));
                 }
             }
         }
@@ -205,44 +163,24 @@ fn read_files(
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let total_bytes: u64 = args
-        .files
-        .iter()
-        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-        .sum();
+    let total_bytes: u64 = args.files.iter().map(|f| std::fs::metadata(f).map_or(0, |m| m.len())).sum();
     let progress = ProgressBar::new(total_bytes);
     progress.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let target = match &args.data_dir {
         Some(dir) => {
             let tenant = Tenant::from_header(args.tenant.as_deref())?;
             let config = StoreConfig::new(dir);
             let store = tokio::task::spawn_blocking(move || Store::open(config)).await??;
-            let ingestor = Ingestor::new(
-                Arc::new(store.clone()),
-                Arc::new(SystemClock),
-                IngestConfig::default(),
-            );
-            Target::Local {
-                ingestor,
-                store,
-                tenant,
-            }
+            let ingestor = Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), IngestConfig::default());
+            Target::Local { ingestor, store, tenant }
         }
         None => {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?;
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
             let url = format!("{}/v1/traces", args.endpoint.trim_end_matches('/'));
-            Target::Server {
-                client,
-                url,
-                tenant: args.tenant.clone(),
-            }
+            Target::Server { client, url, tenant: args.tenant.clone() }
         }
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
@@ -281,10 +219,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
         totals.bad_lines
     );
     if totals.bad_lines > 0 {
-        bail!(
-            "{} lines could not be read; everything else was imported",
-            totals.bad_lines
-        );
+        bail!("{} lines could not be read; everything else was imported", totals.bad_lines);
     }
     Ok(())
 }

@@ -15,11 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "andon",
-    version,
-    about = "Andon: where users struggle in production, and why"
-)]
+#[command(name = "andon", version, about = "Andon: where users struggle in production, and why")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,9 +55,7 @@ struct ServeArgs {
 fn init_logging(json: bool, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ANDON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -70,9 +64,7 @@ fn init_logging(json: bool, level: &str) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("ANDON_"))
-        .collect();
+    let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("ANDON_")).collect();
     let mut raw = config::load(args.config.as_deref(), &vars)?;
     raw.apply(config::Overrides {
         data_dir: args.data_dir,
@@ -87,10 +79,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("andon")
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("andon").build()?)
 }
 
 fn main() -> ExitCode {

@@ -35,68 +35,32 @@ fn text(v: &Value) -> String {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
 }
 
 pub fn render(format: Format, columns: &[String], rows: &[Vec<Value>]) -> String {
     let mut out = String::new();
     match format {
         Format::Json => {
-            let objects: Vec<Value> = rows
-                .iter()
-                .map(|r| Value::Object(columns.iter().cloned().zip(r.iter().cloned()).collect()))
-                .collect();
+            let objects: Vec<Value> =
+                rows.iter().map(|r| Value::Object(columns.iter().cloned().zip(r.iter().cloned()).collect())).collect();
             out = serde_json::to_string_pretty(&objects).unwrap_or_default();
             out.push('\n');
         }
         Format::Csv => {
-            let _ = writeln!(
-                out,
-                "{}",
-                columns
-                    .iter()
-                    .map(|c| csv_field(c))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
+            let _ = writeln!(out, "{}", columns.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
             for r in rows {
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    r.iter()
-                        .map(|v| csv_field(&text(v)))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                );
+                let _ = writeln!(out, "{}", r.iter().map(|v| csv_field(&text(v))).collect::<Vec<_>>().join(","));
             }
         }
         Format::Table => {
-            let cells: Vec<Vec<String>> =
-                rows.iter().map(|r| r.iter().map(text).collect()).collect();
+            let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(text).collect()).collect();
             let widths: Vec<usize> = columns
                 .iter()
                 .enumerate()
-                .map(|(i, c)| {
-                    cells
-                        .iter()
-                        .map(|r| r[i].chars().count())
-                        .chain([c.chars().count()])
-                        .max()
-                        .unwrap_or(0)
-                })
+                .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([c.chars().count()]).max().unwrap_or(0))
                 .collect();
-            let rule = format!(
-                "+{}+\n",
-                widths
-                    .iter()
-                    .map(|w| "-".repeat(w + 2))
-                    .collect::<Vec<_>>()
-                    .join("+")
-            );
+            let rule = format!("+{}+\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
             let line = |vals: &[String]| {
                 let parts: Vec<String> = vals
                     .iter()
@@ -119,50 +83,23 @@ pub fn render(format: Format, columns: &[String], rows: &[Vec<Value>]) -> String
 
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/query", args.server.trim_end_matches('/'));
-    let mut req = reqwest::Client::new()
-        .post(&url)
-        .json(&serde_json::json!({ "sql": args.sql }));
+    let mut req = reqwest::Client::new().post(&url).json(&serde_json::json!({ "sql": args.sql }));
     if let Some(t) = &args.tenant {
         req = req.header("x-scope-orgid", t);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let resp = req.send().await.with_context(|| format!("connecting to {url}"))?;
     let status = resp.status();
     let body: Value = resp.json().await.context("reading the server's answer")?;
     if !status.is_success() {
-        bail!(
-            "{}",
-            body.get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("query failed")
-        );
+        bail!("{}", body.get("error").and_then(Value::as_str).unwrap_or("query failed"));
     }
-    let columns: Vec<String> = body["columns"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(text)
-        .collect();
-    let rows: Vec<Vec<Value>> = body["rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| r.as_array().cloned().unwrap_or_default())
-        .collect();
+    let columns: Vec<String> = body["columns"].as_array().into_iter().flatten().map(text).collect();
+    let rows: Vec<Vec<Value>> =
+        body["rows"].as_array().into_iter().flatten().map(|r| r.as_array().cloned().unwrap_or_default()).collect();
     print!("{}", render(args.format, &columns, &rows));
     if matches!(args.format, Format::Table) {
-        let truncated = if body["truncated"].as_bool() == Some(true) {
-            ", truncated"
-        } else {
-            ""
-        };
-        eprintln!(
-            "({} rows{truncated}, {:.1} ms)",
-            rows.len(),
-            body["elapsed_ms"].as_f64().unwrap_or(0.0)
-        );
+        let truncated = if body["truncated"].as_bool() == Some(true) { ", truncated" } else { "" };
+        eprintln!("({} rows{truncated}, {:.1} ms)", rows.len(), body["elapsed_ms"].as_f64().unwrap_or(0.0));
     }
     Ok(())
 }
@@ -175,10 +112,7 @@ mod tests {
     #[test]
     fn table_and_csv_render_every_cell() {
         let cols = vec!["service".to_owned(), "n".to_owned()];
-        let rows = vec![
-            vec![json!("cart"), json!(12)],
-            vec![json!("a,b"), Value::Null],
-        ];
+        let rows = vec![vec![json!("cart"), json!(12)], vec![json!("a,b"), Value::Null]];
         let t = render(Format::Table, &cols, &rows);
         assert!(t.contains("| cart    | 12 |"), "{t}");
         let c = render(Format::Csv, &cols, &rows);

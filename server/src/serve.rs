@@ -20,14 +20,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -38,32 +37,20 @@ async fn shutdown_signal() {
 }
 
 async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {what} on {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("binding {what} on {addr}"))
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let store_config = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
-        .await?
-        .context("opening the store")?;
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await?.context("opening the store")?;
     let maintenance = store.spawn_maintenance();
-    let ingestor = Arc::new(Ingestor::new(
-        Arc::new(store.clone()),
-        Arc::new(SystemClock),
-        config.ingest.clone(),
-    ));
+    let ingestor = Arc::new(Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), config.ingest.clone()));
     let query = QueryEngine::new(store.clone(), config.query, config.query_threads)?;
 
     let grpc = bind("otlp-grpc", config.grpc_addr).await?;
     let http = bind("otlp-http", config.http_addr).await?;
     let api_listener = bind("api", config.api_addr).await?;
-    let (grpc_addr, http_addr, api_addr) = (
-        grpc.local_addr()?,
-        http.local_addr()?,
-        api_listener.local_addr()?,
-    );
+    let (grpc_addr, http_addr, api_addr) = (grpc.local_addr()?, http.local_addr()?, api_listener.local_addr()?);
 
     let app = Arc::new(AppState {
         store: store.clone(),
@@ -80,26 +67,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    let grpc_task = tokio::spawn(andon_ingest::grpc::serve(
-        grpc,
-        Arc::clone(&ingestor),
-        stopped(),
-    ));
+    let grpc_task = tokio::spawn(andon_ingest::grpc::serve(grpc, Arc::clone(&ingestor), stopped()));
     let http_task = tokio::spawn(
-        axum::serve(
-            http,
-            andon_ingest::http::router(Arc::clone(&ingestor)).into_make_service(),
-        )
-        .with_graceful_shutdown(stopped())
-        .into_future(),
+        axum::serve(http, andon_ingest::http::router(Arc::clone(&ingestor)).into_make_service())
+            .with_graceful_shutdown(stopped())
+            .into_future(),
     );
     let api_task = tokio::spawn(
-        axum::serve(
-            api_listener,
-            api::router(Arc::clone(&app)).into_make_service(),
-        )
-        .with_graceful_shutdown(stopped())
-        .into_future(),
+        axum::serve(api_listener, api::router(Arc::clone(&app)).into_make_service())
+            .with_graceful_shutdown(stopped())
+            .into_future(),
     );
     app.ready.store(true, Ordering::Release);
     println!("listening otlp-grpc={grpc_addr} otlp-http={http_addr} api={api_addr}");
@@ -114,9 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     h?.context("otlp-http server")?;
     a?.context("api server")?;
     let closing = store.clone();
-    tokio::task::spawn_blocking(move || closing.close())
-        .await?
-        .context("flushing the store")?;
+    tokio::task::spawn_blocking(move || closing.close()).await?.context("flushing the store")?;
     let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;
     info!("shutdown complete");
     Ok(())

@@ -43,19 +43,13 @@ pub struct DedupIndex {
 
 impl std::fmt::Debug for DedupIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DedupIndex")
-            .field("len", &self.len)
-            .field("window", &self.window)
-            .finish()
+        f.debug_struct("DedupIndex").field("len", &self.len).field("window", &self.window).finish()
     }
 }
 
 /// The dedup key of every row of a span batch.
 pub fn batch_keys(batch: &RecordBatch) -> Vec<u64> {
-    let (Some(t), Some(s)) = (
-        batch.column_by_name("trace_id"),
-        batch.column_by_name("span_id"),
-    ) else {
+    let (Some(t), Some(s)) = (batch.column_by_name("trace_id"), batch.column_by_name("span_id")) else {
         return Vec::new();
     };
     let (t, s) = (t.as_string::<i32>(), s.as_string::<i32>());
@@ -81,10 +75,7 @@ impl DedupIndex {
     }
 
     fn current(&mut self, now: Instant) -> &mut KeySet {
-        let fresh = self
-            .generations
-            .back()
-            .is_none_or(|(t, _)| now.duration_since(*t) >= self.generation_len);
+        let fresh = self.generations.back().is_none_or(|(t, _)| now.duration_since(*t) >= self.generation_len);
         if fresh {
             self.generations.push_back((now, KeySet::default()));
         }
@@ -97,9 +88,7 @@ impl DedupIndex {
             self.len -= set.len();
             self.generations.pop_front();
         }
-        let Some((_, set)) = self.generations.back_mut() else {
-            unreachable!("a generation was pushed above")
-        };
+        let Some((_, set)) = self.generations.back_mut() else { unreachable!("a generation was pushed above") };
         set
     }
 
@@ -111,11 +100,7 @@ impl DedupIndex {
         let mut fresh = Vec::with_capacity(keys.len());
         for k in keys {
             let seen = self.generations.iter().any(|(_, g)| g.contains(k));
-            let inserted = !seen
-                && self
-                    .generations
-                    .back_mut()
-                    .is_some_and(|(_, g)| g.insert(*k));
+            let inserted = !seen && self.generations.back_mut().is_some_and(|(_, g)| g.insert(*k));
             if inserted {
                 self.len += 1;
             }

@@ -72,6 +72,9 @@ pub struct StoreConfig {
     pub dedup_window: Duration,
     /// The most span ids remembered for deduplication.
     pub dedup_max_keys: usize,
+    /// Merge a partition's segments once it has this many below `compact_small_bytes`.
+    pub compact_min_segments: usize,
+    pub compact_small_bytes: u64,
 }
 
 impl StoreConfig {
@@ -85,6 +88,8 @@ impl StoreConfig {
             retention: Some(Duration::from_secs(7 * 24 * 3_600)),
             dedup_window: Duration::from_secs(600),
             dedup_max_keys: 4_000_000,
+            compact_min_segments: 8,
+            compact_small_bytes: 32 << 20,
         }
     }
 }
@@ -121,6 +126,8 @@ struct Inner {
     wal: wal::Wal,
     closed: AtomicBool,
     flush_lock: Mutex<()>,
+    /// Compacted-away segment files, deleted after a grace period.
+    graveyard: Mutex<Vec<(Instant, PathBuf)>>,
     stats: Arc<StoreStats>,
     _lock: File,
 }
@@ -166,10 +173,8 @@ impl Store {
             }
         }
 
-        let mut state = State {
-            segments: segments.into_iter().map(|s| (s.path.clone(), s)).collect(),
-            ..State::default()
-        };
+        let mut state =
+            State { segments: segments.into_iter().map(|s| (s.path.clone(), s)).collect(), ..State::default() };
         let mut replayed = 0usize;
         let last_seq = wal::replay(&dir.join("wal"), checkpoint, |r| {
             for batch in r.batches {
@@ -184,22 +189,10 @@ impl Store {
                 replayed += batch.num_rows();
                 let bytes = batch.get_array_memory_size();
                 state.buffer_bytes += bytes;
-                state.buffer.push_back(Buffered {
-                    seq: r.seq,
-                    tenant: r.tenant.clone(),
-                    batch,
-                    bytes,
-                    at: now,
-                });
+                state.buffer.push_back(Buffered { seq: r.seq, tenant: r.tenant.clone(), batch, bytes, at: now });
             }
         })?;
-        info!(
-            checkpoint,
-            last_seq,
-            replayed_spans = replayed,
-            segments = state.segments.len(),
-            "store opened"
-        );
+        info!(checkpoint, last_seq, replayed_spans = replayed, segments = state.segments.len(), "store opened");
 
         let state = Arc::new(RwLock::new(state));
         let on_durable = {
@@ -210,13 +203,7 @@ impl Store {
                 for (seq, tenant, batch) in records {
                     let bytes = batch.get_array_memory_size();
                     s.buffer_bytes += bytes;
-                    s.buffer.push_back(Buffered {
-                        seq,
-                        tenant,
-                        batch,
-                        bytes,
-                        at: now,
-                    });
+                    s.buffer.push_back(Buffered { seq, tenant, batch, bytes, at: now });
                 }
             })
         };
@@ -238,6 +225,7 @@ impl Store {
                 wal,
                 closed: AtomicBool::new(false),
                 flush_lock: Mutex::new(()),
+                graveyard: Mutex::new(Vec::new()),
                 stats,
                 _lock: lock,
             }),
@@ -259,11 +247,7 @@ impl Store {
     }
 
     /// Stores a batch once it is durable; spans already stored are dropped.
-    pub async fn append(
-        &self,
-        tenant: &Tenant,
-        batch: RecordBatch,
-    ) -> Result<AppendOutcome, SinkError> {
+    pub async fn append(&self, tenant: &Tenant, batch: RecordBatch) -> Result<AppendOutcome, SinkError> {
         let total = batch.num_rows();
         if total == 0 {
             return Ok(AppendOutcome::default());
@@ -271,9 +255,7 @@ impl Store {
         {
             let s = self.inner.state.read();
             if s.buffer_bytes > self.inner.config.max_buffer_bytes {
-                return Err(SinkError::Overloaded {
-                    retry_after: Duration::from_secs(5),
-                });
+                return Err(SinkError::Overloaded { retry_after: Duration::from_secs(5) });
             }
         }
         let keys = batch_keys(&batch);
@@ -287,10 +269,7 @@ impl Store {
             }
         };
         let stored = fresh.num_rows();
-        let outcome = AppendOutcome {
-            stored,
-            duplicates: total - stored,
-        };
+        let outcome = AppendOutcome { stored, duplicates: total - stored };
         if stored == 0 {
             self.inner.stats.add_stored(0, outcome.duplicates);
             return Ok(outcome);
@@ -322,12 +301,8 @@ impl Store {
     /// `None`) over hours `[min_hour, max_hour]` must read.
     pub fn snapshot(&self, tenant: Option<&Tenant>, hours: (i64, i64)) -> Snapshot {
         let s = self.inner.state.read();
-        let batches = s
-            .buffer
-            .iter()
-            .filter(|b| tenant.is_none_or(|t| *t == b.tenant))
-            .map(|b| b.batch.clone())
-            .collect();
+        let batches =
+            s.buffer.iter().filter(|b| tenant.is_none_or(|t| *t == b.tenant)).map(|b| b.batch.clone()).collect();
         let segments = s
             .segments
             .values()
@@ -342,10 +317,7 @@ impl Store {
     fn flush_due(&self) -> bool {
         let s = self.inner.state.read();
         let cfg = &self.inner.config;
-        s.buffer_bytes >= cfg.flush_bytes
-            || s.buffer
-                .front()
-                .is_some_and(|b| b.at.elapsed() >= cfg.flush_interval)
+        s.buffer_bytes >= cfg.flush_bytes || s.buffer.front().is_some_and(|b| b.at.elapsed() >= cfg.flush_interval)
     }
 
     /// Writes every buffered span to segments and truncates the WAL. Blocking.
@@ -357,23 +329,32 @@ impl Store {
         {
             let s = self.inner.state.read();
             for b in s.buffer.iter().take_while(|b| b.seq <= through) {
-                by_tenant
-                    .entry(b.tenant.clone())
-                    .or_default()
-                    .push(b.batch.clone());
+                by_tenant.entry(b.tenant.clone()).or_default().push(b.batch.clone());
             }
         }
         let fsync = self.inner.config.durability == Durability::Fsync;
         let root = Self::segments_dir(&self.inner.config.data_dir);
-        let mut written = Vec::new();
-        let mut rows = 0;
-        for (tenant, batches) in &by_tenant {
-            for (n, (hour, batch)) in segment::partition_by_hour(batches)?.into_iter().enumerate() {
-                let seg = segment::write_segment(&root, tenant, hour, through, n, &batch, fsync)?;
-                rows += seg.rows as usize;
-                self.inner.stats.add_segment(seg.bytes);
-                written.push(seg);
+        let mut written: Vec<Segment> = Vec::new();
+        let result = (|| {
+            for (tenant, batches) in &by_tenant {
+                for (n, (hour, batch)) in segment::partition_by_hour(batches)?.into_iter().enumerate() {
+                    written.push(segment::write_segment(&root, tenant, hour, through, n, &batch, fsync)?);
+                }
             }
+            Ok::<_, StoreError>(())
+        })();
+        if let Err(e) = result {
+            // The spans stay buffered and in the WAL. Segments of this attempt must
+            // go: the next flush checkpoints past `through`, which would make them
+            // count as committed next to the segments written again.
+            for seg in &written {
+                let _ = fs::remove_file(&seg.path);
+            }
+            return Err(e);
+        }
+        let rows: usize = written.iter().map(|s| s.rows as usize).sum();
+        for seg in &written {
+            self.inner.stats.add_segment(seg.bytes);
         }
         {
             let mut s = self.inner.state.write();
@@ -390,14 +371,91 @@ impl Store {
         wal::truncate_through(&self.inner.config.data_dir.join("wal"), through)?;
         if rows > 0 {
             self.inner.stats.flush_latency.observe(started.elapsed());
-            info!(
-                rows,
-                through,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "flushed spans to segments"
-            );
+            info!(rows, through, elapsed_ms = started.elapsed().as_millis() as u64, "flushed spans to segments");
         }
         Ok(rows)
+    }
+
+    /// Picks, per partition, the longest run of small segments consecutive in flush
+    /// order, when it is long enough to be worth merging.
+    fn compaction_candidates(&self) -> Vec<Vec<Segment>> {
+        let cfg = &self.inner.config;
+        let s = self.inner.state.read();
+        let mut partitions: BTreeMap<(Tenant, i64), Vec<Segment>> = BTreeMap::new();
+        for seg in s.segments.values() {
+            partitions.entry((seg.tenant.clone(), seg.hour)).or_default().push(seg.clone());
+        }
+        let mut out = Vec::new();
+        for (_, mut segs) in partitions {
+            segs.sort_by_key(|x| x.flush_seq);
+            let mut best: Vec<Segment> = Vec::new();
+            let mut run: Vec<Segment> = Vec::new();
+            for seg in segs {
+                if seg.bytes < cfg.compact_small_bytes && run.len() < 64 {
+                    run.push(seg);
+                } else {
+                    if run.len() > best.len() {
+                        best = std::mem::take(&mut run);
+                    }
+                    run.clear();
+                }
+            }
+            if run.len() > best.len() {
+                best = run;
+            }
+            if best.len() >= cfg.compact_min_segments.max(2) {
+                out.push(best);
+            }
+        }
+        out
+    }
+
+    /// Merges runs of small segments into one sorted segment each. The merge streams
+    /// through DataFusion's external sort under a fixed memory budget, spilling to
+    /// disk past it. Returns how many segments were replaced.
+    pub fn compact(&self) -> Result<usize, StoreError> {
+        let _guard = self.inner.flush_lock.lock();
+        let fsync = self.inner.config.durability == Durability::Fsync;
+        let mut replaced = 0;
+        for inputs in self.compaction_candidates() {
+            let started = Instant::now();
+            let merged = query::sorted_segments(self, inputs.clone())
+                .and_then(|batches| segment::write_compacted(&inputs, batches, fsync))?;
+            {
+                let mut s = self.inner.state.write();
+                for seg in &inputs {
+                    s.segments.remove(&seg.path);
+                }
+                s.segments.insert(merged.path.clone(), merged.clone());
+            }
+            // Queries that took their snapshot before the swap may still open the
+            // inputs; they get a grace period before the files go.
+            self.inner.graveyard.lock().extend(inputs.iter().map(|x| (Instant::now(), x.path.clone())));
+            replaced += inputs.len();
+            info!(
+                inputs = inputs.len(),
+                rows = merged.rows,
+                bytes = merged.bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "compacted segments"
+            );
+        }
+        Ok(replaced)
+    }
+
+    /// Deletes compaction inputs whose grace period is over.
+    fn bury(&self, grace: Duration) {
+        let due: Vec<PathBuf> = {
+            let mut g = self.inner.graveyard.lock();
+            let (due, keep): (Vec<_>, Vec<_>) = g.drain(..).partition(|(t, _)| t.elapsed() >= grace);
+            *g = keep;
+            due.into_iter().map(|(_, p)| p).collect()
+        };
+        for p in due {
+            if let Err(e) = fs::remove_file(&p) {
+                warn!(path = %p.display(), error = %e, "could not delete a compacted segment");
+            }
+        }
     }
 
     /// Deletes segments of hours that ended before `now - retention`.
@@ -411,12 +469,8 @@ impl Store {
             .map_or(i64::MIN, |d| d.as_secs() as i64 / 3_600);
         let expired: Vec<Segment> = {
             let mut s = self.inner.state.write();
-            let paths: Vec<PathBuf> = s
-                .segments
-                .values()
-                .filter(|seg| seg.hour < cutoff)
-                .map(|seg| seg.path.clone())
-                .collect();
+            let paths: Vec<PathBuf> =
+                s.segments.values().filter(|seg| seg.hour < cutoff).map(|seg| seg.path.clone()).collect();
             paths.iter().filter_map(|p| s.segments.remove(p)).collect()
         };
         for seg in &expired {
@@ -434,11 +488,13 @@ impl Store {
         Ok(expired.len())
     }
 
-    /// Runs flushes and retention in the background until the store is closed.
+    /// Runs flushes, compaction and retention in the background until the store is
+    /// closed.
     pub fn spawn_maintenance(&self) -> std::thread::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
         std::thread::spawn(move || {
             let mut last_retention = Instant::now() - Duration::from_secs(3_600);
+            let mut last_compaction = Instant::now();
             loop {
                 std::thread::sleep(Duration::from_millis(250));
                 let Some(inner) = weak.upgrade() else { return };
@@ -450,6 +506,13 @@ impl Store {
                     && let Err(e) = store.flush()
                 {
                     warn!(error = %e, "flush failed, will retry");
+                }
+                if last_compaction.elapsed() >= Duration::from_secs(10) {
+                    last_compaction = Instant::now();
+                    if let Err(e) = store.compact() {
+                        warn!(error = %e, "compaction failed, will retry");
+                    }
+                    store.bury(Duration::from_secs(120));
                 }
                 if last_retention.elapsed() >= Duration::from_secs(60) {
                     last_retention = Instant::now();
@@ -474,11 +537,7 @@ impl Store {
         }
         out.dedup_keys = self.inner.dedup.lock().len() as u64;
         out.wal_disk_bytes = fs::read_dir(self.inner.config.data_dir.join("wal"))
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
+            .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
             .unwrap_or(0);
         out
     }
@@ -488,6 +547,7 @@ impl Store {
     pub fn close(&self) -> Result<(), StoreError> {
         self.inner.closed.store(true, Ordering::Release);
         self.flush()?;
+        self.bury(Duration::ZERO);
         Ok(())
     }
 }
@@ -500,10 +560,7 @@ impl SpanSink for Store {
 
 fn read_checkpoint(path: &Path) -> Result<u64, StoreError> {
     match fs::read_to_string(path) {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("checkpoint file {}", path.display()))),
+        Ok(s) => s.trim().parse().map_err(|_| StoreError::Corrupt(format!("checkpoint file {}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(e.into()),
     }

@@ -22,10 +22,7 @@ pub struct QueryLimits {
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        Self {
-            max_rows: 10_000,
-            timeout: Duration::from_secs(30),
-        }
+        Self { max_rows: 10_000, timeout: Duration::from_secs(30) }
     }
 }
 
@@ -66,12 +63,7 @@ impl QueryEngine {
             .enable_all()
             .build()?;
         let handle = rt.handle().clone();
-        Ok(Self {
-            store,
-            _runtime: Arc::new(QueryRuntime(Some(rt))),
-            handle,
-            limits,
-        })
+        Ok(Self { store, _runtime: Arc::new(QueryRuntime(Some(rt))), handle, limits })
     }
 
     pub fn limits(&self) -> QueryLimits {
@@ -80,9 +72,7 @@ impl QueryEngine {
 
     /// A session whose `spans` table shows `tenant`'s spans (every tenant's if `None`).
     pub fn session(&self, tenant: Option<Tenant>) -> Result<SessionContext, StoreError> {
-        let mut config = SessionConfig::new()
-            .with_target_partitions(2)
-            .with_information_schema(false);
+        let mut config = SessionConfig::new().with_target_partitions(2).with_information_schema(false);
         let opts = config.options_mut();
         opts.execution.parquet.pushdown_filters = true;
         opts.execution.parquet.reorder_filters = true;
@@ -104,10 +94,7 @@ impl QueryEngine {
         let sql = sql.to_owned();
         let max_rows = self.limits.max_rows;
         let task = self.handle.spawn(async move {
-            let options = SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false);
+            let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
             let df = ctx.sql_with_options(&sql, options).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let mut stream = df.execute_stream().await?;
@@ -128,9 +115,7 @@ impl QueryEngine {
         });
         let abort = task.abort_handle();
         let result = match tokio::time::timeout(self.limits.timeout, task).await {
-            Ok(joined) => {
-                joined.map_err(|e| StoreError::Refused(format!("query task failed: {e}")))?
-            }
+            Ok(joined) => joined.map_err(|e| StoreError::Refused(format!("query task failed: {e}")))?,
             Err(_) => {
                 abort.abort();
                 Err(StoreError::Timeout(self.limits.timeout))
@@ -139,16 +124,30 @@ impl QueryEngine {
         let elapsed = started.elapsed();
         self.store.stats().query_latency.observe(elapsed);
         match result {
-            Ok((schema, batches, truncated)) => Ok(QueryOutput {
-                schema,
-                batches,
-                truncated,
-                elapsed,
-            }),
+            Ok((schema, batches, truncated)) => Ok(QueryOutput { schema, batches, truncated, elapsed }),
             Err(e) => {
                 self.store.stats().add_query_failure();
                 Err(e)
             }
         }
     }
+}
+
+/// The rows of `segments`, sorted as segments are, streamed under a memory budget.
+pub(crate) fn sorted_segments(
+    store: &Store,
+    segments: Vec<crate::Segment>,
+) -> Result<impl Iterator<Item = Result<RecordBatch, StoreError>>, StoreError> {
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(96 << 20, 1.0).build_arc()?;
+    let config = SessionConfig::new().with_target_partitions(1);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.register_table("input", Arc::new(SpansTable::segments(store.clone(), segments)))?;
+    let mut stream = rt.block_on(async {
+        let df = ctx.sql("SELECT * FROM input ORDER BY service_name, name, start_time").await?;
+        df.execute_stream().await
+    })?;
+    Ok(std::iter::from_fn(move || rt.block_on(stream.next()).map(|r| r.map_err(StoreError::from))))
 }

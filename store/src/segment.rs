@@ -6,6 +6,12 @@
 //! name ties a file to the WAL checkpoint: a file whose flush was never checkpointed
 //! is an orphan, deleted on start while the WAL replays its spans.
 //!
+//! Compaction merges a run of small segments of one partition, consecutive in
+//! flush order, into `<last flush seq>-c<first flush seq>.parquet`. The name says
+//! which segments it replaces: any file of the same partition whose flush range
+//! lies inside `[first, last]`. A crash after the merged file is renamed but before
+//! its inputs are deleted is mended on start by deleting those inputs.
+//!
 //! Rows are sorted by service, span name and start time: that is what detectors and
 //! people filter on, so row-group statistics prune well, and neighbouring rows share
 //! attribute values, which dictionary encoding and zstd turn into few bytes.
@@ -40,7 +46,10 @@ pub struct Segment {
     pub tenant: Tenant,
     /// Hours since the epoch of every span's start time in the file.
     pub hour: i64,
+    /// The last flush whose spans the file holds.
     pub flush_seq: u64,
+    /// The first flush whose spans the file holds (`flush_seq` unless compacted).
+    pub first_seq: u64,
     pub rows: u64,
     pub bytes: u64,
 }
@@ -99,21 +108,9 @@ fn writer_properties(rows: usize) -> Result<WriterProperties, StoreError> {
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(256 * 1024))
         .set_sorting_columns(Some(vec![
-            SortingColumn {
-                column_idx: idx("service_name"),
-                descending: false,
-                nulls_first: false,
-            },
-            SortingColumn {
-                column_idx: idx("name"),
-                descending: false,
-                nulls_first: false,
-            },
-            SortingColumn {
-                column_idx: idx("start_time"),
-                descending: false,
-                nulls_first: false,
-            },
+            SortingColumn { column_idx: idx("service_name"), descending: false, nulls_first: false },
+            SortingColumn { column_idx: idx("name"), descending: false, nulls_first: false },
+            SortingColumn { column_idx: idx("start_time"), descending: false, nulls_first: false },
         ]))
         // Trace lookups (`WHERE trace_id = '…'`) skip row groups by bloom filter.
         .set_column_bloom_filter_enabled(col("trace_id"), true)
@@ -124,9 +121,7 @@ fn writer_properties(rows: usize) -> Result<WriterProperties, StoreError> {
         b = b.set_column_dictionary_enabled(col(c), false);
     }
     for c in ["start_time", "end_time", "duration_ns"] {
-        b = b
-            .set_column_dictionary_enabled(col(c), false)
-            .set_column_encoding(col(c), Encoding::DELTA_BINARY_PACKED);
+        b = b.set_column_dictionary_enabled(col(c), false).set_column_encoding(col(c), Encoding::DELTA_BINARY_PACKED);
     }
     Ok(b.build())
 }
@@ -139,9 +134,7 @@ pub fn partition_by_hour(batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatc
         return Ok(Vec::new());
     }
     let column = |n: &str| -> Result<ArrayRef, StoreError> {
-        all.column_by_name(n)
-            .cloned()
-            .ok_or_else(|| StoreError::Corrupt(format!("batch lacks column {n}")))
+        all.column_by_name(n).cloned().ok_or_else(|| StoreError::Corrupt(format!("batch lacks column {n}")))
     };
     let start = column("start_time")?;
     let hours: Int64Array = start
@@ -150,22 +143,10 @@ pub fn partition_by_hour(batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatc
         .map(|t| t.map(|t| t.div_euclid(NANOS_PER_HOUR)))
         .collect();
     let sort = [
-        SortColumn {
-            values: Arc::new(hours.clone()),
-            options: None,
-        },
-        SortColumn {
-            values: column("service_name")?,
-            options: None,
-        },
-        SortColumn {
-            values: column("name")?,
-            options: None,
-        },
-        SortColumn {
-            values: start,
-            options: None,
-        },
+        SortColumn { values: Arc::new(hours.clone()), options: None },
+        SortColumn { values: column("service_name")?, options: None },
+        SortColumn { values: column("name")?, options: None },
+        SortColumn { values: start, options: None },
     ];
     let indices = lexsort_to_indices(&sort, None)?;
     let sorted = take_record_batch(&all, &indices)?;
@@ -175,10 +156,7 @@ pub fn partition_by_hour(batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatc
     let mut run_start = 0;
     for i in 1..=sorted.num_rows() {
         if i == sorted.num_rows() || sorted_hours.value(i) != sorted_hours.value(run_start) {
-            out.push((
-                sorted_hours.value(run_start),
-                sorted.slice(run_start, i - run_start),
-            ));
+            out.push((sorted_hours.value(run_start), sorted.slice(run_start, i - run_start)));
             run_start = i;
         }
     }
@@ -206,11 +184,7 @@ pub fn write_segment(
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
     let file = File::create(&tmp)?;
-    let mut w = ArrowWriter::try_new(
-        file,
-        span_schema(),
-        Some(writer_properties(batch.num_rows())?),
-    )?;
+    let mut w = ArrowWriter::try_new(file, span_schema(), Some(writer_properties(batch.num_rows())?))?;
     w.write(batch)?;
     let file = w.into_inner()?;
     if fsync {
@@ -233,9 +207,84 @@ pub fn write_segment(
         tenant: tenant.clone(),
         hour,
         flush_seq,
+        first_seq: flush_seq,
         rows: batch.num_rows() as u64,
         bytes,
     })
+}
+
+/// Writes the sorted `batches` of a compaction of `inputs` (one partition, a run
+/// consecutive in flush order) and returns the merged segment.
+pub fn write_compacted(
+    inputs: &[Segment],
+    batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
+    fsync: bool,
+) -> Result<Segment, StoreError> {
+    let (Some(first), Some(last)) =
+        (inputs.iter().map(|s| s.first_seq).min(), inputs.iter().map(|s| s.flush_seq).max())
+    else {
+        return Err(StoreError::Corrupt("compaction without inputs".into()));
+    };
+    let dir = inputs[0].path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = format!("{last:020}-c{first:020}.parquet");
+    let path = dir.join(&name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let rows: u64 = inputs.iter().map(|s| s.rows).sum();
+    let props = writer_properties(usize::try_from(rows).unwrap_or(usize::MAX))?;
+    let write = || -> Result<(File, u64), StoreError> {
+        let mut w = ArrowWriter::try_new(File::create(&tmp)?, span_schema(), Some(props))?;
+        let mut written = 0u64;
+        for b in batches {
+            // The query's schema may differ in nullability only; the file's must not.
+            let b = b?;
+            let b = RecordBatch::try_new(span_schema(), b.columns().to_vec())?;
+            written += b.num_rows() as u64;
+            w.write(&b)?;
+        }
+        Ok((w.into_inner()?, written))
+    };
+    let (file, written) = match write() {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if written != rows {
+        let _ = fs::remove_file(&tmp);
+        return Err(StoreError::Corrupt(format!("compaction read {written} rows of {rows}")));
+    }
+    if fsync {
+        file.sync_all()?;
+    }
+    let bytes = file.metadata()?.len();
+    drop(file);
+    fs::rename(&tmp, &path)?;
+    if fsync {
+        sync_dir(&dir)?;
+    }
+    Ok(Segment {
+        path,
+        tenant: inputs[0].tenant.clone(),
+        hour: inputs[0].hour,
+        flush_seq: last,
+        first_seq: first,
+        rows,
+        bytes,
+    })
+}
+
+/// `(last, first)` flush sequence numbers from a segment file name.
+fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
+    let (last, rest) = name.strip_suffix(".parquet")?.split_once('-')?;
+    let last = last.parse().ok()?;
+    match rest.strip_prefix('c') {
+        Some(first) => Some((last, first.parse().ok()?)),
+        None => {
+            rest.parse::<u32>().ok()?;
+            Some((last, last))
+        }
+    }
 }
 
 /// Every segment under `root`. Temporary files are deleted, and so are segments of
@@ -255,21 +304,17 @@ pub fn load_segments(root: &Path, checkpoint: u64) -> Result<Vec<Segment>, Store
             let Some(hour) = h.file_name().to_str().and_then(parse_hour_dir) else {
                 continue;
             };
+            let mut found = Vec::new();
             for f in fs::read_dir(h.path())? {
                 let path = f?.path();
-                let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned)
-                else {
+                let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                     continue;
                 };
                 if name.ends_with(".tmp") {
                     fs::remove_file(&path)?;
                     continue;
                 }
-                let Some(flush_seq) = name
-                    .strip_suffix(".parquet")
-                    .and_then(|s| s.split_once('-'))
-                    .and_then(|(s, _)| s.parse::<u64>().ok())
-                else {
+                let Some((flush_seq, first_seq)) = parse_segment_name(&name) else {
                     continue;
                 };
                 if flush_seq > checkpoint {
@@ -280,14 +325,24 @@ pub fn load_segments(root: &Path, checkpoint: u64) -> Result<Vec<Segment>, Store
                 let bytes = fs::metadata(&path)?.len();
                 let reader = SerializedFileReader::new(File::open(&path)?)?;
                 let rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
-                out.push(Segment {
-                    path,
-                    tenant: tenant.clone(),
-                    hour,
-                    flush_seq,
-                    rows,
-                    bytes,
-                });
+                found.push(Segment { path, tenant: tenant.clone(), hour, flush_seq, first_seq, rows, bytes });
+            }
+            // Inputs of a compaction that crashed before deleting them.
+            let merged: Vec<(u64, u64, PathBuf)> = found
+                .iter()
+                .filter(|s| s.first_seq != s.flush_seq)
+                .map(|s| (s.first_seq, s.flush_seq, s.path.clone()))
+                .collect();
+            for seg in found {
+                let replaced = merged
+                    .iter()
+                    .any(|(first, last, p)| *p != seg.path && *first <= seg.first_seq && seg.flush_seq <= *last);
+                if replaced {
+                    tracing::info!(path = %seg.path.display(), "removing segment already merged by compaction");
+                    fs::remove_file(&seg.path)?;
+                } else {
+                    out.push(seg);
+                }
             }
         }
     }
@@ -315,5 +370,13 @@ mod tests {
         // 2026-11-21T23:00:00Z
         assert_eq!(hour_dir_name(1_795_302_000 / 3_600), "2026-11-21T23");
         assert_eq!(parse_hour_dir("2026-13-01T00"), None);
+    }
+
+    #[test]
+    fn segment_names_give_their_flush_range() {
+        assert_eq!(parse_segment_name("00000000000000000042-0003.parquet"), Some((42, 42)));
+        assert_eq!(parse_segment_name("00000000000000000042-c00000000000000000007.parquet"), Some((42, 7)));
+        assert_eq!(parse_segment_name("00000000000000000042-0003.parquet.tmp"), None);
+        assert_eq!(parse_segment_name("notes.txt"), None);
     }
 }

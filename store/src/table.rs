@@ -33,23 +33,24 @@ use crate::segment::NANOS_PER_HOUR;
 pub struct SpansTable {
     store: Store,
     tenant: Option<Tenant>,
+    /// Read exactly these segments and no buffer (compaction's input).
+    only: Option<Vec<crate::Segment>>,
 }
 
 impl SpansTable {
     /// The spans of one tenant.
     pub fn for_tenant(store: Store, tenant: Tenant) -> Self {
-        Self {
-            store,
-            tenant: Some(tenant),
-        }
+        Self { store, tenant: Some(tenant), only: None }
     }
 
     /// The spans of every tenant.
     pub fn all_tenants(store: Store) -> Self {
-        Self {
-            store,
-            tenant: None,
-        }
+        Self { store, tenant: None, only: None }
+    }
+
+    /// Exactly `segments`, nothing buffered.
+    pub(crate) fn segments(store: Store, segments: Vec<crate::Segment>) -> Self {
+        Self { store, tenant: None, only: Some(segments) }
     }
 }
 
@@ -113,10 +114,7 @@ impl TableProvider for SpansTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
         // Filters are used for pruning and re-applied above the scan.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -132,42 +130,35 @@ impl TableProvider for SpansTable {
         for f in filters {
             narrow(f, &mut hours);
         }
-        let snap = self.store.snapshot(self.tenant.as_ref(), hours);
+        let snap = match &self.only {
+            Some(segments) => crate::Snapshot { batches: Vec::new(), segments: segments.clone() },
+            None => self.store.snapshot(self.tenant.as_ref(), hours),
+        };
         let schema = span_schema();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
         if !snap.segments.is_empty() {
             let partitions = state.config().target_partitions().max(1);
-            let mut groups: Vec<Vec<PartitionedFile>> =
-                vec![Vec::new(); partitions.min(snap.segments.len())];
+            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(snap.segments.len())];
             let n = groups.len();
             for (i, seg) in snap.segments.iter().enumerate() {
-                groups[i % n].push(PartitionedFile::new(
-                    seg.path.to_string_lossy().into_owned(),
-                    seg.bytes,
-                ));
+                groups[i % n].push(PartitionedFile::new(seg.path.to_string_lossy().into_owned(), seg.bytes));
             }
             let options = state.table_options().parquet.clone();
             let format = ParquetFormat::default().with_options(options.clone());
-            let source =
-                ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
-            let config =
-                FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                    .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-                    .with_projection_indices(projection.cloned())?
-                    .with_limit(limit)
-                    .build();
+            let source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+            let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
             inputs.push(format.create_physical_plan(state, config).await?);
         }
         if !snap.batches.is_empty() {
             // Two partitions keep both cores busy on the freshest data.
             let half = snap.batches.len().div_ceil(2);
             let parts: Vec<Vec<_>> = snap.batches.chunks(half).map(<[_]>::to_vec).collect();
-            inputs.push(MemorySourceConfig::try_new_exec(
-                &parts,
-                Arc::clone(&schema),
-                projection.cloned(),
-            )?);
+            inputs.push(MemorySourceConfig::try_new_exec(&parts, Arc::clone(&schema), projection.cloned())?);
         }
         if inputs.is_empty() {
             let projected = match projection {
@@ -186,31 +177,19 @@ mod tests {
     use datafusion::logical_expr::{col, lit};
 
     fn ts(secs: i64) -> Expr {
-        lit(ScalarValue::TimestampNanosecond(
-            Some(secs * 1_000_000_000),
-            Some("UTC".into()),
-        ))
+        lit(ScalarValue::TimestampNanosecond(Some(secs * 1_000_000_000), Some("UTC".into())))
     }
 
     #[test]
     fn start_time_bounds_narrow_the_hours() {
         let mut h = (i64::MIN, i64::MAX);
-        narrow(
-            &col("start_time")
-                .gt_eq(ts(7_200))
-                .and(col("start_time").lt(ts(4 * 3_600 + 5))),
-            &mut h,
-        );
+        narrow(&col("start_time").gt_eq(ts(7_200)).and(col("start_time").lt(ts(4 * 3_600 + 5))), &mut h);
         assert_eq!(h, (2, 4));
         let mut h = (i64::MIN, i64::MAX);
         narrow(&ts(3_600).lt_eq(col("start_time")), &mut h);
         assert_eq!(h, (1, i64::MAX));
         let mut h = (i64::MIN, i64::MAX);
         narrow(&col("end_time").gt(ts(7_200)), &mut h);
-        assert_eq!(
-            h,
-            (i64::MIN, i64::MAX),
-            "only start_time decides the partition"
-        );
+        assert_eq!(h, (i64::MIN, i64::MAX), "only start_time decides the partition");
     }
 }

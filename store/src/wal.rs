@@ -51,9 +51,7 @@ fn decode_payload(payload: &[u8]) -> Result<(u64, Tenant, Vec<RecordBatch>), Sto
     }
     let seq = u64::from_le_bytes(payload[..8].try_into().map_err(|_| corrupt("seq"))?);
     let tlen = usize::from(u16::from_le_bytes([payload[8], payload[9]]));
-    let tenant_bytes = payload
-        .get(10..10 + tlen)
-        .ok_or_else(|| corrupt("tenant"))?;
+    let tenant_bytes = payload.get(10..10 + tlen).ok_or_else(|| corrupt("tenant"))?;
     let tenant = std::str::from_utf8(tenant_bytes).map_err(|_| corrupt("tenant utf-8"))?;
     let tenant = Tenant::new(tenant).map_err(|e| corrupt(&e.to_string()))?;
     let reader = StreamReader::try_new(&payload[10 + tlen..], None)?;
@@ -119,11 +117,7 @@ pub fn replay(dir: &Path, after: u64, mut f: impl FnMut(Replayed)) -> Result<u64
                 Ok((seq, tenant, batches)) => {
                     if seq > after {
                         last_seq = last_seq.max(seq);
-                        f(Replayed {
-                            seq,
-                            tenant,
-                            batches,
-                        });
+                        f(Replayed { seq, tenant, batches });
                     }
                 }
                 Err(e) => {
@@ -164,15 +158,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub type OnDurable = Box<dyn FnMut(Vec<(u64, Tenant, RecordBatch)>) + Send>;
 
 enum Command {
-    Append {
-        payload: Vec<u8>,
-        tenant: Tenant,
-        batch: RecordBatch,
-        done: oneshot::Sender<Result<u64, String>>,
-    },
-    Rotate {
-        done: oneshot::Sender<Result<u64, String>>,
-    },
+    Append { payload: Vec<u8>, tenant: Tenant, batch: RecordBatch, done: oneshot::Sender<Result<u64, String>> },
+    Rotate { done: oneshot::Sender<Result<u64, String>> },
 }
 
 /// Handle to the writer thread.
@@ -199,11 +186,7 @@ struct Writer {
 impl Writer {
     fn open_new(&mut self) -> io::Result<()> {
         let path = self.opts.dir.join(format!("{:020}.wal", self.next_seq));
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)?;
+        let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
         f.write_all(MAGIC)?;
         if self.opts.fsync {
             f.sync_all()?;
@@ -240,10 +223,7 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                if f.set_len(start)
-                    .and_then(|()| f.seek(SeekFrom::Start(start)).map(|_| ()))
-                    .is_err()
-                {
+                if f.set_len(start).and_then(|()| f.seek(SeekFrom::Start(start)).map(|_| ())).is_err() {
                     // The file is in an unknown state: start a fresh one next time.
                     self.file = None;
                 }
@@ -257,76 +237,57 @@ impl Wal {
     pub fn start(opts: WalOptions, mut on_durable: OnDurable) -> Result<Self, StoreError> {
         fs::create_dir_all(&opts.dir)?;
         let (tx, rx) = mpsc::sync_channel::<Command>(1024);
-        let mut w = Writer {
-            next_seq: opts.next_seq,
-            opts,
-            file: None,
-        };
+        let mut w = Writer { next_seq: opts.next_seq, opts, file: None };
         w.open_new()?;
-        let thread = std::thread::Builder::new()
-            .name("andon-wal".into())
-            .spawn(move || {
-                let mut frames = Vec::new();
-                while let Ok(first) = rx.recv() {
-                    let mut pending = vec![first];
-                    // Group commit: everything already queued shares one sync.
-                    let mut bytes = 0usize;
-                    while bytes < 64 << 20 {
-                        match rx.try_recv() {
-                            Ok(c) => {
-                                if let Command::Append { payload, .. } = &c {
-                                    bytes += payload.len();
-                                }
-                                pending.push(c);
+        let thread = std::thread::Builder::new().name("andon-wal".into()).spawn(move || {
+            let mut frames = Vec::new();
+            while let Ok(first) = rx.recv() {
+                let mut pending = vec![first];
+                // Group commit: everything already queued shares one sync.
+                let mut bytes = 0usize;
+                while bytes < 64 << 20 {
+                    match rx.try_recv() {
+                        Ok(c) => {
+                            if let Command::Append { payload, .. } = &c {
+                                bytes += payload.len();
                             }
-                            Err(_) => break,
+                            pending.push(c);
                         }
+                        Err(_) => break,
                     }
-                    let mut appends = Vec::new();
-                    for cmd in pending {
-                        match cmd {
-                            Command::Append {
-                                mut payload,
-                                tenant,
-                                batch,
-                                done,
-                            } => {
-                                appends.push((payload.len(), tenant, batch, done));
-                                let seq = w.next_seq + appends.len() as u64 - 1;
-                                payload[..8].copy_from_slice(&seq.to_le_bytes());
-                                frames.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                                frames.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-                                frames.extend_from_slice(&payload);
-                            }
-                            Command::Rotate { done } => {
-                                // Appends queued before the rotation land in the old file.
-                                Self::commit(&mut w, &mut frames, &mut appends, &mut on_durable);
-                                let last = w.next_seq - 1;
-                                w.file = None;
-                                let r = w.open_new().map(|()| last).map_err(|e| e.to_string());
-                                let _ = done.send(r);
-                            }
-                        }
-                    }
-                    Self::commit(&mut w, &mut frames, &mut appends, &mut on_durable);
                 }
-            })?;
-        Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
+                let mut appends = Vec::new();
+                for cmd in pending {
+                    match cmd {
+                        Command::Append { mut payload, tenant, batch, done } => {
+                            appends.push((payload.len(), tenant, batch, done));
+                            let seq = w.next_seq + appends.len() as u64 - 1;
+                            payload[..8].copy_from_slice(&seq.to_le_bytes());
+                            frames.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                            frames.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+                            frames.extend_from_slice(&payload);
+                        }
+                        Command::Rotate { done } => {
+                            // Appends queued before the rotation land in the old file.
+                            Self::commit(&mut w, &mut frames, &mut appends, &mut on_durable);
+                            let last = w.next_seq - 1;
+                            w.file = None;
+                            let r = w.open_new().map(|()| last).map_err(|e| e.to_string());
+                            let _ = done.send(r);
+                        }
+                    }
+                }
+                Self::commit(&mut w, &mut frames, &mut appends, &mut on_durable);
+            }
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
     }
 
     #[allow(clippy::type_complexity)]
     fn commit(
         w: &mut Writer,
         frames: &mut Vec<u8>,
-        appends: &mut Vec<(
-            usize,
-            Tenant,
-            RecordBatch,
-            oneshot::Sender<Result<u64, String>>,
-        )>,
+        appends: &mut Vec<(usize, Tenant, RecordBatch, oneshot::Sender<Result<u64, String>>)>,
         on_durable: &mut OnDurable,
     ) {
         if appends.is_empty() {
@@ -346,10 +307,7 @@ impl Wal {
                     })
                     .collect();
                 on_durable(durable);
-                if w.file
-                    .as_ref()
-                    .is_some_and(|(_, len)| *len >= w.opts.segment_bytes)
-                {
+                if w.file.as_ref().is_some_and(|(_, len)| *len >= w.opts.segment_bytes) {
                     // The next group opens a file named by its first sequence number.
                     w.file = None;
                 }
@@ -372,20 +330,10 @@ impl Wal {
     }
 
     /// Appends a record made by [`encode_batch`]; resolves once it is durable.
-    pub async fn append(
-        &self,
-        payload: Vec<u8>,
-        tenant: Tenant,
-        batch: RecordBatch,
-    ) -> Result<u64, StoreError> {
+    pub async fn append(&self, payload: Vec<u8>, tenant: Tenant, batch: RecordBatch) -> Result<u64, StoreError> {
         let (done, rx) = oneshot::channel();
         let tx = self.sender()?;
-        match tx.try_send(Command::Append {
-            payload,
-            tenant,
-            batch,
-            done,
-        }) {
+        match tx.try_send(Command::Append { payload, tenant, batch, done }) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(cmd)) => {
                 // The queue is bounded; waiting for room blocks a blocking-pool thread,
@@ -398,20 +346,14 @@ impl Wal {
             }
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
         }
-        rx.await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::Wal)
+        rx.await.map_err(|_| StoreError::Closed)?.map_err(StoreError::Wal)
     }
 
     /// Starts a new file; returns the last sequence number in the old ones.
     pub fn rotate(&self) -> Result<u64, StoreError> {
         let (done, rx) = oneshot::channel();
-        self.sender()?
-            .send(Command::Rotate { done })
-            .map_err(|_| StoreError::Closed)?;
-        rx.blocking_recv()
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::Wal)
+        self.sender()?.send(Command::Rotate { done }).map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?.map_err(StoreError::Wal)
     }
 
     /// Stops the writer after it has written everything queued.

@@ -34,31 +34,20 @@ fn batch(seed: u64, n: u64, start_ns: u64) -> RecordBatch {
             resource: Some(Resource {
                 attributes: vec![KeyValue {
                     key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue("svc".into())),
-                    }),
+                    value: Some(AnyValue { value: Some(Value::StringValue("svc".into())) }),
                     ..Default::default()
                 }],
                 ..Default::default()
             }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
             ..Default::default()
         }],
     };
-    convert_request(&req, &Tenant::default_tenant(), 0, SpanLimits::default())
-        .unwrap()
-        .batch
-        .unwrap()
+    convert_request(&req, &Tenant::default_tenant(), 0, SpanLimits::default()).unwrap().batch.unwrap()
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 fn config(dir: &std::path::Path) -> StoreConfig {
@@ -70,18 +59,11 @@ fn config(dir: &std::path::Path) -> StoreConfig {
 async fn count(store: &Store, sql: &str) -> i64 {
     let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 1).unwrap();
     let out = engine.run(None, sql).await.unwrap();
-    out.batches[0]
-        .column(0)
-        .as_primitive::<Int64Type>()
-        .value(0)
+    out.batches[0].column(0).as_primitive::<Int64Type>().value(0)
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 #[test]
@@ -91,25 +73,17 @@ fn unflushed_spans_are_replayed_from_the_wal() {
     let t = Tenant::default_tenant();
     {
         let store = Store::open(config(dir.path())).unwrap();
-        rt.block_on(store.append(&t, batch(1, 100, now_ns())))
-            .unwrap();
-        rt.block_on(store.append(&t, batch(2, 50, now_ns())))
-            .unwrap();
+        rt.block_on(store.append(&t, batch(1, 100, now_ns()))).unwrap();
+        rt.block_on(store.append(&t, batch(2, 50, now_ns()))).unwrap();
         // Dropped without close: as after a kill, only the WAL has the spans.
     }
     let store = Store::open(config(dir.path())).unwrap();
-    assert_eq!(
-        rt.block_on(count(&store, "SELECT count(*) FROM spans")),
-        150
-    );
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 150);
     // Replay flushed them, so a second restart reads them from segments.
     drop(store);
     let store = Store::open(config(dir.path())).unwrap();
     assert_eq!(store.snapshot_stats().buffered_spans, 0);
-    assert_eq!(
-        rt.block_on(count(&store, "SELECT count(*) FROM spans")),
-        150
-    );
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 150);
 }
 
 #[test]
@@ -119,22 +93,12 @@ fn a_torn_wal_tail_is_cut_off_and_the_rest_kept() {
     let t = Tenant::default_tenant();
     {
         let store = Store::open(config(dir.path())).unwrap();
-        rt.block_on(store.append(&t, batch(1, 10, now_ns())))
-            .unwrap();
+        rt.block_on(store.append(&t, batch(1, 10, now_ns()))).unwrap();
     }
-    let wal = std::fs::read_dir(dir.path().join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max()
-        .unwrap();
+    let wal = std::fs::read_dir(dir.path().join("wal")).unwrap().map(|e| e.unwrap().path()).max().unwrap();
     let clean_len = std::fs::metadata(&wal).unwrap().len();
     // Half a frame: a length promising more than follows.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&wal)
-        .unwrap()
-        .write_all(&[200, 0, 0, 0, 1, 2, 3])
-        .unwrap();
+    std::fs::OpenOptions::new().append(true).open(&wal).unwrap().write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
     let store = Store::open(config(dir.path())).unwrap();
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 10);
     assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == clean_len);
@@ -148,27 +112,19 @@ fn segments_of_an_unfinished_flush_are_removed_and_replayed_once() {
     let stray;
     {
         let store = Store::open(config(dir.path())).unwrap();
-        rt.block_on(store.append(&t, batch(1, 20, now_ns())))
-            .unwrap();
+        rt.block_on(store.append(&t, batch(1, 20, now_ns()))).unwrap();
         store.flush().unwrap();
-        rt.block_on(store.append(&t, batch(2, 30, now_ns())))
-            .unwrap();
+        rt.block_on(store.append(&t, batch(2, 30, now_ns()))).unwrap();
         // Simulate a crash after a segment was renamed but before the checkpoint:
         // copy a real segment under the next flush's sequence number.
-        let seg = walk(&dir.path().join("segments"))
-            .into_iter()
-            .next()
-            .unwrap();
+        let seg = walk(&dir.path().join("segments")).into_iter().next().unwrap();
         stray = seg.with_file_name("00000000000000009999-0000.parquet");
         std::fs::copy(&seg, &stray).unwrap();
     }
     let store = Store::open(config(dir.path())).unwrap();
     assert!(!stray.exists(), "the orphan segment is gone");
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 50);
-    assert_eq!(
-        rt.block_on(count(&store, "SELECT count(DISTINCT trace_id) FROM spans")),
-        50
-    );
+    assert_eq!(rt.block_on(count(&store, "SELECT count(DISTINCT trace_id) FROM spans")), 50);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -211,17 +167,12 @@ fn retention_deletes_old_hours_only_and_time_filters_prune_hours() {
     let mut cfg = config(dir.path());
     cfg.retention = Some(Duration::from_secs(24 * 3_600));
     let store = Store::open(cfg).unwrap();
-    rt.block_on(store.append(&t, batch(1, 10, now - 72 * HOUR)))
-        .unwrap();
-    rt.block_on(store.append(&t, batch(2, 20, now - 2 * HOUR)))
-        .unwrap();
+    rt.block_on(store.append(&t, batch(1, 10, now - 72 * HOUR))).unwrap();
+    rt.block_on(store.append(&t, batch(2, 20, now - 2 * HOUR))).unwrap();
     rt.block_on(store.append(&t, batch(3, 30, now))).unwrap();
     store.flush().unwrap();
     assert_eq!(store.snapshot_stats().segments, 3, "one segment per hour");
-    let since = format!(
-        "SELECT count(*) FROM spans WHERE start_time >= to_timestamp_nanos({})",
-        now - 3 * HOUR
-    );
+    let since = format!("SELECT count(*) FROM spans WHERE start_time >= to_timestamp_nanos({})", now - 3 * HOUR);
     assert_eq!(rt.block_on(count(&store, &since)), 50);
     assert_eq!(store.apply_retention(SystemTime::now()).unwrap(), 1);
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 50);
@@ -234,4 +185,40 @@ fn a_second_process_cannot_open_the_same_data_dir() {
     let _store = Store::open(config(dir.path())).unwrap();
     let err = Store::open(config(dir.path())).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[test]
+fn compaction_merges_small_segments_and_a_crash_midway_is_mended() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns();
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 4;
+    let store = Store::open(cfg.clone()).unwrap();
+    for i in 0..6 {
+        rt.block_on(store.append(&t, batch(i, 100, now))).unwrap();
+        store.flush().unwrap();
+    }
+    assert_eq!(store.snapshot_stats().segments, 6);
+    let before = walk(&dir.path().join("segments"));
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> =
+        before.iter().map(|p| (p.clone(), std::fs::read(p).unwrap())).collect();
+    assert_eq!(store.compact().unwrap(), 6);
+    assert_eq!(store.snapshot_stats().segments, 1);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 600);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(DISTINCT trace_id) FROM spans")), 600);
+    store.close().unwrap();
+    drop(store);
+    let after = walk(&dir.path().join("segments"));
+    assert_eq!(after.len(), 1, "inputs are deleted on close: {after:?}");
+    assert!(after[0].file_name().unwrap().to_string_lossy().contains("-c"));
+
+    // A crash after the merged file was renamed but before its inputs went.
+    for (p, bytes) in &saved {
+        std::fs::write(p, bytes).unwrap();
+    }
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(walk(&dir.path().join("segments")).len(), 1, "the merged inputs are removed on start");
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 600);
 }

@@ -19,35 +19,15 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use prost::Message;
 
 const SPANS_PER_REQUEST: usize = 500;
-const SERVICES: &[&str] = &[
-    "web",
-    "api-gateway",
-    "catalog",
-    "search",
-    "cart",
-    "checkout",
-    "payments",
-    "inventory",
-];
-const ROUTES: &[&str] = &[
-    "/",
-    "/product/{id}",
-    "/cart",
-    "/cart/add",
-    "/checkout/address",
-    "/checkout/pay",
-    "/search",
-    "/order/{id}",
-];
+const SERVICES: &[&str] = &["web", "api-gateway", "catalog", "search", "cart", "checkout", "payments", "inventory"];
+const ROUTES: &[&str] =
+    &["/", "/product/{id}", "/cart", "/cart/add", "/checkout/address", "/checkout/pay", "/search", "/order/{id}"];
 
 /// A small deterministic generator, so every run sends the same bytes.
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         self.0 >> 11
     }
 }
@@ -81,19 +61,13 @@ fn make_request(n: u64, start_ns: u64) -> ExportTraceServiceRequest {
                 kv("http.route", route),
                 kv("http.request.method", "GET"),
                 kv_int("http.response.status_code", if error { 500 } else { 200 }),
-                kv(
-                    "url.path",
-                    &route.replace("{id}", &(rng.next() % 10_000).to_string()),
-                ),
+                kv("url.path", &route.replace("{id}", &(rng.next() % 10_000).to_string())),
                 kv("session.id", &format!("{:016x}", rng.next() % 5_000)),
                 kv("user.id", &format!("u{}", rng.next() % 2_000)),
                 kv("server.address", "10.0.3.17"),
                 kv_int("app.items", (rng.next() % 12) as i64),
             ],
-            status: Some(Status {
-                code: if error { 2 } else { 0 },
-                message: String::new(),
-            }),
+            status: Some(Status { code: if error { 2 } else { 0 }, message: String::new() }),
             ..Default::default()
         });
         parent = span_id;
@@ -112,10 +86,7 @@ fn make_request(n: u64, start_ns: u64) -> ExportTraceServiceRequest {
                 ],
                 ..Default::default()
             }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
             ..Default::default()
         }],
     }
@@ -126,8 +97,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -199,9 +170,7 @@ async fn drive(
                     }
                 }
                 Transport::Grpc => {
-                    let mut client = TraceServiceClient::connect(grpc)
-                        .await
-                        .expect("grpc connects");
+                    let mut client = TraceServiceClient::connect(grpc).await.expect("grpc connects");
                     while Instant::now() < deadline {
                         let t = Instant::now();
                         if client.export(reqs[i % reqs.len()].clone()).await.is_ok() {
@@ -227,26 +196,17 @@ async fn drive(
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let secs: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(20);
     let conns: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(4);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let now = andon_tests::otlp::now_ns();
     // Distinct ids per request; the pool is large enough that no span repeats.
     let pool = (secs as usize * 400).clamp(200, 12_000);
-    let reqs: Vec<ExportTraceServiceRequest> = (0..pool as u64)
-        .map(|n| make_request(n, now - 600_000_000_000 + n * 1_000))
-        .collect();
+    let reqs: Vec<ExportTraceServiceRequest> =
+        (0..pool as u64).map(|n| make_request(n, now - 600_000_000_000 + n * 1_000)).collect();
     let bodies: Vec<Vec<u8>> = reqs.iter().map(Message::encode_to_vec).collect();
-    let avg = bodies.iter().map(Vec::len).sum::<usize>() as f64
-        / (bodies.len() * SPANS_PER_REQUEST) as f64;
+    let avg = bodies.iter().map(Vec::len).sum::<usize>() as f64 / (bodies.len() * SPANS_PER_REQUEST) as f64;
     println!(
         "requests: {} spans each, {avg:.0} bytes/span encoded, {conns} connections, {secs}s per transport",
         SPANS_PER_REQUEST
@@ -258,14 +218,7 @@ fn main() {
         let pid = server.pid();
         let cpu0 = cpu_seconds(pid);
         let t0 = Instant::now();
-        let (spans, lat) = rt.block_on(drive(
-            transport,
-            &server,
-            Arc::clone(&bodies),
-            Arc::clone(&reqs),
-            secs,
-            conns,
-        ));
+        let (spans, lat) = rt.block_on(drive(transport, &server, Arc::clone(&bodies), Arc::clone(&reqs), secs, conns));
         let wall = t0.elapsed().as_secs_f64();
         let cpu = cpu_seconds(pid) - cpu0;
         let rss = peak_rss_mb(pid);

@@ -17,26 +17,18 @@ pub fn andon_bin() -> &'static Path {
         let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "-p", "andon", "--bin", "andon"])
-            .current_dir(workspace_root());
+        build.args(["build", "--quiet", "-p", "andon", "--bin", "andon"]).current_dir(workspace_root());
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             // Benchmarks measure the optimised server.
             build.arg("--release");
         }
-        assert!(
-            build.status().expect("cargo runs").success(),
-            "building andon failed"
-        );
+        assert!(build.status().expect("cargo runs").success(), "building andon failed");
         profile_dir.join("andon")
     })
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 /// `shared/` next to the repository, where development data lives.
@@ -63,30 +55,18 @@ impl Server {
 
     /// Starts a server with `ANDON_*` settings in its environment.
     pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let extra_env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect();
+        let extra_env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
         Self::spawn(data_dir, extra_env)
     }
 
     fn spawn(data_dir: &Path, extra_env: Vec<(String, String)>) -> Server {
         let mut cmd = Command::new(andon_bin());
-        cmd.args([
-            "serve",
-            "--otlp-grpc-addr",
-            "127.0.0.1:0",
-            "--otlp-http-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--api-addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env(
-            "ANDON_LOG",
-            std::env::var("ANDON_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        cmd.args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
+            .args(["--api-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("ANDON_LOG", std::env::var("ANDON_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         for (k, v) in &extra_env {
             cmd.env(k, v);
         }
@@ -101,19 +81,14 @@ impl Server {
             // Keep draining so the server never blocks on a full pipe.
             for _ in lines {}
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("andon prints its listening line");
+        let line = rx.recv_timeout(Duration::from_secs(120)).expect("andon prints its listening line");
         let field = |name: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{name}=")))
                 .unwrap_or_else(|| panic!("{name} missing in {line:?}"))
                 .to_owned()
         };
-        assert!(
-            line.starts_with("listening "),
-            "unexpected first line {line:?}"
-        );
+        assert!(line.starts_with("listening "), "unexpected first line {line:?}");
         Server {
             grpc: field("otlp-grpc"),
             http: field("otlp-http"),
@@ -143,19 +118,14 @@ impl Server {
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
                     assert!(status.success(), "andon exited with {status} after SIGTERM");
                     return;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "andon did not stop within 60s of SIGTERM"
-                );
+                assert!(Instant::now() < deadline, "andon did not stop within 60s of SIGTERM");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -189,19 +159,12 @@ impl Server {
     pub fn query_as(&self, tenant: Option<&str>, sql: &str) -> Vec<Vec<serde_json::Value>> {
         let (status, body) = self.query_raw(tenant, sql);
         assert_eq!(status, 200, "query {sql:?} failed: {body}");
-        body["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .map(|r| r.as_array().expect("row").clone())
-            .collect()
+        body["rows"].as_array().expect("rows").iter().map(|r| r.as_array().expect("row").clone()).collect()
     }
 
     pub fn query_raw(&self, tenant: Option<&str>, sql: &str) -> (u16, serde_json::Value) {
         let client = reqwest::blocking_client();
-        let mut req = client
-            .post(self.api_url("/api/v1/query"))
-            .json(&serde_json::json!({ "sql": sql }));
+        let mut req = client.post(self.api_url("/api/v1/query")).json(&serde_json::json!({ "sql": sql }));
         if let Some(t) = tenant {
             req = req.header("x-scope-orgid", t);
         }
@@ -213,9 +176,7 @@ impl Server {
     /// A single number from SQL such as `SELECT count(*) FROM spans`.
     pub fn count(&self, sql: &str) -> i64 {
         let rows = self.query(sql);
-        rows[0][0]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{sql:?} gave {rows:?}"))
+        rows[0][0].as_i64().unwrap_or_else(|| panic!("{sql:?} gave {rows:?}"))
     }
 }
 
@@ -238,14 +199,10 @@ pub mod reqwest {
 
     impl BlockingClient {
         pub fn post(&self, url: String) -> RequestBuilder {
-            RequestBuilder {
-                inner: ::reqwest::Client::new().post(url),
-            }
+            RequestBuilder { inner: ::reqwest::Client::new().post(url) }
         }
         pub fn get(&self, url: String) -> RequestBuilder {
-            RequestBuilder {
-                inner: ::reqwest::Client::new().get(url),
-            }
+            RequestBuilder { inner: ::reqwest::Client::new().get(url) }
         }
     }
 
@@ -256,35 +213,22 @@ pub mod reqwest {
 
     impl RequestBuilder {
         pub fn header(self, k: &str, v: &str) -> Self {
-            Self {
-                inner: self.inner.header(k, v),
-            }
+            Self { inner: self.inner.header(k, v) }
         }
         pub fn json(self, v: &serde_json::Value) -> Self {
-            Self {
-                inner: self.inner.json(v),
-            }
+            Self { inner: self.inner.json(v) }
         }
         pub fn body(self, b: Vec<u8>) -> Self {
-            Self {
-                inner: self.inner.body(b),
-            }
+            Self { inner: self.inner.body(b) }
         }
         pub fn send(self) -> ::reqwest::Result<BlockingResponse> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let resp = self.inner.send().await?;
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 let body = resp.bytes().await?.to_vec();
-                Ok(BlockingResponse {
-                    status,
-                    headers,
-                    body,
-                })
+                Ok(BlockingResponse { status, headers, body })
             })
         }
     }
@@ -331,28 +275,18 @@ pub mod otlp {
     pub fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
             key: k.into(),
-            value: Some(AnyValue {
-                value: Some(Value::StringValue(v.into())),
-            }),
+            value: Some(AnyValue { value: Some(Value::StringValue(v.into())) }),
             ..Default::default()
         }
     }
 
     pub fn kv_int(k: &str, v: i64) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(Value::IntValue(v)),
-            }),
-            ..Default::default()
-        }
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(Value::IntValue(v)) }), ..Default::default() }
     }
 
     /// Now, in Unix nanoseconds.
     pub fn now_ns() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     }
 
     /// A trace id that is unique to `(seed, n)`.
@@ -385,10 +319,7 @@ pub mod otlp {
                     kv_int("http.response.status_code", 200),
                     kv("session.id", &format!("s{}", i % 7)),
                 ],
-                status: Some(Status {
-                    code: 0,
-                    message: String::new(),
-                }),
+                status: Some(Status { code: 0, message: String::new() }),
                 ..Default::default()
             })
             .collect();
@@ -398,10 +329,7 @@ pub mod otlp {
                     attributes: vec![kv("service.name", service), kv("service.version", "1.2.3")],
                     ..Default::default()
                 }),
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
                 ..Default::default()
             }],
         }

@@ -56,7 +56,8 @@ fn a_bad_config_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("andon.toml");
     std::fs::write(&cfg, "[storage]\ndurability = \"maybe\"\n").unwrap();
-    let out = andon(&["serve", "--config", cfg.to_str().unwrap(), "--data-dir", dir.path().join("d").to_str().unwrap()]);
+    let out =
+        andon(&["serve", "--config", cfg.to_str().unwrap(), "--data-dir", dir.path().join("d").to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("storage.durability"), "{err}");

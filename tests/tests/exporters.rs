@@ -4,9 +4,7 @@
 use std::process::Command;
 
 use andon_tests::Server;
-use opentelemetry::trace::{
-    Link, SpanContext, SpanKind, Status, TraceFlags, TraceState, Tracer, TracerProvider,
-};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceFlags, TraceState, Tracer, TracerProvider};
 use opentelemetry::{KeyValue, SpanId, TraceId};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
@@ -19,15 +17,9 @@ const LINKED_SPAN: &str = "b7ad6b7169203331";
 fn provider(exporter: SpanExporter, service: &str) -> SdkTracerProvider {
     let resource = Resource::builder()
         .with_service_name(service.to_owned())
-        .with_attributes([
-            KeyValue::new("service.version", "4.2.0"),
-            KeyValue::new("cloud.region", "eu-west-1"),
-        ])
+        .with_attributes([KeyValue::new("service.version", "4.2.0"), KeyValue::new("cloud.region", "eu-west-1")])
         .build();
-    SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource)
-        .build()
+    SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build()
 }
 
 /// Emits a parent server span with three children, each with attributes, one with
@@ -54,10 +46,7 @@ fn emit(provider: &SdkTracerProvider) {
             let mut builder = tracer
                 .span_builder(format!("SELECT orders {i}"))
                 .with_kind(SpanKind::Client)
-                .with_attributes([
-                    KeyValue::new("db.system.name", "postgresql"),
-                    KeyValue::new("app.step", i),
-                ]);
+                .with_attributes([KeyValue::new("db.system.name", "postgresql"), KeyValue::new("app.step", i)]);
             if i == 2 {
                 builder = builder.with_links(vec![Link::with_context(link_ctx.clone())]);
             }
@@ -128,16 +117,7 @@ fn assert_round_trip(server: &Server, service: &str) {
          trace_id, span_id FROM spans WHERE service_name = '{service}' AND parent_span_id IS NULL"
     ));
     let root = &root[0];
-    assert_eq!(
-        &root[..5],
-        &[
-            json!("/orders/{id}"),
-            json!("GET"),
-            json!(500),
-            json!("sess-42"),
-            json!("3")
-        ]
-    );
+    assert_eq!(&root[..5], &[json!("/orders/{id}"), json!("GET"), json!(500), json!("sess-42"), json!("3")]);
     let (trace, root_id) = (root[5].as_str().unwrap(), root[6].as_str().unwrap());
     assert_eq!(trace.len(), 32);
     let children = server.count(&format!(
@@ -150,12 +130,7 @@ fn assert_round_trip(server: &Server, service: &str) {
     ));
     assert_eq!(
         ex,
-        vec![vec![
-            json!("PoolTimeout"),
-            json!("no connection in 5s"),
-            json!("pool exhausted"),
-            json!("exception")
-        ]]
+        vec![vec![json!("PoolTimeout"), json!("no connection in 5s"), json!("pool exhausted"), json!("exception")]]
     );
     let link = server.query(&format!(
         "SELECT links[1]['trace_id'], links[1]['span_id'] FROM spans WHERE service_name = '{service}' AND name = 'SELECT orders 2'"
@@ -167,11 +142,7 @@ fn assert_round_trip(server: &Server, service: &str) {
 async fn rust_exporter_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let exporter = SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(server.grpc_url())
-        .build()
-        .unwrap();
+    let exporter = SpanExporter::builder().with_tonic().with_endpoint(server.grpc_url()).build().unwrap();
     let provider = provider(exporter, "rust-grpc");
     emit(&provider);
     let provider = tokio::task::spawn_blocking(move || {
@@ -210,10 +181,7 @@ fn external(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{var} must be set in CI (.ci/run installs it)"
-            );
+            assert!(std::env::var_os("CI").is_none(), "{var} must be set in CI (.ci/run installs it)");
             eprintln!("skipping: {var} is not set (run .ci/run to install it)");
             None
         }
@@ -238,16 +206,8 @@ fn python_sdk_exporters_over_http_and_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let script = andon_tests::workspace_root().join("tests/python/export_spans.py");
-    run_script(Command::new(&python).arg(&script).args([
-        "http",
-        &server.http_url("/v1/traces"),
-        "py-http",
-    ]));
-    run_script(
-        Command::new(&python)
-            .arg(&script)
-            .args(["grpc", &server.grpc.clone(), "py-grpc"]),
-    );
+    run_script(Command::new(&python).arg(&script).args(["http", &server.http_url("/v1/traces"), "py-http"]));
+    run_script(Command::new(&python).arg(&script).args(["grpc", &server.grpc.clone(), "py-grpc"]));
     assert_round_trip(&server, "py-http");
     assert_round_trip(&server, "py-grpc");
 }
@@ -260,16 +220,10 @@ fn node_sdk_exporters_over_http_and_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let script = andon_tests::workspace_root().join("tests/node/export_spans.js");
-    for (proto, url, service) in [
-        ("http", server.http_url("/v1/traces"), "node-http"),
-        ("grpc", server.grpc_url(), "node-grpc"),
-    ] {
-        run_script(
-            Command::new("node")
-                .arg(&script)
-                .args([proto, &url, service])
-                .env("NODE_PATH", &modules),
-        );
+    for (proto, url, service) in
+        [("http", server.http_url("/v1/traces"), "node-http"), ("grpc", server.grpc_url(), "node-grpc")]
+    {
+        run_script(Command::new("node").arg(&script).args([proto, &url, service]).env("NODE_PATH", &modules));
     }
     assert_round_trip(&server, "node-http");
     assert_round_trip(&server, "node-grpc");

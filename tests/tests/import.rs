@@ -21,62 +21,33 @@ fn json_lines_and_gzip_import_and_bad_lines_are_named() {
     let now = otlp::now_ns();
     let plain = dir.path().join("a.jsonl");
     let mut f = std::fs::File::create(&plain).unwrap();
-    writeln!(
-        f,
-        "{}",
-        serde_json::to_string(&otlp::request("cart", 1, 40, now)).unwrap()
-    )
-    .unwrap();
+    writeln!(f, "{}", serde_json::to_string(&otlp::request("cart", 1, 40, now)).unwrap()).unwrap();
     writeln!(f, "{{\"resourceSpans\": [oops").unwrap();
-    writeln!(
-        f,
-        "{}",
-        serde_json::to_string(&otlp::request("cart", 2, 10, now)).unwrap()
-    )
-    .unwrap();
+    writeln!(f, "{}", serde_json::to_string(&otlp::request("cart", 2, 10, now)).unwrap()).unwrap();
     drop(f);
     let gz = dir.path().join("b.jsonl.gz");
-    let mut e = flate2::write::GzEncoder::new(
-        std::fs::File::create(&gz).unwrap(),
-        flate2::Compression::fast(),
-    );
-    writeln!(
-        e,
-        "{}",
-        serde_json::to_string(&otlp::request("search", 3, 25, now)).unwrap()
-    )
-    .unwrap();
+    let mut e = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    writeln!(e, "{}", serde_json::to_string(&otlp::request("search", 3, 25, now)).unwrap()).unwrap();
     e.finish().unwrap();
 
     let out = import(&server, &[plain.clone(), gz]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a bad line makes the import fail");
-    assert!(
-        stderr.contains(&format!("{}:2:", plain.display())),
-        "the bad line is named: {stderr}"
-    );
+    assert!(stderr.contains(&format!("{}:2:", plain.display())), "the bad line is named: {stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("imported 75 of 75 spans from 2 files"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("imported 75 of 75 spans from 2 files"), "{stdout}");
     assert_eq!(
         server.count("SELECT count(*) FROM spans WHERE service_name = 'cart'"),
         50,
         "lines around the bad one still count"
     );
-    assert_eq!(
-        server.count("SELECT count(*) FROM spans WHERE service_name = 'search'"),
-        25
-    );
+    assert_eq!(server.count("SELECT count(*) FROM spans WHERE service_name = 'search'"), 25);
 }
 
 /// The number of spans in an OTLP JSON lines file.
 fn spans_in(path: &std::path::Path) -> i64 {
     use std::io::BufRead;
-    let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(
-        std::fs::File::open(path).unwrap(),
-    ));
+    let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()));
     let mut n = 0;
     for line in reader.lines() {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
@@ -93,17 +64,11 @@ fn spans_in(path: &std::path::Path) -> i64 {
 fn the_nezha_development_set_imports_cleanly() {
     let data = andon_tests::shared_dir().join("data/nezha-ob");
     if !data.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "shared/data/nezha-ob is beside the repository in CI"
-        );
+        assert!(std::env::var_os("CI").is_none(), "shared/data/nezha-ob is beside the repository in CI");
         eprintln!("skipping: {} not found", data.display());
         return;
     }
-    let mut files: Vec<_> = std::fs::read_dir(data.join("traces"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(data.join("traces")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     files.push(data.join("baseline/ob-2022-08-23-fault-free.otlp.jsonl.gz"));
     let expected: i64 = files.iter().map(|f| spans_in(f)).sum();
@@ -111,30 +76,12 @@ fn the_nezha_development_set_imports_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with_env(dir.path(), &[("ANDON_STORAGE_DURABILITY", "none")]);
     let out = import(&server, &files);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!("imported {expected} of {expected} spans")),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("0 rejected, 0 unreadable lines"),
-        "{stdout}"
-    );
-    let rows =
-        server.query("SELECT count(*), count(DISTINCT service_name), min(start_time) FROM spans");
+    assert!(stdout.contains(&format!("imported {expected} of {expected} spans")), "{stdout}");
+    assert!(stdout.contains("0 rejected, 0 unreadable lines"), "{stdout}");
+    let rows = server.query("SELECT count(*), count(DISTINCT service_name), min(start_time) FROM spans");
     assert_eq!(rows[0][0], serde_json::json!(expected));
-    assert_eq!(
-        rows[0][1],
-        serde_json::json!(10),
-        "ten Online Boutique services"
-    );
-    assert!(
-        rows[0][2].as_str().unwrap().starts_with("2022-08-22T"),
-        "{rows:?}"
-    );
+    assert_eq!(rows[0][1], serde_json::json!(10), "ten Online Boutique services");
+    assert!(rows[0][2].as_str().unwrap().starts_with("2022-08-22T"), "{rows:?}");
 }

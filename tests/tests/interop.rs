@@ -13,10 +13,7 @@ fn python_readers_agree_with_sql_per_service() {
     let python = match std::env::var("ANDON_TEST_PYTHON") {
         Ok(p) if !p.is_empty() => p,
         _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "ANDON_TEST_PYTHON must be set in CI"
-            );
+            assert!(std::env::var_os("CI").is_none(), "ANDON_TEST_PYTHON must be set in CI");
             eprintln!("skipping: ANDON_TEST_PYTHON is not set");
             return;
         }
@@ -49,34 +46,17 @@ fn python_readers_agree_with_sql_per_service() {
     server.restart();
     let mut sql: BTreeMap<String, i64> = BTreeMap::new();
     for tenant in ["default", "other"] {
-        for row in server.query_as(
-            Some(tenant),
-            "SELECT service_name, count(*) FROM spans GROUP BY 1",
-        ) {
-            *sql.entry(row[0].as_str().unwrap().to_owned()).or_default() +=
-                row[1].as_i64().unwrap();
+        for row in server.query_as(Some(tenant), "SELECT service_name, count(*) FROM spans GROUP BY 1") {
+            *sql.entry(row[0].as_str().unwrap().to_owned()).or_default() += row[1].as_i64().unwrap();
         }
     }
     assert_eq!(sql.values().sum::<i64>(), 527);
 
     let script = andon_tests::workspace_root().join("tests/python/interop.py");
-    let out = Command::new(&python)
-        .arg(script)
-        .arg(dir.path().join("segments"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let readers: BTreeMap<String, BTreeMap<String, i64>> =
-        serde_json::from_slice(&out.stdout).unwrap();
+    let out = Command::new(&python).arg(script).arg(dir.path().join("segments")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let readers: BTreeMap<String, BTreeMap<String, i64>> = serde_json::from_slice(&out.stdout).unwrap();
     for reader in ["pyarrow", "polars", "duckdb"] {
-        assert_eq!(
-            readers.get(reader),
-            Some(&sql),
-            "{reader} disagrees with the SQL API"
-        );
+        assert_eq!(readers.get(reader), Some(&sql), "{reader} disagrees with the SQL API");
     }
 }

@@ -17,10 +17,7 @@ fn post(
     body: Vec<u8>,
     extra: &[(&str, &str)],
 ) -> andon_tests::reqwest::BlockingResponse {
-    let mut req = blocking_client()
-        .post(server.http_url("/v1/traces"))
-        .header("content-type", content_type)
-        .body(body);
+    let mut req = blocking_client().post(server.http_url("/v1/traces")).header("content-type", content_type).body(body);
     for (k, v) in extra {
         req = req.header(k, v);
     }
@@ -42,18 +39,10 @@ fn protobuf_gzip_and_json_exports_come_back_through_sql() {
     let resp = post(&server, "application/x-protobuf", proto.clone(), &[]);
     assert_eq!(resp.status(), 200);
     let decoded = ExportTraceServiceResponse::decode(resp.body.as_slice()).unwrap();
-    assert_eq!(
-        decoded.partial_success, None,
-        "a full success has no partial_success"
-    );
+    assert_eq!(decoded.partial_success, None, "a full success has no partial_success");
 
     let zipped = otlp::request("checkout", 2, 30, now).encode_to_vec();
-    let resp = post(
-        &server,
-        "application/x-protobuf",
-        gzip(&zipped),
-        &[("content-encoding", "gzip")],
-    );
+    let resp = post(&server, "application/x-protobuf", gzip(&zipped), &[("content-encoding", "gzip")]);
     assert_eq!(resp.status(), 200);
 
     let json = serde_json::to_vec(&otlp::request("search", 3, 10, now)).unwrap();
@@ -71,18 +60,9 @@ fn protobuf_gzip_and_json_exports_come_back_through_sql() {
         ]
     );
     let id = hex(&otlp::trace_id(1, 4));
-    let rows = server.query(&format!(
-        "SELECT span_id, kind, service_version, session_id FROM spans WHERE trace_id = '{id}'"
-    ));
-    assert_eq!(
-        rows,
-        vec![vec![
-            json!(hex(&otlp::span_id(4))),
-            json!("server"),
-            json!("1.2.3"),
-            json!("s4")
-        ]]
-    );
+    let rows =
+        server.query(&format!("SELECT span_id, kind, service_version, session_id FROM spans WHERE trace_id = '{id}'"));
+    assert_eq!(rows, vec![vec![json!(hex(&otlp::span_id(4))), json!("server"), json!("1.2.3"), json!("s4")]]);
 }
 
 #[test]
@@ -125,12 +105,7 @@ fn json_follows_the_otlp_json_mapping() {
         }],
         "unknownTopLevel": "ignored"
     });
-    let resp = post(
-        &server,
-        "application/json; charset=utf-8",
-        serde_json::to_vec(&body).unwrap(),
-        &[],
-    );
+    let resp = post(&server, "application/json; charset=utf-8", serde_json::to_vec(&body).unwrap(), &[]);
     assert_eq!(resp.status(), 200, "{}", resp.text());
     let rows = server.query(
         "SELECT trace_id, span_id, parent_span_id, kind, status_code, status_message, duration_ns, \
@@ -166,10 +141,7 @@ fn empty_requests_succeed() {
     let server = Server::start(dir.path());
     let resp = post(&server, "application/x-protobuf", Vec::new(), &[]);
     assert_eq!(resp.status(), 200);
-    assert!(
-        resp.body.is_empty(),
-        "an empty ExportTraceServiceResponse encodes to nothing"
-    );
+    assert!(resp.body.is_empty(), "an empty ExportTraceServiceResponse encodes to nothing");
     let resp = post(&server, "application/json", b"{}".to_vec(), &[]);
     assert_eq!(resp.status(), 200);
     assert_eq!(server.count("SELECT count(*) FROM spans"), 0);
@@ -179,24 +151,14 @@ fn empty_requests_succeed() {
 fn malformed_payloads_get_400_with_a_status_in_the_request_encoding() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let resp = post(
-        &server,
-        "application/x-protobuf",
-        vec![0x0a, 0xff, 0xff, 0xff, 0x0f, 1, 2],
-        &[],
-    );
+    let resp = post(&server, "application/x-protobuf", vec![0x0a, 0xff, 0xff, 0xff, 0x0f, 1, 2], &[]);
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers["content-type"], "application/x-protobuf");
     let status = RpcStatus::decode(resp.body.as_slice()).expect("google.rpc.Status body");
     assert_eq!(status.code, 3, "INVALID_ARGUMENT");
     assert!(status.message.contains("protobuf"), "{}", status.message);
 
-    let resp = post(
-        &server,
-        "application/json",
-        b"{\"resourceSpans\": [ {".to_vec(),
-        &[],
-    );
+    let resp = post(&server, "application/json", b"{\"resourceSpans\": [ {".to_vec(), &[]);
     assert_eq!(resp.status(), 400);
     let body = resp.json().unwrap();
     assert_eq!(body["code"], 3);
@@ -210,21 +172,12 @@ fn malformed_payloads_get_400_with_a_status_in_the_request_encoding() {
     );
     assert_eq!(resp.status(), 400, "a non-hex id is malformed JSON");
 
-    let resp = post(
-        &server,
-        "application/x-protobuf",
-        b"not gzip".to_vec(),
-        &[("content-encoding", "gzip")],
-    );
+    let resp = post(&server, "application/x-protobuf", b"not gzip".to_vec(), &[("content-encoding", "gzip")]);
     assert_eq!(resp.status(), 400);
 
     let resp = post(&server, "text/plain", b"hello".to_vec(), &[]);
     assert_eq!(resp.status(), 415);
-    assert_eq!(
-        server.count("SELECT count(*) FROM spans"),
-        0,
-        "nothing malformed was stored"
-    );
+    assert_eq!(server.count("SELECT count(*) FROM spans"), 0, "nothing malformed was stored");
 }
 
 #[test]
@@ -234,12 +187,7 @@ fn bodies_over_the_limit_after_decompression_get_413() {
     // 1 MiB of zeros gzips to about a kilobyte: small on the wire, large inside.
     let bomb = gzip(&vec![0u8; 1 << 20]);
     assert!(bomb.len() < 65_536);
-    let resp = post(
-        &server,
-        "application/x-protobuf",
-        bomb,
-        &[("content-encoding", "gzip")],
-    );
+    let resp = post(&server, "application/x-protobuf", bomb, &[("content-encoding", "gzip")]);
     assert_eq!(resp.status(), 413);
     let status = RpcStatus::decode(resp.body.as_slice()).unwrap();
     assert_eq!(status.code, 8, "RESOURCE_EXHAUSTED");
@@ -251,11 +199,7 @@ fn bodies_over_the_limit_after_decompression_get_413() {
     assert_eq!(resp.status(), 413);
 
     let ok = otlp::request("cart", 9, 10, otlp::now_ns()).encode_to_vec();
-    assert_eq!(
-        post(&server, "application/x-protobuf", ok, &[]).status(),
-        200,
-        "the server still works"
-    );
+    assert_eq!(post(&server, "application/x-protobuf", ok, &[]).status(), 200, "the server still works");
 }
 
 #[test]
@@ -268,10 +212,7 @@ fn invalid_spans_are_reported_as_partial_success() {
     spans[3].span_id = vec![1, 2, 3];
     let resp = post(&server, "application/x-protobuf", req.encode_to_vec(), &[]);
     assert_eq!(resp.status(), 200);
-    let partial = ExportTraceServiceResponse::decode(resp.body.as_slice())
-        .unwrap()
-        .partial_success
-        .unwrap();
+    let partial = ExportTraceServiceResponse::decode(resp.body.as_slice()).unwrap().partial_success.unwrap();
     assert_eq!(partial.rejected_spans, 2);
     assert!(
         partial.error_message.contains("trace_id") && partial.error_message.contains("span_id"),
@@ -279,12 +220,7 @@ fn invalid_spans_are_reported_as_partial_success() {
         partial.error_message
     );
 
-    let resp = post(
-        &server,
-        "application/json",
-        serde_json::to_vec(&req).unwrap(),
-        &[("x-scope-orgid", "json")],
-    );
+    let resp = post(&server, "application/json", serde_json::to_vec(&req).unwrap(), &[("x-scope-orgid", "json")]);
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json().unwrap()["partialSuccess"]["rejectedSpans"], 2);
     assert_eq!(server.count("SELECT count(*) FROM spans"), 3);
@@ -296,29 +232,13 @@ fn retried_spans_are_stored_and_counted_once() {
     let server = Server::start(dir.path());
     let req = otlp::request("cart", 5, 50, otlp::now_ns()).encode_to_vec();
     for _ in 0..3 {
-        assert_eq!(
-            post(&server, "application/x-protobuf", req.clone(), &[]).status(),
-            200
-        );
+        assert_eq!(post(&server, "application/x-protobuf", req.clone(), &[]).status(), 200);
     }
     assert_eq!(server.count("SELECT count(*) FROM spans"), 50);
-    assert_eq!(
-        server.count("SELECT count(DISTINCT span_id) FROM spans"),
-        50
-    );
-    let metrics = blocking_client()
-        .get(server.api_url("/metrics"))
-        .send()
-        .unwrap()
-        .text();
-    assert!(
-        metrics.contains("andon_spans_accepted_total 50\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("andon_spans_rejected_total{reason=\"duplicate\"} 100\n"),
-        "{metrics}"
-    );
+    assert_eq!(server.count("SELECT count(DISTINCT span_id) FROM spans"), 50);
+    let metrics = blocking_client().get(server.api_url("/metrics")).send().unwrap().text();
+    assert!(metrics.contains("andon_spans_accepted_total 50\n"), "{metrics}");
+    assert!(metrics.contains("andon_spans_rejected_total{reason=\"duplicate\"} 100\n"), "{metrics}");
 }
 
 #[test]
@@ -335,23 +255,11 @@ fn overload_answers_503_with_retry_after_and_keeps_nothing_half_done() {
     let req = otlp::request("cart", 6, 3, otlp::now_ns()).encode_to_vec();
     let resp = post(&server, "application/x-protobuf", req.clone(), &[]);
     assert_eq!(resp.status(), 503);
-    assert!(
-        resp.headers.get("retry-after").is_some(),
-        "retryable: Retry-After is set"
-    );
+    assert!(resp.headers.get("retry-after").is_some(), "retryable: Retry-After is set");
     let status = RpcStatus::decode(resp.body.as_slice()).unwrap();
     assert_eq!(status.code, 14, "UNAVAILABLE");
-    let info = status
-        .details
-        .iter()
-        .find(|d| d.type_url.ends_with("RetryInfo"))
-        .expect("RetryInfo detail");
-    assert!(
-        RetryInfo::decode(info.value.as_slice())
-            .unwrap()
-            .retry_delay
-            .is_some()
-    );
+    let info = status.details.iter().find(|d| d.type_url.ends_with("RetryInfo")).expect("RetryInfo detail");
+    assert!(RetryInfo::decode(info.value.as_slice()).unwrap().retry_delay.is_some());
     assert_eq!(server.count("SELECT count(*) FROM spans"), 0);
 
     // Once the slow request goes away, the retry is accepted.
@@ -379,46 +287,23 @@ fn tenants_see_only_their_own_spans() {
         otlp::request("b-svc", 8, 6, now).encode_to_vec(),
         &[("x-scope-orgid", "team-b")],
     );
-    post(
-        &server,
-        "application/x-protobuf",
-        otlp::request("d-svc", 9, 1, now).encode_to_vec(),
-        &[],
-    );
+    post(&server, "application/x-protobuf", otlp::request("d-svc", 9, 1, now).encode_to_vec(), &[]);
     assert_eq!(
-        server.query_as(
-            Some("team-a"),
-            "SELECT tenant, service_name, count(*) FROM spans GROUP BY 1, 2"
-        ),
+        server.query_as(Some("team-a"), "SELECT tenant, service_name, count(*) FROM spans GROUP BY 1, 2"),
         vec![vec![json!("team-a"), json!("a-svc"), json!(4)]]
     );
-    assert_eq!(
-        server.query_as(Some("team-b"), "SELECT count(*) FROM spans"),
-        vec![vec![json!(6)]]
-    );
-    assert_eq!(
-        server.query("SELECT tenant, count(*) FROM spans GROUP BY 1"),
-        vec![vec![json!("default"), json!(1)]]
-    );
-    let resp = post(
-        &server,
-        "application/x-protobuf",
-        Vec::new(),
-        &[("x-scope-orgid", "../etc")],
-    );
+    assert_eq!(server.query_as(Some("team-b"), "SELECT count(*) FROM spans"), vec![vec![json!(6)]]);
+    assert_eq!(server.query("SELECT tenant, count(*) FROM spans GROUP BY 1"), vec![vec![json!("default"), json!(1)]]);
+    let resp = post(&server, "application/x-protobuf", Vec::new(), &[("x-scope-orgid", "../etc")]);
     assert_eq!(resp.status(), 400, "tenant ids become directory names");
 }
 
 #[test]
 fn the_query_api_is_read_only_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with_env(dir.path(), &[("ANDON_API_QUERY_MAX_ROWS", "7")]);
-    post(
-        &server,
-        "application/x-protobuf",
-        otlp::request("cart", 10, 20, otlp::now_ns()).encode_to_vec(),
-        &[],
-    );
+    let server =
+        Server::start_with_env(dir.path(), &[("ANDON_API_QUERY_MAX_ROWS", "7"), ("ANDON_API_QUERY_TIMEOUT_SECS", "1")]);
+    post(&server, "application/x-protobuf", otlp::request("cart", 10, 20, otlp::now_ns()).encode_to_vec(), &[]);
     for sql in [
         "CREATE TABLE t AS SELECT 1",
         "INSERT INTO spans SELECT * FROM spans",
@@ -430,10 +315,7 @@ fn the_query_api_is_read_only_and_bounded() {
         let (status, body) = server.query_raw(None, sql);
         assert_eq!(status, 400, "{sql} must be refused, got {body}");
         let msg = body["error"].as_str().unwrap();
-        assert!(
-            msg.starts_with(|c: char| c.is_lowercase()),
-            "errors are lowercase: {msg}"
-        );
+        assert!(msg.starts_with(|c: char| c.is_lowercase()), "errors are lowercase: {msg}");
     }
     let (status, body) = server.query_raw(None, "SELECT * FROM nope");
     assert_eq!(status, 400);
@@ -442,6 +324,13 @@ fn the_query_api_is_read_only_and_bounded() {
     assert_eq!(status, 200);
     assert_eq!(body["rows"].as_array().unwrap().len(), 7);
     assert_eq!(body["truncated"], true);
+
+    let started = std::time::Instant::now();
+    let (status, body) = server.query_raw(None, "SELECT sum(value) FROM generate_series(1, 100000000000)");
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("time limit"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the query was cut off");
+    assert_eq!(server.count("SELECT count(*) FROM spans"), 20, "the server still answers");
 }
 
 #[test]
@@ -451,12 +340,7 @@ fn health_readiness_and_metrics() {
     let get = |p: &str| blocking_client().get(server.api_url(p)).send().unwrap();
     assert_eq!(get("/healthz").status(), 200);
     assert_eq!(get("/readyz").status(), 200);
-    post(
-        &server,
-        "application/x-protobuf",
-        otlp::request("cart", 11, 5, otlp::now_ns()).encode_to_vec(),
-        &[],
-    );
+    post(&server, "application/x-protobuf", otlp::request("cart", 11, 5, otlp::now_ns()).encode_to_vec(), &[]);
     post(&server, "application/x-protobuf", vec![0xff], &[]);
     server.count("SELECT count(*) FROM spans");
     let m = get("/metrics").text();
