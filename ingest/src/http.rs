@@ -7,6 +7,8 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use andon_model::Tenant;
 use axum::Router;
 use axum::body::Body;
@@ -52,19 +54,20 @@ fn encoding_of(headers: &HeaderMap) -> Result<Encoding, IngestError> {
 }
 
 /// Decompresses `body` per `Content-Encoding`, refusing output beyond `limit` bytes.
-pub fn decompress(content_encoding: Option<&str>, body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
+pub fn decompress(content_encoding: Option<&str>, body: Bytes, limit: usize) -> Result<Bytes, IngestError> {
     let enc = content_encoding.unwrap_or("identity").trim().to_ascii_lowercase();
     let reader: Box<dyn Read + '_> = match enc.as_str() {
         "" | "identity" => {
             if body.len() > limit {
                 return Err(IngestError::TooLarge { limit });
             }
-            return Ok(body.to_vec());
+            return Ok(body);
         }
-        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(body)),
-        "zstd" => {
-            Box::new(zstd::stream::read::Decoder::new(body).map_err(|e| IngestError::Malformed(format!("zstd: {e}")))?)
-        }
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(body.as_ref())),
+        "zstd" => Box::new(
+            zstd::stream::read::Decoder::new(body.as_ref())
+                .map_err(|e| IngestError::Malformed(format!("zstd: {e}")))?,
+        ),
         other => return Err(IngestError::UnsupportedEncoding(other.to_owned())),
     };
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
@@ -75,7 +78,7 @@ pub fn decompress(content_encoding: Option<&str>, body: &[u8], limit: usize) -> 
     if read > limit {
         return Err(IngestError::TooLarge { limit });
     }
-    Ok(out)
+    Ok(Bytes::from(out))
 }
 
 fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {
@@ -190,7 +193,7 @@ async fn handle(
     ing.stats().add_request(raw.len() as u64);
     let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let compressed = raw.len();
-    let plain = tokio::task::spawn_blocking(move || decompress(content_encoding.as_deref(), &raw, limit))
+    let plain = tokio::task::spawn_blocking(move || decompress(content_encoding.as_deref(), raw, limit))
         .await
         .map_err(|e| IngestError::Internal(e.to_string()))??;
     if plain.len() > compressed {

@@ -49,7 +49,7 @@ impl Default for IngestConfig {
         Self {
             max_request_bytes: 20 << 20,
             max_grpc_message_bytes: 4 << 20,
-            max_inflight_bytes: 256 << 20,
+            max_inflight_bytes: 64 << 20,
             span_limits: SpanLimits::default(),
             retry_after: Duration::from_secs(2),
         }

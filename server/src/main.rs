@@ -14,6 +14,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Ingest allocates and frees many small buffers per span (protobuf decoding,
+// Arrow builders); mimalloc handles that pattern far better than glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "andon", version, about = "Andon: where users struggle in production, and why")]
 struct Cli {

@@ -83,8 +83,8 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             durability: Durability::Fsync,
             flush_interval: Duration::from_secs(60),
-            flush_bytes: 64 << 20,
-            max_buffer_bytes: 512 << 20,
+            flush_bytes: 32 << 20,
+            max_buffer_bytes: 192 << 20,
             retention: Some(Duration::from_secs(7 * 24 * 3_600)),
             dedup_window: Duration::from_secs(600),
             dedup_max_keys: 4_000_000,
@@ -415,6 +415,10 @@ impl Store {
     /// disk past it. Returns how many segments were replaced.
     pub fn compact(&self) -> Result<usize, StoreError> {
         let _guard = self.inner.flush_lock.lock();
+        if self.inner.closed.load(Ordering::Acquire) {
+            // `close` has buried the last inputs; nothing may add new ones.
+            return Ok(0);
+        }
         let fsync = self.inner.config.durability == Durability::Fsync;
         let mut replaced = 0;
         for inputs in self.compaction_candidates() {

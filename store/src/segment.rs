@@ -167,6 +167,50 @@ pub fn tenant_dir(root: &Path, tenant: &Tenant) -> PathBuf {
     root.join(tenant.as_str())
 }
 
+/// Writes `batches` (`rows` rows in all) to `dir/name` through a temporary file that
+/// is synced, renamed and its directory synced; a failure, or a row count other
+/// than `rows`, leaves no file behind. Returns the path and the file's size.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    rows: u64,
+    batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
+    fsync: bool,
+) -> Result<(PathBuf, u64), StoreError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let hint = usize::try_from(rows).unwrap_or(usize::MAX);
+    let write = || -> Result<File, StoreError> {
+        let mut w = ArrowWriter::try_new(File::create(&tmp)?, span_schema(), Some(writer_properties(hint)?))?;
+        let mut written = 0u64;
+        for b in batches {
+            // A query's schema may differ in nullability only; the file's must not.
+            let b = RecordBatch::try_new(span_schema(), b?.columns().to_vec())?;
+            written += b.num_rows() as u64;
+            w.write(&b)?;
+        }
+        if written != rows {
+            // Never put a file that lost or gained rows in place of its inputs.
+            return Err(StoreError::Corrupt(format!("{name}: wrote {written} rows of {rows}")));
+        }
+        let file = w.into_inner()?;
+        if fsync {
+            file.sync_all()?;
+        }
+        Ok(file)
+    };
+    let file = write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    let bytes = file.metadata()?.len();
+    drop(file);
+    fs::rename(&tmp, &path)?;
+    if fsync {
+        sync_dir(dir)?;
+    }
+    Ok((path, bytes))
+}
+
 /// Writes one sorted batch as a segment, durably, and returns it.
 pub fn write_segment(
     root: &Path,
@@ -181,36 +225,15 @@ pub fn write_segment(
     let new_dir = !dir.exists();
     fs::create_dir_all(&dir)?;
     let name = format!("{flush_seq:020}-{n:04}.parquet");
-    let path = dir.join(&name);
-    let tmp = dir.join(format!("{name}.tmp"));
-    let file = File::create(&tmp)?;
-    let mut w = ArrowWriter::try_new(file, span_schema(), Some(writer_properties(batch.num_rows())?))?;
-    w.write(batch)?;
-    let file = w.into_inner()?;
-    if fsync {
-        file.sync_all()?;
-    }
-    let bytes = file.metadata()?.len();
-    drop(file);
-    fs::rename(&tmp, &path)?;
-    if fsync {
-        sync_dir(&dir)?;
-        if new_dir {
-            // The hour and tenant directories must survive too.
-            for d in dir.ancestors().skip(1).take(2) {
-                sync_dir(d)?;
-            }
+    let rows = batch.num_rows() as u64;
+    let (path, bytes) = write_file(&dir, &name, rows, [Ok(batch.clone())], fsync)?;
+    if fsync && new_dir {
+        // The hour and tenant directories must survive too.
+        for d in dir.ancestors().skip(1).take(2) {
+            sync_dir(d)?;
         }
     }
-    Ok(Segment {
-        path,
-        tenant: tenant.clone(),
-        hour,
-        flush_seq,
-        first_seq: flush_seq,
-        rows: batch.num_rows() as u64,
-        bytes,
-    })
+    Ok(Segment { path, tenant: tenant.clone(), hour, flush_seq, first_seq: flush_seq, rows, bytes })
 }
 
 /// Writes the sorted `batches` of a compaction of `inputs` (one partition, a run
@@ -226,43 +249,9 @@ pub fn write_compacted(
         return Err(StoreError::Corrupt("compaction without inputs".into()));
     };
     let dir = inputs[0].path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let name = format!("{last:020}-c{first:020}.parquet");
-    let path = dir.join(&name);
-    let tmp = dir.join(format!("{name}.tmp"));
     let rows: u64 = inputs.iter().map(|s| s.rows).sum();
-    let props = writer_properties(usize::try_from(rows).unwrap_or(usize::MAX))?;
-    let write = || -> Result<(File, u64), StoreError> {
-        let mut w = ArrowWriter::try_new(File::create(&tmp)?, span_schema(), Some(props))?;
-        let mut written = 0u64;
-        for b in batches {
-            // The query's schema may differ in nullability only; the file's must not.
-            let b = b?;
-            let b = RecordBatch::try_new(span_schema(), b.columns().to_vec())?;
-            written += b.num_rows() as u64;
-            w.write(&b)?;
-        }
-        Ok((w.into_inner()?, written))
-    };
-    let (file, written) = match write() {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    if written != rows {
-        let _ = fs::remove_file(&tmp);
-        return Err(StoreError::Corrupt(format!("compaction read {written} rows of {rows}")));
-    }
-    if fsync {
-        file.sync_all()?;
-    }
-    let bytes = file.metadata()?.len();
-    drop(file);
-    fs::rename(&tmp, &path)?;
-    if fsync {
-        sync_dir(&dir)?;
-    }
+    let name = format!("{last:020}-c{first:020}.parquet");
+    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync)?;
     Ok(Segment {
         path,
         tenant: inputs[0].tenant.clone(),
