@@ -124,12 +124,6 @@ fn hex_into<'a>(bytes: &[u8], buf: &'a mut [u8; 32]) -> &'a str {
     std::str::from_utf8(&buf[..n]).unwrap_or_default()
 }
 
-/// Lowercase hex of an id, as the `spans` table shows it.
-pub fn hex_id(bytes: &[u8]) -> String {
-    let mut buf = [0u8; 32];
-    hex_into(bytes, &mut buf).to_owned()
-}
-
 /// An attribute value as stored in the string maps: scalars in their natural text
 /// form, bytes as hex, arrays and key-value lists as JSON.
 pub fn any_value_string(v: &AnyValue) -> Option<String> {

@@ -33,20 +33,6 @@ impl IngestError {
             _ => None,
         }
     }
-
-    /// A short label for the rejected-spans metric.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
-                "malformed"
-            }
-            IngestError::Tenant(_) => "tenant",
-            IngestError::TooLarge { .. } => "too_large",
-            IngestError::Overloaded { .. } => "overloaded",
-            IngestError::Unavailable(_) => "unavailable",
-            IngestError::Internal(_) => "internal",
-        }
-    }
 }
 
 impl From<SinkError> for IngestError {

@@ -66,10 +66,6 @@ impl QueryEngine {
         Ok(Self { store, _runtime: Arc::new(QueryRuntime(Some(rt))), handle, limits })
     }
 
-    pub fn limits(&self) -> QueryLimits {
-        self.limits
-    }
-
     /// A session whose `spans` table shows `tenant`'s spans (every tenant's if `None`).
     pub fn session(&self, tenant: Option<Tenant>) -> Result<SessionContext, StoreError> {
         let mut config = SessionConfig::new().with_target_partitions(2).with_information_schema(false);

@@ -28,7 +28,10 @@ pub fn andon_bin() -> &'static Path {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    // Read at run time: cargo does not rebuild a test binary when the checkout moves,
+    // so a compile-time path can name a clone that is gone.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    Path::new(&manifest).parent().expect("workspace root").to_path_buf()
 }
 
 /// `shared/` next to the repository, where development data lives.
