@@ -1,17 +1,22 @@
 //! Andon's data model: the Arrow schema of the `spans` table, the semantic-convention
-//! attributes that get columns of their own, tenants, and the small statistics types
-//! shared by the ingest path, the store and the server.
+//! attributes that get columns of their own, tenants, change events with their gate
+//! evidence, the kinds of finding, and the small statistics types shared by the
+//! ingest path, the store and the server.
 //!
 //! This crate does no I/O. It is the one place where the span schema is defined, so
 //! the receivers that build span batches, the store that writes them to the WAL and
 //! to Parquet, and the SQL layer that reads them cannot disagree about a column.
 
+pub mod change;
 pub mod clock;
+pub mod finding;
 pub mod schema;
 pub mod sink;
 pub mod stats;
 pub mod tenant;
 
+pub use change::{ChangeEvent, Gate, GateKind, Verdict};
+pub use finding::FindingKind;
 pub use schema::{SemConv, SpanColumn, span_schema};
 pub use sink::{AppendFuture, AppendOutcome, SinkError, SpanSink};
 pub use tenant::{Tenant, TenantError};
