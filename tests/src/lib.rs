@@ -11,20 +11,28 @@ use std::time::{Duration, Instant};
 /// Path of the `andon` binary, built once per test process.
 pub fn andon_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/<test> -> target/<profile>/andon
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "andon", "--bin", "andon"]).current_dir(workspace_root());
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            // Benchmarks measure the optimised server.
-            build.arg("--release");
-        }
-        assert!(build.status().expect("cargo runs").success(), "building andon failed");
-        profile_dir.join("andon")
-    })
+    BIN.get_or_init(|| build_bin("andon", "andon"))
+}
+
+/// Path of the `andon-fixtures` binary (the simulated shop), built once per test process.
+pub fn fixtures_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("andon-fixtures", "andon-fixtures"))
+}
+
+fn build_bin(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/<bin>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", package, "--bin", bin]).current_dir(workspace_root());
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        // Benchmarks measure optimised binaries.
+        build.arg("--release");
+    }
+    assert!(build.status().expect("cargo runs").success(), "building {bin} failed");
+    profile_dir.join(bin)
 }
 
 pub fn workspace_root() -> PathBuf {
