@@ -61,7 +61,9 @@ fn every_emitted_request_is_accepted_without_rejected_spans() {
     assert_eq!(server.count("SELECT count(*) FROM spans WHERE session_id IS NULL"), 0);
     assert_eq!(server.count("SELECT count(DISTINCT service_name) FROM spans"), 11);
     assert_eq!(
-        server.count("SELECT count(*) FROM spans WHERE service_name = 'web' AND (browser_mobile IS NULL OR os_type IS NULL)"),
+        server.count(
+            "SELECT count(*) FROM spans WHERE service_name = 'web' AND (browser_mobile IS NULL OR os_type IS NULL)"
+        ),
         0
     );
     assert_eq!(
@@ -114,8 +116,24 @@ fn the_cli_sends_through_the_otlp_exporter_over_grpc_and_http() {
     for (protocol, endpoint, seed) in [("grpc", server.grpc_url(), "1"), ("http", server.http_url(""), "2")] {
         let out = dir.path().join(protocol);
         simulate(&[
-            "--scenario", "retry", "--hours", "0.25", "--rate", "1", "--seed", seed, "--end", &end, "--endpoint",
-            &endpoint, "--protocol", protocol, "--out", out.to_str().unwrap(),
+            "--scenario",
+            "retry",
+            "--hours",
+            "0.25",
+            "--rate",
+            "1",
+            "--seed",
+            seed,
+            "--end",
+            &end,
+            "--endpoint",
+            &endpoint,
+            "--protocol",
+            protocol,
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-ms",
+            "30000",
         ]);
         let sent = spans_in(&out.join("spans.jsonl"));
         assert!(sent > 1000, "{protocol}: {sent} spans");
@@ -138,7 +156,15 @@ fn the_cli_writes_identical_files_for_the_same_seed() {
     let run = |name: &str, seed: &str| {
         let out = dir.path().join(name);
         simulate(&[
-            "--scenario", "mixed", "--hours", "0.5", "--seed", seed, "--end", "2026-11-20T10:00:00Z", "--out",
+            "--scenario",
+            "mixed",
+            "--hours",
+            "0.5",
+            "--seed",
+            seed,
+            "--end",
+            "2026-11-20T10:00:00Z",
+            "--out",
             out.to_str().unwrap(),
         ]);
         (std::fs::read(out.join("spans.jsonl")).unwrap(), std::fs::read(out.join("ground_truth.json")).unwrap())
