@@ -47,15 +47,20 @@ impl std::fmt::Debug for DedupIndex {
     }
 }
 
-/// The dedup key of every row of a span batch.
+/// The dedup key of every row of a span batch: (tenant, trace_id, span_id), so
+/// one tenant's spans never hide another's that happen to share ids.
 pub fn batch_keys(batch: &RecordBatch) -> Vec<u64> {
-    let (Some(t), Some(s)) = (batch.column_by_name("trace_id"), batch.column_by_name("span_id")) else {
+    let (Some(tenant), Some(t), Some(s)) =
+        (batch.column_by_name("tenant"), batch.column_by_name("trace_id"), batch.column_by_name("span_id"))
+    else {
         return Vec::new();
     };
-    let (t, s) = (t.as_string::<i32>(), s.as_string::<i32>());
+    let (tenant, t, s) = (tenant.as_string::<i32>(), t.as_string::<i32>(), s.as_string::<i32>());
     (0..batch.num_rows())
         .map(|i| {
             let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(tenant.value(i).as_bytes());
+            h.update(&[0]);
             h.update(t.value(i).as_bytes());
             h.update(s.value(i).as_bytes());
             h.digest()

@@ -339,10 +339,10 @@ pub fn load_segments(root: &Path, checkpoint: u64) -> Result<Vec<Segment>, Store
     Ok(out)
 }
 
-/// Reads only the id columns of a segment, to rebuild the dedup index.
+/// Reads only the tenant and id columns of a segment, to rebuild the dedup index.
 pub fn read_ids(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), ["trace_id", "span_id"]);
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["tenant", "trace_id", "span_id"]);
     let reader = builder.with_projection(mask).build()?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }

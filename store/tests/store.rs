@@ -19,6 +19,10 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 const HOUR: u64 = 3_600 * 1_000_000_000;
 
 fn batch(seed: u64, n: u64, start_ns: u64) -> RecordBatch {
+    batch_for(&Tenant::default_tenant(), seed, n, start_ns)
+}
+
+fn batch_for(tenant: &Tenant, seed: u64, n: u64, start_ns: u64) -> RecordBatch {
     let spans = (0..n)
         .map(|i| Span {
             trace_id: [seed.to_be_bytes(), (i + 1).to_be_bytes()].concat(),
@@ -43,7 +47,7 @@ fn batch(seed: u64, n: u64, start_ns: u64) -> RecordBatch {
             ..Default::default()
         }],
     };
-    convert_request(&req, &Tenant::default_tenant(), 0, SpanLimits::default()).unwrap().batch.unwrap()
+    convert_request(&req, tenant, 0, SpanLimits::default()).unwrap().batch.unwrap()
 }
 
 fn now_ns() -> u64 {
@@ -156,6 +160,23 @@ fn retries_after_a_restart_are_still_duplicates() {
     let out = rt.block_on(store.append(&t, b)).unwrap();
     assert_eq!((out.stored, out.duplicates), (0, 40));
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 40);
+}
+
+/// Regression: dedup keys once left the tenant out, so a tenant replaying
+/// another's traffic (a staging copy, an import) stored nothing.
+#[test]
+fn the_same_ids_in_two_tenants_are_both_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = Store::open(config(dir.path())).unwrap();
+    let (a, b) = (Tenant::default_tenant(), Tenant::new("replay").unwrap());
+    let now = now_ns();
+    assert_eq!(rt.block_on(store.append(&a, batch_for(&a, 3, 25, now))).unwrap().stored, 25);
+    let out = rt.block_on(store.append(&b, batch_for(&b, 3, 25, now))).unwrap();
+    assert_eq!((out.stored, out.duplicates), (25, 0));
+    let again = rt.block_on(store.append(&b, batch_for(&b, 3, 25, now))).unwrap();
+    assert_eq!((again.stored, again.duplicates), (0, 25), "within a tenant, retries are still duplicates");
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 50);
 }
 
 #[test]

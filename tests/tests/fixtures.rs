@@ -7,7 +7,7 @@ use std::process::Command;
 use andon_fixtures::generate;
 use andon_model::ChangeEvent;
 use andon_tests::reqwest::blocking_client;
-use andon_tests::{Server, fixtures_bin};
+use andon_tests::{Server, andon_bin, fixtures_bin};
 use chrono::{DurationRound, Utc};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
@@ -148,6 +148,16 @@ fn the_cli_sends_through_the_otlp_exporter_over_grpc_and_http() {
     let total = spans_in(&dir.path().join("grpc/spans.jsonl")) + spans_in(&dir.path().join("http/spans.jsonl"));
     assert_eq!(server.count("SELECT count(*) FROM spans"), total);
     assert_eq!(rejected_total(&server), 0);
+
+    // The JSON lines file is what `andon import` reads: replayed into another
+    // tenant, it gives the same spans again.
+    let file = dir.path().join("http/spans.jsonl");
+    let out = Command::new(andon_bin())
+        .args(["import", "--endpoint", &server.http_url(""), "--tenant", "replay", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.query_as(Some("replay"), "SELECT count(*) FROM spans")[0][0], spans_in(&file));
 }
 
 #[test]
