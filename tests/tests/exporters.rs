@@ -6,7 +6,7 @@ use std::process::Command;
 use andon_tests::Server;
 use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceFlags, TraceState, Tracer, TracerProvider};
 use opentelemetry::{KeyValue, SpanId, TraceId};
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::json;
@@ -165,6 +165,10 @@ fn rust_exporter_over_http_protobuf() {
     let server = Server::start(dir.path());
     let exporter = SpanExporter::builder()
         .with_http()
+        // The batch processor exports from its own thread, without a Tokio
+        // runtime: name the blocking client rather than rely on which reqwest
+        // client features the workspace happens to enable.
+        .with_http_client(::reqwest::blocking::Client::new())
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(server.http_url("/v1/traces"))
         .build()
