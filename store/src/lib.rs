@@ -297,6 +297,18 @@ impl Store {
         }
     }
 
+    /// Every tenant with spans whose start falls in the hour range: buffered or in
+    /// a segment.
+    pub fn tenants(&self, hours: (i64, i64)) -> Vec<Tenant> {
+        let snap = self.snapshot(None, hours);
+        let s = self.inner.state.read();
+        let mut out: Vec<Tenant> = s.buffer.iter().map(|b| b.tenant.clone()).collect();
+        out.extend(snap.segments.into_iter().map(|seg| seg.tenant));
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The buffered batches and segments a query of `tenant` (all tenants when
     /// `None`) over hours `[min_hour, max_hour]` must read.
     pub fn snapshot(&self, tenant: Option<&Tenant>, hours: (i64, i64)) -> Snapshot {

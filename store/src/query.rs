@@ -66,6 +66,10 @@ impl QueryEngine {
         Ok(Self { store, _runtime: Arc::new(QueryRuntime(Some(rt))), handle, limits })
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// A session whose `spans` table shows `tenant`'s spans (every tenant's if `None`).
     pub fn session(&self, tenant: Option<Tenant>) -> Result<SessionContext, StoreError> {
         let mut config = SessionConfig::new().with_target_partitions(2).with_information_schema(false);
@@ -85,10 +89,19 @@ impl QueryEngine {
     /// Runs one read-only statement. Anything that is not a query (DDL, DML, `SET`,
     /// `COPY`) is refused.
     pub async fn run(&self, tenant: Option<Tenant>, sql: &str) -> Result<QueryOutput, StoreError> {
+        self.run_capped(tenant, sql, self.limits.max_rows).await
+    }
+
+    /// Runs one read-only statement and returns every row, for Andon's own readers
+    /// (the detectors) whose queries aggregate and bound their output themselves.
+    pub async fn collect(&self, tenant: Option<Tenant>, sql: &str) -> Result<QueryOutput, StoreError> {
+        self.run_capped(tenant, sql, usize::MAX).await
+    }
+
+    async fn run_capped(&self, tenant: Option<Tenant>, sql: &str, max_rows: usize) -> Result<QueryOutput, StoreError> {
         let started = Instant::now();
         let ctx = self.session(tenant)?;
         let sql = sql.to_owned();
-        let max_rows = self.limits.max_rows;
         let task = self.handle.spawn(async move {
             let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
             let df = ctx.sql_with_options(&sql, options).await?;

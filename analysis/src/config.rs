@@ -1,0 +1,98 @@
+//! What the detectors compare and how sure they must be.
+
+use serde::{Deserialize, Serialize};
+
+/// A funnel: ordered steps, each matching a server span's `METHOD http.route`,
+/// `http.route` or span name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    pub name: String,
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalysisConfig {
+    /// Run a pass every this many seconds; 0 turns continuous detection off.
+    pub interval_secs: u64,
+    /// The current window of a continuous pass, ending now.
+    pub window_secs: u64,
+    /// The baseline window, just before the current one.
+    pub baseline_secs: u64,
+    /// Attributes findings are broken down by.
+    pub segments: Vec<String>,
+    /// Funnels for `drop_off`; empty means discover the most common journey.
+    pub flows: Vec<Flow>,
+    /// A session with no request for this long has ended.
+    pub session_timeout_secs: u64,
+    /// A call of the same operation within this long after a failure is a retry.
+    pub retry_interval_secs: u64,
+    /// False discovery rate across every test of a pass (Benjamini–Hochberg).
+    pub fdr: f64,
+    /// Samples each side needs before a comparison is made.
+    pub min_samples: u64,
+    /// Latency: the Hodges–Lehmann shift must be at least this factor (1.25 = +25%).
+    pub latency_min_ratio: f64,
+    /// Latency: and the median must rise by at least this many milliseconds.
+    pub latency_min_ms: f64,
+    /// Rates (errors, retries, recoveries): the current rate must be at least this
+    /// many times the baseline rate...
+    pub rate_min_ratio: f64,
+    /// ...and at least this much higher in absolute terms (0.005 = half a point).
+    pub rate_min_delta: f64,
+    /// Drop-off: step conversion must fall by at least this fraction.
+    pub drop_min_relative: f64,
+    /// A drop-off falling by at least this fraction is reported as the finding,
+    /// with the errors behind it linked under it; a smaller one is reported as the
+    /// impact of the error regression that explains it.
+    pub drop_headline_relative: f64,
+    /// A finding not seen again for this long is resolved.
+    pub resolve_after_secs: u64,
+    /// Example trace ids per finding.
+    pub exemplars: usize,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 60,
+            window_secs: 1800,
+            baseline_secs: 3 * 3600,
+            segments: ["browser.mobile", "os.type", "cloud.region", "service.version"].map(str::to_owned).to_vec(),
+            flows: Vec::new(),
+            session_timeout_secs: 900,
+            retry_interval_secs: 30,
+            fdr: 0.01,
+            min_samples: 40,
+            latency_min_ratio: 1.25,
+            latency_min_ms: 2.0,
+            rate_min_ratio: 2.0,
+            rate_min_delta: 0.005,
+            drop_min_relative: 0.08,
+            drop_headline_relative: 0.2,
+            resolve_after_secs: 3600,
+            exemplars: 5,
+        }
+    }
+}
+
+impl AnalysisConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window_secs == 0 || self.baseline_secs == 0 {
+            return Err("analysis.window_secs and analysis.baseline_secs must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.fdr) || self.fdr == 0.0 {
+            return Err("analysis.fdr must be between 0 and 1".into());
+        }
+        for s in &self.segments {
+            crate::sql::segment_column(s)?;
+        }
+        for f in &self.flows {
+            if f.steps.len() < 2 {
+                return Err(format!("flow {:?} needs at least two steps", f.name));
+            }
+        }
+        Ok(())
+    }
+}

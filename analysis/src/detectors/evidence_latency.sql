@@ -1,0 +1,11 @@
+WITH {{shared}}
+SELECT CASE WHEN cur = 1 THEN 'current' ELSE 'baseline' END AS side,
+       count(*) AS requests,
+       count(DISTINCT session_id) AS sessions,
+       round(approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ns) / 1e6, 3) AS p50_ms,
+       round(approx_percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ns) / 1e6, 3) AS p95_ms,
+       round(approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ns) / 1e6, 3) AS p99_ms
+FROM requests
+WHERE 1 = 1 {{filter}}
+GROUP BY 1
+ORDER BY 1

@@ -1,0 +1,284 @@
+//! The five detectors. Each has its SQL in a `.sql` file beside it; the SQL
+//! aggregates per operation, side (baseline or current) and segment, and the
+//! detector turns those cells into tests. Segment search, false-discovery control
+//! and the choice of segment are shared, here.
+
+pub mod drop_off;
+pub mod error_rate_regression;
+pub mod latency_regression;
+pub mod retry;
+pub mod silent_recovery;
+
+use std::collections::BTreeMap;
+
+use andon_model::FindingKind;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::config::AnalysisConfig;
+use crate::sql::{self, Row, Segments};
+
+/// The windows and settings of one pass.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub baseline_start: DateTime<Utc>,
+    /// The baseline ends here; the current window starts at `split`, at or after it.
+    pub baseline_end: DateTime<Utc>,
+    pub split: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub segments: Segments,
+    pub config: AnalysisConfig,
+}
+
+impl Ctx {
+    /// The placeholders every template shares; `filter` narrows to one subject.
+    pub fn vars(&self, filter: &str) -> Vec<(&'static str, String)> {
+        let shared = sql::render(
+            sql::SHARED_CTES,
+            &[
+                ("session_aggregates", self.segments.session_aggregates()),
+                ("request_segments", self.segments.request_exprs()),
+                ("operation", sql::OPERATION.to_owned()),
+                ("from", sql::ts(self.baseline_start)),
+                ("to", sql::ts(self.end)),
+                ("split", sql::ts(self.split)),
+                ("baseline_end", sql::ts(self.baseline_end)),
+            ],
+        );
+        vec![
+            ("shared", shared),
+            ("segments", self.segments.list()),
+            ("from", sql::ts(self.baseline_start)),
+            ("to", sql::ts(self.end)),
+            ("split", sql::ts(self.split)),
+            ("retry_secs", self.config.retry_interval_secs.to_string()),
+            ("filter", filter.to_owned()),
+        ]
+    }
+
+    /// The condition that narrows a detector's rows to one subject and segment.
+    pub fn subject_filter(&self, service: &str, operation: &str, segment: &BTreeMap<String, Value>) -> String {
+        format!(
+            "AND service = {} AND operation = {}{}",
+            sql::lit(service),
+            sql::lit(operation),
+            self.segments.condition(segment)
+        )
+    }
+}
+
+/// One side of a comparison, as a detector measures it.
+pub trait Metric: Clone + Default {
+    fn add(&mut self, other: &Self);
+    /// How many samples the comparison rests on.
+    fn samples(&self) -> u64;
+}
+
+/// A detector's verdict on baseline against current for one cut of the data.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    pub p_value: f64,
+    pub effect: f64,
+    pub ci: Option<[f64; 2]>,
+    pub test: &'static str,
+    /// The effect clears the detector's relative and absolute floors.
+    pub material: bool,
+    pub baseline: BTreeMap<String, Value>,
+    pub current: BTreeMap<String, Value>,
+    pub details: BTreeMap<String, Value>,
+    pub current_samples: u64,
+}
+
+/// Cells of one (service, operation): side, segment values, measurement.
+#[derive(Debug, Clone)]
+pub struct Subject<M> {
+    pub service: String,
+    pub operation: String,
+    pub cells: Vec<(bool, Vec<Option<String>>, M)>,
+}
+
+impl<M: Metric> Subject<M> {
+    fn sides(&self, keep: impl Fn(&[Option<String>]) -> bool) -> (M, M) {
+        let (mut b, mut c) = (M::default(), M::default());
+        for (cur, segs, m) in &self.cells {
+            if keep(segs) {
+                if *cur { c.add(m) } else { b.add(m) }
+            }
+        }
+        (b, c)
+    }
+}
+
+/// Groups rows into subjects keyed by (service, operation), cells by side and
+/// segment values.
+pub fn subjects<M: Metric>(
+    rows: &sql::Rows,
+    segments: &Segments,
+    key: impl Fn(&Row<'_>) -> Option<(String, String)>,
+    measure: impl Fn(&Row<'_>) -> M,
+) -> Vec<Subject<M>> {
+    let mut by_key: BTreeMap<(String, String), BTreeMap<(bool, Vec<Option<String>>), M>> = BTreeMap::new();
+    for row in rows.iter() {
+        let Some(k) = key(&row) else { continue };
+        let cur = row.i64("cur").unwrap_or(0) == 1;
+        let segs: Vec<Option<String>> = (0..segments.columns.len()).map(|i| row.str(&format!("seg{i}"))).collect();
+        by_key.entry(k).or_default().entry((cur, segs)).or_default().add(&measure(&row));
+    }
+    by_key
+        .into_iter()
+        .map(|((service, operation), cells)| Subject {
+            service,
+            operation,
+            cells: cells.into_iter().map(|((cur, segs), m)| (cur, segs, m)).collect(),
+        })
+        .collect()
+}
+
+/// One test of a pass: a subject, overall or within one segment value, with the
+/// same test on the rest of the data beside it.
+#[derive(Debug, Clone)]
+pub struct Test {
+    pub kind: FindingKind,
+    pub service: String,
+    pub operation: String,
+    pub segment: BTreeMap<String, Value>,
+    pub judgement: Judgement,
+    /// The same comparison outside the segment (none for the overall test).
+    pub complement: Option<Judgement>,
+    /// Benjamini–Hochberg adjusted p-value, filled in across the whole pass.
+    pub q_value: f64,
+}
+
+/// Every test for a subject: overall, then each value of each segment attribute
+/// with enough samples on both sides.
+pub fn segment_tests<M: Metric>(
+    kind: FindingKind,
+    subject: &Subject<M>,
+    ctx: &Ctx,
+    judge: impl Fn(&M, &M) -> Option<Judgement>,
+) -> Vec<Test> {
+    let min = ctx.config.min_samples;
+    let enough = |b: &M, c: &M| b.samples() >= min && c.samples() >= min;
+    let mut out = Vec::new();
+    let (b, c) = subject.sides(|_| true);
+    if enough(&b, &c)
+        && let Some(j) = judge(&b, &c)
+    {
+        out.push(Test {
+            kind,
+            service: subject.service.clone(),
+            operation: subject.operation.clone(),
+            segment: BTreeMap::new(),
+            judgement: j,
+            complement: None,
+            q_value: 1.0,
+        });
+    }
+    for (i, col) in ctx.segments.columns.iter().enumerate() {
+        let mut values: Vec<&String> =
+            subject.cells.iter().filter(|(cur, _, _)| *cur).filter_map(|(_, s, _)| s[i].as_ref()).collect();
+        values.sort();
+        values.dedup();
+        if values.len() < 2 {
+            continue;
+        }
+        for v in values {
+            let (b, c) = subject.sides(|s| s[i].as_ref() == Some(v));
+            if !enough(&b, &c) {
+                continue;
+            }
+            let Some(j) = judge(&b, &c) else { continue };
+            let (rb, rc) = subject.sides(|s| s[i].as_ref() != Some(v));
+            let complement = if enough(&rb, &rc) { judge(&rb, &rc) } else { None };
+            out.push(Test {
+                kind,
+                service: subject.service.clone(),
+                operation: subject.operation.clone(),
+                segment: BTreeMap::from([(col.attribute.clone(), ctx.segments.json_value(i, v))]),
+                judgement: j,
+                complement,
+                q_value: 1.0,
+            });
+        }
+    }
+    out
+}
+
+/// A finding before enrichment: where, what, and the test that carries it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub test: Test,
+}
+
+/// Picks, per subject, the narrowest segment that explains the effect: a value
+/// whose own test is significant while the rest of the data shows no effect.
+/// With none, the overall test if it is significant; with neither, nothing.
+pub fn choose_segments(tests: Vec<Test>, fdr: f64) -> Vec<Candidate> {
+    let mut by_subject: BTreeMap<(FindingKind, String, String), Vec<Test>> = BTreeMap::new();
+    for t in tests {
+        by_subject.entry((t.kind, t.service.clone(), t.operation.clone())).or_default().push(t);
+    }
+    let mut out = Vec::new();
+    for (_, tests) in by_subject {
+        let significant = |t: &Test| t.judgement.material && t.q_value <= fdr;
+        let overall = tests.iter().find(|t| t.segment.is_empty() && significant(t));
+        let explaining = tests
+            .iter()
+            .filter(|t| !t.segment.is_empty() && significant(t))
+            .filter(|t| t.complement.as_ref().is_some_and(|c| !(c.material && c.p_value <= fdr)))
+            .min_by_key(|t| t.judgement.current_samples);
+        let chosen = match (explaining, overall) {
+            (Some(t), _) => Some(t),
+            (None, Some(t)) => Some(t),
+            (None, None) => tests
+                .iter()
+                .filter(|t| significant(t))
+                .min_by(|a, b| a.q_value.total_cmp(&b.q_value)),
+        };
+        if let Some(t) = chosen {
+            out.push(Candidate { test: t.clone() });
+        }
+    }
+    out
+}
+
+pub(crate) fn num(v: f64) -> Value {
+    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+}
+
+/// Rounds for display in JSON: 4 significant decimals is plenty for a person.
+pub(crate) fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}
+
+/// Judges a rate that should not rise: `x/n` baseline against current.
+pub(crate) fn judge_rate(
+    cfg: &AnalysisConfig,
+    (xb, nb): (u64, u64),
+    (xc, nc): (u64, u64),
+    names: (&str, &str, &str),
+) -> Option<Judgement> {
+    let t = crate::stats::proportion_greater(xb, nb, xc, nc)?;
+    let delta = t.current - t.baseline;
+    let material = delta >= cfg.rate_min_delta && t.current >= cfg.rate_min_ratio * t.baseline && xc >= 5;
+    let (count, total, rate) = names;
+    let side = |x: u64, n: u64, r: f64| {
+        BTreeMap::from([
+            (count.to_owned(), Value::from(x)),
+            (total.to_owned(), Value::from(n)),
+            (rate.to_owned(), num(round(r, 5))),
+        ])
+    };
+    Some(Judgement {
+        p_value: t.p_value,
+        effect: delta,
+        ci: None,
+        test: t.test,
+        material,
+        baseline: side(xb, nb, t.baseline),
+        current: side(xc, nc, t.current),
+        details: BTreeMap::new(),
+        current_samples: nc,
+    })
+}

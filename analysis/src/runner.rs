@@ -1,0 +1,68 @@
+//! Continuous detection: every `interval_secs`, a pass per tenant over the last
+//! `window_secs` against the `baseline_secs` before it; findings are recorded
+//! and those not seen for `resolve_after_secs` are resolved.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{Analyzer, FindingsDb, Windows};
+
+/// Counters of the continuous runner, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RunnerStats {
+    pub passes: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+    pub findings: std::sync::atomic::AtomicU64,
+    pub last_pass_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Runs passes until `stop` turns true. Each pass's reads run on the query
+/// engine's own runtime, so ingest is never blocked by detection.
+pub async fn run(analyzer: Analyzer, db: Arc<FindingsDb>, stats: Arc<RunnerStats>, mut stop: watch::Receiver<bool>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cfg = analyzer.config().clone();
+    if cfg.interval_secs == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Utc::now();
+        let windows = Windows::before(now - chrono::Duration::seconds(cfg.window_secs as i64), now, cfg.baseline_secs);
+        let hours = (windows.baseline_start.timestamp().div_euclid(3600), now.timestamp().div_euclid(3600));
+        for tenant in analyzer.engine().store().tenants(hours) {
+            let started = std::time::Instant::now();
+            match analyzer.pass(&tenant, windows).await {
+                Ok(report) => {
+                    stats.passes.fetch_add(1, Relaxed);
+                    stats.last_pass_ms.store(started.elapsed().as_millis() as u64, Relaxed);
+                    stats.findings.fetch_add(report.findings.len() as u64, Relaxed);
+                    let n = report.findings.len();
+                    if let Err(e) = db.record(&tenant, report.findings) {
+                        warn!(error = %e, "recording findings failed");
+                    }
+                    let cutoff = now - chrono::Duration::seconds(cfg.resolve_after_secs as i64);
+                    match db.resolve_stale(&tenant, cutoff) {
+                        Ok(r) if r > 0 || n > 0 => {
+                            info!(tenant = %tenant.as_str(), findings = n, resolved = r, tests = report.tests, "detection pass")
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "resolving findings failed"),
+                    }
+                }
+                Err(e) => {
+                    stats.failures.fetch_add(1, Relaxed);
+                    warn!(tenant = %tenant.as_str(), error = %e, "detection pass failed");
+                }
+            }
+        }
+    }
+}

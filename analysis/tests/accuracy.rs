@@ -1,0 +1,225 @@
+//! Every fixtures scenario through the real store and the detectors: each injected
+//! fault is found with the right kind, service, operation and segment, and nothing
+//! else is reported on its own (consequences may only appear linked under the
+//! fault's finding). The clean scenario gives no finding.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use andon_analysis::{AnalysisConfig, Analyzer, PassReport, Windows};
+use andon_fixtures::{GroundTruth, generate};
+use andon_ingest::{IngestConfig, Ingestor};
+use andon_model::clock::SystemClock;
+use andon_model::{Finding, Tenant};
+use andon_store::{Durability, QueryEngine, QueryLimits, Store, StoreConfig};
+use chrono::{DateTime, Duration, Utc};
+
+const HOURS: f64 = 4.0;
+const RATE: f64 = 1.0;
+const SEED: u64 = 11;
+
+fn end() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-20T20:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+pub struct Loaded {
+    _dir: tempfile::TempDir,
+    pub engine: QueryEngine,
+    pub truth: GroundTruth,
+    pub rt: tokio::runtime::Runtime,
+}
+
+/// Generates a scenario and stores it through the real ingest path.
+pub fn load(scenario: &str, hours: f64, rate: f64) -> Loaded {
+    let g = generate(scenario, SEED, hours, rate, end()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.durability = Durability::None;
+    let store = Store::open(cfg).unwrap();
+    let ingestor = Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), IngestConfig::default());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tenant = Tenant::default_tenant();
+    let mut requests = g.requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        let chunk: Vec<_> = requests.by_ref().take(64).collect();
+        rt.block_on(async {
+            for req in chunk {
+                ingestor.export(&tenant, req).await.unwrap();
+            }
+        });
+        store.flush().unwrap();
+    }
+    let engine = QueryEngine::new(store, QueryLimits::default(), 2).unwrap();
+    Loaded { _dir: dir, engine, truth: g.truth, rt }
+}
+
+/// The windows every scenario is judged with: the first 35% of the run as the
+/// baseline (every fault starts at 40% or later), the last 20% as current (every
+/// fault has started and every rollout has finished by 80%).
+fn windows(truth: &GroundTruth) -> Windows {
+    let span = truth.end - truth.start;
+    let at = |f: f64| truth.start + Duration::milliseconds((span.num_milliseconds() as f64 * f) as i64);
+    Windows { baseline_start: truth.start, baseline_end: at(0.35), split: at(0.8), end: truth.end }
+}
+
+fn analyze(l: &Loaded, w: Windows) -> PassReport {
+    let analyzer = Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap();
+    l.rt.block_on(analyzer.pass(&Tenant::default_tenant(), w)).unwrap()
+}
+
+fn describe(f: &Finding) -> String {
+    format!(
+        "{} {} {} {:?} p={:.2e} effect={} linked={:?}\n    {}",
+        f.kind,
+        f.service,
+        f.operation,
+        f.segment,
+        f.p_value,
+        f.effect,
+        f.evidence.linked.iter().map(|l| format!("{} {} {}", l.kind, l.service, l.operation)).collect::<Vec<_>>(),
+        f.summary
+    )
+}
+
+/// (true positives, false positives, false negatives) of one scenario, with
+/// every mismatch explained.
+fn score(truth: &GroundTruth, findings: &[Finding]) -> (usize, usize, usize, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut matched = vec![false; findings.len()];
+    let mut tp = 0;
+    for fault in &truth.faults {
+        let t = &fault.target;
+        let hit = findings.iter().position(|f| {
+            f.kind == t.kind && f.service == t.service && f.operation == t.operation && f.segment == t.segment
+        });
+        match hit {
+            Some(i) => {
+                matched[i] = true;
+                tp += 1;
+            }
+            None => problems.push(format!("missed {} {} {} {:?}", t.kind, t.service, t.operation, t.segment)),
+        }
+    }
+    let fp = matched.iter().filter(|m| !**m).count();
+    for (f, m) in findings.iter().zip(&matched) {
+        if !m {
+            problems.push(format!("unexpected {}", describe(f)));
+        }
+    }
+    (tp, fp, truth.faults.len() - tp, problems)
+}
+
+fn check(scenario: &str) -> (Loaded, PassReport) {
+    let l = load(scenario, HOURS, RATE);
+    let report = analyze(&l, windows(&l.truth));
+    let (_, _, _, problems) = score(&l.truth, &report.findings);
+    let all: Vec<String> = report.findings.iter().map(describe).collect();
+    assert!(problems.is_empty(), "{scenario}: {problems:#?}\nall findings:\n{}", all.join("\n"));
+    (l, report)
+}
+
+fn finding<'a>(r: &'a PassReport, kind: &str) -> &'a Finding {
+    r.findings.iter().find(|f| f.kind.as_str() == kind).unwrap()
+}
+
+#[test]
+fn latency_is_blamed_on_the_slow_leaf_and_its_deploy() {
+    let (l, r) = check("latency");
+    let f = finding(&r, "latency_regression");
+    let truth = &l.truth.faults[0];
+    let change = f.change.as_ref().expect("attributed to the pricing deploy");
+    let want = truth.change.as_ref().unwrap();
+    assert_eq!((change.service.as_str(), change.version.as_str()), (want.service.as_str(), want.version.as_str()));
+    assert_eq!(change.commit.as_deref(), Some(want.commit.as_str()));
+    assert_eq!(change.pr, Some(want.pr));
+    // The callers waiting on pricing are linked under it, not reported.
+    assert!(f.evidence.linked.iter().any(|x| x.service == "frontend"), "{:?}", f.evidence.linked);
+    assert!(f.effect > 4.0 && f.effect < 10.0, "the injected factor is 7: {}", f.effect);
+    let onset = f.evidence.onset.expect("an onset");
+    assert!((onset - truth.onset).num_minutes().abs() <= 15, "onset {onset} vs {}", truth.onset);
+    assert_eq!(f.evidence.exemplar_trace_ids.len(), 5);
+    assert!(f.p_value < 1e-6);
+}
+
+#[test]
+fn error_rate_regression_is_found_on_the_failing_service() {
+    let (l, r) = check("errors");
+    let f = finding(&r, "error_rate_regression");
+    let rate = f.current["error_rate"].as_f64().unwrap();
+    assert!((0.06..0.13).contains(&rate), "injected 9%: {rate}");
+    assert_eq!(f.change.as_ref().map(|c| c.version.as_str()), Some("2.8.0"));
+    assert!(l.truth.faults[0].symptoms.iter().any(|s| f.evidence.linked.iter().any(|x| x.service == s.service)));
+}
+
+#[test]
+fn android_retries_are_found_in_the_android_segment() {
+    let (_, r) = check("retry");
+    let f = finding(&r, "retry");
+    assert!(f.change.is_none(), "no deploy caused it: {:?}", f.change);
+    assert!(f.evidence.details["automatic_share"].as_f64().unwrap() > 0.5);
+}
+
+#[test]
+fn mobile_drop_off_is_found_at_the_payment_step() {
+    let (_, r) = check("drop-off");
+    let f = finding(&r, "drop_off");
+    let cause = f.evidence.cause.as_ref().expect("the failures start in payments");
+    assert_eq!((cause.service.as_str(), cause.operation.as_str()), ("payments", "POST /v1/payments/authorize"));
+    assert_eq!(f.change.as_ref().map(|c| c.version.as_str()), Some("3.5.0"));
+}
+
+#[test]
+fn silent_recovery_is_found_in_eu_west_1() {
+    check("silent-recovery");
+}
+
+#[test]
+fn mixed_faults_are_each_found_once() {
+    check("mixed");
+}
+
+#[test]
+fn all_five_faults_are_found_together() {
+    check("all");
+}
+
+#[test]
+fn a_clean_day_gives_no_finding() {
+    let l = load("clean", 24.0, 0.25);
+    let mut found = Vec::new();
+    // Every hour of the day against the three hours before it, as continuous
+    // detection would have run, across both harmless deploys.
+    let mut from = l.truth.start + Duration::hours(3);
+    while from < l.truth.end {
+        let to = (from + Duration::hours(1)).min(l.truth.end);
+        let r = analyze(&l, Windows::before(from, to, 3 * 3600));
+        found.extend(r.findings.iter().map(describe));
+        from = to;
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+/// Precision and recall over every scenario, printed for the issue note; run with
+/// `cargo test -p andon-analysis --test accuracy -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn precision_and_recall() {
+    let mut totals = BTreeMap::new();
+    for s in ["clean", "latency", "errors", "retry", "drop-off", "silent-recovery", "mixed", "all"] {
+        let l = load(s, HOURS, RATE);
+        let r = analyze(&l, windows(&l.truth));
+        let (tp, fp, fn_, problems) = score(&l.truth, &r.findings);
+        println!("{s}: tp={tp} fp={fp} fn={fn_} tests={} pass={:?} {problems:?}", r.tests, r.elapsed);
+        let e = totals.entry("all").or_insert((0, 0, 0));
+        e.0 += tp;
+        e.1 += fp;
+        e.2 += fn_;
+    }
+    let (tp, fp, fn_) = totals["all"];
+    println!(
+        "precision {:.3} recall {:.3} (tp {tp}, fp {fp}, fn {fn_})",
+        tp as f64 / (tp + fp).max(1) as f64,
+        tp as f64 / (tp + fn_).max(1) as f64
+    );
+}
