@@ -96,6 +96,29 @@ impl Analyzer {
         &self.engine
     }
 
+    /// The aggregation queries a pass starts with, as run: every detector's SQL
+    /// over the windows (the drop-off funnel once per configured flow). For
+    /// comparing engines on the same statements.
+    pub fn detector_queries(&self, w: Windows) -> Vec<(String, String)> {
+        let ctx = self.ctx(w);
+        let mut out = vec![
+            ("latency_regression".to_owned(), latency_regression::query(&ctx, "")),
+            ("error_rate_regression".to_owned(), error_rate_regression::query(&ctx, "")),
+            ("retry".to_owned(), retry::query(&ctx, "")),
+            ("silent_recovery".to_owned(), silent_recovery::query(&ctx, "")),
+        ];
+        let served: Vec<(String, String)> = self
+            .config
+            .flows
+            .iter()
+            .flat_map(|f| f.steps.iter().map(|s| ("?".to_owned(), s.clone())))
+            .collect();
+        for flow in drop_off::resolve(&self.config.flows, &served) {
+            out.push((format!("drop_off {}", flow.name), drop_off::query(&ctx, &flow, "")));
+        }
+        out
+    }
+
     async fn rows(&self, tenant: &Tenant, sql: &str) -> Result<Rows, AnalysisError> {
         let out = self.engine.collect(Some(tenant.clone()), sql).await.map_err(|e| AnalysisError::Query {
             message: e.to_string(),
@@ -442,8 +465,9 @@ fn cluster_cause(ex: &[Examined], cluster: &[usize]) -> (String, String) {
     counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k.clone()).unwrap_or_default()
 }
 
-/// Candidates that share a cause, or where one's cause is where another was
-/// seen, describe one problem.
+/// Candidates whose trouble starts in the same operation describe one problem.
+/// Two problems that merely meet at one operation (a slow callee and a rate
+/// limiter on the same route) stay apart.
 fn clusters(ex: &[Examined]) -> Vec<Vec<usize>> {
     let n = ex.len();
     let mut parent: Vec<usize> = (0..n).collect();
@@ -458,7 +482,7 @@ fn clusters(ex: &[Examined]) -> Vec<Vec<usize>> {
     for a in 0..n {
         for b in a + 1..n {
             let (x, y) = (&ex[a], &ex[b]);
-            if x.cause == y.cause || x.cause == y.site() || x.site() == y.cause {
+            if x.cause == y.cause {
                 let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
                 parent[ra] = rb;
             }

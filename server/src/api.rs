@@ -1,11 +1,15 @@
-//! The REST API on the API port: `/api/v1/query`, `/healthz`, `/readyz`, `/metrics`.
+//! The REST API on the API port: `/api/v1/query`, `/api/v1/findings`,
+//! `/api/v1/analyze`, `/healthz`, `/readyz`, `/metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use andon_analysis::runner::RunnerStats;
+use andon_analysis::{AnalysisError, Analyzer, FindingFilter, FindingsDb, Windows};
 use andon_ingest::Ingestor;
-use andon_model::Tenant;
+use andon_model::{FindingKind, FindingState, Tenant};
+use chrono::{DateTime, Utc};
 use andon_store::{QueryEngine, Store, StoreError};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{
@@ -13,7 +17,7 @@ use arrow::datatypes::{
     UInt64Type,
 };
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +32,9 @@ pub struct AppState {
     pub store: Store,
     pub query: QueryEngine,
     pub ingestor: Arc<Ingestor>,
+    pub analyzer: Analyzer,
+    pub findings: Arc<FindingsDb>,
+    pub runner: Arc<RunnerStats>,
     pub ready: AtomicBool,
     pub started: Instant,
 }
@@ -54,6 +61,20 @@ impl From<StoreError> for ApiError {
         let msg = chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default();
         ApiError(status, msg)
     }
+}
+
+impl From<AnalysisError> for ApiError {
+    fn from(e: AnalysisError) -> Self {
+        let status = match &e {
+            AnalysisError::Config(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
 fn tenant_of(headers: &HeaderMap) -> Result<Tenant, ApiError> {
@@ -161,6 +182,113 @@ async fn query(
     .into_response())
 }
 
+fn parse_time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| bad_request(format!("{field} must be an rfc 3339 timestamp: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindingsParams {
+    kind: Option<String>,
+    service: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    state: Option<String>,
+}
+
+async fn list_findings(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<FindingsParams>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&headers)?;
+    let filter = FindingFilter {
+        kind: p.kind.as_deref().filter(|k| !k.is_empty()).map(str::parse::<FindingKind>).transpose().map_err(bad_request)?,
+        service: p.service.filter(|s| !s.is_empty()),
+        since: p.since.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("since", s)).transpose()?,
+        until: p.until.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("until", s)).transpose()?,
+        state: match p.state.as_deref() {
+            None | Some("") => None,
+            Some("open") => Some(FindingState::Open),
+            Some("resolved") => Some(FindingState::Resolved),
+            Some(other) => return Err(bad_request(format!("state must be open or resolved, not {other:?}"))),
+        },
+    };
+    let db = Arc::clone(&app.findings);
+    let findings = tokio::task::spawn_blocking(move || db.list(&tenant, &filter))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json!({ "findings": findings })).into_response())
+}
+
+async fn get_finding(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&headers)?;
+    let db = Arc::clone(&app.findings);
+    let found = tokio::task::spawn_blocking(move || db.get(&tenant, &id))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    match found {
+        Some(f) => Ok(Json(f).into_response()),
+        None => Err(ApiError(StatusCode::NOT_FOUND, "no such finding".into())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalyzeRequest {
+    from: String,
+    to: String,
+    /// The baseline; by default the configured `baseline_secs` just before `from`.
+    baseline_from: Option<String>,
+    baseline_to: Option<String>,
+}
+
+/// Runs every detector over a past range (a backtest) and records what it finds.
+async fn analyze(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&headers)?;
+    let req: AnalyzeRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("body must be {{\"from\": t, \"to\": t}}: {e}")))?;
+    let (from, to) = (parse_time("from", &req.from)?, parse_time("to", &req.to)?);
+    if to <= from {
+        return Err(bad_request("to must be after from"));
+    }
+    let mut windows = Windows::before(from, to, app.analyzer.config().baseline_secs);
+    match (req.baseline_from.as_deref(), req.baseline_to.as_deref()) {
+        (None, None) => {}
+        (Some(bf), Some(bt)) => {
+            windows.baseline_start = parse_time("baseline_from", bf)?;
+            windows.baseline_end = parse_time("baseline_to", bt)?;
+            if windows.baseline_end > from || windows.baseline_start >= windows.baseline_end {
+                return Err(bad_request("the baseline must be a non-empty range ending at or before from"));
+            }
+        }
+        _ => return Err(bad_request("give both baseline_from and baseline_to, or neither")),
+    }
+    let report = app.analyzer.pass(&tenant, windows).await?;
+    let db = Arc::clone(&app.findings);
+    let (tests, flows, elapsed) = (report.tests, report.flows.clone(), report.elapsed);
+    let findings = tokio::task::spawn_blocking(move || db.record(&tenant, report.findings))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json!({
+        "findings": findings,
+        "tests": tests,
+        "flows": flows,
+        "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+    }))
+    .into_response())
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -186,6 +314,11 @@ async fn metrics_handler(State(app): State<Arc<AppState>>) -> Response {
         query: stats.query_latency.snapshot(),
         uptime_secs: app.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION"),
+        detection: {
+            use std::sync::atomic::Ordering::Relaxed;
+            let r = &app.runner;
+            [r.passes.load(Relaxed), r.failures.load(Relaxed), r.findings.load(Relaxed), r.last_pass_ms.load(Relaxed)]
+        },
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -197,6 +330,9 @@ async fn not_found() -> ApiError {
 pub fn router(app: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/query", post(query))
+        .route("/api/v1/findings", get(list_findings))
+        .route("/api/v1/findings/{id}", get(get_finding))
+        .route("/api/v1/analyze", post(analyze))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use andon_analysis::AnalysisConfig;
 use andon_ingest::{IngestConfig, SpanLimits};
 use andon_store::{Durability, QueryLimits, StoreConfig};
 use anyhow::{Context, bail};
@@ -24,6 +25,7 @@ pub struct RawConfig {
     pub api: RawApi,
     pub storage: RawStorage,
     pub log: RawLog,
+    pub analysis: AnalysisConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +88,7 @@ impl Default for RawConfig {
             api: RawApi::default(),
             storage: RawStorage::default(),
             log: RawLog::default(),
+            analysis: AnalysisConfig::default(),
         }
     }
 }
@@ -155,6 +158,7 @@ pub struct Config {
     pub query_threads: usize,
     pub log_json: bool,
     pub log_level: String,
+    pub analysis: AnalysisConfig,
 }
 
 /// Applies `ANDON_*` variables from `vars` to the TOML table `doc`.
@@ -302,6 +306,10 @@ impl RawConfig {
             query_threads: size("api.query_threads", self.api.query_threads, 1)?,
             log_json,
             log_level: self.log.level,
+            analysis: {
+                self.analysis.validate().map_err(anyhow::Error::msg)?;
+                self.analysis
+            },
         })
     }
 }

@@ -4,6 +4,7 @@
 
 mod api;
 mod config;
+mod findings_cli;
 mod import;
 mod metrics;
 mod query_cli;
@@ -34,6 +35,10 @@ enum Command {
     Query(query_cli::QueryArgs),
     /// Import OTLP JSON lines files.
     Import(import::ImportArgs),
+    /// Run every detector over a past range (a backtest) on a running server.
+    Analyze(findings_cli::AnalyzeArgs),
+    /// List findings, or show one with --id.
+    Findings(findings_cli::FindingsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +97,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Query(args) => runtime().and_then(|rt| rt.block_on(query_cli::run(args))),
+        Command::Analyze(args) => runtime().and_then(|rt| rt.block_on(findings_cli::analyze(args))),
+        Command::Findings(args) => runtime().and_then(|rt| rt.block_on(findings_cli::findings(args))),
         Command::Import(args) => {
             init_logging(false, "warn");
             runtime().and_then(|rt| rt.block_on(import::run(args)))

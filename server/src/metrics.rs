@@ -35,6 +35,8 @@ pub struct Readings<'a> {
     pub query: HistogramSnapshot,
     pub uptime_secs: u64,
     pub version: &'a str,
+    /// Continuous detection: passes, failed passes, findings reported, last pass ms.
+    pub detection: [u64; 4],
 }
 
 pub fn render(r: &Readings<'_>) -> String {
@@ -86,5 +88,10 @@ pub fn render(r: &Readings<'_>) -> String {
     histogram(&mut out, "andon_flush_seconds", "Duration of flushes from memory to segments.", &r.flush);
     histogram(&mut out, "andon_query_seconds", "Latency of SQL queries.", &r.query);
     counter(&mut out, "andon_queries_failed_total", "SQL queries that failed or were refused.", r.store.queries_failed);
+    let [passes, failures, findings, last_ms] = r.detection;
+    counter(&mut out, "andon_detection_passes_total", "Continuous detection passes completed.", passes);
+    counter(&mut out, "andon_detection_failures_total", "Continuous detection passes that failed.", failures);
+    counter(&mut out, "andon_detection_findings_total", "Findings reported by continuous passes.", findings);
+    gauge(&mut out, "andon_detection_last_pass_milliseconds", "Duration of the last detection pass.", last_ms);
     out
 }

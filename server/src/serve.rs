@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use andon_analysis::runner::RunnerStats;
+use andon_analysis::{Analyzer, FindingsDb};
 use andon_ingest::Ingestor;
 use andon_model::clock::SystemClock;
 use andon_store::{QueryEngine, Store};
@@ -46,6 +48,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let maintenance = store.spawn_maintenance();
     let ingestor = Arc::new(Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), config.ingest.clone()));
     let query = QueryEngine::new(store.clone(), config.query, config.query_threads)?;
+    let analyzer = Analyzer::new(query.clone(), config.analysis.clone())?;
+    let db_path = config.store.data_dir.join("andon.db");
+    let findings = Arc::new(
+        tokio::task::spawn_blocking(move || FindingsDb::open(&db_path)).await?.context("opening the findings database")?,
+    );
+    let runner = Arc::new(RunnerStats::default());
 
     let grpc = bind("otlp-grpc", config.grpc_addr).await?;
     let http = bind("otlp-http", config.http_addr).await?;
@@ -55,11 +63,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = Arc::new(AppState {
         store: store.clone(),
         query,
+        analyzer: analyzer.clone(),
+        findings: Arc::clone(&findings),
+        runner: Arc::clone(&runner),
         ingestor: Arc::clone(&ingestor),
         ready: AtomicBool::new(false),
         started: Instant::now(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_detection = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -78,6 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_graceful_shutdown(stopped())
             .into_future(),
     );
+    let detection = tokio::spawn(andon_analysis::runner::run(analyzer, findings, runner, stop_rx_detection));
     app.ready.store(true, Ordering::Release);
     println!("listening otlp-grpc={grpc_addr} otlp-http={http_addr} api={api_addr}");
     info!(%grpc_addr, %http_addr, %api_addr, data_dir = %config.store.data_dir.display(), "andon serving");
@@ -90,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     g?.context("otlp-grpc server")?;
     h?.context("otlp-http server")?;
     a?.context("api server")?;
+    let _ = detection.await;
     let closing = store.clone();
     tokio::task::spawn_blocking(move || closing.close()).await?.context("flushing the store")?;
     let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;
