@@ -180,3 +180,113 @@ impl FindingsDb {
         body.map(|b| serde_json::from_str(&b).map_err(|e| AnalysisError::Db(e.to_string()))).transpose()
     }
 }
+
+/// The `findings` table of `/api/v1/query`: one row per finding, its evidence
+/// as JSON in `body`.
+#[derive(Debug)]
+pub struct FindingsTable {
+    pub db: std::sync::Arc<FindingsDb>,
+}
+
+impl FindingsDb {
+    /// Every finding of `tenant` (of every tenant when `None`), with its tenant.
+    pub fn all(&self, tenant: Option<&Tenant>) -> Result<Vec<(String, Finding)>, AnalysisError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT tenant, body FROM findings WHERE ?1 IS NULL OR tenant = ?1 ORDER BY last_seen")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![tenant.map(Tenant::as_str)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (t, body) = row.map_err(db_err)?;
+            out.push((t, serde_json::from_str(&body).map_err(|e| AnalysisError::Db(e.to_string()))?));
+        }
+        Ok(out)
+    }
+}
+
+impl andon_store::ExtraTable for FindingsTable {
+    fn name(&self) -> &str {
+        "findings"
+    }
+
+    fn provider(
+        &self,
+        tenant: Option<&Tenant>,
+    ) -> Result<std::sync::Arc<dyn datafusion::catalog::TableProvider>, andon_store::StoreError> {
+        use std::sync::Arc;
+
+        use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampNanosecondArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+
+        let rows = self.db.all(tenant).map_err(|e| andon_store::StoreError::Refused(e.to_string()))?;
+        let ts = andon_model::schema::timestamp_type();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("tenant", DataType::Utf8, false),
+            Field::new("id", DataType::Utf8, false),
+            Field::new("fingerprint", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("service", DataType::Utf8, false),
+            Field::new("operation", DataType::Utf8, false),
+            Field::new("segment", DataType::Utf8, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("severity", DataType::Utf8, false),
+            Field::new("p_value", DataType::Float64, false),
+            Field::new("effect", DataType::Float64, false),
+            Field::new("impact", DataType::Float64, false),
+            Field::new("affected_sessions", DataType::Int64, false),
+            Field::new("affected_requests", DataType::Int64, false),
+            Field::new("summary", DataType::Utf8, false),
+            Field::new("window_start", ts.clone(), false),
+            Field::new("window_end", ts.clone(), false),
+            Field::new("first_seen", ts.clone(), false),
+            Field::new("last_seen", ts, false),
+            Field::new("change_version", DataType::Utf8, true),
+            Field::new("change_commit", DataType::Utf8, true),
+            Field::new("change_pr", DataType::Int64, true),
+            Field::new("query", DataType::Utf8, false),
+            Field::new("body", DataType::Utf8, false),
+        ]));
+        let s = |f: &dyn Fn(&(String, Finding)) -> String| -> ArrayRef {
+            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+        };
+        let t = |f: &dyn Fn(&Finding) -> DateTime<Utc>| -> ArrayRef {
+            Arc::new(
+                TimestampNanosecondArray::from(
+                    rows.iter().map(|(_, x)| f(x).timestamp_nanos_opt().unwrap_or(0)).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            )
+        };
+        let columns: Vec<ArrayRef> = vec![
+            s(&|(t, _)| t.clone()),
+            s(&|(_, f)| f.id.clone()),
+            s(&|(_, f)| f.fingerprint.clone()),
+            s(&|(_, f)| f.kind.as_str().to_owned()),
+            s(&|(_, f)| f.service.clone()),
+            s(&|(_, f)| f.operation.clone()),
+            s(&|(_, f)| serde_json::to_string(&f.segment).unwrap_or_default()),
+            s(&|(_, f)| f.state.as_str().to_owned()),
+            s(&|(_, f)| f.severity.as_str().to_owned()),
+            Arc::new(Float64Array::from(rows.iter().map(|(_, f)| f.p_value).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(rows.iter().map(|(_, f)| f.effect).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(rows.iter().map(|(_, f)| f.impact).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|(_, f)| f.affected.sessions as i64).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|(_, f)| f.affected.requests as i64).collect::<Vec<_>>())),
+            s(&|(_, f)| f.summary.clone()),
+            t(&|f| f.window.start),
+            t(&|f| f.window.end),
+            t(&|f| f.first_seen),
+            t(&|f| f.last_seen),
+            Arc::new(StringArray::from(rows.iter().map(|(_, f)| f.change.as_ref().map(|c| c.version.clone())).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|(_, f)| f.change.as_ref().and_then(|c| c.commit.clone())).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|(_, f)| f.change.as_ref().and_then(|c| c.pr).map(|p| p as i64)).collect::<Vec<_>>())),
+            s(&|(_, f)| f.evidence.query.clone()),
+            s(&|(_, f)| serde_json::to_string(f).unwrap_or_default()),
+        ];
+        let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)?;
+        Ok(Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use andon_analysis::runner::RunnerStats;
+use andon_analysis::db::FindingsTable;
 use andon_analysis::{Analyzer, FindingsDb};
 use andon_ingest::Ingestor;
 use andon_model::clock::SystemClock;
@@ -53,6 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let findings = Arc::new(
         tokio::task::spawn_blocking(move || FindingsDb::open(&db_path)).await?.context("opening the findings database")?,
     );
+    query.register(Arc::new(FindingsTable { db: Arc::clone(&findings) }));
     let runner = Arc::new(RunnerStats::default());
 
     let grpc = bind("otlp-grpc", config.grpc_addr).await?;

@@ -39,7 +39,7 @@ use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
 
 pub use error::StoreError;
-pub use query::{QueryEngine, QueryLimits, QueryOutput};
+pub use query::{ExtraTable, QueryEngine, QueryLimits, QueryOutput};
 pub use segment::Segment;
 pub use stats::{StoreSnapshot, StoreStats};
 pub use table::SpansTable;

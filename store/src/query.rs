@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use andon_model::Tenant;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -46,9 +47,18 @@ impl Drop for QueryRuntime {
     }
 }
 
+/// A table served beside `spans` (`findings`, and later `changes`), read fresh
+/// for each statement.
+pub trait ExtraTable: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &str;
+    /// The table as `tenant` sees it (every tenant's rows when `None`).
+    fn provider(&self, tenant: Option<&Tenant>) -> Result<Arc<dyn TableProvider>, StoreError>;
+}
+
 #[derive(Debug, Clone)]
 pub struct QueryEngine {
     store: Store,
+    extra: Arc<parking_lot::RwLock<Vec<Arc<dyn ExtraTable>>>>,
     /// Keeps the runtime alive as long as any clone of the engine.
     _runtime: Arc<QueryRuntime>,
     handle: tokio::runtime::Handle,
@@ -63,11 +73,22 @@ impl QueryEngine {
             .enable_all()
             .build()?;
         let handle = rt.handle().clone();
-        Ok(Self { store, _runtime: Arc::new(QueryRuntime(Some(rt))), handle, limits })
+        Ok(Self {
+            store,
+            extra: Arc::default(),
+            _runtime: Arc::new(QueryRuntime(Some(rt))),
+            handle,
+            limits,
+        })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Serves `table` beside `spans` in every later statement.
+    pub fn register(&self, table: Arc<dyn ExtraTable>) {
+        self.extra.write().push(table);
     }
 
     /// A session whose `spans` table shows `tenant`'s spans (every tenant's if `None`).
@@ -78,11 +99,14 @@ impl QueryEngine {
         opts.execution.parquet.reorder_filters = true;
         opts.sql_parser.enable_ident_normalization = true;
         let ctx = SessionContext::new_with_config(config);
-        let table = match tenant {
+        let table = match tenant.clone() {
             Some(t) => SpansTable::for_tenant(self.store.clone(), t),
             None => SpansTable::all_tenants(self.store.clone()),
         };
         ctx.register_table("spans", Arc::new(table))?;
+        for extra in self.extra.read().iter() {
+            ctx.register_table(extra.name(), extra.provider(tenant.as_ref())?)?;
+        }
         Ok(ctx)
     }
 

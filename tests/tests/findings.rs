@@ -1,0 +1,157 @@
+//! Detection through the server: a backtest over the simulated shop finds the
+//! injected fault, the findings API serves it (also after a restart), its
+//! evidence query re-runs through `/api/v1/query` and gives its numbers, its
+//! exemplar traces exist, and the CLI shows it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use andon_tests::reqwest::blocking_client;
+use andon_tests::{Server, andon_bin, fixtures_bin};
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+
+fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let resp = blocking_client().post(server.api_url(path)).json(body).send().unwrap();
+    (resp.status().as_u16(), resp.json().unwrap())
+}
+
+fn get(server: &Server, path: &str) -> (u16, Value) {
+    let resp = blocking_client().get(server.api_url(path)).send().unwrap();
+    (resp.status().as_u16(), resp.json().unwrap())
+}
+
+#[test]
+fn a_backtest_finds_the_injected_fault_with_evidence_that_reruns() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = dir.path().join("shop");
+    let out = Command::new(fixtures_bin())
+        .args(["simulate", "--scenario", "errors", "--hours", "3", "--rate", "1", "--seed", "5"])
+        .args(["--end", "2026-11-20T12:00:00Z", "--out", shop.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut server = Server::start_with_env(&dir.path().join("data"), &[("ANDON_ANALYSIS_INTERVAL_SECS", "0")]);
+    let out = Command::new(andon_bin())
+        .args(["import", "--endpoint", &server.http_url(""), shop.join("spans.jsonl").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let truth: Value = serde_json::from_str(&std::fs::read_to_string(shop.join("ground_truth.json")).unwrap()).unwrap();
+    let time = |k: &str| DateTime::parse_from_rfc3339(truth[k].as_str().unwrap()).unwrap().with_timezone(&Utc);
+    let (start, end) = (time("start"), time("end"));
+    let at = |f: f64| (start + Duration::seconds(((end - start).num_seconds() as f64 * f) as i64)).to_rfc3339();
+    let request = json!({"from": at(0.8), "to": end.to_rfc3339(), "baseline_from": start.to_rfc3339(), "baseline_to": at(0.35)});
+    let (status, body) = post(&server, "/api/v1/analyze", &request);
+    assert_eq!(status, 200, "{body}");
+    let findings = body["findings"].as_array().unwrap();
+    let fault = &truth["faults"][0];
+    assert_eq!(findings.len(), 1, "only the injected fault: {body:#}");
+    let f = &findings[0];
+    for k in ["kind", "service", "operation", "segment"] {
+        assert_eq!(f[k], fault[k], "{k}");
+    }
+    assert_eq!(f["change"]["version"], "2.8.0");
+    assert_eq!(f["change"]["pr"], fault["change"]["pr"]);
+    assert_eq!(f["state"], "open");
+
+    // The evidence query gives the finding's numbers.
+    let (status, rows) = server.query_raw(None, f["evidence"]["query"].as_str().unwrap());
+    assert_eq!(status, 200, "{rows}");
+    let columns: Vec<&str> = rows["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let col = |name: &str| columns.iter().position(|c| *c == name).unwrap();
+    let current = rows["rows"].as_array().unwrap().iter().find(|r| r[col("side")] == "current").unwrap();
+    assert_eq!(current[col("errors")], f["current"]["errors"]);
+    assert_eq!(current[col("requests")], f["current"]["requests"]);
+    // Exemplars are failing requests of the operation, in the current window.
+    for id in f["evidence"]["exemplar_trace_ids"].as_array().unwrap() {
+        let n = server.count(&format!(
+            "SELECT count(*) FROM spans WHERE trace_id = '{}' AND service_name = 'inventory' AND status_code = 'error' \
+             AND start_time >= TIMESTAMP '{}'",
+            id.as_str().unwrap(),
+            at(0.8).trim_end_matches("+00:00")
+        ));
+        assert!(n >= 1, "exemplar {id} shows no failing reservation");
+    }
+
+    // Findings are a table in SQL too.
+    let rows = server.query(&format!("SELECT kind, service, change_version FROM findings WHERE id = '{}'", f["id"].as_str().unwrap()));
+    assert_eq!(rows, vec![vec![json!("error_rate_regression"), json!("inventory"), json!("2.8.0")]]);
+
+    // Served by the findings API, filtered, one by one, and after a restart.
+    let id = f["id"].as_str().unwrap().to_owned();
+    let (_, list) = get(&server, "/api/v1/findings?kind=error_rate_regression&service=inventory&state=open");
+    assert_eq!(list["findings"].as_array().unwrap().len(), 1);
+    let (_, none) = get(&server, "/api/v1/findings?service=pricing");
+    assert!(none["findings"].as_array().unwrap().is_empty());
+    let (status, err) = get(&server, "/api/v1/findings?kind=slow");
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("unknown finding kind"), "{err}");
+    server.restart();
+    let (status, one) = get(&server, &format!("/api/v1/findings/{id}"));
+    assert_eq!(status, 200);
+    assert_eq!(one["fingerprint"], f["fingerprint"]);
+    assert_eq!(get(&server, "/api/v1/findings/nope").0, 404);
+
+    // Bad ranges are refused clearly.
+    let (status, err) = post(&server, "/api/v1/analyze", &json!({"from": end.to_rfc3339(), "to": start.to_rfc3339()}));
+    assert_eq!(status, 400);
+    assert_eq!(err["error"], "to must be after from");
+    let (status, _) = post(&server, "/api/v1/analyze", &json!({"from": "yesterday", "to": end.to_rfc3339()}));
+    assert_eq!(status, 400);
+
+    // The CLI mirrors the API.
+    let out = Command::new(andon_bin())
+        .args(["findings", "--server", &server.api_url(""), "--kind", "error_rate_regression"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&id) && text.contains("POST /v1/reservations"), "{text}");
+    let out = Command::new(andon_bin())
+        .args(["analyze", "--server", &server.api_url(""), "--from", &at(0.8), "--to", &end.to_rfc3339()])
+        .args(["--baseline-from", &start.to_rfc3339(), "--baseline-to", &at(0.35), "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same fault found again updates the open finding rather than adding one.
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["findings"][0]["id"], id.as_str());
+    let (_, list) = get(&server, "/api/v1/findings");
+    assert_eq!(list["findings"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn continuous_detection_reports_a_live_regression_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &dir.path().join("data"),
+        &[
+            ("ANDON_ANALYSIS_INTERVAL_SECS", "3"),
+            ("ANDON_ANALYSIS_WINDOW_SECS", "600"),
+            ("ANDON_ANALYSIS_BASELINE_SECS", "1800"),
+        ],
+    );
+    // The last 45 minutes, up to now: pricing 7.4.0 rolls out 27 minutes in.
+    let shop = dir.path().join("shop");
+    let out = Command::new(fixtures_bin())
+        .args(["simulate", "--scenario", "latency", "--hours", "0.75", "--rate", "1", "--seed", "8", "--end", "now"])
+        .args(["--endpoint", &server.http_url(""), "--protocol", "http", "--out", shop.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut found = Value::Null;
+    let appeared = andon_tests::wait_for(std::time::Duration::from_secs(240), || {
+        let (_, list) = get(&server, "/api/v1/findings?state=open");
+        found = list;
+        found["findings"].as_array().is_some_and(|l| !l.is_empty())
+    });
+    assert!(appeared, "no finding from continuous detection: {found}");
+    let findings = found["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{found:#}");
+    let f = &findings[0];
+    assert_eq!((f["kind"].as_str(), f["service"].as_str()), (Some("latency_regression"), Some("pricing")));
+    assert_eq!(f["operation"], "GET /v1/quote");
+    let metrics = blocking_client().get(server.api_url("/metrics")).send().unwrap().text();
+    assert!(metrics.contains("andon_detection_passes_total"), "{metrics}");
+}
