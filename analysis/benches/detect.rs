@@ -69,7 +69,7 @@ fn main() {
     let started = Instant::now();
     let mut spans = 0usize;
     let mut pending = 0usize;
-    while let Some(batch) = sim.next() {
+    for batch in sim.by_ref() {
         spans += batch.spans;
         pending += batch.spans;
         rt.block_on(ingestor.export(&tenant, batch.request)).unwrap();

@@ -158,9 +158,7 @@ impl FindingsDb {
         }
         sql.push_str(" ORDER BY last_seen DESC, id LIMIT 1000");
         let mut st = conn.prepare(&sql).map_err(db_err)?;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, String>(0))
-            .map_err(db_err)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, String>(0)).map_err(db_err)?;
         let mut out = Vec::new();
         for body in rows {
             let body = body.map_err(db_err)?;
@@ -280,9 +278,15 @@ impl andon_store::ExtraTable for FindingsTable {
             t(&|f| f.window.end),
             t(&|f| f.first_seen),
             t(&|f| f.last_seen),
-            Arc::new(StringArray::from(rows.iter().map(|(_, f)| f.change.as_ref().map(|c| c.version.clone())).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(rows.iter().map(|(_, f)| f.change.as_ref().and_then(|c| c.commit.clone())).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(rows.iter().map(|(_, f)| f.change.as_ref().and_then(|c| c.pr).map(|p| p as i64)).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                rows.iter().map(|(_, f)| f.change.as_ref().map(|c| c.version.clone())).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|(_, f)| f.change.as_ref().and_then(|c| c.commit.clone())).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|(_, f)| f.change.as_ref().and_then(|c| c.pr).map(|p| p as i64)).collect::<Vec<_>>(),
+            )),
             s(&|(_, f)| f.evidence.query.clone()),
             s(&|(_, f)| serde_json::to_string(f).unwrap_or_default()),
         ];

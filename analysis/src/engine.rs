@@ -14,6 +14,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use tracing::debug;
 
+use crate::AnalysisError;
 use crate::config::AnalysisConfig;
 use crate::detectors::{
     self, Candidate, Ctx, Test, drop_off, error_rate_regression, latency_regression, retry, silent_recovery,
@@ -22,7 +23,6 @@ use crate::sql::{self, Rows, Segments};
 use crate::stats;
 use crate::summary;
 use crate::traces::{self, Sample};
-use crate::AnalysisError;
 
 /// The windows of a pass: baseline `[baseline_start, baseline_end)`, current
 /// `[split, end)`, with `baseline_end <= split`.
@@ -107,12 +107,8 @@ impl Analyzer {
             ("retry".to_owned(), retry::query(&ctx, "")),
             ("silent_recovery".to_owned(), silent_recovery::query(&ctx, "")),
         ];
-        let served: Vec<(String, String)> = self
-            .config
-            .flows
-            .iter()
-            .flat_map(|f| f.steps.iter().map(|s| ("?".to_owned(), s.clone())))
-            .collect();
+        let served: Vec<(String, String)> =
+            self.config.flows.iter().flat_map(|f| f.steps.iter().map(|s| ("?".to_owned(), s.clone()))).collect();
         for flow in drop_off::resolve(&self.config.flows, &served) {
             out.push((format!("drop_off {}", flow.name), drop_off::query(&ctx, &flow, "")));
         }
@@ -120,10 +116,11 @@ impl Analyzer {
     }
 
     async fn rows(&self, tenant: &Tenant, sql: &str) -> Result<Rows, AnalysisError> {
-        let out = self.engine.collect(Some(tenant.clone()), sql).await.map_err(|e| AnalysisError::Query {
-            message: e.to_string(),
-            sql: sql.to_owned(),
-        })?;
+        let out = self
+            .engine
+            .collect(Some(tenant.clone()), sql)
+            .await
+            .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: sql.to_owned() })?;
         Ok(Rows::new(out.batches))
     }
 
@@ -150,13 +147,14 @@ impl Analyzer {
         let ctx = self.ctx(w);
         let latency_rows = self.rows(tenant, &latency_regression::query(&ctx, "")).await?;
         let mut tests = latency_regression::tests(&latency_rows, &ctx);
-        let served: BTreeSet<(String, String)> = latency_rows
-            .iter()
-            .filter_map(|r| Some((r.str("service")?, r.str("operation")?)))
-            .collect();
+        let served: BTreeSet<(String, String)> =
+            latency_rows.iter().filter_map(|r| Some((r.str("service")?, r.str("operation")?))).collect();
         let served: Vec<(String, String)> = served.into_iter().collect();
         drop(latency_rows);
-        tests.extend(error_rate_regression::tests(&self.rows(tenant, &error_rate_regression::query(&ctx, "")).await?, &ctx));
+        tests.extend(error_rate_regression::tests(
+            &self.rows(tenant, &error_rate_regression::query(&ctx, "")).await?,
+            &ctx,
+        ));
         tests.extend(retry::tests(&self.rows(tenant, &retry::query(&ctx, "")).await?, &ctx));
         tests.extend(silent_recovery::tests(&self.rows(tenant, &silent_recovery::query(&ctx, "")).await?, &ctx));
 
@@ -368,8 +366,9 @@ impl Analyzer {
         // onset may lie in it.
         let mut whole = ctx.clone();
         whole.baseline_end = ctx.split;
-        let minutes =
-            self.rows(tenant, &sql::render(include_str!("detectors/minutes.sql"), &whole.vars(&minutes_filter))).await?;
+        let minutes = self
+            .rows(tenant, &sql::render(include_str!("detectors/minutes.sql"), &whole.vars(&minutes_filter)))
+            .await?;
         let metric = if t.kind == FindingKind::LatencyRegression { "log_latency" } else { "error_rate" };
         let series: Vec<(i64, f64)> = minutes
             .iter()
@@ -381,6 +380,10 @@ impl Analyzer {
             .filter(|o: &DateTime<Utc>| *o >= ctx.baseline_start);
 
         let change = attribute(versions, &e.cause.0, onset, ctx);
+        let version_comparison = match &change {
+            Some(c) if c.service == t.service => self.compare_versions(tenant, ctx, t, &c.version).await?,
+            _ => None,
+        };
         let affected = affected(t, &current, &baseline);
         let severity = severity(t.kind, j.effect, &current, &baseline);
         let impact = affected.sessions as f64 * severity.weight();
@@ -408,9 +411,23 @@ impl Analyzer {
             details: j.details.clone(),
         };
         evidence.details.insert("q_value".into(), detectors::num(t.q_value));
+        if let Some(v) = version_comparison {
+            evidence.details.insert("version_comparison".into(), v);
+        }
         evidence.details.insert("cause_reason".into(), Value::from(e.why.clone()));
         let fingerprint = Finding::fingerprint_of(t.kind, &t.service, &t.operation, &t.segment);
-        let summary = summary::sentence(t.kind, &t.service, &t.operation, &segment_text, j, &baseline, &current, onset, &affected, &e.cause);
+        let summary = summary::sentence(
+            t.kind,
+            &t.service,
+            &t.operation,
+            &segment_text,
+            j,
+            &baseline,
+            &current,
+            onset,
+            &affected,
+            &e.cause,
+        );
         Ok(Finding {
             id: format!("{fingerprint}-{}", ctx.split.timestamp()),
             fingerprint,
@@ -447,6 +464,66 @@ fn shared_vars(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("split", sql::ts(ctx.split)),
         ("baseline_end", sql::ts(ctx.baseline_end)),
     ]
+}
+
+impl Analyzer {
+    /// The new version against the one it replaced, over the whole range: the
+    /// same test as the windows' comparison, split by `service.version` instead.
+    async fn compare_versions(
+        &self,
+        tenant: &Tenant,
+        ctx: &Ctx,
+        t: &Test,
+        new: &str,
+    ) -> Result<Option<Value>, AnalysisError> {
+        let Some(vi) = ctx.segments.columns.iter().position(|c| c.attribute == "service.version") else {
+            return Ok(None);
+        };
+        let filter = ctx.subject_filter(&t.service, &t.operation, &BTreeMap::new());
+        let seg = format!("seg{vi}");
+        let judged = match t.kind {
+            FindingKind::LatencyRegression => {
+                let rows = self.rows(tenant, &latency_regression::query(ctx, &filter)).await?;
+                let mut by: BTreeMap<String, stats::Histogram> = BTreeMap::new();
+                for r in rows.iter() {
+                    let Some(v) = r.str(&seg) else { continue };
+                    *by.entry(v).or_default().entry(r.i64("bucket").unwrap_or(0)).or_default() += r.u64("n");
+                }
+                let Some(new_h) = by.remove(new) else { return Ok(None) };
+                let Some((prev, prev_h)) = by.into_iter().max_by_key(|(_, h)| stats::total(h)) else {
+                    return Ok(None);
+                };
+                latency_regression::judge(ctx, &prev_h, &new_h).map(|j| (prev, j))
+            }
+            FindingKind::ErrorRateRegression => {
+                let rows = self.rows(tenant, &error_rate_regression::query(ctx, &filter)).await?;
+                let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+                for r in rows.iter() {
+                    let Some(v) = r.str(&seg) else { continue };
+                    let e = by.entry(v).or_default();
+                    e.0 += r.u64("errors");
+                    e.1 += r.u64("n");
+                }
+                let Some(new_c) = by.remove(new) else { return Ok(None) };
+                let Some((prev, prev_c)) = by.into_iter().max_by_key(|(_, c)| c.1) else { return Ok(None) };
+                detectors::judge_rate(&self.config, prev_c, new_c, ("errors", "requests", "error_rate"))
+                    .map(|j| (prev, j))
+            }
+            _ => None,
+        };
+        Ok(judged.map(|(prev, j)| {
+            serde_json::json!({
+                "previous": prev,
+                "new": new,
+                "test": j.test,
+                "p_value": j.p_value,
+                "effect": j.effect,
+                "effect_ci": j.ci,
+                "previous_numbers": j.baseline,
+                "new_numbers": j.current,
+            })
+        }))
+    }
 }
 
 /// A detector's query, summed per side: what the evidence query returns.
@@ -554,7 +631,12 @@ fn affected(t: &Test, current: &BTreeMap<String, Value>, baseline: &BTreeMap<Str
     }
 }
 
-fn severity(kind: FindingKind, effect: f64, current: &BTreeMap<String, Value>, baseline: &BTreeMap<String, Value>) -> Severity {
+fn severity(
+    kind: FindingKind,
+    effect: f64,
+    current: &BTreeMap<String, Value>,
+    baseline: &BTreeMap<String, Value>,
+) -> Severity {
     let grade = |v: f64, [c, h, m]: [f64; 3]| {
         if v >= c {
             Severity::Critical
@@ -570,7 +652,9 @@ fn severity(kind: FindingKind, effect: f64, current: &BTreeMap<String, Value>, b
         FindingKind::LatencyRegression => grade(effect, [4.0, 2.0, 1.5]),
         FindingKind::ErrorRateRegression => grade(effect, [0.2, 0.05, 0.01]),
         FindingKind::DropOff => grade(effect, [0.3, 0.15, 0.08]),
-        FindingKind::Retry => grade(get(current, "retrying_share") - get(baseline, "retrying_share"), [0.5, 0.15, 0.03]),
+        FindingKind::Retry => {
+            grade(get(current, "retrying_share") - get(baseline, "retrying_share"), [0.5, 0.15, 0.03])
+        }
         FindingKind::SilentRecovery => {
             grade(get(current, "recovered_share") - get(baseline, "recovered_share"), [0.5, 0.15, 0.03])
         }

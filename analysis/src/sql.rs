@@ -182,8 +182,7 @@ impl Row<'_> {
                 let d = a.as_any_dictionary();
                 let key = d.normalized_keys()[self.i];
                 let values = d.values();
-                return Row { batch: &RecordBatch::try_from_iter([("v", values.clone())]).ok()?, i: key }
-                    .str("v");
+                return Row { batch: &RecordBatch::try_from_iter([("v", values.clone())]).ok()?, i: key }.str("v");
             }
             _ => arrow::util::display::ArrayFormatter::try_new(a, &Default::default()).ok()?.value(self.i).to_string(),
         })
@@ -213,9 +212,9 @@ impl Row<'_> {
         }
         match a.data_type() {
             DataType::Int64 => Some(a.as_primitive::<Int64Type>().value(self.i)),
-            DataType::Timestamp(_, _) => {
-                Some(arrow::compute::cast(&a.slice(self.i, 1), &DataType::Int64).ok()?.as_primitive::<Int64Type>().value(0))
-            }
+            DataType::Timestamp(_, _) => Some(
+                arrow::compute::cast(&a.slice(self.i, 1), &DataType::Int64).ok()?.as_primitive::<Int64Type>().value(0),
+            ),
             _ => self.f64(name).map(|v| v as i64),
         }
     }

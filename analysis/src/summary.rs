@@ -13,7 +13,7 @@ pub fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -23,7 +23,13 @@ pub fn count(n: u64) -> String {
 
 pub fn pct(v: f64) -> String {
     let p = v * 100.0;
-    if p.abs() >= 10.0 { format!("{p:.0}%") } else if p.abs() >= 1.0 { format!("{p:.1}%") } else { format!("{p:.2}%") }
+    if p.abs() >= 10.0 {
+        format!("{p:.0}%")
+    } else if p.abs() >= 1.0 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.2}%")
+    }
 }
 
 fn ms(v: f64) -> String {
@@ -125,11 +131,9 @@ pub fn sentence(
 pub fn short(kind: FindingKind, service: &str, operation: &str, j: &Judgement) -> String {
     let metric = match kind {
         FindingKind::LatencyRegression => format!("{:.1}× slower at the median", j.effect),
-        FindingKind::ErrorRateRegression => format!(
-            "error rate {} → {}",
-            pct(get(&j.baseline, "error_rate")),
-            pct(get(&j.current, "error_rate"))
-        ),
+        FindingKind::ErrorRateRegression => {
+            format!("error rate {} → {}", pct(get(&j.baseline, "error_rate")), pct(get(&j.current, "error_rate")))
+        }
         FindingKind::Retry => format!(
             "sessions retrying {} → {}",
             pct(get(&j.baseline, "retrying_share")),

@@ -111,7 +111,12 @@ impl Sample {
                 }
                 let mut intervals: Vec<(i64, i64)> = children
                     .get(&i)
-                    .map(|c| c.iter().map(|j| (spans[*j].t0.max(s.t0), spans[*j].t1.min(s.t1))).filter(|(a, b)| b > a).collect())
+                    .map(|c| {
+                        c.iter()
+                            .map(|j| (spans[*j].t0.max(s.t0), spans[*j].t1.min(s.t1)))
+                            .filter(|(a, b)| b > a)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 intervals.sort_unstable();
                 let mut covered = 0i64;

@@ -136,6 +136,10 @@ fn latency_is_blamed_on_the_slow_leaf_and_its_deploy() {
     // The callers waiting on pricing are linked under it, not reported.
     assert!(f.evidence.linked.iter().any(|x| x.service == "frontend"), "{:?}", f.evidence.linked);
     assert!(f.effect > 4.0 && f.effect < 10.0, "the injected factor is 7: {}", f.effect);
+    // The new version against the one it replaced says the same.
+    let v = &f.evidence.details["version_comparison"];
+    assert_eq!(v["new"], "7.4.0");
+    assert!(v["effect"].as_f64().unwrap() > 4.0 && v["p_value"].as_f64().unwrap() < 1e-6, "{v}");
     let onset = f.evidence.onset.expect("an onset");
     assert!((onset - truth.onset).num_minutes().abs() <= 15, "onset {onset} vs {}", truth.onset);
     assert_eq!(f.evidence.exemplar_trace_ids.len(), 5);

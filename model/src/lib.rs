@@ -16,7 +16,10 @@ pub mod stats;
 pub mod tenant;
 
 pub use change::{ChangeEvent, Gate, GateKind, Verdict};
-pub use finding::{Affected, ChangeRef, Evidence, Finding, FindingKind, FindingState, LinkedFinding, ServiceOperation, Severity, TimeWindow};
+pub use finding::{
+    Affected, ChangeRef, Evidence, Finding, FindingKind, FindingState, LinkedFinding, ServiceOperation, Severity,
+    TimeWindow,
+};
 pub use schema::{SemConv, SpanColumn, span_schema};
 pub use sink::{AppendFuture, AppendOutcome, SinkError, SpanSink};
 pub use tenant::{Tenant, TenantError};

@@ -9,7 +9,6 @@ use andon_analysis::runner::RunnerStats;
 use andon_analysis::{AnalysisError, Analyzer, FindingFilter, FindingsDb, Windows};
 use andon_ingest::Ingestor;
 use andon_model::{FindingKind, FindingState, Tenant};
-use chrono::{DateTime, Utc};
 use andon_store::{QueryEngine, Store, StoreError};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{
@@ -22,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -205,7 +205,13 @@ async fn list_findings(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&headers)?;
     let filter = FindingFilter {
-        kind: p.kind.as_deref().filter(|k| !k.is_empty()).map(str::parse::<FindingKind>).transpose().map_err(bad_request)?,
+        kind: p
+            .kind
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(str::parse::<FindingKind>)
+            .transpose()
+            .map_err(bad_request)?,
         service: p.service.filter(|s| !s.is_empty()),
         since: p.since.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("since", s)).transpose()?,
         until: p.until.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("until", s)).transpose()?,

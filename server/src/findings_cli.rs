@@ -138,7 +138,13 @@ pub async fn findings(args: FindingsArgs) -> anyhow::Result<()> {
         None => format!("{base}/api/v1/findings"),
     };
     let mut params: Vec<(&str, String)> = Vec::new();
-    for (k, v) in [("kind", &args.kind), ("service", &args.service), ("state", &args.state), ("since", &args.since), ("until", &args.until)] {
+    for (k, v) in [
+        ("kind", &args.kind),
+        ("service", &args.service),
+        ("state", &args.state),
+        ("since", &args.since),
+        ("until", &args.until),
+    ] {
         if let Some(v) = v {
             params.push((k, v.clone()));
         }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use andon_analysis::runner::RunnerStats;
 use andon_analysis::db::FindingsTable;
+use andon_analysis::runner::RunnerStats;
 use andon_analysis::{Analyzer, FindingsDb};
 use andon_ingest::Ingestor;
 use andon_model::clock::SystemClock;
@@ -52,7 +52,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let analyzer = Analyzer::new(query.clone(), config.analysis.clone())?;
     let db_path = config.store.data_dir.join("andon.db");
     let findings = Arc::new(
-        tokio::task::spawn_blocking(move || FindingsDb::open(&db_path)).await?.context("opening the findings database")?,
+        tokio::task::spawn_blocking(move || FindingsDb::open(&db_path))
+            .await?
+            .context("opening the findings database")?,
     );
     query.register(Arc::new(FindingsTable { db: Arc::clone(&findings) }));
     let runner = Arc::new(RunnerStats::default());

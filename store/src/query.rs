@@ -73,13 +73,7 @@ impl QueryEngine {
             .enable_all()
             .build()?;
         let handle = rt.handle().clone();
-        Ok(Self {
-            store,
-            extra: Arc::default(),
-            _runtime: Arc::new(QueryRuntime(Some(rt))),
-            handle,
-            limits,
-        })
+        Ok(Self { store, extra: Arc::default(), _runtime: Arc::new(QueryRuntime(Some(rt))), handle, limits })
     }
 
     pub fn store(&self) -> &Store {

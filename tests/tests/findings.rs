@@ -42,7 +42,8 @@ fn a_backtest_finds_the_injected_fault_with_evidence_that_reruns() {
     let time = |k: &str| DateTime::parse_from_rfc3339(truth[k].as_str().unwrap()).unwrap().with_timezone(&Utc);
     let (start, end) = (time("start"), time("end"));
     let at = |f: f64| (start + Duration::seconds(((end - start).num_seconds() as f64 * f) as i64)).to_rfc3339();
-    let request = json!({"from": at(0.8), "to": end.to_rfc3339(), "baseline_from": start.to_rfc3339(), "baseline_to": at(0.35)});
+    let request =
+        json!({"from": at(0.8), "to": end.to_rfc3339(), "baseline_from": start.to_rfc3339(), "baseline_to": at(0.35)});
     let (status, body) = post(&server, "/api/v1/analyze", &request);
     assert_eq!(status, 200, "{body}");
     let findings = body["findings"].as_array().unwrap();
@@ -76,7 +77,10 @@ fn a_backtest_finds_the_injected_fault_with_evidence_that_reruns() {
     }
 
     // Findings are a table in SQL too.
-    let rows = server.query(&format!("SELECT kind, service, change_version FROM findings WHERE id = '{}'", f["id"].as_str().unwrap()));
+    let rows = server.query(&format!(
+        "SELECT kind, service, change_version FROM findings WHERE id = '{}'",
+        f["id"].as_str().unwrap()
+    ));
     assert_eq!(rows, vec![vec![json!("error_rate_regression"), json!("inventory"), json!("2.8.0")]]);
 
     // Served by the findings API, filtered, one by one, and after a restart.

@@ -214,7 +214,8 @@ pub fn tests(rows: &Rows, ctx: &Ctx, flow: &ResolvedFlow) -> Vec<Test> {
         let mut cells = BTreeMap::<(bool, Vec<Option<String>>), Step>::new();
         for r in rows.iter() {
             let cur = r.i64("cur").unwrap_or(0) == 1;
-            let segs: Vec<Option<String>> = (0..ctx.segments.columns.len()).map(|i| r.str(&format!("seg{i}"))).collect();
+            let segs: Vec<Option<String>> =
+                (0..ctx.segments.columns.len()).map(|i| r.str(&format!("seg{i}"))).collect();
             cells.entry((cur, segs)).or_default().add(&Step {
                 reached: r.u64(&format!("reached{k}")),
                 next: r.u64(&format!("reached{}", k + 1)),

@@ -41,7 +41,12 @@ pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
         rows,
         &ctx.segments,
         |r| Some((r.str("service")?, r.str("operation")?)),
-        |r| Errors { requests: r.u64("n"), errors: r.u64("errors"), own: r.u64("own_errors"), error_sessions: r.u64("error_sessions") },
+        |r| Errors {
+            requests: r.u64("n"),
+            errors: r.u64("errors"),
+            own: r.u64("own_errors"),
+            error_sessions: r.u64("error_sessions"),
+        },
     );
     subjects
         .iter()

@@ -117,7 +117,8 @@ pub fn subjects<M: Metric>(
     key: impl Fn(&Row<'_>) -> Option<(String, String)>,
     measure: impl Fn(&Row<'_>) -> M,
 ) -> Vec<Subject<M>> {
-    let mut by_key: BTreeMap<(String, String), BTreeMap<(bool, Vec<Option<String>>), M>> = BTreeMap::new();
+    type Cells<M> = BTreeMap<(bool, Vec<Option<String>>), M>;
+    let mut by_key: BTreeMap<(String, String), Cells<M>> = BTreeMap::new();
     for row in rows.iter() {
         let Some(k) = key(&row) else { continue };
         let cur = row.i64("cur").unwrap_or(0) == 1;
@@ -230,10 +231,7 @@ pub fn choose_segments(tests: Vec<Test>, fdr: f64) -> Vec<Candidate> {
         let chosen = match (explaining, overall) {
             (Some(t), _) => Some(t),
             (None, Some(t)) => Some(t),
-            (None, None) => tests
-                .iter()
-                .filter(|t| significant(t))
-                .min_by(|a, b| a.q_value.total_cmp(&b.q_value)),
+            (None, None) => tests.iter().filter(|t| significant(t)).min_by(|a, b| a.q_value.total_cmp(&b.q_value)),
         };
         if let Some(t) = chosen {
             out.push(Candidate { test: t.clone() });
