@@ -294,3 +294,75 @@ impl andon_store::ExtraTable for FindingsTable {
         Ok(Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use andon_model::{Affected, Evidence, Severity, TimeWindow};
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn finding(seen: i64, service: &str) -> Finding {
+        let t = Utc.timestamp_opt(seen, 0).unwrap();
+        let fingerprint = Finding::fingerprint_of(FindingKind::Retry, service, "POST /cart/items", &BTreeMap::new());
+        Finding {
+            id: format!("{fingerprint}-{seen}"),
+            fingerprint,
+            kind: FindingKind::Retry,
+            service: service.into(),
+            operation: "POST /cart/items".into(),
+            segment: BTreeMap::new(),
+            window: TimeWindow { start: t, end: t },
+            baseline_window: TimeWindow { start: t, end: t },
+            baseline: BTreeMap::new(),
+            current: BTreeMap::new(),
+            p_value: 1e-9,
+            effect: 0.2,
+            affected: Affected { requests: 10, sessions: 5 },
+            impact: 20.0,
+            severity: Severity::High,
+            summary: "s".into(),
+            evidence: Evidence::default(),
+            change: None,
+            state: FindingState::Open,
+            first_seen: t,
+            last_seen: t,
+        }
+    }
+
+    #[test]
+    fn a_recurring_finding_keeps_its_id_until_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = FindingsDb::open(&dir.path().join("a.db")).unwrap();
+        let t = Tenant::default_tenant();
+        let first = db.record(&t, vec![finding(1000, "frontend")]).unwrap();
+        let again = db.record(&t, vec![finding(2000, "frontend")]).unwrap();
+        assert_eq!(first[0].id, again[0].id);
+        assert_eq!(again[0].first_seen.timestamp(), 1000);
+        assert_eq!(again[0].last_seen.timestamp(), 2000);
+        db.record(&t, vec![finding(5000, "cart")]).unwrap();
+        // Another tenant's findings are its own.
+        let other = Tenant::new("other").unwrap();
+        db.record(&other, vec![finding(5000, "frontend")]).unwrap();
+        assert_eq!(db.list(&t, &FindingFilter::default()).unwrap().len(), 2);
+
+        assert_eq!(db.resolve_stale(&t, Utc.timestamp_opt(3000, 0).unwrap()).unwrap(), 1);
+        let open = FindingFilter { state: Some(FindingState::Open), ..Default::default() };
+        let open = db.list(&t, &open).unwrap();
+        assert_eq!(open.iter().map(|f| f.service.as_str()).collect::<Vec<_>>(), ["cart"]);
+        let resolved = db.get(&t, &first[0].id).unwrap().unwrap();
+        assert_eq!(resolved.state, FindingState::Resolved);
+        // Seen again after it was resolved: a new finding, not the old one reopened.
+        let back = db.record(&t, vec![finding(6000, "frontend")]).unwrap();
+        assert_ne!(back[0].id, first[0].id);
+        // Reopening the database keeps everything.
+        drop(db);
+        let db = FindingsDb::open(&dir.path().join("a.db")).unwrap();
+        assert_eq!(db.list(&t, &FindingFilter::default()).unwrap().len(), 3);
+        assert_eq!(db.all(None).unwrap().len(), 4);
+    }
+}
