@@ -132,6 +132,7 @@ impl Analyzer {
             end: w.end,
             segments: self.segments.clone(),
             config: self.config.clone(),
+            lean: false,
         }
     }
 
@@ -214,7 +215,8 @@ impl Analyzer {
                 sql::ts(from),
                 sql::ts(to),
             );
-            (format!("{},\n", sql::render(sql::SHARED_CTES, &shared_vars(ctx))), picks)
+            let lean = ctx.lean_for(&t.segment);
+            (format!("{},\n", sql::render(sql::SHARED_CTES, &lean.shared_vars())), picks)
         };
         let range = (sql::ts(ctx.baseline_start), sql::ts(ctx.end + chrono::Duration::minutes(5)));
         let sample = |ctes: &str, picks: &str| traces::query(ctes, picks, (&range.0, &range.1));
@@ -308,7 +310,8 @@ impl Analyzer {
         let (mut baseline, mut current) = (j.baseline.clone(), j.current.clone());
         let query = match t.kind {
             FindingKind::LatencyRegression => {
-                let q = sql::render(include_str!("detectors/evidence_latency.sql"), &ctx.vars(&filter));
+                let q =
+                    sql::render(include_str!("detectors/evidence_latency.sql"), &ctx.lean_for(&t.segment).vars(&filter));
                 let rows = self.rows(tenant, &q).await?;
                 for r in rows.iter() {
                     let side = if r.str("side").as_deref() == Some("current") { &mut current } else { &mut baseline };
@@ -322,7 +325,7 @@ impl Analyzer {
                 q
             }
             FindingKind::ErrorRateRegression => wrap(
-                &error_rate_regression::query(ctx, &filter),
+                &error_rate_regression::query(&ctx.lean_for(&t.segment), &filter),
                 "sum(n) AS requests, sum(errors) AS errors, \
                  round(CAST(sum(errors) AS DOUBLE) / sum(n), 5) AS error_rate, sum(error_sessions) AS error_sessions",
             ),
@@ -364,7 +367,7 @@ impl Analyzer {
         let minutes_filter = ctx.subject_filter(&onset_service, &onset_op, &t.segment);
         // Every minute of the range, the gap between the windows included: the
         // onset may lie in it.
-        let mut whole = ctx.clone();
+        let mut whole = ctx.lean_for(&t.segment);
         whole.baseline_end = ctx.split;
         let minutes = self
             .rows(tenant, &sql::render(include_str!("detectors/minutes.sql"), &whole.vars(&minutes_filter)))
@@ -454,17 +457,6 @@ impl Analyzer {
     }
 }
 
-fn shared_vars(ctx: &Ctx) -> Vec<(&'static str, String)> {
-    vec![
-        ("session_aggregates", ctx.segments.session_aggregates()),
-        ("request_segments", ctx.segments.request_exprs()),
-        ("operation", sql::OPERATION.to_owned()),
-        ("from", sql::ts(ctx.baseline_start)),
-        ("to", sql::ts(ctx.end)),
-        ("split", sql::ts(ctx.split)),
-        ("baseline_end", sql::ts(ctx.baseline_end)),
-    ]
-}
 
 impl Analyzer {
     /// The new version against the one it replaced, over the whole range: the
@@ -480,6 +472,7 @@ impl Analyzer {
             return Ok(None);
         };
         let filter = ctx.subject_filter(&t.service, &t.operation, &BTreeMap::new());
+        let ctx = &ctx.lean_for(&BTreeMap::new());
         let seg = format!("seg{vi}");
         let judged = match t.kind {
             FindingKind::LatencyRegression => {

@@ -90,6 +90,11 @@ impl Segments {
         out
     }
 
+    /// `seg0, seg1, ...` of a request from the span alone, without the session.
+    pub fn request_exprs_lean(&self) -> String {
+        (0..self.columns.len()).map(|i| format!(", CAST(s.{} AS VARCHAR) AS seg{i}", self.columns[i].column)).collect()
+    }
+
     /// `, seg0, seg1` for select lists and GROUP BY.
     pub fn list(&self) -> String {
         (0..self.columns.len()).map(|i| format!(", seg{i}")).collect()

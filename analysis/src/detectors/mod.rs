@@ -28,23 +28,15 @@ pub struct Ctx {
     pub end: DateTime<Utc>,
     pub segments: Segments,
     pub config: AnalysisConfig,
+    /// Leave out the session join: for queries that read no segment value that
+    /// comes from the session and no session end.
+    pub lean: bool,
 }
 
 impl Ctx {
     /// The placeholders every template shares; `filter` narrows to one subject.
     pub fn vars(&self, filter: &str) -> Vec<(&'static str, String)> {
-        let shared = sql::render(
-            sql::SHARED_CTES,
-            &[
-                ("session_aggregates", self.segments.session_aggregates()),
-                ("request_segments", self.segments.request_exprs()),
-                ("operation", sql::OPERATION.to_owned()),
-                ("from", sql::ts(self.baseline_start)),
-                ("to", sql::ts(self.end)),
-                ("split", sql::ts(self.split)),
-                ("baseline_end", sql::ts(self.baseline_end)),
-            ],
-        );
+        let shared = sql::render(sql::SHARED_CTES, &self.shared_vars());
         vec![
             ("shared", shared),
             ("segments", self.segments.list()),
@@ -54,6 +46,35 @@ impl Ctx {
             ("retry_secs", self.config.retry_interval_secs.to_string()),
             ("filter", filter.to_owned()),
         ]
+    }
+
+    /// The placeholders of `shared.sql`.
+    pub fn shared_vars(&self) -> Vec<(&'static str, String)> {
+        let (last_seen, segments, join) = if self.lean {
+            ("CAST(NULL AS TIMESTAMP) AS last_seen", self.segments.request_exprs_lean(), "")
+        } else {
+            (
+                "ss.last_seen",
+                self.segments.request_exprs(),
+                " LEFT JOIN sessions ss ON s.session_id = ss.session_id",
+            )
+        };
+        vec![
+            ("session_aggregates", self.segments.session_aggregates()),
+            ("request_segments", segments),
+            ("last_seen", last_seen.to_owned()),
+            ("session_join", join.to_owned()),
+            ("operation", sql::OPERATION.to_owned()),
+            ("from", sql::ts(self.baseline_start)),
+            ("to", sql::ts(self.end)),
+            ("split", sql::ts(self.split)),
+            ("baseline_end", sql::ts(self.baseline_end)),
+        ]
+    }
+
+    /// The same windows, without the session join when `segment` is empty.
+    pub fn lean_for(&self, segment: &BTreeMap<String, Value>) -> Ctx {
+        Ctx { lean: segment.is_empty(), ..self.clone() }
     }
 
     /// The condition that narrows a detector's rows to one subject and segment.

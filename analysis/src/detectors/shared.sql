@@ -1,6 +1,7 @@
 -- Shared by every detector: each session's segment values (a browser's resource
 -- carries os.type, a backend's cloud.region), and the server spans of the range
--- with their operation, side (baseline 0, current 1) and segment values.
+-- with their operation, side (baseline 0, current 1) and segment values. A query
+-- that needs no session values (no segment, no session end) skips the join.
 sessions AS (
     SELECT session_id, max(end_time) AS last_seen{{session_aggregates}}
     FROM spans
@@ -13,8 +14,8 @@ requests AS (
            s.start_time, s.end_time, s.duration_ns,
            CASE WHEN s.status_code = 'error' THEN 1 ELSE 0 END AS err,
            CASE WHEN s.start_time >= {{split}} THEN 1 ELSE 0 END AS cur,
-           ss.last_seen{{request_segments}}
-    FROM spans s LEFT JOIN sessions ss ON s.session_id = ss.session_id
+           {{last_seen}}{{request_segments}}
+    FROM spans s{{session_join}}
     WHERE s.kind = 'server' AND s.start_time >= {{from}} AND s.start_time < {{to}}
       AND (s.start_time < {{baseline_end}} OR s.start_time >= {{split}})
 )
