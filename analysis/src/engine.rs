@@ -310,8 +310,10 @@ impl Analyzer {
         let (mut baseline, mut current) = (j.baseline.clone(), j.current.clone());
         let query = match t.kind {
             FindingKind::LatencyRegression => {
-                let q =
-                    sql::render(include_str!("detectors/evidence_latency.sql"), &ctx.lean_for(&t.segment).vars(&filter));
+                let q = sql::render(
+                    include_str!("detectors/evidence_latency.sql"),
+                    &ctx.lean_for(&t.segment).vars(&filter),
+                );
                 let rows = self.rows(tenant, &q).await?;
                 for r in rows.iter() {
                     let side = if r.str("side").as_deref() == Some("current") { &mut current } else { &mut baseline };
@@ -456,7 +458,6 @@ impl Analyzer {
         })
     }
 }
-
 
 impl Analyzer {
     /// The new version against the one it replaced, over the whole range: the

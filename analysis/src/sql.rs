@@ -184,10 +184,8 @@ impl Row<'_> {
             DataType::LargeUtf8 => a.as_string::<i64>().value(self.i).to_owned(),
             DataType::Utf8View => a.as_string_view().value(self.i).to_owned(),
             DataType::Dictionary(_, _) => {
-                let d = a.as_any_dictionary();
-                let key = d.normalized_keys()[self.i];
-                let values = d.values();
-                return Row { batch: &RecordBatch::try_from_iter([("v", values.clone())]).ok()?, i: key }.str("v");
+                let one = arrow::compute::cast(&a.slice(self.i, 1), &DataType::Utf8).ok()?;
+                one.as_string::<i32>().value(0).to_owned()
             }
             _ => arrow::util::display::ArrayFormatter::try_new(a, &Default::default()).ok()?.value(self.i).to_string(),
         })

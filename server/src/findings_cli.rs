@@ -11,6 +11,17 @@ pub enum Output {
     Json,
 }
 
+/// Which server, and as which tenant.
+#[derive(Debug, clap::Args)]
+pub struct Remote {
+    /// Base URL of the server's API.
+    #[arg(long, default_value = "http://127.0.0.1:4380", env = "ANDON_SERVER")]
+    pub server: String,
+    /// Tenant (sent as X-Scope-OrgID).
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct AnalyzeArgs {
     /// Start of the current window (RFC 3339).
@@ -26,10 +37,8 @@ pub struct AnalyzeArgs {
     pub baseline_to: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Output,
-    #[arg(long, default_value = "http://127.0.0.1:4380", env = "ANDON_SERVER")]
-    pub server: String,
-    #[arg(long)]
-    pub tenant: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,10 +60,8 @@ pub struct FindingsArgs {
     pub id: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Output,
-    #[arg(long, default_value = "http://127.0.0.1:4380", env = "ANDON_SERVER")]
-    pub server: String,
-    #[arg(long)]
-    pub tenant: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 async fn call(req: reqwest::RequestBuilder, tenant: Option<&str>, url: &str) -> anyhow::Result<Value> {
@@ -107,14 +114,14 @@ fn print(body: &Value, format: Output) -> anyhow::Result<()> {
 }
 
 pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/analyze", args.server.trim_end_matches('/'));
+    let url = format!("{}/api/v1/analyze", args.remote.server.trim_end_matches('/'));
     let mut body = serde_json::json!({ "from": args.from, "to": args.to });
     if let (Some(bf), Some(bt)) = (&args.baseline_from, &args.baseline_to) {
         body["baseline_from"] = Value::from(bf.clone());
         body["baseline_to"] = Value::from(bt.clone());
     }
     let req = reqwest::Client::new().post(&url).json(&body);
-    let answer = call(req, args.tenant.as_deref(), &url).await?;
+    let answer = call(req, args.remote.tenant.as_deref(), &url).await?;
     print(&answer, args.format)
 }
 
@@ -132,7 +139,7 @@ fn encode(v: &str) -> String {
 }
 
 pub async fn findings(args: FindingsArgs) -> anyhow::Result<()> {
-    let base = args.server.trim_end_matches('/');
+    let base = args.remote.server.trim_end_matches('/');
     let url = match &args.id {
         Some(id) => format!("{base}/api/v1/findings/{id}"),
         None => format!("{base}/api/v1/findings"),
@@ -152,6 +159,6 @@ pub async fn findings(args: FindingsArgs) -> anyhow::Result<()> {
     let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
     let url = if query.is_empty() { url } else { format!("{url}?{}", query.join("&")) };
     let req = reqwest::Client::new().get(&url);
-    let answer = call(req, args.tenant.as_deref(), &url).await?;
+    let answer = call(req, args.remote.tenant.as_deref(), &url).await?;
     print(&answer, args.format)
 }

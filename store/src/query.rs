@@ -107,16 +107,24 @@ impl QueryEngine {
     /// Runs one read-only statement. Anything that is not a query (DDL, DML, `SET`,
     /// `COPY`) is refused.
     pub async fn run(&self, tenant: Option<Tenant>, sql: &str) -> Result<QueryOutput, StoreError> {
-        self.run_capped(tenant, sql, self.limits.max_rows).await
+        self.run_capped(tenant, sql, self.limits.max_rows, self.limits.timeout).await
     }
 
     /// Runs one read-only statement and returns every row, for Andon's own readers
     /// (the detectors) whose queries aggregate and bound their output themselves.
+    /// Their time limit is ten times the interactive one: a detection pass over
+    /// hours of busy traffic reads far more than a person's query.
     pub async fn collect(&self, tenant: Option<Tenant>, sql: &str) -> Result<QueryOutput, StoreError> {
-        self.run_capped(tenant, sql, usize::MAX).await
+        self.run_capped(tenant, sql, usize::MAX, self.limits.timeout * 10).await
     }
 
-    async fn run_capped(&self, tenant: Option<Tenant>, sql: &str, max_rows: usize) -> Result<QueryOutput, StoreError> {
+    async fn run_capped(
+        &self,
+        tenant: Option<Tenant>,
+        sql: &str,
+        max_rows: usize,
+        timeout: Duration,
+    ) -> Result<QueryOutput, StoreError> {
         let started = Instant::now();
         let ctx = self.session(tenant)?;
         let sql = sql.to_owned();
@@ -141,11 +149,11 @@ impl QueryEngine {
             Ok::<_, StoreError>((schema, batches, truncated))
         });
         let abort = task.abort_handle();
-        let result = match tokio::time::timeout(self.limits.timeout, task).await {
+        let result = match tokio::time::timeout(timeout, task).await {
             Ok(joined) => joined.map_err(|e| StoreError::Refused(format!("query task failed: {e}")))?,
             Err(_) => {
                 abort.abort();
-                Err(StoreError::Timeout(self.limits.timeout))
+                Err(StoreError::Timeout(timeout))
             }
         };
         let elapsed = started.elapsed();

@@ -53,11 +53,7 @@ impl Ctx {
         let (last_seen, segments, join) = if self.lean {
             ("CAST(NULL AS TIMESTAMP) AS last_seen", self.segments.request_exprs_lean(), "")
         } else {
-            (
-                "ss.last_seen",
-                self.segments.request_exprs(),
-                " LEFT JOIN sessions ss ON s.session_id = ss.session_id",
-            )
+            ("ss.last_seen", self.segments.request_exprs(), " LEFT JOIN sessions ss ON s.session_id = ss.session_id")
         };
         vec![
             ("session_aggregates", self.segments.session_aggregates()),
@@ -86,6 +82,14 @@ impl Ctx {
             self.segments.condition(segment)
         )
     }
+}
+
+/// Renders a template that reads `calls.sql` (each session's calls in order).
+pub fn session_calls_query(template: &str, ctx: &Ctx, filter: &str) -> String {
+    let mut vars = ctx.vars(filter);
+    let calls = sql::render(include_str!("calls.sql"), &vars);
+    vars.push(("calls", calls));
+    sql::render(template, &vars)
 }
 
 /// One side of a comparison, as a detector measures it.

@@ -7,7 +7,7 @@ use andon_model::FindingKind;
 use serde_json::Value;
 
 use super::{Ctx, Metric, Subject, Test, judge_rate, num, round, segment_tests, subjects};
-use crate::sql::{self, Rows};
+use crate::sql::Rows;
 
 pub const SQL: &str = include_str!("retry.sql");
 
@@ -52,7 +52,7 @@ impl Retries {
 }
 
 pub fn query(ctx: &Ctx, filter: &str) -> String {
-    sql::render(SQL, &ctx.vars(filter))
+    super::session_calls_query(SQL, ctx, filter)
 }
 
 pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {

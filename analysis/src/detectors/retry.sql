@@ -2,18 +2,7 @@
 -- operation within {{retry_secs}} s (retries), automatic when the client marked
 -- the request with http.request.resend_count.
 WITH {{shared}},
-resent AS (
-    SELECT DISTINCT trace_id
-    FROM spans
-    WHERE http_request_resend_count > 0 AND start_time >= {{from}} AND start_time < {{to}}
-),
-calls AS (
-    SELECT r.*, CASE WHEN rs.trace_id IS NULL THEN 0 ELSE 1 END AS auto,
-           lag(r.err) OVER (PARTITION BY r.session_id, r.service, r.operation ORDER BY r.start_time) AS prev_err,
-           lag(r.end_time) OVER (PARTITION BY r.session_id, r.service, r.operation ORDER BY r.start_time) AS prev_end
-    FROM requests r LEFT JOIN resent rs ON r.trace_id = rs.trace_id
-    WHERE r.session_id IS NOT NULL
-),
+{{calls}},
 per_session AS (
     SELECT session_id, service, operation, min(cur) AS cur{{segments}},
            count(*) AS attempts,
