@@ -184,7 +184,12 @@ impl Analyzer {
         for c in candidates {
             examined.push(self.examine(tenant, &ctx, c).await?);
         }
-        let versions = self.rows(tenant, &sql::render(include_str!("detectors/versions.sql"), &ctx.vars(""))).await?;
+        // Which versions first served when: read only when there is something to attribute.
+        let versions = if examined.is_empty() {
+            Rows::new(Vec::new())
+        } else {
+            self.rows(tenant, &sql::render(include_str!("detectors/versions.sql"), &ctx.vars(""))).await?
+        };
         let mut findings = Vec::new();
         for cluster in clusters(&examined) {
             let primary = self.primary(&examined, &cluster);
