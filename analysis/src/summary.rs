@@ -8,33 +8,8 @@ use serde_json::Value;
 
 use crate::detectors::Judgement;
 
-/// `1,204` for 1204.
-pub fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-pub fn pct(v: f64) -> String {
-    let p = v * 100.0;
-    if p.abs() >= 10.0 {
-        format!("{p:.0}%")
-    } else if p.abs() >= 1.0 {
-        format!("{p:.1}%")
-    } else {
-        format!("{p:.2}%")
-    }
-}
-
-fn ms(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0} ms") } else { format!("{v:.1} ms") }
-}
+use andon_model::format::ms;
+pub use andon_model::format::{count, pct};
 
 /// ` for `os.type=android` sessions`, or nothing.
 pub fn segment(segment: &BTreeMap<String, Value>) -> String {
@@ -154,13 +129,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_and_percentages_read_well() {
-        assert_eq!(count(1204), "1,204");
-        assert_eq!(count(12), "12");
-        assert_eq!(count(1_000_000), "1,000,000");
-        assert_eq!(pct(0.34), "34%");
-        assert_eq!(pct(0.091), "9.1%");
-        assert_eq!(pct(0.0012), "0.12%");
+    fn segments_read_as_sessions() {
         let s = BTreeMap::from([("browser.mobile".to_owned(), Value::Bool(true))]);
         assert_eq!(segment(&s), " for `browser.mobile=true` sessions");
     }

@@ -72,6 +72,8 @@ impl Severity {
         }
     }
 
+    pub const ALL: [Severity; 4] = [Severity::Critical, Severity::High, Severity::Medium, Severity::Low];
+
     /// The factor impact multiplies affected sessions by.
     pub fn weight(self) -> f64 {
         match self {
@@ -80,6 +82,23 @@ impl Severity {
             Severity::Medium => 2.0,
             Severity::Low => 1.0,
         }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown severity {s:?}; expected critical, high, medium or low"))
     }
 }
 
@@ -213,12 +232,17 @@ impl Finding {
             key.push('=');
             key.push_str(&v.to_string());
         }
-        // FNV-1a, 64 bits: stable across releases and platforms.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        format!("{:016x}", fnv1a(key.as_bytes()))
     }
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms, so ids derived from
+/// it survive upgrades.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }

@@ -1,6 +1,6 @@
 //! Andon's data model: the Arrow schema of the `spans` table, the semantic-convention
 //! attributes that get columns of their own, tenants, change events with their gate
-//! evidence, the kinds of finding, and the small statistics types shared by the
+//! evidence, the kinds of finding, tickets, and the small statistics types shared by the
 //! ingest path, the store and the server.
 //!
 //! This crate does no I/O. It is the one place where the span schema is defined, so
@@ -10,10 +10,12 @@
 pub mod change;
 pub mod clock;
 pub mod finding;
+pub mod format;
 pub mod schema;
 pub mod sink;
 pub mod stats;
 pub mod tenant;
+pub mod ticket;
 
 pub use change::{ChangeEvent, Gate, GateKind, Verdict};
 pub use finding::{
@@ -23,3 +25,4 @@ pub use finding::{
 pub use schema::{SemConv, SpanColumn, span_schema};
 pub use sink::{AppendFuture, AppendOutcome, SinkError, SpanSink};
 pub use tenant::{Tenant, TenantError};
+pub use ticket::{AuditEntry, ExternalRef, Priority, Ticket, TicketState};
