@@ -133,6 +133,33 @@ impl FindingsDb {
         Ok(stale.len())
     }
 
+    /// Resolves the open findings among `ids` (their ticket's issue was
+    /// closed); returns how many changed.
+    pub fn resolve_ids(&self, tenant: &Tenant, ids: &[String]) -> Result<usize, AnalysisError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let mut n = 0;
+        for id in ids {
+            let body: Option<String> = tx
+                .query_row(
+                    "SELECT body FROM findings WHERE tenant = ?1 AND id = ?2 AND state = 'open'",
+                    params![tenant.as_str(), id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some(body) = body else { continue };
+            let mut f: Finding = serde_json::from_str(&body).map_err(|e| AnalysisError::Db(e.to_string()))?;
+            f.state = FindingState::Resolved;
+            let body = serde_json::to_string(&f).map_err(|e| AnalysisError::Db(e.to_string()))?;
+            tx.execute("UPDATE findings SET state = 'resolved', body = ?2 WHERE id = ?1", params![id, body])
+                .map_err(db_err)?;
+            n += 1;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(n)
+    }
+
     pub fn list(&self, tenant: &Tenant, filter: &FindingFilter) -> Result<Vec<Finding>, AnalysisError> {
         let conn = self.conn();
         let mut sql = String::from("SELECT body FROM findings WHERE tenant = ?1");
@@ -364,5 +391,10 @@ mod tests {
         let db = FindingsDb::open(&dir.path().join("a.db")).unwrap();
         assert_eq!(db.list(&t, &FindingFilter::default()).unwrap().len(), 3);
         assert_eq!(db.all(None).unwrap().len(), 4);
+        // Closing a ticket resolves its findings by id, once.
+        let ids = vec![back[0].id.clone(), "no-such-finding".to_owned()];
+        assert_eq!(db.resolve_ids(&t, &ids).unwrap(), 1);
+        assert_eq!(db.resolve_ids(&t, &ids).unwrap(), 0);
+        assert_eq!(db.get(&t, &back[0].id).unwrap().unwrap().state, FindingState::Resolved);
     }
 }

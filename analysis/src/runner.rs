@@ -9,7 +9,13 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use andon_model::{Finding, Tenant};
+
 use crate::{Analyzer, FindingsDb, Windows};
+
+/// Called with each pass's findings as recorded (ids kept across passes);
+/// the server drafts tickets from them.
+pub type OnFindings = Arc<dyn Fn(&Tenant, &[Finding]) + Send + Sync>;
 
 /// Counters of the continuous runner, for `/metrics`.
 #[derive(Debug, Default)]
@@ -22,7 +28,13 @@ pub struct RunnerStats {
 
 /// Runs passes until `stop` turns true. Each pass's reads run on the query
 /// engine's own runtime, so ingest is never blocked by detection.
-pub async fn run(analyzer: Analyzer, db: Arc<FindingsDb>, stats: Arc<RunnerStats>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    analyzer: Analyzer,
+    db: Arc<FindingsDb>,
+    stats: Arc<RunnerStats>,
+    on_findings: OnFindings,
+    mut stop: watch::Receiver<bool>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     let cfg = analyzer.config().clone();
     if cfg.interval_secs == 0 {
@@ -46,8 +58,9 @@ pub async fn run(analyzer: Analyzer, db: Arc<FindingsDb>, stats: Arc<RunnerStats
                     stats.last_pass_ms.store(started.elapsed().as_millis() as u64, Relaxed);
                     stats.findings.fetch_add(report.findings.len() as u64, Relaxed);
                     let n = report.findings.len();
-                    if let Err(e) = db.record(&tenant, report.findings) {
-                        warn!(error = %e, "recording findings failed");
+                    match db.record(&tenant, report.findings) {
+                        Ok(recorded) => on_findings(&tenant, &recorded),
+                        Err(e) => warn!(error = %e, "recording findings failed"),
                     }
                     let cutoff = now - chrono::Duration::seconds(cfg.resolve_after_secs as i64);
                     match db.resolve_stale(&tenant, cutoff) {

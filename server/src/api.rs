@@ -1,5 +1,6 @@
 //! The REST API on the API port: `/api/v1/query`, `/api/v1/findings`,
-//! `/api/v1/analyze`, `/healthz`, `/readyz`, `/metrics`.
+//! `/api/v1/analyze`, `/api/v1/tickets` (the human gate),
+//! `/api/v1/webhooks/github`, `/healthz`, `/readyz`, `/metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +9,9 @@ use std::time::Instant;
 use andon_analysis::runner::RunnerStats;
 use andon_analysis::{AnalysisError, Analyzer, FindingFilter, FindingsDb, Windows};
 use andon_ingest::Ingestor;
-use andon_model::{FindingKind, FindingState, Tenant};
+use andon_model::{FindingKind, FindingState, Priority, Tenant, TicketState};
 use andon_store::{QueryEngine, Store, StoreError};
+use andon_ticketing::{TicketError, Ticketing};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type,
@@ -34,6 +36,7 @@ pub struct AppState {
     pub ingestor: Arc<Ingestor>,
     pub analyzer: Analyzer,
     pub findings: Arc<FindingsDb>,
+    pub tickets: Arc<Ticketing>,
     pub runner: Arc<RunnerStats>,
     pub ready: AtomicBool,
     pub started: Instant,
@@ -71,6 +74,22 @@ impl From<AnalysisError> for ApiError {
         };
         ApiError(status, e.to_string())
     }
+}
+
+impl From<TicketError> for ApiError {
+    fn from(e: TicketError) -> Self {
+        let status = match &e {
+            TicketError::Config(_) => StatusCode::BAD_REQUEST,
+            TicketError::NotFound(_) => StatusCode::NOT_FOUND,
+            TicketError::Conflict(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiError {
@@ -283,9 +302,16 @@ async fn analyze(
     let report = app.analyzer.pass(&tenant, windows).await?;
     let db = Arc::clone(&app.findings);
     let (tests, flows, elapsed) = (report.tests, report.flows.clone(), report.elapsed);
-    let findings = tokio::task::spawn_blocking(move || db.record(&tenant, report.findings))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let tickets = Arc::clone(&app.tickets);
+    let findings = tokio::task::spawn_blocking(move || {
+        let recorded = db.record(&tenant, report.findings)?;
+        if let Err(e) = tickets.observe(&tenant, &recorded) {
+            tracing::warn!(error = %e, "drafting tickets failed");
+        }
+        Ok::<_, AnalysisError>(recorded)
+    })
+    .await
+    .map_err(internal)??;
     Ok(Json(json!({
         "findings": findings,
         "tests": tests,
@@ -293,6 +319,181 @@ async fn analyze(
         "elapsed_ms": elapsed.as_secs_f64() * 1e3,
     }))
     .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TicketsParams {
+    state: Option<String>,
+}
+
+async fn list_tickets(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<TicketsParams>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&headers)?;
+    let state =
+        p.state.as_deref().filter(|s| !s.is_empty()).map(str::parse::<TicketState>).transpose().map_err(bad_request)?;
+    let tickets = Arc::clone(&app.tickets);
+    let list = tokio::task::spawn_blocking(move || tickets.db().list(&tenant, state)).await.map_err(internal)??;
+    Ok(Json(json!({ "tickets": list })).into_response())
+}
+
+async fn get_ticket(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&headers)?;
+    let tickets = Arc::clone(&app.tickets);
+    let out = tokio::task::spawn_blocking(move || -> Result<_, TicketError> {
+        let Some(t) = tickets.db().get(&tenant, &id)? else { return Ok(None) };
+        let audit = tickets.db().audit(&t.id)?;
+        let deliveries = tickets.db().deliveries(&t.id)?;
+        Ok(Some((t, audit, deliveries)))
+    })
+    .await
+    .map_err(internal)??;
+    let Some((t, audit, deliveries)) = out else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no such ticket".into()));
+    };
+    let mut v = serde_json::to_value(&t).map_err(internal)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("audit".into(), serde_json::to_value(audit).map_err(internal)?);
+        o.insert("deliveries".into(), serde_json::to_value(deliveries).map_err(internal)?);
+    }
+    Ok(Json(v).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    reviewer: String,
+    note: Option<String>,
+    reason: Option<String>,
+    priority: Option<String>,
+}
+
+fn decision(body: &[u8]) -> Result<Decision, ApiError> {
+    let d: Decision = serde_json::from_slice(body).map_err(|e| {
+        bad_request(format!("body must be {{\"reviewer\": \"...\", \"note\"|\"reason\": \"...\"}}: {e}"))
+    })?;
+    let reviewer = d.reviewer.trim();
+    if reviewer.is_empty() || reviewer.chars().count() > 100 || reviewer.chars().any(char::is_control) {
+        return Err(bad_request("reviewer must be a name of 1 to 100 printable characters"));
+    }
+    if d.note.as_ref().or(d.reason.as_ref()).is_some_and(|n| n.len() > 4096) {
+        return Err(bad_request("the note is longer than 4096 bytes"));
+    }
+    Ok(Decision { reviewer: reviewer.to_owned(), ..d })
+}
+
+/// The human gate: approve a pending draft, which queues it for its sink.
+async fn approve_ticket(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&headers)?;
+    let d = decision(&body)?;
+    if d.reason.is_some() {
+        return Err(bad_request("an approval takes a note, not a reason"));
+    }
+    let priority = d.priority.as_deref().map(str::parse::<Priority>).transpose().map_err(bad_request)?;
+    let tickets = Arc::clone(&app.tickets);
+    let t =
+        tokio::task::spawn_blocking(move || tickets.approve(&tenant, &id, &d.reviewer, d.note.as_deref(), priority))
+            .await
+            .map_err(internal)??;
+    Ok(Json(t).into_response())
+}
+
+/// The human gate: reject a pending draft; its fingerprint stays quiet.
+async fn reject_ticket(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&headers)?;
+    let d = decision(&body)?;
+    if d.priority.is_some() {
+        return Err(bad_request("a rejection takes no priority"));
+    }
+    let reason = d
+        .reason
+        .or(d.note)
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| bad_request("a rejection needs a reason"))?;
+    let tickets = Arc::clone(&app.tickets);
+    let t = tokio::task::spawn_blocking(move || tickets.reject(&tenant, &id, &d.reviewer, &reason))
+        .await
+        .map_err(internal)??;
+    Ok(Json(t).into_response())
+}
+
+/// GitHub's `issues` webhook: a closed issue resolves its ticket and findings
+/// at once, without waiting for the next poll. Deliveries must carry a valid
+/// `X-Hub-Signature-256` under the secret in `tickets.github_webhook_secret_env`.
+async fn github_webhook(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let settings = app.tickets.drafter().settings();
+    let Some(secret) = std::env::var(&settings.github_webhook_secret_env).ok().filter(|s| !s.is_empty()) else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "github webhooks are not configured".into()));
+    };
+    let given = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let want = andon_ticketing::sink::signature(secret.as_bytes(), &body);
+    let same = given.len() == want.len() && given.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !same {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "invalid or missing x-hub-signature-256".into()));
+    }
+    let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if event == "ping" {
+        return Ok(Json(json!({ "ok": true })).into_response());
+    }
+    if event != "issues" {
+        return Ok(Json(json!({ "ignored": event })).into_response());
+    }
+    let v: Value = serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid json: {e}")))?;
+    let (Some(action), Some(number)) =
+        (v.get("action").and_then(Value::as_str), v.pointer("/issue/number").and_then(Value::as_u64))
+    else {
+        return Err(bad_request("an issues event needs action and issue.number"));
+    };
+    if let andon_ticketing::config::SinkKind::GitHub { owner, repo, .. } = &settings.sink {
+        let full = v.pointer("/repository/full_name").and_then(Value::as_str).unwrap_or_default();
+        if !full.eq_ignore_ascii_case(&format!("{owner}/{repo}")) {
+            return Ok(Json(json!({ "ignored": "another repository" })).into_response());
+        }
+    }
+    let open = match action {
+        "closed" => false,
+        "reopened" => true,
+        other => return Ok(Json(json!({ "ignored": other })).into_response()),
+    };
+    let at = v
+        .pointer("/issue/closed_at")
+        .and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+    let actor = format!("github:{}", v.pointer("/sender/login").and_then(Value::as_str).unwrap_or("unknown"));
+    let (tickets, findings) = (Arc::clone(&app.tickets), Arc::clone(&app.findings));
+    let resolved = tokio::task::spawn_blocking(move || -> Result<usize, ApiError> {
+        let Some((tenant, t)) = tickets.by_issue("github", number)? else { return Ok(0) };
+        let mut n = 0;
+        for (tenant, ids) in tickets.issue_changed(&tenant, &t, open, at, &actor)? {
+            n += findings.resolve_ids(&tenant, &ids)?;
+        }
+        Ok(n)
+    })
+    .await
+    .map_err(internal)??;
+    Ok(Json(json!({ "resolved_findings": resolved })).into_response())
 }
 
 async fn healthz() -> &'static str {
@@ -339,6 +540,11 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/api/v1/findings", get(list_findings))
         .route("/api/v1/findings/{id}", get(get_finding))
         .route("/api/v1/analyze", post(analyze))
+        .route("/api/v1/tickets", get(list_tickets))
+        .route("/api/v1/tickets/{id}", get(get_ticket))
+        .route("/api/v1/tickets/{id}/approve", post(approve_ticket))
+        .route("/api/v1/tickets/{id}/reject", post(reject_ticket))
+        .route("/api/v1/webhooks/github", post(github_webhook))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))

@@ -12,6 +12,7 @@ use std::time::Duration;
 use andon_analysis::AnalysisConfig;
 use andon_ingest::{IngestConfig, SpanLimits};
 use andon_store::{Durability, QueryLimits, StoreConfig};
+use andon_ticketing::TicketingConfig;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,7 @@ pub struct RawConfig {
     pub storage: RawStorage,
     pub log: RawLog,
     pub analysis: AnalysisConfig,
+    pub tickets: TicketingConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +91,7 @@ impl Default for RawConfig {
             storage: RawStorage::default(),
             log: RawLog::default(),
             analysis: AnalysisConfig::default(),
+            tickets: TicketingConfig::default(),
         }
     }
 }
@@ -159,6 +162,7 @@ pub struct Config {
     pub log_json: bool,
     pub log_level: String,
     pub analysis: AnalysisConfig,
+    pub tickets: andon_ticketing::Settings,
 }
 
 /// Applies `ANDON_*` variables from `vars` to the TOML table `doc`.
@@ -277,6 +281,7 @@ impl RawConfig {
         if self.storage.flush_interval_secs == 0 {
             bail!("storage.flush_interval_secs must be at least 1");
         }
+        let tickets = self.tickets.validate(&self.data_dir).map_err(anyhow::Error::msg)?;
         let store = StoreConfig {
             data_dir: self.data_dir,
             durability,
@@ -310,6 +315,7 @@ impl RawConfig {
                 self.analysis.validate().map_err(anyhow::Error::msg)?;
                 self.analysis
             },
+            tickets,
         })
     }
 }

@@ -64,7 +64,7 @@ pub struct FindingsArgs {
     pub remote: Remote,
 }
 
-async fn call(req: reqwest::RequestBuilder, tenant: Option<&str>, url: &str) -> anyhow::Result<Value> {
+pub async fn call(req: reqwest::RequestBuilder, tenant: Option<&str>, url: &str) -> anyhow::Result<Value> {
     let req = match tenant {
         Some(t) => req.header("x-scope-orgid", t),
         None => req,

@@ -9,6 +9,7 @@ mod import;
 mod metrics;
 mod query_cli;
 mod serve;
+mod tickets_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Analyze(findings_cli::AnalyzeArgs),
     /// List findings, or show one with --id.
     Findings(findings_cli::FindingsArgs),
+    /// List ticket drafts, show one, or approve or reject it (the human gate).
+    Tickets(tickets_cli::TicketsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Query(args) => runtime().and_then(|rt| rt.block_on(query_cli::run(args))),
         Command::Analyze(args) => runtime().and_then(|rt| rt.block_on(findings_cli::analyze(args))),
         Command::Findings(args) => runtime().and_then(|rt| rt.block_on(findings_cli::findings(args))),
+        Command::Tickets(args) => runtime().and_then(|rt| rt.block_on(tickets_cli::run(args))),
         Command::Import(args) => {
             init_logging(false, "warn");
             runtime().and_then(|rt| rt.block_on(import::run(args)))

@@ -11,10 +11,11 @@ use andon_analysis::{Analyzer, FindingsDb};
 use andon_ingest::Ingestor;
 use andon_model::clock::SystemClock;
 use andon_store::{QueryEngine, Store};
+use andon_ticketing::Ticketing;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
@@ -57,6 +58,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("opening the findings database")?,
     );
     query.register(Arc::new(FindingsTable { db: Arc::clone(&findings) }));
+    let tickets_path = config.store.data_dir.join("andon.db");
+    let settings = config.tickets.clone();
+    let tickets = Arc::new(
+        tokio::task::spawn_blocking(move || Ticketing::open(&tickets_path, settings, &|k| std::env::var(k).ok()))
+            .await?
+            .context("opening tickets")?,
+    );
     let runner = Arc::new(RunnerStats::default());
 
     let grpc = bind("otlp-grpc", config.grpc_addr).await?;
@@ -69,6 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         query,
         analyzer: analyzer.clone(),
         findings: Arc::clone(&findings),
+        tickets: Arc::clone(&tickets),
         runner: Arc::clone(&runner),
         ingestor: Arc::clone(&ingestor),
         ready: AtomicBool::new(false),
@@ -94,7 +103,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_graceful_shutdown(stopped())
             .into_future(),
     );
-    let detection = tokio::spawn(andon_analysis::runner::run(analyzer, findings, runner, stop_rx_detection));
+    let drafting = Arc::clone(&tickets);
+    let on_findings: andon_analysis::runner::OnFindings = Arc::new(move |tenant, found| {
+        if let Err(e) = drafting.observe(tenant, found) {
+            warn!(error = %e, "drafting tickets failed");
+        }
+    });
+    let detection = tokio::spawn(andon_analysis::runner::run(
+        analyzer,
+        Arc::clone(&findings),
+        runner,
+        on_findings,
+        stop_rx_detection.clone(),
+    ));
+    let resolving = Arc::clone(&findings);
+    let on_resolved = Arc::new(move |tenant: &andon_model::Tenant, ids: &[String]| {
+        if let Err(e) = resolving.resolve_ids(tenant, ids) {
+            warn!(error = %e, "resolving findings of a closed issue failed");
+        }
+    });
+    let outbox = tokio::spawn(Arc::clone(&tickets).run(on_resolved, stop_rx_detection));
     app.ready.store(true, Ordering::Release);
     println!("listening otlp-grpc={grpc_addr} otlp-http={http_addr} api={api_addr}");
     info!(%grpc_addr, %http_addr, %api_addr, data_dir = %config.store.data_dir.display(), "andon serving");
@@ -108,6 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     h?.context("otlp-http server")?;
     a?.context("api server")?;
     let _ = detection.await;
+    let _ = outbox.await;
     let closing = store.clone();
     tokio::task::spawn_blocking(move || closing.close()).await?.context("flushing the store")?;
     let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;

@@ -2,6 +2,8 @@
 //! `andon` binary on free ports and a fresh data directory, talk to it, stop it
 //! gracefully or kill it.
 
+pub mod github_twin;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

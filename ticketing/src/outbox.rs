@@ -159,7 +159,10 @@ impl Ticketing {
             Job::Create(a) => {
                 let t = a.ticket();
                 match sink.find(a.tenant(), &t.fingerprint).await? {
-                    Some(ex) if ex.ticket_id == t.id => {
+                    // Attempts are recorded before they are sent: with none
+                    // before this one, an issue with this ticket's marker came
+                    // from an earlier database, not from this delivery.
+                    Some(ex) if ex.ticket_id == t.id && d.attempts > 0 => {
                         info!(ticket = %t.id, url = %ex.external.url, "ticket's issue already exists; recorded, not posted again");
                         self.db.posted(d, &ex.external, true, Utc::now())
                     }

@@ -79,7 +79,10 @@ impl GitHubSink {
                 )));
             }
             Ok(Err(e)) => {
-                return Err(SinkError::transient(format!("{what}: reading github's answer: {}", transport_message(&e))));
+                return Err(SinkError::transient(format!(
+                    "{what}: reading github's answer: {}",
+                    transport_message(&e)
+                )));
             }
             Ok(Ok(b)) => b.to_bytes(),
         };
