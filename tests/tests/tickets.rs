@@ -515,3 +515,85 @@ fn through_the_server_planted_pii_never_reaches_github_and_closing_the_issue_res
         ticket["audit"].as_array().unwrap().iter().any(|a| a["actor"] == "github:carol" && a["action"] == "reopened")
     );
 }
+
+#[test]
+fn file_and_webhook_sinks_deliver_signed_and_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let tenant = Tenant::default_tenant();
+
+    // The file sink: one line per ticket, even when the outbox runs again
+    // after a crash between writing the line and recording it.
+    let path = dir.path().join("tickets.jsonl");
+    let cfg =
+        TicketingConfig { sink: "file".into(), file_path: path.display().to_string(), ..TicketingConfig::default() };
+    let settings = cfg.validate(dir.path()).unwrap();
+    let t = Ticketing::open(&dir.path().join("file.db"), settings, &|_| None).unwrap();
+    let f = finding("GET /v1/stock", 1, Utc::now());
+    t.observe(&tenant, std::slice::from_ref(&f)).unwrap();
+    let id = andon_ticketing::draft::ticket_id(&tenant, &f.fingerprint);
+    rt.block_on(t.deliver_due()).unwrap();
+    assert!(!path.exists(), "a pending ticket was written");
+    t.approve(&tenant, &id, "alice", None, None).unwrap();
+    rt.block_on(t.deliver_due()).unwrap();
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["event"], "created");
+    assert_eq!(lines[0]["ticket"]["id"], id.as_str());
+    assert_eq!(lines[0]["ticket"]["reviewer"], "alice");
+    let posted = t.db().get(&tenant, &id).unwrap().unwrap();
+    assert_eq!(posted.external.unwrap().url, format!("file://{}#L1", path.display()));
+
+    // The webhook sink: a signed JSON POST with a stable delivery id.
+    let received: std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>> = Default::default();
+    let sink_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = sink_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let store = std::sync::Arc::clone(&received);
+    let fail_first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
+            let store = std::sync::Arc::clone(&store);
+            let fail_first = std::sync::Arc::clone(&fail_first);
+            async move {
+                store.lock().unwrap().push((headers, body.to_vec()));
+                if fail_first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    sink_rt.spawn(async move { axum::serve(listener, app).await });
+    let cfg = TicketingConfig {
+        sink: "webhook".into(),
+        webhook_url: url,
+        webhook_secret_env: "HOOK_SECRET".into(),
+        max_backoff_secs: 1,
+        ..TicketingConfig::default()
+    };
+    let settings = cfg.validate(dir.path()).unwrap();
+    let t =
+        Ticketing::open(&dir.path().join("hook.db"), settings, &|k| (k == "HOOK_SECRET").then(|| "s3cret".to_owned()))
+            .unwrap();
+    t.observe(&tenant, std::slice::from_ref(&f)).unwrap();
+    t.approve(&tenant, &id, "alice", None, None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.db().get(&tenant, &id).unwrap().unwrap().state != TicketState::Posted && Instant::now() < deadline {
+        rt.block_on(t.deliver_due()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "one 503, then the retry");
+    for (headers, body) in &got {
+        let sig = headers["x-andon-signature-256"].to_str().unwrap();
+        assert_eq!(sig, andon_ticketing::sink::signature(b"s3cret", body));
+        assert_eq!(headers["x-andon-delivery"], got[0].0["x-andon-delivery"], "the retry keeps its delivery id");
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["event"], "ticket.created");
+        assert_eq!(v["ticket"]["fingerprint"], f.fingerprint.as_str());
+    }
+}

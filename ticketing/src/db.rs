@@ -30,7 +30,14 @@ fn time(t: DateTime<Utc>) -> String {
 
 /// A ticket a reviewer approved. Only [`TicketDb::due`] makes one, from a row
 /// the human gate (or the auto-approve policy) moved to `approved`; a sink's
-/// `create` takes nothing else.
+/// `create` takes nothing else. Its fields are private, so no other code can
+/// forge one:
+///
+/// ```compile_fail
+/// fn forge(ticket: andon_model::Ticket, tenant: andon_model::Tenant) -> andon_ticketing::ApprovedTicket {
+///     andon_ticketing::ApprovedTicket { tenant, ticket }
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ApprovedTicket {
     tenant: Tenant,
