@@ -211,6 +211,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 
 /// Records the request, checks the token and applies a planned failure. A
 /// `TimeoutAfterWrite` is returned for the handler to act on after writing.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
 fn admit(
     shared: &Shared,
     method: &Method,
@@ -242,7 +243,9 @@ fn admit(
     }
     // A stalled answer is for a write: reads pass it by.
     if matches!(s.failures.front(), Some(Failure::TimeoutAfterWrite(_))) && method == Method::GET {
-        s.requests.last_mut().map(|r| r.refused = false);
+        if let Some(r) = s.requests.last_mut() {
+            r.refused = false;
+        }
         return Ok(None);
     }
     let out = match s.failures.pop_front() {
@@ -266,8 +269,10 @@ fn admit(
         }
         Some(Failure::TimeoutAfterWrite(d)) => Ok(Some(d)),
     };
-    if out.is_ok() {
-        s.requests.last_mut().map(|r| r.refused = false);
+    if out.is_ok()
+        && let Some(r) = s.requests.last_mut()
+    {
+        r.refused = false;
     }
     out
 }

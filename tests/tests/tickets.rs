@@ -108,7 +108,7 @@ fn pending_tickets_post_nothing_and_approval_posts_exactly_one_issue() {
     let pending = t.db().list(&tenant, Some(TicketState::Pending)).unwrap();
     assert_eq!(pending.len(), 1);
     let id = pending[0].id.clone();
-    assert_eq!(pending[0].finding_ids, [f.id.clone()]);
+    assert_eq!(pending[0].finding_ids, std::slice::from_ref(&f.id));
 
     // A pending draft reaches nobody, however long the outbox runs.
     for _ in 0..5 {
@@ -516,6 +516,9 @@ fn through_the_server_planted_pii_never_reaches_github_and_closing_the_issue_res
     );
 }
 
+/// A webhook request as received: headers and body.
+type Delivered = (http::HeaderMap, Vec<u8>);
+
 #[test]
 fn file_and_webhook_sinks_deliver_signed_and_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -546,7 +549,7 @@ fn file_and_webhook_sinks_deliver_signed_and_once() {
     assert_eq!(posted.external.unwrap().url, format!("file://{}#L1", path.display()));
 
     // The webhook sink: a signed JSON POST with a stable delivery id.
-    let received: std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>> = Default::default();
+    let received: std::sync::Arc<std::sync::Mutex<Vec<Delivered>>> = Default::default();
     let sink_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let listener = sink_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());

@@ -27,6 +27,9 @@ use crate::sink::{FileSink, GitHubSink, SinkError, TicketSink, WebhookSink};
 /// Findings resolved because their issue was closed, per tenant.
 pub type Resolved = Vec<(Tenant, Vec<String>)>;
 
+/// Called with the finding ids of each ticket whose issue was closed.
+pub type OnResolved = Arc<dyn Fn(&Tenant, &[String]) + Send + Sync>;
+
 /// Tickets end to end: drafting, the gate, delivery and closing the loop.
 #[derive(Debug)]
 pub struct Ticketing {
@@ -253,11 +256,7 @@ impl Ticketing {
 
     /// Delivers until `stop`; every `poll_interval`, also closes the loop,
     /// handing resolved findings to `on_resolved`.
-    pub async fn run(
-        self: Arc<Self>,
-        on_resolved: Arc<dyn Fn(&Tenant, &[String]) + Send + Sync>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub async fn run(self: Arc<Self>, on_resolved: OnResolved, mut stop: watch::Receiver<bool>) {
         let settings = self.drafter.settings().clone();
         let mut tick = tokio::time::interval(settings.outbox_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
