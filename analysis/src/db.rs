@@ -105,6 +105,37 @@ impl FindingsDb {
             .map_err(db_err)?;
             out.push(f);
         }
+        // A symptom reported on its own by an earlier pass (its cause was not
+        // yet a finding then) is superseded once its cause's finding links it.
+        for f in &out {
+            for l in &f.evidence.linked {
+                let open: Vec<(String, String)> = {
+                    let mut st = tx
+                        .prepare(
+                            "SELECT id, body FROM findings
+                             WHERE tenant = ?1 AND kind = ?2 AND service = ?3 AND state = 'open' AND id != ?4",
+                        )
+                        .map_err(db_err)?;
+                    st.query_map(params![tenant.as_str(), l.kind.as_str(), l.service, f.id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .map_err(db_err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?
+                };
+                for (id, body) in open {
+                    let mut old: Finding = serde_json::from_str(&body).map_err(|e| AnalysisError::Db(e.to_string()))?;
+                    if old.operation != l.operation || old.segment != l.segment || out.iter().any(|o| o.id == id) {
+                        continue;
+                    }
+                    old.state = FindingState::Resolved;
+                    old.evidence.details.insert("superseded_by".into(), serde_json::Value::from(f.id.clone()));
+                    let body = serde_json::to_string(&old).map_err(|e| AnalysisError::Db(e.to_string()))?;
+                    tx.execute("UPDATE findings SET state = 'resolved', body = ?2 WHERE id = ?1", params![id, body])
+                        .map_err(db_err)?;
+                }
+            }
+        }
         tx.commit().map_err(db_err)?;
         Ok(out)
     }
@@ -391,6 +422,22 @@ mod tests {
         let db = FindingsDb::open(&dir.path().join("a.db")).unwrap();
         assert_eq!(db.list(&t, &FindingFilter::default()).unwrap().len(), 3);
         assert_eq!(db.all(None).unwrap().len(), 4);
+        // A symptom reported alone is superseded when its cause's finding links it.
+        let symptom = db.record(&t, vec![finding(7000, "catalog")]).unwrap().remove(0);
+        let mut cause = finding(7100, "pricing");
+        cause.evidence.linked.push(andon_model::LinkedFinding {
+            kind: symptom.kind,
+            service: "catalog".into(),
+            operation: symptom.operation.clone(),
+            segment: BTreeMap::new(),
+            summary: "s".into(),
+            p_value: 1e-9,
+            why: "waits on pricing".into(),
+        });
+        db.record(&t, vec![cause]).unwrap();
+        let gone = db.get(&t, &symptom.id).unwrap().unwrap();
+        assert_eq!(gone.state, FindingState::Resolved);
+        assert!(gone.evidence.details.contains_key("superseded_by"));
         // Closing a ticket resolves its findings by id, once.
         let ids = vec![back[0].id.clone(), "no-such-finding".to_owned()];
         assert_eq!(db.resolve_ids(&t, &ids).unwrap(), 1);

@@ -423,6 +423,23 @@ impl TicketDb {
         rows.collect::<Result<_, _>>().map_err(db_err)
     }
 
+    /// Runs `f` on ticket `id` in one transaction and saves what it made of
+    /// the ticket, with whatever else `f` wrote (audit, outbox).
+    fn change<T>(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        f: impl FnOnce(&Transaction<'_>, &mut Ticket) -> Result<T, TicketError>,
+    ) -> Result<T, TicketError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let mut t = load(&tx, tenant, id)?.ok_or_else(|| TicketError::NotFound(id.to_owned()))?;
+        let out = f(&tx, &mut t)?;
+        save(&tx, tenant, &t)?;
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
     /// The human gate: a pending (or failed) ticket becomes approved, and its
     /// delivery is queued in the same transaction.
     pub fn approve(
@@ -434,37 +451,32 @@ impl TicketDb {
         priority: Option<Priority>,
         now: DateTime<Utc>,
     ) -> Result<Ticket, TicketError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        let mut t = load(&tx, tenant, id)?.ok_or_else(|| TicketError::NotFound(id.to_owned()))?;
-        if !matches!(t.state, TicketState::Pending | TicketState::Failed) {
-            return Err(TicketError::Conflict(format!("ticket {id} is {}, not pending", t.state)));
-        }
-        let mut detail = note.map(str::to_owned).unwrap_or_default();
-        if let Some(p) = priority.filter(|p| *p != t.priority) {
-            detail = format!("priority {} → {p}{}{detail}", t.priority, if detail.is_empty() { "" } else { "; " });
-            t.priority = p;
-            relabel(&mut t);
-        }
-        t.state = TicketState::Approved;
-        t.reviewer = Some(reviewer.to_owned());
-        t.note = note.map(str::to_owned);
-        t.last_error = None;
-        t.updated_at = now;
-        audit(&tx, id, now, reviewer, "approved", &detail)?;
-        let queued: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM ticket_outbox WHERE ticket_id = ?1 AND action = 'create' AND state = 'queued')",
-                params![id],
-                |r| r.get(0),
-            )
-            .map_err(db_err)?;
-        if !queued {
-            enqueue(&tx, tenant, id, "create", "{}", now)?;
-        }
-        save(&tx, tenant, &t)?;
-        tx.commit().map_err(db_err)?;
-        Ok(t)
+        self.change(tenant, id, |tx, t| {
+            undecided(t)?;
+            let mut detail = note.map(str::to_owned).unwrap_or_default();
+            if let Some(p) = priority.filter(|p| *p != t.priority) {
+                detail = format!("priority {} → {p}{}{detail}", t.priority, if detail.is_empty() { "" } else { "; " });
+                t.priority = p;
+                relabel(t);
+            }
+            t.state = TicketState::Approved;
+            t.reviewer = Some(reviewer.to_owned());
+            t.note = note.map(str::to_owned);
+            t.last_error = None;
+            t.updated_at = now;
+            audit(tx, id, now, reviewer, "approved", &detail)?;
+            let queued: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM ticket_outbox WHERE ticket_id = ?1 AND action = 'create' AND state = 'queued')",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if !queued {
+                enqueue(tx, tenant, id, "create", "{}", now)?;
+            }
+            Ok(t.clone())
+        })
     }
 
     /// The human gate: a pending ticket is rejected, and its fingerprint muted.
@@ -476,20 +488,15 @@ impl TicketDb {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Ticket, TicketError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        let mut t = load(&tx, tenant, id)?.ok_or_else(|| TicketError::NotFound(id.to_owned()))?;
-        if !matches!(t.state, TicketState::Pending | TicketState::Failed) {
-            return Err(TicketError::Conflict(format!("ticket {id} is {}, not pending", t.state)));
-        }
-        t.state = TicketState::Rejected;
-        t.reviewer = Some(reviewer.to_owned());
-        t.note = Some(reason.to_owned());
-        t.updated_at = now;
-        audit(&tx, id, now, reviewer, "rejected", reason)?;
-        save(&tx, tenant, &t)?;
-        tx.commit().map_err(db_err)?;
-        Ok(t)
+        self.change(tenant, id, |tx, t| {
+            undecided(t)?;
+            t.state = TicketState::Rejected;
+            t.reviewer = Some(reviewer.to_owned());
+            t.note = Some(reason.to_owned());
+            t.updated_at = now;
+            audit(tx, id, now, reviewer, "rejected", reason)?;
+            Ok(t.clone())
+        })
     }
 
     /// Deliveries due at `now`, oldest first. A delivery whose ticket is no
@@ -558,27 +565,16 @@ impl TicketDb {
 
     /// The ticket's issue exists: created now, or found from an earlier attempt.
     pub fn posted(&self, d: &Delivery, ext: &ExternalRef, found: bool, now: DateTime<Utc>) -> Result<(), TicketError> {
-        let Job::Create(a) = &d.job else { return Err(TicketError::Db("not a create delivery".into())) };
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        let mut t = load(&tx, &a.tenant, &a.ticket.id)?.ok_or_else(|| TicketError::NotFound(a.ticket.id.clone()))?;
-        t.state = TicketState::Posted;
-        t.external = Some(ext.clone());
-        t.last_error = None;
-        t.updated_at = now;
-        let detail = if found {
-            format!(
-                "{} already had it ({}), from an earlier attempt or Andon install; not posted again",
-                ext.system, ext.url
-            )
-        } else {
-            format!("{} {}", ext.system, ext.url)
-        };
-        audit(&tx, &t.id, now, "outbox", "posted", &detail)?;
-        save(&tx, &a.tenant, &t)?;
-        done(&tx, d.id, now)?;
-        tx.commit().map_err(db_err)?;
-        Ok(())
+        let (tenant, id) = d.ticket();
+        self.change(tenant, id, |tx, t| {
+            let detail = if found {
+                format!("{} already had it ({}), from an earlier attempt; not posted again", ext.system, ext.url)
+            } else {
+                format!("{} {}", ext.system, ext.url)
+            };
+            mark_posted(tx, t, ext, &detail, now)?;
+            done(tx, d.id, now)
+        })
     }
 
     /// The ticket's issue exists already (its fingerprint was found in the
@@ -592,53 +588,40 @@ impl TicketDb {
         drafter: &Drafter,
         now: DateTime<Utc>,
     ) -> Result<(), TicketError> {
-        let Job::Create(a) = &d.job else { return Err(TicketError::Db("not a create delivery".into())) };
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        let mut t = load(&tx, &a.tenant, &a.ticket.id)?.ok_or_else(|| TicketError::NotFound(a.ticket.id.clone()))?;
-        t.state = TicketState::Posted;
-        t.external = Some(ext.clone());
-        t.updated_at = now;
-        audit(
-            &tx,
-            &t.id,
-            now,
-            "outbox",
-            "posted",
-            &format!("found an existing issue for this fingerprint ({}); commenting there instead", ext.url),
-        )?;
-        let reopen = !open && drafter.settings().on_closed == OnClosed::Reopen;
-        let id = enqueue(&tx, &a.tenant, &t.id, "comment", "{}", now)?;
-        let body = format!(
-            "{}\n\nAndon found this problem again and approved a new ticket for it; the evidence follows.\n\n{}",
-            crate::draft::comment_marker(id, &t.id),
-            strip_marker(&t.body)
-        );
-        set_payload(&tx, id, &CommentPayload { body, reopen })?;
-        save(&tx, &a.tenant, &t)?;
-        done(&tx, d.id, now)?;
-        tx.commit().map_err(db_err)?;
-        Ok(())
+        let (tenant, id) = d.ticket();
+        self.change(tenant, id, |tx, t| {
+            let detail =
+                format!("found an existing issue for this fingerprint ({}); commenting there instead", ext.url);
+            mark_posted(tx, t, ext, &detail, now)?;
+            let reopen = !open && drafter.settings().on_closed == OnClosed::Reopen;
+            let delivery = enqueue(tx, tenant, &t.id, "comment", "{}", now)?;
+            let body = format!(
+                "{}\n\nAndon found this problem again and approved a new ticket for it; the evidence follows.\n\n{}",
+                crate::draft::comment_marker(delivery, &t.id),
+                strip_marker(&t.body)
+            );
+            set_payload(tx, delivery, &CommentPayload { body, reopen })?;
+            done(tx, d.id, now)
+        })
     }
 
     pub fn commented(&self, d: &Delivery, reopened: bool, now: DateTime<Utc>) -> Result<(), TicketError> {
-        let Job::Comment { ticket, .. } = &d.job else { return Err(TicketError::Db("not a comment delivery".into())) };
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        if let Some(mut t) = load(&tx, &ticket.tenant, &ticket.ticket.id)? {
+        let (tenant, id) = d.ticket();
+        let url = match &d.job {
+            Job::Comment { ticket, .. } => ticket.external.url.clone(),
+            Job::Create(_) => return Err(TicketError::Db("not a comment delivery".into())),
+        };
+        self.change(tenant, id, |tx, t| {
             if reopened {
                 t.state = TicketState::Posted;
                 t.resolved_at = None;
-                audit(&tx, &t.id, now, "outbox", "reopened", &ticket.external.url)?;
+                audit(tx, id, now, "outbox", "reopened", &url)?;
             }
             t.last_error = None;
             t.updated_at = now;
-            audit(&tx, &t.id, now, "outbox", "commented", &ticket.external.url)?;
-            save(&tx, &ticket.tenant, &t)?;
-        }
-        done(&tx, d.id, now)?;
-        tx.commit().map_err(db_err)?;
-        Ok(())
+            audit(tx, id, now, "outbox", "commented", &url)?;
+            done(tx, d.id, now)
+        })
     }
 
     /// A transient failure: try again at `next`.
@@ -649,47 +632,39 @@ impl TicketDb {
         next: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), TicketError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        tx.execute(
-            "UPDATE ticket_outbox SET next_at = ?2, last_error = ?3 WHERE id = ?1",
-            params![d.id, time(next), error],
-        )
-        .map_err(db_err)?;
         let (tenant, id) = d.ticket();
-        if let Some(mut t) = load(&tx, tenant, id)? {
+        self.change(tenant, id, |tx, t| {
+            tx.execute(
+                "UPDATE ticket_outbox SET next_at = ?2, last_error = ?3 WHERE id = ?1",
+                params![d.id, time(next), error],
+            )
+            .map_err(db_err)?;
+            // One audit entry per outage, not one per attempt.
             if t.last_error.is_none() {
-                audit(&tx, id, now, "outbox", "retrying", error)?;
+                audit(tx, id, now, "outbox", "retrying", error)?;
             }
             t.last_error = Some(error.to_owned());
-            save(&tx, tenant, &t)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// A permanent failure: the delivery stops; a failed create fails its
     /// ticket, which a reviewer can approve again.
     pub fn failed(&self, d: &Delivery, error: &str, now: DateTime<Utc>) -> Result<(), TicketError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        tx.execute(
-            "UPDATE ticket_outbox SET state = 'failed', last_error = ?2, done_at = ?3 WHERE id = ?1",
-            params![d.id, error, time(now)],
-        )
-        .map_err(db_err)?;
         let (tenant, id) = d.ticket();
-        if let Some(mut t) = load(&tx, tenant, id)? {
+        self.change(tenant, id, |tx, t| {
+            tx.execute(
+                "UPDATE ticket_outbox SET state = 'failed', last_error = ?2, done_at = ?3 WHERE id = ?1",
+                params![d.id, error, time(now)],
+            )
+            .map_err(db_err)?;
             if matches!(d.job, Job::Create(_)) {
                 t.state = TicketState::Failed;
             }
             t.last_error = Some(error.to_owned());
             t.updated_at = now;
-            audit(&tx, id, now, "outbox", "failed", error)?;
-            save(&tx, tenant, &t)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(())
+            audit(tx, id, now, "outbox", "failed", error)
+        })
     }
 
     /// Tickets with an issue in `system`, posted or resolved.
@@ -719,37 +694,53 @@ impl TicketDb {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, TicketError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        let Some(mut t) = load(&tx, tenant, id)? else { return Ok(Vec::new()) };
-        if t.state != TicketState::Posted {
-            return Ok(Vec::new());
-        }
-        t.state = TicketState::Resolved;
-        t.resolved_at = Some(at);
-        t.updated_at = now;
-        audit(&tx, id, now, actor, "resolved", "the issue was closed; its findings are resolved")?;
-        save(&tx, tenant, &t)?;
-        tx.commit().map_err(db_err)?;
-        Ok(t.finding_ids)
+        self.change(tenant, id, |tx, t| {
+            if t.state != TicketState::Posted {
+                return Ok(Vec::new());
+            }
+            t.state = TicketState::Resolved;
+            t.resolved_at = Some(at);
+            t.updated_at = now;
+            audit(tx, id, now, actor, "resolved", "the issue was closed; its findings are resolved")?;
+            Ok(t.finding_ids.clone())
+        })
     }
 
     /// The issue was reopened by a person in the tracker.
     pub fn reopened(&self, tenant: &Tenant, id: &str, actor: &str, now: DateTime<Utc>) -> Result<(), TicketError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        let Some(mut t) = load(&tx, tenant, id)? else { return Ok(()) };
-        if t.state != TicketState::Resolved {
-            return Ok(());
-        }
-        t.state = TicketState::Posted;
-        t.resolved_at = None;
-        t.updated_at = now;
-        audit(&tx, id, now, actor, "reopened", "the issue was reopened in the tracker")?;
-        save(&tx, tenant, &t)?;
-        tx.commit().map_err(db_err)?;
-        Ok(())
+        self.change(tenant, id, |tx, t| {
+            if t.state != TicketState::Resolved {
+                return Ok(());
+            }
+            t.state = TicketState::Posted;
+            t.resolved_at = None;
+            t.updated_at = now;
+            audit(tx, id, now, actor, "reopened", "the issue was reopened in the tracker")
+        })
     }
+}
+
+/// Only a pending ticket, or one whose delivery failed, awaits a decision.
+fn undecided(t: &Ticket) -> Result<(), TicketError> {
+    if matches!(t.state, TicketState::Pending | TicketState::Failed) {
+        Ok(())
+    } else {
+        Err(TicketError::Conflict(format!("ticket {} is {}, not pending", t.id, t.state)))
+    }
+}
+
+fn mark_posted(
+    tx: &Transaction<'_>,
+    t: &mut Ticket,
+    ext: &ExternalRef,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> Result<(), TicketError> {
+    t.state = TicketState::Posted;
+    t.external = Some(ext.clone());
+    t.last_error = None;
+    t.updated_at = now;
+    audit(tx, &t.id, now, "outbox", "posted", detail)
 }
 
 impl Delivery {
