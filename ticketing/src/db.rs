@@ -321,35 +321,12 @@ impl TicketDb {
                     out.refreshed += 1;
                 }
                 TicketState::Posted if !known => {
-                    t.finding_ids.push(f.id.clone());
-                    let id = enqueue(&tx, tenant, &t.id, "comment", "{}", now)?;
-                    let body = drafter.recurrence(tenant, id, &t.id, f, false);
-                    set_payload(&tx, id, &CommentPayload { body, reopen: false })?;
-                    audit(
-                        &tx,
-                        &t.id,
-                        now,
-                        "andon",
-                        "recurred",
-                        &format!("finding {} seen again; comment queued", f.id),
-                    )?;
+                    recur(&tx, tenant, drafter, &mut t, f, false, "seen again", now)?;
                     out.comments += 1;
                 }
                 TicketState::Resolved if !known && t.resolved_at.is_some_and(|r| f.window.start >= r) => {
-                    t.finding_ids.push(f.id.clone());
                     let reopen = settings.on_closed == OnClosed::Reopen;
-                    let id = enqueue(&tx, tenant, &t.id, "comment", "{}", now)?;
-                    let body = drafter.recurrence(tenant, id, &t.id, f, reopen);
-                    set_payload(&tx, id, &CommentPayload { body, reopen })?;
-                    let what = if reopen { "reopen and comment queued" } else { "comment queued" };
-                    audit(
-                        &tx,
-                        &t.id,
-                        now,
-                        "andon",
-                        "recurred",
-                        &format!("finding {} seen after the issue was closed; {what}", f.id),
-                    )?;
+                    recur(&tx, tenant, drafter, &mut t, f, reopen, "seen after the issue was closed", now)?;
                     out.comments += 1;
                 }
                 _ => {}
@@ -718,6 +695,26 @@ impl TicketDb {
             audit(tx, id, now, actor, "reopened", "the issue was reopened in the tracker")
         })
     }
+}
+
+/// Queues the comment (and reopen) a recurrence of `f` calls for.
+#[allow(clippy::too_many_arguments)]
+fn recur(
+    tx: &Transaction<'_>,
+    tenant: &Tenant,
+    drafter: &Drafter,
+    t: &mut Ticket,
+    f: &Finding,
+    reopen: bool,
+    how: &str,
+    now: DateTime<Utc>,
+) -> Result<(), TicketError> {
+    t.finding_ids.push(f.id.clone());
+    let delivery = enqueue(tx, tenant, &t.id, "comment", "{}", now)?;
+    let body = drafter.recurrence(tenant, delivery, &t.id, f, reopen);
+    set_payload(tx, delivery, &CommentPayload { body, reopen })?;
+    let what = if reopen { "reopen and comment queued" } else { "comment queued" };
+    audit(tx, &t.id, now, "andon", "recurred", &format!("finding {} {how}; {what}", f.id))
 }
 
 /// Only a pending ticket, or one whose delivery failed, awaits a decision.
