@@ -1,5 +1,5 @@
 //! The REST API on the API port: `/api/v1/query`, `/api/v1/findings`,
-//! `/api/v1/analyze`, `/api/v1/tickets` (the human gate),
+//! `/api/v1/analyze`, `/api/v1/tickets` (the human gate), `/api/v1/changes`,
 //! `/api/v1/webhooks/github`, `/healthz`, `/readyz`, `/metrics`.
 
 use std::sync::Arc;
@@ -37,6 +37,7 @@ pub struct AppState {
     pub analyzer: Analyzer,
     pub findings: Arc<FindingsDb>,
     pub tickets: Arc<Ticketing>,
+    pub changes: Arc<andon_rca::ChangesDb>,
     pub runner: Arc<RunnerStats>,
     pub ready: AtomicBool,
     pub started: Instant,
@@ -83,6 +84,16 @@ impl From<TicketError> for ApiError {
             TicketError::NotFound(_) => StatusCode::NOT_FOUND,
             TicketError::Conflict(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<andon_rca::RcaError> for ApiError {
+    fn from(e: andon_rca::RcaError) -> Self {
+        let status = match &e {
+            andon_rca::RcaError::Invalid(_) => StatusCode::BAD_REQUEST,
+            andon_rca::RcaError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }
@@ -496,6 +507,45 @@ async fn github_webhook(
     Ok(Json(json!({ "resolved_findings": resolved })).into_response())
 }
 
+/// Records a deploy and its gate evidence; the same service, version and
+/// environment again updates it (201 when new, 200 when updated).
+async fn add_change(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&headers)?;
+    let change: andon_model::ChangeEvent =
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("body must be a ChangeEvent: {e}")))?;
+    let db = Arc::clone(&app.changes);
+    let (id, created) = tokio::task::spawn_blocking(move || db.add(&tenant, change)).await.map_err(internal)??;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({ "id": id, "created": created }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesParams {
+    service: Option<String>,
+    since: Option<String>,
+}
+
+async fn list_changes(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<ChangesParams>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&headers)?;
+    let filter = andon_rca::ChangeFilter {
+        service: p.service.filter(|s| !s.is_empty()),
+        since: p.since.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("since", s)).transpose()?,
+    };
+    let db = Arc::clone(&app.changes);
+    let rows = tokio::task::spawn_blocking(move || db.list(Some(&tenant), &filter)).await.map_err(internal)??;
+    let changes: Vec<_> = rows.into_iter().map(|(_, c)| c).collect();
+    Ok(Json(json!({ "changes": changes })).into_response())
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -540,6 +590,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/api/v1/findings", get(list_findings))
         .route("/api/v1/findings/{id}", get(get_finding))
         .route("/api/v1/analyze", post(analyze))
+        .route("/api/v1/changes", get(list_changes).post(add_change))
         .route("/api/v1/tickets", get(list_tickets))
         .route("/api/v1/tickets/{id}", get(get_ticket))
         .route("/api/v1/tickets/{id}/approve", post(approve_ticket))

@@ -126,7 +126,7 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
 }
 
 /// Percent-encodes a query parameter value.
-fn encode(v: &str) -> String {
+pub fn encode(v: &str) -> String {
     let mut out = String::new();
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -3,6 +3,7 @@
 //! `import --data-dir`, of a data directory).
 
 mod api;
+mod changes_cli;
 mod config;
 mod findings_cli;
 mod import;
@@ -42,6 +43,8 @@ enum Command {
     Findings(findings_cli::FindingsArgs),
     /// List ticket drafts, show one, or approve or reject it (the human gate).
     Tickets(tickets_cli::TicketsArgs),
+    /// Record a deploy and its gate evidence, or list the change lineage.
+    Changes(changes_cli::ChangesArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => runtime().and_then(|rt| rt.block_on(findings_cli::analyze(args))),
         Command::Findings(args) => runtime().and_then(|rt| rt.block_on(findings_cli::findings(args))),
         Command::Tickets(args) => runtime().and_then(|rt| rt.block_on(tickets_cli::run(args))),
+        Command::Changes(args) => runtime().and_then(|rt| rt.block_on(changes_cli::run(args))),
         Command::Import(args) => {
             init_logging(false, "warn");
             runtime().and_then(|rt| rt.block_on(import::run(args)))

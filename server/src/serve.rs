@@ -58,6 +58,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("opening the findings database")?,
     );
     query.register(Arc::new(FindingsTable { db: Arc::clone(&findings) }));
+    let changes_path = config.store.data_dir.join("andon.db");
+    let changes = Arc::new(
+        tokio::task::spawn_blocking(move || andon_rca::ChangesDb::open(&changes_path))
+            .await?
+            .context("opening the changes database")?,
+    );
+    query.register(Arc::new(andon_rca::ChangesTable { db: Arc::clone(&changes) }));
     let tickets_path = config.store.data_dir.join("andon.db");
     let settings = config.tickets.clone();
     let tickets = Arc::new(
@@ -78,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         analyzer: analyzer.clone(),
         findings: Arc::clone(&findings),
         tickets: Arc::clone(&tickets),
+        changes,
         runner: Arc::clone(&runner),
         ingestor: Arc::clone(&ingestor),
         ready: AtomicBool::new(false),
