@@ -103,6 +103,15 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
+/// Runs SQLite work off the async threads, mapping its error to an answer.
+async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(internal)?.map_err(Into::into)
+}
+
 fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
@@ -212,6 +221,11 @@ async fn query(
     .into_response())
 }
 
+/// An optional time parameter: absent or empty means none.
+fn opt_time(field: &str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    v.filter(|s| !s.is_empty()).map(|s| parse_time(field, s)).transpose()
+}
+
 fn parse_time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&Utc))
@@ -243,8 +257,8 @@ async fn list_findings(
             .transpose()
             .map_err(bad_request)?,
         service: p.service.filter(|s| !s.is_empty()),
-        since: p.since.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("since", s)).transpose()?,
-        until: p.until.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("until", s)).transpose()?,
+        since: opt_time("since", p.since.as_deref())?,
+        until: opt_time("until", p.until.as_deref())?,
         state: match p.state.as_deref() {
             None | Some("") => None,
             Some("open") => Some(FindingState::Open),
@@ -253,9 +267,7 @@ async fn list_findings(
         },
     };
     let db = Arc::clone(&app.findings);
-    let findings = tokio::task::spawn_blocking(move || db.list(&tenant, &filter))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let findings = blocking(move || db.list(&tenant, &filter)).await?;
     Ok(Json(json!({ "findings": findings })).into_response())
 }
 
@@ -266,9 +278,7 @@ async fn get_finding(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&headers)?;
     let db = Arc::clone(&app.findings);
-    let found = tokio::task::spawn_blocking(move || db.get(&tenant, &id))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let found = blocking(move || db.get(&tenant, &id)).await?;
     match found {
         Some(f) => Ok(Json(f).into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, "no such finding".into())),
@@ -314,15 +324,14 @@ async fn analyze(
     let db = Arc::clone(&app.findings);
     let (tests, flows, elapsed) = (report.tests, report.flows.clone(), report.elapsed);
     let tickets = Arc::clone(&app.tickets);
-    let findings = tokio::task::spawn_blocking(move || {
+    let findings = blocking(move || {
         let recorded = db.record(&tenant, report.findings)?;
         if let Err(e) = tickets.observe(&tenant, &recorded) {
             tracing::warn!(error = %e, "drafting tickets failed");
         }
         Ok::<_, AnalysisError>(recorded)
     })
-    .await
-    .map_err(internal)??;
+    .await?;
     Ok(Json(json!({
         "findings": findings,
         "tests": tests,
@@ -347,7 +356,7 @@ async fn list_tickets(
     let state =
         p.state.as_deref().filter(|s| !s.is_empty()).map(str::parse::<TicketState>).transpose().map_err(bad_request)?;
     let tickets = Arc::clone(&app.tickets);
-    let list = tokio::task::spawn_blocking(move || tickets.db().list(&tenant, state)).await.map_err(internal)??;
+    let list = blocking(move || tickets.db().list(&tenant, state)).await?;
     Ok(Json(json!({ "tickets": list })).into_response())
 }
 
@@ -358,14 +367,13 @@ async fn get_ticket(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&headers)?;
     let tickets = Arc::clone(&app.tickets);
-    let out = tokio::task::spawn_blocking(move || -> Result<_, TicketError> {
+    let out = blocking(move || -> Result<_, TicketError> {
         let Some(t) = tickets.db().get(&tenant, &id)? else { return Ok(None) };
         let audit = tickets.db().audit(&t.id)?;
         let deliveries = tickets.db().deliveries(&t.id)?;
         Ok(Some((t, audit, deliveries)))
     })
-    .await
-    .map_err(internal)??;
+    .await?;
     let Some((t, audit, deliveries)) = out else {
         return Err(ApiError(StatusCode::NOT_FOUND, "no such ticket".into()));
     };
@@ -414,10 +422,7 @@ async fn approve_ticket(
     }
     let priority = d.priority.as_deref().map(str::parse::<Priority>).transpose().map_err(bad_request)?;
     let tickets = Arc::clone(&app.tickets);
-    let t =
-        tokio::task::spawn_blocking(move || tickets.approve(&tenant, &id, &d.reviewer, d.note.as_deref(), priority))
-            .await
-            .map_err(internal)??;
+    let t = blocking(move || tickets.approve(&tenant, &id, &d.reviewer, d.note.as_deref(), priority)).await?;
     Ok(Json(t).into_response())
 }
 
@@ -439,9 +444,7 @@ async fn reject_ticket(
         .filter(|r| !r.trim().is_empty())
         .ok_or_else(|| bad_request("a rejection needs a reason"))?;
     let tickets = Arc::clone(&app.tickets);
-    let t = tokio::task::spawn_blocking(move || tickets.reject(&tenant, &id, &d.reviewer, &reason))
-        .await
-        .map_err(internal)??;
+    let t = blocking(move || tickets.reject(&tenant, &id, &d.reviewer, &reason)).await?;
     Ok(Json(t).into_response())
 }
 
@@ -494,7 +497,7 @@ async fn github_webhook(
         .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
     let actor = format!("github:{}", v.pointer("/sender/login").and_then(Value::as_str).unwrap_or("unknown"));
     let (tickets, findings) = (Arc::clone(&app.tickets), Arc::clone(&app.findings));
-    let resolved = tokio::task::spawn_blocking(move || -> Result<usize, ApiError> {
+    let resolved = blocking(move || -> Result<usize, ApiError> {
         let Some((tenant, t)) = tickets.by_issue("github", number)? else { return Ok(0) };
         let mut n = 0;
         for (tenant, ids) in tickets.issue_changed(&tenant, &t, open, at, &actor)? {
@@ -502,8 +505,7 @@ async fn github_webhook(
         }
         Ok(n)
     })
-    .await
-    .map_err(internal)??;
+    .await?;
     Ok(Json(json!({ "resolved_findings": resolved })).into_response())
 }
 
@@ -518,7 +520,7 @@ async fn add_change(
     let change: andon_model::ChangeEvent =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("body must be a ChangeEvent: {e}")))?;
     let db = Arc::clone(&app.changes);
-    let (id, created) = tokio::task::spawn_blocking(move || db.add(&tenant, change)).await.map_err(internal)??;
+    let (id, created) = blocking(move || db.add(&tenant, change)).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!({ "id": id, "created": created }))).into_response())
 }
@@ -538,10 +540,10 @@ async fn list_changes(
     let tenant = tenant_of(&headers)?;
     let filter = andon_rca::ChangeFilter {
         service: p.service.filter(|s| !s.is_empty()),
-        since: p.since.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("since", s)).transpose()?,
+        since: opt_time("since", p.since.as_deref())?,
     };
     let db = Arc::clone(&app.changes);
-    let rows = tokio::task::spawn_blocking(move || db.list(Some(&tenant), &filter)).await.map_err(internal)??;
+    let rows = blocking(move || db.list(Some(&tenant), &filter)).await?;
     let changes: Vec<_> = rows.into_iter().map(|(_, c)| c).collect();
     Ok(Json(json!({ "changes": changes })).into_response())
 }
