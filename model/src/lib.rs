@@ -1,6 +1,6 @@
 //! Andon's data model: the Arrow schema of the `spans` table, the semantic-convention
 //! attributes that get columns of their own, tenants, change events with their gate
-//! evidence, the kinds of finding, tickets, and the small statistics types shared by the
+//! evidence, the kinds of finding, incidents and their RCA, tickets, and the small statistics types shared by the
 //! ingest path, the store and the server.
 //!
 //! This crate does no I/O. It is the one place where the span schema is defined, so
@@ -11,6 +11,8 @@ pub mod change;
 pub mod clock;
 pub mod finding;
 pub mod format;
+pub mod incident;
+pub mod markdown;
 pub mod schema;
 pub mod sink;
 pub mod stats;
@@ -21,6 +23,10 @@ pub use change::{ChangeEvent, Gate, GateKind, Verdict};
 pub use finding::{
     Affected, ChangeRef, Evidence, Finding, FindingKind, FindingState, LinkedFinding, ServiceOperation, Severity,
     TimeWindow,
+};
+pub use incident::{
+    Discrepancy, GateAssessment, ImplicatedChange, Incident, IncidentState, NarrativeSource, RcaStep, Signature,
+    SimilarIncident, Suspect, SuspectCause,
 };
 pub use schema::{SemConv, SpanColumn, span_schema};
 pub use sink::{AppendFuture, AppendOutcome, SinkError, SpanSink};

@@ -30,6 +30,9 @@ fn time(t: DateTime<Utc>) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredChange {
     pub id: String,
+    /// Seen first in spans (a new `service.version`) rather than posted.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inferred: bool,
     #[serde(flatten)]
     pub change: ChangeEvent,
 }
@@ -62,7 +65,7 @@ pub fn change_id(tenant: &Tenant, c: &ChangeEvent) -> String {
 /// Refuses what would make the lineage misleading: empty names, oversized
 /// fields, a repository that is neither `owner/name` nor a URL.
 pub fn validate(c: &ChangeEvent) -> Result<(), RcaError> {
-    let bad = |m: String| Err(RcaError::Invalid(m));
+    let bad = |m: String| Err(RcaError::Invalid(format!("invalid change: {m}")));
     for (field, v) in [("service", &c.service), ("version", &c.version)] {
         if v.trim().is_empty() || v.len() > 256 {
             return bad(format!("{field} must be 1 to 256 bytes"));
@@ -111,6 +114,16 @@ impl ChangesDb {
              CREATE INDEX IF NOT EXISTS changes_service ON changes (tenant, service, deployed_at);",
         )
         .map_err(db_err)?;
+        let has_inferred: bool = conn
+            .query_row("SELECT count(*) FROM pragma_table_info('changes') WHERE name = 'inferred'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(db_err)?
+            > 0;
+        if !has_inferred {
+            conn.execute_batch("ALTER TABLE changes ADD COLUMN inferred INTEGER NOT NULL DEFAULT 0;")
+                .map_err(db_err)?;
+        }
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -135,10 +148,24 @@ impl ChangesDb {
             None => c,
             Some(body) => merge(serde_json::from_str(&body).map_err(json_err)?, c),
         };
+        // A version first seen in spans and now reported by its pipeline is one
+        // change: the report replaces the inference and keeps what only the
+        // spans knew.
+        let mut merged = merged;
+        for (other, body) in same_version(&tx, tenant, &merged.service, &merged.version, true)? {
+            if other == id {
+                continue;
+            }
+            let seen: ChangeEvent = serde_json::from_str(&body).map_err(json_err)?;
+            merged.commit = merged.commit.or(seen.commit);
+            merged.pr = merged.pr.or(seen.pr);
+            merged.repository = merged.repository.or(seen.repository);
+            tx.execute("DELETE FROM changes WHERE id = ?1", params![other]).map_err(db_err)?;
+        }
         let body = serde_json::to_string(&merged).map_err(json_err)?;
         tx.execute(
-            "INSERT INTO changes (id, tenant, service, deployed_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (id) DO UPDATE SET deployed_at = excluded.deployed_at, body = excluded.body",
+            "INSERT INTO changes (id, tenant, service, deployed_at, body, inferred) VALUES (?1, ?2, ?3, ?4, ?5, 0)
+             ON CONFLICT (id) DO UPDATE SET deployed_at = excluded.deployed_at, body = excluded.body, inferred = 0",
             params![id, tenant.as_str(), merged.service, time(merged.deployed_at), body],
         )
         .map_err(db_err)?;
@@ -146,28 +173,80 @@ impl ChangesDb {
         Ok((id, created))
     }
 
+    /// Records a version first seen in spans, unless that version of the service
+    /// is already in the lineage (posted or inferred). Returns the new change's id.
+    pub fn infer(&self, tenant: &Tenant, c: ChangeEvent) -> Result<Option<String>, RcaError> {
+        validate(&c)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        if !same_version(&tx, tenant, &c.service, &c.version, false)?.is_empty() {
+            return Ok(None);
+        }
+        let id = change_id(tenant, &c);
+        let body = serde_json::to_string(&c).map_err(json_err)?;
+        tx.execute(
+            "INSERT INTO changes (id, tenant, service, deployed_at, body, inferred) VALUES (?1, ?2, ?3, ?4, ?5, 1)
+             ON CONFLICT (id) DO NOTHING",
+            params![id, tenant.as_str(), c.service, time(c.deployed_at), body],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(Some(id))
+    }
+
     /// Changes of `tenant` (of every tenant when `None`), newest first.
     pub fn list(&self, tenant: Option<&Tenant>, f: &ChangeFilter) -> Result<Vec<(String, StoredChange)>, RcaError> {
         let conn = self.conn();
         let mut st = conn
             .prepare(
-                "SELECT tenant, id, body FROM changes
+                "SELECT tenant, id, body, inferred FROM changes
                  WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR service = ?2) AND (?3 IS NULL OR deployed_at >= ?3)
                  ORDER BY deployed_at DESC, id LIMIT 10000",
             )
             .map_err(db_err)?;
         let rows = st
             .query_map(params![tenant.map(Tenant::as_str), f.service, f.since.map(time)], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
             })
             .map_err(db_err)?;
         let mut out = Vec::new();
         for row in rows {
-            let (t, id, body) = row.map_err(db_err)?;
-            out.push((t, StoredChange { id, change: serde_json::from_str(&body).map_err(json_err)? }));
+            let (t, id, body, inferred) = row.map_err(db_err)?;
+            out.push((
+                t,
+                StoredChange { id, inferred: inferred != 0, change: serde_json::from_str(&body).map_err(json_err)? },
+            ));
         }
         Ok(out)
     }
+}
+
+/// The changes (id, body) of one version of a service, in any environment;
+/// only inferred ones with `inferred_only`.
+fn same_version(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &Tenant,
+    service: &str,
+    version: &str,
+    inferred_only: bool,
+) -> Result<Vec<(String, String)>, RcaError> {
+    let mut st = tx
+        .prepare("SELECT id, body FROM changes WHERE tenant = ?1 AND service = ?2 AND (?3 = 0 OR inferred = 1)")
+        .map_err(db_err)?;
+    let rows = st
+        .query_map(params![tenant.as_str(), service, i64::from(inferred_only)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, body) = row.map_err(db_err)?;
+        let c: ChangeEvent = serde_json::from_str(&body).map_err(json_err)?;
+        if c.version == version {
+            out.push((id, body));
+        }
+    }
+    Ok(out)
 }
 
 /// `old` updated by `new`: new values win, missing ones are kept, gates are
@@ -224,6 +303,7 @@ impl andon_store::ExtraTable for ChangesTable {
             Field::new("title", DataType::Utf8, true),
             Field::new("author", DataType::Utf8, true),
             Field::new("gates", DataType::Utf8, false),
+            Field::new("inferred", DataType::Boolean, false),
         ]));
         let s = |f: &dyn Fn(&(String, StoredChange)) -> Option<String>| -> ArrayRef {
             Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
@@ -248,6 +328,7 @@ impl andon_store::ExtraTable for ChangesTable {
             s(&|(_, c)| c.change.title.clone()),
             s(&|(_, c)| c.change.author.clone()),
             s(&|(_, c)| Some(serde_json::to_string(&c.change.gates).unwrap_or_default())),
+            Arc::new(arrow::array::BooleanArray::from(rows.iter().map(|(_, c)| c.inferred).collect::<Vec<_>>())),
         ];
         let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)?;
         Ok(Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?))
@@ -294,6 +375,30 @@ mod tests {
         assert_eq!(db.list(Some(&t), &f).unwrap().len(), 1);
         let f = ChangeFilter { service: Some("cart".into()), since: None };
         assert_eq!(db.list(Some(&t), &f).unwrap()[0].1.change.version, "2.0.0");
+        // A version seen in spans first, then posted by its pipeline, is one change.
+        let seen = change(serde_json::json!({
+            "service": "cart", "version": "2.1.0", "deployed_at": "2026-11-21T10:00:05Z", "commit": "abcdef1234"
+        }));
+        let inferred = db.infer(&t, seen.clone()).unwrap().unwrap();
+        assert_eq!(db.infer(&t, seen).unwrap(), None, "inferred once");
+        assert!(
+            db.list(Some(&t), &ChangeFilter::default()).unwrap().iter().any(|(_, c)| c.id == inferred && c.inferred)
+        );
+        let posted = change(serde_json::json!({
+            "service": "cart", "version": "2.1.0", "environment": "production",
+            "deployed_at": "2026-11-21T10:00:00Z", "pr": 88
+        }));
+        db.add(&t, posted).unwrap();
+        let carts: Vec<_> = db
+            .list(Some(&t), &ChangeFilter { service: Some("cart".into()), since: None })
+            .unwrap()
+            .into_iter()
+            .filter(|(_, c)| c.change.version == "2.1.0")
+            .collect();
+        assert_eq!(carts.len(), 1, "{carts:?}");
+        let c = &carts[0].1;
+        assert!(!c.inferred);
+        assert_eq!((c.change.commit.as_deref(), c.change.pr), (Some("abcdef1234"), Some(88)));
         // Another tenant's lineage is its own.
         assert!(db.list(Some(&Tenant::new("other").unwrap()), &ChangeFilter::default()).unwrap().is_empty());
     }

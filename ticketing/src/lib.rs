@@ -22,7 +22,7 @@
 pub mod config;
 pub mod db;
 pub mod draft;
-pub mod markdown;
+pub use andon_model::markdown;
 pub mod outbox;
 pub mod redact;
 pub mod sink;

@@ -1,0 +1,716 @@
+//! Localization: which (service, operation) the incident's extra time or extra
+//! failures come from, read from the call trees of sampled traces.
+//!
+//! Every span's time is split three ways and each part is charged to whoever
+//! spends it:
+//! - **self time**: a span's duration minus the union of its children's
+//!   intervals (clipped to it, so parallel calls are not counted twice). A slow
+//!   callee's time is its own; the callers waiting on it only carry it in their
+//!   children, so they are not blamed.
+//! - **network**: a client span's duration minus its server child's: the hop.
+//!   The hop's growth is charged to the endpoint all of whose hops grew (the
+//!   callee when every caller waits longer for it, the caller when every call it
+//!   makes is slower), which tells a slow network path apart from a slow service.
+//! - **dependencies**: a client span with no traced server beneath it (a
+//!   database, an external API) is time the calling service spends waiting on it.
+//!
+//! Failures start at an error span with no failing span beneath it.
+//!
+//! Each (service, operation) is compared per call between the baseline and the
+//! incident (Mann–Whitney on self time, a proportion test on failures), scaled by
+//! how often a request calls it, so a suspect's score is the share of the extra
+//! time (or failures) per request it explains.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use andon_analysis::sql::{self, lit};
+use andon_analysis::stats::{self, Histogram};
+use andon_model::format::ms;
+use andon_model::{Suspect, SuspectCause, Tenant, TimeWindow};
+use andon_store::QueryEngine;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int64Type};
+use chrono::Duration;
+
+use crate::RcaError;
+
+/// How much of each window to read.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalizeLimits {
+    /// Traces sampled per window.
+    pub traces: usize,
+    /// Significance a change must reach (after Benjamini–Hochberg) to count.
+    pub fdr: f64,
+}
+
+impl Default for LocalizeLimits {
+    fn default() -> Self {
+        Self { traces: 2000, fdr: 0.01 }
+    }
+}
+
+/// The spans of sampled traces whose root starts in the window. With `through`,
+/// only traces that pass through that service.
+pub fn sample_query(w: &TimeWindow, traces: usize, through: Option<&str>) -> String {
+    let (from, to) = (sql::ts(w.start), sql::ts(w.end));
+    let slack_from = sql::ts(w.start - Duration::minutes(10));
+    let slack_to = sql::ts(w.end + Duration::minutes(10));
+    let through = through
+        .map(|s| {
+            format!(
+                "\n      AND trace_id IN (SELECT trace_id FROM spans WHERE service_name = {} \
+                 AND start_time >= {from} AND start_time < {slack_to})",
+                lit(s)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "WITH picked AS (\n    SELECT trace_id FROM spans\n    WHERE start_time >= {from} AND start_time < {to}\n      \
+         AND (parent_span_id IS NULL OR parent_span_id = ''){through}\n    GROUP BY trace_id ORDER BY trace_id LIMIT {traces}\n)\n\
+         SELECT s.trace_id, s.span_id, s.parent_span_id, s.service_name AS service, {op} AS operation, s.kind,\n       \
+         s.status_code, CAST(s.start_time AS BIGINT) AS t0, CAST(s.end_time AS BIGINT) AS t1\n\
+         FROM spans s JOIN picked p ON s.trace_id = p.trace_id\n\
+         WHERE s.start_time >= {slack_from} AND s.start_time < {slack_to}",
+        op = sql::OPERATION,
+    )
+}
+
+/// Exact failure counts over the whole window, not a sample: failures are
+/// rarer than slow calls, and a sample of traces can miss them. Per (service,
+/// operation, kind): calls, failures that start there (no failing child), and
+/// the roots with their failures.
+pub fn failures_query(w: &TimeWindow) -> String {
+    let (from, to) = (sql::ts(w.start), sql::ts(w.end));
+    let slack_to = sql::ts(w.end + Duration::minutes(10));
+    format!(
+        "WITH failing_parent AS (\n    SELECT DISTINCT trace_id, parent_span_id FROM spans\n    \
+         WHERE start_time >= {from} AND start_time < {slack_to} AND status_code = 'error'\n      \
+         AND parent_span_id IS NOT NULL AND parent_span_id <> ''\n)\n\
+         SELECT s.service_name AS service, {op} AS operation, s.kind, count(*) AS calls,\n       \
+         sum(CASE WHEN s.status_code = 'error' AND f.parent_span_id IS NULL THEN 1 ELSE 0 END) AS origins,\n       \
+         sum(CASE WHEN s.parent_span_id IS NULL OR s.parent_span_id = '' THEN 1 ELSE 0 END) AS roots,\n       \
+         sum(CASE WHEN (s.parent_span_id IS NULL OR s.parent_span_id = '') AND s.status_code = 'error' THEN 1 ELSE 0 END) \
+         AS root_errors\n\
+         FROM spans s LEFT JOIN failing_parent f ON f.trace_id = s.trace_id AND f.parent_span_id = s.span_id\n\
+         WHERE s.start_time >= {from} AND s.start_time < {to}\nGROUP BY 1, 2, 3",
+        op = sql::OPERATION,
+    )
+}
+
+/// Exact failure counts of one window.
+#[derive(Debug, Default)]
+pub struct Failures {
+    stats: BTreeMap<Key, Stat>,
+    root: Stat,
+}
+
+impl Failures {
+    pub fn from_rows(rows: &andon_analysis::sql::Rows) -> Self {
+        let mut f = Failures::default();
+        for r in rows.iter() {
+            let (Some(service), Some(operation)) = (r.str("service"), r.str("operation")) else { continue };
+            let (service, operation): (Arc<str>, Arc<str>) = (Arc::from(service), Arc::from(operation));
+            let key = if r.str("kind").as_deref() == Some("client") {
+                Key::Dependency { service, operation }
+            } else {
+                Key::Own { service, operation }
+            };
+            let st = f.stats.entry(key).or_default();
+            st.calls += r.u64("calls");
+            st.errors += r.u64("origins");
+            f.root.calls += r.u64("roots");
+            f.root.errors += r.u64("root_errors");
+        }
+        f
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Span {
+    id: Arc<str>,
+    parent: Option<Arc<str>>,
+    service: Arc<str>,
+    operation: Arc<str>,
+    kind: Kind,
+    err: bool,
+    t0: i64,
+    t1: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Server,
+    Client,
+    Other,
+}
+
+/// Where a part of a request's time or failures is charged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Key {
+    /// A span's own work.
+    Own { service: Arc<str>, operation: Arc<str> },
+    /// Waiting on a dependency that has no traced server.
+    Dependency { service: Arc<str>, operation: Arc<str> },
+    /// The hop of a client span in `caller` to `callee`'s server span.
+    Hop { caller: Arc<str>, callee: Arc<str>, operation: Arc<str> },
+}
+
+#[derive(Debug, Default, Clone)]
+struct Stat {
+    calls: u64,
+    sum_ms: f64,
+    hist: Histogram,
+    errors: u64,
+    /// The largest values seen, with their trace.
+    top: Vec<(f64, u32)>,
+}
+
+impl Stat {
+    fn add(&mut self, ms: f64, trace: u32) {
+        self.calls += 1;
+        self.sum_ms += ms;
+        *self.hist.entry(bucket(ms)).or_default() += 1;
+        if self.top.len() < 3 || ms > self.top[self.top.len() - 1].0 {
+            if self.top.iter().all(|(_, t)| *t != trace) {
+                self.top.push((ms, trace));
+            }
+            self.top.sort_by(|a, b| b.0.total_cmp(&a.0));
+            self.top.truncate(3);
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        if self.calls == 0 { 0.0 } else { self.sum_ms / self.calls as f64 }
+    }
+}
+
+/// Log-spaced buckets about 5% apart; 0 for anything under 10 µs.
+fn bucket(ms: f64) -> i64 {
+    if ms < 0.01 { 0 } else { ((ms * 100.0).ln() * 20.0).round() as i64 + 1 }
+}
+
+/// One window's traces, broken down by where their time and failures go.
+#[derive(Debug, Default)]
+pub struct Profile {
+    pub traces: usize,
+    trace_ids: Vec<String>,
+    stats: BTreeMap<Key, Stat>,
+    root: Stat,
+    /// (caller, callee) services seen calling each other.
+    edges: std::collections::BTreeSet<(Arc<str>, Arc<str>)>,
+}
+
+impl Profile {
+    pub fn from_batches(batches: &[RecordBatch]) -> Result<Self, RcaError> {
+        let mut interner: HashMap<String, Arc<str>> = HashMap::new();
+        let mut intern = |s: &str| -> Arc<str> {
+            if let Some(a) = interner.get(s) {
+                return a.clone();
+            }
+            let a: Arc<str> = Arc::from(s);
+            interner.insert(s.to_owned(), a.clone());
+            a
+        };
+        let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
+        for b in batches {
+            let col = |name: &str| -> Result<arrow::array::ArrayRef, RcaError> {
+                let i = b.schema().index_of(name).map_err(|e| RcaError::Query(e.to_string()))?;
+                Ok(b.column(i).clone())
+            };
+            let text = |name: &str| -> Result<arrow::array::ArrayRef, RcaError> {
+                arrow::compute::cast(&col(name)?, &DataType::Utf8).map_err(|e| RcaError::Query(e.to_string()))
+            };
+            let int = |name: &str| -> Result<arrow::array::ArrayRef, RcaError> {
+                arrow::compute::cast(&col(name)?, &DataType::Int64).map_err(|e| RcaError::Query(e.to_string()))
+            };
+            let (trace, id, parent, service, op, kind, status) = (
+                text("trace_id")?,
+                text("span_id")?,
+                text("parent_span_id")?,
+                text("service")?,
+                text("operation")?,
+                text("kind")?,
+                text("status_code")?,
+            );
+            let (t0, t1) = (int("t0")?, int("t1")?);
+            let (trace, id, parent, service, op, kind, status) = (
+                trace.as_string::<i32>(),
+                id.as_string::<i32>(),
+                parent.as_string::<i32>(),
+                service.as_string::<i32>(),
+                op.as_string::<i32>(),
+                kind.as_string::<i32>(),
+                status.as_string::<i32>(),
+            );
+            let (t0, t1) = (t0.as_primitive::<Int64Type>(), t1.as_primitive::<Int64Type>());
+            for i in 0..b.num_rows() {
+                if trace.is_null(i) || id.is_null(i) || t0.is_null(i) || t1.is_null(i) {
+                    continue;
+                }
+                let parent = (!parent.is_null(i) && !parent.value(i).is_empty()).then(|| intern(parent.value(i)));
+                let span = Span {
+                    id: intern(id.value(i)),
+                    parent,
+                    service: intern(if service.is_null(i) { "unknown" } else { service.value(i) }),
+                    operation: intern(if op.is_null(i) { "" } else { op.value(i) }),
+                    kind: match (!kind.is_null(i)).then(|| kind.value(i)) {
+                        Some("server") => Kind::Server,
+                        Some("client") => Kind::Client,
+                        _ => Kind::Other,
+                    },
+                    err: !status.is_null(i) && status.value(i) == "error",
+                    t0: t0.value(i),
+                    t1: t1.value(i).max(t0.value(i)),
+                };
+                by_trace.entry(trace.value(i).to_owned()).or_default().push(span);
+            }
+        }
+        let mut p = Profile { traces: by_trace.len(), ..Profile::default() };
+        for (n, (trace_id, spans)) in by_trace.into_iter().enumerate() {
+            p.trace_ids.push(trace_id);
+            p.add_trace(&spans, n as u32);
+        }
+        Ok(p)
+    }
+
+    fn add_trace(&mut self, spans: &[Span], trace: u32) {
+        let index: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (&*s.id, i)).collect();
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+        let mut roots = Vec::new();
+        for (i, s) in spans.iter().enumerate() {
+            match s.parent.as_deref().and_then(|p| index.get(p)) {
+                Some(&p) if p != i => children[p].push(i),
+                _ => roots.push(i),
+            }
+        }
+        // A failure starts at an error span with no failing span beneath it.
+        let mut failing_below = vec![false; spans.len()];
+        let mut order = Vec::with_capacity(spans.len());
+        let mut stack: Vec<usize> = roots.clone();
+        let mut seen = vec![false; spans.len()];
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            order.push(i);
+            stack.extend(children[i].iter().copied());
+        }
+        for &i in order.iter().rev() {
+            failing_below[i] = children[i].iter().any(|&c| spans[c].err || failing_below[c]);
+        }
+        for &r in &roots {
+            if spans[r].parent.is_none() {
+                let s = &spans[r];
+                self.root.add((s.t1 - s.t0) as f64 / 1e6, trace);
+                if s.err {
+                    self.root.errors += 1;
+                }
+            }
+        }
+        for (i, s) in spans.iter().enumerate() {
+            for &c in &children[i] {
+                if spans[c].service != s.service {
+                    self.edges.insert((s.service.clone(), spans[c].service.clone()));
+                }
+            }
+        }
+        for &i in &order {
+            let s = &spans[i];
+            let origin = s.err && !failing_below[i];
+            let servers: Vec<usize> = children[i].iter().copied().filter(|&c| spans[c].kind == Kind::Server).collect();
+            if s.kind == Kind::Client && !servers.is_empty() {
+                let waited = covered(s, servers.iter().map(|&c| &spans[c]));
+                let hop_ms = ((s.t1 - s.t0) - waited).max(0) as f64 / 1e6;
+                let callee = &spans[servers[0]];
+                let key = Key::Hop {
+                    caller: s.service.clone(),
+                    callee: callee.service.clone(),
+                    operation: callee.operation.clone(),
+                };
+                let st = self.stats.entry(key).or_default();
+                st.add(hop_ms, trace);
+                if origin {
+                    st.errors += 1;
+                }
+                continue;
+            }
+            let own = ((s.t1 - s.t0) - covered(s, children[i].iter().map(|&c| &spans[c]))).max(0) as f64 / 1e6;
+            let key = if s.kind == Kind::Client {
+                Key::Dependency { service: s.service.clone(), operation: s.operation.clone() }
+            } else {
+                Key::Own { service: s.service.clone(), operation: s.operation.clone() }
+            };
+            let st = self.stats.entry(key).or_default();
+            st.add(own, trace);
+            if origin {
+                st.errors += 1;
+            }
+        }
+    }
+}
+
+/// How much of `parent`'s interval its children cover, overlaps merged.
+fn covered<'a>(parent: &Span, children: impl Iterator<Item = &'a Span>) -> i64 {
+    let mut iv: Vec<(i64, i64)> =
+        children.map(|c| (c.t0.max(parent.t0), c.t1.min(parent.t1))).filter(|(a, b)| b > a).collect();
+    iv.sort_unstable();
+    let (mut total, mut end) = (0i64, i64::MIN);
+    for (a, b) in iv {
+        let a = a.max(end);
+        if b > a {
+            total += b - a;
+        }
+        end = end.max(b);
+    }
+    total
+}
+
+/// Which channel the incident shows in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Latency,
+    Errors,
+}
+
+/// The suspects, and what the requests as a whole did.
+#[derive(Debug, Clone)]
+pub struct Localization {
+    pub channel: Channel,
+    pub suspects: Vec<Suspect>,
+    /// Mean request (root span) duration, baseline and incident, in ms.
+    pub root_ms: (f64, f64),
+    /// Share of requests whose root span failed, baseline and incident.
+    pub root_error_rate: (f64, f64),
+    pub traces: (usize, usize),
+    /// (caller, callee) services in the incident's traces.
+    pub edges: Vec<(String, String)>,
+}
+
+impl Localization {
+    /// Every service upstream of `service` in the incident's traces, nearest first.
+    pub fn callers_of(&self, service: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut frontier = vec![service.to_owned()];
+        while let Some(s) = frontier.pop() {
+            for (caller, callee) in &self.edges {
+                if *callee == s && caller != service && !out.contains(caller) {
+                    out.push(caller.clone());
+                    frontier.insert(0, caller.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Delta {
+    key: Key,
+    /// Extra ms (or failures) per request explained here.
+    per_request: f64,
+    p: f64,
+    base: f64,
+    cur: f64,
+    calls: (u64, u64),
+    exemplars: Vec<String>,
+}
+
+/// Ranks suspects from the two windows' profiles. `channel` forces the metric
+/// (from the finding that opened the incident); otherwise the requests decide.
+pub fn rank(
+    base: &Profile,
+    cur: &Profile,
+    failures: Option<(&Failures, &Failures)>,
+    channel: Option<Channel>,
+    limits: &LocalizeLimits,
+) -> Localization {
+    let root_ms = (base.root.mean(), cur.root.mean());
+    let rate = |s: &Stat| if s.calls == 0 { 0.0 } else { s.errors as f64 / s.calls as f64 };
+    let (base_roots, cur_roots) = match failures {
+        Some((b, c)) => (&b.root, &c.root),
+        None => (&base.root, &cur.root),
+    };
+    let root_error_rate = (rate(base_roots), rate(cur_roots));
+    let per_trace = |calls: u64| calls as f64 / cur.traces.max(1) as f64;
+    let exemplars = |st: &Stat| st.top.iter().map(|(_, t)| cur.trace_ids[*t as usize].clone()).collect::<Vec<_>>();
+    let empty = Stat::default();
+    let mut latency = Vec::new();
+    let mut errors = Vec::new();
+    // Failures: exact counts when given, else the sample's.
+    let (fb, fc, per_root): (&BTreeMap<Key, Stat>, &BTreeMap<Key, Stat>, f64) = match failures {
+        Some((b, c)) => (&b.stats, &c.stats, 1.0 / c.root.calls.max(1) as f64),
+        None => (&base.stats, &cur.stats, 1.0 / cur.traces.max(1) as f64),
+    };
+    for (key, c) in fc {
+        if c.errors == 0 {
+            continue;
+        }
+        let b = fb.get(key).unwrap_or(&empty);
+        let p = stats::proportion_greater(b.errors, b.calls.max(1), c.errors, c.calls).map_or(1.0, |t| t.p_value);
+        let exemplars = cur.stats.get(key).map(exemplars).unwrap_or_default();
+        errors.push(Delta {
+            key: key.clone(),
+            per_request: (rate(c) - rate(b)) * c.calls as f64 * per_root,
+            p,
+            base: rate(b),
+            cur: rate(c),
+            calls: (b.calls, c.calls),
+            exemplars,
+        });
+    }
+    for (key, c) in &cur.stats {
+        let b = base.stats.get(key).unwrap_or(&empty);
+        // Time: per call, scaled by calls per request.
+        let p = if b.calls == 0 {
+            if c.calls >= 5 { 0.0 } else { 1.0 }
+        } else {
+            stats::mann_whitney(&b.hist, &c.hist, 0.95).map_or(1.0, |t| t.p_value)
+        };
+        latency.push(Delta {
+            key: key.clone(),
+            per_request: (c.mean() - b.mean()) * per_trace(c.calls),
+            p,
+            base: b.mean(),
+            cur: c.mean(),
+            calls: (b.calls, c.calls),
+            exemplars: exemplars(c),
+        });
+    }
+    let significant = |mut v: Vec<Delta>| {
+        let q = stats::benjamini_hochberg(&v.iter().map(|d| d.p).collect::<Vec<_>>());
+        let mut keep: Vec<Delta> =
+            v.drain(..).zip(q).filter(|(d, q)| *q < limits.fdr && d.per_request > 0.0).map(|(d, _)| d).collect();
+        keep.sort_by(|a, b| b.per_request.total_cmp(&a.per_request));
+        keep
+    };
+    let latency = significant(latency);
+    let errors = significant(errors);
+    // The requests decide the channel unless the opener did: slower requests
+    // make it a latency incident, otherwise failures that rose do.
+    let channel = channel.unwrap_or_else(|| {
+        let slower = stats::mann_whitney(&base.root.hist, &cur.root.hist, 0.95)
+            .is_some_and(|t| t.p_value < 1e-3 && root_ms.1 > root_ms.0 * 1.1);
+        if !slower && !errors.is_empty() { Channel::Errors } else { Channel::Latency }
+    });
+    let hops = hop_owners(base, cur, &latency);
+    let (primary, secondary) = match channel {
+        Channel::Latency => (&latency, &errors),
+        Channel::Errors => (&errors, &latency),
+    };
+    let mut suspects: BTreeMap<(String, String), Suspect> = BTreeMap::new();
+    for (deltas, weight, is_latency) in
+        [(primary, 1.0, channel == Channel::Latency), (secondary, 0.3, channel == Channel::Errors)]
+    {
+        let total: f64 = deltas.iter().map(|d| d.per_request).sum();
+        if total <= 0.0 {
+            continue;
+        }
+        for d in deltas {
+            let share = d.per_request / total * weight;
+            let s = suspect(d, share, is_latency, &hops, cur);
+            let k = (s.service.clone(), s.operation.clone());
+            match suspects.get_mut(&k) {
+                Some(prev) if prev.score >= s.score => prev.score = (prev.score + s.score * 0.1).min(1.0),
+                _ => {
+                    suspects.insert(k, s);
+                }
+            }
+        }
+    }
+    let mut suspects: Vec<Suspect> = suspects.into_values().collect();
+    suspects.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.service.cmp(&b.service)));
+    suspects.truncate(10);
+    let edges = cur.edges.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    Localization { channel, suspects, root_ms, root_error_rate, traces: (base.traces, cur.traces), edges }
+}
+
+/// For each service, the share of its hops (by calls) whose time grew
+/// significantly: incoming as a callee, outgoing as a caller. A hop's growth is
+/// charged to the endpoint whose hops all grew.
+#[derive(Debug, Default)]
+struct HopOwners {
+    inbound: HashMap<Arc<str>, f64>,
+    outbound: HashMap<Arc<str>, f64>,
+}
+
+fn hop_owners(_base: &Profile, cur: &Profile, latency: &[Delta]) -> HopOwners {
+    let grew: std::collections::HashSet<&Key> = latency.iter().map(|d| &d.key).collect();
+    let mut totals: HashMap<(bool, Arc<str>), (u64, u64)> = HashMap::new();
+    for (key, st) in &cur.stats {
+        if let Key::Hop { caller, callee, .. } = key {
+            let g = if grew.contains(key) { st.calls } else { 0 };
+            for side in [(true, callee.clone()), (false, caller.clone())] {
+                let e = totals.entry(side).or_default();
+                e.0 += g;
+                e.1 += st.calls;
+            }
+        }
+    }
+    let mut owners = HopOwners::default();
+    for ((inbound, service), (g, n)) in totals {
+        let share = g as f64 / n.max(1) as f64;
+        if inbound {
+            owners.inbound.insert(service, share);
+        } else {
+            owners.outbound.insert(service, share);
+        }
+    }
+    owners
+}
+
+fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile) -> Suspect {
+    let mut numbers = BTreeMap::new();
+    numbers.insert("calls_baseline".to_owned(), d.calls.0 as f64);
+    numbers.insert("calls_incident".to_owned(), d.calls.1 as f64);
+    numbers.insert("p_value".to_owned(), d.p);
+    let per_req = d.calls.1 as f64 / cur.traces.max(1) as f64;
+    numbers.insert("calls_per_request".to_owned(), per_req);
+    let (service, operation, cause, reason) = match (&d.key, latency) {
+        (Key::Own { service, operation }, true) => {
+            numbers.insert("self_ms_baseline".into(), d.base);
+            numbers.insert("self_ms_incident".into(), d.cur);
+            (
+                service,
+                operation,
+                SuspectCause::SelfTime,
+                format!(
+                    "its own time per call rose from {} to {} ({} calls per request), {} more per request; \
+                     the time its callers wait on it is not counted against them",
+                    ms(d.base),
+                    ms(d.cur),
+                    round2(per_req),
+                    ms(d.per_request)
+                ),
+            )
+        }
+        (Key::Dependency { service, operation }, true) => {
+            numbers.insert("wait_ms_baseline".into(), d.base);
+            numbers.insert("wait_ms_incident".into(), d.cur);
+            (
+                service,
+                operation,
+                SuspectCause::SelfTime,
+                format!(
+                    "it waits on {operation}, a call with no traced server, {} per call instead of {}; {} more per request",
+                    ms(d.cur),
+                    ms(d.base),
+                    ms(d.per_request)
+                ),
+            )
+        }
+        (Key::Hop { caller, callee, operation }, true) => {
+            numbers.insert("hop_ms_baseline".into(), d.base);
+            numbers.insert("hop_ms_incident".into(), d.cur);
+            let inbound = hops.inbound.get(callee).copied().unwrap_or(0.0);
+            let outbound = hops.outbound.get(caller).copied().unwrap_or(0.0);
+            numbers.insert("callee_hops_grown_share".into(), inbound);
+            numbers.insert("caller_hops_grown_share".into(), outbound);
+            if outbound > inbound {
+                (
+                    caller,
+                    operation,
+                    SuspectCause::Network,
+                    format!(
+                        "calls from {caller} to {callee} spend {} between client and server instead of {} \
+                         while {callee} itself is no slower; {:.0}% of {caller}'s outgoing calls slowed this way, \
+                         only {:.0}% of {callee}'s incoming ones: the path out of {caller} is slow",
+                        ms(d.cur),
+                        ms(d.base),
+                        outbound * 100.0,
+                        inbound * 100.0
+                    ),
+                )
+            } else {
+                (
+                    callee,
+                    operation,
+                    SuspectCause::Network,
+                    format!(
+                        "callers wait {} between their client span and its server span instead of {} \
+                         ({caller} → {callee}), {} more per request; {:.0}% of the calls into {callee} slowed \
+                         this way, so the hop to it is slow, not the callers",
+                        ms(d.cur),
+                        ms(d.base),
+                        ms(d.per_request),
+                        inbound * 100.0
+                    ),
+                )
+            }
+        }
+        (Key::Own { service, operation } | Key::Dependency { service, operation }, false) => {
+            numbers.insert("error_rate_baseline".into(), d.base);
+            numbers.insert("error_rate_incident".into(), d.cur);
+            (
+                service,
+                operation,
+                SuspectCause::Errors,
+                format!(
+                    "failures start here: {:.1}% of its calls fail with nothing failing beneath them, against \
+                     {:.1}% before",
+                    d.cur * 100.0,
+                    d.base * 100.0
+                ),
+            )
+        }
+        (Key::Hop { caller, callee, operation }, false) => {
+            numbers.insert("error_rate_baseline".into(), d.base);
+            numbers.insert("error_rate_incident".into(), d.cur);
+            (
+                callee,
+                operation,
+                SuspectCause::Network,
+                format!(
+                    "{:.1}% of calls from {caller} fail on the way to {callee} while its server span succeeds \
+                     (against {:.1}% before)",
+                    d.cur * 100.0,
+                    d.base * 100.0
+                ),
+            )
+        }
+    };
+    Suspect {
+        service: service.to_string(),
+        operation: operation.to_string(),
+        score: round2(score.clamp(0.0, 1.0)),
+        reason,
+        cause,
+        numbers,
+        exemplar_trace_ids: d.exemplars.clone(),
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Samples both windows and ranks suspects.
+pub async fn localize(
+    engine: &QueryEngine,
+    tenant: &Tenant,
+    baseline: &TimeWindow,
+    incident: &TimeWindow,
+    through: Option<&str>,
+    channel: Option<Channel>,
+    limits: &LocalizeLimits,
+) -> Result<(Localization, Vec<String>), RcaError> {
+    let mut queries = Vec::new();
+    let mut profiles = Vec::new();
+    let mut failures = Vec::new();
+    for w in [baseline, incident] {
+        let q = sample_query(w, limits.traces, through);
+        let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
+        profiles.push(Profile::from_batches(&out.batches)?);
+        queries.push(q);
+        let q = failures_query(w);
+        let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
+        failures.push(Failures::from_rows(&andon_analysis::sql::Rows::new(out.batches)));
+        queries.push(q);
+    }
+    let cur = profiles.pop().unwrap_or_default();
+    let base = profiles.pop().unwrap_or_default();
+    // A hint narrows the sample to traces through one service; the exact
+    // failure counts cover every trace, so they are used only without one.
+    let exact = through.is_none().then(|| (&failures[0], &failures[1]));
+    Ok((rank(&base, &cur, exact, channel, limits), queries))
+}
