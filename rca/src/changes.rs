@@ -194,6 +194,37 @@ impl ChangesDb {
         Ok(Some(id))
     }
 
+    /// One change by id.
+    pub fn get(&self, tenant: &Tenant, id: &str) -> Result<Option<StoredChange>, RcaError> {
+        let row: Option<(String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT body, inferred FROM changes WHERE tenant = ?1 AND id = ?2",
+                params![tenant.as_str(), id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        row.map(|(body, inferred)| {
+            Ok(StoredChange {
+                id: id.to_owned(),
+                inferred: inferred != 0,
+                change: serde_json::from_str(&body).map_err(json_err)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores what enrichment filled in, keeping the change's id and origin.
+    pub fn enriched(&self, tenant: &Tenant, id: &str, c: &ChangeEvent) -> Result<(), RcaError> {
+        validate(c)?;
+        let body = serde_json::to_string(c).map_err(json_err)?;
+        self.conn()
+            .execute("UPDATE changes SET body = ?3 WHERE tenant = ?1 AND id = ?2", params![tenant.as_str(), id, body])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     /// Changes of `tenant` (of every tenant when `None`), newest first.
     pub fn list(&self, tenant: Option<&Tenant>, f: &ChangeFilter) -> Result<Vec<(String, StoredChange)>, RcaError> {
         let conn = self.conn();

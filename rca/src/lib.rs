@@ -1,12 +1,19 @@
 //! Root-cause analysis, from an incident back to the change that caused it.
 //!
-//! So far this crate holds the change lineage: deploys and the evidence their
-//! gates produced ([`changes`]), recorded through `POST /api/v1/changes` and
-//! queryable as the `changes` table beside `spans`. Incidents, localization
-//! and reports build on it.
+//! - [`changes`]: the change lineage, deploys and the evidence their gates
+//!   produced, posted (`POST /api/v1/changes`) or inferred from a new
+//!   `service.version` in spans ([`link::infer_versions`]), optionally filled
+//!   in from GitHub ([`github`]); queryable as the `changes` table.
+//! - [`run::Rca`] runs an incident's analysis: [`localize`] ranks suspects
+//!   from the call trees, [`onset`] measures the signature and its onset,
+//!   [`link`] ties it to a change with a confidence, [`gates`] holds the
+//!   change's gates against production, and a [`Narrator`] writes the
+//!   narrative. [`incidents`] stores incidents and finds similar ones;
+//!   [`report`] renders Markdown and HTML.
 
 pub mod changes;
 pub mod gates;
+pub mod github;
 pub mod incidents;
 pub mod link;
 pub mod localize;
@@ -18,7 +25,7 @@ pub mod run;
 pub use changes::{ChangeFilter, ChangesDb, ChangesTable, StoredChange};
 pub use incidents::IncidentsDb;
 pub use narrate::{Narrator, TemplateNarrator};
-pub use run::{Hints, OpenIncident, Rca};
+pub use run::{Hints, OpenIncident, Rca, RcaConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RcaError {

@@ -33,39 +33,53 @@ impl Default for Tolerance {
     }
 }
 
-/// Versions of `services` first seen in spans in the range: these are deploys,
-/// whether or not a pipeline reported them. Recorded in the lineage as inferred.
+/// Versions first seen in spans in `[from, to)` that did not serve in the
+/// `lookback` before `from` (of `services`, or of every service): these are
+/// deploys, whether or not a pipeline reported them. Each is recorded in the
+/// lineage as inferred, unless that version is already there.
 pub async fn infer_versions(
     engine: &QueryEngine,
     tenant: &Tenant,
     changes: &ChangesDb,
-    services: &[String],
+    services: Option<&[String]>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<String, RcaError> {
-    let list = services.iter().map(|s| lit(s)).collect::<Vec<_>>().join(", ");
+    lookback: Duration,
+) -> Result<(String, Vec<String>), RcaError> {
+    let only = services
+        .map(|list| {
+            let list = list.iter().map(|s| lit(s)).collect::<Vec<_>>().join(", ");
+            format!(" AND service_name IN ({list})")
+        })
+        .unwrap_or_default();
     let q = format!(
-        "SELECT service_name AS service, service_version AS version, CAST(min(start_time) AS BIGINT) AS first_seen,\n       \
-         max(vcs_ref_head_revision) AS commit, max(vcs_change_id) AS pr, max(vcs_repository_url_full) AS repository\n\
-         FROM spans\nWHERE start_time >= {} AND start_time < {} AND service_version IS NOT NULL AND service_name IN ({list})\n\
-         GROUP BY service_name, service_version",
-        sql::ts(from),
-        sql::ts(to)
+        "WITH seen AS (\n    SELECT service_name AS service, service_version AS version, min(start_time) AS first_seen,\n           \
+         max(vcs_ref_head_revision) AS commit, max(vcs_change_id) AS pr, max(vcs_repository_url_full) AS repository\n    \
+         FROM spans\n    WHERE start_time >= {from} AND start_time < {to} AND service_version IS NOT NULL{only}\n    \
+         GROUP BY service_name, service_version\n), before AS (\n    \
+         SELECT DISTINCT service_name AS service, service_version AS version FROM spans\n    \
+         WHERE start_time >= {back} AND start_time < {from} AND service_version IS NOT NULL{only}\n)\n\
+         SELECT seen.service, seen.version, CAST(seen.first_seen AS BIGINT) AS first_seen, seen.commit, seen.pr, seen.repository\n\
+         FROM seen LEFT JOIN before ON seen.service = before.service AND seen.version = before.version\n\
+         WHERE before.service IS NULL",
+        from = sql::ts(from),
+        to = sql::ts(to),
+        back = sql::ts(from - lookback),
     );
-    if services.is_empty() {
-        return Ok(q);
+    if services.is_some_and(<[String]>::is_empty) {
+        return Ok((q, Vec::new()));
     }
+    let mut recorded = Vec::new();
     let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
-    // A version already serving at the start of the range may be old; only
-    // versions that appear inside it are deploys.
+    // A version serving from the first minute of the range may be older than
+    // the data (the lookback can reach before the first span): not a deploy.
     let settled = from + Duration::minutes(1);
     for r in Rows::new(out.batches).iter() {
         let (Some(service), Some(version), Some(first)) = (r.str("service"), r.str("version"), r.i64("first_seen"))
         else {
             continue;
         };
-        let first_seen = DateTime::from_timestamp_nanos(first);
-        if first_seen <= settled {
+        if DateTime::from_timestamp_nanos(first) <= settled {
             continue;
         }
         let commit = r.str("commit").filter(|c| c.len() >= 7 && c.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -75,7 +89,7 @@ pub async fn infer_versions(
             service,
             version,
             environment: None,
-            deployed_at: first_seen,
+            deployed_at: DateTime::from_timestamp_nanos(first),
             commit,
             repository,
             pr,
@@ -84,9 +98,11 @@ pub async fn infer_versions(
             gates: Vec::new(),
         };
         // A malformed inference is skipped, not fatal to the analysis.
-        let _ = changes.infer(tenant, event);
+        if let Ok(Some(id)) = changes.infer(tenant, event) {
+            recorded.push(id);
+        }
     }
-    Ok(q)
+    Ok((q, recorded))
 }
 
 /// What the candidates were and why the best one won.
@@ -221,8 +237,17 @@ pub async fn link(
         }
     }
     let mut queries = vec![
-        infer_versions(engine, tenant, changes, &services, anchor - tol.before - Duration::hours(1), incident.end)
-            .await?,
+        infer_versions(
+            engine,
+            tenant,
+            changes,
+            Some(&services),
+            anchor - tol.before - Duration::minutes(10),
+            incident.end,
+            Duration::hours(1),
+        )
+        .await?
+        .0,
     ];
     let mut considered = Vec::new();
     let mut best: Option<ImplicatedChange> = None;

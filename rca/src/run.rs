@@ -442,3 +442,56 @@ fn remediation(inc: &Incident, o: &Observed) -> Vec<String> {
     }
     out
 }
+
+/// `[rca]` in `andon.toml`.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RcaConfig {
+    /// Traces sampled per window for localization.
+    pub traces_per_window: usize,
+    /// A change this many minutes before the onset can still be linked.
+    pub link_before_minutes: u64,
+    /// A change recorded this many minutes after the onset still counts.
+    pub link_after_minutes: u64,
+    /// Fill in a change's PR, title, author and check runs from GitHub.
+    pub github_enrich: bool,
+    pub github_api_url: String,
+    /// The variable holding the token (public repositories need none).
+    pub github_token_env: String,
+}
+
+impl Default for RcaConfig {
+    fn default() -> Self {
+        Self {
+            traces_per_window: 2000,
+            link_before_minutes: 60,
+            link_after_minutes: 5,
+            github_enrich: false,
+            github_api_url: "https://api.github.com".to_owned(),
+            github_token_env: "GITHUB_TOKEN".to_owned(),
+        }
+    }
+}
+
+impl RcaConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(100..=100_000).contains(&self.traces_per_window) {
+            return Err("rca.traces_per_window must be 100 to 100000".into());
+        }
+        if self.link_before_minutes == 0 || self.link_before_minutes > 7 * 24 * 60 {
+            return Err("rca.link_before_minutes must be 1 to 10080".into());
+        }
+        if !(self.github_api_url.starts_with("https://") || self.github_api_url.starts_with("http://")) {
+            return Err(format!("rca.github_api_url must be an http(s) URL, not {:?}", self.github_api_url));
+        }
+        Ok(())
+    }
+
+    pub fn apply(&self, rca: &mut Rca) {
+        rca.limits.traces = self.traces_per_window;
+        rca.tolerance = Tolerance {
+            before: Duration::minutes(self.link_before_minutes as i64),
+            after: Duration::minutes(self.link_after_minutes as i64),
+        };
+    }
+}

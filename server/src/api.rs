@@ -1,5 +1,6 @@
 //! The REST API on the API port: `/api/v1/query`, `/api/v1/findings`,
 //! `/api/v1/analyze`, `/api/v1/tickets` (the human gate), `/api/v1/changes`,
+//! `/api/v1/incidents` (with their RCA reports),
 //! `/api/v1/webhooks/github`, `/healthz`, `/readyz`, `/metrics`.
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::metrics;
+use crate::{incidents, metrics};
 
 #[derive(Debug)]
 pub struct AppState {
@@ -38,13 +39,16 @@ pub struct AppState {
     pub findings: Arc<FindingsDb>,
     pub tickets: Arc<Ticketing>,
     pub changes: Arc<andon_rca::ChangesDb>,
+    pub incidents: Arc<crate::incidents::Incidents>,
+    /// Fills in changes from GitHub, when `rca.github_enrich` is on.
+    pub enricher: Option<Arc<andon_rca::github::GitHubEnricher>>,
     pub runner: Arc<RunnerStats>,
     pub ready: AtomicBool,
     pub started: Instant,
 }
 
 /// A JSON error: `{"error": "..."}` with a lowercase message.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -93,7 +97,7 @@ impl From<andon_rca::RcaError> for ApiError {
     fn from(e: andon_rca::RcaError) -> Self {
         let status = match &e {
             andon_rca::RcaError::Invalid(_) => StatusCode::BAD_REQUEST,
-            andon_rca::RcaError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            andon_rca::RcaError::Db(_) | andon_rca::RcaError::Query(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }
@@ -104,7 +108,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// Runs SQLite work off the async threads, mapping its error to an answer.
-async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, ApiError>
+pub(crate) async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, ApiError>
 where
     T: Send + 'static,
     E: Into<ApiError> + Send + 'static,
@@ -112,11 +116,11 @@ where
     tokio::task::spawn_blocking(f).await.map_err(internal)?.map_err(Into::into)
 }
 
-fn bad_request(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn tenant_of(headers: &HeaderMap) -> Result<Tenant, ApiError> {
+pub(crate) fn tenant_of(headers: &HeaderMap) -> Result<Tenant, ApiError> {
     Tenant::from_header(headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()))
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid x-scope-orgid: {e}")))
 }
@@ -329,9 +333,11 @@ async fn analyze(
         if let Err(e) = tickets.observe(&tenant, &recorded) {
             tracing::warn!(error = %e, "drafting tickets failed");
         }
-        Ok::<_, AnalysisError>(recorded)
+        Ok::<_, AnalysisError>((tenant, recorded))
     })
     .await?;
+    let (tenant, findings) = findings;
+    crate::incidents::spawn_for_findings(&app.incidents, &tenant, &findings);
     Ok(Json(json!({
         "findings": findings,
         "tests": tests,
@@ -520,7 +526,11 @@ async fn add_change(
     let change: andon_model::ChangeEvent =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("body must be a ChangeEvent: {e}")))?;
     let db = Arc::clone(&app.changes);
-    let (id, created) = blocking(move || db.add(&tenant, change)).await?;
+    let t = tenant.clone();
+    let (id, created) = blocking(move || db.add(&t, change)).await?;
+    if let Some(e) = &app.enricher {
+        crate::incidents::spawn_enrichment(Arc::clone(e), Arc::clone(&app.changes), tenant, vec![id.clone()]);
+    }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!({ "id": id, "created": created }))).into_response())
 }
@@ -593,6 +603,10 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/api/v1/findings/{id}", get(get_finding))
         .route("/api/v1/analyze", post(analyze))
         .route("/api/v1/changes", get(list_changes).post(add_change))
+        .route("/api/v1/incidents", get(incidents::list_incidents).post(incidents::open_incident))
+        .route("/api/v1/incidents/{id}", get(incidents::get_incident))
+        .route("/api/v1/incidents/{id}/report.md", get(incidents::report_md))
+        .route("/api/v1/incidents/{id}/report.html", get(incidents::report_html))
         .route("/api/v1/tickets", get(list_tickets))
         .route("/api/v1/tickets/{id}", get(get_ticket))
         .route("/api/v1/tickets/{id}/approve", post(approve_ticket))

@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub analysis: AnalysisConfig,
     pub tickets: TicketingConfig,
+    pub rca: andon_rca::RcaConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +93,7 @@ impl Default for RawConfig {
             log: RawLog::default(),
             analysis: AnalysisConfig::default(),
             tickets: TicketingConfig::default(),
+            rca: andon_rca::RcaConfig::default(),
         }
     }
 }
@@ -163,6 +165,7 @@ pub struct Config {
     pub log_level: String,
     pub analysis: AnalysisConfig,
     pub tickets: andon_ticketing::Settings,
+    pub rca: andon_rca::RcaConfig,
 }
 
 /// Applies `ANDON_*` variables from `vars` to the TOML table `doc`.
@@ -282,6 +285,7 @@ impl RawConfig {
             bail!("storage.flush_interval_secs must be at least 1");
         }
         let tickets = self.tickets.validate(&self.data_dir).map_err(anyhow::Error::msg)?;
+        self.rca.validate().map_err(anyhow::Error::msg)?;
         let store = StoreConfig {
             data_dir: self.data_dir,
             durability,
@@ -316,6 +320,7 @@ impl RawConfig {
                 self.analysis
             },
             tickets,
+            rca: self.rca,
         })
     }
 }

@@ -7,6 +7,8 @@ mod changes_cli;
 mod config;
 mod findings_cli;
 mod import;
+mod incidents;
+mod incidents_cli;
 mod metrics;
 mod query_cli;
 mod serve;
@@ -45,6 +47,8 @@ enum Command {
     Tickets(tickets_cli::TicketsArgs),
     /// Record a deploy and its gate evidence, or list the change lineage.
     Changes(changes_cli::ChangesArgs),
+    /// Open an incident and run its root-cause analysis, list incidents, or show one's report.
+    Incidents(incidents_cli::IncidentsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Findings(args) => runtime().and_then(|rt| rt.block_on(findings_cli::findings(args))),
         Command::Tickets(args) => runtime().and_then(|rt| rt.block_on(tickets_cli::run(args))),
         Command::Changes(args) => runtime().and_then(|rt| rt.block_on(changes_cli::run(args))),
+        Command::Incidents(args) => runtime().and_then(|rt| rt.block_on(incidents_cli::run(args))),
         Command::Import(args) => {
             init_logging(false, "warn");
             runtime().and_then(|rt| rt.block_on(import::run(args)))

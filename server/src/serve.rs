@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::incidents::Incidents;
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -44,6 +45,44 @@ async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListe
     TcpListener::bind(addr).await.with_context(|| format!("binding {what} on {addr}"))
 }
 
+/// Records versions first seen in spans as inferred changes, once per detection
+/// interval, so the lineage shows deploys no pipeline reported.
+async fn infer_changes(
+    query: QueryEngine,
+    changes: Arc<andon_rca::ChangesDb>,
+    enricher: Option<Arc<andon_rca::github::GitHubEnricher>>,
+    interval_secs: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    if interval_secs == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_secs(interval_secs);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = chrono::Utc::now();
+        // Overlapping windows: a version is recorded once, whichever sees it first.
+        let from = now - chrono::Duration::seconds(2 * interval_secs as i64 + 60);
+        let hours = (from.timestamp().div_euclid(3600) - 1, now.timestamp().div_euclid(3600));
+        for tenant in query.store().tenants(hours) {
+            let lookback = chrono::Duration::hours(1);
+            match andon_rca::link::infer_versions(&query, &tenant, &changes, None, from, now, lookback).await {
+                Ok((_, ids)) => {
+                    if let Some(e) = &enricher {
+                        crate::incidents::spawn_enrichment(Arc::clone(e), Arc::clone(&changes), tenant, ids);
+                    }
+                }
+                Err(e) => warn!(tenant = %tenant.as_str(), error = %e, "inferring changes from spans failed"),
+            }
+        }
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await?.context("opening the store")?;
@@ -65,6 +104,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("opening the changes database")?,
     );
     query.register(Arc::new(andon_rca::ChangesTable { db: Arc::clone(&changes) }));
+    let incidents_path = config.store.data_dir.join("andon.db");
+    let incidents_db = Arc::new(
+        tokio::task::spawn_blocking(move || andon_rca::IncidentsDb::open(&incidents_path))
+            .await?
+            .context("opening the incidents database")?,
+    );
     let tickets_path = config.store.data_dir.join("andon.db");
     let settings = config.tickets.clone();
     let tickets = Arc::new(
@@ -73,6 +118,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("opening tickets")?,
     );
     let runner = Arc::new(RunnerStats::default());
+    let mut rca = andon_rca::Rca::new(query.clone(), Arc::clone(&changes), incidents_db);
+    config.rca.apply(&mut rca);
+    let incidents = Arc::new(Incidents::new(rca, Arc::clone(&tickets)));
+    let enricher = if config.rca.github_enrich {
+        let token = std::env::var(&config.rca.github_token_env).ok().filter(|t| !t.is_empty());
+        let e = andon_rca::github::GitHubEnricher::new(
+            &config.rca.github_api_url,
+            token,
+            std::time::Duration::from_secs(10),
+        )
+        .context("rca.github_api_url")?;
+        Some(Arc::new(e))
+    } else {
+        None
+    };
 
     let grpc = bind("otlp-grpc", config.grpc_addr).await?;
     let http = bind("otlp-http", config.http_addr).await?;
@@ -86,6 +146,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         findings: Arc::clone(&findings),
         tickets: Arc::clone(&tickets),
         changes,
+        incidents: Arc::clone(&incidents),
+        enricher: enricher.clone(),
         runner: Arc::clone(&runner),
         ingestor: Arc::clone(&ingestor),
         ready: AtomicBool::new(false),
@@ -111,17 +173,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_graceful_shutdown(stopped())
             .into_future(),
     );
-    let drafting = Arc::clone(&tickets);
-    let on_findings: andon_analysis::runner::OnFindings = Arc::new(move |tenant, found| {
-        if let Err(e) = drafting.observe(tenant, found) {
-            warn!(error = %e, "drafting tickets failed");
-        }
-    });
+    let on_findings = crate::incidents::on_findings(Arc::clone(&tickets), incidents);
     let detection = tokio::spawn(andon_analysis::runner::run(
         analyzer,
         Arc::clone(&findings),
         runner,
         on_findings,
+        stop_rx_detection.clone(),
+    ));
+    let lineage = tokio::spawn(infer_changes(
+        app.query.clone(),
+        Arc::clone(&app.changes),
+        enricher,
+        config.analysis.interval_secs,
         stop_rx_detection.clone(),
     ));
     let resolving = Arc::clone(&findings);
@@ -145,6 +209,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     a?.context("api server")?;
     let _ = detection.await;
     let _ = outbox.await;
+    let _ = lineage.await;
     let closing = store.clone();
     tokio::task::spawn_blocking(move || closing.close()).await?.context("flushing the store")?;
     let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;

@@ -8,12 +8,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -65,9 +65,29 @@ pub struct TwinComment {
     pub created_at: DateTime<Utc>,
 }
 
+/// A pull request the twin knows, by the commit it merged.
+#[derive(Debug, Clone)]
+pub struct TwinPull {
+    pub commit: String,
+    pub number: u64,
+    pub title: String,
+    pub login: String,
+}
+
+/// A check run on a commit.
+#[derive(Debug, Clone)]
+pub struct TwinCheckRun {
+    pub commit: String,
+    pub name: String,
+    pub conclusion: String,
+    pub title: String,
+}
+
 #[derive(Debug, Default)]
 pub struct TwinState {
     pub issues: Vec<TwinIssue>,
+    pub pulls: Vec<TwinPull>,
+    pub check_runs: Vec<TwinCheckRun>,
     pub comments: Vec<TwinComment>,
     pub requests: Vec<Recorded>,
     failures: VecDeque<Failure>,
@@ -101,6 +121,9 @@ impl GitHubTwin {
             .route("/api/v3/repos/{owner}/{repo}/issues", get(list_issues).post(create_issue))
             .route("/api/v3/repos/{owner}/{repo}/issues/{number}", get(get_issue).patch(patch_issue))
             .route("/api/v3/repos/{owner}/{repo}/issues/{number}/comments", get(list_comments).post(create_comment))
+            .route("/api/v3/repos/{owner}/{repo}/commits/{sha}/pulls", get(commit_pulls))
+            .route("/api/v3/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
+            .route("/api/v3/repos/{owner}/{repo}/commits/{sha}/check-runs", get(check_runs))
             .fallback(fallback)
             .with_state(shared);
         runtime.spawn(async move {
@@ -301,6 +324,75 @@ struct ListParams {
     sort: Option<String>,
     per_page: Option<usize>,
     page: Option<usize>,
+}
+
+fn pull_json(base: &str, owner: &str, repo: &str, p: &TwinPull) -> Value {
+    json!({
+        "url": format!("{base}/api/v3/repos/{owner}/{repo}/pulls/{}", p.number),
+        "number": p.number, "title": p.title, "state": "closed",
+        "merged_at": "2026-11-20T09:00:00Z", "merge_commit_sha": p.commit,
+        "user": {"login": p.login, "id": 1},
+    })
+}
+
+async fn commit_pulls(
+    State(shared): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&shared, &method, &uri, &headers, &Bytes::new()) {
+        return r;
+    }
+    let s = shared.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let list: Vec<Value> =
+        s.pulls.iter().filter(|p| p.commit == sha).map(|p| pull_json(&shared.1, &owner, &repo, p)).collect();
+    Json(list).into_response()
+}
+
+async fn get_pull(
+    State(shared): State<Shared>,
+    Path((owner, repo, number)): Path<(String, String, u64)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&shared, &method, &uri, &headers, &Bytes::new()) {
+        return r;
+    }
+    let s = shared.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match s.pulls.iter().find(|p| p.number == number) {
+        Some(p) => Json(pull_json(&shared.1, &owner, &repo, p)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn check_runs(
+    State(shared): State<Shared>,
+    Path((_owner, _repo, sha)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&shared, &method, &uri, &headers, &Bytes::new()) {
+        return r;
+    }
+    let s = shared.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let runs: Vec<Value> = s
+        .check_runs
+        .iter()
+        .filter(|c| c.commit == sha)
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "id": i + 1, "name": c.name, "status": "completed", "conclusion": c.conclusion,
+                "html_url": format!("{}/checks/{}", shared.1, i + 1),
+                "output": {"title": c.title, "summary": null},
+            })
+        })
+        .collect();
+    Json(json!({"total_count": runs.len(), "check_runs": runs})).into_response()
 }
 
 async fn list_issues(

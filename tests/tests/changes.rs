@@ -120,3 +120,75 @@ fn deploys_and_their_gates_form_the_change_lineage() {
         listed.iter().filter(|c| c["gates"].as_array().is_some_and(|g| g.iter().any(|g| g["kind"] == "perf")));
     assert!(perf_gated.count() >= 1);
 }
+
+/// With `rca.github_enrich` on, a change posted with only its repository and
+/// commit gets its PR, title, author and check runs from GitHub (the twin,
+/// through octocrab); what the pipeline reported itself is kept.
+#[test]
+fn changes_are_filled_in_from_github() {
+    use andon_tests::github_twin::{GitHubTwin, TwinCheckRun, TwinPull};
+
+    let twin = GitHubTwin::start();
+    let commit = "4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c";
+    {
+        let mut s = twin.state();
+        s.pulls.push(TwinPull {
+            commit: commit.into(),
+            number: 4417,
+            title: "Evaluate promotional price rules per line item".into(),
+            login: "jchen".into(),
+        });
+        for (name, conclusion, title) in [
+            ("unit-and-integration", "success", "2114 passed"),
+            ("perf-staging", "success", "p95 +1.5% on GET /v1/quote"),
+            ("lint", "failure", "3 warnings"),
+        ] {
+            s.check_runs.push(TwinCheckRun {
+                commit: commit.into(),
+                name: name.into(),
+                conclusion: conclusion.into(),
+                title: title.into(),
+            });
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &dir.path().join("data"),
+        &[
+            ("ANDON_RCA_GITHUB_ENRICH", "true"),
+            ("ANDON_RCA_GITHUB_API_URL", &twin.url),
+            ("ANDON_RCA_GITHUB_TOKEN_ENV", "TWIN_GITHUB_TOKEN"),
+            ("TWIN_GITHUB_TOKEN", &twin.token),
+        ],
+    );
+    let (status, body) = post(
+        &server,
+        &json!({"service": "pricing", "version": "7.4.0", "deployed_at": "2026-11-21T09:37:00Z",
+                "repository": "https://github.com/acme-shop/pricing", "commit": commit,
+                "gates": [{"name": "lint", "kind": "tests", "verdict": "pass", "summary": "reported by the pipeline"}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let change = loop {
+        let c = list(&server, "?service=pricing").remove(0);
+        if c.get("pr").is_some() && c["gates"].as_array().unwrap().len() == 3 {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "not enriched: {c:#}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(change["pr"], 4417);
+    assert_eq!(change["title"], "Evaluate promotional price rules per line item");
+    assert_eq!(change["author"], "jchen");
+    let gate = |n: &str| change["gates"].as_array().unwrap().iter().find(|g| g["name"] == n).unwrap().clone();
+    assert_eq!(gate("perf-staging")["kind"], "perf");
+    assert_eq!(gate("perf-staging")["summary"], "p95 +1.5% on GET /v1/quote");
+    assert_eq!(gate("unit-and-integration")["verdict"], "pass");
+    // The pipeline's own report of a gate wins over the check run.
+    assert_eq!(gate("lint")["verdict"], "pass");
+    assert_eq!(gate("lint")["summary"], "reported by the pipeline");
+    // Every request carried the token, and went where it was pointed.
+    let requests = twin.requests();
+    assert!(requests.iter().any(|r| r.path.ends_with(&format!("/commits/{commit}/pulls"))), "{requests:?}");
+    assert!(requests.iter().all(|r| r.authorization.as_deref().is_some_and(|a| a.contains(&twin.token))));
+}

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use andon_model::{AuditEntry, ExternalRef, Finding, Priority, Severity, Tenant, Ticket, TicketState};
+use andon_model::{AuditEntry, ExternalRef, Finding, Incident, Priority, Severity, Tenant, Ticket, TicketState};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
@@ -247,6 +247,62 @@ impl TicketDb {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drafts the RCA ticket of an incident, or refreshes it while it is pending
+    /// (the analysis was re-run). Returns the ticket.
+    pub fn observe_incident(
+        &self,
+        tenant: &Tenant,
+        drafter: &Drafter,
+        inc: &Incident,
+        report_md: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Ticket, TicketError> {
+        let draft = drafter.draft_incident(tenant, inc, report_md);
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let t = match load(&tx, tenant, &draft.ticket_id)? {
+            None => {
+                let t = Ticket {
+                    id: draft.ticket_id.clone(),
+                    fingerprint: draft.fingerprint,
+                    state: TicketState::Pending,
+                    title: draft.title,
+                    body: draft.body,
+                    labels: draft.labels,
+                    priority: draft.priority,
+                    finding_ids: inc.finding_ids.clone(),
+                    incident_id: Some(inc.id.clone()),
+                    severity: draft.severity,
+                    reviewer: None,
+                    note: None,
+                    external: None,
+                    occurrences: 1,
+                    created_at: now,
+                    updated_at: now,
+                    resolved_at: None,
+                    last_error: None,
+                };
+                audit(&tx, &t.id, now, "andon", "drafted", &format!("from incident {}", inc.id))?;
+                save(&tx, tenant, &t)?;
+                t
+            }
+            Some(mut t) if t.state == TicketState::Pending => {
+                t.title = draft.title;
+                t.body = draft.body;
+                t.labels = draft.labels;
+                t.priority = draft.priority;
+                t.finding_ids = inc.finding_ids.clone();
+                t.updated_at = now;
+                audit(&tx, &t.id, now, "andon", "updated", "the analysis was run again")?;
+                save(&tx, tenant, &t)?;
+                t
+            }
+            Some(t) => t,
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(t)
     }
 
     /// Drafts tickets for new problems and notes recurrences of old ones: a

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use andon_model::format::{count, ms, pct};
-use andon_model::{Finding, FindingKind, Priority, Severity, Tenant};
+use andon_model::{Finding, FindingKind, Incident, Priority, Severity, Tenant};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -347,6 +347,36 @@ impl Drafter {
             labels: self.labels(f, priority),
             priority,
             severity: f.severity,
+        }
+    }
+
+    /// An incident's RCA ticket: the report's Markdown (rendered by the RCA, with
+    /// span-supplied values in code spans) behind the marker, redacted like any
+    /// finding's body. One ticket per incident.
+    pub fn draft_incident(&self, tenant: &Tenant, inc: &Incident, report_md: &str) -> Draft {
+        let fingerprint = format!("rca:{}", inc.id);
+        let ticket_id = ticket_id(tenant, &fingerprint);
+        // Confident analyses of a linked change are the ones to act on first.
+        let priority = if inc.change.is_some() && inc.confidence >= 0.7 { Priority::P1 } else { Priority::P2 };
+        let mut labels = vec![ANDON_LABEL.to_owned()];
+        labels.extend(self.settings.labels.iter().cloned());
+        labels.push("kind:rca".to_owned());
+        if let Some(sig) = &inc.signature {
+            labels.push(label("service:", &self.r(&sig.service)));
+        }
+        labels.push(priority.as_str().to_owned());
+        labels.dedup();
+        let mut body = marker(tenant, &fingerprint, &ticket_id);
+        body.push_str("\n\n");
+        body.push_str(&self.redactor.text(report_md));
+        Draft {
+            title: title(&format!("RCA: {}", self.r(&inc.title)), 200),
+            body,
+            ticket_id,
+            fingerprint,
+            labels,
+            priority,
+            severity: Severity::High,
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use andon_model::{Finding, Priority, Tenant, Ticket, TicketState};
+use andon_model::{Finding, Incident, Priority, Tenant, Ticket, TicketState};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -94,6 +94,11 @@ impl Ticketing {
     /// Drafts and recurrences for a pass's findings.
     pub fn observe(&self, tenant: &Tenant, findings: &[Finding]) -> Result<Observed, TicketError> {
         self.db.observe(tenant, &self.drafter, findings, Utc::now())
+    }
+
+    /// Drafts (or refreshes) the RCA ticket of an incident.
+    pub fn observe_incident(&self, tenant: &Tenant, inc: &Incident, report_md: &str) -> Result<Ticket, TicketError> {
+        self.db.observe_incident(tenant, &self.drafter, inc, report_md, Utc::now())
     }
 
     pub fn approve(
