@@ -366,6 +366,9 @@ fn covered<'a>(parent: &Span, children: impl Iterator<Item = &'a Span>) -> i64 {
     total
 }
 
+/// The operation of a caller blamed for its slow outgoing hops.
+pub const OUTGOING: &str = "(outgoing calls)";
+
 /// Which channel the incident shows in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
@@ -506,12 +509,30 @@ pub fn rank(
         if total <= 0.0 {
             continue;
         }
+        // Parts of one suspect in this channel add up (a caller's slow hops to
+        // several services); the reason shown is the largest part's.
+        let mut parts: BTreeMap<(String, String), Suspect> = BTreeMap::new();
         for d in deltas {
             let share = d.per_request / total * weight;
             let s = suspect(d, share, is_latency, &hops, cur);
             let k = (s.service.clone(), s.operation.clone());
-            match suspects.get_mut(&k) {
-                Some(prev) if prev.score >= s.score => prev.score = (prev.score + s.score * 0.1).min(1.0),
+            match parts.get_mut(&k) {
+                Some(prev) => {
+                    let sum = round2((prev.score + s.score).min(1.0));
+                    if s.score > prev.score {
+                        *prev = s;
+                    }
+                    prev.score = sum;
+                }
+                None => {
+                    parts.insert(k, s);
+                }
+            }
+        }
+        // Across channels, the stronger reading of a suspect stands.
+        for (k, s) in parts {
+            match suspects.get(&k) {
+                Some(prev) if prev.score >= s.score => {}
                 _ => {
                     suspects.insert(k, s);
                 }
@@ -532,15 +553,34 @@ pub fn rank(
 struct HopOwners {
     inbound: HashMap<Arc<str>, f64>,
     outbound: HashMap<Arc<str>, f64>,
+    /// How many distinct services on the other end of a service's grown hops.
+    peers: HashMap<(bool, Arc<str>), usize>,
+}
+
+impl HopOwners {
+    /// Whether the growth of the hop from `caller` to `callee` is the caller's:
+    /// more of its outgoing hops grew than the callee's incoming ones, or as
+    /// many, but towards more services.
+    fn callers(&self, caller: &Arc<str>, callee: &Arc<str>) -> bool {
+        let inbound = self.inbound.get(callee).copied().unwrap_or(0.0);
+        let outbound = self.outbound.get(caller).copied().unwrap_or(0.0);
+        let peers = |inbound: bool, s: &Arc<str>| self.peers.get(&(inbound, s.clone())).copied().unwrap_or(0);
+        outbound > inbound + 1e-9 || ((outbound - inbound).abs() <= 1e-9 && peers(false, caller) > peers(true, callee))
+    }
 }
 
 fn hop_owners(_base: &Profile, cur: &Profile, latency: &[Delta]) -> HopOwners {
     let grew: std::collections::HashSet<&Key> = latency.iter().map(|d| &d.key).collect();
     let mut totals: HashMap<(bool, Arc<str>), (u64, u64)> = HashMap::new();
+    let mut peers: HashMap<(bool, Arc<str>), std::collections::HashSet<Arc<str>>> = HashMap::new();
     for (key, st) in &cur.stats {
         if let Key::Hop { caller, callee, .. } = key {
-            let g = if grew.contains(key) { st.calls } else { 0 };
-            for side in [(true, callee.clone()), (false, caller.clone())] {
+            let grown = grew.contains(key);
+            let g = if grown { st.calls } else { 0 };
+            for (side, other) in [((true, callee.clone()), caller), ((false, caller.clone()), callee)] {
+                if grown {
+                    peers.entry(side.clone()).or_default().insert(other.clone());
+                }
                 let e = totals.entry(side).or_default();
                 e.0 += g;
                 e.1 += st.calls;
@@ -556,6 +596,7 @@ fn hop_owners(_base: &Profile, cur: &Profile, latency: &[Delta]) -> HopOwners {
             owners.outbound.insert(service, share);
         }
     }
+    owners.peers = peers.into_iter().map(|(k, v)| (k, v.len())).collect();
     owners
 }
 
@@ -566,6 +607,7 @@ fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile
     numbers.insert("p_value".to_owned(), d.p);
     let per_req = d.calls.1 as f64 / cur.traces.max(1) as f64;
     numbers.insert("calls_per_request".to_owned(), per_req);
+    let outgoing: Arc<str> = Arc::from(OUTGOING);
     let (service, operation, cause, reason) = match (&d.key, latency) {
         (Key::Own { service, operation }, true) => {
             numbers.insert("self_ms_baseline".into(), d.base);
@@ -606,10 +648,10 @@ fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile
             let outbound = hops.outbound.get(caller).copied().unwrap_or(0.0);
             numbers.insert("callee_hops_grown_share".into(), inbound);
             numbers.insert("caller_hops_grown_share".into(), outbound);
-            if outbound > inbound {
+            if hops.callers(caller, callee) {
                 (
                     caller,
-                    operation,
+                    &outgoing,
                     SuspectCause::Network,
                     format!(
                         "calls from {caller} to {callee} spend {} between client and server instead of {} \
@@ -713,4 +755,114 @@ pub async fn localize(
     // failure counts cover every trace, so they are used only without one.
     let exact = through.is_none().then(|| (&failures[0], &failures[1]));
     Ok((rank(&base, &cur, exact, channel, limits), queries))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// One request: `frontend` serves it and calls `pricing` (and `catalog`), and
+    /// `checkout` calls `pricing` too. Times in ms: each service's own work, and
+    /// the hop (client minus server) of each call.
+    struct Shape {
+        pricing_ms: f64,
+        to_pricing_hop: f64,
+        to_catalog_hop: f64,
+        to_checkout_hop: f64,
+        checkout_hop: f64,
+    }
+
+    fn add(p: &mut Profile, n: u32, shape: &Shape) {
+        let a = |s: &str| -> Arc<str> { Arc::from(s) };
+        let ns = |ms: f64| (ms * 1e6) as i64;
+        for i in 0..n {
+            // A little jitter so the tests have spread.
+            let j = f64::from(i % 7) * 0.1;
+            let mut spans = Vec::new();
+            let mut span = |id: &str, parent: Option<&str>, svc: &str, op: &str, kind: Kind, t0: f64, t1: f64| {
+                spans.push(Span {
+                    id: a(id),
+                    parent: parent.map(a),
+                    service: a(svc),
+                    operation: a(op),
+                    kind,
+                    err: false,
+                    t0: ns(t0),
+                    t1: ns(t1),
+                });
+            };
+            let pricing = shape.pricing_ms + j;
+            let (h1, h2, h3) = (shape.to_pricing_hop + j, shape.to_catalog_hop + j, shape.checkout_hop + j);
+            // frontend: 5 ms own, then pricing, then catalog (8 ms), then checkout.
+            let c1 = 5.0;
+            let c1_end = c1 + h1 + pricing;
+            let c2_end = c1_end + h2 + 8.0;
+            let h4 = shape.to_checkout_hop + j;
+            let c3_end = c2_end + h4 + 3.0 + h3 + pricing + 1.0;
+            span("f", None, "frontend", "GET /", Kind::Server, 0.0, c3_end + 1.0);
+            span("c1", Some("f"), "frontend", "pricing.quote", Kind::Client, c1, c1_end);
+            span("s1", Some("c1"), "pricing", "GET /v1/quote", Kind::Server, c1 + h1 / 2.0, c1_end - h1 / 2.0);
+            span("c2", Some("f"), "frontend", "catalog.get", Kind::Client, c1_end, c2_end);
+            span("s2", Some("c2"), "catalog", "GET /v1/products", Kind::Server, c1_end + h2 / 2.0, c2_end - h2 / 2.0);
+            span("c3", Some("f"), "frontend", "checkout.place", Kind::Client, c2_end, c3_end);
+            let s3 = c2_end + h4 / 2.0;
+            span("s3", Some("c3"), "checkout", "POST /v1/orders", Kind::Server, s3, c3_end - h4 / 2.0);
+            span("c4", Some("s3"), "checkout", "pricing.quote", Kind::Client, s3 + 3.0, s3 + 3.0 + h3 + pricing);
+            span(
+                "s4",
+                Some("c4"),
+                "pricing",
+                "GET /v1/quote",
+                Kind::Server,
+                s3 + 3.0 + h3 / 2.0,
+                s3 + 3.0 + h3 / 2.0 + pricing,
+            );
+            p.add_trace(&spans, p.traces as u32);
+            p.trace_ids.push(format!("{:032x}", p.traces));
+            p.traces += 1;
+        }
+    }
+
+    fn ranked(base: &Shape, cur: &Shape) -> Vec<Suspect> {
+        let (mut b, mut c) = (Profile::default(), Profile::default());
+        add(&mut b, 200, base);
+        add(&mut c, 200, cur);
+        rank(&b, &c, None, None, &LocalizeLimits::default()).suspects
+    }
+
+    const QUIET: Shape =
+        Shape { pricing_ms: 10.0, to_pricing_hop: 1.0, to_catalog_hop: 1.0, to_checkout_hop: 2.0, checkout_hop: 1.0 };
+
+    #[test]
+    fn a_slow_callee_is_blamed_not_the_callers_waiting_on_it() {
+        let s = ranked(&QUIET, &Shape { pricing_ms: 60.0, ..QUIET });
+        assert_eq!(
+            (s[0].service.as_str(), s[0].operation.as_str(), s[0].cause),
+            ("pricing", "GET /v1/quote", SuspectCause::SelfTime),
+            "{s:#?}"
+        );
+        assert!(s[0].score > 0.9, "{s:#?}");
+        assert!(!s.iter().any(|x| x.service == "frontend" || x.service == "checkout"), "{s:#?}");
+    }
+
+    #[test]
+    fn a_slow_hop_to_a_service_is_told_apart_from_a_slow_service() {
+        // Every caller waits longer for pricing; pricing works as fast as before.
+        let s = ranked(&QUIET, &Shape { to_pricing_hop: 30.0, checkout_hop: 30.0, ..QUIET });
+        assert_eq!((s[0].service.as_str(), s[0].cause), ("pricing", SuspectCause::Network), "{s:#?}");
+        assert!(!s.iter().any(|x| x.cause == SuspectCause::SelfTime && x.score > 0.1), "{s:#?}");
+        // Every call frontend makes is slower, the same call from checkout is
+        // not: the path out of frontend is slow.
+        let s = ranked(&QUIET, &Shape { to_pricing_hop: 30.0, to_catalog_hop: 30.0, to_checkout_hop: 30.0, ..QUIET });
+        assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("frontend", OUTGOING), "{s:#?}");
+        assert_eq!(s[0].cause, SuspectCause::Network);
+        assert!(s[0].score > 0.9, "{s:#?}");
+    }
+
+    #[test]
+    fn nothing_changed_means_no_suspect() {
+        assert!(ranked(&QUIET, &QUIET).is_empty());
+    }
 }

@@ -28,6 +28,10 @@ pub struct Incidents {
     opening: tokio::sync::Mutex<()>,
 }
 
+/// An open incident whose cause has not been reported for this long is over:
+/// the next finding with the same cause opens a new one.
+const QUIET_HOURS: i64 = 6;
+
 /// Findings that share this key share a cause: the change they are attributed
 /// to, else where their trouble starts.
 pub fn group_key(f: &Finding) -> String {
@@ -72,18 +76,23 @@ impl Incidents {
         let mut opened = Vec::new();
         for (key, group) in groups {
             let ids: Vec<String> = group.iter().map(|f| f.id.clone()).collect();
+            let now = chrono::Utc::now();
             if let Some(mut inc) = self.rca.incidents.open_for_key(tenant, &key)? {
-                let before = inc.finding_ids.len();
-                for id in ids {
-                    if !inc.finding_ids.contains(&id) {
-                        inc.finding_ids.push(id);
+                if now - inc.updated_at <= chrono::Duration::hours(QUIET_HOURS) {
+                    // Still going: the findings join it, and it was seen now.
+                    for id in ids {
+                        if !inc.finding_ids.contains(&id) {
+                            inc.finding_ids.push(id);
+                        }
                     }
-                }
-                if inc.finding_ids.len() > before {
-                    inc.updated_at = chrono::Utc::now();
+                    inc.updated_at = now;
                     self.rca.incidents.save(tenant, &inc, Some(&key))?;
+                    continue;
                 }
-                continue;
+                // Quiet for hours, then back: the old incident is over, this is a new one.
+                inc.state = IncidentState::Resolved;
+                inc.updated_at = now;
+                self.rca.incidents.save(tenant, &inc, Some(&key))?;
             }
             let first = group.iter().min_by_key(|f| f.window.start).copied();
             let Some(first) = first else { continue };

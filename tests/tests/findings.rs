@@ -144,6 +144,20 @@ fn continuous_detection_reports_a_live_regression_on_its_own() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Passes that ran while the 45 minutes were still arriving saw traces whose
+    // later spans had not come yet, and may report what a complete pass links
+    // under its cause (and then resolves). Judge once two passes have started
+    // after the last span arrived.
+    let passes = || {
+        let metrics = blocking_client().get(server.api_url("/metrics")).send().unwrap().text();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("andon_detection_passes_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let sent = passes();
+    assert!(andon_tests::wait_for(std::time::Duration::from_secs(240), || passes() >= sent + 2), "no passes");
     let mut found = Value::Null;
     let appeared = andon_tests::wait_for(std::time::Duration::from_secs(240), || {
         let (_, list) = get(&server, "/api/v1/findings?state=open");
