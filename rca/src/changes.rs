@@ -8,23 +8,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use andon_model::{ChangeEvent, Tenant};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::RcaError;
-
-fn db_err(e: rusqlite::Error) -> RcaError {
-    RcaError::Db(e.to_string())
-}
-
-fn json_err(e: serde_json::Error) -> RcaError {
-    RcaError::Db(e.to_string())
-}
-
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
+use crate::sqlite::{db_err, json_err, time};
 
 /// A change as stored: its id, and the event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,12 +88,9 @@ pub fn validate(c: &ChangeEvent) -> Result<(), RcaError> {
 
 impl ChangesDb {
     pub fn open(path: &Path) -> Result<Self, RcaError> {
-        let conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS changes (
+        let conn = crate::sqlite::open(
+            path,
+            "CREATE TABLE IF NOT EXISTS changes (
                  id TEXT PRIMARY KEY,
                  tenant TEXT NOT NULL,
                  service TEXT NOT NULL,
@@ -112,23 +98,25 @@ impl ChangesDb {
                  body TEXT NOT NULL
              );
              CREATE INDEX IF NOT EXISTS changes_service ON changes (tenant, service, deployed_at);",
-        )
-        .map_err(db_err)?;
-        let has_inferred: bool = conn
-            .query_row("SELECT count(*) FROM pragma_table_info('changes') WHERE name = 'inferred'", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(db_err)?
-            > 0;
-        if !has_inferred {
-            conn.execute_batch("ALTER TABLE changes ADD COLUMN inferred INTEGER NOT NULL DEFAULT 0;")
-                .map_err(db_err)?;
+        )?;
+        {
+            let c = crate::sqlite::lock(&conn);
+            let has_inferred: bool = c
+                .query_row("SELECT count(*) FROM pragma_table_info('changes') WHERE name = 'inferred'", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(db_err)?
+                > 0;
+            if !has_inferred {
+                c.execute_batch("ALTER TABLE changes ADD COLUMN inferred INTEGER NOT NULL DEFAULT 0;")
+                    .map_err(db_err)?;
+            }
         }
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sqlite::lock(&self.conn)
     }
 
     /// Records a change; returns its id and whether it was new. A change seen

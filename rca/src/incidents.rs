@@ -5,22 +5,10 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use andon_model::{Incident, IncidentState, Signature, SimilarIncident, Tenant};
-use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::RcaError;
-
-fn db_err(e: rusqlite::Error) -> RcaError {
-    RcaError::Db(e.to_string())
-}
-
-fn json_err(e: serde_json::Error) -> RcaError {
-    RcaError::Db(e.to_string())
-}
-
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
+use crate::sqlite::{db_err, json_err, time};
 
 #[derive(Debug)]
 pub struct IncidentsDb {
@@ -29,12 +17,9 @@ pub struct IncidentsDb {
 
 impl IncidentsDb {
     pub fn open(path: &Path) -> Result<Self, RcaError> {
-        let conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS incidents (
+        let conn = crate::sqlite::open(
+            path,
+            "CREATE TABLE IF NOT EXISTS incidents (
                  id TEXT PRIMARY KEY,
                  tenant TEXT NOT NULL,
                  state TEXT NOT NULL,
@@ -48,13 +33,12 @@ impl IncidentsDb {
              );
              CREATE INDEX IF NOT EXISTS incidents_tenant ON incidents (tenant, created_at);
              CREATE INDEX IF NOT EXISTS incidents_group ON incidents (tenant, group_key, state);",
-        )
-        .map_err(db_err)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        )?;
+        Ok(Self { conn })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sqlite::lock(&self.conn)
     }
 
     /// Inserts or replaces an incident. `group_key` groups findings that share a

@@ -21,6 +21,7 @@ pub mod narrate;
 pub mod onset;
 pub mod report;
 pub mod run;
+mod sqlite;
 
 pub use changes::{ChangeFilter, ChangesDb, ChangesTable, StoredChange};
 pub use incidents::IncidentsDb;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::TicketError;
 use crate::config::OnClosed;
-use crate::draft::Drafter;
+use crate::draft::{Draft, Drafter};
 
 fn db_err(e: rusqlite::Error) -> TicketError {
     TicketError::Db(e.to_string())
@@ -128,6 +128,39 @@ pub struct TicketDb {
 
 fn parse_time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+}
+
+/// A new pending ticket from a draft.
+fn pending(draft: Draft, finding_ids: Vec<String>, incident_id: Option<String>, now: DateTime<Utc>) -> Ticket {
+    Ticket {
+        id: draft.ticket_id,
+        fingerprint: draft.fingerprint,
+        state: TicketState::Pending,
+        title: draft.title,
+        body: draft.body,
+        labels: draft.labels,
+        priority: draft.priority,
+        finding_ids,
+        incident_id,
+        severity: draft.severity,
+        reviewer: None,
+        note: None,
+        external: None,
+        occurrences: 1,
+        created_at: now,
+        updated_at: now,
+        resolved_at: None,
+        last_error: None,
+    }
+}
+
+/// A pending ticket takes a newer draft's text, labels and priority.
+fn refresh(t: &mut Ticket, draft: Draft) {
+    t.title = draft.title;
+    t.body = draft.body;
+    t.labels = draft.labels;
+    t.priority = draft.priority;
+    t.severity = draft.severity;
 }
 
 fn load(tx: &Connection, tenant: &Tenant, id: &str) -> Result<Option<Ticket>, TicketError> {
@@ -264,35 +297,13 @@ impl TicketDb {
         let tx = conn.transaction().map_err(db_err)?;
         let t = match load(&tx, tenant, &draft.ticket_id)? {
             None => {
-                let t = Ticket {
-                    id: draft.ticket_id.clone(),
-                    fingerprint: draft.fingerprint,
-                    state: TicketState::Pending,
-                    title: draft.title,
-                    body: draft.body,
-                    labels: draft.labels,
-                    priority: draft.priority,
-                    finding_ids: inc.finding_ids.clone(),
-                    incident_id: Some(inc.id.clone()),
-                    severity: draft.severity,
-                    reviewer: None,
-                    note: None,
-                    external: None,
-                    occurrences: 1,
-                    created_at: now,
-                    updated_at: now,
-                    resolved_at: None,
-                    last_error: None,
-                };
+                let t = pending(draft, inc.finding_ids.clone(), Some(inc.id.clone()), now);
                 audit(&tx, &t.id, now, "andon", "drafted", &format!("from incident {}", inc.id))?;
                 save(&tx, tenant, &t)?;
                 t
             }
             Some(mut t) if t.state == TicketState::Pending => {
-                t.title = draft.title;
-                t.body = draft.body;
-                t.labels = draft.labels;
-                t.priority = draft.priority;
+                refresh(&mut t, draft);
                 t.finding_ids = inc.finding_ids.clone();
                 t.updated_at = now;
                 audit(&tx, &t.id, now, "andon", "updated", "the analysis was run again")?;
@@ -324,26 +335,7 @@ impl TicketDb {
         for f in findings.iter().filter(|f| f.severity <= settings.draft_min) {
             let draft = drafter.draft(tenant, f);
             let Some(mut t) = load(&tx, tenant, &draft.ticket_id)? else {
-                let mut t = Ticket {
-                    id: draft.ticket_id.clone(),
-                    fingerprint: draft.fingerprint,
-                    state: TicketState::Pending,
-                    title: draft.title,
-                    body: draft.body,
-                    labels: draft.labels,
-                    priority: draft.priority,
-                    finding_ids: vec![f.id.clone()],
-                    incident_id: None,
-                    severity: draft.severity,
-                    reviewer: None,
-                    note: None,
-                    external: None,
-                    occurrences: 1,
-                    created_at: now,
-                    updated_at: now,
-                    resolved_at: None,
-                    last_error: None,
-                };
+                let mut t = pending(draft, vec![f.id.clone()], None, now);
                 audit(&tx, &t.id, now, "andon", "drafted", &format!("from finding {}", f.id))?;
                 out.drafted += 1;
                 if settings.auto_approve_min.is_some_and(|min| f.severity <= min) {
@@ -365,11 +357,7 @@ impl TicketDb {
             let known = t.finding_ids.contains(&f.id);
             match t.state {
                 TicketState::Pending => {
-                    t.title = draft.title;
-                    t.body = draft.body;
-                    t.labels = draft.labels;
-                    t.priority = draft.priority;
-                    t.severity = draft.severity;
+                    refresh(&mut t, draft);
                     if !known {
                         t.finding_ids.push(f.id.clone());
                         audit(&tx, &t.id, now, "andon", "updated", &format!("now also finding {}", f.id))?;
