@@ -481,7 +481,21 @@ fn through_the_server_planted_pii_never_reaches_github_and_closing_the_issue_res
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(get(&server, "/api/v1/tickets")["tickets"].as_array().unwrap().len(), 1);
+    // The serious finding also opened an incident, whose RCA ticket waits at
+    // the gate, redacted like the finding's.
+    let rca_ticket =
+        || get(&server, "/api/v1/tickets")["tickets"].as_array().unwrap().iter().any(|t| t["incident_id"].is_string());
+    assert!(wait_for(Duration::from_secs(60), rca_ticket), "no rca ticket");
+    let tickets = get(&server, "/api/v1/tickets")["tickets"].as_array().unwrap().clone();
+    let (rca, finding_tickets): (Vec<&Value>, Vec<&Value>) = tickets.iter().partition(|t| t["incident_id"].is_string());
+    assert_eq!(finding_tickets.len(), 1, "{tickets:#?}");
+    assert_eq!(rca.len(), 1, "{tickets:#?}");
+    for t in &rca {
+        assert_eq!(t["state"], "pending");
+        for planted in ["alice@example.com", "u-8812", "bob@example.com", "4111 1111 1111 1111"] {
+            assert!(!t["body"].as_str().unwrap().contains(planted), "{planted} in the rca ticket");
+        }
+    }
 
     // Closing the issue on GitHub resolves the ticket and its finding.
     twin.close(1, "carol");
