@@ -167,7 +167,7 @@ async fn version_evidence(
     let p95 = |v: &[f64]| {
         let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * 0.95).round() as usize]
+        crate::onset::quantile(&v, 0.95)
     };
     Ok(match channel {
         Channel::Latency => {

@@ -44,7 +44,8 @@ pub struct Measured {
     pub queries: Vec<String>,
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+/// The `q` quantile of sorted values (nearest rank); 0 when there are none.
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -186,6 +186,18 @@ impl Server {
         (status, resp.json().expect("json body"))
     }
 
+    /// `GET` an API path: the status and the JSON body.
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = reqwest::blocking_client().get(self.api_url(path)).send().expect("api answers");
+        (resp.status().as_u16(), resp.json().expect("json body"))
+    }
+
+    /// `POST` JSON to an API path: the status and the JSON body.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = reqwest::blocking_client().post(self.api_url(path)).json(body).send().expect("api answers");
+        (resp.status().as_u16(), resp.json().expect("json body"))
+    }
+
     /// A single number from SQL such as `SELECT count(*) FROM spans`.
     pub fn count(&self, sql: &str) -> i64 {
         let rows = self.query(sql);

@@ -11,16 +11,6 @@ use andon_tests::{Server, andon_bin, fixtures_bin};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
-fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let resp = blocking_client().post(server.api_url(path)).json(body).send().unwrap();
-    (resp.status().as_u16(), resp.json().unwrap())
-}
-
-fn get(server: &Server, path: &str) -> (u16, Value) {
-    let resp = blocking_client().get(server.api_url(path)).send().unwrap();
-    (resp.status().as_u16(), resp.json().unwrap())
-}
-
 #[test]
 fn a_backtest_finds_the_injected_fault_with_evidence_that_reruns() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,7 +34,7 @@ fn a_backtest_finds_the_injected_fault_with_evidence_that_reruns() {
     let at = |f: f64| (start + Duration::seconds(((end - start).num_seconds() as f64 * f) as i64)).to_rfc3339();
     let request =
         json!({"from": at(0.8), "to": end.to_rfc3339(), "baseline_from": start.to_rfc3339(), "baseline_to": at(0.35)});
-    let (status, body) = post(&server, "/api/v1/analyze", &request);
+    let (status, body) = server.post_json("/api/v1/analyze", &request);
     assert_eq!(status, 200, "{body}");
     let findings = body["findings"].as_array().unwrap();
     let fault = &truth["faults"][0];
@@ -85,24 +75,25 @@ fn a_backtest_finds_the_injected_fault_with_evidence_that_reruns() {
 
     // Served by the findings API, filtered, one by one, and after a restart.
     let id = f["id"].as_str().unwrap().to_owned();
-    let (_, list) = get(&server, "/api/v1/findings?kind=error_rate_regression&service=inventory&state=open");
+    let (_, list) = server.get_json("/api/v1/findings?kind=error_rate_regression&service=inventory&state=open");
     assert_eq!(list["findings"].as_array().unwrap().len(), 1);
-    let (_, none) = get(&server, "/api/v1/findings?service=pricing");
+    let (_, none) = server.get_json("/api/v1/findings?service=pricing");
     assert!(none["findings"].as_array().unwrap().is_empty());
-    let (status, err) = get(&server, "/api/v1/findings?kind=slow");
+    let (status, err) = server.get_json("/api/v1/findings?kind=slow");
     assert_eq!(status, 400);
     assert!(err["error"].as_str().unwrap().contains("unknown finding kind"), "{err}");
     server.restart();
-    let (status, one) = get(&server, &format!("/api/v1/findings/{id}"));
+    let (status, one) = server.get_json(&format!("/api/v1/findings/{id}"));
     assert_eq!(status, 200);
     assert_eq!(one["fingerprint"], f["fingerprint"]);
-    assert_eq!(get(&server, "/api/v1/findings/nope").0, 404);
+    assert_eq!(server.get_json("/api/v1/findings/nope").0, 404);
 
     // Bad ranges are refused clearly.
-    let (status, err) = post(&server, "/api/v1/analyze", &json!({"from": end.to_rfc3339(), "to": start.to_rfc3339()}));
+    let (status, err) =
+        server.post_json("/api/v1/analyze", &json!({"from": end.to_rfc3339(), "to": start.to_rfc3339()}));
     assert_eq!(status, 400);
     assert_eq!(err["error"], "to must be after from");
-    let (status, _) = post(&server, "/api/v1/analyze", &json!({"from": "yesterday", "to": end.to_rfc3339()}));
+    let (status, _) = server.post_json("/api/v1/analyze", &json!({"from": "yesterday", "to": end.to_rfc3339()}));
     assert_eq!(status, 400);
 
     // The CLI mirrors the API.
@@ -121,7 +112,7 @@ fn a_backtest_finds_the_injected_fault_with_evidence_that_reruns() {
     // The same fault found again updates the open finding rather than adding one.
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cli["findings"][0]["id"], id.as_str());
-    let (_, list) = get(&server, "/api/v1/findings");
+    let (_, list) = server.get_json("/api/v1/findings");
     assert_eq!(list["findings"].as_array().unwrap().len(), 1);
 }
 
@@ -160,7 +151,7 @@ fn continuous_detection_reports_a_live_regression_on_its_own() {
     assert!(andon_tests::wait_for(std::time::Duration::from_secs(240), || passes() >= sent + 2), "no passes");
     let mut found = Value::Null;
     let appeared = andon_tests::wait_for(std::time::Duration::from_secs(240), || {
-        let (_, list) = get(&server, "/api/v1/findings?state=open");
+        let (_, list) = server.get_json("/api/v1/findings?state=open");
         found = list;
         found["findings"].as_array().is_some_and(|l| !l.is_empty())
     });

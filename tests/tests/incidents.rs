@@ -15,16 +15,6 @@ use andon_tests::{Server, andon_bin, fixtures_bin};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
-fn get(server: &Server, path: &str) -> (u16, Value) {
-    let resp = blocking_client().get(server.api_url(path)).send().unwrap();
-    (resp.status().as_u16(), resp.json().unwrap())
-}
-
-fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let resp = blocking_client().post(server.api_url(path)).json(body).send().unwrap();
-    (resp.status().as_u16(), resp.json().unwrap())
-}
-
 #[test]
 fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,7 +63,7 @@ fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
     let id = String::from_utf8_lossy(&out.stderr).trim().trim_start_matches("opened ").to_owned();
 
     // The API has it, as JSON per the contract.
-    let (status, inc) = get(&server, &format!("/api/v1/incidents/{id}"));
+    let (status, inc) = server.get_json(&format!("/api/v1/incidents/{id}"));
     assert_eq!(status, 200, "{inc}");
     assert_eq!(inc["opened_by"], "cli");
     assert_eq!(inc["suspects"][0]["service"], "pricing", "{inc:#}");
@@ -96,7 +86,7 @@ fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
         assert!(!inc[k].as_str().unwrap().is_empty(), "{k}");
     }
     assert!(inc["remediation"][0].as_str().unwrap().starts_with("Roll back pricing from 7.4.0"), "{inc:#}");
-    let (_, list) = get(&server, "/api/v1/incidents?state=open");
+    let (_, list) = server.get_json("/api/v1/incidents?state=open");
     assert!(list["incidents"].as_array().unwrap().iter().any(|i| i["id"] == id.as_str()));
 
     // The HTML report is a page with everything escaped and nothing to run.
@@ -108,29 +98,26 @@ fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
     assert!(html.contains("<h2>Gate analysis</h2>") && !html.contains("<script"));
 
     // Its RCA ticket waits at the human gate.
-    let (_, tickets) = get(&server, "/api/v1/tickets?state=pending");
+    let (_, tickets) = server.get_json("/api/v1/tickets?state=pending");
     let rca = tickets["tickets"].as_array().unwrap().iter().find(|t| t["incident_id"] == id.as_str());
     let rca = rca.unwrap_or_else(|| panic!("no rca ticket: {tickets:#}"));
     assert!(rca["title"].as_str().unwrap().starts_with("RCA: pricing"), "{rca}");
     assert!(rca["labels"].as_array().unwrap().iter().any(|l| l == "kind:rca"));
 
     // Bad requests are refused clearly.
-    let (status, err) = post(&server, "/api/v1/incidents", &json!({"start": end.to_rfc3339(), "end": at(0.5)}));
+    let (status, err) = server.post_json("/api/v1/incidents", &json!({"start": end.to_rfc3339(), "end": at(0.5)}));
     assert_eq!(status, 400);
     assert_eq!(err["error"], "invalid incident: end must be after start");
-    let (status, err) = post(
-        &server,
-        "/api/v1/incidents",
-        &json!({"start": at(0.5), "end": end.to_rfc3339(), "baseline_start": at(0.1)}),
-    );
+    let (status, err) = server
+        .post_json("/api/v1/incidents", &json!({"start": at(0.5), "end": end.to_rfc3339(), "baseline_start": at(0.1)}));
     assert_eq!(status, 400, "{err}");
-    assert_eq!(get(&server, "/api/v1/incidents/inc-nope").0, 404);
+    assert_eq!(server.get_json("/api/v1/incidents/inc-nope").0, 404);
 
     // A backtest's serious finding opens an incident by itself, grouped by cause:
     // a second backtest adds nothing new.
     let analyze =
         json!({"from": at(0.8), "to": end.to_rfc3339(), "baseline_from": start.to_rfc3339(), "baseline_to": at(0.35)});
-    let (status, body) = post(&server, "/api/v1/analyze", &analyze);
+    let (status, body) = server.post_json("/api/v1/analyze", &analyze);
     assert_eq!(status, 200, "{body}");
     let serious: Vec<&Value> = body["findings"]
         .as_array()
@@ -141,7 +128,7 @@ fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
     assert!(!serious.is_empty(), "the pricing regression is serious: {body:#}");
     let deadline = Instant::now() + StdDuration::from_secs(120);
     let auto = loop {
-        let (_, list) = get(&server, "/api/v1/incidents");
+        let (_, list) = server.get_json("/api/v1/incidents");
         if let Some(i) = list["incidents"].as_array().unwrap().iter().find(|i| i["opened_by"] == "detection") {
             break i.clone();
         }
@@ -153,10 +140,10 @@ fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
     assert_eq!(auto["change"]["version"], "7.4.0");
     // This one is similar to the incident opened by hand.
     assert!(auto["similar_incidents"].as_array().unwrap().iter().any(|s| s["id"] == id.as_str()), "{auto:#}");
-    let (status, _) = post(&server, "/api/v1/analyze", &analyze);
+    let (status, _) = server.post_json("/api/v1/analyze", &analyze);
     assert_eq!(status, 200);
     std::thread::sleep(StdDuration::from_secs(2));
-    let (_, list) = get(&server, "/api/v1/incidents");
+    let (_, list) = server.get_json("/api/v1/incidents");
     let detected = list["incidents"].as_array().unwrap().iter().filter(|i| i["opened_by"] == "detection").count();
     assert_eq!(detected, 1, "{list:#}");
 }
