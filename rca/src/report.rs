@@ -219,6 +219,14 @@ table{border-collapse:collapse;width:100%;font-size:.9rem}td,th{border:1px solid
 th{background:#f4f5f8}code{background:#f4f5f8;padding:0 .2rem;border-radius:3px}.muted{color:#667}\
 .narrative{background:#fff8e6;border-left:4px solid #f0b400;padding:.6rem 1rem}";
 
+/// Where the report's trace and incident ids link to, when it is shown inside
+/// the web UI: each prefix is followed by the id.
+#[derive(Debug, Clone, Copy)]
+pub struct Links<'a> {
+    pub trace: &'a str,
+    pub incident: &'a str,
+}
+
 /// The report as a standalone HTML page.
 pub fn html(inc: &Incident) -> String {
     let mut o = String::new();
@@ -228,6 +236,19 @@ pub fn html(inc: &Incident) -> String {
         esc(&inc.title)
     );
     let _ = write!(o, "<h1>{}</h1>", esc(&inc.title));
+    o.push_str(&html_body(inc, None));
+    o.push_str("</body></html>\n");
+    o
+}
+
+/// The report's sections as HTML, without the page around them or its title.
+/// With `links`, exemplar traces and similar incidents are links.
+pub fn html_body(inc: &Incident, links: Option<Links<'_>>) -> String {
+    let mut o = String::new();
+    let trace = |id: &str| match links {
+        Some(l) => format!("<a href=\"{}{}\"><code>{}</code></a>", esc(l.trace), esc(id), esc(id)),
+        None => format!("<code>{}</code>", esc(id)),
+    };
     let _ = write!(
         o,
         "<p class=\"muted\">Incident <code>{}</code> · {} · opened by {} · confidence {:.2}<br>Window {} to {}; baseline {} to {}</p>",
@@ -257,18 +278,19 @@ pub fn html(inc: &Incident) -> String {
     }
     let _ = write!(
         o,
-        "<h2>Suspects</h2><table><tr><th>#</th><th>service</th><th>operation</th><th>cause</th><th>score</th><th>why</th></tr>"
+        "<h2>Suspects</h2><table><tr><th>#</th><th>service</th><th>operation</th><th>cause</th><th>score</th><th>why</th><th>example traces</th></tr>"
     );
     for (i, s) in inc.suspects.iter().enumerate() {
         let _ = write!(
             o,
-            "<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
             i + 1,
             esc(&s.service),
             esc(&s.operation),
             cause(s.cause),
             s.score,
-            esc(&s.reason)
+            esc(&s.reason),
+            s.exemplar_trace_ids.iter().take(3).map(|t| trace(t)).collect::<Vec<_>>().join("<br>")
         );
     }
     o.push_str("</table><h2>Change</h2>");
@@ -298,6 +320,20 @@ pub fn html(inc: &Incident) -> String {
                 let _ = write!(o, "<li>replaced <code>{}</code></li>", esc(p));
             }
             let _ = write!(o, "<li>confidence {:.2}: {}</li></ul>", c.confidence, esc(&c.why));
+            if !e.gates.is_empty() {
+                o.push_str("<table><tr><th>gate</th><th>kind</th><th>verdict</th><th>what it reported</th></tr>");
+                for g in &e.gates {
+                    let _ = write!(
+                        o,
+                        "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        esc(&g.name),
+                        esc(&format!("{:?}", g.kind).to_lowercase()),
+                        esc(&format!("{:?}", g.verdict).to_lowercase()),
+                        esc(g.summary.as_deref().unwrap_or(""))
+                    );
+                }
+                o.push_str("</table>");
+            }
         }
     }
     if !inc.gate_analysis.is_empty() {
@@ -328,8 +364,11 @@ pub fn html(inc: &Incident) -> String {
         for s in &inc.similar_incidents {
             let _ = write!(
                 o,
-                "<li><code>{}</code> {} ({}): {}</li>",
-                esc(&s.id),
+                "<li>{} {} ({}): {}</li>",
+                match links {
+                    Some(l) => format!("<a href=\"{}{}\"><code>{}</code></a>", esc(l.incident), esc(&s.id), esc(&s.id)),
+                    None => format!("<code>{}</code>", esc(&s.id)),
+                },
                 esc(&s.title),
                 time(s.opened_at),
                 esc(&s.matched)
@@ -341,6 +380,6 @@ pub fn html(inc: &Incident) -> String {
     for s in &inc.steps {
         let _ = write!(o, "<li><b>{}</b> ({} ms): {}</li>", esc(&s.step), s.took_ms, esc(&s.summary));
     }
-    o.push_str("</ul></body></html>\n");
+    o.push_str("</ul>");
     o
 }

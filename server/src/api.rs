@@ -43,6 +43,8 @@ pub struct AppState {
     /// Fills in changes from GitHub, when `rca.github_enrich` is on.
     pub enricher: Option<Arc<andon_rca::github::GitHubEnricher>>,
     pub runner: Arc<RunnerStats>,
+    /// The ingest counters over the last hour, for the UI's overview.
+    pub ingest_history: Arc<crate::ui::IngestHistory>,
     pub ready: AtomicBool,
     pub started: Instant,
 }
@@ -103,7 +105,7 @@ impl From<andon_rca::RcaError> for ApiError {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
@@ -324,27 +326,37 @@ async fn analyze(
         }
         _ => return Err(bad_request("give both baseline_from and baseline_to, or neither")),
     }
-    let report = app.analyzer.pass(&tenant, windows).await?;
-    let db = Arc::clone(&app.findings);
-    let (tests, flows, elapsed) = (report.tests, report.flows.clone(), report.elapsed);
-    let tickets = Arc::clone(&app.tickets);
-    let findings = blocking(move || {
-        let recorded = db.record(&tenant, report.findings)?;
-        if let Err(e) = tickets.observe(&tenant, &recorded) {
-            tracing::warn!(error = %e, "drafting tickets failed");
-        }
-        Ok::<_, AnalysisError>((tenant, recorded))
-    })
-    .await?;
-    let (tenant, findings) = findings;
-    crate::incidents::spawn_for_findings(&app.incidents, &tenant, &findings);
+    let report = backtest(&app, &tenant, windows).await?;
+    crate::incidents::spawn_for_findings(&app.incidents, &tenant, &report.findings);
     Ok(Json(json!({
-        "findings": findings,
-        "tests": tests,
-        "flows": flows,
-        "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+        "findings": report.findings,
+        "tests": report.tests,
+        "flows": report.flows,
+        "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
     }))
     .into_response())
+}
+
+/// Runs every detector over `windows`, records what they find and drafts the
+/// findings' tickets. The report's findings are the recorded ones (with their
+/// stored ids and states).
+pub(crate) async fn backtest(
+    app: &AppState,
+    tenant: &Tenant,
+    windows: Windows,
+) -> Result<andon_analysis::engine::PassReport, ApiError> {
+    let mut report = app.analyzer.pass(tenant, windows).await?;
+    let (db, tickets, t) = (Arc::clone(&app.findings), Arc::clone(&app.tickets), tenant.clone());
+    let found = std::mem::take(&mut report.findings);
+    report.findings = blocking(move || {
+        let recorded = db.record(&t, found)?;
+        if let Err(e) = tickets.observe(&t, &recorded) {
+            tracing::warn!(error = %e, "drafting tickets failed");
+        }
+        Ok::<_, AnalysisError>(recorded)
+    })
+    .await?;
+    Ok(report)
 }
 
 #[derive(Debug, Deserialize)]
@@ -404,14 +416,21 @@ fn decision(body: &[u8]) -> Result<Decision, ApiError> {
     let d: Decision = serde_json::from_slice(body).map_err(|e| {
         bad_request(format!("body must be {{\"reviewer\": \"...\", \"note\"|\"reason\": \"...\"}}: {e}"))
     })?;
-    let reviewer = d.reviewer.trim();
+    let reviewer = check_decision(&d.reviewer, d.note.as_deref().or(d.reason.as_deref()))?;
+    Ok(Decision { reviewer, ..d })
+}
+
+/// The rules a reviewer's name and note follow, from the API and the UI alike;
+/// the name comes back trimmed.
+pub(crate) fn check_decision(reviewer: &str, note: Option<&str>) -> Result<String, ApiError> {
+    let reviewer = reviewer.trim();
     if reviewer.is_empty() || reviewer.chars().count() > 100 || reviewer.chars().any(char::is_control) {
         return Err(bad_request("reviewer must be a name of 1 to 100 printable characters"));
     }
-    if d.note.as_ref().or(d.reason.as_ref()).is_some_and(|n| n.len() > 4096) {
+    if note.is_some_and(|n| n.len() > 4096) {
         return Err(bad_request("the note is longer than 4096 bytes"));
     }
-    Ok(Decision { reviewer: reviewer.to_owned(), ..d })
+    Ok(reviewer.to_owned())
 }
 
 /// The human gate: approve a pending draft, which queues it for its sink.
@@ -615,6 +634,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(app)

@@ -5,6 +5,7 @@
 mod api;
 mod changes_cli;
 mod config;
+mod demo;
 mod findings_cli;
 mod import;
 mod incidents;
@@ -13,6 +14,7 @@ mod metrics;
 mod query_cli;
 mod serve;
 mod tickets_cli;
+mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,9 @@ struct Cli {
 enum Command {
     /// Run the OTLP receivers, the store and the API.
     Serve(ServeArgs),
+    /// Start a server fed by the simulated shop with injected faults, find them,
+    /// open their incidents, and keep live traffic flowing until Ctrl-C.
+    Demo(demo::DemoArgs),
     /// Run read-only SQL over the spans of a running server.
     Query(query_cli::QueryArgs),
     /// Import OTLP JSON lines files.
@@ -72,7 +77,7 @@ struct ServeArgs {
     listen: Option<String>,
 }
 
-fn init_logging(json: bool, level: &str) {
+pub(crate) fn init_logging(json: bool, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ANDON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -106,6 +111,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Query(args) => runtime().and_then(|rt| rt.block_on(query_cli::run(args))),
         Command::Analyze(args) => runtime().and_then(|rt| rt.block_on(findings_cli::analyze(args))),
         Command::Findings(args) => runtime().and_then(|rt| rt.block_on(findings_cli::findings(args))),

@@ -83,7 +83,48 @@ async fn infer_changes(
     }
 }
 
+/// Samples the ingest counters for the UI's ingest-rate chart.
+async fn sample_ingest(app: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::ui::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let s = app.ingestor.stats().snapshot();
+        let rejected = s.spans_rejected.iter().map(|(_, n)| n).sum();
+        app.ingest_history.record(chrono::Utc::now(), s.spans_accepted, rejected);
+    }
+}
+
+/// A started server: its addresses and state, and what stopping it waits for.
+pub struct Running {
+    pub app: Arc<AppState>,
+    pub grpc_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
+    pub api_addr: std::net::SocketAddr,
+    store: Store,
+    maintenance: std::thread::JoinHandle<()>,
+    stop_tx: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// `andon serve`: start, serve until SIGTERM or Ctrl-C, then stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.store.data_dir.clone();
+    let running = start(config).await?;
+    println!("listening otlp-grpc={} otlp-http={} api={}", running.grpc_addr, running.http_addr, running.api_addr);
+    info!(grpc_addr = %running.grpc_addr, http_addr = %running.http_addr, api_addr = %running.api_addr,
+        data_dir = %data_dir.display(), "andon serving");
+    shutdown_signal().await;
+    running.stop().await
+}
+
+/// Opens the store and the databases, binds the three ports and starts serving,
+/// detection, lineage inference and the ticket outbox.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await?.context("opening the store")?;
     let maintenance = store.spawn_maintenance();
@@ -149,6 +190,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         incidents: Arc::clone(&incidents),
         enricher: enricher.clone(),
         runner: Arc::clone(&runner),
+        ingest_history: Arc::default(),
         ingestor: Arc::clone(&ingestor),
         ready: AtomicBool::new(false),
         started: Instant::now(),
@@ -162,32 +204,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    let grpc_task = tokio::spawn(andon_ingest::grpc::serve(grpc, Arc::clone(&ingestor), stopped()));
-    let http_task = tokio::spawn(
-        axum::serve(http, andon_ingest::http::router(Arc::clone(&ingestor)).into_make_service())
-            .with_graceful_shutdown(stopped())
-            .into_future(),
-    );
-    let api_task = tokio::spawn(
-        axum::serve(api_listener, api::router(Arc::clone(&app)).into_make_service())
-            .with_graceful_shutdown(stopped())
-            .into_future(),
-    );
-    let on_findings = crate::incidents::on_findings(Arc::clone(&tickets), incidents);
-    let detection = tokio::spawn(andon_analysis::runner::run(
-        analyzer,
-        Arc::clone(&findings),
-        runner,
-        on_findings,
-        stop_rx_detection.clone(),
-    ));
-    let lineage = tokio::spawn(infer_changes(
-        app.query.clone(),
-        Arc::clone(&app.changes),
-        enricher,
-        config.analysis.interval_secs,
-        stop_rx_detection.clone(),
-    ));
+    let grpc_serving = andon_ingest::grpc::serve(grpc, Arc::clone(&ingestor), stopped());
+    let grpc_task = tokio::spawn(async move { grpc_serving.await.context("otlp-grpc server") });
+    let http_serving = axum::serve(http, andon_ingest::http::router(Arc::clone(&ingestor)).into_make_service())
+        .with_graceful_shutdown(stopped());
+    let http_task = tokio::spawn(async move { http_serving.await.context("otlp-http server") });
+    let api_serving =
+        axum::serve(api_listener, api::router(Arc::clone(&app)).into_make_service()).with_graceful_shutdown(stopped());
+    let api_task = tokio::spawn(async move { api_serving.await.context("api server") });
+    let sampling = tokio::spawn(sample_ingest(Arc::clone(&app), stop_rx_detection.clone()));
     let resolving = Arc::clone(&findings);
     let on_resolved = Arc::new(move |tenant: &andon_model::Tenant, ids: &[String]| {
         if let Err(e) = resolving.resolve_ids(tenant, ids) {
@@ -196,23 +221,68 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let outbox = tokio::spawn(Arc::clone(&tickets).run(on_resolved, stop_rx_detection));
     app.ready.store(true, Ordering::Release);
-    println!("listening otlp-grpc={grpc_addr} otlp-http={http_addr} api={api_addr}");
-    info!(%grpc_addr, %http_addr, %api_addr, data_dir = %config.store.data_dir.display(), "andon serving");
+    let mut running = Running {
+        app,
+        grpc_addr,
+        http_addr,
+        api_addr,
+        store,
+        maintenance,
+        stop_tx,
+        servers: vec![grpc_task, http_task, api_task],
+        background: vec![outbox, sampling],
+    };
+    running.start_detection(config.analysis.interval_secs)?;
+    Ok(running)
+}
 
-    shutdown_signal().await;
-    info!("shutting down: draining in-flight requests");
-    app.ready.store(false, Ordering::Release);
-    let _ = stop_tx.send(true);
-    let (g, h, a) = tokio::join!(grpc_task, http_task, api_task);
-    g?.context("otlp-grpc server")?;
-    h?.context("otlp-http server")?;
-    a?.context("api server")?;
-    let _ = detection.await;
-    let _ = outbox.await;
-    let _ = lineage.await;
-    let closing = store.clone();
-    tokio::task::spawn_blocking(move || closing.close()).await?.context("flushing the store")?;
-    let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;
-    info!("shutdown complete");
-    Ok(())
+impl Running {
+    /// Starts continuous detection, and the recording of versions first seen in
+    /// spans, every `interval_secs` (neither when it is 0).
+    pub fn start_detection(&mut self, interval_secs: u64) -> anyhow::Result<()> {
+        if interval_secs == 0 {
+            return Ok(());
+        }
+        let app = &self.app;
+        let mut cfg = app.analyzer.config().clone();
+        cfg.interval_secs = interval_secs;
+        let analyzer = Analyzer::new(app.query.clone(), cfg)?;
+        let on_findings = crate::incidents::on_findings(Arc::clone(&app.tickets), Arc::clone(&app.incidents));
+        let stop = self.stop_tx.subscribe();
+        self.background.push(tokio::spawn(andon_analysis::runner::run(
+            analyzer,
+            Arc::clone(&app.findings),
+            Arc::clone(&app.runner),
+            on_findings,
+            stop.clone(),
+        )));
+        self.background.push(tokio::spawn(infer_changes(
+            app.query.clone(),
+            Arc::clone(&app.changes),
+            app.enricher.clone(),
+            interval_secs,
+            stop,
+        )));
+        Ok(())
+    }
+
+    /// Drains in-flight requests, stops the background work and flushes the
+    /// store to segments.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        info!("shutting down: draining in-flight requests");
+        self.app.ready.store(false, Ordering::Release);
+        let _ = self.stop_tx.send(true);
+        for task in self.servers {
+            task.await??;
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
+        let closing = self.store.clone();
+        tokio::task::spawn_blocking(move || closing.close()).await?.context("flushing the store")?;
+        let maintenance = self.maintenance;
+        let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;
+        info!("shutdown complete");
+        Ok(())
+    }
 }
