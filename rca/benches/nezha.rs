@@ -19,7 +19,7 @@ use std::time::Instant;
 use andon_ingest::{IngestConfig, Ingestor};
 use andon_model::clock::SystemClock;
 use andon_model::{Tenant, TimeWindow};
-use andon_rca::localize::{LocalizeLimits, localize};
+use andon_rca::localize::{LocalizeLimits, Scope, localize};
 use andon_store::{Durability, QueryEngine, QueryLimits, Store, StoreConfig};
 use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -76,8 +76,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let incident =
             TimeWindow { start: label.inject_time_utc, end: label.data_end_utc + chrono::Duration::seconds(1) };
         let t = Instant::now();
-        let (loc, _) =
-            rt.block_on(localize(&engine, &tenant, &baseline, &incident, None, None, &LocalizeLimits::default()))?;
+        let (loc, _) = rt.block_on(localize(
+            &engine,
+            &tenant,
+            &baseline,
+            &incident,
+            &Scope::default(),
+            None,
+            &LocalizeLimits::default(),
+        ))?;
         rca_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let mut services: Vec<&str> = Vec::new();
         for s in &loc.suspects {

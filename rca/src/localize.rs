@@ -50,21 +50,54 @@ impl Default for LocalizeLimits {
     }
 }
 
-/// The spans of sampled traces whose root starts in the window. With `through`,
-/// only traces that pass through that service.
-pub fn sample_query(w: &TimeWindow, traces: usize, through: Option<&str>) -> String {
+/// Which traces the RCA reads: every one, only those through a service (where
+/// the trouble was noticed), only those of a segment (where the findings were
+/// confined), or both.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub through: Option<String>,
+    /// Segment attributes and their values, such as `browser.mobile = true`.
+    pub segment: BTreeMap<String, serde_json::Value>,
+}
+
+impl Scope {
+    /// `AND <col> IN (…)` conditions keeping traces in scope, over spans that
+    /// start between `from` and `to`. A segment attribute can sit on any span
+    /// of a trace (a browser's `browser.mobile` on its client span, a backend's
+    /// `cloud.region` on its server spans), so each is its own condition.
+    fn trace_filter(&self, col: &str, from: &str, to: &str) -> String {
+        let mut conditions = Vec::new();
+        if let Some(s) = &self.through {
+            conditions.push(format!("service_name = {}", lit(s)));
+        }
+        for (attribute, value) in &self.segment {
+            let Ok(c) = andon_analysis::sql::segment_column(attribute) else { continue };
+            let value = match value {
+                serde_json::Value::Bool(b) if c.boolean => b.to_string(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::String(v) => lit(v),
+                _ => continue,
+            };
+            conditions.push(format!("{} = {value}", c.column));
+        }
+        conditions
+            .iter()
+            .map(|c| {
+                format!(
+                    "\n      AND {col} IN (SELECT trace_id FROM spans WHERE {c} AND start_time >= {from} AND start_time < {to})"
+                )
+            })
+            .collect()
+    }
+}
+
+/// The spans of sampled traces whose root starts in the window, of the traces
+/// in `scope`.
+pub fn sample_query(w: &TimeWindow, traces: usize, scope: &Scope) -> String {
     let (from, to) = (sql::ts(w.start), sql::ts(w.end));
     let slack_from = sql::ts(w.start - Duration::minutes(10));
     let slack_to = sql::ts(w.end + Duration::minutes(10));
-    let through = through
-        .map(|s| {
-            format!(
-                "\n      AND trace_id IN (SELECT trace_id FROM spans WHERE service_name = {} \
-                 AND start_time >= {from} AND start_time < {slack_to})",
-                lit(s)
-            )
-        })
-        .unwrap_or_default();
+    let through = scope.trace_filter("trace_id", &from, &slack_to);
     format!(
         "WITH picked AS (\n    SELECT trace_id FROM spans\n    WHERE start_time >= {from} AND start_time < {to}\n      \
          AND (parent_span_id IS NULL OR parent_span_id = ''){through}\n    GROUP BY trace_id ORDER BY trace_id LIMIT {traces}\n)\n\
@@ -79,10 +112,11 @@ pub fn sample_query(w: &TimeWindow, traces: usize, through: Option<&str>) -> Str
 /// Exact failure counts over the whole window, not a sample: failures are
 /// rarer than slow calls, and a sample of traces can miss them. Per (service,
 /// operation, kind): calls, failures that start there (no failing child), and
-/// the roots with their failures.
-pub fn failures_query(w: &TimeWindow) -> String {
+/// the roots with their failures; of the traces in `scope`.
+pub fn failures_query(w: &TimeWindow, scope: &Scope) -> String {
     let (from, to) = (sql::ts(w.start), sql::ts(w.end));
     let slack_to = sql::ts(w.end + Duration::minutes(10));
+    let in_scope = scope.trace_filter("s.trace_id", &from, &slack_to);
     format!(
         "WITH failing_parent AS (\n    SELECT DISTINCT trace_id, parent_span_id FROM spans\n    \
          WHERE start_time >= {from} AND start_time < {slack_to} AND status_code = 'error'\n      \
@@ -93,7 +127,7 @@ pub fn failures_query(w: &TimeWindow) -> String {
          sum(CASE WHEN (s.parent_span_id IS NULL OR s.parent_span_id = '') AND s.status_code = 'error' THEN 1 ELSE 0 END) \
          AS root_errors\n\
          FROM spans s LEFT JOIN failing_parent f ON f.trace_id = s.trace_id AND f.parent_span_id = s.span_id\n\
-         WHERE s.start_time >= {from} AND s.start_time < {to}\nGROUP BY 1, 2, 3",
+         WHERE s.start_time >= {from} AND s.start_time < {to}{in_scope}\nGROUP BY 1, 2, 3",
         op = sql::OPERATION,
     )
 }
@@ -732,7 +766,7 @@ pub async fn localize(
     tenant: &Tenant,
     baseline: &TimeWindow,
     incident: &TimeWindow,
-    through: Option<&str>,
+    scope: &Scope,
     channel: Option<Channel>,
     limits: &LocalizeLimits,
 ) -> Result<(Localization, Vec<String>), RcaError> {
@@ -740,20 +774,21 @@ pub async fn localize(
     let mut profiles = Vec::new();
     let mut failures = Vec::new();
     for w in [baseline, incident] {
-        let q = sample_query(w, limits.traces, through);
+        let q = sample_query(w, limits.traces, scope);
         let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
         profiles.push(Profile::from_batches(&out.batches)?);
         queries.push(q);
-        let q = failures_query(w);
+        let q = failures_query(w, scope);
         let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
         failures.push(Failures::from_rows(&andon_analysis::sql::Rows::new(out.batches)));
         queries.push(q);
     }
     let cur = profiles.pop().unwrap_or_default();
     let base = profiles.pop().unwrap_or_default();
-    // A hint narrows the sample to traces through one service; the exact
-    // failure counts cover every trace, so they are used only without one.
-    let exact = through.is_none().then(|| (&failures[0], &failures[1]));
+    // A service hint narrows the sample to traces through that service; the
+    // exact failure counts cover every trace of the scope's segment, not only
+    // those, so they are used only without one.
+    let exact = scope.through.is_none().then(|| (&failures[0], &failures[1]));
     Ok((rank(&base, &cur, exact, channel, limits), queries))
 }
 

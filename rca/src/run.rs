@@ -45,6 +45,8 @@ pub struct Hints {
     pub channel: Option<Channel>,
     /// The segment the findings are confined to, in words.
     pub segment: Option<String>,
+    /// The same segment as attributes and values: only its traces are read.
+    pub segment_filter: std::collections::BTreeMap<String, serde_json::Value>,
     pub group_key: Option<String>,
 }
 
@@ -169,16 +171,9 @@ impl Rca {
         let (baseline, window) = (inc.baseline_window, inc.window);
 
         let t = Instant::now();
-        let (loc, queries) = localize::localize(
-            &self.engine,
-            tenant,
-            &baseline,
-            &window,
-            inc.service.as_deref(),
-            hints.channel,
-            &self.limits,
-        )
-        .await?;
+        let scope = localize::Scope { through: inc.service.clone(), segment: hints.segment_filter.clone() };
+        let (loc, queries) =
+            localize::localize(&self.engine, tenant, &baseline, &window, &scope, hints.channel, &self.limits).await?;
         steps.record(
             "localize",
             t,

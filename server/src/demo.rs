@@ -223,11 +223,12 @@ async fn summarize(
     // Flushed spans are what detection reads fastest; the rest is read from memory.
     let store = app.store.clone();
     tokio::task::spawn_blocking(move || store.flush()).await?.context("flushing the store")?;
-    // The history's first third is the baseline; its last fifth, when every
-    // fault of every scenario has started, is judged against it.
+    // The history's first third, before any fault, is the baseline; its last
+    // quarter, when every fault of every scenario has started, is judged
+    // against it.
     let span = truth.end - truth.start;
     let at = |f: f64| truth.start + chrono::Duration::milliseconds((span.num_milliseconds() as f64 * f) as i64);
-    let windows = Windows { baseline_start: truth.start, baseline_end: at(0.35), split: at(0.8), end: truth.end };
+    let windows = Windows { baseline_start: truth.start, baseline_end: at(0.35), split: at(0.75), end: truth.end };
     let report = crate::api::backtest(app, tenant, windows).await.map_err(|e| anyhow::anyhow!("{}", e.1))?;
     let open: Vec<_> = report.findings.iter().filter(|f| f.state == FindingState::Open).collect();
     println!(

@@ -103,10 +103,19 @@ impl Incidents {
             if baseline.end <= baseline.start || end <= start {
                 continue;
             }
+            // Retries and silent recoveries are made of failed calls: their RCA
+            // follows the failures, not whatever else got slow.
             let channel = match first.kind {
                 FindingKind::LatencyRegression => Some(Channel::Latency),
-                FindingKind::ErrorRateRegression => Some(Channel::Errors),
-                _ => None,
+                FindingKind::ErrorRateRegression | FindingKind::Retry | FindingKind::SilentRecovery => {
+                    Some(Channel::Errors)
+                }
+                // Sessions that leave after an error follow the failures; those
+                // that leave without one leave the RCA to find what changed.
+                FindingKind::DropOff => {
+                    let after_error = first.evidence.details.get("left_after_error_share").and_then(|v| v.as_f64());
+                    after_error.is_some_and(|s| s >= 0.5).then_some(Channel::Errors)
+                }
             };
             let segment = (!first.segment.is_empty()).then(|| {
                 first
@@ -124,8 +133,14 @@ impl Incidents {
                 service: None,
                 title: None,
             };
-            let hints =
-                Hints { opened_by: "detection".to_owned(), finding_ids: ids, channel, segment, group_key: Some(key) };
+            let hints = Hints {
+                opened_by: "detection".to_owned(),
+                finding_ids: ids,
+                channel,
+                segment,
+                segment_filter: first.segment.clone(),
+                group_key: Some(key),
+            };
             opened.push(self.open(tenant, &req, hints).await?);
         }
         Ok(opened)

@@ -2,6 +2,7 @@
 //! `andon` binary on free ports and a fresh data directory, talk to it, stop it
 //! gracefully or kill it.
 
+pub mod browser;
 pub mod github_twin;
 
 use std::io::{BufRead, BufReader};
@@ -228,6 +229,9 @@ pub mod reqwest {
         }
         pub fn get(&self, url: String) -> RequestBuilder {
             RequestBuilder { inner: ::reqwest::Client::new().get(url) }
+        }
+        pub fn delete(&self, url: String) -> RequestBuilder {
+            RequestBuilder { inner: ::reqwest::Client::new().delete(url) }
         }
     }
 

@@ -139,18 +139,15 @@ fn subject_filter(f: &Finding) -> String {
     format!("s.service_name = {} AND ({OPERATION}) = {}", lit(&f.service), lit(&f.operation))
 }
 
-/// SQL conditions for a finding's segment, where each attribute has a column
-/// of its own (its name with `.` replaced by `_`). A session's segment (a
+/// SQL conditions for a finding's segment (each segment attribute has a column
+/// of its own). A session's segment (a
 /// browser's `browser.mobile`, say) is on the session's client spans, not on the
 /// server spans being charted, so a span matches when it carries the value or
 /// belongs to a session with a span that does.
 fn segment_filter(f: &Finding, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
     let mut o = String::new();
     for (k, v) in &f.segment {
-        let col: String = k.chars().map(|c| if c == '.' { '_' } else { c }).collect();
-        if !col.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            continue;
-        }
+        let Ok(col) = andon_analysis::sql::segment_column(k).map(|c| c.column) else { continue };
         let value = match v {
             Value::Bool(b) => b.to_string(),
             Value::Number(n) => n.to_string(),
