@@ -130,7 +130,9 @@ impl Incidents {
                 end,
                 baseline_start: Some(baseline.start),
                 baseline_end: Some(baseline.end),
-                service: None,
+                // Detection already found where the trouble starts: the RCA reads
+                // the traces through that service, and digs beneath it.
+                service: Some(first.evidence.cause.as_ref().map_or(&first.service, |c| &c.service).clone()),
                 title: None,
             };
             let hints = Hints {

@@ -155,7 +155,7 @@ fn the_demo_in_a_browser() {
     };
     let twin = GitHubTwin::start();
     let mut demo = Demo::start(
-        &["--scenario", "mixed", "--hours", "1", "--rate", "1", "--seed", "3"],
+        &["--scenario", "mixed", "--hours", "1.5", "--rate", "1", "--seed", "3"],
         &[
             ("ANDON_LOG", "warn"),
             ("ANDON_TICKETS_SINK", "github"),
@@ -179,8 +179,8 @@ fn the_demo_in_a_browser() {
         .clone();
     let drop_off = findings
         .iter()
-        .find(|f| f["kind"] == "drop_off" && f["segment"]["browser.mobile"] == true)
-        .unwrap_or_else(|| panic!("no mobile drop-off: {findings:#?}"))
+        .find(|f| f["kind"] == "drop_off" && f["operation"] == "POST /checkout/payment")
+        .unwrap_or_else(|| panic!("no drop-off at the payment step: {findings:#?}"))
         .clone();
     let incidents = demo.get("/api/v1/incidents")["incidents"].as_array().unwrap().clone();
     let incident = incidents
@@ -191,7 +191,9 @@ fn the_demo_in_a_browser() {
     let pending = demo.get("/api/v1/tickets?state=pending")["tickets"].as_array().unwrap().clone();
     let ticket = pending
         .iter()
-        .find(|t| t["finding_ids"].as_array().is_some_and(|ids| ids.contains(&latency["id"])))
+        .find(|t| {
+            t["incident_id"].is_null() && t["finding_ids"].as_array().is_some_and(|ids| ids.contains(&latency["id"]))
+        })
         .unwrap_or_else(|| panic!("no pending ticket for the latency finding: {pending:#?}"))
         .clone();
 
@@ -234,12 +236,13 @@ fn the_demo_in_a_browser() {
     assert!(table.contains(&requests), "the rerun lacks {requests} requests:\n{table}");
     b.screenshot(&shots.join("sql.png"));
 
-    // A drop-off: conversion by segment, where only mobile fell.
+    // The drop-off at payment: conversion by segment shows that only mobile
+    // sessions fell, whichever segment the finding itself names.
     b.goto(&url(&format!("/findings/{}", drop_off["id"].as_str().unwrap())));
     let charts = b.find_all("svg.chart");
     assert!(charts.len() >= 2, "a conversion chart and an error-rate chart");
     let conversion = b.text(&charts[0]);
-    assert!(conversion.contains("browser.mobile=true") && conversion.contains("browser.mobile=false"), "{conversion}");
+    assert!(conversion.contains("browser.mobile") && conversion.contains("os.type"), "{conversion}");
     let mobile = b.execute(
         "const r = [...document.querySelectorAll('svg.chart')[0].querySelectorAll('rect title')].map(t => t.textContent); return r;",
     );
@@ -337,12 +340,14 @@ fn the_demo_in_a_browser() {
     assert_eq!(resp.status(), 200);
     b.goto(&url(&format!("/traces/{hostile}")));
     assert_inert(&b, "trace page");
+    // Span details start folded; unfold them to read what they show.
+    b.execute("document.querySelectorAll('details').forEach(d => d.open = true); return 0");
     let text = b.page_text();
     assert!(text.contains("<script>document.title='pwned';window.pwned=1</script>"), "the attribute shows as text");
     assert!(text.contains("<b>bold</b> GET /cart"), "the span name shows as text");
-    b.execute("document.querySelectorAll('details').forEach(d => d.open = true); return 0");
-    let text = b.page_text();
     assert!(text.contains("<img src=x onerror=alert(1)>"), "the attribute key shows as text");
+    assert!(text.contains("\"><svg onload=alert(2)>"), "the attribute value shows as text");
+    assert_inert(&b, "trace page, unfolded");
     b.goto(&url(&format!("/sql?q=SELECT+name,+attributes+FROM+spans+WHERE+trace_id+=+'{hostile}'")));
     assert_inert(&b, "sql console");
     assert!(b.page_text().contains("<b>bold</b> GET /cart"));

@@ -164,14 +164,19 @@ pub fn time_chart(title: &str, series: &[Series], unit: &str, markers: &[Marker]
     o
 }
 
-/// Bars per category, one bar per series side by side. `unit` labels values.
-pub fn bars(title: &str, categories: &[String], series: &[(String, Vec<f64>)], unit: &str) -> String {
+/// Bars per category, one bar per series side by side. `unit` labels values;
+/// `max` fixes the top of the axis (1 for shares). A category named
+/// `attribute=value` is labelled with its value, and the attribute is written
+/// once beneath the first of its group.
+pub fn bars(title: &str, categories: &[String], series: &[(String, Vec<f64>)], unit: &str, max: Option<f64>) -> String {
     if categories.is_empty() || series.is_empty() {
         return format!("<p class=\"muted\">{}: no data.</p>", esc(title));
     }
-    let ymax = nice_max(series.iter().flat_map(|s| s.1.iter().copied()).fold(0.0, f64::max) * 1.08);
+    let ymax =
+        max.unwrap_or_else(|| nice_max(series.iter().flat_map(|s| s.1.iter().copied()).fold(0.0, f64::max) * 1.08));
     let y = |v: f64| TOP + (1.0 - (v / ymax).clamp(0.0, 1.0)) * (H - TOP - BOTTOM - 14.0);
     let base = H - BOTTOM - 14.0;
+    let mut group = "";
     let slot = (W - LEFT - RIGHT) / categories.len() as f64;
     let bar = (slot * 0.8 / series.len() as f64).min(48.0);
     let mut o = String::new();
@@ -209,17 +214,23 @@ pub fn bars(title: &str, categories: &[String], series: &[(String, Vec<f64>)], u
                 esc(&fmt_value(v, unit))
             );
         }
-        let mut name: String = cat.chars().take(28).collect();
-        if cat.chars().count() > 28 {
+        let (attribute, value) = cat.split_once('=').unwrap_or(("", cat.as_str()));
+        let mut name: String = value.chars().take(24).collect();
+        if value.chars().count() > 24 {
             name.push('…');
         }
-        let _ = write!(
-            o,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            LEFT + (c as f64 + 0.5) * slot,
-            base + 14.0,
-            esc(&name)
-        );
+        let cx = LEFT + (c as f64 + 0.5) * slot;
+        let _ = write!(o, "<text x=\"{cx:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", base + 14.0, esc(&name));
+        if attribute != group {
+            group = attribute;
+            let _ = write!(
+                o,
+                "<text class=\"mlabel\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                LEFT + c as f64 * slot + 4.0,
+                base + 30.0,
+                esc(attribute)
+            );
+        }
     }
     let _ = write!(
         o,
@@ -256,6 +267,6 @@ mod tests {
     #[test]
     fn an_empty_chart_says_so() {
         assert!(time_chart("p95", &[], "ms", &[], &[]).contains("no data"));
-        assert!(bars("attempts", &[], &[], "").contains("no data"));
+        assert!(bars("attempts", &[], &[], "", None).contains("no data"));
     }
 }

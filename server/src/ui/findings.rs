@@ -283,7 +283,7 @@ async fn attempts_chart(app: &AppState, viewer: &Viewer, f: &Finding) -> Result<
         series.push((format!("{side} ({total:.0} spans)"), shares));
     }
     let mut o = format!("<h2>Attempts of {} ({})</h2>", esc(&f.operation), esc(&segment_text(f)));
-    o.push_str(&chart::bars("share of spans by attempt", &cats, &series, ""));
+    o.push_str(&chart::bars("share of spans by attempt", &cats, &series, "", Some(1.0)));
     let _ = write!(o, "<p class=\"muted\"><a href=\"{}\">The query behind this chart</a>.</p>", esc(&sql_href(&sql)));
     Ok(o)
 }
@@ -346,7 +346,7 @@ async fn funnel_chart(app: &AppState, viewer: &Viewer, f: &Finding) -> Result<St
     let conv = |side: usize| -> Vec<f64> { by_segment.values().map(|v| v[side].1 / v[side].0.max(1.0)).collect() };
     let series = vec![("baseline".to_owned(), conv(0)), ("current".to_owned(), conv(1))];
     let mut o = format!("<h2>Conversion from {} to {} by segment</h2>", esc(&f.operation), esc(next));
-    o.push_str(&chart::bars("share of sessions going on to the next step", &cats, &series, ""));
+    o.push_str(&chart::bars("share of sessions going on to the next step", &cats, &series, "", Some(1.0)));
     let _ = write!(
         o,
         "<p class=\"muted\">Sessions that reached the step, by the session's segment; those still active at the \
@@ -469,8 +469,10 @@ pub async fn detail(
     b.push_str("<h2>Evidence</h2>");
     let _ = write!(
         b,
-        "<p>The query that reproduces the numbers: <a href=\"{}\"><button type=\"button\">Run this query</button></a></p><pre>{}</pre>",
+        "<p>The query that reproduces the numbers: <a href=\"{}\"><button type=\"button\">Run this query</button></a></p>\
+         <details><summary>Show the query ({} lines)</summary><pre>{}</pre></details>",
         esc(&sql_href(&f.evidence.query)),
+        f.evidence.query.lines().count(),
         esc(&f.evidence.query)
     );
     if !f.evidence.details.is_empty() {

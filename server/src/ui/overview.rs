@@ -123,7 +123,7 @@ pub async fn show(State(app): State<Arc<AppState>>, viewer: Viewer) -> Result<Re
     let counts: Vec<f64> =
         severities.iter().map(|s| findings.iter().filter(|f| f.severity == *s).count() as f64).collect();
     let cats: Vec<String> = severities.iter().map(|s| s.as_str().to_owned()).collect();
-    b.push_str(&chart::bars("open findings by severity", &cats, &[("findings".into(), counts)], ""));
+    b.push_str(&chart::bars("open findings by severity", &cats, &[("findings".into(), counts)], "", None));
     b.push_str("</section></div>");
 
     b.push_str("<h2>Services (server spans, last hour)</h2>");
@@ -146,7 +146,7 @@ pub async fn show(State(app): State<Arc<AppState>>, viewer: Viewer) -> Result<Re
                 esc(text(r, "version")),
                 100.0 * num(r, "errors") / spans.max(1.0),
                 num(r, "p95_ms"),
-                esc(text(r, "last_seen")),
+                super::parse_time(text(r, "last_seen")).map_or_else(|| esc(text(r, "last_seen")), ago),
             );
         }
         b.push_str("</table>");

@@ -108,6 +108,20 @@ pub async fn list(
             );
         }
         b.push_str("</table>");
+        if state == Some(TicketState::Pending) {
+            b.push_str("<h2>The drafts</h2>");
+            for t in &list {
+                let _ = write!(
+                    b,
+                    "<details class=\"span\"><summary>{} <b>{}</b> · <a href=\"/tickets/{}\">review</a></summary>\
+                     <div class=\"body\">{}</div></details>",
+                    badge("", &t.priority.to_string()),
+                    esc(&t.title),
+                    url_encode(&t.id),
+                    render_markdown(andon_ticketing::db::strip_marker(&t.body)),
+                );
+            }
+        }
     }
     Ok(page(&viewer, "Tickets", Nav::Tickets, &b))
 }
@@ -139,13 +153,13 @@ pub async fn detail(
     let _ = write!(
         b,
         "<p class=\"muted\"><a href=\"/tickets\">Tickets</a> / <span class=\"mono\">{}</span></p><h1>{}</h1>\
-         <p>{} {} {} · seen {} times · drafted {}</p>",
+         <p>{} {} {} · seen {} · drafted {}</p>",
         esc(&t.id),
         esc(&t.title),
         badge(t.state.as_str(), t.state.as_str()),
         badge("", &t.priority.to_string()),
         badge(t.severity.as_str(), t.severity.as_str()),
-        t.occurrences,
+        if t.occurrences == 1 { "once".to_owned() } else { format!("{} times", t.occurrences) },
         time(t.created_at),
     );
     match p.done.as_deref() {

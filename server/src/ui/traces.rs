@@ -91,7 +91,7 @@ pub async fn lookup(
                 esc(text(r, "name")),
                 num(r, "ms"),
                 esc(text(r, "status_code")),
-                esc(text(r, "start_time")),
+                parse_time(text(r, "start_time")).map_or_else(|| esc(text(r, "start_time")), super::ago),
             );
         }
         b.push_str("</table>");
@@ -203,7 +203,8 @@ pub async fn page_of(
         services.len(),
         total / 1e6,
         errors,
-        esc(text(&spans[order[0].0].row, "start_time")),
+        parse_time(text(&spans[order[0].0].row, "start_time"))
+            .map_or_else(|| esc(text(&spans[order[0].0].row, "start_time")), super::time),
         if cut { format!(" · only the first {MAX_SPANS} spans are shown") } else { String::new() },
         esc(&super::sql_href(&format!(
             "SELECT service_name, name, kind, start_time, duration_ns, status_code FROM spans WHERE trace_id = '{id}' ORDER BY start_time"
