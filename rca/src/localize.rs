@@ -56,6 +56,8 @@ impl Default for LocalizeLimits {
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
     pub through: Option<String>,
+    /// With `through`: only traces that call this operation of that service.
+    pub operation: Option<String>,
     /// Segment attributes and their values, such as `browser.mobile = true`.
     pub segment: BTreeMap<String, serde_json::Value>,
 }
@@ -68,7 +70,12 @@ impl Scope {
     fn trace_filter(&self, col: &str, from: &str, to: &str) -> String {
         let mut conditions = Vec::new();
         if let Some(s) = &self.through {
-            conditions.push(format!("service_name = {}", lit(s)));
+            match &self.operation {
+                Some(op) => {
+                    conditions.push(format!("s.service_name = {} AND {} = {}", lit(s), sql::OPERATION, lit(op)))
+                }
+                None => conditions.push(format!("s.service_name = {}", lit(s))),
+            }
         }
         for (attribute, value) in &self.segment {
             let Ok(c) = andon_analysis::sql::segment_column(attribute) else { continue };
@@ -78,13 +85,13 @@ impl Scope {
                 serde_json::Value::String(v) => lit(v),
                 _ => continue,
             };
-            conditions.push(format!("{} = {value}", c.column));
+            conditions.push(format!("s.{} = {value}", c.column));
         }
         conditions
             .iter()
             .map(|c| {
                 format!(
-                    "\n      AND {col} IN (SELECT trace_id FROM spans WHERE {c} AND start_time >= {from} AND start_time < {to})"
+                    "\n      AND {col} IN (SELECT s.trace_id FROM spans s WHERE {c} AND s.start_time >= {from} AND s.start_time < {to})"
                 )
             })
             .collect()

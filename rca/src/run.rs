@@ -45,6 +45,9 @@ pub struct Hints {
     pub channel: Option<Channel>,
     /// The segment the findings are confined to, in words.
     pub segment: Option<String>,
+    /// With the incident's `service`: the operation where detection saw the
+    /// trouble start; only traces calling it are read.
+    pub operation: Option<String>,
     /// The same segment as attributes and values: only its traces are read.
     pub segment_filter: std::collections::BTreeMap<String, serde_json::Value>,
     pub group_key: Option<String>,
@@ -171,7 +174,11 @@ impl Rca {
         let (baseline, window) = (inc.baseline_window, inc.window);
 
         let t = Instant::now();
-        let scope = localize::Scope { through: inc.service.clone(), segment: hints.segment_filter.clone() };
+        let scope = localize::Scope {
+            through: inc.service.clone(),
+            operation: inc.service.as_ref().and(hints.operation.clone()),
+            segment: hints.segment_filter.clone(),
+        };
         let (loc, queries) =
             localize::localize(&self.engine, tenant, &baseline, &window, &scope, hints.channel, &self.limits).await?;
         steps.record(

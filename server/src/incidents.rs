@@ -125,14 +125,19 @@ impl Incidents {
                     .collect::<Vec<_>>()
                     .join(", ")
             });
+            let origin = first
+                .evidence
+                .cause
+                .as_ref()
+                .map_or((&first.service, &first.operation), |c| (&c.service, &c.operation));
             let req = OpenIncident {
                 start,
                 end,
                 baseline_start: Some(baseline.start),
                 baseline_end: Some(baseline.end),
                 // Detection already found where the trouble starts: the RCA reads
-                // the traces through that service, and digs beneath it.
-                service: Some(first.evidence.cause.as_ref().map_or(&first.service, |c| &c.service).clone()),
+                // the traces that call that operation, and digs beneath it.
+                service: Some(origin.0.clone()),
                 title: None,
             };
             let hints = Hints {
@@ -140,6 +145,7 @@ impl Incidents {
                 finding_ids: ids,
                 channel,
                 segment,
+                operation: Some(origin.1.clone()),
                 segment_filter: first.segment.clone(),
                 group_key: Some(key),
             };

@@ -123,7 +123,9 @@ pub async fn show(State(app): State<Arc<AppState>>, viewer: Viewer) -> Result<Re
     let counts: Vec<f64> =
         severities.iter().map(|s| findings.iter().filter(|f| f.severity == *s).count() as f64).collect();
     let cats: Vec<String> = severities.iter().map(|s| s.as_str().to_owned()).collect();
-    b.push_str(&chart::bars("open findings by severity", &cats, &[("findings".into(), counts)], "", None));
+    // Whole numbers on the axis: its top is a multiple of 4 (4 grid steps).
+    let top = (counts.iter().copied().fold(0.0, f64::max) / 4.0).ceil().max(1.0) * 4.0;
+    b.push_str(&chart::bars("open findings by severity", &cats, &[("findings".into(), counts)], "", Some(top)));
     b.push_str("</section></div>");
 
     b.push_str("<h2>Services (server spans, last hour)</h2>");
