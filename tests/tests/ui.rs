@@ -241,6 +241,9 @@ fn the_demo_in_a_browser() {
     b.goto(&url(&format!("/findings/{}", drop_off["id"].as_str().unwrap())));
     let charts = b.find_all("svg.chart");
     assert!(charts.len() >= 2, "a conversion chart and an error-rate chart");
+    assert_eq!(drop_off["change"]["version"], "3.5.0", "the drop-off is attributed to the payments deploy");
+    let errors = b.text(&charts[1]);
+    assert!(errors.contains("deploy payments 3.5.0"), "the cause's deploy is marked: {errors}");
     let conversion = b.text(&charts[0]);
     assert!(conversion.contains("browser.mobile") && conversion.contains("os.type"), "{conversion}");
     let mobile = b.execute(

@@ -188,7 +188,8 @@ fn series_sql(f: &Finding, from: DateTime<Utc>, to: DateTime<Utc>, segment: bool
     )
 }
 
-/// Deploys of the finding's service over the chart's range, as markers.
+/// Deploys over the chart's range of the finding's service, of the service
+/// where its trouble starts, and of the service its change belongs to.
 async fn deploy_markers(
     app: &AppState,
     viewer: &Viewer,
@@ -196,15 +197,26 @@ async fn deploy_markers(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<Marker>, UiError> {
-    let (changes, t, service) = (Arc::clone(&app.changes), viewer.tenant.clone(), f.service.clone());
-    let filter = andon_rca::ChangeFilter { service: Some(service), since: Some(from) };
-    let list = blocking(move || changes.list(Some(&t), &filter)).await?;
+    let mut services: BTreeSet<String> = BTreeSet::from([f.service.clone()]);
+    services.extend(f.evidence.cause.as_ref().map(|c| c.service.clone()));
+    services.extend(f.change.as_ref().map(|c| c.service.clone()));
+    let (changes, t) = (Arc::clone(&app.changes), viewer.tenant.clone());
+    let list = blocking(move || {
+        let mut all = Vec::new();
+        for service in services {
+            let filter = andon_rca::ChangeFilter { service: Some(service), since: Some(from) };
+            all.extend(changes.list(Some(&t), &filter)?);
+        }
+        Ok::<_, andon_rca::RcaError>(all)
+    })
+    .await?;
     let mut markers: Vec<Marker> = list
         .into_iter()
         .map(|(_, c)| c.change)
         .filter(|c| c.deployed_at >= from && c.deployed_at <= to)
         .map(|c| Marker { at: c.deployed_at, label: format!("deploy {} {}", c.service, c.version), class: "marker" })
         .collect();
+    markers.sort_by_key(|m| m.at);
     if let Some(onset) = f.evidence.onset.filter(|o| *o >= from && *o <= to) {
         markers.push(Marker { at: onset, label: "onset".into(), class: "onset" });
     }
