@@ -170,6 +170,27 @@ fn the_demo_in_a_browser() {
     let output = demo.output.join("\n");
     assert!(output.contains("incidents: "), "{output}");
 
+    // A second backtest over the whole time the payment fault has been on (it
+    // starts at 60% of the `mixed` history), so the drop-off it causes is found
+    // with more sessions than the demo's last quarter holds.
+    let resp = blocking_client()
+        .post(format!("{}/api/v1/query", demo.api))
+        .json(&json!({"sql": "SELECT CAST(min(start_time) AS VARCHAR) FROM spans"}))
+        .send()
+        .unwrap();
+    let first = resp.json().unwrap()["rows"][0][0].as_str().unwrap().to_owned();
+    let start = chrono::NaiveDateTime::parse_from_str(&first, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(&first, "%Y-%m-%d %H:%M:%S%.f"))
+        .unwrap_or_else(|e| panic!("{first:?}: {e}"))
+        .and_utc();
+    let at = |f: f64| (start + chrono::Duration::seconds((1.5 * 3600.0 * f) as i64)).to_rfc3339();
+    let resp = blocking_client()
+        .post(format!("{}/api/v1/analyze", demo.api))
+        .json(&json!({"from": at(0.62), "to": at(1.0), "baseline_from": at(0.0), "baseline_to": at(0.35)}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text());
+
     // What the demo made, read through the API, is what the pages must show.
     let findings = demo.get("/api/v1/findings?state=open")["findings"].as_array().unwrap().clone();
     let latency = findings

@@ -68,6 +68,23 @@ fn legend(labels: &[&str]) -> String {
     o
 }
 
+/// Four horizontal grid lines up to `ymax`, labelled on the left.
+fn y_grid(o: &mut String, ymax: f64, unit: &str, y: &dyn Fn(f64) -> f64) {
+    for i in 0..=4 {
+        let v = ymax * i as f64 / 4.0;
+        let yy = y(v);
+        let _ = write!(
+            o,
+            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            W - RIGHT,
+            LEFT - 6.0,
+            yy + 4.0,
+            esc(&fmt_value(v, unit))
+        );
+    }
+}
+
 /// Lines over time, with markers and bands. `unit` labels the y axis.
 pub fn time_chart(title: &str, series: &[Series], unit: &str, markers: &[Marker], bands: &[Band]) -> String {
     let times = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
@@ -101,19 +118,7 @@ pub fn time_chart(title: &str, series: &[Series], unit: &str, markers: &[Marker]
             esc(&b.label)
         );
     }
-    for i in 0..=4 {
-        let v = ymax * i as f64 / 4.0;
-        let yy = y(v);
-        let _ = write!(
-            o,
-            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            W - RIGHT,
-            LEFT - 6.0,
-            yy + 4.0,
-            esc(&fmt_value(v, unit))
-        );
-    }
+    y_grid(&mut o, ymax, unit, &y);
     let same_day = t0.date_naive() == t1.date_naive();
     for i in 0..=5 {
         let t = t0 + chrono::Duration::milliseconds((span * i as f64 / 5.0) as i64);
@@ -185,19 +190,7 @@ pub fn bars(title: &str, categories: &[String], series: &[(String, Vec<f64>)], u
         "<svg class=\"chart\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{t}\"><title>{t}</title>",
         t = esc(title)
     );
-    for i in 0..=4 {
-        let v = ymax * i as f64 / 4.0;
-        let yy = y(v);
-        let _ = write!(
-            o,
-            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            W - RIGHT,
-            LEFT - 6.0,
-            yy + 4.0,
-            esc(&fmt_value(v, unit))
-        );
-    }
+    y_grid(&mut o, ymax, unit, &y);
     for (c, cat) in categories.iter().enumerate() {
         let x0 = LEFT + c as f64 * slot + (slot - bar * series.len() as f64) / 2.0;
         for (s, (label, values)) in series.iter().enumerate() {

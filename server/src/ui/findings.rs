@@ -27,7 +27,6 @@ pub struct ListParams {
     service: Option<String>,
     state: Option<String>,
     severity: Option<String>,
-    tenant: Option<String>,
 }
 
 fn db_error(e: impl std::fmt::Display) -> ApiError {
@@ -67,7 +66,6 @@ pub async fn list(
     viewer: Viewer,
     Query(p): Query<ListParams>,
 ) -> Result<Response, UiError> {
-    let _ = &p.tenant;
     let kind = p.kind.as_deref().filter(|k| !k.is_empty());
     let state = p.state.as_deref().filter(|k| !k.is_empty());
     let severity = p.severity.as_deref().filter(|k| !k.is_empty());

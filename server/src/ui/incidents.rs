@@ -20,7 +20,6 @@ use crate::api::{AppState, blocking};
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
     state: Option<String>,
-    tenant: Option<String>,
 }
 
 pub async fn list(
@@ -28,7 +27,6 @@ pub async fn list(
     viewer: Viewer,
     Query(p): Query<ListParams>,
 ) -> Result<Response, UiError> {
-    let _ = &p.tenant;
     let state = match p.state.as_deref() {
         None | Some("") => None,
         Some("open") => Some(IncidentState::Open),

@@ -20,7 +20,6 @@ const SHOWN_ROWS: usize = 1000;
 #[derive(Debug, Default, Deserialize)]
 pub struct Params {
     q: Option<String>,
-    tenant: Option<String>,
 }
 
 pub async fn page_of(
@@ -28,7 +27,6 @@ pub async fn page_of(
     viewer: Viewer,
     Query(p): Query<Params>,
 ) -> Result<Response, UiError> {
-    let _ = &p.tenant;
     let sql = p.q.unwrap_or_default();
     let mut b = String::from("<h1>SQL</h1>");
     let _ = write!(

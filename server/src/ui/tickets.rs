@@ -20,7 +20,6 @@ use crate::api::{AppState, blocking, check_decision};
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
     state: Option<String>,
-    tenant: Option<String>,
 }
 
 /// A link target that cannot run anything: http(s), mailto, or within the page.
@@ -58,7 +57,6 @@ pub async fn list(
     viewer: Viewer,
     Query(p): Query<ListParams>,
 ) -> Result<Response, UiError> {
-    let _ = &p.tenant;
     let state = match p.state.as_deref() {
         None => Some(TicketState::Pending),
         Some("") | Some("all") => None,
@@ -129,7 +127,6 @@ pub async fn list(
 #[derive(Debug, Default, Deserialize)]
 pub struct DetailParams {
     done: Option<String>,
-    tenant: Option<String>,
 }
 
 pub async fn detail(
@@ -138,7 +135,6 @@ pub async fn detail(
     Path(id): Path<String>,
     Query(p): Query<DetailParams>,
 ) -> Result<Response, UiError> {
-    let _ = &p.tenant;
     let (tickets, t) = (Arc::clone(&app.tickets), viewer.tenant.clone());
     let found = blocking(move || -> Result<_, TicketError> {
         let Some(ticket) = tickets.db().get(&t, &id)? else { return Ok(None) };

@@ -20,30 +20,16 @@ use crate::api::AppState;
 /// Spans shown of one trace; a bigger trace is cut, and says so.
 const MAX_SPANS: usize = 2000;
 
-/// Columns shown in a span's header rather than among its attributes.
-const HEADER: &[&str] = &[
-    "tenant",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "name",
-    "kind",
-    "start_time",
-    "end_time",
-    "duration_ns",
-    "status_code",
-    "status_message",
-    "service_name",
-    "resource_attributes",
-    "attributes",
-    "events",
-    "links",
-];
+/// Columns shown apart from a span's other columns: its head (ids, name, kind,
+/// times, status) and its nested attributes, events and links.
+fn shown_apart(column: &str) -> bool {
+    andon_model::schema::HEAD_COLUMNS.contains(&column)
+        || ["service_name", "resource_attributes", "attributes", "events", "links"].contains(&column)
+}
 
 #[derive(Debug, Default, Deserialize)]
 pub struct LookupParams {
     id: Option<String>,
-    tenant: Option<String>,
 }
 
 /// A trace id as the store keeps it: 32 lowercase hex digits.
@@ -57,7 +43,6 @@ pub async fn lookup(
     viewer: Viewer,
     Query(p): Query<LookupParams>,
 ) -> Result<Response, UiError> {
-    let _ = &p.tenant;
     if let Some(raw) = p.id.as_deref().filter(|s| !s.trim().is_empty()) {
         let id = normalize(raw)
             .ok_or_else(|| UiError(StatusCode::BAD_REQUEST, "a trace id is 32 hexadecimal digits".into()))?;
@@ -248,14 +233,23 @@ pub async fn page_of(
             esc(&s.id),
         );
         b.push_str("<table class=\"kv\">");
-        for k in ["span_id", "parent_span_id", "kind", "start_time", "end_time", "status_code", "status_message"] {
+        for k in [
+            "span_id",
+            "parent_span_id",
+            "trace_state",
+            "kind",
+            "start_time",
+            "end_time",
+            "status_code",
+            "status_message",
+        ] {
             let v = s.row.get(k).map(cell_text).unwrap_or_default();
             if !v.is_empty() {
                 let _ = write!(b, "<tr><td>{k}</td><td>{}</td></tr>", esc(&v));
             }
         }
         for (k, v) in &s.row {
-            if HEADER.contains(&k.as_str()) || v.is_null() {
+            if shown_apart(k) || v.is_null() {
                 continue;
             }
             let _ = write!(b, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&cell_text(v)));
