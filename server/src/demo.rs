@@ -26,9 +26,14 @@ pub struct DemoArgs {
     /// Hours of history sent before going live.
     #[arg(long, default_value_t = 3.0)]
     hours: f64,
-    /// Sessions started per second, averaged over a day.
+    /// Sessions started per second.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
+    /// Swing the rate over the day (±45%, peaking at 19:00 UTC) as the shop's
+    /// real traffic does. Off by default, so the demo finds the same things
+    /// whatever the hour.
+    #[arg(long)]
+    diurnal: bool,
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Keep the data here instead of in a temporary directory removed on exit.
@@ -96,6 +101,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let end = Utc::now();
     let mut cfg = SimConfig::new(scenario, args.seed, args.rate, args.hours, end);
     cfg.live = !args.no_live;
+    cfg.diurnal = args.diurnal;
     let sim = Simulation::new(cfg)?;
     let truth = sim.ground_truth().clone();
     println!("shop: scenario {}: {}", truth.scenario, truth.description);

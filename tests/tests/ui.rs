@@ -179,10 +179,10 @@ fn the_demo_in_a_browser() {
         .send()
         .unwrap();
     let first = resp.json().unwrap()["rows"][0][0].as_str().unwrap().to_owned();
-    let start = chrono::NaiveDateTime::parse_from_str(&first, "%Y-%m-%dT%H:%M:%S%.f")
-        .or_else(|_| chrono::NaiveDateTime::parse_from_str(&first, "%Y-%m-%d %H:%M:%S%.f"))
-        .unwrap_or_else(|e| panic!("{first:?}: {e}"))
-        .and_utc();
+    let start = chrono::DateTime::parse_from_rfc3339(&first)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(&first, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
+        .unwrap_or_else(|e| panic!("{first:?}: {e}"));
     let at = |f: f64| (start + chrono::Duration::seconds((1.5 * 3600.0 * f) as i64)).to_rfc3339();
     let resp = blocking_client()
         .post(format!("{}/api/v1/analyze", demo.api))
