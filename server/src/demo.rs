@@ -87,6 +87,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         api_addr: Some(args.api_addr.clone()),
         listen: None,
     });
+    // A temporary directory is removed at the end: syncing its WAL on every
+    // export would only slow the history down. Kept data is synced as usual,
+    // and so is a temporary directory when durability is set explicitly.
+    let chosen = args.config.is_some() || vars.iter().any(|(k, _)| k == "ANDON_STORAGE_DURABILITY");
+    if args.data_dir.is_none() && !chosen {
+        raw.storage.durability = "none".into();
+    }
     let mut config = raw.validate()?;
     crate::init_logging(config.log_json, "warn");
     // Continuous detection starts once the history is in and backtested: a pass
