@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::chart::{self, Band, Marker, Series};
 use super::{Nav, UiError, Viewer, badge, esc, figure, num, page, query, sql_href, text, time, trace_link, url_encode};
-use crate::api::{ApiError, AppState, blocking};
+use crate::api::{AppState, blocking, internal};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
@@ -27,10 +27,6 @@ pub struct ListParams {
     service: Option<String>,
     state: Option<String>,
     severity: Option<String>,
-}
-
-fn db_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 fn segment_text(f: &Finding) -> String {
@@ -82,7 +78,7 @@ pub async fn list(
         ..Default::default()
     };
     let (db, t) = (Arc::clone(&app.findings), viewer.tenant.clone());
-    let mut findings = blocking(move || db.list(&t, &filter).map_err(db_error)).await?;
+    let mut findings = blocking(move || db.list(&t, &filter).map_err(internal)).await?;
     if let Some(s) = severity {
         findings.retain(|f| f.severity.as_str() == s);
     }
@@ -389,7 +385,7 @@ pub async fn detail(
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
     let (db, t, fid) = (Arc::clone(&app.findings), viewer.tenant.clone(), id.clone());
-    let f = blocking(move || db.get(&t, &fid).map_err(db_error)).await?.ok_or_else(|| UiError::not_found("finding"))?;
+    let f = blocking(move || db.get(&t, &fid).map_err(internal)).await?.ok_or_else(|| UiError::not_found("finding"))?;
 
     let mut b = String::new();
     let _ = write!(

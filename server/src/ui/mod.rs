@@ -140,12 +140,11 @@ impl Viewer {
         }
         if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
             let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-            if origin != "null" && origin_host != host {
-                return forbidden("cross-origin form posts are refused");
-            }
             if origin == "null" {
                 return forbidden("form posts from an opaque origin are refused");
+            }
+            if origin.split_once("://").map_or(origin, |(_, h)| h) != host {
+                return forbidden("cross-origin form posts are refused");
             }
         }
         Ok(())

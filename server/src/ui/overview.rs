@@ -63,10 +63,9 @@ pub async fn show(State(app): State<Arc<AppState>>, viewer: Viewer) -> Result<Re
     let (findings_db, tickets, incidents_db, t) =
         (Arc::clone(&app.findings), Arc::clone(&app.tickets), Arc::clone(&app.incidents), tenant.clone());
     let (findings, pending, incidents) = blocking(move || {
-        let findings =
-            findings_db
-                .list(&t, &FindingFilter { state: Some(FindingState::Open), ..Default::default() })
-                .map_err(|e| crate::api::ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let findings = findings_db
+            .list(&t, &FindingFilter { state: Some(FindingState::Open), ..Default::default() })
+            .map_err(crate::api::internal)?;
         let pending = tickets.db().list(&t, Some(TicketState::Pending))?;
         let incidents = incidents_db.rca.incidents.list(&t, None)?;
         Ok::<_, crate::api::ApiError>((findings, pending, incidents))
