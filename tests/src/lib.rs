@@ -50,6 +50,9 @@ pub fn shared_dir() -> PathBuf {
     workspace_root().join("..").join("shared")
 }
 
+/// The setting every test server is started with (see [`Server::start`]).
+pub const RETENTION_ENV: &str = "ANDON_STORAGE_RETENTION_HOURS";
+
 /// A running `andon serve`.
 #[derive(Debug)]
 pub struct Server {
@@ -62,7 +65,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server on free loopback ports with a data dir of its own.
+    /// Starts a server on free loopback ports with a data dir of its own, with
+    /// retention off: fixed-date test data is never deleted, whatever the date.
     pub fn start(data_dir: &Path) -> Server {
         Self::start_with_env(data_dir, &[])
     }
@@ -75,6 +79,13 @@ impl Server {
 
     fn spawn(data_dir: &Path, extra_env: Vec<(String, String)>) -> Server {
         let mut cmd = Command::new(andon_bin());
+        // Every test server has an explicit retention. Tests replay fixed-date
+        // history (`--end 2026-11-20T12:00:00Z`) so that their data is the same on
+        // every run; under the default seven-day retention that history would be
+        // deleted by the server a week after the test was written. Retention is
+        // off unless a test sets `ANDON_STORAGE_RETENTION_HOURS` itself, and then
+        // its data must be computed from the clock.
+        cmd.env(RETENTION_ENV, "0");
         cmd.args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
             .args(["--api-addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)

@@ -85,3 +85,25 @@ fn the_nezha_development_set_imports_cleanly() {
     assert_eq!(rows[0][1], serde_json::json!(10), "ten Online Boutique services");
     assert!(rows[0][2].as_str().unwrap().starts_with("2022-08-22T"), "{rows:?}");
 }
+
+/// The guard against tests that rot with the calendar: history with a fixed date,
+/// years older than the default retention, stays in a test server through flushes
+/// and retention passes, because every test server runs with retention off
+/// unless the test sets it (`andon_tests::RETENTION_ENV`).
+#[test]
+fn fixed_date_history_outlives_retention_in_test_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"));
+    // 2022-08-22T00:00:00Z, the Nezha development set's day.
+    let fixed_ns = 1_661_126_400u64 * 1_000_000_000;
+    let file = dir.path().join("old.jsonl");
+    std::fs::write(&file, format!("{}\n", serde_json::to_string(&otlp::request("cart", 1, 30, fixed_ns)).unwrap()))
+        .unwrap();
+    let out = import(&server, &[file]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A clean stop flushes the spans into a segment of that hour; the restarted
+    // server applies retention to its segments within its first second.
+    server.restart();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(server.count("SELECT count(*) FROM spans"), 30, "retention deleted fixed-date test data");
+}
