@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use andon_model::{Finding, FindingKind, FindingState, Tenant};
-use chrono::{DateTime, SecondsFormat, Utc};
+use andon_sqlite::time;
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::AnalysisError;
@@ -26,22 +27,16 @@ pub struct FindingFilter {
     pub state: Option<FindingState>,
 }
 
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 fn db_err(e: rusqlite::Error) -> AnalysisError {
     AnalysisError::Db(e.to_string())
 }
 
 impl FindingsDb {
     pub fn open(path: &Path) -> Result<Self, AnalysisError> {
-        let conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS findings (
+        let conn = andon_sqlite::open(
+            path,
+            andon_sqlite::Sync::Normal,
+            "CREATE TABLE IF NOT EXISTS findings (
                  id TEXT PRIMARY KEY,
                  tenant TEXT NOT NULL,
                  fingerprint TEXT NOT NULL,
@@ -56,11 +51,11 @@ impl FindingsDb {
              CREATE INDEX IF NOT EXISTS findings_seen ON findings (tenant, last_seen);",
         )
         .map_err(db_err)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        andon_sqlite::lock(&self.conn)
     }
 
     /// Records a pass's findings. An open finding with the same fingerprint keeps
@@ -272,84 +267,33 @@ impl andon_store::ExtraTable for FindingsTable {
         &self,
         tenant: Option<&Tenant>,
     ) -> Result<std::sync::Arc<dyn datafusion::catalog::TableProvider>, andon_store::StoreError> {
-        use std::sync::Arc;
-
-        use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampNanosecondArray};
-        use arrow::datatypes::{DataType, Field, Schema};
-
         let rows = self.db.all(tenant).map_err(|e| andon_store::StoreError::Refused(e.to_string()))?;
-        let ts = andon_model::schema::timestamp_type();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("tenant", DataType::Utf8, false),
-            Field::new("id", DataType::Utf8, false),
-            Field::new("fingerprint", DataType::Utf8, false),
-            Field::new("kind", DataType::Utf8, false),
-            Field::new("service", DataType::Utf8, false),
-            Field::new("operation", DataType::Utf8, false),
-            Field::new("segment", DataType::Utf8, false),
-            Field::new("state", DataType::Utf8, false),
-            Field::new("severity", DataType::Utf8, false),
-            Field::new("p_value", DataType::Float64, false),
-            Field::new("effect", DataType::Float64, false),
-            Field::new("impact", DataType::Float64, false),
-            Field::new("affected_sessions", DataType::Int64, false),
-            Field::new("affected_requests", DataType::Int64, false),
-            Field::new("summary", DataType::Utf8, false),
-            Field::new("window_start", ts.clone(), false),
-            Field::new("window_end", ts.clone(), false),
-            Field::new("first_seen", ts.clone(), false),
-            Field::new("last_seen", ts, false),
-            Field::new("change_version", DataType::Utf8, true),
-            Field::new("change_commit", DataType::Utf8, true),
-            Field::new("change_pr", DataType::Int64, true),
-            Field::new("query", DataType::Utf8, false),
-            Field::new("body", DataType::Utf8, false),
-        ]));
-        let s = |f: &dyn Fn(&(String, Finding)) -> String| -> ArrayRef {
-            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
-        };
-        let t = |f: &dyn Fn(&Finding) -> DateTime<Utc>| -> ArrayRef {
-            Arc::new(
-                TimestampNanosecondArray::from(
-                    rows.iter().map(|(_, x)| f(x).timestamp_nanos_opt().unwrap_or(0)).collect::<Vec<_>>(),
-                )
-                .with_timezone("UTC"),
-            )
-        };
-        let columns: Vec<ArrayRef> = vec![
-            s(&|(t, _)| t.clone()),
-            s(&|(_, f)| f.id.clone()),
-            s(&|(_, f)| f.fingerprint.clone()),
-            s(&|(_, f)| f.kind.as_str().to_owned()),
-            s(&|(_, f)| f.service.clone()),
-            s(&|(_, f)| f.operation.clone()),
-            s(&|(_, f)| serde_json::to_string(&f.segment).unwrap_or_default()),
-            s(&|(_, f)| f.state.as_str().to_owned()),
-            s(&|(_, f)| f.severity.as_str().to_owned()),
-            Arc::new(Float64Array::from(rows.iter().map(|(_, f)| f.p_value).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(rows.iter().map(|(_, f)| f.effect).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(rows.iter().map(|(_, f)| f.impact).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(rows.iter().map(|(_, f)| f.affected.sessions as i64).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(rows.iter().map(|(_, f)| f.affected.requests as i64).collect::<Vec<_>>())),
-            s(&|(_, f)| f.summary.clone()),
-            t(&|f| f.window.start),
-            t(&|f| f.window.end),
-            t(&|f| f.first_seen),
-            t(&|f| f.last_seen),
-            Arc::new(StringArray::from(
-                rows.iter().map(|(_, f)| f.change.as_ref().map(|c| c.version.clone())).collect::<Vec<_>>(),
-            )),
-            Arc::new(StringArray::from(
-                rows.iter().map(|(_, f)| f.change.as_ref().and_then(|c| c.commit.clone())).collect::<Vec<_>>(),
-            )),
-            Arc::new(Int64Array::from(
-                rows.iter().map(|(_, f)| f.change.as_ref().and_then(|c| c.pr).map(|p| p as i64)).collect::<Vec<_>>(),
-            )),
-            s(&|(_, f)| f.evidence.query.clone()),
-            s(&|(_, f)| serde_json::to_string(f).unwrap_or_default()),
-        ];
-        let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)?;
-        Ok(Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?))
+        andon_store::RowsTable::new(&rows)
+            .text("tenant", |(t, _)| t.clone())
+            .text("id", |(_, f)| f.id.clone())
+            .text("fingerprint", |(_, f)| f.fingerprint.clone())
+            .text("kind", |(_, f)| f.kind.as_str().to_owned())
+            .text("service", |(_, f)| f.service.clone())
+            .text("operation", |(_, f)| f.operation.clone())
+            .text("segment", |(_, f)| serde_json::to_string(&f.segment).unwrap_or_default())
+            .text("state", |(_, f)| f.state.as_str().to_owned())
+            .text("severity", |(_, f)| f.severity.as_str().to_owned())
+            .float("p_value", |(_, f)| f.p_value)
+            .float("effect", |(_, f)| f.effect)
+            .float("impact", |(_, f)| f.impact)
+            .int("affected_sessions", |(_, f)| f.affected.sessions as i64)
+            .int("affected_requests", |(_, f)| f.affected.requests as i64)
+            .text("summary", |(_, f)| f.summary.clone())
+            .time("window_start", |(_, f)| f.window.start)
+            .time("window_end", |(_, f)| f.window.end)
+            .time("first_seen", |(_, f)| f.first_seen)
+            .time("last_seen", |(_, f)| f.last_seen)
+            .opt_text("change_version", |(_, f)| f.change.as_ref().map(|c| c.version.clone()))
+            .opt_text("change_commit", |(_, f)| f.change.as_ref().and_then(|c| c.commit.clone()))
+            .opt_int("change_pr", |(_, f)| f.change.as_ref().and_then(|c| c.pr).map(|p| p as i64))
+            .text("query", |(_, f)| f.evidence.query.clone())
+            .text("body", |(_, f)| serde_json::to_string(f).unwrap_or_default())
+            .build()
     }
 }
 
@@ -359,7 +303,7 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use andon_model::{Affected, Evidence, Severity, TimeWindow};
+    use andon_model::{Affected, Evidence, Severity, TimeWindow, Trouble, Wording};
     use chrono::TimeZone;
 
     use super::*;
@@ -384,6 +328,8 @@ mod tests {
             impact: 20.0,
             severity: Severity::High,
             summary: "s".into(),
+            wording: Wording::default(),
+            trouble: Trouble::Failures,
             evidence: Evidence::default(),
             change: None,
             state: FindingState::Open,

@@ -12,18 +12,21 @@
 //!
 //! [`Finding`]: andon_model::Finding
 
+pub mod attribution;
+pub mod cluster;
 pub mod config;
 pub mod db;
+pub mod detector;
 pub mod detectors;
 pub mod engine;
 pub mod runner;
 pub mod sql;
-pub mod stats;
 pub mod summary;
 pub mod traces;
 
 pub use config::{AnalysisConfig, Flow};
 pub use db::{FindingFilter, FindingsDb};
+pub use detector::Detector;
 pub use engine::{Analyzer, PassReport, Windows};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,21 +1,28 @@
 //! Continuous detection: every `interval_secs`, a pass per tenant over the last
-//! `window_secs` against the `baseline_secs` before it; findings are recorded
-//! and those not seen for `resolve_after_secs` are resolved.
+//! `window_secs` against the `baseline_secs` before it. What follows a pass
+//! (recording its findings, resolving those not seen for
+//! `resolve_after_secs`, tickets and incidents) is the caller's [`AfterPass`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 
 use andon_model::{Finding, Tenant};
 
-use crate::{Analyzer, FindingsDb, Windows};
+use crate::{Analyzer, Windows};
 
-/// Called with each pass's findings as recorded (ids kept across passes);
-/// the server drafts tickets from them.
-pub type OnFindings = Arc<dyn Fn(&Tenant, &[Finding]) + Send + Sync>;
+/// Handed each pass's findings and the cutoff before which findings not seen
+/// again are resolved.
+pub type AfterPass = Arc<
+    dyn Fn(Tenant, Vec<Finding>, DateTime<Utc>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Counters of the continuous runner, for `/metrics`.
 #[derive(Debug, Default)]
@@ -28,13 +35,7 @@ pub struct RunnerStats {
 
 /// Runs passes until `stop` turns true. Each pass's reads run on the query
 /// engine's own runtime, so ingest is never blocked by detection.
-pub async fn run(
-    analyzer: Analyzer,
-    db: Arc<FindingsDb>,
-    stats: Arc<RunnerStats>,
-    on_findings: OnFindings,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run(analyzer: Analyzer, stats: Arc<RunnerStats>, after_pass: AfterPass, mut stop: watch::Receiver<bool>) {
     use std::sync::atomic::Ordering::Relaxed;
     let cfg = analyzer.config().clone();
     if cfg.interval_secs == 0 {
@@ -57,18 +58,9 @@ pub async fn run(
                     stats.passes.fetch_add(1, Relaxed);
                     stats.last_pass_ms.store(started.elapsed().as_millis() as u64, Relaxed);
                     stats.findings.fetch_add(report.findings.len() as u64, Relaxed);
-                    let n = report.findings.len();
-                    match db.record(&tenant, report.findings) {
-                        Ok(recorded) => on_findings(&tenant, &recorded),
-                        Err(e) => warn!(error = %e, "recording findings failed"),
-                    }
                     let cutoff = now - chrono::Duration::seconds(cfg.resolve_after_secs as i64);
-                    match db.resolve_stale(&tenant, cutoff) {
-                        Ok(r) if r > 0 || n > 0 => {
-                            info!(tenant = %tenant.as_str(), findings = n, resolved = r, tests = report.tests, "detection pass")
-                        }
-                        Ok(_) => {}
-                        Err(e) => warn!(error = %e, "resolving findings failed"),
+                    if let Err(e) = after_pass(tenant.clone(), report.findings, cutoff).await {
+                        warn!(tenant = %tenant.as_str(), error = %e, "recording a detection pass failed");
                     }
                 }
                 Err(e) => {

@@ -47,7 +47,8 @@ impl TraceService for TraceReceiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let ing = &self.ingestor;
         let result = async {
-            let tenant = Tenant::from_header(request.metadata().get("x-scope-orgid").and_then(|v| v.to_str().ok()))?;
+            let tenant =
+                Tenant::from_header(request.metadata().get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()))?;
             let size = request.get_ref().encoded_len();
             let permit = ing.reserve(size)?;
             ing.stats().add_request(size as u64);

@@ -172,7 +172,7 @@ async fn handle(
     body: Body,
 ) -> Result<ExportOutcome, IngestError> {
     let limit = ing.config().max_request_bytes;
-    let tenant = Tenant::from_header(headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()))?;
+    let tenant = Tenant::from_header(headers.get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()))?;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {

@@ -7,18 +7,24 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// What a finding claims; part of its fingerprint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FindingKind {
-    LatencyRegression,
-    ErrorRateRegression,
-    Retry,
-    DropOff,
-    SilentRecovery,
-}
+/// What a finding claims, named by the detector that makes it; part of its
+/// fingerprint. The five built-in kinds are constants here; a detector added
+/// later names its own kind with [`FindingKind::new`], and nothing outside its
+/// file needs to know the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FindingKind(&'static str);
 
+// The built-in kinds read like the variants they once were, and still work as
+// match patterns.
+#[allow(non_upper_case_globals)]
 impl FindingKind {
+    pub const LatencyRegression: FindingKind = FindingKind("latency_regression");
+    pub const ErrorRateRegression: FindingKind = FindingKind("error_rate_regression");
+    pub const Retry: FindingKind = FindingKind("retry");
+    pub const DropOff: FindingKind = FindingKind("drop_off");
+    pub const SilentRecovery: FindingKind = FindingKind("silent_recovery");
+
+    /// The built-in kinds, in the order the API documents them.
     pub const ALL: [FindingKind; 5] = [
         FindingKind::LatencyRegression,
         FindingKind::ErrorRateRegression,
@@ -26,15 +32,63 @@ impl FindingKind {
         FindingKind::DropOff,
         FindingKind::SilentRecovery,
     ];
+}
+
+/// Kinds read back from storage that no built-in constant names (a detector's
+/// own kind), interned once each so that a kind stays `Copy`.
+static INTERNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+impl FindingKind {
+    /// A detector's kind: a lowercase `snake_case` name.
+    pub const fn new(name: &'static str) -> Self {
+        FindingKind(name)
+    }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            FindingKind::LatencyRegression => "latency_regression",
-            FindingKind::ErrorRateRegression => "error_rate_regression",
-            FindingKind::Retry => "retry",
-            FindingKind::DropOff => "drop_off",
-            FindingKind::SilentRecovery => "silent_recovery",
+        self.0
+    }
+
+    /// Makes a detector's own kind known to [`str::parse`] (the API's `kind`
+    /// filter).
+    pub fn register(self) {
+        let _ = Self::stored(self.0);
+    }
+
+    /// The kind of a stored finding: a built-in one, or one interned on first
+    /// sight. Only storage Andon wrote reaches here; a client's text goes
+    /// through [`str::parse`], which knows only the built-in kinds.
+    fn stored(name: &str) -> Self {
+        if let Some(k) = Self::ALL.into_iter().find(|k| k.0 == name) {
+            return k;
         }
+        let mut interned = INTERNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(k) = interned.iter().find(|k| **k == name) {
+            return FindingKind(k);
+        }
+        // Each distinct name is leaked once; names come from detectors and from
+        // findings they stored, a handful in all.
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        interned.push(leaked);
+        FindingKind(leaked)
+    }
+}
+
+impl Serialize for FindingKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for FindingKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(serde::de::Error::custom(format!("invalid finding kind {name:?}")));
+        }
+        Ok(Self::stored(&name))
     }
 }
 
@@ -47,8 +101,13 @@ impl fmt::Display for FindingKind {
 impl std::str::FromStr for FindingKind {
     type Err = String;
 
+    /// A built-in kind, or one a detector registered or storage holds.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FindingKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown finding kind {s:?}"))
+        if let Some(k) = Self::ALL.into_iter().find(|k| k.0 == s) {
+            return Ok(k);
+        }
+        let interned = INTERNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        interned.iter().find(|k| **k == s).map(|k| FindingKind(k)).ok_or_else(|| format!("unknown finding kind {s:?}"))
     }
 }
 
@@ -181,6 +240,61 @@ pub struct Evidence {
     pub details: BTreeMap<String, Value>,
 }
 
+/// Where a finding's trouble is followed in the traces (by the detector's
+/// sampling and by the RCA of its incident): extra time, or failures back to
+/// where they start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Trouble {
+    Latency,
+    Failures,
+    /// Neither explains it (sessions that leave without an error): the RCA
+    /// looks for whatever changed.
+    #[default]
+    Unclear,
+}
+
+/// How a finding reads where its kind is not known in advance (a ticket, a
+/// linked line), written by the detector that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Wording {
+    /// The kind of problem in words: `latency regression`.
+    pub kind: String,
+    /// A title, with `{operation}`, `{service}` and `{segment}` (` for k=v`, or
+    /// nothing) where the names go, so a ticket can redact them first.
+    pub title: String,
+    /// The effect with its unit: `1.80× at the median`.
+    pub effect: String,
+}
+
+impl Wording {
+    /// The title with the names filled in, in one pass: a name that itself
+    /// reads `{service}` stays as it is.
+    pub fn title_for(&self, service: &str, operation: &str, segment: &str) -> String {
+        let mut out = String::with_capacity(self.title.len() + service.len() + operation.len() + segment.len());
+        let mut rest = self.title.as_str();
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i..];
+            let hole = [("{operation}", operation), ("{service}", service), ("{segment}", segment)]
+                .into_iter()
+                .find(|(p, _)| rest.starts_with(p));
+            match hole {
+                Some((p, v)) => {
+                    out.push_str(v);
+                    rest = &rest[p.len()..];
+                }
+                None => {
+                    out.push('{');
+                    rest = &rest[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceOperation {
     pub service: String,
@@ -207,6 +321,12 @@ pub struct Finding {
     pub impact: f64,
     pub severity: Severity,
     pub summary: String,
+    /// The kind, title and effect in words, for readers that do not know the kind.
+    #[serde(default)]
+    pub wording: Wording,
+    /// What the trouble is followed by in the traces.
+    #[serde(default)]
+    pub trouble: Trouble,
     pub evidence: Evidence,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<ChangeRef>,
@@ -245,4 +365,28 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_title_is_filled_once() {
+        let w = Wording { title: "{operation} in {service}{segment} {x}".into(), ..Wording::default() };
+        assert_eq!(
+            w.title_for("{operation}", "GET /{service}", " for a=b"),
+            "GET /{service} in {operation} for a=b {x}"
+        );
+    }
+
+    #[test]
+    fn kinds_round_trip_and_a_detector_kind_is_known_once_registered() {
+        let k: FindingKind = serde_json::from_str("\"drop_off\"").unwrap();
+        assert_eq!(k, FindingKind::DropOff);
+        assert!("queue_backlog".parse::<FindingKind>().is_err());
+        FindingKind::new("queue_backlog").register();
+        assert_eq!("queue_backlog".parse::<FindingKind>().unwrap().as_str(), "queue_backlog");
+        assert!(serde_json::from_str::<FindingKind>("\"Drop Off\"").is_err());
+    }
 }

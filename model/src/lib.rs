@@ -11,10 +11,12 @@ pub mod change;
 pub mod clock;
 pub mod finding;
 pub mod format;
+pub mod html;
 pub mod incident;
 pub mod markdown;
 pub mod schema;
 pub mod sink;
+pub mod statistics;
 pub mod stats;
 pub mod tenant;
 pub mod ticket;
@@ -22,7 +24,7 @@ pub mod ticket;
 pub use change::{ChangeEvent, Gate, GateKind, Verdict};
 pub use finding::{
     Affected, ChangeRef, Evidence, Finding, FindingKind, FindingState, LinkedFinding, ServiceOperation, Severity,
-    TimeWindow,
+    TimeWindow, Trouble, Wording,
 };
 pub use incident::{
     Discrepancy, GateAssessment, ImplicatedChange, Incident, IncidentState, NarrativeSource, RcaStep, Signature,
@@ -30,5 +32,5 @@ pub use incident::{
 };
 pub use schema::{SemConv, SpanColumn, span_schema};
 pub use sink::{AppendFuture, AppendOutcome, SinkError, SpanSink};
-pub use tenant::{Tenant, TenantError};
+pub use tenant::{TENANT_HEADER, Tenant, TenantError};
 pub use ticket::{AuditEntry, ExternalRef, Priority, Ticket, TicketState};

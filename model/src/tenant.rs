@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+/// The header (HTTP) and metadata key (gRPC) that names a request's tenant, in
+/// the lowercase form both take.
+pub const TENANT_HEADER: &str = "x-scope-orgid";
+
 /// The tenant used when a request names none.
 pub const DEFAULT_TENANT: &str = "default";
 

@@ -302,55 +302,25 @@ impl andon_store::ExtraTable for ChangesTable {
         &self,
         tenant: Option<&Tenant>,
     ) -> Result<Arc<dyn datafusion::catalog::TableProvider>, andon_store::StoreError> {
-        use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampNanosecondArray};
-        use arrow::datatypes::{DataType, Field, Schema};
-
         let rows = self
             .db
             .list(tenant, &ChangeFilter::default())
             .map_err(|e| andon_store::StoreError::Refused(e.to_string()))?;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("tenant", DataType::Utf8, false),
-            Field::new("id", DataType::Utf8, false),
-            Field::new("service", DataType::Utf8, false),
-            Field::new("version", DataType::Utf8, false),
-            Field::new("environment", DataType::Utf8, true),
-            Field::new("deployed_at", andon_model::schema::timestamp_type(), false),
-            Field::new("commit", DataType::Utf8, true),
-            Field::new("repository", DataType::Utf8, true),
-            Field::new("pr", DataType::Int64, true),
-            Field::new("title", DataType::Utf8, true),
-            Field::new("author", DataType::Utf8, true),
-            Field::new("gates", DataType::Utf8, false),
-            Field::new("inferred", DataType::Boolean, false),
-        ]));
-        let s = |f: &dyn Fn(&(String, StoredChange)) -> Option<String>| -> ArrayRef {
-            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
-        };
-        let columns: Vec<ArrayRef> = vec![
-            s(&|(t, _)| Some(t.clone())),
-            s(&|(_, c)| Some(c.id.clone())),
-            s(&|(_, c)| Some(c.change.service.clone())),
-            s(&|(_, c)| Some(c.change.version.clone())),
-            s(&|(_, c)| c.change.environment.clone()),
-            Arc::new(
-                TimestampNanosecondArray::from(
-                    rows.iter()
-                        .map(|(_, c)| c.change.deployed_at.timestamp_nanos_opt().unwrap_or(0))
-                        .collect::<Vec<_>>(),
-                )
-                .with_timezone("UTC"),
-            ),
-            s(&|(_, c)| c.change.commit.clone()),
-            s(&|(_, c)| c.change.repository.clone()),
-            Arc::new(Int64Array::from(rows.iter().map(|(_, c)| c.change.pr.map(|p| p as i64)).collect::<Vec<_>>())),
-            s(&|(_, c)| c.change.title.clone()),
-            s(&|(_, c)| c.change.author.clone()),
-            s(&|(_, c)| Some(serde_json::to_string(&c.change.gates).unwrap_or_default())),
-            Arc::new(arrow::array::BooleanArray::from(rows.iter().map(|(_, c)| c.inferred).collect::<Vec<_>>())),
-        ];
-        let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)?;
-        Ok(Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?))
+        andon_store::RowsTable::new(&rows)
+            .text("tenant", |(t, _)| t.clone())
+            .text("id", |(_, c)| c.id.clone())
+            .text("service", |(_, c)| c.change.service.clone())
+            .text("version", |(_, c)| c.change.version.clone())
+            .opt_text("environment", |(_, c)| c.change.environment.clone())
+            .time("deployed_at", |(_, c)| c.change.deployed_at)
+            .opt_text("commit", |(_, c)| c.change.commit.clone())
+            .opt_text("repository", |(_, c)| c.change.repository.clone())
+            .opt_int("pr", |(_, c)| c.change.pr.map(|p| p as i64))
+            .opt_text("title", |(_, c)| c.change.title.clone())
+            .opt_text("author", |(_, c)| c.change.author.clone())
+            .text("gates", |(_, c)| serde_json::to_string(&c.change.gates).unwrap_or_default())
+            .boolean("inferred", |(_, c)| c.inferred)
+            .build()
     }
 }
 

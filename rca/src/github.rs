@@ -2,13 +2,14 @@
 //! a commit came from (number, title, author) and the commit's check runs as
 //! gates. Only what the change lacks is filled in; a pipeline's own report wins.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use andon_model::{ChangeEvent, Gate, GateKind, Verdict};
+use andon_model::{ChangeEvent, Gate, GateKind, Tenant, Verdict};
 use octocrab::Octocrab;
 use serde_json::Value;
 
-use crate::RcaError;
+use crate::{ChangesDb, RcaError};
 
 #[derive(Debug, Clone)]
 pub struct GitHubEnricher {
@@ -116,6 +117,38 @@ impl GitHubEnricher {
         Ok(*c != before)
     }
 }
+
+impl GitHubEnricher {
+    /// Fills in changes from GitHub in the background; a failure is logged and
+    /// the change stays as reported.
+    pub fn spawn_for(self: Arc<Self>, changes: Arc<ChangesDb>, tenant: Tenant, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for id in ids {
+                let (db, t, i) = (Arc::clone(&changes), tenant.clone(), id.clone());
+                let stored = match tokio::task::spawn_blocking(move || db.get(&t, &i)).await {
+                    Ok(Ok(Some(s))) => s,
+                    _ => continue,
+                };
+                let mut change = stored.change;
+                match self.enrich(&mut change).await {
+                    Ok(true) => {
+                        let (db, t) = (Arc::clone(&changes), tenant.clone());
+                        let saved = tokio::task::spawn_blocking(move || db.enriched(&t, &id, &change)).await;
+                        if let Ok(Err(e)) = saved {
+                            tracing::warn!(error = %e, "storing an enriched change failed");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(change = %id, error = %e, "enriching a change from github failed"),
+                }
+            }
+        });
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

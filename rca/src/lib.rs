@@ -8,10 +8,12 @@
 //!   from the call trees, [`onset`] measures the signature and its onset,
 //!   [`link`] ties it to a change with a confidence, [`gates`] holds the
 //!   change's gates against production, and a [`Narrator`] writes the
-//!   narrative. [`incidents`] stores incidents and finds similar ones;
+//!   narrative. [`from_findings`] groups serious findings by cause into the
+//!   incidents detection opens. [`incidents`] stores incidents and finds similar ones;
 //!   [`report`] renders Markdown and HTML.
 
 pub mod changes;
+pub mod from_findings;
 pub mod gates;
 pub mod github;
 pub mod incidents;

@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use andon_analysis::sql::{self, Rows, lit};
-use andon_analysis::stats;
 use andon_model::format::ms;
+use andon_model::statistics as stats;
 use andon_model::{ChangeEvent, ImplicatedChange, Suspect, SuspectCause, Tenant, TimeWindow};
 use andon_store::QueryEngine;
+use andon_store::sql::{self, Rows, lit};
 use chrono::{DateTime, Duration, Utc};
 
 use crate::localize::Channel;

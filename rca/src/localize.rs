@@ -24,11 +24,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use andon_analysis::sql::{self, lit};
-use andon_analysis::stats::{self, Histogram};
 use andon_model::format::ms;
+use andon_model::statistics::{self as stats, Histogram};
 use andon_model::{Suspect, SuspectCause, Tenant, TimeWindow};
 use andon_store::QueryEngine;
+use andon_store::sql::{self, lit};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
 use chrono::Duration;
@@ -78,14 +78,9 @@ impl Scope {
             }
         }
         for (attribute, value) in &self.segment {
-            let Ok(c) = andon_analysis::sql::segment_column(attribute) else { continue };
-            let value = match value {
-                serde_json::Value::Bool(b) if c.boolean => b.to_string(),
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::String(v) => lit(v),
-                _ => continue,
-            };
-            conditions.push(format!("s.{} = {value}", c.column));
+            if let Some(c) = sql::segment_column(attribute).ok().and_then(|c| c.equals(value)) {
+                conditions.push(c);
+            }
         }
         conditions
             .iter()
@@ -147,7 +142,7 @@ pub struct Failures {
 }
 
 impl Failures {
-    pub fn from_rows(rows: &andon_analysis::sql::Rows) -> Self {
+    pub fn from_rows(rows: &andon_store::sql::Rows) -> Self {
         let mut f = Failures::default();
         for r in rows.iter() {
             let (Some(service), Some(operation)) = (r.str("service"), r.str("operation")) else { continue };
@@ -787,7 +782,7 @@ pub async fn localize(
         queries.push(q);
         let q = failures_query(w, scope);
         let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
-        failures.push(Failures::from_rows(&andon_analysis::sql::Rows::new(out.batches)));
+        failures.push(Failures::from_rows(&andon_store::sql::Rows::new(out.batches)));
         queries.push(q);
     }
     let cur = profiles.pop().unwrap_or_default();

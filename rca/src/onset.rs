@@ -3,10 +3,10 @@
 //! windows, walked back to where the rise begins, so a rolling deploy's onset
 //! is its first minutes rather than the middle of the ramp).
 
-use andon_analysis::sql::{self, lit};
-use andon_analysis::stats;
+use andon_model::statistics as stats;
 use andon_model::{FindingKind, Signature, Suspect, SuspectCause, Tenant, TimeWindow};
 use andon_store::QueryEngine;
+use andon_store::sql::{self, lit};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
@@ -75,7 +75,7 @@ pub async fn measure(
         sql::ts(to)
     );
     let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
-    let rows = andon_analysis::sql::Rows::new(out.batches);
+    let rows = andon_store::sql::Rows::new(out.batches);
     let inside = |w: &TimeWindow, t: i64| {
         t >= w.start.timestamp_nanos_opt().unwrap_or(i64::MIN) && t < w.end.timestamp_nanos_opt().unwrap_or(i64::MAX)
     };

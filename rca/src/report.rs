@@ -7,6 +7,7 @@
 use std::fmt::Write;
 
 use andon_model::format::ms;
+use andon_model::html::esc;
 use andon_model::markdown::{cell_code, code, text};
 use andon_model::{Discrepancy, Incident, SuspectCause};
 
@@ -195,22 +196,6 @@ pub fn markdown(inc: &Incident) -> String {
     }
     let _ = writeln!(o, "\nNarrative: {:?}.", inc.narrative_source);
     o
-}
-
-/// Escapes text for HTML element content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const STYLE: &str = "body{font:15px/1.5 system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#1d232a}\

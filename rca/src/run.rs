@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use andon_analysis::sql::{self, Rows, lit};
 use andon_model::{Discrepancy, Incident, IncidentState, NarrativeSource, RcaStep, SuspectCause, Tenant, TimeWindow};
 use andon_store::QueryEngine;
+use andon_store::sql::{self, Rows, lit};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 
@@ -95,6 +95,9 @@ pub struct Rca {
     pub narrator: Arc<dyn Narrator>,
     pub limits: LocalizeLimits,
     pub tolerance: Tolerance,
+    /// One detection-driven opening at a time, so two passes reporting the same
+    /// cause do not open two incidents.
+    pub(crate) opening: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Rca {
@@ -132,6 +135,7 @@ impl Rca {
             narrator: Arc::new(TemplateNarrator),
             limits: LocalizeLimits::default(),
             tolerance: Tolerance::default(),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 

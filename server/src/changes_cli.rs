@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::Value;
 
-use crate::findings_cli::{Output, Remote, call};
+use crate::client::{Remote, with_query};
+use crate::findings_cli::Output;
 
 #[derive(Debug, clap::Args)]
 pub struct ChangesArgs {
@@ -58,8 +59,6 @@ pub enum ChangeAction {
 }
 
 pub async fn run(args: ChangesArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let base = |r: &Remote| format!("{}/api/v1/changes", r.server.trim_end_matches('/'));
     match args.action {
         Some(ChangeAction::Add {
             file,
@@ -107,9 +106,9 @@ pub async fn run(args: ChangesArgs) -> anyhow::Result<()> {
                     vec![v]
                 }
             };
-            let url = base(&remote);
+            let api = remote.api();
             for e in &events {
-                let out = call(client.post(&url).json(e), remote.tenant.as_deref(), &url).await?;
+                let out = api.post("/api/v1/changes", e).await?;
                 println!(
                     "{} {}",
                     out.get("id").and_then(Value::as_str).unwrap_or_default(),
@@ -118,19 +117,11 @@ pub async fn run(args: ChangesArgs) -> anyhow::Result<()> {
             }
         }
         None => {
-            let mut url = base(&args.remote);
-            let mut q = Vec::new();
-            if let Some(s) = &args.service {
-                q.push(format!("service={}", crate::findings_cli::encode(s)));
-            }
-            if let Some(s) = &args.since {
-                q.push(format!("since={}", crate::findings_cli::encode(s)));
-            }
-            if !q.is_empty() {
-                url.push('?');
-                url.push_str(&q.join("&"));
-            }
-            let body = call(client.get(&url), args.remote.tenant.as_deref(), &url).await?;
+            let path = with_query(
+                "/api/v1/changes",
+                &[("service", args.service.as_deref()), ("since", args.since.as_deref())],
+            );
+            let body = args.remote.api().get(&path).await?;
             match args.format {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
                 Output::Text => {

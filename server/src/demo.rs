@@ -242,7 +242,10 @@ async fn summarize(
     let span = truth.end - truth.start;
     let at = |f: f64| truth.start + chrono::Duration::milliseconds((span.num_milliseconds() as f64 * f) as i64);
     let windows = Windows { baseline_start: truth.start, baseline_end: at(0.35), split: at(0.75), end: truth.end };
-    let report = crate::api::backtest(app, tenant, windows).await.map_err(|e| anyhow::anyhow!("{}", e.1))?;
+    let (report, incidents) = app
+        .backtest(tenant, windows, andon_web::pipeline::Incidents::Wait)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.1))?;
     let open: Vec<_> = report.findings.iter().filter(|f| f.state == FindingState::Open).collect();
     println!(
         "detection: {} findings from {} statistical tests ({:.0}s)",
@@ -253,7 +256,6 @@ async fn summarize(
     for f in &open {
         println!("  {:<8} {}", f.severity.as_str(), f.summary);
     }
-    let incidents = app.incidents.open_for_findings(tenant, &report.findings).await?;
     println!(
         "incidents: {} opened, each with its root-cause analysis ({:.0}s)",
         incidents.len(),

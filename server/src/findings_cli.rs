@@ -1,25 +1,15 @@
 //! `andon analyze` and `andon findings`: clients of a running server's
 //! `/api/v1/analyze` and `/api/v1/findings`.
 
-use anyhow::{Context, bail};
 use serde_json::Value;
+
+use crate::client::{Remote, encode, with_query};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Output {
     /// One block per finding: its summary and where it is.
     Text,
     Json,
-}
-
-/// Which server, and as which tenant.
-#[derive(Debug, clap::Args)]
-pub struct Remote {
-    /// Base URL of the server's API.
-    #[arg(long, default_value = "http://127.0.0.1:4380", env = "ANDON_SERVER")]
-    pub server: String,
-    /// Tenant (sent as X-Scope-OrgID).
-    #[arg(long)]
-    pub tenant: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,20 +54,6 @@ pub struct FindingsArgs {
     pub remote: Remote,
 }
 
-pub async fn call(req: reqwest::RequestBuilder, tenant: Option<&str>, url: &str) -> anyhow::Result<Value> {
-    let req = match tenant {
-        Some(t) => req.header("x-scope-orgid", t),
-        None => req,
-    };
-    let resp = req.send().await.with_context(|| format!("connecting to {url}"))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.context("reading the server's answer")?;
-    if !status.is_success() {
-        bail!("{}", body.get("error").and_then(Value::as_str).unwrap_or("request failed"));
-    }
-    Ok(body)
-}
-
 fn text(findings: &[Value]) -> String {
     let mut out = String::new();
     for f in findings {
@@ -114,51 +90,30 @@ fn print(body: &Value, format: Output) -> anyhow::Result<()> {
 }
 
 pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/analyze", args.remote.server.trim_end_matches('/'));
     let mut body = serde_json::json!({ "from": args.from, "to": args.to });
     if let (Some(bf), Some(bt)) = (&args.baseline_from, &args.baseline_to) {
         body["baseline_from"] = Value::from(bf.clone());
         body["baseline_to"] = Value::from(bt.clone());
     }
-    let req = reqwest::Client::new().post(&url).json(&body);
-    let answer = call(req, args.remote.tenant.as_deref(), &url).await?;
+    let answer = args.remote.api().post("/api/v1/analyze", &body).await?;
     print(&answer, args.format)
 }
 
-/// Percent-encodes a query parameter value.
-pub fn encode(v: &str) -> String {
-    let mut out = String::new();
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 pub async fn findings(args: FindingsArgs) -> anyhow::Result<()> {
-    let base = args.remote.server.trim_end_matches('/');
-    let url = match &args.id {
-        Some(id) => format!("{base}/api/v1/findings/{id}"),
-        None => format!("{base}/api/v1/findings"),
+    let path = match &args.id {
+        Some(id) => format!("/api/v1/findings/{}", encode(id)),
+        None => "/api/v1/findings".to_owned(),
     };
-    let mut params: Vec<(&str, String)> = Vec::new();
-    for (k, v) in [
-        ("kind", &args.kind),
-        ("service", &args.service),
-        ("state", &args.state),
-        ("since", &args.since),
-        ("until", &args.until),
-    ] {
-        if let Some(v) = v {
-            params.push((k, v.clone()));
-        }
-    }
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
-    let url = if query.is_empty() { url } else { format!("{url}?{}", query.join("&")) };
-    let req = reqwest::Client::new().get(&url);
-    let answer = call(req, args.remote.tenant.as_deref(), &url).await?;
+    let path = with_query(
+        &path,
+        &[
+            ("kind", args.kind.as_deref()),
+            ("service", args.service.as_deref()),
+            ("state", args.state.as_deref()),
+            ("since", args.since.as_deref()),
+            ("until", args.until.as_deref()),
+        ],
+    );
+    let answer = args.remote.api().get(&path).await?;
     print(&answer, args.format)
 }

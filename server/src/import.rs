@@ -70,7 +70,7 @@ impl Target {
                     attempt += 1;
                     let mut r = client.post(url).header("content-type", "application/x-protobuf").body(body.clone());
                     if let Some(t) = tenant {
-                        r = r.header("x-scope-orgid", t);
+                        r = r.header(andon_model::TENANT_HEADER, t);
                     }
                     let resp = r.send().await;
                     let retry_in = match resp {

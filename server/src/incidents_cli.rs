@@ -1,11 +1,11 @@
 //! `andon incidents`: open an incident (which runs its RCA), list incidents, or
 //! show one's report, through a running server's `/api/v1/incidents`.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::findings_cli::{Remote, call, encode};
+use crate::client::{Api, Remote, encode, with_query};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ReportFormat {
@@ -64,35 +64,16 @@ pub enum IncidentAction {
     },
 }
 
-async fn report(client: &reqwest::Client, remote: &Remote, id: &str, format: ReportFormat) -> anyhow::Result<String> {
-    let base = format!("{}/api/v1/incidents/{}", remote.server.trim_end_matches('/'), encode(id));
-    let url = match format {
-        ReportFormat::Json => {
-            let body = call(client.get(&base), remote.tenant.as_deref(), &base).await?;
-            return Ok(serde_json::to_string_pretty(&body)?);
-        }
-        ReportFormat::Md => format!("{base}/report.md"),
-        ReportFormat::Html => format!("{base}/report.html"),
-    };
-    let mut req = client.get(&url);
-    if let Some(t) = &remote.tenant {
-        req = req.header("x-scope-orgid", t);
+async fn report(api: &Api, id: &str, format: ReportFormat) -> anyhow::Result<String> {
+    let path = format!("/api/v1/incidents/{}", encode(id));
+    match format {
+        ReportFormat::Json => Ok(serde_json::to_string_pretty(&api.get(&path).await?)?),
+        ReportFormat::Md => api.text(&format!("{path}/report.md")).await,
+        ReportFormat::Html => api.text(&format!("{path}/report.html")).await,
     }
-    let resp = req.send().await.with_context(|| format!("connecting to {url}"))?;
-    let status = resp.status();
-    let text = resp.text().await.context("reading the server's answer")?;
-    if !status.is_success() {
-        let msg = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or(text);
-        bail!("{msg}");
-    }
-    Ok(text)
 }
 
 pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
     match args.action {
         Some(IncidentAction::Open { start, end, baseline_start, baseline_end, service, title, format, remote }) => {
             let mut body = json!({
@@ -109,23 +90,18 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
                     body[k] = Value::from(v);
                 }
             }
-            let url = format!("{}/api/v1/incidents", remote.server.trim_end_matches('/'));
-            let inc =
-                call(client.post(&url).header("x-andon-client", "cli").json(&body), remote.tenant.as_deref(), &url)
-                    .await?;
+            let api = remote.api();
+            let inc = api.post("/api/v1/incidents", &body).await?;
             let id = inc.get("id").and_then(Value::as_str).context("the server gave no incident id")?;
             eprintln!("opened {id}");
-            print!("{}", report(&client, &remote, id, format).await?);
+            print!("{}", report(&api, id, format).await?);
         }
         Some(IncidentAction::Show { id, format, remote }) => {
-            print!("{}", report(&client, &remote, &id, format).await?);
+            print!("{}", report(&remote.api(), &id, format).await?);
         }
         None => {
-            let mut url = format!("{}/api/v1/incidents", args.remote.server.trim_end_matches('/'));
-            if let Some(s) = &args.state {
-                url.push_str(&format!("?state={}", encode(s)));
-            }
-            let body = call(client.get(&url), args.remote.tenant.as_deref(), &url).await?;
+            let path = with_query("/api/v1/incidents", &[("state", args.state.as_deref())]);
+            let body = args.remote.api().get(&path).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&body)?);
                 return Ok(());

@@ -2,19 +2,16 @@
 //! API in one process; the other commands are clients of a running server (or, for
 //! `import --data-dir`, of a data directory).
 
-mod api;
 mod changes_cli;
+mod client;
 mod config;
 mod demo;
 mod findings_cli;
 mod import;
-mod incidents;
 mod incidents_cli;
-mod metrics;
 mod query_cli;
 mod serve;
 mod tickets_cli;
-mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, bail};
 use serde_json::Value;
+
+use crate::client::Remote;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Format {
@@ -18,12 +19,8 @@ pub struct QueryArgs {
     pub sql: String,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
-    /// Base URL of the server's API.
-    #[arg(long, default_value = "http://127.0.0.1:4380", env = "ANDON_SERVER")]
-    pub server: String,
-    /// Tenant to query (sent as X-Scope-OrgID).
-    #[arg(long)]
-    pub tenant: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 fn text(v: &Value) -> String {
@@ -82,17 +79,7 @@ pub fn render(format: Format, columns: &[String], rows: &[Vec<Value>]) -> String
 }
 
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/query", args.server.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().post(&url).json(&serde_json::json!({ "sql": args.sql }));
-    if let Some(t) = &args.tenant {
-        req = req.header("x-scope-orgid", t);
-    }
-    let resp = req.send().await.with_context(|| format!("connecting to {url}"))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.context("reading the server's answer")?;
-    if !status.is_success() {
-        bail!("{}", body.get("error").and_then(Value::as_str).unwrap_or("query failed"));
-    }
+    let body = args.remote.api().post("/api/v1/query", &serde_json::json!({ "sql": args.sql })).await?;
     let columns: Vec<String> = body["columns"].as_array().into_iter().flatten().map(text).collect();
     let rows: Vec<Vec<Value>> =
         body["rows"].as_array().into_iter().flatten().map(|r| r.as_array().cloned().unwrap_or_default()).collect();

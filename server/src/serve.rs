@@ -17,9 +17,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::api::{self, AppState};
+use andon_web::AppState;
+use andon_web::pipeline::{Incidents, Pipeline};
+
 use crate::config::Config;
-use crate::incidents::Incidents;
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -74,7 +75,7 @@ async fn infer_changes(
             match andon_rca::link::infer_versions(&query, &tenant, &changes, None, from, now, lookback).await {
                 Ok((_, ids)) => {
                     if let Some(e) = &enricher {
-                        crate::incidents::spawn_enrichment(Arc::clone(e), Arc::clone(&changes), tenant, ids);
+                        Arc::clone(e).spawn_for(Arc::clone(&changes), tenant, ids);
                     }
                 }
                 Err(e) => warn!(tenant = %tenant.as_str(), error = %e, "inferring changes from spans failed"),
@@ -85,7 +86,7 @@ async fn infer_changes(
 
 /// Samples the ingest counters for the UI's ingest-rate chart.
 async fn sample_ingest(app: Arc<AppState>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(crate::ui::SAMPLE_EVERY);
+    let mut tick = tokio::time::interval(andon_web::ingest_history::SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -159,9 +160,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .context("opening tickets")?,
     );
     let runner = Arc::new(RunnerStats::default());
-    let mut rca = andon_rca::Rca::new(query.clone(), Arc::clone(&changes), incidents_db);
+    let mut rca = andon_rca::Rca::new(query.clone(), Arc::clone(&changes), Arc::clone(&incidents_db));
     config.rca.apply(&mut rca);
-    let incidents = Arc::new(Incidents::new(rca, Arc::clone(&tickets)));
+    let pipeline =
+        Arc::new(Pipeline { findings: Arc::clone(&findings), tickets: Arc::clone(&tickets), rca: Arc::new(rca) });
     let enricher = if config.rca.github_enrich {
         let token = std::env::var(&config.rca.github_token_env).ok().filter(|t| !t.is_empty());
         let e = andon_rca::github::GitHubEnricher::new(
@@ -187,7 +189,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         findings: Arc::clone(&findings),
         tickets: Arc::clone(&tickets),
         changes,
-        incidents: Arc::clone(&incidents),
+        incidents: incidents_db,
+        pipeline,
         enricher: enricher.clone(),
         runner: Arc::clone(&runner),
         ingest_history: Arc::default(),
@@ -209,8 +212,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http_serving = axum::serve(http, andon_ingest::http::router(Arc::clone(&ingestor)).into_make_service())
         .with_graceful_shutdown(stopped());
     let http_task = tokio::spawn(async move { http_serving.await.context("otlp-http server") });
-    let api_serving =
-        axum::serve(api_listener, api::router(Arc::clone(&app)).into_make_service()).with_graceful_shutdown(stopped());
+    let api_serving = axum::serve(api_listener, andon_web::router(Arc::clone(&app)).into_make_service())
+        .with_graceful_shutdown(stopped());
     let api_task = tokio::spawn(async move { api_serving.await.context("api server") });
     let sampling = tokio::spawn(sample_ingest(Arc::clone(&app), stop_rx_detection.clone()));
     let resolving = Arc::clone(&findings);
@@ -247,13 +250,26 @@ impl Running {
         let mut cfg = app.analyzer.config().clone();
         cfg.interval_secs = interval_secs;
         let analyzer = Analyzer::new(app.query.clone(), cfg)?;
-        let on_findings = crate::incidents::on_findings(Arc::clone(&app.tickets), Arc::clone(&app.incidents));
+        let pipeline = Arc::clone(&app.pipeline);
+        let after_pass: andon_analysis::runner::AfterPass = Arc::new(move |tenant, found, cutoff| {
+            let pipeline = Arc::clone(&pipeline);
+            Box::pin(async move {
+                let n = found.len();
+                let after = pipeline
+                    .after_pass(&tenant, found, Some(cutoff), Incidents::Background)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if n > 0 || after.resolved > 0 {
+                    info!(tenant = %tenant.as_str(), findings = n, resolved = after.resolved, "detection pass");
+                }
+                Ok(())
+            })
+        });
         let stop = self.stop_tx.subscribe();
         self.background.push(tokio::spawn(andon_analysis::runner::run(
             analyzer,
-            Arc::clone(&app.findings),
             Arc::clone(&app.runner),
-            on_findings,
+            after_pass,
             stop.clone(),
         )));
         self.background.push(tokio::spawn(infer_changes(

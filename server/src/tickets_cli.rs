@@ -5,7 +5,8 @@
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::findings_cli::{Output, Remote, call};
+use crate::client::{Remote, encode, with_query};
+use crate::findings_cli::Output;
 
 #[derive(Debug, clap::Args)]
 pub struct TicketsArgs {
@@ -81,34 +82,25 @@ fn show(t: &Value, format: Output) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: TicketsArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let base = |r: &Remote| format!("{}/api/v1/tickets", r.server.trim_end_matches('/'));
     match args.action {
         Some(TicketAction::Approve { id, reviewer, note, priority, remote }) => {
-            let url = format!("{}/{id}/approve", base(&remote));
             let body = json!({ "reviewer": reviewer, "note": note, "priority": priority });
-            let t = call(client.post(&url).json(&body), remote.tenant.as_deref(), &url).await?;
+            let t = remote.api().post(&format!("/api/v1/tickets/{}/approve", encode(&id)), &body).await?;
             print!("{}", line(&t));
             eprintln!("approved; the outbox posts it shortly (andon tickets --id {id} shows where)");
         }
         Some(TicketAction::Reject { id, reviewer, reason, remote }) => {
-            let url = format!("{}/{id}/reject", base(&remote));
             let body = json!({ "reviewer": reviewer, "reason": reason });
-            let t = call(client.post(&url).json(&body), remote.tenant.as_deref(), &url).await?;
+            let t = remote.api().post(&format!("/api/v1/tickets/{}/reject", encode(&id)), &body).await?;
             print!("{}", line(&t));
         }
         None => {
-            let remote = &args.remote;
+            let api = args.remote.api();
             if let Some(id) = &args.id {
-                let url = format!("{}/{id}", base(remote));
-                let t = call(client.get(&url), remote.tenant.as_deref(), &url).await?;
+                let t = api.get(&format!("/api/v1/tickets/{}", encode(id))).await?;
                 return show(&t, args.format);
             }
-            let mut url = base(remote);
-            if let Some(s) = &args.state {
-                url.push_str(&format!("?state={s}"));
-            }
-            let body = call(client.get(&url), remote.tenant.as_deref(), &url).await?;
+            let body = api.get(&with_query("/api/v1/tickets", &[("state", args.state.as_deref())])).await?;
             match args.format {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
                 Output::Text => {

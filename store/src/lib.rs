@@ -20,7 +20,9 @@
 mod dedup;
 mod error;
 mod query;
+mod rows_table;
 mod segment;
+pub mod sql;
 mod stats;
 mod table;
 mod wal;
@@ -40,6 +42,7 @@ use tracing::{info, warn};
 
 pub use error::StoreError;
 pub use query::{ExtraTable, QueryEngine, QueryLimits, QueryOutput};
+pub use rows_table::RowsTable;
 pub use segment::Segment;
 pub use stats::{StoreSnapshot, StoreStats};
 pub use table::SpansTable;

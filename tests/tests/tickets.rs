@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use andon_model::{
     Affected, Evidence, Finding, FindingKind, FindingState, Priority, Severity, Tenant, TicketState, TimeWindow,
+    Trouble, Wording,
 };
 use andon_tests::github_twin::{Failure, GitHubTwin};
 use andon_tests::{Server, wait_for};
@@ -63,6 +64,12 @@ fn finding(operation: &str, n: u32, start: DateTime<Utc>) -> Finding {
         impact: 480.0,
         severity: Severity::High,
         summary: format!("`{operation}` in inventory fails 9.8% of requests (baseline 0.15%)."),
+        wording: Wording {
+            kind: "error-rate regression".into(),
+            title: "{operation} in {service} fails 9.8% of requests{segment} (was 0.15%)".into(),
+            effect: "+9.7 percentage points".into(),
+        },
+        trouble: Trouble::Failures,
         evidence: Evidence {
             query: "SELECT 1".into(),
             exemplar_trace_ids: vec!["4bf92f3577b34da6a3ce929d0e0e4736".into()],

@@ -8,24 +8,24 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use andon_model::{AuditEntry, ExternalRef, Finding, Incident, Priority, Severity, Tenant, Ticket, TicketState};
-use chrono::{DateTime, SecondsFormat, Utc};
+use andon_sqlite::{parse_time, time};
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use serde::{Deserialize, Serialize};
 
 use crate::TicketError;
 use crate::config::OnClosed;
-use crate::draft::{Draft, Drafter};
+use crate::draft::Drafter;
+use crate::lifecycle;
+use crate::queue::{CommentPayload, enqueue, set_payload};
 
-fn db_err(e: rusqlite::Error) -> TicketError {
+pub use crate::queue::{Delivery, DeliveryInfo, Job};
+
+pub(crate) fn db_err(e: rusqlite::Error) -> TicketError {
     TicketError::Db(e.to_string())
 }
 
-fn json_err(e: serde_json::Error) -> TicketError {
+pub(crate) fn json_err(e: serde_json::Error) -> TicketError {
     TicketError::Db(e.to_string())
-}
-
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// A ticket a reviewer approved. Only [`TicketDb::due`] makes one, from a row
@@ -40,8 +40,8 @@ fn time(t: DateTime<Utc>) -> String {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ApprovedTicket {
-    tenant: Tenant,
-    ticket: Ticket,
+    pub(crate) tenant: Tenant,
+    pub(crate) ticket: Ticket,
 }
 
 impl ApprovedTicket {
@@ -57,9 +57,9 @@ impl ApprovedTicket {
 /// A ticket with an issue in a tracker; the only thing a comment can go to.
 #[derive(Debug, Clone)]
 pub struct PostedTicket {
-    tenant: Tenant,
-    ticket: Ticket,
-    external: ExternalRef,
+    pub(crate) tenant: Tenant,
+    pub(crate) ticket: Ticket,
+    pub(crate) external: ExternalRef,
 }
 
 impl PostedTicket {
@@ -76,42 +76,6 @@ impl PostedTicket {
     }
 }
 
-#[derive(Debug, Clone)]
-pub enum Job {
-    /// Open the ticket's issue.
-    Create(ApprovedTicket),
-    /// Comment on its issue, reopening it first when asked.
-    Comment { ticket: PostedTicket, body: String, reopen: bool },
-}
-
-/// One queued delivery.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub id: i64,
-    /// Attempts before this one; above zero, the last may have landed.
-    pub attempts: u32,
-    pub created_at: DateTime<Utc>,
-    pub job: Job,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct CommentPayload {
-    body: String,
-    reopen: bool,
-}
-
-/// A delivery as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryInfo {
-    pub id: i64,
-    pub action: String,
-    pub state: String,
-    pub attempts: u32,
-    pub next_attempt_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
 /// What one batch of findings did to the tickets.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Observed {
@@ -126,44 +90,7 @@ pub struct TicketDb {
     conn: Mutex<Connection>,
 }
 
-fn parse_time(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
-}
-
-/// A new pending ticket from a draft.
-fn pending(draft: Draft, finding_ids: Vec<String>, incident_id: Option<String>, now: DateTime<Utc>) -> Ticket {
-    Ticket {
-        id: draft.ticket_id,
-        fingerprint: draft.fingerprint,
-        state: TicketState::Pending,
-        title: draft.title,
-        body: draft.body,
-        labels: draft.labels,
-        priority: draft.priority,
-        finding_ids,
-        incident_id,
-        severity: draft.severity,
-        reviewer: None,
-        note: None,
-        external: None,
-        occurrences: 1,
-        created_at: now,
-        updated_at: now,
-        resolved_at: None,
-        last_error: None,
-    }
-}
-
-/// A pending ticket takes a newer draft's text, labels and priority.
-fn refresh(t: &mut Ticket, draft: Draft) {
-    t.title = draft.title;
-    t.body = draft.body;
-    t.labels = draft.labels;
-    t.priority = draft.priority;
-    t.severity = draft.severity;
-}
-
-fn load(tx: &Connection, tenant: &Tenant, id: &str) -> Result<Option<Ticket>, TicketError> {
+pub(crate) fn load(tx: &Connection, tenant: &Tenant, id: &str) -> Result<Option<Ticket>, TicketError> {
     let body: Option<String> = tx
         .query_row("SELECT body FROM tickets WHERE tenant = ?1 AND id = ?2", params![tenant.as_str(), id], |r| r.get(0))
         .optional()
@@ -171,7 +98,7 @@ fn load(tx: &Connection, tenant: &Tenant, id: &str) -> Result<Option<Ticket>, Ti
     body.map(|b| serde_json::from_str(&b).map_err(json_err)).transpose()
 }
 
-fn save(tx: &Transaction<'_>, tenant: &Tenant, t: &Ticket) -> Result<(), TicketError> {
+pub(crate) fn save(tx: &Transaction<'_>, tenant: &Tenant, t: &Ticket) -> Result<(), TicketError> {
     let body = serde_json::to_string(t).map_err(json_err)?;
     tx.execute(
         "INSERT INTO tickets (id, tenant, fingerprint, state, system, number, updated_at, body)
@@ -193,7 +120,7 @@ fn save(tx: &Transaction<'_>, tenant: &Tenant, t: &Ticket) -> Result<(), TicketE
     Ok(())
 }
 
-fn audit(
+pub(crate) fn audit(
     tx: &Transaction<'_>,
     id: &str,
     at: DateTime<Utc>,
@@ -209,37 +136,12 @@ fn audit(
     Ok(())
 }
 
-fn enqueue(
-    tx: &Transaction<'_>,
-    tenant: &Tenant,
-    id: &str,
-    action: &str,
-    payload: &str,
-    now: DateTime<Utc>,
-) -> Result<i64, TicketError> {
-    tx.execute(
-        "INSERT INTO ticket_outbox (tenant, ticket_id, action, payload, state, attempts, next_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5)",
-        params![tenant.as_str(), id, action, payload, time(now)],
-    )
-    .map_err(db_err)?;
-    Ok(tx.last_insert_rowid())
-}
-
-/// Swaps the priority label for the new priority's.
-fn relabel(t: &mut Ticket) {
-    t.labels.retain(|l| l.parse::<Priority>().is_err());
-    t.labels.push(t.priority.as_str().to_owned());
-}
-
 impl TicketDb {
     pub fn open(path: &Path) -> Result<Self, TicketError> {
-        let conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS tickets (
+        let conn = andon_sqlite::open(
+            path,
+            andon_sqlite::Sync::Full,
+            "CREATE TABLE IF NOT EXISTS tickets (
                  id TEXT PRIMARY KEY,
                  tenant TEXT NOT NULL,
                  fingerprint TEXT NOT NULL,
@@ -275,11 +177,11 @@ impl TicketDb {
              CREATE INDEX IF NOT EXISTS ticket_outbox_due ON ticket_outbox (state, next_at);",
         )
         .map_err(db_err)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        andon_sqlite::lock(&self.conn)
     }
 
     /// Drafts the RCA ticket of an incident, or refreshes it while it is pending
@@ -297,13 +199,13 @@ impl TicketDb {
         let tx = conn.transaction().map_err(db_err)?;
         let t = match load(&tx, tenant, &draft.ticket_id)? {
             None => {
-                let t = pending(draft, inc.finding_ids.clone(), Some(inc.id.clone()), now);
+                let t = lifecycle::pending(draft, inc.finding_ids.clone(), Some(inc.id.clone()), now);
                 audit(&tx, &t.id, now, "andon", "drafted", &format!("from incident {}", inc.id))?;
                 save(&tx, tenant, &t)?;
                 t
             }
             Some(mut t) if t.state == TicketState::Pending => {
-                refresh(&mut t, draft);
+                lifecycle::refresh(&mut t, draft);
                 t.finding_ids = inc.finding_ids.clone();
                 t.updated_at = now;
                 audit(&tx, &t.id, now, "andon", "updated", "the analysis was run again")?;
@@ -335,7 +237,7 @@ impl TicketDb {
         for f in findings.iter().filter(|f| f.severity <= settings.draft_min) {
             let draft = drafter.draft(tenant, f);
             let Some(mut t) = load(&tx, tenant, &draft.ticket_id)? else {
-                let mut t = pending(draft, vec![f.id.clone()], None, now);
+                let mut t = lifecycle::pending(draft, vec![f.id.clone()], None, now);
                 audit(&tx, &t.id, now, "andon", "drafted", &format!("from finding {}", f.id))?;
                 out.drafted += 1;
                 if settings.auto_approve_min.is_some_and(|min| f.severity <= min) {
@@ -357,7 +259,7 @@ impl TicketDb {
             let known = t.finding_ids.contains(&f.id);
             match t.state {
                 TicketState::Pending => {
-                    refresh(&mut t, draft);
+                    lifecycle::refresh(&mut t, draft);
                     if !known {
                         t.finding_ids.push(f.id.clone());
                         audit(&tx, &t.id, now, "andon", "updated", &format!("now also finding {}", f.id))?;
@@ -424,29 +326,9 @@ impl TicketDb {
     }
 
     /// The deliveries of a ticket, oldest first.
-    pub fn deliveries(&self, id: &str) -> Result<Vec<DeliveryInfo>, TicketError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare("SELECT id, action, state, attempts, next_at, last_error FROM ticket_outbox WHERE ticket_id = ?1 ORDER BY id")
-            .map_err(db_err)?;
-        let rows = st
-            .query_map(params![id], |r| {
-                Ok(DeliveryInfo {
-                    id: r.get(0)?,
-                    action: r.get(1)?,
-                    state: r.get(2)?,
-                    attempts: r.get(3)?,
-                    next_attempt_at: parse_time(&r.get::<_, String>(4)?),
-                    last_error: r.get(5)?,
-                })
-            })
-            .map_err(db_err)?;
-        rows.collect::<Result<_, _>>().map_err(db_err)
-    }
-
     /// Runs `f` on ticket `id` in one transaction and saves what it made of
     /// the ticket, with whatever else `f` wrote (audit, outbox).
-    fn change<T>(
+    pub(crate) fn change<T>(
         &self,
         tenant: &Tenant,
         id: &str,
@@ -472,19 +354,10 @@ impl TicketDb {
         priority: Option<Priority>,
         now: DateTime<Utc>,
     ) -> Result<Ticket, TicketError> {
+        let reviewer = crate::gate::reviewer(reviewer)?;
+        crate::gate::note(note)?;
         self.change(tenant, id, |tx, t| {
-            undecided(t)?;
-            let mut detail = note.map(str::to_owned).unwrap_or_default();
-            if let Some(p) = priority.filter(|p| *p != t.priority) {
-                detail = format!("priority {} → {p}{}{detail}", t.priority, if detail.is_empty() { "" } else { "; " });
-                t.priority = p;
-                relabel(t);
-            }
-            t.state = TicketState::Approved;
-            t.reviewer = Some(reviewer.to_owned());
-            t.note = note.map(str::to_owned);
-            t.last_error = None;
-            t.updated_at = now;
+            let detail = lifecycle::approve(t, reviewer, note, priority, now)?;
             audit(tx, id, now, reviewer, "approved", &detail)?;
             let queued: bool = tx
                 .query_row(
@@ -509,182 +382,12 @@ impl TicketDb {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Ticket, TicketError> {
+        let reviewer = crate::gate::reviewer(reviewer)?;
+        crate::gate::reason(reason)?;
         self.change(tenant, id, |tx, t| {
-            undecided(t)?;
-            t.state = TicketState::Rejected;
-            t.reviewer = Some(reviewer.to_owned());
-            t.note = Some(reason.to_owned());
-            t.updated_at = now;
+            lifecycle::reject(t, reviewer, reason, now)?;
             audit(tx, id, now, reviewer, "rejected", reason)?;
             Ok(t.clone())
-        })
-    }
-
-    /// Deliveries due at `now`, oldest first. A delivery whose ticket is no
-    /// longer in the state it needs is cancelled here.
-    pub fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Delivery>, TicketError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        let rows: Vec<(i64, String, String, String, String, u32, String)> = {
-            let mut st = tx
-                .prepare(
-                    "SELECT id, tenant, ticket_id, action, payload, attempts, created_at FROM ticket_outbox
-                     WHERE state = 'queued' AND next_at <= ?1 ORDER BY id LIMIT ?2",
-                )
-                .map_err(db_err)?;
-            st.query_map(params![time(now), limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-            })
-            .map_err(db_err)?
-            .collect::<Result<_, _>>()
-            .map_err(db_err)?
-        };
-        let mut out = Vec::new();
-        for (id, tenant, ticket_id, action, payload, attempts, created) in rows {
-            let tenant = Tenant::new(&tenant).map_err(|e| TicketError::Db(e.to_string()))?;
-            let t = load(&tx, &tenant, &ticket_id)?;
-            let job = match (action.as_str(), t) {
-                ("create", Some(t @ Ticket { state: TicketState::Approved, reviewer: Some(_), .. })) => {
-                    Some(Job::Create(ApprovedTicket { tenant, ticket: t }))
-                }
-                ("comment", Some(t))
-                    if t.external.is_some() && matches!(t.state, TicketState::Posted | TicketState::Resolved) =>
-                {
-                    let p: CommentPayload = serde_json::from_str(&payload).map_err(json_err)?;
-                    let external = t.external.clone().ok_or_else(|| TicketError::Db("checked above".into()))?;
-                    Some(Job::Comment {
-                        ticket: PostedTicket { tenant, ticket: t, external },
-                        body: p.body,
-                        reopen: p.reopen,
-                    })
-                }
-                _ => None,
-            };
-            match job {
-                Some(job) => out.push(Delivery { id, attempts, created_at: parse_time(&created), job }),
-                None => {
-                    tx.execute(
-                        "UPDATE ticket_outbox SET state = 'cancelled', done_at = ?2 WHERE id = ?1",
-                        params![id, time(now)],
-                    )
-                    .map_err(db_err)?;
-                }
-            }
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(out)
-    }
-
-    /// Records that an attempt is starting, before the request goes out, so a
-    /// crash during it leaves the next attempt knowing it may have landed.
-    pub fn begin_attempt(&self, delivery: i64) -> Result<(), TicketError> {
-        self.conn()
-            .execute("UPDATE ticket_outbox SET attempts = attempts + 1 WHERE id = ?1", params![delivery])
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// The ticket's issue exists: created now, or found from an earlier attempt.
-    pub fn posted(&self, d: &Delivery, ext: &ExternalRef, found: bool, now: DateTime<Utc>) -> Result<(), TicketError> {
-        let (tenant, id) = d.ticket();
-        self.change(tenant, id, |tx, t| {
-            let detail = if found {
-                format!("{} already had it ({}), from an earlier attempt; not posted again", ext.system, ext.url)
-            } else {
-                format!("{} {}", ext.system, ext.url)
-            };
-            mark_posted(tx, t, ext, &detail, now)?;
-            done(tx, d.id, now)
-        })
-    }
-
-    /// The ticket's issue exists already (its fingerprint was found in the
-    /// tracker, for example after the database was lost): the create becomes a
-    /// comment on it.
-    pub fn adopt(
-        &self,
-        d: &Delivery,
-        ext: &ExternalRef,
-        open: bool,
-        drafter: &Drafter,
-        now: DateTime<Utc>,
-    ) -> Result<(), TicketError> {
-        let (tenant, id) = d.ticket();
-        self.change(tenant, id, |tx, t| {
-            let detail =
-                format!("found an existing issue for this fingerprint ({}); commenting there instead", ext.url);
-            mark_posted(tx, t, ext, &detail, now)?;
-            let reopen = !open && drafter.settings().on_closed == OnClosed::Reopen;
-            let delivery = enqueue(tx, tenant, &t.id, "comment", "{}", now)?;
-            let body = format!(
-                "{}\n\nAndon found this problem again and approved a new ticket for it; the evidence follows.\n\n{}",
-                crate::draft::comment_marker(delivery, &t.id),
-                strip_marker(&t.body)
-            );
-            set_payload(tx, delivery, &CommentPayload { body, reopen })?;
-            done(tx, d.id, now)
-        })
-    }
-
-    pub fn commented(&self, d: &Delivery, reopened: bool, now: DateTime<Utc>) -> Result<(), TicketError> {
-        let (tenant, id) = d.ticket();
-        let url = match &d.job {
-            Job::Comment { ticket, .. } => ticket.external.url.clone(),
-            Job::Create(_) => return Err(TicketError::Db("not a comment delivery".into())),
-        };
-        self.change(tenant, id, |tx, t| {
-            if reopened {
-                t.state = TicketState::Posted;
-                t.resolved_at = None;
-                audit(tx, id, now, "outbox", "reopened", &url)?;
-            }
-            t.last_error = None;
-            t.updated_at = now;
-            audit(tx, id, now, "outbox", "commented", &url)?;
-            done(tx, d.id, now)
-        })
-    }
-
-    /// A transient failure: try again at `next`.
-    pub fn retry_later(
-        &self,
-        d: &Delivery,
-        error: &str,
-        next: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<(), TicketError> {
-        let (tenant, id) = d.ticket();
-        self.change(tenant, id, |tx, t| {
-            tx.execute(
-                "UPDATE ticket_outbox SET next_at = ?2, last_error = ?3 WHERE id = ?1",
-                params![d.id, time(next), error],
-            )
-            .map_err(db_err)?;
-            // One audit entry per outage, not one per attempt.
-            if t.last_error.is_none() {
-                audit(tx, id, now, "outbox", "retrying", error)?;
-            }
-            t.last_error = Some(error.to_owned());
-            Ok(())
-        })
-    }
-
-    /// A permanent failure: the delivery stops; a failed create fails its
-    /// ticket, which a reviewer can approve again.
-    pub fn failed(&self, d: &Delivery, error: &str, now: DateTime<Utc>) -> Result<(), TicketError> {
-        let (tenant, id) = d.ticket();
-        self.change(tenant, id, |tx, t| {
-            tx.execute(
-                "UPDATE ticket_outbox SET state = 'failed', last_error = ?2, done_at = ?3 WHERE id = ?1",
-                params![d.id, error, time(now)],
-            )
-            .map_err(db_err)?;
-            if matches!(d.job, Job::Create(_)) {
-                t.state = TicketState::Failed;
-            }
-            t.last_error = Some(error.to_owned());
-            t.updated_at = now;
-            audit(tx, id, now, "outbox", "failed", error)
         })
     }
 
@@ -716,12 +419,9 @@ impl TicketDb {
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, TicketError> {
         self.change(tenant, id, |tx, t| {
-            if t.state != TicketState::Posted {
+            if !lifecycle::closed(t, at, now) {
                 return Ok(Vec::new());
             }
-            t.state = TicketState::Resolved;
-            t.resolved_at = Some(at);
-            t.updated_at = now;
             audit(tx, id, now, actor, "resolved", "the issue was closed; its findings are resolved")?;
             Ok(t.finding_ids.clone())
         })
@@ -730,12 +430,9 @@ impl TicketDb {
     /// The issue was reopened by a person in the tracker.
     pub fn reopened(&self, tenant: &Tenant, id: &str, actor: &str, now: DateTime<Utc>) -> Result<(), TicketError> {
         self.change(tenant, id, |tx, t| {
-            if t.state != TicketState::Resolved {
+            if !lifecycle::reopened(t, now) {
                 return Ok(());
             }
-            t.state = TicketState::Posted;
-            t.resolved_at = None;
-            t.updated_at = now;
             audit(tx, id, now, actor, "reopened", "the issue was reopened in the tracker")
         })
     }
@@ -759,53 +456,6 @@ fn recur(
     set_payload(tx, delivery, &CommentPayload { body, reopen })?;
     let what = if reopen { "reopen and comment queued" } else { "comment queued" };
     audit(tx, &t.id, now, "andon", "recurred", &format!("finding {} {how}; {what}", f.id))
-}
-
-/// Only a pending ticket, or one whose delivery failed, awaits a decision.
-fn undecided(t: &Ticket) -> Result<(), TicketError> {
-    if matches!(t.state, TicketState::Pending | TicketState::Failed) {
-        Ok(())
-    } else {
-        Err(TicketError::Conflict(format!("ticket {} is {}, not pending", t.id, t.state)))
-    }
-}
-
-fn mark_posted(
-    tx: &Transaction<'_>,
-    t: &mut Ticket,
-    ext: &ExternalRef,
-    detail: &str,
-    now: DateTime<Utc>,
-) -> Result<(), TicketError> {
-    t.state = TicketState::Posted;
-    t.external = Some(ext.clone());
-    t.last_error = None;
-    t.updated_at = now;
-    audit(tx, &t.id, now, "outbox", "posted", detail)
-}
-
-impl Delivery {
-    fn ticket(&self) -> (&Tenant, &str) {
-        match &self.job {
-            Job::Create(a) => (&a.tenant, &a.ticket.id),
-            Job::Comment { ticket, .. } => (&ticket.tenant, &ticket.ticket.id),
-        }
-    }
-}
-
-fn set_payload(tx: &Transaction<'_>, id: i64, p: &CommentPayload) -> Result<(), TicketError> {
-    let payload = serde_json::to_string(p).map_err(json_err)?;
-    tx.execute("UPDATE ticket_outbox SET payload = ?2 WHERE id = ?1", params![id, payload]).map_err(db_err)?;
-    Ok(())
-}
-
-fn done(tx: &Transaction<'_>, id: i64, now: DateTime<Utc>) -> Result<(), TicketError> {
-    tx.execute(
-        "UPDATE ticket_outbox SET state = 'done', done_at = ?2, last_error = NULL WHERE id = ?1",
-        params![id, time(now)],
-    )
-    .map_err(db_err)?;
-    Ok(())
 }
 
 /// A body without its first-line marker.

@@ -2,10 +2,8 @@
 //! body with the evidence, labels and a priority. Every string that came from
 //! spans is redacted, then escaped (see [`crate::markdown`]).
 
-use std::collections::BTreeMap;
-
 use andon_model::format::{count, ms, pct};
-use andon_model::{Finding, FindingKind, Incident, Priority, Severity, Tenant};
+use andon_model::{Finding, Incident, Priority, Severity, Tenant};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -69,14 +67,9 @@ pub fn parse_marker(body: &str) -> Option<(String, String, String)> {
     Some((fp?, tenant?, ticket?))
 }
 
-fn kind_words(kind: FindingKind) -> &'static str {
-    match kind {
-        FindingKind::LatencyRegression => "latency regression",
-        FindingKind::ErrorRateRegression => "error-rate regression",
-        FindingKind::Retry => "retries",
-        FindingKind::DropOff => "funnel drop-off",
-        FindingKind::SilentRecovery => "silently recovering errors",
-    }
+/// The kind in words, as its detector wrote it.
+fn kind_words(f: &Finding) -> String {
+    if f.wording.kind.is_empty() { f.kind.as_str().replace('_', " ") } else { f.wording.kind.clone() }
 }
 
 fn value_str(v: &Value) -> String {
@@ -84,10 +77,6 @@ fn value_str(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-fn get(m: &BTreeMap<String, Value>, k: &str) -> f64 {
-    m.get(k).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
 /// Drafts from findings, with one set of settings and one redactor.
@@ -121,39 +110,15 @@ impl Drafter {
     }
 
     pub fn title(&self, f: &Finding) -> String {
-        let (b, c) = (&f.baseline, &f.current);
         let op = self.r(&f.operation);
         let svc = self.r(&f.service);
         let seg: Vec<String> = self.segment_plain(f).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         let seg = if seg.is_empty() { String::new() } else { format!(" for {}", seg.join(", ")) };
-        let t = match f.kind {
-            FindingKind::LatencyRegression => format!(
-                "{op} in {svc} is {:.1}× slower{seg} (p95 {} → {})",
-                f.effect,
-                ms(get(b, "p95_ms")),
-                ms(get(c, "p95_ms"))
-            ),
-            FindingKind::ErrorRateRegression => format!(
-                "{op} in {svc} fails {} of requests{seg} (was {})",
-                pct(get(c, "error_rate")),
-                pct(get(b, "error_rate"))
-            ),
-            FindingKind::Retry => format!(
-                "Clients retry {op} in {svc}{seg}: {} of sessions (was {})",
-                pct(get(c, "retrying_share")),
-                pct(get(b, "retrying_share"))
-            ),
-            FindingKind::SilentRecovery => format!(
-                "{op} in {svc} fails, then succeeds when sent again{seg}: {} of sessions (was {})",
-                pct(get(c, "recovered_share")),
-                pct(get(b, "recovered_share"))
-            ),
-            FindingKind::DropOff => format!(
-                "Conversion after {op} drops {}{seg} ({} → {})",
-                pct(f.effect),
-                pct(get(b, "conversion")),
-                pct(get(c, "conversion"))
-            ),
+        // The detector's title, with the names put in after redaction.
+        let t = if f.wording.title.is_empty() {
+            format!("{} on {op} in {svc}{seg}", kind_words(f))
+        } else {
+            f.wording.title_for(&svc, &op, &seg)
         };
         title(&t, TITLE_MAX)
     }
@@ -200,7 +165,7 @@ impl Drafter {
         b.push_str(&self.table(f));
         b.push('\n');
         let mut facts: Vec<(&str, String)> = vec![
-            ("Kind", text(kind_words(f.kind))),
+            ("Kind", text(&kind_words(f))),
             ("Where", format!("{} in {}", code(&self.r(&f.operation)), code(&self.r(&f.service)))),
             (
                 "Segment",
@@ -298,10 +263,12 @@ impl Drafter {
     fn statistics(&self, f: &Finding) -> String {
         let test = if f.evidence.test.is_empty() { "test".to_owned() } else { text(&self.r(&f.evidence.test)) };
         let q = f.evidence.details.get("q_value").and_then(Value::as_f64);
-        let effect = match f.kind {
-            FindingKind::LatencyRegression => format!("{:.2}× at the median", f.effect),
-            FindingKind::DropOff => format!("conversion down {}", pct(f.effect)),
-            _ => format!("{:+.1} percentage points", f.effect * 100.0),
+        // The detector writes the effect from its numbers alone; nothing a
+        // client sent is in it.
+        let effect = if f.wording.effect.is_empty() {
+            format!("{:+.1} percentage points", f.effect * 100.0)
+        } else {
+            f.wording.effect.clone()
         };
         let ci = f.evidence.effect_ci.map(|c| format!(" (95% CI {:.2}–{:.2})", c[0], c[1])).unwrap_or_default();
         format!(

@@ -22,8 +22,11 @@
 pub mod config;
 pub mod db;
 pub mod draft;
+pub mod gate;
+pub mod lifecycle;
 pub use andon_model::markdown;
 pub mod outbox;
+pub mod queue;
 pub mod redact;
 pub mod sink;
 
@@ -38,6 +41,9 @@ pub use sink::{SinkError, TicketSink};
 pub enum TicketError {
     #[error("invalid ticket settings: {0}")]
     Config(String),
+    /// A decision the human gate refuses (a bad reviewer name, a missing reason).
+    #[error("{0}")]
+    Invalid(String),
     #[error("tickets database: {0}")]
     Db(String),
     #[error("no such ticket: {0}")]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use andon_model::{
     Affected, ChangeRef, Evidence, Finding, FindingKind, FindingState, LinkedFinding, ServiceOperation, Severity,
-    Tenant, TimeWindow,
+    Tenant, TimeWindow, Trouble, Wording,
 };
 use andon_ticketing::{Drafter, TicketingConfig};
 use chrono::{TimeZone, Utc};
@@ -46,6 +46,12 @@ fn latency() -> Finding {
         impact: 4816.0,
         severity: Severity::High,
         summary: "p95 latency of `GET /v1/quote` in pricing rose from 16.0 ms to 112 ms since 10:04 UTC; requests are 6.0× slower at the median (95% CI 5.8–6.2×); 1,204 sessions affected.".into(),
+        wording: Wording {
+            kind: "latency regression".into(),
+            title: "{operation} in {service} is 6.0× slower{segment} (p95 16.0 ms → 112 ms)".into(),
+            effect: "6.02× at the median".into(),
+        },
+        trouble: Trouble::Latency,
         evidence: Evidence {
             query: "SELECT CASE WHEN start_time >= TIMESTAMP '2026-11-21T10:00:00Z' THEN 'current' ELSE 'baseline' END AS side,\n  approx_percentile_cont(duration_ns / 1e6, 0.95) AS p95_ms\nFROM spans WHERE service_name = 'pricing' AND kind = 'server' AND http_route = '/v1/quote'\nGROUP BY side".into(),
             exemplar_trace_ids: vec!["4bf92f3577b34da6a3ce929d0e0e4736".into(), "not-a-trace-id".into()],
@@ -97,6 +103,12 @@ fn drop_off() -> Finding {
         impact: 2800.0,
         severity: Severity::Critical,
         summary: "Conversion from `POST /checkout/payment` to `GET /checkout/confirmation` drops 44% for `browser.mobile=true` sessions (92% → 52%) since 10:05 UTC; 350 more sessions left than the baseline rate; 86% of those leaving hit an error there, which starts in payments `POST /v1/authorize`.".into(),
+        wording: Wording {
+            kind: "funnel drop-off".into(),
+            title: "Conversion after {operation} drops 44%{segment} (92% → 52%)".into(),
+            effect: "conversion down 44%".into(),
+        },
+        trouble: Trouble::Failures,
         evidence: Evidence {
             query: "SELECT 1".into(),
             exemplar_trace_ids: vec!["0af7651916cd43dd8448eb211c80319c".into()],
@@ -139,6 +151,12 @@ fn hostile() -> Finding {
         summary: format!(
             "`{op}` in profile fails 9.8% of requests (baseline 0.15%); card 4111 1111 1111 1111 with Authorization: Bearer abcdefghijklmnop; @octocat <script>alert(1)</script>"
         ),
+        wording: Wording {
+            kind: "error-rate regression".into(),
+            title: "{operation} in {service} fails 9.8% of requests{segment} (was 0.15%)".into(),
+            effect: "+9.7 percentage points".into(),
+        },
+        trouble: Trouble::Failures,
         evidence: Evidence {
             query: format!(
                 "SELECT count(*) FROM spans WHERE name = '{op}' AND attributes['api_key'] = 'api_key=sk_live_4eC39HqLyjWDarjtT1zdp7dc'\n```\n# injected heading"

@@ -6,12 +6,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use andon_model::FindingKind;
+use andon_model::format::{count, pct};
+use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
+use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{Ctx, Judgement, Metric, Subject, Test, num, round, segment_tests};
-use crate::config::Flow;
+use crate::AnalysisError;
+use crate::config::{AnalysisConfig, Flow};
+use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side};
 use crate::sql::{self, Rows};
+
+#[derive(Debug)]
+pub struct DropOff;
+
+pub const KIND: FindingKind = FindingKind::DropOff;
 
 pub const SQL: &str = include_str!("drop_off.sql");
 pub const JOURNEYS_SQL: &str = include_str!("journeys.sql");
@@ -176,7 +185,7 @@ impl Metric for Step {
 
 fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     let (lb, lc) = (b.reached - b.next.min(b.reached), c.reached - c.next.min(c.reached));
-    let t = crate::stats::proportion_greater(lb, b.reached, lc, c.reached)?;
+    let t = andon_model::statistics::proportion_greater(lb, b.reached, lc, c.reached)?;
     let (conv_b, conv_c) = (1.0 - t.baseline, 1.0 - t.current);
     let relative = if conv_b > 0.0 { (conv_b - conv_c) / conv_b } else { 0.0 };
     let material = relative >= ctx.config.drop_min_relative && t.current - t.baseline >= 0.02 && lc >= 5;
@@ -207,7 +216,7 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     })
 }
 
-pub fn tests(rows: &Rows, ctx: &Ctx, flow: &ResolvedFlow) -> Vec<Test> {
+fn tests(rows: &Rows, ctx: &Ctx, flow: &ResolvedFlow) -> Vec<Test> {
     let mut out = Vec::new();
     for k in 0..flow.steps.len().saturating_sub(1) {
         let (service, op) = &flow.steps[k];
@@ -228,13 +237,156 @@ pub fn tests(rows: &Rows, ctx: &Ctx, flow: &ResolvedFlow) -> Vec<Test> {
             cells: cells.into_iter().map(|((c, s), m)| (c, s, m)).collect(),
         };
         let next = &flow.steps[k + 1].1;
-        for mut t in segment_tests(FindingKind::DropOff, &subject, ctx, |b, c| judge(ctx, b, c, next)) {
-            t.judgement.details.insert("flow".into(), Value::from(flow.name.clone()));
-            if let Some(c) = &mut t.complement {
-                c.details.insert("flow".into(), Value::from(flow.name.clone()));
+        let steps: Value = flow.steps.iter().map(|(s, o)| Value::from(vec![s.clone(), o.clone()])).collect();
+        for mut t in segment_tests(KIND, &subject, ctx, |b, c| judge(ctx, b, c, next)) {
+            for j in std::iter::once(&mut t.judgement).chain(t.complement.as_mut()) {
+                j.details.insert("flow".into(), Value::from(flow.name.clone()));
+                j.details.insert("flow_steps".into(), steps.clone());
             }
             out.push(t);
         }
     }
     out
+}
+
+/// The funnel a drop-off test was judged on, as its details keep it.
+fn flow_of(j: &Judgement) -> Option<ResolvedFlow> {
+    let name = j.details.get("flow")?.as_str()?.to_owned();
+    let steps = j
+        .details
+        .get("flow_steps")?
+        .as_array()?
+        .iter()
+        .map(|s| Some((s.get(0)?.as_str()?.to_owned(), s.get(1)?.as_str()?.to_owned())))
+        .collect::<Option<Vec<_>>>()?;
+    Some(ResolvedFlow { name, steps })
+}
+
+impl DropOff {
+    /// The configured flows with the services serving their steps, else the
+    /// journey discovered from the baseline.
+    async fn flows(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Vec<ResolvedFlow>, AnalysisError> {
+        if ctx.config.flows.is_empty() {
+            return Ok(discover(&sql.rows(&journeys_query(ctx)).await?).into_iter().collect());
+        }
+        let lean = ctx.lean_for(&BTreeMap::new());
+        let rows = sql.rows(&sql::render(include_str!("served.sql"), &lean.vars(""))).await?;
+        let served: Vec<(String, String)> =
+            rows.iter().filter_map(|r| Some((r.str("service")?, r.str("operation")?))).collect();
+        Ok(resolve(&ctx.config.flows, &served))
+    }
+}
+
+#[async_trait]
+impl Detector for DropOff {
+    fn kind(&self) -> FindingKind {
+        KIND
+    }
+
+    /// One query per configured flow (steps matched to any service).
+    fn queries(&self, ctx: &Ctx) -> Vec<(String, String)> {
+        let served: Vec<(String, String)> =
+            ctx.config.flows.iter().flat_map(|f| f.steps.iter().map(|s| ("?".to_owned(), s.clone()))).collect();
+        resolve(&ctx.config.flows, &served)
+            .into_iter()
+            .map(|flow| (format!("drop_off {}", flow.name), query(ctx, &flow, "")))
+            .collect()
+    }
+
+    async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
+        let mut out = Tested::default();
+        for flow in self.flows(ctx, sql).await? {
+            out.tests.extend(tests(&sql.rows(&query(ctx, &flow, "")).await?, ctx, &flow));
+            out.flows.push(flow.name);
+        }
+        Ok(out)
+    }
+
+    /// Sessions that leave after an error there follow the failures; those that
+    /// leave without one leave the RCA to find what changed.
+    fn trouble(&self, j: &Judgement) -> Trouble {
+        if get(&j.details, "left_after_error_share") >= 0.5 { Trouble::Failures } else { Trouble::Unclear }
+    }
+
+    async fn evidence(
+        &self,
+        ctx: &Ctx,
+        t: &Test,
+        _sql: &dyn Sql,
+        _baseline: &mut Numbers,
+        _current: &mut Numbers,
+    ) -> Result<String, AnalysisError> {
+        let flow = flow_of(&t.judgement).ok_or_else(|| AnalysisError::Config("a drop-off without its flow".into()))?;
+        let k = flow.steps.iter().position(|(_, op)| *op == t.operation).unwrap_or(0);
+        Ok(per_side(
+            &query(ctx, &flow, &ctx.segments.condition(&t.segment)),
+            &format!(
+                "sum(reached{k}) AS sessions_reached, sum(reached{n}) AS sessions_continued, \
+                 round(CAST(sum(reached{n}) AS DOUBLE) / sum(reached{k}), 5) AS conversion, \
+                 sum(left_after_error{k}) AS left_after_error",
+                n = k + 1
+            ),
+        ))
+    }
+
+    /// Sessions lost beyond what the baseline's conversion would have lost.
+    fn affected(&self, current: &Numbers, baseline: &Numbers) -> Affected {
+        let reached = get(current, "sessions_reached");
+        let expected_left = reached * (1.0 - get(baseline, "conversion"));
+        let excess = (get(current, "sessions_left") - expected_left).max(0.0).round() as u64;
+        Affected { requests: get(current, "left_after_error").max(0.0) as u64, sessions: excess }
+    }
+
+    fn severity(&self, effect: f64, _current: &Numbers, _baseline: &Numbers) -> Severity {
+        grade(effect, [0.3, 0.15, 0.08])
+    }
+
+    fn rank(&self, _j: &Judgement) -> u8 {
+        6
+    }
+
+    fn headline(&self, j: &Judgement, cfg: &AnalysisConfig) -> bool {
+        j.effect >= cfg.drop_headline_relative
+    }
+
+    fn sentence(&self, f: &Facts<'_>) -> String {
+        let j = f.judgement;
+        let next = j.details.get("next_step").and_then(Value::as_str).unwrap_or("the next step");
+        let err = get(&j.details, "left_after_error_share");
+        let cause = f.cause;
+        let cause_text = if (cause.0.as_str(), cause.1.as_str()) != (f.service, f.operation) && err > 0.0 {
+            format!("; {} of those leaving hit an error there, which starts in {} `{}`", pct(err), cause.0, cause.1)
+        } else if err > 0.0 {
+            format!("; {} of those leaving hit an error there", pct(err))
+        } else {
+            String::new()
+        };
+        format!(
+            "Conversion from `{}` to `{next}` drops {}{} ({} → {}){}; {} more sessions left than the baseline rate{cause_text}.",
+            f.operation,
+            pct(j.effect),
+            f.segment,
+            pct(get(f.baseline, "conversion")),
+            pct(get(f.current, "conversion")),
+            crate::summary::since(f.onset),
+            count(f.affected.sessions),
+        )
+    }
+
+    fn short(&self, j: &Judgement) -> String {
+        format!("step conversion down {}", pct(j.effect))
+    }
+
+    fn wording(&self, effect: f64, baseline: &Numbers, current: &Numbers) -> Wording {
+        Wording {
+            kind: "funnel drop-off".into(),
+            title: format!(
+                "Conversion after {{operation}} drops {}{{segment}} ({} → {})",
+                pct(effect),
+                pct(get(baseline, "conversion")),
+                pct(get(current, "conversion"))
+            ),
+            effect: format!("conversion down {}", pct(effect)),
+        }
+    }
 }

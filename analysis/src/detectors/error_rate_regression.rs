@@ -2,11 +2,22 @@
 //! requests rise? The two-proportion z-test, or Fisher's exact test when counts
 //! are small, with floors on the ratio and the absolute rise.
 
-use andon_model::FindingKind;
+use std::collections::BTreeMap;
+
+use andon_model::format::{count, pct};
+use andon_model::{Affected, FindingKind, Severity, Wording};
+use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Ctx, Metric, Subject, Test, judge_rate, segment_tests, subjects};
+use super::{Ctx, Judgement, Metric, Subject, Test, judge_rate, segment_tests, subjects};
+use crate::AnalysisError;
+use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side};
 use crate::sql::{self, Rows};
+
+#[derive(Debug)]
+pub struct ErrorRateRegression;
+
+pub const KIND: FindingKind = FindingKind::ErrorRateRegression;
 
 pub const SQL: &str = include_str!("error_rate_regression.sql");
 
@@ -36,7 +47,7 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
     sql::render(SQL, &ctx.vars(filter))
 }
 
-pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
+fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
     let subjects: Vec<Subject<Errors>> = subjects(
         rows,
         &ctx.segments,
@@ -51,7 +62,7 @@ pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
     subjects
         .iter()
         .flat_map(|s| {
-            segment_tests(FindingKind::ErrorRateRegression, s, ctx, |b, c| {
+            segment_tests(KIND, s, ctx, |b, c| {
                 let mut j = judge_rate(
                     &ctx.config,
                     (b.errors, b.requests),
@@ -66,4 +77,101 @@ pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
             })
         })
         .collect()
+}
+
+#[async_trait]
+impl Detector for ErrorRateRegression {
+    fn kind(&self) -> FindingKind {
+        KIND
+    }
+
+    fn queries(&self, ctx: &Ctx) -> Vec<(String, String)> {
+        vec![(KIND.to_string(), query(ctx, ""))]
+    }
+
+    async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
+        Ok(Tested { tests: tests(&sql.rows(&query(ctx, "")).await?, ctx), flows: Vec::new() })
+    }
+
+    async fn evidence(
+        &self,
+        ctx: &Ctx,
+        t: &Test,
+        _sql: &dyn Sql,
+        _baseline: &mut Numbers,
+        _current: &mut Numbers,
+    ) -> Result<String, AnalysisError> {
+        let filter = ctx.subject_filter(&t.service, &t.operation, &t.segment);
+        Ok(per_side(
+            &query(&ctx.lean_for(&t.segment), &filter),
+            "sum(n) AS requests, sum(errors) AS errors, \
+             round(CAST(sum(errors) AS DOUBLE) / sum(n), 5) AS error_rate, sum(error_sessions) AS error_sessions",
+        ))
+    }
+
+    async fn compare_versions(
+        &self,
+        ctx: &Ctx,
+        t: &Test,
+        new: &str,
+        sql: &dyn Sql,
+    ) -> Result<Option<(String, Judgement)>, AnalysisError> {
+        let Some((seg, filter, ctx)) = ctx.by_version(t) else { return Ok(None) };
+        let rows = sql.rows(&query(&ctx, &filter)).await?;
+        let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for r in rows.iter() {
+            let Some(v) = r.str(&seg) else { continue };
+            let e = by.entry(v).or_default();
+            e.0 += r.u64("errors");
+            e.1 += r.u64("n");
+        }
+        let Some(new_c) = by.remove(new) else { return Ok(None) };
+        let Some((prev, prev_c)) = by.into_iter().max_by_key(|(_, c)| c.1) else { return Ok(None) };
+        Ok(judge_rate(&ctx.config, prev_c, new_c, ("errors", "requests", "error_rate")).map(|j| (prev, j)))
+    }
+
+    fn affected(&self, current: &Numbers, _baseline: &Numbers) -> Affected {
+        Affected {
+            requests: get(current, "errors").max(0.0) as u64,
+            sessions: get(current, "error_sessions").max(0.0) as u64,
+        }
+    }
+
+    fn severity(&self, effect: f64, _current: &Numbers, _baseline: &Numbers) -> Severity {
+        grade(effect, [0.2, 0.05, 0.01])
+    }
+
+    fn rank(&self, _j: &Judgement) -> u8 {
+        2
+    }
+
+    fn sentence(&self, f: &Facts<'_>) -> String {
+        format!(
+            "`{}` in {} fails {} of requests{}{} (baseline {}); {} failed requests, {} sessions hit the error.",
+            f.operation,
+            f.service,
+            pct(get(f.current, "error_rate")),
+            f.segment,
+            crate::summary::since(f.onset),
+            pct(get(f.baseline, "error_rate")),
+            count(f.affected.requests),
+            count(f.affected.sessions),
+        )
+    }
+
+    fn short(&self, j: &Judgement) -> String {
+        format!("error rate {} → {}", pct(get(&j.baseline, "error_rate")), pct(get(&j.current, "error_rate")))
+    }
+
+    fn wording(&self, effect: f64, baseline: &Numbers, current: &Numbers) -> Wording {
+        Wording {
+            kind: "error-rate regression".into(),
+            title: format!(
+                "{{operation}} in {{service}} fails {} of requests{{segment}} (was {})",
+                pct(get(current, "error_rate")),
+                pct(get(baseline, "error_rate"))
+            ),
+            effect: format!("{:+.1} percentage points", effect * 100.0),
+        }
+    }
 }

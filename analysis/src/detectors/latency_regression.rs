@@ -5,12 +5,21 @@
 
 use std::collections::BTreeMap;
 
-use andon_model::FindingKind;
+use andon_model::format::ms;
+use andon_model::statistics::{self as stats, Histogram};
+use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
+use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{Ctx, Judgement, Metric, Subject, Test, num, round, segment_tests, subjects};
+use crate::AnalysisError;
+use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade};
 use crate::sql::{self, Rows};
-use crate::stats::{self, Histogram};
+
+#[derive(Debug)]
+pub struct LatencyRegression;
+
+pub const KIND: FindingKind = FindingKind::LatencyRegression;
 
 pub const SQL: &str = include_str!("latency_regression.sql");
 
@@ -71,7 +80,7 @@ pub fn judge(ctx: &Ctx, base: &Histogram, cur: &Histogram) -> Option<Judgement> 
     })
 }
 
-pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
+fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
     let subjects: Vec<Subject<Histogram>> = subjects(
         rows,
         &ctx.segments,
@@ -80,6 +89,110 @@ pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
     );
     subjects
         .iter()
-        .flat_map(|s| segment_tests(FindingKind::LatencyRegression, s, ctx, |b, c| judge(ctx, b, c)))
+        .flat_map(|s| segment_tests(KIND, s, ctx, |b, c| judge(ctx, b, c)))
         .collect()
+}
+
+#[async_trait]
+impl Detector for LatencyRegression {
+    fn kind(&self) -> FindingKind {
+        KIND
+    }
+
+    fn queries(&self, ctx: &Ctx) -> Vec<(String, String)> {
+        vec![(KIND.to_string(), query(ctx, ""))]
+    }
+
+    async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
+        Ok(Tested { tests: tests(&sql.rows(&query(ctx, "")).await?, ctx), flows: Vec::new() })
+    }
+
+    fn trouble(&self, _j: &Judgement) -> Trouble {
+        Trouble::Latency
+    }
+
+    async fn evidence(
+        &self,
+        ctx: &Ctx,
+        t: &Test,
+        sql: &dyn Sql,
+        baseline: &mut Numbers,
+        current: &mut Numbers,
+    ) -> Result<String, AnalysisError> {
+        let filter = ctx.subject_filter(&t.service, &t.operation, &t.segment);
+        let q = sql::render(include_str!("evidence_latency.sql"), &ctx.lean_for(&t.segment).vars(&filter));
+        for r in sql.rows(&q).await?.iter() {
+            let side = if r.str("side").as_deref() == Some("current") { &mut *current } else { &mut *baseline };
+            for k in ["requests", "sessions"] {
+                side.insert(k.into(), Value::from(r.u64(k)));
+            }
+            for k in ["p50_ms", "p95_ms", "p99_ms"] {
+                side.insert(k.into(), r.f64(k).map_or(Value::Null, num));
+            }
+        }
+        Ok(q)
+    }
+
+    async fn compare_versions(
+        &self,
+        ctx: &Ctx,
+        t: &Test,
+        new: &str,
+        sql: &dyn Sql,
+    ) -> Result<Option<(String, Judgement)>, AnalysisError> {
+        let Some((seg, filter, ctx)) = ctx.by_version(t) else { return Ok(None) };
+        let rows = sql.rows(&query(&ctx, &filter)).await?;
+        let mut by: BTreeMap<String, Histogram> = BTreeMap::new();
+        for r in rows.iter() {
+            let Some(v) = r.str(&seg) else { continue };
+            *by.entry(v).or_default().entry(r.i64("bucket").unwrap_or(0)).or_default() += r.u64("n");
+        }
+        let Some(new_h) = by.remove(new) else { return Ok(None) };
+        let Some((prev, prev_h)) = by.into_iter().max_by_key(|(_, h)| stats::total(h)) else { return Ok(None) };
+        Ok(judge(&ctx, &prev_h, &new_h).map(|j| (prev, j)))
+    }
+
+    fn affected(&self, current: &Numbers, _baseline: &Numbers) -> Affected {
+        Affected { requests: get(current, "requests").max(0.0) as u64, sessions: get(current, "sessions").max(0.0) as u64 }
+    }
+
+    fn severity(&self, effect: f64, _current: &Numbers, _baseline: &Numbers) -> Severity {
+        grade(effect, [4.0, 2.0, 1.5])
+    }
+
+    fn rank(&self, _j: &Judgement) -> u8 {
+        3
+    }
+
+    fn sentence(&self, f: &Facts<'_>) -> String {
+        let j = f.judgement;
+        let ci = j.ci.map(|c| format!(" (95% CI {:.1}–{:.1}×)", c[0], c[1])).unwrap_or_default();
+        format!(
+            "p95 latency of `{}` in {}{} rose from {} to {}{}; requests are {:.1}× slower at the median{ci}; {} sessions affected.",
+            f.operation,
+            f.service,
+            f.segment,
+            ms(get(f.baseline, "p95_ms")),
+            ms(get(f.current, "p95_ms")),
+            crate::summary::since(f.onset),
+            j.effect,
+            crate::summary::count(f.affected.sessions),
+        )
+    }
+
+    fn short(&self, j: &Judgement) -> String {
+        format!("{:.1}× slower at the median", j.effect)
+    }
+
+    fn wording(&self, effect: f64, baseline: &Numbers, current: &Numbers) -> Wording {
+        Wording {
+            kind: "latency regression".into(),
+            title: format!(
+                "{{operation}} in {{service}} is {effect:.1}× slower{{segment}} (p95 {} → {})",
+                ms(get(baseline, "p95_ms")),
+                ms(get(current, "p95_ms"))
+            ),
+            effect: format!("{effect:.2}× at the median"),
+        }
+    }
 }

@@ -1,13 +1,32 @@
-//! The five detectors. Each has its SQL in a `.sql` file beside it; the SQL
-//! aggregates per operation, side (baseline or current) and segment, and the
-//! detector turns those cells into tests. Segment search, false-discovery control
-//! and the choice of segment are shared, here.
+//! The detectors, one file each, and what they share. Each has its SQL in a
+//! `.sql` file beside it; the SQL aggregates per operation, side (baseline or
+//! current) and segment, and the detector turns those cells into tests.
+//! Segment search, false-discovery control and the choice of segment are
+//! shared, here.
+//!
+//! A new detector is a file here that implements [`Detector`] and one line in
+//! the registry below.
 
-pub mod drop_off;
-pub mod error_rate_regression;
-pub mod latency_regression;
-pub mod retry;
-pub mod silent_recovery;
+/// Declares each detector's module and lists the detectors in the order a
+/// pass runs them.
+macro_rules! registry {
+    ($($module:ident => $detector:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// Every detector, in the order a pass runs them.
+        pub fn registry() -> Vec<std::sync::Arc<dyn Detector>> {
+            vec![$(std::sync::Arc::new($module::$detector)),*]
+        }
+    };
+}
+
+registry! {
+    latency_regression => LatencyRegression,
+    error_rate_regression => ErrorRateRegression,
+    retry => Retry,
+    silent_recovery => SilentRecovery,
+    drop_off => DropOff,
+}
 
 use std::collections::BTreeMap;
 
@@ -16,7 +35,9 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::config::AnalysisConfig;
-use crate::sql::{self, Row, Segments};
+use crate::detector::Detector;
+use crate::sql::{self, Segments};
+use andon_store::sql::Row;
 
 /// The windows and settings of one pass.
 #[derive(Debug, Clone)]
@@ -71,6 +92,15 @@ impl Ctx {
     /// The same windows, without the session join when `segment` is empty.
     pub fn lean_for(&self, segment: &BTreeMap<String, Value>) -> Ctx {
         Ctx { lean: segment.is_empty(), ..self.clone() }
+    }
+
+    /// For comparing versions of a test's subject: the segment column holding
+    /// `service.version`, the filter to the subject in every segment, and the
+    /// windows without the session join. `None` when versions are not a segment.
+    pub fn by_version(&self, t: &Test) -> Option<(String, String, Ctx)> {
+        let vi = self.segments.columns.iter().position(|c| c.attribute == "service.version")?;
+        let filter = self.subject_filter(&t.service, &t.operation, &BTreeMap::new());
+        Some((format!("seg{vi}"), filter, self.lean_for(&BTreeMap::new())))
     }
 
     /// The condition that narrows a detector's rows to one subject and segment.
@@ -282,7 +312,7 @@ pub(crate) fn judge_rate(
     (xc, nc): (u64, u64),
     names: (&str, &str, &str),
 ) -> Option<Judgement> {
-    let t = crate::stats::proportion_greater(xb, nb, xc, nc)?;
+    let t = andon_model::statistics::proportion_greater(xb, nb, xc, nc)?;
     let delta = t.current - t.baseline;
     let material = delta >= cfg.rate_min_delta && t.current >= cfg.rate_min_ratio * t.baseline && xc >= 5;
     let (count, total, rate) = names;

@@ -3,11 +3,20 @@
 //! person. The share of sessions retrying against the baseline's, with the mean
 //! attempts per request and how many retries were automatic.
 
-use andon_model::FindingKind;
+use andon_model::format::pct;
+use andon_model::{Affected, FindingKind, Severity, Wording};
+use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Ctx, Metric, Subject, Test, judge_rate, num, round, segment_tests, subjects};
+use super::{Ctx, Judgement, Metric, Subject, Test, judge_rate, num, round, segment_tests, subjects};
+use crate::AnalysisError;
+use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side};
 use crate::sql::Rows;
+
+#[derive(Debug)]
+pub struct Retry;
+
+pub const KIND: FindingKind = FindingKind::Retry;
 
 pub const SQL: &str = include_str!("retry.sql");
 
@@ -55,7 +64,7 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
     super::session_calls_query(SQL, ctx, filter)
 }
 
-pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
+fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
     let subjects: Vec<Subject<Retries>> = subjects(
         rows,
         &ctx.segments,
@@ -71,7 +80,7 @@ pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
     subjects
         .iter()
         .flat_map(|s| {
-            segment_tests(FindingKind::Retry, s, ctx, |b, c| {
+            segment_tests(KIND, s, ctx, |b, c| {
                 let mut j = judge_rate(
                     &ctx.config,
                     (b.retrying_sessions, b.sessions),
@@ -88,4 +97,88 @@ pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
             })
         })
         .collect()
+}
+
+#[async_trait]
+impl Detector for Retry {
+    fn kind(&self) -> FindingKind {
+        KIND
+    }
+
+    fn queries(&self, ctx: &Ctx) -> Vec<(String, String)> {
+        vec![(KIND.to_string(), query(ctx, ""))]
+    }
+
+    async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
+        Ok(Tested { tests: tests(&sql.rows(&query(ctx, "")).await?, ctx), flows: Vec::new() })
+    }
+
+    async fn evidence(
+        &self,
+        ctx: &Ctx,
+        t: &Test,
+        _sql: &dyn Sql,
+        _baseline: &mut Numbers,
+        _current: &mut Numbers,
+    ) -> Result<String, AnalysisError> {
+        let filter = ctx.subject_filter(&t.service, &t.operation, &t.segment);
+        Ok(per_side(
+            &query(ctx, &filter),
+            "sum(sessions) AS sessions, sum(retrying_sessions) AS retrying_sessions, \
+             round(CAST(sum(retrying_sessions) AS DOUBLE) / sum(sessions), 5) AS retrying_share, \
+             sum(retries) AS retries, sum(auto_retries) AS auto_retries, sum(attempts) AS attempts",
+        ))
+    }
+
+    fn affected(&self, current: &Numbers, _baseline: &Numbers) -> Affected {
+        Affected {
+            requests: get(current, "retries").max(0.0) as u64,
+            sessions: get(current, "retrying_sessions").max(0.0) as u64,
+        }
+    }
+
+    fn severity(&self, _effect: f64, current: &Numbers, baseline: &Numbers) -> Severity {
+        grade(get(current, "retrying_share") - get(baseline, "retrying_share"), [0.5, 0.15, 0.03])
+    }
+
+    /// Clients retrying on their own are the most specific account of a
+    /// failure; people retrying by hand follow latency and errors.
+    fn rank(&self, j: &Judgement) -> u8 {
+        if get(&j.details, "automatic_share") >= 0.5 { 0 } else { 4 }
+    }
+
+    fn sentence(&self, f: &Facts<'_>) -> String {
+        format!(
+            "Clients{} retry `{}` ({}) {:.1} times on average before success (baseline {:.2}){}; {} of sessions calling it retried (baseline {}), {} of retries automatic.",
+            f.segment,
+            f.operation,
+            f.service,
+            get(f.current, "attempts_when_retried"),
+            get(f.baseline, "attempts_when_retried").max(1.0),
+            crate::summary::since(f.onset),
+            pct(get(f.current, "retrying_share")),
+            pct(get(f.baseline, "retrying_share")),
+            pct(get(&f.judgement.details, "automatic_share")),
+        )
+    }
+
+    fn short(&self, j: &Judgement) -> String {
+        format!(
+            "sessions retrying {} → {}",
+            pct(get(&j.baseline, "retrying_share")),
+            pct(get(&j.current, "retrying_share"))
+        )
+    }
+
+    fn wording(&self, effect: f64, baseline: &Numbers, current: &Numbers) -> Wording {
+        Wording {
+            kind: "retries".into(),
+            title: format!(
+                "Clients retry {{operation}} in {{service}}{{segment}}: {} of sessions (was {})",
+                pct(get(current, "retrying_share")),
+                pct(get(baseline, "retrying_share"))
+            ),
+            effect: format!("{:+.1} percentage points", effect * 100.0),
+        }
+    }
 }

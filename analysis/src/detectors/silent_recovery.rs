@@ -3,11 +3,20 @@
 //! the person saw the failure. The share of sessions recovering this way against
 //! the baseline's, and which share of the sessions that hit the error recovered.
 
-use andon_model::FindingKind;
+use andon_model::format::{count, pct};
+use andon_model::{Affected, FindingKind, Severity, Wording};
+use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Ctx, Metric, Subject, Test, judge_rate, num, round, segment_tests, subjects};
+use super::{Ctx, Judgement, Metric, Subject, Test, judge_rate, num, round, segment_tests, subjects};
+use crate::AnalysisError;
+use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side};
 use crate::sql::Rows;
+
+#[derive(Debug)]
+pub struct SilentRecovery;
+
+pub const KIND: FindingKind = FindingKind::SilentRecovery;
 
 pub const SQL: &str = include_str!("silent_recovery.sql");
 
@@ -43,7 +52,7 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
     super::session_calls_query(SQL, ctx, filter)
 }
 
-pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
+fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
     let subjects: Vec<Subject<Recoveries>> = subjects(
         rows,
         &ctx.segments,
@@ -58,7 +67,7 @@ pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
     subjects
         .iter()
         .flat_map(|s| {
-            segment_tests(FindingKind::SilentRecovery, s, ctx, |b, c| {
+            segment_tests(KIND, s, ctx, |b, c| {
                 let mut j = judge_rate(
                     &ctx.config,
                     (b.recovered, b.sessions),
@@ -74,4 +83,85 @@ pub fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
             })
         })
         .collect()
+}
+
+#[async_trait]
+impl Detector for SilentRecovery {
+    fn kind(&self) -> FindingKind {
+        KIND
+    }
+
+    fn queries(&self, ctx: &Ctx) -> Vec<(String, String)> {
+        vec![(KIND.to_string(), query(ctx, ""))]
+    }
+
+    async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
+        Ok(Tested { tests: tests(&sql.rows(&query(ctx, "")).await?, ctx), flows: Vec::new() })
+    }
+
+    async fn evidence(
+        &self,
+        ctx: &Ctx,
+        t: &Test,
+        _sql: &dyn Sql,
+        _baseline: &mut Numbers,
+        _current: &mut Numbers,
+    ) -> Result<String, AnalysisError> {
+        let filter = ctx.subject_filter(&t.service, &t.operation, &t.segment);
+        Ok(per_side(
+            &query(ctx, &filter),
+            "sum(sessions) AS sessions, sum(error_sessions) AS error_sessions, \
+             sum(recovered_sessions) AS recovered_sessions, \
+             round(CAST(sum(recovered_sessions) AS DOUBLE) / sum(sessions), 5) AS recovered_share",
+        ))
+    }
+
+    fn affected(&self, current: &Numbers, _baseline: &Numbers) -> Affected {
+        let n = get(current, "recovered_sessions").max(0.0) as u64;
+        Affected { requests: n, sessions: n }
+    }
+
+    fn severity(&self, _effect: f64, current: &Numbers, baseline: &Numbers) -> Severity {
+        grade(get(current, "recovered_share") - get(baseline, "recovered_share"), [0.5, 0.15, 0.03])
+    }
+
+    /// People recovering by hand from most of the failures are the account of
+    /// them; otherwise errors and latency come first.
+    fn rank(&self, j: &Judgement) -> u8 {
+        if get(&j.details, "recovered_of_failed") >= 0.5 { 1 } else { 5 }
+    }
+
+    fn sentence(&self, f: &Facts<'_>) -> String {
+        format!(
+            "{} of sessions{} calling `{}` in {} hit a failure that succeeded when sent again (baseline {}){}; {} of the sessions that hit it recovered this way, so success rates hide it; {} sessions affected.",
+            pct(get(f.current, "recovered_share")),
+            f.segment,
+            f.operation,
+            f.service,
+            pct(get(f.baseline, "recovered_share")),
+            crate::summary::since(f.onset),
+            pct(get(f.current, "recovered_of_failed")),
+            count(f.affected.sessions),
+        )
+    }
+
+    fn short(&self, j: &Judgement) -> String {
+        format!(
+            "sessions recovering by resending {} → {}",
+            pct(get(&j.baseline, "recovered_share")),
+            pct(get(&j.current, "recovered_share"))
+        )
+    }
+
+    fn wording(&self, effect: f64, baseline: &Numbers, current: &Numbers) -> Wording {
+        Wording {
+            kind: "silently recovering errors".into(),
+            title: format!(
+                "{{operation}} in {{service}} fails, then succeeds when sent again{{segment}}: {} of sessions (was {})",
+                pct(get(current, "recovered_share")),
+                pct(get(baseline, "recovered_share"))
+            ),
+            effect: format!("{:+.1} percentage points", effect * 100.0),
+        }
+    }
 }

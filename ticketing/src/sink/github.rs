@@ -252,6 +252,77 @@ impl TicketSink for GitHubSink {
     }
 }
 
+/// What a delivery of GitHub's `issues` webhook asks of Andon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueEvent {
+    /// GitHub checking the hook.
+    Ping,
+    /// An event, action or repository Andon does not act on, and why.
+    Ignored(String),
+    /// An issue closed (`open: false`) or reopened.
+    Changed { number: u64, open: bool, at: DateTime<Utc>, actor: String },
+}
+
+/// Why a webhook delivery is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("invalid or missing x-hub-signature-256")]
+    Unsigned,
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// Verifies a delivery's `X-Hub-Signature-256` under `secret` (in constant time)
+/// and reads what it says. `repo` (owner, name) ignores deliveries about
+/// other repositories.
+pub fn issue_event(
+    secret: &[u8],
+    signature: &str,
+    event: &str,
+    body: &[u8],
+    repo: Option<(&str, &str)>,
+) -> Result<IssueEvent, WebhookError> {
+    let want = super::signature(secret, body);
+    let same = signature.len() == want.len()
+        && signature.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !same {
+        return Err(WebhookError::Unsigned);
+    }
+    match event {
+        "ping" => return Ok(IssueEvent::Ping),
+        "issues" => {}
+        other => return Ok(IssueEvent::Ignored(other.to_owned())),
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| WebhookError::Malformed(format!("invalid json: {e}")))?;
+    let (Some(action), Some(number)) = (
+        v.get("action").and_then(serde_json::Value::as_str),
+        v.pointer("/issue/number").and_then(serde_json::Value::as_u64),
+    ) else {
+        return Err(WebhookError::Malformed("an issues event needs action and issue.number".into()));
+    };
+    if let Some((owner, name)) = repo {
+        let full = v.pointer("/repository/full_name").and_then(serde_json::Value::as_str).unwrap_or_default();
+        if !full.eq_ignore_ascii_case(&format!("{owner}/{name}")) {
+            return Ok(IssueEvent::Ignored("another repository".into()));
+        }
+    }
+    let open = match action {
+        "closed" => false,
+        "reopened" => true,
+        other => return Ok(IssueEvent::Ignored(other.to_owned())),
+    };
+    let at = v
+        .pointer("/issue/closed_at")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+    let actor =
+        format!("github:{}", v.pointer("/sender/login").and_then(serde_json::Value::as_str).unwrap_or("unknown"));
+    Ok(IssueEvent::Changed { number, open, at, actor })
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +356,29 @@ mod tests {
         // A 403 without rate-limit headers is a permission problem, not a wait.
         let h = headers(&[("x-ratelimit-remaining", "4999")]);
         assert!(matches!(classify("x", StatusCode::FORBIDDEN, &h, b"{}", now), SinkError::Permanent(_)));
+    }
+}
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_is_read_only_under_its_signature() {
+        let body = br#"{"action":"closed","issue":{"number":7,"closed_at":"2026-11-20T10:00:00Z"},
+            "repository":{"full_name":"Shop/Web"},"sender":{"login":"ana"}}"#;
+        let sig = crate::sink::signature(b"s3cret", body);
+        assert_eq!(issue_event(b"other", &sig, "issues", body, None), Err(WebhookError::Unsigned));
+        assert_eq!(issue_event(b"s3cret", "", "issues", body, None), Err(WebhookError::Unsigned));
+        let IssueEvent::Changed { number, open, actor, .. } =
+            issue_event(b"s3cret", &sig, "issues", body, Some(("shop", "web"))).unwrap()
+        else {
+            panic!("a closed issue changes its ticket");
+        };
+        assert_eq!((number, open, actor.as_str()), (7, false, "github:ana"));
+        assert_eq!(
+            issue_event(b"s3cret", &sig, "issues", body, Some(("shop", "api"))).unwrap(),
+            IssueEvent::Ignored("another repository".into())
+        );
+        assert_eq!(issue_event(b"s3cret", &sig, "push", body, None).unwrap(), IssueEvent::Ignored("push".into()));
     }
 }

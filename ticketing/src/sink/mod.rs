@@ -14,7 +14,7 @@ mod github;
 mod webhook;
 
 pub use file::FileSink;
-pub use github::GitHubSink;
+pub use github::{GitHubSink, IssueEvent, WebhookError, issue_event};
 pub use webhook::{WebhookSink, signature};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,59 +1,19 @@
 //! `/`: ingest rates, the services seen in the last hour, open findings by
 //! severity, the tickets waiting at the gate and recent incidents.
 
-use std::collections::VecDeque;
 use std::fmt::Write;
 use std::sync::Arc;
 
 use andon_analysis::FindingFilter;
-use andon_analysis::sql::ts;
 use andon_model::{FindingState, IncidentState, Severity, TicketState};
+use andon_store::sql::ts;
 use axum::extract::State;
 use axum::response::Response;
-use chrono::{DateTime, Duration, Utc};
-use parking_lot::Mutex;
+use chrono::{Duration, Utc};
 
 use super::chart::{self, Series};
 use super::{Nav, UiError, Viewer, ago, badge, esc, num, page, query, text};
-use crate::api::{AppState, blocking};
-
-/// The accepted-span counter sampled every few seconds over the last hour, so
-/// the overview can draw the ingest rate as it was received (span timestamps
-/// say when work happened, not when it arrived).
-#[derive(Debug, Default)]
-pub struct IngestHistory {
-    samples: Mutex<VecDeque<(DateTime<Utc>, u64, u64)>>,
-}
-
-type Points = Vec<(DateTime<Utc>, f64)>;
-
-/// Samples kept: an hour at one every 10 seconds.
-const SAMPLES: usize = 360;
-pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl IngestHistory {
-    /// Records the counters (spans accepted, spans rejected) at `at`.
-    pub fn record(&self, at: DateTime<Utc>, accepted: u64, rejected: u64) {
-        let mut s = self.samples.lock();
-        if s.len() == SAMPLES {
-            s.pop_front();
-        }
-        s.push_back((at, accepted, rejected));
-    }
-
-    /// Spans per second between consecutive samples: accepted and rejected.
-    fn rates(&self) -> (Points, Points) {
-        let s = self.samples.lock();
-        let mut accepted = Vec::with_capacity(s.len());
-        let mut rejected = Vec::with_capacity(s.len());
-        for (a, b) in s.iter().zip(s.iter().skip(1)) {
-            let secs = (b.0 - a.0).num_milliseconds().max(1) as f64 / 1e3;
-            accepted.push((b.0, b.1.saturating_sub(a.1) as f64 / secs));
-            rejected.push((b.0, b.2.saturating_sub(a.2) as f64 / secs));
-        }
-        (accepted, rejected)
-    }
-}
+use crate::app::{AppState, blocking};
 
 pub async fn show(State(app): State<Arc<AppState>>, viewer: Viewer) -> Result<Response, UiError> {
     let tenant = viewer.tenant.clone();
@@ -65,10 +25,10 @@ pub async fn show(State(app): State<Arc<AppState>>, viewer: Viewer) -> Result<Re
     let (findings, pending, incidents) = blocking(move || {
         let findings = findings_db
             .list(&t, &FindingFilter { state: Some(FindingState::Open), ..Default::default() })
-            .map_err(crate::api::internal)?;
+            .map_err(crate::app::internal)?;
         let pending = tickets.db().list(&t, Some(TicketState::Pending))?;
-        let incidents = incidents_db.rca.incidents.list(&t, None)?;
-        Ok::<_, crate::api::ApiError>((findings, pending, incidents))
+        let incidents = incidents_db.list(&t, None)?;
+        Ok::<_, crate::app::ApiError>((findings, pending, incidents))
     })
     .await?;
 

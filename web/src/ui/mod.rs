@@ -33,10 +33,9 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::api::AppState;
+use crate::app::AppState;
 
-pub use andon_rca::report::esc;
-pub use overview::{IngestHistory, SAMPLE_EVERY};
+pub use andon_model::html::esc;
 
 const STYLE: &str = include_str!("style.css");
 
@@ -110,7 +109,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Viewer {
         let raw = chosen
             .map(String::as_str)
             .or_else(|| cookie(&parts.headers, "andon_tenant"))
-            .or_else(|| parts.headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()));
+            .or_else(|| parts.headers.get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()));
         let tenant =
             Tenant::from_header(raw).map_err(|e| UiError(StatusCode::BAD_REQUEST, format!("invalid tenant: {e}")))?;
         if chosen.is_some() {
@@ -165,8 +164,8 @@ impl UiError {
     }
 }
 
-impl From<crate::api::ApiError> for UiError {
-    fn from(e: crate::api::ApiError) -> Self {
+impl From<crate::app::ApiError> for UiError {
+    fn from(e: crate::app::ApiError) -> Self {
         UiError(e.0, e.1)
     }
 }
@@ -316,13 +315,13 @@ pub fn cell_text(v: &Value) -> String {
 
 /// Rows of a query as JSON objects keyed by column name.
 pub fn rows(out: &QueryOutput) -> Vec<serde_json::Map<String, Value>> {
-    let (columns, rows) = crate::api::to_json(&out.schema, &out.batches);
+    let (columns, rows) = crate::rows::to_json(&out.schema, &out.batches);
     rows.into_iter().map(|r| columns.iter().cloned().zip(r).collect()).collect()
 }
 
 /// Runs one of the UI's own read-only queries.
 pub async fn query(app: &AppState, tenant: &Tenant, sql: &str) -> Result<Vec<serde_json::Map<String, Value>>, UiError> {
-    let out = app.query.run(Some(tenant.clone()), sql).await.map_err(crate::api::ApiError::from)?;
+    let out = app.query.run(Some(tenant.clone()), sql).await.map_err(crate::app::ApiError::from)?;
     Ok(rows(&out))
 }
 

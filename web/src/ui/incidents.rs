@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::chart::{self, Band, Marker, Series};
 use super::{Nav, UiError, Viewer, ago, badge, esc, page, time, url_encode};
-use crate::api::{AppState, blocking};
+use crate::app::{AppState, blocking};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
@@ -34,7 +34,7 @@ pub async fn list(
         Some(other) => return Err(UiError(StatusCode::BAD_REQUEST, format!("no such state {other:?}"))),
     };
     let (incidents, t) = (Arc::clone(&app.incidents), viewer.tenant.clone());
-    let list = blocking(move || incidents.rca.incidents.list(&t, state)).await?;
+    let list = blocking(move || incidents.list(&t, state)).await?;
     let mut b = String::from("<h1>Incidents</h1>");
     if list.is_empty() {
         b.push_str(
@@ -88,8 +88,7 @@ pub async fn detail(
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
     let (incidents, t) = (Arc::clone(&app.incidents), viewer.tenant.clone());
-    let inc =
-        blocking(move || incidents.rca.incidents.get(&t, &id)).await?.ok_or_else(|| UiError::not_found("incident"))?;
+    let inc = blocking(move || incidents.get(&t, &id)).await?.ok_or_else(|| UiError::not_found("incident"))?;
 
     let mut b = String::new();
     let _ = write!(

@@ -8,8 +8,8 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use andon_analysis::FindingFilter;
-use andon_analysis::sql::{OPERATION, lit, ts};
-use andon_model::{Finding, FindingKind, FindingState};
+use andon_model::{Finding, FindingKind, FindingState, Trouble};
+use andon_store::sql::{OPERATION, lit, segment_column, ts};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::chart::{self, Band, Marker, Series};
 use super::{Nav, UiError, Viewer, badge, esc, figure, num, page, query, sql_href, text, time, trace_link, url_encode};
-use crate::api::{AppState, blocking, internal};
+use crate::app::{AppState, blocking, internal};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
@@ -141,17 +141,11 @@ fn subject_filter(f: &Finding) -> String {
 fn segment_filter(f: &Finding, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
     let mut o = String::new();
     for (k, v) in &f.segment {
-        let Ok(col) = andon_analysis::sql::segment_column(k).map(|c| c.column) else { continue };
-        let value = match v {
-            Value::Bool(b) => b.to_string(),
-            Value::Number(n) => n.to_string(),
-            Value::String(s) => lit(s),
-            _ => continue,
-        };
+        let Some(equals) = segment_column(k).ok().and_then(|c| c.equals(v)) else { continue };
         let _ = write!(
             o,
-            " AND (s.{col} = {value} OR s.session_id IN (SELECT DISTINCT session_id FROM spans \
-             WHERE {col} = {value} AND session_id IS NOT NULL AND start_time >= {} AND start_time < {}))",
+            " AND ({equals} OR s.session_id IN (SELECT DISTINCT s.session_id FROM spans s \
+             WHERE {equals} AND s.session_id IS NOT NULL AND s.start_time >= {} AND s.start_time < {}))",
             ts(from),
             ts(to)
         );
@@ -231,8 +225,8 @@ async fn time_charts(app: &AppState, viewer: &Viewer, f: &Finding) -> Result<Str
     };
     let mut o = String::new();
     let seg = segment_text(f);
-    match f.kind {
-        FindingKind::LatencyRegression => {
+    match f.trouble {
+        Trouble::Latency => {
             o.push_str(&format!("<h2>Latency of {} over time ({})</h2>", esc(&f.operation), esc(&seg)));
             let series = vec![
                 Series { label: "p50".into(), points: point("p50_ms") },

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
-use andon_analysis::sql::ts;
+use andon_store::sql::ts;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{Nav, UiError, Viewer, cell_text, esc, num, page, parse_time, query, see_other, text, trace_link};
-use crate::api::AppState;
+use crate::app::AppState;
 
 /// Spans shown of one trace; a bigger trace is cut, and says so.
 const MAX_SPANS: usize = 2000;

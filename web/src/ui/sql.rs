@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::{Nav, UiError, Viewer, cell_text, esc, page};
-use crate::api::AppState;
+use crate::app::AppState;
 
 const EXAMPLE: &str = "SELECT service_name, count(*) AS spans,\n       approx_percentile_cont(duration_ns, 0.95) / 1e6 AS p95_ms\nFROM spans\nWHERE start_time > now() - INTERVAL '1 hour'\nGROUP BY 1 ORDER BY 2 DESC";
 
@@ -41,11 +41,11 @@ pub async fn page_of(
     if !sql.trim().is_empty() {
         match app.query.run(Some(viewer.tenant.clone()), &sql).await {
             Err(e) => {
-                let e = crate::api::ApiError::from(e);
+                let e = crate::app::ApiError::from(e);
                 let _ = write!(b, "<p class=\"error\">{}</p>", esc(&e.1));
             }
             Ok(out) => {
-                let (columns, rows) = crate::api::to_json(&out.schema, &out.batches);
+                let (columns, rows) = crate::rows::to_json(&out.schema, &out.batches);
                 let _ = write!(
                     b,
                     "<p class=\"muted\">{} rows{} in {:.1} ms.</p><div class=\"scroll\"><table><tr>",

@@ -1,0 +1,140 @@
+//! The seam every detector plugs into. A detector owns its SQL, its tests, its
+//! evidence query, its affected counts, its severity, its rank among the
+//! findings of one cause, and its wording; the [`crate::engine`] only
+//! orchestrates a pass over the detectors of [`crate::detectors::registry`].
+
+use std::collections::BTreeMap;
+
+use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::AnalysisError;
+use crate::config::AnalysisConfig;
+use crate::detectors::{Ctx, Judgement, Test};
+use crate::sql::Rows;
+
+/// One side's numbers, by name (`p95_ms`, `error_rate`, ...).
+pub type Numbers = BTreeMap<String, Value>;
+
+/// Runs SQL as the pass's tenant, on the query engine's own runtime.
+#[async_trait]
+pub trait Sql: Send + Sync {
+    async fn rows(&self, sql: &str) -> Result<Rows, AnalysisError>;
+}
+
+/// A detector's tests of one pass.
+#[derive(Debug, Default)]
+pub struct Tested {
+    /// Every test, overall and per segment value, before false-discovery control.
+    pub tests: Vec<Test>,
+    /// The funnels judged, by name (drop-off).
+    pub flows: Vec<String>,
+}
+
+/// What a finding's sentence is made of.
+#[derive(Debug)]
+pub struct Facts<'a> {
+    pub service: &'a str,
+    pub operation: &'a str,
+    /// ` for `k=v` sessions`, or nothing.
+    pub segment: &'a str,
+    pub judgement: &'a Judgement,
+    pub baseline: &'a Numbers,
+    pub current: &'a Numbers,
+    pub onset: Option<DateTime<Utc>>,
+    pub affected: &'a Affected,
+    /// Where the trouble starts.
+    pub cause: &'a (String, String),
+}
+
+#[async_trait]
+pub trait Detector: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> FindingKind;
+
+    /// The aggregation SQL a pass starts with, labelled, as run (for comparing
+    /// engines on the same statements).
+    fn queries(&self, ctx: &Ctx) -> Vec<(String, String)>;
+
+    /// Runs the detector's SQL over the pass's windows and tests every subject,
+    /// overall and within each segment value.
+    async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError>;
+
+    /// What a candidate's traces are sampled for, and what its onset measures.
+    fn trouble(&self, _j: &Judgement) -> Trouble {
+        Trouble::Failures
+    }
+
+    /// The evidence query: the detector's query narrowed to the finding's
+    /// subject and segment, per side. It may add numbers to each side.
+    async fn evidence(
+        &self,
+        ctx: &Ctx,
+        t: &Test,
+        sql: &dyn Sql,
+        baseline: &mut Numbers,
+        current: &mut Numbers,
+    ) -> Result<String, AnalysisError>;
+
+    /// The new version of the service against the one it replaced, judged the
+    /// same way, when the detector can tell versions apart.
+    async fn compare_versions(
+        &self,
+        _ctx: &Ctx,
+        _t: &Test,
+        _new: &str,
+        _sql: &dyn Sql,
+    ) -> Result<Option<(String, Judgement)>, AnalysisError> {
+        Ok(None)
+    }
+
+    fn affected(&self, current: &Numbers, baseline: &Numbers) -> Affected;
+
+    fn severity(&self, effect: f64, current: &Numbers, baseline: &Numbers) -> Severity;
+
+    /// Among findings of one cause at the operation where it starts, the most
+    /// specific account is reported and the rest are linked under it: lower
+    /// ranks first.
+    fn rank(&self, j: &Judgement) -> u8;
+
+    /// Whether this finding is the headline of its cause wherever the cause
+    /// starts (a drop-off large enough that it is what users feel).
+    fn headline(&self, _j: &Judgement, _cfg: &AnalysisConfig) -> bool {
+        false
+    }
+
+    /// The finding's one sentence, with its numbers.
+    fn sentence(&self, facts: &Facts<'_>) -> String;
+
+    /// The effect in a few words, for a finding linked under another.
+    fn short(&self, j: &Judgement) -> String;
+
+    /// The kind, a title and the effect in words, for tickets.
+    fn wording(&self, effect: f64, baseline: &Numbers, current: &Numbers) -> Wording;
+}
+
+/// A number of a side, 0 when absent.
+pub fn get(m: &Numbers, k: &str) -> f64 {
+    m.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+/// Grades `v` against the critical, high and medium floors.
+pub fn grade(v: f64, [c, h, m]: [f64; 3]) -> Severity {
+    if v >= c {
+        Severity::Critical
+    } else if v >= h {
+        Severity::High
+    } else if v >= m {
+        Severity::Medium
+    } else {
+        Severity::Low
+    }
+}
+
+/// A detector's query summed per side: what an evidence query returns.
+pub fn per_side(query: &str, sums: &str) -> String {
+    format!(
+        "SELECT CASE WHEN cur = 1 THEN 'current' ELSE 'baseline' END AS side, {sums}\nFROM (\n{query}\n) detector\nGROUP BY 1\nORDER BY 1"
+    )
+}
