@@ -149,7 +149,6 @@ impl GitHubEnricher {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

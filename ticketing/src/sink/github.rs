@@ -322,7 +322,6 @@ pub fn issue_event(
     Ok(IssueEvent::Changed { number, open, at, actor })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,246 @@
+//! A window's call trees reduced to what localization compares: per
+//! (service, operation), its own time, the hops to the services it calls and
+//! the dependencies without a traced server, per call, with failures and the
+//! traces that show them.
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub(super) struct Span {
+    pub(super) id: Arc<str>,
+    pub(super) parent: Option<Arc<str>>,
+    pub(super) service: Arc<str>,
+    pub(super) operation: Arc<str>,
+    pub(super) kind: Kind,
+    pub(super) err: bool,
+    pub(super) t0: i64,
+    pub(super) t1: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Server,
+    Client,
+    Other,
+}
+
+/// Where a part of a request's time or failures is charged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum Key {
+    /// A span's own work.
+    Own { service: Arc<str>, operation: Arc<str> },
+    /// Waiting on a dependency that has no traced server.
+    Dependency { service: Arc<str>, operation: Arc<str> },
+    /// The hop of a client span in `caller` to `callee`'s server span.
+    Hop { caller: Arc<str>, callee: Arc<str>, operation: Arc<str> },
+}
+
+#[derive(Debug, Default, Clone)]
+pub(super) struct Stat {
+    pub(super) calls: u64,
+    pub(super) sum_ms: f64,
+    pub(super) hist: Histogram,
+    pub(super) errors: u64,
+    /// The largest values seen, with their trace.
+    pub(super) top: Vec<(f64, u32)>,
+}
+
+impl Stat {
+    pub(super) fn add(&mut self, ms: f64, trace: u32) {
+        self.calls += 1;
+        self.sum_ms += ms;
+        *self.hist.entry(bucket(ms)).or_default() += 1;
+        if self.top.len() < 3 || ms > self.top[self.top.len() - 1].0 {
+            if self.top.iter().all(|(_, t)| *t != trace) {
+                self.top.push((ms, trace));
+            }
+            self.top.sort_by(|a, b| b.0.total_cmp(&a.0));
+            self.top.truncate(3);
+        }
+    }
+
+    pub(super) fn mean(&self) -> f64 {
+        if self.calls == 0 { 0.0 } else { self.sum_ms / self.calls as f64 }
+    }
+}
+
+/// Log-spaced buckets about 5% apart; 0 for anything under 10 µs.
+pub(super) fn bucket(ms: f64) -> i64 {
+    if ms < 0.01 { 0 } else { ((ms * 100.0).ln() * 20.0).round() as i64 + 1 }
+}
+
+/// One window's traces, broken down by where their time and failures go.
+#[derive(Debug, Default)]
+pub struct Profile {
+    pub traces: usize,
+    pub(super) trace_ids: Vec<String>,
+    pub(super) stats: BTreeMap<Key, Stat>,
+    pub(super) root: Stat,
+    /// (caller, callee) services seen calling each other.
+    pub(super) edges: std::collections::BTreeSet<(Arc<str>, Arc<str>)>,
+}
+
+impl Profile {
+    pub fn from_batches(batches: &[RecordBatch]) -> Result<Self, RcaError> {
+        let mut interner: HashMap<String, Arc<str>> = HashMap::new();
+        let mut intern = |s: &str| -> Arc<str> {
+            if let Some(a) = interner.get(s) {
+                return a.clone();
+            }
+            let a: Arc<str> = Arc::from(s);
+            interner.insert(s.to_owned(), a.clone());
+            a
+        };
+        let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
+        for b in batches {
+            let col = |name: &str| -> Result<arrow::array::ArrayRef, RcaError> {
+                let i = b.schema().index_of(name).map_err(|e| RcaError::Query(e.to_string()))?;
+                Ok(b.column(i).clone())
+            };
+            let text = |name: &str| -> Result<arrow::array::ArrayRef, RcaError> {
+                arrow::compute::cast(&col(name)?, &DataType::Utf8).map_err(|e| RcaError::Query(e.to_string()))
+            };
+            let int = |name: &str| -> Result<arrow::array::ArrayRef, RcaError> {
+                arrow::compute::cast(&col(name)?, &DataType::Int64).map_err(|e| RcaError::Query(e.to_string()))
+            };
+            let (trace, id, parent, service, op, kind, status) = (
+                text("trace_id")?,
+                text("span_id")?,
+                text("parent_span_id")?,
+                text("service")?,
+                text("operation")?,
+                text("kind")?,
+                text("status_code")?,
+            );
+            let (t0, t1) = (int("t0")?, int("t1")?);
+            let (trace, id, parent, service, op, kind, status) = (
+                trace.as_string::<i32>(),
+                id.as_string::<i32>(),
+                parent.as_string::<i32>(),
+                service.as_string::<i32>(),
+                op.as_string::<i32>(),
+                kind.as_string::<i32>(),
+                status.as_string::<i32>(),
+            );
+            let (t0, t1) = (t0.as_primitive::<Int64Type>(), t1.as_primitive::<Int64Type>());
+            for i in 0..b.num_rows() {
+                if trace.is_null(i) || id.is_null(i) || t0.is_null(i) || t1.is_null(i) {
+                    continue;
+                }
+                let parent = (!parent.is_null(i) && !parent.value(i).is_empty()).then(|| intern(parent.value(i)));
+                let span = Span {
+                    id: intern(id.value(i)),
+                    parent,
+                    service: intern(if service.is_null(i) { "unknown" } else { service.value(i) }),
+                    operation: intern(if op.is_null(i) { "" } else { op.value(i) }),
+                    kind: match (!kind.is_null(i)).then(|| kind.value(i)) {
+                        Some("server") => Kind::Server,
+                        Some("client") => Kind::Client,
+                        _ => Kind::Other,
+                    },
+                    err: !status.is_null(i) && status.value(i) == "error",
+                    t0: t0.value(i),
+                    t1: t1.value(i).max(t0.value(i)),
+                };
+                by_trace.entry(trace.value(i).to_owned()).or_default().push(span);
+            }
+        }
+        let mut p = Profile { traces: by_trace.len(), ..Profile::default() };
+        for (n, (trace_id, spans)) in by_trace.into_iter().enumerate() {
+            p.trace_ids.push(trace_id);
+            p.add_trace(&spans, n as u32);
+        }
+        Ok(p)
+    }
+
+    pub(super) fn add_trace(&mut self, spans: &[Span], trace: u32) {
+        let index: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (&*s.id, i)).collect();
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+        let mut roots = Vec::new();
+        for (i, s) in spans.iter().enumerate() {
+            match s.parent.as_deref().and_then(|p| index.get(p)) {
+                Some(&p) if p != i => children[p].push(i),
+                _ => roots.push(i),
+            }
+        }
+        // A failure starts at an error span with no failing span beneath it.
+        let mut failing_below = vec![false; spans.len()];
+        let mut order = Vec::with_capacity(spans.len());
+        let mut stack: Vec<usize> = roots.clone();
+        let mut seen = vec![false; spans.len()];
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            order.push(i);
+            stack.extend(children[i].iter().copied());
+        }
+        for &i in order.iter().rev() {
+            failing_below[i] = children[i].iter().any(|&c| spans[c].err || failing_below[c]);
+        }
+        for &r in &roots {
+            if spans[r].parent.is_none() {
+                let s = &spans[r];
+                self.root.add((s.t1 - s.t0) as f64 / 1e6, trace);
+                if s.err {
+                    self.root.errors += 1;
+                }
+            }
+        }
+        for (i, s) in spans.iter().enumerate() {
+            for &c in &children[i] {
+                if spans[c].service != s.service {
+                    self.edges.insert((s.service.clone(), spans[c].service.clone()));
+                }
+            }
+        }
+        for &i in &order {
+            let s = &spans[i];
+            let origin = s.err && !failing_below[i];
+            let servers: Vec<usize> = children[i].iter().copied().filter(|&c| spans[c].kind == Kind::Server).collect();
+            if s.kind == Kind::Client && !servers.is_empty() {
+                let waited = covered(s, servers.iter().map(|&c| &spans[c]));
+                let hop_ms = ((s.t1 - s.t0) - waited).max(0) as f64 / 1e6;
+                let callee = &spans[servers[0]];
+                let key = Key::Hop {
+                    caller: s.service.clone(),
+                    callee: callee.service.clone(),
+                    operation: callee.operation.clone(),
+                };
+                let st = self.stats.entry(key).or_default();
+                st.add(hop_ms, trace);
+                if origin {
+                    st.errors += 1;
+                }
+                continue;
+            }
+            let own = ((s.t1 - s.t0) - covered(s, children[i].iter().map(|&c| &spans[c]))).max(0) as f64 / 1e6;
+            let key = if s.kind == Kind::Client {
+                Key::Dependency { service: s.service.clone(), operation: s.operation.clone() }
+            } else {
+                Key::Own { service: s.service.clone(), operation: s.operation.clone() }
+            };
+            let st = self.stats.entry(key).or_default();
+            st.add(own, trace);
+            if origin {
+                st.errors += 1;
+            }
+        }
+    }
+}
+
+/// How much of `parent`'s interval its children cover, overlaps merged.
+pub(super) fn covered<'a>(parent: &Span, children: impl Iterator<Item = &'a Span>) -> i64 {
+    let mut iv: Vec<(i64, i64)> =
+        children.map(|c| (c.t0.max(parent.t0), c.t1.min(parent.t1))).filter(|(a, b)| b > a).collect();
+    iv.sort_unstable();
+    let (mut total, mut end) = (0i64, i64::MIN);
+    for (a, b) in iv {
+        let a = a.max(end);
+        if b > a {
+            total += b - a;
+        }
+        end = end.max(b);
+    }
+    total
+}
