@@ -4,7 +4,7 @@
 use andon_model::ChangeRef;
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::detectors::Ctx;
+use crate::detector::Ctx;
 use crate::sql::{self, Rows};
 
 /// When each version of each service first served in the pass's range.

@@ -12,8 +12,115 @@ use serde_json::Value;
 
 use crate::AnalysisError;
 use crate::config::AnalysisConfig;
-use crate::detectors::{Ctx, Judgement, Test};
-use crate::sql::Rows;
+use crate::sql::{self, Rows, Segments};
+
+/// The windows and settings a detector runs its SQL over, the verdict it gives
+/// on one cut of the data, and the test that carries it.
+
+/// The windows and settings of one pass.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub baseline_start: DateTime<Utc>,
+    /// The baseline ends here; the current window starts at `split`, at or after it.
+    pub baseline_end: DateTime<Utc>,
+    pub split: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub segments: Segments,
+    pub config: AnalysisConfig,
+    /// Leave out the session join: for queries that read no segment value that
+    /// comes from the session and no session end.
+    pub lean: bool,
+}
+
+impl Ctx {
+    /// The placeholders every template shares; `filter` narrows to one subject.
+    pub fn vars(&self, filter: &str) -> Vec<(&'static str, String)> {
+        let shared = sql::render(sql::SHARED_CTES, &self.shared_vars());
+        vec![
+            ("shared", shared),
+            ("segments", self.segments.list()),
+            ("from", sql::ts(self.baseline_start)),
+            ("to", sql::ts(self.end)),
+            ("split", sql::ts(self.split)),
+            ("retry_secs", self.config.retry_interval_secs.to_string()),
+            ("filter", filter.to_owned()),
+        ]
+    }
+
+    /// The placeholders of `shared.sql`.
+    pub fn shared_vars(&self) -> Vec<(&'static str, String)> {
+        let (last_seen, segments, join) = if self.lean {
+            ("CAST(NULL AS TIMESTAMP) AS last_seen", self.segments.request_exprs_lean(), "")
+        } else {
+            ("ss.last_seen", self.segments.request_exprs(), " LEFT JOIN sessions ss ON s.session_id = ss.session_id")
+        };
+        vec![
+            ("session_aggregates", self.segments.session_aggregates()),
+            ("request_segments", segments),
+            ("last_seen", last_seen.to_owned()),
+            ("session_join", join.to_owned()),
+            ("operation", sql::OPERATION.to_owned()),
+            ("from", sql::ts(self.baseline_start)),
+            ("to", sql::ts(self.end)),
+            ("split", sql::ts(self.split)),
+            ("baseline_end", sql::ts(self.baseline_end)),
+        ]
+    }
+
+    /// The same windows, without the session join when `segment` is empty.
+    pub fn lean_for(&self, segment: &BTreeMap<String, Value>) -> Ctx {
+        Ctx { lean: segment.is_empty(), ..self.clone() }
+    }
+
+    /// For comparing versions of a test's subject: the segment column holding
+    /// `service.version`, the filter to the subject in every segment, and the
+    /// windows without the session join. `None` when versions are not a segment.
+    pub fn by_version(&self, t: &Test) -> Option<(String, String, Ctx)> {
+        let vi = self.segments.columns.iter().position(|c| c.attribute == "service.version")?;
+        let filter = self.subject_filter(&t.service, &t.operation, &BTreeMap::new());
+        Some((format!("seg{vi}"), filter, self.lean_for(&BTreeMap::new())))
+    }
+
+    /// The condition that narrows a detector's rows to one subject and segment.
+    pub fn subject_filter(&self, service: &str, operation: &str, segment: &BTreeMap<String, Value>) -> String {
+        format!(
+            "AND service = {} AND operation = {}{}",
+            sql::lit(service),
+            sql::lit(operation),
+            self.segments.condition(segment)
+        )
+    }
+}
+
+/// A detector's verdict on baseline against current for one cut of the data.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    pub p_value: f64,
+    pub effect: f64,
+    pub ci: Option<[f64; 2]>,
+    pub test: &'static str,
+    /// The effect clears the detector's relative and absolute floors.
+    pub material: bool,
+    pub baseline: BTreeMap<String, Value>,
+    pub current: BTreeMap<String, Value>,
+    pub details: BTreeMap<String, Value>,
+    pub current_samples: u64,
+}
+
+/// One test of a pass: a subject, overall or within one segment value, with the
+/// same test on the rest of the data beside it.
+#[derive(Debug, Clone)]
+pub struct Test {
+    pub kind: FindingKind,
+    pub service: String,
+    pub operation: String,
+    pub segment: BTreeMap<String, Value>,
+    pub judgement: Judgement,
+    /// The same comparison outside the segment (none for the overall test).
+    pub complement: Option<Judgement>,
+    /// Benjamini–Hochberg adjusted p-value, filled in across the whole pass.
+    pub q_value: f64,
+}
 
 /// One side's numbers, by name (`p95_ms`, `error_rate`, ...).
 pub type Numbers = BTreeMap<String, Value>;

@@ -7,18 +7,13 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use andon_model::{AuditEntry, ExternalRef, Finding, Incident, Priority, Severity, Tenant, Ticket, TicketState};
+use andon_model::{AuditEntry, ExternalRef, Tenant, Ticket, TicketState};
 use andon_sqlite::{parse_time, time};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::TicketError;
-use crate::config::OnClosed;
-use crate::draft::Drafter;
 use crate::lifecycle;
-use crate::queue::{CommentPayload, enqueue, set_payload};
-
-pub use crate::queue::{Delivery, DeliveryInfo, Job};
 
 pub(crate) fn db_err(e: rusqlite::Error) -> TicketError {
     TicketError::Db(e.to_string())
@@ -74,15 +69,6 @@ impl PostedTicket {
     pub fn external(&self) -> &ExternalRef {
         &self.external
     }
-}
-
-/// What one batch of findings did to the tickets.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Observed {
-    pub drafted: usize,
-    pub refreshed: usize,
-    pub auto_approved: usize,
-    pub comments: usize,
 }
 
 #[derive(Debug)]
@@ -184,106 +170,6 @@ impl TicketDb {
         andon_sqlite::lock(&self.conn)
     }
 
-    /// Drafts the RCA ticket of an incident, or refreshes it while it is pending
-    /// (the analysis was re-run). Returns the ticket.
-    pub fn observe_incident(
-        &self,
-        tenant: &Tenant,
-        drafter: &Drafter,
-        inc: &Incident,
-        report_md: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Ticket, TicketError> {
-        let draft = drafter.draft_incident(tenant, inc, report_md);
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        let t = match load(&tx, tenant, &draft.ticket_id)? {
-            None => {
-                let t = lifecycle::pending(draft, inc.finding_ids.clone(), Some(inc.id.clone()), now);
-                audit(&tx, &t.id, now, "andon", "drafted", &format!("from incident {}", inc.id))?;
-                save(&tx, tenant, &t)?;
-                t
-            }
-            Some(mut t) if t.state == TicketState::Pending => {
-                lifecycle::refresh(&mut t, draft);
-                t.finding_ids = inc.finding_ids.clone();
-                t.updated_at = now;
-                audit(&tx, &t.id, now, "andon", "updated", "the analysis was run again")?;
-                save(&tx, tenant, &t)?;
-                t
-            }
-            Some(t) => t,
-        };
-        tx.commit().map_err(db_err)?;
-        Ok(t)
-    }
-
-    /// Drafts tickets for new problems and notes recurrences of old ones: a
-    /// pending draft takes the latest evidence; a posted ticket whose finding
-    /// comes back (a new finding after the last resolved, or evidence entirely
-    /// after its issue was closed) gets a comment, reopening the issue when
-    /// configured; a rejected fingerprint stays quiet.
-    pub fn observe(
-        &self,
-        tenant: &Tenant,
-        drafter: &Drafter,
-        findings: &[Finding],
-        now: DateTime<Utc>,
-    ) -> Result<Observed, TicketError> {
-        let settings = drafter.settings();
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        let mut out = Observed::default();
-        for f in findings.iter().filter(|f| f.severity <= settings.draft_min) {
-            let draft = drafter.draft(tenant, f);
-            let Some(mut t) = load(&tx, tenant, &draft.ticket_id)? else {
-                let mut t = lifecycle::pending(draft, vec![f.id.clone()], None, now);
-                audit(&tx, &t.id, now, "andon", "drafted", &format!("from finding {}", f.id))?;
-                out.drafted += 1;
-                if settings.auto_approve_min.is_some_and(|min| f.severity <= min) {
-                    t.state = TicketState::Approved;
-                    t.reviewer = Some("policy:auto-approve".into());
-                    let detail = format!(
-                        "severity {} is at or above {}",
-                        f.severity,
-                        settings.auto_approve_min.map_or("", Severity::as_str)
-                    );
-                    audit(&tx, &t.id, now, "policy:auto-approve", "approved", &detail)?;
-                    enqueue(&tx, tenant, &t.id, "create", "{}", now)?;
-                    out.auto_approved += 1;
-                }
-                save(&tx, tenant, &t)?;
-                continue;
-            };
-            t.occurrences += 1;
-            let known = t.finding_ids.contains(&f.id);
-            match t.state {
-                TicketState::Pending => {
-                    lifecycle::refresh(&mut t, draft);
-                    if !known {
-                        t.finding_ids.push(f.id.clone());
-                        audit(&tx, &t.id, now, "andon", "updated", &format!("now also finding {}", f.id))?;
-                    }
-                    out.refreshed += 1;
-                }
-                TicketState::Posted if !known => {
-                    recur(&tx, tenant, drafter, &mut t, f, false, "seen again", now)?;
-                    out.comments += 1;
-                }
-                TicketState::Resolved if !known && t.resolved_at.is_some_and(|r| f.window.start >= r) => {
-                    let reopen = settings.on_closed == OnClosed::Reopen;
-                    recur(&tx, tenant, drafter, &mut t, f, reopen, "seen after the issue was closed", now)?;
-                    out.comments += 1;
-                }
-                _ => {}
-            }
-            t.updated_at = now;
-            save(&tx, tenant, &t)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(out)
-    }
-
     pub fn list(&self, tenant: &Tenant, state: Option<TicketState>) -> Result<Vec<Ticket>, TicketError> {
         let conn = self.conn();
         let mut st = conn
@@ -343,54 +229,6 @@ impl TicketDb {
         Ok(out)
     }
 
-    /// The human gate: a pending (or failed) ticket becomes approved, and its
-    /// delivery is queued in the same transaction.
-    pub fn approve(
-        &self,
-        tenant: &Tenant,
-        id: &str,
-        reviewer: &str,
-        note: Option<&str>,
-        priority: Option<Priority>,
-        now: DateTime<Utc>,
-    ) -> Result<Ticket, TicketError> {
-        let reviewer = crate::gate::reviewer(reviewer)?;
-        crate::gate::note(note)?;
-        self.change(tenant, id, |tx, t| {
-            let detail = lifecycle::approve(t, reviewer, note, priority, now)?;
-            audit(tx, id, now, reviewer, "approved", &detail)?;
-            let queued: bool = tx
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM ticket_outbox WHERE ticket_id = ?1 AND action = 'create' AND state = 'queued')",
-                    params![id],
-                    |r| r.get(0),
-                )
-                .map_err(db_err)?;
-            if !queued {
-                enqueue(tx, tenant, id, "create", "{}", now)?;
-            }
-            Ok(t.clone())
-        })
-    }
-
-    /// The human gate: a pending ticket is rejected, and its fingerprint muted.
-    pub fn reject(
-        &self,
-        tenant: &Tenant,
-        id: &str,
-        reviewer: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Ticket, TicketError> {
-        let reviewer = crate::gate::reviewer(reviewer)?;
-        crate::gate::reason(reason)?;
-        self.change(tenant, id, |tx, t| {
-            lifecycle::reject(t, reviewer, reason, now)?;
-            audit(tx, id, now, reviewer, "rejected", reason)?;
-            Ok(t.clone())
-        })
-    }
-
     /// Tickets with an issue in `system`, posted or resolved.
     pub fn with_issues(&self, system: &str) -> Result<Vec<(Tenant, Ticket)>, TicketError> {
         let conn = self.conn();
@@ -436,26 +274,6 @@ impl TicketDb {
             audit(tx, id, now, actor, "reopened", "the issue was reopened in the tracker")
         })
     }
-}
-
-/// Queues the comment (and reopen) a recurrence of `f` calls for.
-#[allow(clippy::too_many_arguments)]
-fn recur(
-    tx: &Transaction<'_>,
-    tenant: &Tenant,
-    drafter: &Drafter,
-    t: &mut Ticket,
-    f: &Finding,
-    reopen: bool,
-    how: &str,
-    now: DateTime<Utc>,
-) -> Result<(), TicketError> {
-    t.finding_ids.push(f.id.clone());
-    let delivery = enqueue(tx, tenant, &t.id, "comment", "{}", now)?;
-    let body = drafter.recurrence(tenant, delivery, &t.id, f, reopen);
-    set_payload(tx, delivery, &CommentPayload { body, reopen })?;
-    let what = if reopen { "reopen and comment queued" } else { "comment queued" };
-    audit(tx, &t.id, now, "andon", "recurred", &format!("finding {} {how}; {what}", f.id))
 }
 
 /// A body without its first-line marker.

@@ -24,6 +24,7 @@ pub mod db;
 pub mod draft;
 pub mod gate;
 pub mod lifecycle;
+pub mod observe;
 pub use andon_model::markdown;
 pub mod outbox;
 pub mod queue;
@@ -31,8 +32,9 @@ pub mod redact;
 pub mod sink;
 
 pub use config::{Settings, TicketingConfig};
-pub use db::{ApprovedTicket, Observed, PostedTicket, TicketDb};
+pub use db::{ApprovedTicket, PostedTicket, TicketDb};
 pub use draft::{Draft, Drafter};
+pub use observe::Observed;
 pub use outbox::Ticketing;
 pub use redact::Redactor;
 pub use sink::{SinkError, TicketSink};

@@ -20,8 +20,10 @@ use tracing::{info, warn};
 
 use crate::TicketError;
 use crate::config::{Settings, SinkKind};
-use crate::db::{Delivery, Job, Observed, TicketDb};
+use crate::db::TicketDb;
 use crate::draft::Drafter;
+use crate::observe::Observed;
+use crate::queue::{Delivery, Job};
 use crate::sink::{FileSink, GitHubSink, SinkError, TicketSink, WebhookSink};
 
 /// Findings resolved because their issue was closed, per tenant.

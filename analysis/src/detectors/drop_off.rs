@@ -11,10 +11,10 @@ use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Ctx, Judgement, Metric, Subject, Test, num, round, segment_tests};
+use super::{Metric, Subject, num, round, segment_tests};
 use crate::AnalysisError;
 use crate::config::{AnalysisConfig, Flow};
-use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side};
+use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
 use crate::sql::{self, Rows};
 
 #[derive(Debug)]

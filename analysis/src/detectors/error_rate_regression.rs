@@ -9,9 +9,9 @@ use andon_model::{Affected, FindingKind, Severity, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Ctx, Judgement, Metric, Subject, Test, judge_rate, segment_tests, subjects};
+use super::{Metric, Subject, judge_rate, segment_tests, subjects};
 use crate::AnalysisError;
-use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side};
+use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
 use crate::sql::{self, Rows};
 
 #[derive(Debug)]

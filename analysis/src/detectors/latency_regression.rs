@@ -11,9 +11,9 @@ use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Ctx, Judgement, Metric, Subject, Test, num, round, segment_tests, subjects};
+use super::{Metric, Subject, num, round, segment_tests, subjects};
 use crate::AnalysisError;
-use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade};
+use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, Ctx, Judgement, Test};
 use crate::sql::{self, Rows};
 
 #[derive(Debug)]
