@@ -1,7 +1,10 @@
-//! The seam every detector plugs into. A detector owns its SQL, its tests, its
-//! evidence query, its affected counts, its severity, its rank among the
-//! findings of one cause, and its wording; the [`crate::engine`] only
-//! orchestrates a pass over the detectors of [`crate::detectors::registry`].
+//! The seam every detector plugs into: the windows and settings it runs its
+//! SQL over ([`Ctx`]), the verdict it gives on one cut of the data
+//! ([`Judgement`]), the [`Test`] that carries it, and the [`Detector`] trait.
+//! A detector owns its SQL, its tests, its evidence query, its affected
+//! counts, its severity, its rank among the findings of one cause, and its
+//! wording; the [`crate::engine`] only orchestrates a pass over the detectors
+//! of [`crate::detectors::registry`].
 
 use std::collections::BTreeMap;
 
@@ -13,9 +16,6 @@ use serde_json::Value;
 use crate::AnalysisError;
 use crate::config::AnalysisConfig;
 use crate::sql::{self, Rows, Segments};
-
-/// The windows and settings a detector runs its SQL over, the verdict it gives
-/// on one cut of the data, and the test that carries it.
 
 /// The windows and settings of one pass.
 #[derive(Debug, Clone)]
