@@ -51,6 +51,10 @@ pub struct AnalysisConfig {
     pub resolve_after_secs: u64,
     /// Example trace ids per finding.
     pub exemplars: usize,
+    /// A backtest replays passes every `interval_secs` (every minute when
+    /// continuous detection is off), spaced further apart when the range would
+    /// take more passes than this.
+    pub replay_max_passes: usize,
 }
 
 impl Default for AnalysisConfig {
@@ -73,6 +77,7 @@ impl Default for AnalysisConfig {
             drop_headline_relative: 0.2,
             resolve_after_secs: 3600,
             exemplars: 5,
+            replay_max_passes: 48,
         }
     }
 }
@@ -81,6 +86,9 @@ impl AnalysisConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.window_secs == 0 || self.baseline_secs == 0 {
             return Err("analysis.window_secs and analysis.baseline_secs must be positive".into());
+        }
+        if self.replay_max_passes == 0 {
+            return Err("analysis.replay_max_passes must be positive".into());
         }
         if !(0.0..1.0).contains(&self.fdr) || self.fdr == 0.0 {
             return Err("analysis.fdr must be between 0 and 1".into());

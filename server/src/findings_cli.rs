@@ -14,13 +14,14 @@ pub enum Output {
 
 #[derive(Debug, clap::Args)]
 pub struct AnalyzeArgs {
-    /// Start of the current window (RFC 3339).
+    /// Start of the range (RFC 3339).
     #[arg(long)]
     pub from: String,
-    /// End of the current window (RFC 3339).
+    /// End of the range (RFC 3339).
     #[arg(long)]
     pub to: String,
-    /// Start of the baseline; by default `analysis.baseline_secs` before --from.
+    /// Start of an explicit baseline for one comparison; without one, the range
+    /// is replayed as continuous detection would have run over it.
     #[arg(long, requires = "baseline_to")]
     pub baseline_from: Option<String>,
     #[arg(long, requires = "baseline_from")]

@@ -116,6 +116,64 @@ fn a_backtest_finds_the_injected_fault_with_evidence_that_reruns() {
     assert_eq!(list["findings"].as_array().unwrap().len(), 1);
 }
 
+/// A backtest over a range with no baseline answers "what would continuous
+/// detection have reported, and when?": the replayed passes find the injected
+/// fault, first seen after its onset, and nothing serious anywhere else.
+#[test]
+fn a_backtest_without_a_baseline_replays_continuous_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = dir.path().join("shop");
+    let out = Command::new(fixtures_bin())
+        .args(["simulate", "--scenario", "errors", "--hours", "3", "--rate", "1", "--seed", "5"])
+        .args(["--end", "2026-11-20T12:00:00Z", "--out", shop.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start_with_env(
+        &dir.path().join("data"),
+        &[("ANDON_ANALYSIS_INTERVAL_SECS", "0"), ("ANDON_ANALYSIS_REPLAY_MAX_PASSES", "8")],
+    );
+    let out = Command::new(andon_bin())
+        .args(["import", "--endpoint", &server.http_url(""), shop.join("spans.jsonl").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let truth: Value = serde_json::from_str(&std::fs::read_to_string(shop.join("ground_truth.json")).unwrap()).unwrap();
+    let time = |v: &Value| DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap().with_timezone(&Utc);
+    let (start, end) = (time(&truth["start"]), time(&truth["end"]));
+
+    // "The last three hours": every pass looks back as a live one would, so the
+    // first ones have little or no baseline, and nothing is made of that.
+    let (status, body) =
+        server.post_json("/api/v1/analyze", &json!({"from": start.to_rfc3339(), "to": end.to_rfc3339()}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["passes"], 8, "{body}");
+    let findings = body["findings"].as_array().unwrap();
+    let fault = &truth["faults"][0];
+    let is_fault = |f: &&Value| ["kind", "service", "operation", "segment"].iter().all(|k| f[*k] == fault[*k]);
+    // Found by the first pass whose window holds the fault: after the onset, and
+    // no later than a window and a replay step after it. Passes that report it
+    // again update that finding rather than adding one.
+    let found: Vec<&Value> = findings.iter().filter(is_fault).collect();
+    assert!(!found.is_empty(), "the injected fault is not found: {body:#}");
+    let (onset, first_seen) = (time(&fault["onset"]), time(&found[0]["first_seen"]));
+    let step = (end - start) / 8;
+    assert!(first_seen > onset, "first seen {first_seen} before the onset {onset}");
+    assert!(first_seen <= onset + Duration::minutes(30) + step, "first seen {first_seen}, onset {onset}");
+    assert!(found.iter().all(|f| time(&f["last_seen"]) >= time(&f["first_seen"])));
+    let ids: std::collections::BTreeSet<&str> = findings.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), findings.len(), "each finding once: {body:#}");
+    // Nothing that would reach the gate (medium or worse) outside the fault and
+    // the operations it shows up in.
+    let chain: Vec<(&Value, &Value)> = std::iter::once(fault)
+        .chain(fault["symptoms"].as_array().unwrap())
+        .map(|s| (&s["service"], &s["operation"]))
+        .collect();
+    for f in findings.iter().filter(|f| ["critical", "high", "medium"].contains(&f["severity"].as_str().unwrap())) {
+        assert!(chain.contains(&(&f["service"], &f["operation"])), "a finding where there was no fault: {f:#}");
+    }
+}
+
 #[test]
 fn continuous_detection_reports_a_live_regression_on_its_own() {
     let dir = tempfile::tempdir().unwrap();

@@ -150,4 +150,56 @@ impl AppState {
         report.findings = after.findings;
         Ok((report, after.incidents))
     }
+
+    /// Replays the passes continuous detection would have run over `[from, to)`
+    /// ([`Analyzer::replay`]), each handed to the after-pass pipeline as a live
+    /// pass is, with findings not seen for `resolve_after_secs` resolved as
+    /// they would have been. Returns each finding once, as stored after the
+    /// last pass, with the time a pass first reported it (`first_seen`).
+    pub async fn replay(&self, tenant: &Tenant, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Replay, ApiError> {
+        let started = Instant::now();
+        let resolve_after = chrono::Duration::seconds(self.analyzer.config().resolve_after_secs as i64);
+        let passes = self.analyzer.replay(from, to);
+        let mut out = Replay { passes: passes.len(), ..Replay::default() };
+        let mut seen: Vec<String> = Vec::new();
+        for w in passes {
+            let report = self.analyzer.pass(tenant, w).await?;
+            out.tests += report.tests;
+            for flow in report.flows {
+                if !out.flows.contains(&flow) {
+                    out.flows.push(flow);
+                }
+            }
+            let after = self
+                .pipeline
+                .after_pass(tenant, report.findings, Some(w.end - resolve_after), Incidents::Background)
+                .await?;
+            for f in after.findings {
+                if !seen.contains(&f.id) {
+                    seen.push(f.id);
+                }
+            }
+        }
+        let (db, t) = (Arc::clone(&self.findings), tenant.clone());
+        let mut findings = blocking(move || {
+            seen.iter().filter_map(|id| db.get(&t, id).transpose()).collect::<Result<Vec<_>, AnalysisError>>()
+        })
+        .await?;
+        findings.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(b.impact.total_cmp(&a.impact)));
+        out.findings = findings;
+        out.elapsed = started.elapsed();
+        Ok(out)
+    }
+}
+
+/// What a replayed backtest found.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Each finding once, in the order passes first reported them.
+    pub findings: Vec<andon_model::Finding>,
+    pub passes: usize,
+    /// Statistical tests made over every pass.
+    pub tests: usize,
+    pub flows: Vec<String>,
+    pub elapsed: std::time::Duration,
 }

@@ -80,12 +80,14 @@ async fn get_finding(
 struct AnalyzeRequest {
     from: String,
     to: String,
-    /// The baseline; by default the configured `baseline_secs` just before `from`.
+    /// An explicit baseline for one comparison; without one, the range is replayed.
     baseline_from: Option<String>,
     baseline_to: Option<String>,
 }
 
-/// Runs every detector over a past range (a backtest) and records what it finds.
+/// A backtest: without a baseline, replays the passes continuous detection
+/// would have run over the range; with one, compares the range with it once.
+/// Either way the findings are recorded, drafted and escalated as live ones.
 async fn analyze(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -98,21 +100,36 @@ async fn analyze(
     if to <= from {
         return Err(bad_request("to must be after from"));
     }
-    let mut windows = Windows::before(from, to, app.analyzer.config().baseline_secs);
-    match (req.baseline_from.as_deref(), req.baseline_to.as_deref()) {
-        (None, None) => {}
+    let baseline = match (req.baseline_from.as_deref(), req.baseline_to.as_deref()) {
+        (None, None) => None,
         (Some(bf), Some(bt)) => {
-            windows.baseline_start = parse_time("baseline_from", bf)?;
-            windows.baseline_end = parse_time("baseline_to", bt)?;
-            if windows.baseline_end > from || windows.baseline_start >= windows.baseline_end {
+            let (bf, bt) = (parse_time("baseline_from", bf)?, parse_time("baseline_to", bt)?);
+            if bt > from || bf >= bt {
                 return Err(bad_request("the baseline must be a non-empty range ending at or before from"));
             }
+            Some((bf, bt))
         }
         _ => return Err(bad_request("give both baseline_from and baseline_to, or neither")),
-    }
+    };
+    let Some((baseline_start, baseline_end)) = baseline else {
+        // No baseline: what continuous detection would have reported over the
+        // range, and when.
+        let replay = app.replay(&tenant, from, to).await?;
+        return Ok(Json(json!({
+            "findings": replay.findings,
+            "passes": replay.passes,
+            "tests": replay.tests,
+            "flows": replay.flows,
+            "elapsed_ms": replay.elapsed.as_secs_f64() * 1e3,
+        }))
+        .into_response());
+    };
+    // One explicit comparison of the range against the baseline.
+    let windows = Windows { baseline_start, baseline_end, split: from, end: to };
     let (report, _) = app.backtest(&tenant, windows, Incidents::Background).await?;
     Ok(Json(json!({
         "findings": report.findings,
+        "passes": 1,
         "tests": report.tests,
         "flows": report.flows,
         "elapsed_ms": report.elapsed.as_secs_f64() * 1e3,
