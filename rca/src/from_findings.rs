@@ -4,6 +4,7 @@
 //! detection saw the trouble start, in the findings' segment.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use andon_model::{Finding, FindingState, Incident, IncidentState, Severity, Tenant, TimeWindow, Trouble};
 
@@ -99,7 +100,8 @@ impl Rca {
         let mut opened = Vec::new();
         for (key, group) in groups {
             let now = chrono::Utc::now();
-            if let Some(mut inc) = self.incidents.open_for_key(tenant, &key)? {
+            let (db, t, k) = (Arc::clone(&self.incidents), tenant.clone(), key.clone());
+            if let Some(mut inc) = crate::blocking(move || db.open_for_key(&t, &k)).await? {
                 if now - inc.updated_at <= chrono::Duration::hours(QUIET_HOURS) {
                     // Still going: the findings join it, and it was seen now.
                     for f in &group {
@@ -108,18 +110,23 @@ impl Rca {
                         }
                     }
                     inc.updated_at = now;
-                    self.incidents.save(tenant, &inc, Some(&key))?;
+                    self.save(tenant, inc, &key).await?;
                     continue;
                 }
                 // Quiet for hours, then back: the old incident is over, this is a new one.
                 inc.state = IncidentState::Resolved;
                 inc.updated_at = now;
-                self.incidents.save(tenant, &inc, Some(&key))?;
+                self.save(tenant, inc, &key).await?;
             }
             if let Some((req, hints)) = plan(key, &group) {
                 opened.push(self.open(tenant, &req, hints).await?);
             }
         }
         Ok(opened)
+    }
+
+    async fn save(&self, tenant: &Tenant, inc: Incident, key: &str) -> Result<(), RcaError> {
+        let (db, t, k) = (Arc::clone(&self.incidents), tenant.clone(), key.to_owned());
+        crate::blocking(move || db.save(&t, &inc, Some(&k))).await
     }
 }

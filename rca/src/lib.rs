@@ -39,3 +39,10 @@ pub enum RcaError {
     #[error("rca query failed: {0}")]
     Query(String),
 }
+
+/// Runs SQLite work (changes, incidents) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RcaError> + Send + 'static,
+) -> Result<T, RcaError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| RcaError::Db(e.to_string()))?
+}

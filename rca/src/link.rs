@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use andon_model::format::ms;
 use andon_model::statistics as stats;
 use andon_model::{ChangeEvent, ImplicatedChange, Suspect, SuspectCause, Tenant, TimeWindow};
@@ -40,7 +42,7 @@ impl Default for Tolerance {
 pub async fn infer_versions(
     engine: &QueryEngine,
     tenant: &Tenant,
-    changes: &ChangesDb,
+    changes: &Arc<ChangesDb>,
     services: Option<&[String]>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -69,7 +71,7 @@ pub async fn infer_versions(
     if services.is_some_and(<[String]>::is_empty) {
         return Ok((q, Vec::new()));
     }
-    let mut recorded = Vec::new();
+    let mut events = Vec::new();
     let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
     // A version serving from the first minute of the range may be older than
     // the data (the lookback can reach before the first span): not a deploy.
@@ -97,11 +99,14 @@ pub async fn infer_versions(
             author: None,
             gates: Vec::new(),
         };
-        // A malformed inference is skipped, not fatal to the analysis.
-        if let Ok(Some(id)) = changes.infer(tenant, event) {
-            recorded.push(id);
-        }
+        events.push(event);
     }
+    // A malformed inference is skipped, not fatal to the analysis.
+    let (db, t) = (Arc::clone(changes), tenant.clone());
+    let recorded = crate::blocking(move || {
+        Ok(events.into_iter().filter_map(|event| db.infer(&t, event).ok().flatten()).collect::<Vec<_>>())
+    })
+    .await?;
     Ok((q, recorded))
 }
 
@@ -220,7 +225,7 @@ async fn previous_version(
 pub async fn link(
     engine: &QueryEngine,
     tenant: &Tenant,
-    changes: &ChangesDb,
+    changes: &Arc<ChangesDb>,
     suspects: &[Suspect],
     channel: Channel,
     onset: Option<DateTime<Utc>>,
@@ -255,7 +260,8 @@ pub async fn link(
         let share: f64 = suspects.iter().filter(|s| &s.service == service).map(|s| s.score).sum::<f64>().min(1.0);
         let Some(top) = suspects.iter().find(|s| &s.service == service) else { continue };
         let f = ChangeFilter { service: Some(service.clone()), since: Some(anchor - tol.before) };
-        for (_, stored) in changes.list(Some(tenant), &f)? {
+        let (db, t) = (Arc::clone(changes), tenant.clone());
+        for (_, stored) in crate::blocking(move || db.list(Some(&t), &f)).await? {
             let c = &stored.change;
             let lead = anchor - c.deployed_at;
             if lead < -tol.after {

@@ -168,7 +168,8 @@ impl Rca {
             updated_at: now,
         };
         self.analyze(tenant, &mut inc, &hints).await?;
-        self.incidents.save(tenant, &inc, hints.group_key.as_deref())?;
+        let (db, owner, i, key) = (Arc::clone(&self.incidents), tenant.clone(), inc.clone(), hints.group_key.clone());
+        crate::blocking(move || db.save(&owner, &i, key.as_deref())).await?;
         Ok(inc)
     }
 
@@ -313,7 +314,8 @@ impl Rca {
 
         inc.remediation = remediation(inc, &observed);
         let t = Instant::now();
-        inc.similar_incidents = self.incidents.similar(tenant, &inc.id, &sig)?;
+        let (db, owner, id, signature) = (Arc::clone(&self.incidents), tenant.clone(), inc.id.clone(), sig.clone());
+        inc.similar_incidents = crate::blocking(move || db.similar(&owner, &id, &signature)).await?;
         steps.record("similar", t, format!("{} similar past incidents", inc.similar_incidents.len()), Vec::new());
 
         let top_score = top.score;

@@ -382,6 +382,18 @@ fn export_planted(server: &Server, now: DateTime<Utc>) {
     }
 }
 
+/// A backtest of the last 30 minutes against the three hours before them, as
+/// one comparison (a backtest without a baseline replays every pass instead).
+fn one_comparison(now: DateTime<Utc>) -> Value {
+    let from = now - chrono::Duration::minutes(30);
+    json!({
+        "from": from.to_rfc3339(),
+        "to": now.to_rfc3339(),
+        "baseline_from": (from - chrono::Duration::hours(3)).to_rfc3339(),
+        "baseline_to": from.to_rfc3339(),
+    })
+}
+
 fn get(server: &Server, path: &str) -> Value {
     let resp = andon_tests::reqwest::blocking_client().get(server.api_url(path)).send().unwrap();
     assert!(resp.status().is_success(), "{path}: {} {}", resp.status(), resp.text());
@@ -410,11 +422,7 @@ fn through_the_server_planted_pii_never_reaches_github_and_closing_the_issue_res
     let now = Utc::now();
     export_planted(&server, now);
     let client = andon_tests::reqwest::blocking_client();
-    let resp = client
-        .post(server.api_url("/api/v1/analyze"))
-        .json(&json!({"from": (now - chrono::Duration::minutes(30)).to_rfc3339(), "to": now.to_rfc3339()}))
-        .send()
-        .unwrap();
+    let resp = client.post(server.api_url("/api/v1/analyze")).json(&one_comparison(now)).send().unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text());
     let findings = resp.json().unwrap()["findings"].as_array().unwrap().clone();
     let finding = findings
@@ -482,11 +490,7 @@ fn through_the_server_planted_pii_never_reaches_github_and_closing_the_issue_res
 
     // A restart keeps the ticket, and analyzing again does not draft another.
     server.restart();
-    let resp = client
-        .post(server.api_url("/api/v1/analyze"))
-        .json(&json!({"from": (now - chrono::Duration::minutes(30)).to_rfc3339(), "to": now.to_rfc3339()}))
-        .send()
-        .unwrap();
+    let resp = client.post(server.api_url("/api/v1/analyze")).json(&one_comparison(now)).send().unwrap();
     assert_eq!(resp.status(), 200);
     // The serious finding also opened an incident, whose RCA ticket waits at
     // the gate, redacted like the finding's.
