@@ -22,7 +22,8 @@ pub struct AnalysisConfig {
     pub baseline_secs: u64,
     /// Attributes findings are broken down by.
     pub segments: Vec<String>,
-    /// Funnels for `drop_off`; empty means discover the most common journey.
+    /// Funnels for `drop_off`; empty means discover every journey enough
+    /// sessions follow.
     pub flows: Vec<Flow>,
     /// A session with no request for this long has ended.
     pub session_timeout_secs: u64,

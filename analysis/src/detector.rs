@@ -97,6 +97,9 @@ impl Ctx {
 pub struct Judgement {
     pub p_value: f64,
     pub effect: f64,
+    /// The effect on a scale where 0 is none, comparable between segments of
+    /// one subject (a rate's rise, a ratio less one).
+    pub size: f64,
     pub ci: Option<[f64; 2]>,
     pub test: &'static str,
     /// The effect clears the detector's relative and absolute floors.

@@ -22,23 +22,32 @@ impl Segments {
         Ok(Self { columns: attributes.iter().map(|a| segment_column(a)).collect::<Result<_, _>>()? })
     }
 
-    /// Aggregates in the `sessions` CTE.
+    /// Aggregates in the `sessions` CTE. A session's device, OS and region are
+    /// the client's: taken from the spans that start its traces (the browser's
+    /// or app's root spans), and only from other spans when no root carries
+    /// them. A backend's own resource often says `os.type=linux` (the OS
+    /// resource detectors of the OpenTelemetry SDKs add it), which describes
+    /// the server, not the person using it.
     pub fn session_aggregates(&self) -> String {
         let mut out = String::new();
         for (i, c) in self.columns.iter().enumerate() {
             if c.per_session {
-                out.push_str(&format!(", max(CAST({} AS VARCHAR)) AS seg{i}", c.column));
+                let v = format!("CAST({} AS VARCHAR)", c.column);
+                out.push_str(&format!(
+                    ", coalesce(max(CASE WHEN parent_span_id IS NULL OR parent_span_id = '' THEN {v} END), max({v})) AS seg{i}"
+                ));
             }
         }
         out
     }
 
-    /// `seg0, seg1, ...` of a request.
+    /// `seg0, seg1, ...` of a request: the session's values where it has them
+    /// (see [`Self::session_aggregates`]), else the span's own.
     pub fn request_exprs(&self) -> String {
         let mut out = String::new();
         for (i, c) in self.columns.iter().enumerate() {
             if c.per_session {
-                out.push_str(&format!(", coalesce(CAST(s.{} AS VARCHAR), ss.seg{i}) AS seg{i}", c.column));
+                out.push_str(&format!(", coalesce(ss.seg{i}, CAST(s.{} AS VARCHAR)) AS seg{i}", c.column));
             } else {
                 out.push_str(&format!(", CAST(s.{} AS VARCHAR) AS seg{i}", c.column));
             }

@@ -1,10 +1,11 @@
 //! `drop_off`: funnels of ordered steps per session. For each step, the share of
 //! sessions that reached it and went no further, against the baseline's; the
 //! step where abandonment rose, in the narrowest segment, and whether the
-//! sessions that left hit an error there. Without configured flows, the most
-//! common journey is discovered from the baseline's page requests.
+//! sessions that left hit an error there. Without configured flows, every
+//! journey enough sessions follow is discovered from the baseline's page
+//! requests, and all of them are measured in one scan.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use andon_model::format::{count, pct};
 use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
@@ -32,38 +33,52 @@ pub struct ResolvedFlow {
     pub steps: Vec<(String, String)>,
 }
 
-pub fn query(ctx: &Ctx, flow: &ResolvedFlow, filter: &str) -> String {
-    let n = flow.steps.len();
+/// One scan for every flow: per session, when it first and last requested each
+/// page of any flow and whether one of them failed; then, per flow `f` and step
+/// `k`, `reached{f}_{k}` and `left_after_error{f}_{k}`.
+pub fn query(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str) -> String {
+    let mut pages: Vec<&str> = Vec::new();
+    for flow in flows {
+        for (_, op) in &flow.steps {
+            if !pages.contains(&op.as_str()) {
+                pages.push(op);
+            }
+        }
+    }
+    let page = |op: &str| pages.iter().position(|p| *p == op).unwrap_or(0);
     let mut step_case = String::from("CASE");
-    for (k, (_, op)) in flow.steps.iter().enumerate() {
+    for (p, op) in pages.iter().enumerate() {
         let l = sql::lit(op);
-        step_case.push_str(&format!(" WHEN r.operation = {l} OR r.route = {l} OR r.span_name = {l} THEN {k}"));
+        step_case.push_str(&format!(" WHEN r.operation = {l} OR r.route = {l} OR r.span_name = {l} THEN {p}"));
     }
     step_case.push_str(" END");
     let mut step_aggregates = String::new();
-    for k in 0..n {
+    for p in 0..pages.len() {
         step_aggregates.push_str(&format!(
-            ", min(CASE WHEN step = {k} THEN start_time END) AS first{k}, \
-             max(CASE WHEN step = {k} THEN start_time END) AS last{k}, \
-             max(CASE WHEN step = {k} THEN err ELSE 0 END) AS err{k}"
+            ", min(CASE WHEN step = {p} THEN start_time END) AS first{p}, \
+             max(CASE WHEN step = {p} THEN start_time END) AS last{p}, \
+             max(CASE WHEN step = {p} THEN err ELSE 0 END) AS err{p}"
         ));
     }
-    let reached = |k: usize| -> String {
-        if k == 0 {
-            return "1 = 1".to_owned();
-        }
-        (1..=k).map(|j| format!("last{j} >= first{}", j - 1)).collect::<Vec<_>>().join(" AND ")
-    };
     let mut reach = String::new();
     let mut reach_sums = String::new();
-    for k in 0..n {
-        reach.push_str(&format!(", CASE WHEN {} THEN 1 ELSE 0 END AS r{k}", reached(k)));
-        reach_sums.push_str(&format!(", sum(r{k}) AS reached{k}"));
-        if k + 1 < n {
-            reach_sums.push_str(&format!(
-                ", sum(CASE WHEN r{k} = 1 AND r{} = 0 AND err{k} = 1 THEN 1 ELSE 0 END) AS left_after_error{k}",
-                k + 1
-            ));
+    for (f, flow) in flows.iter().enumerate() {
+        let at: Vec<usize> = flow.steps.iter().map(|(_, op)| page(op)).collect();
+        let n = at.len();
+        for k in 0..n {
+            let reached = std::iter::once(format!("first{} IS NOT NULL", at[0]))
+                .chain((1..=k).map(|j| format!("last{} >= first{}", at[j], at[j - 1])))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            reach.push_str(&format!(", CASE WHEN {reached} THEN 1 ELSE 0 END AS r{f}_{k}"));
+            reach_sums.push_str(&format!(", sum(r{f}_{k}) AS reached{f}_{k}"));
+            if k + 1 < n {
+                reach_sums.push_str(&format!(
+                    ", sum(CASE WHEN r{f}_{k} = 1 AND r{f}_{k1} = 0 AND err{p} = 1 THEN 1 ELSE 0 END) AS left_after_error{f}_{k}",
+                    k1 = k + 1,
+                    p = at[k]
+                ));
+            }
         }
     }
     let segment_max: String = (0..ctx.segments.columns.len()).map(|i| format!(", max(seg{i}) AS seg{i}")).collect();
@@ -107,10 +122,18 @@ pub fn resolve(flows: &[Flow], served: &[(String, String)]) -> Vec<ResolvedFlow>
         .collect()
 }
 
-/// The most common journey: starting from the page most sessions request, the
-/// pages that come after it in at least 85% of the sessions that request both,
-/// in the order sessions request them.
-pub fn discover(rows: &Rows) -> Option<ResolvedFlow> {
+/// Journeys beyond this many are left out, the least travelled first.
+const MAX_FLOWS: usize = 12;
+
+/// Every journey enough sessions follow, not only the most common: checkout
+/// is rarely the most travelled path. Pages are linked `A → B` when sessions
+/// that request both request `A` first (85% of them) and sessions reach `B`
+/// through `A` (85% of those requesting `B` requested `A` before it); links
+/// implied by a longer path are dropped, and every path from a page nothing
+/// leads to, to a page that leads nowhere, with at least three pages, is a
+/// journey. A page counts when at least 2% of sessions (at least ten)
+/// request it.
+pub fn discover(rows: &Rows) -> Vec<ResolvedFlow> {
     let mut sessions: HashMap<String, Vec<(i64, usize)>> = HashMap::new();
     let mut ops: Vec<(String, String)> = Vec::new();
     let mut index: HashMap<(String, String), usize> = HashMap::new();
@@ -129,39 +152,75 @@ pub fn discover(rows: &Rows) -> Option<ResolvedFlow> {
     }
     let total = sessions.len();
     if total < 50 {
-        return None;
+        return Vec::new();
     }
     let n = ops.len();
     let mut support = vec![0usize; n];
-    let mut rank_sum = vec![0f64; n];
-    let mut before = vec![vec![0u32; n]; n];
+    let mut before = vec![vec![0usize; n]; n];
     for seq in sessions.values_mut() {
         seq.sort_unstable();
+        seq.dedup_by_key(|(_, i)| *i);
         for (pos, (_, i)) in seq.iter().enumerate() {
             support[*i] += 1;
-            rank_sum[*i] += pos as f64 / seq.len().max(1) as f64;
             for (_, j) in &seq[pos + 1..] {
                 before[*i][*j] += 1;
             }
         }
     }
     let min_support = (total / 50).max(10);
-    let mut order: Vec<usize> = (0..n).filter(|i| support[*i] >= min_support).collect();
-    order.sort_by(|a, b| (rank_sum[*a] / support[*a] as f64).total_cmp(&(rank_sum[*b] / support[*b] as f64)));
-    let start = *order.iter().max_by_key(|i| support[**i])?;
-    let mut chain = vec![start];
-    let start_pos = order.iter().position(|i| *i == start)?;
-    for &op in &order[start_pos + 1..] {
-        let last = *chain.last()?;
-        let both = before[last][op] + before[op][last];
-        if both as usize >= min_support && f64::from(before[last][op]) >= 0.85 * f64::from(both) {
-            chain.push(op);
+    let pages: Vec<usize> = (0..n).filter(|i| support[*i] >= min_support).collect();
+    let linked = |a: usize, b: usize| {
+        let (ab, both) = (before[a][b], before[a][b] + before[b][a]);
+        ab >= min_support && ab as f64 >= 0.85 * both as f64 && ab as f64 >= 0.85 * support[b] as f64
+    };
+    let mut next: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let mut has_prev = vec![false; n];
+    for &a in &pages {
+        for &b in &pages {
+            if a == b || !linked(a, b) {
+                continue;
+            }
+            let implied = pages.iter().any(|&c| c != a && c != b && linked(a, c) && linked(c, b));
+            if !implied {
+                next.entry(a).or_default().push(b);
+                has_prev[b] = true;
+            }
         }
     }
-    (chain.len() >= 3).then(|| ResolvedFlow {
-        name: format!("discovered: {}", chain.iter().map(|i| ops[*i].1.as_str()).collect::<Vec<_>>().join(" → ")),
-        steps: chain.into_iter().map(|i| ops[i].clone()).collect(),
-    })
+    // Every maximal path, depth first from the pages nothing leads to. The
+    // links only go forward in the order sessions take, so there is no cycle.
+    let mut paths: Vec<Vec<usize>> = Vec::new();
+    let mut stack: Vec<Vec<usize>> = pages.iter().filter(|p| !has_prev[**p]).map(|p| vec![*p]).collect();
+    while let Some(path) = stack.pop() {
+        if paths.len() >= 4 * MAX_FLOWS {
+            break;
+        }
+        let last = *path.last().unwrap_or(&0);
+        match next.get(&last) {
+            Some(after) if !after.is_empty() => {
+                for b in after {
+                    let mut p = path.clone();
+                    p.push(*b);
+                    stack.push(p);
+                }
+            }
+            _ => {
+                if path.len() >= 3 {
+                    paths.push(path);
+                }
+            }
+        }
+    }
+    // The most travelled first: by the sessions that take the journey's first link.
+    paths.sort_by_key(|p| (std::cmp::Reverse(before[p[0]][p[1]]), p.clone()));
+    paths.truncate(MAX_FLOWS);
+    paths
+        .into_iter()
+        .map(|chain| ResolvedFlow {
+            name: format!("discovered: {}", chain.iter().map(|i| ops[*i].1.as_str()).collect::<Vec<_>>().join(" → ")),
+            steps: chain.into_iter().map(|i| ops[i].clone()).collect(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -203,6 +262,7 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     Some(Judgement {
         p_value: t.p_value,
         effect: round(relative, 5),
+        size: relative,
         ci: None,
         test: t.test,
         material,
@@ -216,9 +276,15 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     })
 }
 
-fn tests(rows: &Rows, ctx: &Ctx, flow: &ResolvedFlow) -> Vec<Test> {
+/// The tests of flow `f` of a [`query`] over several flows. A step another
+/// flow already tested with the same pages before it and the same next page
+/// is not tested twice.
+fn tests(rows: &Rows, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &mut HashSet<Vec<String>>) -> Vec<Test> {
     let mut out = Vec::new();
     for k in 0..flow.steps.len().saturating_sub(1) {
+        if !seen.insert(flow.steps[..=k + 1].iter().map(|(_, op)| op.clone()).collect()) {
+            continue;
+        }
         let (service, op) = &flow.steps[k];
         let mut cells = BTreeMap::<(bool, Vec<Option<String>>), Step>::new();
         for r in rows.iter() {
@@ -226,9 +292,9 @@ fn tests(rows: &Rows, ctx: &Ctx, flow: &ResolvedFlow) -> Vec<Test> {
             let segs: Vec<Option<String>> =
                 (0..ctx.segments.columns.len()).map(|i| r.str(&format!("seg{i}"))).collect();
             cells.entry((cur, segs)).or_default().add(&Step {
-                reached: r.u64(&format!("reached{k}")),
-                next: r.u64(&format!("reached{}", k + 1)),
-                left_after_error: r.u64(&format!("left_after_error{k}")),
+                reached: r.u64(&format!("reached{f}_{k}")),
+                next: r.u64(&format!("reached{f}_{}", k + 1)),
+                left_after_error: r.u64(&format!("left_after_error{f}_{k}")),
             });
         }
         let subject = Subject {
@@ -267,7 +333,7 @@ impl DropOff {
     /// journey discovered from the baseline.
     async fn flows(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Vec<ResolvedFlow>, AnalysisError> {
         if ctx.config.flows.is_empty() {
-            return Ok(discover(&sql.rows(&journeys_query(ctx)).await?).into_iter().collect());
+            return Ok(discover(&sql.rows(&journeys_query(ctx)).await?));
         }
         let lean = ctx.lean_for(&BTreeMap::new());
         let rows = sql.rows(&sql::render(include_str!("served.sql"), &lean.vars(""))).await?;
@@ -287,16 +353,23 @@ impl Detector for DropOff {
     fn queries(&self, ctx: &Ctx) -> Vec<(String, String)> {
         let served: Vec<(String, String)> =
             ctx.config.flows.iter().flat_map(|f| f.steps.iter().map(|s| ("?".to_owned(), s.clone()))).collect();
-        resolve(&ctx.config.flows, &served)
-            .into_iter()
-            .map(|flow| (format!("drop_off {}", flow.name), query(ctx, &flow, "")))
-            .collect()
+        let flows = resolve(&ctx.config.flows, &served);
+        if flows.is_empty() {
+            return Vec::new();
+        }
+        vec![("drop_off".to_owned(), query(ctx, &flows, ""))]
     }
 
     async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
         let mut out = Tested::default();
-        for flow in self.flows(ctx, sql).await? {
-            out.tests.extend(tests(&sql.rows(&query(ctx, &flow, "")).await?, ctx, &flow));
+        let flows = self.flows(ctx, sql).await?;
+        if flows.is_empty() {
+            return Ok(out);
+        }
+        let rows = sql.rows(&query(ctx, &flows, "")).await?;
+        let mut seen = HashSet::new();
+        for (f, flow) in flows.into_iter().enumerate() {
+            out.tests.extend(tests(&rows, ctx, f, &flow, &mut seen));
             out.flows.push(flow.name);
         }
         Ok(out)
@@ -319,11 +392,11 @@ impl Detector for DropOff {
         let flow = flow_of(&t.judgement).ok_or_else(|| AnalysisError::Config("a drop-off without its flow".into()))?;
         let k = flow.steps.iter().position(|(_, op)| *op == t.operation).unwrap_or(0);
         Ok(per_side(
-            &query(ctx, &flow, &ctx.segments.condition(&t.segment)),
+            &query(ctx, std::slice::from_ref(&flow), &ctx.segments.condition(&t.segment)),
             &format!(
-                "sum(reached{k}) AS sessions_reached, sum(reached{n}) AS sessions_continued, \
-                 round(CAST(sum(reached{n}) AS DOUBLE) / sum(reached{k}), 5) AS conversion, \
-                 sum(left_after_error{k}) AS left_after_error",
+                "sum(reached0_{k}) AS sessions_reached, sum(reached0_{n}) AS sessions_continued, \
+                 round(CAST(sum(reached0_{n}) AS DOUBLE) / sum(reached0_{k}), 5) AS conversion, \
+                 sum(left_after_error0_{k}) AS left_after_error",
                 n = k + 1
             ),
         ))
@@ -388,5 +461,78 @@ impl Detector for DropOff {
             ),
             effect: format!("conversion down {}", pct(effect)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    /// Rows of the journeys query: each session's pages in order.
+    fn rows(sessions: &[(usize, &[&str])]) -> Rows {
+        let (mut id, mut op, mut t) = (Vec::new(), Vec::new(), Vec::new());
+        let mut n = 0;
+        for (count, pages) in sessions {
+            for _ in 0..*count {
+                for (k, page) in pages.iter().enumerate() {
+                    id.push(format!("s{n}"));
+                    op.push((*page).to_owned());
+                    t.push(k as i64 * 1_000_000_000);
+                }
+                n += 1;
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("session_id", DataType::Utf8, false),
+            Field::new("service", DataType::Utf8, false),
+            Field::new("operation", DataType::Utf8, false),
+            Field::new("first_time", DataType::Int64, false),
+        ]));
+        let service = vec!["shop"; id.len()];
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(id)),
+                Arc::new(StringArray::from(service)),
+                Arc::new(StringArray::from(op)),
+                Arc::new(Int64Array::from(t)),
+            ],
+        )
+        .unwrap();
+        Rows::new(vec![batch])
+    }
+
+    fn names(flows: &[ResolvedFlow]) -> Vec<Vec<&str>> {
+        flows.iter().map(|f| f.steps.iter().map(|(_, op)| op.as_str()).collect()).collect()
+    }
+
+    #[test]
+    fn a_checkout_journey_is_discovered_beside_the_most_common_path() {
+        // Most sessions browse: items, their reviews, deals, the account and
+        // help pages. One in ten checks out and reads no reviews: the checkout
+        // pages are never requested with the browsing pages that come first.
+        let flows = discover(&rows(&[
+            (900, &["GET /", "GET /items/{id}", "GET /items/{id}/reviews", "GET /deals", "GET /account", "GET /help"]),
+            (100, &["GET /", "GET /items/{id}", "POST /bag", "POST /checkout/shipping", "POST /checkout/payment"]),
+        ]));
+        let found = names(&flows);
+        assert!(
+            found.contains(&vec!["GET /", "GET /items/{id}", "POST /bag", "POST /checkout/shipping", "POST /checkout/payment"]),
+            "{found:#?}"
+        );
+        assert!(found.iter().any(|f| f.contains(&"GET /deals")), "the browsing path too: {found:#?}");
+    }
+
+    #[test]
+    fn pages_requested_in_no_consistent_order_make_no_journey() {
+        let flows = discover(&rows(&[(300, &["GET /a", "GET /b", "GET /c"]), (300, &["GET /c", "GET /b", "GET /a"])]));
+        assert!(flows.is_empty(), "{:#?}", names(&flows));
     }
 }

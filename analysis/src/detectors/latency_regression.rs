@@ -70,6 +70,7 @@ pub fn judge(ctx: &Ctx, base: &Histogram, cur: &Histogram) -> Option<Judgement> 
     Some(Judgement {
         p_value: t.p_value,
         effect: round(ratio, 4),
+        size: ratio - 1.0,
         ci: Some([round(ci[0], 4), round(ci[1], 4)]),
         test: "mann_whitney_u",
         material,

@@ -99,8 +99,15 @@ pub fn subjects<M: Metric>(
         .collect()
 }
 
+/// Singles that may combine into a conjunction: at most this many, the
+/// strongest, so that the search stays small.
+const CONJUNCTION_SEEDS: usize = 6;
+
 /// Every test for a subject: overall, then each value of each segment attribute
-/// with enough samples on both sides.
+/// with enough samples on both sides, then conjunctions of two values of
+/// different attributes where both values show the effect on their own (an
+/// effect confined to `os.type=android` in `cloud.region=eu-west-1` dilutes
+/// into both singles, and only the pair explains it).
 pub fn segment_tests<M: Metric>(
     kind: FindingKind,
     subject: &Subject<M>,
@@ -109,21 +116,30 @@ pub fn segment_tests<M: Metric>(
 ) -> Vec<Test> {
     let min = ctx.config.min_samples;
     let enough = |b: &M, c: &M| b.samples() >= min && c.samples() >= min;
-    let mut out = Vec::new();
-    let (b, c) = subject.sides(|_| true);
-    if enough(&b, &c)
-        && let Some(j) = judge(&b, &c)
-    {
-        out.push(Test {
+    let test = |keep: &dyn Fn(&[Option<String>]) -> bool, segment: BTreeMap<String, Value>| -> Option<Test> {
+        let (b, c) = subject.sides(keep);
+        if !enough(&b, &c) {
+            return None;
+        }
+        let j = judge(&b, &c)?;
+        let complement = if segment.is_empty() {
+            None
+        } else {
+            let (rb, rc) = subject.sides(|s| !keep(s));
+            if enough(&rb, &rc) { judge(&rb, &rc) } else { None }
+        };
+        Some(Test {
             kind,
             service: subject.service.clone(),
             operation: subject.operation.clone(),
-            segment: BTreeMap::new(),
+            segment,
             judgement: j,
-            complement: None,
+            complement,
             q_value: 1.0,
-        });
-    }
+        })
+    };
+    let mut out: Vec<Test> = test(&|_| true, BTreeMap::new()).into_iter().collect();
+    let mut seeds: Vec<(usize, &String, f64)> = Vec::new();
     for (i, col) in ctx.segments.columns.iter().enumerate() {
         let mut values: Vec<&String> =
             subject.cells.iter().filter(|(cur, _, _)| *cur).filter_map(|(_, s, _)| s[i].as_ref()).collect();
@@ -133,26 +149,43 @@ pub fn segment_tests<M: Metric>(
             continue;
         }
         for v in values {
-            let (b, c) = subject.sides(|s| s[i].as_ref() == Some(v));
-            if !enough(&b, &c) {
+            let segment = BTreeMap::from([(col.attribute.clone(), ctx.segments.json_value(i, v))]);
+            let Some(t) = test(&|s| s[i].as_ref() == Some(v), segment) else { continue };
+            if t.judgement.material {
+                seeds.push((i, v, t.judgement.p_value));
+            }
+            out.push(t);
+        }
+    }
+    seeds.sort_by(|a, b| a.2.total_cmp(&b.2));
+    seeds.truncate(CONJUNCTION_SEEDS);
+    for (x, &(i, vi, _)) in seeds.iter().enumerate() {
+        for &(j, vj, _) in &seeds[x + 1..] {
+            if i == j {
                 continue;
             }
-            let Some(j) = judge(&b, &c) else { continue };
-            let (rb, rc) = subject.sides(|s| s[i].as_ref() != Some(v));
-            let complement = if enough(&rb, &rc) { judge(&rb, &rc) } else { None };
-            out.push(Test {
-                kind,
-                service: subject.service.clone(),
-                operation: subject.operation.clone(),
-                segment: BTreeMap::from([(col.attribute.clone(), ctx.segments.json_value(i, v))]),
-                judgement: j,
-                complement,
-                q_value: 1.0,
-            });
+            let segment = BTreeMap::from([
+                (ctx.segments.columns[i].attribute.clone(), ctx.segments.json_value(i, vi)),
+                (ctx.segments.columns[j].attribute.clone(), ctx.segments.json_value(j, vj)),
+            ]);
+            let keep = |s: &[Option<String>]| s[i].as_ref() == Some(vi) && s[j].as_ref() == Some(vj);
+            // A pair that is one of its values under another name (every
+            // Android session is mobile) adds nothing.
+            let (_, pair) = subject.sides(keep);
+            let (_, single_i) = subject.sides(|s| s[i].as_ref() == Some(vi));
+            let (_, single_j) = subject.sides(|s| s[j].as_ref() == Some(vj));
+            if pair.samples() == single_i.samples() || pair.samples() == single_j.samples() {
+                continue;
+            }
+            out.extend(test(&keep, segment));
         }
     }
     out
 }
+
+/// The p-value at which another value of a segment's attribute counts as
+/// showing the effect too (with a material effect at least half the size).
+const SIBLING_SHOWS_EFFECT: f64 = 0.05;
 
 /// A finding before enrichment: where, what, and the test that carries it.
 #[derive(Debug, Clone)]
@@ -172,11 +205,27 @@ pub fn choose_segments(tests: Vec<Test>, fdr: f64) -> Vec<Candidate> {
     for (_, tests) in by_subject {
         let significant = |t: &Test| t.judgement.material && t.q_value <= fdr;
         let overall = tests.iter().find(|t| t.segment.is_empty() && significant(t));
+        // The rest of the data shows none, and no other value of one of its
+        // attributes shows an effect of comparable size (iOS, when Android is
+        // the candidate and every mobile client is hit): the rest's test
+        // dilutes such a sibling in everything else (every desktop session)
+        // and can miss it. The fewest sessions; among equals, the fewest
+        // attributes.
+        let sibling_shows = |t: &Test| {
+            tests.iter().any(|u| {
+                u.segment.len() == 1
+                    && u.segment.iter().all(|(a, v)| t.segment.get(a).is_some_and(|mine| mine != v))
+                    && u.judgement.material
+                    && u.judgement.p_value <= SIBLING_SHOWS_EFFECT
+                    && u.judgement.size >= 0.5 * t.judgement.size
+            })
+        };
         let explaining = tests
             .iter()
             .filter(|t| !t.segment.is_empty() && significant(t))
             .filter(|t| t.complement.as_ref().is_some_and(|c| !(c.material && c.p_value <= fdr)))
-            .min_by_key(|t| t.judgement.current_samples);
+            .filter(|t| !sibling_shows(t))
+            .min_by_key(|t| (t.judgement.current_samples, t.segment.len()));
         let chosen = match (explaining, overall) {
             (Some(t), _) => Some(t),
             (None, Some(t)) => Some(t),
@@ -220,6 +269,7 @@ pub(crate) fn judge_rate(
     Some(Judgement {
         p_value: t.p_value,
         effect: delta,
+        size: delta,
         ci: None,
         test: t.test,
         material,

@@ -103,6 +103,12 @@ struct Delta {
     key: Key,
     /// Extra ms (or failures) per request explained here.
     per_request: f64,
+    /// What suspects are ranked and scored by: for time, the extra per request
+    /// that is beyond this operation's own noise (the per-call shift less two
+    /// standard errors of it, and no more than its percentiles moved, so a
+    /// frequent, heavy-tailed call whose mean wobbles counts for little); for
+    /// failures, `per_request`.
+    strength: f64,
     p: f64,
     base: f64,
     cur: f64,
@@ -143,9 +149,11 @@ pub fn rank(
         let b = fb.get(key).unwrap_or(&empty);
         let p = stats::proportion_greater(b.errors, b.calls.max(1), c.errors, c.calls).map_or(1.0, |t| t.p_value);
         let exemplars = cur.stats.get(key).map(exemplars).unwrap_or_default();
+        let per_request = (rate(c) - rate(b)) * c.calls as f64 * per_root;
         errors.push(Delta {
             key: key.clone(),
-            per_request: (rate(c) - rate(b)) * c.calls as f64 * per_root,
+            per_request,
+            strength: per_request,
             p,
             base: rate(b),
             cur: rate(c),
@@ -161,9 +169,21 @@ pub fn rank(
         } else {
             stats::mann_whitney(&b.hist, &c.hist, 0.95).map_or(1.0, |t| t.p_value)
         };
+        let shift = c.mean() - b.mean();
+        let se = (b.variance() / b.calls.max(1) as f64 + c.variance() / c.calls.max(1) as f64).sqrt();
+        // A mean moved by a heavy tail alone (a sub-millisecond statement with
+        // rare slow calls) is noise unless the body of the distribution moved
+        // too: the shift counts up to the largest shift of its 50th, 75th or
+        // 90th percentile, which a fault on one call in ten still moves.
+        let body = if b.calls == 0 {
+            c.quantile(0.5)
+        } else {
+            [0.5, 0.75, 0.9].iter().map(|q| c.quantile(*q) - b.quantile(*q)).fold(0.0, f64::max)
+        };
         latency.push(Delta {
             key: key.clone(),
-            per_request: (c.mean() - b.mean()) * per_trace(c.calls),
+            per_request: shift * per_trace(c.calls),
+            strength: (shift - 2.0 * se).min(body).max(0.0) * per_trace(c.calls),
             p,
             base: b.mean(),
             cur: c.mean(),
@@ -171,15 +191,29 @@ pub fn rank(
             exemplars: exemplars(c),
         });
     }
-    let significant = |mut v: Vec<Delta>| {
+    // Significant after Benjamini–Hochberg and beyond its own noise, strongest
+    // first. When nothing is, but something moved beyond its noise, the
+    // strongest few are kept as weaker suspects (`tentative`): a short baseline
+    // leaves little power, and naming the likeliest place beats naming none.
+    let root_slower = stats::mann_whitney(&base.root.hist, &cur.root.hist, 0.95)
+        .is_some_and(|t| t.p_value < 0.05 && root_ms.1 > root_ms.0);
+    let root_failing = root_error_rate.1 > root_error_rate.0;
+    let significant = |v: Vec<Delta>, moved: bool| -> (Vec<Delta>, bool) {
         let q = stats::benjamini_hochberg(&v.iter().map(|d| d.p).collect::<Vec<_>>());
+        let by_strength = |v: &mut Vec<Delta>| v.sort_by(|a, b| b.strength.total_cmp(&a.strength));
         let mut keep: Vec<Delta> =
-            v.drain(..).zip(q).filter(|(d, q)| *q < limits.fdr && d.per_request > 0.0).map(|(d, _)| d).collect();
-        keep.sort_by(|a, b| b.per_request.total_cmp(&a.per_request));
-        keep
+            v.iter().zip(&q).filter(|(d, q)| **q < limits.fdr && d.strength > 0.0).map(|(d, _)| d.clone()).collect();
+        by_strength(&mut keep);
+        if !keep.is_empty() || !moved {
+            return (keep, false);
+        }
+        let mut weak: Vec<Delta> = v.into_iter().filter(|d| d.strength > 0.0 && d.p < 0.05).collect();
+        by_strength(&mut weak);
+        weak.truncate(3);
+        (weak, true)
     };
-    let latency = significant(latency);
-    let errors = significant(errors);
+    let (latency, latency_tentative) = significant(latency, root_slower);
+    let (errors, errors_tentative) = significant(errors, root_failing);
     // The requests decide the channel unless the opener did: slower requests
     // make it a latency incident, otherwise failures that rose do.
     let channel = channel.unwrap_or_else(|| {
@@ -189,23 +223,32 @@ pub fn rank(
     });
     let hops = hop_owners(base, cur, &latency);
     let (primary, secondary) = match channel {
-        Channel::Latency => (&latency, &errors),
-        Channel::Errors => (&errors, &latency),
+        Channel::Latency => ((&latency, latency_tentative), (&errors, errors_tentative)),
+        Channel::Errors => ((&errors, errors_tentative), (&latency, latency_tentative)),
     };
     let mut suspects: BTreeMap<(String, String), Suspect> = BTreeMap::new();
-    for (deltas, weight, is_latency) in
+    for ((deltas, tentative), weight, is_latency) in
         [(primary, 1.0, channel == Channel::Latency), (secondary, 0.3, channel == Channel::Errors)]
     {
-        let total: f64 = deltas.iter().map(|d| d.per_request).sum();
+        let total: f64 = deltas.iter().map(|d| d.strength).sum();
         if total <= 0.0 {
             continue;
         }
+        // A tentative reading counts for half: the data did not clear the bar.
+        let weight = if tentative { weight * 0.5 } else { weight };
         // Parts of one suspect in this channel add up (a caller's slow hops to
         // several services); the reason shown is the largest part's.
         let mut parts: BTreeMap<(String, String), Suspect> = BTreeMap::new();
         for d in deltas {
-            let share = d.per_request / total * weight;
-            let s = suspect(d, share, is_latency, &hops, cur);
+            let share = d.strength / total * weight;
+            let mut s = suspect(d, share, is_latency, &hops, cur);
+            if tentative {
+                s.reason.push_str(
+                    "; tentative: no operation's change was significant once every operation compared was \
+                     accounted for, and this is the largest beyond its own variability",
+                );
+                s.numbers.insert("tentative".into(), 1.0);
+            }
             let k = (s.service.clone(), s.operation.clone());
             match parts.get_mut(&k) {
                 Some(prev) => {
@@ -552,6 +595,137 @@ mod tests {
         assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("frontend", OUTGOING), "{s:#?}");
         assert_eq!(s[0].cause, SuspectCause::Network);
         assert!(s[0].score > 0.9, "{s:#?}");
+    }
+
+    /// A trace from `(id, parent, service, operation, kind, start ms, end ms)`.
+    type Row<'a> = (&'a str, Option<&'a str>, &'a str, &'a str, Kind, f64, f64);
+
+    fn push(p: &mut Profile, rows: &[Row<'_>]) {
+        let spans: Vec<Span> = rows
+            .iter()
+            .map(|(id, parent, svc, op, kind, t0, t1)| Span {
+                id: Arc::from(*id),
+                parent: parent.map(Arc::from),
+                service: Arc::from(*svc),
+                operation: Arc::from(*op),
+                kind: *kind,
+                err: false,
+                t0: (t0 * 1e6) as i64,
+                t1: (t1 * 1e6) as i64,
+            })
+            .collect();
+        p.add_trace(&spans, p.traces as u32);
+        p.trace_ids.push(format!("{:032x}", p.traces));
+        p.traces += 1;
+    }
+
+    /// A small deterministic stream in [0, 1).
+    fn noise(state: &mut u64) -> f64 {
+        *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*state >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn a_gateway_handler_waiting_beside_its_client_call_is_not_blamed() {
+        // A reactive gateway: under its server span, an in-process handler span
+        // with no children runs the whole time the sibling client span waits
+        // on the backend. The backend slows; the handler's time is waiting.
+        let build = |backend_ms: f64, n: u32| {
+            let mut p = Profile::default();
+            for i in 0..n {
+                let j = f64::from(i % 5) * 0.2;
+                let end = 2.0 + backend_ms + j + 1.0;
+                push(
+                    &mut p,
+                    &[
+                        ("s", None, "gateway", "GET /api/orders", Kind::Server, 0.0, end + 0.5),
+                        ("h", Some("s"), "gateway", "OrdersHandler.handle", Kind::Other, 0.5, end),
+                        ("c", Some("s"), "gateway", "GET", Kind::Client, 1.0, end - 0.2),
+                        ("b", Some("c"), "orders", "GET /orders", Kind::Server, 1.5, 1.5 + backend_ms + j),
+                    ],
+                );
+            }
+            p
+        };
+        let s = rank(&build(10.0, 200), &build(60.0, 200), None, None, &LocalizeLimits::default()).suspects;
+        assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("orders", "GET /orders"), "{s:#?}");
+        assert!(!s.iter().any(|x| x.service == "gateway"), "the gateway only waits: {s:#?}");
+    }
+
+    #[test]
+    fn a_noisy_frequent_call_does_not_outrank_the_service_that_slowed() {
+        // `inventory` does its work twice as slowly (1 → 2 ms, once per request);
+        // `accounts` runs a sub-millisecond SQL statement 20 times per request
+        // (p95 five times its median) whose slow calls happen to be more and
+        // slower in the incident: its mean rises by more per request than
+        // inventory's, significantly, but its body does not move.
+        let build = |inventory_ms: f64, tail: (f64, f64), seed: u64| {
+            let mut p = Profile::default();
+            let mut st = seed;
+            for _ in 0..500 {
+                let mut rows: Vec<(String, Option<String>, &str, &str, Kind, f64, f64)> = Vec::new();
+                let inv = inventory_ms * (0.9 + 0.2 * noise(&mut st));
+                rows.push(("root".into(), None, "api", "GET /cart", Kind::Server, 0.0, 40.0));
+                rows.push(("ci".into(), Some("root".into()), "api", "inventory.get", Kind::Client, 1.0, 2.0 + inv));
+                rows.push(("si".into(), Some("ci".into()), "inventory", "GET /stock", Kind::Server, 1.2, 1.2 + inv));
+                rows.push(("ca".into(), Some("root".into()), "api", "accounts.get", Kind::Client, 4.0, 39.0));
+                rows.push(("sa".into(), Some("ca".into()), "accounts", "GET /account", Kind::Server, 4.2, 38.8));
+                for k in 0..20 {
+                    let u = noise(&mut st);
+                    let ms = if u < tail.0 { tail.1 } else { 0.25 + 0.1 * noise(&mut st) };
+                    let t0 = 5.0 + f64::from(k) * 1.5;
+                    rows.push((
+                        format!("q{k}"),
+                        Some("sa".into()),
+                        "accounts",
+                        "SELECT accounts",
+                        Kind::Client,
+                        t0,
+                        t0 + ms,
+                    ));
+                }
+                let view: Vec<Row<'_>> = rows
+                    .iter()
+                    .map(|(id, parent, svc, op, kind, t0, t1)| {
+                        (id.as_str(), parent.as_deref(), *svc, *op, *kind, *t0, *t1)
+                    })
+                    .collect();
+                push(&mut p, &view);
+            }
+            p
+        };
+        let s = rank(&build(1.0, (0.05, 1.5), 1), &build(2.0, (0.08, 4.0), 2), None, None, &LocalizeLimits::default())
+            .suspects;
+        assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("inventory", "GET /stock"), "{s:#?}");
+        assert!(s.iter().all(|x| x.operation != "SELECT accounts" || x.score < s[0].score), "{s:#?}");
+    }
+
+    #[test]
+    fn a_suspect_is_named_when_requests_slowed_on_a_short_baseline() {
+        // Five requests on each side: every one slower because `search` is,
+        // which no correction for the operations compared lets through.
+        let build = |search_ms: f64| {
+            let mut p = Profile::default();
+            for i in 0..5 {
+                let j = f64::from(i) * 0.1;
+                let end = 3.0 + search_ms + j;
+                push(
+                    &mut p,
+                    &[
+                        ("r", None, "web", "GET /search", Kind::Server, 0.0, end + 1.0),
+                        ("c", Some("r"), "web", "search.query", Kind::Client, 1.0, end),
+                        ("s", Some("c"), "search", "POST /query", Kind::Server, 1.5, 1.5 + search_ms + j),
+                        ("d", Some("s"), "search", "SELECT docs", Kind::Client, 1.6, 2.0),
+                        ("e", Some("r"), "web", "render", Kind::Other, end, end + 0.8),
+                    ],
+                );
+            }
+            p
+        };
+        let s = rank(&build(10.0), &build(14.0), None, Some(Channel::Latency), &LocalizeLimits::default()).suspects;
+        assert!(!s.is_empty(), "requests slowed: a suspect must be named");
+        assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("search", "POST /query"), "{s:#?}");
+        assert_eq!(s[0].numbers.get("tentative"), Some(&1.0), "{s:#?}");
     }
 
     #[test]

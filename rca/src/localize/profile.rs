@@ -21,6 +21,8 @@ pub(super) struct Span {
 pub(super) enum Kind {
     Server,
     Client,
+    /// Sends a message another process consumes, perhaps long after.
+    Producer,
     Other,
 }
 
@@ -39,6 +41,7 @@ pub(super) enum Key {
 pub(super) struct Stat {
     pub(super) calls: u64,
     pub(super) sum_ms: f64,
+    pub(super) sum_sq: f64,
     pub(super) hist: Histogram,
     pub(super) errors: u64,
     /// The largest values seen, with their trace.
@@ -49,6 +52,7 @@ impl Stat {
     pub(super) fn add(&mut self, ms: f64, trace: u32) {
         self.calls += 1;
         self.sum_ms += ms;
+        self.sum_sq += ms * ms;
         *self.hist.entry(bucket(ms)).or_default() += 1;
         if self.top.len() < 3 || ms > self.top[self.top.len() - 1].0 {
             if self.top.iter().all(|(_, t)| *t != trace) {
@@ -62,11 +66,32 @@ impl Stat {
     pub(super) fn mean(&self) -> f64 {
         if self.calls == 0 { 0.0 } else { self.sum_ms / self.calls as f64 }
     }
+
+    /// The sample variance of a call's time.
+    pub(super) fn variance(&self) -> f64 {
+        if self.calls < 2 {
+            return 0.0;
+        }
+        let n = self.calls as f64;
+        ((self.sum_sq - self.sum_ms * self.sum_ms / n) / (n - 1.0)).max(0.0)
+    }
 }
 
 /// Log-spaced buckets about 5% apart; 0 for anything under 10 µs.
 pub(super) fn bucket(ms: f64) -> i64 {
     if ms < 0.01 { 0 } else { ((ms * 100.0).ln() * 20.0).round() as i64 + 1 }
+}
+
+/// The time a bucket stands for, in ms.
+pub(super) fn bucket_ms(b: i64) -> f64 {
+    if b <= 0 { 0.0 } else { ((b - 1) as f64 / 20.0).exp() / 100.0 }
+}
+
+impl Stat {
+    /// The `q` quantile of a call's time, in ms (to the bucket's 5%).
+    pub(super) fn quantile(&self, q: f64) -> f64 {
+        stats::hist_quantile(&self.hist, q).map_or(0.0, bucket_ms)
+    }
 }
 
 /// One window's traces, broken down by where their time and failures go.
@@ -136,6 +161,7 @@ impl Profile {
                     kind: match (!kind.is_null(i)).then(|| kind.value(i)) {
                         Some("server") => Kind::Server,
                         Some("client") => Kind::Client,
+                        Some("producer") => Kind::Producer,
                         _ => Kind::Other,
                     },
                     err: !status.is_null(i) && status.value(i) == "error",
@@ -175,8 +201,29 @@ impl Profile {
             order.push(i);
             stack.extend(children[i].iter().copied());
         }
+        // A span leaves its process when it is a call out (client, producer) or
+        // something beneath it is, or runs in another service.
+        let mut leaves = vec![false; spans.len()];
         for &i in order.iter().rev() {
             failing_below[i] = children[i].iter().any(|&c| spans[c].err || failing_below[c]);
+            leaves[i] = matches!(spans[i].kind, Kind::Client | Kind::Producer)
+                || children[i].iter().any(|&c| leaves[c] || spans[c].service != spans[i].service);
+        }
+        // While a sibling's call out is in flight, a span whose work stays in
+        // its process (a reactive handler, a controller awaiting the client
+        // call beside it) is waiting, not working: that time is not its own.
+        // What its ancestors wait on, it waits on too.
+        let mut waiting: Vec<Vec<(i64, i64)>> = vec![Vec::new(); spans.len()];
+        for &i in &order {
+            if leaves[i] {
+                continue;
+            }
+            let mut w = Vec::new();
+            if let Some(p) = spans[i].parent.as_deref().and_then(|p| index.get(p)).copied().filter(|p| *p != i) {
+                w.extend(waiting[p].iter().copied());
+                w.extend(children[p].iter().filter(|&&j| j != i && leaves[j]).map(|&j| (spans[j].t0, spans[j].t1)));
+            }
+            waiting[i] = w;
         }
         for &r in &roots {
             if spans[r].parent.is_none() {
@@ -199,7 +246,7 @@ impl Profile {
             let origin = s.err && !failing_below[i];
             let servers: Vec<usize> = children[i].iter().copied().filter(|&c| spans[c].kind == Kind::Server).collect();
             if s.kind == Kind::Client && !servers.is_empty() {
-                let waited = covered(s, servers.iter().map(|&c| &spans[c]));
+                let waited = covered(s, servers.iter().map(|&c| (spans[c].t0, spans[c].t1)));
                 let hop_ms = ((s.t1 - s.t0) - waited).max(0) as f64 / 1e6;
                 let callee = &spans[servers[0]];
                 let key = Key::Hop {
@@ -214,7 +261,8 @@ impl Profile {
                 }
                 continue;
             }
-            let own = ((s.t1 - s.t0) - covered(s, children[i].iter().map(|&c| &spans[c]))).max(0) as f64 / 1e6;
+            let busy = children[i].iter().map(|&c| (spans[c].t0, spans[c].t1)).chain(waiting[i].iter().copied());
+            let own = ((s.t1 - s.t0) - covered(s, busy)).max(0) as f64 / 1e6;
             let key = if s.kind == Kind::Client {
                 Key::Dependency { service: s.service.clone(), operation: s.operation.clone() }
             } else {
@@ -229,10 +277,11 @@ impl Profile {
     }
 }
 
-/// How much of `parent`'s interval its children cover, overlaps merged.
-pub(super) fn covered<'a>(parent: &Span, children: impl Iterator<Item = &'a Span>) -> i64 {
+/// How much of `parent`'s interval the intervals `(t0, t1)` cover, clipped to
+/// it (children that start before it or outlive it), overlaps merged.
+pub(super) fn covered(parent: &Span, intervals: impl Iterator<Item = (i64, i64)>) -> i64 {
     let mut iv: Vec<(i64, i64)> =
-        children.map(|c| (c.t0.max(parent.t0), c.t1.min(parent.t1))).filter(|(a, b)| b > a).collect();
+        intervals.map(|(a, b)| (a.max(parent.t0), b.min(parent.t1))).filter(|(a, b)| b > a).collect();
     iv.sort_unstable();
     let (mut total, mut end) = (0i64, i64::MIN);
     for (a, b) in iv {

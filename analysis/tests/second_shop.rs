@@ -1,0 +1,437 @@
+//! A shop unlike the simulated one, built span by span as real OpenTelemetry
+//! SDKs would export it: a storefront app whose root client spans carry the
+//! device (`os.type`, `browser.mobile`), a gateway and two services whose own
+//! resources say `os.type=linux` (as the SDKs' OS resource detectors add it),
+//! other routes, and journeys where checkout is a rare path behind browsing.
+//! Each test is named for a failure class the detectors once had here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use andon_analysis::{AnalysisConfig, Analyzer, PassReport, Windows};
+use andon_fixtures::rng::Rng;
+use andon_ingest::{IngestConfig, Ingestor};
+use andon_model::clock::SystemClock;
+use andon_model::{Finding, Tenant};
+use andon_store::{Durability, QueryEngine, QueryLimits, Store, StoreConfig};
+use chrono::{DateTime, Duration, Utc};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+use serde_json::json;
+
+const HOURS: f64 = 4.0;
+/// Sessions per second.
+const RATE: f64 = 2.0;
+/// Faults start here, as a fraction of the run.
+const ONSET: f64 = 0.5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// The Android app retries item pages that now fail for it; iOS and the
+    /// web never retry.
+    AndroidRetries,
+    /// Mobile sessions fail at the shipping step of checkout and leave.
+    MobileCheckout,
+    /// Adding to the bag fails, only for Android sessions served in eu-west-1.
+    AndroidInEu,
+}
+
+/// (os.type, browser.mobile, weight)
+const DEVICES: &[(&str, bool, f64)] =
+    &[("windows", false, 0.35), ("darwin", false, 0.15), ("android", true, 0.3), ("ios", true, 0.2)];
+const REGIONS: &[&str] = &["us-east-2", "eu-west-1"];
+
+fn kv(key: &str, v: Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
+
+fn s(key: &str, v: &str) -> KeyValue {
+    kv(key, Value::StringValue(v.into()))
+}
+
+/// A process's resource: the app's carries the device, a backend's its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Proc {
+    App(usize),
+    Backend(&'static str, usize),
+}
+
+impl Proc {
+    fn resource(self) -> Resource {
+        let attributes = match self {
+            Proc::App(d) => vec![
+                s("service.name", "storefront"),
+                s("service.version", "2026.11.3"),
+                s("os.type", DEVICES[d].0),
+                kv("browser.mobile", Value::BoolValue(DEVICES[d].1)),
+                s("telemetry.sdk.language", "webjs"),
+            ],
+            Proc::Backend(name, r) => vec![
+                s("service.name", name),
+                s("service.version", "4.2.0"),
+                s("os.type", "linux"),
+                s("host.arch", "amd64"),
+                s("cloud.region", REGIONS[r]),
+                s("telemetry.sdk.language", "python"),
+            ],
+        };
+        Resource { attributes, ..Default::default() }
+    }
+}
+
+struct Shop {
+    rng: Rng,
+    fault: Fault,
+    onset: u64,
+    spans: BTreeMap<Proc, Vec<Span>>,
+}
+
+fn ns(t: DateTime<Utc>) -> u64 {
+    t.timestamp_nanos_opt().unwrap() as u64
+}
+
+impl Shop {
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &mut self,
+        proc: Proc,
+        trace: [u8; 16],
+        parent: Option<[u8; 8]>,
+        name: &str,
+        kind: span::SpanKind,
+        t: u64,
+        ms: f64,
+        error: bool,
+        attributes: Vec<KeyValue>,
+    ) -> [u8; 8] {
+        let id = self.rng.id64();
+        let status = Status { code: if error { 2 } else { 0 }, ..Default::default() };
+        self.spans.entry(proc).or_default().push(Span {
+            trace_id: trace.to_vec(),
+            span_id: id.to_vec(),
+            parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: name.into(),
+            kind: kind as i32,
+            start_time_unix_nano: t,
+            end_time_unix_nano: t + (ms * 1e6) as u64,
+            attributes,
+            status: Some(status),
+            ..Default::default()
+        });
+        id
+    }
+
+    /// One page request: the app's client span, the gateway's server span,
+    /// and the service behind it. Returns whether it failed.
+    fn page(
+        &mut self,
+        session: &str,
+        device: usize,
+        region: usize,
+        method: &str,
+        route: &str,
+        t: u64,
+        resend: u32,
+    ) -> bool {
+        let trace = self.rng.id128();
+        let current = t >= self.onset;
+        let (os, mobile, _) = DEVICES[device];
+        let fails = match self.fault {
+            Fault::AndroidRetries if current && os == "android" && route == "/items/{id}" => 0.45,
+            Fault::MobileCheckout if current && mobile && route == "/checkout/shipping" => 0.35,
+            Fault::AndroidInEu if current && os == "android" && REGIONS[region] == "eu-west-1" && route == "/bag" => {
+                0.4
+            }
+            _ => 0.01,
+        };
+        let error = self.rng.chance(fails);
+        let backend = if route.starts_with("/checkout") || route == "/bag" { "orders" } else { "catalog" };
+        let inner_ms = self.rng.lognormal(18.0, 0.4);
+        let gateway_ms = inner_ms + self.rng.lognormal(4.0, 0.3);
+        let client_ms = gateway_ms + self.rng.lognormal(30.0, 0.3);
+        let mut client_attrs = vec![s("session.id", session), s("http.request.method", method)];
+        if resend > 0 {
+            client_attrs.push(kv("http.request.resend_count", Value::IntValue(i64::from(resend))));
+        }
+        let root = self.span(
+            Proc::App(device),
+            trace,
+            None,
+            method,
+            span::SpanKind::Client,
+            t,
+            client_ms,
+            error,
+            client_attrs,
+        );
+        let status = if error { 503 } else { 200 };
+        let server_attrs = vec![
+            s("session.id", session),
+            s("http.route", route),
+            s("http.request.method", method),
+            kv("http.response.status_code", Value::IntValue(status)),
+        ];
+        let t1 = t + 12_000_000;
+        let gw = self.span(
+            Proc::Backend("gateway", region),
+            trace,
+            Some(root),
+            &format!("{method} {route}"),
+            span::SpanKind::Server,
+            t1,
+            gateway_ms,
+            error,
+            server_attrs,
+        );
+        let inner = format!("/v2{route}");
+        let call = self.span(
+            Proc::Backend("gateway", region),
+            trace,
+            Some(gw),
+            method,
+            span::SpanKind::Client,
+            t1 + 1_000_000,
+            inner_ms + 1.0,
+            error,
+            vec![s("session.id", session), s("http.request.method", method)],
+        );
+        self.span(
+            Proc::Backend(backend, region),
+            trace,
+            Some(call),
+            &format!("{method} {inner}"),
+            span::SpanKind::Server,
+            t1 + 1_500_000,
+            inner_ms,
+            error,
+            vec![
+                s("session.id", session),
+                s("http.route", &inner),
+                s("http.request.method", method),
+                kv("http.response.status_code", Value::IntValue(status)),
+            ],
+        );
+        error
+    }
+
+    /// Requests a page; the Android app retries a failed GET up to twice.
+    /// Returns whether it finally failed, and when the session goes on.
+    fn visit(
+        &mut self,
+        session: &str,
+        device: usize,
+        region: usize,
+        method: &str,
+        route: &str,
+        mut t: u64,
+    ) -> (bool, u64) {
+        let mut failed = self.page(session, device, region, method, route, t, 0);
+        let mut attempt = 0;
+        while failed && DEVICES[device].0 == "android" && method == "GET" && attempt < 2 {
+            attempt += 1;
+            t += (self.rng.range(0.5, 2.0) * 1e9) as u64;
+            failed = self.page(session, device, region, method, route, t, attempt);
+        }
+        (failed, t + (self.rng.range(4.0, 40.0) * 1e9) as u64)
+    }
+
+    fn session(&mut self, n: u64, start: u64) {
+        let session = format!("s-{n:08x}");
+        let device = self.rng.weighted(&DEVICES.iter().map(|d| d.2).collect::<Vec<_>>());
+        let region = self.rng.below(REGIONS.len() as u64) as usize;
+        let mut t = start;
+        let searching = self.rng.chance(0.2);
+        let (_, next) = self.visit(&session, device, region, "GET", if searching { "/search" } else { "/" }, t);
+        t = next;
+        for _ in 0..1 + self.rng.below(4) {
+            let (_, next) = self.visit(&session, device, region, "GET", "/items/{id}", t);
+            t = next;
+        }
+        // About one session in nine checks out, through four steps.
+        if !self.rng.chance(0.11) {
+            return;
+        }
+        for (method, route) in [
+            ("POST", "/bag"),
+            ("POST", "/checkout/shipping"),
+            ("POST", "/checkout/payment"),
+            ("GET", "/checkout/receipt"),
+        ] {
+            let (failed, next) = self.visit(&session, device, region, method, route, t);
+            t = next;
+            if failed || !self.rng.chance(0.92) {
+                return;
+            }
+        }
+    }
+
+    fn take(&mut self) -> ExportTraceServiceRequest {
+        let resource_spans = std::mem::take(&mut self.spans)
+            .into_iter()
+            .map(|(proc, spans)| ResourceSpans {
+                resource: Some(proc.resource()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "opentelemetry.instrumentation.asgi".into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        ExportTraceServiceRequest { resource_spans }
+    }
+}
+
+struct Loaded {
+    _dir: tempfile::TempDir,
+    engine: QueryEngine,
+    rt: tokio::runtime::Runtime,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+fn load(fault: Fault, hours: f64, seed: u64) -> Loaded {
+    let end = DateTime::parse_from_rfc3339("2026-11-20T20:00:00Z").unwrap().with_timezone(&Utc);
+    let start = end - Duration::seconds((hours * 3600.0) as i64);
+    let onset = ns(start) + ((ns(end) - ns(start)) as f64 * ONSET) as u64;
+    let mut shop = Shop { rng: Rng::new(seed), fault, onset, spans: BTreeMap::new() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.durability = Durability::None;
+    let store = Store::open(cfg).unwrap();
+    let ingestor = Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), IngestConfig::default());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tenant = Tenant::default_tenant();
+    let sessions = (hours * 3600.0 * RATE) as u64;
+    let gap = (ns(end) - ns(start) - 1_800_000_000_000) / sessions;
+    for n in 0..sessions {
+        let jitter = shop.rng.below(gap);
+        shop.session(n, ns(start) + n * gap + jitter);
+        if n % 200 == 199 || n + 1 == sessions {
+            let req = shop.take();
+            rt.block_on(ingestor.export(&tenant, req)).unwrap();
+        }
+        if n % 4000 == 3999 {
+            store.flush().unwrap();
+        }
+    }
+    store.flush().unwrap();
+    let engine = QueryEngine::new(store, QueryLimits::default(), 2).unwrap();
+    Loaded { _dir: dir, engine, rt, start, end }
+}
+
+fn analyze(l: &Loaded, w: Windows) -> PassReport {
+    let analyzer = Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap();
+    l.rt.block_on(analyzer.pass(&Tenant::default_tenant(), w)).unwrap()
+}
+
+/// The baseline is the first 40% of the run, the current window the last 20%,
+/// all after the onset at 50%.
+fn fault_pass(fault: Fault) -> Vec<Finding> {
+    let l = load(fault, HOURS, 5);
+    let span = l.end - l.start;
+    let at = |f: f64| l.start + Duration::milliseconds((span.num_milliseconds() as f64 * f) as i64);
+    analyze(&l, Windows { baseline_start: l.start, baseline_end: at(0.4), split: at(0.8), end: l.end }).findings
+}
+
+fn describe(f: &Finding) -> String {
+    format!(
+        "{} {} {} {:?} effect={} p={:.1e} {:?} → {:?} linked={:?}",
+        f.kind,
+        f.service,
+        f.operation,
+        f.segment,
+        f.effect,
+        f.p_value,
+        f.baseline,
+        f.current,
+        f.evidence.linked.iter().map(|l| format!("{} {} {}", l.kind, l.service, l.operation)).collect::<Vec<_>>()
+    )
+}
+
+fn segment(pairs: &[(&str, serde_json::Value)]) -> BTreeMap<String, serde_json::Value> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+}
+
+#[test]
+fn retries_only_android_makes_are_reported_for_android_not_for_mobile() {
+    let findings = fault_pass(Fault::AndroidRetries);
+    let all: Vec<String> = findings.iter().map(describe).collect();
+    // The failures start in catalog, under the gateway's page: the retries are
+    // reported where they start, with the gateway's linked under them.
+    let retry =
+        findings.iter().find(|f| f.kind.as_str() == "retry").unwrap_or_else(|| panic!("no retry finding: {all:#?}"));
+    assert_eq!((retry.service.as_str(), retry.operation.as_str()), ("catalog", "GET /v2/items/{id}"), "{all:#?}");
+    assert_eq!(retry.segment, segment(&[("os.type", json!("android"))]), "{all:#?}");
+    assert!(
+        findings
+            .iter()
+            .all(|f| !f.segment.contains_key("browser.mobile") && f.segment.get("os.type") != Some(&json!("linux"))),
+        "a wider segment, or the servers' own OS: {all:#?}"
+    );
+    assert_eq!(findings.len(), 1, "{all:#?}");
+}
+
+#[test]
+fn a_checkout_drop_off_is_found_though_checkout_is_not_the_most_common_journey() {
+    let findings = fault_pass(Fault::MobileCheckout);
+    let all: Vec<String> = findings.iter().map(describe).collect();
+    let drop = findings
+        .iter()
+        .find(|f| f.kind.as_str() == "drop_off")
+        .unwrap_or_else(|| panic!("no drop-off finding: {all:#?}"));
+    assert_eq!((drop.service.as_str(), drop.operation.as_str()), ("gateway", "POST /checkout/shipping"), "{all:#?}");
+    assert_eq!(drop.segment, segment(&[("browser.mobile", json!(true))]), "{all:#?}");
+    let (b, c) = (drop.baseline["conversion"].as_f64().unwrap(), drop.current["conversion"].as_f64().unwrap());
+    assert!(b > 0.85 && c < 0.7, "shipping → payment {b} → {c}");
+    assert!(
+        drop.evidence.details["flow"].as_str().unwrap().contains("/checkout/payment"),
+        "{:?}",
+        drop.evidence.details
+    );
+    // The errors at that step explain it: they are its cause, not a finding of their own.
+    let cause = drop.evidence.cause.as_ref().expect("the failures behind it");
+    assert_eq!((cause.service.as_str(), cause.operation.as_str()), ("orders", "POST /v2/checkout/shipping"));
+    assert_eq!(findings.len(), 1, "{all:#?}");
+}
+
+#[test]
+fn an_effect_confined_to_a_pair_of_values_is_reported_for_the_pair() {
+    let findings = fault_pass(Fault::AndroidInEu);
+    let all: Vec<String> = findings.iter().map(describe).collect();
+    // Sessions whose add-to-bag fails leave: the drop-off is what users see,
+    // with the failures in orders as its cause.
+    let drop = findings
+        .iter()
+        .find(|f| f.kind.as_str() == "drop_off")
+        .unwrap_or_else(|| panic!("no drop-off finding: {all:#?}"));
+    assert_eq!((drop.service.as_str(), drop.operation.as_str()), ("gateway", "POST /bag"), "{all:#?}");
+    assert_eq!(
+        drop.segment,
+        segment(&[("cloud.region", json!("eu-west-1")), ("os.type", json!("android"))]),
+        "{all:#?}"
+    );
+    let cause = drop.evidence.cause.as_ref().expect("the failures behind it");
+    assert_eq!((cause.service.as_str(), cause.operation.as_str()), ("orders", "POST /v2/bag"));
+    assert_eq!(findings.len(), 1, "{all:#?}");
+}
+
+#[test]
+fn a_clean_day_of_the_second_shop_gives_no_finding() {
+    let l = load(Fault::None, 12.0, 7);
+    let mut found = Vec::new();
+    let mut from = l.start + Duration::hours(3);
+    while from < l.end {
+        let to = (from + Duration::hours(1)).min(l.end);
+        found.extend(analyze(&l, Windows::before(from, to, 3 * 3600)).findings.iter().map(describe));
+        from = to;
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
