@@ -63,14 +63,21 @@ pub async fn measure(
     incident: &TimeWindow,
 ) -> Result<Measured, RcaError> {
     let filter = subject_filter(top);
-    let from = baseline.start.min(incident.start);
-    let to = incident.end.max(baseline.end);
+    // The series runs from the baseline through the incident when the one
+    // leads into the other; a baseline from another time (a fault-free
+    // recording) is read for its numbers only.
+    let leads_in = baseline.end <= incident.start && incident.start - baseline.end <= incident.end - incident.start;
+    let from = if leads_in { baseline.start } else { incident.start };
+    let to = incident.end;
     let span_secs = (to - from).num_seconds().max(60);
     // About 60 points, at least 5 s each.
     let bucket_secs = (span_secs / 60).max(5);
     let q = format!(
         "SELECT CAST(s.start_time AS BIGINT) AS t, s.duration_ns, CASE WHEN s.status_code = 'error' THEN 1 ELSE 0 END AS err\n\
-         FROM spans s\nWHERE s.start_time >= {} AND s.start_time < {} AND {filter}\nLIMIT 500000",
+         FROM spans s\nWHERE ((s.start_time >= {} AND s.start_time < {}) OR (s.start_time >= {} AND s.start_time < {}))\n  \
+         AND {filter}\nLIMIT 500000",
+        sql::ts(baseline.start),
+        sql::ts(baseline.end),
         sql::ts(from),
         sql::ts(to)
     );
@@ -93,8 +100,8 @@ pub async fn measure(
                 side.1 += err;
             }
         }
-        let i = ((t - from_ns) / 1_000_000_000 / bucket_secs) as usize;
-        if let Some(b) = buckets.get_mut(i) {
+        let i = (t - from_ns) / 1_000_000_000 / bucket_secs;
+        if let Some(b) = usize::try_from(i).ok().and_then(|i| buckets.get_mut(i)) {
             b.0.push(ms);
             b.1 += err;
         }

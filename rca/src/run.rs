@@ -76,8 +76,10 @@ impl OpenIncident {
         if baseline.end <= baseline.start {
             return bad("baseline_end must be after baseline_start");
         }
-        if baseline.end > window.start {
-            return bad("the baseline must end before the incident window starts");
+        // Usually the minutes before; a fault-free recording from another
+        // time serves too, before or after, as long as it is not the incident.
+        if baseline.end > window.start && baseline.start < window.end {
+            return bad("the baseline must not overlap the incident window");
         }
         if let Some(t) = &self.title
             && t.len() > 300
