@@ -83,6 +83,14 @@ impl Proc {
     }
 }
 
+/// A session's client: its id, device and the region serving it.
+#[derive(Debug, Clone, Copy)]
+struct Who<'a> {
+    session: &'a str,
+    device: usize,
+    region: usize,
+}
+
 struct Shop {
     rng: Rng,
     fault: Fault,
@@ -95,7 +103,7 @@ fn ns(t: DateTime<Utc>) -> u64 {
 }
 
 impl Shop {
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "a span's fields, in the order OTLP gives them")]
     fn span(
         &mut self,
         proc: Proc,
@@ -127,16 +135,8 @@ impl Shop {
 
     /// One page request: the app's client span, the gateway's server span,
     /// and the service behind it. Returns whether it failed.
-    fn page(
-        &mut self,
-        session: &str,
-        device: usize,
-        region: usize,
-        method: &str,
-        route: &str,
-        t: u64,
-        resend: u32,
-    ) -> bool {
+    fn page(&mut self, who: &Who<'_>, method: &str, route: &str, t: u64, resend: u32) -> bool {
+        let Who { session, device, region } = *who;
         let trace = self.rng.id128();
         let current = t >= self.onset;
         let (os, mobile, _) = DEVICES[device];
@@ -220,21 +220,13 @@ impl Shop {
 
     /// Requests a page; the Android app retries a failed GET up to twice.
     /// Returns whether it finally failed, and when the session goes on.
-    fn visit(
-        &mut self,
-        session: &str,
-        device: usize,
-        region: usize,
-        method: &str,
-        route: &str,
-        mut t: u64,
-    ) -> (bool, u64) {
-        let mut failed = self.page(session, device, region, method, route, t, 0);
+    fn visit(&mut self, who: &Who<'_>, method: &str, route: &str, mut t: u64) -> (bool, u64) {
+        let mut failed = self.page(who, method, route, t, 0);
         let mut attempt = 0;
-        while failed && DEVICES[device].0 == "android" && method == "GET" && attempt < 2 {
+        while failed && DEVICES[who.device].0 == "android" && method == "GET" && attempt < 2 {
             attempt += 1;
             t += (self.rng.range(0.5, 2.0) * 1e9) as u64;
-            failed = self.page(session, device, region, method, route, t, attempt);
+            failed = self.page(who, method, route, t, attempt);
         }
         (failed, t + (self.rng.range(4.0, 40.0) * 1e9) as u64)
     }
@@ -243,12 +235,13 @@ impl Shop {
         let session = format!("s-{n:08x}");
         let device = self.rng.weighted(&DEVICES.iter().map(|d| d.2).collect::<Vec<_>>());
         let region = self.rng.below(REGIONS.len() as u64) as usize;
+        let who = Who { session: &session, device, region };
         let mut t = start;
         let searching = self.rng.chance(0.2);
-        let (_, next) = self.visit(&session, device, region, "GET", if searching { "/search" } else { "/" }, t);
+        let (_, next) = self.visit(&who, "GET", if searching { "/search" } else { "/" }, t);
         t = next;
         for _ in 0..1 + self.rng.below(4) {
-            let (_, next) = self.visit(&session, device, region, "GET", "/items/{id}", t);
+            let (_, next) = self.visit(&who, "GET", "/items/{id}", t);
             t = next;
         }
         // About one session in nine checks out, through four steps.
@@ -261,7 +254,7 @@ impl Shop {
             ("POST", "/checkout/payment"),
             ("GET", "/checkout/receipt"),
         ] {
-            let (failed, next) = self.visit(&session, device, region, method, route, t);
+            let (failed, next) = self.visit(&who, method, route, t);
             t = next;
             if failed || !self.rng.chance(0.92) {
                 return;

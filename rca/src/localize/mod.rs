@@ -619,6 +619,9 @@ mod tests {
         p.traces += 1;
     }
 
+    /// A [`Row`] whose span ids are built at run time.
+    type OwnedRow = (String, Option<String>, &'static str, &'static str, Kind, f64, f64);
+
     /// A small deterministic stream in [0, 1).
     fn noise(state: &mut u64) -> f64 {
         *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -663,7 +666,7 @@ mod tests {
             let mut p = Profile::default();
             let mut st = seed;
             for _ in 0..500 {
-                let mut rows: Vec<(String, Option<String>, &str, &str, Kind, f64, f64)> = Vec::new();
+                let mut rows: Vec<OwnedRow> = Vec::new();
                 let inv = inventory_ms * (0.9 + 0.2 * noise(&mut st));
                 rows.push(("root".into(), None, "api", "GET /cart", Kind::Server, 0.0, 40.0));
                 rows.push(("ci".into(), Some("root".into()), "api", "inventory.get", Kind::Client, 1.0, 2.0 + inv));
