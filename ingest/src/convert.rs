@@ -198,15 +198,38 @@ fn semconv_index(key: &str) -> Option<usize> {
     SEMCONV.iter().position(|s| s.attribute == key)
 }
 
+/// The names HTTP instrumentations used before the stable HTTP conventions
+/// (semantic conventions 1.21), which many still emit (the Python Flask and
+/// requests instrumentations, for one): each fills its column when the
+/// current name is absent, and is kept in `attributes` under its own name.
+const LEGACY: &[(&str, &str)] = &[
+    ("http.method", "http.request.method"),
+    ("http.status_code", "http.response.status_code"),
+    ("http.user_agent", "user_agent.original"),
+];
+
 /// Splits attributes into semantic-convention values (by `SEMCONV` index) and the rest.
 fn split_attributes(attrs: &[KeyValue], sem: &mut [Option<SemValue>]) -> Vec<(usize, Option<String>)> {
     let mut rest = Vec::new();
+    let mut current = vec![false; sem.len()];
     for (i, kv) in attrs.iter().enumerate() {
         let typed = semconv_index(&kv.key)
             .and_then(|idx| kv.value.as_ref().and_then(|v| sem_value(SEMCONV[idx].ty, v)).map(|v| (idx, v)));
         match typed {
-            Some((idx, v)) => sem[idx] = Some(v),
-            None => rest.push((i, kv.value.as_ref().and_then(any_value_string))),
+            Some((idx, v)) => {
+                sem[idx] = Some(v);
+                current[idx] = true;
+            }
+            None => {
+                let legacy = LEGACY.iter().find(|(old, _)| *old == kv.key).and_then(|(_, new)| semconv_index(new));
+                if let Some(idx) = legacy
+                    && !current[idx]
+                    && let Some(v) = kv.value.as_ref().and_then(|v| sem_value(SEMCONV[idx].ty, v))
+                {
+                    sem[idx] = Some(v);
+                }
+                rest.push((i, kv.value.as_ref().and_then(any_value_string)));
+            }
         }
     }
     rest
@@ -575,6 +598,31 @@ mod tests {
         assert_eq!(attrs.values().as_string::<i32>().value(0), "false");
         let res = col("resource_attributes");
         assert_eq!(res.as_map().keys().as_string::<i32>().value(0), "k8s.pod.name");
+    }
+
+    #[test]
+    fn pre_stable_http_names_fill_the_columns_when_the_current_ones_are_absent() {
+        let mut old = span(2);
+        old.attributes = vec![
+            kv("http.method", Value::StringValue("POST".into())),
+            kv("http.status_code", Value::IntValue(502)),
+            kv("http.route", Value::StringValue("/checkout/pay".into())),
+        ];
+        let mut both = span(3);
+        both.attributes =
+            vec![kv("http.response.status_code", Value::IntValue(200)), kv("http.status_code", Value::IntValue(500))];
+        let c =
+            convert_request(&request(vec![old, both]), &Tenant::default_tenant(), 0, SpanLimits::default()).unwrap();
+        let batch = c.batch.unwrap();
+        let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+        assert_eq!(col("http_request_method").as_string::<i32>().value(0), "POST");
+        assert_eq!(col("http_response_status_code").as_primitive::<Int64Type>().value(0), 502);
+        assert_eq!(col("http_response_status_code").as_primitive::<Int64Type>().value(1), 200, "the current name wins");
+        let attrs = col("attributes");
+        let map = attrs.as_map();
+        let entries = map.value(0);
+        let keys: Vec<&str> = entries.column(0).as_string::<i32>().iter().flatten().collect();
+        assert!(keys.contains(&"http.method"), "kept under its own name: {keys:?}");
     }
 
     #[test]
