@@ -143,7 +143,8 @@ impl Analyzer {
     }
 
     /// The aggregation queries a pass starts with, as run: every detector's SQL
-    /// over the windows (the drop-off funnel once per configured flow). For
+    /// over the windows (the drop-off funnels of every configured flow in one
+    /// query). For
     /// comparing engines on the same statements.
     pub fn detector_queries(&self, w: Windows) -> Vec<(String, String)> {
         let ctx = self.ctx(w);

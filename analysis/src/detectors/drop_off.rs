@@ -330,7 +330,7 @@ fn flow_of(j: &Judgement) -> Option<ResolvedFlow> {
 
 impl DropOff {
     /// The configured flows with the services serving their steps, else the
-    /// journey discovered from the baseline.
+    /// journeys discovered from the baseline.
     async fn flows(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Vec<ResolvedFlow>, AnalysisError> {
         if ctx.config.flows.is_empty() {
             return Ok(discover(&sql.rows(&journeys_query(ctx)).await?));

@@ -555,9 +555,7 @@ mod tests {
                 s3 + 3.0 + h3 / 2.0,
                 s3 + 3.0 + h3 / 2.0 + pricing,
             );
-            p.add_trace(&spans, p.traces as u32);
-            p.trace_ids.push(format!("{:032x}", p.traces));
-            p.traces += 1;
+            record(p, &spans);
         }
     }
 
@@ -597,6 +595,13 @@ mod tests {
         assert!(s[0].score > 0.9, "{s:#?}");
     }
 
+    /// Adds one trace to a profile under a made-up trace id.
+    fn record(p: &mut Profile, spans: &[Span]) {
+        p.add_trace(spans, p.traces as u32);
+        p.trace_ids.push(format!("{:032x}", p.traces));
+        p.traces += 1;
+    }
+
     /// A trace from `(id, parent, service, operation, kind, start ms, end ms)`.
     type Row<'a> = (&'a str, Option<&'a str>, &'a str, &'a str, Kind, f64, f64);
 
@@ -614,9 +619,7 @@ mod tests {
                 t1: (t1 * 1e6) as i64,
             })
             .collect();
-        p.add_trace(&spans, p.traces as u32);
-        p.trace_ids.push(format!("{:032x}", p.traces));
-        p.traces += 1;
+        record(p, &spans);
     }
 
     /// A [`Row`] whose span ids are built at run time.
