@@ -44,9 +44,12 @@ fn every_fault_of_the_lodging_system_is_localized_to_its_service() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let ingestor = Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), IngestConfig::default());
     let file = std::fs::File::open(dir.join("lodge.otlp.jsonl.gz")).unwrap();
-    for line in std::io::BufReader::new(flate2::read::GzDecoder::new(file)).lines() {
+    for (n, line) in std::io::BufReader::new(flate2::read::GzDecoder::new(file)).lines().enumerate() {
         let req: ExportTraceServiceRequest = serde_json::from_str(&line.unwrap()).unwrap();
         rt.block_on(ingestor.export(&tenant, req)).unwrap();
+        if n % 50 == 49 {
+            store.flush().unwrap();
+        }
     }
     store.flush().unwrap();
     let engine = QueryEngine::new(store, QueryLimits::default(), 2).unwrap();
