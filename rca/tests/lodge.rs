@@ -61,7 +61,7 @@ fn every_fault_of_the_lodging_system_is_localized_to_its_service() {
             .block_on(localize(&engine, &tenant, &baseline, &incident, &Scope::default(), None, &LocalizeLimits::default()))
             .unwrap();
         let top: Vec<String> =
-            loc.suspects.iter().take(3).map(|s| format!("{} {} {:?} {:.2}", s.service, s.operation, s.cause, s.score)).collect();
+            loc.suspects.iter().take(10).map(|s| format!("{} {} {:?} {:.2} {:?}", s.service, s.operation, s.cause, s.score, s.numbers)).collect();
         eprintln!("{} in {}: {top:?}", f.kind, f.service);
         if loc.suspects.first().map(|s| s.service.as_str()) != Some(f.service.as_str()) {
             misses.push(format!("{} in {}: {top:?}", f.kind, f.service));

@@ -161,6 +161,10 @@ pub fn rank(
             exemplars,
         });
     }
+    // A slowdown every service shares (a busy host, a noisy neighbour, the
+    // machine-wide side of CPU contention in one process) is the environment,
+    // not a culprit: each operation is judged by how much it slowed beyond it.
+    let common = common_slowdown(base, cur);
     for (key, c) in &cur.stats {
         let b = base.stats.get(key).unwrap_or(&empty);
         // Time: per call, scaled by calls per request.
@@ -178,12 +182,13 @@ pub fn rank(
         let body = if b.calls == 0 {
             c.quantile(0.5)
         } else {
-            [0.5, 0.75, 0.9].iter().map(|q| c.quantile(*q) - b.quantile(*q)).fold(0.0, f64::max)
+            [0.5, 0.75, 0.9].iter().map(|q| c.quantile(*q) - b.quantile(*q) * common).fold(0.0, f64::max)
         };
+        let beyond = shift - b.mean() * (common - 1.0);
         latency.push(Delta {
             key: key.clone(),
             per_request: shift * per_trace(c.calls),
-            strength: (shift - 2.0 * se).min(body).max(0.0) * per_trace(c.calls),
+            strength: (beyond - 2.0 * se).min(body).max(0.0) * per_trace(c.calls),
             p,
             base: b.mean(),
             cur: c.mean(),
@@ -280,36 +285,109 @@ pub fn rank(
     Localization { channel, suspects, root_ms, root_error_rate, traces: (base.traces, cur.traces), edges }
 }
 
+/// The factor by which the typical service's own time grew, 1 when it did not
+/// grow: for each service with enough calls in both windows, the median ratio of
+/// its operations' median own time (weighted by calls); then the median over
+/// services. Needs three services, so that one faulty service among them cannot
+/// set it.
+fn common_slowdown(base: &Profile, cur: &Profile) -> f64 {
+    const MIN_CALLS: u64 = 10;
+    let mut per_service: BTreeMap<&str, Vec<(f64, u64)>> = BTreeMap::new();
+    for (key, c) in &cur.stats {
+        let Key::Own { service, .. } = key else { continue };
+        let Some(b) = base.stats.get(key) else { continue };
+        let (qb, qc) = (b.quantile(0.5), c.quantile(0.5));
+        if b.calls < MIN_CALLS || c.calls < MIN_CALLS || qb <= 0.0 || !qc.is_finite() {
+            continue;
+        }
+        per_service.entry(service.as_ref()).or_default().push((qc / qb, c.calls));
+    }
+    let weighted_median = |mut v: Vec<(f64, u64)>| -> f64 {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let half = v.iter().map(|x| x.1).sum::<u64>() as f64 / 2.0;
+        let mut seen = 0.0;
+        for (r, n) in &v {
+            seen += *n as f64;
+            if seen >= half {
+                return *r;
+            }
+        }
+        v.last().map_or(1.0, |x| x.0)
+    };
+    let services: Vec<(f64, u64)> = per_service.into_values().map(|v| (weighted_median(v), 1)).collect();
+    if services.len() < 3 {
+        return 1.0;
+    }
+    weighted_median(services).max(1.0)
+}
+
 /// For each service, the share of its hops (by calls) whose time grew
-/// significantly: incoming as a callee, outgoing as a caller. A hop's growth is
-/// charged to the endpoint whose hops all grew.
+/// significantly: incoming as a callee, outgoing as a caller; and how much each
+/// hop grew per call. A hop's growth is charged to the endpoint whose other
+/// hops grew as much, else to the endpoint whose hops all grew.
 #[derive(Debug, Default)]
 struct HopOwners {
     inbound: HashMap<Arc<str>, f64>,
     outbound: HashMap<Arc<str>, f64>,
     /// How many distinct services on the other end of a service's grown hops.
     peers: HashMap<(bool, Arc<str>), usize>,
+    /// Every hop of the incident: (caller, callee, calls, growth per call in
+    /// ms, 0 where it did not grow significantly).
+    hops: Vec<(Arc<str>, Arc<str>, u64, f64)>,
 }
 
 impl HopOwners {
-    /// Whether the growth of the hop from `caller` to `callee` is the caller's:
-    /// more of its outgoing hops grew than the callee's incoming ones, or as
-    /// many, but towards more services.
-    fn callers(&self, caller: &Arc<str>, callee: &Arc<str>) -> bool {
-        let inbound = self.inbound.get(callee).copied().unwrap_or(0.0);
-        let outbound = self.outbound.get(caller).copied().unwrap_or(0.0);
-        let peers = |inbound: bool, s: &Arc<str>| self.peers.get(&(inbound, s.clone())).copied().unwrap_or(0);
-        outbound > inbound + 1e-9 || ((outbound - inbound).abs() <= 1e-9 && peers(false, caller) > peers(true, callee))
+    /// How much, per call, the hops on one side of a service grew, leaving out
+    /// those to or from `except`; `None` when it has no others.
+    fn others(&self, outgoing: bool, service: &Arc<str>, except: &Arc<str>) -> Option<f64> {
+        let (mut calls, mut growth) = (0u64, 0.0);
+        for (caller, callee, n, g) in &self.hops {
+            let (mine, other) = if outgoing { (caller, callee) } else { (callee, caller) };
+            if mine == service && other != except {
+                calls += n;
+                growth += *n as f64 * g;
+            }
+        }
+        (calls > 0).then(|| growth / calls as f64)
+    }
+
+    /// Whether the growth of the hop from `caller` to `callee`, `growth` ms per
+    /// call, is the caller's. An endpoint whose other hops grew by at least half
+    /// as much owns it (a slow caller delays every call it sends; a slow or
+    /// delayed callee every call it receives), the larger growth when both did;
+    /// when neither did, the hop itself is what slowed, and it is the callee's
+    /// unless the callee has other callers and the caller no other callees.
+    /// Without that evidence, more of the caller's outgoing hops grew than the
+    /// callee's incoming ones, or as many, but towards more services.
+    fn callers(&self, caller: &Arc<str>, callee: &Arc<str>, growth: f64) -> bool {
+        let out = self.others(true, caller, callee);
+        let inn = self.others(false, callee, caller);
+        let alike = |g: Option<f64>| g.is_some_and(|g| growth > 0.0 && g >= 0.5 * growth);
+        match (out, inn) {
+            (o, i) if alike(o) || alike(i) => o.unwrap_or(0.0) > i.unwrap_or(0.0),
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            _ => {
+                let inbound = self.inbound.get(callee).copied().unwrap_or(0.0);
+                let outbound = self.outbound.get(caller).copied().unwrap_or(0.0);
+                let peers = |inbound: bool, s: &Arc<str>| self.peers.get(&(inbound, s.clone())).copied().unwrap_or(0);
+                outbound > inbound + 1e-9
+                    || ((outbound - inbound).abs() <= 1e-9 && peers(false, caller) > peers(true, callee))
+            }
+        }
     }
 }
 
 fn hop_owners(_base: &Profile, cur: &Profile, latency: &[Delta]) -> HopOwners {
-    let grew: std::collections::HashSet<&Key> = latency.iter().map(|d| &d.key).collect();
+    let grew: HashMap<&Key, f64> = latency.iter().map(|d| (&d.key, (d.cur - d.base).max(0.0))).collect();
     let mut totals: HashMap<(bool, Arc<str>), (u64, u64)> = HashMap::new();
     let mut peers: HashMap<(bool, Arc<str>), std::collections::HashSet<Arc<str>>> = HashMap::new();
+    let mut owners = HopOwners::default();
     for (key, st) in &cur.stats {
         if let Key::Hop { caller, callee, .. } = key {
-            let grown = grew.contains(key);
+            let growth = grew.get(key).copied();
+            owners.hops.push((caller.clone(), callee.clone(), st.calls, growth.unwrap_or(0.0)));
+            let grown = growth.is_some();
             let g = if grown { st.calls } else { 0 };
             for (side, other) in [((true, callee.clone()), caller), ((false, caller.clone()), callee)] {
                 if grown {
@@ -321,7 +399,6 @@ fn hop_owners(_base: &Profile, cur: &Profile, latency: &[Delta]) -> HopOwners {
             }
         }
     }
-    let mut owners = HopOwners::default();
     for ((inbound, service), (g, n)) in totals {
         let share = g as f64 / n.max(1) as f64;
         if inbound {
@@ -382,7 +459,19 @@ fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile
             let outbound = hops.outbound.get(caller).copied().unwrap_or(0.0);
             numbers.insert("callee_hops_grown_share".into(), inbound);
             numbers.insert("caller_hops_grown_share".into(), outbound);
-            if hops.callers(caller, callee) {
+            let (out, inn) = (hops.others(true, caller, callee), hops.others(false, callee, caller));
+            if let Some(g) = out {
+                numbers.insert("caller_other_hops_growth_ms".into(), g);
+            }
+            if let Some(g) = inn {
+                numbers.insert("callee_other_hops_growth_ms".into(), g);
+            }
+            // How the other hops of each end moved, as the reason states it.
+            let other = |g: Option<f64>, whose: &str| match g {
+                Some(g) => format!("{whose} other hops grew {} per call", ms(g)),
+                None => format!("{whose} has no other hops"),
+            };
+            if hops.callers(caller, callee, d.cur - d.base) {
                 (
                     caller,
                     &outgoing,
@@ -390,11 +479,13 @@ fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile
                     format!(
                         "calls from {caller} to {callee} spend {} between client and server instead of {} \
                          while {callee} itself is no slower; {:.0}% of {caller}'s outgoing calls slowed this way, \
-                         only {:.0}% of {callee}'s incoming ones: the path out of {caller} is slow",
+                         {:.0}% of {callee}'s incoming ones ({}; {}): the path out of {caller} is slow",
                         ms(d.cur),
                         ms(d.base),
                         outbound * 100.0,
-                        inbound * 100.0
+                        inbound * 100.0,
+                        other(out, &format!("{caller}'s")),
+                        other(inn, &format!("{callee}'s")),
                     ),
                 )
             } else {
@@ -405,11 +496,13 @@ fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile
                     format!(
                         "callers wait {} between their client span and its server span instead of {} \
                          ({caller} → {callee}), {} more per request; {:.0}% of the calls into {callee} slowed \
-                         this way, so the hop to it is slow, not the callers",
+                         this way ({}; {}), so the hop to it is slow, not the callers",
                         ms(d.cur),
                         ms(d.base),
                         ms(d.per_request),
-                        inbound * 100.0
+                        inbound * 100.0,
+                        other(inn, &format!("{callee}'s")),
+                        other(out, &format!("{caller}'s")),
                     ),
                 )
             }
