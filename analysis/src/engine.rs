@@ -53,10 +53,11 @@ impl Windows {
     /// detection is off), spaced out evenly when that would be more than
     /// `replay_max_passes`. Each looks back as a live pass does: its current
     /// window and baseline may start before `from`.
-    pub fn replay(cfg: &AnalysisConfig, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Windows> {
+    pub fn replay(cfg: &AnalysisConfig, from: DateTime<Utc>, to: DateTime<Utc>, max_passes: Option<usize>) -> Vec<Windows> {
         let span = (to - from).num_seconds().max(1) as u64;
         let every = if cfg.interval_secs > 0 { cfg.interval_secs } else { 60 };
-        let step = chrono::Duration::seconds(every.max(span.div_ceil(cfg.replay_max_passes as u64)) as i64);
+        let most = max_passes.map_or(cfg.replay_max_passes, |m| m.clamp(1, cfg.replay_max_passes));
+        let step = chrono::Duration::seconds(every.max(span.div_ceil(most as u64)) as i64);
         let window = chrono::Duration::seconds(cfg.window_secs as i64);
         let mut out = Vec::new();
         let mut end = from;
@@ -134,8 +135,8 @@ impl Analyzer {
     }
 
     /// The passes continuous detection would have run over `(from, to]`.
-    pub fn replay(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Windows> {
-        Windows::replay(&self.config, from, to)
+    pub fn replay(&self, from: DateTime<Utc>, to: DateTime<Utc>, max_passes: Option<usize>) -> Vec<Windows> {
+        Windows::replay(&self.config, from, to, max_passes)
     }
 
     pub fn engine(&self) -> &QueryEngine {
@@ -433,14 +434,14 @@ mod tests {
                 + chrono::Duration::minutes(m)
         };
         let cfg = AnalysisConfig { interval_secs: 600, ..AnalysisConfig::default() };
-        let passes = Windows::replay(&cfg, t(0, 0), t(1, 0));
+        let passes = Windows::replay(&cfg, t(0, 0), t(1, 0), None);
         assert_eq!(passes.len(), 6, "every interval");
         assert_eq!(passes[0], Windows::before(t(0, 10) - chrono::Duration::minutes(30), t(0, 10), 3 * 3600));
         assert_eq!(passes.last().unwrap().end, t(1, 0));
-        let many = Windows::replay(&AnalysisConfig::default(), t(0, 0), t(24, 0));
+        let many = Windows::replay(&AnalysisConfig::default(), t(0, 0), t(24, 0), None);
         assert_eq!(many.len(), 48, "spaced out to replay_max_passes");
         assert_eq!(many[1].end - many[0].end, chrono::Duration::minutes(30));
         let off = AnalysisConfig { interval_secs: 0, ..AnalysisConfig::default() };
-        assert_eq!(Windows::replay(&off, t(0, 0), t(0, 5)).len(), 5, "a minute apart when continuous detection is off");
+        assert_eq!(Windows::replay(&off, t(0, 0), t(0, 5), None).len(), 5, "a minute apart when continuous detection is off");
     }
 }

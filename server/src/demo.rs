@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use andon_analysis::Windows;
 use andon_fixtures::export::{OtlpSender, Transport};
 use andon_fixtures::{SCENARIOS, SimConfig, Simulation};
 use andon_model::{FindingState, Tenant};
@@ -53,6 +52,9 @@ pub struct DemoArgs {
     #[arg(long)]
     no_live: bool,
 }
+
+/// The most detection passes the demo replays over its history.
+const DEMO_PASSES: usize = 8;
 
 /// Where the shop's traffic is at: the history is in, then live batches follow.
 struct Fed {
@@ -236,25 +238,24 @@ async fn summarize(
     // Flushed spans are what detection reads fastest; the rest is read from memory.
     let store = app.store.clone();
     tokio::task::spawn_blocking(move || store.flush()).await?.context("flushing the store")?;
-    // The history's first third, before any fault, is the baseline; its last
-    // quarter, when every fault of every scenario has started, is judged
-    // against it.
-    let span = truth.end - truth.start;
-    let at = |f: f64| truth.start + chrono::Duration::milliseconds((span.num_milliseconds() as f64 * f) as i64);
-    let windows = Windows { baseline_start: truth.start, baseline_end: at(0.35), split: at(0.75), end: truth.end };
-    let (report, incidents) = app
-        .backtest(tenant, windows, andon_web::pipeline::Incidents::Wait)
+    // What continuous detection would have reported over the history: its
+    // passes replayed, each looking back as a live pass does, spaced out to
+    // at most DEMO_PASSES so the demo is ready in a couple of minutes.
+    let replay = app
+        .replay(tenant, truth.start, truth.end, Some(DEMO_PASSES), andon_web::pipeline::Incidents::Wait)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.1))?;
-    let open: Vec<_> = report.findings.iter().filter(|f| f.state == FindingState::Open).collect();
+    let incidents = replay.incidents;
+    let open: Vec<_> = replay.findings.iter().filter(|f| f.state == FindingState::Open).collect();
     println!(
-        "detection: {} findings from {} statistical tests ({:.0}s)",
+        "detection: {} findings from {} statistical tests in {} replayed passes ({:.0}s)",
         open.len(),
-        report.tests,
+        replay.tests,
+        replay.passes,
         started.elapsed().as_secs_f64()
     );
     for f in &open {
-        println!("  {:<8} {}", f.severity.as_str(), f.summary);
+        println!("  {:<8} {}  (first seen {})", f.severity.as_str(), f.summary, f.first_seen.format("%H:%M"));
     }
     println!(
         "incidents: {} opened, each with its root-cause analysis ({:.0}s)",

@@ -114,7 +114,7 @@ async fn analyze(
     let Some((baseline_start, baseline_end)) = baseline else {
         // No baseline: what continuous detection would have reported over the
         // range, and when.
-        let replay = app.replay(&tenant, from, to).await?;
+        let replay = app.replay(&tenant, from, to, None, Incidents::Background).await?;
         return Ok(Json(json!({
             "findings": replay.findings,
             "passes": replay.passes,
