@@ -79,6 +79,10 @@ impl FindingsDb {
                 f.id = id;
                 f.first_seen = old.first_seen.min(f.first_seen);
                 f.last_seen = old.last_seen.max(f.last_seen);
+            } else {
+                // A new problem: its id names the tenant, so the same fault in two
+                // tenants (or a crafted one) never lands on one row.
+                f.id = format!("f-{}", andon_model::finding::stable_id(&[tenant.as_str(), &f.id]));
             }
             let body = serde_json::to_string(&f).map_err(|e| AnalysisError::Db(e.to_string()))?;
             tx.execute(
@@ -336,6 +340,21 @@ mod tests {
             first_seen: t,
             last_seen: t,
         }
+    }
+
+    #[test]
+    fn the_same_problem_seen_at_the_same_time_in_two_tenants_is_two_findings() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = FindingsDb::open(&dir.path().join("a.db")).unwrap();
+        let (a, b) = (Tenant::new("a").unwrap(), Tenant::new("b").unwrap());
+        let fa = db.record(&a, vec![finding(1000, "frontend")]).unwrap();
+        let mut other = finding(1000, "frontend");
+        other.summary = "b's".into();
+        let fb = db.record(&b, vec![other]).unwrap();
+        assert_ne!(fa[0].id, fb[0].id);
+        assert_eq!(db.get(&a, &fa[0].id).unwrap().unwrap().summary, "s", "b's pass did not overwrite a's finding");
+        assert_eq!(db.get(&b, &fb[0].id).unwrap().unwrap().summary, "b's");
+        assert!(db.get(&b, &fa[0].id).unwrap().is_none());
     }
 
     #[test]

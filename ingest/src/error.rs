@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use andon_model::auth::AuthError;
 use andon_model::{SinkError, TenantError};
 
 /// Why an export was not (fully) accepted. The receivers turn these into HTTP
@@ -16,6 +17,10 @@ pub enum IngestError {
     UnsupportedEncoding(String),
     #[error("invalid X-Scope-OrgID: {0}")]
     Tenant(#[from] TenantError),
+    /// Not authenticated (401, `UNAUTHENTICATED`) or not allowed (403,
+    /// `PERMISSION_DENIED`); a bad tenant header is a `Tenant`-like 400.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
     #[error("server is busy, retry after {}s", retry_after.as_secs())]
     Overloaded { retry_after: Duration },
     #[error("storage unavailable, retry later: {0}")]

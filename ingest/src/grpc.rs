@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use andon_model::Tenant;
+use andon_model::auth::AuthError;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 
 use crate::rpc::{RpcStatus, retry_info};
@@ -26,6 +28,9 @@ pub fn to_status(e: &IngestError) -> Status {
         | IngestError::Tenant(_)
         | IngestError::UnsupportedMediaType(_)
         | IngestError::UnsupportedEncoding(_) => Code::InvalidArgument,
+        IngestError::Auth(a) if a.unauthenticated() => Code::Unauthenticated,
+        IngestError::Auth(AuthError::BadTenant(_)) => Code::InvalidArgument,
+        IngestError::Auth(_) => Code::PermissionDenied,
         IngestError::TooLarge { .. } => Code::ResourceExhausted,
         IngestError::Overloaded { .. } | IngestError::Unavailable(_) => Code::Unavailable,
         IngestError::Internal(_) => Code::Internal,
@@ -47,8 +52,11 @@ impl TraceService for TraceReceiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let ing = &self.ingestor;
         let result = async {
-            let tenant =
-                Tenant::from_header(request.metadata().get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()))?;
+            // The interceptor (`service`) checked the caller before decoding.
+            let tenant = match request.extensions().get::<Tenant>() {
+                Some(t) => t.clone(),
+                None => tenant_of(ing, request.metadata())?,
+            };
             let size = request.get_ref().encoded_len();
             let permit = ing.reserve(size)?;
             ing.stats().add_request(size as u64);
@@ -140,13 +148,43 @@ pub fn otlp_status_codes<B>(resp: http::Response<B>) -> http::Response<MendedBod
     http::Response::from_parts(parts, MendedBody { inner })
 }
 
-/// The gRPC service, with its size limit and gzip accepted.
-pub fn service(ingestor: Arc<Ingestor>) -> TraceServiceServer<TraceReceiver> {
+fn tenant_of(ing: &Ingestor, metadata: &tonic::metadata::MetadataMap) -> Result<Tenant, IngestError> {
+    let authorization = metadata.get("authorization").map(|v| v.as_bytes());
+    ing.tenant_for(authorization, metadata.get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()))
+}
+
+/// The interceptor that checks the caller and its tenant from the metadata,
+/// before the message is decoded, and hands the tenant to the handler.
+#[derive(Debug, Clone)]
+pub struct Authenticate {
+    ingestor: Arc<Ingestor>,
+}
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        match tenant_of(&self.ingestor, request.metadata()) {
+            Ok(tenant) => {
+                request.extensions_mut().insert(tenant);
+                Ok(request)
+            }
+            Err(e) => {
+                self.ingestor.record_refused(&e);
+                Err(to_status(&e))
+            }
+        }
+    }
+}
+
+/// The gRPC service, with its size limit and gzip accepted, behind the
+/// interceptor that checks who calls.
+pub fn service(ingestor: Arc<Ingestor>) -> InterceptedService<TraceServiceServer<TraceReceiver>, Authenticate> {
     let limit = ingestor.config().max_grpc_message_bytes;
-    TraceServiceServer::new(TraceReceiver { ingestor })
+    let auth = Authenticate { ingestor: Arc::clone(&ingestor) };
+    let server = TraceServiceServer::new(TraceReceiver { ingestor })
         .max_decoding_message_size(limit)
         .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
+    InterceptedService::new(server, auth)
 }
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then drains in-flight

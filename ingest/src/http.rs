@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use andon_model::Tenant;
+use andon_model::auth::AuthError;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -96,6 +96,9 @@ fn status_of(e: &IngestError) -> (StatusCode, i32) {
         IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, code::INVALID_ARGUMENT)
         }
+        IngestError::Auth(a) if a.unauthenticated() => (StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED),
+        IngestError::Auth(AuthError::BadTenant(_)) => (StatusCode::BAD_REQUEST, code::INVALID_ARGUMENT),
+        IngestError::Auth(_) => (StatusCode::FORBIDDEN, code::PERMISSION_DENIED),
         IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED),
         IngestError::Overloaded { .. } | IngestError::Unavailable(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE)
@@ -121,6 +124,9 @@ fn error_response(e: &IngestError, encoding: Encoding) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
     if let Some(delay) = e.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(delay.as_secs().max(1)));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     resp
 }
@@ -172,7 +178,10 @@ async fn handle(
     body: Body,
 ) -> Result<ExportOutcome, IngestError> {
     let limit = ing.config().max_request_bytes;
-    let tenant = Tenant::from_header(headers.get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()))?;
+    let tenant = ing.tenant_for(
+        headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+        headers.get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()),
+    )?;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {

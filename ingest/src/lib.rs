@@ -20,6 +20,7 @@ mod stats;
 use std::sync::Arc;
 use std::time::Duration;
 
+use andon_model::auth::{Permission, Verifier};
 use andon_model::clock::Clock;
 use andon_model::{SpanSink, Tenant};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -42,6 +43,8 @@ pub struct IngestConfig {
     pub span_limits: SpanLimits,
     /// What `Retry-After` and `RetryInfo` suggest under overload.
     pub retry_after: Duration,
+    /// Who may export, and to which tenant; off (anyone, any tenant) by default.
+    pub auth: Arc<Verifier>,
 }
 
 impl Default for IngestConfig {
@@ -52,6 +55,7 @@ impl Default for IngestConfig {
             max_inflight_bytes: 64 << 20,
             span_limits: SpanLimits::default(),
             retry_after: Duration::from_secs(2),
+            auth: Arc::default(),
         }
     }
 }
@@ -91,6 +95,15 @@ impl Ingestor {
 
     pub fn stats(&self) -> &Arc<IngestStats> {
         &self.stats
+    }
+
+    /// The tenant an export goes to, once its `Authorization` value shows a
+    /// caller allowed to export there (`X-Scope-OrgID` names it; a pinned
+    /// token's own tenant when absent). Checked before the body is read.
+    pub fn tenant_for(&self, authorization: Option<&[u8]>, tenant: Option<&str>) -> Result<Tenant, IngestError> {
+        let auth = &self.config.auth;
+        let principal = auth.authenticate(authorization)?;
+        Ok(auth.authorize(principal.as_ref(), Permission::Ingest, tenant)?)
     }
 
     /// Reserves in-flight memory for a request of `encoded_bytes`, or refuses it.

@@ -16,11 +16,13 @@ pub enum RejectReason {
     Overloaded,
     Unavailable,
     Tenant,
+    /// No token, an unknown one, or one not allowed to export to the tenant.
+    Unauthorized,
     Internal,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Invalid,
         RejectReason::Duplicate,
         RejectReason::Malformed,
@@ -28,6 +30,7 @@ impl RejectReason {
         RejectReason::Overloaded,
         RejectReason::Unavailable,
         RejectReason::Tenant,
+        RejectReason::Unauthorized,
         RejectReason::Internal,
     ];
 
@@ -40,6 +43,7 @@ impl RejectReason {
             RejectReason::Overloaded => "overloaded",
             RejectReason::Unavailable => "unavailable",
             RejectReason::Tenant => "tenant",
+            RejectReason::Unauthorized => "unauthorized",
             RejectReason::Internal => "internal",
         }
     }
@@ -50,7 +54,10 @@ impl RejectReason {
                 RejectReason::Malformed
             }
             IngestError::TooLarge { .. } => RejectReason::TooLarge,
-            IngestError::Tenant(_) => RejectReason::Tenant,
+            IngestError::Tenant(_) | IngestError::Auth(andon_model::auth::AuthError::BadTenant(_)) => {
+                RejectReason::Tenant
+            }
+            IngestError::Auth(_) => RejectReason::Unauthorized,
             IngestError::Overloaded { .. } => RejectReason::Overloaded,
             IngestError::Unavailable(_) => RejectReason::Unavailable,
             IngestError::Internal(_) => RejectReason::Internal,
@@ -62,8 +69,8 @@ impl RejectReason {
 pub struct IngestStats {
     spans_received: AtomicU64,
     spans_accepted: AtomicU64,
-    spans_rejected: [AtomicU64; 8],
-    requests_refused: [AtomicU64; 8],
+    spans_rejected: [AtomicU64; 9],
+    requests_refused: [AtomicU64; 9],
     bytes_received: AtomicU64,
     requests: AtomicU64,
 }

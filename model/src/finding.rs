@@ -356,6 +356,19 @@ impl Finding {
     }
 }
 
+/// An id for a record that names its tenant among its `parts`: 128 bits of
+/// SHA-256 in hex. Unlike FNV, no one can craft a key in their own tenant
+/// whose id is another tenant's, so an upsert by id never crosses tenants.
+pub fn stable_id(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// FNV-1a, 64 bits: stable across releases and platforms, so ids derived from
 /// it survive upgrades.
 pub fn fnv1a(bytes: &[u8]) -> u64 {

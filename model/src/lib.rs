@@ -1,12 +1,13 @@
 //! Andon's data model: the Arrow schema of the `spans` table, the semantic-convention
 //! attributes that get columns of their own, tenants, change events with their gate
 //! evidence, the kinds of finding, incidents and their RCA, tickets, and the small statistics types shared by the
-//! ingest path, the store and the server.
+//! ingest path, the store and the server; and who may call (bearer tokens, roles, tenant pinning).
 //!
 //! This crate does no I/O. It is the one place where the span schema is defined, so
 //! the receivers that build span batches, the store that writes them to the WAL and
 //! to Parquet, and the SQL layer that reads them cannot disagree about a column.
 
+pub mod auth;
 pub mod change;
 pub mod clock;
 pub mod finding;

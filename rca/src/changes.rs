@@ -41,14 +41,8 @@ pub struct ChangesDb {
 /// The id of a deploy: the same service, version and environment is the same
 /// change.
 pub fn change_id(tenant: &Tenant, c: &ChangeEvent) -> String {
-    let key = format!(
-        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-        tenant.as_str(),
-        c.service,
-        c.version,
-        c.environment.as_deref().unwrap_or("")
-    );
-    format!("chg-{:016x}", andon_model::finding::fnv1a(key.as_bytes()))
+    let env = c.environment.as_deref().unwrap_or("");
+    format!("chg-{}", andon_model::finding::stable_id(&[tenant.as_str(), &c.service, &c.version, env]))
 }
 
 /// Refuses what would make the lineage misleading: empty names, oversized

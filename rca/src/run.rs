@@ -109,9 +109,8 @@ impl std::fmt::Debug for Rca {
 }
 
 fn incident_id(tenant: &Tenant, w: &TimeWindow, now: DateTime<Utc>) -> String {
-    let key =
-        format!("{}\u{1f}{}\u{1f}{}\u{1f}{}", tenant.as_str(), w.start, w.end, now.timestamp_nanos_opt().unwrap_or(0));
-    format!("inc-{:016x}", andon_model::finding::fnv1a(key.as_bytes()))
+    let (start, end, at) = (w.start.to_rfc3339(), w.end.to_rfc3339(), now.timestamp_nanos_opt().unwrap_or(0).to_string());
+    format!("inc-{}", andon_model::finding::stable_id(&[tenant.as_str(), &start, &end, &at]))
 }
 
 struct Steps(Vec<RcaStep>);

@@ -1,5 +1,6 @@
 //! The CLI's one client of a running server's API: which server and tenant
-//! (`--server`, `--tenant`), the tenant header, and the check every answer
+//! (`--server`, `--tenant`), the tenant header and the bearer token
+//! (`ANDON_TOKEN`), and the check every answer
 //! gets (a non-2xx answer becomes its `{"error": ...}` message).
 
 use andon_model::TENANT_HEADER;
@@ -15,6 +16,10 @@ pub struct Remote {
     /// Tenant (sent as X-Scope-OrgID).
     #[arg(long)]
     pub tenant: Option<String>,
+    /// Bearer token, when the server has auth on (read from the environment
+    /// only, so it never shows in `ps`).
+    #[arg(skip = std::env::var("ANDON_TOKEN").ok().filter(|t| !t.is_empty()))]
+    pub token: Option<String>,
 }
 
 /// Requests to one server as one tenant.
@@ -23,6 +28,7 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     tenant: Option<String>,
+    token: Option<String>,
 }
 
 impl Remote {
@@ -31,6 +37,7 @@ impl Remote {
             http: reqwest::Client::new(),
             base: self.server.trim_end_matches('/').to_owned(),
             tenant: self.tenant.clone(),
+            token: self.token.clone(),
         }
     }
 }
@@ -84,6 +91,9 @@ impl Api {
         let mut req = req.header("x-andon-client", "cli");
         if let Some(t) = &self.tenant {
             req = req.header(TENANT_HEADER, t);
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
         }
         let url = self.url(path);
         let resp = req.send().await.with_context(|| format!("connecting to {url}"))?;

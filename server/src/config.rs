@@ -29,6 +29,67 @@ pub struct RawConfig {
     pub analysis: AnalysisConfig,
     pub tickets: TicketingConfig,
     pub rca: andon_rca::RcaConfig,
+    pub auth: RawAuth,
+}
+
+/// `[[auth.tokens]]`: auth is on as soon as one is configured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawToken {
+    /// Who acts: the audit trail and the reviewer of a decision.
+    pub name: String,
+    /// `ingest`, `read`, `approve` or `admin`.
+    pub role: String,
+    /// Pins the token to one tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The environment variable that holds the token ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// ... or the hex SHA-256 of the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+}
+
+impl RawAuth {
+    /// The verifier every port shares; token values are read from their
+    /// variables here, once, and kept only as digests.
+    pub fn verifier(&self) -> anyhow::Result<andon_model::auth::Verifier> {
+        use andon_model::auth::{Principal, Role, TokenEntry, Verifier};
+        let mut entries = Vec::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let name = t.name.trim();
+            if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+                bail!("auth.tokens[{i}]: name must be 1 to 100 printable characters");
+            }
+            let role = Role::parse(&t.role).map_err(|e| anyhow::anyhow!("auth.tokens[{i}] ({name}): {e}"))?;
+            let tenant = t
+                .tenant
+                .as_deref()
+                .map(andon_model::Tenant::new)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("auth.tokens[{i}] ({name}): tenant: {e}"))?;
+            let principal = Principal { name: name.to_owned(), role, tenant };
+            let entry = match (&t.token_env, &t.token_sha256) {
+                (Some(var), None) => {
+                    let value = std::env::var(var).map_err(|_| {
+                        anyhow::anyhow!("auth.tokens[{i}] ({name}): the variable {var} that holds its token is not set")
+                    })?;
+                    TokenEntry::from_secret(principal, &value)
+                }
+                (None, Some(hex)) => TokenEntry::from_sha256(principal, hex),
+                _ => bail!("auth.tokens[{i}] ({name}): give exactly one of token_env and token_sha256"),
+            };
+            entries.push(entry.map_err(|e| anyhow::anyhow!("auth.tokens[{i}]: {e}"))?);
+        }
+        Verifier::new(entries).map_err(|e| anyhow::anyhow!("auth.tokens: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +114,9 @@ pub struct RawApi {
     pub query_max_rows: u64,
     pub query_timeout_secs: u64,
     pub query_threads: u64,
+    /// Host names the API port answers to besides IP addresses and
+    /// `localhost` (a `Host` it does not know is refused: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +158,7 @@ impl Default for RawConfig {
             analysis: AnalysisConfig::default(),
             tickets: TicketingConfig::default(),
             rca: andon_rca::RcaConfig::default(),
+            auth: RawAuth::default(),
         }
     }
 }
@@ -115,7 +180,13 @@ impl Default for RawOtlp {
 
 impl Default for RawApi {
     fn default() -> Self {
-        Self { addr: "127.0.0.1:4380".into(), query_max_rows: 10_000, query_timeout_secs: 30, query_threads: 2 }
+        Self {
+            addr: "127.0.0.1:4380".into(),
+            query_max_rows: 10_000,
+            query_timeout_secs: 30,
+            query_threads: 2,
+            allowed_hosts: Vec::new(),
+        }
     }
 }
 
@@ -166,6 +237,9 @@ pub struct Config {
     pub analysis: AnalysisConfig,
     pub tickets: andon_ticketing::Settings,
     pub rca: andon_rca::RcaConfig,
+    /// Who may call, on every port (the same as `ingest.auth`).
+    pub auth: std::sync::Arc<andon_model::auth::Verifier>,
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Applies `ANDON_*` variables from `vars` to the TOML table `doc`.
@@ -271,6 +345,7 @@ impl RawConfig {
             other => bail!("log.format must be \"text\" or \"json\", not {other:?}"),
         };
         let secs = |s: u64| (s > 0).then(|| s * 1_000_000_000);
+        let auth = std::sync::Arc::new(self.auth.verifier()?);
         let ingest = IngestConfig {
             max_request_bytes: size("otlp.max_request_bytes", self.otlp.max_request_bytes, 1024)?,
             max_grpc_message_bytes: size("otlp.max_grpc_message_bytes", self.otlp.max_grpc_message_bytes, 1024)?,
@@ -280,6 +355,7 @@ impl RawConfig {
                 max_future_ns: secs(self.otlp.max_span_future_secs),
             },
             retry_after: Duration::from_secs(self.otlp.retry_after_secs.max(1)),
+            auth: std::sync::Arc::clone(&auth),
         };
         if self.storage.flush_interval_secs == 0 {
             bail!("storage.flush_interval_secs must be at least 1");
@@ -321,6 +397,8 @@ impl RawConfig {
             },
             tickets,
             rca: self.rca,
+            auth,
+            allowed_hosts: self.api.allowed_hosts,
         })
     }
 }

@@ -72,6 +72,10 @@ impl Target {
                     if let Some(t) = tenant {
                         r = r.header(andon_model::TENANT_HEADER, t);
                     }
+                    // With auth on, an `ingest` token from the environment.
+                    if let Some(t) = std::env::var("ANDON_TOKEN").ok().filter(|t| !t.is_empty()) {
+                        r = r.bearer_auth(t);
+                    }
                     let resp = r.send().await;
                     let retry_in = match resp {
                         Ok(resp) if resp.status().is_success() => {

@@ -197,6 +197,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ingestor: Arc::clone(&ingestor),
         ready: AtomicBool::new(false),
         started: Instant::now(),
+        auth: Arc::clone(&config.auth),
+        sessions: Default::default(),
+        secure_cookies: false,
+        allowed_hosts: config.allowed_hosts.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_detection = stop_rx.clone();

@@ -62,6 +62,7 @@ pub struct Server {
     pub api: String,
     pub data_dir: PathBuf,
     extra_env: Vec<(String, String)>,
+    config: Option<PathBuf>,
 }
 
 impl Server {
@@ -74,10 +75,19 @@ impl Server {
     /// Starts a server with `ANDON_*` settings in its environment.
     pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let extra_env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        Self::spawn(data_dir, extra_env)
+        Self::spawn(data_dir, extra_env, None)
     }
 
-    fn spawn(data_dir: &Path, extra_env: Vec<(String, String)>) -> Server {
+    /// Starts a server with a configuration file (written beside the data
+    /// directory) and `ANDON_*` settings in its environment.
+    pub fn start_with_config(data_dir: &Path, toml: &str, env: &[(&str, &str)]) -> Server {
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, toml).expect("config written");
+        let extra_env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Self::spawn(data_dir, extra_env, Some(path))
+    }
+
+    fn spawn(data_dir: &Path, extra_env: Vec<(String, String)>, config: Option<PathBuf>) -> Server {
         let mut cmd = Command::new(andon_bin());
         // Every test server has an explicit retention. Tests replay fixed-date
         // history (`--end 2026-11-20T12:00:00Z`) so that their data is the same on
@@ -94,6 +104,9 @@ impl Server {
             .stderr(Stdio::inherit());
         for (k, v) in &extra_env {
             cmd.env(k, v);
+        }
+        if let Some(c) = &config {
+            cmd.arg("--config").arg(c);
         }
         let mut child = cmd.spawn().expect("andon starts");
         let stdout = child.stdout.take().expect("stdout piped");
@@ -121,6 +134,7 @@ impl Server {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             extra_env,
+            config,
         }
     }
 
@@ -167,13 +181,13 @@ impl Server {
     /// Starts the server again on the same data directory (new ports).
     pub fn restart(&mut self) {
         self.stop();
-        *self = Self::spawn(&self.data_dir.clone(), self.extra_env.clone());
+        *self = Self::spawn(&self.data_dir.clone(), self.extra_env.clone(), self.config.clone());
     }
 
     /// Starts it again after a kill.
     pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "respawn after kill or stop");
-        *self = Self::spawn(&self.data_dir.clone(), self.extra_env.clone());
+        *self = Self::spawn(&self.data_dir.clone(), self.extra_env.clone(), self.config.clone());
     }
 
     /// Runs SQL through `POST /api/v1/query`; panics on an error answer.

@@ -33,8 +33,7 @@ pub struct Draft {
 
 /// The ticket id of a fingerprint: one ticket per problem per tenant, for good.
 pub fn ticket_id(tenant: &Tenant, fingerprint: &str) -> String {
-    let key = format!("{}\u{1f}{fingerprint}", tenant.as_str());
-    format!("tk-{:016x}", andon_model::finding::fnv1a(key.as_bytes()))
+    format!("tk-{}", andon_model::finding::stable_id(&[tenant.as_str(), fingerprint]))
 }
 
 /// The first line of every body Andon posts: how the outbox recognises an

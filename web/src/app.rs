@@ -41,6 +41,14 @@ pub struct AppState {
     pub ingest_history: Arc<crate::ingest_history::IngestHistory>,
     pub ready: AtomicBool,
     pub started: Instant,
+    /// Who may call, shared with the OTLP ports (off with no token configured).
+    pub auth: Arc<andon_model::auth::Verifier>,
+    /// The UI's logged-in browsers.
+    pub sessions: crate::auth::Sessions,
+    /// Session cookies say `Secure` (the port serves TLS).
+    pub secure_cookies: bool,
+    /// Host names this port answers to besides IP addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A JSON error: `{"error": "..."}` with a lowercase message.
@@ -156,10 +164,20 @@ impl AppState {
     /// pass is, with findings not seen for `resolve_after_secs` resolved as
     /// they would have been. Returns each finding once, as stored after the
     /// last pass, with the time a pass first reported it (`first_seen`).
-    pub async fn replay(&self, tenant: &Tenant, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Replay, ApiError> {
+    /// `max_passes` may space the passes out further than the configured
+    /// `replay_max_passes`; `incidents` says whether each pass waits for the
+    /// incidents its findings open (they are returned when it does).
+    pub async fn replay(
+        &self,
+        tenant: &Tenant,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max_passes: Option<usize>,
+        incidents: Incidents,
+    ) -> Result<Replay, ApiError> {
         let started = Instant::now();
         let resolve_after = chrono::Duration::seconds(self.analyzer.config().resolve_after_secs as i64);
-        let passes = self.analyzer.replay(from, to);
+        let passes = self.analyzer.replay(from, to, max_passes);
         let mut out = Replay { passes: passes.len(), ..Replay::default() };
         let mut seen: Vec<String> = Vec::new();
         for w in passes {
@@ -172,8 +190,9 @@ impl AppState {
             }
             let after = self
                 .pipeline
-                .after_pass(tenant, report.findings, Some(w.end - resolve_after), Incidents::Background)
+                .after_pass(tenant, report.findings, Some(w.end - resolve_after), incidents)
                 .await?;
+            out.incidents.extend(after.incidents);
             for f in after.findings {
                 if !seen.contains(&f.id) {
                     seen.push(f.id);
@@ -198,6 +217,8 @@ pub struct Replay {
     /// Each finding once, in the order passes first reported them.
     pub findings: Vec<andon_model::Finding>,
     pub passes: usize,
+    /// Incidents the findings opened, when the passes waited for them.
+    pub incidents: Vec<andon_model::Incident>,
     /// Statistical tests made over every pass.
     pub tests: usize,
     pub flows: Vec<String>,

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod ingest_history;
 pub mod metrics;
 pub mod pipeline;

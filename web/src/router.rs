@@ -1,5 +1,6 @@
 //! The API port's one router: the REST API and the web UI over one state, with
-//! the body limit and the JSON 404 every unknown path gets.
+//! the auth layer every request passes, the body limit and the JSON 404 every
+//! unknown path gets.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .merge(crate::api::routes())
         .merge(crate::ui::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), crate::auth::layer))
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(app)
 }

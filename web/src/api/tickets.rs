@@ -11,11 +11,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::{ApiError, AppState, bad_request, blocking, internal, tenant_of};
+use crate::auth::Caller;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -72,26 +73,34 @@ async fn get_ticket(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Decision {
+    #[serde(default)]
     reviewer: String,
     note: Option<String>,
     reason: Option<String>,
     priority: Option<String>,
 }
 
-fn decision(body: &[u8]) -> Result<Decision, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| bad_request(format!("body must be {{\"reviewer\": \"...\", \"note\"|\"reason\": \"...\"}}: {e}")))
+/// The decision in a body. With auth on, the reviewer is the token's name and
+/// a body's `reviewer` is ignored.
+fn decision(body: &[u8], caller: Option<&Caller>) -> Result<Decision, ApiError> {
+    let mut d: Decision = serde_json::from_slice(body)
+        .map_err(|e| bad_request(format!("body must be {{\"reviewer\": \"...\", \"note\"|\"reason\": \"...\"}}: {e}")))?;
+    if let Some(name) = caller.and_then(Caller::name) {
+        d.reviewer = name.to_owned();
+    }
+    Ok(d)
 }
 
 /// The human gate: approve a pending draft, which queues it for its sink.
 async fn approve_ticket(
     State(app): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&headers)?;
-    let d = decision(&body)?;
+    let d = decision(&body, caller.as_deref())?;
     if d.reason.is_some() {
         return Err(bad_request("an approval takes a note, not a reason"));
     }
@@ -104,12 +113,13 @@ async fn approve_ticket(
 /// The human gate: reject a pending draft; its fingerprint stays quiet.
 async fn reject_ticket(
     State(app): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&headers)?;
-    let d = decision(&body)?;
+    let d = decision(&body, caller.as_deref())?;
     if d.priority.is_some() {
         return Err(bad_request("a rejection takes no priority"));
     }

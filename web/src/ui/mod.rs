@@ -13,6 +13,7 @@
 mod chart;
 mod findings;
 mod incidents;
+mod login;
 mod overview;
 mod sql;
 mod tickets;
@@ -58,6 +59,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/traces/{id}", get(traces::page_of))
         .route("/sql", get(sql::page_of))
         .route("/ui/style.css", get(style))
+        .route("/login", get(login::form).post(login::submit))
+        .route("/logout", post(login::logout))
 }
 
 async fn style() -> Response {
@@ -68,19 +71,23 @@ async fn style() -> Response {
 pub struct Viewer {
     pub tenant: Tenant,
     pub csrf: String,
+    /// Who is logged in, with auth on.
+    pub caller: Option<andon_model::auth::Principal>,
     /// Cookies to set with the response.
     set_cookies: Vec<String>,
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+use crate::auth::cookie;
+
+/// The tenant a page asks for: a `tenant` parameter switches it, then the one
+/// the browser remembers. (Then a proxy's `X-Scope-OrgID`, then `default`.)
+pub fn requested_tenant(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<String> {
+    let params: HashMap<String, String> = Query::try_from_uri(uri).map(|Query(p)| p).unwrap_or_default();
+    params
+        .get("tenant")
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .or_else(|| cookie(headers, "andon_tenant").map(str::to_owned))
 }
 
 fn new_token() -> Result<String, UiError> {
@@ -103,19 +110,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Viewer {
             }
         };
         // The tenant: a `tenant` parameter switches it (and is remembered), then
-        // the remembered one, then a proxy's `X-Scope-OrgID`, then `default`.
+        // the remembered one, then a proxy's `X-Scope-OrgID`, then `default`;
+        // the auth layer has already checked the caller may see it, and says
+        // which it is.
         let params: HashMap<String, String> = Query::try_from_uri(&parts.uri).map(|Query(p)| p).unwrap_or_default();
         let chosen = params.get("tenant").filter(|t| !t.is_empty());
-        let raw = chosen
-            .map(String::as_str)
-            .or_else(|| cookie(&parts.headers, "andon_tenant"))
-            .or_else(|| parts.headers.get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()));
-        let tenant =
-            Tenant::from_header(raw).map_err(|e| UiError(StatusCode::BAD_REQUEST, format!("invalid tenant: {e}")))?;
+        let tenant = match parts.extensions.get::<Tenant>() {
+            Some(t) => t.clone(),
+            None => {
+                let raw = requested_tenant(&parts.uri, &parts.headers);
+                let raw = raw.as_deref().or_else(|| parts.headers.get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()));
+                Tenant::from_header(raw).map_err(|e| UiError(StatusCode::BAD_REQUEST, format!("invalid tenant: {e}")))?
+            }
+        };
         if chosen.is_some() {
             set_cookies.push(format!("andon_tenant={}; Path=/; SameSite=Strict", tenant.as_str()));
         }
-        Ok(Viewer { tenant, csrf, set_cookies })
+        let caller = parts.extensions.get::<crate::auth::Caller>().and_then(|c| c.0.clone());
+        Ok(Viewer { tenant, csrf, set_cookies, caller })
     }
 }
 
@@ -178,7 +190,7 @@ impl IntoResponse for UiError {
             esc(self.0.canonical_reason().unwrap_or("")),
             esc(&self.1)
         );
-        let mut r = html_response(&layout("Error", Nav::None, &body, ""), &[]);
+        let mut r = html_response(&layout("Error", Nav::None, &body, "", None), &[]);
         *r.status_mut() = self.0;
         r
     }
@@ -196,7 +208,7 @@ pub enum Nav {
     None,
 }
 
-fn layout(title: &str, nav: Nav, body: &str, tenant: &str) -> String {
+fn layout(title: &str, nav: Nav, body: &str, tenant: &str, who: Option<&str>) -> String {
     let mut o = String::with_capacity(body.len() + 2048);
     let _ = write!(
         o,
@@ -226,6 +238,14 @@ fn layout(title: &str, nav: Nav, body: &str, tenant: &str) -> String {
             esc(tenant)
         );
     }
+    if let Some(who) = who {
+        let _ = write!(
+            o,
+            "<form class=\"tenant\" method=\"post\" action=\"/logout\"><span class=\"muted\">{}</span> \
+             <button type=\"submit\">log out</button></form>",
+            esc(who)
+        );
+    }
     let _ = write!(o, "</header><main>{body}</main></body></html>");
     o
 }
@@ -248,7 +268,8 @@ fn html_response(html: &str, cookies: &[String]) -> Response {
 
 /// A whole page for `viewer`.
 pub fn page(viewer: &Viewer, title: &str, nav: Nav, body: &str) -> Response {
-    html_response(&layout(title, nav, body, viewer.tenant.as_str()), &viewer.set_cookies)
+    let who = viewer.caller.as_ref().map(|p| p.name.as_str());
+    html_response(&layout(title, nav, body, viewer.tenant.as_str(), who), &viewer.set_cookies)
 }
 
 /// A redirect after a form post (303, so a reload does not post again).

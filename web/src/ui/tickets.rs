@@ -192,18 +192,24 @@ pub async fn detail(
             let sel = if pr == t.priority.to_string() { " selected" } else { "" };
             let _ = write!(options, "<option{sel}>{pr}</option>");
         }
+        // With auth on, the reviewer is whoever logged in.
+        let reviewer = match &viewer.caller {
+            Some(p) => format!("<p class=\"muted\">Deciding as <b>{}</b>.</p>", esc(&p.name)),
+            None => "<label>Reviewer <input name=\"reviewer\" required maxlength=\"100\" autocomplete=\"name\"></label>"
+                .to_owned(),
+        };
         let _ = write!(
             b,
             "<div class=\"decide\">\
              <form method=\"post\" action=\"/tickets/{id}/approve\" id=\"approve\">{csrf}\
              <h3>Approve and post</h3>\
-             <label>Reviewer <input name=\"reviewer\" required maxlength=\"100\" autocomplete=\"name\"></label>\
+             {reviewer}\
              <label>Priority <select name=\"priority\">{options}</select></label>\
              <label>Note <textarea name=\"note\" rows=\"2\" maxlength=\"4096\"></textarea></label>\
              <button class=\"primary\" type=\"submit\">Approve</button></form>\
              <form method=\"post\" action=\"/tickets/{id}/reject\" id=\"reject\">{csrf}\
              <h3>Reject</h3>\
-             <label>Reviewer <input name=\"reviewer\" required maxlength=\"100\" autocomplete=\"name\"></label>\
+             {reviewer}\
              <label>Reason <textarea name=\"reason\" rows=\"2\" required maxlength=\"4096\"></textarea></label>\
              <button class=\"danger\" type=\"submit\">Reject</button></form></div>",
             id = url_encode(&t.id),
@@ -259,6 +265,7 @@ pub async fn detail(
 #[derive(Debug, Deserialize)]
 pub struct DecisionForm {
     csrf: String,
+    #[serde(default)]
     reviewer: String,
     note: Option<String>,
     reason: Option<String>,
@@ -274,7 +281,8 @@ pub async fn approve(
 ) -> Result<Response, UiError> {
     viewer.check_post(&headers, &form.csrf)?;
     let note = form.note.filter(|n| !n.trim().is_empty());
-    let reviewer = form.reviewer;
+    // With auth on, the reviewer is who logged in, not what the form says.
+    let reviewer = viewer.caller.as_ref().map_or(form.reviewer, |p| p.name.clone());
     let priority = form
         .priority
         .filter(|p| !p.is_empty())
@@ -296,7 +304,7 @@ pub async fn reject(
     viewer.check_post(&headers, &form.csrf)?;
     // The gate refuses an empty reason and a bad reviewer name itself.
     let reason = form.reason.or(form.note).unwrap_or_default();
-    let reviewer = form.reviewer;
+    let reviewer = viewer.caller.as_ref().map_or(form.reviewer, |p| p.name.clone());
     let (tickets, t, tid) = (Arc::clone(&app.tickets), viewer.tenant.clone(), id.clone());
     blocking(move || tickets.reject(&t, &tid, &reviewer, &reason)).await?;
     Ok(see_other(&format!("/tickets/{}?done=rejected", url_encode(&id))))
