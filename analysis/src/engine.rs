@@ -53,7 +53,12 @@ impl Windows {
     /// detection is off), spaced out evenly when that would be more than
     /// `replay_max_passes`. Each looks back as a live pass does: its current
     /// window and baseline may start before `from`.
-    pub fn replay(cfg: &AnalysisConfig, from: DateTime<Utc>, to: DateTime<Utc>, max_passes: Option<usize>) -> Vec<Windows> {
+    pub fn replay(
+        cfg: &AnalysisConfig,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max_passes: Option<usize>,
+    ) -> Vec<Windows> {
         let span = (to - from).num_seconds().max(1) as u64;
         let every = if cfg.interval_secs > 0 { cfg.interval_secs } else { 60 };
         let most = max_passes.map_or(cfg.replay_max_passes, |m| m.clamp(1, cfg.replay_max_passes));
@@ -442,6 +447,10 @@ mod tests {
         assert_eq!(many.len(), 48, "spaced out to replay_max_passes");
         assert_eq!(many[1].end - many[0].end, chrono::Duration::minutes(30));
         let off = AnalysisConfig { interval_secs: 0, ..AnalysisConfig::default() };
-        assert_eq!(Windows::replay(&off, t(0, 0), t(0, 5), None).len(), 5, "a minute apart when continuous detection is off");
+        assert_eq!(
+            Windows::replay(&off, t(0, 0), t(0, 5), None).len(),
+            5,
+            "a minute apart when continuous detection is off"
+        );
     }
 }

@@ -230,10 +230,9 @@ impl Verifier {
         match (&p.tenant, named) {
             (Some(pinned), None) => Ok(pinned.clone()),
             (Some(pinned), Some(t)) if *pinned == t => Ok(t),
-            (Some(pinned), Some(t)) => Err(AuthError::Forbidden(format!(
-                "the token {:?} acts on tenant {pinned} only, not {t}",
-                p.name
-            ))),
+            (Some(pinned), Some(t)) => {
+                Err(AuthError::Forbidden(format!("the token {:?} acts on tenant {pinned} only, not {t}", p.name)))
+            }
             (None, named) => Ok(named.unwrap_or_else(Tenant::default_tenant)),
         }
     }

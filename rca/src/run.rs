@@ -109,7 +109,8 @@ impl std::fmt::Debug for Rca {
 }
 
 fn incident_id(tenant: &Tenant, w: &TimeWindow, now: DateTime<Utc>) -> String {
-    let (start, end, at) = (w.start.to_rfc3339(), w.end.to_rfc3339(), now.timestamp_nanos_opt().unwrap_or(0).to_string());
+    let (start, end, at) =
+        (w.start.to_rfc3339(), w.end.to_rfc3339(), now.timestamp_nanos_opt().unwrap_or(0).to_string());
     format!("inc-{}", andon_model::finding::stable_id(&[tenant.as_str(), &start, &end, &at]))
 }
 

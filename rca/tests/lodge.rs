@@ -58,10 +58,22 @@ fn every_fault_of_the_lodging_system_is_localized_to_its_service() {
         let baseline = TimeWindow { start: f.start - Duration::seconds(100), end: f.start - Duration::seconds(5) };
         let incident = TimeWindow { start: f.start, end: f.end };
         let (loc, _) = rt
-            .block_on(localize(&engine, &tenant, &baseline, &incident, &Scope::default(), None, &LocalizeLimits::default()))
+            .block_on(localize(
+                &engine,
+                &tenant,
+                &baseline,
+                &incident,
+                &Scope::default(),
+                None,
+                &LocalizeLimits::default(),
+            ))
             .unwrap();
-        let top: Vec<String> =
-            loc.suspects.iter().take(10).map(|s| format!("{} {} {:?} {:.2} {:?}", s.service, s.operation, s.cause, s.score, s.numbers)).collect();
+        let top: Vec<String> = loc
+            .suspects
+            .iter()
+            .take(10)
+            .map(|s| format!("{} {} {:?} {:.2} {:?}", s.service, s.operation, s.cause, s.score, s.numbers))
+            .collect();
         eprintln!("{} in {}: {top:?}", f.kind, f.service);
         if loc.suspects.first().map(|s| s.service.as_str()) != Some(f.service.as_str()) {
             misses.push(format!("{} in {}: {top:?}", f.kind, f.service));

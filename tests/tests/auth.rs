@@ -112,7 +112,10 @@ fn every_port_checks_the_token_its_role_and_its_tenant() {
             r
         };
         assert_eq!(c.export(req(None, None, 5)).await.unwrap_err().code(), Code::Unauthenticated);
-        assert_eq!(c.export(req(Some("nope-nope-nope-nope"), None, 5)).await.unwrap_err().code(), Code::Unauthenticated);
+        assert_eq!(
+            c.export(req(Some("nope-nope-nope-nope"), None, 5)).await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
         assert_eq!(c.export(req(Some(APPROVE), None, 5)).await.unwrap_err().code(), Code::PermissionDenied);
         assert_eq!(c.export(req(Some(INGEST), Some("bank"), 5)).await.unwrap_err().code(), Code::PermissionDenied);
         assert!(c.export(req(Some(INGEST), None, 6)).await.is_ok());
@@ -154,9 +157,8 @@ fn every_port_checks_the_token_its_role_and_its_tenant() {
     assert_eq!(analyze(READ), StatusCode::FORBIDDEN);
     assert_eq!(analyze(APPROVE), StatusCode::OK);
     let change = json!({"service": "cart", "version": "1.2.3", "deployed_at": now.to_rfc3339()});
-    let post_change = |token: &str| {
-        client().post(server.api_url("/api/v1/changes")).bearer_auth(token).json(&change).send().unwrap()
-    };
+    let post_change =
+        |token: &str| client().post(server.api_url("/api/v1/changes")).bearer_auth(token).json(&change).send().unwrap();
     assert_eq!(post_change(READ).status(), StatusCode::FORBIDDEN);
     let resp = post_change(INGEST);
     assert!(resp.status().is_success(), "{:?}", resp.text());

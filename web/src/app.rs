@@ -188,10 +188,8 @@ impl AppState {
                     out.flows.push(flow);
                 }
             }
-            let after = self
-                .pipeline
-                .after_pass(tenant, report.findings, Some(w.end - resolve_after), incidents)
-                .await?;
+            let after =
+                self.pipeline.after_pass(tenant, report.findings, Some(w.end - resolve_after), incidents).await?;
             out.incidents.extend(after.incidents);
             for f in after.findings {
                 if !seen.contains(&f.id) {

@@ -151,16 +151,18 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
         _ => host,
     };
     let bare = name.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<std::net::IpAddr>().is_ok() || bare == "localhost" || allowed.iter().any(|a| a.eq_ignore_ascii_case(bare))
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || bare == "localhost"
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(bare))
 }
 
 /// Checks a state-changing request's origin and content type.
 fn check_write(headers: &HeaderMap, path: &str) -> Result<(), &'static str> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        if origin == "null" || host_of(origin) != host {
-            return Err("cross-origin requests that change state are refused");
-        }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && (origin == "null" || host_of(origin) != host)
+    {
+        return Err("cross-origin requests that change state are refused");
     }
     if !is_ui(path) && path != "/api/v1/webhooks/github" {
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -241,7 +243,8 @@ mod tests {
     #[test]
     fn only_addresses_and_listed_names_are_hosts_this_server_answers_to() {
         let listed = vec!["andon.internal".to_owned()];
-        for ok in ["127.0.0.1:4380", "localhost:4380", "[::1]:4380", "10.0.0.7", "andon.internal:443", "ANDON.internal"] {
+        for ok in ["127.0.0.1:4380", "localhost:4380", "[::1]:4380", "10.0.0.7", "andon.internal:443", "ANDON.internal"]
+        {
             assert!(host_allowed(ok, &listed), "{ok}");
         }
         for bad in ["attacker.example:4380", "andon.internal.attacker.example", "localhost.attacker.example"] {
@@ -267,6 +270,9 @@ mod tests {
         let same = (header::ORIGIN, "http://127.0.0.1:4380");
         assert!(check_write(&h(&[json, host.clone(), same]), "/api/v1/analyze").is_ok());
         // UI forms are form-encoded; their CSRF token is checked by the form.
-        assert!(check_write(&h(&[(header::CONTENT_TYPE, "application/x-www-form-urlencoded"), host]), "/tickets/t/approve").is_ok());
+        assert!(
+            check_write(&h(&[(header::CONTENT_TYPE, "application/x-www-form-urlencoded"), host]), "/tickets/t/approve")
+                .is_ok()
+        );
     }
 }

@@ -83,8 +83,9 @@ struct Decision {
 /// The decision in a body. With auth on, the reviewer is the token's name and
 /// a body's `reviewer` is ignored.
 fn decision(body: &[u8], caller: Option<&Caller>) -> Result<Decision, ApiError> {
-    let mut d: Decision = serde_json::from_slice(body)
-        .map_err(|e| bad_request(format!("body must be {{\"reviewer\": \"...\", \"note\"|\"reason\": \"...\"}}: {e}")))?;
+    let mut d: Decision = serde_json::from_slice(body).map_err(|e| {
+        bad_request(format!("body must be {{\"reviewer\": \"...\", \"note\"|\"reason\": \"...\"}}: {e}"))
+    })?;
     if let Some(name) = caller.and_then(Caller::name) {
         d.reviewer = name.to_owned();
     }

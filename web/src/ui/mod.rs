@@ -119,8 +119,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Viewer {
             Some(t) => t.clone(),
             None => {
                 let raw = requested_tenant(&parts.uri, &parts.headers);
-                let raw = raw.as_deref().or_else(|| parts.headers.get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()));
-                Tenant::from_header(raw).map_err(|e| UiError(StatusCode::BAD_REQUEST, format!("invalid tenant: {e}")))?
+                let raw = raw
+                    .as_deref()
+                    .or_else(|| parts.headers.get(andon_model::TENANT_HEADER).and_then(|v| v.to_str().ok()));
+                Tenant::from_header(raw)
+                    .map_err(|e| UiError(StatusCode::BAD_REQUEST, format!("invalid tenant: {e}")))?
             }
         };
         if chosen.is_some() {

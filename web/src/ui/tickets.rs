@@ -195,8 +195,10 @@ pub async fn detail(
         // With auth on, the reviewer is whoever logged in.
         let reviewer = match &viewer.caller {
             Some(p) => format!("<p class=\"muted\">Deciding as <b>{}</b>.</p>", esc(&p.name)),
-            None => "<label>Reviewer <input name=\"reviewer\" required maxlength=\"100\" autocomplete=\"name\"></label>"
-                .to_owned(),
+            None => {
+                "<label>Reviewer <input name=\"reviewer\" required maxlength=\"100\" autocomplete=\"name\"></label>"
+                    .to_owned()
+            }
         };
         let _ = write!(
             b,
