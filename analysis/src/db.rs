@@ -31,6 +31,33 @@ fn db_err(e: rusqlite::Error) -> AnalysisError {
     AnalysisError::Db(e.to_string())
 }
 
+/// An open finding of `f`'s kind on `f`'s service and operation, under another
+/// segment, whose problem was already on before `f`'s baseline ended.
+fn seen_through_its_baseline(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &Tenant,
+    f: &Finding,
+) -> Result<Option<Finding>, AnalysisError> {
+    let mut st = tx
+        .prepare(
+            "SELECT body FROM findings WHERE tenant = ?1 AND kind = ?2 AND service = ?3 AND state = 'open'
+             AND fingerprint != ?4 ORDER BY first_seen",
+        )
+        .map_err(db_err)?;
+    let bodies: Vec<String> = st
+        .query_map(params![tenant.as_str(), f.kind.as_str(), f.service, f.fingerprint], |r| r.get(0))
+        .map_err(db_err)?
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    for body in bodies {
+        let old: Finding = serde_json::from_str(&body).map_err(|e| AnalysisError::Db(e.to_string()))?;
+        if old.operation == f.operation && old.window.start < f.baseline_window.end {
+            return Ok(Some(old));
+        }
+    }
+    Ok(None)
+}
+
 impl FindingsDb {
     pub fn open(path: &Path) -> Result<Self, AnalysisError> {
         let conn = andon_sqlite::open(
@@ -79,6 +106,25 @@ impl FindingsDb {
                 f.id = id;
                 f.first_seen = old.first_seen.min(f.first_seen);
                 f.last_seen = old.last_seen.max(f.last_seen);
+            } else if let Some(mut old) = seen_through_its_baseline(&tx, tenant, &f)? {
+                // The same kind of problem on the same operation, already open
+                // while this pass's baseline was taken: the baseline holds that
+                // problem, so another segment standing out against it is that
+                // problem again, not a new one. It counts as a sighting.
+                old.last_seen = old.last_seen.max(f.last_seen);
+                tx.execute(
+                    "UPDATE findings SET last_seen = ?1, body = ?2 WHERE id = ?3",
+                    params![
+                        time(old.last_seen),
+                        serde_json::to_string(&old).map_err(|e| AnalysisError::Db(e.to_string()))?,
+                        old.id
+                    ],
+                )
+                .map_err(db_err)?;
+                if !out.iter().any(|o: &Finding| o.id == old.id) {
+                    out.push(old);
+                }
+                continue;
             } else {
                 // A new problem: its id names the tenant, so the same fault in two
                 // tenants (or a crafted one) never lands on one row.
@@ -340,6 +386,40 @@ mod tests {
             first_seen: t,
             last_seen: t,
         }
+    }
+
+    #[test]
+    fn another_segment_against_a_baseline_that_holds_an_open_problem_is_that_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = FindingsDb::open(&dir.path().join("a.db")).unwrap();
+        let t = Tenant::default_tenant();
+        let at = |s: i64| Utc.timestamp_opt(s, 0).unwrap();
+        let with_segment = |seen: i64, value: &str, window: (i64, i64), baseline: (i64, i64)| {
+            let mut f = finding(seen, "frontend");
+            f.segment.insert("os.type".into(), serde_json::json!(value));
+            f.fingerprint = Finding::fingerprint_of(f.kind, &f.service, &f.operation, &f.segment);
+            f.id = format!("{}-{seen}", f.fingerprint);
+            f.window = TimeWindow { start: at(window.0), end: at(window.1) };
+            f.baseline_window = TimeWindow { start: at(baseline.0), end: at(baseline.1) };
+            f
+        };
+        // Android sessions fail from 1000; a pass at 1600 reports it.
+        let first = db.record(&t, vec![with_segment(1600, "android", (1000, 1600), (0, 1000))]).unwrap();
+        // Hours later the baseline (to 5000) holds the problem, and Windows
+        // sessions stand out against it: the same problem, seen again.
+        let later = db.record(&t, vec![with_segment(5600, "windows", (5000, 5600), (0, 5000))]).unwrap();
+        assert_eq!(later[0].id, first[0].id);
+        assert_eq!(later[0].segment["os.type"], "android");
+        assert_eq!(later[0].last_seen.timestamp(), 5600);
+        assert_eq!(db.list(&t, &FindingFilter::default()).unwrap().len(), 1);
+        // A segment whose baseline ended before the open problem began is news.
+        let mut other = Tenant::new("other").unwrap();
+        db.record(&other, vec![with_segment(1600, "android", (1000, 1600), (0, 1000))]).unwrap();
+        let news = db.record(&other, vec![with_segment(1500, "ios", (900, 1500), (0, 900))]).unwrap();
+        assert_eq!(news[0].segment["os.type"], "ios");
+        assert_eq!(db.list(&other, &FindingFilter::default()).unwrap().len(), 2);
+        other = t;
+        assert_eq!(db.list(&other, &FindingFilter::default()).unwrap().len(), 1);
     }
 
     #[test]

@@ -799,6 +799,96 @@ mod tests {
         assert!(s.iter().all(|x| x.operation != "SELECT accounts" || x.score < s[0].score), "{s:#?}");
     }
 
+    /// Spans from owned rows, as [`push`] takes them.
+    fn push_owned(p: &mut Profile, rows: &[OwnedRow]) {
+        let view: Vec<Row<'_>> = rows
+            .iter()
+            .map(|(id, parent, svc, op, kind, t0, t1)| (id.as_str(), parent.as_deref(), *svc, *op, *kind, *t0, *t1))
+            .collect();
+        push(p, &view);
+    }
+
+    #[test]
+    fn a_slowdown_every_service_shares_does_not_outrank_the_service_that_slowed() {
+        // CPU contention in `billing`, called on one request in twenty, triples
+        // its own time; the busy machine also makes every other service 30%
+        // slower, which adds more per request than billing does, since each of
+        // them is called on every request.
+        let build = |common: f64, billing: f64, seed: u64| {
+            let mut p = Profile::default();
+            let mut st = seed;
+            for i in 0..800 {
+                let mut rows: Vec<OwnedRow> = Vec::new();
+                let mut t = 1.0;
+                let mut kids = Vec::new();
+                for svc in ["rooms", "rates", "search", "reviews"] {
+                    let own = 5.0 * common * (0.9 + 0.2 * noise(&mut st));
+                    kids.push((svc, t, own));
+                    t += own + 1.0;
+                }
+                if i % 20 == 0 {
+                    let own = 10.0 * billing * (0.9 + 0.2 * noise(&mut st));
+                    kids.push(("billing", t, own));
+                    t += own + 1.0;
+                }
+                let end = t + 2.0 * common;
+                rows.push(("root".into(), None, "gateway", "GET /stay", Kind::Server, 0.0, end));
+                for (k, (svc, t0, own)) in kids.into_iter().enumerate() {
+                    rows.push((
+                        format!("c{k}"),
+                        Some("root".into()),
+                        "gateway",
+                        "GET",
+                        Kind::Client,
+                        t0,
+                        t0 + own + 0.4,
+                    ));
+                    rows.push((
+                        format!("s{k}"),
+                        Some(format!("c{k}")),
+                        svc,
+                        "handle",
+                        Kind::Server,
+                        t0 + 0.2,
+                        t0 + 0.2 + own,
+                    ));
+                }
+                push_owned(&mut p, &rows);
+            }
+            p
+        };
+        let s = rank(&build(1.0, 1.0, 1), &build(1.3, 3.0, 2), None, None, &LocalizeLimits::default()).suspects;
+        assert_eq!(s[0].service, "billing", "{s:#?}");
+    }
+
+    #[test]
+    fn a_hop_that_alone_grew_is_the_callees_though_every_hop_of_the_caller_slowed_a_little() {
+        // `rates` is slow to take calls (its server span starts 30 ms after the
+        // client's); the gateway's call to `rooms` is a millisecond slower
+        // too, on a busier machine. Every outgoing hop of the gateway grew, and
+        // every incoming hop of rates: only the size says whose it is.
+        let build = |rates_hop: f64, rooms_hop: f64, seed: u64| {
+            let mut p = Profile::default();
+            let mut st = seed;
+            for _ in 0..400 {
+                let (a, b) = (rooms_hop * (0.9 + 0.2 * noise(&mut st)), rates_hop * (0.9 + 0.2 * noise(&mut st)));
+                let end = 4.0 + a.max(b) + 4.0;
+                let rows: Vec<OwnedRow> = vec![
+                    ("root".into(), None, "gateway", "GET /stay", Kind::Server, 0.0, end),
+                    ("c1".into(), Some("root".into()), "gateway", "GET", Kind::Client, 1.0, 1.0 + a + 3.0),
+                    ("s1".into(), Some("c1".into()), "rooms", "GET /rooms", Kind::Server, 1.0 + a, 1.0 + a + 3.0),
+                    ("c2".into(), Some("root".into()), "gateway", "GET", Kind::Client, 1.0, 1.0 + b + 3.0),
+                    ("s2".into(), Some("c2".into()), "rates", "GET /quote", Kind::Server, 1.0 + b, 1.0 + b + 3.0),
+                ];
+                push_owned(&mut p, &rows);
+            }
+            p
+        };
+        let s = rank(&build(2.0, 2.0, 1), &build(32.0, 3.0, 2), None, None, &LocalizeLimits::default()).suspects;
+        assert_eq!((s[0].service.as_str(), s[0].cause), ("rates", SuspectCause::Network), "{s:#?}");
+        assert!(s.iter().all(|x| x.service != "gateway" || x.score < s[0].score), "{s:#?}");
+    }
+
     #[test]
     fn a_suspect_is_named_when_requests_slowed_on_a_short_baseline() {
         // Five requests on each side: every one slower because `search` is,
