@@ -117,6 +117,11 @@ pub struct RawApi {
     /// Host names the API port answers to besides IP addresses and
     /// `localhost` (a `Host` it does not know is refused: DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// Incidents, and separately analyses, each tenant may start through the
+    /// API per minute (429 past it); 0 is no limit.
+    pub opened_per_minute: u32,
+    /// The longest range `/api/v1/analyze` covers, baseline included.
+    pub max_analyze_range_hours: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +191,8 @@ impl Default for RawApi {
             query_timeout_secs: 30,
             query_threads: 2,
             allowed_hosts: Vec::new(),
+            opened_per_minute: 30,
+            max_analyze_range_hours: 7 * 24,
         }
     }
 }
@@ -240,6 +247,8 @@ pub struct Config {
     /// Who may call, on every port (the same as `ingest.auth`).
     pub auth: std::sync::Arc<andon_model::auth::Verifier>,
     pub allowed_hosts: Vec<String>,
+    pub opened_per_minute: u32,
+    pub max_analyze_range_hours: u64,
 }
 
 /// Applies `ANDON_*` variables from `vars` to the TOML table `doc`.
@@ -399,6 +408,13 @@ impl RawConfig {
             rca: self.rca,
             auth,
             allowed_hosts: self.api.allowed_hosts,
+            opened_per_minute: self.api.opened_per_minute,
+            max_analyze_range_hours: {
+                if self.api.max_analyze_range_hours == 0 {
+                    bail!("api.max_analyze_range_hours must be at least 1");
+                }
+                self.api.max_analyze_range_hours
+            },
         })
     }
 }

@@ -201,6 +201,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         sessions: Default::default(),
         secure_cookies: false,
         allowed_hosts: config.allowed_hosts.clone(),
+        limits: andon_web::limits::RateLimits::new(config.opened_per_minute),
+        max_analyze_range: chrono::Duration::hours(config.max_analyze_range_hours as i64),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_detection = stop_rx.clone();

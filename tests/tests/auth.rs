@@ -239,3 +239,41 @@ fn the_ui_asks_for_a_token_once_and_keeps_a_session() {
     let after = client().get(server.api_url("/tickets")).header("cookie", &session).send().unwrap();
     assert_eq!(after.status(), StatusCode::SEE_OTHER, "the session ended");
 }
+
+#[test]
+fn incidents_and_analyses_opened_through_the_api_are_rate_limited_per_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(&dir.path().join("data"), &[("ANDON_API_OPENED_PER_MINUTE", "2")]);
+    let now = chrono::Utc::now();
+    let range = json!({"from": (now - chrono::Duration::minutes(10)).to_rfc3339(), "to": now.to_rfc3339()});
+    let analyze = |tenant: &str| {
+        client().post(server.api_url("/api/v1/analyze")).header("x-scope-orgid", tenant).json(&range).send().unwrap()
+    };
+    assert_eq!(analyze("shop").status(), StatusCode::OK);
+    assert_eq!(analyze("shop").status(), StatusCode::OK);
+    let third = analyze("shop");
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = third.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    // Another tenant has its own allowance.
+    assert_eq!(analyze("bank").status(), StatusCode::OK);
+    // Incidents are counted apart from analyses.
+    let incident = json!({"start": (now - chrono::Duration::minutes(5)).to_rfc3339(), "end": now.to_rfc3339()});
+    let open = || {
+        client()
+            .post(server.api_url("/api/v1/incidents"))
+            .header("x-scope-orgid", "shop")
+            .json(&incident)
+            .send()
+            .unwrap()
+    };
+    assert_ne!(open().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_ne!(open().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(open().status(), StatusCode::TOO_MANY_REQUESTS);
+    // An analysis over more than the configured range (a week) is refused.
+    let month = json!({"from": (now - chrono::Duration::days(30)).to_rfc3339(), "to": now.to_rfc3339()});
+    let resp =
+        client().post(server.api_url("/api/v1/analyze")).header("x-scope-orgid", "zoo").json(&month).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().unwrap().contains("at most 168 hours"));
+}

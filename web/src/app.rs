@@ -49,6 +49,10 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Host names this port answers to besides IP addresses and `localhost`.
     pub allowed_hosts: Vec<String>,
+    /// Incidents and analyses each tenant may start per minute.
+    pub limits: crate::limits::RateLimits,
+    /// The longest range an analysis may cover, its baseline included.
+    pub max_analyze_range: chrono::Duration,
 }
 
 /// A JSON error: `{"error": "..."}` with a lowercase message.

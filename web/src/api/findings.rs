@@ -100,6 +100,15 @@ async fn analyze(
     if to <= from {
         return Err(bad_request("to must be after from"));
     }
+    let most = app.max_analyze_range;
+    if to - from > most
+        || req.baseline_from.as_deref().and_then(|b| parse_time("baseline_from", b).ok()).is_some_and(|b| to - b > most)
+    {
+        return Err(bad_request(format!("an analysis covers at most {} hours, baseline included", most.num_hours())));
+    }
+    if let Some(r) = app.limits.refusal(tenant.as_str(), crate::limits::Work::Analyses) {
+        return Ok(r);
+    }
     let baseline = match (req.baseline_from.as_deref(), req.baseline_to.as_deref()) {
         (None, None) => None,
         (Some(bf), Some(bt)) => {

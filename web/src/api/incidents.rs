@@ -35,6 +35,9 @@ async fn open_incident(
         ))
     })?;
     req.windows()?;
+    if let Some(r) = app.limits.refusal(tenant.as_str(), crate::limits::Work::Incidents) {
+        return Ok(r);
+    }
     let opened_by =
         headers.get("x-andon-client").and_then(|v| v.to_str().ok()).filter(|v| *v == "cli").unwrap_or("api").to_owned();
     let inc = app.pipeline.open_incident(&tenant, &req, Hints { opened_by, ..Hints::default() }).await?;
