@@ -1,5 +1,6 @@
-//! Masking what must not leave Andon: emails, payment card numbers, bearer
-//! tokens, API keys, and the values of attributes on the deny-list. Tickets,
+//! Masking what must not leave Andon: emails, payment card numbers, IP
+//! addresses, phone numbers, bearer tokens, API keys, and the values of
+//! attributes on the deny-list. Tickets,
 //! webhook payloads and (later) LLM prompts all pass through here.
 
 use std::borrow::Cow;
@@ -40,6 +41,14 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
         pattern(r"\bxox[abposr]-[A-Za-z0-9-]{10,}", "[api-key]"),
         pattern(r"\bAIza[0-9A-Za-z_-]{30,}", "[api-key]"),
         pattern(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", "[email]"),
+        // IP addresses: a client's address is personal data.
+        pattern(r"\b(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}\b", "[ip]"),
+        pattern(r"(?i)\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b", "[ip]"),
+        pattern(r"(?i)\b(?:[0-9a-f]{1,4}:){1,6}:(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5})?\b", "[ip]"),
+        // Phone numbers: international (+ and a country code), or grouped
+        // 3-3-4 as North American numbers are written.
+        pattern(r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}\b", "[phone]"),
+        pattern(r"(?:\(\d{3}\)\s?|\b\d{3}[-.])\d{3}[-.]\d{4}\b", "[phone]"),
     ]
 });
 
@@ -161,6 +170,12 @@ mod tests {
             ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "jwt [token]"),
             ("user.id=8812 on checkout", "user.id=[redacted] on checkout"),
             ("`client.address=10.0.0.7`", "`client.address=[redacted]`"),
+            ("from 203.0.113.42 again", "from [ip] again"),
+            ("peer 2001:db8:85a3::8a2e:370:7334 closed", "peer [ip] closed"),
+            ("peer fe80:0:0:0:202:b3ff:fe1e:8329", "peer [ip]"),
+            ("call +44 20 7946 0958 back", "call [phone] back"),
+            ("call +1 (415) 555-0100", "call [phone]"),
+            ("or (415) 555-0100 or 415-555-0100", "or [phone] or [phone]"),
         ];
         for (input, want) in cases {
             assert_eq!(r.text(input), want, "{input}");
@@ -177,6 +192,9 @@ mod tests {
             "p95 rose from 16.0 ms to 112 ms; 1,204 sessions affected",
             "tokens=5",
             "service.version=7.4.0",
+            "since 01:15 UTC, onset 00:59:12",
+            "p95 +388% since 2026-11-30",
+            "12 of 300 requests (4.0%)",
         ] {
             assert_eq!(r.text(s), s);
         }
