@@ -23,12 +23,28 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Valu
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 /// Optional bounds on span start times, relative to the receiver's clock.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct SpanLimits {
     /// Reject spans that started longer ago than this, in nanoseconds.
     pub max_age_ns: Option<u64>,
     /// Reject spans that start further in the future than this, in nanoseconds.
     pub max_future_ns: Option<u64>,
+}
+
+/// How far ahead of the receiver's clock a span may start by default: room
+/// for skewed clocks, but no span dated years ahead (each hour of span time
+/// is a partition of its own).
+pub const DEFAULT_MAX_FUTURE_SECS: u64 = 3600;
+
+impl SpanLimits {
+    /// No bound either way.
+    pub const NONE: SpanLimits = SpanLimits { max_age_ns: None, max_future_ns: None };
+}
+
+impl Default for SpanLimits {
+    fn default() -> Self {
+        Self { max_age_ns: None, max_future_ns: Some(DEFAULT_MAX_FUTURE_SECS * 1_000_000_000) }
+    }
 }
 
 /// The result of converting one request.
@@ -76,7 +92,7 @@ impl Reject {
             Reject::ParentSpanId => "parent_span_id is neither empty nor 8 bytes",
             Reject::StartTime => "start_time_unix_nano is missing or out of range",
             Reject::EndBeforeStart => "end_time_unix_nano is before start_time_unix_nano",
-            Reject::TooOld => "span is older than the configured limit",
+            Reject::TooOld => "span is older than the configured limit (otlp.max_span_age_secs, or the retention)",
             Reject::TooNew => "span starts further in the future than the configured limit",
         }
     }
@@ -580,7 +596,7 @@ mod tests {
 
     #[test]
     fn columns_and_maps_are_filled() {
-        let c = convert_request(&request(vec![span(2)]), &Tenant::default_tenant(), 0, SpanLimits::default()).unwrap();
+        let c = convert_request(&request(vec![span(2)]), &Tenant::default_tenant(), 0, SpanLimits::NONE).unwrap();
         let batch = c.batch.unwrap();
         let col = |n: &str| batch.column_by_name(n).unwrap().clone();
         assert_eq!(col("trace_id").as_string::<i32>().value(0), "01".repeat(16));
@@ -611,8 +627,7 @@ mod tests {
         let mut both = span(3);
         both.attributes =
             vec![kv("http.response.status_code", Value::IntValue(200)), kv("http.status_code", Value::IntValue(500))];
-        let c =
-            convert_request(&request(vec![old, both]), &Tenant::default_tenant(), 0, SpanLimits::default()).unwrap();
+        let c = convert_request(&request(vec![old, both]), &Tenant::default_tenant(), 0, SpanLimits::NONE).unwrap();
         let batch = c.batch.unwrap();
         let col = |n: &str| batch.column_by_name(n).unwrap().clone();
         assert_eq!(col("http_request_method").as_string::<i32>().value(0), "POST");
@@ -637,7 +652,7 @@ mod tests {
             &request(vec![span(2), bad_trace, bad_span, backwards]),
             &Tenant::default_tenant(),
             0,
-            SpanLimits::default(),
+            SpanLimits::NONE,
         )
         .unwrap();
         assert_eq!(c.accepted(), 1);
@@ -645,6 +660,21 @@ mod tests {
         let msg = c.error_message.unwrap();
         assert!(msg.starts_with("3 spans rejected"), "{msg}");
         assert!(msg.contains("trace_id"), "{msg}");
+    }
+
+    #[test]
+    fn by_default_a_span_an_hour_ahead_is_kept_and_one_a_year_ahead_is_rejected() {
+        let start = 1_700_000_000_000_000_000u64;
+        let hour = 3_600 * 1_000_000_000u64;
+        // span(2) starts at `start`; the receiver's clock is behind it.
+        let ahead = |by: u64| {
+            let c =
+                convert_request(&request(vec![span(2)]), &Tenant::default_tenant(), start - by, SpanLimits::default())
+                    .unwrap();
+            (c.accepted(), c.rejected)
+        };
+        assert_eq!(ahead(hour - 1_000_000_000), (1, 0));
+        assert_eq!(ahead(365 * 24 * hour), (0, 1));
     }
 
     #[test]

@@ -11,6 +11,10 @@ pub enum IngestError {
     Malformed(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// Small on the wire, too large once decoded: too many spans, or
+    /// attributes every row copies.
+    #[error("request too large: {0}")]
+    Amplified(String),
     #[error("unsupported content type {0:?}: use application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
     #[error("unsupported content encoding {0:?}: use gzip, zstd or identity")]
@@ -21,6 +25,10 @@ pub enum IngestError {
     /// `PERMISSION_DENIED`); a bad tenant header is a `Tenant`-like 400.
     #[error("{0}")]
     Auth(#[from] AuthError),
+    /// The body did not arrive in time: a client this slow would hold memory
+    /// others need.
+    #[error("request body not received within {secs} s")]
+    SlowBody { secs: u64 },
     #[error("server is busy, retry after {}s", retry_after.as_secs())]
     Overloaded { retry_after: Duration },
     #[error("storage unavailable, retry later: {0}")]

@@ -31,7 +31,8 @@ pub fn to_status(e: &IngestError) -> Status {
         IngestError::Auth(a) if a.unauthenticated() => Code::Unauthenticated,
         IngestError::Auth(AuthError::BadTenant(_)) => Code::InvalidArgument,
         IngestError::Auth(_) => Code::PermissionDenied,
-        IngestError::TooLarge { .. } => Code::ResourceExhausted,
+        IngestError::TooLarge { .. } | IngestError::Amplified(_) => Code::ResourceExhausted,
+        IngestError::SlowBody { .. } => Code::DeadlineExceeded,
         IngestError::Overloaded { .. } | IngestError::Unavailable(_) => Code::Unavailable,
         IngestError::Internal(_) => Code::Internal,
     };
@@ -57,10 +58,14 @@ impl TraceService for TraceReceiver {
                 Some(t) => t.clone(),
                 None => tenant_of(ing, request.metadata())?,
             };
+            // `Reserve` held memory for the body before it was decoded; what
+            // decompression added is held here.
             let size = request.get_ref().encoded_len();
-            let permit = ing.reserve(size)?;
+            let body = request.extensions().get::<Reserved>().map_or(0, |r| r.0);
+            let permit = if size > body { Some(ing.reserve(size - body)?) } else { None };
+            let held = ing.held_for(body.max(size));
             ing.stats().add_request(size as u64);
-            let out = ing.export(&tenant, request.into_inner()).await;
+            let out = ing.export_holding(&tenant, request.into_inner(), held).await;
             drop(permit);
             out
         }
@@ -187,16 +192,96 @@ pub fn service(ingestor: Arc<Ingestor>) -> InterceptedService<TraceServiceServer
     InterceptedService::new(server, auth)
 }
 
-/// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then drains in-flight
-/// exports.
+/// The body bytes [`Reserve`] holds in-flight memory for, told to the handler.
+#[derive(Debug, Clone, Copy)]
+struct Reserved(usize);
+
+/// Checks the caller, then reads a request's body while holding in-flight
+/// memory for it, before tonic decodes anything: a client cannot make the
+/// server build a message it has no budget for, and one that sends its body
+/// slowly is cut off after [`crate::http::BODY_READ_TIMEOUT`].
+#[derive(Debug, Clone)]
+pub struct Reserve<S> {
+    inner: S,
+    ingestor: Arc<Ingestor>,
+}
+
+/// The layer of [`Reserve`].
+#[derive(Debug, Clone)]
+pub struct ReserveLayer {
+    ingestor: Arc<Ingestor>,
+}
+
+impl<S> tower::Layer<S> for ReserveLayer {
+    type Service = Reserve<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Reserve { inner, ingestor: Arc::clone(&self.ingestor) }
+    }
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Reserve<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        // The clone that was made ready is the one that serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let ing = Arc::clone(&self.ingestor);
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
+            if let Err(e) = tenant_of(&ing, &metadata) {
+                ing.record_refused(&e);
+                return Ok(to_status(&e).into_http());
+            }
+            // The message and its 5-byte gRPC frame header.
+            let limit = ing.config().max_grpc_message_bytes.saturating_add(5);
+            match crate::http::read_body(&ing, body, None, limit).await {
+                Ok((bytes, permit)) => {
+                    parts.extensions.insert(Reserved(bytes.len()));
+                    let body = tonic::body::Body::new(http_body_util::Full::new(bytes));
+                    let resp = inner.call(http::Request::from_parts(parts, body)).await;
+                    drop(permit);
+                    resp
+                }
+                Err(e) => {
+                    ing.record_refused(&e);
+                    Ok(to_status(&e).into_http())
+                }
+            }
+        })
+    }
+}
+
+/// Streams one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// Serves OTLP/gRPC on `incoming` (plain or TLS) until `shutdown` resolves,
+/// then drains in-flight exports.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    incoming: crate::listen::Incoming,
     ingestor: Arc<Ingestor>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(tower::util::MapResponseLayer::new(otlp_status_codes))
+        .layer(ReserveLayer { ingestor: Arc::clone(&ingestor) })
         .add_service(service(ingestor))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming.into_stream(), shutdown)
         .await
 }

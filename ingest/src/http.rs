@@ -6,8 +6,9 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use andon_model::auth::AuthError;
 use axum::Router;
@@ -16,7 +17,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -24,6 +25,7 @@ use prost::Message;
 
 use crate::rpc::{RpcStatus, code, retry_info};
 use crate::{ExportOutcome, IngestError, Ingestor};
+use tokio::sync::OwnedSemaphorePermit;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 pub const JSON: &str = "application/json";
@@ -99,7 +101,10 @@ fn status_of(e: &IngestError) -> (StatusCode, i32) {
         IngestError::Auth(a) if a.unauthenticated() => (StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED),
         IngestError::Auth(AuthError::BadTenant(_)) => (StatusCode::BAD_REQUEST, code::INVALID_ARGUMENT),
         IngestError::Auth(_) => (StatusCode::FORBIDDEN, code::PERMISSION_DENIED),
-        IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED),
+        IngestError::TooLarge { .. } | IngestError::Amplified(_) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED)
+        }
+        IngestError::SlowBody { .. } => (StatusCode::REQUEST_TIMEOUT, code::DEADLINE_EXCEEDED),
         IngestError::Overloaded { .. } | IngestError::Unavailable(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE)
         }
@@ -171,6 +176,48 @@ async fn export(State(ing): State<Arc<Ingestor>>, headers: HeaderMap, body: Body
     }
 }
 
+/// How long a client has to send a request's body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads a request body of at most `limit` bytes within [`BODY_READ_TIMEOUT`],
+/// holding in-flight memory for what has arrived: a declared length up front,
+/// a chunked body chunk by chunk. A client that sends slowly, or without a
+/// length, cannot hold the budget of bytes it has not sent.
+pub(crate) async fn read_body<B>(
+    ing: &Ingestor,
+    body: B,
+    declared: Option<usize>,
+    limit: usize,
+) -> Result<(Bytes, OwnedSemaphorePermit), IngestError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut permit = ing.reserve(declared.unwrap_or(0))?;
+    let mut held = declared.unwrap_or(0);
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut body = body;
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(IngestError::SlowBody { secs: BODY_READ_TIMEOUT.as_secs() }),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(IngestError::Malformed(format!("reading body: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if buf.len() + data.len() > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&data);
+        if buf.len() > held {
+            permit.merge(ing.reserve(buf.len() - held)?);
+            held = buf.len();
+        }
+    }
+    Ok((buf.freeze(), permit))
+}
+
 async fn handle(
     ing: &Ingestor,
     headers: &HeaderMap,
@@ -187,18 +234,7 @@ async fn handle(
     if declared.is_some_and(|n| n > limit) {
         return Err(IngestError::TooLarge { limit });
     }
-    let mut permit = ing.reserve(declared.unwrap_or(limit))?;
-    let raw = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                IngestError::TooLarge { limit }
-            } else {
-                IngestError::Malformed(format!("reading body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let (raw, mut permit) = read_body(ing, body, declared, limit).await?;
     ing.stats().add_request(raw.len() as u64);
     let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let compressed = raw.len();
@@ -212,7 +248,8 @@ async fn handle(
     let request = tokio::task::spawn_blocking(move || decode(encoding, &plain))
         .await
         .map_err(|e| IngestError::Internal(e.to_string()))??;
-    let out = ing.export(&tenant, request).await;
+    let held = permit.num_permits();
+    let out = ing.export_holding(&tenant, request, held).await;
     drop(permit);
     out
 }

@@ -14,6 +14,7 @@ pub mod convert;
 mod error;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod rpc;
 mod stats;
 
@@ -40,6 +41,8 @@ pub struct IngestConfig {
     /// Memory that requests in flight may hold in total; past it, clients are told
     /// to retry later.
     pub max_inflight_bytes: usize,
+    /// Spans one request may carry.
+    pub max_request_spans: usize,
     pub span_limits: SpanLimits,
     /// What `Retry-After` and `RetryInfo` suggest under overload.
     pub retry_after: Duration,
@@ -53,6 +56,7 @@ impl Default for IngestConfig {
             max_request_bytes: 20 << 20,
             max_grpc_message_bytes: 4 << 20,
             max_inflight_bytes: 64 << 20,
+            max_request_spans: 100_000,
             span_limits: SpanLimits::default(),
             retry_after: Duration::from_secs(2),
             auth: Arc::default(),
@@ -72,6 +76,32 @@ pub struct ExportOutcome {
 /// Decoded spans held in memory are several times their encoded size; permits are
 /// taken for that, not for the bytes on the wire.
 const DECODED_EXPANSION: usize = 4;
+
+/// Bytes of Arrow a converted span costs besides its attributes: ids,
+/// times, names, status and the builders' offsets.
+const ROW_OVERHEAD: usize = 160;
+
+/// What converting `req` builds, in bytes, and how many spans it holds. Each
+/// row copies its resource's and its scope's attributes, so a small request
+/// can decode into far more memory than it took on the wire.
+pub fn decoded_cost(req: &ExportTraceServiceRequest) -> (usize, usize) {
+    use prost::Message;
+    let attrs =
+        |a: &[opentelemetry_proto::tonic::common::v1::KeyValue]| -> usize { a.iter().map(Message::encoded_len).sum() };
+    let (mut bytes, mut spans) = (0usize, 0usize);
+    for rs in &req.resource_spans {
+        let resource = rs.resource.as_ref().map_or(0, |r| attrs(&r.attributes));
+        for ss in &rs.scope_spans {
+            let scope = ss.scope.as_ref().map_or(0, |s| attrs(&s.attributes) + s.name.len() + s.version.len());
+            let shared = resource + scope + ROW_OVERHEAD;
+            for span in &ss.spans {
+                bytes = bytes.saturating_add(span.encoded_len() + shared);
+            }
+            spans += ss.spans.len();
+        }
+    }
+    (bytes, spans)
+}
 
 /// The shared core of every receiver.
 #[derive(Debug)]
@@ -115,8 +145,48 @@ impl Ingestor {
             .map_err(|_| IngestError::Overloaded { retry_after: self.config.retry_after })
     }
 
+    /// In-flight units a permit of [`Ingestor::reserve`] for `encoded_bytes` holds.
+    pub fn held_for(&self, encoded_bytes: usize) -> usize {
+        encoded_bytes.saturating_mul(DECODED_EXPANSION).clamp(1, self.config.max_inflight_bytes.max(1))
+    }
+
     /// Validates, converts and stores one request. Resolves once the spans are durable.
     pub async fn export(&self, tenant: &Tenant, req: ExportTraceServiceRequest) -> Result<ExportOutcome, IngestError> {
+        self.export_holding(tenant, req, 0).await
+    }
+
+    /// [`Ingestor::export`] for a receiver that already holds `held` bytes of
+    /// in-flight memory for the request: what decoding builds beyond that is
+    /// held too, and a request that would build more than the whole budget,
+    /// or carries more than `max_request_spans`, is refused as too large.
+    pub async fn export_holding(
+        &self,
+        tenant: &Tenant,
+        req: ExportTraceServiceRequest,
+        held: usize,
+    ) -> Result<ExportOutcome, IngestError> {
+        let (cost, spans) = decoded_cost(&req);
+        if spans > self.config.max_request_spans {
+            return Err(IngestError::Amplified(format!(
+                "{spans} spans in one request, more than the limit of {}; send smaller batches",
+                self.config.max_request_spans
+            )));
+        }
+        if cost > self.config.max_inflight_bytes {
+            return Err(IngestError::Amplified(format!(
+                "the request's spans take {cost} bytes decoded (each copies its resource's attributes), more than \
+                 the in-flight budget of {}; send smaller batches or smaller resource attributes",
+                self.config.max_inflight_bytes
+            )));
+        }
+        let _more = match cost.checked_sub(held).filter(|n| *n > 0) {
+            Some(n) => Some(
+                Arc::clone(&self.inflight)
+                    .try_acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
+                    .map_err(|_| IngestError::Overloaded { retry_after: self.config.retry_after })?,
+            ),
+            None => None,
+        };
         let now = self.clock.now_ns();
         let limits = self.config.span_limits;
         let tenant_owned = tenant.clone();

@@ -18,11 +18,13 @@ pub enum RejectReason {
     Tenant,
     /// No token, an unknown one, or one not allowed to export to the tenant.
     Unauthorized,
+    /// The request's body came too slowly.
+    Timeout,
     Internal,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::Invalid,
         RejectReason::Duplicate,
         RejectReason::Malformed,
@@ -31,6 +33,7 @@ impl RejectReason {
         RejectReason::Unavailable,
         RejectReason::Tenant,
         RejectReason::Unauthorized,
+        RejectReason::Timeout,
         RejectReason::Internal,
     ];
 
@@ -44,6 +47,7 @@ impl RejectReason {
             RejectReason::Unavailable => "unavailable",
             RejectReason::Tenant => "tenant",
             RejectReason::Unauthorized => "unauthorized",
+            RejectReason::Timeout => "timeout",
             RejectReason::Internal => "internal",
         }
     }
@@ -53,11 +57,12 @@ impl RejectReason {
             IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
                 RejectReason::Malformed
             }
-            IngestError::TooLarge { .. } => RejectReason::TooLarge,
+            IngestError::TooLarge { .. } | IngestError::Amplified(_) => RejectReason::TooLarge,
             IngestError::Tenant(_) | IngestError::Auth(andon_model::auth::AuthError::BadTenant(_)) => {
                 RejectReason::Tenant
             }
             IngestError::Auth(_) => RejectReason::Unauthorized,
+            IngestError::SlowBody { .. } => RejectReason::Timeout,
             IngestError::Overloaded { .. } => RejectReason::Overloaded,
             IngestError::Unavailable(_) => RejectReason::Unavailable,
             IngestError::Internal(_) => RejectReason::Internal,
@@ -69,8 +74,8 @@ impl RejectReason {
 pub struct IngestStats {
     spans_received: AtomicU64,
     spans_accepted: AtomicU64,
-    spans_rejected: [AtomicU64; 9],
-    requests_refused: [AtomicU64; 9],
+    spans_rejected: [AtomicU64; RejectReason::ALL.len()],
+    requests_refused: [AtomicU64; RejectReason::ALL.len()],
     bytes_received: AtomicU64,
     requests: AtomicU64,
 }

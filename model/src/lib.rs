@@ -35,3 +35,10 @@ pub use schema::{SemConv, SpanColumn, span_schema};
 pub use sink::{AppendFuture, AppendOutcome, SinkError, SpanSink};
 pub use tenant::{TENANT_HEADER, Tenant, TenantError};
 pub use ticket::{AuditEntry, ExternalRef, Priority, Ticket, TicketState};
+
+/// Makes ring the crypto provider of every TLS client and server in the
+/// process (HTTPS to a server, a webhook or GitHub; TLS on the three ports).
+/// Call it before building an HTTP client; calling it again does nothing.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -58,6 +58,11 @@ pub fn text(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
+            // `1.` at the start would make an ordered list.
+            '.' if i > 0 && chars[..i].iter().all(char::is_ascii_digit) => {
+                out.push('\\');
+                out.push(c);
+            }
             '@' | ':' | '.' => {
                 out.push(c);
                 // `@name`, `://` and `www.`-style autolinks: break the pattern.

@@ -106,7 +106,7 @@ pub async fn run(args: ChangesArgs) -> anyhow::Result<()> {
                     vec![v]
                 }
             };
-            let api = remote.api();
+            let api = remote.api()?;
             for e in &events {
                 let out = api.post("/api/v1/changes", e).await?;
                 println!(
@@ -121,7 +121,7 @@ pub async fn run(args: ChangesArgs) -> anyhow::Result<()> {
                 "/api/v1/changes",
                 &[("service", args.service.as_deref()), ("since", args.since.as_deref())],
             );
-            let body = args.remote.api().get(&path).await?;
+            let body = args.remote.api()?.get(&path).await?;
             match args.format {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
                 Output::Text => {

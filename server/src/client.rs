@@ -31,14 +31,63 @@ pub struct Api {
     token: Option<String>,
 }
 
+/// The variable that names a PEM file of CA certificates to trust besides the
+/// system's, for a server whose certificate a private CA signed.
+pub const CA_FILE_ENV: &str = "ANDON_CA_FILE";
+
+/// The variables that name the PEM certificate and key the CLI presents when
+/// the server asks for one (mutual TLS on the OTLP ports, for `import`).
+pub const CLIENT_CERT_ENV: &str = "ANDON_CLIENT_CERT_FILE";
+pub const CLIENT_KEY_ENV: &str = "ANDON_CLIENT_KEY_FILE";
+
+fn env_file(var: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    match std::env::var_os(var).filter(|p| !p.is_empty()) {
+        Some(path) => Ok(Some(std::fs::read(&path).with_context(|| format!("{var}: reading {}", path.display()))?)),
+        None => Ok(None),
+    }
+}
+
+/// The HTTP client of every command that calls a server (the API, or OTLP/HTTP
+/// for `import`): HTTPS trusts the system's roots and those in `$ANDON_CA_FILE`,
+/// and presents the client certificate in `$ANDON_CLIENT_CERT_FILE` and
+/// `$ANDON_CLIENT_KEY_FILE` when both are set.
+pub fn http_client(timeout: Option<std::time::Duration>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    if let Some(pem) = env_file(CA_FILE_ENV)? {
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
+        if certs.is_empty() {
+            bail!("{CA_FILE_ENV}: the file holds no PEM certificate");
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    match (env_file(CLIENT_CERT_ENV)?, env_file(CLIENT_KEY_ENV)?) {
+        (Some(mut cert), Some(key)) => {
+            cert.push(b'\n');
+            cert.extend_from_slice(&key);
+            let identity = reqwest::Identity::from_pem(&cert).map_err(|e| {
+                anyhow::anyhow!("{CLIENT_CERT_ENV} and {CLIENT_KEY_ENV}: not a PEM certificate and key: {e}")
+            })?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => bail!("set both {CLIENT_CERT_ENV} and {CLIENT_KEY_ENV}, or neither"),
+    }
+    builder.build().context("building the HTTP client")
+}
+
 impl Remote {
-    pub fn api(&self) -> Api {
-        Api {
-            http: reqwest::Client::new(),
+    pub fn api(&self) -> anyhow::Result<Api> {
+        Ok(Api {
+            http: http_client(None)?,
             base: self.server.trim_end_matches('/').to_owned(),
             tenant: self.tenant.clone(),
             token: self.token.clone(),
-        }
+        })
     }
 }
 

@@ -30,6 +30,34 @@ pub struct RawConfig {
     pub tickets: TicketingConfig,
     pub rca: andon_rca::RcaConfig,
     pub auth: RawAuth,
+    pub tls: RawTls,
+}
+
+/// `[tls]`: PEM files that put all three ports on TLS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// The server's certificate chain, leaf first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// CAs whose client certificates the OTLP ports then require.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl RawTls {
+    fn files(self) -> anyhow::Result<Option<andon_ingest::listen::TlsFiles>> {
+        match (self.cert_file, self.key_file) {
+            (None, None) if self.client_ca_file.is_none() => Ok(None),
+            (Some(cert_file), Some(key_file)) => {
+                Ok(Some(andon_ingest::listen::TlsFiles { cert_file, key_file, client_ca_file: self.client_ca_file }))
+            }
+            _ => bail!("tls: give both cert_file and key_file (client_ca_file needs them too)"),
+        }
+    }
 }
 
 /// `[[auth.tokens]]`: auth is on as soon as one is configured.
@@ -100,6 +128,8 @@ pub struct RawOtlp {
     pub max_request_bytes: u64,
     pub max_grpc_message_bytes: u64,
     pub max_inflight_bytes: u64,
+    /// Spans one export request may carry.
+    pub max_request_spans: u64,
     /// Reject spans older than this many seconds; 0 accepts any age.
     pub max_span_age_secs: u64,
     /// Reject spans starting more than this many seconds ahead; 0 accepts any.
@@ -114,6 +144,15 @@ pub struct RawApi {
     pub query_max_rows: u64,
     pub query_timeout_secs: u64,
     pub query_threads: u64,
+    /// Bytes of result a query returns at most (cut like rows past it).
+    pub query_max_response_bytes: u64,
+    /// Memory all running queries share, detection's included; past it
+    /// queries spill to disk or fail cleanly.
+    pub query_memory_bytes: u64,
+    /// Interactive queries running at once.
+    pub query_max_concurrent: u64,
+    /// Disk the spill files of running queries may take.
+    pub query_spill_bytes: u64,
     /// Host names the API port answers to besides IP addresses and
     /// `localhost` (a `Host` it does not know is refused: DNS rebinding).
     pub allowed_hosts: Vec<String>,
@@ -164,6 +203,7 @@ impl Default for RawConfig {
             tickets: TicketingConfig::default(),
             rca: andon_rca::RcaConfig::default(),
             auth: RawAuth::default(),
+            tls: RawTls::default(),
         }
     }
 }
@@ -176,8 +216,9 @@ impl Default for RawOtlp {
             max_request_bytes: 20 << 20,
             max_grpc_message_bytes: 4 << 20,
             max_inflight_bytes: 64 << 20,
+            max_request_spans: 100_000,
             max_span_age_secs: 0,
-            max_span_future_secs: 0,
+            max_span_future_secs: andon_ingest::convert::DEFAULT_MAX_FUTURE_SECS,
             retry_after_secs: 2,
         }
     }
@@ -190,6 +231,10 @@ impl Default for RawApi {
             query_max_rows: 10_000,
             query_timeout_secs: 30,
             query_threads: 2,
+            query_max_response_bytes: 32 << 20,
+            query_memory_bytes: 1 << 30,
+            query_max_concurrent: 4,
+            query_spill_bytes: 4 << 30,
             allowed_hosts: Vec::new(),
             opened_per_minute: 30,
             max_analyze_range_hours: 7 * 24,
@@ -249,6 +294,8 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     pub opened_per_minute: u32,
     pub max_analyze_range_hours: u64,
+    /// TLS on all three ports, when configured.
+    pub tls: Option<andon_ingest::listen::TlsFiles>,
 }
 
 /// Applies `ANDON_*` variables from `vars` to the TOML table `doc`.
@@ -353,14 +400,23 @@ impl RawConfig {
             "json" => true,
             other => bail!("log.format must be \"text\" or \"json\", not {other:?}"),
         };
-        let secs = |s: u64| (s > 0).then(|| s * 1_000_000_000);
+        let secs = |s: u64| (s > 0).then(|| s.saturating_mul(1_000_000_000));
         let auth = std::sync::Arc::new(self.auth.verifier()?);
         let ingest = IngestConfig {
             max_request_bytes: size("otlp.max_request_bytes", self.otlp.max_request_bytes, 1024)?,
             max_grpc_message_bytes: size("otlp.max_grpc_message_bytes", self.otlp.max_grpc_message_bytes, 1024)?,
             max_inflight_bytes: size("otlp.max_inflight_bytes", self.otlp.max_inflight_bytes, 1024)?,
+            max_request_spans: size("otlp.max_request_spans", self.otlp.max_request_spans, 1)?,
             span_limits: SpanLimits {
-                max_age_ns: secs(self.otlp.max_span_age_secs),
+                // Spans retention would delete at once are refused, not stored and
+                // silently deleted a minute later (an import of old history).
+                max_age_ns: match (
+                    secs(self.otlp.max_span_age_secs),
+                    secs(self.storage.retention_hours.saturating_mul(3_600)),
+                ) {
+                    (Some(age), Some(kept)) => Some(age.min(kept)),
+                    (age, kept) => age.or(kept),
+                },
                 max_future_ns: secs(self.otlp.max_span_future_secs),
             },
             retry_after: Duration::from_secs(self.otlp.retry_after_secs.max(1)),
@@ -378,7 +434,7 @@ impl RawConfig {
             flush_bytes: size("storage.flush_bytes", self.storage.flush_bytes, 1024)?,
             max_buffer_bytes: size("storage.max_buffer_bytes", self.storage.max_buffer_bytes, 1024)?,
             retention: (self.storage.retention_hours > 0)
-                .then(|| Duration::from_secs(self.storage.retention_hours * 3_600)),
+                .then(|| Duration::from_secs(self.storage.retention_hours.saturating_mul(3_600))),
             dedup_window: Duration::from_secs(self.storage.dedup_window_secs.max(1)),
             dedup_max_keys: size("storage.dedup_max_keys", self.storage.dedup_max_keys, 1)?,
             compact_min_segments: size("storage.compact_min_segments", self.storage.compact_min_segments, 2)?,
@@ -395,7 +451,11 @@ impl RawConfig {
             store,
             query: QueryLimits {
                 max_rows: size("api.query_max_rows", self.api.query_max_rows, 1)?,
+                max_response_bytes: size("api.query_max_response_bytes", self.api.query_max_response_bytes, 1024)?,
                 timeout: Duration::from_secs(self.api.query_timeout_secs.max(1)),
+                memory_bytes: size("api.query_memory_bytes", self.api.query_memory_bytes, 16 << 20)?,
+                max_concurrent: size("api.query_max_concurrent", self.api.query_max_concurrent, 1)?,
+                spill_bytes: self.api.query_spill_bytes,
             },
             query_threads: size("api.query_threads", self.api.query_threads, 1)?,
             log_json,
@@ -408,6 +468,7 @@ impl RawConfig {
             rca: self.rca,
             auth,
             allowed_hosts: self.api.allowed_hosts,
+            tls: self.tls.files()?,
             opened_per_minute: self.api.opened_per_minute,
             max_analyze_range_hours: {
                 if self.api.max_analyze_range_hours == 0 {
@@ -451,6 +512,16 @@ mod tests {
     }
 
     #[test]
+    fn spans_older_than_retention_are_refused_at_ingest() {
+        let hour = 3_600 * 1_000_000_000u64;
+        let cfg = |vars_: &[(&str, &str)]| load(None, &vars(vars_)).unwrap().validate().unwrap().ingest.span_limits;
+        assert_eq!(cfg(&[("ANDON_STORAGE_RETENTION_HOURS", "24")]).max_age_ns, Some(24 * hour));
+        let both = [("ANDON_STORAGE_RETENTION_HOURS", "24"), ("ANDON_OTLP_MAX_SPAN_AGE_SECS", "3600")];
+        assert_eq!(cfg(&both).max_age_ns, Some(hour));
+        assert_eq!(cfg(&[("ANDON_STORAGE_RETENTION_HOURS", "0")]).max_age_ns, None);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("andon.toml");
@@ -463,6 +534,81 @@ mod tests {
         assert!(err.contains("storage.durability"), "{err}");
         let err = load(None, &vars(&[("ANDON_OTLP_MAX_REQUEST_BYTES", "lots")])).unwrap_err();
         assert!(format!("{err:#}").contains("max_request_bytes"), "{err:#}");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("ANDON_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    }
+
+    /// Lines that look like andon.toml: known sections and keys, values of any type.
+    fn config_text() -> impl Strategy<Value = String> {
+        let section = prop_oneof![
+            Just(""),
+            Just("[otlp]"),
+            Just("[api]"),
+            Just("[storage]"),
+            Just("[analysis]"),
+            Just("[tickets]"),
+            Just("[tls]"),
+            Just("[[auth.tokens]]"),
+            Just("[[analysis.flows]]")
+        ];
+        let key = prop_oneof![
+            Just("data_dir"),
+            Just("listen"),
+            Just("addr"),
+            Just("grpc_addr"),
+            Just("max_request_bytes"),
+            Just("retention_hours"),
+            Just("durability"),
+            Just("window_secs"),
+            Just("fdr"),
+            Just("segments"),
+            Just("name"),
+            Just("role"),
+            Just("token_sha256"),
+            Just("cert_file"),
+            Just("steps"),
+            Just("sink")
+        ];
+        let value = prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:?}")),
+            "\\PC{0,20}".prop_map(|v| format!("{v:?}")),
+            Just("[\"a\", 1]".to_owned()),
+            Just("true".to_owned()),
+            "[ -~]{0,12}"
+        ];
+        prop::collection::vec((section, key, value), 0..12)
+            .prop_map(|lines| lines.into_iter().map(|(s, k, v)| format!("{s}\n{k} = {v}\n")).collect::<String>())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A configuration file or variable of any content is read or refused
+        /// with an error; nothing panics.
+        #[test]
+        fn any_config_is_loaded_or_refused_cleanly(text in config_text(), raw in "\\PC{0,200}", env in "\\PC{0,20}") {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("andon.toml");
+            for content in [&text, &raw] {
+                std::fs::write(&path, content).unwrap();
+                if let Ok(cfg) = load(Some(&path), &[]) {
+                    let _ = cfg.validate();
+                }
+            }
+            let vars = [("ANDON_OTLP_MAX_REQUEST_BYTES".to_owned(), env.clone()), ("ANDON_ANALYSIS_FDR".to_owned(), env)];
+            if let Ok(cfg) = load(None, &vars) {
+                let _ = cfg.validate();
+            }
+        }
     }
 }
 

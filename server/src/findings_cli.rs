@@ -96,7 +96,7 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
         body["baseline_from"] = Value::from(bf.clone());
         body["baseline_to"] = Value::from(bt.clone());
     }
-    let answer = args.remote.api().post("/api/v1/analyze", &body).await?;
+    let answer = args.remote.api()?.post("/api/v1/analyze", &body).await?;
     print(&answer, args.format)
 }
 
@@ -115,6 +115,6 @@ pub async fn findings(args: FindingsArgs) -> anyhow::Result<()> {
             ("until", args.until.as_deref()),
         ],
     );
-    let answer = args.remote.api().get(&path).await?;
+    let answer = args.remote.api()?.get(&path).await?;
     print(&answer, args.format)
 }

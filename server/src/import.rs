@@ -182,7 +182,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
             Target::Local { ingestor, store, tenant }
         }
         None => {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+            let client = crate::client::http_client(Some(Duration::from_secs(120)))?;
             let url = format!("{}/v1/traces", args.endpoint.trim_end_matches('/'));
             Target::Server { client, url, tenant: args.tenant.clone() }
         }

@@ -90,18 +90,18 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
                     body[k] = Value::from(v);
                 }
             }
-            let api = remote.api();
+            let api = remote.api()?;
             let inc = api.post("/api/v1/incidents", &body).await?;
             let id = inc.get("id").and_then(Value::as_str).context("the server gave no incident id")?;
             eprintln!("opened {id}");
             print!("{}", report(&api, id, format).await?);
         }
         Some(IncidentAction::Show { id, format, remote }) => {
-            print!("{}", report(&remote.api(), &id, format).await?);
+            print!("{}", report(&remote.api()?, &id, format).await?);
         }
         None => {
             let path = with_query("/api/v1/incidents", &[("state", args.state.as_deref())]);
-            let body = args.remote.api().get(&path).await?;
+            let body = args.remote.api()?.get(&path).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&body)?);
                 return Ok(());

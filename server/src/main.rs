@@ -105,6 +105,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
+    andon_model::install_tls_provider();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),

@@ -79,7 +79,7 @@ pub fn render(format: Format, columns: &[String], rows: &[Vec<Value>]) -> String
 }
 
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
-    let body = args.remote.api().post("/api/v1/query", &serde_json::json!({ "sql": args.sql })).await?;
+    let body = args.remote.api()?.post("/api/v1/query", &serde_json::json!({ "sql": args.sql })).await?;
     let columns: Vec<String> = body["columns"].as_array().into_iter().flatten().map(text).collect();
     let rows: Vec<Vec<Value>> =
         body["rows"].as_array().into_iter().flatten().map(|r| r.as_array().cloned().unwrap_or_default()).collect();

@@ -9,6 +9,7 @@ use andon_analysis::db::FindingsTable;
 use andon_analysis::runner::RunnerStats;
 use andon_analysis::{Analyzer, FindingsDb};
 use andon_ingest::Ingestor;
+use andon_ingest::listen::{Incoming, Port, TlsConfig, TlsFiles};
 use andon_model::clock::SystemClock;
 use andon_store::{QueryEngine, Store};
 use andon_ticketing::Ticketing;
@@ -44,6 +45,46 @@ async fn shutdown_signal() {
 
 async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("binding {what} on {addr}"))
+}
+
+/// The TLS configuration of each port, from the one `[tls]` section.
+struct TlsPorts {
+    grpc: Arc<TlsConfig>,
+    http: Arc<TlsConfig>,
+    api: Arc<TlsConfig>,
+}
+
+impl TlsPorts {
+    fn load(files: &TlsFiles) -> anyhow::Result<Self> {
+        Ok(Self {
+            grpc: TlsConfig::load(files.clone(), Port::OtlpGrpc)?,
+            http: TlsConfig::load(files.clone(), Port::OtlpHttp)?,
+            api: TlsConfig::load(files.clone(), Port::Api)?,
+        })
+    }
+}
+
+/// Reads the certificate, key and client CA files again on every SIGHUP, so a
+/// renewed certificate is served without a restart. A reload that fails keeps
+/// the previous certificate on every port.
+async fn reload_tls_on_sighup(tls: TlsPorts, mut hup: tokio::signal::unix::Signal, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        // Build all three first, so that the ports never serve different certificates.
+        let ports = [&tls.grpc, &tls.http, &tls.api];
+        match ports.iter().map(|p| p.prepare()).collect::<Result<Vec<_>, _>>() {
+            Ok(configs) => {
+                for (port, config) in ports.iter().zip(configs) {
+                    port.install(config);
+                }
+                info!("TLS certificates reloaded");
+            }
+            Err(e) => warn!(error = %e, "reloading TLS failed; the previous certificate stays"),
+        }
+    }
 }
 
 /// Records versions first seen in spans as inferred changes, once per detection
@@ -177,10 +218,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
 
-    let grpc = bind("otlp-grpc", config.grpc_addr).await?;
-    let http = bind("otlp-http", config.http_addr).await?;
-    let api_listener = bind("api", config.api_addr).await?;
-    let (grpc_addr, http_addr, api_addr) = (grpc.local_addr()?, http.local_addr()?, api_listener.local_addr()?);
+    let tls = match &config.tls {
+        Some(files) => Some(TlsPorts::load(files)?),
+        None => None,
+    };
+    let grpc = Incoming::new(bind("otlp-grpc", config.grpc_addr).await?, tls.as_ref().map(|t| Arc::clone(&t.grpc)))?;
+    let http = Incoming::new(bind("otlp-http", config.http_addr).await?, tls.as_ref().map(|t| Arc::clone(&t.http)))?;
+    let api_listener = Incoming::new(bind("api", config.api_addr).await?, tls.as_ref().map(|t| Arc::clone(&t.api)))?;
+    let (grpc_addr, http_addr, api_addr) = (grpc.local_addr(), http.local_addr(), api_listener.local_addr());
 
     let app = Arc::new(AppState {
         store: store.clone(),
@@ -199,7 +244,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         started: Instant::now(),
         auth: Arc::clone(&config.auth),
         sessions: Default::default(),
-        secure_cookies: false,
+        secure_cookies: tls.is_some(),
         allowed_hosts: config.allowed_hosts.clone(),
         limits: andon_web::limits::RateLimits::new(config.opened_per_minute),
         max_analyze_range: chrono::Duration::hours(config.max_analyze_range_hours as i64),
@@ -215,11 +260,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let grpc_serving = andon_ingest::grpc::serve(grpc, Arc::clone(&ingestor), stopped());
     let grpc_task = tokio::spawn(async move { grpc_serving.await.context("otlp-grpc server") });
-    let http_serving = axum::serve(http, andon_ingest::http::router(Arc::clone(&ingestor)).into_make_service())
-        .with_graceful_shutdown(stopped());
+    let http_serving =
+        andon_ingest::listen::serve_http(http, andon_ingest::http::router(Arc::clone(&ingestor)), stopped());
     let http_task = tokio::spawn(async move { http_serving.await.context("otlp-http server") });
-    let api_serving = axum::serve(api_listener, andon_web::router(Arc::clone(&app)).into_make_service())
-        .with_graceful_shutdown(stopped());
+    let api_serving = andon_ingest::listen::serve_http(api_listener, andon_web::router(Arc::clone(&app)), stopped());
     let api_task = tokio::spawn(async move { api_serving.await.context("api server") });
     let sampling = tokio::spawn(sample_ingest(Arc::clone(&app), stop_rx_detection.clone()));
     let resolving = Arc::clone(&findings);
@@ -228,7 +272,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             warn!(error = %e, "resolving findings of a closed issue failed");
         }
     });
-    let outbox = tokio::spawn(Arc::clone(&tickets).run(on_resolved, stop_rx_detection));
+    let outbox = tokio::spawn(Arc::clone(&tickets).run(on_resolved, stop_rx_detection.clone()));
+    let mut background = vec![outbox, sampling];
+    if let Some(tls) = tls {
+        // Listening before the ports are announced, so that no SIGHUP is missed
+        // (or, unhandled, ends the process).
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP, which reloads the TLS certificates")?;
+        background.push(tokio::spawn(reload_tls_on_sighup(tls, hup, stop_rx_detection)));
+    }
     app.ready.store(true, Ordering::Release);
     let mut running = Running {
         app,
@@ -239,7 +291,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         maintenance,
         stop_tx,
         servers: vec![grpc_task, http_task, api_task],
-        background: vec![outbox, sampling],
+        background,
     };
     running.start_detection(config.analysis.interval_secs)?;
     Ok(running)

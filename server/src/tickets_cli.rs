@@ -85,17 +85,17 @@ pub async fn run(args: TicketsArgs) -> anyhow::Result<()> {
     match args.action {
         Some(TicketAction::Approve { id, reviewer, note, priority, remote }) => {
             let body = json!({ "reviewer": reviewer, "note": note, "priority": priority });
-            let t = remote.api().post(&format!("/api/v1/tickets/{}/approve", encode(&id)), &body).await?;
+            let t = remote.api()?.post(&format!("/api/v1/tickets/{}/approve", encode(&id)), &body).await?;
             print!("{}", line(&t));
             eprintln!("approved; the outbox posts it shortly (andon tickets --id {id} shows where)");
         }
         Some(TicketAction::Reject { id, reviewer, reason, remote }) => {
             let body = json!({ "reviewer": reviewer, "reason": reason });
-            let t = remote.api().post(&format!("/api/v1/tickets/{}/reject", encode(&id)), &body).await?;
+            let t = remote.api()?.post(&format!("/api/v1/tickets/{}/reject", encode(&id)), &body).await?;
             print!("{}", line(&t));
         }
         None => {
-            let api = args.remote.api();
+            let api = args.remote.api()?;
             if let Some(id) = &args.id {
                 let t = api.get(&format!("/api/v1/tickets/{}", encode(id))).await?;
                 return show(&t, args.format);

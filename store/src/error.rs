@@ -23,4 +23,12 @@ pub enum StoreError {
     Refused(String),
     #[error("query exceeded its time limit of {0:?}")]
     Timeout(std::time::Duration),
+    /// Every query slot is taken; retry shortly.
+    #[error("{0} queries are already running; retry shortly")]
+    Busy(usize),
+    /// The query needs more memory than the query budget allows, even spilling.
+    #[error(
+        "query needs more memory than the query budget of {budget_mb} MB (or more spill space than allowed): {detail}"
+    )]
+    TooBig { budget_mb: usize, detail: String },
 }

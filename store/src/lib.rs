@@ -126,6 +126,10 @@ struct Inner {
     config: StoreConfig,
     state: Arc<RwLock<State>>,
     dedup: Mutex<DedupIndex>,
+    /// Keys whose first copy is on its way to the WAL, and how that ends
+    /// (`Some(true)` durable, `Some(false)` failed): a retry that carries them
+    /// is acknowledged only once the first copy is durable.
+    pending: Mutex<std::collections::HashMap<u64, tokio::sync::watch::Receiver<Option<bool>>>>,
     wal: wal::Wal,
     closed: AtomicBool,
     flush_lock: Mutex<()>,
@@ -142,6 +146,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The directory the store keeps its data in.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
     fn segments_dir(data_dir: &Path) -> PathBuf {
         data_dir.join("segments")
     }
@@ -161,8 +170,13 @@ impl Store {
         }
         let fsync = config.durability == Durability::Fsync;
         let checkpoint = read_checkpoint(&Self::checkpoint_path(dir))?;
-        let segments = segment::load_segments(&Self::segments_dir(dir), checkpoint)?;
+        // Spill files of queries that ran before a crash.
+        let _ = fs::remove_dir_all(dir.join("spill"));
+        let quarantine = dir.join("quarantine");
+        let (segments, bad_segments) =
+            segment::load_segments(&Self::segments_dir(dir), &quarantine.join("segments"), checkpoint)?;
         let stats = Arc::new(StoreStats::default());
+        stats.add_quarantined(bad_segments);
 
         let mut dedup = DedupIndex::new(config.dedup_window, config.dedup_max_keys);
         let now = Instant::now();
@@ -179,7 +193,7 @@ impl Store {
         let mut state =
             State { segments: segments.into_iter().map(|s| (s.path.clone(), s)).collect(), ..State::default() };
         let mut replayed = 0usize;
-        let last_seq = wal::replay(&dir.join("wal"), checkpoint, |r| {
+        let (last_seq, bad_wal) = wal::replay(&dir.join("wal"), &quarantine.join("wal"), checkpoint, |r| {
             for batch in r.batches {
                 // A record may repeat spans that reached a segment before a crash.
                 let mask = dedup.insert_new(&batch_keys(&batch), now);
@@ -195,6 +209,7 @@ impl Store {
                 state.buffer.push_back(Buffered { seq: r.seq, tenant: r.tenant.clone(), batch, bytes, at: now });
             }
         })?;
+        stats.add_quarantined(bad_wal);
         info!(checkpoint, last_seq, replayed_spans = replayed, segments = state.segments.len(), "store opened");
 
         let state = Arc::new(RwLock::new(state));
@@ -225,6 +240,7 @@ impl Store {
                 config,
                 state,
                 dedup: Mutex::new(dedup),
+                pending: Mutex::default(),
                 wal,
                 closed: AtomicBool::new(false),
                 flush_lock: Mutex::new(()),
@@ -262,9 +278,57 @@ impl Store {
             }
         }
         let keys = batch_keys(&batch);
-        let mask = self.inner.dedup.lock().insert_new(&keys, Instant::now());
-        let forget = || self.inner.dedup.lock().remove(&keys, &mask);
-        let fresh = match filter_record_batch(&batch, &mask) {
+        let (landed, landing) = tokio::sync::watch::channel(None::<bool>);
+        // Under one lock: which keys are new, the appends still writing the
+        // others (OTLP: a duplicate is acknowledged only once its first copy
+        // is durable), and this append's new keys, now pending.
+        let (mask, first_copies) = {
+            let mut pending = self.inner.pending.lock();
+            let mask = self.inner.dedup.lock().insert_new(&keys, Instant::now());
+            let mut first_copies: Vec<tokio::sync::watch::Receiver<Option<bool>>> = Vec::new();
+            for (k, new) in keys.iter().zip(mask.iter()) {
+                if new == Some(true) {
+                    pending.insert(*k, landing.clone());
+                } else if let Some(rx) = pending.get(k)
+                    && !first_copies.iter().any(|f| f.same_channel(rx))
+                {
+                    first_copies.push(rx.clone());
+                }
+            }
+            (mask, first_copies)
+        };
+        let outcome = self.append_fresh(tenant, &batch, &keys, &mask).await;
+        let _ = landed.send(Some(outcome.is_ok()));
+        {
+            let mut pending = self.inner.pending.lock();
+            for (k, new) in keys.iter().zip(mask.iter()) {
+                if new == Some(true) && pending.get(k).is_some_and(|rx| rx.same_channel(&landing)) {
+                    pending.remove(k);
+                }
+            }
+        }
+        let outcome = outcome?;
+        for mut first in first_copies {
+            let durable = first.wait_for(|v| v.is_some()).await.map(|v| *v == Some(true)).unwrap_or(false);
+            if !durable {
+                // Not stored after all: the client must send it again.
+                return Err(SinkError::Unavailable("the first copy of a retried span failed to be stored".into()));
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Writes the spans of `batch` that `mask` marks new to the WAL.
+    async fn append_fresh(
+        &self,
+        tenant: &Tenant,
+        batch: &RecordBatch,
+        keys: &[u64],
+        mask: &arrow::array::BooleanArray,
+    ) -> Result<AppendOutcome, SinkError> {
+        let total = batch.num_rows();
+        let forget = || self.inner.dedup.lock().remove(keys, mask);
+        let fresh = match filter_record_batch(batch, mask) {
             Ok(b) => b,
             Err(e) => {
                 forget();

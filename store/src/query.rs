@@ -8,6 +8,7 @@ use andon_model::Tenant;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -18,14 +19,35 @@ use crate::{SpansTable, Store, StoreError};
 pub struct QueryLimits {
     /// Rows returned at most; the rest are cut and the output marked truncated.
     pub max_rows: usize,
+    /// Bytes of result (Arrow memory) returned at most, cut like rows.
+    pub max_response_bytes: usize,
     pub timeout: Duration,
+    /// Memory all running queries share: sorts, joins and aggregations spill
+    /// to disk past it where DataFusion can, and fail cleanly where it cannot.
+    pub memory_bytes: usize,
+    /// Interactive queries (`/api/v1/query`, the CLI) running at once; more
+    /// wait a moment for a slot, then get a busy answer.
+    pub max_concurrent: usize,
+    /// Disk all running queries may fill with spill files; past it the query
+    /// that needs more fails, as for memory.
+    pub spill_bytes: u64,
 }
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        Self { max_rows: 10_000, timeout: Duration::from_secs(30) }
+        Self {
+            max_rows: 10_000,
+            max_response_bytes: 32 << 20,
+            timeout: Duration::from_secs(30),
+            memory_bytes: 1 << 30,
+            max_concurrent: 4,
+            spill_bytes: 4 << 30,
+        }
     }
 }
+
+/// How long an interactive query waits for a free slot.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct QueryOutput {
@@ -63,17 +85,45 @@ pub struct QueryEngine {
     _runtime: Arc<QueryRuntime>,
     handle: tokio::runtime::Handle,
     limits: QueryLimits,
+    /// The memory pool and spill files every session shares.
+    env: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl QueryEngine {
     pub fn new(store: Store, limits: QueryLimits, threads: usize) -> Result<Self, StoreError> {
+        use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+        use datafusion::execution::memory_pool::FairSpillPool;
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("andon-query")
             .enable_all()
             .build()?;
         let handle = rt.handle().clone();
-        Ok(Self { store, extra: Arc::default(), _runtime: Arc::new(QueryRuntime(Some(rt))), handle, limits })
+        // Spill files go under the data directory, on the disk sized for data,
+        // in a temporary directory of each engine's own.
+        let spill = store.data_dir().join("spill");
+        std::fs::create_dir_all(&spill)?;
+        let env = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_bytes.max(16 << 20))))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default()
+                    .with_mode(DiskManagerMode::Directories(vec![spill]))
+                    .with_max_temp_directory_size(limits.spill_bytes),
+            )
+            .build_arc()?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1)));
+        Ok(Self {
+            store,
+            extra: Arc::default(),
+            _runtime: Arc::new(QueryRuntime(Some(rt))),
+            handle,
+            limits,
+            env,
+            slots,
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -92,7 +142,7 @@ impl QueryEngine {
         opts.execution.parquet.pushdown_filters = true;
         opts.execution.parquet.reorder_filters = true;
         opts.sql_parser.enable_ident_normalization = true;
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&self.env));
         let table = match tenant.clone() {
             Some(t) => SpansTable::for_tenant(self.store.clone(), t),
             None => SpansTable::all_tenants(self.store.clone()),
@@ -107,7 +157,15 @@ impl QueryEngine {
     /// Runs one read-only statement. Anything that is not a query (DDL, DML, `SET`,
     /// `COPY`) is refused.
     pub async fn run(&self, tenant: Option<Tenant>, sql: &str) -> Result<QueryOutput, StoreError> {
-        self.run_capped(tenant, sql, self.limits.max_rows, self.limits.timeout).await
+        let slot = tokio::time::timeout(SLOT_WAIT, Arc::clone(&self.slots).acquire_owned())
+            .await
+            .map_err(|_| StoreError::Busy(self.limits.max_concurrent))?
+            .map_err(|_| StoreError::Closed)?;
+        let out = self
+            .run_capped(tenant, sql, self.limits.max_rows, self.limits.max_response_bytes, self.limits.timeout)
+            .await;
+        drop(slot);
+        out
     }
 
     /// Runs one read-only statement and returns every row, for Andon's own readers
@@ -115,7 +173,7 @@ impl QueryEngine {
     /// Their time limit is ten times the interactive one: a detection pass over
     /// hours of busy traffic reads far more than a person's query.
     pub async fn collect(&self, tenant: Option<Tenant>, sql: &str) -> Result<QueryOutput, StoreError> {
-        self.run_capped(tenant, sql, usize::MAX, self.limits.timeout * 10).await
+        self.run_capped(tenant, sql, usize::MAX, usize::MAX, self.limits.timeout * 10).await
     }
 
     async fn run_capped(
@@ -123,6 +181,7 @@ impl QueryEngine {
         tenant: Option<Tenant>,
         sql: &str,
         max_rows: usize,
+        max_bytes: usize,
         timeout: Duration,
     ) -> Result<QueryOutput, StoreError> {
         let started = Instant::now();
@@ -134,23 +193,47 @@ impl QueryEngine {
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let mut stream = df.execute_stream().await?;
             let mut batches = Vec::new();
-            let mut rows = 0;
+            let (mut rows, mut bytes) = (0, 0);
             let mut truncated = false;
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
+                let size = batch.get_array_memory_size();
+                if bytes + size > max_bytes {
+                    // Keep the share of the batch that fits, by its average row size.
+                    let per_row = (size / batch.num_rows().max(1)).max(1);
+                    let fit = ((max_bytes - bytes) / per_row).min(max_rows - rows);
+                    batches.push(batch.slice(0, fit));
+                    truncated = true;
+                    break;
+                }
                 if rows + batch.num_rows() > max_rows {
                     batches.push(batch.slice(0, max_rows - rows));
                     truncated = true;
                     break;
                 }
                 rows += batch.num_rows();
+                bytes += size;
                 batches.push(batch);
             }
             Ok::<_, StoreError>((schema, batches, truncated))
         });
         let abort = task.abort_handle();
         let result = match tokio::time::timeout(timeout, task).await {
-            Ok(joined) => joined.map_err(|e| StoreError::Refused(format!("query task failed: {e}")))?,
+            Ok(joined) => joined.map_err(|e| StoreError::Refused(format!("query task failed: {e}")))?.map_err(|e| {
+                match e {
+                    // Past the spill space, DataFusion's error comes wrapped as an I/O one.
+                    StoreError::Query(e)
+                        if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))
+                            || e.to_string().contains("disk space during the spilling") =>
+                    {
+                        StoreError::TooBig {
+                            budget_mb: self.limits.memory_bytes >> 20,
+                            detail: e.find_root().to_string(),
+                        }
+                    }
+                    e => e,
+                }
+            }),
             Err(_) => {
                 abort.abort();
                 Err(StoreError::Timeout(timeout))

@@ -276,12 +276,16 @@ fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     }
 }
 
-/// Every segment under `root`. Temporary files are deleted, and so are segments of
-/// flushes after `checkpoint`, whose spans are still in the WAL.
-pub fn load_segments(root: &Path, checkpoint: u64) -> Result<Vec<Segment>, StoreError> {
+/// Every segment under `root`, and how many were quarantined. Temporary files
+/// are deleted, and so are segments of flushes after `checkpoint`, whose spans
+/// are still in the WAL. A segment whose footer cannot be read is moved under
+/// `quarantine` (the same tenant/hour path) and reported, so that one bad
+/// file never stops the store from opening.
+pub fn load_segments(root: &Path, quarantine: &Path, checkpoint: u64) -> Result<(Vec<Segment>, u64), StoreError> {
     let mut out = Vec::new();
+    let mut quarantined = 0;
     if !root.exists() {
-        return Ok(out);
+        return Ok((out, quarantined));
     }
     for t in fs::read_dir(root)? {
         let t = t?;
@@ -312,7 +316,18 @@ pub fn load_segments(root: &Path, checkpoint: u64) -> Result<Vec<Segment>, Store
                     continue;
                 }
                 let bytes = fs::metadata(&path)?.len();
-                let reader = SerializedFileReader::new(File::open(&path)?)?;
+                let reader = match SerializedFileReader::new(File::open(&path)?) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let aside = quarantine.join(t.file_name()).join(h.file_name()).join(&name);
+                        fs::create_dir_all(aside.parent().unwrap_or(quarantine))?;
+                        fs::rename(&path, &aside)?;
+                        tracing::error!(path = %path.display(), kept_in = %aside.display(), error = %e,
+                            "unreadable segment quarantined: its spans are not served");
+                        quarantined += 1;
+                        continue;
+                    }
+                };
                 let rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
                 found.push(Segment { path, tenant: tenant.clone(), hour, flush_seq, first_seq, rows, bytes });
             }
@@ -336,7 +351,7 @@ pub fn load_segments(root: &Path, checkpoint: u64) -> Result<Vec<Segment>, Store
         }
     }
     out.sort_by(|a, b| (a.hour, a.flush_seq, &a.path).cmp(&(b.hour, b.flush_seq, &b.path)));
-    Ok(out)
+    Ok((out, quarantined))
 }
 
 /// Reads only the tenant and id columns of a segment, to rebuild the dedup index.

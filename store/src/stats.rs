@@ -15,6 +15,7 @@ pub struct StoreStats {
     segments_written: AtomicU64,
     segment_bytes_written: AtomicU64,
     queries_failed: AtomicU64,
+    quarantined: AtomicU64,
 }
 
 impl Default for StoreStats {
@@ -29,6 +30,7 @@ impl Default for StoreStats {
             segments_written: AtomicU64::new(0),
             segment_bytes_written: AtomicU64::new(0),
             queries_failed: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
         }
     }
 }
@@ -48,6 +50,8 @@ pub struct StoreSnapshot {
     pub buffered_bytes: u64,
     pub queries_failed: u64,
     pub dedup_keys: u64,
+    /// Corrupt WAL tails and unreadable segments moved aside since start.
+    pub quarantined: u64,
 }
 
 impl StoreStats {
@@ -62,6 +66,9 @@ impl StoreStats {
         self.segments_written.fetch_add(1, Relaxed);
         self.segment_bytes_written.fetch_add(bytes, Relaxed);
     }
+    pub(crate) fn add_quarantined(&self, n: u64) {
+        self.quarantined.fetch_add(n, Relaxed);
+    }
     pub(crate) fn add_query_failure(&self) {
         self.queries_failed.fetch_add(1, Relaxed);
     }
@@ -72,5 +79,6 @@ impl StoreStats {
         s.segments_written = self.segments_written.load(Relaxed);
         s.segment_bytes_written = self.segment_bytes_written.load(Relaxed);
         s.queries_failed = self.queries_failed.load(Relaxed);
+        s.quarantined = self.quarantined.load(Relaxed);
     }
 }

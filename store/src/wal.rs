@@ -84,10 +84,20 @@ fn wal_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
-/// Reads every intact record with `seq > after`, in order. A torn or corrupt tail (a
-/// crash in the middle of a write) ends a file; it is cut off so the file is clean.
-pub fn replay(dir: &Path, after: u64, mut f: impl FnMut(Replayed)) -> Result<u64, StoreError> {
+/// Reads every intact record with `seq > after`, in order. A file ends at its
+/// first torn or corrupt record: a torn tail is a crash in the middle of a
+/// write, but a corrupt record may have acknowledged records after it, so
+/// whatever follows it is copied aside into `quarantine` (named after the file
+/// and the offset) before the file is cut there. Returns the last sequence
+/// number seen and the number of files that had bytes put aside.
+pub fn replay(
+    dir: &Path,
+    quarantine: &Path,
+    after: u64,
+    mut f: impl FnMut(Replayed),
+) -> Result<(u64, u64), StoreError> {
     let mut last_seq = after;
+    let mut quarantined = 0;
     for (_, path) in wal_files(dir)? {
         let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
         let len = file.metadata()?.len();
@@ -122,18 +132,34 @@ pub fn replay(dir: &Path, after: u64, mut f: impl FnMut(Replayed)) -> Result<u64
                 }
                 Err(e) => {
                     error!(path = %path.display(), error = %e, "wal record undecodable though its checksum matched");
-                    break pos;
+                    break pos - 8 - u64::from(rec_len);
                 }
             }
         };
         drop(r);
         if good_end < len {
-            warn!(path = %path.display(), offset = good_end, dropped_bytes = len - good_end, "wal ends in a torn record, truncating");
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
+            let aside = quarantine.join(format!("{name}.from-{good_end}"));
+            fs::create_dir_all(quarantine)?;
+            let mut src = File::open(&path)?;
+            src.seek(SeekFrom::Start(good_end))?;
+            let mut dst = File::create(&aside)?;
+            io::copy(&mut src, &mut dst)?;
+            dst.sync_all()?;
+            sync_dir(quarantine)?;
+            error!(
+                path = %path.display(),
+                offset = good_end,
+                bytes = len - good_end,
+                kept_in = %aside.display(),
+                "wal holds a torn or corrupt record: what follows it is kept aside, not replayed"
+            );
+            quarantined += 1;
             file.set_len(good_end)?;
             file.sync_all()?;
         }
     }
-    Ok(last_seq)
+    Ok((last_seq, quarantined))
 }
 
 /// Deletes every WAL file whose records all have `seq <= through`.
@@ -330,7 +356,16 @@ impl Wal {
     }
 
     /// Appends a record made by [`encode_batch`]; resolves once it is durable.
+    /// A record over the frame limit is refused whole: its length would not
+    /// fit the frame's length field.
     pub async fn append(&self, payload: Vec<u8>, tenant: Tenant, batch: RecordBatch) -> Result<u64, StoreError> {
+        if payload.len() > MAX_RECORD as usize {
+            return Err(StoreError::Refused(format!(
+                "a batch of {} bytes is over the WAL's record limit of {} bytes; send smaller requests",
+                payload.len(),
+                MAX_RECORD
+            )));
+        }
         let (done, rx) = oneshot::channel();
         let tx = self.sender()?;
         match tx.try_send(Command::Append { payload, tenant, batch, done }) {

@@ -1,8 +1,14 @@
 """Sends the exporters test's spans with the OpenTelemetry Python SDK.
 
 usage: export_spans.py http|grpc ENDPOINT SERVICE
+
+Against a server with TLS and auth on, the environment gives the CA to trust
+(ANDON_TEST_CA), the client certificate and key for mutual TLS
+(ANDON_TEST_CLIENT_CERT, ANDON_TEST_CLIENT_KEY) and the bearer token
+(ANDON_TEST_TOKEN).
 """
 
+import os
 import sys
 
 from opentelemetry.sdk.resources import Resource
@@ -16,14 +22,37 @@ LINKED_SPAN = 0xB7AD6B7169203331
 
 def main() -> None:
     proto, endpoint, service = sys.argv[1:4]
+    ca, cert, key = (os.environ.get(k) for k in ("ANDON_TEST_CA", "ANDON_TEST_CLIENT_CERT", "ANDON_TEST_CLIENT_KEY"))
+    token = os.environ.get("ANDON_TEST_TOKEN")
+    headers = {"authorization": f"Bearer {token}"} if token else None
     if proto == "http":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter(endpoint=endpoint)
+        exporter = OTLPSpanExporter(
+            endpoint=endpoint,
+            certificate_file=ca,
+            client_certificate_file=cert,
+            client_key_file=key,
+            headers=headers,
+        )
+    elif ca:
+        import grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(ca),
+            private_key=read(key) if key else None,
+            certificate_chain=read(cert) if cert else None,
+        )
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=False, credentials=credentials, headers=headers)
     else:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True)
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, headers=headers)
     resource = Resource.create(
         {"service.name": service, "service.version": "4.2.0", "cloud.region": "eu-west-1"}
     )

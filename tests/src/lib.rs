@@ -245,18 +245,23 @@ pub mod reqwest {
         BlockingClient
     }
 
+    fn client() -> ::reqwest::Client {
+        andon_model::install_tls_provider();
+        ::reqwest::Client::new()
+    }
+
     #[derive(Debug, Clone, Copy)]
     pub struct BlockingClient;
 
     impl BlockingClient {
         pub fn post(&self, url: String) -> RequestBuilder {
-            RequestBuilder { inner: ::reqwest::Client::new().post(url) }
+            RequestBuilder { inner: client().post(url) }
         }
         pub fn get(&self, url: String) -> RequestBuilder {
-            RequestBuilder { inner: ::reqwest::Client::new().get(url) }
+            RequestBuilder { inner: client().get(url) }
         }
         pub fn delete(&self, url: String) -> RequestBuilder {
-            RequestBuilder { inner: ::reqwest::Client::new().delete(url) }
+            RequestBuilder { inner: client().delete(url) }
         }
     }
 

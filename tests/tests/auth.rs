@@ -54,6 +54,7 @@ fn start(dir: &std::path::Path) -> Server {
 }
 
 fn client() -> reqwest::blocking::Client {
+    andon_model::install_tls_provider();
     reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 

@@ -168,7 +168,10 @@ fn rust_exporter_over_http_protobuf() {
         // The batch processor exports from its own thread, without a Tokio
         // runtime: name the blocking client rather than rely on which reqwest
         // client features the workspace happens to enable.
-        .with_http_client(::reqwest::blocking::Client::new())
+        .with_http_client({
+            andon_model::install_tls_provider();
+            ::reqwest::blocking::Client::new()
+        })
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(server.http_url("/v1/traces"))
         .build()

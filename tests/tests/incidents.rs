@@ -31,6 +31,22 @@ fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The deploy's PR title names the person who reported the problem, and
+    // their address: neither may leave the server in a report.
+    let changes_file = shop.join("changes.json");
+    let mut changes: Value = serde_json::from_str(&std::fs::read_to_string(&changes_file).unwrap()).unwrap();
+    fn plant(v: &mut Value) {
+        match v {
+            Value::Object(o) if o.get("version").is_some_and(|v| v == "7.4.0") => {
+                o.insert("title".into(), json!("Cache quotes (reported by jane.doe@example.com from 203.0.113.7)"));
+            }
+            Value::Object(o) => o.values_mut().for_each(plant),
+            Value::Array(a) => a.iter_mut().for_each(plant),
+            _ => {}
+        }
+    }
+    plant(&mut changes);
+    std::fs::write(&changes_file, changes.to_string()).unwrap();
     let out = Command::new(andon_bin())
         .args([
             "changes",
@@ -61,6 +77,8 @@ fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
     assert!(md.starts_with("# pricing GET /v1/quote: p95"), "{md}");
     assert!(md.contains(&format!("PR #\u{2060}{pr}")) && md.contains("## Gate analysis"), "{md}");
     let id = String::from_utf8_lossy(&out.stderr).trim().trim_start_matches("opened ").to_owned();
+    // The title is shown, masked (Markdown escapes the masks' brackets).
+    assert!(md.contains("Cache quotes") && md.contains("email") && md.contains("ip"), "{md}");
 
     // The API has it, as JSON per the contract.
     let (status, inc) = server.get_json(&format!("/api/v1/incidents/{id}"));
@@ -96,6 +114,13 @@ fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
     assert_eq!(csp.as_deref(), Some("default-src 'none'; style-src 'unsafe-inline'"));
     let html = resp.text();
     assert!(html.contains("<h2>Gate analysis</h2>") && !html.contains("<script"));
+    let json = inc.to_string();
+    for planted in ["jane.doe@example.com", "203.0.113.7"] {
+        assert!(
+            !md.contains(planted) && !html.contains(planted) && !json.contains(planted),
+            "{planted} left the server"
+        );
+    }
 
     // Its RCA ticket waits at the human gate.
     let (_, tickets) = server.get_json("/api/v1/tickets?state=pending");

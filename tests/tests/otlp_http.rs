@@ -202,6 +202,42 @@ fn bodies_over_the_limit_after_decompression_get_413() {
     assert_eq!(post(&server, "application/x-protobuf", ok, &[]).status(), 200, "the server still works");
 }
 
+/// Decode amplification: each row copies its resource's attributes, so a
+/// request small on the wire can decode into far more memory than the whole
+/// in-flight budget. It is refused as too large (not retryable), by what it
+/// would build, as is a request with more spans than a request may carry.
+#[test]
+fn a_request_that_decodes_into_more_than_the_budget_gets_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &[("ANDON_OTLP_MAX_REQUEST_SPANS", "5000")]);
+    let mut req = otlp::request("cart", 11, 2000, otlp::now_ns());
+    // 40 kB of resource attributes, copied into 2000 rows: 80 MB decoded.
+    req.resource_spans[0]
+        .resource
+        .as_mut()
+        .unwrap()
+        .attributes
+        .push(otlp::kv("k8s.pod.annotations", &"x".repeat(40_000)));
+    let body = req.encode_to_vec();
+    assert!(body.len() < 1 << 20, "{} bytes on the wire", body.len());
+    let resp = post(&server, "application/x-protobuf", body, &[]);
+    assert_eq!(resp.status(), 413);
+    let status = RpcStatus::decode(resp.body.as_slice()).unwrap();
+    assert_eq!(status.code, 8, "RESOURCE_EXHAUSTED");
+    assert!(status.message.contains("decoded"), "{}", status.message);
+
+    let many = otlp::request("cart", 12, 5001, otlp::now_ns()).encode_to_vec();
+    let resp = post(&server, "application/x-protobuf", many, &[]);
+    assert_eq!(resp.status(), 413);
+    let status = RpcStatus::decode(resp.body.as_slice()).unwrap();
+    assert!(status.message.contains("5001 spans"), "{}", status.message);
+    assert_eq!(server.count("SELECT count(*) FROM spans"), 0);
+
+    let ok = otlp::request("cart", 13, 5000, otlp::now_ns()).encode_to_vec();
+    assert_eq!(post(&server, "application/x-protobuf", ok, &[]).status(), 200);
+    assert_eq!(server.count("SELECT count(*) FROM spans"), 5000);
+}
+
 #[test]
 fn invalid_spans_are_reported_as_partial_success() {
     let dir = tempfile::tempdir().unwrap();

@@ -608,7 +608,9 @@ fn file_and_webhook_sinks_deliver_signed_and_once() {
         Ticketing::open(&dir.path().join("hook.db"), settings, &|k| (k == "HOOK_SECRET").then(|| "s3cret".to_owned()))
             .unwrap();
     t.observe(&tenant, std::slice::from_ref(&f)).unwrap();
-    t.approve(&tenant, &id, "alice", None, None).unwrap();
+    // The reviewer's note quotes a customer: the webhook gets it masked.
+    let note = "customer alice@example.com (+44 20 7946 0958) saw this from 198.51.100.23";
+    t.approve(&tenant, &id, "alice", Some(note), None).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while t.db().get(&tenant, &id).unwrap().unwrap().state != TicketState::Posted && Instant::now() < deadline {
         rt.block_on(t.deliver_due()).unwrap();
@@ -623,5 +625,10 @@ fn file_and_webhook_sinks_deliver_signed_and_once() {
         let v: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["event"], "ticket.created");
         assert_eq!(v["ticket"]["fingerprint"], f.fingerprint.as_str());
+        let text = String::from_utf8_lossy(body);
+        assert!(text.contains("customer [email] ([phone]) saw this from [ip]"), "{text}");
+        for planted in ["alice@example.com", "7946 0958", "198.51.100.23"] {
+            assert!(!text.contains(planted), "{planted} reached the webhook");
+        }
     }
 }

@@ -24,6 +24,7 @@ use crate::db::TicketDb;
 use crate::draft::Drafter;
 use crate::observe::Observed;
 use crate::queue::{Delivery, Job};
+use crate::redact::Redactor;
 use crate::sink::{FileSink, GitHubSink, SinkError, TicketSink, WebhookSink};
 
 /// Findings resolved because their issue was closed, per tenant.
@@ -65,7 +66,8 @@ pub fn build_sink(
             if secret.is_none() {
                 warn!(variable = %secret_env, "webhook deliveries will not be signed: the secret variable is not set");
             }
-            Some(Arc::new(WebhookSink::new(url, secret, settings.request_timeout)?))
+            let redactor = Redactor::new(&settings.redact_attributes);
+            Some(Arc::new(WebhookSink::new(url, secret, settings.request_timeout, redactor)?))
         }
     })
 }

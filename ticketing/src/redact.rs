@@ -87,7 +87,12 @@ impl Redactor {
         let deny_pairs = (!deny.is_empty())
             .then(|| {
                 let keys: Vec<String> = deny.iter().map(|k| regex::escape(k)).collect();
-                Regex::new(&format!(r#"(?i)(^|[^\w.])({})(\s*[=:]\s*"?)[^\s"'`&,;)}}\]]+"#, keys.join("|"))).ok()
+                // A value never starts with `[`: a mask (`[redacted]`) is not masked again.
+                Regex::new(&format!(
+                    r#"(?i)(^|[^\w.])({})(\s*[=:]\s*"?)[^\s"'`&,;)}}\]\[][^\s"'`&,;)}}\]]*"#,
+                    keys.join("|")
+                ))
+                .ok()
             })
             .flatten();
         Self { deny, deny_pairs }
@@ -153,6 +158,43 @@ mod tests {
 
     fn r() -> Redactor {
         Redactor::new(&["user.id".to_owned(), "client.address".to_owned()])
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cases() -> u32 {
+            std::env::var("ANDON_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Planted personal data never survives, whatever text surrounds
+            /// it, and masking what was masked changes nothing.
+            #[test]
+            fn planted_data_never_survives_and_masking_is_idempotent(
+                before in "\\PC{0,40}",
+                after in "\\PC{0,40}",
+                user in "[a-z][a-z0-9.]{0,10}[a-z]",
+                host in "[a-z]{2,10}",
+                ip in (1u8..=254, any::<u8>(), any::<u8>(), 1u8..=254),
+                value in "[A-Za-z0-9]{1,12}",
+            ) {
+                let r = r();
+                let email = format!("{user}@{host}.org");
+                let ip = format!("{}.{}.{}.{}", ip.0, ip.1, ip.2, ip.3);
+                let text = format!("{before} {email} ; {ip} ; user.id={value} {after}");
+                let once = r.text(&text).into_owned();
+                prop_assert!(!once.contains(&email), "{once}");
+                prop_assert!(!once.contains(&format!(" {ip} ")), "{once}");
+                prop_assert!(!once.contains(&format!("user.id={value}")), "{once}");
+                prop_assert_eq!(r.text(&once).into_owned(), once.clone());
+                let json = r.json(&serde_json::json!({"note": text, "user.id": value}));
+                prop_assert!(!json.to_string().contains(&email));
+            }
+        }
     }
 
     #[test]

@@ -55,6 +55,32 @@ pub struct AppState {
     pub max_analyze_range: chrono::Duration,
 }
 
+impl AppState {
+    /// `inc` with personal data and secrets masked by the ticket redactor, as
+    /// every way an incident leaves the server shows it (JSON, report.md,
+    /// report.html, the UI): span attributes quoted in evidence, a reviewer's
+    /// or a pipeline's text.
+    pub fn redacted(&self, inc: andon_model::Incident) -> andon_model::Incident {
+        let redactor = self.tickets.drafter().redactor();
+        match serde_json::to_value(&inc).map(|v| serde_json::from_value(redactor.json(&v))) {
+            Ok(Ok(masked)) => masked,
+            // Masking only rewrites strings; should the result not read back,
+            // nothing unmasked goes out either.
+            _ => {
+                let mut bare = inc;
+                bare.title = redactor.text(&bare.title).into_owned();
+                bare.narrative.clear();
+                bare.why_missed.clear();
+                bare.remediation.clear();
+                bare.suspects.clear();
+                bare.steps.clear();
+                bare.gate_analysis.clear();
+                bare
+            }
+        }
+    }
+}
+
 /// A JSON error: `{"error": "..."}` with a lowercase message.
 pub struct ApiError(pub StatusCode, pub String);
 
@@ -67,8 +93,8 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
-            StoreError::Query(_) | StoreError::Refused(_) => StatusCode::BAD_REQUEST,
-            StoreError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Query(_) | StoreError::Refused(_) | StoreError::TooBig { .. } => StatusCode::BAD_REQUEST,
+            StoreError::Timeout(_) | StoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let msg = e.to_string();

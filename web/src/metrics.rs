@@ -88,6 +88,12 @@ pub fn render(r: &Readings<'_>) -> String {
     histogram(&mut out, "andon_flush_seconds", "Duration of flushes from memory to segments.", &r.flush);
     histogram(&mut out, "andon_query_seconds", "Latency of SQL queries.", &r.query);
     counter(&mut out, "andon_queries_failed_total", "SQL queries that failed or were refused.", r.store.queries_failed);
+    counter(
+        &mut out,
+        "andon_quarantined_total",
+        "Corrupt WAL tails and unreadable segments moved to data_dir/quarantine at open.",
+        r.store.quarantined,
+    );
     let [passes, failures, findings, last_ms] = r.detection;
     counter(&mut out, "andon_detection_passes_total", "Continuous detection passes completed.", passes);
     counter(&mut out, "andon_detection_failures_total", "Continuous detection passes that failed.", failures);

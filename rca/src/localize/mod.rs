@@ -164,9 +164,16 @@ pub fn rank(
     // A slowdown every service shares (a busy host, a noisy neighbour, the
     // machine-wide side of CPU contention in one process) is the environment,
     // not a culprit: each operation is judged by how much it slowed beyond it.
-    let common = common_slowdown(base, cur);
+    // Hops are judged against the slowdown every hop shares, for the same
+    // reason: on a starved machine every client and proxy takes longer to
+    // send and hand over a call.
+    let (common_own, common_hop) = common_slowdown(base, cur);
     for (key, c) in &cur.stats {
         let b = base.stats.get(key).unwrap_or(&empty);
+        let common = match key {
+            Key::Hop { .. } => common_hop,
+            _ => common_own,
+        };
         // Time: per call, scaled by calls per request.
         let p = if b.calls == 0 {
             if c.calls >= 5 { 0.0 } else { 1.0 }
@@ -285,22 +292,28 @@ pub fn rank(
     Localization { channel, suspects, root_ms, root_error_rate, traces: (base.traces, cur.traces), edges }
 }
 
-/// The factor by which the typical service's own time grew, 1 when it did not
-/// grow: for each service with enough calls in both windows, the median ratio of
-/// its operations' median own time (weighted by calls); then the median over
-/// services. Needs three services, so that one faulty service among them cannot
-/// set it.
-fn common_slowdown(base: &Profile, cur: &Profile) -> f64 {
+/// The factors by which the typical service's own time, and the typical hop
+/// between two services, grew; 1 when they did not grow. For each service
+/// (each caller and callee pair, for hops) with enough calls in both windows,
+/// the median ratio of its operations' median time, weighted by calls; then
+/// the median over services (pairs). Each needs three, so that one faulty
+/// service or hop among them cannot set it.
+fn common_slowdown(base: &Profile, cur: &Profile) -> (f64, f64) {
     const MIN_CALLS: u64 = 10;
-    let mut per_service: BTreeMap<&str, Vec<(f64, u64)>> = BTreeMap::new();
+    let mut own: BTreeMap<(&str, &str), Vec<(f64, u64)>> = BTreeMap::new();
+    let mut hop: BTreeMap<(&str, &str), Vec<(f64, u64)>> = BTreeMap::new();
     for (key, c) in &cur.stats {
-        let Key::Own { service, .. } = key else { continue };
+        let group = match key {
+            Key::Own { service, .. } => own.entry((service.as_ref(), "")),
+            Key::Hop { caller, callee, .. } => hop.entry((caller.as_ref(), callee.as_ref())),
+            Key::Dependency { .. } => continue,
+        };
         let Some(b) = base.stats.get(key) else { continue };
         let (qb, qc) = (b.quantile(0.5), c.quantile(0.5));
         if b.calls < MIN_CALLS || c.calls < MIN_CALLS || qb <= 0.0 || !qc.is_finite() {
             continue;
         }
-        per_service.entry(service.as_ref()).or_default().push((qc / qb, c.calls));
+        group.or_default().push((qc / qb, c.calls));
     }
     let weighted_median = |mut v: Vec<(f64, u64)>| -> f64 {
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -314,11 +327,11 @@ fn common_slowdown(base: &Profile, cur: &Profile) -> f64 {
         }
         v.last().map_or(1.0, |x| x.0)
     };
-    let services: Vec<(f64, u64)> = per_service.into_values().map(|v| (weighted_median(v), 1)).collect();
-    if services.len() < 3 {
-        return 1.0;
-    }
-    weighted_median(services).max(1.0)
+    let common = |groups: BTreeMap<(&str, &str), Vec<(f64, u64)>>| -> f64 {
+        let each: Vec<(f64, u64)> = groups.into_values().map(|v| (weighted_median(v), 1)).collect();
+        if each.len() < 3 { 1.0 } else { weighted_median(each).max(1.0) }
+    };
+    (common(own), common(hop))
 }
 
 /// For each service, the share of its hops (by calls) whose time grew
@@ -858,6 +871,60 @@ mod tests {
             p
         };
         let s = rank(&build(1.0, 1.0, 1), &build(1.3, 3.0, 2), None, None, &LocalizeLimits::default()).suspects;
+        assert_eq!(s[0].service, "billing", "{s:#?}");
+    }
+
+    #[test]
+    fn a_slowdown_every_hop_shares_does_not_outrank_the_service_that_slowed() {
+        // CPU contention in `billing`, called on one request in twenty, triples
+        // its own time. On the starved machine every client and proxy is also
+        // slower to hand over a call: each hop between two services (half a
+        // millisecond each way) more than doubles, on every call of every
+        // request, which adds more per request than billing does.
+        let build = |gap: f64, billing: f64, seed: u64| {
+            let mut p = Profile::default();
+            let mut st = seed;
+            for i in 0..800 {
+                let mut rows: Vec<OwnedRow> = Vec::new();
+                let mut t = 1.0;
+                let mut kids = Vec::new();
+                for svc in ["rooms", "rates", "search", "reviews"] {
+                    let own = 5.0 * (0.9 + 0.2 * noise(&mut st));
+                    kids.push((svc, t, own));
+                    t += own + 2.0 * gap + 1.0;
+                }
+                if i % 20 == 0 {
+                    let own = 10.0 * billing * (0.9 + 0.2 * noise(&mut st));
+                    kids.push(("billing", t, own));
+                    t += own + 2.0 * gap + 1.0;
+                }
+                rows.push(("root".into(), None, "gateway", "GET /stay", Kind::Server, 0.0, t + 2.0));
+                for (k, (svc, t0, own)) in kids.into_iter().enumerate() {
+                    let g = gap * (0.8 + 0.4 * noise(&mut st));
+                    rows.push((
+                        format!("c{k}"),
+                        Some("root".into()),
+                        "gateway",
+                        "GET",
+                        Kind::Client,
+                        t0,
+                        t0 + own + 2.0 * g,
+                    ));
+                    rows.push((
+                        format!("s{k}"),
+                        Some(format!("c{k}")),
+                        svc,
+                        "handle",
+                        Kind::Server,
+                        t0 + g,
+                        t0 + g + own,
+                    ));
+                }
+                push_owned(&mut p, &rows);
+            }
+            p
+        };
+        let s = rank(&build(0.5, 1.0, 1), &build(1.2, 3.0, 2), None, None, &LocalizeLimits::default()).suspects;
         assert_eq!(s[0].service, "billing", "{s:#?}");
     }
 

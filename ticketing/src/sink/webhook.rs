@@ -2,6 +2,8 @@
 //! (`X-Andon-Signature-256: sha256=<hex>`, as GitHub signs its own), carrying
 //! a stable `X-Andon-Delivery` id. A webhook cannot be asked what it already
 //! has, so delivery is at least once and receivers deduplicate on that id.
+//! Every payload passes the redactor whole before it is signed: the draft
+//! was redacted already, but a reviewer's note or an edited title was not.
 
 use std::time::Duration;
 
@@ -14,12 +16,14 @@ use sha2::Sha256;
 
 use super::{Existing, SinkError, TicketSink};
 use crate::db::{ApprovedTicket, PostedTicket};
+use crate::redact::Redactor;
 
 #[derive(Debug)]
 pub struct WebhookSink {
     client: reqwest::Client,
     url: String,
     secret: Option<Vec<u8>>,
+    redactor: Redactor,
 }
 
 /// `sha256=<hex>` of `body` under `secret`.
@@ -32,16 +36,17 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 impl WebhookSink {
-    pub fn new(url: &str, secret: Option<String>, timeout: Duration) -> Result<Self, SinkError> {
+    pub fn new(url: &str, secret: Option<String>, timeout: Duration, redactor: Redactor) -> Result<Self, SinkError> {
+        andon_model::install_tls_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
             .map_err(|e| SinkError::Permanent(format!("building the webhook client: {e}")))?;
-        Ok(Self { client, url: url.to_owned(), secret: secret.map(String::into_bytes) })
+        Ok(Self { client, url: url.to_owned(), secret: secret.map(String::into_bytes), redactor })
     }
 
     async fn send(&self, event: &str, delivery: &str, payload: &Value) -> Result<(), SinkError> {
-        let body = serde_json::to_vec(payload).map_err(|e| SinkError::Permanent(e.to_string()))?;
+        let body = serde_json::to_vec(&self.redactor.json(payload)).map_err(|e| SinkError::Permanent(e.to_string()))?;
         let mut req = self
             .client
             .post(&self.url)

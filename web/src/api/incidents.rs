@@ -71,9 +71,10 @@ async fn load(app: &AppState, headers: &HeaderMap, id: String) -> Result<Inciden
     let tenant = tenant_of(headers)?;
     let db = Arc::clone(&app.incidents);
     let shown = id.clone();
-    blocking(move || db.get(&tenant, &id))
+    let inc = blocking(move || db.get(&tenant, &id))
         .await?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no incident {shown}")))
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no incident {shown}")))?;
+    Ok(app.redacted(inc))
 }
 
 async fn get_incident(

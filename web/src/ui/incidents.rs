@@ -89,6 +89,7 @@ pub async fn detail(
 ) -> Result<Response, UiError> {
     let (incidents, t) = (Arc::clone(&app.incidents), viewer.tenant.clone());
     let inc = blocking(move || incidents.get(&t, &id)).await?.ok_or_else(|| UiError::not_found("incident"))?;
+    let inc = app.redacted(inc);
 
     let mut b = String::new();
     let _ = write!(

@@ -315,6 +315,40 @@ pub async fn reject(
 #[cfg(test)]
 mod tests {
     use super::render_markdown;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("ANDON_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    }
+
+    fn unescape(html: &str) -> String {
+        html.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a span or a person wrote, escaped as prose, renders as
+        /// one paragraph of exactly that text: no tag, link, list or heading.
+        #[test]
+        fn escaped_prose_renders_as_itself(s in "[ -~]{0,80}") {
+            let s = s.trim();
+            let html = render_markdown(&andon_model::markdown::text(s));
+            let inner = html.trim_end().strip_prefix("<p>").and_then(|h| h.strip_suffix("</p>")).unwrap_or(&html);
+            prop_assert!(s.is_empty() || !inner.contains('<'), "{s:?} -> {html:?}");
+            prop_assert_eq!(unescape(inner).replace('\u{2060}', ""), s);
+        }
+
+        /// A code span or a fenced block holds anything, and nothing in it runs.
+        #[test]
+        fn code_holds_anything(s in "\\PC{0,80}") {
+            for md in [andon_model::markdown::code(&s), andon_model::markdown::fenced("", &s)] {
+                let html = render_markdown(&md);
+                let tags: Vec<&str> = html.split('<').skip(1).map(|t| t.split(['>', ' ']).next().unwrap_or("")).collect();
+                prop_assert!(tags.iter().all(|t| ["p", "/p", "code", "/code", "pre", "/pre"].contains(t)), "{s:?} -> {html:?}");
+            }
+        }
+    }
 
     #[test]
     fn raw_html_in_a_body_shows_as_text() {

@@ -1,0 +1,125 @@
+//! Detection on the lodging system (`fixtures/lodge/`), the way a user runs
+//! it: the recording of real Flask services, instrumented by the official
+//! OpenTelemetry libraries with faults injected for real, is imported into a
+//! server with `andon import`, and a backtest over the whole recording replays
+//! continuous detection (`POST /api/v1/analyze {from, to}`).
+//!
+//! The recording's faults last 120 s with 120 s of quiet between them, so the
+//! server runs at that timescale: a pass every 30 s judging the last 60 s
+//! against the 90 s before it, and a finding not seen for 5 minutes resolved.
+//! Everything else is the default.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use andon_tests::{Server, andon_bin, workspace_root};
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+
+fn time(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap().with_timezone(&Utc)
+}
+
+fn describe(f: &Value) -> String {
+    format!("{} {} {} {} first seen {}", f["kind"], f["service"], f["operation"], f["segment"], f["first_seen"])
+}
+
+/// Not yet passing (issue 17), so not run by `tests/run`; run it with
+/// `cargo test --workspace --test lodge -- --ignored --nocapture`. On the
+/// 2026-11-30 recording it finds five of the seven faults. It misses CPU
+/// contention in `rates` (whose server spans barely move: the delay is the
+/// wait before its server span starts, seen only as the gateway's
+/// `GET /stays/<int:room>` slowing, while RCA names `rates`), and it reports
+/// the Android-only payment failures as a drop-off at `POST /checkout/pay` for
+/// `browser.mobile=true`, twice the segment that explains it. A finding's
+/// segment is also fixed by the first pass that sees it, whose window holds
+/// only the start of the fault (`rooms` slowing for everyone is reported for
+/// `os.type=android`).
+#[test]
+#[ignore]
+fn every_fault_of_the_lodging_system_is_found_by_a_replayed_backtest_and_nothing_else_is() {
+    let recording = workspace_root().join("fixtures/lodge/recording");
+    let truth: Value = serde_json::from_slice(&std::fs::read(recording.join("truth.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &dir.path().join("data"),
+        &[
+            ("ANDON_ANALYSIS_INTERVAL_SECS", "30"),
+            ("ANDON_ANALYSIS_WINDOW_SECS", "120"),
+            ("ANDON_ANALYSIS_BASELINE_SECS", "120"),
+            ("ANDON_ANALYSIS_SESSION_TIMEOUT_SECS", "30"),
+            ("ANDON_ANALYSIS_RESOLVE_AFTER_SECS", "300"),
+        ],
+    );
+    let file = recording.join("lodge.otlp.jsonl.gz");
+    let out = Command::new(andon_bin())
+        .args(["import", "--endpoint", &server.http_url(""), file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (start, end) = (time(&truth["start"]), time(&truth["end"]));
+    let (status, body) =
+        server.post_json("/api/v1/analyze", &json!({"from": start.to_rfc3339(), "to": end.to_rfc3339()}));
+    assert_eq!(status, 200, "{body}");
+    let findings = body["findings"].as_array().unwrap();
+    let all: Vec<String> = findings.iter().map(describe).collect();
+    eprintln!("{} passes, {} findings:\n{}", body["passes"], findings.len(), all.join("\n"));
+
+    // Where users feel each fault: the faulty service's own operations, except
+    // for network delay on the hop into a service, which its callers' client
+    // spans measure (the service's own spans do not move).
+    let expected = |kind: &str| match kind {
+        "exception" => ("error_rate_regression", false),
+        "network_delay" => ("latency_regression", true),
+        // Payments that fail for one kind of client: those users stop there.
+        "client_failure" => ("drop_off", false),
+        _ => ("latency_regression", false),
+    };
+    // The services whose spans call into a service, as the traces show them.
+    let callers = |service: &str| -> Vec<Value> {
+        server
+            .query(&format!(
+                "SELECT DISTINCT p.service_name FROM spans c JOIN spans p \
+                 ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id \
+                 WHERE c.service_name = '{service}' AND p.service_name <> '{service}'"
+            ))
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect()
+    };
+    let faults = truth["faults"].as_array().unwrap();
+    let mut misses = Vec::new();
+    for fault in faults {
+        let (kind, service) = (fault["kind"].as_str().unwrap(), fault["service"].as_str().unwrap());
+        let (fs, fe) = (time(&fault["start"]), time(&fault["end"]));
+        let (want, by_caller) = expected(kind);
+        // The clients a fault is confined to (none: every device alike).
+        let segment = fault.get("segment").cloned().unwrap_or_else(|| json!({}));
+        let hit = findings.iter().any(|f| {
+            let during = time(&f["first_seen"]) >= fs && time(&f["first_seen"]) <= fe + Duration::seconds(60);
+            // A drop-off is where users leave the journey, whichever service failed them.
+            let place =
+                want == "drop_off" || f["service"] == service || by_caller && callers(service).contains(&f["service"]);
+            let narrowest = f["segment"].as_object().map_or(json!({}), |s| json!(s)) == segment;
+            f["kind"] == want && during && place && narrowest
+        });
+        if !hit {
+            misses.push(format!("{kind} in {service} from {fs}"));
+        }
+    }
+    assert!(misses.is_empty(), "faults not found: {misses:#?}\nfindings:\n{}", all.join("\n"));
+
+    // Nothing is reported outside the faults: every finding is first seen while
+    // one is on (or in the minute after it, when a pass still holds it).
+    let stray: Vec<&String> = findings
+        .iter()
+        .zip(&all)
+        .filter(|(f, _)| {
+            let t = time(&f["first_seen"]);
+            !faults.iter().any(|x| t >= time(&x["start"]) && t <= time(&x["end"]) + Duration::seconds(60))
+        })
+        .map(|(_, d)| d)
+        .collect();
+    assert!(stray.is_empty(), "findings outside every fault: {stray:#?}");
+}
