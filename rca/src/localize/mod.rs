@@ -292,12 +292,12 @@ pub fn rank(
     Localization { channel, suspects, root_ms, root_error_rate, traces: (base.traces, cur.traces), edges }
 }
 
-/// The factors by which the typical service's own time, and the typical hop
-/// between two services, grew; 1 when they did not grow. For each service
-/// (each caller and callee pair, for hops) with enough calls in both windows,
-/// the median ratio of its operations' median time, weighted by calls; then
-/// the median over services (pairs). Each needs three, so that one faulty
-/// service or hop among them cannot set it.
+/// The factors by which the typical service's own time, and the typical
+/// service's outgoing hops, grew; 1 when they did not grow. For each service
+/// (each caller, for hops) with enough calls in both windows, the median ratio
+/// of its operations' median time, weighted by calls; then the median over
+/// services (callers). Each needs three, so that one faulty service among them
+/// cannot set it.
 fn common_slowdown(base: &Profile, cur: &Profile) -> (f64, f64) {
     const MIN_CALLS: u64 = 10;
     let mut own: BTreeMap<(&str, &str), Vec<(f64, u64)>> = BTreeMap::new();
@@ -305,7 +305,9 @@ fn common_slowdown(base: &Profile, cur: &Profile) -> (f64, f64) {
     for (key, c) in &cur.stats {
         let group = match key {
             Key::Own { service, .. } => own.entry((service.as_ref(), "")),
-            Key::Hop { caller, callee, .. } => hop.entry((caller.as_ref(), callee.as_ref())),
+            // By caller: a caller starved of CPU slows all its own outgoing
+            // hops, and is one vote however many services it calls.
+            Key::Hop { caller, .. } => hop.entry((caller.as_ref(), "")),
             Key::Dependency { .. } => continue,
         };
         let Some(b) = base.stats.get(key) else { continue };
@@ -878,47 +880,57 @@ mod tests {
     fn a_slowdown_every_hop_shares_does_not_outrank_the_service_that_slowed() {
         // CPU contention in `billing`, called on one request in twenty, triples
         // its own time. On the starved machine every client and proxy is also
-        // slower to hand over a call: each hop between two services (half a
-        // millisecond each way) more than doubles, on every call of every
-        // request, which adds more per request than billing does.
+        // slower to hand over a call: each hop (half a millisecond each way)
+        // more than doubles, from the app to the gateway, from the gateway to
+        // each service and from `search` to `reviews`, on every request, which
+        // adds more per request than billing does.
         let build = |gap: f64, billing: f64, seed: u64| {
             let mut p = Profile::default();
             let mut st = seed;
             for i in 0..800 {
                 let mut rows: Vec<OwnedRow> = Vec::new();
+                let mut g = || gap * (0.8 + 0.4 * noise(&mut st));
                 let mut t = 1.0;
-                let mut kids = Vec::new();
-                for svc in ["rooms", "rates", "search", "reviews"] {
-                    let own = 5.0 * (0.9 + 0.2 * noise(&mut st));
-                    kids.push((svc, t, own));
-                    t += own + 2.0 * gap + 1.0;
+                let mut calls = Vec::new();
+                for svc in ["rooms", "rates", "search"] {
+                    calls.push((svc, t, 5.0));
+                    t += 5.0 + 2.0 * gap + 1.0;
                 }
                 if i % 20 == 0 {
-                    let own = 10.0 * billing * (0.9 + 0.2 * noise(&mut st));
-                    kids.push(("billing", t, own));
-                    t += own + 2.0 * gap + 1.0;
+                    calls.push(("billing", t, 10.0 * billing));
+                    t += 10.0 * billing + 2.0 * gap + 1.0;
                 }
-                rows.push(("root".into(), None, "gateway", "GET /stay", Kind::Server, 0.0, t + 2.0));
-                for (k, (svc, t0, own)) in kids.into_iter().enumerate() {
-                    let g = gap * (0.8 + 0.4 * noise(&mut st));
-                    rows.push((
-                        format!("c{k}"),
-                        Some("root".into()),
-                        "gateway",
-                        "GET",
-                        Kind::Client,
-                        t0,
-                        t0 + own + 2.0 * g,
-                    ));
-                    rows.push((
-                        format!("s{k}"),
-                        Some(format!("c{k}")),
-                        svc,
-                        "handle",
-                        Kind::Server,
-                        t0 + g,
-                        t0 + g + own,
-                    ));
+                let g0 = g();
+                rows.push(("app".into(), None, "app", "GET /stay", Kind::Client, -g0, t + 2.0 + g0));
+                rows.push(("root".into(), Some("app".into()), "gateway", "GET /stay", Kind::Server, 0.0, t + 2.0));
+                for (k, (svc, t0, own)) in calls.into_iter().enumerate() {
+                    let gk = g();
+                    // `search` calls `reviews` for 2 ms of its 5.
+                    let inner = if svc == "search" { 2.0 + 2.0 * gap } else { 0.0 };
+                    let end = t0 + gk + own + inner;
+                    rows.push((format!("c{k}"), Some("root".into()), "gateway", "GET", Kind::Client, t0, end + gk));
+                    rows.push((format!("s{k}"), Some(format!("c{k}")), svc, "handle", Kind::Server, t0 + gk, end));
+                    if svc == "search" {
+                        let (a, gr) = (t0 + gk + 1.0, g());
+                        rows.push((
+                            "cr".into(),
+                            Some(format!("s{k}")),
+                            "search",
+                            "GET",
+                            Kind::Client,
+                            a,
+                            a + 2.0 + 2.0 * gr,
+                        ));
+                        rows.push((
+                            "sr".into(),
+                            Some("cr".into()),
+                            "reviews",
+                            "handle",
+                            Kind::Server,
+                            a + gr,
+                            a + gr + 2.0,
+                        ));
+                    }
                 }
                 push_owned(&mut p, &rows);
             }
