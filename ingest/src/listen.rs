@@ -156,11 +156,6 @@ impl TlsConfig {
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner())))
     }
-
-    /// Whether clients must present a certificate on this port.
-    pub fn requires_client_certificates(&self) -> bool {
-        self.files.client_ca_file.is_some() && self.port != Port::Api
-    }
 }
 
 /// One accepted connection: plain TCP, or TLS with its handshake done.
