@@ -31,8 +31,15 @@ pub struct AnalysisConfig {
     pub retry_interval_secs: u64,
     /// False discovery rate across every test of a pass (Benjamini–Hochberg).
     pub fdr: f64,
-    /// Samples each side needs before a comparison is made.
+    /// Samples each side of a subject (an operation, a funnel step) needs
+    /// before it is compared at all.
     pub min_samples: u64,
+    /// Samples each side of one segment of a subject needs to be tested at
+    /// all. Below `min_samples` such a segment is too thin to discover a
+    /// problem in among every test of a pass, and is tested only to confirm
+    /// what a problem already found does to users there (the drop-off at a
+    /// step whose errors a well-sampled test found, on one client platform).
+    pub segment_min_samples: u64,
     /// Latency: the Hodges–Lehmann shift must be at least this factor (1.25 = +25%).
     pub latency_min_ratio: f64,
     /// Latency: and the median must rise by at least this many milliseconds.
@@ -70,6 +77,7 @@ impl Default for AnalysisConfig {
             retry_interval_secs: 30,
             fdr: 0.01,
             min_samples: 40,
+            segment_min_samples: 20,
             latency_min_ratio: 1.25,
             latency_min_ms: 2.0,
             rate_min_ratio: 2.0,
@@ -90,6 +98,9 @@ impl AnalysisConfig {
         }
         if self.replay_max_passes == 0 {
             return Err("analysis.replay_max_passes must be positive".into());
+        }
+        if self.segment_min_samples == 0 || self.segment_min_samples > self.min_samples {
+            return Err("analysis.segment_min_samples must be between 1 and analysis.min_samples".into());
         }
         if !(0.0..1.0).contains(&self.fdr) || self.fdr == 0.0 {
             return Err("analysis.fdr must be between 0 and 1".into());

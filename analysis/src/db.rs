@@ -101,30 +101,50 @@ impl FindingsDb {
                 )
                 .optional()
                 .map_err(db_err)?;
+            let through_baseline = if existing.is_none() { seen_through_its_baseline(&tx, tenant, &f)? } else { None };
             if let Some((id, body)) = existing {
                 let old: Finding = serde_json::from_str(&body).map_err(|e| AnalysisError::Db(e.to_string()))?;
                 f.id = id;
                 f.first_seen = old.first_seen.min(f.first_seen);
                 f.last_seen = old.last_seen.max(f.last_seen);
-            } else if let Some(mut old) = seen_through_its_baseline(&tx, tenant, &f)? {
-                // The same kind of problem on the same operation, already open
-                // while this pass's baseline was taken: the baseline holds that
-                // problem, so another segment standing out against it is that
-                // problem again, not a new one. It counts as a sighting.
-                old.last_seen = old.last_seen.max(f.last_seen);
-                tx.execute(
-                    "UPDATE findings SET last_seen = ?1, body = ?2 WHERE id = ?3",
-                    params![
-                        time(old.last_seen),
-                        serde_json::to_string(&old).map_err(|e| AnalysisError::Db(e.to_string()))?,
-                        old.id
-                    ],
-                )
-                .map_err(db_err)?;
-                if !out.iter().any(|o: &Finding| o.id == old.id) {
-                    out.push(old);
+            } else if let Some(mut old) = through_baseline {
+                let clean = old.evidence.onset.is_some_and(|onset| f.baseline_window.end <= onset);
+                if clean && out.iter().any(|o: &Finding| o.id == old.id) {
+                    // Another account of this pass already revised it.
+                    continue;
                 }
-                continue;
+                if clean {
+                    // Seen by a pass whose baseline ended before the problem
+                    // began: a clean comparison whose window holds more of it
+                    // than the pass that first reported it (whose window held
+                    // only its start). Its segment and evidence are the better
+                    // account; the finding keeps its id, fingerprint and first
+                    // sighting.
+                    f.id = old.id;
+                    f.fingerprint = old.fingerprint;
+                    f.first_seen = old.first_seen.min(f.first_seen);
+                    f.last_seen = old.last_seen.max(f.last_seen);
+                } else {
+                    // The same kind of problem on the same operation, already
+                    // open while this pass's baseline was taken: the baseline
+                    // holds that problem, so another segment standing out
+                    // against it is that problem again, not a new one. It
+                    // counts as a sighting.
+                    old.last_seen = old.last_seen.max(f.last_seen);
+                    tx.execute(
+                        "UPDATE findings SET last_seen = ?1, body = ?2 WHERE id = ?3",
+                        params![
+                            time(old.last_seen),
+                            serde_json::to_string(&old).map_err(|e| AnalysisError::Db(e.to_string()))?,
+                            old.id
+                        ],
+                    )
+                    .map_err(db_err)?;
+                    if !out.iter().any(|o: &Finding| o.id == old.id) {
+                        out.push(old);
+                    }
+                    continue;
+                }
             } else {
                 // A new problem: its id names the tenant, so the same fault in two
                 // tenants (or a crafted one) never lands on one row.
@@ -170,7 +190,18 @@ impl FindingsDb {
                 };
                 for (id, body) in open {
                     let mut old: Finding = serde_json::from_str(&body).map_err(|e| AnalysisError::Db(e.to_string()))?;
-                    if old.operation != l.operation || old.segment != l.segment || out.iter().any(|o| o.id == id) {
+                    // The same symptom, or the same operation under another
+                    // segment whose cause was already named as this finding's
+                    // site (the symptom seen in a subset first).
+                    let same_cause = old
+                        .evidence
+                        .cause
+                        .as_ref()
+                        .is_some_and(|c| c.service == f.service && c.operation == f.operation);
+                    if old.operation != l.operation
+                        || (old.segment != l.segment && !same_cause)
+                        || out.iter().any(|o| o.id == id)
+                    {
                         continue;
                     }
                     old.state = FindingState::Resolved;
@@ -420,6 +451,30 @@ mod tests {
         assert_eq!(db.list(&other, &FindingFilter::default()).unwrap().len(), 2);
         other = t;
         assert_eq!(db.list(&other, &FindingFilter::default()).unwrap().len(), 1);
+
+        // A problem that began near the end of the first reporting pass's
+        // window (at 1450): that pass saw only its start, in Android sessions.
+        let third = Tenant::new("third").unwrap();
+        let mut start = with_segment(1600, "android", (1000, 1600), (0, 1000));
+        start.evidence.onset = Some(at(1450));
+        let start = db.record(&third, vec![start]).unwrap().remove(0);
+        // A pass whose baseline ended before the onset, with more of the
+        // problem in its window, finds it for everyone: the finding says so.
+        let mut everyone = finding(1700, "frontend");
+        everyone.window = TimeWindow { start: at(1100), end: at(1700) };
+        everyone.baseline_window = TimeWindow { start: at(500), end: at(1100) };
+        let revised = db.record(&third, vec![everyone]).unwrap().remove(0);
+        assert_eq!(
+            (revised.id.as_str(), revised.fingerprint.as_str()),
+            (start.id.as_str(), start.fingerprint.as_str())
+        );
+        assert!(revised.segment.is_empty(), "{:?}", revised.segment);
+        assert_eq!((revised.first_seen.timestamp(), revised.last_seen.timestamp()), (1600, 1700));
+        // A later pass whose baseline holds the problem does not change it again.
+        let skewed = db.record(&third, vec![with_segment(2200, "ios", (1600, 2200), (1000, 1600))]).unwrap();
+        assert_eq!(skewed[0].id, start.id);
+        assert!(db.get(&third, &start.id).unwrap().unwrap().segment.is_empty());
+        assert_eq!(db.list(&third, &FindingFilter::default()).unwrap().len(), 1);
     }
 
     #[test]
@@ -483,6 +538,37 @@ mod tests {
         let gone = db.get(&t, &symptom.id).unwrap().unwrap();
         assert_eq!(gone.state, FindingState::Resolved);
         assert!(gone.evidence.details.contains_key("superseded_by"));
+        // A symptom first seen in one segment, whose cause it already named, is
+        // superseded when that cause's finding links the symptom for everyone;
+        // one that named no such cause stays: it may be another problem.
+        let in_segment = |seen: i64, service: &str, cause: Option<&str>| {
+            let mut f = finding(seen, service);
+            f.segment.insert("browser.mobile".into(), serde_json::json!(true));
+            f.fingerprint = Finding::fingerprint_of(f.kind, &f.service, &f.operation, &f.segment);
+            f.id = format!("{}-{seen}", f.fingerprint);
+            f.evidence.cause = cause
+                .map(|c| andon_model::ServiceOperation { service: c.into(), operation: "POST /cart/items".into() });
+            f
+        };
+        let named = db.record(&t, vec![in_segment(8000, "gateway", Some("orders"))]).unwrap().remove(0);
+        let unnamed = db.record(&t, vec![in_segment(8000, "edge", None)]).unwrap().remove(0);
+        let mut cause = finding(8100, "orders");
+        for symptom in ["gateway", "edge"] {
+            cause.evidence.linked.push(andon_model::LinkedFinding {
+                kind: named.kind,
+                service: symptom.into(),
+                operation: named.operation.clone(),
+                segment: BTreeMap::new(),
+                summary: "s".into(),
+                p_value: 1e-9,
+                why: "waits on orders".into(),
+            });
+        }
+        let cause = db.record(&t, vec![cause]).unwrap().remove(0);
+        let named = db.get(&t, &named.id).unwrap().unwrap();
+        assert_eq!(named.state, FindingState::Resolved);
+        assert_eq!(named.evidence.details["superseded_by"], serde_json::json!(cause.id));
+        assert_eq!(db.get(&t, &unnamed.id).unwrap().unwrap().state, FindingState::Open);
         // Closing a ticket resolves its findings by id, once.
         let ids = vec![back[0].id.clone(), "no-such-finding".to_owned()];
         assert_eq!(db.resolve_ids(&t, &ids).unwrap(), 1);

@@ -123,6 +123,11 @@ pub struct Test {
     pub complement: Option<Judgement>,
     /// Benjamini–Hochberg adjusted p-value, filled in across the whole pass.
     pub q_value: f64,
+    /// A segment with fewer than `min_samples` a side (but at least
+    /// `segment_min_samples`): too thin to discover a problem in, among every
+    /// test of a pass, but enough to confirm what a problem already found
+    /// does to users there. Left out of the false-discovery correction.
+    pub follow_up: bool,
 }
 
 /// One side's numbers, by name (`p95_ms`, `error_rate`, ...).

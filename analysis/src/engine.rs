@@ -23,9 +23,21 @@ use crate::cluster::{self, Member};
 use crate::config::AnalysisConfig;
 use crate::detector::{Ctx, Detector, Facts, Sql, Test};
 use crate::detectors::{self, Candidate};
+use crate::localize;
 use crate::sql::{self, Rows, Segments};
 use crate::summary;
 use crate::traces::{self, Sample};
+
+/// The bin of a finding's onset series: a minute, finer when the pass's range
+/// is short (about 40 bins across it), never under 10 s. A minute's bin on a
+/// range of a few minutes places an onset up to a minute early, and the onset
+/// decides which later passes compare against a baseline free of the problem.
+fn onset_bin_secs(ctx: &Ctx) -> i64 {
+    ((ctx.end - ctx.baseline_start).num_seconds() / 40).clamp(10, 60)
+}
+
+/// Traces of each window the localization of a slower operation reads.
+const CAUSE_TRACES: usize = 500;
 
 /// The windows of a pass: baseline `[baseline_start, baseline_end)`, current
 /// `[split, end)`, with `baseline_end <= split`.
@@ -200,12 +212,15 @@ impl Analyzer {
             flows.extend(tested.flows);
         }
 
-        let q = stats::benjamini_hochberg(&tests.iter().map(|t| t.judgement.p_value).collect::<Vec<_>>());
-        for (t, q) in tests.iter_mut().zip(q) {
-            t.q_value = q;
+        // Follow-up tests (thin segments) confirm; they take no part in discovery.
+        let discovery: Vec<usize> = (0..tests.len()).filter(|i| !tests[*i].follow_up).collect();
+        let q = stats::benjamini_hochberg(&discovery.iter().map(|i| tests[*i].judgement.p_value).collect::<Vec<_>>());
+        for (i, q) in discovery.into_iter().zip(q) {
+            tests[i].q_value = q;
         }
         let n_tests = tests.len();
-        let candidates = detectors::choose_segments(tests, self.config.fdr);
+        let mut candidates = detectors::choose_segments(tests.clone(), self.config.fdr);
+        candidates.extend(detectors::drop_offs_errors_explain(&tests, &candidates, self.config.fdr));
         debug!(tests = n_tests, candidates = candidates.len(), "detection tests done");
 
         let mut examined = Vec::new();
@@ -263,21 +278,9 @@ impl Analyzer {
         let range = (sql::ts(ctx.baseline_start), sql::ts(ctx.end + chrono::Duration::minutes(5)));
         let sample = |ctes: &str, picks: &str| traces::query(ctes, picks, (&range.0, &range.1));
         if self.detector(t.kind)?.trouble(&t.judgement) == Trouble::Latency {
-            let (ctes, picks) = pick(ctx.baseline_start, ctx.baseline_end, false, 100);
-            let base = Sample::from_rows(&self.rows(tenant, &sample(&ctes, &picks)).await?);
+            let (cause, why) = self.latency_cause(tenant, ctx, t).await?;
             let (ctes, picks) = pick(ctx.split, ctx.end, false, 100);
             let cur = Sample::from_rows(&self.rows(tenant, &sample(&ctes, &picks)).await?);
-            let (cause, why) = match traces::slowest_growth(&base, &cur) {
-                Some((op, ms)) if op != site && ms > 0.0 => {
-                    let why = format!(
-                        "{} is slower because {} `{}` takes {:.1} ms more of its own time per request",
-                        t.operation, op.0, op.1, ms
-                    );
-                    (op, why)
-                }
-                Some((_, ms)) => (site.clone(), format!("its own time grew {ms:.1} ms per request")),
-                None => (site.clone(), "no traces to compare".to_owned()),
-            };
             let exemplars = cur.slowest_traces().into_iter().take(self.config.exemplars).collect();
             return Ok(Examined { test: c.test, cause, why, exemplars });
         }
@@ -301,6 +304,48 @@ impl Analyzer {
         Ok(Examined { test: c.test, cause, why, exemplars })
     }
 
+    /// Where a slower operation's extra time is spent, by the localization the
+    /// RCA uses ([`localize`]): its traces' self time, hops and dependencies,
+    /// each compared with its own baseline variability. Only the operation
+    /// itself and what it calls can make it slower, so suspects upstream of it
+    /// (the callers that wait on it) are passed over.
+    async fn latency_cause(
+        &self,
+        tenant: &Tenant,
+        ctx: &Ctx,
+        t: &Test,
+    ) -> Result<((String, String), String), AnalysisError> {
+        let site = (t.service.clone(), t.operation.clone());
+        let scope = localize::Scope {
+            through: Some(t.service.clone()),
+            operation: Some(t.operation.clone()),
+            segment: t.segment.clone(),
+        };
+        let limits = localize::LocalizeLimits { traces: CAUSE_TRACES, fdr: self.config.fdr };
+        let baseline = TimeWindow { start: ctx.baseline_start, end: ctx.baseline_end };
+        let current = TimeWindow { start: ctx.split, end: ctx.end };
+        let (found, _) = localize::localize(
+            &self.engine,
+            tenant,
+            &baseline,
+            &current,
+            &scope,
+            Some(localize::Channel::Latency),
+            &limits,
+        )
+        .await?;
+        let below = found.callees_of(&t.service);
+        let suspect = found.suspects.iter().find(|s| s.service == t.service || below.contains(&s.service));
+        Ok(match suspect {
+            Some(s) if (s.service.as_str(), s.operation.as_str()) != (site.0.as_str(), site.1.as_str()) => (
+                (s.service.clone(), s.operation.clone()),
+                format!("{} is slower because of {} `{}`: {}", t.operation, s.service, s.operation, s.reason),
+            ),
+            Some(s) => (site, s.reason.clone()),
+            None => (site, "no operation beneath it is measurably slower".to_owned()),
+        })
+    }
+
     async fn finding(
         &self,
         sql: &TenantSql<'_>,
@@ -316,22 +361,20 @@ impl Analyzer {
         let query = d.evidence(ctx, t, sql, &mut baseline, &mut current).await?;
         let trouble = d.trouble(j);
 
-        // The onset: a change point in the per-minute metric where the trouble starts.
+        // The onset: a change point in the binned metric where the trouble
+        // starts, over every bin of the range, the gap between the windows
+        // included (the onset may lie in it).
         let (onset_service, onset_op) =
             if trouble == Trouble::Latency { (t.service.clone(), t.operation.clone()) } else { e.cause.clone() };
-        let minutes_filter = ctx.subject_filter(&onset_service, &onset_op, &t.segment);
-        // Every minute of the range, the gap between the windows included: the
-        // onset may lie in it.
+        let bins_filter = ctx.subject_filter(&onset_service, &onset_op, &t.segment);
         let mut whole = ctx.lean_for(&t.segment);
         whole.baseline_end = ctx.split;
-        let minutes =
-            sql.rows(&sql::render(include_str!("detectors/minutes.sql"), &whole.vars(&minutes_filter))).await?;
+        let mut vars = whole.vars(&bins_filter);
+        vars.push(("bin_secs", onset_bin_secs(ctx).to_string()));
+        let bins = sql.rows(&sql::render(include_str!("detectors/minutes.sql"), &vars)).await?;
         let metric = if trouble == Trouble::Latency { "log_latency" } else { "error_rate" };
-        let series: Vec<(i64, f64)> = minutes
-            .iter()
-            .filter(|r| r.u64("n") >= 3)
-            .filter_map(|r| Some((r.i64("minute")?, r.f64(metric)?)))
-            .collect();
+        let series: Vec<(i64, f64)> =
+            bins.iter().filter(|r| r.u64("n") >= 3).filter_map(|r| Some((r.i64("bin")?, r.f64(metric)?))).collect();
         let onset = stats::change_point(&series.iter().map(|s| s.1).collect::<Vec<_>>(), 0.2)
             .and_then(|i| Utc.timestamp_nanos(series[i].0).into())
             .filter(|o: &DateTime<Utc>| *o >= ctx.baseline_start);

@@ -19,6 +19,7 @@ pub mod db;
 pub mod detector;
 pub mod detectors;
 pub mod engine;
+pub mod localize;
 pub mod runner;
 pub mod sql;
 pub mod summary;

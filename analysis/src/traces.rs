@@ -1,7 +1,6 @@
-//! Reading sample traces of a finding's operation to tell cause from symptom:
-//! where the extra time is spent (self time, children's intervals merged so
-//! parallel calls are not counted twice) and where failures start (an error span
-//! with no failing span beneath it).
+//! Reading sample traces of a finding's operation: where its failures start
+//! (an error span with no failing span beneath it) and its slowest traces.
+//! Where extra time is spent is the localization's ([`crate::localize`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -99,43 +98,6 @@ impl Sample {
         (out, children)
     }
 
-    /// Mean self time per sampled request, by (service, operation) of server spans.
-    pub fn self_time_ms(&self) -> BTreeMap<(String, String), f64> {
-        let mut sums: BTreeMap<(String, String), f64> = BTreeMap::new();
-        for spans in self.traces.values() {
-            let (nodes, children) = Self::subtree(spans);
-            for i in nodes {
-                let s = &spans[i];
-                if !s.server {
-                    continue;
-                }
-                let mut intervals: Vec<(i64, i64)> = children
-                    .get(&i)
-                    .map(|c| {
-                        c.iter()
-                            .map(|j| (spans[*j].t0.max(s.t0), spans[*j].t1.min(s.t1)))
-                            .filter(|(a, b)| b > a)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                intervals.sort_unstable();
-                let mut covered = 0i64;
-                let mut end = i64::MIN;
-                for (a, b) in intervals {
-                    let a = a.max(end);
-                    if b > a {
-                        covered += b - a;
-                    }
-                    end = end.max(b);
-                }
-                let own = ((s.t1 - s.t0) - covered).max(0) as f64 / 1e6;
-                *sums.entry((s.service.clone(), s.operation.clone())).or_default() += own;
-            }
-        }
-        let n = self.traces.len().max(1) as f64;
-        sums.into_iter().map(|(k, v)| (k, v / n)).collect()
-    }
-
     /// Where the failures in these traces start: server spans that failed while
     /// no server span beneath them did, counted by (service, operation).
     pub fn error_origins(&self) -> BTreeMap<(String, String), u64> {
@@ -163,19 +125,6 @@ impl Sample {
         }
         out
     }
-}
-
-/// The (service, operation) whose self time grew most per request between the
-/// two samples, with the growth in ms.
-pub fn slowest_growth(baseline: &Sample, current: &Sample) -> Option<((String, String), f64)> {
-    let b = baseline.self_time_ms();
-    let c = current.self_time_ms();
-    c.into_iter()
-        .map(|(k, v)| {
-            let d = v - b.get(&k).copied().unwrap_or(0.0);
-            (k, d)
-        })
-        .max_by(|x, y| x.1.total_cmp(&y.1))
 }
 
 impl Sample {

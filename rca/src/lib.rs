@@ -18,7 +18,8 @@ pub mod gates;
 pub mod github;
 pub mod incidents;
 pub mod link;
-pub mod localize;
+/// Localization is shared with detection, which names a finding's cause with it.
+pub use andon_analysis::localize;
 pub mod narrate;
 pub mod onset;
 pub mod report;
@@ -38,6 +39,15 @@ pub enum RcaError {
     Db(String),
     #[error("rca query failed: {0}")]
     Query(String),
+}
+
+impl From<andon_analysis::AnalysisError> for RcaError {
+    fn from(e: andon_analysis::AnalysisError) -> Self {
+        match e {
+            andon_analysis::AnalysisError::Query { message, .. } => RcaError::Query(message),
+            other => RcaError::Query(other.to_string()),
+        }
+    }
 }
 
 /// Runs SQLite work (changes, incidents) off the async threads.

@@ -1,3 +1,4 @@
+-- Latency of the requests that succeeded, per side.
 WITH {{shared}}
 SELECT CASE WHEN cur = 1 THEN 'current' ELSE 'baseline' END AS side,
        count(*) AS requests,
@@ -6,6 +7,6 @@ SELECT CASE WHEN cur = 1 THEN 'current' ELSE 'baseline' END AS side,
        round(approx_percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ns) / 1e6, 3) AS p95_ms,
        round(approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ns) / 1e6, 3) AS p99_ms
 FROM requests
-WHERE 1 = 1 {{filter}}
+WHERE err = 0 {{filter}}
 GROUP BY 1
 ORDER BY 1

@@ -1,9 +1,10 @@
--- Per minute of the range: requests, mean log latency and error rate of one
+-- Per bin of the range ({{bin_secs}} s: a minute, finer on short ranges):
+-- requests, mean log latency (of those that succeeded) and error rate of one
 -- subject, for finding the onset.
 WITH {{shared}}
-SELECT date_bin(INTERVAL '1 minute', start_time, TIMESTAMP '1970-01-01T00:00:00') AS minute,
+SELECT date_bin(INTERVAL '{{bin_secs}} seconds', start_time, TIMESTAMP '1970-01-01T00:00:00') AS bin,
        count(*) AS n,
-       avg(ln(CAST(greatest(duration_ns, 1000) AS DOUBLE))) AS log_latency,
+       avg(CASE WHEN err = 0 THEN ln(CAST(greatest(duration_ns, 1000) AS DOUBLE)) END) AS log_latency,
        avg(CAST(err AS DOUBLE)) AS error_rate
 FROM requests
 WHERE 1 = 1 {{filter}}

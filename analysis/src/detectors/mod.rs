@@ -114,13 +114,14 @@ pub fn segment_tests<M: Metric>(
     ctx: &Ctx,
     judge: impl Fn(&M, &M) -> Option<Judgement>,
 ) -> Vec<Test> {
-    let min = ctx.config.min_samples;
-    let enough = |b: &M, c: &M| b.samples() >= min && c.samples() >= min;
+    let (min, min_segment) = (ctx.config.min_samples, ctx.config.segment_min_samples);
+    let enough = |b: &M, c: &M| b.samples() >= min_segment && c.samples() >= min_segment;
     let test = |keep: &dyn Fn(&[Option<String>]) -> bool, segment: BTreeMap<String, Value>| -> Option<Test> {
         let (b, c) = subject.sides(keep);
-        if !enough(&b, &c) {
+        if !enough(&b, &c) || segment.is_empty() && (b.samples() < min || c.samples() < min) {
             return None;
         }
+        let follow_up = b.samples() < min || c.samples() < min;
         let j = judge(&b, &c)?;
         let complement = if segment.is_empty() {
             None
@@ -136,6 +137,7 @@ pub fn segment_tests<M: Metric>(
             judgement: j,
             complement,
             q_value: 1.0,
+            follow_up,
         })
     };
     let mut out: Vec<Test> = test(&|_| true, BTreeMap::new()).into_iter().collect();
@@ -151,7 +153,7 @@ pub fn segment_tests<M: Metric>(
         for v in values {
             let segment = BTreeMap::from([(col.attribute.clone(), ctx.segments.json_value(i, v))]);
             let Some(t) = test(&|s| s[i].as_ref() == Some(v), segment) else { continue };
-            if t.judgement.material {
+            if t.judgement.material && !t.follow_up {
                 seeds.push((i, v, t.judgement.p_value));
             }
             out.push(t);
@@ -193,46 +195,120 @@ pub struct Candidate {
     pub test: Test,
 }
 
+/// Another value of one of `t`'s attributes shows an effect of comparable
+/// size (iOS, when Android is the candidate and every mobile client is hit):
+/// the rest's test dilutes such a sibling in everything else (every desktop
+/// session) and can miss it.
+fn sibling_shows(pool: &[Test], t: &Test) -> bool {
+    pool.iter().any(|u| {
+        u.segment.len() == 1
+            && u.segment.iter().all(|(a, v)| t.segment.get(a).is_some_and(|mine| mine != v))
+            && u.judgement.material
+            && u.judgement.p_value <= SIBLING_SHOWS_EFFECT
+            && u.judgement.size >= 0.5 * t.judgement.size
+    })
+}
+
+/// The rest of the data (outside `t`'s segment) shows no effect: none that
+/// is significant, and none of comparable size that is nominally so. A rest
+/// with fewer sessions (mobile, beside desktop) can miss significance early in
+/// a problem while plainly showing the same effect; that is not "none".
+fn rest_shows_none(t: &Test, fdr: f64) -> bool {
+    t.complement.as_ref().is_some_and(|c| {
+        let significant = c.material && c.p_value <= fdr;
+        let comparable = c.material && c.p_value <= SIBLING_SHOWS_EFFECT && c.size >= 0.5 * t.judgement.size;
+        !significant && !comparable
+    })
+}
+
 /// Picks, per subject, the narrowest segment that explains the effect: a value
 /// whose own test is significant while the rest of the data shows no effect.
 /// With none, the overall test if it is significant; with neither, nothing.
+///
+/// Once discovery has found a problem in a subject, a segment too thin to
+/// take part in discovery (a follow-up test) may narrow it: when its own
+/// effect is material and significant at `fdr` on its own, the rest of the
+/// data shows none, and no sibling value shows one of comparable size. That is
+/// a second, confirmatory test within a problem already found (Android's
+/// payments, inside the mobile sessions discovery could see), and the
+/// candidate keeps the q-value of the discovery.
 pub fn choose_segments(tests: Vec<Test>, fdr: f64) -> Vec<Candidate> {
     let mut by_subject: BTreeMap<(FindingKind, String, String), Vec<Test>> = BTreeMap::new();
     for t in tests {
         by_subject.entry((t.kind, t.service.clone(), t.operation.clone())).or_default().push(t);
     }
     let mut out = Vec::new();
-    for (_, tests) in by_subject {
+    for (_, all) in by_subject {
+        let (tests, thin): (Vec<Test>, Vec<Test>) = all.iter().cloned().partition(|t| !t.follow_up);
         let significant = |t: &Test| t.judgement.material && t.q_value <= fdr;
         let overall = tests.iter().find(|t| t.segment.is_empty() && significant(t));
-        // The rest of the data shows none, and no other value of one of its
-        // attributes shows an effect of comparable size (iOS, when Android is
-        // the candidate and every mobile client is hit): the rest's test
-        // dilutes such a sibling in everything else (every desktop session)
-        // and can miss it. The fewest sessions; among equals, the fewest
-        // attributes.
-        let sibling_shows = |t: &Test| {
-            tests.iter().any(|u| {
-                u.segment.len() == 1
-                    && u.segment.iter().all(|(a, v)| t.segment.get(a).is_some_and(|mine| mine != v))
-                    && u.judgement.material
-                    && u.judgement.p_value <= SIBLING_SHOWS_EFFECT
-                    && u.judgement.size >= 0.5 * t.judgement.size
-            })
-        };
+        // The rest of the data shows none, and no sibling shows a comparable
+        // effect. The fewest sessions; among equals, the fewest attributes.
         let explaining = tests
             .iter()
             .filter(|t| !t.segment.is_empty() && significant(t))
-            .filter(|t| t.complement.as_ref().is_some_and(|c| !(c.material && c.p_value <= fdr)))
-            .filter(|t| !sibling_shows(t))
+            .filter(|t| rest_shows_none(t, fdr))
+            .filter(|t| !sibling_shows(&tests, t))
             .min_by_key(|t| (t.judgement.current_samples, t.segment.len()));
         let chosen = match (explaining, overall) {
             (Some(t), _) => Some(t),
             (None, Some(t)) => Some(t),
             (None, None) => tests.iter().filter(|t| significant(t)).min_by(|a, b| a.q_value.total_cmp(&b.q_value)),
         };
-        if let Some(t) = chosen {
-            out.push(Candidate { test: t.clone() });
+        let Some(chosen) = chosen else { continue };
+        let narrower = thin
+            .iter()
+            .filter(|t| t.judgement.material && t.judgement.p_value <= fdr)
+            .filter(|t| t.judgement.current_samples < chosen.judgement.current_samples)
+            .filter(|t| rest_shows_none(t, fdr))
+            .filter(|t| !sibling_shows(&all, t))
+            .min_by_key(|t| (t.judgement.current_samples, t.segment.len()));
+        let test = match narrower {
+            Some(t) => Test { q_value: chosen.q_value, ..t.clone() },
+            None => chosen.clone(),
+        };
+        out.push(Candidate { test });
+    }
+    out
+}
+
+/// The share of a drop-off's leavers who hit an error at the step, above
+/// which the errors explain the drop-off.
+const ERRORS_EXPLAIN: f64 = 0.5;
+
+/// Drop-offs that an error regression already found explains: at the step
+/// (service and operation) and in the segment of an error-rate candidate, a
+/// material fall in conversion whose leavers mostly hit the error there. The
+/// error regression established the problem across the pass's tests; the
+/// drop-off is what it does to users, tested on its own at `fdr`, so it is
+/// reported (with the errors as its cause) even when the pass-wide correction
+/// leaves it short, as it does where few sessions take the journey.
+pub fn drop_offs_errors_explain(tests: &[Test], chosen: &[Candidate], fdr: f64) -> Vec<Candidate> {
+    let explained = |u: &Test| {
+        u.kind == FindingKind::DropOff
+            && u.judgement.material
+            && u.judgement.p_value <= fdr
+            && u.judgement.details.get("left_after_error_share").and_then(Value::as_f64).unwrap_or(0.0) > ERRORS_EXPLAIN
+    };
+    let mut out: Vec<Candidate> = Vec::new();
+    for c in chosen.iter().filter(|c| c.test.kind == FindingKind::ErrorRateRegression) {
+        let at_step =
+            |u: &&Test| u.service == c.test.service && u.operation == c.test.operation && u.segment == c.test.segment;
+        let already = |k: &Candidate| {
+            k.test.kind == FindingKind::DropOff
+                && k.test.service == c.test.service
+                && k.test.operation == c.test.operation
+        };
+        if chosen.iter().chain(&out).any(already) {
+            continue;
+        }
+        if let Some(u) = tests
+            .iter()
+            .filter(at_step)
+            .filter(|u| explained(u))
+            .min_by(|a, b| a.judgement.p_value.total_cmp(&b.judgement.p_value))
+        {
+            out.push(Candidate { test: u.clone() });
         }
     }
     out
@@ -278,4 +354,156 @@ pub(crate) fn judge_rate(
         details: BTreeMap::new(),
         current_samples: nc,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, Default)]
+    struct Rate {
+        x: u64,
+        n: u64,
+    }
+
+    impl Metric for Rate {
+        fn add(&mut self, o: &Self) {
+            self.x += o.x;
+            self.n += o.n;
+        }
+        fn samples(&self) -> u64 {
+            self.n
+        }
+    }
+
+    fn ctx() -> Ctx {
+        let t = chrono::Utc::now();
+        let config = AnalysisConfig { segments: vec!["os.type".into()], ..AnalysisConfig::default() };
+        Ctx {
+            baseline_start: t,
+            baseline_end: t,
+            split: t,
+            end: t,
+            segments: Segments::new(&config.segments).unwrap(),
+            config,
+            lean: false,
+        }
+    }
+
+    /// (failed, calls)
+    type Counts = (u64, u64);
+
+    /// Failures per OS: (os, baseline, current).
+    fn subject(cells: &[(&str, Counts, Counts)]) -> Subject<Rate> {
+        let mut out = Vec::new();
+        for (os, b, c) in cells {
+            out.push((false, vec![Some((*os).to_owned())], Rate { x: b.0, n: b.1 }));
+            out.push((true, vec![Some((*os).to_owned())], Rate { x: c.0, n: c.1 }));
+        }
+        Subject { service: "reservations".into(), operation: "POST /pay".into(), cells: out }
+    }
+
+    fn tests_of(s: &Subject<Rate>) -> Vec<Test> {
+        let ctx = ctx();
+        let mut tests = segment_tests(FindingKind::ErrorRateRegression, s, &ctx, |b, c| {
+            judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
+        });
+        let found: Vec<usize> = (0..tests.len()).filter(|i| !tests[*i].follow_up).collect();
+        let q = andon_model::statistics::benjamini_hochberg(
+            &found.iter().map(|i| tests[*i].judgement.p_value).collect::<Vec<_>>(),
+        );
+        for (i, q) in found.into_iter().zip(q) {
+            tests[i].q_value = q;
+        }
+        tests
+    }
+
+    #[test]
+    fn a_platform_too_thin_for_discovery_narrows_a_problem_discovery_found() {
+        // Android holds 25 of 145 calls a side: fewer than `min_samples`, as
+        // many as `segment_min_samples`. Half its calls fail; nobody else's do.
+        let s = subject(&[("android", (0, 25), (12, 25)), ("ios", (0, 60), (0, 60)), ("windows", (0, 60), (0, 60))]);
+        let tests = tests_of(&s);
+        let android = tests.iter().find(|t| t.segment.get("os.type") == Some(&Value::from("android"))).unwrap();
+        assert!(android.follow_up && android.judgement.material && android.judgement.p_value < 1e-4);
+        assert_eq!(android.q_value, 1.0, "left out of the pass-wide correction");
+        let overall_q = tests.iter().find(|t| t.segment.is_empty()).unwrap().q_value;
+        // Discovery finds the operation failing; the thin segment narrows it.
+        let chosen = choose_segments(tests, 0.01);
+        assert_eq!(chosen.len(), 1);
+        assert_eq!(chosen[0].test.segment, BTreeMap::from([("os.type".to_owned(), Value::from("android"))]));
+        assert_eq!(chosen[0].test.q_value, overall_q, "the discovery's q-value");
+
+        // iOS failing as often: the problem is not Android's alone.
+        let both =
+            subject(&[("android", (0, 25), (12, 25)), ("ios", (0, 25), (11, 25)), ("windows", (0, 95), (0, 95))]);
+        let chosen = choose_segments(tests_of(&both), 0.01);
+        assert_eq!(chosen.len(), 1);
+        assert!(chosen[0].test.segment.is_empty(), "{:?}", chosen[0].test.segment);
+
+        // Early in a problem, the larger segment (desktop) reaches significance
+        // while the smaller rest (mobile) shows the same effect short of it:
+        // the problem is everyone's, not desktop's.
+        let early =
+            subject(&[("windows", (0, 400), (14, 400)), ("android", (0, 60), (3, 60)), ("ios", (0, 60), (2, 60))]);
+        let tests = tests_of(&early);
+        let windows = tests.iter().find(|t| t.segment.get("os.type") == Some(&Value::from("windows"))).unwrap();
+        let rest = windows.complement.as_ref().unwrap();
+        assert!(rest.p_value > 0.01 && rest.p_value <= 0.05, "the rest short of significance: {}", rest.p_value);
+        let chosen = choose_segments(tests, 0.01);
+        assert_eq!(chosen.len(), 1);
+        assert!(chosen[0].test.segment.is_empty(), "{:?}", chosen[0].test.segment);
+
+        // A thin segment never discovers a problem on its own.
+        let thin = subject(&[("android", (0, 25), (12, 25)), ("ios", (0, 10), (0, 10))]);
+        let tests = tests_of(&thin);
+        assert!(!tests.is_empty() && tests.iter().all(|t| t.follow_up));
+        assert!(choose_segments(tests, 0.01).is_empty());
+    }
+
+    fn test(kind: FindingKind, operation: &str, os: &str, p: f64, q: f64, left_after_error: f64) -> Test {
+        Test {
+            kind,
+            service: "gateway".into(),
+            operation: operation.into(),
+            segment: BTreeMap::from([("os.type".to_owned(), Value::from(os))]),
+            judgement: Judgement {
+                p_value: p,
+                effect: 0.37,
+                size: 0.37,
+                ci: None,
+                test: "two_proportion_z",
+                material: true,
+                baseline: BTreeMap::new(),
+                current: BTreeMap::new(),
+                details: BTreeMap::from([("left_after_error_share".to_owned(), Value::from(left_after_error))]),
+                current_samples: 28,
+            },
+            complement: None,
+            q_value: q,
+            follow_up: true,
+        }
+    }
+
+    #[test]
+    fn a_drop_off_that_errors_explain_is_reported_though_the_pass_wide_correction_leaves_it_short() {
+        let errors = Candidate {
+            test: test(FindingKind::ErrorRateRegression, "POST /checkout/pay", "android", 1e-7, 1e-5, 0.0),
+        };
+        let drop = |os: &str, p: f64, share: f64| test(FindingKind::DropOff, "POST /checkout/pay", os, p, 0.06, share);
+        let promoted = |tests: Vec<Test>| drop_offs_errors_explain(&tests, std::slice::from_ref(&errors), 0.01);
+
+        let found = promoted(vec![drop("android", 0.002, 0.8)]);
+        assert_eq!(found.len(), 1, "the users leaving after the failures are the finding");
+        assert_eq!(found[0].test.kind, FindingKind::DropOff);
+        assert_eq!(found[0].test.segment["os.type"], "android");
+
+        assert!(promoted(vec![drop("android", 0.002, 0.3)]).is_empty(), "most who left never saw the error");
+        assert!(promoted(vec![drop("android", 0.04, 0.8)]).is_empty(), "not significant even on its own");
+        assert!(promoted(vec![drop("ios", 0.002, 0.8)]).is_empty(), "another segment than the errors'");
+        let elsewhere = test(FindingKind::DropOff, "POST /checkout/guest", "android", 0.002, 0.06, 0.8);
+        assert!(promoted(vec![elsewhere]).is_empty(), "another step than the errors'");
+    }
 }

@@ -105,8 +105,13 @@ pub struct Profile {
     pub(super) edges: std::collections::BTreeSet<(Arc<str>, Arc<str>)>,
 }
 
+/// A sample whose columns are not what the query selects.
+fn schema_err(e: impl ToString) -> AnalysisError {
+    AnalysisError::Query { message: e.to_string(), sql: String::new() }
+}
+
 impl Profile {
-    pub fn from_batches(batches: &[RecordBatch]) -> Result<Self, RcaError> {
+    pub fn from_batches(batches: &[RecordBatch]) -> Result<Self, AnalysisError> {
         let mut interner: HashMap<String, Arc<str>> = HashMap::new();
         let mut intern = |s: &str| -> Arc<str> {
             if let Some(a) = interner.get(s) {
@@ -118,15 +123,15 @@ impl Profile {
         };
         let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
         for b in batches {
-            let col = |name: &str| -> Result<arrow::array::ArrayRef, RcaError> {
-                let i = b.schema().index_of(name).map_err(|e| RcaError::Query(e.to_string()))?;
+            let col = |name: &str| -> Result<arrow::array::ArrayRef, AnalysisError> {
+                let i = b.schema().index_of(name).map_err(schema_err)?;
                 Ok(b.column(i).clone())
             };
-            let text = |name: &str| -> Result<arrow::array::ArrayRef, RcaError> {
-                arrow::compute::cast(&col(name)?, &DataType::Utf8).map_err(|e| RcaError::Query(e.to_string()))
+            let text = |name: &str| -> Result<arrow::array::ArrayRef, AnalysisError> {
+                arrow::compute::cast(&col(name)?, &DataType::Utf8).map_err(schema_err)
             };
-            let int = |name: &str| -> Result<arrow::array::ArrayRef, RcaError> {
-                arrow::compute::cast(&col(name)?, &DataType::Int64).map_err(|e| RcaError::Query(e.to_string()))
+            let int = |name: &str| -> Result<arrow::array::ArrayRef, AnalysisError> {
+                arrow::compute::cast(&col(name)?, &DataType::Int64).map_err(schema_err)
             };
             let (trace, id, parent, service, op, kind, status) = (
                 text("trace_id")?,

@@ -33,7 +33,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
 use chrono::Duration;
 
-use crate::RcaError;
+use crate::AnalysisError;
 
 mod profile;
 mod scope;
@@ -82,6 +82,21 @@ pub struct Localization {
 }
 
 impl Localization {
+    /// Every service downstream of `service` in the incident's traces.
+    pub fn callees_of(&self, service: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut frontier = vec![service.to_owned()];
+        while let Some(s) = frontier.pop() {
+            for (caller, callee) in &self.edges {
+                if *caller == s && callee != service && !out.contains(callee) {
+                    out.push(callee.clone());
+                    frontier.push(callee.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Every service upstream of `service` in the incident's traces, nearest first.
     pub fn callers_of(&self, service: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -577,26 +592,35 @@ pub async fn localize(
     scope: &Scope,
     channel: Option<Channel>,
     limits: &LocalizeLimits,
-) -> Result<(Localization, Vec<String>), RcaError> {
+) -> Result<(Localization, Vec<String>), AnalysisError> {
     let mut queries = Vec::new();
     let mut profiles = Vec::new();
     let mut failures = Vec::new();
+    // A service hint narrows the sample to traces through that service; the
+    // exact failure counts cover every trace of the scope's segment, not only
+    // those, so they are read (and used) only without one.
+    let exact_failures = scope.through.is_none();
     for w in [baseline, incident] {
         let q = sample_query(w, limits.traces, scope);
-        let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
+        let out = engine
+            .collect(Some(tenant.clone()), &q)
+            .await
+            .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: q.clone() })?;
         profiles.push(Profile::from_batches(&out.batches)?);
         queries.push(q);
-        let q = failures_query(w, scope);
-        let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
-        failures.push(Failures::from_rows(&andon_store::sql::Rows::new(out.batches)));
-        queries.push(q);
+        if exact_failures {
+            let q = failures_query(w, scope);
+            let out = engine
+                .collect(Some(tenant.clone()), &q)
+                .await
+                .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: q.clone() })?;
+            failures.push(Failures::from_rows(&andon_store::sql::Rows::new(out.batches)));
+            queries.push(q);
+        }
     }
     let cur = profiles.pop().unwrap_or_default();
     let base = profiles.pop().unwrap_or_default();
-    // A service hint narrows the sample to traces through that service; the
-    // exact failure counts cover every trace of the scope's segment, not only
-    // those, so they are used only without one.
-    let exact = scope.through.is_none().then(|| (&failures[0], &failures[1]));
+    let exact = (failures.len() == 2).then(|| (&failures[0], &failures[1]));
     Ok((rank(&base, &cur, exact, channel, limits), queries))
 }
 
