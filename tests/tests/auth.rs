@@ -165,6 +165,63 @@ fn every_port_checks_the_token_its_role_and_its_tenant() {
     assert!(resp.status().is_success(), "{:?}", resp.text());
 }
 
+/// Every role against every port and kind of request: the whole matrix, each
+/// cell the answer the contract gives (an allowed request succeeds, a refused
+/// one is 403 / `PERMISSION_DENIED`, never 401: the token is known).
+#[test]
+fn every_role_against_every_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let now = chrono::Utc::now();
+    let range = json!({"from": (now - chrono::Duration::minutes(10)).to_rfc3339(), "to": now.to_rfc3339()});
+    let change = json!({"service": "cart", "version": "9.9.9", "deployed_at": now.to_rfc3339()});
+
+    // What each request needs: ingest (export, post a change), read (traces,
+    // findings, SQL, metrics, the UI) or decide (run an analysis).
+    let roles = [("ingest", INGEST), ("read", READ), ("approve", APPROVE), ("admin", ADMIN)];
+    let allowed = |role: &str, needs: &str| match role {
+        "admin" => true,
+        "approve" => needs == "read" || needs == "decide",
+        other => other == needs,
+    };
+    let mut seed = 100;
+    let mut wrong = Vec::new();
+    for (role, token) in roles {
+        let mut check = |what: &str, needs: &str, ok: bool, refused: bool| {
+            let want = allowed(role, needs);
+            if ok != want || refused == want {
+                wrong.push(format!("{role} → {what}: allowed {ok}, refused {refused}, want allowed {want}"));
+            }
+        };
+        seed += 1;
+        let status = export_http(&server, Some(token), None, seed).status();
+        check("OTLP/HTTP export", "ingest", status == StatusCode::OK, status == StatusCode::FORBIDDEN);
+        seed += 1;
+        let grpc = rt.block_on(async {
+            let mut c = TraceServiceClient::connect(server.grpc_url()).await.unwrap();
+            let mut r = tonic::Request::new(otlp::request("cart", seed, 5, otlp::now_ns()));
+            r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            c.export(r).await.map(|_| ()).map_err(|e| e.code())
+        });
+        check("OTLP/gRPC export", "ingest", grpc.is_ok(), grpc == Err(Code::PermissionDenied));
+        for path in ["/api/v1/findings", "/api/v1/tickets", "/api/v1/incidents", "/metrics", "/", "/findings"] {
+            let status = client().get(server.api_url(path)).bearer_auth(token).send().unwrap().status();
+            check(&format!("GET {path}"), "read", status == StatusCode::OK, status == StatusCode::FORBIDDEN);
+        }
+        let (status, _) = sql(&server, token, None, "SELECT count(*) FROM spans");
+        check("SQL", "read", status == StatusCode::OK, status == StatusCode::FORBIDDEN);
+        let post = |path: &str, body: &Value| {
+            client().post(server.api_url(path)).bearer_auth(token).json(body).send().unwrap().status()
+        };
+        let status = post("/api/v1/changes", &change);
+        check("POST /api/v1/changes", "ingest", status.is_success(), status == StatusCode::FORBIDDEN);
+        let status = post("/api/v1/analyze", &range);
+        check("POST /api/v1/analyze", "decide", status == StatusCode::OK, status == StatusCode::FORBIDDEN);
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 #[test]
 fn a_page_on_another_site_cannot_drive_the_api() {
     let dir = tempfile::tempdir().unwrap();
