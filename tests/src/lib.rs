@@ -224,6 +224,20 @@ impl Server {
         (resp.status().as_u16(), resp.json().expect("json body"))
     }
 
+    /// Exports `n` spans of a new trace of `cart` over OTLP/HTTP (protobuf),
+    /// without a token: the status, and whether the answer says when to retry.
+    pub fn export_spans(&self, seed: u64, n: u64) -> (u16, bool) {
+        use prost::Message as _;
+        let body = otlp::request("cart", seed, n, otlp::now_ns()).encode_to_vec();
+        let resp = reqwest::blocking_client()
+            .post(self.http_url("/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .expect("otlp/http answers");
+        (resp.status().as_u16(), resp.headers.get("retry-after").is_some())
+    }
+
     /// A single number from SQL such as `SELECT count(*) FROM spans`.
     pub fn count(&self, sql: &str) -> i64 {
         let rows = self.query(sql);

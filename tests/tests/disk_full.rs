@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use andon_tests::reqwest::blocking_client;
-use andon_tests::{Server, otlp};
-use prost::Message;
+use andon_tests::Server;
 
 struct Mount(PathBuf);
 
@@ -48,17 +46,6 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
     path
 }
 
-fn export(server: &Server, seed: u64, n: u64) -> (u16, bool) {
-    let body = otlp::request("cart", seed, n, otlp::now_ns()).encode_to_vec();
-    let resp = blocking_client()
-        .post(server.http_url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .unwrap();
-    (resp.status().as_u16(), resp.headers.get("retry-after").is_some())
-}
-
 #[test]
 fn a_full_disk_gets_retryable_answers_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,7 +54,7 @@ fn a_full_disk_gets_retryable_answers_and_loses_nothing_acknowledged() {
         return;
     };
     let mut server = Server::start(&mount.0.join("data"));
-    assert_eq!(export(&server, 1, 100).0, 200);
+    assert_eq!(server.export_spans(1, 100).0, 200);
     let filler = fill(&mount.0, 1 << 20);
 
     // Past the space left: retryable answers (503 with Retry-After), never a
@@ -75,7 +62,7 @@ fn a_full_disk_gets_retryable_answers_and_loses_nothing_acknowledged() {
     let mut acked = 100;
     let mut refused = None;
     for seed in 2..400 {
-        match export(&server, seed, 200) {
+        match server.export_spans(seed, 200) {
             (200, _) => acked += 200,
             other => {
                 refused = Some(other);
@@ -89,7 +76,7 @@ fn a_full_disk_gets_retryable_answers_and_loses_nothing_acknowledged() {
 
     // Space frees: exports succeed again, and a restart keeps everything.
     std::fs::remove_file(&filler).unwrap();
-    assert!(andon_tests::wait_for(Duration::from_secs(20), || export(&server, 999, 50).0 == 200));
+    assert!(andon_tests::wait_for(Duration::from_secs(20), || server.export_spans(999, 50).0 == 200));
     acked += 50;
     server.restart();
     assert_eq!(server.count("SELECT count(*) FROM spans"), acked);

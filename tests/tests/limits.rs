@@ -8,9 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use andon_tests::Server;
 use andon_tests::reqwest::blocking_client;
-use andon_tests::{Server, otlp};
-use prost::Message;
 
 /// The process's peak resident memory, in MB.
 fn peak_rss_mb(pid: u32) -> u64 {
@@ -22,18 +21,6 @@ fn peak_rss_mb(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap();
     kb / 1024
-}
-
-fn export(server: &Server, seed: u64) -> u16 {
-    let body = otlp::request("cart", seed, 5, otlp::now_ns()).encode_to_vec();
-    blocking_client()
-        .post(server.http_url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 #[test]
@@ -48,7 +35,7 @@ fn a_query_that_needs_gigabytes_is_refused_within_the_memory_budget() {
             ("ANDON_API_QUERY_TIMEOUT_SECS", "300"),
         ],
     );
-    assert_eq!(export(&server, 1), 200);
+    assert_eq!(server.export_spans(1, 5).0, 200);
     let before = peak_rss_mb(server.pid());
     // Forty million distinct 1.6 kB strings: about 64 GB to count them.
     let sql = "SELECT count(DISTINCT repeat(CAST(value AS VARCHAR), 200)) FROM generate_series(1, 40000000)";
@@ -71,7 +58,7 @@ fn a_query_that_needs_gigabytes_is_refused_within_the_memory_budget() {
     eprintln!("peak RSS {before} MB before the query, {peak} MB after");
     assert!(peak < before + budget_mb + 256, "the process grew to {peak} MB (from {before} MB)");
     // And the server goes on serving, queries included.
-    assert_eq!(export(&server, 2), 200);
+    assert_eq!(server.export_spans(2, 5).0, 200);
     assert_eq!(server.count("SELECT count(*) FROM spans"), 10);
 }
 
@@ -111,7 +98,7 @@ fn slow_clients_hold_up_no_other_exporter() {
     write!(half, "POST /v1/traces HTTP/1.1\r\nHost: {}\r\n", server.http).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     for seed in 0..5 {
-        assert_eq!(export(&server, seed), 200, "an exporter beside the slow clients was refused");
+        assert_eq!(server.export_spans(seed, 5).0, 200, "an exporter beside the slow clients was refused");
     }
 
     // The half-sent headers are cut off after the header deadline.
