@@ -219,7 +219,7 @@ impl Analyzer {
             tests[i].q_value = q;
         }
         let n_tests = tests.len();
-        let mut candidates = detectors::choose_segments(tests.clone(), self.config.fdr);
+        let mut candidates = detectors::choose_segments(&tests, self.config.fdr);
         candidates.extend(detectors::drop_offs_errors_explain(&tests, &candidates, self.config.fdr));
         debug!(tests = n_tests, candidates = candidates.len(), "detection tests done");
 

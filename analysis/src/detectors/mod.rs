@@ -199,7 +199,7 @@ pub struct Candidate {
 /// size (iOS, when Android is the candidate and every mobile client is hit):
 /// the rest's test dilutes such a sibling in everything else (every desktop
 /// session) and can miss it.
-fn sibling_shows(pool: &[Test], t: &Test) -> bool {
+fn sibling_shows(pool: &[&Test], t: &Test) -> bool {
     pool.iter().any(|u| {
         u.segment.len() == 1
             && u.segment.iter().all(|(a, v)| t.segment.get(a).is_some_and(|mine| mine != v))
@@ -232,14 +232,14 @@ fn rest_shows_none(t: &Test, fdr: f64) -> bool {
 /// a second, confirmatory test within a problem already found (Android's
 /// payments, inside the mobile sessions discovery could see), and the
 /// candidate keeps the q-value of the discovery.
-pub fn choose_segments(tests: Vec<Test>, fdr: f64) -> Vec<Candidate> {
-    let mut by_subject: BTreeMap<(FindingKind, String, String), Vec<Test>> = BTreeMap::new();
+pub fn choose_segments(tests: &[Test], fdr: f64) -> Vec<Candidate> {
+    let mut by_subject: BTreeMap<(FindingKind, &str, &str), Vec<&Test>> = BTreeMap::new();
     for t in tests {
-        by_subject.entry((t.kind, t.service.clone(), t.operation.clone())).or_default().push(t);
+        by_subject.entry((t.kind, &t.service, &t.operation)).or_default().push(t);
     }
     let mut out = Vec::new();
     for (_, all) in by_subject {
-        let (tests, thin): (Vec<Test>, Vec<Test>) = all.iter().cloned().partition(|t| !t.follow_up);
+        let (tests, thin): (Vec<&Test>, Vec<&Test>) = all.iter().partition(|t| !t.follow_up);
         let significant = |t: &Test| t.judgement.material && t.q_value <= fdr;
         let overall = tests.iter().find(|t| t.segment.is_empty() && significant(t));
         // The rest of the data shows none, and no sibling shows a comparable
@@ -264,8 +264,8 @@ pub fn choose_segments(tests: Vec<Test>, fdr: f64) -> Vec<Candidate> {
             .filter(|t| !sibling_shows(&all, t))
             .min_by_key(|t| (t.judgement.current_samples, t.segment.len()));
         let test = match narrower {
-            Some(t) => Test { q_value: chosen.q_value, ..t.clone() },
-            None => chosen.clone(),
+            Some(t) => Test { q_value: chosen.q_value, ..Test::clone(t) },
+            None => Test::clone(chosen),
         };
         out.push(Candidate { test });
     }
@@ -431,7 +431,7 @@ mod tests {
         assert_eq!(android.q_value, 1.0, "left out of the pass-wide correction");
         let overall_q = tests.iter().find(|t| t.segment.is_empty()).unwrap().q_value;
         // Discovery finds the operation failing; the thin segment narrows it.
-        let chosen = choose_segments(tests, 0.01);
+        let chosen = choose_segments(&tests, 0.01);
         assert_eq!(chosen.len(), 1);
         assert_eq!(chosen[0].test.segment, BTreeMap::from([("os.type".to_owned(), Value::from("android"))]));
         assert_eq!(chosen[0].test.q_value, overall_q, "the discovery's q-value");
@@ -439,7 +439,7 @@ mod tests {
         // iOS failing as often: the problem is not Android's alone.
         let both =
             subject(&[("android", (0, 25), (12, 25)), ("ios", (0, 25), (11, 25)), ("windows", (0, 95), (0, 95))]);
-        let chosen = choose_segments(tests_of(&both), 0.01);
+        let chosen = choose_segments(&tests_of(&both), 0.01);
         assert_eq!(chosen.len(), 1);
         assert!(chosen[0].test.segment.is_empty(), "{:?}", chosen[0].test.segment);
 
@@ -452,7 +452,7 @@ mod tests {
         let windows = tests.iter().find(|t| t.segment.get("os.type") == Some(&Value::from("windows"))).unwrap();
         let rest = windows.complement.as_ref().unwrap();
         assert!(rest.p_value > 0.01 && rest.p_value <= 0.05, "the rest short of significance: {}", rest.p_value);
-        let chosen = choose_segments(tests, 0.01);
+        let chosen = choose_segments(&tests, 0.01);
         assert_eq!(chosen.len(), 1);
         assert!(chosen[0].test.segment.is_empty(), "{:?}", chosen[0].test.segment);
 
@@ -460,7 +460,7 @@ mod tests {
         let thin = subject(&[("android", (0, 25), (12, 25)), ("ios", (0, 10), (0, 10))]);
         let tests = tests_of(&thin);
         assert!(!tests.is_empty() && tests.iter().all(|t| t.follow_up));
-        assert!(choose_segments(tests, 0.01).is_empty());
+        assert!(choose_segments(&tests, 0.01).is_empty());
     }
 
     fn test(kind: FindingKind, operation: &str, os: &str, p: f64, q: f64, left_after_error: f64) -> Test {
