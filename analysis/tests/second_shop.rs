@@ -435,7 +435,9 @@ fn a_service_slow_to_take_requests_is_named_though_its_own_spans_do_not_move() {
     // wait is on the hop into catalog, so catalog is the cause.
     for f in &slow {
         let cause = f.evidence.cause.as_ref().unwrap_or_else(|| panic!("no cause named: {all:#?}"));
-        assert_eq!(cause.service, "catalog", "{all:#?}\n{:?}", f.evidence.details.get("cause_reason"));
+        let why = f.evidence.details["cause_reason"].as_str().unwrap();
+        assert_eq!(cause.service, "catalog", "{all:#?}\n{why}");
+        assert!(why.contains("(gateway → catalog)"), "the wait is on the hop into catalog: {why}");
     }
     assert!(findings.iter().all(|f| f.kind.as_str() == "latency_regression"), "{all:#?}");
 }
