@@ -20,6 +20,11 @@ pub struct AnalysisConfig {
     pub window_secs: u64,
     /// The baseline window, just before the current one.
     pub baseline_secs: u64,
+    /// A continuous pass's current window ends this long before now, and its
+    /// trace samples leave out traces that received a span in this time:
+    /// exporters batch spans for seconds, so a trace still arriving is
+    /// incomplete (a caller's span here, its callee's not yet).
+    pub settle_secs: u64,
     /// Attributes findings are broken down by.
     pub segments: Vec<String>,
     /// Funnels for `drop_off`; empty means discover every journey enough
@@ -71,6 +76,7 @@ impl Default for AnalysisConfig {
             interval_secs: 60,
             window_secs: 1800,
             baseline_secs: 3 * 3600,
+            settle_secs: 10,
             segments: ["browser.mobile", "os.type", "cloud.region", "service.version"].map(str::to_owned).to_vec(),
             flows: Vec::new(),
             session_timeout_secs: 900,
@@ -95,6 +101,12 @@ impl AnalysisConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.window_secs == 0 || self.baseline_secs == 0 {
             return Err("analysis.window_secs and analysis.baseline_secs must be positive".into());
+        }
+        if self.settle_secs > andon_store::ARRIVALS_HORIZON_SECS as u64 {
+            return Err(format!(
+                "analysis.settle_secs must be at most {} (how long arrivals are remembered)",
+                andon_store::ARRIVALS_HORIZON_SECS
+            ));
         }
         if self.replay_max_passes == 0 {
             return Err("analysis.replay_max_passes must be positive".into());

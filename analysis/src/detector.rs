@@ -30,6 +30,9 @@ pub struct Ctx {
     /// Leave out the session join: for queries that read no segment value that
     /// comes from the session and no session end.
     pub lean: bool,
+    /// Trace samples leave out traces that received a span after this time
+    /// (continuous passes: they are still arriving).
+    pub settled: Option<DateTime<Utc>>,
 }
 
 impl Ctx {

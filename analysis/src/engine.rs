@@ -165,7 +165,7 @@ impl Analyzer {
     /// query). For
     /// comparing engines on the same statements.
     pub fn detector_queries(&self, w: Windows) -> Vec<(String, String)> {
-        let ctx = self.ctx(w);
+        let ctx = self.ctx(w, None);
         self.detectors.iter().flat_map(|d| d.queries(&ctx)).collect()
     }
 
@@ -181,8 +181,9 @@ impl Analyzer {
         TenantSql { engine: &self.engine, tenant }.rows(sql).await
     }
 
-    fn ctx(&self, w: Windows) -> Ctx {
+    fn ctx(&self, w: Windows, settled: Option<DateTime<Utc>>) -> Ctx {
         Ctx {
+            settled,
             baseline_start: w.baseline_start,
             baseline_end: w.baseline_end,
             split: w.split,
@@ -196,13 +197,25 @@ impl Analyzer {
     /// Runs every detector over `w` and returns the findings, causes first with
     /// their symptoms linked under them.
     pub async fn pass(&self, tenant: &Tenant, w: Windows) -> Result<PassReport, AnalysisError> {
+        self.pass_settled(tenant, w, None).await
+    }
+
+    /// A pass as continuous detection runs it, at the server's wall clock:
+    /// trace samples leave out traces that received a span after `settled`
+    /// (they are still arriving).
+    pub async fn pass_settled(
+        &self,
+        tenant: &Tenant,
+        w: Windows,
+        settled: Option<DateTime<Utc>>,
+    ) -> Result<PassReport, AnalysisError> {
         let started = Instant::now();
         if w.baseline_end <= w.baseline_start || w.end <= w.split || w.split < w.baseline_end {
             return Err(AnalysisError::Config(
                 "windows must be ordered: baseline start < baseline end <= current start < current end".into(),
             ));
         }
-        let ctx = self.ctx(w);
+        let ctx = self.ctx(w, settled);
         let sql = TenantSql { engine: &self.engine, tenant };
         let mut tests = Vec::new();
         let mut flows = Vec::new();
@@ -265,12 +278,13 @@ impl Analyzer {
             let err = if errors { " AND err = 1" } else { "" };
             let picks = format!(
                 "SELECT trace_id, span_id FROM requests WHERE service = {} AND operation = {}{} \
-                 AND start_time >= {} AND start_time < {}{err} LIMIT {limit}",
+                 AND start_time >= {} AND start_time < {}{err}{settled} LIMIT {limit}",
                 sql::lit(&t.service),
                 sql::lit(&t.operation),
                 ctx.segments.condition(&t.segment),
                 sql::ts(from),
                 sql::ts(to),
+                settled = ctx.settled.map(|at| format!(" AND {}", sql::settled("trace_id", at))).unwrap_or_default(),
             );
             let lean = ctx.lean_for(&t.segment);
             (format!("{},\n", sql::render(sql::SHARED_CTES, &lean.shared_vars())), picks)
@@ -320,6 +334,7 @@ impl Analyzer {
             through: Some(t.service.clone()),
             operation: Some(t.operation.clone()),
             segment: t.segment.clone(),
+            settled: ctx.settled,
         };
         let limits = localize::LocalizeLimits { traces: CAUSE_TRACES, fdr: self.config.fdr };
         let baseline = TimeWindow { start: ctx.baseline_start, end: ctx.baseline_end };

@@ -1,5 +1,6 @@
-//! Continuous detection: every `interval_secs`, a pass per tenant over the last
-//! `window_secs` against the `baseline_secs` before it. What follows a pass
+//! Continuous detection: every `interval_secs`, a pass per tenant over the
+//! `window_secs` ending `settle_secs` ago, against the `baseline_secs` before
+//! it, with traces still arriving left out of its trace samples. What follows a pass
 //! (recording its findings, resolving those not seen for
 //! `resolve_after_secs`, tickets and incidents) is the caller's [`AfterPass`].
 
@@ -49,11 +50,15 @@ pub async fn run(analyzer: Analyzer, stats: Arc<RunnerStats>, after_pass: AfterP
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = Utc::now();
-        let windows = Windows::before(now - chrono::Duration::seconds(cfg.window_secs as i64), now, cfg.baseline_secs);
+        // Judge what has settled: the window ends `settle_secs` ago, and traces
+        // that received a span since are left out of its trace samples.
+        let settled = now - chrono::Duration::seconds(cfg.settle_secs as i64);
+        let windows =
+            Windows::before(settled - chrono::Duration::seconds(cfg.window_secs as i64), settled, cfg.baseline_secs);
         let hours = (windows.baseline_start.timestamp().div_euclid(3600), now.timestamp().div_euclid(3600));
         for tenant in analyzer.engine().store().tenants(hours) {
             let started = std::time::Instant::now();
-            match analyzer.pass(&tenant, windows).await {
+            match analyzer.pass_settled(&tenant, windows, Some(settled)).await {
                 Ok(report) => {
                     stats.passes.fetch_add(1, Relaxed);
                     stats.last_pass_ms.store(started.elapsed().as_millis() as u64, Relaxed);

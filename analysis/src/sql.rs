@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-pub(crate) use andon_store::sql::{OPERATION, Rows, SegmentColumn, lit, segment_column, ts};
+pub(crate) use andon_store::sql::{OPERATION, Rows, SegmentColumn, lit, segment_column, settled, ts};
 
 /// A page request: a root server span, or a server span directly under a root
 /// client span (what browser and mobile SDKs create).

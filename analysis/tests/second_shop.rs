@@ -42,6 +42,8 @@ enum Fault {
     /// interpreter lock): requests wait 40 ms before its server span starts,
     /// so its own spans do not move and only its callers' client spans do.
     CatalogSlowToAccept,
+    /// Catalog's own work takes 40 ms longer.
+    CatalogSlow,
 }
 
 /// (os.type, browser.mobile, weight)
@@ -154,7 +156,10 @@ impl Shop {
         };
         let error = self.rng.chance(fails);
         let backend = if route.starts_with("/checkout") || route == "/bag" { "orders" } else { "catalog" };
-        let inner_ms = self.rng.lognormal(18.0, 0.4);
+        let mut inner_ms = self.rng.lognormal(18.0, 0.4);
+        if self.fault == Fault::CatalogSlow && current && backend == "catalog" {
+            inner_ms += self.rng.lognormal(40.0, 0.2);
+        }
         let accept_ms = if self.fault == Fault::CatalogSlowToAccept && current && backend == "catalog" {
             self.rng.lognormal(40.0, 0.2)
         } else {
@@ -300,6 +305,14 @@ struct Loaded {
 }
 
 fn load(fault: Fault, hours: f64, seed: u64) -> Loaded {
+    load_arriving(fault, hours, seed, None).0
+}
+
+/// Loads the run; with `arriving_from`, the traces that start after that
+/// fraction of the run are still arriving: they come after everything else,
+/// after the time returned, and without catalog's spans (still in its
+/// exporter's batch).
+fn load_arriving(fault: Fault, hours: f64, seed: u64, arriving_from: Option<f64>) -> (Loaded, Option<DateTime<Utc>>) {
     let end = DateTime::parse_from_rfc3339("2026-11-20T20:00:00Z").unwrap().with_timezone(&Utc);
     let start = end - Duration::seconds((hours * 3600.0) as i64);
     let onset = ns(start) + ((ns(end) - ns(start)) as f64 * ONSET) as u64;
@@ -313,9 +326,27 @@ fn load(fault: Fault, hours: f64, seed: u64) -> Loaded {
     let tenant = Tenant::default_tenant();
     let sessions = (hours * 3600.0 * RATE) as u64;
     let gap = (ns(end) - ns(start) - 1_800_000_000_000) / sessions;
+    let hold = arriving_from.map(|f| ns(start) + ((ns(end) - ns(start)) as f64 * f) as u64);
+    let mut arriving: BTreeMap<Proc, Vec<Span>> = BTreeMap::new();
     for n in 0..sessions {
         let jitter = shop.rng.below(gap);
         shop.session(n, ns(start) + n * gap + jitter);
+        if let Some(hold) = hold {
+            let late: std::collections::HashSet<Vec<u8>> = shop
+                .spans
+                .iter()
+                .filter(|(p, _)| matches!(p, Proc::App(_)))
+                .flat_map(|(_, v)| v.iter().filter(|s| s.start_time_unix_nano >= hold).map(|s| s.trace_id.clone()))
+                .collect();
+            for (proc, spans) in shop.spans.iter_mut() {
+                let (keep, go): (Vec<Span>, Vec<Span>) =
+                    std::mem::take(spans).into_iter().partition(|s| !late.contains(&s.trace_id));
+                *spans = keep;
+                if !matches!(proc, Proc::Backend("catalog", _)) {
+                    arriving.entry(*proc).or_default().extend(go);
+                }
+            }
+        }
         if n % 200 == 199 || n + 1 == sessions {
             let req = shop.take();
             rt.block_on(ingestor.export(&tenant, req)).unwrap();
@@ -324,9 +355,18 @@ fn load(fault: Fault, hours: f64, seed: u64) -> Loaded {
             store.flush().unwrap();
         }
     }
+    let settled = hold.map(|_| {
+        store.flush().unwrap();
+        let at = Utc::now();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        shop.spans = std::mem::take(&mut arriving);
+        let req = shop.take();
+        rt.block_on(ingestor.export(&tenant, req)).unwrap();
+        at
+    });
     store.flush().unwrap();
     let engine = QueryEngine::new(store, QueryLimits::default(), 2).unwrap();
-    Loaded { _dir: dir, engine, rt, start, end }
+    (Loaded { _dir: dir, engine, rt, start, end }, settled)
 }
 
 fn analyze(l: &Loaded, w: Windows) -> PassReport {
@@ -440,6 +480,57 @@ fn a_service_slow_to_take_requests_is_named_though_its_own_spans_do_not_move() {
         assert!(why.contains("(gateway → catalog)"), "the wait is on the hop into catalog: {why}");
     }
     assert!(findings.iter().all(|f| f.kind.as_str() == "latency_regression"), "{all:#?}");
+}
+
+#[test]
+fn a_pass_while_traces_are_still_arriving_judges_only_those_that_have_settled() {
+    // Catalog is slow to take requests: the gateway's calls wait 40 ms before
+    // catalog's server span starts. The later half of the current window's
+    // traces are still arriving: the app's and the gateway's spans
+    // are here, catalog's are still in its exporter's batch, so the gateway's
+    // calls there wait on nothing traced.
+    // Sessions start until half an hour before the end: this is about the
+    // middle of the current window's traffic.
+    const ARRIVING: f64 = 0.84;
+    let (l, settled) = load_arriving(Fault::CatalogSlowToAccept, HOURS, 5, Some(ARRIVING));
+    let span = l.end - l.start;
+    let at = |f: f64| l.start + Duration::milliseconds((span.num_milliseconds() as f64 * f) as i64);
+    let w = Windows { baseline_start: l.start, baseline_end: at(0.4), split: at(0.8), end: l.end };
+    let analyzer = Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap();
+    let tenant = Tenant::default_tenant();
+    let findings = l.rt.block_on(analyzer.pass_settled(&tenant, w, settled)).unwrap().findings;
+    let all: Vec<String> = findings.iter().map(describe).collect();
+    let slow: Vec<&Finding> = findings.iter().filter(|f| f.kind.as_str() == "latency_regression").collect();
+    assert!(!slow.is_empty(), "no latency finding: {all:#?}");
+    for f in &slow {
+        let cause = f.evidence.cause.as_ref().unwrap_or_else(|| panic!("no cause named: {all:#?}"));
+        assert_eq!(cause.service, "catalog", "{all:#?}");
+    }
+    // The localization read only the traces that had settled: those whose
+    // request started before the arriving half.
+    let current = andon_model::TimeWindow { start: w.split, end: w.end };
+    let read = |settled: Option<DateTime<Utc>>| {
+        let scope = andon_analysis::localize::Scope { settled, ..Default::default() };
+        let limits = andon_analysis::localize::LocalizeLimits { traces: 1_000_000, fdr: 0.01 };
+        let (loc, _) = l
+            .rt
+            .block_on(andon_analysis::localize::localize(&l.engine, &tenant, &current, &current, &scope, None, &limits))
+            .unwrap();
+        loc.traces.1
+    };
+    let complete = l.rt.block_on(l.engine.collect(
+        Some(tenant.clone()),
+        &format!(
+            "SELECT count(DISTINCT trace_id) AS n FROM spans WHERE (parent_span_id IS NULL OR parent_span_id = '') \
+             AND start_time >= {} AND start_time < {}",
+            andon_store::sql::ts(w.split),
+            andon_store::sql::ts(at(ARRIVING)),
+        ),
+    ));
+    let complete = andon_store::sql::Rows::new(complete.unwrap().batches).iter().next().unwrap().u64("n") as usize;
+    let (only_settled, everything) = (read(settled), read(None));
+    assert_eq!(only_settled, complete, "of {everything} traces in the window");
+    assert!(everything as f64 > complete as f64 * 1.3, "{everything} traces against {complete} settled");
 }
 
 #[test]

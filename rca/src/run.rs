@@ -185,6 +185,7 @@ impl Rca {
             through: inc.service.clone(),
             operation: inc.service.as_ref().and(hints.operation.clone()),
             segment: hints.segment_filter.clone(),
+            settled: None,
         };
         let (loc, queries) =
             localize::localize(&self.engine, tenant, &baseline, &window, &scope, hints.channel, &self.limits).await?;

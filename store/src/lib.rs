@@ -17,6 +17,7 @@
 //! On start, segments newer than the checkpoint are deleted and the WAL after it is
 //! replayed, so a crash at any step loses nothing acknowledged and stores nothing twice.
 
+mod arrivals;
 mod dedup;
 mod error;
 mod query;
@@ -40,6 +41,7 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
 
+pub use arrivals::HORIZON_SECS as ARRIVALS_HORIZON_SECS;
 pub use error::StoreError;
 pub use query::{ExtraTable, QueryEngine, QueryLimits, QueryOutput};
 pub use rows_table::RowsTable;
@@ -135,6 +137,8 @@ struct Inner {
     flush_lock: Mutex<()>,
     /// Compacted-away segment files, deleted after a grace period.
     graveyard: Mutex<Vec<(Instant, PathBuf)>>,
+    /// When each recent trace last received a span.
+    arrivals: Arc<arrivals::Arrivals>,
     stats: Arc<StoreStats>,
     _lock: File,
 }
@@ -241,6 +245,7 @@ impl Store {
                 state,
                 dedup: Mutex::new(dedup),
                 pending: Mutex::default(),
+                arrivals: Arc::default(),
                 wal,
                 closed: AtomicBool::new(false),
                 flush_lock: Mutex::new(()),
@@ -348,8 +353,9 @@ impl Store {
                 return Err(SinkError::Unavailable(e.to_string()));
             }
         };
-        match self.inner.wal.append(payload, tenant.clone(), fresh).await {
+        match self.inner.wal.append(payload, tenant.clone(), fresh.clone()).await {
             Ok(_) => {
+                self.inner.arrivals.note(tenant, &fresh, wall_nanos());
                 self.inner.stats.add_stored(stored, outcome.duplicates);
                 Ok(outcome)
             }
@@ -362,6 +368,11 @@ impl Store {
                 Err(SinkError::Unavailable(e.to_string()))
             }
         }
+    }
+
+    /// When each recent trace last received a span (the `arriving_traces` table).
+    pub(crate) fn arrivals(&self) -> &Arc<arrivals::Arrivals> {
+        &self.inner.arrivals
     }
 
     /// Every tenant with spans whose start falls in the hour range: buffered or in
@@ -596,6 +607,7 @@ impl Store {
                         warn!(error = %e, "compaction failed, will retry");
                     }
                     store.bury(Duration::from_secs(120));
+                    store.inner.arrivals.prune(wall_nanos());
                 }
                 if last_retention.elapsed() >= Duration::from_secs(60) {
                     last_retention = Instant::now();
@@ -660,4 +672,9 @@ fn write_checkpoint(dir: &Path, seq: u64, fsync: bool) -> Result<(), StoreError>
         wal::sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// The wall clock in Unix nanoseconds.
+fn wall_nanos() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }

@@ -115,9 +115,10 @@ impl QueryEngine {
             )
             .build_arc()?;
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1)));
+        let arriving: Arc<dyn ExtraTable> = Arc::new(crate::arrivals::ArrivingTraces(Arc::clone(store.arrivals())));
         Ok(Self {
             store,
-            extra: Arc::default(),
+            extra: Arc::new(parking_lot::RwLock::new(vec![arriving])),
             _runtime: Arc::new(QueryRuntime(Some(rt))),
             handle,
             limits,

@@ -18,6 +18,12 @@ pub fn ts(t: DateTime<Utc>) -> String {
     format!("TIMESTAMP '{}'", t.to_rfc3339_opts(SecondsFormat::Micros, true).trim_end_matches('Z'))
 }
 
+/// A condition keeping the traces in `col` that have settled: none received a
+/// span after `at` (the server's wall clock; `arriving_traces`).
+pub fn settled(col: &str, at: DateTime<Utc>) -> String {
+    format!("{col} NOT IN (SELECT trace_id FROM arriving_traces WHERE last_arrival > {})", ts(at))
+}
+
 /// A string literal.
 pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

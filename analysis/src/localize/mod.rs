@@ -31,7 +31,7 @@ use andon_store::QueryEngine;
 use andon_store::sql::{self, lit};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 
 use crate::AnalysisError;
 
@@ -482,7 +482,7 @@ fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile
                 ),
             )
         }
-        (Key::Hop { caller, callee, operation }, true) => {
+        (Key::Hop { caller, callee, operation, queued }, true) => {
             numbers.insert("hop_ms_baseline".into(), d.base);
             numbers.insert("hop_ms_incident".into(), d.cur);
             let inbound = hops.inbound.get(callee).copied().unwrap_or(0.0);
@@ -501,7 +501,23 @@ fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile
                 Some(g) => format!("{whose} other hops grew {} per call", ms(g)),
                 None => format!("{whose} has no other hops"),
             };
-            if hops.callers(caller, callee, d.cur - d.base) {
+            if *queued {
+                // A message waits in a queue between producer and consumer:
+                // the broker or the consumers' backlog, not either side's work.
+                (
+                    callee,
+                    operation,
+                    SuspectCause::Network,
+                    format!(
+                        "messages from {caller} wait {} in the queue before {callee} takes them, instead of {}, \
+                         {} more per request, while neither side's own work grew: the queue into {callee} is slow \
+                         (the broker, or too few consumers for the backlog)",
+                        ms(d.cur),
+                        ms(d.base),
+                        ms(d.per_request),
+                    ),
+                )
+            } else if hops.callers(caller, callee, d.cur - d.base) {
                 (
                     caller,
                     &outgoing,
@@ -552,7 +568,7 @@ fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile
                 ),
             )
         }
-        (Key::Hop { caller, callee, operation }, false) => {
+        (Key::Hop { caller, callee, operation, .. }, false) => {
             numbers.insert("error_rate_baseline".into(), d.base);
             numbers.insert("error_rate_incident".into(), d.cur);
             (
@@ -788,6 +804,46 @@ mod tests {
         let s = rank(&build(10.0, 200), &build(60.0, 200), None, None, &LocalizeLimits::default()).suspects;
         assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("orders", "GET /orders"), "{s:#?}");
         assert!(!s.iter().any(|x| x.service == "gateway"), "the gateway only waits: {s:#?}");
+    }
+
+    /// A request that publishes a message and waits for its consumer (a
+    /// Celery task's result, a reply queue): the consumer is a child of the
+    /// producer and starts after the producer span has ended.
+    fn queued(work_ms: f64, queue_ms: f64, n: u32) -> Profile {
+        let mut p = Profile::default();
+        for i in 0..n {
+            let j = f64::from(i % 7) * 0.3;
+            let c0 = 4.0 + queue_ms + j;
+            let c1 = c0 + work_ms + j;
+            push(
+                &mut p,
+                &[
+                    ("s", None, "bookings", "GET /confirmation", Kind::Server, 0.0, c1 + 1.5),
+                    ("q", Some("s"), "bookings", "SELECT", Kind::Client, 0.5, 1.5 + j / 3.0),
+                    ("p", Some("s"), "bookings", "publish compose", Kind::Producer, 2.0, 4.0),
+                    ("c", Some("p"), "mailer", "process compose", Kind::Consumer, c0, c1),
+                    ("w", Some("c"), "mailer", "INSERT", Kind::Client, c0 + 0.5, c0 + 1.0),
+                ],
+            );
+        }
+        p
+    }
+
+    #[test]
+    fn a_queue_consumer_that_slows_is_blamed_not_the_producer_waiting_for_it() {
+        let s = rank(&queued(8.0, 5.0, 200), &queued(88.0, 5.0, 200), None, None, &LocalizeLimits::default()).suspects;
+        assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("mailer", "process compose"), "{s:#?}");
+        assert_eq!(s[0].cause, SuspectCause::SelfTime, "{s:#?}");
+        assert!(!s.iter().any(|x| x.service == "bookings"), "bookings only waits for the consumer: {s:#?}");
+    }
+
+    #[test]
+    fn a_message_slow_to_leave_the_queue_is_charged_to_the_queue_not_either_side() {
+        let s = rank(&queued(8.0, 5.0, 200), &queued(8.0, 65.0, 200), None, None, &LocalizeLimits::default()).suspects;
+        assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("mailer", "process compose"), "{s:#?}");
+        assert_eq!(s[0].cause, SuspectCause::Network, "{s:#?}");
+        assert!(s[0].reason.contains("in the queue"), "{s:#?}");
+        assert!(!s.iter().any(|x| x.service == "bookings"), "{s:#?}");
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub(super) enum Kind {
     Client,
     /// Sends a message another process consumes, perhaps long after.
     Producer,
+    /// Handles a message; its parent is the producer when the context travels
+    /// with the message, and it may start after that parent has ended.
+    Consumer,
     Other,
 }
 
@@ -33,8 +36,9 @@ pub(super) enum Key {
     Own { service: Arc<str>, operation: Arc<str> },
     /// Waiting on a dependency that has no traced server.
     Dependency { service: Arc<str>, operation: Arc<str> },
-    /// The hop of a client span in `caller` to `callee`'s server span.
-    Hop { caller: Arc<str>, callee: Arc<str>, operation: Arc<str> },
+    /// The hop of a client span in `caller` to `callee`'s server span, or of
+    /// a message from its producer to its consumer (the time in the queue).
+    Hop { caller: Arc<str>, callee: Arc<str>, operation: Arc<str>, queued: bool },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -167,6 +171,7 @@ impl Profile {
                         Some("server") => Kind::Server,
                         Some("client") => Kind::Client,
                         Some("producer") => Kind::Producer,
+                        Some("consumer") => Kind::Consumer,
                         _ => Kind::Other,
                     },
                     err: !status.is_null(i) && status.value(i) == "error",
@@ -214,6 +219,30 @@ impl Profile {
             leaves[i] = matches!(spans[i].kind, Kind::Client | Kind::Producer)
                 || children[i].iter().any(|&c| leaves[c] || spans[c].service != spans[i].service);
         }
+        // How long each span's call lasts: a producer's lasts until the
+        // consumers of its message are done (a caller that waits for the
+        // result waits that long; one that does not has ended by then and
+        // nothing is charged to it).
+        let callees: Vec<Vec<usize>> = (0..spans.len())
+            .map(|i| {
+                let kind = match spans[i].kind {
+                    Kind::Client => Kind::Server,
+                    Kind::Producer => Kind::Consumer,
+                    _ => return Vec::new(),
+                };
+                children[i].iter().copied().filter(|&c| spans[c].kind == kind).collect()
+            })
+            .collect();
+        let extent: Vec<(i64, i64)> = (0..spans.len())
+            .map(|i| {
+                let s = &spans[i];
+                let end = match s.kind {
+                    Kind::Producer => callees[i].iter().map(|&c| spans[c].t1).fold(s.t1, i64::max),
+                    _ => s.t1,
+                };
+                (s.t0, end)
+            })
+            .collect();
         // While a sibling's call out is in flight, a span whose work stays in
         // its process (a reactive handler, a controller awaiting the client
         // call beside it) is waiting, not working: that time is not its own.
@@ -226,7 +255,7 @@ impl Profile {
             let mut w = Vec::new();
             if let Some(p) = spans[i].parent.as_deref().and_then(|p| index.get(p)).copied().filter(|p| *p != i) {
                 w.extend(waiting[p].iter().copied());
-                w.extend(children[p].iter().filter(|&&j| j != i && leaves[j]).map(|&j| (spans[j].t0, spans[j].t1)));
+                w.extend(children[p].iter().filter(|&&j| j != i && leaves[j]).map(|&j| extent[j]));
             }
             waiting[i] = w;
         }
@@ -249,15 +278,16 @@ impl Profile {
         for &i in &order {
             let s = &spans[i];
             let origin = s.err && !failing_below[i];
-            let servers: Vec<usize> = children[i].iter().copied().filter(|&c| spans[c].kind == Kind::Server).collect();
-            if s.kind == Kind::Client && !servers.is_empty() {
-                let waited = covered(s, servers.iter().map(|&c| (spans[c].t0, spans[c].t1)));
-                let hop_ms = ((s.t1 - s.t0) - waited).max(0) as f64 / 1e6;
-                let callee = &spans[servers[0]];
+            if let Some(&first) = callees[i].first() {
+                let (t0, t1) = extent[i];
+                let waited = covered((t0, t1), callees[i].iter().map(|&c| (spans[c].t0, spans[c].t1)));
+                let hop_ms = ((t1 - t0) - waited).max(0) as f64 / 1e6;
+                let callee = &spans[first];
                 let key = Key::Hop {
                     caller: s.service.clone(),
                     callee: callee.service.clone(),
                     operation: callee.operation.clone(),
+                    queued: s.kind == Kind::Producer,
                 };
                 let st = self.stats.entry(key).or_default();
                 st.add(hop_ms, trace);
@@ -266,9 +296,9 @@ impl Profile {
                 }
                 continue;
             }
-            let busy = children[i].iter().map(|&c| (spans[c].t0, spans[c].t1)).chain(waiting[i].iter().copied());
-            let own = ((s.t1 - s.t0) - covered(s, busy)).max(0) as f64 / 1e6;
-            let key = if s.kind == Kind::Client {
+            let busy = children[i].iter().map(|&c| extent[c]).chain(waiting[i].iter().copied());
+            let own = ((s.t1 - s.t0) - covered((s.t0, s.t1), busy)).max(0) as f64 / 1e6;
+            let key = if matches!(s.kind, Kind::Client | Kind::Producer) {
                 Key::Dependency { service: s.service.clone(), operation: s.operation.clone() }
             } else {
                 Key::Own { service: s.service.clone(), operation: s.operation.clone() }
@@ -282,11 +312,11 @@ impl Profile {
     }
 }
 
-/// How much of `parent`'s interval the intervals `(t0, t1)` cover, clipped to
-/// it (children that start before it or outlive it), overlaps merged.
-pub(super) fn covered(parent: &Span, intervals: impl Iterator<Item = (i64, i64)>) -> i64 {
-    let mut iv: Vec<(i64, i64)> =
-        intervals.map(|(a, b)| (a.max(parent.t0), b.min(parent.t1))).filter(|(a, b)| b > a).collect();
+/// How much of the interval `(t0, t1)` (a parent's) the intervals given
+/// cover, clipped to it (children that start before it or outlive it),
+/// overlaps merged.
+pub(super) fn covered((t0, t1): (i64, i64), intervals: impl Iterator<Item = (i64, i64)>) -> i64 {
+    let mut iv: Vec<(i64, i64)> = intervals.map(|(a, b)| (a.max(t0), b.min(t1))).filter(|(a, b)| b > a).collect();
     iv.sort_unstable();
     let (mut total, mut end) = (0i64, i64::MIN);
     for (a, b) in iv {

@@ -13,6 +13,11 @@ pub struct Scope {
     pub operation: Option<String>,
     /// Segment attributes and their values, such as `browser.mobile = true`.
     pub segment: BTreeMap<String, serde_json::Value>,
+    /// Leave out traces that received a span after this time (the server's
+    /// wall clock): they are still arriving, and a partial trace charges a
+    /// callee's time to its caller. Continuous detection sets it; a look at
+    /// history does not need it.
+    pub settled: Option<DateTime<Utc>>,
 }
 
 impl Scope {
@@ -35,14 +40,18 @@ impl Scope {
                 conditions.push(c);
             }
         }
-        conditions
+        let mut out: String = conditions
             .iter()
             .map(|c| {
                 format!(
                     "\n      AND {col} IN (SELECT s.trace_id FROM spans s WHERE {c} AND s.start_time >= {from} AND s.start_time < {to})"
                 )
             })
-            .collect()
+            .collect();
+        if let Some(at) = self.settled {
+            out.push_str(&format!("\n      AND {}", sql::settled(col, at)));
+        }
+        out
     }
 }
 
@@ -100,7 +109,7 @@ impl Failures {
         for r in rows.iter() {
             let (Some(service), Some(operation)) = (r.str("service"), r.str("operation")) else { continue };
             let (service, operation): (Arc<str>, Arc<str>) = (Arc::from(service), Arc::from(operation));
-            let key = if r.str("kind").as_deref() == Some("client") {
+            let key = if matches!(r.str("kind").as_deref(), Some("client" | "producer")) {
                 Key::Dependency { service, operation }
             } else {
                 Key::Own { service, operation }

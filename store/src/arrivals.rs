@@ -1,0 +1,131 @@
+//! When each recent trace last received a span, by the wall clock of this
+//! server. A trace whose spans are still arriving is incomplete: its caller's
+//! client span may be here while its callee's server span is still in an
+//! exporter's batch, and a pass that judged it would charge the callee's time
+//! to the caller. Continuous detection leaves such traces out; the SQL table
+//! `arriving_traces` shows them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
+use parking_lot::Mutex;
+
+use andon_model::Tenant;
+
+use crate::StoreError;
+use crate::query::ExtraTable;
+
+/// How long a trace's last arrival is remembered: the longest settle delay a
+/// pass can ask for.
+pub const HORIZON_SECS: i64 = 300;
+
+/// Last arrival per trace (the 16-byte id), per tenant, in Unix nanoseconds.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    by_tenant: Mutex<HashMap<Tenant, HashMap<u128, i64>>>,
+}
+
+impl Arrivals {
+    /// Notes that `batch`'s traces received spans at `now_ns`.
+    pub fn note(&self, tenant: &Tenant, batch: &RecordBatch, now_ns: i64) {
+        let Ok(i) = batch.schema().index_of("trace_id") else { return };
+        let Some(ids) = batch.column(i).as_string_opt::<i32>() else { return };
+        let mut last: Option<&str> = None;
+        let mut fresh: Vec<u128> = Vec::new();
+        for r in 0..ids.len() {
+            if ids.is_null(r) {
+                continue;
+            }
+            let id = ids.value(r);
+            // Spans of one trace usually sit together in a batch.
+            if last == Some(id) {
+                continue;
+            }
+            last = Some(id);
+            if let Ok(v) = u128::from_str_radix(id, 16) {
+                fresh.push(v);
+            }
+        }
+        let mut by_tenant = self.by_tenant.lock();
+        let map = by_tenant.entry(tenant.clone()).or_default();
+        for v in fresh {
+            map.insert(v, now_ns);
+        }
+    }
+
+    /// Forgets arrivals older than [`HORIZON_SECS`] before `now_ns`.
+    pub fn prune(&self, now_ns: i64) {
+        let cutoff = now_ns - HORIZON_SECS * 1_000_000_000;
+        let mut by_tenant = self.by_tenant.lock();
+        by_tenant.retain(|_, m| {
+            m.retain(|_, at| *at >= cutoff);
+            !m.is_empty()
+        });
+    }
+
+    /// The traces of `tenant` (every tenant's when `None`) with their last
+    /// arrival, oldest first.
+    pub fn list(&self, tenant: Option<&Tenant>) -> Vec<(u128, i64)> {
+        let by_tenant = self.by_tenant.lock();
+        let mut out: Vec<(u128, i64)> = by_tenant
+            .iter()
+            .filter(|(t, _)| tenant.is_none_or(|x| x == *t))
+            .flat_map(|(_, m)| m.iter().map(|(k, v)| (*k, *v)))
+            .collect();
+        out.sort_unstable_by_key(|(k, at)| (*at, *k));
+        out
+    }
+}
+
+/// The SQL table `arriving_traces (trace_id, last_arrival)`: traces that
+/// received a span in the last [`HORIZON_SECS`], when they last did.
+#[derive(Debug)]
+pub(crate) struct ArrivingTraces(pub(crate) Arc<Arrivals>);
+
+impl ExtraTable for ArrivingTraces {
+    fn name(&self) -> &str {
+        "arriving_traces"
+    }
+
+    fn provider(&self, tenant: Option<&Tenant>) -> Result<Arc<dyn TableProvider>, StoreError> {
+        let rows = self.0.list(tenant);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("trace_id", DataType::Utf8, false),
+            Field::new("last_arrival", andon_model::schema::timestamp_type(), false),
+        ]));
+        let ids = StringArray::from(rows.iter().map(|(k, _)| format!("{k:032x}")).collect::<Vec<_>>());
+        let at = TimestampNanosecondArray::from(rows.iter().map(|(_, t)| *t).collect::<Vec<_>>()).with_timezone("UTC");
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(ids), Arc::new(at)])?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(ids: &[&str]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("trace_id", DataType::Utf8, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(ids.to_vec()))]).unwrap()
+    }
+
+    #[test]
+    fn keeps_the_last_arrival_per_trace_and_tenant_and_forgets_old_ones() {
+        let a = Arrivals::default();
+        let (t1, t2) = (Tenant::new("a").unwrap(), Tenant::new("b").unwrap());
+        let x = "0af7651916cd43dd8448eb211c80319c";
+        let y = "00000000000000000000000000000001";
+        a.note(&t1, &batch(&[x, x, y]), 1_000);
+        a.note(&t1, &batch(&[x]), 5_000);
+        a.note(&t2, &batch(&[y]), 2_000);
+        assert_eq!(a.list(Some(&t1)), vec![(1, 1_000), (u128::from_str_radix(x, 16).unwrap(), 5_000)]);
+        assert_eq!(a.list(None).len(), 3);
+        // The cutoff falls at 2 µs: the first arrival of `y` in tenant a is forgotten.
+        a.prune(HORIZON_SECS * 1_000_000_000 + 2_000);
+        assert_eq!(a.list(None), vec![(1, 2_000), (u128::from_str_radix(x, 16).unwrap(), 5_000)]);
+    }
+}
