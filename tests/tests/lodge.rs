@@ -17,6 +17,9 @@ use andon_tests::{Server, andon_bin, workspace_root};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
+/// The current window of a pass, in seconds.
+const WINDOW_SECS: u64 = 120;
+
 fn time(v: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap().with_timezone(&Utc)
 }
@@ -26,8 +29,8 @@ fn describe(f: &Value) -> String {
 }
 
 /// Every fault is found with its kind, where users feel it (or naming the
-/// service as the cause) and its narrowest segment, first seen while it is
-/// on; nothing is first seen outside the faults.
+/// service as the cause) and its narrowest segment, first seen while a pass
+/// holds it; nothing is first seen outside the faults.
 #[test]
 fn every_fault_of_the_lodging_system_is_found_by_a_replayed_backtest_and_nothing_else_is() {
     let recording = workspace_root().join("fixtures/lodge/recording");
@@ -37,7 +40,7 @@ fn every_fault_of_the_lodging_system_is_found_by_a_replayed_backtest_and_nothing
         &dir.path().join("data"),
         &[
             ("ANDON_ANALYSIS_INTERVAL_SECS", "30"),
-            ("ANDON_ANALYSIS_WINDOW_SECS", "120"),
+            ("ANDON_ANALYSIS_WINDOW_SECS", &WINDOW_SECS.to_string()),
             ("ANDON_ANALYSIS_BASELINE_SECS", "120"),
             ("ANDON_ANALYSIS_SESSION_TIMEOUT_SECS", "30"),
             ("ANDON_ANALYSIS_RESOLVE_AFTER_SECS", "300"),
@@ -81,6 +84,9 @@ fn every_fault_of_the_lodging_system_is_found_by_a_replayed_backtest_and_nothing
             .collect()
     };
     let faults = truth["faults"].as_array().unwrap();
+    // A pass holds a fault while its current window overlaps it: up to a
+    // window's length after the fault ends.
+    let held = Duration::seconds(WINDOW_SECS as i64);
     let mut misses = Vec::new();
     for fault in faults {
         let (kind, service) = (fault["kind"].as_str().unwrap(), fault["service"].as_str().unwrap());
@@ -89,7 +95,7 @@ fn every_fault_of_the_lodging_system_is_found_by_a_replayed_backtest_and_nothing
         // The clients a fault is confined to (none: every device alike).
         let segment = fault.get("segment").cloned().unwrap_or_else(|| json!({}));
         let hit = findings.iter().any(|f| {
-            let during = time(&f["first_seen"]) >= fs && time(&f["first_seen"]) <= fe + Duration::seconds(60);
+            let during = time(&f["first_seen"]) >= fs && time(&f["first_seen"]) <= fe + held;
             // A drop-off is where users leave the journey, whichever service failed them;
             // a slowdown is found where it is measured and names its cause (a service
             // slow to take requests slows only its callers' client spans).
@@ -107,13 +113,13 @@ fn every_fault_of_the_lodging_system_is_found_by_a_replayed_backtest_and_nothing
     assert!(misses.is_empty(), "faults not found: {misses:#?}\nfindings:\n{}", all.join("\n"));
 
     // Nothing is reported outside the faults: every finding is first seen while
-    // one is on (or in the minute after it, when a pass still holds it).
+    // a pass's current window overlaps one.
     let stray: Vec<&String> = findings
         .iter()
         .zip(&all)
         .filter(|(f, _)| {
             let t = time(&f["first_seen"]);
-            !faults.iter().any(|x| t >= time(&x["start"]) && t <= time(&x["end"]) + Duration::seconds(60))
+            !faults.iter().any(|x| t >= time(&x["start"]) && t <= time(&x["end"]) + held)
         })
         .map(|(_, d)| d)
         .collect();
