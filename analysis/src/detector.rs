@@ -33,6 +33,8 @@ pub struct Ctx {
     /// Trace samples leave out traces that received a span after this time
     /// (continuous passes: they are still arriving).
     pub settled: Option<DateTime<Utc>>,
+    /// `span_metrics` is rolled up by every segment attribute of the pass.
+    pub rollups: bool,
 }
 
 impl Ctx {
@@ -46,6 +48,39 @@ impl Ctx {
             ("to", sql::ts(self.end)),
             ("split", sql::ts(self.split)),
             ("retry_secs", self.config.retry_interval_secs.to_string()),
+            ("filter", filter.to_owned()),
+        ]
+    }
+
+    /// Whether the pass reads `span_metrics` instead of spans: the store rolls
+    /// up by its segments and its windows start and end on whole minutes, as
+    /// the rollups' cells do.
+    pub fn rolled(&self) -> bool {
+        let whole = |t: DateTime<Utc>| t.timestamp_subsec_nanos() == 0 && t.timestamp().rem_euclid(60) == 0;
+        self.rollups && [self.baseline_start, self.baseline_end, self.split, self.end].into_iter().all(whole)
+    }
+
+    /// The same pass reading spans only (for SQL a person reruns over `spans`).
+    pub fn unrolled(&self) -> Ctx {
+        Ctx { rollups: false, ..self.clone() }
+    }
+
+    /// The placeholders of a template over `span_metrics`.
+    pub fn metric_vars(&self, filter: &str) -> Vec<(&'static str, String)> {
+        let metric_segments: String = self
+            .segments
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(", CAST({} AS VARCHAR) AS seg{i}", c.column))
+            .collect();
+        vec![
+            ("segments", self.segments.list()),
+            ("metric_segments", metric_segments),
+            ("from", sql::ts(self.baseline_start)),
+            ("to", sql::ts(self.end)),
+            ("split", sql::ts(self.split)),
+            ("baseline_end", sql::ts(self.baseline_end)),
             ("filter", filter.to_owned()),
         ]
     }
@@ -82,6 +117,21 @@ impl Ctx {
         let vi = self.segments.columns.iter().position(|c| c.attribute == "service.version")?;
         let filter = self.subject_filter(&t.service, &t.operation, &BTreeMap::new());
         Some((format!("seg{vi}"), filter, self.lean_for(&BTreeMap::new())))
+    }
+
+    /// The condition that narrows `span_metrics` to one subject and segment.
+    pub fn metrics_filter(&self, service: &str, operation: &str, segment: &BTreeMap<String, Value>) -> String {
+        let mut out = format!("AND service_name = {} AND operation = {}", sql::lit(service), sql::lit(operation));
+        for (attr, v) in segment {
+            if let Some(c) = self.segments.columns.iter().find(|c| &c.attribute == attr) {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                out.push_str(&format!(" AND CAST({} AS VARCHAR) = {}", c.column, sql::lit(&text)));
+            }
+        }
+        out
     }
 
     /// The condition that narrows a detector's rows to one subject and segment.

@@ -77,13 +77,20 @@ impl Windows {
         let step = chrono::Duration::seconds(every.max(span.div_ceil(most as u64)) as i64);
         let window = chrono::Duration::seconds(cfg.window_secs as i64);
         let mut out = Vec::new();
-        let mut end = from;
+        // Passes a whole number of minutes apart end on whole minutes, as live
+        // passes do, so that they read the rollups.
+        let mut end = if step.num_seconds() % 60 == 0 { floor_minute(from) } else { from };
         while end < to {
             end = (end + step).min(to);
             out.push(Windows::before(end - window, end, cfg.baseline_secs));
         }
         out
     }
+}
+
+/// The start of `t`'s minute.
+pub fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.timestamp_opt(t.timestamp().div_euclid(60) * 60, 0).single().unwrap_or(t)
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +108,8 @@ pub struct Analyzer {
     config: AnalysisConfig,
     segments: Segments,
     detectors: Vec<Arc<dyn Detector>>,
+    /// The store rolls spans up by every configured segment attribute.
+    rollups: bool,
 }
 
 /// SQL as one tenant.
@@ -144,7 +153,16 @@ impl Analyzer {
         for d in &detectors {
             d.kind().register();
         }
-        Ok(Self { engine, config, segments, detectors })
+        let rolled = &engine.store().config().rollup_segments;
+        let rollups = config.segments.iter().all(|s| s == "service.version" || rolled.contains(s));
+        Ok(Self { engine, config, segments, detectors, rollups })
+    }
+
+    /// The same analyzer reading every window from spans, never from
+    /// `span_metrics` (for comparing the two).
+    pub fn reading_spans_only(mut self) -> Self {
+        self.rollups = false;
+        self
     }
 
     pub fn config(&self) -> &AnalysisConfig {
@@ -165,7 +183,7 @@ impl Analyzer {
     /// query). For
     /// comparing engines on the same statements.
     pub fn detector_queries(&self, w: Windows) -> Vec<(String, String)> {
-        let ctx = self.ctx(w, None);
+        let ctx = self.ctx(w, None).unrolled();
         self.detectors.iter().flat_map(|d| d.queries(&ctx)).collect()
     }
 
@@ -191,6 +209,7 @@ impl Analyzer {
             segments: self.segments.clone(),
             config: self.config.clone(),
             lean: false,
+            rollups: self.rollups,
         }
     }
 
@@ -384,9 +403,21 @@ impl Analyzer {
         let bins_filter = ctx.subject_filter(&onset_service, &onset_op, &t.segment);
         let mut whole = ctx.lean_for(&t.segment);
         whole.baseline_end = ctx.split;
-        let mut vars = whole.vars(&bins_filter);
-        vars.push(("bin_secs", onset_bin_secs(ctx).to_string()));
-        let bins = sql.rows(&sql::render(include_str!("detectors/minutes.sql"), &vars)).await?;
+        let bin_secs = onset_bin_secs(ctx);
+        let bins = if bin_secs == 60 && ctx.rollups {
+            // Minutes: the rollups hold them, one row per cell.
+            let filter = ctx.metrics_filter(&onset_service, &onset_op, &t.segment);
+            let vars = [
+                ("from", sql::ts(ctx.baseline_start)),
+                ("to", sql::ts(ctx.end)),
+                ("filter", filter),
+            ];
+            sql.rows(&sql::render(include_str!("detectors/minutes_rolled.sql"), &vars)).await?
+        } else {
+            let mut vars = whole.vars(&bins_filter);
+            vars.push(("bin_secs", bin_secs.to_string()));
+            sql.rows(&sql::render(include_str!("detectors/minutes.sql"), &vars)).await?
+        };
         let metric = if trouble == Trouble::Latency { "log_latency" } else { "error_rate" };
         let series: Vec<(i64, f64)> =
             bins.iter().filter(|r| r.u64("n") >= 3).filter_map(|r| Some((r.i64("bin")?, r.f64(metric)?))).collect();

@@ -545,3 +545,39 @@ fn a_clean_day_of_the_second_shop_gives_no_finding() {
     }
     assert!(found.is_empty(), "{found:#?}");
 }
+
+/// What a finding says, for comparing passes.
+fn gist(f: &Finding) -> String {
+    let cause = f.evidence.cause.as_ref().map(|c| format!("{} {}", c.service, c.operation)).unwrap_or_default();
+    format!("{} {} {} {:?} cause={cause}", f.kind, f.service, f.operation, f.segment)
+}
+
+#[test]
+fn a_pass_on_whole_minutes_reads_the_rollups_and_finds_what_the_spans_show() {
+    for fault in [Fault::CatalogSlow, Fault::AndroidInEu] {
+        let l = load(fault, HOURS, 11);
+        let minute = |f: f64| {
+            let t = l.start + Duration::seconds(((l.end - l.start).num_seconds() as f64 * f) as i64);
+            andon_analysis::engine::floor_minute(t)
+        };
+        let w = Windows { baseline_start: minute(0.0), baseline_end: minute(0.4), split: minute(0.8), end: l.end };
+        let tenant = Tenant::default_tenant();
+        let run = |a: Analyzer| -> Vec<String> {
+            let mut out: Vec<String> = l.rt.block_on(a.pass(&tenant, w)).unwrap().findings.iter().map(gist).collect();
+            out.sort();
+            out
+        };
+        let analyzer = || Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap();
+        let rolled = run(analyzer());
+        let spans = run(analyzer().reading_spans_only());
+        assert!(!rolled.is_empty(), "{fault:?}: nothing found");
+        assert_eq!(rolled, spans, "{fault:?}: rollups and spans disagree");
+        // Without its rollups the same pass sees no request at all: it did read them.
+        l.engine.store().drop_rollups().unwrap();
+        let blind = run(analyzer());
+        assert!(
+            blind.iter().all(|f| !f.starts_with("latency_regression") && !f.starts_with("error_rate_regression")),
+            "{fault:?}: {blind:?}"
+        );
+    }
+}

@@ -439,6 +439,7 @@ impl RawConfig {
             dedup_max_keys: size("storage.dedup_max_keys", self.storage.dedup_max_keys, 1)?,
             compact_min_segments: size("storage.compact_min_segments", self.storage.compact_min_segments, 2)?,
             compact_small_bytes: self.storage.compact_small_bytes,
+            rollup_segments: self.analysis.segments.clone(),
         };
         if store.max_buffer_bytes < store.flush_bytes {
             bail!("storage.max_buffer_bytes must be at least storage.flush_bytes");

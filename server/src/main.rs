@@ -51,6 +51,21 @@ enum Command {
     Changes(changes_cli::ChangesArgs),
     /// Open an incident and run its root-cause analysis, list incidents, or show one's report.
     Incidents(incidents_cli::IncidentsArgs),
+    /// Roll up stored segments that have no `span_metrics` rollup (or, with
+    /// --rebuild, every segment) in a data directory no server is using.
+    Rollup(RollupArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RollupArgs {
+    /// Configuration file (TOML): its data directory and segment attributes.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Delete every rollup first and roll every segment up again.
+    #[arg(long)]
+    rebuild: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +115,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(serve::run(config))
 }
 
+fn rollup(args: RollupArgs) -> anyhow::Result<()> {
+    let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("ANDON_")).collect();
+    let mut raw = config::load(args.config.as_deref(), &vars)?;
+    raw.apply(config::Overrides { data_dir: args.data_dir, ..config::Overrides::default() });
+    let config = raw.validate()?;
+    init_logging(false, "warn");
+    let store = andon_store::Store::open(config.store)?;
+    if args.rebuild {
+        store.drop_rollups()?;
+    }
+    let started = std::time::Instant::now();
+    let n = store.roll_up_missing(usize::MAX)?;
+    store.close()?;
+    println!("rolled up {n} segments in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("andon").build()?)
 }
@@ -116,6 +148,7 @@ fn main() -> ExitCode {
         Command::Tickets(args) => runtime().and_then(|rt| rt.block_on(tickets_cli::run(args))),
         Command::Changes(args) => runtime().and_then(|rt| rt.block_on(changes_cli::run(args))),
         Command::Incidents(args) => runtime().and_then(|rt| rt.block_on(incidents_cli::run(args))),
+        Command::Rollup(args) => rollup(args),
         Command::Import(args) => {
             init_logging(false, "warn");
             runtime().and_then(|rt| rt.block_on(import::run(args)))

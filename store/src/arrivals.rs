@@ -9,9 +9,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampNanosecondArray};
-use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::catalog::TableProvider;
-use datafusion::datasource::MemTable;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
 use parking_lot::Mutex;
 
 use andon_model::Tenant;
@@ -92,15 +95,48 @@ impl ExtraTable for ArrivingTraces {
     }
 
     fn provider(&self, tenant: Option<&Tenant>) -> Result<Arc<dyn TableProvider>, StoreError> {
-        let rows = self.0.list(tenant);
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("trace_id", DataType::Utf8, false),
-            Field::new("last_arrival", andon_model::schema::timestamp_type(), false),
-        ]));
+        Ok(Arc::new(ArrivingScan { arrivals: Arc::clone(&self.0), tenant: tenant.cloned() }))
+    }
+}
+
+fn arriving_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("trace_id", DataType::Utf8, false),
+        Field::new("last_arrival", andon_model::schema::timestamp_type(), false),
+    ]))
+}
+
+/// One statement's view of the arrivals, read when the statement scans the
+/// table: every statement registers the table, and most never read it.
+#[derive(Debug)]
+struct ArrivingScan {
+    arrivals: Arc<Arrivals>,
+    tenant: Option<Tenant>,
+}
+
+#[async_trait]
+impl TableProvider for ArrivingScan {
+    fn schema(&self) -> SchemaRef {
+        arriving_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let rows = self.arrivals.list(self.tenant.as_ref());
+        let schema = arriving_schema();
         let ids = StringArray::from(rows.iter().map(|(k, _)| format!("{k:032x}")).collect::<Vec<_>>());
         let at = TimestampNanosecondArray::from(rows.iter().map(|(_, t)| *t).collect::<Vec<_>>()).with_timezone("UTC");
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(ids), Arc::new(at)])?;
-        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+        MemTable::try_new(schema, vec![vec![batch]])?.scan(state, projection, filters, limit).await
     }
 }
 

@@ -21,6 +21,7 @@ mod arrivals;
 mod dedup;
 mod error;
 mod query;
+mod rollup;
 mod rows_table;
 mod segment;
 pub mod sql;
@@ -44,6 +45,7 @@ use tracing::{info, warn};
 pub use arrivals::HORIZON_SECS as ARRIVALS_HORIZON_SECS;
 pub use error::StoreError;
 pub use query::{ExtraTable, QueryEngine, QueryLimits, QueryOutput};
+pub use rollup::{BUCKETS_PER_E, RollupSpec, latency_bucket};
 pub use rows_table::RowsTable;
 pub use segment::Segment;
 pub use stats::{StoreSnapshot, StoreStats};
@@ -80,6 +82,8 @@ pub struct StoreConfig {
     /// Merge a partition's segments once it has this many below `compact_small_bytes`.
     pub compact_min_segments: usize,
     pub compact_small_bytes: u64,
+    /// The segment attributes `span_metrics` is rolled up by (the detectors').
+    pub rollup_segments: Vec<String>,
 }
 
 impl StoreConfig {
@@ -95,6 +99,9 @@ impl StoreConfig {
             dedup_max_keys: 4_000_000,
             compact_min_segments: 8,
             compact_small_bytes: 32 << 20,
+            rollup_segments: ["browser.mobile", "os.type", "cloud.region", "service.version"]
+                .map(str::to_owned)
+                .to_vec(),
         }
     }
 }
@@ -114,6 +121,8 @@ struct State {
     buffer: VecDeque<Buffered>,
     buffer_bytes: usize,
     segments: BTreeMap<PathBuf, Segment>,
+    /// The rollup of each segment that has one: its path and size.
+    metrics: std::collections::HashMap<PathBuf, (PathBuf, u64)>,
 }
 
 /// A consistent view for one query.
@@ -139,6 +148,8 @@ struct Inner {
     graveyard: Mutex<Vec<(Instant, PathBuf)>>,
     /// When each recent trace last received a span.
     arrivals: Arc<arrivals::Arrivals>,
+    /// What rolling a span up needs from the spans before it.
+    rollups: Arc<rollup::RollupContext>,
     stats: Arc<StoreStats>,
     _lock: File,
 }
@@ -194,8 +205,23 @@ impl Store {
             }
         }
 
-        let mut state =
-            State { segments: segments.into_iter().map(|s| (s.path.clone(), s)).collect(), ..State::default() };
+        let spec = rollup::RollupSpec::new(&config.rollup_segments).map_err(StoreError::Refused)?;
+        let rollups = Arc::new(rollup::RollupContext::new(spec));
+        let rolled = rollup::load_metrics(dir, &segments)?;
+        let metrics = rolled
+            .into_iter()
+            .filter_map(|seg| {
+                let m = rollup::metrics_path(dir, &seg)?;
+                let bytes = fs::metadata(&m).ok()?.len();
+                Some((seg, (m, bytes)))
+            })
+            .collect();
+        let mut state = State {
+            segments: segments.into_iter().map(|s| (s.path.clone(), s)).collect(),
+            metrics,
+            ..State::default()
+        };
+        let replay_time = wall_nanos();
         let mut replayed = 0usize;
         let (last_seq, bad_wal) = wal::replay(&dir.join("wal"), &quarantine.join("wal"), checkpoint, |r| {
             for batch in r.batches {
@@ -208,6 +234,7 @@ impl Store {
                     continue;
                 }
                 replayed += batch.num_rows();
+                rollups.note(&r.tenant, &batch, replay_time);
                 let bytes = batch.get_array_memory_size();
                 state.buffer_bytes += bytes;
                 state.buffer.push_back(Buffered { seq: r.seq, tenant: r.tenant.clone(), batch, bytes, at: now });
@@ -246,6 +273,7 @@ impl Store {
                 dedup: Mutex::new(dedup),
                 pending: Mutex::default(),
                 arrivals: Arc::default(),
+                rollups,
                 wal,
                 closed: AtomicBool::new(false),
                 flush_lock: Mutex::new(()),
@@ -355,7 +383,9 @@ impl Store {
         };
         match self.inner.wal.append(payload, tenant.clone(), fresh.clone()).await {
             Ok(_) => {
-                self.inner.arrivals.note(tenant, &fresh, wall_nanos());
+                let now = wall_nanos();
+                self.inner.arrivals.note(tenant, &fresh, now);
+                self.inner.rollups.note(tenant, &fresh, now);
                 self.inner.stats.add_stored(stored, outcome.duplicates);
                 Ok(outcome)
             }
@@ -373,6 +403,64 @@ impl Store {
     /// When each recent trace last received a span (the `arriving_traces` table).
     pub(crate) fn arrivals(&self) -> &Arc<arrivals::Arrivals> {
         &self.inner.arrivals
+    }
+
+    /// What rolls spans up into `span_metrics`.
+    pub(crate) fn rollups(&self) -> &Arc<rollup::RollupContext> {
+        &self.inner.rollups
+    }
+
+    /// The rollup files a `span_metrics` query of `tenant` over the hour range
+    /// reads, and the buffered batches (by tenant) it rolls up itself.
+    pub(crate) fn metrics_snapshot(
+        &self,
+        tenant: Option<&Tenant>,
+        hours: (i64, i64),
+    ) -> (Vec<(PathBuf, u64)>, Vec<(Tenant, Vec<RecordBatch>)>) {
+        let s = self.inner.state.read();
+        let files = s
+            .segments
+            .values()
+            .filter(|seg| tenant.is_none_or(|t| *t == seg.tenant))
+            .filter(|seg| seg.hour >= hours.0 && seg.hour <= hours.1)
+            .filter_map(|seg| s.metrics.get(&seg.path).cloned())
+            .collect();
+        let mut buffered: BTreeMap<Tenant, Vec<RecordBatch>> = BTreeMap::new();
+        for b in s.buffer.iter().filter(|b| tenant.is_none_or(|t| *t == b.tenant)) {
+            buffered.entry(b.tenant.clone()).or_default().push(b.batch.clone());
+        }
+        (files, buffered.into_iter().collect())
+    }
+
+    /// Rolls up segments stored without a rollup (before rollups existed, or a
+    /// compaction that crashed between its two files), at most `limit` of
+    /// them. Returns how many were rolled up.
+    pub fn roll_up_missing(&self, limit: usize) -> Result<usize, StoreError> {
+        let _guard = self.inner.flush_lock.lock();
+        let missing: Vec<Segment> = {
+            let s = self.inner.state.read();
+            s.segments.values().filter(|seg| !s.metrics.contains_key(&seg.path)).take(limit).cloned().collect()
+        };
+        let fsync = self.inner.config.durability == Durability::Fsync;
+        let dir = &self.inner.config.data_dir;
+        for seg in &missing {
+            let batches = segment::read_all(&seg.path)?;
+            let rolled = self.inner.rollups.roll_up_alone(&batches)?;
+            let Some(path) = rollup::metrics_path(dir, &seg.path) else { continue };
+            let bytes = rollup::write_metrics(&path, &rolled, fsync)?;
+            self.inner.state.write().metrics.insert(seg.path.clone(), (path, bytes));
+        }
+        Ok(missing.len())
+    }
+
+    /// Deletes every rollup, so that [`Self::roll_up_missing`] makes each again.
+    pub fn drop_rollups(&self) -> Result<(), StoreError> {
+        let _guard = self.inner.flush_lock.lock();
+        self.inner.state.write().metrics.clear();
+        match fs::remove_dir_all(self.inner.config.data_dir.join("metrics")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Every tenant with spans whose start falls in the hour range: buffered or in
@@ -425,10 +513,19 @@ impl Store {
         let fsync = self.inner.config.durability == Durability::Fsync;
         let root = Self::segments_dir(&self.inner.config.data_dir);
         let mut written: Vec<Segment> = Vec::new();
+        let mut rolled: Vec<(PathBuf, (PathBuf, u64))> = Vec::new();
+        let data_dir = &self.inner.config.data_dir;
         let result = (|| {
             for (tenant, batches) in &by_tenant {
                 for (n, (hour, batch)) in segment::partition_by_hour(batches)?.into_iter().enumerate() {
-                    written.push(segment::write_segment(&root, tenant, hour, through, n, &batch, fsync)?);
+                    let seg = segment::write_segment(&root, tenant, hour, through, n, &batch, fsync)?;
+                    // The segment's rollup, from the same spans, before the checkpoint.
+                    let metrics = self.inner.rollups.roll_up(tenant, std::slice::from_ref(&batch))?;
+                    let path = rollup::metrics_path(data_dir, &seg.path)
+                        .ok_or_else(|| StoreError::Corrupt(format!("{} is outside the store", seg.path.display())))?;
+                    written.push(seg);
+                    let bytes = rollup::write_metrics(&path, &metrics, fsync)?;
+                    rolled.push((written[written.len() - 1].path.clone(), (path, bytes)));
                 }
             }
             Ok::<_, StoreError>(())
@@ -439,6 +536,7 @@ impl Store {
             // count as committed next to the segments written again.
             for seg in &written {
                 let _ = fs::remove_file(&seg.path);
+                rollup::remove_metrics(data_dir, &seg.path);
             }
             return Err(e);
         }
@@ -456,6 +554,7 @@ impl Store {
             for seg in written {
                 s.segments.insert(seg.path.clone(), seg);
             }
+            s.metrics.extend(rolled);
         }
         write_checkpoint(&self.inner.config.data_dir, through, fsync)?;
         wal::truncate_through(&self.inner.config.data_dir.join("wal"), through)?;
@@ -515,12 +614,34 @@ impl Store {
             let started = Instant::now();
             let merged = query::sorted_segments(self, inputs.clone())
                 .and_then(|batches| segment::write_compacted(&inputs, batches, fsync))?;
+            // The inputs' rollups merged, when every input has one; otherwise the
+            // merged segment is rolled up afresh later.
+            let input_metrics: Option<Vec<PathBuf>> = {
+                let s = self.inner.state.read();
+                inputs.iter().map(|seg| s.metrics.get(&seg.path).map(|m| m.0.clone())).collect()
+            };
+            let mut merged_metrics = None;
+            if let Some(paths) = input_metrics
+                && let Some(path) = rollup::metrics_path(&self.inner.config.data_dir, &merged.path)
+            {
+                let mut batches = Vec::new();
+                for p in &paths {
+                    batches.extend(rollup::read_metrics(p)?);
+                }
+                let m = self.inner.rollups.merge(&batches)?;
+                let bytes = rollup::write_metrics(&path, &m, fsync)?;
+                merged_metrics = Some((path, bytes));
+            }
             {
                 let mut s = self.inner.state.write();
                 for seg in &inputs {
                     s.segments.remove(&seg.path);
+                    s.metrics.remove(&seg.path);
                 }
                 s.segments.insert(merged.path.clone(), merged.clone());
+                if let Some(m) = merged_metrics {
+                    s.metrics.insert(merged.path.clone(), m);
+                }
             }
             // Queries that took their snapshot before the swap may still open the
             // inputs; they get a grace period before the files go.
@@ -549,6 +670,7 @@ impl Store {
             if let Err(e) = fs::remove_file(&p) {
                 warn!(path = %p.display(), error = %e, "could not delete a compacted segment");
             }
+            rollup::remove_metrics(&self.inner.config.data_dir, &p);
         }
     }
 
@@ -565,12 +687,16 @@ impl Store {
             let mut s = self.inner.state.write();
             let paths: Vec<PathBuf> =
                 s.segments.values().filter(|seg| seg.hour < cutoff).map(|seg| seg.path.clone()).collect();
+            for p in &paths {
+                s.metrics.remove(p);
+            }
             paths.iter().filter_map(|p| s.segments.remove(p)).collect()
         };
         for seg in &expired {
             if let Err(e) = fs::remove_file(&seg.path) {
                 warn!(path = %seg.path.display(), error = %e, "could not delete expired segment");
             }
+            rollup::remove_metrics(&self.inner.config.data_dir, &seg.path);
             if let Some(dir) = seg.path.parent() {
                 // Succeeds only once the hour directory is empty.
                 let _ = fs::remove_dir(dir);
@@ -608,6 +734,10 @@ impl Store {
                     }
                     store.bury(Duration::from_secs(120));
                     store.inner.arrivals.prune(wall_nanos());
+                    store.inner.rollups.prune(wall_nanos());
+                    if let Err(e) = store.roll_up_missing(4) {
+                        warn!(error = %e, "rolling up stored segments failed, will retry");
+                    }
                 }
                 if last_retention.elapsed() >= Duration::from_secs(60) {
                     last_retention = Instant::now();

@@ -149,6 +149,10 @@ impl QueryEngine {
             None => SpansTable::all_tenants(self.store.clone()),
         };
         ctx.register_table("spans", Arc::new(table))?;
+        ctx.register_table(
+            "span_metrics",
+            Arc::new(crate::rollup::MetricsTable { store: self.store.clone(), tenant: tenant.clone() }),
+        )?;
         for extra in self.extra.read().iter() {
             ctx.register_table(extra.name(), extra.provider(tenant.as_ref())?)?;
         }

@@ -354,6 +354,12 @@ pub fn load_segments(root: &Path, quarantine: &Path, checkpoint: u64) -> Result<
     Ok((out, quarantined))
 }
 
+/// Reads every span of a segment.
+pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Reads only the tenant and id columns of a segment, to rebuild the dedup index.
 pub fn read_ids(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?;

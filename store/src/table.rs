@@ -64,26 +64,26 @@ fn timestamp_nanos(v: &ScalarValue) -> Option<i64> {
     }
 }
 
-fn is_start_time(e: &Expr) -> bool {
+fn is_column(e: &Expr, name: &str) -> bool {
     match e {
-        Expr::Column(c) => c.name == "start_time",
+        Expr::Column(c) => c.name == name,
         _ => false,
     }
 }
 
-/// Narrows `[lo, hi]` (hours) by one conjunct over `start_time`.
-fn narrow(e: &Expr, hours: &mut (i64, i64)) {
+/// Narrows `[lo, hi]` (hours) by one conjunct over the time column `time`.
+pub(crate) fn narrow(time: &str, e: &Expr, hours: &mut (i64, i64)) {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
         return;
     };
     if *op == Operator::And {
-        narrow(left, hours);
-        narrow(right, hours);
+        narrow(time, left, hours);
+        narrow(time, right, hours);
         return;
     }
     let (op, lit) = match (left.as_ref(), right.as_ref()) {
-        (l, Expr::Literal(v, _)) if is_start_time(l) => (*op, v),
-        (Expr::Literal(v, _), r) if is_start_time(r) => match op.swap() {
+        (l, Expr::Literal(v, _)) if is_column(l, time) => (*op, v),
+        (Expr::Literal(v, _), r) if is_column(r, time) => match op.swap() {
             Some(op) => (op, v),
             None => return,
         },
@@ -128,7 +128,7 @@ impl TableProvider for SpansTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut hours = (i64::MIN, i64::MAX);
         for f in filters {
-            narrow(f, &mut hours);
+            narrow("start_time", f, &mut hours);
         }
         let snap = match &self.only {
             Some(segments) => crate::Snapshot { batches: Vec::new(), segments: segments.clone() },
@@ -183,13 +183,13 @@ mod tests {
     #[test]
     fn start_time_bounds_narrow_the_hours() {
         let mut h = (i64::MIN, i64::MAX);
-        narrow(&col("start_time").gt_eq(ts(7_200)).and(col("start_time").lt(ts(4 * 3_600 + 5))), &mut h);
+        narrow("start_time", &col("start_time").gt_eq(ts(7_200)).and(col("start_time").lt(ts(4 * 3_600 + 5))), &mut h);
         assert_eq!(h, (2, 4));
         let mut h = (i64::MIN, i64::MAX);
-        narrow(&ts(3_600).lt_eq(col("start_time")), &mut h);
+        narrow("start_time", &ts(3_600).lt_eq(col("start_time")), &mut h);
         assert_eq!(h, (1, i64::MAX));
         let mut h = (i64::MIN, i64::MAX);
-        narrow(&col("end_time").gt(ts(7_200)), &mut h);
+        narrow("start_time", &col("end_time").gt(ts(7_200)), &mut h);
         assert_eq!(h, (i64::MIN, i64::MAX), "only start_time decides the partition");
     }
 }

@@ -324,3 +324,152 @@ fn compaction_merges_small_segments_and_a_crash_midway_is_mended() {
     assert_eq!(walk(&dir.path().join("segments")).len(), 1, "the merged inputs are removed on start");
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 600);
 }
+
+fn kv(key: &str, v: Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
+
+fn text(key: &str, v: &str) -> KeyValue {
+    kv(key, Value::StringValue(v.into()))
+}
+
+/// One resource's spans: `(trace, span, parent, name, kind, error, duration ms, session, route)`.
+type SpanSpec<'a> = (u64, u64, u64, &'a str, i32, bool, u64, &'a str, Option<&'a str>);
+
+fn resource_batch(service: &str, os: &str, start_ns: u64, spans: &[SpanSpec<'_>]) -> RecordBatch {
+    use opentelemetry_proto::tonic::trace::v1::Status;
+    let spans = spans
+        .iter()
+        .map(|&(trace, span, parent, name, kind, error, ms, session, route)| {
+            let mut attributes = vec![text("session.id", session)];
+            if let Some(r) = route {
+                attributes.push(text("http.route", r));
+                attributes.push(text("http.request.method", "GET"));
+            }
+            Span {
+                trace_id: [trace.to_be_bytes(), 1u64.to_be_bytes()].concat(),
+                span_id: span.to_be_bytes().to_vec(),
+                parent_span_id: if parent == 0 { Vec::new() } else { parent.to_be_bytes().to_vec() },
+                name: name.into(),
+                kind,
+                start_time_unix_nano: start_ns,
+                end_time_unix_nano: start_ns + ms * 1_000_000,
+                attributes,
+                status: error.then(|| Status { code: 2, ..Default::default() }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    text("service.name", service),
+                    text("service.version", "1.0"),
+                    text("os.type", os),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    };
+    convert_request(&req, &Tenant::default_tenant(), 0, SpanLimits::NONE).unwrap().batch.unwrap()
+}
+
+/// `(requests, errors, own_errors)` of the server cells of `span_metrics`, by os_type.
+async fn metrics_by_os(store: &Store) -> Vec<(String, i64, i64, i64)> {
+    let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 1).unwrap();
+    let out = engine
+        .run(
+            None,
+            "SELECT os_type, sum(requests), sum(errors), sum(own_errors) FROM span_metrics \
+             WHERE kind = 'server' GROUP BY os_type ORDER BY os_type",
+        )
+        .await
+        .unwrap();
+    let b = arrow::compute::concat_batches(&out.schema, &out.batches).unwrap();
+    (0..b.num_rows())
+        .map(|r| {
+            let i = |c: usize| b.column(c).as_primitive::<Int64Type>().value(r);
+            (b.column(0).as_string::<i32>().value(r).to_owned(), i(1), i(2), i(3))
+        })
+        .collect()
+}
+
+#[test]
+fn span_metrics_count_every_span_once_with_its_session_values_through_flush_compaction_and_crash() {
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns();
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 2;
+    let store = Store::open(cfg.clone()).unwrap();
+    for i in 0..3u64 {
+        // An android app's tap (a root client span) calls a Linux backend
+        // whose handler fails because its database call failed.
+        let trace = 100 + i;
+        let app = resource_batch("app", "android", now, &[(trace, 1, 0, "tap", CLIENT, true, 50, "s-a", None)]);
+        let backend = resource_batch(
+            "api",
+            "linux",
+            now,
+            &[
+                (trace, 2, 1, "GET /cart", SERVER, true, 40, "s-a", Some("/cart")),
+                (trace, 3, 2, "SELECT", CLIENT, true, 5, "s-a", None),
+            ],
+        );
+        // A web session with no root span here: the backend's own value.
+        let web = resource_batch("api", "linux", now, &[(200 + i, 9, 8, "GET /cart", SERVER, false, 7, "s-w", Some("/cart"))]);
+        for b in [app, backend, web] {
+            rt.block_on(store.append(&t, b)).unwrap();
+        }
+        if i < 2 {
+            store.flush().unwrap();
+        }
+    }
+    let expect = vec![("android".to_owned(), 3, 3, 0), ("linux".to_owned(), 3, 0, 0)];
+    assert_eq!(rt.block_on(metrics_by_os(&store)), expect, "buffered and flushed alike");
+    assert_eq!(
+        rt.block_on(count(&store, "SELECT sum(requests) FROM span_metrics")),
+        rt.block_on(count(&store, "SELECT count(*) FROM spans"))
+    );
+    // The database call's failure is its own; the handler only passed it up.
+    assert_eq!(rt.block_on(count(&store, "SELECT sum(own_errors) FROM span_metrics WHERE operation = 'SELECT'")), 3);
+    // The latency histogram of the web requests: three in the bucket of 7 ms.
+    assert_eq!(
+        rt.block_on(count(
+            &store,
+            &format!(
+                "SELECT sum(c) FROM (SELECT unnest(latency_buckets) AS b, unnest(latency_counts) AS c \
+                 FROM span_metrics WHERE os_type = 'linux') WHERE b = {}",
+                andon_store::latency_bucket(7_000_000)
+            )
+        )),
+        3
+    );
+    store.flush().unwrap();
+    assert!(store.compact().unwrap() >= 2);
+    assert_eq!(rt.block_on(metrics_by_os(&store)), expect, "after compaction");
+    store.close().unwrap();
+    drop(store);
+    assert_eq!(walk(&dir.path().join("metrics")).len(), walk(&dir.path().join("segments")).len());
+
+    // A crash after a segment and its rollup were written but before the
+    // checkpoint: both go on start, and the WAL (here empty) is the truth.
+    let seg = walk(&dir.path().join("segments")).into_iter().next().unwrap();
+    let stray = seg.with_file_name("00000000000000009999-0000.parquet");
+    std::fs::copy(&seg, &stray).unwrap();
+    let metrics = walk(&dir.path().join("metrics")).into_iter().next().unwrap();
+    let stray_metrics = metrics.with_file_name("00000000000000009999-0000.parquet");
+    std::fs::copy(&metrics, &stray_metrics).unwrap();
+    // And a segment whose rollup was lost is rolled up again.
+    std::fs::remove_file(&metrics).unwrap();
+    let store = Store::open(cfg).unwrap();
+    assert!(!stray.exists() && !stray_metrics.exists());
+    assert_eq!(store.roll_up_missing(10).unwrap(), 1);
+    assert_eq!(rt.block_on(metrics_by_os(&store)), expect, "after a crash and a lost rollup");
+}

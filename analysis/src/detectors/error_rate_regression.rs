@@ -44,6 +44,9 @@ impl Metric for Errors {
 }
 
 pub fn query(ctx: &Ctx, filter: &str) -> String {
+    if ctx.rolled() {
+        return sql::render(include_str!("error_rate_rolled.sql"), &ctx.metric_vars(filter));
+    }
     sql::render(SQL, &ctx.vars(filter))
 }
 
@@ -97,16 +100,24 @@ impl Detector for ErrorRateRegression {
         &self,
         ctx: &Ctx,
         t: &Test,
-        _sql: &dyn Sql,
-        _baseline: &mut Numbers,
-        _current: &mut Numbers,
+        sql: &dyn Sql,
+        baseline: &mut Numbers,
+        current: &mut Numbers,
     ) -> Result<String, AnalysisError> {
         let filter = ctx.subject_filter(&t.service, &t.operation, &t.segment);
-        Ok(per_side(
-            &query(&ctx.lean_for(&t.segment), &filter),
+        let q = per_side(
+            &query(&ctx.lean_for(&t.segment).unrolled(), &filter),
             "sum(n) AS requests, sum(errors) AS errors, \
              round(CAST(sum(errors) AS DOUBLE) / sum(n), 5) AS error_rate, sum(error_sessions) AS error_sessions",
-        ))
+        );
+        if ctx.rolled() {
+            // The rollups do not count sessions: the spans of this one subject do.
+            for r in sql.rows(&q).await?.iter() {
+                let side = if r.str("side").as_deref() == Some("current") { &mut *current } else { &mut *baseline };
+                side.insert("error_sessions".into(), Value::from(r.u64("error_sessions")));
+            }
+        }
+        Ok(q)
     }
 
     async fn compare_versions(

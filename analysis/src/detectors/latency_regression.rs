@@ -39,6 +39,9 @@ impl Metric for Histogram {
 }
 
 pub fn query(ctx: &Ctx, filter: &str) -> String {
+    if ctx.rolled() {
+        return sql::render(include_str!("latency_rolled.sql"), &ctx.metric_vars(filter));
+    }
     let mut vars = ctx.vars(filter);
     vars.push(("buckets_per_e", format!("{BUCKETS_PER_E:.1}")));
     sql::render(SQL, &vars)

@@ -389,6 +389,7 @@ mod tests {
             segments: Segments::new(&config.segments).unwrap(),
             config,
             lean: false,
+            rollups: false,
             settled: None,
         }
     }

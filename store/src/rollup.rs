@@ -1,0 +1,635 @@
+//! `span_metrics`: spans rolled up per minute, as Tempo's metrics-generator and
+//! the Collector's spanmetrics connector do, so that detection reads cells of
+//! minutes instead of every span.
+//!
+//! A cell is one minute of one tenant's spans of one service, operation (the
+//! detectors' definition: `METHOD route` for HTTP server spans, else the span
+//! name), span kind and set of segment values. It holds the requests, the
+//! failures, the failures that started in the span itself (no child of it
+//! failed), and the log-spaced latency histogram of the requests that
+//! succeeded (20 buckets per factor e, the latency detector's), with the sum
+//! of their log latencies.
+//!
+//! Segment values that describe the person (device, OS, region) are the
+//! session's, taken from the spans that start its traces (a browser's or an
+//! app's root spans) and only from its other spans when no root carries them:
+//! a backend's resource says `os.type=linux`, which describes the server.
+//! Values that describe the process (`service.version`) are the span's own.
+//!
+//! Each segment file has its rollup, written at the same flush from the same
+//! batches, under `metrics/` with the segment's own relative path. It is
+//! written before the flush is checkpointed, so after a crash the WAL replay
+//! writes segment and rollup again, and a rollup whose segment is gone is
+//! deleted on start: a span is counted exactly once. Compaction merges the
+//! rollups of its inputs, retention deletes a rollup with its segment, and a
+//! segment without a rollup (stored before rollups existed) gets one in the
+//! background. The buffered spans, not yet in any segment, are rolled up when
+//! a query reads the table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use andon_model::Tenant;
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Builder, Int64Array, Int64Builder, ListBuilder,
+    RecordBatch, StringArray, TimestampNanosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimestampNanosecondType};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use parking_lot::Mutex;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::error::StoreError;
+use crate::sql::SegmentColumn;
+use crate::wal::sync_dir;
+use crate::{Segment, Store};
+
+/// Latency histogram buckets per factor e of duration: about 5% apart.
+pub const BUCKETS_PER_E: f64 = 20.0;
+
+const NANOS_PER_MINUTE: i64 = 60_000_000_000;
+
+/// How long a session's values and a failed span's parent are remembered for
+/// the spans that follow them.
+const CONTEXT_HORIZON_NS: i64 = 3_600 * 1_000_000_000;
+
+/// The log bucket of a duration, as the latency detector's SQL computes it:
+/// `floor(ln(greatest(duration_ns, 1000)) * 20)`.
+pub fn latency_bucket(duration_ns: i64) -> i32 {
+    ((duration_ns.max(1_000) as f64).ln() * BUCKETS_PER_E).floor() as i32
+}
+
+/// The dimensions of the rollups: the configured segment attributes, with
+/// `service.version` always among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupSpec {
+    pub segments: Vec<SegmentColumn>,
+}
+
+impl RollupSpec {
+    pub fn new(attributes: &[String]) -> Result<Self, String> {
+        let mut segments: Vec<SegmentColumn> =
+            attributes.iter().map(|a| crate::sql::segment_column(a)).collect::<Result<_, _>>()?;
+        if !segments.iter().any(|s| s.attribute == "service.version") {
+            segments.push(crate::sql::segment_column("service.version")?);
+        }
+        Ok(Self { segments })
+    }
+
+    /// The schema of `span_metrics`.
+    pub fn schema(&self) -> SchemaRef {
+        let mut fields = vec![
+            Field::new("minute", andon_model::schema::timestamp_type(), false),
+            Field::new("service_name", DataType::Utf8, false),
+            Field::new("operation", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+        ];
+        for s in &self.segments {
+            let ty = if s.boolean { DataType::Boolean } else { DataType::Utf8 };
+            fields.push(Field::new(s.column, ty, true));
+        }
+        fields.extend([
+            Field::new("requests", DataType::Int64, false),
+            Field::new("errors", DataType::Int64, false),
+            Field::new("own_errors", DataType::Int64, false),
+            Field::new("latency_buckets", DataType::List(Arc::new(Field::new("item", DataType::Int32, false))), false),
+            Field::new("latency_counts", DataType::List(Arc::new(Field::new("item", DataType::Int64, false))), false),
+            Field::new("log_latency_sum", DataType::Float64, false),
+        ]);
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// What a span's cell needs from other spans: its session's values, and
+/// whether a child of it failed.
+#[derive(Debug, Default)]
+struct TenantContext {
+    /// Per session: per per-session segment column, the largest value among
+    /// its root spans and among all its spans, and when it was last noted.
+    sessions: HashMap<String, SessionValues>,
+    /// `(trace id, span id)` of spans with a failed child, and when noted.
+    failed_children: HashMap<(String, String), i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SessionValues {
+    root: Vec<Option<String>>,
+    any: Vec<Option<String>>,
+    seen: i64,
+}
+
+impl SessionValues {
+    fn value(&self, i: usize) -> Option<&String> {
+        self.root.get(i).and_then(Option::as_ref).or_else(|| self.any.get(i).and_then(Option::as_ref))
+    }
+}
+
+fn keep_max(slot: &mut Option<String>, v: &str) {
+    if slot.as_deref().is_none_or(|cur| v > cur) {
+        *slot = Some(v.to_owned());
+    }
+}
+
+/// A column of `batch` as text (booleans as `true`/`false`), if it has it.
+fn text_column(batch: &RecordBatch, name: &str) -> Option<ArrayRef> {
+    let c = batch.column_by_name(name)?;
+    arrow::compute::cast(c, &DataType::Utf8).ok()
+}
+
+/// The context of every tenant, kept as spans arrive.
+#[derive(Debug)]
+pub struct RollupContext {
+    spec: RollupSpec,
+    by_tenant: Mutex<HashMap<Tenant, TenantContext>>,
+}
+
+impl RollupContext {
+    pub fn new(spec: RollupSpec) -> Self {
+        Self { spec, by_tenant: Mutex::default() }
+    }
+
+    pub fn spec(&self) -> &RollupSpec {
+        &self.spec
+    }
+
+    /// Notes the session values and failed spans of `batch`.
+    pub fn note(&self, tenant: &Tenant, batch: &RecordBatch, now_ns: i64) {
+        let mut by_tenant = self.by_tenant.lock();
+        note_into(&self.spec, by_tenant.entry(tenant.clone()).or_default(), batch, now_ns);
+    }
+
+    /// Forgets what was last noted longer than the horizon before `now_ns`.
+    pub fn prune(&self, now_ns: i64) {
+        let cutoff = now_ns - CONTEXT_HORIZON_NS;
+        let mut by_tenant = self.by_tenant.lock();
+        by_tenant.retain(|_, c| {
+            c.sessions.retain(|_, s| s.seen >= cutoff);
+            c.failed_children.retain(|_, at| *at >= cutoff);
+            !c.sessions.is_empty() || !c.failed_children.is_empty()
+        });
+    }
+
+    /// The cells of `batches` (one tenant's), with the context noted so far.
+    pub fn roll_up(&self, tenant: &Tenant, batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
+        let mut cells = Cells::default();
+        {
+            let by_tenant = self.by_tenant.lock();
+            let empty = TenantContext::default();
+            let ctx = by_tenant.get(tenant).unwrap_or(&empty);
+            for b in batches {
+                cells.add_spans(&self.spec, ctx, b)?;
+            }
+        }
+        cells.finish(&self.spec)
+    }
+
+    /// The cells of spans read back from a segment, with only that segment's
+    /// own spans as context (a segment stored before rollups existed).
+    pub fn roll_up_alone(&self, batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
+        let mut ctx = TenantContext::default();
+        for b in batches {
+            note_into(&self.spec, &mut ctx, b, 0);
+        }
+        let mut cells = Cells::default();
+        for b in batches {
+            cells.add_spans(&self.spec, &ctx, b)?;
+        }
+        cells.finish(&self.spec)
+    }
+
+    /// Merges rollups (a compaction's inputs) into one.
+    pub fn merge(&self, batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
+        let mut cells = Cells::default();
+        for b in batches {
+            cells.add_rows(&self.spec, b)?;
+        }
+        cells.finish(&self.spec)
+    }
+}
+
+fn note_into(spec: &RollupSpec, ctx: &mut TenantContext, batch: &RecordBatch, now_ns: i64) {
+    let n = batch.num_rows();
+    let sessions = text_column(batch, "session_id");
+    let parents = text_column(batch, "parent_span_id");
+    let traces = text_column(batch, "trace_id");
+    let status = text_column(batch, "status_code");
+    let per_session: Vec<(usize, Option<ArrayRef>)> = spec
+        .segments
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.per_session)
+        .map(|(i, s)| (i, text_column(batch, s.column)))
+        .collect();
+    let width = spec.segments.len();
+    fn str_at(a: &Option<ArrayRef>, r: usize) -> Option<&str> {
+        let a = a.as_ref()?;
+        (!a.is_null(r)).then(|| a.as_string::<i32>().value(r))
+    }
+    for r in 0..n {
+        let parent = str_at(&parents, r).filter(|p| !p.is_empty());
+        if let Some(sid) = str_at(&sessions, r) {
+            if !ctx.sessions.contains_key(sid) {
+                ctx.sessions.insert(
+                    sid.to_owned(),
+                    SessionValues { root: vec![None; width], any: vec![None; width], seen: now_ns },
+                );
+            }
+            if let Some(s) = ctx.sessions.get_mut(sid) {
+                s.seen = s.seen.max(now_ns);
+                for (i, col) in &per_session {
+                    let Some(col) = col else { continue };
+                    if col.is_null(r) {
+                        continue;
+                    }
+                    let v = col.as_string::<i32>().value(r);
+                    keep_max(&mut s.any[*i], v);
+                    if parent.is_none() {
+                        keep_max(&mut s.root[*i], v);
+                    }
+                }
+            }
+        }
+        if str_at(&status, r) == Some("error")
+            && let (Some(p), Some(t)) = (parent, str_at(&traces, r))
+        {
+            ctx.failed_children.insert((t.to_owned(), p.to_owned()), now_ns);
+        }
+    }
+}
+
+type CellKey = (i64, String, String, String, Vec<Option<String>>);
+
+#[derive(Debug, Default, Clone)]
+struct Cell {
+    requests: i64,
+    errors: i64,
+    own_errors: i64,
+    latency: BTreeMap<i32, i64>,
+    log_sum: f64,
+}
+
+/// Cells being summed.
+#[derive(Debug, Default)]
+struct Cells {
+    cells: HashMap<CellKey, Cell>,
+}
+
+impl Cells {
+    fn add_spans(&mut self, spec: &RollupSpec, ctx: &TenantContext, batch: &RecordBatch) -> Result<(), StoreError> {
+        let need = |name: &str| {
+            text_column(batch, name).ok_or_else(|| StoreError::Corrupt(format!("spans lack column {name}")))
+        };
+        let (service, name, kind, status) = (need("service_name")?, need("name")?, need("kind")?, need("status_code")?);
+        let (trace, span) = (need("trace_id")?, need("span_id")?);
+        let route = text_column(batch, "http_route");
+        let method = text_column(batch, "http_request_method");
+        let session = text_column(batch, "session_id");
+        let segs: Vec<Option<ArrayRef>> = spec.segments.iter().map(|s| text_column(batch, s.column)).collect();
+        let start = batch
+            .column_by_name("start_time")
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+            .ok_or_else(|| StoreError::Corrupt("spans lack start_time".into()))?;
+        let duration = batch
+            .column_by_name("duration_ns")
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| StoreError::Corrupt("spans lack duration_ns".into()))?;
+        fn s(a: &ArrayRef, r: usize) -> Option<&str> {
+            (!a.is_null(r)).then(|| a.as_string::<i32>().value(r))
+        }
+        for r in 0..batch.num_rows() {
+            if start.is_null(r) {
+                continue;
+            }
+            let minute = start.value(r).div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE;
+            let span_name = s(&name, r).unwrap_or_default();
+            let operation = match (route.as_ref().and_then(|a| s(a, r)), method.as_ref().and_then(|a| s(a, r))) {
+                (None, _) => span_name.to_owned(),
+                (Some(route), None) => route.to_owned(),
+                (Some(route), Some(method)) => format!("{method} {route}"),
+            };
+            let sv = session.as_ref().and_then(|a| s(a, r)).and_then(|id| ctx.sessions.get(id));
+            let values: Vec<Option<String>> = spec
+                .segments
+                .iter()
+                .zip(&segs)
+                .enumerate()
+                .map(|(i, (c, col))| {
+                    let from_session = if c.per_session { sv.and_then(|v| v.value(i)).cloned() } else { None };
+                    from_session.or_else(|| col.as_ref().and_then(|a| s(a, r)).map(str::to_owned))
+                })
+                .collect();
+            let key = (
+                minute,
+                s(&service, r).unwrap_or("unknown_service").to_owned(),
+                operation,
+                s(&kind, r).unwrap_or_default().to_owned(),
+                values,
+            );
+            let cell = self.cells.entry(key).or_default();
+            cell.requests += 1;
+            if s(&status, r) == Some("error") {
+                cell.errors += 1;
+                let failed_child = match (s(&trace, r), s(&span, r)) {
+                    (Some(t), Some(sp)) => ctx.failed_children.contains_key(&(t.to_owned(), sp.to_owned())),
+                    _ => false,
+                };
+                if !failed_child {
+                    cell.own_errors += 1;
+                }
+            } else {
+                let d = if duration.is_null(r) { 0 } else { duration.value(r) };
+                *cell.latency.entry(latency_bucket(d)).or_default() += 1;
+                cell.log_sum += (d.max(1_000) as f64).ln();
+            }
+        }
+        Ok(())
+    }
+
+    fn add_rows(&mut self, spec: &RollupSpec, batch: &RecordBatch) -> Result<(), StoreError> {
+        let bad = |c: &str| StoreError::Corrupt(format!("span_metrics lack column {c}"));
+        let int = |c: &str| batch.column_by_name(c).and_then(|a| a.as_primitive_opt::<Int64Type>()).ok_or_else(|| bad(c));
+        let minute = batch
+            .column_by_name("minute")
+            .and_then(|a| a.as_primitive_opt::<TimestampNanosecondType>())
+            .ok_or_else(|| bad("minute"))?;
+        let text = |c: &str| text_column(batch, c).ok_or_else(|| bad(c));
+        let (service, operation, kind) = (text("service_name")?, text("operation")?, text("kind")?);
+        let segs: Vec<Option<ArrayRef>> = spec.segments.iter().map(|s| text_column(batch, s.column)).collect();
+        let (requests, errors, own) = (int("requests")?, int("errors")?, int("own_errors")?);
+        let buckets = batch.column_by_name("latency_buckets").and_then(|a| a.as_list_opt::<i32>()).ok_or_else(|| bad("latency_buckets"))?;
+        let counts = batch.column_by_name("latency_counts").and_then(|a| a.as_list_opt::<i32>()).ok_or_else(|| bad("latency_counts"))?;
+        let log_sum = batch
+            .column_by_name("log_latency_sum")
+            .and_then(|a| a.as_primitive_opt::<arrow::datatypes::Float64Type>())
+            .ok_or_else(|| bad("log_latency_sum"))?;
+        for r in 0..batch.num_rows() {
+            let values = segs
+                .iter()
+                .map(|c| c.as_ref().filter(|a| !a.is_null(r)).map(|a| a.as_string::<i32>().value(r).to_owned()))
+                .collect();
+            let key = (
+                minute.value(r),
+                service.as_string::<i32>().value(r).to_owned(),
+                operation.as_string::<i32>().value(r).to_owned(),
+                kind.as_string::<i32>().value(r).to_owned(),
+                values,
+            );
+            let cell = self.cells.entry(key).or_default();
+            cell.requests += requests.value(r);
+            cell.errors += errors.value(r);
+            cell.own_errors += own.value(r);
+            cell.log_sum += log_sum.value(r);
+            let (b, c) = (buckets.value(r), counts.value(r));
+            let (b, c) = (b.as_primitive::<Int32Type>(), c.as_primitive::<Int64Type>());
+            for i in 0..b.len().min(c.len()) {
+                *cell.latency.entry(b.value(i)).or_default() += c.value(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, spec: &RollupSpec) -> Result<RecordBatch, StoreError> {
+        let mut rows: Vec<(CellKey, Cell)> = self.cells.into_iter().collect();
+        // Sorted as people and detectors filter: service, operation, time.
+        rows.sort_by(|a, b| (&a.0.1, &a.0.2, a.0.0, &a.0.3, &a.0.4).cmp(&(&b.0.1, &b.0.2, b.0.0, &b.0.3, &b.0.4)));
+        let schema = spec.schema();
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampNanosecondArray::from(rows.iter().map(|r| r.0.0).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0.1.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0.2.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0.3.as_str()).collect::<Vec<_>>())),
+        ];
+        for (i, s) in spec.segments.iter().enumerate() {
+            let values = rows.iter().map(|r| r.0.4[i].as_deref());
+            if s.boolean {
+                columns.push(Arc::new(values.map(|v| v.and_then(|v| v.parse::<bool>().ok())).collect::<BooleanArray>()));
+            } else {
+                columns.push(Arc::new(values.collect::<StringArray>()));
+            }
+        }
+        columns.push(Arc::new(Int64Array::from(rows.iter().map(|r| r.1.requests).collect::<Vec<_>>())));
+        columns.push(Arc::new(Int64Array::from(rows.iter().map(|r| r.1.errors).collect::<Vec<_>>())));
+        columns.push(Arc::new(Int64Array::from(rows.iter().map(|r| r.1.own_errors).collect::<Vec<_>>())));
+        let mut buckets = ListBuilder::new(Int32Builder::new()).with_field(Field::new("item", DataType::Int32, false));
+        let mut counts = ListBuilder::new(Int64Builder::new()).with_field(Field::new("item", DataType::Int64, false));
+        for (_, cell) in &rows {
+            for (b, c) in &cell.latency {
+                buckets.values().append_value(*b);
+                counts.values().append_value(*c);
+            }
+            buckets.append(true);
+            counts.append(true);
+        }
+        columns.push(Arc::new(buckets.finish()));
+        columns.push(Arc::new(counts.finish()));
+        columns.push(Arc::new(Float64Array::from(rows.iter().map(|r| r.1.log_sum).collect::<Vec<_>>())));
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// Where the rollup of the segment at `segment` lives: the same path under
+/// `metrics/` instead of `segments/`.
+pub fn metrics_path(data_dir: &Path, segment: &Path) -> Option<PathBuf> {
+    let rel = segment.strip_prefix(data_dir.join("segments")).ok()?;
+    Some(data_dir.join("metrics").join(rel))
+}
+
+/// Writes a rollup durably (temporary file, sync, rename, directory sync).
+pub fn write_metrics(path: &Path, batch: &RecordBatch, fsync: bool) -> Result<u64, StoreError> {
+    let dir = path.parent().ok_or_else(|| StoreError::Corrupt(format!("{} has no directory", path.display())))?;
+    let new_dir = !dir.exists();
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("parquet.tmp");
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build();
+    let write = || -> Result<File, StoreError> {
+        let mut w = ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(props))?;
+        w.write(batch)?;
+        let file = w.into_inner()?;
+        if fsync {
+            file.sync_all()?;
+        }
+        Ok(file)
+    };
+    let file = write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    let bytes = file.metadata()?.len();
+    drop(file);
+    fs::rename(&tmp, path)?;
+    if fsync {
+        sync_dir(dir)?;
+        if new_dir {
+            for d in dir.ancestors().skip(1).take(2) {
+                sync_dir(d)?;
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// Reads a rollup file back.
+pub fn read_metrics(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Every rollup file under `data_dir/metrics`; temporary files and rollups
+/// whose segment is not among `segments` (a flush that was never checkpointed,
+/// inputs of a finished compaction) are deleted. Returns the segments that
+/// have their rollup.
+pub fn load_metrics(data_dir: &Path, segments: &[Segment]) -> Result<HashSet<PathBuf>, StoreError> {
+    let wanted: HashMap<PathBuf, PathBuf> =
+        segments.iter().filter_map(|s| Some((metrics_path(data_dir, &s.path)?, s.path.clone()))).collect();
+    let mut have = HashSet::new();
+    let root = data_dir.join("metrics");
+    if !root.exists() {
+        return Ok(have);
+    }
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir)? {
+            let path = e?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            match wanted.get(&path) {
+                Some(segment) if path.extension().is_some_and(|x| x == "parquet") => {
+                    have.insert(segment.clone());
+                }
+                _ => {
+                    tracing::info!(path = %path.display(), "removing a rollup without its segment");
+                    fs::remove_file(&path)?;
+                }
+            }
+        }
+    }
+    Ok(have)
+}
+
+/// Deletes the rollup of a segment, if it has one.
+pub fn remove_metrics(data_dir: &Path, segment: &Path) {
+    if let Some(p) = metrics_path(data_dir, segment) {
+        match fs::remove_file(&p) {
+            Ok(()) => {
+                if let Some(dir) = p.parent() {
+                    let _ = fs::remove_dir(dir);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %p.display(), error = %e, "could not delete a rollup"),
+        }
+    }
+}
+
+/// The SQL table `span_metrics` of one tenant (every tenant's for operators):
+/// the rollups of the segments, and of the buffered spans at the time of the
+/// scan.
+#[derive(Debug)]
+pub(crate) struct MetricsTable {
+    pub(crate) store: Store,
+    pub(crate) tenant: Option<Tenant>,
+}
+
+#[async_trait]
+impl TableProvider for MetricsTable {
+    fn schema(&self) -> SchemaRef {
+        self.store.rollups().spec().schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let mut hours = (i64::MIN, i64::MAX);
+        for f in filters {
+            crate::table::narrow("minute", f, &mut hours);
+        }
+        let (files, buffered) = self.store.metrics_snapshot(self.tenant.as_ref(), hours);
+        let schema = self.schema();
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !files.is_empty() {
+            let partitions = state.config().target_partitions().max(1);
+            let n = partitions.min(files.len());
+            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n];
+            for (i, (path, bytes)) in files.iter().enumerate() {
+                groups[i % n].push(PartitionedFile::new(path.to_string_lossy().into_owned(), *bytes));
+            }
+            let options = state.table_options().parquet.clone();
+            let format = ParquetFormat::default().with_options(options.clone());
+            let source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+            let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            inputs.push(format.create_physical_plan(state, config).await?);
+        }
+        let mut rolled = Vec::new();
+        for (tenant, batches) in buffered {
+            let b = self
+                .store
+                .rollups()
+                .roll_up(&tenant, &batches)
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            if b.num_rows() > 0 {
+                rolled.push(b);
+            }
+        }
+        if !rolled.is_empty() {
+            inputs.push(MemorySourceConfig::try_new_exec(&[rolled], Arc::clone(&schema), projection.cloned())?);
+        }
+        if inputs.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(schema.project(p)?),
+                None => schema,
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_match_the_detectors_sql() {
+        // floor(ln(1e6) * 20) = floor(276.31) = 276
+        assert_eq!(latency_bucket(1_000_000), 276);
+        // Below a microsecond counts as one.
+        assert_eq!(latency_bucket(10), latency_bucket(1_000));
+    }
+}
