@@ -3,8 +3,10 @@
 //!
 //! `cargo bench -p andon-analysis --bench detect -- [MILLION_SPANS] [RUNS]`
 //! (defaults 10 and 3). Prints the median of the runs for: Andon's full pass
-//! (SQL, statistics, trace sampling, evidence), Andon running only the detector
-//! SQL, and DuckDB (pip `duckdb`, installed when missing) running that SQL.
+//! (SQL, statistics, trace sampling, evidence; the windows are whole minutes,
+//! so the latency and error-rate tests read `span_metrics`), the same pass
+//! reading spans only, Andon running only the detector SQL over spans, and
+//! DuckDB (pip `duckdb`, installed when missing) running that SQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
@@ -85,20 +87,33 @@ fn main() {
 
     let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 2).unwrap();
     let config = AnalysisConfig { flows: vec![checkout_flow()], ..AnalysisConfig::default() };
-    let analyzer = Analyzer::new(engine.clone(), config).unwrap();
+    let analyzer = Analyzer::new(engine.clone(), config.clone()).unwrap();
+    let from_spans = Analyzer::new(engine.clone(), config).unwrap().reading_spans_only();
     let span = truth.end - truth.start;
     let at = |f: f64| truth.start + Duration::milliseconds((span.num_milliseconds() as f64 * f) as i64);
     let windows = Windows { baseline_start: truth.start, baseline_end: at(0.35), split: at(0.8), end: truth.end };
     let queries = analyzer.detector_queries(windows);
 
     let mut full = Vec::new();
+    let mut unrolled = Vec::new();
     let mut sql_only = Vec::new();
     let mut found = 0;
+    let gist = |r: &andon_analysis::PassReport| {
+        let mut v: Vec<String> =
+            r.findings.iter().map(|f| format!("{} {} {} {:?}", f.kind, f.service, f.operation, f.segment)).collect();
+        v.sort();
+        v
+    };
+    let mut same = true;
     for _ in 0..runs {
         let t = Instant::now();
         let report = rt.block_on(analyzer.pass(&tenant, windows)).unwrap();
         full.push(t.elapsed().as_secs_f64());
         found = report.findings.len();
+        let t = Instant::now();
+        let spans_report = rt.block_on(from_spans.pass(&tenant, windows)).unwrap();
+        unrolled.push(t.elapsed().as_secs_f64());
+        same &= gist(&report) == gist(&spans_report);
         let t = Instant::now();
         for (_, q) in &queries {
             rt.block_on(engine.collect(Some(tenant.clone()), q)).unwrap();
@@ -154,6 +169,10 @@ print(statistics.median(times))
 
     println!("spans: {spans}  findings: {found}  runs: {runs}");
     println!("andon full detection pass (median): {:.2} s", median(full.clone()));
+    println!(
+        "andon full pass from spans only (median): {:.2} s  (same findings: {same})",
+        median(unrolled.clone())
+    );
     println!("andon detector SQL only   (median): {:.2} s", median(sql_only.clone()));
     match duck {
         Some(d) => println!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use andon_ingest::{IngestConfig, Ingestor};
 use andon_model::Tenant;
 use andon_model::clock::SystemClock;
-use andon_store::{Store, StoreConfig};
+use andon_store::Store;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -56,7 +56,13 @@ enum Target {
 impl Target {
     async fn send(&self, req: ExportTraceServiceRequest, totals: &mut Totals) -> anyhow::Result<()> {
         match self {
-            Target::Local { ingestor, tenant, .. } => {
+            Target::Local { ingestor, store, tenant } => {
+                // No server runs here to flush the buffer: when it is full,
+                // this command flushes it to segments before sending more.
+                if store.buffer_full() {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || store.flush()).await??;
+                }
                 let out = ingestor.export(tenant, req).await?;
                 totals.stored += out.stored as u64;
                 totals.duplicates += out.duplicates as u64;
@@ -176,7 +182,11 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
     let target = match &args.data_dir {
         Some(dir) => {
             let tenant = Tenant::from_header(args.tenant.as_deref())?;
-            let config = StoreConfig::new(dir);
+            // The store as `andon serve` would open it: ANDON_* variables apply.
+            let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("ANDON_")).collect();
+            let mut raw = crate::config::load(None, &vars)?;
+            raw.apply(crate::config::Overrides { data_dir: Some(dir.clone()), ..Default::default() });
+            let config = raw.validate()?.store;
             let store = tokio::task::spawn_blocking(move || Store::open(config)).await??;
             let ingestor = Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), IngestConfig::default());
             Target::Local { ingestor, store, tenant }

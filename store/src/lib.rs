@@ -491,6 +491,12 @@ impl Store {
         Snapshot { batches, segments }
     }
 
+    /// Whether appends are refused until a flush: the buffer holds more than
+    /// `max_buffer_bytes`.
+    pub fn buffer_full(&self) -> bool {
+        self.inner.state.read().buffer_bytes > self.inner.config.max_buffer_bytes
+    }
+
     /// Whether a flush is due by size or age.
     fn flush_due(&self) -> bool {
         let s = self.inner.state.read();

@@ -107,3 +107,31 @@ fn fixed_date_history_outlives_retention_in_test_servers() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(server.count("SELECT count(*) FROM spans"), 30, "retention deleted fixed-date test data");
 }
+
+#[test]
+fn an_offline_import_larger_than_the_buffer_flushes_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("many.jsonl");
+    let now = otlp::now_ns();
+    let mut f = std::fs::File::create(&file).unwrap();
+    for i in 0..40 {
+        writeln!(f, "{}", serde_json::to_string(&otlp::request("cart", 100 + i, 50, now)).unwrap()).unwrap();
+    }
+    drop(f);
+    // A buffer of a few kilobytes fills after every request or two.
+    let out = Command::new(andon_bin())
+        .args(["import", "--data-dir", data.to_str().unwrap(), file.to_str().unwrap()])
+        .env("ANDON_STORAGE_MAX_BUFFER_BYTES", "4096")
+        .env("ANDON_STORAGE_FLUSH_BYTES", "2048")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("imported 2000 of 2000 spans"), "{stdout}");
+    let server = Server::start(&data);
+    assert_eq!(server.count("SELECT count(*) FROM spans"), 2000);
+    assert!(std::fs::read_dir(data.join("segments/default")).unwrap().count() >= 1);
+    // Every span is rolled up once, in the segments' rollups.
+    assert_eq!(server.count("SELECT sum(requests) FROM span_metrics"), 2000);
+}
