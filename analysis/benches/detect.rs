@@ -169,10 +169,7 @@ print(statistics.median(times))
 
     println!("spans: {spans}  findings: {found}  runs: {runs}");
     println!("andon full detection pass (median): {:.2} s", median(full.clone()));
-    println!(
-        "andon full pass from spans only (median): {:.2} s  (same findings: {same})",
-        median(unrolled.clone())
-    );
+    println!("andon full pass from spans only (median): {:.2} s  (same findings: {same})", median(unrolled.clone()));
     println!("andon detector SQL only   (median): {:.2} s", median(sql_only.clone()));
     match duck {
         Some(d) => println!(

@@ -407,11 +407,7 @@ impl Analyzer {
         let bins = if bin_secs == 60 && ctx.rollups {
             // Minutes: the rollups hold them, one row per cell.
             let filter = ctx.metrics_filter(&onset_service, &onset_op, &t.segment);
-            let vars = [
-                ("from", sql::ts(ctx.baseline_start)),
-                ("to", sql::ts(ctx.end)),
-                ("filter", filter),
-            ];
+            let vars = [("from", sql::ts(ctx.baseline_start)), ("to", sql::ts(ctx.end)), ("filter", filter)];
             sql.rows(&sql::render(include_str!("detectors/minutes_rolled.sql"), &vars)).await?
         } else {
             let mut vars = whole.vars(&bins_filter);

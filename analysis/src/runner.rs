@@ -45,8 +45,9 @@ pub async fn run(analyzer: Analyzer, stats: Arc<RunnerStats>, after_pass: AfterP
     // Passes a whole number of minutes apart run `settle_secs` past a minute,
     // so that their windows end on whole minutes and read the rollups.
     let period = Duration::from_secs(cfg.interval_secs);
-    let first = if cfg.interval_secs % 60 == 0 {
-        let into = (Utc::now() - chrono::Duration::seconds(cfg.settle_secs as i64)).timestamp_millis().rem_euclid(60_000);
+    let first = if cfg.interval_secs.is_multiple_of(60) {
+        let into =
+            (Utc::now() - chrono::Duration::seconds(cfg.settle_secs as i64)).timestamp_millis().rem_euclid(60_000);
         tokio::time::Instant::now() + Duration::from_millis((60_000 - into as u64) % 60_000)
     } else {
         tokio::time::Instant::now()
@@ -62,7 +63,7 @@ pub async fn run(analyzer: Analyzer, stats: Arc<RunnerStats>, after_pass: AfterP
         // Judge what has settled: the window ends `settle_secs` ago, and traces
         // that received a span since are left out of its trace samples.
         let settled = now - chrono::Duration::seconds(cfg.settle_secs as i64);
-        let end = if cfg.interval_secs % 60 == 0 { crate::engine::floor_minute(settled) } else { settled };
+        let end = if cfg.interval_secs.is_multiple_of(60) { crate::engine::floor_minute(settled) } else { settled };
         let windows = Windows::before(end - chrono::Duration::seconds(cfg.window_secs as i64), end, cfg.baseline_secs);
         let hours = (windows.baseline_start.timestamp().div_euclid(3600), now.timestamp().div_euclid(3600));
         for tenant in analyzer.engine().store().tenants(hours) {

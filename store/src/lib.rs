@@ -125,6 +125,10 @@ struct State {
     metrics: std::collections::HashMap<PathBuf, (PathBuf, u64)>,
 }
 
+/// What a `span_metrics` query reads: rollup files with their sizes, and the
+/// buffered batches of each tenant, to roll up at scan time.
+pub(crate) type MetricsSnapshot = (Vec<(PathBuf, u64)>, Vec<(Tenant, Vec<RecordBatch>)>);
+
 /// A consistent view for one query.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -412,11 +416,7 @@ impl Store {
 
     /// The rollup files a `span_metrics` query of `tenant` over the hour range
     /// reads, and the buffered batches (by tenant) it rolls up itself.
-    pub(crate) fn metrics_snapshot(
-        &self,
-        tenant: Option<&Tenant>,
-        hours: (i64, i64),
-    ) -> (Vec<(PathBuf, u64)>, Vec<(Tenant, Vec<RecordBatch>)>) {
+    pub(crate) fn metrics_snapshot(&self, tenant: Option<&Tenant>, hours: (i64, i64)) -> MetricsSnapshot {
         let s = self.inner.state.read();
         let files = s
             .segments

@@ -364,7 +364,8 @@ impl Cells {
 
     fn add_rows(&mut self, spec: &RollupSpec, batch: &RecordBatch) -> Result<(), StoreError> {
         let bad = |c: &str| StoreError::Corrupt(format!("span_metrics lack column {c}"));
-        let int = |c: &str| batch.column_by_name(c).and_then(|a| a.as_primitive_opt::<Int64Type>()).ok_or_else(|| bad(c));
+        let int =
+            |c: &str| batch.column_by_name(c).and_then(|a| a.as_primitive_opt::<Int64Type>()).ok_or_else(|| bad(c));
         let minute = batch
             .column_by_name("minute")
             .and_then(|a| a.as_primitive_opt::<TimestampNanosecondType>())
@@ -373,8 +374,14 @@ impl Cells {
         let (service, operation, kind) = (text("service_name")?, text("operation")?, text("kind")?);
         let segs: Vec<Option<ArrayRef>> = spec.segments.iter().map(|s| text_column(batch, s.column)).collect();
         let (requests, errors, own) = (int("requests")?, int("errors")?, int("own_errors")?);
-        let buckets = batch.column_by_name("latency_buckets").and_then(|a| a.as_list_opt::<i32>()).ok_or_else(|| bad("latency_buckets"))?;
-        let counts = batch.column_by_name("latency_counts").and_then(|a| a.as_list_opt::<i32>()).ok_or_else(|| bad("latency_counts"))?;
+        let buckets = batch
+            .column_by_name("latency_buckets")
+            .and_then(|a| a.as_list_opt::<i32>())
+            .ok_or_else(|| bad("latency_buckets"))?;
+        let counts = batch
+            .column_by_name("latency_counts")
+            .and_then(|a| a.as_list_opt::<i32>())
+            .ok_or_else(|| bad("latency_counts"))?;
         let log_sum = batch
             .column_by_name("log_latency_sum")
             .and_then(|a| a.as_primitive_opt::<arrow::datatypes::Float64Type>())
@@ -411,7 +418,9 @@ impl Cells {
         rows.sort_by(|a, b| (&a.0.1, &a.0.2, a.0.0, &a.0.3, &a.0.4).cmp(&(&b.0.1, &b.0.2, b.0.0, &b.0.3, &b.0.4)));
         let schema = spec.schema();
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(TimestampNanosecondArray::from(rows.iter().map(|r| r.0.0).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(
+                TimestampNanosecondArray::from(rows.iter().map(|r| r.0.0).collect::<Vec<_>>()).with_timezone("UTC"),
+            ),
             Arc::new(StringArray::from(rows.iter().map(|r| r.0.1.as_str()).collect::<Vec<_>>())),
             Arc::new(StringArray::from(rows.iter().map(|r| r.0.2.as_str()).collect::<Vec<_>>())),
             Arc::new(StringArray::from(rows.iter().map(|r| r.0.3.as_str()).collect::<Vec<_>>())),
@@ -419,7 +428,8 @@ impl Cells {
         for (i, s) in spec.segments.iter().enumerate() {
             let values = rows.iter().map(|r| r.0.4[i].as_deref());
             if s.boolean {
-                columns.push(Arc::new(values.map(|v| v.and_then(|v| v.parse::<bool>().ok())).collect::<BooleanArray>()));
+                columns
+                    .push(Arc::new(values.map(|v| v.and_then(|v| v.parse::<bool>().ok())).collect::<BooleanArray>()));
             } else {
                 columns.push(Arc::new(values.collect::<StringArray>()));
             }
@@ -561,7 +571,10 @@ impl TableProvider for MetricsTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 

@@ -363,11 +363,7 @@ fn resource_batch(service: &str, os: &str, start_ns: u64, spans: &[SpanSpec<'_>]
     let req = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![
-                    text("service.name", service),
-                    text("service.version", "1.0"),
-                    text("os.type", os),
-                ],
+                attributes: vec![text("service.name", service), text("service.version", "1.0"), text("os.type", os)],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
@@ -423,7 +419,12 @@ fn span_metrics_count_every_span_once_with_its_session_values_through_flush_comp
             ],
         );
         // A web session with no root span here: the backend's own value.
-        let web = resource_batch("api", "linux", now, &[(200 + i, 9, 8, "GET /cart", SERVER, false, 7, "s-w", Some("/cart"))]);
+        let web = resource_batch(
+            "api",
+            "linux",
+            now,
+            &[(200 + i, 9, 8, "GET /cart", SERVER, false, 7, "s-w", Some("/cart"))],
+        );
         for b in [app, backend, web] {
             rt.block_on(store.append(&t, b)).unwrap();
         }
