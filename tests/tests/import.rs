@@ -129,6 +129,12 @@ fn an_offline_import_larger_than_the_buffer_flushes_and_finishes() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("imported 2000 of 2000 spans"), "{stdout}");
+    // Rolled up again from the segments alone, the rollups count the same.
+    let out =
+        Command::new(andon_bin()).args(["rollup", "--data-dir", data.to_str().unwrap(), "--rebuild"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("rolled up"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("rolled up 0 "), "{stdout}");
     let server = Server::start(&data);
     assert_eq!(server.count("SELECT count(*) FROM spans"), 2000);
     assert!(std::fs::read_dir(data.join("segments/default")).unwrap().count() >= 1);
