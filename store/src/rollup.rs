@@ -40,16 +40,8 @@ use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef,
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::union::UnionExec;
 use parking_lot::Mutex;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -590,25 +582,6 @@ impl TableProvider for MetricsTable {
             crate::table::narrow("minute", f, &mut hours);
         }
         let (files, buffered) = self.store.metrics_snapshot(self.tenant.as_ref(), hours);
-        let schema = self.schema();
-        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !files.is_empty() {
-            let partitions = state.config().target_partitions().max(1);
-            let n = partitions.min(files.len());
-            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n];
-            for (i, (path, bytes)) in files.iter().enumerate() {
-                groups[i % n].push(PartitionedFile::new(path.to_string_lossy().into_owned(), *bytes));
-            }
-            let options = state.table_options().parquet.clone();
-            let format = ParquetFormat::default().with_options(options.clone());
-            let source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
-            let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
-            inputs.push(format.create_physical_plan(state, config).await?);
-        }
         let mut rolled = Vec::new();
         for (tenant, batches) in buffered {
             let b = self
@@ -620,17 +593,7 @@ impl TableProvider for MetricsTable {
                 rolled.push(b);
             }
         }
-        if !rolled.is_empty() {
-            inputs.push(MemorySourceConfig::try_new_exec(&[rolled], Arc::clone(&schema), projection.cloned())?);
-        }
-        if inputs.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(schema.project(p)?),
-                None => schema,
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
-        }
-        UnionExec::try_new(inputs)
+        crate::table::files_and_memory(state, self.schema(), &files, &[rolled], projection, limit).await
     }
 }
 

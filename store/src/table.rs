@@ -134,41 +134,52 @@ impl TableProvider for SpansTable {
             Some(segments) => crate::Snapshot { batches: Vec::new(), segments: segments.clone() },
             None => self.store.snapshot(self.tenant.as_ref(), hours),
         };
-        let schema = span_schema();
-        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-
-        if !snap.segments.is_empty() {
-            let partitions = state.config().target_partitions().max(1);
-            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(snap.segments.len())];
-            let n = groups.len();
-            for (i, seg) in snap.segments.iter().enumerate() {
-                groups[i % n].push(PartitionedFile::new(seg.path.to_string_lossy().into_owned(), seg.bytes));
-            }
-            let options = state.table_options().parquet.clone();
-            let format = ParquetFormat::default().with_options(options.clone());
-            let source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
-            let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
-            inputs.push(format.create_physical_plan(state, config).await?);
-        }
-        if !snap.batches.is_empty() {
-            // Two partitions keep both cores busy on the freshest data.
-            let half = snap.batches.len().div_ceil(2);
-            let parts: Vec<Vec<_>> = snap.batches.chunks(half).map(<[_]>::to_vec).collect();
-            inputs.push(MemorySourceConfig::try_new_exec(&parts, Arc::clone(&schema), projection.cloned())?);
-        }
-        if inputs.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(schema.project(p)?),
-                None => schema,
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
-        }
-        UnionExec::try_new(inputs)
+        let files: Vec<(std::path::PathBuf, u64)> = snap.segments.iter().map(|s| (s.path.clone(), s.bytes)).collect();
+        // Two partitions keep both cores busy on the freshest data.
+        let half = snap.batches.len().div_ceil(2).max(1);
+        let parts: Vec<Vec<_>> = snap.batches.chunks(half).map(<[_]>::to_vec).collect();
+        files_and_memory(state, span_schema(), &files, &parts, projection, limit).await
     }
+}
+
+/// The plan of a table served from Parquet files (spread over the session's
+/// partitions) and batches in memory (one partition per inner list).
+pub(crate) async fn files_and_memory(
+    state: &dyn Session,
+    schema: SchemaRef,
+    files: &[(std::path::PathBuf, u64)],
+    parts: &[Vec<arrow::array::RecordBatch>],
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    if !files.is_empty() {
+        let n = state.config().target_partitions().max(1).min(files.len());
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n];
+        for (i, (path, bytes)) in files.iter().enumerate() {
+            groups[i % n].push(PartitionedFile::new(path.to_string_lossy().into_owned(), *bytes));
+        }
+        let options = state.table_options().parquet.clone();
+        let format = ParquetFormat::default().with_options(options.clone());
+        let source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        inputs.push(format.create_physical_plan(state, config).await?);
+    }
+    if parts.iter().any(|p| !p.is_empty()) {
+        inputs.push(MemorySourceConfig::try_new_exec(parts, Arc::clone(&schema), projection.cloned())?);
+    }
+    if inputs.is_empty() {
+        let projected = match projection {
+            Some(p) => Arc::new(schema.project(p)?),
+            None => schema,
+        };
+        return Ok(Arc::new(EmptyExec::new(projected)));
+    }
+    UnionExec::try_new(inputs)
 }
 
 #[cfg(test)]
