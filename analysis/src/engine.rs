@@ -71,15 +71,21 @@ impl Windows {
         to: DateTime<Utc>,
         max_passes: Option<usize>,
     ) -> Vec<Windows> {
-        let span = (to - from).num_seconds().max(1) as u64;
         let every = if cfg.interval_secs > 0 { cfg.interval_secs } else { 60 };
         let most = max_passes.map_or(cfg.replay_max_passes, |m| m.clamp(1, cfg.replay_max_passes));
-        let step = chrono::Duration::seconds(every.max(span.div_ceil(most as u64)) as i64);
+        // Passes a whole number of minutes apart end on whole minutes, as live
+        // passes do, so that they read the rollups; spaced out, they stay a
+        // whole number of minutes apart.
+        let minutes = every % 60 == 0;
+        let mut end = if minutes { floor_minute(from) } else { from };
+        let span = (to - end).num_seconds().max(1) as u64;
+        let mut step = every.max(span.div_ceil(most as u64));
+        if minutes {
+            step = step.div_ceil(60) * 60;
+        }
+        let step = chrono::Duration::seconds(step as i64);
         let window = chrono::Duration::seconds(cfg.window_secs as i64);
         let mut out = Vec::new();
-        // Passes a whole number of minutes apart end on whole minutes, as live
-        // passes do, so that they read the rollups.
-        let mut end = if step.num_seconds() % 60 == 0 { floor_minute(from) } else { from };
         while end < to {
             end = (end + step).min(to);
             out.push(Windows::before(end - window, end, cfg.baseline_secs));
@@ -531,6 +537,14 @@ mod tests {
         let many = Windows::replay(&AnalysisConfig::default(), t(0, 0), t(24, 0), None);
         assert_eq!(many.len(), 48, "spaced out to replay_max_passes");
         assert_eq!(many[1].end - many[0].end, chrono::Duration::minutes(30));
+        let odd = Windows::replay(&AnalysisConfig::default(), t(0, 0), t(21, 0), None);
+        assert_eq!(odd[1].end - odd[0].end, chrono::Duration::minutes(27), "26.25 min, rounded up to minutes");
+        assert!(odd.iter().all(|w| w.end.timestamp() % 60 == 0 && w.split.timestamp() % 60 == 0));
+        assert_eq!(odd.last().unwrap().end, t(21, 0));
+        let late = chrono::Duration::seconds(30);
+        let unaligned = Windows::replay(&AnalysisConfig::default(), t(0, 0) + late, t(24, 0) + late, None);
+        assert!(unaligned.len() <= 48, "{} passes", unaligned.len());
+        assert_eq!(unaligned.last().unwrap().end, t(24, 0) + late, "the last pass ends at the range's end");
         let off = AnalysisConfig { interval_secs: 0, ..AnalysisConfig::default() };
         assert_eq!(
             Windows::replay(&off, t(0, 0), t(0, 5), None).len(),

@@ -4,7 +4,8 @@
 //!
 //! The clean recording (`fixtures/lodge/recording/clean.otlp.jsonl.gz`, real
 //! services under load with no fault) is laid end to end until it covers
-//! `HOURS` (24 by default): each copy shifted in time, with its own trace ids
+//! `HOURS` (24 by default), the last copy where the recording is (no span may
+//! lie in the future): each copy shifted in time, with its own trace ids
 //! and session ids, so no span or session repeats. It is imported into the
 //! release `andon serve` with `andon import`, configured as the lodge test
 //! runs it (a pass judging 120 s against the 120 s before it, sessions over
@@ -29,25 +30,35 @@ fn time(v: &Value) -> DateTime<Utc> {
 /// Shifts a copy of one OTLP JSON export: times by `shift_ns`, and trace and
 /// session ids made the copy's own.
 fn shift(export: &mut Value, copy: u32, shift_ns: i64) {
-    let bump = |v: &mut Value| {
-        if let Some(n) = v.as_str().and_then(|s| s.parse::<i64>().ok()) {
+    // `get_mut` throughout: indexing a missing key would insert a null.
+    let bump = |v: Option<&mut Value>| {
+        if let Some(v) = v
+            && let Some(n) = v.as_str().and_then(|s| s.parse::<i64>().ok())
+        {
             *v = Value::String((n + shift_ns).to_string());
         }
     };
-    for rs in export["resourceSpans"].as_array_mut().into_iter().flatten() {
-        for ss in rs["scopeSpans"].as_array_mut().into_iter().flatten() {
-            for s in ss["spans"].as_array_mut().into_iter().flatten() {
-                bump(&mut s["startTimeUnixNano"]);
-                bump(&mut s["endTimeUnixNano"]);
-                for e in s["events"].as_array_mut().into_iter().flatten() {
-                    bump(&mut e["timeUnixNano"]);
+    // The copy's number in the first eight hex digits of a trace id.
+    let retrace = |v: Option<&mut Value>| {
+        if let Some(v) = v
+            && let Some(t) = v.as_str()
+        {
+            *v = Value::String(format!("{copy:08x}{}", &t[8.min(t.len())..]));
+        }
+    };
+    for rs in export.get_mut("resourceSpans").and_then(Value::as_array_mut).into_iter().flatten() {
+        for ss in rs.get_mut("scopeSpans").and_then(Value::as_array_mut).into_iter().flatten() {
+            for s in ss.get_mut("spans").and_then(Value::as_array_mut).into_iter().flatten() {
+                bump(s.get_mut("startTimeUnixNano"));
+                bump(s.get_mut("endTimeUnixNano"));
+                for e in s.get_mut("events").and_then(Value::as_array_mut).into_iter().flatten() {
+                    bump(e.get_mut("timeUnixNano"));
                 }
-                if let Some(t) = s["traceId"].as_str() {
-                    // The copy's number in the first eight hex digits.
-                    let t = format!("{copy:08x}{}", &t[8.min(t.len())..]);
-                    s["traceId"] = Value::String(t);
+                retrace(s.get_mut("traceId"));
+                for l in s.get_mut("links").and_then(Value::as_array_mut).into_iter().flatten() {
+                    retrace(l.get_mut("traceId"));
                 }
-                for a in s["attributes"].as_array_mut().into_iter().flatten() {
+                for a in s.get_mut("attributes").and_then(Value::as_array_mut).into_iter().flatten() {
                     if a["key"] == "session.id"
                         && let Some(v) = a["value"]["stringValue"].as_str()
                     {
@@ -71,30 +82,30 @@ fn main() {
     let span_ns = length.num_nanoseconds().unwrap();
 
     let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("day.otlp.jsonl");
-    let t = Instant::now();
     let lines: Vec<String> = {
         let f = flate2::read::GzDecoder::new(std::fs::File::open(recording.join("clean.otlp.jsonl.gz")).unwrap());
         BufReader::new(f).lines().map(|l| l.unwrap()).collect()
     };
-    {
-        let mut out = BufWriter::new(std::fs::File::create(&file).unwrap());
-        for copy in 0..copies {
-            for line in &lines {
-                let mut v: Value = serde_json::from_str(line).unwrap();
-                shift(&mut v, copy, i64::from(copy) * span_ns);
-                serde_json::to_writer(&mut out, &v).unwrap();
-                out.write_all(b"\n").unwrap();
-            }
-        }
-    }
-    let day_end = start + Duration::nanoseconds(i64::from(copies) * span_ns);
+    // The copies end where the recording ends, so no span is in the future
+    // (the receiver refuses those).
+    let day_start = start - Duration::nanoseconds(i64::from(copies - 1) * span_ns);
+    let day_end = end;
+    let per_copy: u64 = lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["resourceSpans"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|rs| rs["scopeSpans"].as_array().into_iter().flatten())
+                .map(|ss| ss["spans"].as_array().map_or(0, Vec::len) as u64)
+                .sum::<u64>()
+        })
+        .sum();
     eprintln!(
-        "{copies} copies of {} s of clean traffic: {} to {day_end} ({:.0} MB, {:.0} s)",
-        length.num_seconds(),
-        start,
-        std::fs::metadata(&file).unwrap().len() as f64 / 1e6,
-        t.elapsed().as_secs_f64()
+        "{copies} copies of {} s ({per_copy} spans) of clean traffic: {day_start} to {day_end}",
+        length.num_seconds()
     );
 
     let server = Server::start_with_env(
@@ -109,19 +120,34 @@ fn main() {
             ("ANDON_ANALYSIS_REPLAY_MAX_PASSES", "100000"),
         ],
     );
+    // One copy at a time through `andon import`: the whole day as one file
+    // would take 7 GB of temporary disk.
     let t = Instant::now();
-    let out = Command::new(andon_bin())
-        .args(["import", "--endpoint", &server.http_url(""), file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = work.path().join("copy.otlp.jsonl");
+    for copy in 0..copies {
+        {
+            let mut out = BufWriter::new(std::fs::File::create(&file).unwrap());
+            for line in &lines {
+                let mut v: Value = serde_json::from_str(line).unwrap();
+                shift(&mut v, copy, -i64::from(copies - 1 - copy) * span_ns);
+                serde_json::to_writer(&mut out, &v).unwrap();
+                out.write_all(b"\n").unwrap();
+            }
+        }
+        let out = Command::new(andon_bin())
+            .args(["import", "--endpoint", &server.http_url(""), file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::remove_file(&file).unwrap();
     let spans = server.query("SELECT count(*) FROM spans")[0][0].as_u64().unwrap_or(0);
     eprintln!("imported {spans} spans in {:.0} s", t.elapsed().as_secs_f64());
-    std::fs::remove_file(&file).unwrap();
+    assert_eq!(spans, per_copy * u64::from(copies), "every span of every copy is stored");
 
     let t = Instant::now();
     let (mut passes, mut found) = (0u64, Vec::new());
-    let mut from = start;
+    let mut from = day_start;
     while from < day_end {
         let to = (from + Duration::hours(1)).min(day_end);
         let (status, body) =
@@ -139,7 +165,7 @@ fn main() {
     }
     println!(
         "lodge clean: {:.1} h, {spans} spans, {passes} passes every {interval} s in {:.0} s ({:.2} s a pass): {} findings",
-        (day_end - start).num_seconds() as f64 / 3600.0,
+        (day_end - day_start).num_seconds() as f64 / 3600.0,
         t.elapsed().as_secs_f64(),
         t.elapsed().as_secs_f64() / passes.max(1) as f64,
         found.len()
