@@ -2,6 +2,15 @@
 //! than the baseline? Mann-Whitney U on log-spaced histograms, with the
 //! Hodges–Lehmann shift and its confidence interval as the effect (Kayenta's
 //! canary judge), and floors on the relative shift and on the median in ms.
+//!
+//! Requests close in time share their conditions (load, a collector's pause,
+//! a noisy neighbour), so they are not independent: a burst of a minute can
+//! make a short window significantly slower than the one before it without
+//! anything having changed. A shift is material only when it also stands out
+//! from how much the operation's latency moves from one window to the next:
+//! the current window's mean log latency against the same measure over the
+//! periods of the window's length before the baseline's end, beyond
+//! Shewhart's three (robust) standard deviations.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +35,19 @@ pub const SQL: &str = include_str!("latency_regression.sql");
 /// Histogram buckets per factor e of duration: about 5% apart.
 pub const BUCKETS_PER_E: f64 = 20.0;
 
+/// Periods of the current window's length, before the baseline's end, that
+/// show how steady an operation's latency is (more when the baseline is longer).
+pub const HISTORY_WINDOWS: i64 = 8;
+
+/// The fewest periods, each with `segment_min_samples` requests, that
+/// estimate the window-to-window variation; with fewer, the shift is judged
+/// on its own.
+const MIN_PERIODS: usize = 4;
+
+/// A shift must clear this many robust standard deviations of the
+/// window-to-window variation (Shewhart's control limits).
+const CONTROL_SIGMAS: f64 = 3.0;
+
 impl Metric for Histogram {
     fn add(&mut self, other: &Self) {
         for (b, c) in other {
@@ -38,6 +60,63 @@ impl Metric for Histogram {
     }
 }
 
+/// One side of a latency comparison: the histogram the test reads and, on
+/// the baseline's side, the requests and log-latency sums of the periods
+/// before the baseline's end that show how steady the operation is.
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    pub hist: Histogram,
+    /// Per period before the baseline's end (keyed by its start): requests
+    /// that succeeded and the sum of their log latencies.
+    pub periods: BTreeMap<i64, (u64, f64)>,
+}
+
+/// A histogram's requests and the sum of their log latencies (natural log of
+/// nanoseconds, at each bucket's midpoint).
+pub fn log_sums(h: &Histogram) -> (u64, f64) {
+    h.iter().fold((0, 0.0), |(n, s), (b, c)| (n + c, s + (*b as f64 + 0.5) / BUCKETS_PER_E * *c as f64))
+}
+
+impl Metric for Latency {
+    fn add(&mut self, other: &Self) {
+        self.hist.add(&other.hist);
+        for (k, (n, sum)) in &other.periods {
+            let p = self.periods.entry(*k).or_default();
+            p.0 += n;
+            p.1 += sum;
+        }
+    }
+
+    fn samples(&self) -> u64 {
+        stats::total(&self.hist)
+    }
+}
+
+/// How far the current window's mean log latency stands above the periods
+/// before it, in robust standard deviations of their means (1.4826 × their
+/// median absolute deviation, which a fault in one or two periods does not
+/// move), with that deviation and the number of periods. `None` with fewer
+/// than [`MIN_PERIODS`] periods of at least `min` requests.
+pub fn steadiness(periods: &BTreeMap<i64, (u64, f64)>, now: (u64, f64), min: u64) -> Option<(f64, f64, usize)> {
+    let min = min.max(2);
+    if now.0 < min {
+        return None;
+    }
+    let mut means: Vec<f64> = periods.values().filter(|(n, _)| *n >= min).map(|(n, s)| s / *n as f64).collect();
+    if means.len() < MIN_PERIODS {
+        return None;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 0 { (v[m - 1] + v[m]) / 2.0 } else { v[m] }
+    };
+    let centre = median(&mut means);
+    let mut dev: Vec<f64> = means.iter().map(|m| (m - centre).abs()).collect();
+    let sd = (1.4826 * median(&mut dev)).max(1e-9);
+    Some(((now.1 / now.0 as f64 - centre) / sd, sd, means.len()))
+}
+
 pub fn query(ctx: &Ctx, filter: &str) -> String {
     if ctx.rolled() {
         return sql::render(include_str!("latency_rolled.sql"), &ctx.metric_vars(filter));
@@ -45,6 +124,29 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
     let mut vars = ctx.vars(filter);
     vars.push(("buckets_per_e", format!("{BUCKETS_PER_E:.1}")));
     sql::render(SQL, &vars)
+}
+
+/// The steadiness query over the [`HISTORY_WINDOWS`] windows' length (or the
+/// baseline, when longer) before the baseline's end. It reads the rollups
+/// whenever the store keeps them, in whole minutes, even for a pass that reads
+/// spans (windows of seconds): the periods only need to be about a window long,
+/// and reading them from spans would scan several times the pass's range.
+pub fn history_query(ctx: &Ctx, filter: &str) -> String {
+    let window = (ctx.end - ctx.split).num_seconds().max(1);
+    let look = (ctx.baseline_end - ctx.baseline_start).max(chrono::Duration::seconds(window * HISTORY_WINDOWS));
+    if ctx.rollups {
+        let end = crate::engine::floor_minute(ctx.baseline_end);
+        let minutes = ((window + 30) / 60).max(1) * 60;
+        let ctx = Ctx { baseline_start: end - look, baseline_end: end, ..ctx.clone() };
+        let mut vars = ctx.metric_vars(filter);
+        vars.push(("window_secs", minutes.to_string()));
+        return sql::render(include_str!("latency_history_rolled.sql"), &vars);
+    }
+    let ctx = Ctx { baseline_start: ctx.baseline_end - look, split: ctx.baseline_end, end: ctx.baseline_end, ..ctx.clone() };
+    let mut vars = ctx.vars(filter);
+    vars.push(("window_secs", window.to_string()));
+    vars.push(("baseline_end", sql::ts(ctx.baseline_end)));
+    sql::render(include_str!("latency_history.sql"), &vars)
 }
 
 /// A bucket's midpoint in milliseconds.
@@ -84,17 +186,61 @@ pub fn judge(ctx: &Ctx, base: &Histogram, cur: &Histogram) -> Option<Judgement> 
     })
 }
 
-fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let subjects: Vec<Subject<Histogram>> = subjects(
-        rows,
-        &ctx.segments,
-        |r| Some((r.str("service")?, r.str("operation")?)),
-        |r| BTreeMap::from([(r.i64("bucket").unwrap_or(0), r.u64("n"))]),
-    );
+/// [`judge`], with the shift material only where it also stands out from the
+/// operation's window-to-window variation.
+fn judge_steady(ctx: &Ctx, b: &Latency, c: &Latency) -> Option<Judgement> {
+    let mut j = judge(ctx, &b.hist, &c.hist)?;
+    if let Some((sds, sd, periods)) = steadiness(&b.periods, log_sums(&c.hist), ctx.config.segment_min_samples) {
+        j.material &= sds >= CONTROL_SIGMAS;
+        j.details.insert("shift_in_window_sds".to_owned(), num(round(sds, 2)));
+        j.details.insert("window_sd_log".to_owned(), num(round(sd, 4)));
+        j.details.insert("windows_compared".to_owned(), Value::from(periods));
+    }
+    Some(j)
+}
+
+fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
+    let key = |r: &andon_store::sql::Row<'_>| Some((r.str("service")?, r.str("operation")?));
+    let mut subjects: Vec<Subject<Latency>> = subjects(rows, &ctx.segments, key, |r| Latency {
+        hist: BTreeMap::from([(r.i64("bucket").unwrap_or(0), r.u64("n"))]),
+        ..Latency::default()
+    });
+    // The history's periods join their subjects, on the baseline's side.
+    let steadiness: Vec<Subject<Latency>> = subjects_of_history(history, ctx, key);
+    let mut by_key: BTreeMap<(String, String), usize> =
+        subjects.iter().enumerate().map(|(i, s)| ((s.service.clone(), s.operation.clone()), i)).collect();
+    for h in steadiness {
+        if let Some(&i) = by_key.get(&(h.service.clone(), h.operation.clone())) {
+            subjects[i].cells.extend(h.cells);
+        } else {
+            by_key.insert((h.service.clone(), h.operation.clone()), subjects.len());
+            subjects.push(h);
+        }
+    }
     subjects
         .iter()
-        .flat_map(|s| segment_tests(KIND, s, ctx, |b, c| judge(ctx, b, c)))
+        .flat_map(|s| segment_tests(KIND, s, ctx, |b, c| judge_steady(ctx, b, c)))
         .collect()
+}
+
+fn subjects_of_history(
+    history: &Rows,
+    ctx: &Ctx,
+    key: impl Fn(&andon_store::sql::Row<'_>) -> Option<(String, String)>,
+) -> Vec<Subject<Latency>> {
+    let mut out: BTreeMap<(String, String), Subject<Latency>> = BTreeMap::new();
+    for r in history.iter() {
+        let Some((service, operation)) = key(&r) else { continue };
+        let segs: Vec<Option<String>> = (0..ctx.segments.columns.len()).map(|i| r.str(&format!("seg{i}"))).collect();
+        let Some(period) = r.i64("period") else { continue };
+        let sums = (r.u64("n"), r.f64("log_sum").unwrap_or(0.0));
+        let m = Latency { periods: BTreeMap::from([(period, sums)]), ..Latency::default() };
+        out.entry((service.clone(), operation.clone()))
+            .or_insert_with(|| Subject { service, operation, cells: Vec::new() })
+            .cells
+            .push((false, segs, m));
+    }
+    out.into_values().collect()
 }
 
 #[async_trait]
@@ -108,7 +254,9 @@ impl Detector for LatencyRegression {
     }
 
     async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
-        Ok(Tested { tests: tests(&sql.rows(&query(ctx, "")).await?, ctx), flows: Vec::new() })
+        let rows = sql.rows(&query(ctx, "")).await?;
+        let history = sql.rows(&history_query(ctx, "")).await?;
+        Ok(Tested { tests: tests(&rows, &history, ctx), flows: Vec::new() })
     }
 
     fn trouble(&self, _j: &Judgement) -> Trouble {
@@ -198,5 +346,83 @@ impl Detector for LatencyRegression {
             ),
             effect: format!("{effect:.2}× at the median"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::AnalysisConfig;
+    use crate::sql::Segments;
+
+    fn ctx() -> Ctx {
+        let t = chrono::Utc::now();
+        let config = AnalysisConfig::default();
+        Ctx {
+            baseline_start: t,
+            baseline_end: t,
+            split: t,
+            end: t,
+            segments: Segments::new(&config.segments).unwrap(),
+            config,
+            lean: false,
+            rollups: false,
+            settled: None,
+        }
+    }
+
+    /// `n` requests a period with these mean log latencies (natural log of ns).
+    fn periods(means: &[f64], n: u64) -> BTreeMap<i64, (u64, f64)> {
+        means.iter().enumerate().map(|(i, m)| (i as i64, (n, m * n as f64))).collect()
+    }
+
+    /// Latencies around `median_ms`, log-normal-ish, as a histogram of `n`.
+    fn hist(median_ms: f64, n: u64) -> Histogram {
+        let centre = (median_ms * 1e6).ln() * BUCKETS_PER_E;
+        let mut h = Histogram::new();
+        for i in 0..n {
+            // A spread of about ±40% around the median, evenly.
+            let off = (i as f64 / n as f64 - 0.5) * 0.8 * BUCKETS_PER_E;
+            *h.entry((centre + off).floor() as i64).or_default() += 1;
+        }
+        h
+    }
+
+    fn side(median_ms: f64, n: u64, periods_: BTreeMap<i64, (u64, f64)>) -> Latency {
+        Latency { hist: hist(median_ms, n), periods: periods_ }
+    }
+
+    #[test]
+    fn a_shift_counts_against_how_much_windows_move_on_their_own() {
+        let base = (10e6f64).ln();
+        // Windows that wander by about ±10% from one to the next.
+        let wandering: Vec<f64> = [0.0, 0.1, -0.1, 0.05, -0.05, 0.0, 0.1, -0.1].iter().map(|d| base + d).collect();
+        let (sds, sd, n) = steadiness(&periods(&wandering, 100), (100, (base + 0.2) * 100.0), 20).unwrap();
+        assert_eq!(n, 8);
+        assert!((sd - 1.4826 * 0.075).abs() < 1e-9, "{sd}");
+        assert!(sds > 1.5 && sds < 2.0, "{sds}");
+        // Too few periods with enough requests: no estimate.
+        assert!(steadiness(&periods(&wandering[..3], 100), (100, base * 100.0), 20).is_none());
+        assert!(steadiness(&periods(&wandering, 10), (100, base * 100.0), 20).is_none());
+
+        let ctx = ctx();
+        // 1.3× slower over 400 requests: significant and material as requests go.
+        let steady: Vec<f64> = [0.0, 0.01, -0.01, 0.005, -0.005, 0.0, 0.01, -0.01].iter().map(|d| base + d).collect();
+        let j = judge_steady(&ctx, &side(10.0, 400, periods(&steady, 100)), &side(13.0, 400, BTreeMap::new())).unwrap();
+        assert!(j.material && j.p_value < 1e-6, "{j:?}");
+        assert!(j.details["shift_in_window_sds"].as_f64().unwrap() > 10.0);
+        // The same shift on an operation whose windows wander by ±25% on their
+        // own is what its windows do anyway.
+        let noisy: Vec<f64> = [0.0, 0.25, -0.25, 0.2, -0.2, 0.0, 0.25, -0.25].iter().map(|d| base + d).collect();
+        let j = judge_steady(&ctx, &side(10.0, 400, periods(&noisy, 100)), &side(13.0, 400, BTreeMap::new())).unwrap();
+        assert!(!j.material && j.p_value < 1e-6, "{j:?}");
+        // Four times slower stands out of the same wandering.
+        let j = judge_steady(&ctx, &side(10.0, 400, periods(&noisy, 100)), &side(40.0, 400, BTreeMap::new())).unwrap();
+        assert!(j.material, "{j:?}");
+        // With no history to judge by, the shift is judged on its own.
+        let j = judge_steady(&ctx, &side(10.0, 400, BTreeMap::new()), &side(13.0, 400, BTreeMap::new())).unwrap();
+        assert!(j.material && !j.details.contains_key("shift_in_window_sds"), "{j:?}");
     }
 }
