@@ -109,7 +109,7 @@ pub fn steadiness(periods: &BTreeMap<i64, (u64, f64)>, now: (u64, f64), min: u64
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         let m = v.len() / 2;
-        if v.len() % 2 == 0 { (v[m - 1] + v[m]) / 2.0 } else { v[m] }
+        if v.len().is_multiple_of(2) { (v[m - 1] + v[m]) / 2.0 } else { v[m] }
     };
     let centre = median(&mut means);
     let mut dev: Vec<f64> = means.iter().map(|m| (m - centre).abs()).collect();
