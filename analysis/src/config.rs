@@ -45,7 +45,8 @@ pub struct AnalysisConfig {
     /// what a problem already found does to users there (the drop-off at a
     /// step whose errors a well-sampled test found, on one client platform).
     pub segment_min_samples: u64,
-    /// Latency: the Hodges–Lehmann shift must be at least this factor (1.25 = +25%).
+    /// Latency: the Hodges–Lehmann shift's 95% confidence interval must lie at
+    /// or above this factor (1.25 = +25%).
     pub latency_min_ratio: f64,
     /// Latency: and the median must rise by at least this many milliseconds.
     pub latency_min_ms: f64,

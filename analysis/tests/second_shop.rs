@@ -546,6 +546,28 @@ fn a_clean_day_of_the_second_shop_gives_no_finding() {
     assert!(found.is_empty(), "{found:#?}");
 }
 
+#[test]
+fn short_windows_of_clean_traffic_show_no_drop_off_though_they_keep_only_sessions_that_ended() {
+    // A pass keeps a current session only once it has been quiet for the
+    // session timeout, so a 10-minute window with a 2-minute timeout holds
+    // none of the checkouts (two to four minutes) that started in its last
+    // minutes: its sessions are shorter than the baseline's, and shorter
+    // sessions reach fewer steps. Nothing changed, so nothing is reported.
+    let l = load(Fault::None, 4.0, 13);
+    let config = AnalysisConfig { window_secs: 600, session_timeout_secs: 120, ..AnalysisConfig::default() };
+    let analyzer = Analyzer::new(l.engine.clone(), config).unwrap();
+    let mut found = Vec::new();
+    let mut to = l.end - Duration::minutes(5);
+    for _ in 0..12 {
+        let w = Windows::before(to - Duration::minutes(10), to, 3600);
+        let report = l.rt.block_on(analyzer.pass(&Tenant::default_tenant(), w)).unwrap();
+        assert!(!report.flows.is_empty(), "the journeys are discovered");
+        found.extend(report.findings.iter().filter(|f| f.kind == andon_model::FindingKind::DropOff).map(describe));
+        to -= Duration::minutes(10);
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
+
 /// What a finding says, for comparing passes.
 fn gist(f: &Finding) -> String {
     let cause = f.evidence.cause.as_ref().map(|c| format!("{} {}", c.service, c.operation)).unwrap_or_default();

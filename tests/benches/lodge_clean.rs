@@ -147,6 +147,8 @@ fn main() {
 
     let t = Instant::now();
     let (mut passes, mut found) = (0u64, Vec::new());
+    // `ANDON_BENCH_FINDINGS=FILE` keeps every finding whole, one JSON a line.
+    let mut dump = std::env::var_os("ANDON_BENCH_FINDINGS").map(|p| BufWriter::new(std::fs::File::create(p).unwrap()));
     let mut from = day_start;
     while from < day_end {
         let to = (from + Duration::hours(1)).min(day_end);
@@ -155,6 +157,10 @@ fn main() {
         assert_eq!(status, 200, "{body}");
         passes += body["passes"].as_u64().unwrap_or(0);
         for f in body["findings"].as_array().into_iter().flatten() {
+            if let Some(d) = dump.as_mut() {
+                serde_json::to_writer(&mut *d, f).unwrap();
+                d.write_all(b"\n").unwrap();
+            }
             found.push(format!(
                 "{} {} {} {} first seen {}",
                 f["kind"], f["service"], f["operation"], f["segment"], f["first_seen"]

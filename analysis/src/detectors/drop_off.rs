@@ -71,10 +71,10 @@ pub fn query(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str) -> String {
                 .collect::<Vec<_>>()
                 .join(" AND ");
             reach.push_str(&format!(", CASE WHEN {reached} THEN 1 ELSE 0 END AS r{f}_{k}"));
-            reach_sums.push_str(&format!(", sum(r{f}_{k}) AS reached{f}_{k}"));
+            reach_sums.push_str(&format!(", sum(w * r{f}_{k}) AS reached{f}_{k}, sum(w * w * r{f}_{k}) AS reached_sq{f}_{k}"));
             if k + 1 < n {
                 reach_sums.push_str(&format!(
-                    ", sum(CASE WHEN r{f}_{k} = 1 AND r{f}_{k1} = 0 AND err{p} = 1 THEN 1 ELSE 0 END) AS left_after_error{f}_{k}",
+                    ", sum(CASE WHEN r{f}_{k} = 1 AND r{f}_{k1} = 0 AND err{p} = 1 THEN w ELSE 0 END) AS left_after_error{f}_{k}",
                     k1 = k + 1,
                     p = at[k]
                 ));
@@ -83,6 +83,9 @@ pub fn query(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str) -> String {
     }
     let segment_max: String = (0..ctx.segments.columns.len()).map(|i| format!(", max(seg{i}) AS seg{i}")).collect();
     let complete_before = ctx.end - chrono::Duration::seconds(ctx.config.session_timeout_secs as i64);
+    // How long a current session may last and still be kept, at the longest
+    // (at least a second).
+    let kept_ns = (complete_before - ctx.split).num_nanoseconds().unwrap_or(i64::MAX).max(1_000_000_000);
     let mut vars = ctx.vars(filter);
     vars.extend([
         ("step_case", step_case),
@@ -91,6 +94,7 @@ pub fn query(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str) -> String {
         ("reach_sums", reach_sums),
         ("segment_max", segment_max),
         ("complete_before", sql::ts(complete_before)),
+        ("kept_ns", kept_ns.to_string()),
     ]);
     sql::render(SQL, &vars)
 }
@@ -223,42 +227,67 @@ pub fn discover(rows: &Rows) -> Vec<ResolvedFlow> {
         .collect()
 }
 
+/// One side of a step, in sessions weighted as [`query`] weighs them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Step {
-    pub reached: u64,
-    pub next: u64,
-    pub left_after_error: u64,
+    /// Σw over the sessions that reached the step.
+    pub reached: f64,
+    /// Σw² over them: with `reached`, the effective number of sessions.
+    pub reached_sq: f64,
+    /// Σw over those that went on to the next step.
+    pub next: f64,
+    pub left_after_error: f64,
+}
+
+impl Step {
+    /// Kish's effective number of sessions, (Σw)² / Σw²: as many as the
+    /// sessions when every weight is 1.
+    fn effective(&self) -> f64 {
+        if self.reached_sq > 0.0 { self.reached * self.reached / self.reached_sq } else { 0.0 }
+    }
+
+    /// Sessions that reached the step and those that left there, as whole
+    /// effective sessions (the weighted shares kept).
+    fn counts(&self) -> (u64, u64) {
+        let n = self.effective();
+        let left = (self.reached - self.next.min(self.reached)).max(0.0);
+        let share = if self.reached > 0.0 { left / self.reached } else { 0.0 };
+        (n.round() as u64, (n * share).round() as u64)
+    }
 }
 
 impl Metric for Step {
     fn add(&mut self, o: &Self) {
         self.reached += o.reached;
+        self.reached_sq += o.reached_sq;
         self.next += o.next;
         self.left_after_error += o.left_after_error;
     }
 
     fn samples(&self) -> u64 {
-        self.reached
+        self.effective().round() as u64
     }
 }
 
 fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
-    let (lb, lc) = (b.reached - b.next.min(b.reached), c.reached - c.next.min(c.reached));
-    let t = andon_model::statistics::proportion_greater(lb, b.reached, lc, c.reached)?;
+    let ((nb, lb), (nc, lc)) = (b.counts(), c.counts());
+    let t = andon_model::statistics::proportion_greater(lb, nb, lc, nc)?;
     let (conv_b, conv_c) = (1.0 - t.baseline, 1.0 - t.current);
     let relative = if conv_b > 0.0 { (conv_b - conv_c) / conv_b } else { 0.0 };
     let material = relative >= ctx.config.drop_min_relative && t.current - t.baseline >= 0.02 && lc >= 5;
     let side = |s: &Step, conv: f64| {
-        let left = s.reached - s.next.min(s.reached);
+        let whole = |x: f64| Value::from(x.round() as u64);
         BTreeMap::from([
-            ("sessions_reached".to_owned(), Value::from(s.reached)),
-            ("sessions_continued".to_owned(), Value::from(s.next)),
-            ("sessions_left".to_owned(), Value::from(left)),
+            ("sessions_reached".to_owned(), whole(s.reached)),
+            ("sessions_continued".to_owned(), whole(s.next)),
+            ("sessions_left".to_owned(), whole(s.reached - s.next.min(s.reached))),
+            ("effective_sessions".to_owned(), whole(s.effective())),
             ("conversion".to_owned(), num(round(conv, 5))),
-            ("left_after_error".to_owned(), Value::from(s.left_after_error)),
+            ("left_after_error".to_owned(), whole(s.left_after_error)),
         ])
     };
-    let error_share = if lc == 0 { 0.0 } else { c.left_after_error as f64 / lc as f64 };
+    let left_c = c.reached - c.next.min(c.reached);
+    let error_share = if left_c <= 0.0 { 0.0 } else { (c.left_after_error / left_c).min(1.0) };
     Some(Judgement {
         p_value: t.p_value,
         effect: round(relative, 5),
@@ -272,7 +301,7 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
             ("next_step".to_owned(), Value::from(next_step)),
             ("left_after_error_share".to_owned(), num(round(error_share, 4))),
         ]),
-        current_samples: c.reached,
+        current_samples: nc,
     })
 }
 
@@ -291,10 +320,12 @@ fn tests(rows: &Rows, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &mut HashS
             let cur = r.i64("cur").unwrap_or(0) == 1;
             let segs: Vec<Option<String>> =
                 (0..ctx.segments.columns.len()).map(|i| r.str(&format!("seg{i}"))).collect();
+            let sum = |c: String| r.f64(&c).unwrap_or(0.0);
             cells.entry((cur, segs)).or_default().add(&Step {
-                reached: r.u64(&format!("reached{f}_{k}")),
-                next: r.u64(&format!("reached{f}_{}", k + 1)),
-                left_after_error: r.u64(&format!("left_after_error{f}_{k}")),
+                reached: sum(format!("reached{f}_{k}")),
+                reached_sq: sum(format!("reached_sq{f}_{k}")),
+                next: sum(format!("reached{f}_{}", k + 1)),
+                left_after_error: sum(format!("left_after_error{f}_{k}")),
             });
         }
         let subject = Subject {
@@ -394,9 +425,9 @@ impl Detector for DropOff {
         Ok(per_side(
             &query(ctx, std::slice::from_ref(&flow), &ctx.segments.condition(&t.segment)),
             &format!(
-                "sum(reached0_{k}) AS sessions_reached, sum(reached0_{n}) AS sessions_continued, \
-                 round(CAST(sum(reached0_{n}) AS DOUBLE) / sum(reached0_{k}), 5) AS conversion, \
-                 sum(left_after_error0_{k}) AS left_after_error",
+                "round(sum(reached0_{k})) AS sessions_reached, round(sum(reached0_{n})) AS sessions_continued, \
+                 round(sum(reached0_{n}) / sum(reached0_{k}), 5) AS conversion, \
+                 round(sum(left_after_error0_{k})) AS left_after_error",
                 n = k + 1
             ),
         ))

@@ -3,6 +3,16 @@
 -- it reached k-1 and requested step k's page after first reaching k-1. A
 -- session is current when its first request is; sessions still active within
 -- the session timeout of the range's end are left out: they may not be done yet.
+--
+-- That keeps a current session only if it ends a timeout before the window
+-- does, so the longer a session, the less likely it is kept: left as it is,
+-- the current window would hold shorter sessions than the baseline, which
+-- reach fewer steps, and every short window would look like a drop-off. A
+-- baseline session is weighted `w` by the share of the current window's start
+-- times that would have kept a session of its length (`kept_ns`: the window
+-- less the timeout), so both sides hold sessions of the same lengths; a
+-- current session weighs 1. `reached_sq` (the weights' squares) gives the
+-- effective number of sessions (Kish's n = (Σw)² / Σw²).
 WITH {{shared}},
 steps AS (
     SELECT session_id, max(last_seen) AS last_seen, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
@@ -14,7 +24,12 @@ steps AS (
     GROUP BY session_id
 ),
 funnel AS (
-    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur{{reach}}
+    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur,
+           CASE WHEN first_seen >= {{split}} THEN 1.0
+                ELSE CASE WHEN {{kept_ns}} > CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)
+                          THEN CAST({{kept_ns}} - (CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)) AS DOUBLE) / {{kept_ns}}
+                          ELSE 0.0 END
+           END AS w{{reach}}
     FROM steps
     WHERE last_seen < {{complete_before}}
 )

@@ -1,7 +1,8 @@
 //! `latency_regression`: per (service, operation), is the current window slower
 //! than the baseline? Mann-Whitney U on log-spaced histograms, with the
 //! Hodges–Lehmann shift and its confidence interval as the effect (Kayenta's
-//! canary judge), and floors on the relative shift and on the median in ms.
+//! canary judge), and floors on the relative shift (which the interval must
+//! clear) and on the median in ms.
 //!
 //! Requests close in time share their conditions (load, a collector's pause,
 //! a noisy neighbour), so they are not independent: a burst of a minute can
@@ -171,7 +172,9 @@ pub fn judge(ctx: &Ctx, base: &Histogram, cur: &Histogram) -> Option<Judgement> 
     let p50 = |h: &Histogram| stats::hist_quantile(h, 0.5).map_or(0.0, |b| bucket_ms(b as f64));
     let delta_ms = p50(base) * (ratio - 1.0);
     let cfg = &ctx.config;
-    let material = ratio >= cfg.latency_min_ratio && ci[0] > 1.0 && delta_ms >= cfg.latency_min_ms;
+    // Material when the whole interval clears the floor (Kayenta's rule): a
+    // shift that is probably 35% but may be 16% is not yet known to be 25%.
+    let material = ci[0] >= cfg.latency_min_ratio && delta_ms >= cfg.latency_min_ms;
     Some(Judgement {
         p_value: t.p_value,
         effect: round(ratio, 4),

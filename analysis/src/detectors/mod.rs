@@ -179,7 +179,19 @@ pub fn segment_tests<M: Metric>(
             if pair.samples() == single_i.samples() || pair.samples() == single_j.samples() {
                 continue;
             }
-            out.extend(test(&keep, segment));
+            let Some(t) = test(&keep, segment) else { continue };
+            // A pair explains an effect only when neither of its values shows
+            // it outside the pair: a fault on every mobile client also shows
+            // in mobile ∧ us-east-2, whose rest (desktop, and mobile elsewhere)
+            // dilutes it, but mobile elsewhere shows it whole.
+            let outside = |a: usize, va: &String, b: usize, vb: &String| {
+                let (rb, rc) = subject.sides(|s| s[a].as_ref() == Some(va) && s[b].as_ref() != Some(vb));
+                enough(&rb, &rc).then(|| judge(&rb, &rc)).flatten().is_some_and(|r| shows_as_much(&r, &t.judgement))
+            };
+            if outside(i, vi, j, vj) || outside(j, vj, i, vi) {
+                continue;
+            }
+            out.push(t);
         }
     }
     out
@@ -188,6 +200,12 @@ pub fn segment_tests<M: Metric>(
 /// The p-value at which another value of a segment's attribute counts as
 /// showing the effect too (with a material effect at least half the size).
 const SIBLING_SHOWS_EFFECT: f64 = 0.05;
+
+/// `other` shows an effect comparable to `t`'s: material, nominally
+/// significant, and at least half the size.
+fn shows_as_much(other: &Judgement, t: &Judgement) -> bool {
+    other.material && other.p_value <= SIBLING_SHOWS_EFFECT && other.size >= 0.5 * t.size
+}
 
 /// A finding before enrichment: where, what, and the test that carries it.
 #[derive(Debug, Clone)]
@@ -203,9 +221,7 @@ fn sibling_shows(pool: &[&Test], t: &Test) -> bool {
     pool.iter().any(|u| {
         u.segment.len() == 1
             && u.segment.iter().all(|(a, v)| t.segment.get(a).is_some_and(|mine| mine != v))
-            && u.judgement.material
-            && u.judgement.p_value <= SIBLING_SHOWS_EFFECT
-            && u.judgement.size >= 0.5 * t.judgement.size
+            && shows_as_much(&u.judgement, &t.judgement)
     })
 }
 
@@ -216,8 +232,7 @@ fn sibling_shows(pool: &[&Test], t: &Test) -> bool {
 fn rest_shows_none(t: &Test, fdr: f64) -> bool {
     t.complement.as_ref().is_some_and(|c| {
         let significant = c.material && c.p_value <= fdr;
-        let comparable = c.material && c.p_value <= SIBLING_SHOWS_EFFECT && c.size >= 0.5 * t.judgement.size;
-        !significant && !comparable
+        !significant && !shows_as_much(c, &t.judgement)
     })
 }
 
