@@ -398,6 +398,19 @@ mod tests {
     }
 
     #[test]
+    fn a_shift_is_material_only_when_its_whole_interval_clears_the_floor() {
+        let ctx = ctx();
+        // 1.35× slower, on few requests: probably past the 1.25× floor, but
+        // the interval reaches well below it.
+        let j = judge(&ctx, &hist(10.0, 30), &hist(13.5, 30)).unwrap();
+        assert!(j.effect >= 1.25 && j.ci.unwrap()[0] < 1.25 && j.p_value < 0.01, "{j:?}");
+        assert!(!j.material, "{j:?}");
+        // The same shift on many requests is known to be past it.
+        let j = judge(&ctx, &hist(10.0, 3000), &hist(13.5, 3000)).unwrap();
+        assert!(j.ci.unwrap()[0] >= 1.25 && j.material, "{j:?}");
+    }
+
+    #[test]
     fn a_shift_counts_against_how_much_windows_move_on_their_own() {
         let base = (10e6f64).ln();
         // Windows that wander by about ±10% from one to the next.
