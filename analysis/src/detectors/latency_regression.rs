@@ -172,9 +172,12 @@ pub fn judge(ctx: &Ctx, base: &Histogram, cur: &Histogram) -> Option<Judgement> 
     let p50 = |h: &Histogram| stats::hist_quantile(h, 0.5).map_or(0.0, |b| bucket_ms(b as f64));
     let delta_ms = p50(base) * (ratio - 1.0);
     let cfg = &ctx.config;
-    // Material when the whole interval clears the floor (Kayenta's rule): a
-    // shift that is probably 35% but may be 16% is not yet known to be 25%.
-    let material = ci[0] >= cfg.latency_min_ratio && delta_ms >= cfg.latency_min_ms;
+    let material = ratio >= cfg.latency_min_ratio && ci[0] > 1.0 && delta_ms >= cfg.latency_min_ms;
+    // Reported only when the whole interval clears the floor (Kayenta's rule):
+    // a shift that is probably 35% but may be 16% is not yet known to be 25%.
+    // Whether the rest of the data shows the effect is still judged on the
+    // estimate: too few requests to be sure is not evidence of none.
+    let clears = ci[0] >= cfg.latency_min_ratio;
     Some(Judgement {
         p_value: t.p_value,
         effect: round(ratio, 4),
@@ -184,7 +187,10 @@ pub fn judge(ctx: &Ctx, base: &Histogram, cur: &Histogram) -> Option<Judgement> 
         material,
         baseline: side(base),
         current: side(cur),
-        details: BTreeMap::from([("median_shift_ms".to_owned(), num(round(delta_ms, 3)))]),
+        details: BTreeMap::from([
+            ("median_shift_ms".to_owned(), num(round(delta_ms, 3))),
+            (super::CLEARS_FLOOR.to_owned(), Value::Bool(clears)),
+        ]),
         current_samples: stats::total(cur),
     })
 }
@@ -404,10 +410,10 @@ mod tests {
         // the interval reaches well below it.
         let j = judge(&ctx, &hist(10.0, 30), &hist(13.5, 30)).unwrap();
         assert!(j.effect >= 1.25 && j.ci.unwrap()[0] < 1.25 && j.p_value < 0.01, "{j:?}");
-        assert!(!j.material, "{j:?}");
+        assert!(j.material && j.details[crate::detectors::CLEARS_FLOOR] == false, "{j:?}");
         // The same shift on many requests is known to be past it.
         let j = judge(&ctx, &hist(10.0, 3000), &hist(13.5, 3000)).unwrap();
-        assert!(j.ci.unwrap()[0] >= 1.25 && j.material, "{j:?}");
+        assert!(j.ci.unwrap()[0] >= 1.25 && j.material && j.details[crate::detectors::CLEARS_FLOOR] == true, "{j:?}");
     }
 
     #[test]

@@ -207,6 +207,16 @@ fn shows_as_much(other: &Judgement, t: &Judgement) -> bool {
     other.material && other.p_value <= SIBLING_SHOWS_EFFECT && other.size >= 0.5 * t.size
 }
 
+/// A detail a test may carry: `false` when its effect is probably past the
+/// detector's floor but its interval reaches below it. Such a test is not
+/// reported, but still counts as showing the effect when it is the rest of
+/// the data or a sibling.
+pub const CLEARS_FLOOR: &str = "interval_clears_floor";
+
+fn clears_floor(j: &Judgement) -> bool {
+    j.details.get(CLEARS_FLOOR).and_then(Value::as_bool).unwrap_or(true)
+}
+
 /// A finding before enrichment: where, what, and the test that carries it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -255,7 +265,7 @@ pub fn choose_segments(tests: &[Test], fdr: f64) -> Vec<Candidate> {
     let mut out = Vec::new();
     for (_, all) in by_subject {
         let (tests, thin): (Vec<&Test>, Vec<&Test>) = all.iter().partition(|t| !t.follow_up);
-        let significant = |t: &Test| t.judgement.material && t.q_value <= fdr;
+        let significant = |t: &Test| t.judgement.material && clears_floor(&t.judgement) && t.q_value <= fdr;
         let overall = tests.iter().find(|t| t.segment.is_empty() && significant(t));
         // The rest of the data shows none, and no sibling shows a comparable
         // effect. The fewest sessions; among equals, the fewest attributes.
@@ -273,7 +283,7 @@ pub fn choose_segments(tests: &[Test], fdr: f64) -> Vec<Candidate> {
         let Some(chosen) = chosen else { continue };
         let narrower = thin
             .iter()
-            .filter(|t| t.judgement.material && t.judgement.p_value <= fdr)
+            .filter(|t| t.judgement.material && clears_floor(&t.judgement) && t.judgement.p_value <= fdr)
             .filter(|t| t.judgement.current_samples < chosen.judgement.current_samples)
             .filter(|t| rest_shows_none(t, fdr))
             .filter(|t| !sibling_shows(&all, t))
