@@ -76,6 +76,8 @@ fn main() {
     let mut times = Vec::with_capacity(passes.len());
     let mut first_seen: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
     let mut reported: Vec<andon_model::Finding> = Vec::new();
+    // `ANDON_BENCH_FINDINGS=FILE` keeps every finding whole, one JSON a line.
+    let mut dump = std::env::var_os("ANDON_BENCH_FINDINGS").map(|p| std::fs::File::create(p).unwrap());
     for (i, w) in passes.iter().enumerate() {
         let t = Instant::now();
         let report = rt.block_on(analyzer.pass(&tenant, *w)).unwrap();
@@ -84,6 +86,10 @@ fn main() {
             let key = format!("{} {} {} {:?}", f.kind, f.service, f.operation, f.segment);
             if let std::collections::btree_map::Entry::Vacant(e) = first_seen.entry(key) {
                 e.insert(w.end);
+                if let Some(out) = dump.as_mut() {
+                    use std::io::Write;
+                    writeln!(out, "{}", serde_json::to_string(f).unwrap()).unwrap();
+                }
                 reported.push(andon_model::Finding { first_seen: w.end, ..f.clone() });
             }
         }

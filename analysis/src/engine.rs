@@ -299,11 +299,14 @@ impl Analyzer {
     async fn examine(&self, tenant: &Tenant, ctx: &Ctx, c: Candidate) -> Result<Examined, AnalysisError> {
         let t = &c.test;
         let site = (t.service.clone(), t.operation.clone());
+        // Ordered by trace id: as random a sample as the ids, and the same one
+        // every time the pass runs.
         let pick = |from: DateTime<Utc>, to: DateTime<Utc>, errors: bool, limit: usize| -> (String, String) {
             let err = if errors { " AND err = 1" } else { "" };
             let picks = format!(
                 "SELECT trace_id, span_id FROM requests WHERE service = {} AND operation = {}{} \
-                 AND start_time >= {} AND start_time < {}{err}{settled} LIMIT {limit}",
+                 AND start_time >= {} AND start_time < {}{err}{settled} \
+                 ORDER BY trace_id, span_id LIMIT {limit}",
                 sql::lit(&t.service),
                 sql::lit(&t.operation),
                 ctx.segments.condition(&t.segment),

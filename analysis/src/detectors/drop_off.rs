@@ -12,7 +12,7 @@ use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Metric, Subject, num, round, segment_tests};
+use super::{MIN_PERIODS, Metric, Subject, history_look, num, round, segment_tests};
 use crate::AnalysisError;
 use crate::config::{AnalysisConfig, Flow};
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
@@ -37,6 +37,17 @@ pub struct ResolvedFlow {
 /// page of any flow and whether one of them failed; then, per flow `f` and step
 /// `k`, `reached{f}_{k}` and `left_after_error{f}_{k}`.
 pub fn query(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str) -> String {
+    render(ctx, flows, filter, false)
+}
+
+/// [`query`] over the [`super::history_look`] before the baseline's end as
+/// well, with each earlier session's period (`period`, 0 the last before the
+/// baseline's end) and whether it is in the baseline (`in_base`).
+pub fn history_query(ctx: &Ctx, flows: &[ResolvedFlow]) -> String {
+    render(ctx, flows, "", true)
+}
+
+fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> String {
     let mut pages: Vec<&str> = Vec::new();
     for flow in flows {
         for (_, op) in &flow.steps {
@@ -86,8 +97,23 @@ pub fn query(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str) -> String {
     // How long a current session may last and still be kept, at the longest
     // (at least a second).
     let kept_ns = (complete_before - ctx.split).num_nanoseconds().unwrap_or(i64::MAX).max(1_000_000_000);
-    let mut vars = ctx.vars(filter);
+    let (mut vars, history, history_keys) = if history {
+        let window_ns = (ctx.end - ctx.split).num_nanoseconds().unwrap_or(i64::MAX).max(1);
+        let end_ns = ctx.baseline_end.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let wide = Ctx { baseline_start: ctx.baseline_start.min(ctx.baseline_end - history_look(ctx)), ..ctx.clone() };
+        let columns = format!(
+            ", CASE WHEN first_seen >= {base} THEN 1 ELSE 0 END AS in_base, \
+             CASE WHEN first_seen < {end} THEN CAST(({end_ns} - CAST(first_seen AS BIGINT) - 1) / {window_ns} AS BIGINT) END AS period",
+            base = sql::ts(ctx.baseline_start),
+            end = sql::ts(ctx.baseline_end),
+        );
+        (wide.vars(filter), columns, ", in_base, period".to_owned())
+    } else {
+        (ctx.vars(filter), String::new(), String::new())
+    };
     vars.extend([
+        ("history", history),
+        ("history_keys", history_keys),
         ("step_case", step_case),
         ("step_aggregates", step_aggregates),
         ("reach", reach),
@@ -153,6 +179,20 @@ pub fn discover(rows: &Rows) -> Vec<ResolvedFlow> {
             ops.len() - 1
         });
         sessions.entry(session).or_default().push((t, i));
+    }
+    // Pages numbered by name, not in the order rows arrive (which varies from
+    // one run to the next): ties between journeys break the same way every time.
+    let mut order: Vec<usize> = (0..ops.len()).collect();
+    order.sort_by(|a, b| ops[*a].cmp(&ops[*b]));
+    let mut rank = vec![0; ops.len()];
+    for (r, i) in order.iter().enumerate() {
+        rank[*i] = r;
+    }
+    let ops: Vec<(String, String)> = order.iter().map(|i| ops[*i].clone()).collect();
+    for seq in sessions.values_mut() {
+        for (_, i) in seq.iter_mut() {
+            *i = rank[*i];
+        }
     }
     let total = sessions.len();
     if total < 50 {
@@ -228,7 +268,7 @@ pub fn discover(rows: &Rows) -> Vec<ResolvedFlow> {
 }
 
 /// One side of a step, in sessions weighted as [`query`] weighs them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Step {
     /// Σw over the sessions that reached the step.
     pub reached: f64,
@@ -237,6 +277,10 @@ pub struct Step {
     /// Σw over those that went on to the next step.
     pub next: f64,
     pub left_after_error: f64,
+    /// On the baseline's side, the same sums per period of the window's length
+    /// before the baseline's end ([`history_query`]), keyed by how many
+    /// periods back it is, without `left_after_error`.
+    pub periods: BTreeMap<i64, Step>,
 }
 
 impl Step {
@@ -262,6 +306,9 @@ impl Metric for Step {
         self.reached_sq += o.reached_sq;
         self.next += o.next;
         self.left_after_error += o.left_after_error;
+        for (k, p) in &o.periods {
+            self.periods.entry(*k).or_default().add(p);
+        }
     }
 
     fn samples(&self) -> u64 {
@@ -269,12 +316,72 @@ impl Metric for Step {
     }
 }
 
+/// The current leaving rate against the periods before the baseline's end: a
+/// leaving rate that varies more from one window to the next than binomial
+/// noise (Pearson's dispersion φ over the periods, at least 1) must rise by
+/// as much more to count. `None` with fewer than [`MIN_PERIODS`] periods of
+/// `min` effective sessions.
+pub fn against_history(periods: &BTreeMap<i64, Step>, c: &Step, min: u64) -> Option<History> {
+    let (nc, lc) = c.counts();
+    let kept: Vec<(f64, f64)> = periods
+        .values()
+        .map(Step::counts)
+        .filter(|(n, _)| *n >= min.max(2))
+        .map(|(n, l)| (n as f64, l as f64))
+        .collect();
+    if kept.len() < MIN_PERIODS || nc == 0 {
+        return None;
+    }
+    let (n, l) = kept.iter().fold((0.0, 0.0), |(n, l), (a, b)| (n + a, l + b));
+    let rate = l / n;
+    // The variance of a rate of 0 or 1 is not 0: half a session either way.
+    let p = (l + 0.5) / (n + 1.0);
+    let chi2: f64 = kept.iter().map(|(ni, li)| (li - ni * rate).powi(2) / (ni * p * (1.0 - p))).sum();
+    let dispersion = (chi2 / (kept.len() - 1) as f64).max(1.0);
+    let current = lc as f64 / nc as f64;
+    let se = (dispersion * p * (1.0 - p) * (1.0 / nc as f64 + 1.0 / n)).sqrt();
+    Some(History {
+        rate,
+        dispersion,
+        periods: kept.len(),
+        p_value: andon_model::statistics::normal_sf((current - rate) / se),
+    })
+}
+
+/// A step's leaving rate over the periods before the baseline's end, and how
+/// the current window's compares ([`against_history`]).
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    pub rate: f64,
+    pub dispersion: f64,
+    pub periods: usize,
+    pub p_value: f64,
+}
+
+/// A fall in conversion that is material: by `drop_min_relative` of the
+/// conversion before, two points of leaving rate, and five sessions.
+fn material(ctx: &Ctx, left_before: f64, left_now: f64, left: u64) -> bool {
+    let (before, now) = (1.0 - left_before, 1.0 - left_now);
+    let relative = if before > 0.0 { (before - now) / before } else { 0.0 };
+    relative >= ctx.config.drop_min_relative && left_now - left_before >= 0.02 && left >= 5
+}
+
+/// The step's conversion against the baseline's and, where the periods before
+/// it show how much it varies ([`against_history`]), against those too: the
+/// fall must hold against both (the larger p-value), so a baseline that
+/// happened to lose few sessions does not make an ordinary window a drop-off.
 fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     let ((nb, lb), (nc, lc)) = (b.counts(), c.counts());
     let t = andon_model::statistics::proportion_greater(lb, nb, lc, nc)?;
     let (conv_b, conv_c) = (1.0 - t.baseline, 1.0 - t.current);
     let relative = if conv_b > 0.0 { (conv_b - conv_c) / conv_b } else { 0.0 };
-    let material = relative >= ctx.config.drop_min_relative && t.current - t.baseline >= 0.02 && lc >= 5;
+    let mut material = material(ctx, t.baseline, t.current, lc);
+    let mut p_value = t.p_value;
+    let history = against_history(&b.periods, c, ctx.config.segment_min_samples);
+    if let Some(h) = history {
+        material &= self::material(ctx, h.rate, t.current, lc);
+        p_value = p_value.max(h.p_value);
+    }
     let side = |s: &Step, conv: f64| {
         let whole = |x: f64| Value::from(x.round() as u64);
         BTreeMap::from([
@@ -288,8 +395,18 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     };
     let left_c = c.reached - c.next.min(c.reached);
     let error_share = if left_c <= 0.0 { 0.0 } else { (c.left_after_error / left_c).min(1.0) };
+    let mut details = BTreeMap::from([
+        ("next_step".to_owned(), Value::from(next_step)),
+        ("left_after_error_share".to_owned(), num(round(error_share, 4))),
+    ]);
+    if let Some(h) = history {
+        details.insert("history_left_rate".to_owned(), num(round(h.rate, 5)));
+        details.insert("history_dispersion".to_owned(), num(round(h.dispersion, 3)));
+        details.insert("history_p_value".to_owned(), num(h.p_value));
+        details.insert("windows_compared".to_owned(), Value::from(h.periods));
+    }
     Some(Judgement {
-        p_value: t.p_value,
+        p_value,
         effect: round(relative, 5),
         size: relative,
         ci: None,
@@ -297,10 +414,7 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         material,
         baseline: side(b, conv_b),
         current: side(c, conv_c),
-        details: BTreeMap::from([
-            ("next_step".to_owned(), Value::from(next_step)),
-            ("left_after_error_share".to_owned(), num(round(error_share, 4))),
-        ]),
+        details,
         current_samples: nc,
     })
 }
@@ -321,12 +435,22 @@ fn tests(rows: &Rows, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &mut HashS
             let segs: Vec<Option<String>> =
                 (0..ctx.segments.columns.len()).map(|i| r.str(&format!("seg{i}"))).collect();
             let sum = |c: String| r.f64(&c).unwrap_or(0.0);
-            cells.entry((cur, segs)).or_default().add(&Step {
+            let step = Step {
                 reached: sum(format!("reached{f}_{k}")),
                 reached_sq: sum(format!("reached_sq{f}_{k}")),
                 next: sum(format!("reached{f}_{}", k + 1)),
                 left_after_error: sum(format!("left_after_error{f}_{k}")),
-            });
+                periods: BTreeMap::new(),
+            };
+            // A history row (`history_query`) is in the baseline only when
+            // `in_base` says so, and in its period either way.
+            let period = if cur { None } else { r.i64("period") };
+            let in_base = r.i64("in_base").is_none_or(|b| b == 1);
+            let cell = Step {
+                periods: period.map(|p| BTreeMap::from([(p, Step { left_after_error: 0.0, ..step.clone() })])).unwrap_or_default(),
+                ..if cur || in_base { step } else { Step::default() }
+            };
+            cells.entry((cur, segs)).or_default().add(&cell);
         }
         let subject = Subject {
             service: service.clone(),
@@ -397,7 +521,7 @@ impl Detector for DropOff {
         if flows.is_empty() {
             return Ok(out);
         }
-        let rows = sql.rows(&query(ctx, &flows, "")).await?;
+        let rows = sql.rows(&history_query(ctx, &flows)).await?;
         let mut seen = HashSet::new();
         for (f, flow) in flows.into_iter().enumerate() {
             out.tests.extend(tests(&rows, ctx, f, &flow, &mut seen));
@@ -559,6 +683,48 @@ mod tests {
             "{found:#?}"
         );
         assert!(found.iter().any(|f| f.contains(&"GET /deals")), "the browsing path too: {found:#?}");
+    }
+
+    /// A side of `n` unweighted sessions of which `left` left at the step.
+    fn step(n: u64, left: u64) -> Step {
+        Step { reached: n as f64, reached_sq: n as f64, next: (n - left) as f64, ..Step::default() }
+    }
+
+    /// A baseline side with these (sessions, left) periods before it.
+    fn with_history(base: Step, periods: &[(u64, u64)]) -> Step {
+        Step { periods: periods.iter().enumerate().map(|(i, (n, l))| (i as i64, step(*n, *l))).collect(), ..base }
+    }
+
+    #[test]
+    fn a_window_that_loses_its_usual_share_is_no_drop_off_after_a_baseline_that_lost_few() {
+        let ctx = crate::detectors::test_ctx(AnalysisConfig::default());
+        // About 8% leave at this step, window after window; the baseline
+        // window happened to lose 4 of 126, the current one 14 of 101.
+        let usual = [(120, 10), (130, 11), (115, 10), (125, 12), (110, 9), (126, 8), (118, 11), (122, 11)];
+        let alone = judge(&ctx, &step(126, 4), &step(101, 14), "next").unwrap();
+        assert!(alone.material && alone.p_value < 0.01, "against the baseline alone: {alone:?}");
+        let j = judge(&ctx, &with_history(step(126, 4), &usual), &step(101, 14), "next").unwrap();
+        assert!(j.p_value > 0.02, "{j:?}");
+        assert_eq!(j.details["windows_compared"], 8);
+        // Twice as many leaving as ever before is a drop-off still.
+        let j = judge(&ctx, &with_history(step(126, 4), &usual), &step(101, 30), "next").unwrap();
+        assert!(j.material && j.p_value < 1e-4, "{j:?}");
+    }
+
+    #[test]
+    fn a_leaving_rate_that_wanders_from_window_to_window_must_rise_further() {
+        let current = step(200, 40);
+        // 10% leave, with binomial noise only; then with windows between 3% and 20%.
+        let steady = [(200, 20), (200, 22), (200, 18), (200, 21), (200, 19), (200, 20)];
+        let wandering = [(200, 6), (200, 40), (200, 10), (200, 34), (200, 8), (200, 22)];
+        let h = against_history(&with_history(step(0, 0), &steady).periods, &current, 20).unwrap();
+        assert!(h.dispersion == 1.0 && h.p_value < 1e-4, "{h:?}");
+        let w = against_history(&with_history(step(0, 0), &wandering).periods, &current, 20).unwrap();
+        assert!(w.dispersion > 5.0 && w.p_value > 0.05, "{w:?}");
+        assert!((h.rate - w.rate).abs() < 1e-9, "the same rate on average");
+        // Too few periods with enough sessions: no history to judge by.
+        assert!(against_history(&with_history(step(0, 0), &steady[..3]).periods, &current, 20).is_none());
+        assert!(against_history(&with_history(step(0, 0), &steady).periods, &current, 500).is_none());
     }
 
     #[test]

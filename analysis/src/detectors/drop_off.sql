@@ -13,6 +13,12 @@
 -- less the timeout), so both sides hold sessions of the same lengths; a
 -- current session weighs 1. `reached_sq` (the weights' squares) gives the
 -- effective number of sessions (Kish's n = (Σw)² / Σw²).
+--
+-- With a history (`{{history}}`), the range reaches further back than the
+-- baseline, and each earlier session also gets the period of the window's
+-- length it started in (`period` 0 ends at the baseline's end) and whether it
+-- is in the baseline (`in_base`): the periods show how much the leaving rate
+-- varies from one window to the next.
 WITH {{shared}},
 steps AS (
     SELECT session_id, max(last_seen) AS last_seen, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
@@ -29,11 +35,11 @@ funnel AS (
                 ELSE CASE WHEN {{kept_ns}} > CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)
                           THEN CAST({{kept_ns}} - (CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)) AS DOUBLE) / {{kept_ns}}
                           ELSE 0.0 END
-           END AS w{{reach}}
+           END AS w{{history}}{{reach}}
     FROM steps
     WHERE last_seen < {{complete_before}}
 )
-SELECT cur{{segments}}, count(*) AS sessions{{reach_sums}}
+SELECT cur{{history_keys}}{{segments}}, count(*) AS sessions{{reach_sums}}
 FROM funnel
 WHERE 1 = 1 {{filter}}
-GROUP BY cur{{segments}}
+GROUP BY cur{{history_keys}}{{segments}}

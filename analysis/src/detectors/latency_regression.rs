@@ -21,7 +21,7 @@ use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Metric, Subject, num, round, segment_tests, subjects};
+use super::{MIN_PERIODS, Metric, Subject, history_look, num, round, segment_tests, subjects};
 use crate::AnalysisError;
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, Ctx, Judgement, Test};
 use crate::sql::{self, Rows};
@@ -35,15 +35,6 @@ pub const SQL: &str = include_str!("latency_regression.sql");
 
 /// Histogram buckets per factor e of duration: about 5% apart.
 pub const BUCKETS_PER_E: f64 = 20.0;
-
-/// Periods of the current window's length, before the baseline's end, that
-/// show how steady an operation's latency is (more when the baseline is longer).
-pub const HISTORY_WINDOWS: i64 = 8;
-
-/// The fewest periods, each with `segment_min_samples` requests, that
-/// estimate the window-to-window variation; with fewer, the shift is judged
-/// on its own.
-const MIN_PERIODS: usize = 4;
 
 /// A shift must clear this many robust standard deviations of the
 /// window-to-window variation (Shewhart's control limits).
@@ -127,14 +118,14 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
     sql::render(SQL, &vars)
 }
 
-/// The steadiness query over the [`HISTORY_WINDOWS`] windows' length (or the
+/// The steadiness query over the [`super::HISTORY_WINDOWS`] windows' length (or the
 /// baseline, when longer) before the baseline's end. It reads the rollups
 /// whenever the store keeps them, in whole minutes, even for a pass that reads
 /// spans (windows of seconds): the periods only need to be about a window long,
 /// and reading them from spans would scan several times the pass's range.
 pub fn history_query(ctx: &Ctx, filter: &str) -> String {
     let window = (ctx.end - ctx.split).num_seconds().max(1);
-    let look = (ctx.baseline_end - ctx.baseline_start).max(chrono::Duration::seconds(window * HISTORY_WINDOWS));
+    let look = history_look(ctx);
     if ctx.rollups {
         let end = crate::engine::floor_minute(ctx.baseline_end);
         let minutes = ((window + 30) / 60).max(1) * 60;
@@ -364,22 +355,9 @@ mod tests {
 
     use super::*;
     use crate::config::AnalysisConfig;
-    use crate::sql::Segments;
 
     fn ctx() -> Ctx {
-        let t = chrono::Utc::now();
-        let config = AnalysisConfig::default();
-        Ctx {
-            baseline_start: t,
-            baseline_end: t,
-            split: t,
-            end: t,
-            segments: Segments::new(&config.segments).unwrap(),
-            config,
-            lean: false,
-            rollups: false,
-            settled: None,
-        }
+        crate::detectors::test_ctx(AnalysisConfig::default())
     }
 
     /// `n` requests a period with these mean log latencies (natural log of ns).
@@ -404,7 +382,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shift_is_material_only_when_its_whole_interval_clears_the_floor() {
+    fn a_shift_is_reported_only_when_its_whole_interval_clears_the_floor() {
         let ctx = ctx();
         // 1.35× slower, on few requests: probably past the 1.25× floor, but
         // the interval reaches well below it.

@@ -46,6 +46,43 @@ pub fn session_calls_query(template: &str, ctx: &Ctx, filter: &str) -> String {
     sql::render(template, &vars)
 }
 
+/// Periods of the current window's length, before the baseline's end, that
+/// show how steady a measure is from one window to the next (more when the
+/// baseline is longer).
+pub const HISTORY_WINDOWS: i64 = 8;
+
+/// The fewest periods, each with `segment_min_samples` samples, that estimate
+/// the window-to-window variation; with fewer, a change is judged against the
+/// baseline alone.
+pub const MIN_PERIODS: usize = 4;
+
+/// How far back before the baseline's end the window-to-window variation is
+/// read: [`HISTORY_WINDOWS`] windows, or the baseline when it is longer.
+pub fn history_look(ctx: &Ctx) -> chrono::Duration {
+    let window = (ctx.end - ctx.split).num_seconds().max(1);
+    (ctx.baseline_end - ctx.baseline_start).max(chrono::Duration::seconds(window * HISTORY_WINDOWS))
+}
+
+/// A pass's context for a detector's unit tests: every window starts and ends
+/// now, so only the configuration and the segments matter.
+#[cfg(test)]
+pub(crate) fn test_ctx(config: AnalysisConfig) -> Ctx {
+    #[allow(clippy::unwrap_used)]
+    let segments = Segments::new(&config.segments).unwrap();
+    let t = chrono::Utc::now();
+    Ctx {
+        baseline_start: t,
+        baseline_end: t,
+        split: t,
+        end: t,
+        segments,
+        config,
+        lean: false,
+        rollups: false,
+        settled: None,
+    }
+}
+
 /// One side of a comparison, as a detector measures it.
 pub trait Metric: Clone + Default {
     fn add(&mut self, other: &Self);
@@ -404,19 +441,7 @@ mod tests {
     }
 
     fn ctx() -> Ctx {
-        let t = chrono::Utc::now();
-        let config = AnalysisConfig { segments: vec!["os.type".into()], ..AnalysisConfig::default() };
-        Ctx {
-            baseline_start: t,
-            baseline_end: t,
-            split: t,
-            end: t,
-            segments: Segments::new(&config.segments).unwrap(),
-            config,
-            lean: false,
-            rollups: false,
-            settled: None,
-        }
+        test_ctx(AnalysisConfig { segments: vec!["os.type".into()], ..AnalysisConfig::default() })
     }
 
     /// (failed, calls)
@@ -488,6 +513,83 @@ mod tests {
         let tests = tests_of(&thin);
         assert!(!tests.is_empty() && tests.iter().all(|t| t.follow_up));
         assert!(choose_segments(&tests, 0.01).is_empty());
+    }
+
+    /// Failures per OS and region: (os, region, baseline, current), judged
+    /// and corrected as a pass does.
+    fn by_os_and_region(cells: &[(&str, &str, Counts, Counts)]) -> Vec<Candidate> {
+        let ctx = test_ctx(AnalysisConfig {
+            segments: vec!["os.type".into(), "cloud.region".into()],
+            ..AnalysisConfig::default()
+        });
+        let mut out = Vec::new();
+        for (os, region, b, c) in cells {
+            let segs = vec![Some((*os).to_owned()), Some((*region).to_owned())];
+            out.push((false, segs.clone(), Rate { x: b.0, n: b.1 }));
+            out.push((true, segs, Rate { x: c.0, n: c.1 }));
+        }
+        let s = Subject { service: "reservations".into(), operation: "POST /pay".into(), cells: out };
+        let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, &ctx, |b, c| {
+            judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
+        });
+        let q = andon_model::statistics::benjamini_hochberg(&tests.iter().map(|t| t.judgement.p_value).collect::<Vec<_>>());
+        for (t, q) in tests.iter_mut().zip(q) {
+            t.q_value = q;
+        }
+        choose_segments(&tests, 0.01)
+    }
+
+    #[test]
+    fn a_pair_of_values_is_reported_only_when_neither_value_shows_the_effect_outside_it() {
+        // Every Android client fails, in both regions. Android in eu-west-1 has
+        // fewer calls than Android, and its rest (Android in us-east-2, a few
+        // calls, and every iOS call) dilutes the effect short of significance;
+        // but Android outside eu-west-1 shows it whole.
+        let chosen = by_os_and_region(&[
+            ("android", "eu-west-1", (1, 200), (60, 200)),
+            ("android", "us-east-2", (0, 30), (9, 30)),
+            ("ios", "eu-west-1", (2, 400), (2, 400)),
+            ("ios", "us-east-2", (2, 400), (2, 400)),
+        ]);
+        assert_eq!(chosen.len(), 1);
+        assert_eq!(chosen[0].test.segment, BTreeMap::from([("os.type".to_owned(), Value::from("android"))]));
+
+        // Only Android in eu-west-1 fails: the pair explains it, and neither
+        // Android nor eu-west-1 alone does as narrowly.
+        let chosen = by_os_and_region(&[
+            ("android", "eu-west-1", (1, 200), (60, 200)),
+            ("android", "us-east-2", (0, 200), (0, 200)),
+            ("ios", "eu-west-1", (2, 400), (2, 400)),
+            ("ios", "us-east-2", (2, 400), (2, 400)),
+        ]);
+        assert_eq!(chosen.len(), 1);
+        assert_eq!(
+            chosen[0].test.segment,
+            BTreeMap::from([
+                ("cloud.region".to_owned(), Value::from("eu-west-1")),
+                ("os.type".to_owned(), Value::from("android"))
+            ])
+        );
+    }
+
+    #[test]
+    fn an_effect_whose_interval_reaches_below_the_floor_is_not_reported() {
+        let latency = |clears: bool| {
+            let mut t = test(FindingKind::LatencyRegression, "POST /checkout/guest", "ios", 1e-6, 1e-5, 0.0);
+            t.follow_up = false;
+            t.complement = Some(Judgement { material: false, p_value: 0.5, ..t.judgement.clone() });
+            t.judgement.details = BTreeMap::from([(CLEARS_FLOOR.to_owned(), Value::Bool(clears))]);
+            t
+        };
+        assert!(choose_segments(&[latency(false)], 0.01).is_empty(), "probably past the floor, not known to be");
+        let chosen = choose_segments(&[latency(true)], 0.01);
+        assert_eq!(chosen.len(), 1);
+        assert_eq!(chosen[0].test.segment["os.type"], "ios");
+        // As the rest of the data, the same test still shows the effect: too
+        // few requests to be sure is not evidence of none.
+        let mut narrow = latency(true);
+        narrow.complement = Some(Judgement { material: true, p_value: 0.02, ..latency(false).judgement });
+        assert!(!rest_shows_none(&narrow, 0.01));
     }
 
     fn test(kind: FindingKind, operation: &str, os: &str, p: f64, q: f64, left_after_error: f64) -> Test {
