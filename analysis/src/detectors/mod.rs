@@ -532,7 +532,8 @@ mod tests {
         let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, &ctx, |b, c| {
             judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
         });
-        let q = andon_model::statistics::benjamini_hochberg(&tests.iter().map(|t| t.judgement.p_value).collect::<Vec<_>>());
+        let q =
+            andon_model::statistics::benjamini_hochberg(&tests.iter().map(|t| t.judgement.p_value).collect::<Vec<_>>());
         for (t, q) in tests.iter_mut().zip(q) {
             t.q_value = q;
         }
