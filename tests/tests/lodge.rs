@@ -33,7 +33,21 @@ fn describe(f: &Value) -> String {
 /// holds it; nothing is first seen outside the faults.
 #[test]
 fn every_fault_of_the_lodging_system_is_found_by_a_replayed_backtest_and_nothing_else_is() {
-    let recording = workspace_root().join("fixtures/lodge/recording");
+    every_fault_is_found_and_nothing_else_is("fixtures/lodge/recording");
+}
+
+/// A release of `rates` whose quotes come out negative, fast and with status
+/// 200: no span fails or slows, and the shoppers shown a negative price stop
+/// booking. It is found where they leave, while it runs.
+#[test]
+fn a_release_that_returns_wrong_values_is_found_as_the_drop_off_it_causes() {
+    every_fault_is_found_and_nothing_else_is("fixtures/lodge/recording/release");
+}
+
+/// Imports the recording in `dir` (`lodge.otlp.jsonl.gz`, `truth.json`),
+/// replays continuous detection over it, and checks each fault of the truth.
+fn every_fault_is_found_and_nothing_else_is(dir: &str) {
+    let recording = workspace_root().join(dir);
     let truth: Value = serde_json::from_slice(&std::fs::read(recording.join("truth.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with_env(
@@ -69,6 +83,8 @@ fn every_fault_of_the_lodging_system_is_found_by_a_replayed_backtest_and_nothing
         "network_delay" => ("latency_regression", true),
         // Payments that fail for one kind of client: those users stop there.
         "client_failure" => ("drop_off", false),
+        // A wrong price, shown fast and with status 200: shoppers stop booking.
+        "wrong_value" => ("drop_off", false),
         _ => ("latency_regression", false),
     };
     // The services whose spans call into a service, as the traces show them.

@@ -14,7 +14,7 @@
 -- current session weighs 1. `reached_sq` (the weights' squares) gives the
 -- effective number of sessions (Kish's n = (Σw)² / Σw²).
 --
--- With a history (`{{history}}`), the range reaches further back than the
+-- With a history (`history_query`), the range reaches further back than the
 -- baseline, and each earlier session also gets the period of the window's
 -- length it started in (`period` 0 ends at the baseline's end) and whether it
 -- is in the baseline (`in_base`): the periods show how much the leaving rate
