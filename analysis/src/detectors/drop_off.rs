@@ -446,10 +446,10 @@ fn tests(rows: &Rows, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &mut HashS
             // `in_base` says so, and in its period either way.
             let period = if cur { None } else { r.i64("period") };
             let in_base = r.i64("in_base").is_none_or(|b| b == 1);
-            let cell = Step {
-                periods: period.map(|p| BTreeMap::from([(p, Step { left_after_error: 0.0, ..step.clone() })])).unwrap_or_default(),
-                ..if cur || in_base { step } else { Step::default() }
-            };
+            let mut cell = if cur || in_base { step.clone() } else { Step::default() };
+            if let Some(p) = period {
+                cell.periods.insert(p, Step { left_after_error: 0.0, ..step });
+            }
             cells.entry((cur, segs)).or_default().add(&cell);
         }
         let subject = Subject {
