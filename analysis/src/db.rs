@@ -58,6 +58,21 @@ fn seen_through_its_baseline(
     Ok(None)
 }
 
+/// A later pass of an open problem whose account names no cause and no
+/// change keeps the ones an earlier account named: once the baseline holds
+/// the problem (a release serving on both sides), a pass can no longer see
+/// what changed, which does not make the change any less the cause.
+fn keep_cause(f: &mut Finding, old: &Finding) {
+    if f.evidence.cause.is_some() || f.change.is_some() || (old.evidence.cause.is_none() && old.change.is_none()) {
+        return;
+    }
+    f.evidence.cause = old.evidence.cause.clone();
+    f.change = old.change.clone();
+    if let Some(why) = old.evidence.details.get("cause_reason") {
+        f.evidence.details.insert("cause_reason".into(), why.clone());
+    }
+}
+
 impl FindingsDb {
     pub fn open(path: &Path) -> Result<Self, AnalysisError> {
         let conn = andon_sqlite::open(
@@ -107,6 +122,7 @@ impl FindingsDb {
                 f.id = id;
                 f.first_seen = old.first_seen.min(f.first_seen);
                 f.last_seen = old.last_seen.max(f.last_seen);
+                keep_cause(&mut f, &old);
             } else if let Some(mut old) = through_baseline {
                 let clean = old.evidence.onset.is_some_and(|onset| f.baseline_window.end <= onset);
                 if clean && out.iter().any(|o: &Finding| o.id == old.id) {
@@ -475,6 +491,35 @@ mod tests {
         assert_eq!(skewed[0].id, start.id);
         assert!(db.get(&third, &start.id).unwrap().unwrap().segment.is_empty());
         assert_eq!(db.list(&third, &FindingFilter::default()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_later_pass_that_cannot_see_the_cause_keeps_the_one_named_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = FindingsDb::open(&dir.path().join("a.db")).unwrap();
+        let t = Tenant::default_tenant();
+        let mut first = finding(1000, "gateway");
+        first.evidence.cause = Some(andon_model::ServiceOperation { service: "rates".into(), operation: "GET /quote".into() });
+        first.evidence.details.insert("cause_reason".into(), "rates 0.9.5 is new".into());
+        first.change = Some(andon_model::ChangeRef {
+            service: "rates".into(),
+            version: "0.9.5".into(),
+            commit: None,
+            pr: Some(212),
+            first_seen: None,
+        });
+        db.record(&t, vec![first]).unwrap();
+        // The next pass's baseline holds the release: it names nothing.
+        let later = db.record(&t, vec![finding(1100, "gateway")]).unwrap().remove(0);
+        assert_eq!(later.evidence.cause.as_ref().map(|c| c.service.as_str()), Some("rates"));
+        assert_eq!(later.change.as_ref().map(|c| c.version.as_str()), Some("0.9.5"));
+        assert_eq!(later.evidence.details["cause_reason"], "rates 0.9.5 is new");
+        // One that names a cause of its own is taken as it is.
+        let mut own = finding(1200, "gateway");
+        own.evidence.cause = Some(andon_model::ServiceOperation { service: "rooms".into(), operation: "GET /r".into() });
+        let own = db.record(&t, vec![own]).unwrap().remove(0);
+        assert_eq!(own.evidence.cause.as_ref().map(|c| c.service.as_str()), Some("rooms"));
+        assert!(own.change.is_none());
     }
 
     #[test]

@@ -335,7 +335,7 @@ impl Analyzer {
                 format!("{n} of {} sampled failing traces fail first in {} `{}`", failing.len(), op.0, op.1),
             ),
             Some((_, n)) => (site.clone(), format!("{n} of {} sampled failing traces fail here first", failing.len())),
-            None => (site.clone(), "no failing traces in the sample".to_owned()),
+            None => self.quiet_cause(tenant, ctx, t).await?,
         };
         let mut exemplars = failing.traces();
         if exemplars.is_empty() {
@@ -348,9 +348,7 @@ impl Analyzer {
 
     /// Where a slower operation's extra time is spent, by the localization the
     /// RCA uses ([`localize`]): its traces' self time, hops and dependencies,
-    /// each compared with its own baseline variability. Only the operation
-    /// itself and what it calls can make it slower, so suspects upstream of it
-    /// (the callers that wait on it) are passed over.
+    /// each compared with its own baseline variability.
     async fn latency_cause(
         &self,
         tenant: &Tenant,
@@ -358,6 +356,54 @@ impl Analyzer {
         t: &Test,
     ) -> Result<((String, String), String), AnalysisError> {
         let site = (t.service.clone(), t.operation.clone());
+        Ok(match self.beneath(tenant, ctx, t, Some(localize::Channel::Latency)).await?.0 {
+            Some(s) if (s.service.as_str(), s.operation.as_str()) != (site.0.as_str(), site.1.as_str()) => (
+                (s.service.clone(), s.operation.clone()),
+                format!("{} is slower because of {} `{}`: {}", t.operation, s.service, s.operation, s.reason),
+            ),
+            Some(s) => (site, s.reason),
+            None => (site, "no operation beneath it is measurably slower".to_owned()),
+        })
+    }
+
+    /// Where trouble that no failure explains (users leaving a step whose
+    /// calls all succeed) comes from: what changed beneath the operation, in
+    /// time or, when nothing slowed, in the versions serving its traces (a
+    /// release that returns wrong values).
+    async fn quiet_cause(
+        &self,
+        tenant: &Tenant,
+        ctx: &Ctx,
+        t: &Test,
+    ) -> Result<((String, String), String), AnalysisError> {
+        let (suspect, (base, cur)) = self.beneath(tenant, ctx, t, None).await?;
+        Ok(match suspect {
+            Some(s) => (
+                (s.service.clone(), s.operation.clone()),
+                format!("no failing traces in the sample; beneath it, {} `{}`: {}", s.service, s.operation, s.reason),
+            ),
+            None => (
+                (t.service.clone(), t.operation.clone()),
+                format!(
+                    "no failing traces in the sample, and nothing beneath it changed measurably in {cur} traces \
+                     against {base} in the baseline"
+                ),
+            ),
+        })
+    }
+
+    /// The localization's top suspect among the operation and what it calls,
+    /// over the operation's traces in the test's segment, with the traces read
+    /// (baseline, current). Suspects upstream of
+    /// it (the callers that wait on it) are passed over: only the operation
+    /// itself and what it calls can change what it does.
+    async fn beneath(
+        &self,
+        tenant: &Tenant,
+        ctx: &Ctx,
+        t: &Test,
+        channel: Option<localize::Channel>,
+    ) -> Result<(Option<andon_model::Suspect>, (usize, usize)), AnalysisError> {
         let scope = localize::Scope {
             through: Some(t.service.clone()),
             operation: Some(t.operation.clone()),
@@ -367,26 +413,10 @@ impl Analyzer {
         let limits = localize::LocalizeLimits { traces: CAUSE_TRACES, fdr: self.config.fdr };
         let baseline = TimeWindow { start: ctx.baseline_start, end: ctx.baseline_end };
         let current = TimeWindow { start: ctx.split, end: ctx.end };
-        let (found, _) = localize::localize(
-            &self.engine,
-            tenant,
-            &baseline,
-            &current,
-            &scope,
-            Some(localize::Channel::Latency),
-            &limits,
-        )
-        .await?;
+        let (found, _) = localize::localize(&self.engine, tenant, &baseline, &current, &scope, channel, &limits).await?;
         let below = found.callees_of(&t.service);
-        let suspect = found.suspects.iter().find(|s| s.service == t.service || below.contains(&s.service));
-        Ok(match suspect {
-            Some(s) if (s.service.as_str(), s.operation.as_str()) != (site.0.as_str(), site.1.as_str()) => (
-                (s.service.clone(), s.operation.clone()),
-                format!("{} is slower because of {} `{}`: {}", t.operation, s.service, s.operation, s.reason),
-            ),
-            Some(s) => (site, s.reason.clone()),
-            None => (site, "no operation beneath it is measurably slower".to_owned()),
-        })
+        let traces = found.traces;
+        Ok((found.suspects.into_iter().find(|s| s.service == t.service || below.contains(&s.service)), traces))
     }
 
     async fn finding(

@@ -56,6 +56,11 @@ pub enum SuspectCause {
     Errors,
     /// The hop to it grew: its callers wait longer than it works.
     Network,
+    /// A version that served none of the baseline's traces serves the
+    /// incident's, while neither time nor failures moved: a release whose
+    /// effect shows in what users do (a wrong value, a changed page), not in
+    /// the spans' durations and statuses.
+    Release,
 }
 
 /// A (service, operation) the traces point at, best first.
@@ -68,6 +73,9 @@ pub struct Suspect {
     /// Why, with numbers a person can check against the traces.
     pub reason: String,
     pub cause: SuspectCause,
+    /// The version the incident's traces newly run, for a `release` suspect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The numbers behind the score, by name (`self_ms_baseline`, `errors_incident`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub numbers: BTreeMap<String, f64>,

@@ -28,6 +28,15 @@ impl Observed {
     pub fn describe(&self) -> String {
         let s = &self.signature;
         let scope = self.segment.as_deref().map(|g| format!(" for {g}")).unwrap_or_default();
+        if s.kind == crate::onset::RELEASE {
+            return format!(
+                "the new version serves {:.0}% of {} in production{scope} (baseline {:.0}%), with no change in its \
+                 latency or failures",
+                s.incident_value * 100.0,
+                s.operation,
+                s.baseline_value * 100.0
+            );
+        }
         if self.latency() {
             format!(
                 "p95 {:+.0}% on {} in production{scope} ({} → {})",

@@ -271,6 +271,15 @@ pub async fn link(
             let time_score = if lead_min <= 0.0 { 0.8 } else { (-lead_min / 20.0).exp() };
             let (evidence, evidence_text, q) = if top.cause == SuspectCause::Network {
                 (None, String::new(), String::new())
+            } else if top.cause == SuspectCause::Release {
+                // The suspect is a version: the change either is it or is not.
+                let is = top.version.as_deref() == Some(c.version.as_str());
+                let text = if is {
+                    format!("{} is the version the incident's traces newly run", c.version)
+                } else {
+                    String::new()
+                };
+                (Some(is), text, String::new())
             } else {
                 version_evidence(engine, tenant, top, channel, &c.version, baseline, incident).await?
             };

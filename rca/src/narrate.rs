@@ -51,6 +51,7 @@ impl Narrator for TemplateNarrator {
         let mut out = String::new();
         let what = match sig.kind {
             FindingKind::ErrorRateRegression => "error-rate regression",
+            k if k == crate::onset::RELEASE => "release",
             _ => "p95 latency regression",
         };
         let onset = sig
@@ -83,6 +84,13 @@ impl Narrator for TemplateNarrator {
         match sig.kind {
             FindingKind::ErrorRateRegression => out.push_str(&format!(
                 "{:.1}% of its calls fail, against {:.1}% in the baseline. ",
+                sig.incident_value * 100.0,
+                sig.baseline_value * 100.0
+            )),
+            k if k == crate::onset::RELEASE => out.push_str(&format!(
+                "{} serves {:.0}% of its requests, against {:.0}% in the baseline, and no operation's time or \
+                 failures changed measurably: what the release returns is what changed. ",
+                top.and_then(|t| t.version.as_deref()).unwrap_or("The new version"),
                 sig.incident_value * 100.0,
                 sig.baseline_value * 100.0
             )),

@@ -27,6 +27,13 @@ pub fn subject_filter(suspect: &Suspect) -> String {
     }
 }
 
+/// The metric of a release's signature: the share of the suspect operation's
+/// requests that the new version serves.
+pub const NEW_VERSION_SHARE: &str = "new_version_share";
+
+/// The kind of a release's signature.
+pub const RELEASE: FindingKind = FindingKind::new("release");
+
 /// One point of the series.
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
@@ -73,14 +80,24 @@ pub async fn measure(
     // About 60 points, at least 5 s each.
     let bucket_secs = (span_secs / 60).max(5);
     let q = format!(
-        "SELECT CAST(s.start_time AS BIGINT) AS t, s.duration_ns, CASE WHEN s.status_code = 'error' THEN 1 ELSE 0 END AS err\n\
+        "SELECT CAST(s.start_time AS BIGINT) AS t, s.duration_ns, CASE WHEN s.status_code = 'error' THEN 1 ELSE 0 END AS err,\n       \
+         {new} AS new\n\
          FROM spans s\nWHERE ((s.start_time >= {} AND s.start_time < {}) OR (s.start_time >= {} AND s.start_time < {}))\n  \
          AND {filter}\nLIMIT 500000",
         sql::ts(baseline.start),
         sql::ts(baseline.end),
         sql::ts(from),
-        sql::ts(to)
+        sql::ts(to),
+        new = match &top.version {
+            Some(v) if top.cause == SuspectCause::Release => {
+                format!("CASE WHEN s.service_version = {} THEN 1 ELSE 0 END", lit(v))
+            }
+            _ => "0".to_owned(),
+        },
     );
+    // A release changed neither time nor failures: its signature is how much
+    // of the operation the new version serves, which rises at its rollout.
+    let release = top.cause == SuspectCause::Release;
     let out = engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
     let rows = andon_store::sql::Rows::new(out.batches);
     let inside = |w: &TimeWindow, t: i64| {
@@ -93,7 +110,7 @@ pub async fn measure(
     for r in rows.iter() {
         let (Some(t), Some(d)) = (r.i64("t"), r.i64("duration_ns")) else { continue };
         let ms = d as f64 / 1e6;
-        let err = r.i64("err").unwrap_or(0) as u64;
+        let err = r.i64(if release { "new" } else { "err" }).unwrap_or(0) as u64;
         for (w, side) in [(baseline, &mut base), (incident, &mut cur)] {
             if inside(w, t) {
                 side.0.push(ms);
@@ -107,6 +124,7 @@ pub async fn measure(
         }
     }
     let value = |v: &mut Vec<f64>, errors: u64| match channel {
+        _ if release => errors as f64 / v.len().max(1) as f64,
         Channel::Latency => {
             v.sort_by(f64::total_cmp);
             quantile(v, 0.95)
@@ -125,6 +143,7 @@ pub async fn measure(
         .collect();
     let onset = find_onset(&series, baseline, incident);
     let (kind, metric) = match channel {
+        _ if release => (RELEASE, NEW_VERSION_SHARE),
         Channel::Latency => (FindingKind::LatencyRegression, "p95_ms"),
         Channel::Errors => (FindingKind::ErrorRateRegression, "error_rate"),
     };

@@ -11,11 +11,14 @@ use andon_model::html::esc;
 use andon_model::markdown::{cell_code, code, text};
 use andon_model::{Discrepancy, Incident, SuspectCause};
 
+use crate::onset;
+
 fn cause(c: SuspectCause) -> &'static str {
     match c {
         SuspectCause::SelfTime => "own time",
         SuspectCause::Errors => "failures start here",
         SuspectCause::Network => "network hop",
+        SuspectCause::Release => "new release",
     }
 }
 
@@ -31,7 +34,10 @@ fn discrepancy(d: Discrepancy) -> &'static str {
 }
 
 fn value(metric: &str, v: f64) -> String {
-    if metric == "error_rate" { format!("{:.2}%", v * 100.0) } else { ms(v) }
+    match metric {
+        "error_rate" | onset::NEW_VERSION_SHARE => format!("{:.2}%", v * 100.0),
+        _ => ms(v),
+    }
 }
 
 fn time(t: chrono::DateTime<chrono::Utc>) -> String {

@@ -379,6 +379,14 @@ fn title(inc: &Incident) -> String {
     let Some(sig) = &inc.signature else { return String::new() };
     let since = sig.onset.map(|o| format!(" since {} UTC", o.format("%H:%M"))).unwrap_or_default();
     match sig.metric.as_str() {
+        onset::NEW_VERSION_SHARE => format!(
+            "{} {}: {} serves {:.0}% of requests (was {:.0}%){since}",
+            sig.service,
+            sig.operation,
+            inc.suspects.first().and_then(|s| s.version.as_deref()).unwrap_or("a new version"),
+            sig.incident_value * 100.0,
+            sig.baseline_value * 100.0
+        ),
         "error_rate" => format!(
             "{} {}: {:.1}% of calls fail (was {:.1}%){since}",
             sig.service,
@@ -427,6 +435,13 @@ fn remediation(inc: &Incident, o: &Observed) -> Vec<String> {
                 o.exception.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
             ),
             SuspectCause::Network => format!("the network path to {} ({}){scope}", t.service, t.operation),
+            SuspectCause::Release => format!(
+                "what {} {} returns from {}{scope}: its spans show no failure or slowdown, so compare its responses \
+                 with the previous version's",
+                t.service,
+                t.version.as_deref().unwrap_or("(its new version)"),
+                t.operation
+            ),
         };
         let change = inc
             .change

@@ -33,7 +33,18 @@ struct Fault {
 
 #[test]
 fn every_fault_of_the_lodging_system_is_localized_to_its_service() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/lodge/recording");
+    every_fault_is_localized_to_its_service("recording");
+}
+
+/// A release of `rates` whose quotes are wrong: no span slows or fails, and
+/// the version new in the incident's traces is the suspect.
+#[test]
+fn a_release_that_returns_wrong_values_is_localized_to_its_service() {
+    every_fault_is_localized_to_its_service("recording/release");
+}
+
+fn every_fault_is_localized_to_its_service(recording: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/lodge").join(recording);
     let truth: Truth = serde_json::from_slice(&std::fs::read(dir.join("truth.json")).unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::new(tmp.path());

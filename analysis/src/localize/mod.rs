@@ -301,10 +301,74 @@ pub fn rank(
         }
     }
     let mut suspects: Vec<Suspect> = suspects.into_values().collect();
+    if suspects.is_empty() {
+        suspects = releases(base, cur, limits);
+    }
     suspects.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.service.cmp(&b.service)));
     suspects.truncate(10);
     let edges = cur.edges.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     Localization { channel, suspects, root_ms, root_error_rate, traces: (base.traces, cur.traces), edges }
+}
+
+/// When neither time nor failures point anywhere: the versions that serve the
+/// incident's traces and served none of the baseline's, though the service
+/// did. A release whose bug shows only in what users do (a wrong price, a
+/// changed page) leaves the spans' durations and statuses as they were; the
+/// release is then what changed. A version counts as new when its absence from
+/// the baseline's traces through its service is significant at the
+/// localization's level, so a canary too small for the baseline's sample to
+/// show is not taken for one. Each counts for half its share of the incident's
+/// traces, as a tentative reading does: nothing in the spans measured it.
+fn releases(base: &Profile, cur: &Profile, limits: &LocalizeLimits) -> Vec<Suspect> {
+    let mut out = Vec::new();
+    for ((service, version), served) in &cur.served {
+        if base.served.contains_key(&(service.clone(), version.clone())) {
+            continue;
+        }
+        let before = base.serving.get(service).copied().unwrap_or(0);
+        let now = cur.serving.get(service).copied().unwrap_or(0);
+        let p = stats::proportion_greater(0, before, served.traces, now).map_or(1.0, |t| t.p_value);
+        if before == 0 || p >= limits.fdr {
+            continue;
+        }
+        let Some((operation, _)) = served.operations.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) else {
+            continue;
+        };
+        let previous: Vec<&str> = base
+            .served
+            .keys()
+            .filter(|(s, _)| s == service)
+            .map(|(_, v)| &**v)
+            .collect();
+        let share = served.traces as f64 / cur.traces.max(1) as f64;
+        let mut numbers = BTreeMap::new();
+        numbers.insert("traces_incident".to_owned(), served.traces as f64);
+        numbers.insert("service_traces_incident".to_owned(), now as f64);
+        numbers.insert("service_traces_baseline".to_owned(), before as f64);
+        numbers.insert("p_value".to_owned(), p);
+        out.push(Suspect {
+            service: service.to_string(),
+            operation: operation.to_string(),
+            score: round2(0.5 * share),
+            reason: format!(
+                "{service} {version} served {} of the {} incident traces through {service} and none of the {before} \
+                 baseline ones{}, while no operation's time or failures changed measurably: the release is what \
+                 changed, and its effect is not in the spans' durations or statuses",
+                served.traces,
+                now,
+                if previous.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (served by {})", previous.join(", "))
+                },
+            ),
+            cause: SuspectCause::Release,
+            version: Some(version.to_string()),
+            numbers,
+            exemplar_trace_ids: served.exemplars.iter().map(|t| cur.trace_ids[*t as usize].clone()).collect(),
+        });
+    }
+    out
 }
 
 /// The factors by which the typical service's own time, and the typical
@@ -590,6 +654,7 @@ fn suspect(d: &Delta, score: f64, latency: bool, hops: &HopOwners, cur: &Profile
         score: round2(score.clamp(0.0, 1.0)),
         reason,
         cause,
+        version: None,
         numbers,
         exemplar_trace_ids: d.exemplars.clone(),
     }
@@ -672,6 +737,7 @@ mod tests {
                     service: a(svc),
                     operation: a(op),
                     kind,
+                    version: None,
                     err: false,
                     t0: ns(t0),
                     t1: ns(t1),
@@ -762,6 +828,7 @@ mod tests {
                 service: Arc::from(*svc),
                 operation: Arc::from(*op),
                 kind: *kind,
+                version: None,
                 err: false,
                 t0: (t0 * 1e6) as i64,
                 t1: (t1 * 1e6) as i64,
@@ -1079,5 +1146,83 @@ mod tests {
     #[test]
     fn nothing_changed_means_no_suspect() {
         assert!(ranked(&QUIET, &QUIET).is_empty());
+    }
+
+    /// A page served by `web` that asks `rates` for a quote, with `rates` at
+    /// `version`; the same times whatever the version.
+    fn quote_page(p: &mut Profile, n: u32, version: &str) {
+        for i in 0..n {
+            let j = f64::from(i % 5) * 0.2;
+            let rows: [Row<'_>; 3] = [
+                ("w", None, "web", "GET /stays/{room}", Kind::Server, 0.0, 20.0 + j),
+                ("c", Some("w"), "web", "GET", Kind::Client, 5.0, 15.0 + j),
+                ("r", Some("c"), "rates", "GET /quote", Kind::Server, 6.0, 14.0 + j),
+            ];
+            let spans: Vec<Span> = rows
+                .iter()
+                .map(|(id, parent, svc, op, kind, t0, t1)| Span {
+                    id: Arc::from(*id),
+                    parent: parent.map(Arc::from),
+                    service: Arc::from(*svc),
+                    operation: Arc::from(*op),
+                    kind: *kind,
+                    version: Some(Arc::from(if *svc == "rates" { version } else { "1.0.0" })),
+                    err: false,
+                    t0: (t0 * 1e6) as i64,
+                    t1: (t1 * 1e6) as i64,
+                })
+                .collect();
+            record(p, &spans);
+        }
+    }
+
+    #[test]
+    fn a_release_that_changes_neither_time_nor_failures_is_named_when_nothing_else_moved() {
+        let (mut b, mut c) = (Profile::default(), Profile::default());
+        quote_page(&mut b, 100, "0.9.4");
+        quote_page(&mut c, 100, "0.9.5");
+        let found = rank(&b, &c, None, None, &LocalizeLimits::default()).suspects;
+        assert_eq!(found.len(), 1, "{found:?}");
+        let top = &found[0];
+        assert_eq!((top.service.as_str(), top.operation.as_str()), ("rates", "GET /quote"));
+        assert_eq!(top.cause, SuspectCause::Release);
+        assert_eq!(top.version.as_deref(), Some("0.9.5"));
+        assert!(top.score > 0.0 && top.score <= 0.5, "{}", top.score);
+
+        // The same versions on both sides: nothing changed, no suspect.
+        let mut same = Profile::default();
+        quote_page(&mut same, 100, "0.9.4");
+        assert!(rank(&b, &same, None, None, &LocalizeLimits::default()).suspects.is_empty());
+    }
+
+    #[test]
+    fn a_version_already_serving_in_the_baseline_is_no_release() {
+        // A canary: 0.9.5 served a tenth of the baseline, and all of the incident.
+        let (mut b, mut c) = (Profile::default(), Profile::default());
+        quote_page(&mut b, 90, "0.9.4");
+        quote_page(&mut b, 10, "0.9.5");
+        quote_page(&mut c, 100, "0.9.5");
+        assert!(rank(&b, &c, None, None, &LocalizeLimits::default()).suspects.is_empty());
+        // Too few incident traces on a new version to tell it from a canary
+        // the baseline's sample missed.
+        let (mut b, mut c) = (Profile::default(), Profile::default());
+        quote_page(&mut b, 40, "0.9.4");
+        quote_page(&mut c, 97, "0.9.4");
+        quote_page(&mut c, 3, "0.9.5");
+        assert!(rank(&b, &c, None, None, &LocalizeLimits::default()).suspects.is_empty());
+    }
+
+    #[test]
+    fn a_release_is_not_named_over_an_operation_that_measurably_slowed() {
+        // rates 0.9.5 ships while pricing, which it does not touch, slows: the
+        // measured slowdown is the suspect, not the release beside it.
+        let (mut b, mut c) = (Profile::default(), Profile::default());
+        add(&mut b, 200, &QUIET);
+        add(&mut c, 200, &Shape { pricing_ms: 30.0, ..QUIET });
+        quote_page(&mut b, 100, "0.9.4");
+        quote_page(&mut c, 100, "0.9.5");
+        let found = rank(&b, &c, None, None, &LocalizeLimits::default()).suspects;
+        assert_eq!(found.first().map(|s| s.service.as_str()), Some("pricing"), "{found:?}");
+        assert!(found.iter().all(|s| s.cause != SuspectCause::Release), "{found:?}");
     }
 }

@@ -12,6 +12,8 @@ pub(super) struct Span {
     pub(super) service: Arc<str>,
     pub(super) operation: Arc<str>,
     pub(super) kind: Kind,
+    /// `service.version` of the process that recorded it.
+    pub(super) version: Option<Arc<str>>,
     pub(super) err: bool,
     pub(super) t0: i64,
     pub(super) t1: i64,
@@ -107,6 +109,21 @@ pub struct Profile {
     pub(super) root: Stat,
     /// (caller, callee) services seen calling each other.
     pub(super) edges: std::collections::BTreeSet<(Arc<str>, Arc<str>)>,
+    /// Per (service, version): the traces that version served (a server or
+    /// consumer span of the service ran it).
+    pub(super) served: BTreeMap<(Arc<str>, Arc<str>), Served>,
+    /// Per service: the traces it served, whatever the version.
+    pub(super) serving: BTreeMap<Arc<str>, u64>,
+}
+
+/// The traces one version of a service served.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Served {
+    pub(super) traces: u64,
+    /// Its operations, by the traces they served.
+    pub(super) operations: BTreeMap<Arc<str>, u64>,
+    /// The first few traces, as indices into the profile's trace ids.
+    pub(super) exemplars: Vec<u32>,
 }
 
 /// A sample whose columns are not what the query selects.
@@ -147,6 +164,12 @@ impl Profile {
                 text("status_code")?,
             );
             let (t0, t1) = (int("t0")?, int("t1")?);
+            // A sample read before versions were selected has no such column.
+            let version = match b.schema().index_of("version") {
+                Ok(_) => Some(text("version")?),
+                Err(_) => None,
+            };
+            let version = version.as_ref().map(|v| v.as_string::<i32>());
             let (trace, id, parent, service, op, kind, status) = (
                 trace.as_string::<i32>(),
                 id.as_string::<i32>(),
@@ -174,6 +197,7 @@ impl Profile {
                         Some("consumer") => Kind::Consumer,
                         _ => Kind::Other,
                     },
+                    version: version.filter(|v| !v.is_null(i) && !v.value(i).is_empty()).map(|v| intern(v.value(i))),
                     err: !status.is_null(i) && status.value(i) == "error",
                     t0: t0.value(i),
                     t1: t1.value(i).max(t0.value(i)),
@@ -266,6 +290,27 @@ impl Profile {
                 if s.err {
                     self.root.errors += 1;
                 }
+            }
+        }
+        let mut ran: BTreeMap<(Arc<str>, Arc<str>), std::collections::BTreeSet<Arc<str>>> = BTreeMap::new();
+        let mut services: std::collections::BTreeSet<Arc<str>> = std::collections::BTreeSet::new();
+        for s in spans.iter().filter(|s| matches!(s.kind, Kind::Server | Kind::Consumer)) {
+            services.insert(s.service.clone());
+            if let Some(v) = &s.version {
+                ran.entry((s.service.clone(), v.clone())).or_default().insert(s.operation.clone());
+            }
+        }
+        for s in services {
+            *self.serving.entry(s).or_default() += 1;
+        }
+        for (key, operations) in ran {
+            let served = self.served.entry(key).or_default();
+            served.traces += 1;
+            for op in operations {
+                *served.operations.entry(op).or_default() += 1;
+            }
+            if served.exemplars.len() < 3 {
+                served.exemplars.push(trace);
             }
         }
         for (i, s) in spans.iter().enumerate() {

@@ -66,7 +66,8 @@ pub fn sample_query(w: &TimeWindow, traces: usize, scope: &Scope) -> String {
         "WITH picked AS (\n    SELECT trace_id FROM spans\n    WHERE start_time >= {from} AND start_time < {to}\n      \
          AND (parent_span_id IS NULL OR parent_span_id = ''){through}\n    GROUP BY trace_id ORDER BY trace_id LIMIT {traces}\n)\n\
          SELECT s.trace_id, s.span_id, s.parent_span_id, s.service_name AS service, {op} AS operation, s.kind,\n       \
-         s.status_code, CAST(s.start_time AS BIGINT) AS t0, CAST(s.end_time AS BIGINT) AS t1\n\
+         s.status_code, s.service_version AS version, CAST(s.start_time AS BIGINT) AS t0,\n       \
+         CAST(s.end_time AS BIGINT) AS t1\n\
          FROM spans s JOIN picked p ON s.trace_id = p.trace_id\n\
          WHERE s.start_time >= {slack_from} AND s.start_time < {slack_to}",
         op = sql::OPERATION,
