@@ -499,7 +499,8 @@ mod tests {
         let db = FindingsDb::open(&dir.path().join("a.db")).unwrap();
         let t = Tenant::default_tenant();
         let mut first = finding(1000, "gateway");
-        first.evidence.cause = Some(andon_model::ServiceOperation { service: "rates".into(), operation: "GET /quote".into() });
+        first.evidence.cause =
+            Some(andon_model::ServiceOperation { service: "rates".into(), operation: "GET /quote".into() });
         first.evidence.details.insert("cause_reason".into(), "rates 0.9.5 is new".into());
         first.change = Some(andon_model::ChangeRef {
             service: "rates".into(),
@@ -516,7 +517,8 @@ mod tests {
         assert_eq!(later.evidence.details["cause_reason"], "rates 0.9.5 is new");
         // One that names a cause of its own is taken as it is.
         let mut own = finding(1200, "gateway");
-        own.evidence.cause = Some(andon_model::ServiceOperation { service: "rooms".into(), operation: "GET /r".into() });
+        own.evidence.cause =
+            Some(andon_model::ServiceOperation { service: "rooms".into(), operation: "GET /r".into() });
         let own = db.record(&t, vec![own]).unwrap().remove(0);
         assert_eq!(own.evidence.cause.as_ref().map(|c| c.service.as_str()), Some("rooms"));
         assert!(own.change.is_none());

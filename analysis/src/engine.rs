@@ -376,6 +376,8 @@ impl Analyzer {
         ctx: &Ctx,
         t: &Test,
     ) -> Result<((String, String), String), AnalysisError> {
+        // The finding is itself a change in what users do, which a release new
+        // in the operation's traces may explain.
         let (suspect, (base, cur)) = self.beneath(tenant, ctx, t, None).await?;
         Ok(match suspect {
             Some(s) => (
@@ -394,7 +396,8 @@ impl Analyzer {
 
     /// The localization's top suspect among the operation and what it calls,
     /// over the operation's traces in the test's segment, with the traces read
-    /// (baseline, current). Suspects upstream of
+    /// (baseline, current). With no channel, the trouble is in what users do,
+    /// not in time or failures (`Scope::users_moved`). Suspects upstream of
     /// it (the callers that wait on it) are passed over: only the operation
     /// itself and what it calls can change what it does.
     async fn beneath(
@@ -409,11 +412,13 @@ impl Analyzer {
             operation: Some(t.operation.clone()),
             segment: t.segment.clone(),
             settled: ctx.settled,
+            users_moved: channel.is_none(),
         };
         let limits = localize::LocalizeLimits { traces: CAUSE_TRACES, fdr: self.config.fdr };
         let baseline = TimeWindow { start: ctx.baseline_start, end: ctx.baseline_end };
         let current = TimeWindow { start: ctx.split, end: ctx.end };
-        let (found, _) = localize::localize(&self.engine, tenant, &baseline, &current, &scope, channel, &limits).await?;
+        let (found, _) =
+            localize::localize(&self.engine, tenant, &baseline, &current, &scope, channel, &limits).await?;
         let below = found.callees_of(&t.service);
         let traces = found.traces;
         Ok((found.suspects.into_iter().find(|s| s.service == t.service || below.contains(&s.service)), traces))

@@ -81,6 +81,7 @@ fn plan(key: String, group: &[&Finding]) -> Option<(OpenIncident, Hints)> {
         operation: Some(origin.1.clone()),
         segment_filter: first.segment.clone(),
         group_key: Some(key),
+        users_moved: first.trouble == Trouble::Unclear,
     };
     Some((req, hints))
 }

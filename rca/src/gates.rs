@@ -19,6 +19,11 @@ impl Observed {
         self.signature.kind == FindingKind::LatencyRegression
     }
 
+    /// A release that changed neither time nor failures: what it returns is wrong.
+    fn release(&self) -> bool {
+        self.signature.kind == crate::onset::RELEASE
+    }
+
     /// The change in the metric as a percentage, for latency.
     pub fn delta_pct(&self) -> f64 {
         let s = &self.signature;
@@ -108,6 +113,9 @@ fn assess(gate: &Gate, change: &ChangeEvent, o: &Observed) -> GateAssessment {
         explanation: String::new(),
         recommendation: String::new(),
     };
+    if o.release() {
+        return assess_release(gate, change, a);
+    }
     let relevant = match gate.kind {
         GateKind::Perf => true,
         GateKind::Tests => !o.latency(),
@@ -206,12 +214,66 @@ fn assess(gate: &Gate, change: &ChangeEvent, o: &Observed) -> GateAssessment {
     a
 }
 
+/// A release whose spans neither slowed nor failed: only tests that check what
+/// it returns could have caught it.
+fn assess_release(gate: &Gate, change: &ChangeEvent, mut a: GateAssessment) -> GateAssessment {
+    match gate.kind {
+        GateKind::Tests if matches!(gate.verdict, Verdict::Fail | Verdict::Skipped) => {
+            a.discrepancy = Discrepancy::Overridden;
+            a.explanation = format!("{} {} and {} shipped anyway", gate.name, claimed(gate), change.version);
+            a.recommendation = format!("make {} blocking for {}", gate.name, change.service);
+        }
+        GateKind::Tests => {
+            a.discrepancy = Discrepancy::RouteNotExercised;
+            a.explanation =
+                "every test passed, so none of them checks the values it returns the way production's users see them"
+                    .to_owned();
+            a.recommendation = format!(
+                "add a test to {}'s pipeline that checks the values its callers show users, with production-shaped data",
+                change.service
+            );
+        }
+        GateKind::Perf => {
+            a.explanation = format!("{} measures time and failures, and neither changed", gate.name);
+        }
+        GateKind::Security => {
+            a.explanation = "a dependency scan does not check the values a service returns".to_owned();
+        }
+        GateKind::Review | GateKind::Agent => {
+            a.discrepancy = Discrepancy::RouteNotExercised;
+            a.explanation = format!("{} approved a change to what {} returns", gate.name, change.service);
+            a.recommendation =
+                format!("have {} ask for a test of the values {} returns before approving", gate.name, change.service);
+        }
+    }
+    a
+}
+
 /// Every gate of the change assessed, plus a `NoSuchGate` entry when no gate of
 /// the kind that could have caught the fault ran.
 pub fn analyze(change: &ChangeEvent, o: &Observed) -> Vec<GateAssessment> {
     let mut out: Vec<GateAssessment> = change.gates.iter().map(|g| assess(g, change, o)).collect();
     let op = &o.signature.operation;
     let has = |k: GateKind| change.gates.iter().any(|g| g.kind == k);
+    if o.release() {
+        if !has(GateKind::Tests) {
+            let what = format!("no test gate ran on {} {}", change.service, change.version);
+            out.push(GateAssessment {
+                gate: "(none)".to_owned(),
+                kind: GateKind::Tests,
+                verdict: None,
+                claimed: what.clone(),
+                observed: o.describe(),
+                discrepancy: Discrepancy::NoSuchGate,
+                explanation: format!("{what}, so nothing checked what {op} returns before users saw it"),
+                recommendation: format!(
+                    "add a test gate to {}'s pipeline that checks the values {op} returns",
+                    change.service
+                ),
+            });
+        }
+        return out;
+    }
     if !has(GateKind::Perf) {
         let (what, rec) = if o.latency() {
             (
@@ -292,6 +354,35 @@ mod tests {
             segment: None,
             exception: None,
         }
+    }
+
+    #[test]
+    fn a_release_that_returns_wrong_values_is_held_against_its_tests_not_its_perf_gate() {
+        let o = Observed {
+            signature: Signature {
+                kind: crate::onset::RELEASE,
+                metric: crate::onset::NEW_VERSION_SHARE.into(),
+                baseline_value: 0.0,
+                incident_value: 1.0,
+                ..latency(0.0, 0.0).signature
+            },
+            segment: None,
+            exception: None,
+        };
+        let gated = change(serde_json::json!([
+            {"name": "unit", "kind": "tests", "verdict": "pass"},
+            {"name": "perf-staging", "kind": "perf", "verdict": "pass", "summary": "p95 +1.0%"}
+        ]));
+        let a = analyze(&gated, &o);
+        assert_eq!(a.len(), 2, "{a:#?}");
+        assert_eq!(a[0].discrepancy, Discrepancy::RouteNotExercised);
+        assert!(a[0].explanation.contains("checks the values"), "{}", a[0].explanation);
+        assert_eq!(a[1].discrepancy, Discrepancy::NotApplicable, "a perf gate cannot see a wrong value");
+        assert!(a[0].observed.contains("100% of GET /v1/quote"), "{}", a[0].observed);
+        // With no tests at all, the missing gate is a test gate, not a load gate.
+        let bare = analyze(&change(serde_json::json!([])), &o);
+        assert_eq!(bare.len(), 1);
+        assert_eq!((bare[0].kind, bare[0].discrepancy), (GateKind::Tests, Discrepancy::NoSuchGate));
     }
 
     #[test]

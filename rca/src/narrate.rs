@@ -123,7 +123,7 @@ impl Narrator for TemplateNarrator {
                 .and_then(|v| v.as_array())
                 .map(|a| a.iter().filter_map(|v| v.as_str()).map(|s| format!("`{s}`")).collect())
                 .unwrap_or_default();
-            if !callers.is_empty() && t.cause != SuspectCause::Network {
+            if !callers.is_empty() && !matches!(t.cause, SuspectCause::Network | SuspectCause::Release) {
                 out.push_str(&format!("Callers {} are slow only while waiting on {}.", list(&callers), t.service));
             }
         }

@@ -51,6 +51,9 @@ pub struct Hints {
     /// The same segment as attributes and values: only its traces are read.
     pub segment_filter: std::collections::BTreeMap<String, serde_json::Value>,
     pub group_key: Option<String>,
+    /// The findings are a change in what users do (a drop-off), not in time
+    /// or failures.
+    pub users_moved: bool,
 }
 
 impl OpenIncident {
@@ -186,6 +189,7 @@ impl Rca {
             operation: inc.service.as_ref().and(hints.operation.clone()),
             segment: hints.segment_filter.clone(),
             settled: None,
+            users_moved: hints.users_moved,
         };
         let (loc, queries) =
             localize::localize(&self.engine, tenant, &baseline, &window, &scope, hints.channel, &self.limits).await?;
@@ -436,8 +440,8 @@ fn remediation(inc: &Incident, o: &Observed) -> Vec<String> {
             ),
             SuspectCause::Network => format!("the network path to {} ({}){scope}", t.service, t.operation),
             SuspectCause::Release => format!(
-                "what {} {} returns from {}{scope}: its spans show no failure or slowdown, so compare its responses \
-                 with the previous version's",
+                "what {} {} returns from {}{scope} (its spans show no failure or slowdown: compare its responses with \
+                 the previous version's)",
                 t.service,
                 t.version.as_deref().unwrap_or("(its new version)"),
                 t.operation

@@ -139,6 +139,7 @@ pub fn rank(
     failures: Option<(&Failures, &Failures)>,
     channel: Option<Channel>,
     limits: &LocalizeLimits,
+    users_moved: bool,
 ) -> Localization {
     let root_ms = (base.root.mean(), cur.root.mean());
     let rate = |s: &Stat| if s.calls == 0 { 0.0 } else { s.errors as f64 / s.calls as f64 };
@@ -302,12 +303,59 @@ pub fn rank(
     }
     let mut suspects: Vec<Suspect> = suspects.into_values().collect();
     if suspects.is_empty() {
-        suspects = releases(base, cur, limits);
+        let moved = if users_moved { Some(String::new()) } else { mix_moved(base, cur, limits) };
+        if let Some(how) = moved {
+            suspects = releases(base, cur, limits, &how);
+        }
     }
     suspects.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.service.cmp(&b.service)));
     suspects.truncate(10);
     let edges = cur.edges.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     Localization { channel, suspects, root_ms, root_error_rate, traces: (base.traces, cur.traces), edges }
+}
+
+/// Whether users ask for different things than in the baseline: the share of
+/// requests of some entry operation (a root span's) moved, significantly
+/// after Benjamini–Hochberg across the entries (two-sided proportion tests).
+/// Returns, in words, the entry among those whose share changed by the
+/// largest factor.
+fn mix_moved(base: &Profile, cur: &Profile, limits: &LocalizeLimits) -> Option<String> {
+    let (nb, nc) = (base.entries.values().sum::<u64>(), cur.entries.values().sum::<u64>());
+    if nb == 0 || nc == 0 {
+        return None;
+    }
+    let mut keys: Vec<&(Arc<str>, Arc<str>)> = base.entries.keys().chain(cur.entries.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let count = |p: &Profile, k: &(Arc<str>, Arc<str>)| p.entries.get(k).copied().unwrap_or(0);
+    let p: Vec<f64> = keys
+        .iter()
+        .map(|k| {
+            let (b, c) = (count(base, k), count(cur, k));
+            let up = stats::proportion_greater(b, nb, c, nc).map_or(1.0, |t| t.p_value);
+            let down = stats::proportion_greater(c, nc, b, nb).map_or(1.0, |t| t.p_value);
+            (2.0 * up.min(down)).min(1.0)
+        })
+        .collect();
+    let q = stats::benjamini_hochberg(&p);
+    // Of those that moved, the one whose share changed by the largest factor.
+    let factor = |k: &(Arc<str>, Arc<str>)| {
+        let share = |p: &Profile, n: u64| (count(p, k) as f64 + 0.5) / n as f64;
+        (share(cur, nc) / share(base, nb)).ln().abs()
+    };
+    let (i, _) = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| q[*i] < limits.fdr)
+        .max_by(|a, b| factor(a.1).total_cmp(&factor(b.1)))?;
+    let k = keys[i];
+    Some(format!(
+        "; users ask for different things: {} `{}` went from {:.1}% to {:.1}% of requests",
+        k.0,
+        k.1,
+        count(base, k) as f64 * 100.0 / nb as f64,
+        count(cur, k) as f64 * 100.0 / nc as f64
+    ))
 }
 
 /// When neither time nor failures point anywhere: the versions that serve the
@@ -319,7 +367,9 @@ pub fn rank(
 /// localization's level, so a canary too small for the baseline's sample to
 /// show is not taken for one. Each counts for half its share of the incident's
 /// traces, as a tentative reading does: nothing in the spans measured it.
-fn releases(base: &Profile, cur: &Profile, limits: &LocalizeLimits) -> Vec<Suspect> {
+/// Only asked when users changed what they do (`how`, in words): a release
+/// that changed nothing users do is no suspect, however new.
+fn releases(base: &Profile, cur: &Profile, limits: &LocalizeLimits, how: &str) -> Vec<Suspect> {
     let mut out = Vec::new();
     for ((service, version), served) in &cur.served {
         if base.served.contains_key(&(service.clone(), version.clone())) {
@@ -334,12 +384,7 @@ fn releases(base: &Profile, cur: &Profile, limits: &LocalizeLimits) -> Vec<Suspe
         let Some((operation, _)) = served.operations.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) else {
             continue;
         };
-        let previous: Vec<&str> = base
-            .served
-            .keys()
-            .filter(|(s, _)| s == service)
-            .map(|(_, v)| &**v)
-            .collect();
+        let previous: Vec<&str> = base.served.keys().filter(|(s, _)| s == service).map(|(_, v)| &**v).collect();
         let share = served.traces as f64 / cur.traces.max(1) as f64;
         let mut numbers = BTreeMap::new();
         numbers.insert("traces_incident".to_owned(), served.traces as f64);
@@ -353,14 +398,10 @@ fn releases(base: &Profile, cur: &Profile, limits: &LocalizeLimits) -> Vec<Suspe
             reason: format!(
                 "{service} {version} served {} of the {} incident traces through {service} and none of the {before} \
                  baseline ones{}, while no operation's time or failures changed measurably: the release is what \
-                 changed, and its effect is not in the spans' durations or statuses",
+                 changed, and its effect is not in the spans' durations or statuses{how}",
                 served.traces,
                 now,
-                if previous.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (served by {})", previous.join(", "))
-                },
+                if previous.is_empty() { String::new() } else { format!(" (served by {})", previous.join(", ")) },
             ),
             cause: SuspectCause::Release,
             version: Some(version.to_string()),
@@ -702,7 +743,7 @@ pub async fn localize(
     let cur = profiles.pop().unwrap_or_default();
     let base = profiles.pop().unwrap_or_default();
     let exact = (failures.len() == 2).then(|| (&failures[0], &failures[1]));
-    Ok((rank(&base, &cur, exact, channel, limits), queries))
+    Ok((rank(&base, &cur, exact, channel, limits, scope.users_moved), queries))
 }
 
 #[cfg(test)]
@@ -777,7 +818,7 @@ mod tests {
         let (mut b, mut c) = (Profile::default(), Profile::default());
         add(&mut b, 200, base);
         add(&mut c, 200, cur);
-        rank(&b, &c, None, None, &LocalizeLimits::default()).suspects
+        rank(&b, &c, None, None, &LocalizeLimits::default(), false).suspects
     }
 
     const QUIET: Shape =
@@ -868,7 +909,7 @@ mod tests {
             }
             p
         };
-        let s = rank(&build(10.0, 200), &build(60.0, 200), None, None, &LocalizeLimits::default()).suspects;
+        let s = rank(&build(10.0, 200), &build(60.0, 200), None, None, &LocalizeLimits::default(), false).suspects;
         assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("orders", "GET /orders"), "{s:#?}");
         assert!(!s.iter().any(|x| x.service == "gateway"), "the gateway only waits: {s:#?}");
     }
@@ -898,7 +939,8 @@ mod tests {
 
     #[test]
     fn a_queue_consumer_that_slows_is_blamed_not_the_producer_waiting_for_it() {
-        let s = rank(&queued(8.0, 5.0, 200), &queued(88.0, 5.0, 200), None, None, &LocalizeLimits::default()).suspects;
+        let s = rank(&queued(8.0, 5.0, 200), &queued(88.0, 5.0, 200), None, None, &LocalizeLimits::default(), false)
+            .suspects;
         assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("mailer", "process compose"), "{s:#?}");
         assert_eq!(s[0].cause, SuspectCause::SelfTime, "{s:#?}");
         assert!(!s.iter().any(|x| x.service == "bookings"), "bookings only waits for the consumer: {s:#?}");
@@ -906,7 +948,8 @@ mod tests {
 
     #[test]
     fn a_message_slow_to_leave_the_queue_is_charged_to_the_queue_not_either_side() {
-        let s = rank(&queued(8.0, 5.0, 200), &queued(8.0, 65.0, 200), None, None, &LocalizeLimits::default()).suspects;
+        let s = rank(&queued(8.0, 5.0, 200), &queued(8.0, 65.0, 200), None, None, &LocalizeLimits::default(), false)
+            .suspects;
         assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("mailer", "process compose"), "{s:#?}");
         assert_eq!(s[0].cause, SuspectCause::Network, "{s:#?}");
         assert!(s[0].reason.contains("in the queue"), "{s:#?}");
@@ -955,8 +998,15 @@ mod tests {
             }
             p
         };
-        let s = rank(&build(1.0, (0.05, 1.5), 1), &build(2.0, (0.08, 4.0), 2), None, None, &LocalizeLimits::default())
-            .suspects;
+        let s = rank(
+            &build(1.0, (0.05, 1.5), 1),
+            &build(2.0, (0.08, 4.0), 2),
+            None,
+            None,
+            &LocalizeLimits::default(),
+            false,
+        )
+        .suspects;
         assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("inventory", "GET /stock"), "{s:#?}");
         assert!(s.iter().all(|x| x.operation != "SELECT accounts" || x.score < s[0].score), "{s:#?}");
     }
@@ -1019,7 +1069,7 @@ mod tests {
             }
             p
         };
-        let s = rank(&build(1.0, 1.0, 1), &build(1.3, 3.0, 2), None, None, &LocalizeLimits::default()).suspects;
+        let s = rank(&build(1.0, 1.0, 1), &build(1.3, 3.0, 2), None, None, &LocalizeLimits::default(), false).suspects;
         assert_eq!(s[0].service, "billing", "{s:#?}");
     }
 
@@ -1083,7 +1133,7 @@ mod tests {
             }
             p
         };
-        let s = rank(&build(0.5, 1.0, 1), &build(1.2, 3.0, 2), None, None, &LocalizeLimits::default()).suspects;
+        let s = rank(&build(0.5, 1.0, 1), &build(1.2, 3.0, 2), None, None, &LocalizeLimits::default(), false).suspects;
         assert_eq!(s[0].service, "billing", "{s:#?}");
     }
 
@@ -1110,7 +1160,7 @@ mod tests {
             }
             p
         };
-        let s = rank(&build(2.0, 2.0, 1), &build(32.0, 3.0, 2), None, None, &LocalizeLimits::default()).suspects;
+        let s = rank(&build(2.0, 2.0, 1), &build(32.0, 3.0, 2), None, None, &LocalizeLimits::default(), false).suspects;
         assert_eq!((s[0].service.as_str(), s[0].cause), ("rates", SuspectCause::Network), "{s:#?}");
         assert!(s.iter().all(|x| x.service != "gateway" || x.score < s[0].score), "{s:#?}");
     }
@@ -1137,7 +1187,8 @@ mod tests {
             }
             p
         };
-        let s = rank(&build(10.0), &build(14.0), None, Some(Channel::Latency), &LocalizeLimits::default()).suspects;
+        let s =
+            rank(&build(10.0), &build(14.0), None, Some(Channel::Latency), &LocalizeLimits::default(), false).suspects;
         assert!(!s.is_empty(), "requests slowed: a suspect must be named");
         assert_eq!((s[0].service.as_str(), s[0].operation.as_str()), ("search", "POST /query"), "{s:#?}");
         assert_eq!(s[0].numbers.get("tentative"), Some(&1.0), "{s:#?}");
@@ -1181,7 +1232,8 @@ mod tests {
         let (mut b, mut c) = (Profile::default(), Profile::default());
         quote_page(&mut b, 100, "0.9.4");
         quote_page(&mut c, 100, "0.9.5");
-        let found = rank(&b, &c, None, None, &LocalizeLimits::default()).suspects;
+        // Users shown the wrong value stop booking: the opener saw it.
+        let found = rank(&b, &c, None, None, &LocalizeLimits::default(), true).suspects;
         assert_eq!(found.len(), 1, "{found:?}");
         let top = &found[0];
         assert_eq!((top.service.as_str(), top.operation.as_str()), ("rates", "GET /quote"));
@@ -1192,7 +1244,41 @@ mod tests {
         // The same versions on both sides: nothing changed, no suspect.
         let mut same = Profile::default();
         quote_page(&mut same, 100, "0.9.4");
-        assert!(rank(&b, &same, None, None, &LocalizeLimits::default()).suspects.is_empty());
+        assert!(rank(&b, &same, None, None, &LocalizeLimits::default(), true).suspects.is_empty());
+    }
+
+    /// `n` bookings: requests to `web`'s `POST /holds` that reach `reservations`.
+    fn bookings(p: &mut Profile, n: u32) {
+        for i in 0..n {
+            let j = f64::from(i % 5) * 0.2;
+            push(
+                p,
+                &[
+                    ("w", None, "web", "POST /holds", Kind::Server, 0.0, 12.0 + j),
+                    ("c", Some("w"), "web", "POST", Kind::Client, 2.0, 10.0 + j),
+                    ("r", Some("c"), "reservations", "POST /holds", Kind::Server, 3.0, 9.0 + j),
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn a_release_is_named_only_when_users_changed_what_they_do() {
+        // A harmless release: users ask for the same things, nothing is blamed.
+        let (mut b, mut c) = (Profile::default(), Profile::default());
+        quote_page(&mut b, 200, "0.9.4");
+        bookings(&mut b, 40);
+        quote_page(&mut c, 200, "0.9.5");
+        bookings(&mut c, 40);
+        assert!(rank(&b, &c, None, None, &LocalizeLimits::default(), false).suspects.is_empty());
+        // A release after which users stop booking: the requests' mix moved.
+        let mut fewer = Profile::default();
+        quote_page(&mut fewer, 200, "0.9.5");
+        bookings(&mut fewer, 2);
+        let found = rank(&b, &fewer, None, None, &LocalizeLimits::default(), false).suspects;
+        let top = found.first().expect("the release is named");
+        assert_eq!((top.service.as_str(), top.cause), ("rates", SuspectCause::Release), "{found:?}");
+        assert!(top.reason.contains("`POST /holds` went from 16.7% to 1.0%"), "{}", top.reason);
     }
 
     #[test]
@@ -1202,14 +1288,14 @@ mod tests {
         quote_page(&mut b, 90, "0.9.4");
         quote_page(&mut b, 10, "0.9.5");
         quote_page(&mut c, 100, "0.9.5");
-        assert!(rank(&b, &c, None, None, &LocalizeLimits::default()).suspects.is_empty());
+        assert!(rank(&b, &c, None, None, &LocalizeLimits::default(), true).suspects.is_empty());
         // Too few incident traces on a new version to tell it from a canary
         // the baseline's sample missed.
         let (mut b, mut c) = (Profile::default(), Profile::default());
         quote_page(&mut b, 40, "0.9.4");
         quote_page(&mut c, 97, "0.9.4");
         quote_page(&mut c, 3, "0.9.5");
-        assert!(rank(&b, &c, None, None, &LocalizeLimits::default()).suspects.is_empty());
+        assert!(rank(&b, &c, None, None, &LocalizeLimits::default(), true).suspects.is_empty());
     }
 
     #[test]
@@ -1221,7 +1307,7 @@ mod tests {
         add(&mut c, 200, &Shape { pricing_ms: 30.0, ..QUIET });
         quote_page(&mut b, 100, "0.9.4");
         quote_page(&mut c, 100, "0.9.5");
-        let found = rank(&b, &c, None, None, &LocalizeLimits::default()).suspects;
+        let found = rank(&b, &c, None, None, &LocalizeLimits::default(), true).suspects;
         assert_eq!(found.first().map(|s| s.service.as_str()), Some("pricing"), "{found:?}");
         assert!(found.iter().all(|s| s.cause != SuspectCause::Release), "{found:?}");
     }

@@ -111,10 +111,15 @@ pub struct Profile {
     pub(super) edges: std::collections::BTreeSet<(Arc<str>, Arc<str>)>,
     /// Per (service, version): the traces that version served (a server or
     /// consumer span of the service ran it).
-    pub(super) served: BTreeMap<(Arc<str>, Arc<str>), Served>,
+    pub(super) served: BTreeMap<Release, Served>,
     /// Per service: the traces it served, whatever the version.
     pub(super) serving: BTreeMap<Arc<str>, u64>,
+    /// Requests by what they asked for: the root span's (service, operation).
+    pub(super) entries: BTreeMap<(Arc<str>, Arc<str>), u64>,
 }
+
+/// A version of a service: (service, version).
+pub(super) type Release = (Arc<str>, Arc<str>);
 
 /// The traces one version of a service served.
 #[derive(Debug, Default, Clone)]
@@ -287,12 +292,13 @@ impl Profile {
             if spans[r].parent.is_none() {
                 let s = &spans[r];
                 self.root.add((s.t1 - s.t0) as f64 / 1e6, trace);
+                *self.entries.entry((s.service.clone(), s.operation.clone())).or_default() += 1;
                 if s.err {
                     self.root.errors += 1;
                 }
             }
         }
-        let mut ran: BTreeMap<(Arc<str>, Arc<str>), std::collections::BTreeSet<Arc<str>>> = BTreeMap::new();
+        let mut ran: BTreeMap<Release, std::collections::BTreeSet<Arc<str>>> = BTreeMap::new();
         let mut services: std::collections::BTreeSet<Arc<str>> = std::collections::BTreeSet::new();
         for s in spans.iter().filter(|s| matches!(s.kind, Kind::Server | Kind::Consumer)) {
             services.insert(s.service.clone());

@@ -18,6 +18,10 @@ pub struct Scope {
     /// callee's time to its caller. Continuous detection sets it; a look at
     /// history does not need it.
     pub settled: Option<DateTime<Utc>>,
+    /// The opener saw users change what they do (a drop-off): a release new
+    /// in the traces may explain it though the requests' mix does not show it
+    /// (the traces read are all of one step).
+    pub users_moved: bool,
 }
 
 impl Scope {
