@@ -110,6 +110,7 @@ pub async fn measure(
     for r in rows.iter() {
         let (Some(t), Some(d)) = (r.i64("t"), r.i64("duration_ns")) else { continue };
         let ms = d as f64 / 1e6;
+        // What the metric counts: failures, or requests on the new version.
         let err = r.i64(if release { "new" } else { "err" }).unwrap_or(0) as u64;
         for (w, side) in [(baseline, &mut base), (incident, &mut cur)] {
             if inside(w, t) {

@@ -107,8 +107,11 @@ pub async fn detail(
     let points: Vec<Point> =
         inc.details.get("series").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
     if let Some(sig) = &inc.signature {
-        let (label, unit, scale) =
-            if sig.metric == "error_rate" { ("error rate", "%", 100.0) } else { ("p95", "ms", 1.0) };
+        let (label, unit, scale) = match sig.metric.as_str() {
+            "error_rate" => ("error rate", "%", 100.0),
+            andon_rca::onset::NEW_VERSION_SHARE => ("share served by the new version", "%", 100.0),
+            _ => ("p95", "ms", 1.0),
+        };
         let series = vec![Series {
             label: format!("{label} of {} {}", sig.service, sig.operation),
             points: points.iter().map(|p| (p.at, p.value * scale)).collect(),
