@@ -861,6 +861,11 @@ mod tests {
     type Row<'a> = (&'a str, Option<&'a str>, &'a str, &'a str, Kind, f64, f64);
 
     fn push(p: &mut Profile, rows: &[Row<'_>]) {
+        push_versioned(p, rows, |_| None);
+    }
+
+    /// [`push`], each span's process at the version `version_of` its service gives.
+    fn push_versioned<'v>(p: &mut Profile, rows: &[Row<'_>], version_of: impl Fn(&str) -> Option<&'v str>) {
         let spans: Vec<Span> = rows
             .iter()
             .map(|(id, parent, svc, op, kind, t0, t1)| Span {
@@ -869,7 +874,7 @@ mod tests {
                 service: Arc::from(*svc),
                 operation: Arc::from(*op),
                 kind: *kind,
-                version: None,
+                version: version_of(svc).map(Arc::from),
                 err: false,
                 t0: (t0 * 1e6) as i64,
                 t1: (t1 * 1e6) as i64,
@@ -1209,21 +1214,7 @@ mod tests {
                 ("c", Some("w"), "web", "GET", Kind::Client, 5.0, 15.0 + j),
                 ("r", Some("c"), "rates", "GET /quote", Kind::Server, 6.0, 14.0 + j),
             ];
-            let spans: Vec<Span> = rows
-                .iter()
-                .map(|(id, parent, svc, op, kind, t0, t1)| Span {
-                    id: Arc::from(*id),
-                    parent: parent.map(Arc::from),
-                    service: Arc::from(*svc),
-                    operation: Arc::from(*op),
-                    kind: *kind,
-                    version: Some(Arc::from(if *svc == "rates" { version } else { "1.0.0" })),
-                    err: false,
-                    t0: (t0 * 1e6) as i64,
-                    t1: (t1 * 1e6) as i64,
-                })
-                .collect();
-            record(p, &spans);
+            push_versioned(p, &rows, |svc| Some(if svc == "rates" { version } else { "1.0.0" }));
         }
     }
 
