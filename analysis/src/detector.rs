@@ -35,6 +35,10 @@ pub struct Ctx {
     pub settled: Option<DateTime<Utc>>,
     /// `span_metrics` is rolled up by every segment attribute of the pass.
     pub rollups: bool,
+    /// `sessions` covers the range, kept by every segment attribute of the
+    /// pass with its session timeout and retry interval: the session
+    /// detectors read it instead of spans.
+    pub sessions: bool,
 }
 
 impl Ctx {
@@ -62,7 +66,34 @@ impl Ctx {
 
     /// The same pass reading spans only (for SQL a person reruns over `spans`).
     pub fn unrolled(&self) -> Ctx {
-        Ctx { rollups: false, ..self.clone() }
+        Ctx { rollups: false, sessions: false, ..self.clone() }
+    }
+
+    /// Whether the session detectors read `sessions` instead of spans: the
+    /// store keeps them as the pass needs, and the windows start and end on
+    /// whole minutes, as its rows do.
+    pub fn sessioned(&self) -> bool {
+        self.sessions && self.rolled()
+    }
+
+    /// The placeholders of a template over `sessions`.
+    pub fn session_vars(&self, filter: &str) -> Vec<(&'static str, String)> {
+        let session_segments: String = self
+            .segments
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(", CAST({} AS VARCHAR) AS seg{i}", c.column))
+            .collect();
+        vec![
+            ("segments", self.segments.list()),
+            ("session_segments", session_segments),
+            ("from", sql::ts(self.baseline_start)),
+            ("to", sql::ts(self.end)),
+            ("split", sql::ts(self.split)),
+            ("baseline_end", sql::ts(self.baseline_end)),
+            ("filter", filter.to_owned()),
+        ]
     }
 
     /// The placeholders of a template over `span_metrics`.

@@ -116,6 +116,9 @@ pub struct Analyzer {
     detectors: Vec<Arc<dyn Detector>>,
     /// The store rolls spans up by every configured segment attribute.
     rollups: bool,
+    /// The store keeps sessions by them too, with the detectors' session
+    /// timeout and retry interval (once they cover every stored span).
+    sessions: bool,
 }
 
 /// SQL as one tenant.
@@ -161,13 +164,18 @@ impl Analyzer {
         }
         let rolled = &engine.store().config().rollup_segments;
         let rollups = config.segments.iter().all(|s| s == "service.version" || rolled.contains(s));
-        Ok(Self { engine, config, segments, detectors, rollups })
+        let store = engine.store().config();
+        let sessions = rollups
+            && store.session_timeout_secs == config.session_timeout_secs
+            && store.retry_interval_secs == config.retry_interval_secs;
+        Ok(Self { engine, config, segments, detectors, rollups, sessions })
     }
 
     /// The same analyzer reading every window from spans, never from
     /// `span_metrics` (for comparing the two).
     pub fn reading_spans_only(mut self) -> Self {
         self.rollups = false;
+        self.sessions = false;
         self
     }
 
@@ -216,6 +224,7 @@ impl Analyzer {
             config: self.config.clone(),
             lean: false,
             rollups: self.rollups,
+            sessions: self.sessions && self.engine.store().sessions_ready(),
         }
     }
 

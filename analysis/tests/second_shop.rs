@@ -582,8 +582,8 @@ fn gist(f: &Finding) -> String {
 }
 
 #[test]
-fn a_pass_on_whole_minutes_reads_the_rollups_and_finds_what_the_spans_show() {
-    for fault in [Fault::CatalogSlow, Fault::AndroidInEu] {
+fn a_pass_on_whole_minutes_reads_the_rollups_and_sessions_and_finds_what_the_spans_show() {
+    for fault in [Fault::CatalogSlow, Fault::AndroidInEu, Fault::AndroidRetries] {
         let l = load(fault, HOURS, 11);
         let minute = |f: f64| {
             let t = l.start + Duration::seconds(((l.end - l.start).num_seconds() as f64 * f) as i64);
@@ -601,6 +601,18 @@ fn a_pass_on_whole_minutes_reads_the_rollups_and_finds_what_the_spans_show() {
         let spans = run(analyzer().reading_spans_only());
         assert!(!rolled.is_empty(), "{fault:?}: nothing found");
         assert_eq!(rolled, spans, "{fault:?}: rollups and spans disagree");
+        // Without its sessions the same pass sees no session: it did read them;
+        // rebuilt from the stored spans, they give the same findings again.
+        // (A slower catalog changes no session.)
+        let sessions = ["drop_off", "retry", "silent_recovery"];
+        if fault != Fault::CatalogSlow {
+            assert!(rolled.iter().any(|f| sessions.iter().any(|k| f.starts_with(k))), "{fault:?}: {rolled:?}");
+            l.engine.store().drop_sessions().unwrap();
+            let blind = run(analyzer());
+            assert!(blind.iter().all(|f| !sessions.iter().any(|k| f.starts_with(k))), "{fault:?}: {blind:?}");
+            l.engine.store().rebuild_sessions().unwrap();
+            assert_eq!(run(analyzer()), rolled, "{fault:?}: sessions rebuilt from spans disagree");
+        }
         // Without its rollups the same pass sees no request at all: it did read them.
         l.engine.store().drop_rollups().unwrap();
         let blind = run(analyzer());

@@ -440,6 +440,8 @@ impl RawConfig {
             compact_min_segments: size("storage.compact_min_segments", self.storage.compact_min_segments, 2)?,
             compact_small_bytes: self.storage.compact_small_bytes,
             rollup_segments: self.analysis.segments.clone(),
+            session_timeout_secs: self.analysis.session_timeout_secs,
+            retry_interval_secs: self.analysis.retry_interval_secs,
         };
         if store.max_buffer_bytes < store.flush_bytes {
             bail!("storage.max_buffer_bytes must be at least storage.flush_bytes");

@@ -52,7 +52,8 @@ enum Command {
     /// Open an incident and run its root-cause analysis, list incidents, or show one's report.
     Incidents(incidents_cli::IncidentsArgs),
     /// Roll up stored segments that have no `span_metrics` rollup (or, with
-    /// --rebuild, every segment) in a data directory no server is using.
+    /// --rebuild, every segment, and `sessions` from every span) in a data
+    /// directory no server is using.
     Rollup(RollupArgs),
 }
 
@@ -63,7 +64,8 @@ struct RollupArgs {
     config: Option<PathBuf>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Delete every rollup first and roll every segment up again.
+    /// Delete every rollup first and roll every segment up again; rebuild
+    /// `sessions` from every stored span.
     #[arg(long)]
     rebuild: bool,
 }
@@ -127,8 +129,12 @@ fn rollup(args: RollupArgs) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let n = store.roll_up_missing(usize::MAX)?;
+    let sessions = if args.rebuild || !store.sessions_ready() { Some(store.rebuild_sessions()?) } else { None };
     store.close()?;
     println!("rolled up {n} segments in {:.1} s", started.elapsed().as_secs_f64());
+    if let Some(rows) = sessions {
+        println!("rebuilt sessions: {rows} rows of finalized sessions");
+    }
     Ok(())
 }
 

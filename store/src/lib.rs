@@ -24,6 +24,7 @@ mod query;
 mod rollup;
 mod rows_table;
 mod segment;
+mod sessions;
 pub mod sql;
 mod stats;
 mod table;
@@ -48,6 +49,7 @@ pub use query::{ExtraTable, QueryEngine, QueryLimits, QueryOutput};
 pub use rollup::{BUCKETS_PER_E, RollupSpec, latency_bucket};
 pub use rows_table::RowsTable;
 pub use segment::Segment;
+pub use sessions::SessionSpec;
 pub use stats::{StoreSnapshot, StoreStats};
 pub use table::SpansTable;
 
@@ -84,6 +86,10 @@ pub struct StoreConfig {
     pub compact_small_bytes: u64,
     /// The segment attributes `span_metrics` is rolled up by (the detectors').
     pub rollup_segments: Vec<String>,
+    /// A session is finalized after this long without a span (the detectors').
+    pub session_timeout_secs: u64,
+    /// A call within this long of a failure of the same operation is a retry.
+    pub retry_interval_secs: u64,
 }
 
 impl StoreConfig {
@@ -102,6 +108,8 @@ impl StoreConfig {
             rollup_segments: ["browser.mobile", "os.type", "cloud.region", "service.version"]
                 .map(str::to_owned)
                 .to_vec(),
+            session_timeout_secs: 900,
+            retry_interval_secs: 30,
         }
     }
 }
@@ -123,6 +131,8 @@ struct State {
     segments: BTreeMap<PathBuf, Segment>,
     /// The rollup of each segment that has one: its path and size.
     metrics: std::collections::HashMap<PathBuf, (PathBuf, u64)>,
+    /// The files of finalized sessions.
+    session_files: Vec<sessions::SessionFile>,
 }
 
 /// What a `span_metrics` query reads: rollup files with their sizes, and the
@@ -154,6 +164,14 @@ struct Inner {
     arrivals: Arc<arrivals::Arrivals>,
     /// What rolling a span up needs from the spans before it.
     rollups: Arc<rollup::RollupContext>,
+    /// Every tenant's open sessions.
+    sessions: Arc<sessions::SessionBook>,
+    /// Sessions cover every stored span (false until a store whose segments
+    /// predate them has rebuilt them).
+    sessions_ready: AtomicBool,
+    /// The last flush that wrote sessions files: their names hold it, so a
+    /// flush that did not move past it (nothing new in the WAL) writes none.
+    sessions_flushed: std::sync::atomic::AtomicU64,
     stats: Arc<StoreStats>,
     _lock: File,
 }
@@ -210,8 +228,19 @@ impl Store {
         }
 
         let spec = rollup::RollupSpec::new(&config.rollup_segments).map_err(StoreError::Refused)?;
+        let book = Arc::new(sessions::SessionBook::new(sessions::SessionSpec::new(
+            &spec,
+            config.session_timeout_secs,
+            config.retry_interval_secs,
+        )));
         let rollups = Arc::new(rollup::RollupContext::new(spec));
         let rolled = rollup::load_metrics(dir, &segments)?;
+        let (session_files, kept_sessions) = sessions::load_sessions(dir, &book, checkpoint)?;
+        let sessions_ready = kept_sessions || segments.is_empty();
+        if sessions_ready {
+            // A later start knows sessions were kept from the first span.
+            fs::create_dir_all(dir.join("sessions"))?;
+        }
         let metrics = rolled
             .into_iter()
             .filter_map(|seg| {
@@ -223,6 +252,7 @@ impl Store {
         let mut state = State {
             segments: segments.into_iter().map(|s| (s.path.clone(), s)).collect(),
             metrics,
+            session_files,
             ..State::default()
         };
         let replay_time = wall_nanos();
@@ -239,6 +269,7 @@ impl Store {
                 }
                 replayed += batch.num_rows();
                 rollups.note(&r.tenant, &batch, replay_time);
+                book.note(&r.tenant, &batch, replay_time);
                 let bytes = batch.get_array_memory_size();
                 state.buffer_bytes += bytes;
                 state.buffer.push_back(Buffered { seq: r.seq, tenant: r.tenant.clone(), batch, bytes, at: now });
@@ -278,6 +309,9 @@ impl Store {
                 pending: Mutex::default(),
                 arrivals: Arc::default(),
                 rollups,
+                sessions: book,
+                sessions_ready: AtomicBool::new(sessions_ready),
+                sessions_flushed: std::sync::atomic::AtomicU64::new(checkpoint),
                 wal,
                 closed: AtomicBool::new(false),
                 flush_lock: Mutex::new(()),
@@ -390,6 +424,7 @@ impl Store {
                 let now = wall_nanos();
                 self.inner.arrivals.note(tenant, &fresh, now);
                 self.inner.rollups.note(tenant, &fresh, now);
+                self.inner.sessions.note(tenant, &fresh, now);
                 self.inner.stats.add_stored(stored, outcome.duplicates);
                 Ok(outcome)
             }
@@ -536,10 +571,27 @@ impl Store {
             }
             Ok::<_, StoreError>(())
         })();
+        // Sessions quiet for the timeout, and the open ones, as of this flush.
+        let quiet = if through > self.inner.sessions_flushed.load(Ordering::Acquire) {
+            self.inner.sessions.take_quiet(wall_nanos())
+        } else {
+            sessions::Quiet::default()
+        };
+        let mut session_files: Vec<sessions::SessionFile> = Vec::new();
+        let result = result.and_then(|()| {
+            for (tenant, batch) in self.inner.sessions.rows_of(&quiet)? {
+                session_files.push(sessions::write_sessions(data_dir, &tenant, through, &batch, fsync)?);
+            }
+            sessions::write_open(data_dir, &self.inner.sessions, through, fsync)
+        });
         if let Err(e) = result {
             // The spans stay buffered and in the WAL. Segments of this attempt must
             // go: the next flush checkpoints past `through`, which would make them
             // count as committed next to the segments written again.
+            for f in &session_files {
+                let _ = fs::remove_file(&f.path);
+            }
+            self.inner.sessions.put_back(quiet);
             for seg in &written {
                 let _ = fs::remove_file(&seg.path);
                 rollup::remove_metrics(data_dir, &seg.path);
@@ -561,8 +613,13 @@ impl Store {
                 s.segments.insert(seg.path.clone(), seg);
             }
             s.metrics.extend(rolled);
+            if !session_files.is_empty() {
+                self.inner.sessions_flushed.store(through, Ordering::Release);
+            }
+            s.session_files.extend(session_files);
         }
         write_checkpoint(&self.inner.config.data_dir, through, fsync)?;
+        sessions::forget_open_before(data_dir, through);
         wal::truncate_through(&self.inner.config.data_dir.join("wal"), through)?;
         if rows > 0 {
             self.inner.stats.flush_latency.observe(started.elapsed());
@@ -661,7 +718,131 @@ impl Store {
                 "compacted segments"
             );
         }
+        replaced += self.compact_sessions(fsync)?;
         Ok(replaced)
+    }
+
+    /// Merges each tenant's oldest run of small sessions files, once it has
+    /// enough of them. The caller holds the flush lock.
+    fn compact_sessions(&self, fsync: bool) -> Result<usize, StoreError> {
+        let cfg = &self.inner.config;
+        let runs: Vec<Vec<sessions::SessionFile>> = {
+            let s = self.inner.state.read();
+            let mut by_tenant: BTreeMap<Tenant, Vec<sessions::SessionFile>> = BTreeMap::new();
+            for f in &s.session_files {
+                by_tenant.entry(f.tenant.clone()).or_default().push(f.clone());
+            }
+            by_tenant
+                .into_values()
+                .filter_map(|mut files| {
+                    files.sort_by_key(|f| f.flush);
+                    let run: Vec<_> =
+                        files.into_iter().take_while(|f| f.bytes < cfg.compact_small_bytes).take(64).collect();
+                    (run.len() >= cfg.compact_min_segments.max(2)).then_some(run)
+                })
+                .collect()
+        };
+        let mut replaced = 0;
+        for run in runs {
+            let merged = sessions::compact_files(&cfg.data_dir, &run, fsync)?;
+            {
+                let mut s = self.inner.state.write();
+                s.session_files.retain(|f| !run.iter().any(|r| r.path == f.path));
+                s.session_files.push(merged);
+            }
+            self.inner.graveyard.lock().extend(run.iter().map(|f| (Instant::now(), f.path.clone())));
+            replaced += run.len();
+        }
+        Ok(replaced)
+    }
+
+    /// Deletes every session, finalized or open, so that `sessions` is empty
+    /// until [`Self::rebuild_sessions`].
+    pub fn drop_sessions(&self) -> Result<(), StoreError> {
+        let _guard = self.inner.flush_lock.lock();
+        self.inner.state.write().session_files.clear();
+        sessions::clear(&self.inner.sessions);
+        sessions::remove_all(&self.inner.config.data_dir)
+    }
+
+    /// Whether `sessions` covers every stored span.
+    pub fn sessions_ready(&self) -> bool {
+        self.inner.sessions_ready.load(Ordering::Acquire)
+    }
+
+    /// What keeps `sessions`.
+    pub(crate) fn sessions(&self) -> &Arc<sessions::SessionBook> {
+        &self.inner.sessions
+    }
+
+    /// The files of finalized sessions a `sessions` query of `tenant` over the
+    /// hour range (of session starts) reads.
+    pub(crate) fn session_files(&self, tenant: Option<&Tenant>, hours: (i64, i64)) -> Vec<(PathBuf, u64)> {
+        let s = self.inner.state.read();
+        s.session_files
+            .iter()
+            .filter(|f| tenant.is_none_or(|t| *t == f.tenant))
+            .filter(|f| f.hours.1 >= hours.0 && f.hours.0 <= hours.1)
+            .map(|f| (f.path.clone(), f.bytes))
+            .collect()
+    }
+
+    /// Builds `sessions` again from every stored span: for a store whose
+    /// segments predate sessions, or after `andon rollup --rebuild`. Spans
+    /// that arrive meanwhile join the rebuilt sessions.
+    pub fn rebuild_sessions(&self) -> Result<usize, StoreError> {
+        let _guard = self.inner.flush_lock.lock();
+        let started = Instant::now();
+        let cfg = &self.inner.config;
+        let fsync = cfg.durability == Durability::Fsync;
+        let (mut segs, buffered): (Vec<Segment>, Vec<(Tenant, RecordBatch)>) = {
+            let s = self.inner.state.read();
+            (
+                s.segments.values().cloned().collect(),
+                s.buffer.iter().map(|b| (b.tenant.clone(), b.batch.clone())).collect(),
+            )
+        };
+        segs.sort_by_key(|s| (s.tenant.clone(), s.hour, s.first_seq));
+        let book = sessions::SessionBook::new(self.inner.sessions.spec().clone());
+        let wall = wall_nanos();
+        let mut finalized: BTreeMap<Tenant, Vec<RecordBatch>> = BTreeMap::new();
+        let mut take = |book: &sessions::SessionBook| -> Result<(), StoreError> {
+            let quiet = book.take_quiet(wall);
+            for (t, b) in book.rows_of(&quiet)? {
+                finalized.entry(t).or_default().push(b);
+            }
+            Ok(())
+        };
+        for seg in &segs {
+            for b in segment::read_all(&seg.path)? {
+                book.note(&seg.tenant, &b, wall);
+            }
+            take(&book)?;
+        }
+        for (t, b) in &buffered {
+            book.note(t, b, wall);
+        }
+        take(&book)?;
+        let checkpoint = read_checkpoint(&Self::checkpoint_path(&cfg.data_dir))?;
+        sessions::remove_all(&cfg.data_dir)?;
+        fs::create_dir_all(cfg.data_dir.join("sessions"))?;
+        let mut files = Vec::new();
+        let mut rows = 0;
+        for (tenant, batches) in finalized {
+            let schema = self.inner.sessions.spec().schema();
+            let all = arrow::compute::concat_batches(&schema, &batches)?;
+            rows += all.num_rows();
+            if all.num_rows() > 0 {
+                files.push(sessions::write_sessions(&cfg.data_dir, &tenant, checkpoint, &all, fsync)?);
+            }
+        }
+        sessions::adopt(&self.inner.sessions, book);
+        sessions::write_open(&cfg.data_dir, &self.inner.sessions, checkpoint, fsync)?;
+        self.inner.state.write().session_files = files;
+        self.inner.sessions_flushed.store(checkpoint, Ordering::Release);
+        self.inner.sessions_ready.store(true, Ordering::Release);
+        info!(rows, elapsed_ms = started.elapsed().as_millis() as u64, "rebuilt sessions from the stored spans");
+        Ok(rows)
     }
 
     /// Deletes compaction inputs whose grace period is over.
@@ -696,6 +877,11 @@ impl Store {
             for p in &paths {
                 s.metrics.remove(p);
             }
+            // Sessions go with the hour their last session started in.
+            let (old, keep): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut s.session_files).into_iter().partition(|f| f.hours.1 < cutoff);
+            s.session_files = keep;
+            self.inner.graveyard.lock().extend(old.into_iter().map(|f| (Instant::now(), f.path)));
             paths.iter().filter_map(|p| s.segments.remove(p)).collect()
         };
         for seg in &expired {
@@ -743,6 +929,11 @@ impl Store {
                     store.inner.rollups.prune(wall_nanos());
                     if let Err(e) = store.roll_up_missing(4) {
                         warn!(error = %e, "rolling up stored segments failed, will retry");
+                    }
+                    if !store.sessions_ready()
+                        && let Err(e) = store.rebuild_sessions()
+                    {
+                        warn!(error = %e, "rebuilding sessions failed, will retry");
                     }
                 }
                 if last_retention.elapsed() >= Duration::from_secs(60) {

@@ -153,6 +153,10 @@ impl QueryEngine {
             "span_metrics",
             Arc::new(crate::rollup::MetricsTable { store: self.store.clone(), tenant: tenant.clone() }),
         )?;
+        ctx.register_table(
+            "sessions",
+            Arc::new(crate::sessions::SessionsTable { store: self.store.clone(), tenant: tenant.clone() }),
+        )?;
         for extra in self.extra.read().iter() {
             ctx.register_table(extra.name(), extra.provider(tenant.as_ref())?)?;
         }

@@ -25,6 +25,7 @@ pub const KIND: FindingKind = FindingKind::DropOff;
 
 pub const SQL: &str = include_str!("drop_off.sql");
 pub const JOURNEYS_SQL: &str = include_str!("journeys.sql");
+pub const SESSIONS_SQL: &str = include_str!("drop_off_sessions.sql");
 
 /// A flow with the service each step is served by.
 #[derive(Debug, Clone)]
@@ -63,11 +64,13 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         step_case.push_str(&format!(" WHEN r.operation = {l} OR r.route = {l} OR r.span_name = {l} THEN {p}"));
     }
     step_case.push_str(" END");
+    // From `sessions`, a row holds the first and last call of its operation.
+    let (first, last) = if ctx.sessioned() { ("first_call", "last_call") } else { ("start_time", "start_time") };
     let mut step_aggregates = String::new();
     for p in 0..pages.len() {
         step_aggregates.push_str(&format!(
-            ", min(CASE WHEN step = {p} THEN start_time END) AS first{p}, \
-             max(CASE WHEN step = {p} THEN start_time END) AS last{p}, \
+            ", min(CASE WHEN step = {p} THEN {first} END) AS first{p}, \
+             max(CASE WHEN step = {p} THEN {last} END) AS last{p}, \
              max(CASE WHEN step = {p} THEN err ELSE 0 END) AS err{p}"
         ));
     }
@@ -107,9 +110,9 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
             base = sql::ts(ctx.baseline_start),
             end = sql::ts(ctx.baseline_end),
         );
-        (wide.vars(filter), columns, ", in_base, period".to_owned())
+        (vars_of(&wide, filter), columns, ", in_base, period".to_owned())
     } else {
-        (ctx.vars(filter), String::new(), String::new())
+        (vars_of(ctx, filter), String::new(), String::new())
     };
     vars.extend([
         ("history", history),
@@ -122,13 +125,21 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         ("complete_before", sql::ts(complete_before)),
         ("kept_ns", kept_ns.to_string()),
     ]);
-    sql::render(SQL, &vars)
+    sql::render(if ctx.sessioned() { SESSIONS_SQL } else { SQL }, &vars)
+}
+
+/// The placeholders of the funnel query, over `sessions` or spans.
+fn vars_of(ctx: &Ctx, filter: &str) -> Vec<(&'static str, String)> {
+    if ctx.sessioned() { ctx.session_vars(filter) } else { ctx.vars(filter) }
 }
 
 pub fn journeys_query(ctx: &Ctx) -> String {
     let mut c = ctx.clone();
     c.end = ctx.baseline_end;
     c.split = ctx.baseline_end;
+    if c.sessioned() {
+        return sql::render(include_str!("journeys_sessions.sql"), &c.session_vars(""));
+    }
     sql::render(JOURNEYS_SQL, &c.vars(""))
 }
 
@@ -490,8 +501,12 @@ impl DropOff {
         if ctx.config.flows.is_empty() {
             return Ok(discover(&sql.rows(&journeys_query(ctx)).await?));
         }
-        let lean = ctx.lean_for(&BTreeMap::new());
-        let rows = sql.rows(&sql::render(include_str!("served.sql"), &lean.vars(""))).await?;
+        let query = if ctx.rolled() {
+            sql::render(include_str!("served_rolled.sql"), &ctx.metric_vars(""))
+        } else {
+            sql::render(include_str!("served.sql"), &ctx.lean_for(&BTreeMap::new()).vars(""))
+        };
+        let rows = sql.rows(&query).await?;
         let served: Vec<(String, String)> =
             rows.iter().filter_map(|r| Some((r.str("service")?, r.str("operation")?))).collect();
         Ok(resolve(&ctx.config.flows, &served))

@@ -1,0 +1,27 @@
+-- drop_off.sql over `sessions`, kept at ingest: the same funnels from one row
+-- per session, operation and minute instead of every request.
+WITH steps AS (
+    SELECT session_id, max(last_seen) AS last_seen, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
+    FROM (
+        SELECT r.session_id, r.session_end AS last_seen, r.first_call AS start_time,
+               CASE WHEN r.errors > 0 THEN 1 ELSE 0 END AS err, r.first_call, r.last_call{{session_segments}},
+               {{step_case}} AS step
+        FROM sessions r
+        WHERE r.minute >= {{from}} AND r.minute < {{to}} AND (r.minute < {{baseline_end}} OR r.minute >= {{split}})
+    ) x
+    GROUP BY session_id
+),
+funnel AS (
+    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur,
+           CASE WHEN first_seen >= {{split}} THEN 1.0
+                ELSE CASE WHEN {{kept_ns}} > CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)
+                          THEN CAST({{kept_ns}} - (CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)) AS DOUBLE) / {{kept_ns}}
+                          ELSE 0.0 END
+           END AS w{{history}}{{reach}}
+    FROM steps
+    WHERE last_seen < {{complete_before}}
+)
+SELECT cur{{history_keys}}{{segments}}, count(*) AS sessions{{reach_sums}}
+FROM funnel
+WHERE 1 = 1 {{filter}}
+GROUP BY cur{{history_keys}}{{segments}}

@@ -1,0 +1,1074 @@
+//! `sessions`: each session's calls kept as spans arrive, so that the drop-off,
+//! retry and silent-recovery detectors read one row per session and operation
+//! instead of every span of their range.
+//!
+//! A session is open while its spans arrive. It holds its segment values (the
+//! person's device, OS and region from the spans that start its traces, as
+//! `span_metrics` takes them), its server calls (by trace and span id, so a
+//! span noted twice counts once), the root client spans of its traces (a
+//! browser's or an app's page loads) and the traces its client sent again by
+//! itself (`http.request.resend_count`). It is finalized once it has been
+//! quiet for the session timeout: no span of it ended within the timeout of
+//! the newest span of its tenant, or none arrived within the timeout on the
+//! wall clock.
+//!
+//! A row of `sessions` is one session's calls of one operation (the
+//! detectors' definition) with one set of segment values, in one minute (so
+//! that a pass whose windows start and end on whole minutes counts exactly
+//! the calls inside them, as it would from spans): when it first and last
+//! called it, when it first requested it as a page (a root server span,
+//! or one directly under a root client span), its calls and failures, and
+//! its calls in order: a retry follows a failure of the same operation
+//! within the retry interval, automatic when the client resent it; a retry
+//! that succeeded recovers the session, silently when the person sent it and
+//! the session went on after it.
+//!
+//! Durability follows the segments'. At each flush, before the checkpoint,
+//! the sessions finalized since the last one are written to
+//! `sessions/<tenant>/<flush>-h<first hour>-h<last hour>.parquet` (the hours of
+//! its first and last minute), and the
+//! open ones to `sessions/open/<flush>.json`. On start, files of flushes after
+//! the checkpoint are deleted, the open sessions of the checkpoint's flush are
+//! read back, and the WAL replay notes its spans again (a call noted twice
+//! counts once). A store whose segments predate sessions rebuilds them from
+//! its segments in the background (`Store::rebuild_sessions`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use andon_model::Tenant;
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimestampNanosecondType};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use parking_lot::Mutex;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::sql::SegmentColumn;
+use crate::wal::sync_dir;
+use crate::{RollupSpec, Store};
+
+const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
+const NANOS_PER_MINUTE: i64 = 60_000_000_000;
+
+/// What sessions are kept by: the rollups' segment columns, the session
+/// timeout and the retry interval (the detectors').
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub segments: Vec<SegmentColumn>,
+    pub timeout_secs: u64,
+    pub retry_secs: u64,
+}
+
+impl SessionSpec {
+    pub fn new(rollups: &RollupSpec, timeout_secs: u64, retry_secs: u64) -> Self {
+        Self { segments: rollups.segments.clone(), timeout_secs, retry_secs }
+    }
+
+    fn timeout_ns(&self) -> i64 {
+        i64::try_from(self.timeout_secs).unwrap_or(i64::MAX / 2_000_000_000).saturating_mul(1_000_000_000)
+    }
+
+    fn retry_ns(&self) -> i64 {
+        i64::try_from(self.retry_secs).unwrap_or(i64::MAX / 2_000_000_000).saturating_mul(1_000_000_000)
+    }
+
+    /// The schema of `sessions`.
+    pub fn schema(&self) -> SchemaRef {
+        let ts = andon_model::schema::timestamp_type;
+        let mut fields = vec![
+            Field::new("session_id", DataType::Utf8, false),
+            Field::new("session_start", ts(), false),
+            Field::new("session_end", ts(), false),
+            Field::new("minute", ts(), false),
+            Field::new("service_name", DataType::Utf8, false),
+            Field::new("operation", DataType::Utf8, false),
+            Field::new("route", DataType::Utf8, true),
+            Field::new("span_name", DataType::Utf8, false),
+        ];
+        for s in &self.segments {
+            let ty = if s.boolean { DataType::Boolean } else { DataType::Utf8 };
+            fields.push(Field::new(s.column, ty, true));
+        }
+        fields.extend([
+            Field::new("first_call", ts(), false),
+            Field::new("last_call", ts(), false),
+            Field::new("first_page", ts(), true),
+            Field::new("calls", DataType::Int64, false),
+            Field::new("errors", DataType::Int64, false),
+            Field::new("retries", DataType::Int64, false),
+            Field::new("auto_retries", DataType::Int64, false),
+            Field::new("retried_ok", DataType::Int64, false),
+            Field::new("recovered", DataType::Int64, false),
+            Field::new("auto_recovered", DataType::Int64, false),
+            Field::new("open", DataType::Boolean, false),
+        ]);
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// One server call of a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Call {
+    service: String,
+    operation: String,
+    route: Option<String>,
+    span_name: String,
+    trace: String,
+    parent: Option<String>,
+    start: i64,
+    end: i64,
+    err: bool,
+    /// The span's own values of the segment columns that describe the
+    /// process (`service.version`); `None` for the session's columns.
+    own: Vec<Option<String>>,
+}
+
+/// A session still receiving spans.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Open {
+    /// Per segment column: the largest value among the spans that start its
+    /// traces, and among all its spans.
+    root: Vec<Option<String>>,
+    any: Vec<Option<String>>,
+    /// The latest end of any of its spans.
+    last_seen: i64,
+    /// When it last received a span, on the wall clock.
+    noted: i64,
+    /// Server calls by `trace_id/span_id`.
+    calls: HashMap<String, Call>,
+    /// `trace_id/span_id` of the root client spans of its traces.
+    root_clients: HashSet<String>,
+    /// Traces its client sent again by itself.
+    resent: HashSet<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TenantBook {
+    open: HashMap<String, Open>,
+    /// The latest span end seen (capped near the wall clock).
+    watermark: i64,
+}
+
+/// Sessions taken from the open ones once quiet, until their rows are written.
+#[derive(Debug, Default)]
+pub struct Quiet(Vec<(Tenant, Vec<(String, Open)>)>);
+
+/// What a flush writes of the open sessions.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct OpenFile {
+    tenants: BTreeMap<String, TenantBook>,
+}
+
+fn keep_max(slot: &mut Option<String>, v: &str) {
+    if slot.as_deref().is_none_or(|cur| v > cur) {
+        *slot = Some(v.to_owned());
+    }
+}
+
+fn text_column(batch: &RecordBatch, name: &str) -> Option<ArrayRef> {
+    let c = batch.column_by_name(name)?;
+    arrow::compute::cast(c, &DataType::Utf8).ok()
+}
+
+fn str_at(a: &Option<ArrayRef>, r: usize) -> Option<&str> {
+    let a = a.as_ref()?;
+    (!a.is_null(r)).then(|| a.as_string::<i32>().value(r))
+}
+
+/// Every tenant's open sessions.
+#[derive(Debug)]
+pub struct SessionBook {
+    spec: SessionSpec,
+    by_tenant: Mutex<HashMap<Tenant, TenantBook>>,
+}
+
+impl SessionBook {
+    pub fn new(spec: SessionSpec) -> Self {
+        Self { spec, by_tenant: Mutex::default() }
+    }
+
+    pub fn spec(&self) -> &SessionSpec {
+        &self.spec
+    }
+
+    /// Notes the spans of `batch` that belong to a session.
+    pub fn note(&self, tenant: &Tenant, batch: &RecordBatch, wall_ns: i64) {
+        let mut by_tenant = self.by_tenant.lock();
+        let book = by_tenant.entry(tenant.clone()).or_default();
+        note_into(&self.spec, book, batch, wall_ns);
+    }
+
+    /// Takes the sessions that have been quiet for the timeout.
+    pub fn take_quiet(&self, wall_ns: i64) -> Quiet {
+        let timeout = self.spec.timeout_ns();
+        let mut done = Vec::new();
+        let mut by_tenant = self.by_tenant.lock();
+        for (tenant, book) in by_tenant.iter_mut() {
+            let quiet_since = book.watermark.saturating_sub(timeout);
+            let wall_since = wall_ns.saturating_sub(timeout);
+            let ids: Vec<String> = book
+                .open
+                .iter()
+                .filter(|(_, s)| s.last_seen < quiet_since || s.noted < wall_since)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !ids.is_empty() {
+                done.push((tenant.clone(), ids.into_iter().filter_map(|id| book.open.remove_entry(&id)).collect()));
+            }
+        }
+        by_tenant.retain(|_, b| !b.open.is_empty() || b.watermark > wall_ns.saturating_sub(timeout));
+        Quiet(done)
+    }
+
+    /// The rows of sessions taken by [`Self::take_quiet`], by tenant.
+    pub fn rows_of(&self, quiet: &Quiet) -> Result<Vec<(Tenant, RecordBatch)>, StoreError> {
+        let mut out = Vec::new();
+        for (tenant, sessions) in &quiet.0 {
+            let mut rows = Rows::default();
+            for (id, s) in sessions {
+                rows.add(&self.spec, id, s, false);
+            }
+            let batch = rows.finish(&self.spec)?;
+            if batch.num_rows() > 0 {
+                out.push((tenant.clone(), batch));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns sessions taken by [`Self::take_quiet`] that could not be written.
+    pub fn put_back(&self, quiet: Quiet) {
+        let mut by_tenant = self.by_tenant.lock();
+        for (tenant, sessions) in quiet.0 {
+            merge_book(
+                by_tenant.entry(tenant).or_default(),
+                TenantBook { open: sessions.into_iter().collect(), watermark: 0 },
+            );
+        }
+    }
+
+    /// Takes the quiet sessions and returns their rows.
+    #[cfg(test)]
+    pub fn finalize(&self, wall_ns: i64) -> Result<Vec<(Tenant, RecordBatch)>, StoreError> {
+        let quiet = self.take_quiet(wall_ns);
+        self.rows_of(&quiet)
+    }
+
+    /// The rows of the sessions still open (every tenant's if `None`).
+    pub fn open_rows(&self, tenant: Option<&Tenant>) -> Result<Vec<RecordBatch>, StoreError> {
+        let by_tenant = self.by_tenant.lock();
+        let mut out = Vec::new();
+        for (t, book) in by_tenant.iter() {
+            if tenant.is_some_and(|x| x != t) {
+                continue;
+            }
+            let mut rows = Rows::default();
+            for (id, s) in &book.open {
+                rows.add(&self.spec, id, s, true);
+            }
+            let batch = rows.finish(&self.spec)?;
+            if batch.num_rows() > 0 {
+                out.push(batch);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The open sessions, as a flush writes them.
+    fn to_json(&self) -> Result<Vec<u8>, StoreError> {
+        let by_tenant = self.by_tenant.lock();
+        let file = OpenFile {
+            tenants: by_tenant
+                .iter()
+                .map(|(t, b)| (t.as_str().to_owned(), TenantBook { open: b.open.clone(), watermark: b.watermark }))
+                .collect(),
+        };
+        serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))
+    }
+
+    /// Adds open sessions read back from a flush's file: their calls join any
+    /// already noted.
+    fn restore(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let file: OpenFile =
+            serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))?;
+        let mut by_tenant = self.by_tenant.lock();
+        for (t, b) in file.tenants {
+            let tenant = Tenant::new(&t).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))?;
+            merge_book(by_tenant.entry(tenant).or_default(), b);
+        }
+        Ok(())
+    }
+
+    /// Forgets every open session.
+    fn clear(&self) {
+        self.by_tenant.lock().clear();
+    }
+
+    /// Replaces every open session by `other`'s, keeping calls noted here
+    /// that `other` lacks (a rebuild from segments while spans arrived).
+    fn replace_with(&self, other: SessionBook) {
+        let rebuilt = other.by_tenant.into_inner();
+        let mut by_tenant = self.by_tenant.lock();
+        let live = std::mem::replace(&mut *by_tenant, rebuilt);
+        for (t, b) in live {
+            merge_book(by_tenant.entry(t).or_default(), b);
+        }
+    }
+}
+
+fn merge_book(into: &mut TenantBook, from: TenantBook) {
+    into.watermark = into.watermark.max(from.watermark);
+    for (id, s) in from.open {
+        match into.open.get_mut(&id) {
+            None => {
+                into.open.insert(id, s);
+            }
+            Some(cur) => {
+                for (slot, v) in cur.root.iter_mut().zip(&s.root) {
+                    if let Some(v) = v {
+                        keep_max(slot, v);
+                    }
+                }
+                for (slot, v) in cur.any.iter_mut().zip(&s.any) {
+                    if let Some(v) = v {
+                        keep_max(slot, v);
+                    }
+                }
+                cur.last_seen = cur.last_seen.max(s.last_seen);
+                cur.noted = cur.noted.max(s.noted);
+                cur.calls.extend(s.calls);
+                cur.root_clients.extend(s.root_clients);
+                cur.resent.extend(s.resent);
+            }
+        }
+    }
+}
+
+fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wall_ns: i64) {
+    let Some(sessions) = text_column(batch, "session_id") else { return };
+    let sessions = Some(sessions);
+    let col = |n: &str| text_column(batch, n);
+    let (traces, spans, parents, kinds) = (col("trace_id"), col("span_id"), col("parent_span_id"), col("kind"));
+    let (services, names, routes, methods, status) =
+        (col("service_name"), col("name"), col("http_route"), col("http_request_method"), col("status_code"));
+    let segs: Vec<Option<ArrayRef>> = spec.segments.iter().map(|s| text_column(batch, s.column)).collect();
+    let time = |n: &str| batch.column_by_name(n).and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
+    let (Some(start), Some(end)) = (time("start_time"), time("end_time")) else { return };
+    let resend = batch.column_by_name("http_request_resend_count").and_then(|c| c.as_primitive_opt::<Int64Type>());
+    let width = spec.segments.len();
+    // Spans stamped far ahead of the wall clock must not close every session.
+    let cap = wall_ns.saturating_add(60_000_000_000);
+    for r in 0..batch.num_rows() {
+        let Some(sid) = str_at(&sessions, r) else { continue };
+        if start.is_null(r) {
+            continue;
+        }
+        let (t0, t1) = (start.value(r), if end.is_null(r) { start.value(r) } else { end.value(r) });
+        book.watermark = book.watermark.max(t1.min(cap));
+        let s = book.open.entry(sid.to_owned()).or_insert_with(|| Open {
+            root: vec![None; width],
+            any: vec![None; width],
+            ..Open::default()
+        });
+        s.last_seen = s.last_seen.max(t1);
+        s.noted = s.noted.max(wall_ns);
+        let parent = str_at(&parents, r).filter(|p| !p.is_empty());
+        for (i, c) in spec.segments.iter().enumerate() {
+            if !c.per_session {
+                continue;
+            }
+            if let Some(v) = str_at(&segs[i], r) {
+                keep_max(&mut s.any[i], v);
+                if parent.is_none() {
+                    keep_max(&mut s.root[i], v);
+                }
+            }
+        }
+        let (Some(trace), Some(span)) = (str_at(&traces, r), str_at(&spans, r)) else { continue };
+        if resend.is_some_and(|a| !a.is_null(r) && a.value(r) > 0) {
+            s.resent.insert(trace.to_owned());
+        }
+        match str_at(&kinds, r) {
+            Some("client") if parent.is_none() => {
+                s.root_clients.insert(format!("{trace}/{span}"));
+            }
+            Some("server") => {
+                let name = str_at(&names, r).unwrap_or_default();
+                let route = str_at(&routes, r);
+                let operation = match (route, str_at(&methods, r)) {
+                    (None, _) => name.to_owned(),
+                    (Some(route), None) => route.to_owned(),
+                    (Some(route), Some(method)) => format!("{method} {route}"),
+                };
+                let own = spec
+                    .segments
+                    .iter()
+                    .zip(&segs)
+                    .map(|(c, a)| if c.per_session { None } else { str_at(a, r).map(str::to_owned) })
+                    .collect();
+                s.calls.insert(
+                    format!("{trace}/{span}"),
+                    Call {
+                        service: str_at(&services, r).unwrap_or("unknown_service").to_owned(),
+                        operation,
+                        route: route.map(str::to_owned),
+                        span_name: name.to_owned(),
+                        trace: trace.to_owned(),
+                        parent: parent.map(str::to_owned),
+                        start: t0,
+                        end: t1,
+                        err: str_at(&status, r) == Some("error"),
+                        own,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+type RowKey = (String, String, String, Vec<Option<String>>, i64);
+
+#[derive(Debug, Clone)]
+struct Row {
+    session_start: i64,
+    session_end: i64,
+    route: Option<String>,
+    span_name: String,
+    first_call: i64,
+    last_call: i64,
+    first_page: Option<i64>,
+    calls: i64,
+    errors: i64,
+    retries: i64,
+    auto_retries: i64,
+    retried_ok: i64,
+    recovered: i64,
+    auto_recovered: i64,
+    open: bool,
+}
+
+/// Rows being built, keyed by session, service, operation and segment values.
+#[derive(Debug, Default)]
+struct Rows {
+    rows: BTreeMap<RowKey, Row>,
+}
+
+impl Rows {
+    /// Adds the rows of one session.
+    fn add(&mut self, spec: &SessionSpec, id: &str, s: &Open, open: bool) {
+        let Some(session_start) = s.calls.values().map(|c| c.start).min() else { return };
+        let retry = spec.retry_ns();
+        let values: Vec<Option<String>> =
+            s.root.iter().zip(&s.any).map(|(r, a)| r.clone().or_else(|| a.clone())).collect();
+        // Each operation's calls in order of start.
+        let mut by_op: BTreeMap<(&str, &str), Vec<(&String, &Call)>> = BTreeMap::new();
+        for (k, c) in &s.calls {
+            by_op.entry((c.service.as_str(), c.operation.as_str())).or_default().push((k, c));
+        }
+        for ((service, operation), mut calls) in by_op {
+            calls.sort_by(|a, b| (a.1.start, a.1.end, a.0).cmp(&(b.1.start, b.1.end, b.0)));
+            let mut prev: Option<&Call> = None;
+            for (_, c) in calls {
+                let segs: Vec<Option<String>> = spec
+                    .segments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| {
+                        if col.per_session {
+                            values.get(i).cloned().flatten().or_else(|| c.own[i].clone())
+                        } else {
+                            c.own.get(i).cloned().flatten()
+                        }
+                    })
+                    .collect();
+                let minute = c.start.div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE;
+                let key = (id.to_owned(), service.to_owned(), operation.to_owned(), segs, minute);
+                let row = self.rows.entry(key).or_insert_with(|| Row {
+                    session_start,
+                    session_end: s.last_seen,
+                    route: c.route.clone(),
+                    span_name: c.span_name.clone(),
+                    first_call: c.start,
+                    last_call: c.start,
+                    first_page: None,
+                    calls: 0,
+                    errors: 0,
+                    retries: 0,
+                    auto_retries: 0,
+                    retried_ok: 0,
+                    recovered: 0,
+                    auto_recovered: 0,
+                    open,
+                });
+                if row.route.is_none() {
+                    row.route = c.route.clone();
+                }
+                if c.span_name < row.span_name {
+                    row.span_name = c.span_name.clone();
+                }
+                row.first_call = row.first_call.min(c.start);
+                row.last_call = row.last_call.max(c.start);
+                let page = match &c.parent {
+                    None => true,
+                    Some(p) => s.root_clients.contains(&format!("{}/{p}", c.trace)),
+                };
+                if page {
+                    row.first_page = Some(row.first_page.map_or(c.start, |f| f.min(c.start)));
+                }
+                row.calls += 1;
+                row.errors += i64::from(c.err);
+                let auto = s.resent.contains(&c.trace);
+                if let Some(p) = prev
+                    && p.err
+                    && c.start <= p.end.saturating_add(retry)
+                {
+                    row.retries += 1;
+                    row.auto_retries += i64::from(auto);
+                    if !c.err {
+                        row.retried_ok = 1;
+                        if auto {
+                            row.auto_recovered = 1;
+                        } else if s.last_seen > c.end {
+                            row.recovered = 1;
+                        }
+                    }
+                }
+                prev = Some(c);
+            }
+        }
+    }
+
+    fn finish(self, spec: &SessionSpec) -> Result<RecordBatch, StoreError> {
+        let rows: Vec<(RowKey, Row)> = self.rows.into_iter().collect();
+        let ts = |v: Vec<i64>| -> ArrayRef { Arc::new(TimestampNanosecondArray::from(v).with_timezone("UTC")) };
+        let int = |f: fn(&Row) -> i64| -> ArrayRef {
+            Arc::new(Int64Array::from(rows.iter().map(|r| f(&r.1)).collect::<Vec<_>>()))
+        };
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0.0.as_str()).collect::<Vec<_>>())),
+            ts(rows.iter().map(|r| r.1.session_start).collect()),
+            ts(rows.iter().map(|r| r.1.session_end).collect()),
+            ts(rows.iter().map(|r| r.0.4).collect()),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0.1.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0.2.as_str()).collect::<Vec<_>>())),
+            Arc::new(rows.iter().map(|r| r.1.route.as_deref()).collect::<StringArray>()),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.1.span_name.as_str()).collect::<Vec<_>>())),
+        ];
+        for (i, s) in spec.segments.iter().enumerate() {
+            let values = rows.iter().map(|r| r.0.3[i].as_deref());
+            if s.boolean {
+                columns
+                    .push(Arc::new(values.map(|v| v.and_then(|v| v.parse::<bool>().ok())).collect::<BooleanArray>()));
+            } else {
+                columns.push(Arc::new(values.collect::<StringArray>()));
+            }
+        }
+        columns.push(ts(rows.iter().map(|r| r.1.first_call).collect()));
+        columns.push(ts(rows.iter().map(|r| r.1.last_call).collect()));
+        columns.push(Arc::new(
+            TimestampNanosecondArray::from(rows.iter().map(|r| r.1.first_page).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ));
+        columns.push(int(|r| r.calls));
+        columns.push(int(|r| r.errors));
+        columns.push(int(|r| r.retries));
+        columns.push(int(|r| r.auto_retries));
+        columns.push(int(|r| r.retried_ok));
+        columns.push(int(|r| r.recovered));
+        columns.push(int(|r| r.auto_recovered));
+        columns.push(Arc::new(BooleanArray::from(rows.iter().map(|r| r.1.open).collect::<Vec<_>>())));
+        Ok(RecordBatch::try_new(spec.schema(), columns)?)
+    }
+}
+
+/// A file of finalized sessions: its tenant, the flush that wrote it and the
+/// hours its sessions started in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFile {
+    pub path: PathBuf,
+    pub tenant: Tenant,
+    /// The last flush whose sessions it holds, and the first (a compaction's
+    /// output holds those of a run of flushes).
+    pub flush: u64,
+    pub first: u64,
+    pub hours: (i64, i64),
+    pub bytes: u64,
+}
+
+fn root(data_dir: &Path) -> PathBuf {
+    data_dir.join("sessions")
+}
+
+fn open_dir(data_dir: &Path) -> PathBuf {
+    root(data_dir).join("open")
+}
+
+/// `<flush>-h<lo>-h<hi>.parquet`, or `<last>-h<lo>-h<hi>-c<first>.parquet`
+/// for a compaction of flushes `first..=last`.
+fn parse_name(name: &str) -> Option<(u64, i64, i64, u64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let mut parts = stem.split('-');
+    let flush = parts.next()?.parse().ok()?;
+    let lo = parts.next()?.strip_prefix('h')?.parse().ok()?;
+    let hi = parts.next()?.strip_prefix('h')?.parse().ok()?;
+    let first = match parts.next() {
+        None => flush,
+        Some(c) => c.strip_prefix('c')?.parse().ok()?,
+    };
+    parts.next().is_none().then_some((flush, lo, hi, first))
+}
+
+/// The hours of the first and last minute in `batch`.
+fn hours_of(batch: &RecordBatch) -> (i64, i64) {
+    let starts = batch.column(3).as_primitive::<TimestampNanosecondType>();
+    let lo = starts.iter().flatten().min().unwrap_or(0);
+    let hi = starts.iter().flatten().max().unwrap_or(0);
+    (lo.div_euclid(NANOS_PER_HOUR), hi.div_euclid(NANOS_PER_HOUR))
+}
+
+/// Writes finalized sessions durably, as the flush `flush` of `tenant`.
+pub fn write_sessions(
+    data_dir: &Path,
+    tenant: &Tenant,
+    flush: u64,
+    batch: &RecordBatch,
+    fsync: bool,
+) -> Result<SessionFile, StoreError> {
+    write_file(data_dir, tenant, (flush, flush), batch, fsync)
+}
+
+/// Merges the files of a run of flushes into one.
+pub fn compact_files(data_dir: &Path, inputs: &[SessionFile], fsync: bool) -> Result<SessionFile, StoreError> {
+    let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
+        return Err(StoreError::Corrupt("no sessions files to compact".into()));
+    };
+    let mut batches = Vec::new();
+    for f in inputs {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f.path)?)?.build()?;
+        for b in reader {
+            batches.push(b?);
+        }
+    }
+    let schema =
+        batches.first().map(|b| b.schema()).ok_or_else(|| StoreError::Corrupt("empty sessions files".into()))?;
+    let all = arrow::compute::concat_batches(&schema, &batches)?;
+    write_file(data_dir, &first.tenant, (first.first, last.flush), &all, fsync)
+}
+
+fn write_file(
+    data_dir: &Path,
+    tenant: &Tenant,
+    (first, flush): (u64, u64),
+    batch: &RecordBatch,
+    fsync: bool,
+) -> Result<SessionFile, StoreError> {
+    let dir = root(data_dir).join(tenant.as_str());
+    let new_dir = !dir.exists();
+    fs::create_dir_all(&dir)?;
+    let hours = hours_of(batch);
+    let name = if first == flush {
+        format!("{flush:020}-h{}-h{}.parquet", hours.0, hours.1)
+    } else {
+        format!("{flush:020}-h{}-h{}-c{first:020}.parquet", hours.0, hours.1)
+    };
+    let path = dir.join(name);
+    let tmp = path.with_extension("parquet.tmp");
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build();
+    let write = || -> Result<File, StoreError> {
+        let mut w = ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(props))?;
+        w.write(batch)?;
+        let file = w.into_inner()?;
+        if fsync {
+            file.sync_all()?;
+        }
+        Ok(file)
+    };
+    let file = write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    let bytes = file.metadata()?.len();
+    drop(file);
+    fs::rename(&tmp, &path)?;
+    if fsync {
+        sync_dir(&dir)?;
+        if new_dir {
+            for d in dir.ancestors().skip(1).take(2) {
+                sync_dir(d)?;
+            }
+        }
+    }
+    Ok(SessionFile { path, tenant: tenant.clone(), flush, first, hours, bytes })
+}
+
+/// Writes the open sessions as of the flush `flush`.
+pub fn write_open(data_dir: &Path, book: &SessionBook, flush: u64, fsync: bool) -> Result<(), StoreError> {
+    let dir = open_dir(data_dir);
+    fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{flush:020}.json"));
+    let tmp = dir.join(format!("{flush:020}.json.tmp"));
+    fs::write(&tmp, book.to_json()?)?;
+    if fsync {
+        File::open(&tmp)?.sync_all()?;
+    }
+    fs::rename(&tmp, &path)?;
+    if fsync {
+        sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
+/// Deletes the open sessions of flushes before `flush` (once `flush` is
+/// checkpointed).
+pub fn forget_open_before(data_dir: &Path, flush: u64) {
+    let Ok(entries) = fs::read_dir(open_dir(data_dir)) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let seq = name.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok());
+        if seq.is_some_and(|s| s < flush) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// What a start finds of the sessions: the files of finalized sessions up to
+/// the checkpoint (later ones, and temporary files, are deleted), and whether
+/// sessions were kept at all.
+pub fn load_sessions(
+    data_dir: &Path,
+    book: &SessionBook,
+    checkpoint: u64,
+) -> Result<(Vec<SessionFile>, bool), StoreError> {
+    let dir = root(data_dir);
+    if !dir.exists() {
+        return Ok((Vec::new(), false));
+    }
+    let mut files = Vec::new();
+    for tenant_dir in fs::read_dir(&dir)? {
+        let tenant_dir = tenant_dir?.path();
+        let Some(name) = tenant_dir.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        if !tenant_dir.is_dir() || name == "open" {
+            continue;
+        }
+        let Ok(tenant) = Tenant::new(&name) else { continue };
+        for e in fs::read_dir(&tenant_dir)? {
+            let path = e?.path();
+            let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match parse_name(&file_name) {
+                Some((flush, lo, hi, first)) if flush <= checkpoint => {
+                    let bytes = fs::metadata(&path)?.len();
+                    files.push(SessionFile { path, tenant: tenant.clone(), flush, first, hours: (lo, hi), bytes });
+                }
+                _ => {
+                    tracing::info!(path = %path.display(), "removing sessions of a flush that was never checkpointed");
+                    fs::remove_file(&path)?;
+                }
+            }
+        }
+    }
+    let open = open_dir(data_dir);
+    if open.exists() {
+        for e in fs::read_dir(&open)? {
+            let path = e?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name == format!("{checkpoint:020}.json") {
+                book.restore(&fs::read(&path)?)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    // The inputs of a compaction that finished writing its output.
+    let covered: Vec<(Tenant, u64, u64)> =
+        files.iter().filter(|f| f.first < f.flush).map(|f| (f.tenant.clone(), f.first, f.flush)).collect();
+    let mut kept = Vec::new();
+    for f in files {
+        let inside = covered
+            .iter()
+            .any(|(t, lo, hi)| *t == f.tenant && *lo <= f.first && f.flush <= *hi && (f.first, f.flush) != (*lo, *hi));
+        if inside {
+            tracing::info!(path = %f.path.display(), "removing sessions already compacted");
+            fs::remove_file(&f.path)?;
+        } else {
+            kept.push(f);
+        }
+    }
+    kept.sort_by_key(|f| (f.tenant.clone(), f.flush));
+    Ok((kept, true))
+}
+
+/// Deletes every file of sessions (before a rebuild).
+pub fn remove_all(data_dir: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(root(data_dir)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Forgets every open session of `book`.
+pub fn clear(book: &SessionBook) {
+    book.clear();
+}
+
+/// Moves the rebuilt book's open sessions into the live one.
+pub fn adopt(live: &SessionBook, rebuilt: SessionBook) {
+    live.replace_with(rebuilt);
+}
+
+/// The SQL table `sessions` of one tenant (every tenant's for operators): the
+/// finalized sessions' files and the open sessions at the time of the scan.
+#[derive(Debug)]
+pub(crate) struct SessionsTable {
+    pub(crate) store: Store,
+    pub(crate) tenant: Option<Tenant>,
+}
+
+#[async_trait]
+impl TableProvider for SessionsTable {
+    fn schema(&self) -> SchemaRef {
+        self.store.sessions().spec().schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let mut hours = (i64::MIN, i64::MAX);
+        for f in filters {
+            crate::table::narrow("minute", f, &mut hours);
+        }
+        let files = self.store.session_files(self.tenant.as_ref(), hours);
+        let open = self
+            .store
+            .sessions()
+            .open_rows(self.tenant.as_ref())
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        crate::table::files_and_memory(state, self.schema(), &files, &[open], projection, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Builder;
+
+    fn spec() -> SessionSpec {
+        let rollups = RollupSpec::new(&["os.type".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+        SessionSpec::new(&rollups, 900, 30)
+    }
+
+    /// Spans of one session: (trace, span, parent, kind, route, start s, end s, error, resend, os, version).
+    #[allow(clippy::type_complexity)]
+    fn spans(rows: &[(&str, &str, &str, &str, &str, i64, i64, bool, i64, Option<&str>, &str)]) -> RecordBatch {
+        // The spans' columns, every one nullable: the book reads them by name.
+        let schema = Arc::new(Schema::new(
+            andon_model::span_schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        let n = rows.len();
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        for f in schema.fields() {
+            let text = |v: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+            let c: ArrayRef = match f.name().as_str() {
+                "trace_id" => text(rows.iter().map(|r| Some(r.0)).collect()),
+                "span_id" => text(rows.iter().map(|r| Some(r.1)).collect()),
+                "parent_span_id" => text(rows.iter().map(|r| (!r.2.is_empty()).then_some(r.2)).collect()),
+                "kind" => text(rows.iter().map(|r| Some(r.3)).collect()),
+                "http_route" => text(rows.iter().map(|r| (r.3 == "server").then_some(r.4)).collect()),
+                "http_request_method" => text(rows.iter().map(|r| (r.3 == "server").then_some("GET")).collect()),
+                "name" => text(rows.iter().map(|r| Some(r.4)).collect()),
+                "service_name" => {
+                    text(rows.iter().map(|r| Some(if r.3 == "server" { "shop" } else { "web" })).collect())
+                }
+                "status_code" => text(rows.iter().map(|r| Some(if r.7 { "error" } else { "ok" })).collect()),
+                "session_id" => text(vec![Some("s1"); n]),
+                "os_type" => text(rows.iter().map(|r| r.9).collect()),
+                "service_version" => text(rows.iter().map(|r| (r.3 == "server").then_some(r.10)).collect()),
+                "start_time" | "end_time" => {
+                    let secs = |r: &(&str, &str, &str, &str, &str, i64, i64, bool, i64, Option<&str>, &str)| {
+                        if f.name() == "start_time" { r.5 } else { r.6 }
+                    };
+                    Arc::new(
+                        TimestampNanosecondArray::from(
+                            rows.iter().map(|r| secs(r) * 1_000_000_000).collect::<Vec<_>>(),
+                        )
+                        .with_timezone("UTC"),
+                    )
+                }
+                "http_request_resend_count" => {
+                    let mut b = Int64Builder::new();
+                    for r in rows {
+                        if r.8 > 0 { b.append_value(r.8) } else { b.append_null() }
+                    }
+                    Arc::new(b.finish())
+                }
+                _ => arrow::array::new_null_array(f.data_type(), n),
+            };
+            cols.push(c);
+        }
+        RecordBatch::try_new(schema, cols).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn rows(book: &SessionBook) -> Vec<(String, String, i64, i64, i64, i64, i64, bool)> {
+        let batches = book.open_rows(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        for b in batches {
+            let s =
+                |n: &str| b.column_by_name(n).map(|c| c.as_string::<i32>().clone()).unwrap_or_else(|| panic!("{n}"));
+            let i = |n: &str| {
+                b.column_by_name(n).map(|c| c.as_primitive::<Int64Type>().clone()).unwrap_or_else(|| panic!("{n}"))
+            };
+            let (op, os) = (s("operation"), s("os_type"));
+            let (calls, errors, retries, auto, recovered) =
+                (i("calls"), i("errors"), i("retries"), i("auto_retries"), i("recovered"));
+            let page = b.column_by_name("first_page").unwrap_or_else(|| panic!("first_page"));
+            for r in 0..b.num_rows() {
+                out.push((
+                    op.value(r).to_owned(),
+                    os.value(r).to_owned(),
+                    calls.value(r),
+                    errors.value(r),
+                    retries.value(r),
+                    auto.value(r),
+                    recovered.value(r),
+                    !page.is_null(r),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_session_counts_retries_recoveries_and_pages_whatever_order_its_spans_arrive_in() {
+        let book = SessionBook::new(spec());
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        // The browser's page load of /pay fails; the person sends it again 5 s
+        // later and it succeeds; then a page of /done. The backend's call under
+        // /pay is no page. The browser's root spans carry the OS.
+        let browser = spans(&[
+            ("t1", "c1", "", "client", "GET /pay", 100, 101, true, 0, Some("android"), ""),
+            ("t2", "c2", "", "client", "GET /pay", 106, 107, false, 0, Some("android"), ""),
+            ("t3", "c3", "", "client", "GET /done", 120, 121, false, 0, Some("android"), ""),
+        ]);
+        let backend = spans(&[
+            ("t3", "s3", "c3", "server", "/done", 120, 121, false, 0, Some("linux"), "2.0"),
+            ("t2", "s2", "c2", "server", "/pay", 106, 107, false, 0, Some("linux"), "2.0"),
+            ("t1", "s1", "c1", "server", "/pay", 100, 101, true, 0, Some("linux"), "2.0"),
+            ("t1", "s4", "s1", "server", "/inner", 100, 101, true, 0, Some("linux"), "2.0"),
+        ]);
+        // The backend's spans arrive first, and one of them twice.
+        book.note(&t, &backend, 1);
+        book.note(&t, &backend.slice(1, 1), 1);
+        book.note(&t, &browser, 1);
+        let mut got = rows(&book);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("GET /done".to_owned(), "android".to_owned(), 1, 0, 0, 0, 0, true),
+                ("GET /inner".to_owned(), "android".to_owned(), 1, 1, 0, 0, 0, false),
+                ("GET /pay".to_owned(), "android".to_owned(), 2, 1, 1, 0, 1, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_resent_request_is_an_automatic_retry_and_a_late_one_no_retry() {
+        let book = SessionBook::new(spec());
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        book.note(
+            &t,
+            &spans(&[
+                ("t1", "c1", "", "client", "GET /pay", 100, 101, true, 0, None, ""),
+                ("t1", "s1", "c1", "server", "/pay", 100, 101, true, 0, None, "1"),
+                ("t2", "c2", "", "client", "GET /pay", 102, 103, false, 1, None, ""),
+                ("t2", "s2", "c2", "server", "/pay", 102, 103, false, 0, None, "1"),
+                // A failure, then a call 60 s later: past the retry interval.
+                ("t3", "c3", "", "client", "GET /cart", 110, 111, true, 0, None, ""),
+                ("t3", "s3", "c3", "server", "/cart", 110, 111, true, 0, None, "1"),
+                ("t4", "c4", "", "client", "GET /cart", 171, 172, false, 0, None, ""),
+                ("t4", "s4", "c4", "server", "/cart", 171, 172, false, 0, None, "1"),
+            ]),
+            1,
+        );
+        let got = rows(&book);
+        let pay = got.iter().find(|r| r.0 == "GET /pay").unwrap_or_else(|| panic!("{got:?}"));
+        assert_eq!((pay.4, pay.5, pay.6), (1, 1, 0), "an automatic retry recovers no one silently");
+        let cart = got.iter().find(|r| r.0 == "GET /cart").unwrap_or_else(|| panic!("{got:?}"));
+        assert_eq!((cart.3, cart.4), (1, 0));
+    }
+
+    #[test]
+    fn a_session_is_finalized_after_the_timeout_of_quiet_and_open_sessions_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let book = SessionBook::new(spec());
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        let one =
+            |trace: &str, start: i64| spans(&[(trace, "x", "", "server", "/a", start, start + 1, false, 0, None, "1")]);
+        // The wall clock, near the spans' times.
+        let wall = 2_000 * 1_000_000_000;
+        book.note(&t, &one("t1", 0), wall);
+        assert!(book.finalize(wall).unwrap_or_else(|e| panic!("{e}")).is_empty(), "quiet for less than the timeout");
+        write_open(dir.path(), &book, 7, false).unwrap_or_else(|e| panic!("{e}"));
+        // A later span of another session moves the tenant's clock past the timeout.
+        let mut other = one("t2", 1_000);
+        other = RecordBatch::try_new(other.schema(), {
+            let mut c = other.columns().to_vec();
+            let i = other.schema().index_of("session_id").unwrap_or_else(|e| panic!("{e}"));
+            c[i] = Arc::new(StringArray::from(vec!["s2"]));
+            c
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        book.note(&t, &other, wall);
+        let done = book.finalize(wall).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].1.num_rows(), 1);
+        assert_eq!(
+            book.open_rows(None).unwrap_or_else(|e| panic!("{e}")).iter().map(|b| b.num_rows()).sum::<usize>(),
+            1
+        );
+
+        // The open sessions of the checkpointed flush come back; a span noted
+        // again (the WAL replayed) counts once.
+        let again = SessionBook::new(spec());
+        let (files, kept) = load_sessions(dir.path(), &again, 7).unwrap_or_else(|e| panic!("{e}"));
+        assert!(kept && files.is_empty());
+        again.note(&t, &one("t1", 0), wall);
+        let got = rows(&again);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].2, 1, "{got:?}");
+    }
+}
