@@ -474,3 +474,101 @@ fn span_metrics_count_every_span_once_with_its_session_values_through_flush_comp
     assert_eq!(store.roll_up_missing(10).unwrap(), 1);
     assert_eq!(rt.block_on(metrics_by_os(&store)), expect, "after a crash and a lost rollup");
 }
+
+/// `(os_type, calls, errors, open rows)` of `sessions`, by os_type (a row is
+/// one session's calls of an operation in one minute).
+async fn sessions_by_os(store: &Store) -> Vec<(String, i64, i64, i64)> {
+    let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 1).unwrap();
+    let out = engine
+        .run(
+            None,
+            "SELECT os_type, sum(calls), sum(errors), sum(CASE WHEN open THEN 1 ELSE 0 END) FROM sessions \
+             GROUP BY os_type ORDER BY os_type",
+        )
+        .await
+        .unwrap();
+    let b = arrow::compute::concat_batches(&out.schema, &out.batches).unwrap();
+    (0..b.num_rows())
+        .map(|r| {
+            (
+                b.column(0).as_string::<i32>().value(r).to_owned(),
+                b.column(1).as_primitive::<Int64Type>().value(r),
+                b.column(2).as_primitive::<Int64Type>().value(r),
+                b.column(3).as_primitive::<Int64Type>().value(r),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sessions_count_every_call_once_through_flush_crash_finalization_and_compaction() {
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    const SECOND: u64 = 1_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns() - 3 * HOUR;
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 2;
+    // An android app's taps (root client spans) call a Linux backend whose
+    // GET /cart fails; a web session's calls come without a root span here.
+    let session_a = |i: u64| {
+        let at = now + i * SECOND;
+        vec![
+            resource_batch("app", "android", at, &[(100 + i, 1, 0, "tap", CLIENT, true, 50, "s-a", None)]),
+            resource_batch("api", "linux", at, &[(100 + i, 2, 1, "GET /cart", SERVER, true, 40, "s-a", Some("/cart"))]),
+            resource_batch("api", "linux", at, &[(200 + i, 9, 8, "GET /cart", SERVER, false, 7, "s-w", Some("/cart"))]),
+        ]
+    };
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        for i in 0..3u64 {
+            for b in session_a(i) {
+                rt.block_on(store.append(&t, b)).unwrap();
+            }
+            if i < 2 {
+                store.flush().unwrap();
+            }
+        }
+        let open = vec![("android".to_owned(), 3, 3, 1), ("linux".to_owned(), 3, 0, 1)];
+        assert_eq!(rt.block_on(sessions_by_os(&store)), open, "open sessions, flushed and buffered alike");
+        // A crash: the last spans are only in the WAL, the open sessions as
+        // of the last flush on disk; both come back, every call once.
+        drop(store);
+    }
+    let store = Store::open(cfg.clone()).unwrap();
+    let open = vec![("android".to_owned(), 3, 3, 1), ("linux".to_owned(), 3, 0, 1)];
+    assert_eq!(rt.block_on(sessions_by_os(&store)), open, "after a crash");
+    // A span of another session an hour later: both sessions have been quiet
+    // longer than the timeout, so the next flush finalizes them.
+    let late = |trace: u64, at: u64, session: &str| {
+        resource_batch("api", "ios", at, &[(trace, 1, 0, "GET /home", SERVER, false, 5, session, Some("/home"))])
+    };
+    rt.block_on(store.append(&t, late(300, now + HOUR, "s-b"))).unwrap();
+    store.flush().unwrap();
+    assert_eq!(
+        rt.block_on(sessions_by_os(&store)),
+        vec![("android".to_owned(), 3, 3, 0), ("ios".to_owned(), 1, 0, 1), ("linux".to_owned(), 3, 0, 0)],
+        "finalized, and the new one open"
+    );
+    rt.block_on(store.append(&t, late(301, now + 2 * HOUR, "s-c"))).unwrap();
+    store.flush().unwrap();
+    let files = |d: &std::path::Path| walk(&d.join("sessions").join("default"));
+    assert_eq!(files(dir.path()).len(), 2);
+    assert!(store.compact().unwrap() >= 2);
+    let expect = vec![("android".to_owned(), 3, 3, 0), ("ios".to_owned(), 2, 0, 1), ("linux".to_owned(), 3, 0, 0)];
+    assert_eq!(rt.block_on(sessions_by_os(&store)), expect, "after compaction");
+    store.close().unwrap();
+    drop(store);
+    // The compaction's inputs are gone; a file of a flush after the
+    // checkpoint (a crash before it) is deleted on start.
+    let left = files(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    let stray = left[0].with_file_name("00000000000000099999-h1-h1.parquet");
+    std::fs::copy(&left[0], &stray).unwrap();
+    let store = Store::open(cfg).unwrap();
+    assert!(!stray.exists());
+    assert!(store.sessions_ready());
+    assert_eq!(rt.block_on(sessions_by_os(&store)), expect, "after a restart");
+}
