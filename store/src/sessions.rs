@@ -942,7 +942,10 @@ mod tests {
         RecordBatch::try_new(schema, cols).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn rows(book: &SessionBook) -> Vec<(String, String, i64, i64, i64, i64, i64, bool)> {
+    /// `(operation, os, calls, errors, retries, auto retries, recovered, page)` of a row.
+    type Seen = (String, String, i64, i64, i64, i64, i64, bool);
+
+    fn rows(book: &SessionBook) -> Vec<Seen> {
         let batches = book.open_rows(None).unwrap_or_else(|e| panic!("{e}"));
         let mut out = Vec::new();
         for b in batches {
