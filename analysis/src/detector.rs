@@ -78,22 +78,11 @@ impl Ctx {
 
     /// The placeholders of a template over `sessions`.
     pub fn session_vars(&self, filter: &str) -> Vec<(&'static str, String)> {
-        let session_segments: String = self
-            .segments
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!(", CAST({} AS VARCHAR) AS seg{i}", c.column))
-            .collect();
-        vec![
-            ("segments", self.segments.list()),
-            ("session_segments", session_segments),
-            ("from", sql::ts(self.baseline_start)),
-            ("to", sql::ts(self.end)),
-            ("split", sql::ts(self.split)),
-            ("baseline_end", sql::ts(self.baseline_end)),
-            ("filter", filter.to_owned()),
-        ]
+        // The same columns and windows as over `span_metrics`.
+        self.metric_vars(filter)
+            .into_iter()
+            .map(|(k, v)| (if k == "metric_segments" { "session_segments" } else { k }, v))
+            .collect()
     }
 
     /// The placeholders of a template over `span_metrics`.

@@ -482,7 +482,7 @@ impl Store {
             let batches = segment::read_all(&seg.path)?;
             let rolled = self.inner.rollups.roll_up_alone(&batches)?;
             let Some(path) = rollup::metrics_path(dir, &seg.path) else { continue };
-            let bytes = rollup::write_metrics(&path, &rolled, fsync)?;
+            let bytes = rollup::write_small_parquet(&path, &rolled, fsync)?;
             self.inner.state.write().metrics.insert(seg.path.clone(), (path, bytes));
         }
         Ok(missing.len())
@@ -565,7 +565,7 @@ impl Store {
                     let path = rollup::metrics_path(data_dir, &seg.path)
                         .ok_or_else(|| StoreError::Corrupt(format!("{} is outside the store", seg.path.display())))?;
                     written.push(seg);
-                    let bytes = rollup::write_metrics(&path, &metrics, fsync)?;
+                    let bytes = rollup::write_small_parquet(&path, &metrics, fsync)?;
                     rolled.push((written[written.len() - 1].path.clone(), (path, bytes)));
                 }
             }
@@ -689,10 +689,10 @@ impl Store {
             {
                 let mut batches = Vec::new();
                 for p in &paths {
-                    batches.extend(rollup::read_metrics(p)?);
+                    batches.extend(rollup::read_small_parquet(p)?);
                 }
                 let m = self.inner.rollups.merge(&batches)?;
-                let bytes = rollup::write_metrics(&path, &m, fsync)?;
+                let bytes = rollup::write_small_parquet(&path, &m, fsync)?;
                 merged_metrics = Some((path, bytes));
             }
             {

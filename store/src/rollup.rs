@@ -453,8 +453,9 @@ pub fn metrics_path(data_dir: &Path, segment: &Path) -> Option<PathBuf> {
     Some(data_dir.join("metrics").join(rel))
 }
 
-/// Writes a rollup durably (temporary file, sync, rename, directory sync).
-pub fn write_metrics(path: &Path, batch: &RecordBatch, fsync: bool) -> Result<u64, StoreError> {
+/// Writes a rollup or a sessions file durably (temporary file, sync, rename,
+/// directory sync, and the two directories above a new one).
+pub fn write_small_parquet(path: &Path, batch: &RecordBatch, fsync: bool) -> Result<u64, StoreError> {
     let dir = path.parent().ok_or_else(|| StoreError::Corrupt(format!("{} has no directory", path.display())))?;
     let new_dir = !dir.exists();
     fs::create_dir_all(dir)?;
@@ -489,8 +490,8 @@ pub fn write_metrics(path: &Path, batch: &RecordBatch, fsync: bool) -> Result<u6
     Ok(bytes)
 }
 
-/// Reads a rollup file back.
-pub fn read_metrics(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
+/// Reads a rollup or sessions file back.
+pub fn read_small_parquet(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }

@@ -49,10 +49,6 @@ use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use parking_lot::Mutex;
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -658,10 +654,7 @@ pub fn compact_files(data_dir: &Path, inputs: &[SessionFile], fsync: bool) -> Re
     };
     let mut batches = Vec::new();
     for f in inputs {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f.path)?)?.build()?;
-        for b in reader {
-            batches.push(b?);
-        }
+        batches.extend(crate::rollup::read_small_parquet(&f.path)?);
     }
     let schema =
         batches.first().map(|b| b.schema()).ok_or_else(|| StoreError::Corrupt("empty sessions files".into()))?;
@@ -677,8 +670,6 @@ fn write_file(
     fsync: bool,
 ) -> Result<SessionFile, StoreError> {
     let dir = root(data_dir).join(tenant.as_str());
-    let new_dir = !dir.exists();
-    fs::create_dir_all(&dir)?;
     let hours = hours_of(batch);
     let name = if first == flush {
         format!("{flush:020}-h{}-h{}.parquet", hours.0, hours.1)
@@ -686,34 +677,7 @@ fn write_file(
         format!("{flush:020}-h{}-h{}-c{first:020}.parquet", hours.0, hours.1)
     };
     let path = dir.join(name);
-    let tmp = path.with_extension("parquet.tmp");
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .build();
-    let write = || -> Result<File, StoreError> {
-        let mut w = ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(props))?;
-        w.write(batch)?;
-        let file = w.into_inner()?;
-        if fsync {
-            file.sync_all()?;
-        }
-        Ok(file)
-    };
-    let file = write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })?;
-    let bytes = file.metadata()?.len();
-    drop(file);
-    fs::rename(&tmp, &path)?;
-    if fsync {
-        sync_dir(&dir)?;
-        if new_dir {
-            for d in dir.ancestors().skip(1).take(2) {
-                sync_dir(d)?;
-            }
-        }
-    }
+    let bytes = crate::rollup::write_small_parquet(&path, batch, fsync)?;
     Ok(SessionFile { path, tenant: tenant.clone(), flush, first, hours, bytes })
 }
 
