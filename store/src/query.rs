@@ -195,6 +195,7 @@ impl QueryEngine {
     ) -> Result<QueryOutput, StoreError> {
         let started = Instant::now();
         let ctx = self.session(tenant)?;
+        let head = sql.chars().take(200).collect::<String>().split_whitespace().collect::<Vec<_>>().join(" ");
         let sql = sql.to_owned();
         let task = self.handle.spawn(async move {
             let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
@@ -250,6 +251,12 @@ impl QueryEngine {
         };
         let elapsed = started.elapsed();
         self.store.stats().query_latency.observe(elapsed);
+        tracing::debug!(
+            target: "andon_store::query",
+            ms = elapsed.as_secs_f64() * 1e3,
+            sql = head,
+            "query"
+        );
         match result {
             Ok((schema, batches, truncated)) => Ok(QueryOutput { schema, batches, truncated, elapsed }),
             Err(e) => {

@@ -453,6 +453,10 @@ pub fn metrics_path(data_dir: &Path, segment: &Path) -> Option<PathBuf> {
     Some(data_dir.join("metrics").join(rel))
 }
 
+/// Rows per row group of rollup and sessions files: small enough that a
+/// query of a few of a file's hours skips the others' row groups.
+const SMALL_ROW_GROUP: usize = 16_384;
+
 /// Writes a rollup or a sessions file durably (temporary file, sync, rename,
 /// directory sync, and the two directories above a new one).
 pub fn write_small_parquet(path: &Path, batch: &RecordBatch, fsync: bool) -> Result<u64, StoreError> {
@@ -463,6 +467,7 @@ pub fn write_small_parquet(path: &Path, batch: &RecordBatch, fsync: bool) -> Res
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(SMALL_ROW_GROUP))
         .build();
     let write = || -> Result<File, StoreError> {
         let mut w = ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(props))?;

@@ -189,11 +189,23 @@ fn str_at(a: &Option<ArrayRef>, r: usize) -> Option<&str> {
 pub struct SessionBook {
     spec: SessionSpec,
     by_tenant: Mutex<HashMap<Tenant, TenantBook>>,
+    /// The open sessions' rows by tenant, as [`Self::open_rows`] last built
+    /// them; cleared by every change to the open sessions. A detection pass
+    /// scans `sessions` several times, and a backtest many times between
+    /// changes.
+    open_cache: Mutex<Option<HashMap<Tenant, RecordBatch>>>,
 }
 
 impl SessionBook {
     pub fn new(spec: SessionSpec) -> Self {
-        Self { spec, by_tenant: Mutex::default() }
+        Self { spec, by_tenant: Mutex::default(), open_cache: Mutex::default() }
+    }
+
+    /// The open sessions, to change them: forgets their cached rows.
+    fn edit(&self) -> parking_lot::MutexGuard<'_, HashMap<Tenant, TenantBook>> {
+        let guard = self.by_tenant.lock();
+        *self.open_cache.lock() = None;
+        guard
     }
 
     pub fn spec(&self) -> &SessionSpec {
@@ -202,7 +214,7 @@ impl SessionBook {
 
     /// Notes the spans of `batch` that belong to a session.
     pub fn note(&self, tenant: &Tenant, batch: &RecordBatch, wall_ns: i64) {
-        let mut by_tenant = self.by_tenant.lock();
+        let mut by_tenant = self.edit();
         let book = by_tenant.entry(tenant.clone()).or_default();
         note_into(&self.spec, book, batch, wall_ns);
     }
@@ -211,7 +223,7 @@ impl SessionBook {
     pub fn take_quiet(&self, wall_ns: i64) -> Quiet {
         let timeout = self.spec.timeout_ns();
         let mut done = Vec::new();
-        let mut by_tenant = self.by_tenant.lock();
+        let mut by_tenant = self.edit();
         for (tenant, book) in by_tenant.iter_mut() {
             let quiet_since = book.watermark.saturating_sub(timeout);
             let wall_since = wall_ns.saturating_sub(timeout);
@@ -247,7 +259,7 @@ impl SessionBook {
 
     /// Returns sessions taken by [`Self::take_quiet`] that could not be written.
     pub fn put_back(&self, quiet: Quiet) {
-        let mut by_tenant = self.by_tenant.lock();
+        let mut by_tenant = self.edit();
         for (tenant, sessions) in quiet.0 {
             merge_book(
                 by_tenant.entry(tenant).or_default(),
@@ -266,21 +278,25 @@ impl SessionBook {
     /// The rows of the sessions still open (every tenant's if `None`).
     pub fn open_rows(&self, tenant: Option<&Tenant>) -> Result<Vec<RecordBatch>, StoreError> {
         let by_tenant = self.by_tenant.lock();
-        let mut out = Vec::new();
-        for (t, book) in by_tenant.iter() {
-            if tenant.is_some_and(|x| x != t) {
-                continue;
+        let mut cache = self.open_cache.lock();
+        let built = match cache.as_mut() {
+            Some(built) => built,
+            None => {
+                let mut built = HashMap::new();
+                for (t, book) in by_tenant.iter() {
+                    let mut rows = Rows::default();
+                    for (id, s) in &book.open {
+                        rows.add(&self.spec, id, s, true);
+                    }
+                    let batch = rows.finish(&self.spec)?;
+                    if batch.num_rows() > 0 {
+                        built.insert(t.clone(), batch);
+                    }
+                }
+                cache.insert(built)
             }
-            let mut rows = Rows::default();
-            for (id, s) in &book.open {
-                rows.add(&self.spec, id, s, true);
-            }
-            let batch = rows.finish(&self.spec)?;
-            if batch.num_rows() > 0 {
-                out.push(batch);
-            }
-        }
-        Ok(out)
+        };
+        Ok(built.iter().filter(|(t, _)| tenant.is_none_or(|x| x == *t)).map(|(_, b)| b.clone()).collect())
     }
 
     /// The open sessions, as a flush writes them.
@@ -300,7 +316,7 @@ impl SessionBook {
     fn restore(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let file: OpenFile =
             serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))?;
-        let mut by_tenant = self.by_tenant.lock();
+        let mut by_tenant = self.edit();
         for (t, b) in file.tenants {
             let tenant = Tenant::new(&t).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))?;
             merge_book(by_tenant.entry(tenant).or_default(), b);
@@ -310,14 +326,14 @@ impl SessionBook {
 
     /// Forgets every open session.
     fn clear(&self) {
-        self.by_tenant.lock().clear();
+        self.edit().clear();
     }
 
     /// Replaces every open session by `other`'s, keeping calls noted here
     /// that `other` lacks (a rebuild from segments while spans arrived).
     fn replace_with(&self, other: SessionBook) {
         let rebuilt = other.by_tenant.into_inner();
-        let mut by_tenant = self.by_tenant.lock();
+        let mut by_tenant = self.edit();
         let live = std::mem::replace(&mut *by_tenant, rebuilt);
         for (t, b) in live {
             merge_book(by_tenant.entry(t).or_default(), b);
@@ -662,6 +678,10 @@ pub fn compact_files(data_dir: &Path, inputs: &[SessionFile], fsync: bool) -> Re
     write_file(data_dir, &first.tenant, (first.first, last.flush), &all, fsync)
 }
 
+fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef, StoreError> {
+    batch.column_by_name(name).cloned().ok_or_else(|| StoreError::Corrupt(format!("sessions rows without {name}")))
+}
+
 fn write_file(
     data_dir: &Path,
     tenant: &Tenant,
@@ -677,7 +697,17 @@ fn write_file(
         format!("{flush:020}-h{}-h{}-c{first:020}.parquet", hours.0, hours.1)
     };
     let path = dir.join(name);
-    let bytes = crate::rollup::write_small_parquet(&path, batch, fsync)?;
+    // By minute, so that a query of a few hours of a file that spans a day
+    // reads only their row groups and pages (by their statistics).
+    let order = arrow::compute::lexsort_to_indices(
+        &[
+            arrow::compute::SortColumn { values: column(batch, "minute")?, options: None },
+            arrow::compute::SortColumn { values: column(batch, "session_id")?, options: None },
+        ],
+        None,
+    )?;
+    let sorted = arrow::compute::take_record_batch(batch, &order)?;
+    let bytes = crate::rollup::write_small_parquet(&path, &sorted, fsync)?;
     Ok(SessionFile { path, tenant: tenant.clone(), flush, first, hours, bytes })
 }
 
