@@ -34,6 +34,13 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 fn main() {
+    // `RUST_LOG=andon_store::query=debug` prints every query with its time.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let name = args.first().map_or("clean", String::as_str).to_owned();
     let hours: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(24.0);
@@ -63,6 +70,11 @@ fn main() {
     }
     store.flush().unwrap();
     while store.compact().unwrap() > 0 {}
+    if std::env::var_os("ANDON_BENCH_KEEP").is_some() {
+        eprintln!("keeping the store in {}", dir.path().display());
+        std::mem::forget(dir);
+        std::process::exit(0);
+    }
     eprintln!("{name}: stored {spans} spans over {hours} h in {:.0} s", started.elapsed().as_secs_f64());
 
     let engine = QueryEngine::new(store, QueryLimits::default(), 2).unwrap();

@@ -26,7 +26,7 @@ use crate::detectors::{self, Candidate};
 use crate::localize;
 use crate::sql::{self, Rows, Segments};
 use crate::summary;
-use crate::traces::{self, Sample};
+use crate::traces::{self, Pick, Sample, TraceSpans};
 
 /// The bin of a finding's onset series: a minute, finer when the pass's range
 /// is short (about 40 bins across it), never under 10 s. A minute's bin on a
@@ -38,6 +38,10 @@ fn onset_bin_secs(ctx: &Ctx) -> i64 {
 
 /// Traces of each window the localization of a slower operation reads.
 const CAUSE_TRACES: usize = 500;
+
+/// Requests sampled to find where a candidate's failures start, or its
+/// slowest traces.
+const SAMPLE: usize = 100;
 
 /// The windows of a pass: baseline `[baseline_start, baseline_end)`, current
 /// `[split, end)`, with `baseline_end <= split`.
@@ -270,9 +274,22 @@ impl Analyzer {
         candidates.extend(detectors::drop_offs_errors_explain(&tests, &candidates, self.config.fdr));
         debug!(tests = n_tests, candidates = candidates.len(), "detection tests done");
 
+        // Every candidate's sample of requests in one read of the current
+        // window, and the spans beneath its failing ones in one read by trace id.
+        let picks = self.picks(tenant, &ctx, &candidates).await?;
+        let failing: Vec<&Pick> =
+            candidates.iter().zip(&picks).filter(|(c, _)| !self.latency(&c.test)).flat_map(|(_, p)| p.iter()).collect();
+        let spans = match failing.iter().map(|p| p.start).min() {
+            Some(first) => {
+                let from = Utc.timestamp_nanos(first) - chrono::Duration::minutes(1);
+                let q = traces::query(&failing, &sql::ts(from), &sql::ts(ctx.end + chrono::Duration::minutes(5)));
+                TraceSpans::from_rows(&self.rows(tenant, &q).await?)
+            }
+            None => TraceSpans::default(),
+        };
         let mut examined = Vec::new();
-        for c in candidates {
-            examined.push(self.examine(tenant, &ctx, c).await?);
+        for (c, picks) in candidates.into_iter().zip(picks) {
+            examined.push(self.examine(tenant, &ctx, c, picks, &spans).await?);
         }
         // Which versions first served when: read only when there is something to attribute.
         let versions = if examined.is_empty() {
@@ -304,39 +321,113 @@ impl Analyzer {
         Ok(PassReport { findings, tests: n_tests, flows, elapsed: started.elapsed() })
     }
 
-    /// Samples the candidate's traces: where its extra time or its failures start.
-    async fn examine(&self, tenant: &Tenant, ctx: &Ctx, c: Candidate) -> Result<Examined, AnalysisError> {
+    /// Whether a test's trouble is time (its sample is of every request, not
+    /// the failing ones).
+    fn latency(&self, t: &Test) -> bool {
+        self.detector(t.kind).is_ok_and(|d| d.trouble(&t.judgement) == Trouble::Latency)
+    }
+
+    /// Each candidate's sample of requests in the current window, in one read:
+    /// the first [`SAMPLE`] by trace id (as random a sample as the ids, and the
+    /// same one every time the pass runs), of every request when its trouble
+    /// is time, of the failing ones otherwise. Segment values are the
+    /// sessions' as the window's spans give them.
+    async fn picks(
+        &self,
+        tenant: &Tenant,
+        ctx: &Ctx,
+        candidates: &[Candidate],
+    ) -> Result<Vec<Vec<Pick>>, AnalysisError> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lean = candidates.iter().all(|c| c.test.segment.is_empty());
+        let window = Ctx { baseline_start: ctx.split, baseline_end: ctx.split, lean, ..ctx.clone() };
+        let mut sites: Vec<(&str, &str)> =
+            candidates.iter().map(|c| (c.test.service.as_str(), c.test.operation.as_str())).collect();
+        sites.sort_unstable();
+        sites.dedup();
+        let q = format!(
+            "WITH {}\nSELECT trace_id, span_id, start_time, end_time, service, operation, err{} FROM requests \
+             WHERE start_time >= {} AND start_time < {} AND ({}){settled}",
+            sql::render(sql::SHARED_CTES, &window.shared_vars()),
+            ctx.segments.list(),
+            sql::ts(ctx.split),
+            sql::ts(ctx.end),
+            sites
+                .iter()
+                .map(|(s, o)| format!("(service = {} AND operation = {})", sql::lit(s), sql::lit(o)))
+                .collect::<Vec<_>>()
+                .join(" OR "),
+            settled = ctx.settled.map(|at| format!(" AND {}", sql::settled("trace_id", at))).unwrap_or_default(),
+        );
+        let rows = self.rows(tenant, &q).await?;
+        // Each request once, with what the candidates tell apart.
+        let columns: Vec<String> = (0..ctx.segments.columns.len()).map(|i| format!("seg{i}")).collect();
+        struct Request {
+            service: String,
+            operation: String,
+            err: bool,
+            segs: Vec<Option<String>>,
+            pick: Pick,
+        }
+        let requests: Vec<Request> = rows
+            .iter()
+            .filter_map(|r| {
+                Some(Request {
+                    pick: Pick::of(&r)?,
+                    segs: columns.iter().map(|c| r.str(c)).collect(),
+                    service: r.str("service")?,
+                    operation: r.str("operation")?,
+                    err: r.i64("err") == Some(1),
+                })
+            })
+            .collect();
+        Ok(candidates
+            .iter()
+            .map(|c| {
+                let t = &c.test;
+                let errors = !self.latency(t);
+                let want: Vec<(usize, String)> = ctx
+                    .segments
+                    .values(&t.segment)
+                    .into_iter()
+                    .filter_map(|(col, v)| Some((columns.iter().position(|c| *c == col)?, v)))
+                    .collect();
+                Pick::first(
+                    requests
+                        .iter()
+                        .filter(|r| {
+                            r.service == t.service
+                                && r.operation == t.operation
+                                && (!errors || r.err)
+                                && want.iter().all(|(i, v)| r.segs[*i].as_deref() == Some(v.as_str()))
+                        })
+                        .map(|r| r.pick.clone()),
+                    SAMPLE,
+                )
+            })
+            .collect())
+    }
+
+    /// Where the candidate's extra time or its failures start, from its
+    /// sample: `picks`, and the spans of their traces.
+    async fn examine(
+        &self,
+        tenant: &Tenant,
+        ctx: &Ctx,
+        c: Candidate,
+        picks: Vec<Pick>,
+        spans: &TraceSpans,
+    ) -> Result<Examined, AnalysisError> {
         let t = &c.test;
         let site = (t.service.clone(), t.operation.clone());
-        // Ordered by trace id: as random a sample as the ids, and the same one
-        // every time the pass runs.
-        let pick = |from: DateTime<Utc>, to: DateTime<Utc>, errors: bool, limit: usize| -> (String, String) {
-            let err = if errors { " AND err = 1" } else { "" };
-            let picks = format!(
-                "SELECT trace_id, span_id FROM requests WHERE service = {} AND operation = {}{} \
-                 AND start_time >= {} AND start_time < {}{err}{settled} \
-                 ORDER BY trace_id, span_id LIMIT {limit}",
-                sql::lit(&t.service),
-                sql::lit(&t.operation),
-                ctx.segments.condition(&t.segment),
-                sql::ts(from),
-                sql::ts(to),
-                settled = ctx.settled.map(|at| format!(" AND {}", sql::settled("trace_id", at))).unwrap_or_default(),
-            );
-            let lean = ctx.lean_for(&t.segment);
-            (format!("{},\n", sql::render(sql::SHARED_CTES, &lean.shared_vars())), picks)
-        };
-        let range = (sql::ts(ctx.baseline_start), sql::ts(ctx.end + chrono::Duration::minutes(5)));
-        let sample = |ctes: &str, picks: &str| traces::query(ctes, picks, (&range.0, &range.1));
-        if self.detector(t.kind)?.trouble(&t.judgement) == Trouble::Latency {
+        if self.latency(t) {
             let (cause, why) = self.latency_cause(tenant, ctx, t).await?;
-            let (ctes, picks) = pick(ctx.split, ctx.end, false, 100);
-            let cur = Sample::from_rows(&self.rows(tenant, &sample(&ctes, &picks)).await?);
-            let exemplars = cur.slowest_traces().into_iter().take(self.config.exemplars).collect();
+            let exemplars = Pick::slowest(&picks).into_iter().take(self.config.exemplars).collect();
             return Ok(Examined { test: c.test, cause, why, exemplars });
         }
-        let (ctes, picks) = pick(ctx.split, ctx.end, true, 100);
-        let failing = Sample::from_rows(&self.rows(tenant, &sample(&ctes, &picks)).await?);
+        let failing = Sample::new(&picks, spans);
         let origins = failing.error_origins();
         let (cause, why) = match origins.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) {
             Some((op, n)) if *op != site => (
@@ -348,8 +439,21 @@ impl Analyzer {
         };
         let mut exemplars = failing.traces();
         if exemplars.is_empty() {
-            let (ctes, picks) = pick(ctx.split, ctx.end, false, self.config.exemplars);
-            exemplars = Sample::from_rows(&self.rows(tenant, &sample(&ctes, &picks)).await?).traces();
+            // No failing request: the first of every request, by trace id.
+            let q = format!(
+                "WITH {}\nSELECT trace_id, span_id, start_time, end_time FROM requests \
+                 WHERE service = {} AND operation = {}{} AND start_time >= {} AND start_time < {} \
+                 ORDER BY trace_id, span_id LIMIT {}",
+                sql::render(sql::SHARED_CTES, &ctx.lean_for(&t.segment).shared_vars()),
+                sql::lit(&t.service),
+                sql::lit(&t.operation),
+                ctx.segments.condition(&t.segment),
+                sql::ts(ctx.split),
+                sql::ts(ctx.end),
+                self.config.exemplars,
+            );
+            let rows = self.rows(tenant, &q).await?;
+            exemplars = Pick::traces(&Pick::first(rows.iter().filter_map(|r| Pick::of(&r)), self.config.exemplars));
         }
         exemplars.truncate(self.config.exemplars);
         Ok(Examined { test: c.test, cause, why, exemplars })

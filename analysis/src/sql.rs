@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-pub(crate) use andon_store::sql::{OPERATION, Rows, SegmentColumn, lit, segment_column, settled, ts};
+pub(crate) use andon_store::sql::{OPERATION, Row, Rows, SegmentColumn, lit, segment_column, settled, ts};
 
 /// A page request: a root server span, or a server span directly under a root
 /// client span (what browser and mobile SDKs create).
@@ -67,17 +67,22 @@ impl Segments {
 
     /// A WHERE condition restricting `seg` columns to a segment.
     pub fn condition(&self, segment: &BTreeMap<String, serde_json::Value>) -> String {
-        let mut out = String::new();
-        for (attr, v) in segment {
-            if let Some(i) = self.columns.iter().position(|c| &c.attribute == attr) {
+        self.values(segment).into_iter().map(|(col, text)| format!(" AND {col} = {}", lit(&text))).collect()
+    }
+
+    /// The `seg` columns of a segment with the text each must hold.
+    pub fn values(&self, segment: &BTreeMap<String, serde_json::Value>) -> Vec<(String, String)> {
+        segment
+            .iter()
+            .filter_map(|(attr, v)| {
+                let i = self.columns.iter().position(|c| &c.attribute == attr)?;
                 let text = match v {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                out.push_str(&format!(" AND seg{i} = {}", lit(&text)));
-            }
-        }
-        out
+                Some((format!("seg{i}"), text))
+            })
+            .collect()
     }
 
     /// A segment's value as JSON: booleans as booleans.

@@ -1,9 +1,8 @@
--- Every span of a sample of traces, each tagged with the picked span of the
--- operation under study ({{picks}} yields trace_id and span_id).
-WITH {{ctes}}picked AS (
-    {{picks}}
-)
-SELECT p.span_id AS picked, s.trace_id, s.span_id, s.parent_span_id, s.service_name AS service,
-       {{operation}} AS operation, s.kind, s.status_code, s.start_time, s.end_time
-FROM spans s JOIN picked p ON s.trace_id = p.trace_id
-WHERE s.start_time >= {{from}} AND s.start_time < {{to}}
+-- Every span of a sample of traces, read by trace id: the traces of the
+-- picked requests of the operation under study, over the minutes where the
+-- spans beneath those requests start (row groups and pages outside them, and
+-- those whose bloom filter rules the ids out, are skipped).
+SELECT s.trace_id, s.span_id, s.parent_span_id, s.service_name AS service, {{operation}} AS operation,
+       s.kind, s.status_code
+FROM spans s
+WHERE s.trace_id IN ({{traces}}) AND s.start_time >= {{from}} AND s.start_time < {{to}}
