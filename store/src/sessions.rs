@@ -1029,6 +1029,24 @@ mod tests {
     }
 
     #[test]
+    fn the_open_sessions_rows_follow_every_span_noted_after_they_were_read() {
+        let book = SessionBook::new(spec());
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        let call = |trace: &str, start: i64, err: bool| {
+            spans(&[(trace, "x", "", "server", "/a", start, start + 1, err, 0, None, "1")])
+        };
+        let wall = 2_000 * 1_000_000_000;
+        let counts = |book: &SessionBook| rows(book).iter().map(|r| (r.2, r.3)).collect::<Vec<_>>();
+        book.note(&t, &call("t1", 0, true), wall);
+        assert_eq!(counts(&book), vec![(1, 1)]);
+        assert_eq!(counts(&book), vec![(1, 1)], "read again, unchanged");
+        book.note(&t, &call("t2", 5, false), wall);
+        assert_eq!(counts(&book), vec![(2, 1)], "a call noted after a read counts");
+        book.clear();
+        assert!(counts(&book).is_empty(), "forgotten");
+    }
+
+    #[test]
     fn a_session_is_finalized_after_the_timeout_of_quiet_and_open_sessions_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let book = SessionBook::new(spec());

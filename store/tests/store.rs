@@ -475,15 +475,15 @@ fn span_metrics_count_every_span_once_with_its_session_values_through_flush_comp
     assert_eq!(rt.block_on(metrics_by_os(&store)), expect, "after a crash and a lost rollup");
 }
 
-/// `(os_type, calls, errors, open rows)` of `sessions`, by os_type (a row is
+/// `(os_type, calls, errors, open sessions)` of `sessions`, by os_type (a row is
 /// one session's calls of an operation in one minute).
 async fn sessions_by_os(store: &Store) -> Vec<(String, i64, i64, i64)> {
     let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 1).unwrap();
     let out = engine
         .run(
             None,
-            "SELECT os_type, sum(calls), sum(errors), sum(CASE WHEN open THEN 1 ELSE 0 END) FROM sessions \
-             GROUP BY os_type ORDER BY os_type",
+            "SELECT os_type, sum(calls), sum(errors), count(DISTINCT CASE WHEN open THEN session_id END) \
+             FROM sessions GROUP BY os_type ORDER BY os_type",
         )
         .await
         .unwrap();
