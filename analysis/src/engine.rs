@@ -43,6 +43,13 @@ const CAUSE_TRACES: usize = 500;
 /// slowest traces.
 const SAMPLE: usize = 100;
 
+/// A candidate's requests picked in the current window: its sample, and the
+/// first of every one of its requests (exemplars when none failed).
+struct Picked {
+    sample: Vec<Pick>,
+    any: Vec<Pick>,
+}
+
 /// The windows of a pass: baseline `[baseline_start, baseline_end)`, current
 /// `[split, end)`, with `baseline_end <= split`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,8 +284,12 @@ impl Analyzer {
         // Every candidate's sample of requests in one read of the current
         // window, and the spans beneath its failing ones in one read by trace id.
         let picks = self.picks(tenant, &ctx, &candidates).await?;
-        let failing: Vec<&Pick> =
-            candidates.iter().zip(&picks).filter(|(c, _)| !self.latency(&c.test)).flat_map(|(_, p)| p.iter()).collect();
+        let failing: Vec<&Pick> = candidates
+            .iter()
+            .zip(&picks)
+            .filter(|(c, _)| !self.latency(&c.test))
+            .flat_map(|(_, p)| p.sample.iter())
+            .collect();
         let spans = match failing.iter().map(|p| p.start).min() {
             Some(first) => {
                 let from = Utc.timestamp_nanos(first) - chrono::Duration::minutes(1);
@@ -288,8 +299,8 @@ impl Analyzer {
             None => TraceSpans::default(),
         };
         let mut examined = Vec::new();
-        for (c, picks) in candidates.into_iter().zip(picks) {
-            examined.push(self.examine(tenant, &ctx, c, picks, &spans).await?);
+        for (c, picked) in candidates.into_iter().zip(picks) {
+            examined.push(self.examine(tenant, &ctx, c, picked, &spans).await?);
         }
         // Which versions first served when: read only when there is something to attribute.
         let versions = if examined.is_empty() {
@@ -332,12 +343,7 @@ impl Analyzer {
     /// same one every time the pass runs), of every request when its trouble
     /// is time, of the failing ones otherwise. Segment values are the
     /// sessions' as the window's spans give them.
-    async fn picks(
-        &self,
-        tenant: &Tenant,
-        ctx: &Ctx,
-        candidates: &[Candidate],
-    ) -> Result<Vec<Vec<Pick>>, AnalysisError> {
+    async fn picks(&self, tenant: &Tenant, ctx: &Ctx, candidates: &[Candidate]) -> Result<Vec<Picked>, AnalysisError> {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -394,40 +400,39 @@ impl Analyzer {
                     .into_iter()
                     .filter_map(|(col, v)| Some((columns.iter().position(|c| *c == col)?, v)))
                     .collect();
-                Pick::first(
-                    requests
-                        .iter()
-                        .filter(|r| {
-                            r.service == t.service
-                                && r.operation == t.operation
-                                && (!errors || r.err)
-                                && want.iter().all(|(i, v)| r.segs[*i].as_deref() == Some(v.as_str()))
-                        })
-                        .map(|r| r.pick.clone()),
-                    SAMPLE,
-                )
+                let mine = || {
+                    requests.iter().filter(|r| {
+                        r.service == t.service
+                            && r.operation == t.operation
+                            && want.iter().all(|(i, v)| r.segs[*i].as_deref() == Some(v.as_str()))
+                    })
+                };
+                Picked {
+                    sample: Pick::first(mine().filter(|r| !errors || r.err).map(|r| r.pick.clone()), SAMPLE),
+                    any: Pick::first(mine().map(|r| r.pick.clone()), self.config.exemplars),
+                }
             })
             .collect())
     }
 
     /// Where the candidate's extra time or its failures start, from its
-    /// sample: `picks`, and the spans of their traces.
+    /// sample (`picked`) and the spans of its traces.
     async fn examine(
         &self,
         tenant: &Tenant,
         ctx: &Ctx,
         c: Candidate,
-        picks: Vec<Pick>,
+        picked: Picked,
         spans: &TraceSpans,
     ) -> Result<Examined, AnalysisError> {
         let t = &c.test;
         let site = (t.service.clone(), t.operation.clone());
         if self.latency(t) {
             let (cause, why) = self.latency_cause(tenant, ctx, t).await?;
-            let exemplars = Pick::slowest(&picks).into_iter().take(self.config.exemplars).collect();
+            let exemplars = Pick::slowest(&picked.sample).into_iter().take(self.config.exemplars).collect();
             return Ok(Examined { test: c.test, cause, why, exemplars });
         }
-        let failing = Sample::new(&picks, spans);
+        let failing = Sample::new(&picked.sample, spans);
         let origins = failing.error_origins();
         let (cause, why) = match origins.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) {
             Some((op, n)) if *op != site => (
@@ -440,20 +445,7 @@ impl Analyzer {
         let mut exemplars = failing.traces();
         if exemplars.is_empty() {
             // No failing request: the first of every request, by trace id.
-            let q = format!(
-                "WITH {}\nSELECT trace_id, span_id, start_time, end_time FROM requests \
-                 WHERE service = {} AND operation = {}{} AND start_time >= {} AND start_time < {} \
-                 ORDER BY trace_id, span_id LIMIT {}",
-                sql::render(sql::SHARED_CTES, &ctx.lean_for(&t.segment).shared_vars()),
-                sql::lit(&t.service),
-                sql::lit(&t.operation),
-                ctx.segments.condition(&t.segment),
-                sql::ts(ctx.split),
-                sql::ts(ctx.end),
-                self.config.exemplars,
-            );
-            let rows = self.rows(tenant, &q).await?;
-            exemplars = Pick::traces(&Pick::first(rows.iter().filter_map(|r| Pick::of(&r)), self.config.exemplars));
+            exemplars = Pick::traces(&picked.any);
         }
         exemplars.truncate(self.config.exemplars);
         Ok(Examined { test: c.test, cause, why, exemplars })
