@@ -4,6 +4,7 @@
 //! findings with their evidence. What a finding says and how it is tested are
 //! its detector's ([`crate::detector::Detector`]); this only orchestrates.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,15 @@ const SAMPLE: usize = 100;
 struct Picked {
     sample: Vec<Pick>,
     any: Vec<Pick>,
+}
+
+/// Where a finding's onset is looked for.
+struct Onset {
+    service: String,
+    operation: String,
+    segment: BTreeMap<String, Value>,
+    /// In the latency of successful requests; otherwise in the error rate.
+    latency: bool,
 }
 
 /// The windows of a pass: baseline `[baseline_start, baseline_end)`, current
@@ -174,8 +184,8 @@ impl Analyzer {
             d.kind().register();
         }
         let rolled = &engine.store().config().rollup_segments;
-        let rollups = config.segments.iter().all(|s| s == "service.version" || rolled.contains(s));
         let store = engine.store().config();
+        let rollups = store.rollups && config.segments.iter().all(|s| s == "service.version" || rolled.contains(s));
         let sessions = rollups
             && store.session_timeout_secs == config.session_timeout_secs
             && store.retry_interval_secs == config.retry_interval_secs;
@@ -322,14 +332,137 @@ impl Analyzer {
                 })
             })
             .collect::<Result<Vec<_>, AnalysisError>>()?;
+        let groups: Vec<(usize, Vec<usize>)> =
+            cluster::clusters(&members).into_iter().map(|g| (cluster::primary(&members, &g), g)).collect();
+        let onsets: Vec<Onset> = groups.iter().map(|(p, _)| self.onset_of(&examined[*p])).collect();
+        let series = self.onset_series(&sql, &ctx, &onsets).await?;
         let mut findings = Vec::new();
-        for group in cluster::clusters(&members) {
-            let primary = cluster::primary(&members, &group);
-            let linked: Vec<&Examined> = group.iter().filter(|i| **i != primary).map(|i| &examined[*i]).collect();
-            findings.push(self.finding(&sql, &ctx, &examined[primary], &linked, &versions).await?);
+        for ((primary, group), series) in groups.iter().zip(&series) {
+            let linked: Vec<&Examined> = group.iter().filter(|i| *i != primary).map(|i| &examined[*i]).collect();
+            findings.push(self.finding(&sql, &ctx, &examined[*primary], &linked, &versions, series).await?);
         }
         findings.sort_by(|a, b| b.impact.total_cmp(&a.impact).then(a.fingerprint.cmp(&b.fingerprint)));
         Ok(PassReport { findings, tests: n_tests, flows, elapsed: started.elapsed() })
+    }
+
+    /// What a finding's onset is found in: the binned latency of its own
+    /// operation when its trouble is time, otherwise the error rate where its
+    /// cause starts, in its segment.
+    fn onset_of(&self, e: &Examined) -> Onset {
+        let t = &e.test;
+        let latency = self.latency(t);
+        let (service, operation) = if latency { (t.service.clone(), t.operation.clone()) } else { e.cause.clone() };
+        Onset { service, operation, segment: t.segment.clone(), latency }
+    }
+
+    /// Each subject's onset series, `(bin start ns, metric)` for bins with at
+    /// least 3 requests, over every bin of the range, the gap between the
+    /// windows included (the onset may lie in it). On minutes, every series
+    /// comes from one read of the rollups; finer bins (short ranges) read spans
+    /// per subject.
+    async fn onset_series(
+        &self,
+        sql: &TenantSql<'_>,
+        ctx: &Ctx,
+        subjects: &[Onset],
+    ) -> Result<Vec<Vec<(i64, f64)>>, AnalysisError> {
+        let metric = |o: &Onset| if o.latency { "log_latency" } else { "error_rate" };
+        let bin_secs = onset_bin_secs(ctx);
+        if bin_secs != 60 || !ctx.rollups {
+            let mut out = Vec::new();
+            for o in subjects {
+                let mut whole = ctx.lean_for(&o.segment);
+                whole.baseline_end = ctx.split;
+                let mut vars = whole.vars(&ctx.subject_filter(&o.service, &o.operation, &o.segment));
+                vars.push(("bin_secs", bin_secs.to_string()));
+                let bins = sql.rows(&sql::render(include_str!("detectors/minutes.sql"), &vars)).await?;
+                out.push(
+                    bins.iter()
+                        .filter(|r| r.u64("n") >= 3)
+                        .filter_map(|r| Some((r.i64("bin")?, r.f64(metric(o))?)))
+                        .collect(),
+                );
+            }
+            return Ok(out);
+        }
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Minutes: the rollups hold them. One read of every subject's
+        // operation by minute and segment values; each subject sums the cells
+        // of its segment.
+        let mut sites: Vec<(&str, &str)> =
+            subjects.iter().map(|o| (o.service.as_str(), o.operation.as_str())).collect();
+        sites.sort_unstable();
+        sites.dedup();
+        let mut vars = ctx.metric_vars("");
+        vars.push((
+            "sites",
+            sites
+                .iter()
+                .map(|(s, o)| format!("(service_name = {} AND operation = {})", sql::lit(s), sql::lit(o)))
+                .collect::<Vec<_>>()
+                .join(" OR "),
+        ));
+        let rows = sql.rows(&sql::render(include_str!("detectors/minutes_rolled.sql"), &vars)).await?;
+        let columns: Vec<String> = (0..ctx.segments.columns.len()).map(|i| format!("seg{i}")).collect();
+        struct Cell {
+            bin: i64,
+            service: String,
+            operation: String,
+            segs: Vec<Option<String>>,
+            n: u64,
+            ok: u64,
+            errors: u64,
+            log_sum: f64,
+        }
+        let cells: Vec<Cell> = rows
+            .iter()
+            .filter_map(|r| {
+                Some(Cell {
+                    bin: r.i64("bin")?,
+                    service: r.str("service")?,
+                    operation: r.str("operation")?,
+                    segs: columns.iter().map(|c| r.str(c)).collect(),
+                    n: r.u64("n"),
+                    ok: r.u64("ok"),
+                    errors: r.u64("errors"),
+                    log_sum: r.f64("log_latency_sum").unwrap_or(0.0),
+                })
+            })
+            .collect();
+        Ok(subjects
+            .iter()
+            .map(|o| {
+                let want: Vec<(usize, String)> = ctx
+                    .segments
+                    .values(&o.segment)
+                    .into_iter()
+                    .filter_map(|(col, v)| Some((columns.iter().position(|c| *c == col)?, v)))
+                    .collect();
+                // (n, ok, errors, log sum) by minute.
+                let mut bins: BTreeMap<i64, (u64, u64, u64, f64)> = BTreeMap::new();
+                for c in cells.iter().filter(|c| {
+                    c.service == o.service
+                        && c.operation == o.operation
+                        && want.iter().all(|(i, v)| c.segs[*i].as_deref() == Some(v.as_str()))
+                }) {
+                    let b = bins.entry(c.bin).or_default();
+                    b.0 += c.n;
+                    b.1 += c.ok;
+                    b.2 += c.errors;
+                    b.3 += c.log_sum;
+                }
+                bins.into_iter()
+                    .filter(|(_, b)| b.0 >= 3)
+                    .filter_map(|(bin, (n, ok, errors, log_sum))| {
+                        let v =
+                            if o.latency { (ok > 0).then(|| log_sum / ok as f64)? } else { errors as f64 / n as f64 };
+                        Some((bin, v))
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
     /// Whether a test's trouble is time (its sample is of every request, not
@@ -536,6 +669,7 @@ impl Analyzer {
         e: &Examined,
         linked: &[&Examined],
         versions: &Rows,
+        series: &[(i64, f64)],
     ) -> Result<Finding, AnalysisError> {
         let t = &e.test;
         let j = &t.judgement;
@@ -543,29 +677,6 @@ impl Analyzer {
         let (mut baseline, mut current) = (j.baseline.clone(), j.current.clone());
         let query = d.evidence(ctx, t, sql, &mut baseline, &mut current).await?;
         let trouble = d.trouble(j);
-
-        // The onset: a change point in the binned metric where the trouble
-        // starts, over every bin of the range, the gap between the windows
-        // included (the onset may lie in it).
-        let (onset_service, onset_op) =
-            if trouble == Trouble::Latency { (t.service.clone(), t.operation.clone()) } else { e.cause.clone() };
-        let bins_filter = ctx.subject_filter(&onset_service, &onset_op, &t.segment);
-        let mut whole = ctx.lean_for(&t.segment);
-        whole.baseline_end = ctx.split;
-        let bin_secs = onset_bin_secs(ctx);
-        let bins = if bin_secs == 60 && ctx.rollups {
-            // Minutes: the rollups hold them, one row per cell.
-            let filter = ctx.metrics_filter(&onset_service, &onset_op, &t.segment);
-            let vars = [("from", sql::ts(ctx.baseline_start)), ("to", sql::ts(ctx.end)), ("filter", filter)];
-            sql.rows(&sql::render(include_str!("detectors/minutes_rolled.sql"), &vars)).await?
-        } else {
-            let mut vars = whole.vars(&bins_filter);
-            vars.push(("bin_secs", bin_secs.to_string()));
-            sql.rows(&sql::render(include_str!("detectors/minutes.sql"), &vars)).await?
-        };
-        let metric = if trouble == Trouble::Latency { "log_latency" } else { "error_rate" };
-        let series: Vec<(i64, f64)> =
-            bins.iter().filter(|r| r.u64("n") >= 3).filter_map(|r| Some((r.i64("bin")?, r.f64(metric)?))).collect();
         let onset = stats::change_point(&series.iter().map(|s| s.1).collect::<Vec<_>>(), 0.2)
             .and_then(|i| Utc.timestamp_nanos(series[i].0).into())
             .filter(|o: &DateTime<Utc>| *o >= ctx.baseline_start);

@@ -179,6 +179,9 @@ pub struct RawStorage {
     pub compact_min_segments: u64,
     /// Segments below this size count as small.
     pub compact_small_bytes: u64,
+    /// Keep `span_metrics` and `sessions` at ingest for detection to read;
+    /// off, every pass reads raw spans.
+    pub rollups: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +257,7 @@ impl Default for RawStorage {
             dedup_max_keys: 4_000_000,
             compact_min_segments: 8,
             compact_small_bytes: 32 << 20,
+            rollups: true,
         }
     }
 }
@@ -439,6 +443,7 @@ impl RawConfig {
             dedup_max_keys: size("storage.dedup_max_keys", self.storage.dedup_max_keys, 1)?,
             compact_min_segments: size("storage.compact_min_segments", self.storage.compact_min_segments, 2)?,
             compact_small_bytes: self.storage.compact_small_bytes,
+            rollups: self.storage.rollups,
             rollup_segments: self.analysis.segments.clone(),
             session_timeout_secs: self.analysis.session_timeout_secs,
             retry_interval_secs: self.analysis.retry_interval_secs,

@@ -84,6 +84,9 @@ pub struct StoreConfig {
     /// Merge a partition's segments once it has this many below `compact_small_bytes`.
     pub compact_min_segments: usize,
     pub compact_small_bytes: u64,
+    /// Keep `span_metrics` and `sessions` at ingest. Off, both stay empty and
+    /// detection reads raw spans.
+    pub rollups: bool,
     /// The segment attributes `span_metrics` is rolled up by (the detectors').
     pub rollup_segments: Vec<String>,
     /// A session is finalized after this long without a span (the detectors').
@@ -105,6 +108,7 @@ impl StoreConfig {
             dedup_max_keys: 4_000_000,
             compact_min_segments: 8,
             compact_small_bytes: 32 << 20,
+            rollups: true,
             rollup_segments: ["browser.mobile", "os.type", "cloud.region", "service.version"]
                 .map(str::to_owned)
                 .to_vec(),
@@ -236,7 +240,7 @@ impl Store {
         let rollups = Arc::new(rollup::RollupContext::new(spec));
         let rolled = rollup::load_metrics(dir, &segments)?;
         let (session_files, kept_sessions) = sessions::load_sessions(dir, &book, checkpoint)?;
-        let sessions_ready = kept_sessions || segments.is_empty();
+        let sessions_ready = config.rollups && (kept_sessions || segments.is_empty());
         if sessions_ready {
             // A later start knows sessions were kept from the first span.
             fs::create_dir_all(dir.join("sessions"))?;
@@ -268,8 +272,10 @@ impl Store {
                     continue;
                 }
                 replayed += batch.num_rows();
-                rollups.note(&r.tenant, &batch, replay_time);
-                book.note(&r.tenant, &batch, replay_time);
+                if config.rollups {
+                    rollups.note(&r.tenant, &batch, replay_time);
+                    book.note(&r.tenant, &batch, replay_time);
+                }
                 let bytes = batch.get_array_memory_size();
                 state.buffer_bytes += bytes;
                 state.buffer.push_back(Buffered { seq: r.seq, tenant: r.tenant.clone(), batch, bytes, at: now });
@@ -423,8 +429,10 @@ impl Store {
             Ok(_) => {
                 let now = wall_nanos();
                 self.inner.arrivals.note(tenant, &fresh, now);
-                self.inner.rollups.note(tenant, &fresh, now);
-                self.inner.sessions.note(tenant, &fresh, now);
+                if self.inner.config.rollups {
+                    self.inner.rollups.note(tenant, &fresh, now);
+                    self.inner.sessions.note(tenant, &fresh, now);
+                }
                 self.inner.stats.add_stored(stored, outcome.duplicates);
                 Ok(outcome)
             }
@@ -461,7 +469,9 @@ impl Store {
             .filter_map(|seg| s.metrics.get(&seg.path).cloned())
             .collect();
         let mut buffered: BTreeMap<Tenant, Vec<RecordBatch>> = BTreeMap::new();
-        for b in s.buffer.iter().filter(|b| tenant.is_none_or(|t| *t == b.tenant)) {
+        // With rollups off `span_metrics` stays empty, buffered spans included.
+        let rolled = self.inner.config.rollups;
+        for b in s.buffer.iter().filter(|b| rolled && tenant.is_none_or(|t| *t == b.tenant)) {
             buffered.entry(b.tenant.clone()).or_default().push(b.batch.clone());
         }
         (files, buffered.into_iter().collect())
@@ -471,6 +481,9 @@ impl Store {
     /// compaction that crashed between its two files), at most `limit` of
     /// them. Returns how many were rolled up.
     pub fn roll_up_missing(&self, limit: usize) -> Result<usize, StoreError> {
+        if !self.inner.config.rollups {
+            return Ok(0);
+        }
         let _guard = self.inner.flush_lock.lock();
         let missing: Vec<Segment> = {
             let s = self.inner.state.read();
@@ -560,6 +573,10 @@ impl Store {
             for (tenant, batches) in &by_tenant {
                 for (n, (hour, batch)) in segment::partition_by_hour(batches)?.into_iter().enumerate() {
                     let seg = segment::write_segment(&root, tenant, hour, through, n, &batch, fsync)?;
+                    if !self.inner.config.rollups {
+                        written.push(seg);
+                        continue;
+                    }
                     // The segment's rollup, from the same spans, before the checkpoint.
                     let metrics = self.inner.rollups.roll_up(tenant, std::slice::from_ref(&batch))?;
                     let path = rollup::metrics_path(data_dir, &seg.path)
@@ -572,13 +589,17 @@ impl Store {
             Ok::<_, StoreError>(())
         })();
         // Sessions quiet for the timeout, and the open ones, as of this flush.
-        let quiet = if through > self.inner.sessions_flushed.load(Ordering::Acquire) {
+        let rollups = self.inner.config.rollups;
+        let quiet = if rollups && through > self.inner.sessions_flushed.load(Ordering::Acquire) {
             self.inner.sessions.take_quiet(wall_nanos())
         } else {
             sessions::Quiet::default()
         };
         let mut session_files: Vec<sessions::SessionFile> = Vec::new();
         let result = result.and_then(|()| {
+            if !rollups {
+                return Ok(());
+            }
             for (tenant, batch) in self.inner.sessions.rows_of(&quiet)? {
                 session_files.push(sessions::write_sessions(data_dir, &tenant, through, &batch, fsync)?);
             }
@@ -792,6 +813,9 @@ impl Store {
     /// that arrive meanwhile join the rebuilt sessions.
     pub fn rebuild_sessions(&self) -> Result<usize, StoreError> {
         let _guard = self.inner.flush_lock.lock();
+        if !self.inner.config.rollups {
+            return Err(StoreError::Refused("rollups are off ([storage] rollups = false)".into()));
+        }
         let started = Instant::now();
         let cfg = &self.inner.config;
         let fsync = cfg.durability == Durability::Fsync;
@@ -930,7 +954,8 @@ impl Store {
                     if let Err(e) = store.roll_up_missing(4) {
                         warn!(error = %e, "rolling up stored segments failed, will retry");
                     }
-                    if !store.sessions_ready()
+                    if store.inner.config.rollups
+                        && !store.sessions_ready()
                         && let Err(e) = store.rebuild_sessions()
                     {
                         warn!(error = %e, "rebuilding sessions failed, will retry");

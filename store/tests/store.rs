@@ -572,3 +572,28 @@ fn sessions_count_every_call_once_through_flush_crash_finalization_and_compactio
     assert!(store.sessions_ready());
     assert_eq!(rt.block_on(sessions_by_os(&store)), expect, "after a restart");
 }
+
+#[test]
+fn with_rollups_off_spans_are_stored_and_no_rollups_or_sessions_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let mut cfg = config(dir.path());
+    cfg.rollups = false;
+    let store = Store::open(cfg.clone()).unwrap();
+    rt.block_on(store.append(&t, batch(1, 100, now_ns()))).unwrap();
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM span_metrics")), 0, "nothing rolled up while buffered");
+    store.flush().unwrap();
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 100);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM span_metrics")), 0);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM sessions")), 0);
+    assert!(!store.sessions_ready(), "detection must not read sessions that were never kept");
+    assert!(!dir.path().join("metrics").exists() && !dir.path().join("sessions").exists());
+    assert_eq!(store.roll_up_missing(10).unwrap(), 0);
+    drop(store);
+    // Turned on later, the spans stored without rollups are rolled up.
+    cfg.rollups = true;
+    let store = Store::open(cfg).unwrap();
+    while store.roll_up_missing(10).unwrap() > 0 {}
+    assert_eq!(rt.block_on(count(&store, "SELECT sum(requests) FROM span_metrics")), 100);
+}

@@ -2,10 +2,12 @@
 //! load mode (500 spans a request, every span distinct), pushed at a running
 //! `andon serve` with durability on, over OTLP/HTTP and then OTLP/gRPC.
 //!
-//! `cargo bench -p andon-tests --bench ingest [-- SECONDS [CONNECTIONS]]`
+//! `cargo bench -p andon-tests --bench ingest [-- SECONDS [CONNECTIONS [ROUNDS]]]`
 //!
 //! Prints spans/s, spans per server CPU-second, export latency, the server's peak
-//! RSS and Parquet bytes per span on disk.
+//! RSS and Parquet bytes per span on disk, with the rollups and sessions kept at
+//! ingest (the default) and without them (`[storage] rollups = false`),
+//! alternating for `ROUNDS` rounds (default 1), then the medians of each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,47 +53,94 @@ fn dir_bytes(dir: &std::path::Path, ext: &str) -> u64 {
     total
 }
 
+struct Run {
+    rate: f64,
+    per_cpu: f64,
+    p99_ms: f64,
+    rss: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let secs: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(20);
     let conns: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(4);
+    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     // Enough for well over the fastest rate measured; the run says if it ran out.
     let pool_spans = (secs as usize * 150_000).clamp(100_000, 4_000_000);
-    for (seed, transport) in [(1, Transport::Http), (2, Transport::Grpc)] {
-        let pool = Arc::new(load::encode_pool(pool_spans, SPANS_PER_REQUEST, seed).expect("traffic encodes"));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut server = Server::start(dir.path());
-        let pid = server.pid();
-        let endpoint = match transport {
-            Transport::Http => server.http_url(""),
-            Transport::Grpc => server.grpc_url(),
-        };
-        let cfg = LoadConfig {
-            endpoint,
-            transport,
-            duration: Duration::from_secs(secs),
-            connections: conns,
-            pool_spans,
-            spans_per_request: SPANS_PER_REQUEST,
-            seed,
-        };
-        let cpu0 = cpu_seconds(pid);
-        let report = rt.block_on(load::run(&cfg, pool)).expect("loopback load");
-        let cpu = cpu_seconds(pid) - cpu0;
-        let rss = peak_rss_mb(pid);
-        server.stop();
-        let parquet = dir_bytes(&dir.path().join("segments"), "parquet");
+    let mut runs: std::collections::BTreeMap<(String, bool), Vec<Run>> = Default::default();
+    for _ in 0..rounds {
+        for (seed, transport) in [(1, Transport::Http), (2, Transport::Grpc)] {
+            let pool = Arc::new(load::encode_pool(pool_spans, SPANS_PER_REQUEST, seed).expect("traffic encodes"));
+            for rollups in [true, false] {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let flag = if rollups { "true" } else { "false" };
+                // Ingest alone: no detection passes share the server's CPU.
+                let env = [("ANDON_STORAGE_ROLLUPS", flag), ("ANDON_ANALYSIS_INTERVAL_SECS", "0")];
+                let mut server = Server::start_with_env(dir.path(), &env);
+                let pid = server.pid();
+                let endpoint = match transport {
+                    Transport::Http => server.http_url(""),
+                    Transport::Grpc => server.grpc_url(),
+                };
+                let cfg = LoadConfig {
+                    endpoint,
+                    transport,
+                    duration: Duration::from_secs(secs),
+                    connections: conns,
+                    pool_spans,
+                    spans_per_request: SPANS_PER_REQUEST,
+                    seed,
+                };
+                let cpu0 = cpu_seconds(pid);
+                let report = rt.block_on(load::run(&cfg, Arc::clone(&pool))).expect("loopback load");
+                let cpu = cpu_seconds(pid) - cpu0;
+                let rss = peak_rss_mb(pid);
+                server.stop();
+                let parquet = dir_bytes(&dir.path().join("segments"), "parquet");
+                let run = Run {
+                    rate: report.spans as f64 / report.elapsed.as_secs_f64().max(1e-9),
+                    per_cpu: report.spans as f64 / cpu.max(1e-9),
+                    p99_ms: report.percentile(0.99).as_secs_f64() * 1e3,
+                    rss,
+                };
+                println!(
+                    "{transport:?} rollups={rollups}: {:.0} spans/s, {:.0} spans per server CPU-second, p50 {:.1} ms, p99 {:.1} ms, peak RSS {rss:.0} MB, {:.1} Parquet bytes/span ({} spans, {:.0} bytes/span encoded, {conns} connections{})",
+                    run.rate,
+                    run.per_cpu,
+                    report.percentile(0.5).as_secs_f64() * 1e3,
+                    run.p99_ms,
+                    parquet as f64 / report.spans.max(1) as f64,
+                    report.spans,
+                    report.encoded_bytes_per_span,
+                    if report.pool_exhausted { ", pool ran out" } else { "" },
+                );
+                runs.entry((format!("{transport:?}"), rollups)).or_default().push(run);
+            }
+        }
+    }
+    println!("medians of {rounds} round(s):");
+    for ((transport, rollups), v) in &runs {
         println!(
-            "{transport:?}: {:.0} spans/s, {:.0} spans per server CPU-second, p50 {:.1} ms, p99 {:.1} ms, peak RSS {rss:.0} MB, {:.1} Parquet bytes/span ({} spans, {:.0} bytes/span encoded, {conns} connections{})",
-            report.spans as f64 / report.elapsed.as_secs_f64().max(1e-9),
-            report.spans as f64 / cpu.max(1e-9),
-            report.percentile(0.5).as_secs_f64() * 1e3,
-            report.percentile(0.99).as_secs_f64() * 1e3,
-            parquet as f64 / report.spans.max(1) as f64,
-            report.spans,
-            report.encoded_bytes_per_span,
-            if report.pool_exhausted { ", pool ran out" } else { "" },
+            "{transport} rollups={rollups}: {:.0} spans/s, {:.0} spans per server CPU-second, p99 {:.1} ms, peak RSS {:.0} MB",
+            median(v.iter().map(|r| r.rate).collect()),
+            median(v.iter().map(|r| r.per_cpu).collect()),
+            median(v.iter().map(|r| r.p99_ms).collect()),
+            median(v.iter().map(|r| r.rss).collect()),
         );
+    }
+    for transport in ["Http", "Grpc"] {
+        let on = runs.get(&(transport.to_owned(), true));
+        let off = runs.get(&(transport.to_owned(), false));
+        if let (Some(on), Some(off)) = (on, off) {
+            let on = median(on.iter().map(|r| r.per_cpu).collect());
+            let off = median(off.iter().map(|r| r.per_cpu).collect());
+            println!("{transport}: rollups and sessions cost {:.1}% of spans per CPU-second", (1.0 - on / off) * 100.0);
+        }
     }
 }

@@ -1,13 +1,18 @@
--- Per minute of the range: requests, mean log latency (of those that
--- succeeded) and error rate of one subject, read from the rollups. The minutes
--- at either end of the range count whole.
-SELECT minute AS bin,
+-- Per minute of the range, by operation and segment values: requests,
+-- successful requests with the sum of their log latency, and errors, of the
+-- operations whose onset series a pass needs (each series sums the cells of
+-- its segment). The minutes at either end of the range count whole.
+SELECT bin, service, operation{{segments}},
        sum(requests) AS n,
-       sum(log_latency_sum) / CAST(nullif(sum(requests - errors), 0) AS DOUBLE) AS log_latency,
-       CAST(sum(errors) AS DOUBLE) / sum(requests) AS error_rate
-FROM span_metrics
-WHERE kind = 'server'
-  AND minute >= date_bin(INTERVAL '60 seconds', {{from}}, TIMESTAMP '1970-01-01T00:00:00')
-  AND minute < {{to}} {{filter}}
-GROUP BY 1
-ORDER BY 1
+       sum(requests - errors) AS ok,
+       sum(errors) AS errors,
+       sum(log_latency_sum) AS log_latency_sum
+FROM (
+    SELECT minute AS bin, service_name AS service, operation{{metric_segments}},
+           requests, errors, log_latency_sum
+    FROM span_metrics
+    WHERE kind = 'server'
+      AND minute >= date_bin(INTERVAL '60 seconds', {{from}}, TIMESTAMP '1970-01-01T00:00:00')
+      AND minute < {{to}} AND ({{sites}})
+) cells
+GROUP BY bin, service, operation{{segments}}
