@@ -163,9 +163,15 @@ struct TenantBook {
 pub struct Quiet(Vec<(Tenant, Vec<(String, Open)>)>);
 
 /// What a flush writes of the open sessions.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct OpenFile {
     tenants: BTreeMap<String, TenantBook>,
+}
+
+/// [`OpenFile`] as written, borrowing the book.
+#[derive(Serialize)]
+struct OpenFileRef<'a> {
+    tenants: BTreeMap<&'a str, &'a TenantBook>,
 }
 
 fn keep_max(slot: &mut Option<String>, v: &str) {
@@ -302,12 +308,9 @@ impl SessionBook {
     /// The open sessions, as a flush writes them.
     fn to_json(&self) -> Result<Vec<u8>, StoreError> {
         let by_tenant = self.by_tenant.lock();
-        let file = OpenFile {
-            tenants: by_tenant
-                .iter()
-                .map(|(t, b)| (t.as_str().to_owned(), TenantBook { open: b.open.clone(), watermark: b.watermark }))
-                .collect(),
-        };
+        // Serialized in place under the lock: a copy of every open session
+        // first cost more than writing them out.
+        let file = OpenFileRef { tenants: by_tenant.iter().map(|(t, b)| (t.as_str(), b)).collect() };
         serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))
     }
 
