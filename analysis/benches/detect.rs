@@ -1,12 +1,19 @@
-//! A full detection pass over the simulated shop's traffic, against DuckDB
-//! running the same detector SQL over the same Parquet segments, in one run.
+//! One continuous detection pass over the simulated shop's traffic, against
+//! DuckDB running the same detectors' raw-span SQL over the same Parquet
+//! segments, in one run.
 //!
-//! `cargo bench -p andon-analysis --bench detect -- [MILLION_SPANS] [RUNS]`
-//! (defaults 10 and 3). Prints the median of the runs for: Andon's full pass
-//! (SQL, statistics, trace sampling, evidence; the windows are whole minutes,
-//! so the latency and error-rate tests read `span_metrics`), the same pass
-//! reading spans only, Andon running only the detector SQL over spans, and
-//! DuckDB (pip `duckdb`, installed when missing) running that SQL.
+//! `cargo bench -p andon-analysis --bench detect -- [MILLION_SPANS] [RUNS] [HOURS]`
+//! (defaults 10, 3 and 6). Stores `MILLION_SPANS` of the `all` scenario spread
+//! over `HOURS` through the real ingest path, then times the pass continuous
+//! detection runs at the end of the data: the default windows, 30 minutes
+//! against the 3 hours before. Holding the rate and tripling both figures
+//! (`-- 30 3 18`) tells whether a pass's cost follows what is stored or what
+//! it reads. Prints the median of the runs, with CPU-seconds and the peak RSS
+//! of the passes, for: Andon's pass (the windows are whole minutes, so it
+//! reads `span_metrics` and `sessions`), the same pass reading spans only,
+//! Andon running only the detectors' raw-span SQL, and DuckDB (pip `duckdb`,
+//! installed when missing) running that SQL with 2 threads.
+//! `ANDON_BENCH_SPANS_PASS=0` leaves out the pass reading spans only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
@@ -22,7 +29,60 @@ use andon_model::clock::SystemClock;
 use andon_store::{Durability, QueryEngine, QueryLimits, Store, StoreConfig};
 use chrono::{DateTime, Duration, Utc};
 
-const HOURS: f64 = 6.0;
+/// utime + stime of this process, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// The peak RSS since the last [`reset_peak_rss`], in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Starts the peak RSS afresh from the current RSS (Linux `clear_refs`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Wall seconds, CPU-seconds and peak RSS of each run of one thing.
+#[derive(Default)]
+struct Timed {
+    wall: Vec<f64>,
+    cpu: Vec<f64>,
+    rss: f64,
+}
+
+impl Timed {
+    fn run<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        reset_peak_rss();
+        let (t, c) = (Instant::now(), cpu_seconds());
+        let out = f();
+        self.wall.push(t.elapsed().as_secs_f64());
+        self.cpu.push(cpu_seconds() - c);
+        self.rss = self.rss.max(peak_rss_mb());
+        out
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:.2} s, {:.2} CPU-s, peak RSS {:.0} MB",
+            median(self.wall.clone()),
+            median(self.cpu.clone()),
+            self.rss
+        )
+    }
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -50,13 +110,16 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let millions: f64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(10.0);
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let hours: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(6.0);
+    // The same pass reading spans only takes minutes on large stores.
+    let spans_only = std::env::var("ANDON_BENCH_SPANS_PASS").map_or(true, |v| v != "0");
     let end: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-11-20T20:00:00Z").unwrap().with_timezone(&Utc);
 
     // Spans per session, from a short run, sets the rate that gives the target.
     let probe = andon_fixtures::generate("all", 3, 0.2, 1.0, end).unwrap();
     let per_session = probe.spans as f64 / probe.sessions.max(1) as f64;
-    let rate = millions * 1e6 / per_session / (HOURS * 3600.0);
-    eprintln!("generating ~{millions}M spans: {HOURS} h at {rate:.2} sessions/s ({per_session:.0} spans per session)");
+    let rate = millions * 1e6 / per_session / (hours * 3600.0);
+    eprintln!("generating ~{millions}M spans: {hours} h at {rate:.2} sessions/s ({per_session:.0} spans per session)");
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::new(dir.path());
@@ -66,7 +129,7 @@ fn main() {
     let ingestor = Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), IngestConfig::default());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let tenant = Tenant::default_tenant();
-    let mut sim = Simulation::new(SimConfig::new(scenario("all").unwrap(), 3, rate, HOURS, end)).unwrap();
+    let mut sim = Simulation::new(SimConfig::new(scenario("all").unwrap(), 3, rate, hours, end)).unwrap();
     let truth = sim.ground_truth().clone();
     let started = Instant::now();
     let mut spans = 0usize;
@@ -89,14 +152,15 @@ fn main() {
     let config = AnalysisConfig { flows: vec![checkout_flow()], ..AnalysisConfig::default() };
     let analyzer = Analyzer::new(engine.clone(), config.clone()).unwrap();
     let from_spans = Analyzer::new(engine.clone(), config).unwrap().reading_spans_only();
-    let span = truth.end - truth.start;
-    let at = |f: f64| truth.start + Duration::milliseconds((span.num_milliseconds() as f64 * f) as i64);
-    let windows = Windows { baseline_start: truth.start, baseline_end: at(0.35), split: at(0.8), end: truth.end };
+    // The pass continuous detection runs at the end of the data.
+    let windows = Windows::before(
+        truth.end - Duration::seconds(analyzer.config().window_secs as i64),
+        truth.end,
+        analyzer.config().baseline_secs,
+    );
     let queries = analyzer.detector_queries(windows);
 
-    let mut full = Vec::new();
-    let mut unrolled = Vec::new();
-    let mut sql_only = Vec::new();
+    let (mut full, mut unrolled, mut sql_only) = (Timed::default(), Timed::default(), Timed::default());
     let mut found = 0;
     let gist = |r: &andon_analysis::PassReport| {
         let mut v: Vec<String> =
@@ -106,19 +170,17 @@ fn main() {
     };
     let mut same = true;
     for _ in 0..runs {
-        let t = Instant::now();
-        let report = rt.block_on(analyzer.pass(&tenant, windows)).unwrap();
-        full.push(t.elapsed().as_secs_f64());
+        let report = full.run(|| rt.block_on(analyzer.pass(&tenant, windows)).unwrap());
         found = report.findings.len();
-        let t = Instant::now();
-        let spans_report = rt.block_on(from_spans.pass(&tenant, windows)).unwrap();
-        unrolled.push(t.elapsed().as_secs_f64());
-        same &= gist(&report) == gist(&spans_report);
-        let t = Instant::now();
-        for (_, q) in &queries {
-            rt.block_on(engine.collect(Some(tenant.clone()), q)).unwrap();
+        if spans_only {
+            let spans_report = unrolled.run(|| rt.block_on(from_spans.pass(&tenant, windows)).unwrap());
+            same &= gist(&report) == gist(&spans_report);
         }
-        sql_only.push(t.elapsed().as_secs_f64());
+        sql_only.run(|| {
+            for (_, q) in &queries {
+                rt.block_on(engine.collect(Some(tenant.clone()), q)).unwrap();
+            }
+        });
     }
 
     // DuckDB over the same files and statements.
@@ -131,7 +193,7 @@ fn main() {
     write!(
         f,
         r#"
-import glob, statistics, sys, time
+import glob, resource, statistics, sys, time
 try:
     import duckdb
 except ImportError:
@@ -146,13 +208,15 @@ con.execute("SET threads = 2")
 con.execute("CREATE VIEW spans AS SELECT * REPLACE (CAST(start_time AS TIMESTAMPTZ) AS start_time, "
             "CAST(end_time AS TIMESTAMPTZ) AS end_time) FROM read_parquet('{segments}/**/*.parquet')")
 queries = [open(p).read() for p in sorted(glob.glob('{dir}/*.sql'), key=lambda p: int(p.rsplit('/', 1)[1][:-4]))]
-times = []
+times, cpus = [], []
+cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
 for _ in range({runs}):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu()
     for q in queries:
         con.execute(q).fetchall()
     times.append(time.perf_counter() - t)
-print(statistics.median(times))
+    cpus.append(cpu() - c)
+print(statistics.median(times), statistics.median(cpus), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 "#,
         segments = segments_dir.display(),
         dir = script_dir.path().display(),
@@ -160,22 +224,25 @@ print(statistics.median(times))
     .unwrap();
     drop(f);
     let out = Command::new("python3").arg(&script).output().expect("python3 runs");
-    let duck: Option<f64> = if out.status.success() {
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    let duck: Option<Vec<f64>> = if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(|v| v.parse().ok()).collect()
     } else {
         eprintln!("duckdb failed: {}", String::from_utf8_lossy(&out.stderr));
         None
     };
 
-    println!("spans: {spans}  findings: {found}  runs: {runs}");
-    println!("andon full detection pass (median): {:.2} s", median(full.clone()));
-    println!("andon full pass from spans only (median): {:.2} s  (same findings: {same})", median(unrolled.clone()));
-    println!("andon detector SQL only   (median): {:.2} s", median(sql_only.clone()));
-    match duck {
-        Some(d) => println!(
-            "duckdb detector SQL       (median): {d:.2} s  (andon full pass / duckdb = {:.2})",
-            median(full) / d
+    println!("spans: {spans}  findings: {found}  runs: {runs}  pass: {} to {}", windows.baseline_start, windows.end);
+    println!("andon detection pass           (median): {}", full.line());
+    if spans_only {
+        println!("andon pass from spans only     (median): {}  (same findings: {same})", unrolled.line());
+    }
+    println!("andon detector raw-span SQL    (median): {}", sql_only.line());
+    match duck.as_deref() {
+        Some([wall, cpu, rss]) => println!(
+            "duckdb detector raw-span SQL   (median): {wall:.2} s, {cpu:.2} CPU-s, peak RSS {rss:.0} MB (process)  \
+             (andon pass / duckdb = {:.2})",
+            median(full.wall.clone()) / wall
         ),
-        None => println!("duckdb: not measured"),
+        _ => println!("duckdb: not measured"),
     }
 }
