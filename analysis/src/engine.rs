@@ -51,6 +51,50 @@ struct Picked {
     any: Vec<Pick>,
 }
 
+/// The `seg` columns of a pass's rows, in order.
+fn seg_columns(segments: &Segments) -> Vec<String> {
+    (0..segments.columns.len()).map(|i| format!("seg{i}")).collect()
+}
+
+/// Rows of one operation within one segment, among rows that carry every
+/// `seg` column ([`seg_columns`]).
+struct Cut<'a> {
+    service: &'a str,
+    operation: &'a str,
+    /// Each `seg` column the segment fixes, by position, with its text.
+    want: Vec<(usize, String)>,
+}
+
+impl<'a> Cut<'a> {
+    fn new(segments: &Segments, service: &'a str, operation: &'a str, segment: &BTreeMap<String, Value>) -> Self {
+        let columns = seg_columns(segments);
+        let want = segments
+            .values(segment)
+            .into_iter()
+            .filter_map(|(col, v)| Some((columns.iter().position(|c| *c == col)?, v)))
+            .collect();
+        Self { service, operation, want }
+    }
+
+    fn holds(&self, service: &str, operation: &str, segs: &[Option<String>]) -> bool {
+        service == self.service
+            && operation == self.operation
+            && self.want.iter().all(|(i, v)| segs[*i].as_deref() == Some(v.as_str()))
+    }
+}
+
+/// A condition matching rows of any of `sites` (service, operation), each once.
+fn sites_condition<'a>(sites: impl Iterator<Item = (&'a str, &'a str)>, service_column: &str) -> String {
+    let mut sites: Vec<(&str, &str)> = sites.collect();
+    sites.sort_unstable();
+    sites.dedup();
+    sites
+        .iter()
+        .map(|(s, o)| format!("({service_column} = {} AND operation = {})", sql::lit(s), sql::lit(o)))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
 /// Where a finding's onset is looked for.
 struct Onset {
     service: String,
@@ -391,21 +435,13 @@ impl Analyzer {
         // Minutes: the rollups hold them. One read of every subject's
         // operation by minute and segment values; each subject sums the cells
         // of its segment.
-        let mut sites: Vec<(&str, &str)> =
-            subjects.iter().map(|o| (o.service.as_str(), o.operation.as_str())).collect();
-        sites.sort_unstable();
-        sites.dedup();
         let mut vars = ctx.metric_vars("");
         vars.push((
             "sites",
-            sites
-                .iter()
-                .map(|(s, o)| format!("(service_name = {} AND operation = {})", sql::lit(s), sql::lit(o)))
-                .collect::<Vec<_>>()
-                .join(" OR "),
+            sites_condition(subjects.iter().map(|o| (o.service.as_str(), o.operation.as_str())), "service_name"),
         ));
         let rows = sql.rows(&sql::render(include_str!("detectors/minutes_rolled.sql"), &vars)).await?;
-        let columns: Vec<String> = (0..ctx.segments.columns.len()).map(|i| format!("seg{i}")).collect();
+        let columns = seg_columns(&ctx.segments);
         struct Cell {
             bin: i64,
             service: String,
@@ -434,19 +470,10 @@ impl Analyzer {
         Ok(subjects
             .iter()
             .map(|o| {
-                let want: Vec<(usize, String)> = ctx
-                    .segments
-                    .values(&o.segment)
-                    .into_iter()
-                    .filter_map(|(col, v)| Some((columns.iter().position(|c| *c == col)?, v)))
-                    .collect();
+                let cut = Cut::new(&ctx.segments, &o.service, &o.operation, &o.segment);
                 // (n, ok, errors, log sum) by minute.
                 let mut bins: BTreeMap<i64, (u64, u64, u64, f64)> = BTreeMap::new();
-                for c in cells.iter().filter(|c| {
-                    c.service == o.service
-                        && c.operation == o.operation
-                        && want.iter().all(|(i, v)| c.segs[*i].as_deref() == Some(v.as_str()))
-                }) {
+                for c in cells.iter().filter(|c| cut.holds(&c.service, &c.operation, &c.segs)) {
                     let b = bins.entry(c.bin).or_default();
                     b.0 += c.n;
                     b.1 += c.ok;
@@ -482,10 +509,6 @@ impl Analyzer {
         }
         let lean = candidates.iter().all(|c| c.test.segment.is_empty());
         let window = Ctx { baseline_start: ctx.split, baseline_end: ctx.split, lean, ..ctx.clone() };
-        let mut sites: Vec<(&str, &str)> =
-            candidates.iter().map(|c| (c.test.service.as_str(), c.test.operation.as_str())).collect();
-        sites.sort_unstable();
-        sites.dedup();
         let q = format!(
             "WITH {}\nSELECT trace_id, span_id, start_time, end_time, service, operation, err{} FROM requests \
              WHERE start_time >= {} AND start_time < {} AND ({}){settled}",
@@ -493,16 +516,12 @@ impl Analyzer {
             ctx.segments.list(),
             sql::ts(ctx.split),
             sql::ts(ctx.end),
-            sites
-                .iter()
-                .map(|(s, o)| format!("(service = {} AND operation = {})", sql::lit(s), sql::lit(o)))
-                .collect::<Vec<_>>()
-                .join(" OR "),
+            sites_condition(candidates.iter().map(|c| (c.test.service.as_str(), c.test.operation.as_str())), "service"),
             settled = ctx.settled.map(|at| format!(" AND {}", sql::settled("trace_id", at))).unwrap_or_default(),
         );
         let rows = self.rows(tenant, &q).await?;
         // Each request once, with what the candidates tell apart.
-        let columns: Vec<String> = (0..ctx.segments.columns.len()).map(|i| format!("seg{i}")).collect();
+        let columns = seg_columns(&ctx.segments);
         struct Request {
             service: String,
             operation: String,
@@ -527,19 +546,8 @@ impl Analyzer {
             .map(|c| {
                 let t = &c.test;
                 let errors = !self.latency(t);
-                let want: Vec<(usize, String)> = ctx
-                    .segments
-                    .values(&t.segment)
-                    .into_iter()
-                    .filter_map(|(col, v)| Some((columns.iter().position(|c| *c == col)?, v)))
-                    .collect();
-                let mine = || {
-                    requests.iter().filter(|r| {
-                        r.service == t.service
-                            && r.operation == t.operation
-                            && want.iter().all(|(i, v)| r.segs[*i].as_deref() == Some(v.as_str()))
-                    })
-                };
+                let cut = Cut::new(&ctx.segments, &t.service, &t.operation, &t.segment);
+                let mine = || requests.iter().filter(|r| cut.holds(&r.service, &r.operation, &r.segs));
                 Picked {
                     sample: Pick::first(mine().filter(|r| !errors || r.err).map(|r| r.pick.clone()), SAMPLE),
                     any: Pick::first(mine().map(|r| r.pick.clone()), self.config.exemplars),
