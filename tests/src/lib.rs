@@ -14,22 +14,24 @@ use std::time::{Duration, Instant};
 /// Path of the `andon` binary, built once per test process.
 pub fn andon_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("andon", "andon"))
+    BIN.get_or_init(|| build_bin("andon"))
 }
 
 /// Path of the `andon-fixtures` binary (the simulated shop), built once per test process.
 pub fn fixtures_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("andon-fixtures", "andon-fixtures"))
+    BIN.get_or_init(|| build_bin("andon-fixtures"))
 }
 
-fn build_bin(package: &str, bin: &str) -> PathBuf {
+fn build_bin(bin: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/<bin>
     let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", package, "--bin", bin]).current_dir(workspace_root());
+    // `--workspace`, as the test build has: the same packages resolve the same
+    // features, so this reuses the binary that build made (see tests/Cargo.toml).
+    build.args(["build", "--quiet", "--workspace", "--bin", bin]).current_dir(workspace_root());
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         // Benchmarks measure optimised binaries.
         build.arg("--release");
