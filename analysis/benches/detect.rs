@@ -224,7 +224,10 @@ for _ in range({runs}):
         con.execute(q).fetchall()
     times.append(time.perf_counter() - t)
     cpus.append(cpu() - c)
-print(statistics.median(times), statistics.median(cpus), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the bench process
+# across exec, so it would report the bench's own peak.
+hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+print(statistics.median(times), statistics.median(cpus), hwm / 1024)
 "#,
         segments = segments_dir.display(),
         dir = script_dir.path().display(),

@@ -182,6 +182,8 @@ pub struct RawStorage {
     /// Keep `span_metrics` and `sessions` at ingest for detection to read;
     /// off, every pass reads raw spans.
     pub rollups: bool,
+    /// How often a flush also writes the open sessions.
+    pub sessions_snapshot_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -258,6 +260,7 @@ impl Default for RawStorage {
             compact_min_segments: 8,
             compact_small_bytes: 32 << 20,
             rollups: true,
+            sessions_snapshot_secs: 30,
         }
     }
 }
@@ -444,6 +447,7 @@ impl RawConfig {
             compact_min_segments: size("storage.compact_min_segments", self.storage.compact_min_segments, 2)?,
             compact_small_bytes: self.storage.compact_small_bytes,
             rollups: self.storage.rollups,
+            sessions_snapshot_interval: Duration::from_secs(self.storage.sessions_snapshot_secs),
             rollup_segments: self.analysis.segments.clone(),
             session_timeout_secs: self.analysis.session_timeout_secs,
             retry_interval_secs: self.analysis.retry_interval_secs,

@@ -93,6 +93,10 @@ pub struct StoreConfig {
     pub session_timeout_secs: u64,
     /// A call within this long of a failure of the same operation is a retry.
     pub retry_interval_secs: u64,
+    /// A flush writes the open sessions when the last write is this old (zero:
+    /// at every flush). A start rebuilds what was noted after the last write
+    /// from the segments flushed since.
+    pub sessions_snapshot_interval: Duration,
 }
 
 impl StoreConfig {
@@ -114,6 +118,7 @@ impl StoreConfig {
                 .to_vec(),
             session_timeout_secs: 900,
             retry_interval_secs: 30,
+            sessions_snapshot_interval: Duration::from_secs(30),
         }
     }
 }
@@ -176,6 +181,9 @@ struct Inner {
     /// The last flush that wrote sessions files: their names hold it, so a
     /// flush that did not move past it (nothing new in the WAL) writes none.
     sessions_flushed: std::sync::atomic::AtomicU64,
+    /// The flush whose open sessions were last written, and when (`None`:
+    /// not since the start, so the next flush writes them).
+    sessions_snapshot: Mutex<(u64, Option<Instant>)>,
     stats: Arc<StoreStats>,
     _lock: File,
 }
@@ -239,7 +247,30 @@ impl Store {
         )));
         let rollups = Arc::new(rollup::RollupContext::new(spec));
         let rolled = rollup::load_metrics(dir, &segments)?;
-        let (session_files, kept_sessions) = sessions::load_sessions(dir, &book, checkpoint)?;
+        let sessions::Loaded { files: session_files, kept: kept_sessions, snapshot } =
+            sessions::load_sessions(dir, &book, checkpoint)?;
+        let replay_time = wall_nanos();
+        if config.rollups
+            && let Some(snapshot) = snapshot
+        {
+            // The open sessions were written at `snapshot`: the spans of the
+            // segments flushed since go into the book again (noting a span twice
+            // counts it once), less the sessions those flushes finalized.
+            // Compaction leaves these segments alone until a later write.
+            let mut renoted = 0usize;
+            for seg in segments.iter().filter(|s| s.flush_seq > snapshot) {
+                for b in segment::read_all(&seg.path)? {
+                    renoted += b.num_rows();
+                    book.note(&seg.tenant, &b, replay_time);
+                }
+            }
+            for f in session_files.iter().filter(|f| f.flush > snapshot) {
+                book.forget_finalized(&f.tenant, &sessions::finalized_in(&f.path)?);
+            }
+            if renoted > 0 {
+                info!(snapshot, spans = renoted, "noted the spans flushed after the open sessions were written");
+            }
+        }
         let sessions_ready = config.rollups && (kept_sessions || segments.is_empty());
         if sessions_ready {
             // A later start knows sessions were kept from the first span.
@@ -259,7 +290,6 @@ impl Store {
             session_files,
             ..State::default()
         };
-        let replay_time = wall_nanos();
         let mut replayed = 0usize;
         let (last_seq, bad_wal) = wal::replay(&dir.join("wal"), &quarantine.join("wal"), checkpoint, |r| {
             for batch in r.batches {
@@ -318,6 +348,7 @@ impl Store {
                 sessions: book,
                 sessions_ready: AtomicBool::new(sessions_ready),
                 sessions_flushed: std::sync::atomic::AtomicU64::new(checkpoint),
+                sessions_snapshot: Mutex::new((snapshot.unwrap_or(0), None)),
                 wal,
                 closed: AtomicBool::new(false),
                 flush_lock: Mutex::new(()),
@@ -596,6 +627,13 @@ impl Store {
             sessions::Quiet::default()
         };
         let mut session_files: Vec<sessions::SessionFile> = Vec::new();
+        // The open sessions are written every `sessions_snapshot_interval`, not
+        // at every flush: each write holds every open session.
+        let snapshot_due = rollups
+            && self.inner.sessions_snapshot.lock().1.is_none_or(|at| {
+                at.elapsed() >= self.inner.config.sessions_snapshot_interval
+                    || self.inner.closed.load(Ordering::Acquire)
+            });
         let result = result.and_then(|()| {
             if !rollups {
                 return Ok(());
@@ -603,7 +641,10 @@ impl Store {
             for (tenant, batch) in self.inner.sessions.rows_of(&quiet)? {
                 session_files.push(sessions::write_sessions(data_dir, &tenant, through, &batch, fsync)?);
             }
-            sessions::write_open(data_dir, &self.inner.sessions, through, fsync)
+            if snapshot_due {
+                sessions::write_open(data_dir, &self.inner.sessions, through, fsync)?;
+            }
+            Ok(())
         });
         if let Err(e) = result {
             // The spans stay buffered and in the WAL. Segments of this attempt must
@@ -640,7 +681,10 @@ impl Store {
             s.session_files.extend(session_files);
         }
         write_checkpoint(&self.inner.config.data_dir, through, fsync)?;
-        sessions::forget_open_before(data_dir, through);
+        if snapshot_due {
+            *self.inner.sessions_snapshot.lock() = (through, Some(Instant::now()));
+            sessions::forget_open_before(data_dir, through);
+        }
         wal::truncate_through(&self.inner.config.data_dir.join("wal"), through)?;
         if rows > 0 {
             self.inner.stats.flush_latency.observe(started.elapsed());
@@ -655,7 +699,11 @@ impl Store {
         let cfg = &self.inner.config;
         let s = self.inner.state.read();
         let mut partitions: BTreeMap<(Tenant, i64), Vec<Segment>> = BTreeMap::new();
-        for seg in s.segments.values() {
+        // A start notes the spans of segments flushed after the open sessions
+        // were last written into them again; those segments must still be
+        // their flush's own, not merged with earlier ones.
+        let written = if cfg.rollups { self.inner.sessions_snapshot.lock().0 } else { u64::MAX };
+        for seg in s.segments.values().filter(|seg| seg.flush_seq <= written) {
             partitions.entry((seg.tenant.clone(), seg.hour)).or_default().push(seg.clone());
         }
         let mut out = Vec::new();
@@ -862,6 +910,7 @@ impl Store {
         }
         sessions::adopt(&self.inner.sessions, book);
         sessions::write_open(&cfg.data_dir, &self.inner.sessions, checkpoint, fsync)?;
+        *self.inner.sessions_snapshot.lock() = (checkpoint, Some(Instant::now()));
         self.inner.state.write().session_files = files;
         self.inner.sessions_flushed.store(checkpoint, Ordering::Release);
         self.inner.sessions_ready.store(true, Ordering::Release);

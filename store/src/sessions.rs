@@ -88,6 +88,8 @@ impl SessionSpec {
             Field::new("session_id", DataType::Utf8, false),
             Field::new("session_start", ts(), false),
             Field::new("session_end", ts(), false),
+            // Nullable: files written before it existed read as null.
+            Field::new("seen_end", ts(), true),
             Field::new("minute", ts(), false),
             Field::new("service_name", DataType::Utf8, false),
             Field::new("operation", DataType::Utf8, false),
@@ -141,6 +143,9 @@ struct Open {
     any: Vec<Option<String>>,
     /// The latest end of any of its spans.
     last_seen: i64,
+    /// Per minute its spans started in, the latest end of those spans.
+    #[serde(default)]
+    ends: BTreeMap<i64, i64>,
     /// When it last received a span, on the wall clock.
     noted: i64,
     /// Server calls by `trace_id/span_id`.
@@ -327,6 +332,24 @@ impl SessionBook {
         Ok(())
     }
 
+    /// Forgets what the book holds of sessions already finalized (`ids` with
+    /// their `session_end`), noted again from the spans they were built from:
+    /// calls that ended by then go, and a session left with none.
+    pub fn forget_finalized(&self, tenant: &Tenant, ids: &[(String, i64)]) {
+        let mut by_tenant = self.edit();
+        let Some(book) = by_tenant.get_mut(tenant) else { return };
+        for (id, end) in ids {
+            let Some(s) = book.open.get_mut(id) else { continue };
+            s.calls.retain(|_, c| c.end > *end);
+            s.ends.retain(|_, e| *e > *end);
+            if s.calls.is_empty() {
+                book.open.remove(id);
+            } else {
+                s.last_seen = s.ends.values().copied().max().unwrap_or(s.last_seen);
+            }
+        }
+    }
+
     /// Forgets every open session.
     fn clear(&self) {
         self.edit().clear();
@@ -363,6 +386,10 @@ fn merge_book(into: &mut TenantBook, from: TenantBook) {
                     }
                 }
                 cur.last_seen = cur.last_seen.max(s.last_seen);
+                for (m, e) in s.ends {
+                    let end = cur.ends.entry(m).or_insert(e);
+                    *end = (*end).max(e);
+                }
                 cur.noted = cur.noted.max(s.noted);
                 cur.calls.extend(s.calls);
                 cur.root_clients.extend(s.root_clients);
@@ -399,6 +426,8 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
             ..Open::default()
         });
         s.last_seen = s.last_seen.max(t1);
+        let end = s.ends.entry(t0.div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE).or_insert(t1);
+        *end = (*end).max(t1);
         s.noted = s.noted.max(wall_ns);
         let parent = str_at(&parents, r).filter(|p| !p.is_empty());
         for (i, c) in spec.segments.iter().enumerate() {
@@ -461,6 +490,7 @@ type RowKey = (String, String, String, Vec<Option<String>>, i64);
 struct Row {
     session_start: i64,
     session_end: i64,
+    seen_end: i64,
     route: Option<String>,
     span_name: String,
     first_call: i64,
@@ -515,6 +545,7 @@ impl Rows {
                 let row = self.rows.entry(key).or_insert_with(|| Row {
                     session_start,
                     session_end: s.last_seen,
+                    seen_end: seen_end(s, minute),
                     route: c.route.clone(),
                     span_name: c.span_name.clone(),
                     first_call: c.start,
@@ -577,6 +608,7 @@ impl Rows {
             Arc::new(StringArray::from(rows.iter().map(|r| r.0.0.as_str()).collect::<Vec<_>>())),
             ts(rows.iter().map(|r| r.1.session_start).collect()),
             ts(rows.iter().map(|r| r.1.session_end).collect()),
+            ts(rows.iter().map(|r| r.1.seen_end).collect()),
             ts(rows.iter().map(|r| r.0.4).collect()),
             Arc::new(StringArray::from(rows.iter().map(|r| r.0.1.as_str()).collect::<Vec<_>>())),
             Arc::new(StringArray::from(rows.iter().map(|r| r.0.2.as_str()).collect::<Vec<_>>())),
@@ -608,6 +640,13 @@ impl Rows {
         columns.push(Arc::new(BooleanArray::from(rows.iter().map(|r| r.1.open).collect::<Vec<_>>())));
         Ok(RecordBatch::try_new(spec.schema(), columns)?)
     }
+}
+
+/// The latest end of the session's spans that started before the end of
+/// `minute`: what a pass whose range ends after that minute could have seen
+/// of the session, where `session_end` is all it ever saw.
+fn seen_end(s: &Open, minute: i64) -> i64 {
+    s.ends.range(..=minute).map(|(_, e)| *e).max().unwrap_or(s.last_seen)
 }
 
 /// A file of finalized sessions: its tenant, the flush that wrote it and the
@@ -731,6 +770,28 @@ pub fn write_open(data_dir: &Path, book: &SessionBook, flush: u64, fsync: bool) 
     Ok(())
 }
 
+/// The sessions a file finalized: their ids and `session_end`.
+pub fn finalized_in(path: &Path) -> Result<Vec<(String, i64)>, StoreError> {
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?;
+    let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["session_id", "session_end"]);
+    let mut out = Vec::new();
+    for b in builder.with_projection(mask).build()? {
+        let b = b?;
+        let ids = column(&b, "session_id")?;
+        let ends = column(&b, "session_end")?;
+        let (Some(ids), Some(ends)) = (ids.as_string_opt::<i32>(), ends.as_primitive_opt::<TimestampNanosecondType>())
+        else {
+            return Err(StoreError::Corrupt(format!("{}: session columns", path.display())));
+        };
+        for r in 0..b.num_rows() {
+            out.push((ids.value(r).to_owned(), ends.value(r)));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Deletes the open sessions of flushes before `flush` (once `flush` is
 /// checkpointed).
 pub fn forget_open_before(data_dir: &Path, flush: u64) {
@@ -744,17 +805,25 @@ pub fn forget_open_before(data_dir: &Path, flush: u64) {
     }
 }
 
-/// What a start finds of the sessions: the files of finalized sessions up to
-/// the checkpoint (later ones, and temporary files, are deleted), and whether
-/// sessions were kept at all.
-pub fn load_sessions(
-    data_dir: &Path,
-    book: &SessionBook,
-    checkpoint: u64,
-) -> Result<(Vec<SessionFile>, bool), StoreError> {
+/// What a start finds of the sessions.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The files of finalized sessions up to the checkpoint (later ones, and
+    /// temporary files, are deleted).
+    pub files: Vec<SessionFile>,
+    /// Whether sessions were kept at all.
+    pub kept: bool,
+    /// The flush whose open sessions were read back into the book: the spans
+    /// of later flushes are not in it yet.
+    pub snapshot: Option<u64>,
+}
+
+/// Reads back the sessions as of the checkpoint: the finalized ones' files,
+/// and the latest open sessions written at or before it into `book`.
+pub fn load_sessions(data_dir: &Path, book: &SessionBook, checkpoint: u64) -> Result<Loaded, StoreError> {
     let dir = root(data_dir);
     if !dir.exists() {
-        return Ok((Vec::new(), false));
+        return Ok(Loaded::default());
     }
     let mut files = Vec::new();
     for tenant_dir in fs::read_dir(&dir)? {
@@ -780,15 +849,25 @@ pub fn load_sessions(
         }
     }
     let open = open_dir(data_dir);
+    let mut snapshot = None;
     if open.exists() {
+        let mut written = Vec::new();
         for e in fs::read_dir(&open)? {
             let path = e?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if name == format!("{checkpoint:020}.json") {
-                book.restore(&fs::read(&path)?)?;
-            } else {
-                fs::remove_file(&path)?;
+            match name.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()) {
+                Some(seq) if seq <= checkpoint => written.push((seq, path)),
+                // Temporary, or of a flush that was never checkpointed.
+                _ => fs::remove_file(&path)?,
             }
+        }
+        written.sort();
+        if let Some((seq, path)) = written.pop() {
+            book.restore(&fs::read(&path)?)?;
+            snapshot = Some(seq);
+        }
+        for (_, path) in written {
+            fs::remove_file(&path)?;
         }
     }
     // The inputs of a compaction that finished writing its output.
@@ -807,7 +886,7 @@ pub fn load_sessions(
         }
     }
     kept.sort_by_key(|f| (f.tenant.clone(), f.flush));
-    Ok((kept, true))
+    Ok(Loaded { files: kept, kept: true, snapshot })
 }
 
 /// Deletes every file of sessions (before a rebuild).
@@ -1032,6 +1111,43 @@ mod tests {
     }
 
     #[test]
+    fn a_row_says_what_was_seen_of_its_session_by_the_end_of_its_minute_and_never_later() {
+        let book = SessionBook::new(spec());
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        // Calls in minutes 0 and 1, a browser span in minute 1 that ends in
+        // minute 2, and a last call in minute 20.
+        book.note(
+            &t,
+            &spans(&[
+                ("t1", "s1", "", "server", "/a", 10, 11, false, 0, None, "1"),
+                ("t2", "s2", "", "server", "/b", 70, 71, false, 0, None, "1"),
+                ("t3", "c3", "", "client", "GET /c", 100, 130, false, 0, None, ""),
+                ("t4", "s4", "", "server", "/a", 1_200, 1_201, false, 0, None, "1"),
+            ]),
+            2_000 * 1_000_000_000,
+        );
+        let batches = book.open_rows(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut got = Vec::new();
+        for b in &batches {
+            let col = |n: &str| {
+                b.column_by_name(n)
+                    .map(|c| c.as_primitive::<TimestampNanosecondType>().clone())
+                    .unwrap_or_else(|| panic!("{n}"))
+            };
+            let (minute, seen, end) = (col("minute"), col("seen_end"), col("session_end"));
+            for r in 0..b.num_rows() {
+                got.push((
+                    minute.value(r) / 1_000_000_000,
+                    seen.value(r) / 1_000_000_000,
+                    end.value(r) / 1_000_000_000,
+                ));
+            }
+        }
+        got.sort();
+        assert_eq!(got, vec![(0, 11, 1_201), (60, 130, 1_201), (1_200, 1_201, 1_201)]);
+    }
+
+    #[test]
     fn the_open_sessions_rows_follow_every_span_noted_after_they_were_read() {
         let book = SessionBook::new(spec());
         let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
@@ -1082,8 +1198,8 @@ mod tests {
         // The open sessions of the checkpointed flush come back; a span noted
         // again (the WAL replayed) counts once.
         let again = SessionBook::new(spec());
-        let (files, kept) = load_sessions(dir.path(), &again, 7).unwrap_or_else(|e| panic!("{e}"));
-        assert!(kept && files.is_empty());
+        let loaded = load_sessions(dir.path(), &again, 7).unwrap_or_else(|e| panic!("{e}"));
+        assert!(loaded.kept && loaded.files.is_empty() && loaded.snapshot == Some(7));
         again.note(&t, &one("t1", 0), wall);
         let got = rows(&again);
         assert_eq!(got.len(), 1);

@@ -297,6 +297,9 @@ fn compaction_merges_small_segments_and_a_crash_midway_is_mended() {
     let now = now_ns();
     let mut cfg = config(dir.path());
     cfg.compact_min_segments = 4;
+    // Compaction takes only segments flushed by the last write of the open
+    // sessions: here every flush writes them.
+    cfg.sessions_snapshot_interval = std::time::Duration::ZERO;
     let store = Store::open(cfg.clone()).unwrap();
     for i in 0..6 {
         rt.block_on(store.append(&t, batch(i, 100, now))).unwrap();
@@ -403,6 +406,7 @@ fn span_metrics_count_every_span_once_with_its_session_values_through_flush_comp
     let now = now_ns();
     let mut cfg = config(dir.path());
     cfg.compact_min_segments = 2;
+    cfg.sessions_snapshot_interval = std::time::Duration::ZERO;
     let store = Store::open(cfg.clone()).unwrap();
     for i in 0..3u64 {
         // An android app's tap (a root client span) calls a Linux backend
@@ -571,6 +575,58 @@ fn sessions_count_every_call_once_through_flush_crash_finalization_and_compactio
     assert!(!stray.exists());
     assert!(store.sessions_ready());
     assert_eq!(rt.block_on(sessions_by_os(&store)), expect, "after a restart");
+}
+
+#[test]
+fn open_sessions_written_only_now_and_then_come_back_whole_after_a_crash() {
+    const SERVER: i32 = 2;
+    const SECOND: u64 = 1_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns() - 3 * HOUR;
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 2;
+    // Only the first flush writes the open sessions.
+    cfg.sessions_snapshot_interval = std::time::Duration::from_secs(3_600);
+    let call = |trace: u64, at: u64, session: &str, os: &str, err: bool| {
+        resource_batch("api", os, at, &[(trace, 1, 0, "GET /cart", SERVER, err, 40, session, Some("/cart"))])
+    };
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        rt.block_on(store.append(&t, call(1, now, "s-a", "android", true))).unwrap();
+        store.flush().unwrap();
+        // Noted after the write: in the next flushes' segments only.
+        for i in 1..3u64 {
+            rt.block_on(store.append(&t, call(1 + i, now + i * SECOND, "s-a", "android", false))).unwrap();
+            store.flush().unwrap();
+        }
+        // An hour later s-a has been quiet past the timeout: this flush
+        // finalizes it; s-b stays open, with a call in a second flush.
+        rt.block_on(store.append(&t, call(10, now + HOUR, "s-b", "ios", false))).unwrap();
+        store.flush().unwrap();
+        rt.block_on(store.append(&t, call(11, now + HOUR + SECOND, "s-b", "ios", true))).unwrap();
+        store.flush().unwrap();
+        // The segments flushed after the write stay as they are.
+        assert_eq!(store.compact().unwrap(), 0);
+        let expect = vec![("android".to_owned(), 3, 1, 0), ("ios".to_owned(), 2, 1, 1)];
+        assert_eq!(rt.block_on(sessions_by_os(&store)), expect, "before the crash");
+        drop(store);
+    }
+    // The open sessions on disk are those of the first flush; the rest comes
+    // from the segments, and s-a, finalized since, is not open again.
+    let store = Store::open(cfg.clone()).unwrap();
+    let expect = vec![("android".to_owned(), 3, 1, 0), ("ios".to_owned(), 2, 1, 1)];
+    assert_eq!(rt.block_on(sessions_by_os(&store)), expect, "after the crash");
+    // Finalizing s-b later counts each of its calls once.
+    rt.block_on(store.append(&t, call(20, now + 2 * HOUR + 10 * SECOND, "s-c", "ios", false))).unwrap();
+    store.flush().unwrap();
+    let expect = vec![("android".to_owned(), 3, 1, 0), ("ios".to_owned(), 3, 1, 1)];
+    assert_eq!(rt.block_on(sessions_by_os(&store)), expect, "s-b finalized after the restart");
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(rt.block_on(sessions_by_os(&store)), expect, "after a clean restart");
 }
 
 #[test]

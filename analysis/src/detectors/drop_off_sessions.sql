@@ -1,9 +1,12 @@
 -- drop_off.sql over `sessions`, kept at ingest: the same funnels from one row
--- per session, operation and minute instead of every request.
+-- per session, operation and minute instead of every request. A session's last
+-- span is the latest `seen_end` of its rows in the range: what a pass ending
+-- there saw, never what came after (`session_end`, for files written before
+-- `seen_end` existed).
 WITH steps AS (
     SELECT session_id, max(last_seen) AS last_seen, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
     FROM (
-        SELECT r.session_id, r.session_end AS last_seen, r.first_call AS start_time,
+        SELECT r.session_id, coalesce(r.seen_end, r.session_end) AS last_seen, r.first_call AS start_time,
                CASE WHEN r.errors > 0 THEN 1 ELSE 0 END AS err, r.first_call, r.last_call{{session_segments}},
                {{step_case}} AS step
         FROM sessions r
