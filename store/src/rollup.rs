@@ -268,6 +268,50 @@ fn note_into(spec: &RollupSpec, ctx: &mut TenantContext, batch: &RecordBatch, no
 
 type CellKey = (i64, String, String, String, Vec<Option<String>>);
 
+/// A cell's key borrowed from a batch row, to find its cell without
+/// allocating: it hashes as the [`CellKey`] it equals.
+struct CellRef<'a> {
+    minute: i64,
+    service: &'a str,
+    operation: &'a str,
+    kind: &'a str,
+    values: &'a [Option<&'a str>],
+}
+
+impl std::hash::Hash for CellRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the tuple `CellKey` hashes: each field in order, the values as a slice.
+        self.minute.hash(state);
+        self.service.hash(state);
+        self.operation.hash(state);
+        self.kind.hash(state);
+        self.values.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<CellKey> for CellRef<'_> {
+    fn equivalent(&self, key: &CellKey) -> bool {
+        self.minute == key.0
+            && self.service == key.1
+            && self.operation == key.2
+            && self.kind == key.3
+            && self.values.len() == key.4.len()
+            && self.values.iter().zip(&key.4).all(|(a, b)| *a == b.as_deref())
+    }
+}
+
+impl CellRef<'_> {
+    fn to_owned(&self) -> CellKey {
+        (
+            self.minute,
+            self.service.to_owned(),
+            self.operation.to_owned(),
+            self.kind.to_owned(),
+            self.values.iter().map(|v| v.map(str::to_owned)).collect(),
+        )
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Cell {
     requests: i64,
@@ -280,7 +324,7 @@ struct Cell {
 /// Cells being summed.
 #[derive(Debug, Default)]
 struct Cells {
-    cells: HashMap<CellKey, Cell>,
+    cells: hashbrown::HashMap<CellKey, Cell>,
 }
 
 impl Cells {
@@ -305,6 +349,9 @@ impl Cells {
         fn s(a: &ArrayRef, r: usize) -> Option<&str> {
             (!a.is_null(r)).then(|| a.as_string::<i32>().value(r))
         }
+        // Reused across rows: a cell already seen is found without allocating.
+        let mut composed = String::new();
+        let mut values: Vec<Option<&str>> = Vec::with_capacity(spec.segments.len());
         for r in 0..batch.num_rows() {
             if start.is_null(r) {
                 continue;
@@ -312,29 +359,33 @@ impl Cells {
             let minute = start.value(r).div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE;
             let span_name = s(&name, r).unwrap_or_default();
             let operation = match (route.as_ref().and_then(|a| s(a, r)), method.as_ref().and_then(|a| s(a, r))) {
-                (None, _) => span_name.to_owned(),
-                (Some(route), None) => route.to_owned(),
-                (Some(route), Some(method)) => format!("{method} {route}"),
+                (None, _) => span_name,
+                (Some(route), None) => route,
+                (Some(route), Some(method)) => {
+                    composed.clear();
+                    composed.push_str(method);
+                    composed.push(' ');
+                    composed.push_str(route);
+                    composed.as_str()
+                }
             };
             let sv = session.as_ref().and_then(|a| s(a, r)).and_then(|id| ctx.sessions.get(id));
-            let values: Vec<Option<String>> = spec
-                .segments
-                .iter()
-                .zip(&segs)
-                .enumerate()
-                .map(|(i, (c, col))| {
-                    let from_session = if c.per_session { sv.and_then(|v| v.value(i)).cloned() } else { None };
-                    from_session.or_else(|| col.as_ref().and_then(|a| s(a, r)).map(str::to_owned))
-                })
-                .collect();
-            let key = (
+            values.clear();
+            values.extend(spec.segments.iter().zip(&segs).enumerate().map(|(i, (c, col))| {
+                let from_session = if c.per_session { sv.and_then(|v| v.value(i)).map(String::as_str) } else { None };
+                from_session.or_else(|| col.as_ref().and_then(|a| s(a, r)))
+            }));
+            let key = CellRef {
                 minute,
-                s(&service, r).unwrap_or("unknown_service").to_owned(),
+                service: s(&service, r).unwrap_or("unknown_service"),
                 operation,
-                s(&kind, r).unwrap_or_default().to_owned(),
-                values,
-            );
-            let cell = self.cells.entry(key).or_default();
+                kind: s(&kind, r).unwrap_or_default(),
+                values: &values,
+            };
+            let cell = match self.cells.get_mut(&key) {
+                Some(cell) => cell,
+                None => self.cells.entry(key.to_owned()).or_default(),
+            };
             cell.requests += 1;
             if s(&status, r) == Some("error") {
                 cell.errors += 1;

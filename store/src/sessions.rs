@@ -148,10 +148,12 @@ struct Open {
     ends: BTreeMap<i64, i64>,
     /// When it last received a span, on the wall clock.
     noted: i64,
-    /// Server calls by `trace_id/span_id`.
-    calls: HashMap<String, Call>,
+    /// Server calls by [`span_key`].
+    #[serde(deserialize_with = "by_span_key")]
+    calls: HashMap<u64, Call>,
     /// `trace_id/span_id` of the root client spans of its traces.
-    root_clients: HashSet<String>,
+    #[serde(deserialize_with = "span_keys")]
+    root_clients: HashSet<u64>,
     /// Traces its client sent again by itself.
     resent: HashSet<String>,
 }
@@ -177,6 +179,44 @@ struct OpenFile {
 #[derive(Serialize)]
 struct OpenFileRef<'a> {
     tenants: BTreeMap<&'a str, &'a TenantBook>,
+}
+
+/// A span's key in a session: the hash of `trace_id/span_id`, built in `buf`
+/// (reused, so noting a span allocates nothing for it).
+fn span_key(buf: &mut String, trace: &str, span: &str) -> u64 {
+    buf.clear();
+    buf.push_str(trace);
+    buf.push('/');
+    buf.push_str(span);
+    xxhash_rust::xxh3::xxh3_64(buf.as_bytes())
+}
+
+/// A key as written: the number, or the `trace_id/span_id` it hashes (files
+/// written before keys were hashed).
+fn read_span_key(k: &str) -> u64 {
+    k.parse().unwrap_or_else(|_| xxhash_rust::xxh3::xxh3_64(k.as_bytes()))
+}
+
+fn by_span_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<u64, Call>, D::Error> {
+    let m = HashMap::<String, Call>::deserialize(d)?;
+    Ok(m.into_iter().map(|(k, c)| (read_span_key(&k), c)).collect())
+}
+
+fn span_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashSet<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Key {
+        Number(u64),
+        Text(String),
+    }
+    let keys = Vec::<Key>::deserialize(d)?;
+    Ok(keys
+        .into_iter()
+        .map(|k| match k {
+            Key::Number(n) => n,
+            Key::Text(t) => read_span_key(&t),
+        })
+        .collect())
 }
 
 fn keep_max(slot: &mut Option<String>, v: &str) {
@@ -413,6 +453,7 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
     let width = spec.segments.len();
     // Spans stamped far ahead of the wall clock must not close every session.
     let cap = wall_ns.saturating_add(60_000_000_000);
+    let mut key_buf = String::new();
     for r in 0..batch.num_rows() {
         let Some(sid) = str_at(&sessions, r) else { continue };
         if start.is_null(r) {
@@ -420,11 +461,11 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
         }
         let (t0, t1) = (start.value(r), if end.is_null(r) { start.value(r) } else { end.value(r) });
         book.watermark = book.watermark.max(t1.min(cap));
-        let s = book.open.entry(sid.to_owned()).or_insert_with(|| Open {
-            root: vec![None; width],
-            any: vec![None; width],
-            ..Open::default()
-        });
+        if !book.open.contains_key(sid) {
+            book.open
+                .insert(sid.to_owned(), Open { root: vec![None; width], any: vec![None; width], ..Open::default() });
+        }
+        let Some(s) = book.open.get_mut(sid) else { continue };
         s.last_seen = s.last_seen.max(t1);
         let end = s.ends.entry(t0.div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE).or_insert(t1);
         *end = (*end).max(t1);
@@ -447,9 +488,14 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
         }
         match str_at(&kinds, r) {
             Some("client") if parent.is_none() => {
-                s.root_clients.insert(format!("{trace}/{span}"));
+                s.root_clients.insert(span_key(&mut key_buf, trace, span));
             }
             Some("server") => {
+                let key = span_key(&mut key_buf, trace, span);
+                if s.calls.contains_key(&key) {
+                    // Noted before (a WAL replayed, a restart's segments).
+                    continue;
+                }
                 let name = str_at(&names, r).unwrap_or_default();
                 let route = str_at(&routes, r);
                 let operation = match (route, str_at(&methods, r)) {
@@ -464,7 +510,7 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
                     .map(|(c, a)| if c.per_session { None } else { str_at(a, r).map(str::to_owned) })
                     .collect();
                 s.calls.insert(
-                    format!("{trace}/{span}"),
+                    key,
                     Call {
                         service: str_at(&services, r).unwrap_or("unknown_service").to_owned(),
                         operation,
@@ -485,6 +531,38 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
 }
 
 type RowKey = (String, String, String, Vec<Option<String>>, i64);
+
+/// A row's key borrowed from a session's call: it hashes as the [`RowKey`]
+/// it equals, so a row already begun is found without allocating.
+struct RowRef<'a> {
+    id: &'a str,
+    service: &'a str,
+    operation: &'a str,
+    segs: &'a [Option<&'a str>],
+    minute: i64,
+}
+
+impl std::hash::Hash for RowRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the tuple `RowKey` hashes: each field in order, the values as a slice.
+        self.id.hash(state);
+        self.service.hash(state);
+        self.operation.hash(state);
+        self.segs.hash(state);
+        self.minute.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<RowKey> for RowRef<'_> {
+    fn equivalent(&self, key: &RowKey) -> bool {
+        self.minute == key.4
+            && self.id == key.0
+            && self.service == key.1
+            && self.operation == key.2
+            && self.segs.len() == key.3.len()
+            && self.segs.iter().zip(&key.3).all(|(a, b)| *a == b.as_deref())
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Row {
@@ -509,7 +587,7 @@ struct Row {
 /// Rows being built, keyed by session, service, operation and segment values.
 #[derive(Debug, Default)]
 struct Rows {
-    rows: BTreeMap<RowKey, Row>,
+    rows: hashbrown::HashMap<RowKey, Row>,
 }
 
 impl Rows {
@@ -517,10 +595,11 @@ impl Rows {
     fn add(&mut self, spec: &SessionSpec, id: &str, s: &Open, open: bool) {
         let Some(session_start) = s.calls.values().map(|c| c.start).min() else { return };
         let retry = spec.retry_ns();
-        let values: Vec<Option<String>> =
-            s.root.iter().zip(&s.any).map(|(r, a)| r.clone().or_else(|| a.clone())).collect();
+        let mut key_buf = String::new();
+        let values: Vec<Option<&str>> = s.root.iter().zip(&s.any).map(|(r, a)| r.as_deref().or(a.as_deref())).collect();
+        let mut segs: Vec<Option<&str>> = Vec::with_capacity(spec.segments.len());
         // Each operation's calls in order of start.
-        let mut by_op: BTreeMap<(&str, &str), Vec<(&String, &Call)>> = BTreeMap::new();
+        let mut by_op: BTreeMap<(&str, &str), Vec<(&u64, &Call)>> = BTreeMap::new();
         for (k, c) in &s.calls {
             by_op.entry((c.service.as_str(), c.operation.as_str())).or_default().push((k, c));
         }
@@ -528,38 +607,44 @@ impl Rows {
             calls.sort_by(|a, b| (a.1.start, a.1.end, a.0).cmp(&(b.1.start, b.1.end, b.0)));
             let mut prev: Option<&Call> = None;
             for (_, c) in calls {
-                let segs: Vec<Option<String>> = spec
-                    .segments
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| {
-                        if col.per_session {
-                            values.get(i).cloned().flatten().or_else(|| c.own[i].clone())
-                        } else {
-                            c.own.get(i).cloned().flatten()
-                        }
-                    })
-                    .collect();
+                segs.clear();
+                segs.extend(spec.segments.iter().enumerate().map(|(i, col)| {
+                    let own = c.own.get(i).and_then(Option::as_deref);
+                    if col.per_session { values.get(i).copied().flatten().or(own) } else { own }
+                }));
                 let minute = c.start.div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE;
-                let key = (id.to_owned(), service.to_owned(), operation.to_owned(), segs, minute);
-                let row = self.rows.entry(key).or_insert_with(|| Row {
-                    session_start,
-                    session_end: s.last_seen,
-                    seen_end: seen_end(s, minute),
-                    route: c.route.clone(),
-                    span_name: c.span_name.clone(),
-                    first_call: c.start,
-                    last_call: c.start,
-                    first_page: None,
-                    calls: 0,
-                    errors: 0,
-                    retries: 0,
-                    auto_retries: 0,
-                    retried_ok: 0,
-                    recovered: 0,
-                    auto_recovered: 0,
-                    open,
-                });
+                let key = RowRef { id, service, operation, segs: &segs, minute };
+                if !self.rows.contains_key(&key) {
+                    let owned = (
+                        id.to_owned(),
+                        service.to_owned(),
+                        operation.to_owned(),
+                        segs.iter().map(|v| v.map(str::to_owned)).collect(),
+                        minute,
+                    );
+                    self.rows.insert(
+                        owned,
+                        Row {
+                            session_start,
+                            session_end: s.last_seen,
+                            seen_end: seen_end(s, minute),
+                            route: c.route.clone(),
+                            span_name: c.span_name.clone(),
+                            first_call: c.start,
+                            last_call: c.start,
+                            first_page: None,
+                            calls: 0,
+                            errors: 0,
+                            retries: 0,
+                            auto_retries: 0,
+                            retried_ok: 0,
+                            recovered: 0,
+                            auto_recovered: 0,
+                            open,
+                        },
+                    );
+                }
+                let Some(row) = self.rows.get_mut(&key) else { continue };
                 if row.route.is_none() {
                     row.route = c.route.clone();
                 }
@@ -570,7 +655,7 @@ impl Rows {
                 row.last_call = row.last_call.max(c.start);
                 let page = match &c.parent {
                     None => true,
-                    Some(p) => s.root_clients.contains(&format!("{}/{p}", c.trace)),
+                    Some(p) => s.root_clients.contains(&span_key(&mut key_buf, &c.trace, p)),
                 };
                 if page {
                     row.first_page = Some(row.first_page.map_or(c.start, |f| f.min(c.start)));
@@ -599,7 +684,8 @@ impl Rows {
     }
 
     fn finish(self, spec: &SessionSpec) -> Result<RecordBatch, StoreError> {
-        let rows: Vec<(RowKey, Row)> = self.rows.into_iter().collect();
+        let mut rows: Vec<(RowKey, Row)> = self.rows.into_iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let ts = |v: Vec<i64>| -> ArrayRef { Arc::new(TimestampNanosecondArray::from(v).with_timezone("UTC")) };
         let int = |f: fn(&Row) -> i64| -> ArrayRef {
             Arc::new(Int64Array::from(rows.iter().map(|r| f(&r.1)).collect::<Vec<_>>()))
@@ -1145,6 +1231,23 @@ mod tests {
         }
         got.sort();
         assert_eq!(got, vec![(0, 11, 1_201), (60, 130, 1_201), (1_200, 1_201, 1_201)]);
+    }
+
+    #[test]
+    fn open_sessions_written_with_text_span_keys_read_back_and_a_span_noted_again_counts_once() {
+        let book = SessionBook::new(spec());
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        // As flushes wrote them before span keys were hashed: `trace/span`.
+        let written = r#"{"tenants":{"default":{"watermark":101000000000,"open":{"s1":{
+            "root":[null],"any":[null],"last_seen":101000000000,"noted":1,
+            "calls":{"t1/s1":{"service":"shop","operation":"GET /pay","route":"/pay","span_name":"/pay",
+                "trace":"t1","parent":"c1","start":100000000000,"end":101000000000,"err":true,"own":[null]}},
+            "root_clients":["t1/c1"],"resent":[]}}}}}"#;
+        book.restore(written.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        // The server span again (the WAL replayed); its page comes from the
+        // root client span read back.
+        book.note(&t, &spans(&[("t1", "s1", "c1", "server", "/pay", 100, 101, true, 0, None, "2.0")]), 1);
+        assert_eq!(rows(&book), vec![("GET /pay".to_owned(), String::new(), 1, 1, 0, 0, 0, true)]);
     }
 
     #[test]

@@ -70,6 +70,8 @@ fn main() {
     let secs: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(20);
     let conns: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(4);
     let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    // Spans a second offered; without it, as fast as the server accepts.
+    let rate: Option<f64> = args.get(3).and_then(|s| s.parse().ok());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     // Enough for well over the fastest rate measured; the run says if it ran out.
     let pool_spans = (secs as usize * 150_000).clamp(100_000, 4_000_000);
@@ -96,6 +98,7 @@ fn main() {
                     pool_spans,
                     spans_per_request: SPANS_PER_REQUEST,
                     seed,
+                    rate,
                 };
                 let cpu0 = cpu_seconds(pid);
                 let report = rt.block_on(load::run(&cfg, Arc::clone(&pool))).expect("loopback load");
