@@ -2,7 +2,13 @@
 //! load mode (500 spans a request, every span distinct), pushed at a running
 //! `andon serve` with durability on, over OTLP/HTTP and then OTLP/gRPC.
 //!
-//! `cargo bench -p andon-tests --bench ingest [-- SECONDS [CONNECTIONS [ROUNDS]]]`
+//! `cargo bench --workspace --bench ingest [-- SECONDS [CONNECTIONS [ROUNDS [RATE]]]]`
+//!
+//! Without `RATE` the clients send as fast as the server accepts, so the
+//! server runs saturated and refuses some requests (their decoding is CPU
+//! spent on nothing stored). With `RATE` (spans a second, in all) both
+//! settings get the same offered load, and spans per CPU-second is the cost of
+//! a stored span.
 //!
 //! Prints spans/s, spans per server CPU-second, export latency, the server's peak
 //! RSS and Parquet bytes per span on disk, with the rollups and sessions kept at
