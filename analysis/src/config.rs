@@ -20,6 +20,12 @@ pub struct AnalysisConfig {
     pub window_secs: u64,
     /// The baseline window, just before the current one.
     pub baseline_secs: u64,
+    /// A continuous pass also judges its last `recent_secs` against the same
+    /// baseline, with the detectors that can judge so short a window, so that
+    /// a fault that stands out within a minute is reported by the first pass
+    /// after its onset instead of once it fills enough of `window_secs`. 0
+    /// turns the short window off.
+    pub recent_secs: u64,
     /// A continuous pass's current window ends this long before now, and its
     /// trace samples leave out traces that received a span in this time:
     /// exporters batch spans for seconds, so a trace still arriving is
@@ -77,6 +83,7 @@ impl Default for AnalysisConfig {
             interval_secs: 60,
             window_secs: 1800,
             baseline_secs: 3 * 3600,
+            recent_secs: 60,
             settle_secs: 10,
             segments: ["browser.mobile", "os.type", "cloud.region", "service.version"].map(str::to_owned).to_vec(),
             flows: Vec::new(),
@@ -102,6 +109,9 @@ impl AnalysisConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.window_secs == 0 || self.baseline_secs == 0 {
             return Err("analysis.window_secs and analysis.baseline_secs must be positive".into());
+        }
+        if self.recent_secs > self.window_secs {
+            return Err("analysis.recent_secs must be at most analysis.window_secs".into());
         }
         if self.settle_secs > andon_store::ARRIVALS_HORIZON_SECS as u64 {
             return Err(format!(

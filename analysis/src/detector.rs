@@ -39,6 +39,9 @@ pub struct Ctx {
     /// pass with its session timeout and retry interval: the session
     /// detectors read it instead of spans.
     pub sessions: bool,
+    /// The pass judges a short window (`recent_secs`): a release new in it is
+    /// judged against its operation's baseline ([`crate::detectors::NEW_VERSION`]).
+    pub short: bool,
 }
 
 impl Ctx {
@@ -248,6 +251,13 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
     /// Runs the detector's SQL over the pass's windows and tests every subject,
     /// overall and within each segment value.
     async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError>;
+
+    /// Whether a window of a minute holds what this detector judges. A
+    /// drop-off is known only once a session has been quiet for the session
+    /// timeout, which a short window never holds.
+    fn judges_short_windows(&self) -> bool {
+        true
+    }
 
     /// What a candidate's traces are sampled for, and what its onset measures.
     fn trouble(&self, _j: &Judgement) -> Trouble {

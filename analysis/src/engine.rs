@@ -280,6 +280,7 @@ impl Analyzer {
 
     fn ctx(&self, w: Windows, settled: Option<DateTime<Utc>>) -> Ctx {
         Ctx {
+            short: false,
             settled,
             baseline_start: w.baseline_start,
             baseline_end: w.baseline_end,
@@ -308,17 +309,63 @@ impl Analyzer {
         w: Windows,
         settled: Option<DateTime<Utc>>,
     ) -> Result<PassReport, AnalysisError> {
+        self.judge(tenant, w, settled, false).await
+    }
+
+    /// A pass as continuous detection runs it (live, or replayed): `w`, then
+    /// its last `recent_secs` against the same baseline by the detectors that
+    /// judge so short a window ([`Detector::judges_short_windows`]). A fault
+    /// that stands out within a minute is reported by the first pass after
+    /// its onset, instead of once it fills enough of the window. A finding of
+    /// the short window that the whole window reports too, or links under one
+    /// of its findings, is left out: the whole window's account has more
+    /// evidence.
+    pub async fn continuous(
+        &self,
+        tenant: &Tenant,
+        w: Windows,
+        settled: Option<DateTime<Utc>>,
+    ) -> Result<PassReport, AnalysisError> {
+        let mut report = self.judge(tenant, w, settled, false).await?;
+        let recent = chrono::Duration::seconds(self.config.recent_secs as i64);
+        if recent.is_zero() || w.split + recent >= w.end {
+            return Ok(report);
+        }
+        let short = self.judge(tenant, Windows { split: w.end - recent, ..w }, settled, true).await?;
+        let mut known: Vec<String> = Vec::new();
+        for f in &report.findings {
+            known.push(f.fingerprint.clone());
+            known.extend(
+                f.evidence.linked.iter().map(|l| Finding::fingerprint_of(l.kind, &l.service, &l.operation, &l.segment)),
+            );
+        }
+        report.tests += short.tests;
+        report.findings.extend(short.findings.into_iter().filter(|f| !known.contains(&f.fingerprint)));
+        report.findings.sort_by(|a, b| b.impact.total_cmp(&a.impact).then(a.fingerprint.cmp(&b.fingerprint)));
+        report.elapsed += short.elapsed;
+        Ok(report)
+    }
+
+    /// One pass over `w`; `short` runs only the detectors that judge short
+    /// windows.
+    async fn judge(
+        &self,
+        tenant: &Tenant,
+        w: Windows,
+        settled: Option<DateTime<Utc>>,
+        short: bool,
+    ) -> Result<PassReport, AnalysisError> {
         let started = Instant::now();
         if w.baseline_end <= w.baseline_start || w.end <= w.split || w.split < w.baseline_end {
             return Err(AnalysisError::Config(
                 "windows must be ordered: baseline start < baseline end <= current start < current end".into(),
             ));
         }
-        let ctx = self.ctx(w, settled);
+        let ctx = Ctx { short, ..self.ctx(w, settled) };
         let sql = TenantSql { engine: &self.engine, tenant };
         let mut tests = Vec::new();
         let mut flows = Vec::new();
-        for d in &self.detectors {
+        for d in self.detectors.iter().filter(|d| !short || d.judges_short_windows()) {
             let tested = d.tests(&ctx, &sql).await?;
             tests.extend(tested.tests);
             flows.extend(tested.flows);

@@ -68,7 +68,7 @@ pub async fn run(analyzer: Analyzer, stats: Arc<RunnerStats>, after_pass: AfterP
         let hours = (windows.baseline_start.timestamp().div_euclid(3600), now.timestamp().div_euclid(3600));
         for tenant in analyzer.engine().store().tenants(hours) {
             let started = std::time::Instant::now();
-            match analyzer.pass_settled(&tenant, windows, Some(settled)).await {
+            match analyzer.continuous(&tenant, windows, Some(settled)).await {
                 Ok(report) => {
                     stats.passes.fetch_add(1, Relaxed);
                     stats.last_pass_ms.store(started.elapsed().as_millis() as u64, Relaxed);

@@ -337,8 +337,9 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// kind + service + operation + segment: the same problem in the same place
-    /// has the same fingerprint across passes and restarts.
+    /// kind + service + operation + segment (without `service.version`): the
+    /// same problem in the same place has the same fingerprint across passes,
+    /// restarts and releases.
     pub fn fingerprint_of(
         kind: FindingKind,
         service: &str,
@@ -346,7 +347,10 @@ impl Finding {
         segment: &BTreeMap<String, Value>,
     ) -> String {
         let mut key = format!("{kind}\u{1f}{service}\u{1f}{operation}");
-        for (k, v) in segment {
+        // Releases come and go: a problem that lasts from one release to the
+        // next, or is first seen in the release that brought it and then in
+        // the whole operation once it is rolled out, is the same problem.
+        for (k, v) in segment.iter().filter(|(k, _)| k.as_str() != "service.version") {
             key.push('\u{1f}');
             key.push_str(k);
             key.push('=');

@@ -211,7 +211,7 @@ impl AppState {
         let mut out = Replay { passes: passes.len(), ..Replay::default() };
         let mut seen: Vec<String> = Vec::new();
         for w in passes {
-            let report = self.analyzer.pass(tenant, w).await?;
+            let report = self.analyzer.continuous(tenant, w, None).await?;
             out.tests += report.tests;
             for flow in report.flows {
                 if !out.flows.contains(&flow) {

@@ -12,7 +12,7 @@ use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{MIN_PERIODS, Metric, Subject, history_look, num, round, segment_tests};
+use super::{History, Metric, Subject, history_look, num, round, segment_tests};
 use crate::AnalysisError;
 use crate::config::{AnalysisConfig, Flow};
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
@@ -327,46 +327,11 @@ impl Metric for Step {
     }
 }
 
-/// The current leaving rate against the periods before the baseline's end: a
-/// leaving rate that varies more from one window to the next than binomial
-/// noise (Pearson's dispersion φ over the periods, at least 1) must rise by
-/// as much more to count. `None` with fewer than [`MIN_PERIODS`] periods of
-/// `min` effective sessions.
+/// The current leaving rate against the periods before the baseline's end
+/// ([`super::against_history`] on each period's effective sessions and
+/// leavers).
 pub fn against_history(periods: &BTreeMap<i64, Step>, c: &Step, min: u64) -> Option<History> {
-    let (nc, lc) = c.counts();
-    let kept: Vec<(f64, f64)> = periods
-        .values()
-        .map(Step::counts)
-        .filter(|(n, _)| *n >= min.max(2))
-        .map(|(n, l)| (n as f64, l as f64))
-        .collect();
-    if kept.len() < MIN_PERIODS || nc == 0 {
-        return None;
-    }
-    let (n, l) = kept.iter().fold((0.0, 0.0), |(n, l), (a, b)| (n + a, l + b));
-    let rate = l / n;
-    // The variance of a rate of 0 or 1 is not 0: half a session either way.
-    let p = (l + 0.5) / (n + 1.0);
-    let chi2: f64 = kept.iter().map(|(ni, li)| (li - ni * rate).powi(2) / (ni * p * (1.0 - p))).sum();
-    let dispersion = (chi2 / (kept.len() - 1) as f64).max(1.0);
-    let current = lc as f64 / nc as f64;
-    let se = (dispersion * p * (1.0 - p) * (1.0 / nc as f64 + 1.0 / n)).sqrt();
-    Some(History {
-        rate,
-        dispersion,
-        periods: kept.len(),
-        p_value: andon_model::statistics::normal_sf((current - rate) / se),
-    })
-}
-
-/// A step's leaving rate over the periods before the baseline's end, and how
-/// the current window's compares ([`against_history`]).
-#[derive(Debug, Clone, Copy)]
-pub struct History {
-    pub rate: f64,
-    pub dispersion: f64,
-    pub periods: usize,
-    pub p_value: f64,
+    super::against_history(periods.values().map(Step::counts), c.counts(), min)
 }
 
 /// A fall in conversion that is material: by `drop_min_relative` of the
@@ -517,6 +482,10 @@ impl DropOff {
 impl Detector for DropOff {
     fn kind(&self) -> FindingKind {
         KIND
+    }
+
+    fn judges_short_windows(&self) -> bool {
+        false
     }
 
     /// One query per configured flow (steps matched to any service).

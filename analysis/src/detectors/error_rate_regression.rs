@@ -1,6 +1,9 @@
 //! `error_rate_regression`: per (service, operation), did the share of failed
 //! requests rise? The two-proportion z-test, or Fisher's exact test when counts
-//! are small, with floors on the ratio and the absolute rise.
+//! are small, with floors on the ratio and the absolute rise. Where the
+//! rollups show how the rate moves from one window to the next before the
+//! baseline's end, the rise must also stand out from that
+//! ([`super::against_history`]): failures come in clumps.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +12,7 @@ use andon_model::{Affected, FindingKind, Severity, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Metric, Subject, judge_rate, segment_tests, subjects};
+use super::{Metric, Subject, history_look, judge_rate, merge_subjects, segment_tests, subjects};
 use crate::AnalysisError;
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
 use crate::sql::{self, Rows};
@@ -21,13 +24,16 @@ pub const KIND: FindingKind = FindingKind::ErrorRateRegression;
 
 pub const SQL: &str = include_str!("error_rate_regression.sql");
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Errors {
     pub requests: u64,
     pub errors: u64,
     /// Errors that started in this operation rather than in a callee.
     pub own: u64,
     pub error_sessions: u64,
+    /// On the baseline's side, `(requests, errors)` per period of the current
+    /// window's length before the baseline's end ([`history_query`]).
+    pub periods: BTreeMap<i64, (u64, u64)>,
 }
 
 impl Metric for Errors {
@@ -36,6 +42,11 @@ impl Metric for Errors {
         self.errors += o.errors;
         self.own += o.own;
         self.error_sessions += o.error_sessions;
+        for (k, (n, x)) in &o.periods {
+            let p = self.periods.entry(*k).or_default();
+            p.0 += n;
+            p.1 += x;
+        }
     }
 
     fn samples(&self) -> u64 {
@@ -50,18 +61,36 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
     sql::render(SQL, &ctx.vars(filter))
 }
 
-fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let subjects: Vec<Subject<Errors>> = subjects(
-        rows,
-        &ctx.segments,
-        |r| Some((r.str("service")?, r.str("operation")?)),
-        |r| Errors {
-            requests: r.u64("n"),
-            errors: r.u64("errors"),
-            own: r.u64("own_errors"),
-            error_sessions: r.u64("error_sessions"),
-        },
-    );
+/// The history of the rate over the rollups: [`super::history_look`] before the
+/// baseline's end, in periods of the current window's length (whole minutes).
+/// `None` when the store keeps no rollups.
+pub fn history_query(ctx: &Ctx, filter: &str) -> Option<String> {
+    if !ctx.rollups {
+        return None;
+    }
+    let window = (ctx.end - ctx.split).num_seconds().max(1);
+    let end = crate::engine::floor_minute(ctx.baseline_end);
+    let ctx = Ctx { baseline_start: end - history_look(ctx), baseline_end: end, ..ctx.clone() };
+    let mut vars = ctx.metric_vars(filter);
+    vars.push(("window_secs", (((window + 30) / 60).max(1) * 60).to_string()));
+    Some(sql::render(include_str!("error_rate_history_rolled.sql"), &vars))
+}
+
+fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
+    let key = |r: &andon_store::sql::Row<'_>| Some((r.str("service")?, r.str("operation")?));
+    let mut subjects: Vec<Subject<Errors>> = subjects(rows, &ctx.segments, key, |r| Errors {
+        requests: r.u64("n"),
+        errors: r.u64("errors"),
+        own: r.u64("own_errors"),
+        error_sessions: r.u64("error_sessions"),
+        periods: BTreeMap::new(),
+    });
+    // The history's periods join their subjects, on the baseline's side.
+    let periods = super::subjects(history, &ctx.segments, key, |r| Errors {
+        periods: r.i64("period").map(|p| (p, (r.u64("n"), r.u64("errors")))).into_iter().collect(),
+        ..Errors::default()
+    });
+    merge_subjects(&mut subjects, periods);
     subjects
         .iter()
         .flat_map(|s| {
@@ -72,6 +101,16 @@ fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
                     (c.errors, c.requests),
                     ("errors", "requests", "error_rate"),
                 )?;
+                let min = ctx.config.segment_min_samples;
+                if let Some(h) = super::against_history(b.periods.values().copied(), (c.requests, c.errors), min) {
+                    let cur = c.errors as f64 / c.requests.max(1) as f64;
+                    j.material &= cur - h.rate >= ctx.config.rate_min_delta && cur >= ctx.config.rate_min_ratio * h.rate;
+                    j.p_value = j.p_value.max(h.p_value);
+                    j.details.insert("history_error_rate".into(), super::num(super::round(h.rate, 5)));
+                    j.details.insert("history_dispersion".into(), super::num(super::round(h.dispersion, 3)));
+                    j.details.insert("history_p_value".into(), super::num(h.p_value));
+                    j.details.insert("windows_compared".into(), Value::from(h.periods));
+                }
                 let own = |e: &Errors| if e.errors == 0 { 0.0 } else { e.own as f64 / e.errors as f64 };
                 j.details.insert("own_error_share".into(), super::num(super::round(own(c), 4)));
                 j.current.insert("error_sessions".into(), Value::from(c.error_sessions));
@@ -93,7 +132,12 @@ impl Detector for ErrorRateRegression {
     }
 
     async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
-        Ok(Tested { tests: tests(&sql.rows(&query(ctx, "")).await?, ctx), flows: Vec::new() })
+        let rows = sql.rows(&query(ctx, "")).await?;
+        let history = match history_query(ctx, "") {
+            Some(q) => sql.rows(&q).await?,
+            None => Rows::new(Vec::new()),
+        };
+        Ok(Tested { tests: tests(&rows, &history, ctx), flows: Vec::new() })
     }
 
     async fn evidence(

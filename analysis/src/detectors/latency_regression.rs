@@ -21,7 +21,7 @@ use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{MIN_PERIODS, Metric, Subject, history_look, num, round, segment_tests, subjects};
+use super::{MIN_PERIODS, Metric, Subject, history_look, merge_subjects, num, round, segment_tests, subjects};
 use crate::AnalysisError;
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, Ctx, Judgement, Test};
 use crate::sql::{self, Rows};
@@ -206,17 +206,7 @@ fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
         ..Latency::default()
     });
     // The history's periods join their subjects, on the baseline's side.
-    let steadiness: Vec<Subject<Latency>> = subjects_of_history(history, ctx, key);
-    let mut by_key: BTreeMap<(String, String), usize> =
-        subjects.iter().enumerate().map(|(i, s)| ((s.service.clone(), s.operation.clone()), i)).collect();
-    for h in steadiness {
-        if let Some(&i) = by_key.get(&(h.service.clone(), h.operation.clone())) {
-            subjects[i].cells.extend(h.cells);
-        } else {
-            by_key.insert((h.service.clone(), h.operation.clone()), subjects.len());
-            subjects.push(h);
-        }
-    }
+    merge_subjects(&mut subjects, subjects_of_history(history, ctx, key));
     subjects
         .iter()
         .flat_map(|s| segment_tests(KIND, s, ctx, |b, c| judge_steady(ctx, b, c)))

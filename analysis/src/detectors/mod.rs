@@ -86,6 +86,7 @@ pub(crate) fn test_ctx(config: AnalysisConfig) -> Ctx {
         rollups: false,
         sessions: false,
         settled: None,
+        short: false,
     }
 }
 
@@ -142,6 +143,61 @@ pub fn subjects<M: Metric>(
         .collect()
 }
 
+/// A rate of the current window, `(trials, events)`, against the same rate
+/// in the periods of the window's length before the baseline's end: a rate
+/// that varies more from one period to the next than binomial noise
+/// (Pearson's dispersion φ over the periods, at least 1) must rise by as
+/// much more to count. Events close in time share their cause (a
+/// dependency's blip, a burst of one client's sessions), so a short window
+/// holds them in clumps. `None` with fewer than [`MIN_PERIODS`] periods of
+/// `min` trials.
+pub fn against_history(periods: impl Iterator<Item = (u64, u64)>, (nc, xc): (u64, u64), min: u64) -> Option<History> {
+    let kept: Vec<(f64, f64)> =
+        periods.filter(|(n, _)| *n >= min.max(2)).map(|(n, x)| (n as f64, (x.min(n)) as f64)).collect();
+    if kept.len() < MIN_PERIODS || nc == 0 {
+        return None;
+    }
+    let (n, x) = kept.iter().fold((0.0, 0.0), |(n, x), (a, b)| (n + a, x + b));
+    let rate = x / n;
+    // The variance of a rate of 0 or 1 is not 0: half an event either way.
+    let p = (x + 0.5) / (n + 1.0);
+    let chi2: f64 = kept.iter().map(|(ni, xi)| (xi - ni * rate).powi(2) / (ni * p * (1.0 - p))).sum();
+    let dispersion = (chi2 / (kept.len() - 1) as f64).max(1.0);
+    let current = xc.min(nc) as f64 / nc as f64;
+    let se = (dispersion * p * (1.0 - p) * (1.0 / nc as f64 + 1.0 / n)).sqrt();
+    Some(History {
+        rate,
+        dispersion,
+        periods: kept.len(),
+        p_value: andon_model::statistics::normal_sf((current - rate) / se),
+    })
+}
+
+/// A rate over the periods before the baseline's end, and how the current
+/// window's compares ([`against_history`]).
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    pub rate: f64,
+    pub dispersion: f64,
+    pub periods: usize,
+    pub p_value: f64,
+}
+
+/// Adds `more`'s cells to the subject of the same (service, operation) in
+/// `into`, or `more`'s subject when `into` has none.
+pub fn merge_subjects<M: Metric>(into: &mut Vec<Subject<M>>, more: Vec<Subject<M>>) {
+    let mut by_key: BTreeMap<(String, String), usize> =
+        into.iter().enumerate().map(|(i, s)| ((s.service.clone(), s.operation.clone()), i)).collect();
+    for m in more {
+        if let Some(&i) = by_key.get(&(m.service.clone(), m.operation.clone())) {
+            into[i].cells.extend(m.cells);
+        } else {
+            by_key.insert((m.service.clone(), m.operation.clone()), into.len());
+            into.push(m);
+        }
+    }
+}
+
 /// Singles that may combine into a conjunction: at most this many, the
 /// strongest, so that the search stays small.
 const CONJUNCTION_SEEDS: usize = 6;
@@ -159,8 +215,13 @@ pub fn segment_tests<M: Metric>(
 ) -> Vec<Test> {
     let (min, min_segment) = (ctx.config.min_samples, ctx.config.segment_min_samples);
     let enough = |b: &M, c: &M| b.samples() >= min_segment && c.samples() >= min_segment;
-    let test = |keep: &dyn Fn(&[Option<String>]) -> bool, segment: BTreeMap<String, Value>| -> Option<Test> {
-        let (b, c) = subject.sides(keep);
+    type Keep<'k> = &'k dyn Fn(&[Option<String>]) -> bool;
+    // `base` judges the segment's current side against another baseline.
+    let test_against = |keep: Keep<'_>, base: Option<Keep<'_>>, segment: BTreeMap<String, Value>| -> Option<Test> {
+        let (mut b, c) = subject.sides(keep);
+        if let Some(base) = base {
+            b = subject.sides(base).0;
+        }
         if !enough(&b, &c) || segment.is_empty() && (b.samples() < min || c.samples() < min) {
             return None;
         }
@@ -183,6 +244,17 @@ pub fn segment_tests<M: Metric>(
             follow_up,
         })
     };
+    let test = |keep: Keep<'_>, segment: BTreeMap<String, Value>| test_against(keep, None, segment);
+    // A release the baseline never served, in a short window.
+    let new_version = |i: usize, v: &String| {
+        ctx.short
+            && ctx.segments.columns[i].attribute == "service.version"
+            && subject.sides(|s| s[i].as_ref() == Some(v)).0.samples() == 0
+    };
+    let canary = |mut t: Test| {
+        t.judgement.details.insert(NEW_VERSION.to_owned(), Value::Bool(true));
+        t
+    };
     let mut out: Vec<Test> = test(&|_| true, BTreeMap::new()).into_iter().collect();
     let mut seeds: Vec<(usize, &String, f64)> = Vec::new();
     for (i, col) in ctx.segments.columns.iter().enumerate() {
@@ -195,7 +267,15 @@ pub fn segment_tests<M: Metric>(
         }
         for v in values {
             let segment = BTreeMap::from([(col.attribute.clone(), ctx.segments.json_value(i, v))]);
-            let Some(t) = test(&|s| s[i].as_ref() == Some(v), segment) else { continue };
+            let keep = |s: &[Option<String>]| s[i].as_ref() == Some(v);
+            // A release new in a short window: its requests against everything
+            // the operation served before.
+            let t = if new_version(i, v) {
+                test_against(&keep, Some(&|_| true), segment).map(canary)
+            } else {
+                test(&keep, segment)
+            };
+            let Some(t) = t else { continue };
             if t.judgement.material && !t.follow_up {
                 seeds.push((i, v, t.judgement.p_value));
             }
@@ -222,13 +302,30 @@ pub fn segment_tests<M: Metric>(
             if pair.samples() == single_i.samples() || pair.samples() == single_j.samples() {
                 continue;
             }
-            let Some(t) = test(&keep, segment) else { continue };
+            // A pair with a new release: its requests of the other value
+            // against that value's baseline in every release.
+            let (new_i, new_j) = (new_version(i, vi), new_version(j, vj));
+            let only_i = |s: &[Option<String>]| s[i].as_ref() == Some(vi);
+            let only_j = |s: &[Option<String>]| s[j].as_ref() == Some(vj);
+            let base: Option<Keep<'_>> = match (new_i, new_j) {
+                (true, _) => Some(&only_j),
+                (_, true) => Some(&only_i),
+                _ => None,
+            };
+            let Some(mut t) = test_against(&keep, base, segment) else { continue };
+            if new_i || new_j {
+                t = canary(t);
+            }
             // A pair explains an effect only when neither of its values shows
             // it outside the pair: a fault on every mobile client also shows
             // in mobile ∧ us-east-2, whose rest (desktop, and mobile elsewhere)
             // dilutes it, but mobile elsewhere shows it whole.
             let outside = |a: usize, va: &String, b: usize, vb: &String| {
-                let (rb, rc) = subject.sides(|s| s[a].as_ref() == Some(va) && s[b].as_ref() != Some(vb));
+                let not_b = |s: &[Option<String>]| s[b].as_ref() != Some(vb);
+                let (mut rb, rc) = subject.sides(|s| s[a].as_ref() == Some(va) && not_b(s));
+                if new_version(a, va) {
+                    rb = subject.sides(not_b).0;
+                }
                 enough(&rb, &rc).then(|| judge(&rb, &rc)).flatten().is_some_and(|r| shows_as_much(&r, &t.judgement))
             };
             if outside(i, vi, j, vj) || outside(j, vj, i, vi) {
@@ -248,6 +345,17 @@ const SIBLING_SHOWS_EFFECT: f64 = 0.05;
 /// significant, and at least half the size.
 fn shows_as_much(other: &Judgement, t: &Judgement) -> bool {
     other.material && other.p_value <= SIBLING_SHOWS_EFFECT && other.size >= 0.5 * t.size
+}
+
+/// A detail a short window's test carries when its segment is a release the
+/// baseline never served, judged against everything its operation served
+/// before (a canary against the fleet it joins). The first instances of a
+/// rolling deploy serve a small share of a minute's requests, in the region
+/// the rollout starts in: the release, not that region, explains what they do.
+pub const NEW_VERSION: &str = "new_version";
+
+fn is_new_version(t: &Test) -> bool {
+    t.judgement.details.get(NEW_VERSION).and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// A detail a test may carry: `false` when its effect is probably past the
@@ -309,6 +417,20 @@ pub fn choose_segments(tests: &[Test], fdr: f64) -> Vec<Candidate> {
     for (_, all) in by_subject {
         let (tests, thin): (Vec<&Test>, Vec<&Test>) = all.iter().partition(|t| !t.follow_up);
         let significant = |t: &Test| t.judgement.material && clears_floor(&t.judgement) && t.q_value <= fdr;
+        // A release new in a short window whose requests do worse than the
+        // operation did explains the effect wherever else it shows (the
+        // region its rollout started in): the release, or the release within
+        // one segment where the rest shows none (its mobile sessions).
+        let releases: Vec<&Test> = tests.iter().copied().filter(|t| is_new_version(t) && significant(t)).collect();
+        let release = releases
+            .iter()
+            .filter(|t| t.segment.len() > 1 && rest_shows_none(t, fdr) && !sibling_shows(&tests, t))
+            .min_by_key(|t| t.judgement.current_samples)
+            .or_else(|| releases.iter().min_by(|a, b| a.q_value.total_cmp(&b.q_value)));
+        if let Some(t) = release {
+            out.push(Candidate { test: Test::clone(t) });
+            continue;
+        }
         let overall = tests.iter().find(|t| t.segment.is_empty() && significant(t));
         // The rest of the data shows none, and no sibling shows a comparable
         // effect. The fewest sessions; among equals, the fewest attributes.
@@ -429,6 +551,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use andon_model::Finding;
 
     #[derive(Debug, Clone, Copy, Default)]
     struct Rate {
@@ -577,6 +700,131 @@ mod tests {
                 ("os.type".to_owned(), Value::from("android"))
             ])
         );
+    }
+
+    /// Failures per version and region: (version, region, baseline, current),
+    /// judged and corrected as a pass does, in a short window or not.
+    fn by_version_and_region(short: bool, cells: &[(&str, &str, Counts, Counts)]) -> Vec<Candidate> {
+        let ctx = Ctx {
+            short,
+            ..test_ctx(AnalysisConfig {
+                segments: vec!["cloud.region".into(), "service.version".into()],
+                ..AnalysisConfig::default()
+            })
+        };
+        let mut out = Vec::new();
+        for (version, region, b, c) in cells {
+            let segs = vec![Some((*region).to_owned()), Some((*version).to_owned())];
+            out.push((false, segs.clone(), Rate { x: b.0, n: b.1 }));
+            out.push((true, segs, Rate { x: c.0, n: c.1 }));
+        }
+        let s = Subject { service: "inventory".into(), operation: "POST /v1/reservations".into(), cells: out };
+        let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, &ctx, |b, c| {
+            judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
+        });
+        let q =
+            andon_model::statistics::benjamini_hochberg(&tests.iter().map(|t| t.judgement.p_value).collect::<Vec<_>>());
+        for (t, q) in tests.iter_mut().zip(q) {
+            t.q_value = q;
+        }
+        choose_segments(&tests, 0.01)
+    }
+
+    #[test]
+    fn a_release_new_in_a_short_window_explains_what_its_first_instances_do() {
+        // A minute into a rolling deploy: 2.8.0 runs on one instance in
+        // us-east-1, and a tenth of its calls fail. The baseline never saw it.
+        let cells = [
+            ("2.7.3", "us-east-1", (1, 2000), (0, 60)),
+            ("2.8.0", "us-east-1", (0, 0), (12, 120)),
+            ("2.7.3", "eu-west-1", (1, 2000), (0, 180)),
+            ("2.7.3", "ap-southeast-1", (1, 2000), (0, 180)),
+        ];
+        let chosen = by_version_and_region(true, &cells);
+        assert_eq!(chosen.len(), 1, "{chosen:?}");
+        let t = &chosen[0].test;
+        assert_eq!(t.segment, BTreeMap::from([("service.version".to_owned(), Value::from("2.8.0"))]));
+        assert_eq!(t.judgement.details.get(NEW_VERSION), Some(&Value::Bool(true)));
+        assert_eq!(t.judgement.baseline["requests"], 6000, "against everything the operation served before");
+        // Its fingerprint is the operation's: once rolled out, the whole
+        // operation's finding is the same problem.
+        assert_eq!(
+            Finding::fingerprint_of(t.kind, &t.service, &t.operation, &t.segment),
+            Finding::fingerprint_of(t.kind, &t.service, &t.operation, &BTreeMap::new())
+        );
+        // Over a whole window the release is not judged against the baseline:
+        // the region the rollout started in is what stands out there.
+        let chosen = by_version_and_region(false, &cells);
+        assert!(chosen.iter().all(|c| c.test.judgement.details.get(NEW_VERSION).is_none()), "{chosen:?}");
+
+        // A release that fails only its mobile sessions: the release within
+        // them, whose fingerprint is the mobile sessions'.
+        let ctx = Ctx {
+            short: true,
+            ..test_ctx(AnalysisConfig {
+                segments: vec!["browser.mobile".into(), "cloud.region".into(), "service.version".into()],
+                ..AnalysisConfig::default()
+            })
+        };
+        let mut cells = Vec::new();
+        for (mobile, version, region, b, c) in [
+            ("true", "3.4.2", "us-east-1", (1, 1000), (0, 30)),
+            ("false", "3.4.2", "us-east-1", (1, 1000), (0, 30)),
+            ("true", "3.5.0", "us-east-1", (0, 0), (36, 60)),
+            ("false", "3.5.0", "us-east-1", (0, 0), (0, 60)),
+            ("true", "3.4.2", "eu-west-1", (1, 1000), (0, 90)),
+            ("false", "3.4.2", "eu-west-1", (1, 1000), (0, 90)),
+        ] {
+            let segs = vec![Some(mobile.to_owned()), Some(region.to_owned()), Some(version.to_owned())];
+            cells.push((false, segs.clone(), Rate { x: b.0, n: b.1 }));
+            cells.push((true, segs, Rate { x: c.0, n: c.1 }));
+        }
+        let s = Subject { service: "payments".into(), operation: "POST /v1/payments/authorize".into(), cells };
+        let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, &ctx, |b, c| {
+            judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
+        });
+        let q =
+            andon_model::statistics::benjamini_hochberg(&tests.iter().map(|t| t.judgement.p_value).collect::<Vec<_>>());
+        for (t, q) in tests.iter_mut().zip(q) {
+            t.q_value = q;
+        }
+        let chosen = choose_segments(&tests, 0.01);
+        assert_eq!(chosen.len(), 1, "{chosen:?}");
+        let t = &chosen[0].test;
+        let mobile = BTreeMap::from([("browser.mobile".to_owned(), ctx.segments.json_value(0, "true"))]);
+        let mut release = mobile.clone();
+        release.insert("service.version".to_owned(), Value::from("3.5.0"));
+        assert_eq!(t.segment, release);
+        assert_eq!(t.judgement.baseline["requests"], 2000, "against every mobile request before");
+        assert_eq!(
+            Finding::fingerprint_of(t.kind, &t.service, &t.operation, &t.segment),
+            Finding::fingerprint_of(t.kind, &t.service, &t.operation, &mobile)
+        );
+
+        // A new release that does as well as the fleet: nothing.
+        let fine = [
+            ("2.7.3", "us-east-1", (1, 2000), (0, 60)),
+            ("2.8.0", "us-east-1", (0, 0), (0, 120)),
+            ("2.7.3", "eu-west-1", (1, 2000), (0, 180)),
+            ("2.7.3", "ap-southeast-1", (1, 2000), (0, 180)),
+        ];
+        assert!(by_version_and_region(true, &fine).is_empty());
+    }
+
+    #[test]
+    fn a_rate_that_clumps_from_one_period_to_the_next_must_rise_further() {
+        // 1% of 500 calls a period, steadily: 4% now stands out.
+        let steady: Vec<(u64, u64)> = (0..12).map(|_| (500, 5)).collect();
+        let h = against_history(steady.iter().copied(), (500, 20), 20).unwrap();
+        assert!((h.rate - 0.01).abs() < 1e-9 && h.dispersion < 1.5, "{h:?}");
+        assert!(h.p_value < 1e-6, "{h:?}");
+        // The same 1% on average, in bursts of 4%: a period of 4% is ordinary.
+        let bursty: Vec<(u64, u64)> = (0..12).map(|i| (500, if i % 4 == 0 { 20 } else { 0 })).collect();
+        let h = against_history(bursty.iter().copied(), (500, 20), 20).unwrap();
+        assert!(h.dispersion > 5.0, "{h:?}");
+        assert!(h.p_value > 0.01, "{h:?}");
+        // Too few periods to tell.
+        assert!(against_history(steady[..3].iter().copied(), (500, 35), 20).is_none());
     }
 
     #[test]
