@@ -12,7 +12,8 @@
 //! a finding of its kind on its service (or naming it as the cause), which is
 //! the detection latency of continuous detection, less the settle delay.
 //! `ANDON_BENCH_ONSETS=MINUTES` runs only the passes ending within MINUTES
-//! after an onset.
+//! after an onset. `ANDON_BENCH_STORE=DIR` keeps the stored run in DIR, and a
+//! later run with the same arguments reads it from there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -50,8 +51,12 @@ fn main() {
     let first_pass: Option<f64> = args.get(3).and_then(|a| a.parse().ok());
     let end: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-11-20T20:00:00Z").unwrap().with_timezone(&Utc);
 
+    // `ANDON_BENCH_STORE=DIR` stores the run in DIR and keeps it; a later run
+    // with the same arguments and DIR reads it instead of storing it again.
+    let kept = std::env::var_os("ANDON_BENCH_STORE").map(std::path::PathBuf::from);
+    let reuse = kept.as_ref().is_some_and(|d| d.join("wal").exists() || d.join("segments").exists());
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::new(dir.path());
+    let mut cfg = StoreConfig::new(kept.as_deref().unwrap_or(dir.path()));
     cfg.durability = Durability::None;
     let store = Store::open(cfg).unwrap();
     let ingestor = Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), IngestConfig::default());
@@ -61,7 +66,7 @@ fn main() {
     let truth = sim.ground_truth().clone();
     let started = Instant::now();
     let (mut spans, mut pending) = (0usize, 0usize);
-    for batch in sim.by_ref() {
+    for batch in sim.by_ref().take_while(|_| !reuse) {
         spans += batch.spans;
         pending += batch.spans;
         rt.block_on(ingestor.export(&tenant, batch.request)).unwrap();
@@ -105,6 +110,7 @@ fn main() {
         for f in &report.findings {
             let key = format!("{} {} {} {:?}", f.kind, f.service, f.operation, f.segment);
             if let std::collections::btree_map::Entry::Vacant(e) = first_seen.entry(key) {
+                eprintln!("  pass ending {} ({:.1} s): {}", w.end, times[times.len() - 1], e.key());
                 e.insert(w.end);
                 if let Some(out) = dump.as_mut() {
                     use std::io::Write;

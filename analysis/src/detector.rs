@@ -252,11 +252,14 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
     /// overall and within each segment value.
     async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError>;
 
-    /// Whether a window of a minute holds what this detector judges. A
-    /// drop-off is known only once a session has been quiet for the session
-    /// timeout, which a short window never holds.
+    /// Whether this detector judges a window as short as `recent_secs`: only
+    /// one that judges it against how much windows of its length vary before
+    /// the baseline's end (at least [`crate::detectors::SHORT_MIN_PERIODS`] of
+    /// them), since a minute's requests share their conditions. A drop-off
+    /// is known only once a session has been quiet for the session timeout,
+    /// which a short window never holds.
     fn judges_short_windows(&self) -> bool {
-        true
+        false
     }
 
     /// What a candidate's traces are sampled for, and what its onset measures.

@@ -186,21 +186,39 @@ pub struct Analyzer {
     sessions: bool,
 }
 
-/// SQL as one tenant.
+/// SQL as one tenant, for one pass: a statement the pass already ran (the
+/// latency and error-rate detectors read the same history) is answered from
+/// its result.
 struct TenantSql<'a> {
     engine: &'a QueryEngine,
     tenant: &'a Tenant,
+    ran: std::sync::Mutex<BTreeMap<String, Rows>>,
+}
+
+impl<'a> TenantSql<'a> {
+    fn new(engine: &'a QueryEngine, tenant: &'a Tenant) -> Self {
+        Self { engine, tenant, ran: std::sync::Mutex::default() }
+    }
+
+    fn ran(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Rows>> {
+        self.ran.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[async_trait]
 impl Sql for TenantSql<'_> {
     async fn rows(&self, sql: &str) -> Result<Rows, AnalysisError> {
+        if let Some(rows) = self.ran().get(sql) {
+            return Ok(rows.clone());
+        }
         let out = self
             .engine
             .collect(Some(self.tenant.clone()), sql)
             .await
             .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: sql.to_owned() })?;
-        Ok(Rows::new(out.batches))
+        let rows = Rows::new(out.batches);
+        self.ran().insert(sql.to_owned(), rows.clone());
+        Ok(rows)
     }
 }
 
@@ -275,7 +293,7 @@ impl Analyzer {
     }
 
     async fn rows(&self, tenant: &Tenant, sql: &str) -> Result<Rows, AnalysisError> {
-        TenantSql { engine: &self.engine, tenant }.rows(sql).await
+        TenantSql::new(&self.engine, tenant).rows(sql).await
     }
 
     fn ctx(&self, w: Windows, settled: Option<DateTime<Utc>>) -> Ctx {
@@ -362,7 +380,7 @@ impl Analyzer {
             ));
         }
         let ctx = Ctx { short, ..self.ctx(w, settled) };
-        let sql = TenantSql { engine: &self.engine, tenant };
+        let sql = TenantSql::new(&self.engine, tenant);
         let mut tests = Vec::new();
         let mut flows = Vec::new();
         for d in self.detectors.iter().filter(|d| !short || d.judges_short_windows()) {

@@ -28,7 +28,7 @@ pub mod traces;
 pub use config::{AnalysisConfig, Flow};
 pub use db::{FindingFilter, FindingsDb};
 pub use detector::Detector;
-pub use engine::{Analyzer, PassReport, Windows};
+pub use engine::{Analyzer, PassReport, Windows, floor_minute};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {

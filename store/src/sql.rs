@@ -72,7 +72,7 @@ impl SegmentColumn {
 }
 
 /// A query result read by column name.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rows {
     batches: Vec<RecordBatch>,
 }

@@ -484,10 +484,6 @@ impl Detector for DropOff {
         KIND
     }
 
-    fn judges_short_windows(&self) -> bool {
-        false
-    }
-
     /// One query per configured flow (steps matched to any service).
     fn queries(&self, ctx: &Ctx) -> Vec<(String, String)> {
         let served: Vec<(String, String)> =

@@ -12,7 +12,7 @@ use andon_model::{Affected, FindingKind, Severity, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Metric, Subject, history_look, judge_rate, merge_subjects, segment_tests, subjects};
+use super::{Metric, Subject, judge_rate, merge_subjects, segment_tests, subjects};
 use crate::AnalysisError;
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
 use crate::sql::{self, Rows};
@@ -61,21 +61,6 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
     sql::render(SQL, &ctx.vars(filter))
 }
 
-/// The history of the rate over the rollups: [`super::history_look`] before the
-/// baseline's end, in periods of the current window's length (whole minutes).
-/// `None` when the store keeps no rollups.
-pub fn history_query(ctx: &Ctx, filter: &str) -> Option<String> {
-    if !ctx.rollups {
-        return None;
-    }
-    let window = (ctx.end - ctx.split).num_seconds().max(1);
-    let end = crate::engine::floor_minute(ctx.baseline_end);
-    let ctx = Ctx { baseline_start: end - history_look(ctx), baseline_end: end, ..ctx.clone() };
-    let mut vars = ctx.metric_vars(filter);
-    vars.push(("window_secs", (((window + 30) / 60).max(1) * 60).to_string()));
-    Some(sql::render(include_str!("error_rate_history_rolled.sql"), &vars))
-}
-
 fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
     let key = |r: &andon_store::sql::Row<'_>| Some((r.str("service")?, r.str("operation")?));
     let mut subjects: Vec<Subject<Errors>> = subjects(rows, &ctx.segments, key, |r| Errors {
@@ -87,7 +72,7 @@ fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
     });
     // The history's periods join their subjects, on the baseline's side.
     let periods = super::subjects(history, &ctx.segments, key, |r| Errors {
-        periods: r.i64("period").map(|p| (p, (r.u64("n"), r.u64("errors")))).into_iter().collect(),
+        periods: r.i64("period").map(|p| (p, (r.u64("requests"), r.u64("errors")))).into_iter().collect(),
         ..Errors::default()
     });
     merge_subjects(&mut subjects, periods);
@@ -102,7 +87,11 @@ fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
                     ("errors", "requests", "error_rate"),
                 )?;
                 let min = ctx.config.segment_min_samples;
-                if let Some(h) = super::against_history(b.periods.values().copied(), (c.requests, c.errors), min) {
+                let history = super::against_history(b.periods.values().copied(), (c.requests, c.errors), min);
+                if ctx.short && history.is_none_or(|h| h.periods < super::SHORT_MIN_PERIODS) {
+                    j.material = false;
+                }
+                if let Some(h) = history {
                     let cur = c.errors as f64 / c.requests.max(1) as f64;
                     j.material &= cur - h.rate >= ctx.config.rate_min_delta && cur >= ctx.config.rate_min_ratio * h.rate;
                     j.p_value = j.p_value.max(h.p_value);
@@ -127,13 +116,17 @@ impl Detector for ErrorRateRegression {
         KIND
     }
 
+    fn judges_short_windows(&self) -> bool {
+        true
+    }
+
     fn queries(&self, ctx: &Ctx) -> Vec<(String, String)> {
         vec![(KIND.to_string(), query(ctx, ""))]
     }
 
     async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
         let rows = sql.rows(&query(ctx, "")).await?;
-        let history = match history_query(ctx, "") {
+        let history = match super::history_rolled_query(ctx, "") {
             Some(q) => sql.rows(&q).await?,
             None => Rows::new(Vec::new()),
         };

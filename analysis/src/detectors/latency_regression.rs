@@ -124,16 +124,11 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
 /// spans (windows of seconds): the periods only need to be about a window long,
 /// and reading them from spans would scan several times the pass's range.
 pub fn history_query(ctx: &Ctx, filter: &str) -> String {
+    if let Some(q) = super::history_rolled_query(ctx, filter) {
+        return q;
+    }
     let window = (ctx.end - ctx.split).num_seconds().max(1);
     let look = history_look(ctx);
-    if ctx.rollups {
-        let end = crate::engine::floor_minute(ctx.baseline_end);
-        let minutes = ((window + 30) / 60).max(1) * 60;
-        let ctx = Ctx { baseline_start: end - look, baseline_end: end, ..ctx.clone() };
-        let mut vars = ctx.metric_vars(filter);
-        vars.push(("window_secs", minutes.to_string()));
-        return sql::render(include_str!("latency_history_rolled.sql"), &vars);
-    }
     let ctx = Ctx { baseline_start: ctx.baseline_end - look, split: ctx.baseline_end, end: ctx.baseline_end, ..ctx.clone() };
     let mut vars = ctx.vars(filter);
     vars.push(("window_secs", window.to_string()));
@@ -190,7 +185,11 @@ pub fn judge(ctx: &Ctx, base: &Histogram, cur: &Histogram) -> Option<Judgement> 
 /// operation's window-to-window variation.
 fn judge_steady(ctx: &Ctx, b: &Latency, c: &Latency) -> Option<Judgement> {
     let mut j = judge(ctx, &b.hist, &c.hist)?;
-    if let Some((sds, sd, periods)) = steadiness(&b.periods, log_sums(&c.hist), ctx.config.segment_min_samples) {
+    let steady = steadiness(&b.periods, log_sums(&c.hist), ctx.config.segment_min_samples);
+    if ctx.short && steady.is_none_or(|(_, _, periods)| periods < super::SHORT_MIN_PERIODS) {
+        j.material = false;
+    }
+    if let Some((sds, sd, periods)) = steady {
         j.material &= sds >= CONTROL_SIGMAS;
         j.details.insert("shift_in_window_sds".to_owned(), num(round(sds, 2)));
         j.details.insert("window_sd_log".to_owned(), num(round(sd, 4)));
@@ -251,6 +250,10 @@ impl Detector for LatencyRegression {
 
     fn trouble(&self, _j: &Judgement) -> Trouble {
         Trouble::Latency
+    }
+
+    fn judges_short_windows(&self) -> bool {
+        true
     }
 
     async fn evidence(
@@ -414,5 +417,16 @@ mod tests {
         // With no history to judge by, the shift is judged on its own.
         let j = judge_steady(&ctx, &side(10.0, 400, BTreeMap::new()), &side(13.0, 400, BTreeMap::new())).unwrap();
         assert!(j.material && !j.details.contains_key("shift_in_window_sds"), "{j:?}");
+
+        // A short window is judged only against at least half an hour of
+        // windows like it: with 8, or none, the shift is not material.
+        let short = Ctx { short: true, ..ctx.clone() };
+        let j = judge_steady(&short, &side(10.0, 400, periods(&steady, 100)), &side(13.0, 400, BTreeMap::new())).unwrap();
+        assert!(!j.material, "{j:?}");
+        let j = judge_steady(&short, &side(10.0, 400, BTreeMap::new()), &side(13.0, 400, BTreeMap::new())).unwrap();
+        assert!(!j.material, "{j:?}");
+        let half_hour: Vec<f64> = steady.iter().cycle().take(super::super::SHORT_MIN_PERIODS).copied().collect();
+        let j = judge_steady(&short, &side(10.0, 400, periods(&half_hour, 100)), &side(13.0, 400, BTreeMap::new())).unwrap();
+        assert!(j.material, "{j:?}");
     }
 }

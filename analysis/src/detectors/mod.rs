@@ -61,11 +61,40 @@ pub const HISTORY_WINDOWS: i64 = 8;
 /// baseline alone.
 pub const MIN_PERIODS: usize = 4;
 
+/// The fewest periods of its length, each with `segment_min_samples`, that a
+/// short window ([`crate::detector::Ctx::short`]) is judged against: a minute
+/// of a service's life is judged only against at least half an hour of
+/// minutes like it, never against the baseline alone.
+pub const SHORT_MIN_PERIODS: usize = 30;
+
+/// The most periods the window-to-window variation is read over: a window of
+/// a minute against a baseline of hours needs an hour of them, not hundreds.
+pub const MOST_HISTORY_WINDOWS: i64 = 60;
+
 /// How far back before the baseline's end the window-to-window variation is
-/// read: [`HISTORY_WINDOWS`] windows, or the baseline when it is longer.
+/// read: [`HISTORY_WINDOWS`] windows, or the baseline when it is longer (up
+/// to [`MOST_HISTORY_WINDOWS`] windows).
 pub fn history_look(ctx: &Ctx) -> chrono::Duration {
     let window = (ctx.end - ctx.split).num_seconds().max(1);
-    (ctx.baseline_end - ctx.baseline_start).max(chrono::Duration::seconds(window * HISTORY_WINDOWS))
+    let most = chrono::Duration::seconds(window * MOST_HISTORY_WINDOWS);
+    (ctx.baseline_end - ctx.baseline_start).min(most).max(chrono::Duration::seconds(window * HISTORY_WINDOWS))
+}
+
+/// How each operation moves from one window to the next, over the rollups
+/// (`history_rolled.sql`): [`history_look`] before the baseline's end (its
+/// minute), in periods of the current window's length rounded to whole
+/// minutes. The latency and error-rate detectors read the same query. `None`
+/// when the store keeps no rollups.
+pub fn history_rolled_query(ctx: &Ctx, filter: &str) -> Option<String> {
+    if !ctx.rollups {
+        return None;
+    }
+    let window = (ctx.end - ctx.split).num_seconds().max(1);
+    let end = crate::engine::floor_minute(ctx.baseline_end);
+    let ctx = Ctx { baseline_start: end - history_look(ctx), baseline_end: end, ..ctx.clone() };
+    let mut vars = ctx.metric_vars(filter);
+    vars.push(("window_secs", (((window + 30) / 60).max(1) * 60).to_string()));
+    Some(sql::render(include_str!("history_rolled.sql"), &vars))
 }
 
 /// A pass's context for a detector's unit tests: every window starts and ends
@@ -651,14 +680,21 @@ mod tests {
             segments: vec!["os.type".into(), "cloud.region".into()],
             ..AnalysisConfig::default()
         });
+        let cells: Vec<(Vec<&str>, Counts, Counts)> = cells.iter().map(|(o, r, b, c)| (vec![*o, *r], *b, *c)).collect();
+        choose_for(&ctx, &cells)
+    }
+
+    /// Failures per segment values (in the order of `ctx`'s segments), as
+    /// (values, baseline, current), judged and corrected as a pass does.
+    fn choose_for(ctx: &Ctx, cells: &[(Vec<&str>, Counts, Counts)]) -> Vec<Candidate> {
         let mut out = Vec::new();
-        for (os, region, b, c) in cells {
-            let segs = vec![Some((*os).to_owned()), Some((*region).to_owned())];
+        for (values, b, c) in cells {
+            let segs: Vec<Option<String>> = values.iter().map(|v| Some((*v).to_owned())).collect();
             out.push((false, segs.clone(), Rate { x: b.0, n: b.1 }));
             out.push((true, segs, Rate { x: c.0, n: c.1 }));
         }
         let s = Subject { service: "reservations".into(), operation: "POST /pay".into(), cells: out };
-        let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, &ctx, |b, c| {
+        let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, ctx, |b, c| {
             judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
         });
         let q =
@@ -712,22 +748,8 @@ mod tests {
                 ..AnalysisConfig::default()
             })
         };
-        let mut out = Vec::new();
-        for (version, region, b, c) in cells {
-            let segs = vec![Some((*region).to_owned()), Some((*version).to_owned())];
-            out.push((false, segs.clone(), Rate { x: b.0, n: b.1 }));
-            out.push((true, segs, Rate { x: c.0, n: c.1 }));
-        }
-        let s = Subject { service: "inventory".into(), operation: "POST /v1/reservations".into(), cells: out };
-        let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, &ctx, |b, c| {
-            judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
-        });
-        let q =
-            andon_model::statistics::benjamini_hochberg(&tests.iter().map(|t| t.judgement.p_value).collect::<Vec<_>>());
-        for (t, q) in tests.iter_mut().zip(q) {
-            t.q_value = q;
-        }
-        choose_segments(&tests, 0.01)
+        let cells: Vec<(Vec<&str>, Counts, Counts)> = cells.iter().map(|(v, r, b, c)| (vec![*r, *v], *b, *c)).collect();
+        choose_for(&ctx, &cells)
     }
 
     #[test]
@@ -766,31 +788,17 @@ mod tests {
                 ..AnalysisConfig::default()
             })
         };
-        let mut cells = Vec::new();
-        for (mobile, version, region, b, c) in [
-            ("true", "3.4.2", "us-east-1", (1, 1000), (0, 30)),
-            ("false", "3.4.2", "us-east-1", (1, 1000), (0, 30)),
-            ("true", "3.5.0", "us-east-1", (0, 0), (36, 60)),
-            ("false", "3.5.0", "us-east-1", (0, 0), (0, 60)),
-            ("true", "3.4.2", "eu-west-1", (1, 1000), (0, 90)),
-            ("false", "3.4.2", "eu-west-1", (1, 1000), (0, 90)),
-        ] {
-            let segs = vec![Some(mobile.to_owned()), Some(region.to_owned()), Some(version.to_owned())];
-            cells.push((false, segs.clone(), Rate { x: b.0, n: b.1 }));
-            cells.push((true, segs, Rate { x: c.0, n: c.1 }));
-        }
-        let s = Subject { service: "payments".into(), operation: "POST /v1/payments/authorize".into(), cells };
-        let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, &ctx, |b, c| {
-            judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
-        });
-        let q =
-            andon_model::statistics::benjamini_hochberg(&tests.iter().map(|t| t.judgement.p_value).collect::<Vec<_>>());
-        for (t, q) in tests.iter_mut().zip(q) {
-            t.q_value = q;
-        }
-        let chosen = choose_segments(&tests, 0.01);
-        assert_eq!(chosen.len(), 1, "{chosen:?}");
-        let t = &chosen[0].test;
+        let cells: Vec<(Vec<&str>, Counts, Counts)> = vec![
+            (vec!["true", "us-east-1", "3.4.2"], (1, 1000), (0, 30)),
+            (vec!["false", "us-east-1", "3.4.2"], (1, 1000), (0, 30)),
+            (vec!["true", "us-east-1", "3.5.0"], (0, 0), (36, 60)),
+            (vec!["false", "us-east-1", "3.5.0"], (0, 0), (0, 60)),
+            (vec!["true", "eu-west-1", "3.4.2"], (1, 1000), (0, 90)),
+            (vec!["false", "eu-west-1", "3.4.2"], (1, 1000), (0, 90)),
+        ];
+        let picked = choose_for(&ctx, &cells);
+        assert_eq!(picked.len(), 1, "{picked:?}");
+        let t = &picked[0].test;
         let mobile = BTreeMap::from([("browser.mobile".to_owned(), ctx.segments.json_value(0, "true"))]);
         let mut release = mobile.clone();
         release.insert("service.version".to_owned(), Value::from("3.5.0"));
