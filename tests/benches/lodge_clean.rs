@@ -13,7 +13,7 @@
 //! `POST /api/v1/analyze {from, to}`, which replays a pass every
 //! `interval_secs`.
 //!
-//! `cargo bench -p andon-tests --bench lodge_clean [-- HOURS [INTERVAL_SECS]]`
+//! `cargo bench -p andon-tests --bench lodge_clean [-- HOURS [INTERVAL_SECS [WINDOW_SECS BASELINE_SECS]]]`
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::process::Command;
@@ -74,6 +74,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let hours: f64 = args.first().map_or(24.0, |h| h.parse().unwrap());
     let interval: u64 = args.get(1).map_or(60, |s| s.parse().unwrap());
+    // The lodge test's windows by default; `WINDOW_SECS BASELINE_SECS` (for
+    // example the server's defaults, 1800 10800) judge the day as a server
+    // configured so would.
+    let window: u64 = args.get(2).map_or(120, |s| s.parse().unwrap());
+    let baseline: u64 = args.get(3).map_or(120, |s| s.parse().unwrap());
     let recording = workspace_root().join("fixtures/lodge/recording");
     let truth: Value = serde_json::from_slice(&std::fs::read(recording.join("clean.json")).unwrap()).unwrap();
     let (start, end) = (time(&truth["start"]), time(&truth["end"]));
@@ -113,8 +118,8 @@ fn main() {
         &[
             ("ANDON_STORAGE_DURABILITY", "none"),
             ("ANDON_ANALYSIS_INTERVAL_SECS", &interval.to_string()),
-            ("ANDON_ANALYSIS_WINDOW_SECS", "120"),
-            ("ANDON_ANALYSIS_BASELINE_SECS", "120"),
+            ("ANDON_ANALYSIS_WINDOW_SECS", &window.to_string()),
+            ("ANDON_ANALYSIS_BASELINE_SECS", &baseline.to_string()),
             ("ANDON_ANALYSIS_SESSION_TIMEOUT_SECS", "30"),
             ("ANDON_ANALYSIS_RESOLVE_AFTER_SECS", "300"),
             ("ANDON_ANALYSIS_REPLAY_MAX_PASSES", "100000"),

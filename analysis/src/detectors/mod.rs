@@ -777,7 +777,7 @@ mod tests {
         // Over a whole window the release is not judged against the baseline:
         // the region the rollout started in is what stands out there.
         let chosen = by_version_and_region(false, &cells);
-        assert!(chosen.iter().all(|c| c.test.judgement.details.get(NEW_VERSION).is_none()), "{chosen:?}");
+        assert!(chosen.iter().all(|c| !c.test.judgement.details.contains_key(NEW_VERSION)), "{chosen:?}");
 
         // A release that fails only its mobile sessions: the release within
         // them, whose fingerprint is the mobile sessions'.
