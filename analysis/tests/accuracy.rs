@@ -208,9 +208,11 @@ fn a_clean_day_gives_no_finding() {
 
 #[test]
 fn a_slow_release_is_reported_by_the_first_continuous_pass_after_its_first_instance_switches() {
-    // 90 minutes at 2 sessions/s: pricing 7.4.0 starts rolling out 54 minutes
-    // in, one instance of six at a time over 12 minutes.
-    let l = load("latency", 1.5, 2.0);
+    // Two hours at 2 sessions/s: pricing 7.4.0 starts rolling out 72 minutes
+    // in, one instance of six at a time over 12 minutes. A pass's last minute
+    // is judged against the minutes before its baseline's end, 30 minutes
+    // earlier: 42 of them here, past the 30 it needs.
+    let l = load("latency", 2.0, 2.0);
     let fault = &l.truth.faults[0];
     let analyzer = Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap();
     let minute = Duration::minutes(1);
