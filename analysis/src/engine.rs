@@ -211,15 +211,19 @@ impl Sql for TenantSql<'_> {
         if let Some(rows) = self.ran().get(sql) {
             return Ok(rows.clone());
         }
-        let out = self
-            .engine
-            .collect(Some(self.tenant.clone()), sql)
-            .await
-            .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: sql.to_owned() })?;
-        let rows = Rows::new(out.batches);
+        let rows = query(self.engine, self.tenant, sql).await?;
         self.ran().insert(sql.to_owned(), rows.clone());
         Ok(rows)
     }
+}
+
+/// Runs `sql` as `tenant`, on the query engine's own runtime.
+async fn query(engine: &QueryEngine, tenant: &Tenant, sql: &str) -> Result<Rows, AnalysisError> {
+    let out = engine
+        .collect(Some(tenant.clone()), sql)
+        .await
+        .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: sql.to_owned() })?;
+    Ok(Rows::new(out.batches))
 }
 
 /// A candidate with what its traces say about it.
@@ -293,7 +297,8 @@ impl Analyzer {
     }
 
     async fn rows(&self, tenant: &Tenant, sql: &str) -> Result<Rows, AnalysisError> {
-        TenantSql::new(&self.engine, tenant).rows(sql).await
+        // Trace samples and the spans of their traces: read once, never kept.
+        query(&self.engine, tenant, sql).await
     }
 
     fn ctx(&self, w: Windows, settled: Option<DateTime<Utc>>) -> Ctx {
