@@ -17,6 +17,14 @@ pub struct Member {
     pub rank: u8,
     /// Its detector reports it as the headline wherever the cause starts.
     pub headline: bool,
+    /// The segment it was found in (empty: everyone).
+    pub segment: BTreeMap<String, serde_json::Value>,
+}
+
+/// Whether `a`'s segment lies strictly inside `b`'s: every value `b` fixes,
+/// `a` fixes too, and `a` fixes more.
+fn narrower(a: &Member, b: &Member) -> bool {
+    a.segment.len() > b.segment.len() && b.segment.iter().all(|(k, v)| a.segment.get(k) == Some(v))
 }
 
 /// Groups of candidates that share where their trouble starts. Two problems
@@ -60,7 +68,9 @@ fn cluster_cause(members: &[Member], cluster: &[usize]) -> (String, String) {
 
 /// The member a cluster is reported as: a headline (the largest); else, at the
 /// operation where the trouble starts, the most specific account of it by its
-/// detector's rank; else the strongest.
+/// detector's rank among the accounts that no other account there covers (an
+/// account of some of the users never stands for one of all of them); else
+/// the strongest.
 pub fn primary(members: &[Member], cluster: &[usize]) -> usize {
     let headline = cluster
         .iter()
@@ -70,9 +80,10 @@ pub fn primary(members: &[Member], cluster: &[usize]) -> usize {
         return *i;
     }
     let cause = cluster_cause(members, cluster);
-    cluster
+    let at_cause: Vec<usize> = cluster.iter().copied().filter(|i| members[*i].site == cause).collect();
+    at_cause
         .iter()
-        .filter(|i| members[**i].site == cause)
+        .filter(|i| !at_cause.iter().any(|j| narrower(&members[**i], &members[*j])))
         .min_by_key(|i| (members[**i].rank, **i))
         .or_else(|| cluster.iter().min_by(|a, b| members[**a].q_value.total_cmp(&members[**b].q_value)))
         .copied()
@@ -85,7 +96,15 @@ mod tests {
 
     fn m(cause: &str, site: &str, rank: u8) -> Member {
         let op = |s: &str| ("svc".to_owned(), s.to_owned());
-        Member { cause: op(cause), site: op(site), q_value: 0.01, effect: 0.1, rank, headline: false }
+        Member {
+            cause: op(cause),
+            site: op(site),
+            q_value: 0.01,
+            effect: 0.1,
+            rank,
+            headline: false,
+            segment: BTreeMap::new(),
+        }
     }
 
     #[test]
@@ -98,5 +117,25 @@ mod tests {
         let mut headline = members.clone();
         headline[0].headline = true;
         assert_eq!(primary(&headline, one), 0, "a headline wins wherever it is");
+    }
+
+    #[test]
+    fn an_account_of_some_users_does_not_stand_for_one_of_all_of_them() {
+        let ios = |mut m: Member| {
+            m.segment.insert("os.type".into(), serde_json::json!("ios"));
+            m
+        };
+        // Errors for everyone (rank 2), and a narrower, more specific account
+        // of them in one OS (rank 1): everyone's is reported.
+        let members = vec![m("db", "db", 2), ios(m("db", "db", 1))];
+        assert_eq!(primary(&members, &[0, 1]), 0);
+        // In the same segment, the more specific account wins.
+        let members = vec![ios(m("db", "db", 2)), ios(m("db", "db", 1))];
+        assert_eq!(primary(&members, &[0, 1]), 1);
+        // Segments neither of which holds the other: rank decides.
+        let mut android = m("db", "db", 2);
+        android.segment.insert("os.type".into(), serde_json::json!("android"));
+        let members = vec![android, ios(m("db", "db", 1))];
+        assert_eq!(primary(&members, &[0, 1]), 1);
     }
 }

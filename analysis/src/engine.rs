@@ -443,6 +443,7 @@ impl Analyzer {
                     effect: e.test.judgement.effect,
                     rank: d.rank(&e.test.judgement),
                     headline: d.headline(&e.test.judgement, &self.config),
+                    segment: e.test.segment.clone(),
                 })
             })
             .collect::<Result<Vec<_>, AnalysisError>>()?;

@@ -136,8 +136,11 @@ impl Ingestor {
         Ok(auth.authorize(principal.as_ref(), Permission::Ingest, tenant)?)
     }
 
-    /// Reserves in-flight memory for a request of `encoded_bytes`, or refuses it.
+    /// Reserves in-flight memory for a request of `encoded_bytes`, or refuses
+    /// it: when that memory is taken, or when the sink would refuse the spans
+    /// anyway (its buffer is full), before the request is read or decoded.
     pub fn reserve(&self, encoded_bytes: usize) -> Result<OwnedSemaphorePermit, IngestError> {
+        self.sink.ready()?;
         let want = encoded_bytes.saturating_mul(DECODED_EXPANSION).clamp(1, self.config.max_inflight_bytes.max(1));
         let want = u32::try_from(want).unwrap_or(u32::MAX);
         Arc::clone(&self.inflight)

@@ -379,12 +379,7 @@ impl Store {
         if total == 0 {
             return Ok(AppendOutcome::default());
         }
-        {
-            let s = self.inner.state.read();
-            if s.buffer_bytes > self.inner.config.max_buffer_bytes {
-                return Err(SinkError::Overloaded { retry_after: Duration::from_secs(5) });
-            }
-        }
+        self.ready()?;
         let keys = batch_keys(&batch);
         let (landed, landing) = tokio::sync::watch::channel(None::<bool>);
         // Under one lock: which keys are new, the appends still writing the
@@ -574,6 +569,14 @@ impl Store {
     /// `max_buffer_bytes`.
     pub fn buffer_full(&self) -> bool {
         self.inner.state.read().buffer_bytes > self.inner.config.max_buffer_bytes
+    }
+
+    /// Refuses, as retryable, while the buffer is full.
+    pub fn ready(&self) -> Result<(), SinkError> {
+        if self.buffer_full() {
+            return Err(SinkError::Overloaded { retry_after: Duration::from_secs(5) });
+        }
+        Ok(())
     }
 
     /// Whether a flush is due by size or age.
@@ -1051,6 +1054,10 @@ impl Store {
 impl SpanSink for Store {
     fn append<'a>(&'a self, tenant: &'a Tenant, batch: RecordBatch) -> AppendFuture<'a> {
         Box::pin(Store::append(self, tenant, batch))
+    }
+
+    fn ready(&self) -> Result<(), SinkError> {
+        Store::ready(self)
     }
 }
 

@@ -653,3 +653,33 @@ fn with_rollups_off_spans_are_stored_and_no_rollups_or_sessions_are_kept() {
     while store.roll_up_missing(10).unwrap() > 0 {}
     assert_eq!(rt.block_on(count(&store, "SELECT sum(requests) FROM span_metrics")), 100);
 }
+
+#[test]
+fn a_full_buffer_refuses_the_next_export_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_buffer_bytes = 4096;
+    cfg.flush_bytes = 4096;
+    let store = Store::open(cfg).unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let ingestor = andon_ingest::Ingestor::new(
+        std::sync::Arc::new(store.clone()),
+        std::sync::Arc::new(andon_model::clock::SystemClock),
+        andon_ingest::IngestConfig::default(),
+    );
+    assert!(ingestor.reserve(1000).is_ok(), "an empty buffer takes exports");
+    let mut seed = 0;
+    while !store.buffer_full() {
+        seed += 1;
+        rt.block_on(store.append(&t, batch(seed, 50, now_ns()))).unwrap();
+    }
+    // Refused as retryable before a byte of the request is held or decoded.
+    let refused = ingestor.reserve(1000).unwrap_err();
+    assert!(matches!(refused, andon_ingest::IngestError::Overloaded { .. }), "{refused}");
+    assert!(refused.retry_after().is_some());
+    // What was taken is kept, and a flush makes room again.
+    store.flush().unwrap();
+    assert!(ingestor.reserve(1000).is_ok(), "the flushed buffer takes exports again");
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 50 * seed as i64);
+}
