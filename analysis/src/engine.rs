@@ -339,10 +339,16 @@ impl Analyzer {
     /// its last `recent_secs` against the same baseline by the detectors that
     /// judge so short a window ([`Detector::judges_short_windows`]). A fault
     /// that stands out within a minute is reported by the first pass after
-    /// its onset, instead of once it fills enough of the window. A finding of
-    /// the short window that the whole window reports too, or links under one
-    /// of its findings, is left out: the whole window's account has more
-    /// evidence.
+    /// its onset, instead of once it fills enough of the window.
+    ///
+    /// The last minute says that an operation broke, not where: it is judged
+    /// for the whole operation, or for a release new in it (alone, or with
+    /// one other segment value). A minute of one region or OS is too thin for
+    /// "the rest shows none" to mean anything, so narrower segments are left
+    /// to the whole window. And where the whole window reports the operation
+    /// (or links it under one of its findings) for the same kind of trouble,
+    /// in whatever segment, the short window's account is left out: the
+    /// whole window's has more evidence.
     pub async fn continuous(
         &self,
         tenant: &Tenant,
@@ -355,15 +361,18 @@ impl Analyzer {
             return Ok(report);
         }
         let short = self.judge(tenant, Windows { split: w.end - recent, ..w }, settled, true).await?;
-        let mut known: Vec<String> = Vec::new();
+        let mut known: Vec<(FindingKind, &str, &str)> = Vec::new();
         for f in &report.findings {
-            known.push(f.fingerprint.clone());
-            known.extend(
-                f.evidence.linked.iter().map(|l| Finding::fingerprint_of(l.kind, &l.service, &l.operation, &l.segment)),
-            );
+            known.push((f.kind, &f.service, &f.operation));
+            known.extend(f.evidence.linked.iter().map(|l| (l.kind, l.service.as_str(), l.operation.as_str())));
         }
+        let fresh: Vec<Finding> = short
+            .findings
+            .into_iter()
+            .filter(|f| !known.contains(&(f.kind, f.service.as_str(), f.operation.as_str())))
+            .collect();
         report.tests += short.tests;
-        report.findings.extend(short.findings.into_iter().filter(|f| !known.contains(&f.fingerprint)));
+        report.findings.extend(fresh);
         report.findings.sort_by(|a, b| b.impact.total_cmp(&a.impact).then(a.fingerprint.cmp(&b.fingerprint)));
         report.elapsed += short.elapsed;
         Ok(report)
@@ -390,7 +399,7 @@ impl Analyzer {
         let mut flows = Vec::new();
         for d in self.detectors.iter().filter(|d| !short || d.judges_short_windows()) {
             let tested = d.tests(&ctx, &sql).await?;
-            tests.extend(tested.tests);
+            tests.extend(tested.tests.into_iter().filter(|t| !short || detectors::judged_in_short_windows(t)));
             flows.extend(tested.flows);
         }
 

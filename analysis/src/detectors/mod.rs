@@ -387,6 +387,13 @@ fn is_new_version(t: &Test) -> bool {
     t.judgement.details.get(NEW_VERSION).and_then(Value::as_bool).unwrap_or(false)
 }
 
+/// Whether a test of a short window takes part in its pass: the whole
+/// operation, or a release new in the window (alone or with one other
+/// segment value). See [`crate::Analyzer::continuous`].
+pub fn judged_in_short_windows(t: &Test) -> bool {
+    t.segment.is_empty() || is_new_version(t)
+}
+
 /// A detail a test may carry: `false` when its effect is probably past the
 /// detector's floor but its interval reaches below it. Such a test is not
 /// reported, but still counts as showing the effect when it is the rest of
@@ -697,6 +704,8 @@ mod tests {
         let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, ctx, |b, c| {
             judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
         });
+        // As a pass keeps them.
+        tests.retain(|t| !ctx.short || judged_in_short_windows(t));
         let q =
             andon_model::statistics::benjamini_hochberg(&tests.iter().map(|t| t.judgement.p_value).collect::<Vec<_>>());
         for (t, q) in tests.iter_mut().zip(q) {
@@ -817,6 +826,29 @@ mod tests {
             ("2.7.3", "ap-southeast-1", (1, 2000), (0, 180)),
         ];
         assert!(by_version_and_region(true, &fine).is_empty());
+    }
+
+    #[test]
+    fn a_minute_says_that_an_operation_broke_and_the_window_says_where() {
+        // The last minute: us-east-1 fails a tenth of its calls, on the
+        // version the baseline ran. A minute of one region is too thin to
+        // tell it from the rest, so the short window reports the operation.
+        let cells = [
+            ("2.7.3", "us-east-1", (1, 2000), (12, 120)),
+            ("2.7.3", "eu-west-1", (1, 2000), (0, 180)),
+            ("2.7.3", "ap-southeast-1", (1, 2000), (0, 180)),
+        ];
+        let chosen = by_version_and_region(true, &cells);
+        assert_eq!(chosen.len(), 1, "{chosen:?}");
+        assert!(chosen[0].test.segment.is_empty(), "{chosen:?}");
+        // The whole window names the region.
+        let chosen = by_version_and_region(false, &cells);
+        assert_eq!(chosen.len(), 1, "{chosen:?}");
+        assert_eq!(
+            chosen[0].test.segment,
+            BTreeMap::from([("cloud.region".to_owned(), Value::from("us-east-1"))]),
+            "{chosen:?}"
+        );
     }
 
     #[test]
