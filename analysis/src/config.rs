@@ -41,7 +41,8 @@ pub struct AnalysisConfig {
     pub session_timeout_secs: u64,
     /// A call of the same operation within this long after a failure is a retry.
     pub retry_interval_secs: u64,
-    /// False discovery rate across every test of a pass (Benjamini–Hochberg).
+    /// False discovery rate of a pass, over subjects (kind, service,
+    /// operation) and within the selected ones (`statistics::two_level_fdr`).
     pub fdr: f64,
     /// Samples each side of a subject (an operation, a funnel step) needs
     /// before it is compared at all.

@@ -405,7 +405,20 @@ impl Analyzer {
 
         // Follow-up tests (thin segments) confirm; they take no part in discovery.
         let discovery: Vec<usize> = (0..tests.len()).filter(|i| !tests[*i].follow_up).collect();
-        let q = stats::benjamini_hochberg(&discovery.iter().map(|i| tests[*i].judgement.p_value).collect::<Vec<_>>());
+        // Discoveries are controlled per subject (kind, service, operation),
+        // which is what a finding reports, then within the subjects selected:
+        // a lone marginal test is no finding because other faults are many.
+        let mut subjects: BTreeMap<(FindingKind, &str, &str), usize> = BTreeMap::new();
+        let family: Vec<usize> = discovery
+            .iter()
+            .map(|i| {
+                let t = &tests[*i];
+                let next = subjects.len();
+                *subjects.entry((t.kind, t.service.as_str(), t.operation.as_str())).or_insert(next)
+            })
+            .collect();
+        let p: Vec<f64> = discovery.iter().map(|i| tests[*i].judgement.p_value).collect();
+        let q = stats::two_level_fdr(&p, &family, self.config.fdr);
         for (i, q) in discovery.into_iter().zip(q) {
             tests[i].q_value = q;
         }

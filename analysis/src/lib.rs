@@ -6,7 +6,8 @@
 //! A pass ([`Analyzer::pass`]) compares a current window with a baseline window:
 //! every detector's SQL aggregates per (service, operation), side and segment;
 //! every subject is tested overall and within each segment value;
-//! Benjamini–Hochberg controls false discoveries across the pass; the narrowest
+//! false discoveries are controlled per subject and within it (Simes, then
+//! Benjamini–Hochberg over subjects and within the selected); the narrowest
 //! segment that explains an effect is kept; sample traces tell where the trouble
 //! starts, so symptoms are linked under their cause instead of reported alone.
 //!

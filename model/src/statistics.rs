@@ -246,6 +246,50 @@ pub fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
     q
 }
 
+/// Simes' combination of a family's p-values: the smallest `p(k) · m / k`
+/// over the sorted p-values, a valid p-value for "none of the family's
+/// hypotheses is false" under the positive dependence of overlapping
+/// segments of the same data. 1 for an empty family.
+pub fn simes(p: &[f64]) -> f64 {
+    let mut sorted = p.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let m = sorted.len() as f64;
+    sorted.iter().enumerate().map(|(k, p)| p * m / (k + 1) as f64).fold(1.0f64, f64::min)
+}
+
+/// Two-level false discovery control (Benjamini & Bogomolov, 2014) over
+/// tests grouped in families (`family[i]` is test `i`'s): each family's
+/// Simes p-value, Benjamini–Hochberg over the families at `fdr` selecting R
+/// of S, and within a selected family each test's Benjamini–Hochberg q-value
+/// among its own, scaled by S / R; every test of a family not selected gets
+/// a q-value of 1. A test with q ≤ `fdr` is then a discovery with the rate
+/// of false families held at `fdr`, however many true discoveries other
+/// families hold: BH over every test at once lets a lone marginal test
+/// through when hundreds of tests elsewhere are significant.
+pub fn two_level_fdr(p: &[f64], family: &[usize], fdr: f64) -> Vec<f64> {
+    let families = family.iter().copied().max().map_or(0, |m| m + 1);
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); families];
+    for (i, f) in family.iter().enumerate() {
+        members[*f].push(i);
+    }
+    members.retain(|m| !m.is_empty());
+    let combined: Vec<f64> = members.iter().map(|m| simes(&m.iter().map(|i| p[*i]).collect::<Vec<_>>())).collect();
+    let family_q = benjamini_hochberg(&combined);
+    let selected = family_q.iter().filter(|q| **q <= fdr).count();
+    let scale = members.len() as f64 / selected.max(1) as f64;
+    let mut q = vec![1.0; p.len()];
+    for (m, fq) in members.iter().zip(&family_q) {
+        if *fq > fdr {
+            continue;
+        }
+        let within = benjamini_hochberg(&m.iter().map(|i| p[*i]).collect::<Vec<_>>());
+        for (i, w) in m.iter().zip(within) {
+            q[*i] = (w * scale).min(1.0);
+        }
+    }
+    q
+}
+
 /// The index splitting `series` into two segments of least total squared error
 /// (a single change point), if the split lowers the error by at least
 /// `min_gain` of the unsplit error.
@@ -319,6 +363,41 @@ mod tests {
         assert!(close(t.p_value, 1140.0 / 9880.0, 1e-9), "{t:?}");
         let t = proportion_greater(50, 1000, 50, 1000).unwrap();
         assert!(t.p_value > 0.4);
+    }
+
+    #[test]
+    fn a_lone_marginal_test_is_no_discovery_beside_many_true_ones_elsewhere() {
+        // Twenty families: one holds 300 tests of a real fault, one a test of
+        // 1e-3 among 49 of nothing, one a single strong test among 49 of
+        // nothing, and seventeen nothing at all (49 tests each).
+        let (mut p, mut family) = (Vec::new(), Vec::new());
+        for k in 0..300 {
+            p.push(1e-20 * f64::from(k + 1));
+            family.push(0);
+        }
+        for (f, first) in [(1, 1e-3), (2, 1e-9)] {
+            p.push(first);
+            family.push(f);
+            for k in 0..49 {
+                p.push(0.2 + 0.016 * f64::from(k));
+                family.push(f);
+            }
+        }
+        for f in 3..20 {
+            for k in 0..49 {
+                p.push(0.05 + 0.019 * f64::from(k));
+                family.push(f);
+            }
+        }
+        let flat = benjamini_hochberg(&p);
+        assert!(flat[300] <= 0.01, "BH over every test lets the marginal one through: {}", flat[300]);
+        let q = two_level_fdr(&p, &family, 0.01);
+        assert!(q[300] > 0.01, "{}", q[300]);
+        assert!(q[350] <= 0.01, "a strong test stands in a family of nothing else: {}", q[350]);
+        assert!(q[..300].iter().all(|q| *q <= 0.01));
+        assert!(q[301..350].iter().chain(&q[351..]).all(|q| *q > 0.01));
+        assert!((simes(&[0.04, 0.01, 0.5]) - 0.03).abs() < 1e-12);
+        assert_eq!(simes(&[]), 1.0);
     }
 
     #[test]
