@@ -555,12 +555,13 @@ fn a_clean_day_of_the_second_shop_gives_no_finding() {
 
 #[test]
 fn a_window_that_keeps_only_ended_sessions_shows_no_drop_off_where_shoppers_take_minutes() {
-    // A pass keeps a current session only once it has been quiet for the
-    // session timeout (here 1,075 s of a 30-minute window), so the current
-    // window holds the sessions that started early enough to have ended: few
-    // of those that pause six minutes before paying, most of those that leave
-    // at shipping. Left uncorrected, conversion from shipping to payment
-    // falls from 92% to about 80%; nothing changed, so nothing is reported.
+    // A pass keeps a current session at a step only once it had the time to
+    // go on (the session timeout, here 1,075 s of a 30-minute window, or a
+    // step's horizon), so the current window holds the sessions that got there
+    // early enough: few of those that pause six minutes before paying, most of
+    // those that leave at shipping. Left uncorrected, conversion from shipping
+    // to payment falls from 92% to about 80%; nothing changed, so nothing is
+    // reported.
     let l = load(Fault::SlowShoppers, 2.5, 13);
     let config = AnalysisConfig { session_timeout_secs: 1075, ..AnalysisConfig::default() };
     let analyzer = Analyzer::new(l.engine.clone(), config).unwrap();

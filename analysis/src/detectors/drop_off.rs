@@ -32,11 +32,76 @@ pub const SESSIONS_SQL: &str = include_str!("drop_off_sessions.sql");
 pub struct ResolvedFlow {
     pub name: String,
     pub steps: Vec<(String, String)>,
+    /// Per step, how long after reaching it a session may take to request the
+    /// next page and still count as going on, in nanoseconds ([`horizons`]);
+    /// a step without one waits the session timeout.
+    pub horizons: Vec<i64>,
+}
+
+impl ResolvedFlow {
+    fn horizon(&self, k: usize, timeout_ns: i64) -> i64 {
+        self.horizons.get(k).copied().unwrap_or(timeout_ns)
+    }
+}
+
+/// Fewer baseline sessions than this going from a step to the next leave the
+/// step's horizon at the session timeout.
+const MIN_GAPS: usize = 50;
+
+/// Each flow's horizons from the rows of [`journeys_query`]: twice the 95th
+/// percentile of the baseline's times from a step's first page request to the
+/// next page's, among the sessions that went on, between a second and the
+/// session timeout. A session that took longer is one of the slowest few in a
+/// hundred, twice over; a step too few sessions went on from keeps the
+/// timeout.
+pub fn horizons(rows: &Rows, flows: &mut [ResolvedFlow], timeout_ns: i64) {
+    let mut pages: Vec<&str> = Vec::new();
+    for flow in flows.iter() {
+        for (_, op) in &flow.steps {
+            if !pages.contains(&op.as_str()) {
+                pages.push(op);
+            }
+        }
+    }
+    // Each session's first request of each page.
+    let mut first: HashMap<String, Vec<Option<i64>>> = HashMap::new();
+    for r in rows.iter() {
+        let (Some(session), Some(op), Some(t)) = (r.str("session_id"), r.str("operation"), r.i64("first_time")) else {
+            continue;
+        };
+        let Some(p) = pages.iter().position(|page| *page == op || op.ends_with(&format!(" {page}"))) else {
+            continue;
+        };
+        let times = first.entry(session).or_insert_with(|| vec![None; pages.len()]);
+        times[p] = Some(times[p].map_or(t, |f| f.min(t)));
+    }
+    let page = |op: &str| pages.iter().position(|p| *p == op).unwrap_or(0);
+    let at: Vec<Vec<usize>> = flows.iter().map(|f| f.steps.iter().map(|(_, op)| page(op)).collect()).collect();
+    for (flow, at) in flows.iter_mut().zip(at) {
+        flow.horizons = at
+            .windows(2)
+            .map(|pair| {
+                let mut gaps: Vec<i64> = first
+                    .values()
+                    .filter_map(|t| Some(t[pair[1]]? - t[pair[0]]?))
+                    .filter(|gap| *gap >= 0)
+                    .collect();
+                if gaps.len() < MIN_GAPS {
+                    return timeout_ns;
+                }
+                gaps.sort_unstable();
+                let q95 = gaps[((gaps.len() - 1) as f64 * 0.95).round() as usize];
+                q95.saturating_mul(2).clamp(1_000_000_000, timeout_ns.max(1_000_000_000))
+            })
+            .collect();
+    }
 }
 
 /// One scan for every flow: per session, when it first and last requested each
 /// page of any flow and whether one of them failed; then, per flow `f` and step
-/// `k`, `reached{f}_{k}` and `left_after_error{f}_{k}`.
+/// `k` with a next step, `reached{f}_{k}` (weighted as the SQL says),
+/// `went{f}_{k}` (of those, the ones that went on within the step's horizon)
+/// and `left_after_error{f}_{k}`.
 pub fn query(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str) -> String {
     render(ctx, flows, filter, false)
 }
@@ -74,7 +139,12 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
              max(CASE WHEN step = {p} THEN err ELSE 0 END) AS err{p}"
         ));
     }
+    let timeout_ns = (ctx.config.session_timeout_secs as i64).saturating_mul(1_000_000_000);
+    let end_ns = ctx.end.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let split_ns = ctx.split.timestamp_nanos_opt().unwrap_or(i64::MIN);
+    let ns = |p: usize| format!("CAST(first{p} AS BIGINT)");
     let mut reach = String::new();
+    let mut weigh = String::new();
     let mut reach_sums = String::new();
     for (f, flow) in flows.iter().enumerate() {
         let at: Vec<usize> = flow.steps.iter().map(|(_, op)| page(op)).collect();
@@ -85,21 +155,37 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
                 .collect::<Vec<_>>()
                 .join(" AND ");
             reach.push_str(&format!(", CASE WHEN {reached} THEN 1 ELSE 0 END AS r{f}_{k}"));
-            reach_sums.push_str(&format!(", sum(w * r{f}_{k}) AS reached{f}_{k}, sum(w * w * r{f}_{k}) AS reached_sq{f}_{k}"));
-            if k + 1 < n {
-                reach_sums.push_str(&format!(
-                    ", sum(CASE WHEN r{f}_{k} = 1 AND r{f}_{k1} = 0 AND err{p} = 1 THEN w ELSE 0 END) AS left_after_error{f}_{k}",
-                    k1 = k + 1,
-                    p = at[k]
-                ));
+            if k + 1 == n {
+                continue;
             }
+            let t = if k == 0 {
+                ns(at[0])
+            } else {
+                format!("greatest({})", at[..=k].iter().map(|p| ns(*p)).collect::<Vec<_>>().join(", "))
+            };
+            reach.push_str(&format!(", {t} AS t{f}_{k}"));
+            let h = flow.horizon(k, timeout_ns);
+            let by = end_ns.saturating_sub(h);
+            // How long a current session may take to reach the step and still
+            // be kept, at the longest (at least a second).
+            let kept = by.saturating_sub(split_ns).max(1_000_000_000);
+            weigh.push_str(&format!(
+                ", CASE WHEN r{f}_{k} = 0 OR t{f}_{k} >= {by} THEN 0.0 WHEN cur = 1 THEN 1.0 \
+                 WHEN {kept} > t{f}_{k} - CAST(first_seen AS BIGINT) \
+                 THEN CAST({kept} - (t{f}_{k} - CAST(first_seen AS BIGINT)) AS DOUBLE) / {kept} ELSE 0.0 END AS e{f}_{k}, \
+                 CASE WHEN r{f}_{k1} = 1 AND {next} - t{f}_{k} <= {h} THEN 1 ELSE 0 END AS g{f}_{k}",
+                k1 = k + 1,
+                next = ns(at[k + 1]),
+            ));
+            reach_sums.push_str(&format!(
+                ", sum(e{f}_{k}) AS reached{f}_{k}, sum(e{f}_{k} * e{f}_{k}) AS reached_sq{f}_{k}, \
+                 sum(e{f}_{k} * g{f}_{k}) AS went{f}_{k}, \
+                 sum(CASE WHEN g{f}_{k} = 0 AND err{p} = 1 THEN e{f}_{k} ELSE 0 END) AS left_after_error{f}_{k}",
+                p = at[k]
+            ));
         }
     }
     let segment_max: String = (0..ctx.segments.columns.len()).map(|i| format!(", max(seg{i}) AS seg{i}")).collect();
-    let complete_before = ctx.end - chrono::Duration::seconds(ctx.config.session_timeout_secs as i64);
-    // How long a current session may last and still be kept, at the longest
-    // (at least a second).
-    let kept_ns = (complete_before - ctx.split).num_nanoseconds().unwrap_or(i64::MAX).max(1_000_000_000);
     let (mut vars, history, history_keys) = if history {
         let window_ns = (ctx.end - ctx.split).num_nanoseconds().unwrap_or(i64::MAX).max(1);
         let end_ns = ctx.baseline_end.timestamp_nanos_opt().unwrap_or(i64::MAX);
@@ -120,10 +206,9 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         ("step_case", step_case),
         ("step_aggregates", step_aggregates),
         ("reach", reach),
+        ("weigh", weigh),
         ("reach_sums", reach_sums),
         ("segment_max", segment_max),
-        ("complete_before", sql::ts(complete_before)),
-        ("kept_ns", kept_ns.to_string()),
     ]);
     sql::render(if ctx.sessioned() { SESSIONS_SQL } else { SQL }, &vars)
 }
@@ -158,7 +243,7 @@ pub fn resolve(flows: &[Flow], served: &[(String, String)]) -> Vec<ResolvedFlow>
                         .map(|(s, _)| (s.clone(), step.clone()))
                 })
                 .collect();
-            steps.map(|steps| ResolvedFlow { name: f.name.clone(), steps })
+            steps.map(|steps| ResolvedFlow { name: f.name.clone(), steps, horizons: Vec::new() })
         })
         .collect()
 }
@@ -274,6 +359,7 @@ pub fn discover(rows: &Rows) -> Vec<ResolvedFlow> {
         .map(|chain| ResolvedFlow {
             name: format!("discovered: {}", chain.iter().map(|i| ops[*i].1.as_str()).collect::<Vec<_>>().join(" → ")),
             steps: chain.into_iter().map(|i| ops[i].clone()).collect(),
+            horizons: Vec::new(),
         })
         .collect()
 }
@@ -414,7 +500,7 @@ fn tests(rows: &Rows, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &mut HashS
             let step = Step {
                 reached: sum(format!("reached{f}_{k}")),
                 reached_sq: sum(format!("reached_sq{f}_{k}")),
-                next: sum(format!("reached{f}_{}", k + 1)),
+                next: sum(format!("went{f}_{k}")),
                 left_after_error: sum(format!("left_after_error{f}_{k}")),
                 periods: BTreeMap::new(),
             };
@@ -435,10 +521,12 @@ fn tests(rows: &Rows, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &mut HashS
         };
         let next = &flow.steps[k + 1].1;
         let steps: Value = flow.steps.iter().map(|(s, o)| Value::from(vec![s.clone(), o.clone()])).collect();
+        let horizons: Value = flow.horizons.iter().copied().map(Value::from).collect();
         for mut t in segment_tests(KIND, &subject, ctx, |b, c| judge(ctx, b, c, next)) {
             for j in std::iter::once(&mut t.judgement).chain(t.complement.as_mut()) {
                 j.details.insert("flow".into(), Value::from(flow.name.clone()));
                 j.details.insert("flow_steps".into(), steps.clone());
+                j.details.insert("flow_horizons_ns".into(), horizons.clone());
             }
             out.push(t);
         }
@@ -456,15 +544,30 @@ fn flow_of(j: &Judgement) -> Option<ResolvedFlow> {
         .iter()
         .map(|s| Some((s.get(0)?.as_str()?.to_owned(), s.get(1)?.as_str()?.to_owned())))
         .collect::<Option<Vec<_>>>()?;
-    Some(ResolvedFlow { name, steps })
+    let horizons = j
+        .details
+        .get("flow_horizons_ns")
+        .and_then(Value::as_array)
+        .map(|h| h.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    Some(ResolvedFlow { name, steps, horizons })
 }
 
 impl DropOff {
     /// The configured flows with the services serving their steps, else the
-    /// journeys discovered from the baseline.
+    /// journeys discovered from the baseline; either way with the horizons
+    /// the baseline's journeys give them.
     async fn flows(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Vec<ResolvedFlow>, AnalysisError> {
+        let journeys = sql.rows(&journeys_query(ctx)).await?;
+        let timeout_ns = (ctx.config.session_timeout_secs as i64).saturating_mul(1_000_000_000);
+        let mut flows = self.resolved(ctx, sql, &journeys).await?;
+        horizons(&journeys, &mut flows, timeout_ns);
+        Ok(flows)
+    }
+
+    async fn resolved(&self, ctx: &Ctx, sql: &dyn Sql, journeys: &Rows) -> Result<Vec<ResolvedFlow>, AnalysisError> {
         if ctx.config.flows.is_empty() {
-            return Ok(discover(&sql.rows(&journeys_query(ctx)).await?));
+            return Ok(discover(journeys));
         }
         let query = if ctx.rolled() {
             sql::render(include_str!("served_rolled.sql"), &ctx.metric_vars(""))
@@ -529,10 +632,9 @@ impl Detector for DropOff {
         Ok(per_side(
             &query(ctx, std::slice::from_ref(&flow), &ctx.segments.condition(&t.segment)),
             &format!(
-                "round(sum(reached0_{k})) AS sessions_reached, round(sum(reached0_{n})) AS sessions_continued, \
-                 round(sum(reached0_{n}) / sum(reached0_{k}), 5) AS conversion, \
-                 round(sum(left_after_error0_{k})) AS left_after_error",
-                n = k + 1
+                "round(sum(reached0_{k})) AS sessions_reached, round(sum(went0_{k})) AS sessions_continued, \
+                 round(sum(went0_{k}) / sum(reached0_{k}), 5) AS conversion, \
+                 round(sum(left_after_error0_{k})) AS left_after_error"
             ),
         ))
     }
@@ -705,6 +807,50 @@ mod tests {
         // Too few periods with enough sessions: no history to judge by.
         assert!(against_history(&with_history(step(0, 0), &steady[..3]).periods, &current, 20).is_none());
         assert!(against_history(&with_history(step(0, 0), &steady).periods, &current, 500).is_none());
+    }
+
+    #[test]
+    fn a_step_waits_twice_as_long_as_the_slowest_of_the_baseline_take_to_go_on() {
+        // 100 sessions go from the cart to shipping in 1 to 100 seconds and 40
+        // of them on to paying, too few to know how long that takes.
+        let mut id = Vec::new();
+        let mut op = Vec::new();
+        let mut t = Vec::new();
+        for n in 0..100i64 {
+            let mut page = |o: &str, at: i64| {
+                id.push(format!("s{n}"));
+                op.push(o.to_owned());
+                t.push(at * 1_000_000_000);
+            };
+            page("GET /cart", 1_000);
+            page("POST /checkout/shipping", 1_001 + n);
+            if n < 40 {
+                page("POST /checkout/payment", 2_000);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("session_id", DataType::Utf8, false),
+            Field::new("operation", DataType::Utf8, false),
+            Field::new("first_time", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(id)), Arc::new(StringArray::from(op)), Arc::new(Int64Array::from(t))],
+        )
+        .unwrap();
+        let step = |op: &str| ("shop".to_owned(), op.to_owned());
+        let mut flows = vec![ResolvedFlow {
+            name: "checkout".into(),
+            // A configured step names the route; the rows name the operation.
+            steps: vec![step("GET /cart"), step("/checkout/shipping"), step("POST /checkout/payment")],
+            horizons: Vec::new(),
+        }];
+        let timeout = 900 * 1_000_000_000;
+        horizons(&Rows::new(vec![batch]), &mut flows, timeout);
+        // The 95th percentile of 1..=100 s is 95 s.
+        assert_eq!(flows[0].horizons, vec![190_000_000_000, timeout]);
+        assert_eq!(flows[0].horizon(1, timeout), timeout);
+        assert_eq!(flows[0].horizon(7, 5), 5, "a step without a horizon waits the timeout");
     }
 
     #[test]

@@ -1,18 +1,24 @@
 -- Funnels per session: when it first and last requested each page of a flow, and
 -- whether that page's request failed. A session reaches step k of a flow when
--- it reached k-1 and requested step k's page after first reaching k-1. A
--- session is current when its first request is; sessions still active within
--- the session timeout of the range's end are left out: they may not be done yet.
+-- it reached k-1 and requested step k's page after first reaching k-1 (at
+-- `t{f}_{k}`, the latest of the first requests of the pages so far). A session
+-- is current when its first request is.
 --
--- That keeps a current session only if it ends a timeout before the window
--- does, so the longer a session, the less likely it is kept: left as it is,
--- the current window would hold shorter sessions than the baseline, which
--- reach fewer steps, and every short window would look like a drop-off. A
--- baseline session is weighted `w` by the share of the current window's start
--- times that would have kept a session of its length (`kept_ns`: the window
--- less the timeout), so both sides hold sessions of the same lengths; a
--- current session weighs 1. `reached_sq` (the weights' squares) gives the
--- effective number of sessions (Kish's n = (Σw)² / Σw²).
+-- Each step has a horizon H (`horizons` of the flow, from the baseline's own
+-- step-to-step times): a session went on when it requested the next page
+-- within H of reaching the step, and it counts at the step only when it
+-- reached it more than H before the range's end, so it had the time to go on.
+-- No session has to have ended: a step is judged H after sessions reach it,
+-- not a session timeout after they leave.
+--
+-- That keeps a current session at step k only if it reached the step H before
+-- the window ends, so the longer a session takes to get there, the less likely
+-- it is kept: left as it is, the current window would hold the quicker
+-- sessions, which differ from the rest. A baseline session is weighted
+-- `e{f}_{k}` by the share of the current window's start times that would have
+-- kept it (the window less H, `kept`); a current session weighs 1. The sums of
+-- the weights' squares give the effective number of sessions (Kish's
+-- n = (Σw)² / Σw²).
 --
 -- With a history (`history_query`), the range reaches further back than the
 -- baseline, and each earlier session also gets the period of the window's
@@ -30,16 +36,14 @@ steps AS (
     GROUP BY session_id
 ),
 funnel AS (
-    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur,
-           CASE WHEN first_seen >= {{split}} THEN 1.0
-                ELSE CASE WHEN {{kept_ns}} > CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)
-                          THEN CAST({{kept_ns}} - (CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)) AS DOUBLE) / {{kept_ns}}
-                          ELSE 0.0 END
-           END AS w{{history}}{{reach}}
+    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur{{history}}{{reach}}
     FROM steps
-    WHERE last_seen < {{complete_before}}
+),
+weighed AS (
+    SELECT *{{weigh}}
+    FROM funnel
 )
 SELECT cur{{history_keys}}{{segments}}, count(*) AS sessions{{reach_sums}}
-FROM funnel
+FROM weighed
 WHERE 1 = 1 {{filter}}
 GROUP BY cur{{history_keys}}{{segments}}

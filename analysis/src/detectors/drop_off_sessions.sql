@@ -15,16 +15,14 @@ WITH steps AS (
     GROUP BY session_id
 ),
 funnel AS (
-    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur,
-           CASE WHEN first_seen >= {{split}} THEN 1.0
-                ELSE CASE WHEN {{kept_ns}} > CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)
-                          THEN CAST({{kept_ns}} - (CAST(last_seen AS BIGINT) - CAST(first_seen AS BIGINT)) AS DOUBLE) / {{kept_ns}}
-                          ELSE 0.0 END
-           END AS w{{history}}{{reach}}
+    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur{{history}}{{reach}}
     FROM steps
-    WHERE last_seen < {{complete_before}}
+),
+weighed AS (
+    SELECT *{{weigh}}
+    FROM funnel
 )
 SELECT cur{{history_keys}}{{segments}}, count(*) AS sessions{{reach_sums}}
-FROM funnel
+FROM weighed
 WHERE 1 = 1 {{filter}}
 GROUP BY cur{{history_keys}}{{segments}}
