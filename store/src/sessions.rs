@@ -111,6 +111,9 @@ impl SessionSpec {
             Field::new("retried_ok", DataType::Int64, false),
             Field::new("recovered", DataType::Int64, false),
             Field::new("auto_recovered", DataType::Int64, false),
+            // Nullable: none without a recovery, and files written before it
+            // existed read as null.
+            Field::new("recovered_end", ts(), true),
             Field::new("open", DataType::Boolean, false),
         ]);
         Arc::new(Schema::new(fields))
@@ -581,6 +584,9 @@ struct Row {
     retried_ok: i64,
     recovered: i64,
     auto_recovered: i64,
+    /// The end of the row's first retry the person sent that succeeded,
+    /// whether or not the session went on.
+    recovered_end: Option<i64>,
     open: bool,
 }
 
@@ -640,6 +646,7 @@ impl Rows {
                             retried_ok: 0,
                             recovered: 0,
                             auto_recovered: 0,
+                            recovered_end: None,
                             open,
                         },
                     );
@@ -673,8 +680,11 @@ impl Rows {
                         row.retried_ok = 1;
                         if auto {
                             row.auto_recovered = 1;
-                        } else if s.last_seen > c.end {
-                            row.recovered = 1;
+                        } else {
+                            row.recovered_end = Some(row.recovered_end.map_or(c.end, |e| e.min(c.end)));
+                            if s.last_seen > c.end {
+                                row.recovered = 1;
+                            }
                         }
                     }
                 }
@@ -723,6 +733,10 @@ impl Rows {
         columns.push(int(|r| r.retried_ok));
         columns.push(int(|r| r.recovered));
         columns.push(int(|r| r.auto_recovered));
+        columns.push(Arc::new(
+            TimestampNanosecondArray::from(rows.iter().map(|r| r.1.recovered_end).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ));
         columns.push(Arc::new(BooleanArray::from(rows.iter().map(|r| r.1.open).collect::<Vec<_>>())));
         Ok(RecordBatch::try_new(spec.schema(), columns)?)
     }
@@ -1167,6 +1181,26 @@ mod tests {
                 ("GET /inner".to_owned(), "android".to_owned(), 1, 1, 0, 0, 0, false),
                 ("GET /pay".to_owned(), "android".to_owned(), 2, 1, 1, 0, 1, true),
             ]
+        );
+        // The recovery ended at 107 s, so a pass that saw the session's spans
+        // up to then (and no later) does not know yet that it went on.
+        let batches = book.open_rows(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut ends = Vec::new();
+        for b in &batches {
+            let op = b.column_by_name("operation").unwrap_or_else(|| panic!("operation")).as_string::<i32>().clone();
+            let end = b
+                .column_by_name("recovered_end")
+                .unwrap_or_else(|| panic!("recovered_end"))
+                .as_primitive::<TimestampNanosecondType>()
+                .clone();
+            for r in 0..b.num_rows() {
+                ends.push((op.value(r).to_owned(), (!end.is_null(r)).then(|| end.value(r) / 1_000_000_000)));
+            }
+        }
+        ends.sort();
+        assert_eq!(
+            ends,
+            vec![("GET /done".to_owned(), None), ("GET /inner".to_owned(), None), ("GET /pay".to_owned(), Some(107))]
         );
     }
 

@@ -1,13 +1,24 @@
 -- silent_recovery.sql over `sessions`, kept at ingest: per session and
 -- operation, in the windows' minutes, whether a failure was followed within
 -- the retry interval by a success the person sent again (not the client's
--- automatic resend), with the session going on afterwards.
-WITH rows AS (
-    SELECT session_id, service_name AS service, operation,
-           CASE WHEN minute >= {{split}} THEN 1 ELSE 0 END AS cur{{session_segments}},
-           errors, recovered, auto_recovered
+-- automatic resend), with the session going on afterwards: a span of it ended
+-- after the recovery among those a pass ending at the range's end could have
+-- seen (the latest `seen_end` of its rows in the range), never what came after.
+-- Files written before `recovered_end` existed say `recovered` instead.
+WITH seen AS (
+    SELECT session_id, max(coalesce(seen_end, session_end)) AS seen
     FROM sessions
     WHERE minute >= {{from}} AND minute < {{to}} AND (minute < {{baseline_end}} OR minute >= {{split}})
+    GROUP BY session_id
+),
+rows AS (
+    SELECT r.session_id, r.service_name AS service, r.operation,
+           CASE WHEN r.minute >= {{split}} THEN 1 ELSE 0 END AS cur{{session_segments}},
+           r.errors, r.auto_recovered,
+           CASE WHEN r.recovered_end IS NULL THEN r.recovered
+                WHEN r.recovered_end < seen.seen THEN 1 ELSE 0 END AS recovered
+    FROM sessions r JOIN seen ON r.session_id = seen.session_id
+    WHERE r.minute >= {{from}} AND r.minute < {{to}} AND (r.minute < {{baseline_end}} OR r.minute >= {{split}})
 ),
 per_session AS (
     SELECT session_id, service, operation, min(cur) AS cur{{segments}},
