@@ -55,14 +55,7 @@ const MIN_GAPS: usize = 50;
 /// hundred, twice over; a step too few sessions went on from keeps the
 /// timeout.
 pub fn horizons(rows: &Rows, flows: &mut [ResolvedFlow], timeout_ns: i64) {
-    let mut pages: Vec<&str> = Vec::new();
-    for flow in flows.iter() {
-        for (_, op) in &flow.steps {
-            if !pages.contains(&op.as_str()) {
-                pages.push(op);
-            }
-        }
-    }
+    let (pages, at) = pages(flows);
     // Each session's first request of each page.
     let mut first: HashMap<String, Vec<Option<i64>>> = HashMap::new();
     for r in rows.iter() {
@@ -75,8 +68,6 @@ pub fn horizons(rows: &Rows, flows: &mut [ResolvedFlow], timeout_ns: i64) {
         let times = first.entry(session).or_insert_with(|| vec![None; pages.len()]);
         times[p] = Some(times[p].map_or(t, |f| f.min(t)));
     }
-    let page = |op: &str| pages.iter().position(|p| *p == op).unwrap_or(0);
-    let at: Vec<Vec<usize>> = flows.iter().map(|f| f.steps.iter().map(|(_, op)| page(op)).collect()).collect();
     for (flow, at) in flows.iter_mut().zip(at) {
         flow.horizons = at
             .windows(2)
@@ -113,16 +104,34 @@ pub fn history_query(ctx: &Ctx, flows: &[ResolvedFlow]) -> String {
     render(ctx, flows, "", true)
 }
 
+/// The pages of every flow, each once, and each flow's steps as indexes into them.
+fn pages(flows: &[ResolvedFlow]) -> (Vec<String>, Vec<Vec<usize>>) {
+    let mut pages: Vec<String> = Vec::new();
+    let at = flows
+        .iter()
+        .map(|flow| {
+            flow.steps
+                .iter()
+                .map(|(_, op)| {
+                    pages.iter().position(|p| p == op).unwrap_or_else(|| {
+                        pages.push(op.clone());
+                        pages.len() - 1
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    (pages, at)
+}
+
+/// The session timeout in nanoseconds: a step's horizon when the baseline
+/// gives it none.
+fn timeout_ns(ctx: &Ctx) -> i64 {
+    i64::try_from(ctx.config.session_timeout_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000)
+}
+
 fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> String {
-    let mut pages: Vec<&str> = Vec::new();
-    for flow in flows {
-        for (_, op) in &flow.steps {
-            if !pages.contains(&op.as_str()) {
-                pages.push(op);
-            }
-        }
-    }
-    let page = |op: &str| pages.iter().position(|p| *p == op).unwrap_or(0);
+    let (pages, flow_pages) = pages(flows);
     let mut step_case = String::from("CASE");
     for (p, op) in pages.iter().enumerate() {
         let l = sql::lit(op);
@@ -139,15 +148,14 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
              max(CASE WHEN step = {p} THEN err ELSE 0 END) AS err{p}"
         ));
     }
-    let timeout_ns = (ctx.config.session_timeout_secs as i64).saturating_mul(1_000_000_000);
+    let timeout_ns = timeout_ns(ctx);
     let end_ns = ctx.end.timestamp_nanos_opt().unwrap_or(i64::MAX);
     let split_ns = ctx.split.timestamp_nanos_opt().unwrap_or(i64::MIN);
     let ns = |p: usize| format!("CAST(first{p} AS BIGINT)");
     let mut reach = String::new();
     let mut weigh = String::new();
     let mut reach_sums = String::new();
-    for (f, flow) in flows.iter().enumerate() {
-        let at: Vec<usize> = flow.steps.iter().map(|(_, op)| page(op)).collect();
+    for (f, (flow, at)) in flows.iter().zip(&flow_pages).enumerate() {
         let n = at.len();
         for k in 0..n {
             let reached = std::iter::once(format!("first{} IS NOT NULL", at[0]))
@@ -559,9 +567,8 @@ impl DropOff {
     /// the baseline's journeys give them.
     async fn flows(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Vec<ResolvedFlow>, AnalysisError> {
         let journeys = sql.rows(&journeys_query(ctx)).await?;
-        let timeout_ns = (ctx.config.session_timeout_secs as i64).saturating_mul(1_000_000_000);
         let mut flows = self.resolved(ctx, sql, &journeys).await?;
-        horizons(&journeys, &mut flows, timeout_ns);
+        horizons(&journeys, &mut flows, timeout_ns(ctx));
         Ok(flows)
     }
 

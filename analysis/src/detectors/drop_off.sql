@@ -27,7 +27,7 @@
 -- varies from one window to the next.
 WITH {{shared}},
 steps AS (
-    SELECT session_id, max(last_seen) AS last_seen, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
+    SELECT session_id, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
     FROM (
         SELECT r.*, {{step_case}} AS step
         FROM requests r

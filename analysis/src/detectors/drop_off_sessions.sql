@@ -1,12 +1,10 @@
 -- drop_off.sql over `sessions`, kept at ingest: the same funnels from one row
--- per session, operation and minute instead of every request. A session's last
--- span is the latest `seen_end` of its rows in the range: what a pass ending
--- there saw, never what came after (`session_end`, for files written before
--- `seen_end` existed).
+-- per session, operation and minute instead of every request. Only the rows of
+-- the range's minutes are read, so a pass sees nothing that came after it.
 WITH steps AS (
-    SELECT session_id, max(last_seen) AS last_seen, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
+    SELECT session_id, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
     FROM (
-        SELECT r.session_id, coalesce(r.seen_end, r.session_end) AS last_seen, r.first_call AS start_time,
+        SELECT r.session_id, r.first_call AS start_time,
                CASE WHEN r.errors > 0 THEN 1 ELSE 0 END AS err, r.first_call, r.last_call{{session_segments}},
                {{step_case}} AS step
         FROM sessions r
