@@ -13,6 +13,13 @@
 //! reads `span_metrics` and `sessions`), the same pass reading spans only,
 //! Andon running only the detectors' raw-span SQL, and DuckDB (pip `duckdb`,
 //! installed when missing) running that SQL with 2 threads.
+//! `ANDON_BENCH_HISTORY_HOURS=H` stores `H` hours of the `clean` scenario at
+//! the same rate before the run: the pass reads the same windows over a
+//! larger store (`-- 10 3 6` with `H=12` stores about 30M spans).
+//! `ANDON_BENCH_STORE=DIR` keeps the stored spans in DIR, and a later run
+//! with the same arguments reads them from there. `ANDON_BENCH_SQL=FILE`
+//! times the statements in FILE (separated by lines holding only `;`) over
+//! the stored run instead of the pass.
 //! `ANDON_BENCH_SPANS_PASS=0` leaves out the pass reading spans only, and
 //! `ANDON_BENCH_RAW_SQL=0` Andon's run of the raw-span SQL (which spills past
 //! its memory budget at these sizes); DuckDB's run of it stays.
@@ -109,6 +116,13 @@ fn checkout_flow() -> Flow {
 }
 
 fn main() {
+    // `RUST_LOG=andon_store::query=debug` prints every query with its time.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let millions: f64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(10.0);
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
@@ -116,28 +130,44 @@ fn main() {
     // The same pass reading spans only takes minutes on large stores.
     let spans_only = std::env::var("ANDON_BENCH_SPANS_PASS").map_or(true, |v| v != "0");
     let raw_sql = std::env::var("ANDON_BENCH_RAW_SQL").map_or(true, |v| v != "0");
+    let history_hours: f64 =
+        std::env::var("ANDON_BENCH_HISTORY_HOURS").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let end: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-11-20T20:00:00Z").unwrap().with_timezone(&Utc);
 
     // Spans per session, from a short run, sets the rate that gives the target.
     let probe = andon_fixtures::generate("all", 3, 0.2, 1.0, end).unwrap();
     let per_session = probe.spans as f64 / probe.sessions.max(1) as f64;
     let rate = millions * 1e6 / per_session / (hours * 3600.0);
-    eprintln!("generating ~{millions}M spans: {hours} h at {rate:.2} sessions/s ({per_session:.0} spans per session)");
+    eprintln!(
+        "generating ~{millions}M spans: {hours} h at {rate:.2} sessions/s ({per_session:.0} spans per session), \
+         after {history_hours} h of clean history at that rate"
+    );
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::new(dir.path());
+    // `ANDON_BENCH_STORE=DIR` stores the run in DIR and keeps it; a later run
+    // with the same arguments and DIR reads it instead of storing it again.
+    let kept = std::env::var_os("ANDON_BENCH_STORE").map(std::path::PathBuf::from);
+    let reuse = kept.as_ref().is_some_and(|d| d.join("segments").exists());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = kept.as_deref().unwrap_or(tmp.path());
+    let mut cfg = StoreConfig::new(dir);
     cfg.durability = Durability::None;
     cfg.max_buffer_bytes = 1 << 30;
     let store = Store::open(cfg).unwrap();
     let ingestor = Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), IngestConfig::default());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let tenant = Tenant::default_tenant();
-    let mut sim = Simulation::new(SimConfig::new(scenario("all").unwrap(), 3, rate, hours, end)).unwrap();
+    // Clean history before the run, at its rate and with another seed (so no
+    // trace id repeats): more stored, the pass's windows unchanged.
+    let start = end - Duration::seconds((hours * 3600.0) as i64);
+    let history = (history_hours > 0.0).then(|| {
+        Simulation::new(SimConfig::new(scenario("clean").unwrap(), 1003, rate, history_hours, start)).unwrap()
+    });
+    let sim = Simulation::new(SimConfig::new(scenario("all").unwrap(), 3, rate, hours, end)).unwrap();
     let truth = sim.ground_truth().clone();
     let started = Instant::now();
     let mut spans = 0usize;
     let mut pending = 0usize;
-    for batch in sim.by_ref() {
+    for batch in history.into_iter().flatten().chain(sim).take_while(|_| !reuse) {
         spans += batch.spans;
         pending += batch.spans;
         rt.block_on(ingestor.export(&tenant, batch.request)).unwrap();
@@ -148,10 +178,35 @@ fn main() {
     }
     store.flush().unwrap();
     while store.compact().unwrap() > 0 {}
-    let segments_dir = dir.path().join("segments");
-    eprintln!("stored {spans} spans in {:.0} s", started.elapsed().as_secs_f64());
+    let segments_dir = dir.join("segments");
+    if reuse {
+        eprintln!("read the stored run in {}", dir.display());
+    } else {
+        eprintln!("stored {spans} spans in {:.0} s", started.elapsed().as_secs_f64());
+    }
 
     let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 2).unwrap();
+    // `ANDON_BENCH_SQL=FILE`: time the statements of FILE (separated by lines
+    // holding only `;`) over the stored run, three times each, and stop.
+    if let Some(file) = std::env::var_os("ANDON_BENCH_SQL") {
+        let text = std::fs::read_to_string(file).unwrap();
+        for q in text.split("\n;\n").map(str::trim).filter(|q| !q.is_empty()) {
+            let mut times = Vec::new();
+            let mut rows = 0;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let out = rt.block_on(engine.collect(Some(tenant.clone()), q));
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                rows = out.map(|o| o.batches.iter().map(|b| b.num_rows()).sum::<usize>()).unwrap_or(0);
+            }
+            println!("{:>9.1} ms  {rows:>8} rows  {}", median(times), q.lines().next().unwrap_or(""));
+            if q.contains("EXPLAIN") {
+                let out = rt.block_on(engine.collect(Some(tenant.clone()), q)).unwrap();
+                println!("{}", arrow::util::pretty::pretty_format_batches(&out.batches).unwrap());
+            }
+        }
+        return;
+    }
     let config = AnalysisConfig { flows: vec![checkout_flow()], ..AnalysisConfig::default() };
     let analyzer = Analyzer::new(engine.clone(), config.clone()).unwrap();
     let from_spans = Analyzer::new(engine.clone(), config).unwrap().reading_spans_only();
@@ -220,7 +275,7 @@ con.execute("CREATE VIEW spans AS SELECT * REPLACE (CAST(start_time AS TIMESTAMP
 # The one dialect difference: DataFusion casts a timestamp to its epoch
 # nanoseconds, DuckDB has epoch_ns() for that.
 import re
-dialect = lambda q: re.sub(r"CAST\((last_seen|first_seen|start_time|end_time) AS BIGINT\)", r"epoch_ns(\1)", q)
+dialect = lambda q: re.sub(r"CAST\((last_seen|first_seen|first\d+|start_time|end_time) AS BIGINT\)", r"epoch_ns(\1)", q)
 queries = [dialect(open(p).read()) for p in sorted(glob.glob('{dir}/*.sql'), key=lambda p: int(p.rsplit('/', 1)[1][:-4]))]
 times, cpus = [], []
 cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])

@@ -211,6 +211,8 @@ impl Sql for TenantSql<'_> {
         if let Some(rows) = self.ran().get(sql) {
             return Ok(rows.clone());
         }
+        // `RUST_LOG=andon_analysis::sql=trace` prints every statement in full.
+        tracing::trace!(target: "andon_analysis::sql", "{sql}");
         let rows = query(self.engine, self.tenant, sql).await?;
         self.ran().insert(sql.to_owned(), rows.clone());
         Ok(rows)

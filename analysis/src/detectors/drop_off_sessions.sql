@@ -1,8 +1,12 @@
 -- drop_off.sql over `sessions`, kept at ingest: the same funnels from one row
 -- per session, operation and minute instead of every request. Only the rows of
 -- the range's minutes are read, so a pass sees nothing that came after it.
-WITH steps AS (
-    SELECT session_id, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
+-- A session's rows are first folded per page (`step`, null for the rest), so
+-- the pivot to one column per page reads a few rows a session, not one per
+-- operation and minute.
+WITH per_step AS (
+    SELECT session_id, step, min(start_time) AS first_seen{{segment_max}},
+           min(first_call) AS first_call, max(last_call) AS last_call, max(err) AS err
     FROM (
         SELECT r.session_id, r.first_call AS start_time,
                CASE WHEN r.errors > 0 THEN 1 ELSE 0 END AS err, r.first_call, r.last_call{{session_segments}},
@@ -10,6 +14,11 @@ WITH steps AS (
         FROM sessions r
         WHERE r.minute >= {{from}} AND r.minute < {{to}} AND (r.minute < {{baseline_end}} OR r.minute >= {{split}})
     ) x
+    GROUP BY session_id, step
+),
+steps AS (
+    SELECT session_id, min(first_seen) AS first_seen{{segment_max}}{{step_aggregates}}
+    FROM per_step
     GROUP BY session_id
 ),
 funnel AS (

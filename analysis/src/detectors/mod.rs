@@ -38,12 +38,13 @@ use crate::detector::{Ctx, Detector, Judgement, Test};
 use crate::sql::{self, Segments};
 use andon_store::sql::Row;
 
-/// Renders a session detector's query: `over_sessions` when the pass reads
-/// `sessions`, else `template`, which reads `calls.sql` (each session's calls
-/// in order) from spans.
-pub fn session_calls_query(template: &str, over_sessions: &str, ctx: &Ctx, filter: &str) -> String {
+/// Renders a session detector's query: when the pass reads `sessions`, the
+/// one statement the retry and silent-recovery detectors share
+/// (`calls_sessions.sql`, run once a pass), else `template`, which reads
+/// `calls.sql` (each session's calls in order) from spans.
+pub fn session_calls_query(template: &str, ctx: &Ctx, filter: &str) -> String {
     if ctx.sessioned() {
-        return sql::render(over_sessions, &ctx.session_vars(filter));
+        return sql::render(include_str!("calls_sessions.sql"), &ctx.session_vars(filter));
     }
     let mut vars = ctx.vars(filter);
     let calls = sql::render(include_str!("calls.sql"), &vars);

@@ -61,7 +61,7 @@ impl Retries {
 }
 
 pub fn query(ctx: &Ctx, filter: &str) -> String {
-    super::session_calls_query(SQL, include_str!("retry_sessions.sql"), ctx, filter)
+    super::session_calls_query(SQL, ctx, filter)
 }
 
 fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {

@@ -49,7 +49,7 @@ impl Recoveries {
 }
 
 pub fn query(ctx: &Ctx, filter: &str) -> String {
-    super::session_calls_query(SQL, include_str!("silent_recovery_sessions.sql"), ctx, filter)
+    super::session_calls_query(SQL, ctx, filter)
 }
 
 fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
