@@ -186,6 +186,10 @@ fn main() {
     }
 
     let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 2).unwrap();
+    if reuse {
+        let out = rt.block_on(engine.collect(Some(tenant.clone()), "SELECT count(*) AS n FROM spans")).unwrap();
+        spans = andon_store::sql::Rows::new(out.batches).iter().next().map_or(0, |r| r.u64("n") as usize);
+    }
     // `ANDON_BENCH_SQL=FILE`: time the statements of FILE (separated by lines
     // holding only `;`) over the stored run, three times each, and stop.
     if let Some(file) = std::env::var_os("ANDON_BENCH_SQL") {
