@@ -15,7 +15,7 @@
 //! installed when missing) running that SQL with 2 threads.
 //! `ANDON_BENCH_HISTORY_HOURS=H` stores `H` hours of the `clean` scenario at
 //! the same rate before the run: the pass reads the same windows over a
-//! larger store (`-- 10 3 6` with `H=12` stores about 30M spans).
+//! larger store (`-- 6.3 5 6` with `H=23` stored 38M spans).
 //! `ANDON_BENCH_STORE=DIR` keeps the stored spans in DIR, and a later run
 //! with the same arguments reads them from there. `ANDON_BENCH_SQL=FILE`
 //! times the statements in FILE (separated by lines holding only `;`) over
