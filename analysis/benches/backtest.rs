@@ -6,21 +6,23 @@
 //! `cargo bench -p andon-analysis --bench backtest -- [SCENARIO] [HOURS] [SESSIONS_PER_S] [FIRST_PASS_HOURS]`
 //! (defaults `clean`, 24, 1, and 3.5: the first pass with a full baseline
 //! behind it). Prints the spans stored, the time the passes took, the peak
-//! RSS, and each distinct finding with the end of the pass that first
-//! reported it; on `clean` every finding is a false alarm. For each injected
-//! fault it prints the delay from its onset to the first pass that reported
-//! a finding of its kind on its service (or naming it as the cause), which is
-//! the detection latency of continuous detection, less the settle delay.
+//! RSS, and each finding as the server records it (a problem seen again, or
+//! in another account of the same people, stays one finding) with the end of
+//! the pass that first reported it; on `clean` every finding is a false
+//! alarm. For each injected fault it prints the delay from its onset to the
+//! first pass that reported a finding of its kind on its service (or naming
+//! it as the cause), which is the detection latency of continuous detection,
+//! less the settle delay.
 //! `ANDON_BENCH_ONSETS=MINUTES` runs only the passes ending within MINUTES
 //! after an onset. `ANDON_BENCH_STORE=DIR` keeps the stored run in DIR, and a
 //! later run with the same arguments reads it from there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use andon_analysis::{AnalysisConfig, Analyzer, Windows};
+use andon_analysis::{AnalysisConfig, Analyzer, FindingsDb, Windows};
 use andon_fixtures::{SimConfig, Simulation, scenario};
 use andon_ingest::{IngestConfig, Ingestor};
 use andon_model::Tenant;
@@ -97,11 +99,15 @@ fn main() {
         passes.retain(|w| truth.faults.iter().any(|f| w.end >= f.onset && w.end <= f.onset + Duration::minutes(m)));
     }
     let analyzer = Analyzer::new(engine, config).unwrap();
+    // Every pass's findings are recorded as the server records them: a
+    // problem reported again, or in another account of the same people, stays
+    // one finding (one ticket).
+    let db = FindingsDb::open(&dir.path().join("findings.db")).unwrap();
     let started = Instant::now();
     let mut times = Vec::with_capacity(passes.len());
-    let mut first_seen: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    let mut accounts: BTreeSet<String> = BTreeSet::new();
     let mut reported: Vec<andon_model::Finding> = Vec::new();
-    // `ANDON_BENCH_FINDINGS=FILE` keeps every finding whole, one JSON a line.
+    // `ANDON_BENCH_FINDINGS=FILE` keeps every new account whole, one JSON a line.
     let mut dump = std::env::var_os("ANDON_BENCH_FINDINGS").map(|p| std::fs::File::create(p).unwrap());
     for (i, w) in passes.iter().enumerate() {
         let t = Instant::now();
@@ -109,14 +115,25 @@ fn main() {
         times.push(t.elapsed().as_secs_f64());
         for f in &report.findings {
             let key = format!("{} {} {} {:?}", f.kind, f.service, f.operation, f.segment);
-            if let std::collections::btree_map::Entry::Vacant(e) = first_seen.entry(key) {
-                eprintln!("  pass ending {} ({:.1} s): {}", w.end, times[times.len() - 1], e.key());
-                e.insert(w.end);
-                if let Some(out) = dump.as_mut() {
-                    use std::io::Write;
-                    writeln!(out, "{}", serde_json::to_string(f).unwrap()).unwrap();
+            if accounts.insert(key)
+                && let Some(out) = dump.as_mut()
+            {
+                use std::io::Write;
+                writeln!(out, "{}", serde_json::to_string(f).unwrap()).unwrap();
+            }
+        }
+        for f in db.record(&tenant, report.findings).unwrap() {
+            let key = format!("{} {} {} {:?}", f.kind, f.service, f.operation, f.segment);
+            match reported.iter_mut().find(|r| r.id == f.id) {
+                Some(r) if r.segment != f.segment => {
+                    eprintln!("  pass ending {} ({:.1} s): {} revised to {key}", w.end, times[i], r.id);
+                    *r = f;
                 }
-                reported.push(andon_model::Finding { first_seen: w.end, ..f.clone() });
+                Some(r) => *r = f,
+                None => {
+                    eprintln!("  pass ending {} ({:.1} s): {} {key}", w.end, times[i], f.id);
+                    reported.push(f);
+                }
             }
         }
         if (i + 1) % 60 == 0 {
@@ -125,7 +142,7 @@ fn main() {
                 i + 1,
                 w.end,
                 started.elapsed().as_secs_f64(),
-                first_seen.len()
+                reported.len()
             );
         }
     }
@@ -140,9 +157,16 @@ fn main() {
         pick(1.0),
         peak_rss_mb().unwrap_or(0.0)
     );
-    println!("{} distinct findings", first_seen.len());
-    for (f, at) in &first_seen {
-        println!("  {f}  first seen in the pass ending {at}");
+    println!(
+        "{} findings ({} distinct accounts: kind, service, operation and segment)",
+        reported.len(),
+        accounts.len()
+    );
+    for f in &reported {
+        println!(
+            "  {} {} {} {:?}  first seen in the pass ending {}, last {}",
+            f.kind, f.service, f.operation, f.segment, f.first_seen, f.last_seen
+        );
     }
     for fault in &truth.faults {
         let t = &fault.target;

@@ -2,6 +2,7 @@
 //! seen for `resolve_after_secs`. A pass that sees an open finding's fingerprint
 //! again updates that finding rather than adding another.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -31,9 +32,20 @@ fn db_err(e: rusqlite::Error) -> AnalysisError {
     AnalysisError::Db(e.to_string())
 }
 
-/// An open finding of `f`'s kind on `f`'s service and operation, under another
-/// segment, whose problem was already on before `f`'s baseline ended.
-fn seen_through_its_baseline(
+/// Whether two segments can describe the same sessions: no attribute both fix
+/// differs. `os.type=android` and `browser.mobile=true` overlap; `os.type=android`
+/// and `os.type=ios` do not.
+fn overlap(a: &BTreeMap<String, serde_json::Value>, b: &BTreeMap<String, serde_json::Value>) -> bool {
+    a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+}
+
+/// The open finding of `f`'s kind on `f`'s service and operation, under another
+/// segment, that `f` is another account of (the first reported, when
+/// several): one whose problem was on before `f`'s baseline ended (`f`'s
+/// baseline holds it, so another segment standing out against it is that
+/// problem again), or one whose segment overlaps `f`'s (two looks at the same
+/// people a few passes apart).
+fn another_account(
     tx: &rusqlite::Transaction<'_>,
     tenant: &Tenant,
     f: &Finding,
@@ -51,7 +63,9 @@ fn seen_through_its_baseline(
         .map_err(db_err)?;
     for body in bodies {
         let old: Finding = serde_json::from_str(&body).map_err(|e| AnalysisError::Db(e.to_string()))?;
-        if old.operation == f.operation && old.window.start < f.baseline_window.end {
+        if old.operation == f.operation
+            && (old.window.start < f.baseline_window.end || overlap(&old.segment, &f.segment))
+        {
             return Ok(Some(old));
         }
     }
@@ -108,44 +122,49 @@ impl FindingsDb {
         let tx = conn.transaction().map_err(db_err)?;
         let mut out = Vec::with_capacity(findings.len());
         for mut f in findings {
-            let existing: Option<(String, String)> = tx
+            let existing: Option<String> = tx
                 .query_row(
-                    "SELECT id, body FROM findings WHERE tenant = ?1 AND fingerprint = ?2 AND state = 'open'",
+                    "SELECT body FROM findings WHERE tenant = ?1 AND fingerprint = ?2 AND state = 'open'",
                     params![tenant.as_str(), f.fingerprint],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| r.get(0),
                 )
                 .optional()
                 .map_err(db_err)?;
-            let through_baseline = if existing.is_none() { seen_through_its_baseline(&tx, tenant, &f)? } else { None };
-            if let Some((id, body)) = existing {
-                let old: Finding = serde_json::from_str(&body).map_err(|e| AnalysisError::Db(e.to_string()))?;
-                f.id = id;
-                f.first_seen = old.first_seen.min(f.first_seen);
-                f.last_seen = old.last_seen.max(f.last_seen);
-                keep_cause(&mut f, &old);
-            } else if let Some(mut old) = through_baseline {
-                let clean = old.evidence.onset.is_some_and(|onset| f.baseline_window.end <= onset);
-                if clean && out.iter().any(|o: &Finding| o.id == old.id) {
+            let same = existing.is_some();
+            let account = match existing {
+                Some(body) => Some(serde_json::from_str(&body).map_err(|e| AnalysisError::Db(e.to_string()))?),
+                None => another_account(&tx, tenant, &f)?,
+            };
+            if let Some(mut old) = account {
+                // Which account the finding gives. Of the same segment, the
+                // later pass's, unless its window is shorter: a last minute's
+                // account never replaces a whole window's. Of another segment
+                // (while a problem grows, successive passes may name a
+                // release, then the region it rolled out to, then mobile: one
+                // problem, one finding and one ticket), the same, and only
+                // from a pass whose baseline ended before the problem began:
+                // a clean comparison whose window holds more of it. A pass
+                // whose baseline holds the problem says where it stands out
+                // against itself.
+                let longer = f.window.end - f.window.start >= old.window.end - old.window.start;
+                let clean = old.window.start >= f.baseline_window.end
+                    || old.evidence.onset.is_some_and(|onset| f.baseline_window.end <= onset);
+                let revise = longer && (same || clean);
+                if revise && out.iter().any(|o: &Finding| o.id == old.id) {
                     // Another account of this pass already revised it.
                     continue;
                 }
-                if clean {
-                    // Seen by a pass whose baseline ended before the problem
-                    // began: a clean comparison whose window holds more of it
-                    // than the pass that first reported it (whose window held
-                    // only its start). Its segment and evidence are the better
-                    // account; the finding keeps its id, fingerprint and first
-                    // sighting.
-                    f.id = old.id;
-                    f.fingerprint = old.fingerprint;
+                if revise {
+                    // The finding takes this account's segment and evidence,
+                    // and keeps its id, fingerprint (and so its ticket) and
+                    // first sighting.
+                    f.id = old.id.clone();
+                    f.fingerprint = old.fingerprint.clone();
                     f.first_seen = old.first_seen.min(f.first_seen);
                     f.last_seen = old.last_seen.max(f.last_seen);
+                    keep_cause(&mut f, &old);
                 } else {
-                    // The same kind of problem on the same operation, already
-                    // open while this pass's baseline was taken: the baseline
-                    // holds that problem, so another segment standing out
-                    // against it is that problem again, not a new one. It
-                    // counts as a sighting.
+                    // A sighting of the open finding.
                     old.last_seen = old.last_seen.max(f.last_seen);
                     tx.execute(
                         "UPDATE findings SET last_seen = ?1, body = ?2 WHERE id = ?3",
@@ -491,6 +510,70 @@ mod tests {
         assert_eq!(skewed[0].id, start.id);
         assert!(db.get(&third, &start.id).unwrap().unwrap().segment.is_empty());
         assert_eq!(db.list(&third, &FindingFilter::default()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn accounts_of_one_problem_in_overlapping_segments_are_one_finding() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = FindingsDb::open(&dir.path().join("a.db")).unwrap();
+        let t = Tenant::default_tenant();
+        let at = |s: i64| Utc.timestamp_opt(s, 0).unwrap();
+        // Payments fail from 9,950; passes a minute apart report it, each
+        // with a 30-minute window (or the last minute) after a baseline.
+        let account = |end: i64, window: i64, segment: &[(&str, serde_json::Value)]| {
+            let mut f = finding(end, "payments");
+            f.segment = segment.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+            f.fingerprint = Finding::fingerprint_of(f.kind, &f.service, &f.operation, &f.segment);
+            f.id = format!("{}-{end}", f.fingerprint);
+            f.window = TimeWindow { start: at(end - window), end: at(end) };
+            f.baseline_window = TimeWindow { start: at(0), end: at(end - 1800) };
+            f.evidence.onset = Some(at(9_950));
+            f
+        };
+        let version = |v: &str| ("service.version", serde_json::json!(v));
+        let region = |r: &str| ("cloud.region", serde_json::json!(r));
+        let mobile = ("browser.mobile", serde_json::json!(true));
+        // The last minute names the release; the next passes' whole windows
+        // name the region it runs in, then mobile sessions there, then mobile.
+        let first = db.record(&t, vec![account(10_000, 60, &[version("3.5.0")])]).unwrap().remove(0);
+        let region_account = db.record(&t, vec![account(10_060, 1800, &[region("us-east-1")])]).unwrap().remove(0);
+        assert_eq!(region_account.id, first.id);
+        assert_eq!(region_account.fingerprint, first.fingerprint, "the ticket stays the same one");
+        assert_eq!(region_account.segment["cloud.region"], "us-east-1", "the whole window's account");
+        assert_eq!(region_account.first_seen.timestamp(), 10_000);
+        // A last minute's account does not replace a whole window's: a sighting.
+        let minute = db.record(&t, vec![account(10_120, 60, &[version("3.5.0")])]).unwrap().remove(0);
+        assert_eq!(minute.id, first.id);
+        assert_eq!(minute.segment["cloud.region"], "us-east-1");
+        assert_eq!(minute.last_seen.timestamp(), 10_120);
+        let narrower = db.record(&t, vec![account(10_180, 1800, &[mobile.clone(), region("us-east-1")])]).unwrap();
+        let wider = db.record(&t, vec![account(10_240, 1800, std::slice::from_ref(&mobile))]).unwrap().remove(0);
+        assert_eq!((narrower[0].id.as_str(), wider.id.as_str()), (first.id.as_str(), first.id.as_str()));
+        assert_eq!(wider.segment, BTreeMap::from([("browser.mobile".to_owned(), serde_json::json!(true))]));
+        assert_eq!((wider.first_seen.timestamp(), wider.last_seen.timestamp()), (10_000, 10_240));
+        // The next pass reporting the same account finds it by the fingerprint
+        // it was first reported with.
+        let again = db.record(&t, vec![account(10_300, 1800, std::slice::from_ref(&mobile))]).unwrap().remove(0);
+        assert_eq!(again.id, first.id);
+        assert_eq!(db.list(&t, &FindingFilter::default()).unwrap().len(), 1);
+        // Once a pass's baseline holds the problem (it ends after the onset),
+        // another segment standing out against it is a sighting.
+        let skewed = db.record(&t, vec![account(11_800, 1800, &[region("eu-west-1")])]).unwrap().remove(0);
+        assert_eq!(skewed.id, first.id);
+        assert_eq!(skewed.segment, again.segment);
+        assert_eq!(skewed.last_seen.timestamp(), 11_800);
+        // Other people (desktop sessions) failing the same way, seen by a pass
+        // whose baseline was clean, are another problem; so is another
+        // operation.
+        let mut desktop = account(10_360, 1800, &[("browser.mobile", serde_json::json!(false))]);
+        desktop.baseline_window.end = at(8_000);
+        assert_ne!(db.record(&t, vec![desktop]).unwrap()[0].id, first.id);
+        let mut elsewhere = account(11_800, 1800, &[mobile]);
+        elsewhere.operation = "GET /v1/cards".into();
+        elsewhere.fingerprint =
+            Finding::fingerprint_of(elsewhere.kind, "payments", "GET /v1/cards", &elsewhere.segment);
+        assert_ne!(db.record(&t, vec![elsewhere]).unwrap()[0].id, first.id);
+        assert_eq!(db.list(&t, &FindingFilter::default()).unwrap().len(), 3);
     }
 
     #[test]
