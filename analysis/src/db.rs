@@ -1,6 +1,7 @@
 //! Findings in SQLite: one row per finding, `open` until the problem has not been
-//! seen for `resolve_after_secs`. A pass that sees an open finding's fingerprint
-//! again updates that finding rather than adding another.
+//! seen for `resolve_after_secs`. A pass that sees an open finding's problem
+//! again (its fingerprint, or another account of it: see [`FindingsDb::record`])
+//! updates that finding rather than adding another.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -114,9 +115,11 @@ impl FindingsDb {
         andon_sqlite::lock(&self.conn)
     }
 
-    /// Records a pass's findings. An open finding with the same fingerprint keeps
-    /// its id and first sighting and takes the new evidence; the findings are
-    /// returned as stored.
+    /// Records a pass's findings. A finding that is another account of an open
+    /// one (the same fingerprint, or `another_account`) keeps that finding's
+    /// id, fingerprint and first sighting, and either revises its segment and
+    /// evidence or counts as a sighting of it; the findings are returned as
+    /// stored.
     pub fn record(&self, tenant: &Tenant, findings: Vec<Finding>) -> Result<Vec<Finding>, AnalysisError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db_err)?;
