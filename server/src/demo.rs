@@ -7,12 +7,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use andon_fixtures::export::{OtlpSender, Transport};
 use andon_fixtures::{SCENARIOS, SimConfig, Simulation};
 use andon_model::{FindingState, Tenant};
 use anyhow::{Context, bail};
 use chrono::Utc;
+use futures::StreamExt;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tokio::sync::{oneshot, watch};
+use tonic::transport::Channel;
 
 use crate::config;
 use crate::serve;
@@ -184,21 +187,86 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Exports of the history in flight at once. One at a time, the shop's
+/// generator, the client and the receiver's WAL take turns; two keep both
+/// cores busy.
+const IN_FLIGHT: usize = 2;
+
+/// Attempts at one export the receiver refuses with a retryable status.
+const ATTEMPTS: u32 = 8;
+
+/// Sends one batch as an OpenTelemetry Collector forwards what it received:
+/// the request as it is, over the OTLP/gRPC client, retrying the statuses the
+/// OTLP specification calls retryable with exponential backoff (the receiver
+/// deduplicates spans sent twice). Rejected spans are an error: the demo's
+/// spans are all valid.
+async fn export(mut client: TraceServiceClient<Channel>, request: ExportTraceServiceRequest) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match client.export(request.clone()).await {
+            Ok(response) => {
+                if let Some(partial) = response.into_inner().partial_success.filter(|p| p.rejected_spans > 0) {
+                    bail!("the receiver rejected {} spans: {}", partial.rejected_spans, partial.error_message);
+                }
+                return Ok(());
+            }
+            Err(status) if attempt < ATTEMPTS && retryable(status.code()) => {
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
+            }
+            Err(status) => bail!("export failed after {attempt} attempts: {status}"),
+        }
+    }
+}
+
+/// The gRPC statuses after which OTLP says to retry.
+fn retryable(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 /// Sends the history as fast as the receiver takes it, reports, then sends live
-/// batches at their wall-clock times until stopped.
+/// batches at their wall-clock times until stopped. The shop generates its
+/// batches on a thread of its own, a few ahead of the sender.
 async fn feed(
-    mut sim: Simulation,
+    sim: Simulation,
     endpoint: String,
     history_done: oneshot::Sender<anyhow::Result<Fed>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut sender = OtlpSender::new(&endpoint, Transport::Grpc)?;
+    let client = TraceServiceClient::connect(endpoint.clone())
+        .await
+        .with_context(|| format!("connecting to the OTLP/gRPC receiver at {endpoint}"))?
+        .max_encoding_message_size(usize::MAX);
+    let (tx, mut batches) = tokio::sync::mpsc::channel(4);
+    let generator = tokio::task::spawn_blocking(move || {
+        let mut sim = sim;
+        while let Some(batch) = sim.next_batch() {
+            if tx.blocking_send(batch).is_err() {
+                break;
+            }
+        }
+    });
+    let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut fed = Fed { spans: 0, requests: 0 };
     let mut history_done = Some(history_done);
     let result = async {
-        while let Some(batch) = sim.next_batch() {
+        while let Some(batch) = batches.recv().await {
             let now = Utc::now();
             if batch.not_before > now {
+                // The history is in once every export of it is acknowledged.
+                while let Some(sent) = in_flight.next().await {
+                    sent?;
+                }
                 if let Some(done) = history_done.take() {
                     let _ = done.send(Ok(Fed { spans: fed.spans, requests: fed.requests }));
                 }
@@ -208,9 +276,15 @@ async fn feed(
                     _ = stop.wait_for(|s| *s) => return Ok(()),
                 }
             }
-            sender.send(&batch.request).await?;
+            if in_flight.len() >= IN_FLIGHT {
+                in_flight.next().await.context("no export in flight")??;
+            }
             fed.spans += batch.spans;
             fed.requests += 1;
+            in_flight.push(export(client.clone(), batch.request));
+        }
+        while let Some(sent) = in_flight.next().await {
+            sent?;
         }
         Ok::<_, anyhow::Error>(())
     }
@@ -222,7 +296,8 @@ async fn feed(
             Err(e) => Err(anyhow::anyhow!("sending the history failed: {e:#}")),
         });
     }
-    sender.shutdown();
+    drop(batches);
+    let _ = generator.await;
     result
 }
 
