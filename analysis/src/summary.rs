@@ -27,6 +27,15 @@ pub fn segment(segment: &BTreeMap<String, Value>) -> String {
     format!(" for {} sessions", parts.join(", "))
 }
 
+/// The sessions a [`segment`] phrase names, as a sentence's subject:
+/// `` `os.type=android` sessions ``, or `sessions` for every session.
+pub fn sessions(segment_text: &str) -> String {
+    match segment_text.strip_prefix(" for ") {
+        Some(named) => named.to_owned(),
+        None => "sessions".to_owned(),
+    }
+}
+
 /// ` since 14:05 UTC`, or nothing.
 pub fn since(onset: Option<DateTime<Utc>>) -> String {
     onset.map(|o| format!(" since {} UTC", o.format("%H:%M"))).unwrap_or_default()
@@ -46,5 +55,7 @@ mod tests {
     fn segments_read_as_sessions() {
         let s = BTreeMap::from([("browser.mobile".to_owned(), Value::Bool(true))]);
         assert_eq!(segment(&s), " for `browser.mobile=true` sessions");
+        assert_eq!(sessions(&segment(&s)), "`browser.mobile=true` sessions");
+        assert_eq!(sessions(&segment(&BTreeMap::new())), "sessions");
     }
 }

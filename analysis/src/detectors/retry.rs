@@ -149,15 +149,15 @@ impl Detector for Retry {
 
     fn sentence(&self, f: &Facts<'_>) -> String {
         format!(
-            "Clients{} retry `{}` ({}) {:.1} times on average before success (baseline {:.2}){}; {} of sessions calling it retried (baseline {}), {} of retries automatic.",
-            f.segment,
+            "{} of {} calling `{}` ({}) retried it (baseline {}){}, {:.1} attempts on average before success (baseline {:.1}); {} of retries automatic.",
+            pct(get(f.current, "retrying_share")),
+            crate::summary::sessions(f.segment),
             f.operation,
             f.service,
+            pct(get(f.baseline, "retrying_share")),
+            crate::summary::since(f.onset),
             get(f.current, "attempts_when_retried"),
             get(f.baseline, "attempts_when_retried").max(1.0),
-            crate::summary::since(f.onset),
-            pct(get(f.current, "retrying_share")),
-            pct(get(f.baseline, "retrying_share")),
             pct(get(&f.judgement.details, "automatic_share")),
         )
     }

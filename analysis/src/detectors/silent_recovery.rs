@@ -133,9 +133,9 @@ impl Detector for SilentRecovery {
 
     fn sentence(&self, f: &Facts<'_>) -> String {
         format!(
-            "{} of sessions{} calling `{}` in {} hit a failure that succeeded when sent again (baseline {}){}; {} of the sessions that hit it recovered this way, so success rates hide it; {} sessions affected.",
+            "{} of {} calling `{}` in {} hit a failure that succeeded when sent again (baseline {}){}; {} of the sessions that hit it recovered this way, so success rates hide it; {} sessions affected.",
             pct(get(f.current, "recovered_share")),
-            f.segment,
+            crate::summary::sessions(f.segment),
             f.operation,
             f.service,
             pct(get(f.baseline, "recovered_share")),
