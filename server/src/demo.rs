@@ -198,8 +198,10 @@ const ATTEMPTS: u32 = 8;
 /// Sends one batch as an OpenTelemetry Collector forwards what it received:
 /// the request as it is, over the OTLP/gRPC client, retrying the statuses the
 /// OTLP specification calls retryable with exponential backoff (the receiver
-/// deduplicates spans sent twice). Rejected spans are an error: the demo's
-/// spans are all valid.
+/// deduplicates spans sent twice). `RESOURCE_EXHAUSTED` is among them: OTLP
+/// allows retrying it when the server can recover, and this one can (the
+/// receiver says `UNAVAILABLE` when it is overloaded in any case). Rejected
+/// spans are an error: the demo's spans are all valid.
 async fn export(mut client: TraceServiceClient<Channel>, request: ExportTraceServiceRequest) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
