@@ -160,6 +160,30 @@ pub enum NarrativeSource {
     Llm,
 }
 
+/// One claim of a model's draft that the evidence does not support.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// The words of the draft that make the claim.
+    pub text: String,
+    /// Why the evidence does not support them.
+    pub reason: String,
+}
+
+/// The validator's verdict on a model's drafts of a narrative: accepted or
+/// not, after how many drafts, and what the last rejected draft claimed
+/// without support.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NarrativeValidation {
+    pub accepted: bool,
+    pub attempts: u32,
+    #[serde(default)]
+    pub violations: Vec<Violation>,
+    /// Why no model's draft was used, when no draft was rejected (the model
+    /// was down, slow or over budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// One step of the analysis as it ran: what it looked at and what it concluded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RcaStep {
@@ -200,6 +224,10 @@ pub struct Incident {
     pub similar_incidents: Vec<SimilarIncident>,
     pub narrative: String,
     pub narrative_source: NarrativeSource,
+    /// What the validator said of a model's drafts, when a model was asked
+    /// (absent when the template wrote the narrative without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrative_validation: Option<NarrativeValidation>,
     /// 0 to 1: how sure the whole analysis is (the localization and the change link).
     pub confidence: f64,
     /// The analysis as it ran, step by step.

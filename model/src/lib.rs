@@ -28,8 +28,8 @@ pub use finding::{
     TimeWindow, Trouble, Wording,
 };
 pub use incident::{
-    Discrepancy, GateAssessment, ImplicatedChange, Incident, IncidentState, NarrativeSource, RcaStep, Signature,
-    SimilarIncident, Suspect, SuspectCause,
+    Discrepancy, GateAssessment, ImplicatedChange, Incident, IncidentState, NarrativeSource, NarrativeValidation,
+    RcaStep, Signature, SimilarIncident, Suspect, SuspectCause, Violation,
 };
 pub use schema::{SemConv, SpanColumn, span_schema};
 pub use sink::{AppendFuture, AppendOutcome, SinkError, SpanSink};

@@ -18,6 +18,7 @@ pub mod gates;
 pub mod github;
 pub mod incidents;
 pub mod link;
+pub mod llm;
 /// Localization is shared with detection, which names a finding's cause with it.
 pub use andon_analysis::localize;
 pub mod narrate;
@@ -28,7 +29,7 @@ mod sqlite;
 
 pub use changes::{ChangeFilter, ChangesDb, ChangesTable, StoredChange};
 pub use incidents::IncidentsDb;
-pub use narrate::{Narrator, TemplateNarrator};
+pub use narrate::{Narrative, Narrator, TemplateNarrator};
 pub use run::{Hints, OpenIncident, Rca, RcaConfig};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,16 +1,36 @@
 //! The narrative: one paragraph a person reads first. The default narrator is a
 //! deterministic template over the analysis; every number and id in it comes
-//! from the incident. An LLM narrator plugs in behind the same trait, and its
-//! text must pass the same evidence check before it is used.
+//! from the incident. A model's narrator ([`crate::llm::LlmNarrator`]) plugs in
+//! behind the same trait, and its text must pass the evidence check
+//! ([`crate::llm::validate`]) before it is used.
 
 use andon_model::format::ms;
-use andon_model::{Discrepancy, FindingKind, Incident, NarrativeSource, SuspectCause};
+use andon_model::{Discrepancy, FindingKind, Incident, NarrativeSource, NarrativeValidation, SuspectCause};
+use async_trait::async_trait;
 
 use crate::RcaError;
 
+/// A narrative and who wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Narrative {
+    pub text: String,
+    pub source: NarrativeSource,
+    /// The validator's verdict on a model's drafts, when a model was asked.
+    pub validation: Option<NarrativeValidation>,
+}
+
+#[async_trait]
 pub trait Narrator: Send + Sync {
-    fn source(&self) -> NarrativeSource;
-    fn narrate(&self, incident: &Incident) -> Result<String, RcaError>;
+    /// Writes `incident`'s narrative. `services` are the services the
+    /// system ran around the incident, for a narrator whose claims are
+    /// checked ([`Narrator::checks_claims`]): naming one the evidence does
+    /// not involve is a claim without support.
+    async fn narrate(&self, incident: &Incident, services: &[String]) -> Result<Narrative, RcaError>;
+
+    /// Whether its claims are checked against the services the system runs.
+    fn checks_claims(&self) -> bool {
+        false
+    }
 }
 
 /// Writes the narrative from a fixed template. Works offline, and the same
@@ -31,21 +51,25 @@ fn list(items: &[String]) -> String {
     }
 }
 
+#[async_trait]
 impl Narrator for TemplateNarrator {
-    fn source(&self) -> NarrativeSource {
-        NarrativeSource::Template
+    async fn narrate(&self, inc: &Incident, _services: &[String]) -> Result<Narrative, RcaError> {
+        Ok(Narrative { text: self.write(inc), source: NarrativeSource::Template, validation: None })
     }
+}
 
-    fn narrate(&self, inc: &Incident) -> Result<String, RcaError> {
+impl TemplateNarrator {
+    /// The template's narrative of `inc`.
+    pub fn write(&self, inc: &Incident) -> String {
         let Some(sig) = &inc.signature else {
-            return Ok(format!(
+            return format!(
                 "Between {} and {} UTC the traces show no operation whose time or failures changed significantly \
                  against the baseline ({} to {} UTC); nothing is blamed.",
                 inc.window.start.format("%H:%M"),
                 inc.window.end.format("%H:%M"),
                 inc.baseline_window.start.format("%H:%M"),
                 inc.baseline_window.end.format("%H:%M"),
-            ));
+            );
         };
         let top = inc.suspects.first();
         let mut out = String::new();
@@ -133,7 +157,7 @@ impl Narrator for TemplateNarrator {
                 sig.service
             ));
         }
-        Ok(out.trim_end().to_owned())
+        out.trim_end().to_owned()
     }
 }
 

@@ -166,6 +166,7 @@ impl Rca {
             similar_incidents: Vec::new(),
             narrative: String::new(),
             narrative_source: NarrativeSource::Template,
+            narrative_validation: None,
             confidence: 0.0,
             steps: Vec::new(),
             details: Default::default(),
@@ -229,7 +230,7 @@ impl Rca {
                 "Widen the window or pick a quieter baseline: the traces show no significant change to act on."
                     .to_owned(),
             ];
-            self.finish(tenant, inc, steps)?;
+            self.finish(tenant, inc, steps).await?;
             return Ok(());
         };
 
@@ -334,10 +335,10 @@ impl Rca {
         if inc.title.is_empty() {
             inc.title = title(inc);
         }
-        self.finish(tenant, inc, steps)
+        self.finish(tenant, inc, steps).await
     }
 
-    fn finish(&self, _tenant: &Tenant, inc: &mut Incident, mut steps: Steps) -> Result<(), RcaError> {
+    async fn finish(&self, tenant: &Tenant, inc: &mut Incident, mut steps: Steps) -> Result<(), RcaError> {
         if inc.title.is_empty() {
             inc.title = format!(
                 "Incident {} – {} UTC",
@@ -346,12 +347,42 @@ impl Rca {
             );
         }
         let t = Instant::now();
-        inc.narrative = self.narrator.narrate(inc)?;
-        inc.narrative_source = self.narrator.source();
-        steps.record("narrate", t, format!("{:?} narrator", inc.narrative_source).to_lowercase(), Vec::new());
+        let (services, q) =
+            if self.narrator.checks_claims() { self.services(tenant, inc).await? } else { (Vec::new(), String::new()) };
+        let n = self.narrator.narrate(inc, &services).await?;
+        inc.narrative = n.text;
+        inc.narrative_source = n.source;
+        let summary = match &n.validation {
+            Some(v) => format!(
+                "{} narrator; {} model draft{} {}",
+                source_name(n.source),
+                v.attempts,
+                if v.attempts == 1 { "" } else { "s" },
+                if v.accepted {
+                    "checked, the last accepted".to_owned()
+                } else {
+                    format!("rejected ({} unsupported claims in the last)", v.violations.len())
+                }
+            ),
+            None => format!("{} narrator", source_name(n.source)),
+        };
+        inc.narrative_validation = n.validation;
+        steps.record("narrate", t, summary, vec![q]);
         inc.steps = steps.0;
         inc.updated_at = Utc::now();
         Ok(())
+    }
+
+    /// The services that ran in the incident's baseline and window.
+    async fn services(&self, tenant: &Tenant, inc: &Incident) -> Result<(Vec<String>, String), RcaError> {
+        let from = inc.baseline_window.start.min(inc.window.start);
+        let q = format!(
+            "SELECT DISTINCT service_name AS s FROM spans WHERE start_time >= {} AND start_time < {}",
+            sql::ts(from),
+            sql::ts(inc.window.end)
+        );
+        let out = self.engine.collect(Some(tenant.clone()), &q).await.map_err(|e| RcaError::Query(e.to_string()))?;
+        Ok((Rows::new(out.batches).iter().filter_map(|r| r.str("s")).collect(), q))
     }
 
     /// The most common exception type on the suspect's failing spans.
@@ -523,5 +554,12 @@ impl RcaConfig {
             before: Duration::minutes(self.link_before_minutes as i64),
             after: Duration::minutes(self.link_after_minutes as i64),
         };
+    }
+}
+
+fn source_name(s: NarrativeSource) -> &'static str {
+    match s {
+        NarrativeSource::Template => "template",
+        NarrativeSource::Llm => "llm",
     }
 }

@@ -31,6 +31,9 @@ pub struct RawConfig {
     pub rca: andon_rca::RcaConfig,
     pub auth: RawAuth,
     pub tls: RawTls,
+    /// A model behind an OpenAI-compatible endpoint; none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<andon_rca::llm::LlmConfig>,
 }
 
 /// `[tls]`: PEM files that put all three ports on TLS.
@@ -209,6 +212,7 @@ impl Default for RawConfig {
             rca: andon_rca::RcaConfig::default(),
             auth: RawAuth::default(),
             tls: RawTls::default(),
+            llm: None,
         }
     }
 }
@@ -296,6 +300,7 @@ pub struct Config {
     pub analysis: AnalysisConfig,
     pub tickets: andon_ticketing::Settings,
     pub rca: andon_rca::RcaConfig,
+    pub llm: Option<andon_rca::llm::LlmConfig>,
     /// Who may call, on every port (the same as `ingest.auth`).
     pub auth: std::sync::Arc<andon_model::auth::Verifier>,
     pub allowed_hosts: Vec<String>,
@@ -434,6 +439,9 @@ impl RawConfig {
         }
         let tickets = self.tickets.validate(&self.data_dir).map_err(anyhow::Error::msg)?;
         self.rca.validate().map_err(anyhow::Error::msg)?;
+        if let Some(l) = &self.llm {
+            l.validate().map_err(anyhow::Error::msg)?;
+        }
         let store = StoreConfig {
             data_dir: self.data_dir,
             durability,
@@ -478,6 +486,7 @@ impl RawConfig {
             },
             tickets,
             rca: self.rca,
+            llm: self.llm,
             auth,
             allowed_hosts: self.api.allowed_hosts,
             tls: self.tls.files()?,
@@ -546,6 +555,30 @@ mod tests {
         assert!(err.contains("storage.durability"), "{err}");
         let err = load(None, &vars(&[("ANDON_OTLP_MAX_REQUEST_BYTES", "lots")])).unwrap_err();
         assert!(format!("{err:#}").contains("max_request_bytes"), "{err:#}");
+    }
+    #[test]
+    fn the_llm_section_is_optional_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("andon.toml");
+        assert!(load(None, &[]).unwrap().validate().unwrap().llm.is_none(), "no [llm], no model");
+        std::fs::write(
+            &path,
+            "[llm]\nbase_url = \"http://127.0.0.1:8000/v1\"\nmodel = \"m\"\nfallback_model = \"s\"\n\
+             [llm.tasks]\nnarrate = \"big\"\n",
+        )
+        .unwrap();
+        let llm = load(Some(&path), &[]).unwrap().validate().unwrap().llm.unwrap();
+        assert_eq!((llm.tasks["narrate"].as_str(), llm.timeout_secs, llm.max_attempts), ("big", 60, 3));
+        assert_eq!(llm.api_key_env, "ANDON_LLM_API_KEY");
+        for (bad, key) in [
+            ("base_url = \"127.0.0.1:8000\"\nmodel = \"m\"", "llm.base_url"),
+            ("base_url = \"http://x/v1\"\nmodel = \"m\"\n[llm.tasks]\nsummarize = \"m\"", "llm.tasks.summarize"),
+            ("base_url = \"http://x/v1\"\nmodel = \"m\"\nmax_attempts = 0", "llm.max_attempts"),
+        ] {
+            std::fs::write(&path, format!("[llm]\n{bad}\n")).unwrap();
+            let err = load(Some(&path), &[]).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 }
 

@@ -203,6 +203,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let runner = Arc::new(RunnerStats::default());
     let mut rca = andon_rca::Rca::new(query.clone(), Arc::clone(&changes), Arc::clone(&incidents_db));
     config.rca.apply(&mut rca);
+    if let Some(l) = &config.llm {
+        let redactor = andon_ticketing::redact::Redactor::new(&config.tickets.redact_attributes);
+        let llm =
+            andon_rca::llm::Llm::new(l.clone(), redactor, &|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
+        info!(base_url = %l.base_url, narrate = llm.model_for(andon_rca::llm::Task::Narrate), "narratives by a model, checked against their evidence");
+        rca.narrator = Arc::new(andon_rca::llm::LlmNarrator::new(Arc::new(llm)));
+    }
     let pipeline =
         Arc::new(Pipeline { findings: Arc::clone(&findings), tickets: Arc::clone(&tickets), rca: Arc::new(rca) });
     let enricher = if config.rca.github_enrich {

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod github_twin;
+pub mod llm_twin;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,62 @@ fn build_bin(bin: &str) -> PathBuf {
     }
     assert!(build.status().expect("cargo runs").success(), "building {bin} failed");
     profile_dir.join(bin)
+}
+
+/// Simulates the shop with `andon-fixtures simulate` into `out`, ending at
+/// 2026-11-20T12:00:00Z (fixed-date history, the same on every run).
+pub fn simulate(out: &Path, scenario: &str, hours: u32, rate: u32, seed: u64) {
+    let done = Command::new(fixtures_bin())
+        .args(["simulate", "--scenario", scenario, "--hours", &hours.to_string(), "--rate", &rate.to_string()])
+        .args(["--seed", &seed.to_string(), "--end", "2026-11-20T12:00:00Z", "--out"])
+        .arg(out)
+        .output()
+        .expect("andon-fixtures runs");
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+}
+
+/// Sets the title of the change to `version` in a file of change events
+/// (wherever it is nested), to plant text a test must find redacted.
+pub fn retitle_change(file: &Path, version: &str, title: &str) {
+    fn walk(v: &mut serde_json::Value, version: &str, title: &str) {
+        match v {
+            serde_json::Value::Object(o) if o.get("version").is_some_and(|v| v == version) => {
+                o.insert("title".into(), serde_json::Value::String(title.to_owned()));
+            }
+            serde_json::Value::Object(o) => o.values_mut().for_each(|v| walk(v, version, title)),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| walk(v, version, title)),
+            _ => {}
+        }
+    }
+    let mut changes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).expect("changes file")).expect("changes JSON");
+    walk(&mut changes, version, title);
+    std::fs::write(file, changes.to_string()).expect("changes file written");
+}
+
+/// The planted title of the deploy in [`latency_shop`]: a person's address,
+/// which must never leave the server.
+pub const PLANTED_TITLE: &str = "Cache quotes (reported by jane.doe@example.com from 203.0.113.7)";
+
+/// The shop's deploy-latency run (2 hours, seed 7) simulated into `shop`,
+/// imported into `server`, and its deploys posted, pricing 7.4.0's PR titled
+/// [`PLANTED_TITLE`]. Returns the ground truth with its start and end.
+pub fn latency_shop(
+    server: &Server,
+    shop: &Path,
+) -> (serde_json::Value, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    simulate(shop, "latency", 2, 1, 7);
+    server.import(&shop.join("spans.jsonl"));
+    let changes = shop.join("changes.json");
+    retitle_change(&changes, "7.4.0", PLANTED_TITLE);
+    server.add_changes(&changes);
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shop.join("ground_truth.json")).expect("ground truth"))
+            .expect("ground truth JSON");
+    let time =
+        |k: &str| chrono::DateTime::parse_from_rfc3339(truth[k].as_str().expect("a time")).expect("RFC 3339").to_utc();
+    let (start, end) = (time("start"), time("end"));
+    (truth, start, end)
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -215,6 +272,26 @@ impl Server {
     }
 
     /// `GET` an API path: the status and the JSON body.
+    /// Imports an OTLP JSON file with `andon import` over OTLP/HTTP.
+    pub fn import(&self, file: &Path) {
+        let out = Command::new(andon_bin())
+            .args(["import", "--endpoint", &self.http_url("")])
+            .arg(file)
+            .output()
+            .expect("andon import runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Posts a file of change events with `andon changes add`.
+    pub fn add_changes(&self, file: &Path) {
+        let out = Command::new(andon_bin())
+            .args(["changes", "add", "--server", &self.api_url(""), "--file"])
+            .arg(file)
+            .output()
+            .expect("andon changes add runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let resp = reqwest::blocking_client().get(self.api_url(path)).send().expect("api answers");
         (resp.status().as_u16(), resp.json().expect("json body"))

@@ -11,58 +11,18 @@ use std::process::Command;
 use std::time::{Duration as StdDuration, Instant};
 
 use andon_tests::reqwest::blocking_client;
-use andon_tests::{Server, andon_bin, fixtures_bin};
-use chrono::{DateTime, Duration, Utc};
+use andon_tests::{Server, andon_bin};
+use chrono::Duration;
 use serde_json::{Value, json};
 
 #[test]
 fn an_incident_is_traced_to_the_deploy_its_pr_and_the_gate_that_missed_it() {
     let dir = tempfile::tempdir().unwrap();
     let shop = dir.path().join("shop");
-    let out = Command::new(fixtures_bin())
-        .args(["simulate", "--scenario", "latency", "--hours", "2", "--rate", "1", "--seed", "7"])
-        .args(["--end", "2026-11-20T12:00:00Z", "--out", shop.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let server = Server::start_with_env(&dir.path().join("data"), &[("ANDON_ANALYSIS_INTERVAL_SECS", "0")]);
-    let out = Command::new(andon_bin())
-        .args(["import", "--endpoint", &server.http_url(""), shop.join("spans.jsonl").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The deploy's PR title names the person who reported the problem, and
-    // their address: neither may leave the server in a report.
-    let changes_file = shop.join("changes.json");
-    let mut changes: Value = serde_json::from_str(&std::fs::read_to_string(&changes_file).unwrap()).unwrap();
-    fn plant(v: &mut Value) {
-        match v {
-            Value::Object(o) if o.get("version").is_some_and(|v| v == "7.4.0") => {
-                o.insert("title".into(), json!("Cache quotes (reported by jane.doe@example.com from 203.0.113.7)"));
-            }
-            Value::Object(o) => o.values_mut().for_each(plant),
-            Value::Array(a) => a.iter_mut().for_each(plant),
-            _ => {}
-        }
-    }
-    plant(&mut changes);
-    std::fs::write(&changes_file, changes.to_string()).unwrap();
-    let out = Command::new(andon_bin())
-        .args([
-            "changes",
-            "add",
-            "--server",
-            &server.api_url(""),
-            "--file",
-            shop.join("changes.json").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-    let truth: Value = serde_json::from_str(&std::fs::read_to_string(shop.join("ground_truth.json")).unwrap()).unwrap();
-    let time = |k: &str| DateTime::parse_from_rfc3339(truth[k].as_str().unwrap()).unwrap().with_timezone(&Utc);
-    let (start, end) = (time("start"), time("end"));
+    // their address: neither may leave the server.
+    let (truth, start, end) = andon_tests::latency_shop(&server, &shop);
     let at = |f: f64| (start + Duration::seconds(((end - start).num_seconds() as f64 * f) as i64)).to_rfc3339();
     let pr = truth["faults"][0]["change"]["pr"].as_u64().unwrap();
 
