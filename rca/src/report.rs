@@ -201,6 +201,17 @@ pub fn markdown(inc: &Incident) -> String {
         let _ = writeln!(o, "- **{}** ({} ms): {}", s.step, s.took_ms, text(&s.summary));
     }
     let _ = writeln!(o, "\nNarrative: {:?}.", inc.narrative_source);
+    if let Some(v) = inc.narrative_validation.as_ref().filter(|v| !v.accepted) {
+        if let Some(e) = &v.error {
+            let _ = writeln!(o, "\nThe model gave no narrative to use: {}.", text(e));
+        }
+        if !v.violations.is_empty() {
+            let _ = writeln!(o, "\nWhat the model's last draft claimed without support in the evidence:\n");
+            for x in &v.violations {
+                let _ = writeln!(o, "- \"{}\": {}", text(&x.text), text(&x.reason));
+            }
+        }
+    }
     o
 }
 
@@ -372,5 +383,17 @@ pub fn html_body(inc: &Incident, links: Option<Links<'_>>) -> String {
         let _ = write!(o, "<li><b>{}</b> ({} ms): {}</li>", esc(&s.step), s.took_ms, esc(&s.summary));
     }
     o.push_str("</ul>");
+    if let Some(v) = inc.narrative_validation.as_ref().filter(|v| !v.accepted) {
+        if let Some(e) = &v.error {
+            let _ = write!(o, "<p>The model gave no narrative to use: {}.</p>", esc(e));
+        }
+        if !v.violations.is_empty() {
+            o.push_str("<p>What the model's last draft claimed without support in the evidence:</p><ul>");
+            for x in &v.violations {
+                let _ = write!(o, "<li>&ldquo;{}&rdquo;: {}</li>", esc(&x.text), esc(&x.reason));
+            }
+            o.push_str("</ul>");
+        }
+    }
     o
 }

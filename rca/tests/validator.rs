@@ -117,6 +117,9 @@ fn planted() -> Vec<(&'static str, String, &'static str)> {
     push(e("Payments 3.5.0 made authorizations slow, which led to timeouts in checkout."), "slow");
     push(e("Payments 3.5.0 caused the errors because the inventory service ran out of stock."), "inventory");
     push(e("The change in checkout caused payments to fail."), "checkout");
+    push(l("A memory leak in pricing 7.4.0 caused the slowdown."), "memory");
+    push(l("The regression is due to a missing database index in pricing 7.4.0."), "database");
+    push(e("Payments 3.5.0 caused the failures by exhausting its connection pool."), "connection");
 
     // Numbers and ids from another incident (the similar one, and the other fixture).
     push(l("As in the last incident, p95 rose by 212%."), "212%");
@@ -235,4 +238,25 @@ fn the_template_narrative_passes_its_own_validator() {
         let v = evidence(name).check(&text);
         assert!(v.is_empty(), "{name}: the template wrote {text:?}, rejected for {v:?}");
     }
+}
+
+#[test]
+fn a_report_lists_what_the_rejected_draft_claimed() {
+    let mut inc = incident("latency_incident");
+    let draft = format!("{LATENCY_OK} The ledger service caused it.");
+    let violations = evidence("latency_incident").check(&draft);
+    assert!(!violations.is_empty());
+    inc.narrative_validation =
+        Some(andon_model::NarrativeValidation { accepted: false, attempts: 3, violations, error: None });
+    let md = andon_rca::report::markdown(&inc);
+    assert!(md.contains("claimed without support") && md.contains("ledger"), "{md}");
+    let html = andon_rca::report::html(&inc);
+    assert!(html.contains("claimed without support") && html.contains("ledger"), "{html}");
+    inc.narrative_validation = Some(andon_model::NarrativeValidation {
+        accepted: false,
+        attempts: 0,
+        violations: Vec::new(),
+        error: Some("model big-model timed out after 2 s".into()),
+    });
+    assert!(andon_rca::report::markdown(&inc).contains("timed out after 2 s"));
 }

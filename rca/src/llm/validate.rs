@@ -128,6 +128,104 @@ const ERROR_WORDS: &[&str] =
 /// Words that say the trouble was time.
 const LATENCY_WORDS: &[&str] = &["latency", "slow", "slower", "slowdown", "p95", "p99", "p50", "timeouts", "timeout"];
 
+/// Words a causal sentence may use without the evidence containing them:
+/// they name no mechanism.
+const GENERIC: &[&str] = &[
+    "code",
+    "version",
+    "versions",
+    "release",
+    "released",
+    "update",
+    "updated",
+    "rollout",
+    "deploy",
+    "deployed",
+    "deployment",
+    "shipped",
+    "merged",
+    "service",
+    "services",
+    "request",
+    "requests",
+    "call",
+    "calls",
+    "latency",
+    "error",
+    "errors",
+    "failure",
+    "failures",
+    "failing",
+    "slow",
+    "slower",
+    "slowdown",
+    "slowness",
+    "time",
+    "regression",
+    "regressed",
+    "traffic",
+    "users",
+    "user",
+    "increase",
+    "increased",
+    "rise",
+    "rose",
+    "grew",
+    "growth",
+    "spike",
+    "jump",
+    "jumped",
+    "drop",
+    "dropped",
+    "percent",
+    "percentage",
+    "point",
+    "points",
+    "rate",
+    "endpoint",
+    "route",
+    "operation",
+    "incident",
+    "problem",
+    "issue",
+    "trouble",
+    "degradation",
+    "itself",
+    "work",
+    "likely",
+    "most",
+    "directly",
+    "clearly",
+    "entirely",
+    "mostly",
+    "handler",
+    "went",
+    "began",
+    "started",
+    "since",
+    "after",
+    "before",
+    "same",
+    "minute",
+    "minutes",
+    "seconds",
+    "hour",
+    "hours",
+    "each",
+    "every",
+    "production",
+    "change",
+    "changes",
+];
+
+/// A crude stem: a word without a plural `s`, cut to 6 letters, so that
+/// `evaluates` meets `evaluate` and `deployed` meets `deployment`.
+fn stem(w: &str) -> String {
+    let w = w.to_ascii_lowercase();
+    let w = if w.len() > 4 { w.trim_end_matches('s') } else { w.as_str() };
+    w.chars().take(6).collect()
+}
+
 /// Words that never name a service in a list of callers.
 const STOP: &[&str] = &[
     "a",
@@ -311,6 +409,8 @@ pub struct Evidence {
     texts: Vec<String>,
     /// Every word of the evidence, lowercased.
     words: BTreeSet<String>,
+    /// The stems of the evidence's words and of its JSON keys.
+    stems: BTreeSet<String>,
     /// Services of the system the evidence does not involve.
     others: BTreeSet<String>,
     /// Names a causal claim may give as the cause (suspects, the change).
@@ -433,7 +533,13 @@ impl Evidence {
         }
         let lower = s.to_ascii_lowercase();
         for w in lower_words(s) {
+            for part in w.split(['-', '_', '/', '.']) {
+                self.stems.insert(stem(part));
+            }
             self.words.insert(w);
+        }
+        for part in key.unwrap_or("").split('_') {
+            self.stems.insert(stem(part));
         }
         match key {
             Some("service") => self.add_service(s),
@@ -520,24 +626,12 @@ impl Evidence {
             if let Some(o) = &sig.observed_at {
                 self.allow_effect(o);
             }
-            self.latency = Some(match sig.kind {
-                andon_model::FindingKind::ErrorRateRegression => false,
-                k if k == crate::onset::RELEASE => {
-                    self.latency = None;
-                    return self.derive_rest(inc, pairs);
-                }
-                _ => true,
-            });
-        }
-        self.derive_rest(inc, pairs);
-    }
-
-    fn derive_rest(&mut self, inc: &Incident, mut pairs: Vec<(f64, f64, bool)>) {
-        if let Some(sig) = &inc.signature
-            && sig.kind == crate::onset::RELEASE
-        {
-            self.allow_effect(&sig.service);
-            self.allow_effect(&sig.operation);
+            // A release changed what users see, neither time nor failures.
+            self.latency = match sig.kind {
+                andon_model::FindingKind::ErrorRateRegression => Some(false),
+                k if k == crate::onset::RELEASE => None,
+                _ => Some(true),
+            };
         }
         let top = inc.suspects.first().map(|s| s.score).unwrap_or(0.0);
         self.network = inc.suspects.first().is_some_and(|s| s.cause == andon_model::SuspectCause::Network);
@@ -833,6 +927,22 @@ impl Evidence {
         }
         if let Some(bad) = effect_names.iter().find(|n| !self.effects.contains(*n) && !self.causes.contains(*n)) {
             return Some(format!("says {bad} was affected, which the evidence does not show"));
+        }
+        // How the cause did it: words of the cause, and of "by ..." after the
+        // effect, must come from the evidence (or say nothing particular).
+        let by = effect.split_once(" by ").map(|(_, m)| m).unwrap_or("");
+        let named: Vec<String> = cause_names.iter().flat_map(|n| lower_words(n)).collect();
+        let unsupported: Vec<String> = content_words(&format!("{cause} {by}"))
+            .into_iter()
+            .filter(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+            .filter(|w| !named.contains(w) && !CHANGE_WORDS.contains(&w.as_str()))
+            .filter(|w| !self.stems.contains(&stem(w)) && !GENERIC.iter().any(|g| stem(g) == stem(w)))
+            .collect();
+        if !unsupported.is_empty() {
+            return Some(format!(
+                "explains how with words the evidence does not contain ({}): a mechanism it does not state",
+                unsupported.join(", ")
+            ));
         }
         let effect_words = lower_words(&effect);
         match self.latency {
