@@ -353,6 +353,11 @@ impl Rca {
         inc.narrative = n.text;
         inc.narrative_source = n.source;
         let summary = match &n.validation {
+            Some(v) if v.attempts == 0 => format!(
+                "{} narrator; the model gave no draft: {}",
+                source_name(n.source),
+                v.error.as_deref().unwrap_or("no answer")
+            ),
             Some(v) => format!(
                 "{} narrator; {} model draft{} {}",
                 source_name(n.source),
