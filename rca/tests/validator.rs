@@ -91,6 +91,7 @@ fn planted() -> Vec<(&'static str, String, &'static str)> {
     push(l("The quote-engine service is where the time goes."), "quote-engine");
     push(l("`GET /v1/quotes/bulk` is slow too."), "/v1/quotes/bulk");
     push(l("POST /v1/quote also slowed down."), "POST /v1/quote");
+    push(l("POST /v1/quote is 40 ms slower as well."), "POST /v1/quote");
     push(l("Inventory is slow as well while waiting on pricing."), "inventory");
     push(l("The slowdown also reached search."), "search");
     push(e("Callers such as shipping and checkout see the failures."), "shipping");

@@ -126,6 +126,14 @@ pub enum Message {
     Assistant(String),
 }
 
+impl Message {
+    fn text(&self) -> &str {
+        match self {
+            Message::System(s) | Message::User(s) | Message::Assistant(s) => s,
+        }
+    }
+}
+
 /// Why a model gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
@@ -237,7 +245,7 @@ impl Llm {
         if self.spent_this_hour() >= hour {
             return Err(LlmError::OverHourBudget(hour));
         }
-        let prompt_chars: usize = messages.iter().map(|m| self.text_of(m).len()).sum();
+        let prompt_chars: usize = messages.iter().map(|m| m.text().len()).sum();
         // About 4 characters a token: a prompt that cannot fit the task's
         // budget is not sent.
         let prompt_tokens = (prompt_chars / 4) as u64;
@@ -278,14 +286,8 @@ impl Llm {
         Ok(Reply { text: text.trim().to_owned(), model: model.to_owned(), tokens })
     }
 
-    fn text_of<'a>(&self, m: &'a Message) -> &'a str {
-        match m {
-            Message::System(s) | Message::User(s) | Message::Assistant(s) => s,
-        }
-    }
-
     fn message(&self, m: &Message) -> ChatCompletionRequestMessage {
-        let text = self.redactor.text(self.text_of(m)).into_owned();
+        let text = self.redactor.text(m.text()).into_owned();
         match m {
             Message::System(_) => ChatCompletionRequestSystemMessage::from(text).into(),
             Message::User(_) => ChatCompletionRequestUserMessage::from(text).into(),
