@@ -454,6 +454,7 @@ mod tests {
             state: FindingState::Open,
             first_seen: t,
             last_seen: t,
+            run_id: None,
         }
     }
 

@@ -184,6 +184,8 @@ pub struct Analyzer {
     /// The store keeps sessions by them too, with the detectors' session
     /// timeout and retry interval (once they cover every stored span).
     sessions: bool,
+    /// The flight recorder each pass is recorded in, when there is one.
+    recorder: Option<Arc<crate::recorder::RunsDb>>,
 }
 
 /// SQL as one tenant, for one pass: a statement the pass already ran (the
@@ -257,7 +259,14 @@ impl Analyzer {
         let sessions = rollups
             && store.session_timeout_secs == config.session_timeout_secs
             && store.retry_interval_secs == config.retry_interval_secs;
-        Ok(Self { engine, config, segments, detectors, rollups, sessions })
+        Ok(Self { engine, config, segments, detectors, rollups, sessions, recorder: None })
+    }
+
+    /// The same analyzer, recording each pass in the flight recorder (its
+    /// windows, then its findings) and marking each finding with the run.
+    pub fn recording(mut self, runs: Arc<crate::recorder::RunsDb>) -> Self {
+        self.recorder = Some(runs);
+        self
     }
 
     /// The same analyzer reading every window from spans, never from
@@ -334,7 +343,115 @@ impl Analyzer {
         w: Windows,
         settled: Option<DateTime<Utc>>,
     ) -> Result<PassReport, AnalysisError> {
-        self.judge(tenant, w, settled, false).await
+        let started = Utc::now();
+        let mut report = self.judge(tenant, w, settled, false).await?;
+        self.record(tenant, "pass", w, settled, started, &mut report);
+        Ok(report)
+    }
+
+    /// Records a pass that ran: its windows as the run's input, then what it
+    /// found; each finding gets the run's id.
+    fn record(
+        &self,
+        tenant: &Tenant,
+        mode: &str,
+        w: Windows,
+        settled: Option<DateTime<Utc>>,
+        started: DateTime<Utc>,
+        report: &mut PassReport,
+    ) {
+        let Some(runs) = &self.recorder else { return };
+        let rec = runs.begin(tenant, "detection", &format!("{mode} {} – {}", w.split, w.end));
+        let input = crate::recorder::pass_input(mode, &w, settled);
+        let first = rec.step(crate::recorder::StepRecord {
+            kind: "input",
+            name: "windows",
+            parents: &[],
+            started_at: started,
+            input: &input,
+            output: &input,
+            summary: format!("baseline {} – {}, window {} – {}", w.baseline_start, w.baseline_end, w.split, w.end),
+        });
+        let found = serde_json::to_value(&report.findings).unwrap_or_default();
+        rec.step(crate::recorder::StepRecord {
+            kind: "stage",
+            name: "detect",
+            parents: &[first],
+            started_at: started,
+            input: &input,
+            output: &found,
+            summary: format!("{} findings from {} tests", report.findings.len(), report.tests),
+        });
+        rec.finish();
+        for f in &mut report.findings {
+            f.run_id = Some(rec.id().to_owned());
+        }
+    }
+
+    /// Runs a recorded pass again over its recorded windows and compares its
+    /// findings with the recorded ones.
+    pub async fn replay_recorded(
+        &self,
+        tenant: &Tenant,
+        run_id: &str,
+        steps: &[crate::recorder::RecordedStep],
+    ) -> crate::recorder::ReplayReport {
+        use crate::recorder::{Difference, ReplayReport, check_integrity};
+        let mut report = ReplayReport { run_id: run_id.to_owned(), ..Default::default() };
+        check_integrity(steps, &mut report);
+        let Some(detect) = steps.iter().find(|s| s.step.name == "detect") else {
+            report.differences.push(Difference {
+                step: String::new(),
+                name: "detect".into(),
+                reason: "the run recorded no pass to replay".into(),
+            });
+            return report;
+        };
+        let differ = |reason: String, report: &mut ReplayReport| {
+            report.differences.push(Difference { step: detect.step.id.clone(), name: "detect".into(), reason });
+        };
+        let Some((mode, w, settled)) = detect.input.as_ref().and_then(crate::recorder::read_pass_input) else {
+            differ("its recorded windows do not read back".into(), &mut report);
+            return report;
+        };
+        report.from_recording += 1;
+        report.replayed += 1;
+        let plain = Self { recorder: None, ..self.clone() };
+        let ran = if mode == "continuous" {
+            plain.continuous(tenant, w, settled).await
+        } else {
+            plain.pass_settled(tenant, w, settled).await
+        };
+        match ran {
+            Err(e) => differ(format!("the pass failed on replay: {e}"), &mut report),
+            Ok(r) => {
+                let now = serde_json::to_value(&r.findings).unwrap_or_default();
+                let then = detect.output.clone().unwrap_or_default();
+                if !crate::recorder::same_content(&now, &then) {
+                    let (a, b) = (r.findings.len(), then.as_array().map_or(0, Vec::len));
+                    let fp = |v: &serde_json::Value| -> Vec<String> {
+                        v.as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|f| f["fingerprint"].as_str().map(str::to_owned))
+                            .collect()
+                    };
+                    let (now_fp, then_fp) = (fp(&now), fp(&then));
+                    let new: Vec<&String> = now_fp.iter().filter(|f| !then_fp.contains(f)).collect();
+                    let gone: Vec<&String> = then_fp.iter().filter(|f| !now_fp.contains(f)).collect();
+                    let mut paths = Vec::new();
+                    crate::recorder::diff_paths(&now, &then, "findings", &mut paths);
+                    differ(
+                        format!(
+                            "the pass now finds {a} findings (recorded {b}); new {new:?}, gone {gone:?}; differing: {}",
+                            paths.join(", ")
+                        ),
+                        &mut report,
+                    );
+                }
+            }
+        }
+        report
     }
 
     /// A pass as continuous detection runs it (live, or replayed): `w`, then
@@ -352,6 +469,18 @@ impl Analyzer {
     /// in whatever segment, the short window's account is left out: the
     /// whole window's has more evidence.
     pub async fn continuous(
+        &self,
+        tenant: &Tenant,
+        w: Windows,
+        settled: Option<DateTime<Utc>>,
+    ) -> Result<PassReport, AnalysisError> {
+        let started = Utc::now();
+        let mut report = self.continuous_unrecorded(tenant, w, settled).await?;
+        self.record(tenant, "continuous", w, settled, started, &mut report);
+        Ok(report)
+    }
+
+    async fn continuous_unrecorded(
         &self,
         tenant: &Tenant,
         w: Windows,
@@ -871,6 +1000,7 @@ impl Analyzer {
             state: FindingState::Open,
             first_seen: ctx.end,
             last_seen: ctx.end,
+            run_id: None,
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod detector;
 pub mod detectors;
 pub mod engine;
 pub mod localize;
+pub mod recorder;
 pub mod runner;
 pub mod sql;
 pub mod summary;

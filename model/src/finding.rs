@@ -334,6 +334,9 @@ pub struct Finding {
     /// When a pass first and last reported it.
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// The flight recorder's run of the pass that reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 impl Finding {

@@ -233,6 +233,9 @@ pub struct Incident {
     /// The analysis as it ran, step by step.
     #[serde(default)]
     pub steps: Vec<RcaStep>,
+    /// The flight recorder's run of this analysis (`GET /api/v1/runs/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// Other numbers the analysis measured, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, Value>,

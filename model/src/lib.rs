@@ -7,6 +7,7 @@
 //! the receivers that build span batches, the store that writes them to the WAL and
 //! to Parquet, and the SQL layer that reads them cannot disagree about a column.
 
+pub mod agent;
 pub mod auth;
 pub mod change;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod stats;
 pub mod tenant;
 pub mod ticket;
 
+pub use agent::{Citation, Investigation, InvestigationState, Run, RunStep};
 pub use change::{ChangeEvent, Gate, GateKind, Verdict};
 pub use finding::{
     Affected, ChangeRef, Evidence, Finding, FindingKind, FindingState, LinkedFinding, ServiceOperation, Severity,

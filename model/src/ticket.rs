@@ -151,6 +151,10 @@ pub struct Ticket {
     /// The last error from the sink, while it retries or after it gave up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The flight recorder's run that made its latest draft (the detection
+    /// pass of its finding, or its incident's RCA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// One decision or delivery in a ticket's life: who, when, what.

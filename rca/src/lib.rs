@@ -17,18 +17,21 @@ pub mod from_findings;
 pub mod gates;
 pub mod github;
 pub mod incidents;
+pub mod investigations;
 pub mod link;
 pub mod llm;
 /// Localization is shared with detection, which names a finding's cause with it.
 pub use andon_analysis::localize;
 pub mod narrate;
 pub mod onset;
+pub mod record;
 pub mod report;
 pub mod run;
 mod sqlite;
 
 pub use changes::{ChangeFilter, ChangesDb, ChangesTable, StoredChange};
 pub use incidents::IncidentsDb;
+pub use investigations::InvestigationsDb;
 pub use narrate::{Narrative, Narrator, TemplateNarrator};
 pub use run::{Hints, OpenIncident, Rca, RcaConfig};
 

@@ -21,7 +21,7 @@ use crate::onset;
 use crate::{ChangesDb, RcaError};
 
 /// `POST /api/v1/incidents`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenIncident {
     pub start: DateTime<Utc>,
@@ -100,6 +100,8 @@ pub struct Rca {
     pub narrator: Arc<dyn Narrator>,
     pub limits: LocalizeLimits,
     pub tolerance: Tolerance,
+    /// The flight recorder every RCA is recorded in, when there is one.
+    pub recorder: Option<Arc<andon_analysis::recorder::RunsDb>>,
     /// One detection-driven opening at a time, so two passes reporting the same
     /// cause do not open two incidents.
     pub(crate) opening: tokio::sync::Mutex<()>,
@@ -140,15 +142,43 @@ impl Rca {
             narrator: Arc::new(TemplateNarrator),
             limits: LocalizeLimits::default(),
             tolerance: Tolerance::default(),
+            recorder: None,
             opening: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Opens an incident, runs its RCA and stores it.
     pub async fn open(&self, tenant: &Tenant, req: &OpenIncident, hints: Hints) -> Result<Incident, RcaError> {
+        let started = Utc::now();
+        let mut inc = self.fresh(tenant, req, &hints, started)?;
+        self.analyze(tenant, &mut inc, &hints).await?;
+        if let Some(runs) = &self.recorder {
+            inc.run_id = Some(crate::record::record(runs, tenant, req, &hints, &inc, started));
+        }
+        let (db, owner, i, key) = (Arc::clone(&self.incidents), tenant.clone(), inc.clone(), hints.group_key.clone());
+        crate::blocking(move || db.save(&owner, &i, key.as_deref())).await?;
+        Ok(inc)
+    }
+
+    /// Runs the RCA of `req` as [`Rca::open`] would, without storing or
+    /// recording it (a replay, an agent's look).
+    pub async fn dry_run(&self, tenant: &Tenant, req: &OpenIncident, hints: &Hints) -> Result<Incident, RcaError> {
+        let mut inc = self.fresh(tenant, req, hints, Utc::now())?;
+        // A model is not asked again: its narrative is in the recording.
+        self.analyze_with(tenant, &mut inc, hints, &TemplateNarrator).await?;
+        Ok(inc)
+    }
+
+    /// A new incident over `req`'s windows, not yet analyzed.
+    fn fresh(
+        &self,
+        tenant: &Tenant,
+        req: &OpenIncident,
+        hints: &Hints,
+        now: DateTime<Utc>,
+    ) -> Result<Incident, RcaError> {
         let (window, baseline) = req.windows()?;
-        let now = Utc::now();
-        let mut inc = Incident {
+        Ok(Incident {
             id: incident_id(tenant, &window, now),
             title: req.title.clone().unwrap_or_default(),
             window,
@@ -167,20 +197,27 @@ impl Rca {
             narrative: String::new(),
             narrative_source: NarrativeSource::Template,
             narrative_validation: None,
+            run_id: None,
             confidence: 0.0,
             steps: Vec::new(),
             details: Default::default(),
             created_at: now,
             updated_at: now,
-        };
-        self.analyze(tenant, &mut inc, &hints).await?;
-        let (db, owner, i, key) = (Arc::clone(&self.incidents), tenant.clone(), inc.clone(), hints.group_key.clone());
-        crate::blocking(move || db.save(&owner, &i, key.as_deref())).await?;
-        Ok(inc)
+        })
     }
 
     /// Runs (or re-runs) the RCA on an incident's windows.
     pub async fn analyze(&self, tenant: &Tenant, inc: &mut Incident, hints: &Hints) -> Result<(), RcaError> {
+        self.analyze_with(tenant, inc, hints, self.narrator.as_ref()).await
+    }
+
+    async fn analyze_with(
+        &self,
+        tenant: &Tenant,
+        inc: &mut Incident,
+        hints: &Hints,
+        narrator: &dyn Narrator,
+    ) -> Result<(), RcaError> {
         let mut steps = Steps(Vec::new());
         let (baseline, window) = (inc.baseline_window, inc.window);
 
@@ -230,7 +267,7 @@ impl Rca {
                 "Widen the window or pick a quieter baseline: the traces show no significant change to act on."
                     .to_owned(),
             ];
-            self.finish(tenant, inc, steps).await?;
+            self.finish(tenant, inc, steps, narrator).await?;
             return Ok(());
         };
 
@@ -335,10 +372,16 @@ impl Rca {
         if inc.title.is_empty() {
             inc.title = title(inc);
         }
-        self.finish(tenant, inc, steps).await
+        self.finish(tenant, inc, steps, narrator).await
     }
 
-    async fn finish(&self, tenant: &Tenant, inc: &mut Incident, mut steps: Steps) -> Result<(), RcaError> {
+    async fn finish(
+        &self,
+        tenant: &Tenant,
+        inc: &mut Incident,
+        mut steps: Steps,
+        narrator: &dyn Narrator,
+    ) -> Result<(), RcaError> {
         if inc.title.is_empty() {
             inc.title = format!(
                 "Incident {} – {} UTC",
@@ -348,8 +391,8 @@ impl Rca {
         }
         let t = Instant::now();
         let (services, q) =
-            if self.narrator.checks_claims() { self.services(tenant, inc).await? } else { (Vec::new(), String::new()) };
-        let n = self.narrator.narrate(inc, &services).await?;
+            if narrator.checks_claims() { self.services(tenant, inc).await? } else { (Vec::new(), String::new()) };
+        let n = narrator.narrate(inc, &services).await?;
         inc.narrative = n.text;
         inc.narrative_source = n.source;
         let summary = match &n.validation {

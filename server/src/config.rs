@@ -345,6 +345,24 @@ fn apply_env(doc: &mut toml::Table, defaults: &toml::Table, vars: &[(String, Str
     Ok(())
 }
 
+/// Every key of `[llm]`, with a value of its type: what `ANDON_LLM_*` may set.
+fn llm_keys() -> andon_rca::llm::LlmConfig {
+    andon_rca::llm::LlmConfig {
+        base_url: String::new(),
+        model: String::new(),
+        api_key_env: String::new(),
+        timeout_secs: 0,
+        fallback_model: Some(String::new()),
+        max_tokens_per_hour: 0,
+        max_tokens_per_task: 0,
+        max_attempts: 0,
+        investigation_max_steps: 0,
+        investigation_max_tokens: 0,
+        investigation_timeout_secs: 0,
+        tasks: Default::default(),
+    }
+}
+
 /// Reads the file (if any) and the environment into a raw config.
 pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> anyhow::Result<RawConfig> {
     let mut doc = match path {
@@ -354,7 +372,9 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> anyhow::Result<Ra
         }
         None => toml::Table::new(),
     };
-    let defaults = toml::Table::try_from(RawConfig::default())?;
+    let mut defaults = toml::Table::try_from(RawConfig::default())?;
+    // `[llm]` is absent by default; its keys are still settable as `ANDON_LLM_*`.
+    defaults.insert("llm".into(), toml::Value::Table(toml::Table::try_from(llm_keys())?));
     apply_env(&mut doc, &defaults, vars)?;
     let raw: RawConfig = doc.try_into().with_context(|| match path {
         Some(p) => format!("invalid config {} (or ANDON_* variable)", p.display()),
@@ -579,6 +599,20 @@ mod tests {
             let err = load(Some(&path), &[]).unwrap().validate().unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         }
+        // The environment sets it too, key by key, over the file.
+        std::fs::write(&path, "[llm]\nbase_url = \"http://127.0.0.1:8000/v1\"\nmodel = \"m\"\n").unwrap();
+        let env = vars(&[
+            ("ANDON_LLM_MODEL", "from-env"),
+            ("ANDON_LLM_INVESTIGATION_MAX_STEPS", "5"),
+            ("ANDON_LLM_TASKS", "{ investigate = \"big\" }"),
+        ]);
+        let llm = load(Some(&path), &env).unwrap().validate().unwrap().llm.unwrap();
+        assert_eq!((llm.model.as_str(), llm.investigation_max_steps), ("from-env", 5));
+        assert_eq!(llm.tasks["investigate"], "big");
+        let env = vars(&[("ANDON_LLM_BASE_URL", "http://10.0.0.2:8000/v1"), ("ANDON_LLM_MODEL", "m")]);
+        assert_eq!(load(None, &env).unwrap().validate().unwrap().llm.unwrap().base_url, "http://10.0.0.2:8000/v1");
+        let err = load(None, &vars(&[("ANDON_LLM_MODEL", "m")])).unwrap_err();
+        assert!(format!("{err:#}").contains("base_url"), "{err:#}");
     }
 }
 

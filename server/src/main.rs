@@ -2,6 +2,7 @@
 //! API in one process; the other commands are clients of a running server (or, for
 //! `import --data-dir`, of a data directory).
 
+mod agents_cli;
 mod changes_cli;
 mod client;
 mod config;
@@ -51,6 +52,12 @@ enum Command {
     Changes(changes_cli::ChangesArgs),
     /// Open an incident and run its root-cause analysis, list incidents, or show one's report.
     Incidents(incidents_cli::IncidentsArgs),
+    /// Ask the investigation agent a question about production (needs `[llm]`).
+    Ask(agents_cli::AskArgs),
+    /// List the flight recorder's runs, or show one as a timeline of steps.
+    Runs(agents_cli::RunsArgs),
+    /// Re-execute a recorded run's deterministic steps and report any that differ.
+    Replay(agents_cli::ReplayArgs),
     /// Roll up stored segments that have no `span_metrics` rollup (or, with
     /// --rebuild, every segment, and `sessions` from every span) in a data
     /// directory no server is using.
@@ -154,6 +161,9 @@ fn main() -> ExitCode {
         Command::Tickets(args) => runtime().and_then(|rt| rt.block_on(tickets_cli::run(args))),
         Command::Changes(args) => runtime().and_then(|rt| rt.block_on(changes_cli::run(args))),
         Command::Incidents(args) => runtime().and_then(|rt| rt.block_on(incidents_cli::run(args))),
+        Command::Ask(args) => runtime().and_then(|rt| rt.block_on(agents_cli::ask(args))),
+        Command::Runs(args) => runtime().and_then(|rt| rt.block_on(agents_cli::runs(args))),
+        Command::Replay(args) => runtime().and_then(|rt| rt.block_on(agents_cli::replay(args))),
         Command::Rollup(args) => rollup(args),
         Command::Import(args) => {
             init_logging(false, "warn");

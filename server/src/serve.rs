@@ -200,15 +200,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await?
             .context("opening tickets")?,
     );
+    let runs_path = config.store.data_dir.join("andon.db");
+    let runs = Arc::new(
+        tokio::task::spawn_blocking(move || {
+            andon_analysis::recorder::RunsDb::open(&runs_path, andon_analysis::recorder::RecorderLimits::default())
+        })
+        .await?
+        .context("opening the flight recorder")?,
+    );
+    query.register(Arc::new(andon_analysis::recorder::RunsTable { db: Arc::clone(&runs) }));
+    let investigations_path = config.store.data_dir.join("andon.db");
+    let investigations = Arc::new(
+        tokio::task::spawn_blocking(move || andon_rca::InvestigationsDb::open(&investigations_path))
+            .await?
+            .context("opening the investigations database")?,
+    );
     let runner = Arc::new(RunnerStats::default());
     let mut rca = andon_rca::Rca::new(query.clone(), Arc::clone(&changes), Arc::clone(&incidents_db));
     config.rca.apply(&mut rca);
+    rca.recorder = Some(Arc::clone(&runs));
+    let analyzer = analyzer.recording(Arc::clone(&runs));
+    let mut llm = None;
+    let mut agent_limits = andon_rca::llm::LlmConfig::default_agent_limits();
     if let Some(l) = &config.llm {
         let redactor = andon_ticketing::redact::Redactor::new(&config.tickets.redact_attributes);
-        let llm =
-            andon_rca::llm::Llm::new(l.clone(), redactor, &|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
-        info!(base_url = %l.base_url, narrate = llm.model_for(andon_rca::llm::Task::Narrate), "narratives by a model, checked against their evidence");
-        rca.narrator = Arc::new(andon_rca::llm::LlmNarrator::new(Arc::new(llm)));
+        let client = Arc::new(
+            andon_rca::llm::Llm::new(l.clone(), redactor, &|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?,
+        );
+        info!(base_url = %l.base_url, narrate = client.model_for(andon_rca::llm::Task::Narrate),
+            investigate = client.model_for(andon_rca::llm::Task::Investigate),
+            "narratives and investigations by a model, checked against their evidence");
+        rca.narrator = Arc::new(andon_rca::llm::LlmNarrator::new(Arc::clone(&client)));
+        agent_limits = l.agent_limits();
+        llm = Some(client);
     }
     let pipeline =
         Arc::new(Pipeline { findings: Arc::clone(&findings), tickets: Arc::clone(&tickets), rca: Arc::new(rca) });
@@ -242,6 +266,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tickets: Arc::clone(&tickets),
         changes,
         incidents: incidents_db,
+        investigations,
+        runs: Arc::clone(&runs),
+        llm,
+        agent_limits,
         pipeline,
         enricher: enricher.clone(),
         runner: Arc::clone(&runner),
@@ -280,7 +308,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
     let outbox = tokio::spawn(Arc::clone(&tickets).run(on_resolved, stop_rx_detection.clone()));
-    let mut background = vec![outbox, sampling];
+    let pruning = tokio::spawn(prune_runs(runs, stop_rx_detection.clone()));
+    let mut background = vec![outbox, sampling, pruning];
     if let Some(tls) = tls {
         // Listening before the ports are announced, so that no SIGHUP is missed
         // (or, unhandled, ends the process).
@@ -314,7 +343,7 @@ impl Running {
         let app = &self.app;
         let mut cfg = app.analyzer.config().clone();
         cfg.interval_secs = interval_secs;
-        let analyzer = Analyzer::new(app.query.clone(), cfg)?;
+        let analyzer = Analyzer::new(app.query.clone(), cfg)?.recording(Arc::clone(&app.runs));
         let pipeline = Arc::clone(&app.pipeline);
         let after_pass: andon_analysis::runner::AfterPass = Arc::new(move |tenant, found, cutoff| {
             let pipeline = Arc::clone(&pipeline);
@@ -365,5 +394,21 @@ impl Running {
         let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;
         info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Drops the flight recorder's runs past their retention, at start and hourly.
+async fn prune_runs(runs: Arc<andon_analysis::recorder::RunsDb>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let db = Arc::clone(&runs);
+        match tokio::task::spawn_blocking(move || db.prune(chrono::Utc::now())).await {
+            Ok(Ok(n)) if n > 0 => info!(runs = n, "flight recorder: runs past retention dropped"),
+            Ok(Err(e)) => warn!(error = %e, "flight recorder: pruning failed"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! answered from a script, one step per request, with bodies shaped like the
 //! API's (what `async-openai` parses), recording every request. A step can
 //! answer from the request (the template narrative the prompt carries, with a
-//! claim planted in it), fail, or answer too late.
+//! claim planted in it), call tools (as the investigation agent's model
+//! would), answer from what the tools returned, fail, or answer too late.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +28,54 @@ pub enum Step {
     Fail(u16),
     /// Answer after this long (past the client's timeout).
     Stall(Duration),
+    /// Call these tools (name, arguments).
+    Call(Vec<(String, Value)>),
+    /// Answer with what this writes from the request's body (its messages,
+    /// the tool results among them).
+    Reply(Replier),
+}
+
+/// Writes an answer from a request's body.
+#[derive(Clone)]
+pub struct Replier(pub Arc<dyn Fn(&Value) -> String + Send + Sync>);
+
+impl std::fmt::Debug for Replier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replier")
+    }
+}
+
+impl Step {
+    pub fn reply(f: impl Fn(&Value) -> String + Send + Sync + 'static) -> Step {
+        Step::Reply(Replier(Arc::new(f)))
+    }
+
+    pub fn call(name: &str, args: Value) -> Step {
+        Step::Call(vec![(name.to_owned(), args)])
+    }
+}
+
+/// The tool results of a request, in order: (tool name, parsed content).
+pub fn tool_results(body: &Value) -> Vec<(String, Value)> {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let mut names = std::collections::HashMap::new();
+    for m in &messages {
+        for c in m["tool_calls"].as_array().into_iter().flatten() {
+            names.insert(
+                c["id"].as_str().unwrap_or_default().to_owned(),
+                c["function"]["name"].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+    }
+    messages
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| {
+            let id = m["tool_call_id"].as_str().unwrap_or_default();
+            let content = m["content"].as_str().unwrap_or_default();
+            (names.get(id).cloned().unwrap_or_default(), serde_json::from_str(content).unwrap_or(Value::Null))
+        })
+        .collect()
 }
 
 /// A request the twin received.
@@ -132,17 +181,32 @@ async fn completions(
         }
         Some(Step::Say(s)) => s,
         Some(Step::Template(extra)) => format!("{} {extra}", template_in(first_user)).trim().to_owned(),
+        Some(Step::Reply(f)) => (f.0)(&body),
+        Some(Step::Call(calls)) => {
+            let n = body["messages"].as_array().map_or(0, Vec::len);
+            let calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, (name, args))| {
+                    json!({"id": format!("call_{n}_{i}"), "type": "function",
+                           "function": {"name": name, "arguments": args.to_string()}})
+                })
+                .collect();
+            let message = json!({"role": "assistant", "content": null, "tool_calls": calls});
+            return completion(&model, message, "tool_calls", tokens);
+        }
     };
+    completion(&model, json!({"role": "assistant", "content": say}), "stop", tokens)
+}
+
+/// A chat completion as the API answers one.
+fn completion(model: &str, message: Value, finish: &str, tokens: u32) -> Response {
     Json(json!({
         "id": "chatcmpl-twin",
         "object": "chat.completion",
         "created": 1_764_000_000u32,
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": say},
-            "finish_reason": "stop"
-        }],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": tokens / 2, "completion_tokens": tokens - tokens / 2, "total_tokens": tokens}
     }))
     .into_response()

@@ -6,14 +6,21 @@
 //! a model that is down, one too slow and a spent hour's budget all leave the
 //! template's narrative with the reason kept; each task goes to its model
 //! and the fallback model after it; and what the model is sent is redacted.
+//! On the same server the investigation agent answers a question through
+//! scripted tool calls (an answer with a number no tool returned goes back,
+//! one that stays unsupported is not given), and the flight recorder's runs
+//! of an RCA and an investigation replay without differences until a
+//! recorded input is tampered with.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration as StdDuration;
 
-use andon_tests::Server;
-use andon_tests::llm_twin::{LlmTwin, Step};
+use std::process::Command;
+
+use andon_tests::llm_twin::{LlmTwin, Step, tool_results};
+use andon_tests::{Server, andon_bin};
 use chrono::Duration;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn a_models_narrative_is_used_only_once_the_validator_accepts_it() {
@@ -90,6 +97,8 @@ narrate = "big-model"
         assert!(body.contains("Cache quotes"), "the evidence is in the prompt");
     }
 
+    let inc_run = inc["run_id"].as_str().expect("an incident links its run").to_owned();
+
     // 2. Drafts that stay wrong: after 3 the template is used, and the report
     //    keeps what the last one claimed without support.
     twin.script(vec![
@@ -130,6 +139,10 @@ narrate = "big-model"
     assert_eq!(inc["narrative_source"], "template");
     assert!(inc["narrative_validation"]["error"].as_str().unwrap().contains("timed out"), "{inc:#}");
 
+    // The investigation agent and the flight recorder, on the same server.
+    let investigation_run = investigations(&server, &twin, &at(0.5), &end.to_rfc3339(), &at(0.1), &at(0.45));
+    replays(&server, &inc_run, &investigation_run);
+
     // 6. The hour's budget (6,000 tokens; each answer reports 700) is spent
     //    by now: no request is sent, the template is used.
     twin.state().tokens_per_answer = 5000;
@@ -141,4 +154,248 @@ narrate = "big-model"
     assert_eq!(twin.asked().len(), before, "no request once the budget is spent");
     assert_eq!(inc["narrative_source"], "template");
     assert!(inc["narrative_validation"]["error"].as_str().unwrap().contains("budget"), "{inc:#}");
+
+    // 7. A detection pass is a run too (no model is asked any more: the
+    //    budget is spent); its findings name it, and it replays as recorded.
+    let (status, r) = server.post_json(
+        "/api/v1/analyze",
+        &json!({"from": at(0.5), "to": end.to_rfc3339(), "baseline_from": at(0.1), "baseline_to": at(0.45)}),
+    );
+    assert_eq!(status, 200, "{r}");
+    let findings = r["findings"].as_array().unwrap();
+    assert!(findings.iter().any(|f| f["service"] == "pricing"), "{r:#}");
+    let run = findings[0]["run_id"].as_str().expect("a finding names its run").to_owned();
+    assert!(findings.iter().all(|f| f["run_id"] == run.as_str()), "one pass, one run");
+    let (_, recorded) = server.get_json(&format!("/api/v1/runs/{run}"));
+    assert_eq!(recorded["kind"], "detection", "{recorded:#}");
+    let (status, replay) = server.post_json(&format!("/api/v1/runs/{run}/replay"), &json!({}));
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!((replay["replayed"].as_u64(), &replay["differences"]), (Some(1), &json!([])), "{replay:#}");
+    // The tickets drafted from its findings name it too.
+    let (_, tickets) = server.get_json("/api/v1/tickets");
+    let pricing = findings.iter().find(|f| f["service"] == "pricing").unwrap()["id"].as_str().unwrap().to_owned();
+    let ticket = tickets["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| {
+            t["incident_id"].is_null()
+                && t["finding_ids"].as_array().is_some_and(|ids| ids.iter().any(|i| i == pricing.as_str()))
+        })
+        .unwrap_or_else(|| panic!("a ticket for {pricing}: {tickets:#}"));
+    assert_eq!(ticket["run_id"], run.as_str(), "{ticket:#}");
+    // The RCA ticket of the incident the finding opened names the RCA's run,
+    // and its report is rendered from the masked incident.
+    for t in tickets["tickets"].as_array().unwrap().iter().filter(|t| t["incident_id"].is_string()) {
+        let (_, inc) = server.get_json(&format!("/api/v1/incidents/{}", t["incident_id"].as_str().unwrap()));
+        assert_eq!(t["run_id"], inc["run_id"], "{t:#}");
+        let body = t["body"].as_str().unwrap();
+        assert!(!body.contains("jane.doe") && !body.contains("203.0.113.7"), "{body}");
+    }
+}
+
+/// A UI page's HTML.
+fn page(server: &Server, path: &str) -> String {
+    let resp = andon_tests::reqwest::blocking_client().get(server.api_url(path)).send().unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{path}");
+    resp.text()
+}
+
+/// Waits for an investigation to finish.
+fn settled(server: &Server, id: &str) -> Value {
+    for _ in 0..600 {
+        let (status, inv) = server.get_json(&format!("/api/v1/investigations/{id}"));
+        assert_eq!(status, 200, "{inv}");
+        if inv["state"] != "running" {
+            return inv;
+        }
+        std::thread::sleep(StdDuration::from_millis(200));
+    }
+    panic!("investigation {id} never finished");
+}
+
+const SPANS_SQL: &str =
+    "SELECT service_name, count(*) AS spans FROM spans WHERE service_name = 'pricing' GROUP BY service_name";
+
+/// The answer a model would write from its tool results: the RCA's culprit
+/// and change, and the span count the query returned.
+fn answer_from(body: &Value, planted: &str) -> String {
+    let results = tool_results(body);
+    let inc = &results.iter().rev().find(|(n, _)| n == "open_incident").expect("an rca result").1;
+    assert!(inc["id"].is_string(), "the rca tool answered {inc}");
+    let rows = &results.iter().find(|(n, _)| n == "sql").expect("a query result").1["rows"];
+    let top = &inc["suspects"][0];
+    let change = &inc["change"];
+    format!(
+        "The RCA of {} blames `{}` on `{}`: the slowdown was caused by {} {} (PR #{}). `pricing` served {} spans in \
+         the data.{planted}",
+        inc["id"].as_str().unwrap(),
+        top["service"].as_str().unwrap(),
+        top["operation"].as_str().unwrap(),
+        change["service"].as_str().unwrap(),
+        change["version"].as_str().unwrap(),
+        change["pr"],
+        rows[0]["spans"],
+    )
+}
+
+/// Returns the run of the answered investigation.
+fn investigations(server: &Server, twin: &LlmTwin, start: &str, end: &str, b_start: &str, b_end: &str) -> String {
+    twin.state().tokens_per_answer = 10;
+    let before = twin.asked().len();
+    // 1. Tools, then an answer with a number no tool returned; it goes back
+    //    with the validator's list and the supported rewrite is the answer.
+    let window = json!({"start": start, "end": end, "baseline_start": b_start, "baseline_end": b_end});
+    twin.script(vec![
+        Step::Call(vec![("list_findings".into(), json!({})), ("sql".into(), json!({"sql": SPANS_SQL}))]),
+        Step::call("open_incident", window),
+        // The RCA the tool runs has its narrative written by the narrate task.
+        Step::Template(String::new()),
+        Step::reply(|b| answer_from(b, " Quotes took 9,999 ms at worst.")),
+        Step::reply(|b| answer_from(b, "")),
+    ]);
+    let (status, inv) =
+        server.post_json("/api/v1/investigations", &json!({"question": "Why are quotes slow since the deploy?"}));
+    assert_eq!(status, 201, "{inv}");
+    assert_eq!(inv["state"], "running");
+    let inv = settled(server, inv["id"].as_str().unwrap());
+    assert_eq!(inv["state"], "answered", "{inv:#}");
+    let answer = inv["answer"].as_str().unwrap();
+    assert!(answer.contains("`pricing`") && !answer.contains("9,999"), "{answer}");
+    let asked = &twin.asked()[before..];
+    let models: Vec<&str> = asked.iter().map(|a| a.model.as_str()).collect();
+    // The investigate task has no model of its own here; narrate does.
+    assert_eq!(models, ["default-model", "default-model", "big-model", "default-model", "default-model"]);
+    let tools: Vec<&str> =
+        asked[0].body["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    assert_eq!(tools, ["sql", "get_trace", "list_findings", "list_incidents", "list_changes", "open_incident"]);
+    let feedback =
+        asked[4].body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_owned();
+    assert!(feedback.starts_with("No tool result supports") && feedback.contains("9,999 ms"), "{feedback}");
+    // It cites the query and the incident it rests on.
+    let cites: Vec<(String, String)> = inv["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap().to_owned(), c["ref"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(cites.contains(&("query".into(), SPANS_SQL.into())), "{cites:?}");
+    let inc_id = cites.iter().find(|(k, _)| k == "incident").map(|(_, r)| r.clone()).expect("cites the incident");
+    let (status, _) = server.get_json(&format!("/api/v1/incidents/{inc_id}"));
+    assert_eq!(status, 200, "the agent's incident is stored");
+    // The run: each model turn, tool call and verdict, with its parents.
+    let run_id = inv["run_id"].as_str().unwrap();
+    let (status, run) = server.get_json(&format!("/api/v1/runs/{run_id}"));
+    assert_eq!(status, 200, "{run}");
+    let steps = run["steps"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> =
+        steps.iter().map(|s| (s["kind"].as_str().unwrap(), s["name"].as_str().unwrap())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("input", "question"),
+            ("model", "default-model"),
+            ("tool", "list_findings"),
+            ("tool", "sql"),
+            ("model", "default-model"),
+            ("tool", "open_incident"),
+            ("model", "default-model"),
+            ("validate", "validator"),
+            ("model", "default-model"),
+            ("validate", "validator"),
+            ("decision", "outcome"),
+        ],
+        "{run:#}"
+    );
+    assert_eq!(steps[3]["parents"], json!([steps[1]["id"]]), "a tool call's parent is the turn that asked");
+    assert!(steps[7]["summary"].as_str().unwrap().contains("unsupported"), "{}", steps[7]);
+    assert_eq!(steps[2]["input_sha256"].as_str().unwrap().len(), 64);
+    // The `runs` table in SQL.
+    let (status, q) = server.post_json(
+        "/api/v1/query",
+        &json!({"sql": format!("SELECT count(*) AS n FROM runs WHERE run_id = '{run_id}' AND kind = 'tool'")}),
+    );
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(q["rows"][0][0], 3, "{q}");
+    // The UI shows the answer with its sources, and the run as a timeline.
+    let html = page(server, &format!("/investigations/{}", inv["id"].as_str().unwrap()));
+    assert!(html.contains("What the answer rests on") && html.contains(&inc_id), "{html}");
+    assert!(html.contains(&format!("/runs/{run_id}")), "{html}");
+    let html = page(server, &format!("/runs/{run_id}"));
+    assert!(
+        html.contains("How Andon got here") && html.contains("open_incident") && html.contains("validator"),
+        "{html}"
+    );
+    assert!(page(server, "/investigations").contains("Why are quotes slow since the deploy?"));
+
+    // 2. Answers that stay unsupported are not given.
+    twin.script(vec![Step::Say("`pricing` p95 is 812 ms.".into()); 3]);
+    let (_, inv) = server.post_json("/api/v1/investigations", &json!({"question": "How slow is pricing?"}));
+    let inv = settled(server, inv["id"].as_str().unwrap());
+    assert_eq!(inv["state"], "inconclusive", "{inv:#}");
+    assert!(inv["answer"].is_null(), "{inv:#}");
+    assert!(inv["violations"].to_string().contains("812 ms"), "{inv:#}");
+
+    // 3. `andon ask` prints the answer and where it came from.
+    twin.script(vec![Step::Say("INCONCLUSIVE: the tools were not asked anything.".into())]);
+    let out = Command::new(andon_bin())
+        .args(["ask", "--server", &server.api_url(""), "Is anything wrong?"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("inconclusive") && text.contains("the tools were not asked anything"), "{text}");
+    assert!(text.contains("andon runs show run-"), "{text}");
+
+    // 4. With the model down, the investigation fails and says why.
+    twin.script(vec![Step::Fail(503); 8]);
+    let (_, inv) = server.post_json("/api/v1/investigations", &json!({"question": "Anything?"}));
+    let inv = settled(server, inv["id"].as_str().unwrap());
+    assert_eq!(inv["state"], "failed", "{inv:#}");
+    assert!(inv["reason"].as_str().unwrap().contains("small-model"), "{inv:#}");
+    run_id.to_owned()
+}
+
+fn replays(server: &Server, rca_run: &str, investigation_run: &str) {
+    // An RCA and an investigation replay as recorded.
+    for run in [rca_run, investigation_run] {
+        let (status, r) = server.post_json(&format!("/api/v1/runs/{run}/replay"), &json!({}));
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["differences"], json!([]), "{r:#}");
+        assert!(r["replayed"].as_u64().unwrap() >= 4, "{r:#}");
+    }
+    let (_, run) = server.get_json(&format!("/api/v1/runs/{rca_run}"));
+    let names: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["request", "localize", "onset", "link", "gates", "similar", "narrate"], "{run:#}");
+
+    // Tamper with the recorded query of the investigation: replay names the step.
+    let (_, run) = server.get_json(&format!("/api/v1/runs/{investigation_run}"));
+    let sql_step = run["steps"].as_array().unwrap().iter().find(|s| s["name"] == "sql").unwrap().clone();
+    let db = rusqlite::Connection::open(server.data_dir.join("andon.db")).unwrap();
+    let forged = json!({"tool": "sql", "arguments": {"sql": SPANS_SQL.replace("pricing", "checkout")}});
+    let changed = db
+        .execute(
+            "UPDATE run_blobs SET body = ?2 WHERE sha256 = ?1",
+            rusqlite::params![sql_step["input_sha256"].as_str().unwrap(), forged.to_string().into_bytes()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    let out = Command::new(andon_bin())
+        .args(["replay", "--server", &server.api_url(""), investigation_run])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a replay with differences fails: {text}");
+    let id = sql_step["id"].as_str().unwrap();
+    assert!(text.contains(&format!("differs: step {id} (sql): the recorded input no longer has the hash")), "{text}");
+    assert!(text.contains(&format!("differs: step {id} (sql): sql returned something else")), "{text}");
+    // `andon runs show` draws the run as a timeline.
+    let out = Command::new(andon_bin())
+        .args(["runs", "show", "--server", &server.api_url(""), investigation_run])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("investigation") && text.contains("open_incident") && text.contains("← s"), "{text}");
 }

@@ -80,6 +80,7 @@ fn finding(operation: &str, n: u32, start: DateTime<Utc>) -> Finding {
         state: FindingState::Open,
         first_seen: start,
         last_seen: start,
+        run_id: None,
     }
 }
 

@@ -30,6 +30,7 @@ pub fn pending(draft: Draft, finding_ids: Vec<String>, incident_id: Option<Strin
         updated_at: now,
         resolved_at: None,
         last_error: None,
+        run_id: None,
     }
 }
 

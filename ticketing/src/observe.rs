@@ -37,7 +37,8 @@ impl TicketDb {
         let tx = conn.transaction().map_err(db_err)?;
         let t = match load(&tx, tenant, &draft.ticket_id)? {
             None => {
-                let t = lifecycle::pending(draft, inc.finding_ids.clone(), Some(inc.id.clone()), now);
+                let mut t = lifecycle::pending(draft, inc.finding_ids.clone(), Some(inc.id.clone()), now);
+                t.run_id = inc.run_id.clone();
                 audit(&tx, &t.id, now, "andon", "drafted", &format!("from incident {}", inc.id))?;
                 save(&tx, tenant, &t)?;
                 t
@@ -45,6 +46,7 @@ impl TicketDb {
             Some(mut t) if t.state == TicketState::Pending => {
                 lifecycle::refresh(&mut t, draft);
                 t.finding_ids = inc.finding_ids.clone();
+                t.run_id = inc.run_id.clone();
                 t.updated_at = now;
                 audit(&tx, &t.id, now, "andon", "updated", "the analysis was run again")?;
                 save(&tx, tenant, &t)?;
@@ -76,6 +78,7 @@ impl TicketDb {
             let draft = drafter.draft(tenant, f);
             let Some(mut t) = load(&tx, tenant, &draft.ticket_id)? else {
                 let mut t = lifecycle::pending(draft, vec![f.id.clone()], None, now);
+                t.run_id = f.run_id.clone();
                 audit(&tx, &t.id, now, "andon", "drafted", &format!("from finding {}", f.id))?;
                 out.drafted += 1;
                 if settings.auto_approve_min.is_some_and(|min| f.severity <= min) {
@@ -98,6 +101,7 @@ impl TicketDb {
             match t.state {
                 TicketState::Pending => {
                     lifecycle::refresh(&mut t, draft);
+                    t.run_id = f.run_id.clone().or(t.run_id.take());
                     if !known {
                         t.finding_ids.push(f.id.clone());
                         audit(&tx, &t.id, now, "andon", "updated", &format!("now also finding {}", f.id))?;

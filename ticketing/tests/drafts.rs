@@ -80,6 +80,7 @@ fn latency() -> Finding {
         state: FindingState::Open,
         first_seen: t(10, 31),
         last_seen: t(10, 45),
+        run_id: None,
     }
 }
 
@@ -123,6 +124,7 @@ fn drop_off() -> Finding {
         state: FindingState::Open,
         first_seen: t(10, 31),
         last_seen: t(10, 31),
+        run_id: None,
     }
 }
 
@@ -181,6 +183,7 @@ fn hostile() -> Finding {
         state: FindingState::Open,
         first_seen: t(10, 31),
         last_seen: t(10, 31),
+        run_id: None,
     }
 }
 

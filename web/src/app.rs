@@ -31,6 +31,12 @@ pub struct AppState {
     pub tickets: Arc<Ticketing>,
     pub changes: Arc<andon_rca::ChangesDb>,
     pub incidents: Arc<andon_rca::IncidentsDb>,
+    pub investigations: Arc<andon_rca::InvestigationsDb>,
+    /// The flight recorder: every RCA and investigation, step by step.
+    pub runs: Arc<andon_analysis::recorder::RunsDb>,
+    /// The model behind `[llm]`, when one is configured; investigations need it.
+    pub llm: Option<Arc<andon_rca::llm::Llm>>,
+    pub agent_limits: andon_rca::llm::agent::AgentLimits,
     /// Records findings, drafts tickets and opens incidents: what follows every
     /// detection pass, and the incidents opened by hand.
     pub pipeline: Arc<Pipeline>,
@@ -61,22 +67,30 @@ impl AppState {
     /// report.html, the UI): span attributes quoted in evidence, a reviewer's
     /// or a pipeline's text.
     pub fn redacted(&self, inc: andon_model::Incident) -> andon_model::Incident {
-        let redactor = self.tickets.drafter().redactor();
-        match serde_json::to_value(&inc).map(|v| serde_json::from_value(redactor.json(&v))) {
-            Ok(Ok(masked)) => masked,
-            // Masking only rewrites strings; should the result not read back,
-            // nothing unmasked goes out either.
-            _ => {
-                let mut bare = inc;
-                bare.title = redactor.text(&bare.title).into_owned();
-                bare.narrative.clear();
-                bare.why_missed.clear();
-                bare.remediation.clear();
-                bare.suspects.clear();
-                bare.steps.clear();
-                bare.gate_analysis.clear();
-                bare
-            }
+        redact_incident(self.tickets.drafter().redactor(), inc)
+    }
+}
+
+/// `inc` with personal data and secrets masked by `redactor`, value by value
+/// (before any rendering: Markdown's escapes would hide an address from it).
+pub fn redact_incident(
+    redactor: &andon_ticketing::redact::Redactor,
+    inc: andon_model::Incident,
+) -> andon_model::Incident {
+    match serde_json::to_value(&inc).map(|v| serde_json::from_value(redactor.json(&v))) {
+        Ok(Ok(masked)) => masked,
+        // Masking only rewrites strings; should the result not read back,
+        // nothing unmasked goes out either.
+        _ => {
+            let mut bare = inc;
+            bare.title = redactor.text(&bare.title).into_owned();
+            bare.narrative.clear();
+            bare.why_missed.clear();
+            bare.remediation.clear();
+            bare.suspects.clear();
+            bare.steps.clear();
+            bare.gate_analysis.clear();
+            bare
         }
     }
 }

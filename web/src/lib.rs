@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod ingest_history;
+pub mod investigate;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;

@@ -17,6 +17,7 @@ use crate::app::ApiError;
 pub enum Work {
     Incidents,
     Analyses,
+    Investigations,
 }
 
 impl Work {
@@ -24,6 +25,7 @@ impl Work {
         match self {
             Work::Incidents => "incidents",
             Work::Analyses => "analyses",
+            Work::Investigations => "investigations",
         }
     }
 }

@@ -106,9 +106,14 @@ impl Pipeline {
 
     async fn draft_rca_ticket(&self, tenant: &Tenant, inc: &Incident) -> Result<(), RcaError> {
         let (tickets, t, i) = (Arc::clone(&self.tickets), tenant.clone(), inc.clone());
-        let drafted = tokio::task::spawn_blocking(move || tickets.observe_incident(&t, &i, &report::markdown(&i)))
-            .await
-            .map_err(|e| RcaError::Db(e.to_string()))?;
+        let drafted = tokio::task::spawn_blocking(move || {
+            // The report is rendered from the masked incident: once rendered,
+            // Markdown's escapes hide an address from the redactor.
+            let masked = crate::app::redact_incident(tickets.drafter().redactor(), i.clone());
+            tickets.observe_incident(&t, &i, &report::markdown(&masked))
+        })
+        .await
+        .map_err(|e| RcaError::Db(e.to_string()))?;
         if let Err(e) = drafted {
             warn!(incident = %inc.id, error = %e, "drafting the rca ticket failed");
         }

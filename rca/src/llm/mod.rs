@@ -7,6 +7,7 @@
 //! redactor before it leaves. [`LlmNarrator`] writes an incident's narrative
 //! with it; [`validate::Evidence`] checks every draft before it is used.
 
+pub mod agent;
 pub mod validate;
 
 mod narrator;
@@ -19,8 +20,10 @@ use andon_ticketing::redact::Redactor;
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{
-    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-    ChatCompletionRequestUserMessage, CreateChatCompletionRequest,
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessage,
+    ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
+    ChatCompletionTool, ChatCompletionTools, CreateChatCompletionRequest, FunctionCall, FunctionObject,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,9 +57,50 @@ pub struct LlmConfig {
     /// used (the first draft and its retries).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Model turns and tool calls an investigation may take.
+    #[serde(default = "default_agent_steps")]
+    pub investigation_max_steps: u32,
+    /// Tokens one investigation may spend, all its turns together.
+    #[serde(default = "default_agent_tokens")]
+    pub investigation_max_tokens: u64,
+    /// How long one investigation may run.
+    #[serde(default = "default_agent_timeout")]
+    pub investigation_timeout_secs: u64,
     /// The model per task; a task missing here uses `model`.
     #[serde(default)]
     pub tasks: BTreeMap<String, String>,
+}
+
+impl LlmConfig {
+    /// The agent's bounds where no `[llm]` sets them.
+    pub fn default_agent_limits() -> agent::AgentLimits {
+        agent::AgentLimits {
+            max_steps: default_agent_steps(),
+            max_tokens: default_agent_tokens(),
+            timeout: Duration::from_secs(default_agent_timeout()),
+            max_attempts: default_attempts(),
+        }
+    }
+
+    /// The investigation agent's bounds.
+    pub fn agent_limits(&self) -> agent::AgentLimits {
+        agent::AgentLimits {
+            max_steps: self.investigation_max_steps,
+            max_tokens: self.investigation_max_tokens,
+            timeout: Duration::from_secs(self.investigation_timeout_secs),
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+fn default_agent_steps() -> u32 {
+    12
+}
+fn default_agent_tokens() -> u64 {
+    60_000
+}
+fn default_agent_timeout() -> u64 {
+    300
 }
 
 fn default_key_env() -> String {
@@ -88,6 +132,12 @@ impl LlmConfig {
         }
         if self.max_attempts == 0 || self.max_attempts > 5 {
             return Err("llm.max_attempts must be between 1 and 5".into());
+        }
+        if self.investigation_max_steps == 0 || self.investigation_max_steps > 100 {
+            return Err("llm.investigation_max_steps must be between 1 and 100".into());
+        }
+        if self.investigation_timeout_secs == 0 || self.investigation_timeout_secs > 3600 {
+            return Err("llm.investigation_timeout_secs must be between 1 and 3600".into());
         }
         if let Some(t) = self.tasks.keys().find(|t| Task::parse(t).is_none()) {
             return Err(format!("llm.tasks.{t}: tasks are narrate, ticket and investigate"));
@@ -124,14 +174,53 @@ pub enum Message {
     System(String),
     User(String),
     Assistant(String),
+    /// The model's turn that asked for tools.
+    Calls {
+        text: String,
+        calls: Vec<ToolCall>,
+    },
+    /// What a tool returned, for the call with this id.
+    Tool {
+        call_id: String,
+        content: String,
+    },
 }
 
 impl Message {
     fn text(&self) -> &str {
         match self {
             Message::System(s) | Message::User(s) | Message::Assistant(s) => s,
+            Message::Calls { text, .. } => text,
+            Message::Tool { content, .. } => content,
         }
     }
+
+    /// Characters sent, the arguments of tool calls included.
+    fn chars(&self) -> usize {
+        match self {
+            Message::Calls { text, calls } => {
+                text.len() + calls.iter().map(|c| c.name.len() + c.arguments.len()).sum::<usize>()
+            }
+            m => m.text().len(),
+        }
+    }
+}
+
+/// A tool the model may call: a function with a JSON Schema for its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub parameters: serde_json::Value,
+}
+
+/// A call the model asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON, as the model wrote it (it may not parse).
+    pub arguments: String,
 }
 
 /// Why a model gave no answer.
@@ -149,10 +238,11 @@ pub enum LlmError {
     Empty { model: String },
 }
 
-/// A model's answer.
+/// A model's answer: text, or calls of the tools it was offered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub text: String,
+    pub calls: Vec<ToolCall>,
     pub model: String,
     pub tokens: u64,
 }
@@ -219,6 +309,17 @@ impl Llm {
     /// it counts as failed; a timeout fails at once. Every message is redacted first. `budget` is what the
     /// task may still spend; the reply's tokens count against it and the hour.
     pub async fn chat(&self, task: Task, messages: &[Message], budget: u64) -> Result<Reply, LlmError> {
+        self.chat_with_tools(task, messages, &[], budget).await
+    }
+
+    /// [`Llm::chat`], offering `tools`: the reply may be calls instead of text.
+    pub async fn chat_with_tools(
+        &self,
+        task: Task,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        budget: u64,
+    ) -> Result<Reply, LlmError> {
         let first = self.model_for(task).to_owned();
         let mut models = vec![first.clone()];
         if let Some(f) = &self.config.fallback_model
@@ -228,7 +329,7 @@ impl Llm {
         }
         let mut last = LlmError::Empty { model: first };
         for model in models {
-            match self.once(&model, messages, budget).await {
+            match self.once(&model, messages, tools, budget).await {
                 Ok(r) => return Ok(r),
                 Err(e @ LlmError::OverTaskBudget(_)) => return Err(e),
                 Err(e) => {
@@ -240,12 +341,19 @@ impl Llm {
         Err(last)
     }
 
-    async fn once(&self, model: &str, messages: &[Message], budget: u64) -> Result<Reply, LlmError> {
+    async fn once(
+        &self,
+        model: &str,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        budget: u64,
+    ) -> Result<Reply, LlmError> {
         let hour = self.config.max_tokens_per_hour;
         if self.spent_this_hour() >= hour {
             return Err(LlmError::OverHourBudget(hour));
         }
-        let prompt_chars: usize = messages.iter().map(|m| m.text().len()).sum();
+        let prompt_chars: usize = messages.iter().map(Message::chars).sum::<usize>()
+            + tools.iter().map(|t| t.description.len() + t.parameters.to_string().len()).sum::<usize>();
         // About 4 characters a token: a prompt that cannot fit the task's
         // budget is not sent.
         let prompt_tokens = (prompt_chars / 4) as u64;
@@ -257,6 +365,21 @@ impl Llm {
             messages: messages.iter().map(|m| self.message(m)).collect(),
             max_completion_tokens: Some((budget - prompt_tokens).min(4096) as u32),
             temperature: Some(0.2),
+            tools: (!tools.is_empty()).then(|| {
+                tools
+                    .iter()
+                    .map(|t| {
+                        ChatCompletionTools::Function(ChatCompletionTool {
+                            function: FunctionObject {
+                                name: t.name.to_owned(),
+                                description: Some(t.description.to_owned()),
+                                parameters: Some(t.parameters.clone()),
+                                strict: None,
+                            },
+                        })
+                    })
+                    .collect()
+            }),
             ..Default::default()
         };
         let started = Instant::now();
@@ -279,19 +402,64 @@ impl Llm {
             prompt_tokens + (out / 4) as u64
         });
         self.spend(tokens);
-        let text = answer.choices.into_iter().next().and_then(|c| c.message.content).unwrap_or_default();
-        if text.trim().is_empty() {
+        let Some(message) = answer.choices.into_iter().next().map(|c| c.message) else {
+            return Err(LlmError::Empty { model: model.to_owned() });
+        };
+        let calls: Vec<ToolCall> = message
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| match c {
+                ChatCompletionMessageToolCalls::Function(f) => {
+                    Some(ToolCall { id: f.id, name: f.function.name, arguments: f.function.arguments })
+                }
+                ChatCompletionMessageToolCalls::Custom(_) => None,
+            })
+            .collect();
+        let text = message.content.unwrap_or_default();
+        if text.trim().is_empty() && calls.is_empty() {
             return Err(LlmError::Empty { model: model.to_owned() });
         }
-        Ok(Reply { text: text.trim().to_owned(), model: model.to_owned(), tokens })
+        Ok(Reply { text: text.trim().to_owned(), calls, model: model.to_owned(), tokens })
     }
 
     fn message(&self, m: &Message) -> ChatCompletionRequestMessage {
-        let text = self.redactor.text(m.text()).into_owned();
+        let text = match m {
+            // A tool's JSON is masked value by value, so it stays JSON.
+            Message::Tool { content, .. } => match serde_json::from_str::<serde_json::Value>(content) {
+                Ok(v) => serde_json::to_string(&self.redactor.json(&v)).unwrap_or_default(),
+                Err(_) => self.redactor.text(content).into_owned(),
+            },
+            m => self.redactor.text(m.text()).into_owned(),
+        };
         match m {
             Message::System(_) => ChatCompletionRequestSystemMessage::from(text).into(),
             Message::User(_) => ChatCompletionRequestUserMessage::from(text).into(),
             Message::Assistant(_) => ChatCompletionRequestAssistantMessage::from(text).into(),
+            Message::Calls { calls, .. } => {
+                ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
+                    content: (!text.is_empty()).then_some(ChatCompletionRequestAssistantMessageContent::Text(text)),
+                    tool_calls: Some(
+                        calls
+                            .iter()
+                            .map(|c| {
+                                ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+                                    id: c.id.clone(),
+                                    function: FunctionCall {
+                                        name: c.name.clone(),
+                                        arguments: self.redactor.text(&c.arguments).into_owned(),
+                                    },
+                                })
+                            })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                })
+            }
+            Message::Tool { call_id, .. } => ChatCompletionRequestMessage::Tool(ChatCompletionRequestToolMessage {
+                content: ChatCompletionRequestToolMessageContent::Text(text),
+                tool_call_id: call_id.clone(),
+            }),
         }
     }
 

@@ -76,6 +76,10 @@ impl Narrator for LlmNarrator {
             };
             attempts += 1;
             budget = budget.saturating_sub(reply.tokens);
+            if reply.text.is_empty() {
+                error = Some(format!("model {} answered with no text", reply.model));
+                break;
+            }
             violations = evidence.check(&reply.text);
             tracing::debug!(model = reply.model, attempts, rejected = violations.len(), "narrative drafted");
             if violations.is_empty() {

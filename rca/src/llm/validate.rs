@@ -438,12 +438,17 @@ impl Evidence {
     /// a number from another incident is not evidence for this one.
     pub fn of_incident(inc: &Incident) -> Self {
         let mut e = Self::new();
-        for s in &inc.similar_incidents {
-            e.ids.insert(s.id.clone());
-        }
-        e.add_json(&evidence_json(inc));
-        e.derive_from(inc);
+        e.add_incident(inc);
         e
+    }
+
+    /// Adds what an incident's report says, with its causes and effects.
+    pub fn add_incident(&mut self, inc: &Incident) {
+        for s in &inc.similar_incidents {
+            self.ids.insert(s.id.clone());
+        }
+        self.add_json(&evidence_json(inc));
+        self.derive_from(inc);
     }
 
     /// Adds every number, string and time of `v`.
@@ -520,6 +525,12 @@ impl Evidence {
         }
         if key.ends_with("_secs") || key.ends_with("_s") {
             self.ms.push(f * 1000.0);
+        }
+        if key.ends_with("_us") {
+            self.ms.push(f / 1e3);
+        }
+        if key.ends_with("_ns") {
+            self.ms.push(f / 1e6);
         }
         if (0.0..=1.0).contains(&f) {
             self.percents.push(f * 100.0);

@@ -96,10 +96,14 @@ pub async fn detail(
         b,
         "<p class=\"muted\"><a href=\"/incidents\">Incidents</a> / <span class=\"mono\">{}</span> · \
          <a href=\"/api/v1/incidents/{id}/report.md\">Markdown</a> · <a href=\"/api/v1/incidents/{id}/report.html\">HTML</a> · \
-         <a href=\"/api/v1/incidents/{id}\">JSON</a></p><h1>{}</h1>",
+         <a href=\"/api/v1/incidents/{id}\">JSON</a>{run}</p><h1>{}</h1>",
         esc(&inc.id),
         esc(&inc.title),
         id = url_encode(&inc.id),
+        run = inc
+            .run_id
+            .as_ref()
+            .map_or(String::new(), |r| format!(" · <a href=\"/runs/{}\">how Andon got here</a>", url_encode(r))),
     );
 
     // The timeline: the metric the RCA measured over both windows, its onset and

@@ -10,6 +10,7 @@
 //!   `andon_csrf` cookie (`SameSite=Strict`), and a cross-origin `Origin` is
 //!   refused.
 
+mod agents;
 mod chart;
 mod findings;
 mod incidents;
@@ -17,7 +18,7 @@ mod login;
 mod overview;
 mod sql;
 mod tickets;
-mod traces;
+pub(crate) mod traces;
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -55,6 +56,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/tickets/{id}/reject", post(tickets::reject))
         .route("/incidents", get(incidents::list))
         .route("/incidents/{id}", get(incidents::detail))
+        .route("/investigations", get(agents::list).post(agents::ask))
+        .route("/investigations/{id}", get(agents::detail))
+        .route("/runs/{id}", get(agents::run))
         .route("/traces", get(traces::lookup))
         .route("/traces/{id}", get(traces::page_of))
         .route("/sql", get(sql::page_of))
@@ -206,6 +210,7 @@ pub enum Nav {
     Findings,
     Tickets,
     Incidents,
+    Investigations,
     Traces,
     Sql,
     None,
@@ -226,6 +231,7 @@ fn layout(title: &str, nav: Nav, body: &str, tenant: &str, who: Option<&str>) ->
         (Nav::Findings, "/findings", "Findings"),
         (Nav::Tickets, "/tickets", "Tickets"),
         (Nav::Incidents, "/incidents", "Incidents"),
+        (Nav::Investigations, "/investigations", "Ask"),
         (Nav::Traces, "/traces", "Traces"),
         (Nav::Sql, "/sql", "SQL"),
     ] {

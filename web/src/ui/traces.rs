@@ -33,7 +33,7 @@ pub struct LookupParams {
 }
 
 /// A trace id as the store keeps it: 32 lowercase hex digits.
-fn normalize(id: &str) -> Option<String> {
+pub(crate) fn normalize(id: &str) -> Option<String> {
     let id = id.trim().to_ascii_lowercase();
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
