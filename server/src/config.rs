@@ -31,9 +31,28 @@ pub struct RawConfig {
     pub rca: andon_rca::RcaConfig,
     pub auth: RawAuth,
     pub tls: RawTls,
+    pub runs: RawRuns,
     /// A model behind an OpenAI-compatible endpoint; none by default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llm: Option<andon_rca::llm::LlmConfig>,
+}
+
+/// `[runs]`: what the flight recorder keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRuns {
+    /// Runs older than this are dropped with the inputs and outputs no other
+    /// run uses.
+    pub retention_days: u64,
+    /// A larger recorded input or output keeps only its hash and size (its
+    /// step cannot be replayed).
+    pub max_blob_bytes: u64,
+}
+
+impl Default for RawRuns {
+    fn default() -> Self {
+        Self { retention_days: 30, max_blob_bytes: 1 << 20 }
+    }
 }
 
 /// `[tls]`: PEM files that put all three ports on TLS.
@@ -212,6 +231,7 @@ impl Default for RawConfig {
             rca: andon_rca::RcaConfig::default(),
             auth: RawAuth::default(),
             tls: RawTls::default(),
+            runs: RawRuns::default(),
             llm: None,
         }
     }
@@ -301,6 +321,8 @@ pub struct Config {
     pub tickets: andon_ticketing::Settings,
     pub rca: andon_rca::RcaConfig,
     pub llm: Option<andon_rca::llm::LlmConfig>,
+    /// What the flight recorder keeps.
+    pub runs: andon_analysis::recorder::RecorderLimits,
     /// Who may call, on every port (the same as `ingest.auth`).
     pub auth: std::sync::Arc<andon_model::auth::Verifier>,
     pub allowed_hosts: Vec<String>,
@@ -507,6 +529,15 @@ impl RawConfig {
             tickets,
             rca: self.rca,
             llm: self.llm,
+            runs: {
+                if self.runs.retention_days == 0 {
+                    bail!("runs.retention_days must be at least 1");
+                }
+                andon_analysis::recorder::RecorderLimits {
+                    retention: chrono::Duration::days(self.runs.retention_days.min(36_500) as i64),
+                    max_blob_bytes: size("runs.max_blob_bytes", self.runs.max_blob_bytes, 1024)?,
+                }
+            },
             auth,
             allowed_hosts: self.api.allowed_hosts,
             tls: self.tls.files()?,
@@ -576,6 +607,18 @@ mod tests {
         let err = load(None, &vars(&[("ANDON_OTLP_MAX_REQUEST_BYTES", "lots")])).unwrap_err();
         assert!(format!("{err:#}").contains("max_request_bytes"), "{err:#}");
     }
+    #[test]
+    fn the_runs_section_bounds_the_flight_recorder() {
+        let runs = load(None, &[]).unwrap().validate().unwrap().runs;
+        assert_eq!((runs.retention, runs.max_blob_bytes), (chrono::Duration::days(30), 1 << 20));
+        let runs = load(None, &vars(&[("ANDON_RUNS_RETENTION_DAYS", "7")])).unwrap().validate().unwrap().runs;
+        assert_eq!(runs.retention, chrono::Duration::days(7));
+        let err = load(None, &vars(&[("ANDON_RUNS_RETENTION_DAYS", "0")])).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("runs.retention_days"), "{err}");
+        let err = load(None, &vars(&[("ANDON_RUNS_MAX_BLOB_BYTES", "10")])).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("runs.max_blob_bytes"), "{err}");
+    }
+
     #[test]
     fn the_llm_section_is_optional_and_checked() {
         let dir = tempfile::tempdir().unwrap();

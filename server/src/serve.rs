@@ -200,13 +200,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await?
             .context("opening tickets")?,
     );
-    let runs_path = config.store.data_dir.join("andon.db");
+    let (runs_path, limits) = (config.store.data_dir.join("andon.db"), config.runs);
     let runs = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            andon_analysis::recorder::RunsDb::open(&runs_path, andon_analysis::recorder::RecorderLimits::default())
-        })
-        .await?
-        .context("opening the flight recorder")?,
+        tokio::task::spawn_blocking(move || andon_analysis::recorder::RunsDb::open(&runs_path, limits))
+            .await?
+            .context("opening the flight recorder")?,
     );
     query.register(Arc::new(andon_analysis::recorder::RunsTable { db: Arc::clone(&runs) }));
     let investigations_path = config.store.data_dir.join("andon.db");
