@@ -149,41 +149,31 @@ impl RunsDb {
 
     /// A run with its steps, when `tenant` (any tenant when `None`) has it.
     pub fn get(&self, tenant: Option<&Tenant>, id: &str) -> Result<Option<Run>, AnalysisError> {
-        let conn = self.conn();
-        let run = conn
-            .query_row(
-                "SELECT id, kind, subject, started_at, ended_at FROM runs WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
-                params![id, tenant.map(Tenant::as_str)],
-                |r| {
-                    Ok(Run {
-                        id: r.get(0)?,
-                        kind: r.get(1)?,
-                        subject: r.get(2)?,
-                        started_at: parse_time(&r.get::<_, String>(3)?),
-                        ended_at: r.get::<_, Option<String>>(4)?.map(|t| parse_time(&t)),
-                        steps: Vec::new(),
-                    })
-                },
-            )
-            .optional()
-            .map_err(db_err)?;
-        let Some(mut run) = run else { return Ok(None) };
-        run.steps = steps_of(&conn, &run.id).map_err(db_err)?;
-        Ok(Some(run))
+        Ok(self.runs(tenant, Some(id), 1)?.pop().map(|(_, run)| run))
     }
 
     /// Every run of `tenant` (all tenants when `None`), newest first, with
     /// its tenant and its steps.
     pub fn list(&self, tenant: Option<&Tenant>, limit: usize) -> Result<Vec<(String, Run)>, AnalysisError> {
+        self.runs(tenant, None, limit)
+    }
+
+    fn runs(
+        &self,
+        tenant: Option<&Tenant>,
+        id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Run)>, AnalysisError> {
         let conn = self.conn();
         let mut st = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT tenant, id, kind, subject, started_at, ended_at FROM runs
-                 WHERE ?1 IS NULL OR tenant = ?1 ORDER BY started_at DESC LIMIT ?2",
+                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR id = ?2)
+                 ORDER BY started_at DESC LIMIT ?3",
             )
             .map_err(db_err)?;
         let runs = st
-            .query_map(params![tenant.map(Tenant::as_str), limit as i64], |r| {
+            .query_map(params![tenant.map(Tenant::as_str), id, limit as i64], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     Run {
@@ -251,16 +241,6 @@ impl RunsDb {
         }
         tx.commit().map_err(db_err)?;
         Ok(n)
-    }
-
-    /// Overwrites a stored blob's content, keeping its hash: what tampering
-    /// with a recording looks like, for tests of replay.
-    #[doc(hidden)]
-    pub fn overwrite_blob(&self, sha: &str, v: &Value) -> Result<(), AnalysisError> {
-        self.conn()
-            .execute("UPDATE run_blobs SET body = ?2 WHERE sha256 = ?1", params![sha, canonical_json(v)])
-            .map_err(db_err)?;
-        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use andon_model::Tenant;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -69,12 +69,52 @@ impl Drop for QueryRuntime {
     }
 }
 
-/// A table served beside `spans` (`findings`, and later `changes`), read fresh
-/// for each statement.
+/// A table served beside `spans` (`findings`, `changes`, `runs`), built for
+/// each statement that names it.
 pub trait ExtraTable: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// The table as `tenant` sees it (every tenant's rows when `None`).
     fn provider(&self, tenant: Option<&Tenant>) -> Result<Arc<dyn TableProvider>, StoreError>;
+}
+
+/// The tables one session serves, each built when the planner first asks for it.
+#[derive(Debug)]
+struct Tables {
+    store: Store,
+    tenant: Option<Tenant>,
+    extra: Vec<Arc<dyn ExtraTable>>,
+}
+
+const BUILT_IN: [&str; 3] = ["spans", "span_metrics", "sessions"];
+
+#[async_trait::async_trait]
+impl SchemaProvider for Tables {
+    fn table_names(&self) -> Vec<String> {
+        BUILT_IN.iter().map(|n| n.to_string()).chain(self.extra.iter().map(|e| e.name().to_owned())).collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        let (store, tenant) = (self.store.clone(), self.tenant.clone());
+        let table: Arc<dyn TableProvider> = match name {
+            "spans" => Arc::new(match tenant {
+                Some(t) => SpansTable::for_tenant(store, t),
+                None => SpansTable::all_tenants(store),
+            }),
+            "span_metrics" => Arc::new(crate::rollup::MetricsTable { store, tenant }),
+            "sessions" => Arc::new(crate::sessions::SessionsTable { store, tenant }),
+            _ => match self.extra.iter().find(|e| e.name() == name) {
+                Some(extra) => extra
+                    .provider(self.tenant.as_ref())
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(table))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        BUILT_IN.contains(&name) || self.extra.iter().any(|e| e.name() == name)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -137,29 +177,23 @@ impl QueryEngine {
     }
 
     /// A session whose `spans` table shows `tenant`'s spans (every tenant's if `None`).
+    /// Its tables are built only when a statement names them: the planner asks
+    /// [`Tables`] for each table it resolves, so a detector's query over `spans`
+    /// never reads `findings`, `changes` or the recorded `runs`.
     pub fn session(&self, tenant: Option<Tenant>) -> Result<SessionContext, StoreError> {
         let mut config = SessionConfig::new().with_target_partitions(2).with_information_schema(false);
         let opts = config.options_mut();
         opts.execution.parquet.pushdown_filters = true;
         opts.execution.parquet.reorder_filters = true;
         opts.sql_parser.enable_ident_normalization = true;
+        let default_catalog = opts.catalog.default_catalog.clone();
+        let default_schema = opts.catalog.default_schema.clone();
         let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&self.env));
-        let table = match tenant.clone() {
-            Some(t) => SpansTable::for_tenant(self.store.clone(), t),
-            None => SpansTable::all_tenants(self.store.clone()),
-        };
-        ctx.register_table("spans", Arc::new(table))?;
-        ctx.register_table(
-            "span_metrics",
-            Arc::new(crate::rollup::MetricsTable { store: self.store.clone(), tenant: tenant.clone() }),
-        )?;
-        ctx.register_table(
-            "sessions",
-            Arc::new(crate::sessions::SessionsTable { store: self.store.clone(), tenant: tenant.clone() }),
-        )?;
-        for extra in self.extra.read().iter() {
-            ctx.register_table(extra.name(), extra.provider(tenant.as_ref())?)?;
-        }
+        let tables = Tables { store: self.store.clone(), tenant, extra: self.extra.read().clone() };
+        let catalog = ctx
+            .catalog(&default_catalog)
+            .ok_or_else(|| StoreError::Refused(format!("no catalog {default_catalog}")))?;
+        catalog.register_schema(&default_schema, Arc::new(tables))?;
         Ok(ctx)
     }
 

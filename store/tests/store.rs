@@ -683,3 +683,56 @@ fn a_full_buffer_refuses_the_next_export_before_it_is_read() {
     assert!(ingestor.reserve(1000).is_ok(), "the flushed buffer takes exports again");
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 50 * seed as i64);
 }
+
+/// A table that counts how often a session builds it.
+#[derive(Debug, Default)]
+struct Counted(std::sync::atomic::AtomicUsize);
+
+impl andon_store::ExtraTable for Counted {
+    fn name(&self) -> &str {
+        "counted"
+    }
+
+    fn provider(
+        &self,
+        _tenant: Option<&Tenant>,
+    ) -> Result<std::sync::Arc<dyn datafusion::catalog::TableProvider>, andon_store::StoreError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "n",
+            arrow::datatypes::DataType::Int64,
+            false,
+        )]));
+        let rows = RecordBatch::try_new(
+            std::sync::Arc::clone(&schema),
+            vec![std::sync::Arc::new(arrow::array::Int64Array::from(vec![7, 8]))],
+        )
+        .unwrap();
+        Ok(std::sync::Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![rows]]).unwrap()))
+    }
+}
+
+#[test]
+fn an_extra_table_is_built_only_by_statements_that_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = Store::open(config(dir.path())).unwrap();
+    rt.block_on(store.append(&Tenant::default_tenant(), batch(1, 10, now_ns()))).unwrap();
+    let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 1).unwrap();
+    let counted = std::sync::Arc::new(Counted::default());
+    engine.register(std::sync::Arc::clone(&counted) as std::sync::Arc<dyn andon_store::ExtraTable>);
+    let built = || counted.0.load(std::sync::atomic::Ordering::SeqCst);
+    let first = |sql: &'static str| {
+        let out = rt.block_on(engine.run(None, sql)).unwrap();
+        out.batches[0].column(0).as_primitive::<Int64Type>().value(0)
+    };
+    assert_eq!(first("SELECT count(*) FROM spans"), 10);
+    assert_eq!(first("SELECT count(*) FROM span_metrics JOIN sessions ON true"), 0);
+    assert_eq!(built(), 0, "statements over spans, span_metrics and sessions must not build other tables");
+    assert_eq!(first("SELECT sum(n) FROM counted"), 15);
+    assert_eq!(built(), 1);
+    assert_eq!(first("SELECT count(*) FROM spans s JOIN counted c ON c.n = 7"), 10);
+    assert_eq!(built(), 2);
+    let err = rt.block_on(engine.run(None, "SELECT * FROM nothing_here")).unwrap_err();
+    assert!(err.to_string().contains("nothing_here"), "{err}");
+}
