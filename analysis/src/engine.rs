@@ -171,6 +171,82 @@ pub struct PassReport {
     pub tests: usize,
     pub flows: Vec<String>,
     pub elapsed: Duration,
+    /// How the pass got to its findings, for the flight recorder (kept only
+    /// by an analyzer that records): each detector's queries, the tests it
+    /// selected, where each candidate's trouble starts, and how they were
+    /// grouped.
+    pub steps: Vec<PassStep>,
+}
+
+/// One step of a pass, as the flight recorder keeps it.
+#[derive(Debug, Clone)]
+pub struct PassStep {
+    /// `query` or `decision`.
+    pub kind: &'static str,
+    pub name: String,
+    /// Names of the steps it followed (`windows` is the pass's input).
+    pub parents: Vec<String>,
+    pub input: serde_json::Value,
+    pub output: serde_json::Value,
+    pub summary: String,
+}
+
+/// Whether a recorded step is one a pass makes (and a replay makes again),
+/// not one appended after it (its tickets, the gate, deliveries).
+fn is_pass_step(name: &str) -> bool {
+    let n = name.strip_prefix("last minute: ").unwrap_or(name);
+    n.ends_with(" tests") || matches!(n, "select" | "attribute" | "cluster")
+}
+
+/// Compares a replayed pass's steps with the recorded ones, by name: what
+/// went in (the SQL asked) and what came out.
+fn compare_steps(
+    recorded: &[crate::recorder::RecordedStep],
+    now: &[PassStep],
+    report: &mut crate::recorder::ReplayReport,
+) {
+    use crate::recorder::{Difference, diff_paths, same_content};
+    for r in recorded.iter().filter(|r| is_pass_step(&r.step.name)) {
+        report.replayed += 1;
+        let differ = |reason: String| Difference { step: r.step.id.clone(), name: r.step.name.clone(), reason };
+        let Some(n) = now.iter().find(|n| n.name == r.step.name) else {
+            report.differences.push(differ("the pass no longer makes this step".into()));
+            continue;
+        };
+        for (what, now, then) in [("input", &n.input, &r.input), ("output", &n.output, &r.output)] {
+            let Some(then) = then else { continue };
+            if !same_content(now, then) {
+                let mut paths = Vec::new();
+                diff_paths(now, then, what, &mut paths);
+                report.differences.push(differ(format!("its {what} differs: {}", paths.join(", "))));
+            }
+        }
+    }
+    for n in now.iter().filter(|n| !recorded.iter().any(|r| r.step.name == n.name)) {
+        report.differences.push(crate::recorder::Difference {
+            step: String::new(),
+            name: n.name.clone(),
+            reason: "the pass now makes a step the recording does not have".into(),
+        });
+    }
+}
+
+/// A test as a step records it: its subject, and its statistics to four
+/// significant digits (a sum over partitions may differ in its last bits
+/// between two runs).
+fn test_json(t: &Test) -> serde_json::Value {
+    let sig = |x: f64| -> serde_json::Value {
+        if x.is_finite() {
+            format!("{x:.3e}").parse::<f64>().map_or(serde_json::Value::Null, |v| v.into())
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    serde_json::json!({
+        "kind": t.kind.as_str(), "service": t.service, "operation": t.operation, "segment": t.segment,
+        "p_value": sig(t.judgement.p_value), "q_value": sig(t.q_value), "effect": sig(t.judgement.effect),
+        "follow_up": t.follow_up,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +262,9 @@ pub struct Analyzer {
     sessions: bool,
     /// The flight recorder each pass is recorded in, when there is one.
     recorder: Option<Arc<crate::recorder::RunsDb>>,
+    /// Whether passes keep their steps ([`PassReport::steps`]): when
+    /// recorded, and when replayed.
+    journal: bool,
 }
 
 /// SQL as one tenant, for one pass: a statement the pass already ran (the
@@ -195,27 +274,47 @@ struct TenantSql<'a> {
     engine: &'a QueryEngine,
     tenant: &'a Tenant,
     ran: std::sync::Mutex<BTreeMap<String, Rows>>,
+    /// Each statement asked for since the last [`TenantSql::asked`], with
+    /// its row count, when the pass is recorded.
+    log: Option<std::sync::Mutex<Vec<(String, usize)>>>,
 }
 
 impl<'a> TenantSql<'a> {
-    fn new(engine: &'a QueryEngine, tenant: &'a Tenant) -> Self {
-        Self { engine, tenant, ran: std::sync::Mutex::default() }
+    fn new(engine: &'a QueryEngine, tenant: &'a Tenant, logged: bool) -> Self {
+        Self { engine, tenant, ran: std::sync::Mutex::default(), log: logged.then(std::sync::Mutex::default) }
     }
 
     fn ran(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Rows>> {
         self.ran.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn note(&self, sql: &str, rows: &Rows) {
+        if let Some(log) = &self.log {
+            log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((sql.to_owned(), rows.len()));
+        }
+    }
+
+    /// The statements asked for since the last call, with their row counts.
+    fn asked(&self) -> Vec<(String, usize)> {
+        self.log
+            .as_ref()
+            .map(|l| std::mem::take(&mut *l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
+            .unwrap_or_default()
     }
 }
 
 #[async_trait]
 impl Sql for TenantSql<'_> {
     async fn rows(&self, sql: &str) -> Result<Rows, AnalysisError> {
-        if let Some(rows) = self.ran().get(sql) {
-            return Ok(rows.clone());
+        let cached = self.ran().get(sql).cloned();
+        if let Some(rows) = cached {
+            self.note(sql, &rows);
+            return Ok(rows);
         }
         // `RUST_LOG=andon_analysis::sql=trace` prints every statement in full.
         tracing::trace!(target: "andon_analysis::sql", "{sql}");
         let rows = query(self.engine, self.tenant, sql).await?;
+        self.note(sql, &rows);
         self.ran().insert(sql.to_owned(), rows.clone());
         Ok(rows)
     }
@@ -259,13 +358,14 @@ impl Analyzer {
         let sessions = rollups
             && store.session_timeout_secs == config.session_timeout_secs
             && store.retry_interval_secs == config.retry_interval_secs;
-        Ok(Self { engine, config, segments, detectors, rollups, sessions, recorder: None })
+        Ok(Self { engine, config, segments, detectors, rollups, sessions, recorder: None, journal: false })
     }
 
     /// The same analyzer, recording each pass in the flight recorder (its
     /// windows, then its findings) and marking each finding with the run.
     pub fn recording(mut self, runs: Arc<crate::recorder::RunsDb>) -> Self {
         self.recorder = Some(runs);
+        self.journal = true;
         self
     }
 
@@ -372,11 +472,33 @@ impl Analyzer {
             output: &input,
             summary: format!("baseline {} – {}, window {} – {}", w.baseline_start, w.baseline_end, w.split, w.end),
         });
+        let mut ids: BTreeMap<String, String> = BTreeMap::from([("windows".to_owned(), first.clone())]);
+        let mut last = vec![first];
+        for step in std::mem::take(&mut report.steps) {
+            let parents: Vec<String> = step.parents.iter().filter_map(|p| ids.get(p).cloned()).collect();
+            let id = rec.step(crate::recorder::StepRecord {
+                kind: step.kind,
+                name: &step.name,
+                parents: &parents,
+                started_at: started,
+                input: &step.input,
+                output: &step.output,
+                summary: step.summary,
+            });
+            // The findings follow from the groups of each window judged.
+            if step.name.ends_with("cluster") {
+                if last.first().is_some_and(|l| ids.get("windows") == Some(l)) {
+                    last.clear();
+                }
+                last.push(id.clone());
+            }
+            ids.insert(step.name, id);
+        }
         let found = serde_json::to_value(&report.findings).unwrap_or_default();
         rec.step(crate::recorder::StepRecord {
             kind: "stage",
             name: "detect",
-            parents: &[first],
+            parents: &last,
             started_at: started,
             input: &input,
             output: &found,
@@ -416,7 +538,7 @@ impl Analyzer {
         };
         report.from_recording += 1;
         report.replayed += 1;
-        let plain = Self { recorder: None, ..self.clone() };
+        let plain = Self { recorder: None, journal: true, ..self.clone() };
         let ran = if mode == "continuous" {
             plain.continuous(tenant, w, settled).await
         } else {
@@ -425,6 +547,7 @@ impl Analyzer {
         match ran {
             Err(e) => differ(format!("the pass failed on replay: {e}"), &mut report),
             Ok(r) => {
+                compare_steps(steps, &r.steps, &mut report);
                 let now = serde_json::to_value(&r.findings).unwrap_or_default();
                 let then = detect.output.clone().unwrap_or_default();
                 if !crate::recorder::same_content(&now, &then) {
@@ -503,6 +626,13 @@ impl Analyzer {
             .filter(|f| !known.contains(&(f.kind, f.service.as_str(), f.operation.as_str())))
             .collect();
         report.tests += short.tests;
+        report.steps.extend(short.steps.into_iter().map(|mut s| {
+            s.name = format!("last minute: {}", s.name);
+            for p in s.parents.iter_mut().filter(|p| p.as_str() != "windows") {
+                *p = format!("last minute: {p}");
+            }
+            s
+        }));
         report.findings.extend(fresh);
         report.findings.sort_by(|a, b| b.impact.total_cmp(&a.impact).then(a.fingerprint.cmp(&b.fingerprint)));
         report.elapsed += short.elapsed;
@@ -525,12 +655,34 @@ impl Analyzer {
             ));
         }
         let ctx = Ctx { short, ..self.ctx(w, settled) };
-        let sql = TenantSql::new(&self.engine, tenant);
+        let logged = self.journal;
+        let sql = TenantSql::new(&self.engine, tenant, logged);
+        let mut steps: Vec<PassStep> = Vec::new();
         let mut tests = Vec::new();
         let mut flows = Vec::new();
         for d in self.detectors.iter().filter(|d| !short || d.judges_short_windows()) {
             let tested = d.tests(&ctx, &sql).await?;
+            let before = tests.len();
             tests.extend(tested.tests.into_iter().filter(|t| !short || detectors::judged_in_short_windows(t)));
+            if logged {
+                let asked = sql.asked();
+                let made = tests.len() - before;
+                steps.push(PassStep {
+                    kind: "query",
+                    name: format!("{} tests", d.kind().as_str()),
+                    parents: vec!["windows".into()],
+                    input: serde_json::json!({ "sql": asked.iter().map(|(q, _)| q).collect::<Vec<_>>() }),
+                    output: serde_json::json!({
+                        "rows": asked.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+                        "tests": made, "flows": tested.flows,
+                    }),
+                    summary: format!(
+                        "{} queries, {} rows, {made} tests",
+                        asked.len(),
+                        asked.iter().map(|a| a.1).sum::<usize>()
+                    ),
+                });
+            }
             flows.extend(tested.flows);
         }
 
@@ -557,6 +709,19 @@ impl Analyzer {
         let mut candidates = detectors::choose_segments(&tests, self.config.fdr);
         candidates.extend(detectors::drop_offs_errors_explain(&tests, &candidates, self.config.fdr));
         debug!(tests = n_tests, candidates = candidates.len(), "detection tests done");
+        if logged {
+            let queried: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+            let mut chosen: Vec<serde_json::Value> = candidates.iter().map(|c| test_json(&c.test)).collect();
+            chosen.sort_by_key(|v| v.to_string());
+            steps.push(PassStep {
+                kind: "decision",
+                name: "select".into(),
+                parents: queried,
+                input: serde_json::json!({ "tests": n_tests, "fdr": self.config.fdr }),
+                summary: format!("{} candidates of {n_tests} tests at FDR {}", chosen.len(), self.config.fdr),
+                output: serde_json::json!({ "candidates": chosen }),
+            });
+        }
 
         // Every candidate's sample of requests in one read of the current
         // window, and the spans beneath its failing ones in one read by trace id.
@@ -578,6 +743,32 @@ impl Analyzer {
         let mut examined = Vec::new();
         for (c, picked) in candidates.into_iter().zip(picks) {
             examined.push(self.examine(tenant, &ctx, c, picked, &spans).await?);
+        }
+        if logged {
+            let asked = sql.asked();
+            let mut causes: Vec<serde_json::Value> = examined
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "kind": e.test.kind.as_str(), "service": e.test.service, "operation": e.test.operation,
+                        "segment": e.test.segment, "cause": {"service": e.cause.0, "operation": e.cause.1},
+                        "why": e.why, "exemplars": e.exemplars.len(),
+                    })
+                })
+                .collect();
+            causes.sort_by_key(|v| v.to_string());
+            let moved = causes
+                .iter()
+                .filter(|c| c["cause"]["service"] != c["service"] || c["cause"]["operation"] != c["operation"])
+                .count();
+            steps.push(PassStep {
+                kind: "decision",
+                name: "attribute".into(),
+                parents: vec!["select".into()],
+                input: serde_json::json!({ "sql": asked.iter().map(|(q, _)| q).collect::<Vec<_>>() }),
+                summary: format!("{} candidates traced; {moved} start elsewhere", causes.len()),
+                output: serde_json::json!({ "candidates": causes }),
+            });
         }
         // Which versions first served when: read only when there is something to attribute.
         let versions = if examined.is_empty() {
@@ -602,6 +793,32 @@ impl Analyzer {
             .collect::<Result<Vec<_>, AnalysisError>>()?;
         let groups: Vec<(usize, Vec<usize>)> =
             cluster::clusters(&members).into_iter().map(|g| (cluster::primary(&members, &g), g)).collect();
+        if logged {
+            let subject = |e: &Examined| {
+                let seg: Vec<String> = e.test.segment.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{} {} {} {}", e.test.kind.as_str(), e.test.service, e.test.operation, seg.join(","))
+                    .trim()
+                    .to_owned()
+            };
+            let mut grouped: Vec<serde_json::Value> = groups
+                .iter()
+                .map(|(p, g)| {
+                    let mut linked: Vec<String> =
+                        g.iter().filter(|i| *i != p).map(|i| subject(&examined[*i])).collect();
+                    linked.sort();
+                    serde_json::json!({ "primary": subject(&examined[*p]), "linked": linked })
+                })
+                .collect();
+            grouped.sort_by_key(|v| v.to_string());
+            steps.push(PassStep {
+                kind: "decision",
+                name: "cluster".into(),
+                parents: vec!["attribute".into()],
+                input: serde_json::json!({ "candidates": examined.len() }),
+                summary: format!("{} candidates in {} groups", examined.len(), grouped.len()),
+                output: serde_json::json!({ "groups": grouped }),
+            });
+        }
         let onsets: Vec<Onset> = groups.iter().map(|(p, _)| self.onset_of(&examined[*p])).collect();
         let series = self.onset_series(&sql, &ctx, &onsets).await?;
         let mut findings = Vec::new();
@@ -610,7 +827,7 @@ impl Analyzer {
             findings.push(self.finding(&sql, &ctx, &examined[*primary], &linked, &versions, series).await?);
         }
         findings.sort_by(|a, b| b.impact.total_cmp(&a.impact).then(a.fingerprint.cmp(&b.fingerprint)));
-        Ok(PassReport { findings, tests: n_tests, flows, elapsed: started.elapsed() })
+        Ok(PassReport { findings, tests: n_tests, flows, elapsed: started.elapsed(), steps })
     }
 
     /// What a finding's onset is found in: the binned latency of its own

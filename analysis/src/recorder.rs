@@ -133,6 +133,68 @@ impl RunsDb {
         Ok(sha)
     }
 
+    /// Writes step `seq` of `run`, ending now, with its content.
+    fn insert_step(&self, tx: &Connection, run: &str, seq: u32, s: &StepRecord<'_>) -> rusqlite::Result<()> {
+        let input = self.put(tx, s.input)?;
+        let output = self.put(tx, s.output)?;
+        tx.execute(
+            "INSERT INTO run_steps (run_id, seq, id, parents, kind, name, started_at, ended_at,
+                                    input_sha256, output_sha256, summary)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                run,
+                seq,
+                format!("s{seq}"),
+                json!(s.parents).to_string(),
+                s.kind,
+                s.name,
+                time(s.started_at),
+                time(Utc::now()),
+                input,
+                output,
+                s.summary
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Appends a step to a run that `tenant` has, after its latest step
+    /// (its parent); returns the step's id, or `None` when there is no such
+    /// run.
+    pub fn append(
+        &self,
+        tenant: &Tenant,
+        run: &str,
+        step: andon_model::LoggedStep,
+    ) -> Result<Option<String>, AnalysisError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let known: Option<i64> = tx
+            .query_row(
+                "SELECT (SELECT COALESCE(MAX(seq), 0) FROM run_steps WHERE run_id = ?1) FROM runs
+                 WHERE id = ?1 AND tenant = ?2",
+                params![run, tenant.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let Some(last) = known else { return Ok(None) };
+        let parents: Vec<String> = if last > 0 { vec![format!("s{last}")] } else { Vec::new() };
+        let seq = last as u32 + 1;
+        let record = StepRecord {
+            kind: &step.kind,
+            name: &step.name,
+            parents: &parents,
+            started_at: Utc::now(),
+            input: &step.input,
+            output: &step.output,
+            summary: step.summary,
+        };
+        self.insert_step(&tx, run, seq, &record).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(Some(format!("s{seq}")))
+    }
+
     /// The content stored under `sha`, when it was kept.
     pub fn blob(&self, sha: &str) -> Result<Option<Value>, AnalysisError> {
         Ok(self.blob_bytes(sha)?.and_then(|b| serde_json::from_slice(&b).ok()))
@@ -265,6 +327,15 @@ fn steps_of(conn: &Connection, run: &str) -> rusqlite::Result<Vec<RunStep>> {
     .collect()
 }
 
+impl andon_model::RunLog for RunsDb {
+    fn append(&self, tenant: &Tenant, run_id: &str, step: andon_model::LoggedStep) {
+        let name = step.name.clone();
+        if let Err(e) = RunsDb::append(self, tenant, run_id, step) {
+            tracing::warn!(run = run_id, step = name, error = %e, "flight recorder could not append a step");
+        }
+    }
+}
+
 /// One run being recorded. Recording never stops the work it records: a
 /// step that cannot be written is logged and skipped.
 #[derive(Debug)]
@@ -295,30 +366,10 @@ impl Recording {
     pub fn step(&self, s: StepRecord<'_>) -> String {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let id = format!("s{seq}");
-        let ended = Utc::now();
         let write = || -> rusqlite::Result<()> {
             let mut conn = self.db.conn();
             let tx = conn.transaction()?;
-            let input = self.db.put(&tx, s.input)?;
-            let output = self.db.put(&tx, s.output)?;
-            tx.execute(
-                "INSERT INTO run_steps (run_id, seq, id, parents, kind, name, started_at, ended_at,
-                                        input_sha256, output_sha256, summary)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    self.id,
-                    seq,
-                    id,
-                    json!(s.parents).to_string(),
-                    s.kind,
-                    s.name,
-                    time(s.started_at),
-                    time(ended),
-                    input,
-                    output,
-                    s.summary
-                ],
-            )?;
+            self.db.insert_step(&tx, &self.id, seq, &s)?;
             tx.commit()
         };
         if let Err(e) = write() {

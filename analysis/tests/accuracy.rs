@@ -270,3 +270,97 @@ fn precision_and_recall() {
         tp as f64 / (tp + fn_).max(1) as f64
     );
 }
+
+/// A recorded pass keeps how it got to its findings, step by step: each
+/// detector's queries, the candidates selected, where each one's trouble
+/// starts, and how they were grouped. It replays without a difference; an
+/// analyzer judging differently is caught at the step where it diverges; and
+/// steps appended after the pass (its tickets) are not replayed.
+#[test]
+fn a_recorded_pass_keeps_its_steps_and_replays_them() {
+    use andon_analysis::recorder::{RecorderLimits, RunsDb};
+    let l = load("errors", HOURS, RATE);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Arc::new(RunsDb::open(&dir.path().join("runs.db"), RecorderLimits::default()).unwrap());
+    let config = AnalysisConfig::default();
+    let analyzer = Analyzer::new(l.engine.clone(), config.clone()).unwrap().recording(Arc::clone(&runs));
+    let t = Tenant::default_tenant();
+    let r = l.rt.block_on(analyzer.pass(&t, windows(&l.truth))).unwrap();
+    assert!(r.steps.is_empty(), "the steps went to the recorder");
+    let f = finding(&r, "error_rate_regression");
+    let run = f.run_id.clone().expect("the finding names its run");
+    let (_, steps) = runs.recorded(None, &run).unwrap().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s.step.name.as_str()).collect();
+    for want in [
+        "windows",
+        "error_rate_regression tests",
+        "latency_regression tests",
+        "select",
+        "attribute",
+        "cluster",
+        "detect",
+    ] {
+        assert!(names.contains(&want), "no {want} step in {names:?}");
+    }
+    let step = |name: &str| steps.iter().find(|s| s.step.name == name).unwrap();
+    // Each detector's step holds the SQL it ran and the rows it read.
+    let errors = step("error_rate_regression tests");
+    let sql = errors.input.as_ref().unwrap()["sql"].as_array().unwrap();
+    assert!(!sql.is_empty() && sql.iter().all(|q| q.as_str().unwrap().to_ascii_uppercase().contains("SELECT")));
+    assert_eq!(errors.output.as_ref().unwrap()["rows"].as_array().unwrap().len(), sql.len());
+    assert_eq!(errors.step.parents, vec![step("windows").step.id.clone()]);
+    // The fault's subject is among the candidates selected, and the
+    // attribution says where its failures start.
+    let target = &l.truth.faults[0].target;
+    let chosen = &step("select").output.as_ref().unwrap()["candidates"];
+    assert!(
+        chosen.as_array().unwrap().iter().any(|c| c["kind"] == target.kind.as_str()
+            && c["service"] == target.service.as_str()
+            && c["operation"] == target.operation.as_str()),
+        "{chosen:#}"
+    );
+    let attributed = &step("attribute").output.as_ref().unwrap()["candidates"];
+    let cause = f
+        .evidence
+        .cause
+        .as_ref()
+        .map_or((f.service.as_str(), f.operation.as_str()), |c| (c.service.as_str(), c.operation.as_str()));
+    assert!(
+        attributed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["cause"]["service"] == cause.0 && c["cause"]["operation"] == cause.1),
+        "{attributed:#}"
+    );
+    assert_eq!(step("attribute").step.parents, vec![step("select").step.id.clone()]);
+    assert_eq!(step("detect").step.parents, vec![step("cluster").step.id.clone()]);
+
+    // Replayed: every pass step again, with no difference.
+    let pass_steps = steps.iter().filter(|s| s.step.name.ends_with(" tests")).count() + 3;
+    let ticket = andon_model::LoggedStep {
+        kind: "decision".into(),
+        name: "ticket".into(),
+        input: serde_json::json!({}),
+        output: serde_json::json!({"ticket": "tk-1"}),
+        summary: "drafted".into(),
+    };
+    runs.append(&t, &run, ticket).unwrap().expect("the run takes an appended step");
+    let (_, steps) = runs.recorded(None, &run).unwrap().unwrap();
+    assert_eq!(
+        steps.last().unwrap().step.parents,
+        vec![step("detect").step.id.clone()],
+        "appended after its last step"
+    );
+    let replay = l.rt.block_on(analyzer.replay_recorded(&t, &run, &steps));
+    assert!(replay.differences.is_empty(), "{:#?}", replay.differences);
+    assert_eq!(replay.replayed, pass_steps + 1);
+
+    // An analyzer with a stricter false-discovery rate diverges at the
+    // selection, and the replay says so there.
+    let strict = AnalysisConfig { fdr: config.fdr / 10.0, ..config };
+    let strict = Analyzer::new(l.engine.clone(), strict).unwrap();
+    let replay = l.rt.block_on(strict.replay_recorded(&t, &run, &steps));
+    let select = replay.differences.iter().find(|d| d.name == "select").unwrap_or_else(|| panic!("{replay:#?}"));
+    assert!(select.reason.contains("input.fdr"), "{select:?}");
+}

@@ -154,3 +154,20 @@ mod tests {
         );
     }
 }
+
+/// A step that follows a recorded run after it ended: a ticket's draft, the
+/// gate's decision on it, its delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedStep {
+    pub kind: String,
+    pub name: String,
+    pub input: Value,
+    pub output: Value,
+    pub summary: String,
+}
+
+/// Where such steps go: the flight recorder appends each to its run, after
+/// the run's latest step.
+pub trait RunLog: Send + Sync + std::fmt::Debug {
+    fn append(&self, tenant: &crate::Tenant, run_id: &str, step: LoggedStep);
+}

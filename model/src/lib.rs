@@ -23,7 +23,7 @@ pub mod stats;
 pub mod tenant;
 pub mod ticket;
 
-pub use agent::{Citation, Investigation, InvestigationState, Run, RunStep};
+pub use agent::{Citation, Investigation, InvestigationState, LoggedStep, Run, RunLog, RunStep};
 pub use change::{ChangeEvent, Gate, GateKind, Verdict};
 pub use finding::{
     Affected, ChangeRef, Evidence, Finding, FindingKind, FindingState, LinkedFinding, ServiceOperation, Severity,
@@ -36,7 +36,7 @@ pub use incident::{
 pub use schema::{SemConv, SpanColumn, span_schema};
 pub use sink::{AppendFuture, AppendOutcome, SinkError, SpanSink};
 pub use tenant::{TENANT_HEADER, Tenant, TenantError};
-pub use ticket::{AuditEntry, ExternalRef, Priority, Ticket, TicketState};
+pub use ticket::{AuditEntry, ExternalRef, Priority, Ticket, TicketOpening, TicketState};
 
 /// Makes ring the crypto provider of every TLS client and server in the
 /// process (HTTPS to a server, a webhook or GitHub; TLS on the three ports).

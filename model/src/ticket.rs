@@ -155,6 +155,22 @@ pub struct Ticket {
     /// pass of its finding, or its incident's RCA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// A finding's ticket opens with this paragraph when a model was asked
+    /// to write it: what it wrote, if the validator accepted it, and the
+    /// verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opening: Option<TicketOpening>,
+}
+
+/// The opening paragraph of a finding's ticket and who wrote it: a model's
+/// draft the validator accepted (`llm`), or the detector's summary
+/// (`template`) when every draft was rejected or no model answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketOpening {
+    pub text: String,
+    pub narrative_source: crate::NarrativeSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrative_validation: Option<crate::NarrativeValidation>,
 }
 
 /// One decision or delivery in a ticket's life: who, when, what.

@@ -5,7 +5,9 @@
 //! ([`crate::llm::validate`]) before it is used.
 
 use andon_model::format::ms;
-use andon_model::{Discrepancy, FindingKind, Incident, NarrativeSource, NarrativeValidation, SuspectCause};
+use andon_model::{
+    Discrepancy, Finding, FindingKind, Incident, NarrativeSource, NarrativeValidation, SuspectCause, TicketOpening,
+};
 use async_trait::async_trait;
 
 use crate::RcaError;
@@ -26,6 +28,13 @@ pub trait Narrator: Send + Sync {
     /// checked ([`Narrator::checks_claims`]): naming one the evidence does
     /// not involve is a claim without support.
     async fn narrate(&self, incident: &Incident, services: &[String]) -> Result<Narrative, RcaError>;
+
+    /// The opening paragraph of a finding's ticket, given the one its
+    /// pending ticket has now. `None` when this narrator writes none (the
+    /// ticket opens with the detector's summary).
+    async fn ticket_opening(&self, _f: &Finding, _previous: Option<&TicketOpening>) -> Option<TicketOpening> {
+        None
+    }
 
     /// Whether its claims are checked against the services the system runs.
     fn checks_claims(&self) -> bool {

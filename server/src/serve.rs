@@ -193,18 +193,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await?
             .context("opening the incidents database")?,
     );
-    let tickets_path = config.store.data_dir.join("andon.db");
-    let settings = config.tickets.clone();
-    let tickets = Arc::new(
-        tokio::task::spawn_blocking(move || Ticketing::open(&tickets_path, settings, &|k| std::env::var(k).ok()))
-            .await?
-            .context("opening tickets")?,
-    );
     let (runs_path, limits) = (config.store.data_dir.join("andon.db"), config.runs);
     let runs = Arc::new(
         tokio::task::spawn_blocking(move || andon_analysis::recorder::RunsDb::open(&runs_path, limits))
             .await?
             .context("opening the flight recorder")?,
+    );
+    let tickets_path = config.store.data_dir.join("andon.db");
+    let settings = config.tickets.clone();
+    let tickets = Arc::new(
+        tokio::task::spawn_blocking(move || Ticketing::open(&tickets_path, settings, &|k| std::env::var(k).ok()))
+            .await?
+            .context("opening tickets")?
+            .recording(Arc::clone(&runs) as Arc<dyn andon_model::RunLog>),
     );
     query.register(Arc::new(andon_analysis::recorder::RunsTable { db: Arc::clone(&runs) }));
     let investigations_path = config.store.data_dir.join("andon.db");

@@ -103,9 +103,9 @@ impl SchemaProvider for Tables {
             "span_metrics" => Arc::new(crate::rollup::MetricsTable { store, tenant }),
             "sessions" => Arc::new(crate::sessions::SessionsTable { store, tenant }),
             _ => match self.extra.iter().find(|e| e.name() == name) {
-                Some(extra) => extra
-                    .provider(self.tenant.as_ref())
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
+                Some(extra) => {
+                    extra.provider(self.tenant.as_ref()).map_err(|e| DataFusionError::External(Box::new(e)))?
+                }
                 None => return Ok(None),
             },
         };

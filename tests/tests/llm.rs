@@ -170,7 +170,8 @@ narrate = "big-model"
     assert_eq!(recorded["kind"], "detection", "{recorded:#}");
     let (status, replay) = server.post_json(&format!("/api/v1/runs/{run}/replay"), &json!({}));
     assert_eq!(status, 200, "{replay}");
-    assert_eq!((replay["replayed"].as_u64(), &replay["differences"]), (Some(1), &json!([])), "{replay:#}");
+    assert_eq!(replay["differences"], json!([]), "{replay:#}");
+    assert!(replay["replayed"].as_u64().unwrap() >= 5, "each detector, select, attribute, cluster, detect: {replay:#}");
     // The tickets drafted from its findings name it too.
     let (_, tickets) = server.get_json("/api/v1/tickets");
     let pricing = findings.iter().find(|f| f["service"] == "pricing").unwrap()["id"].as_str().unwrap().to_owned();
@@ -398,4 +399,176 @@ fn replays(server: &Server, rca_run: &str, investigation_run: &str) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("investigation") && text.contains("open_incident") && text.contains("← s"), "{text}");
+}
+
+/// The model's opening of a finding's ticket: the JSON of the finding the
+/// prompt carries, and its summary.
+fn ticket_prompt(body: &Value) -> Option<(Value, String)> {
+    let first = body["messages"].as_array()?.iter().find(|m| m["role"] == "user")?["content"].as_str()?;
+    let rest = first.split_once("The finding, as JSON:\n")?.1;
+    let (json, rest) = rest.split_once("\n\nIts summary, written by the detector, for reference:\n")?;
+    let summary = rest.split("\n\nWrite the opening paragraph").next()?.to_owned();
+    Some((serde_json::from_str(json).ok()?, summary))
+}
+
+/// A ticket's opening paragraph is the model's once the validator accepts it,
+/// written by the model the `ticket` task is routed to; the next pass keeps
+/// it while its evidence still holds instead of asking again. The detection
+/// run records the opening (with the validator's verdict), the draft, the
+/// gate's approval and the delivery to the file sink, and still replays
+/// step by step without a difference.
+#[test]
+fn a_tickets_opening_is_the_models_once_validated_and_its_gate_and_delivery_are_recorded() {
+    let twin = LlmTwin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[analysis]
+interval_secs = 0
+
+[llm]
+base_url = "{}"
+model = "default-model"
+api_key_env = "ANDON_TEST_LLM_KEY"
+timeout_secs = 5
+max_attempts = 2
+max_tokens_per_hour = 1000000
+
+[llm.tasks]
+ticket = "ticket-model"
+
+[tickets]
+outbox_interval_secs = 1
+"#,
+        twin.url
+    );
+    let server =
+        Server::start_with_config(&dir.path().join("data"), &config, &[("ANDON_TEST_LLM_KEY", "sk-twin-key-01234567")]);
+    let (_, start, end) = andon_tests::latency_shop(&server, &dir.path().join("shop"));
+    let at = |f: f64| (start + Duration::seconds(((end - start).num_seconds() as f64 * f) as i64)).to_rfc3339();
+    // Openings: the first draft of each invents a release; the rewrite of
+    // `pricing`'s keeps to its finding, every other stays wrong. Narratives
+    // (of the incidents the findings open) are the template's.
+    let write = |body: &Value| -> String {
+        let Some((finding, summary)) = ticket_prompt(body) else {
+            let text = body["messages"][1]["content"].as_str().unwrap_or_default();
+            let template = text.split_once("for reference:\n").map_or("", |x| x.1);
+            return template.split("\n\nWrite the narrative.").next().unwrap_or_default().trim().to_owned();
+        };
+        let retry = body["messages"].as_array().unwrap().len() > 2;
+        if retry && finding["service"] == "pricing" {
+            format!("{summary} It touches {} sessions.", finding["affected"]["sessions"])
+        } else {
+            format!("{summary} It began when `ledger` 9.9.9 shipped.")
+        }
+    };
+    let write = std::sync::Arc::new(write);
+    let steps: Vec<Step> = (0..60)
+        .map(|_| {
+            let w = std::sync::Arc::clone(&write);
+            Step::reply(move |b| w(b))
+        })
+        .collect();
+    twin.script(steps);
+    let analyze = || {
+        let body = json!({"from": at(0.5), "to": end.to_rfc3339(), "baseline_from": at(0.1), "baseline_to": at(0.45)});
+        let (status, r) = server.post_json("/api/v1/analyze", &body);
+        assert_eq!(status, 200, "{r}");
+        r
+    };
+    let r = analyze();
+    let findings = r["findings"].as_array().unwrap().clone();
+    let pricing = findings.iter().find(|f| f["service"] == "pricing").unwrap_or_else(|| panic!("{r:#}"));
+    let (pricing_id, run) = (pricing["id"].as_str().unwrap(), pricing["run_id"].as_str().unwrap().to_owned());
+
+    let ticket_of = |finding: &str| -> Value {
+        let (_, tickets) = server.get_json("/api/v1/tickets");
+        tickets["tickets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["incident_id"].is_null() && t["finding_ids"].as_array().unwrap().iter().any(|i| i == finding))
+            .cloned()
+            .unwrap_or_else(|| panic!("a ticket for {finding}: {tickets:#}"))
+    };
+    let ticket = ticket_of(pricing_id);
+    let opening = &ticket["opening"];
+    assert_eq!(opening["narrative_source"], "llm", "{ticket:#}");
+    assert_eq!(opening["narrative_validation"]["attempts"], 2, "{ticket:#}");
+    let text = opening["text"].as_str().unwrap();
+    assert!(text.ends_with(&format!("It touches {} sessions.", pricing["affected"]["sessions"])), "{text}");
+    let body = ticket["body"].as_str().unwrap();
+    assert!(body.contains("sessions.") && !body.contains("9.9.9"), "{body}");
+    // Any other finding's ticket opens with its detector's summary, the
+    // rejected claim kept beside it.
+    for f in findings.iter().filter(|f| f["service"] != "pricing" && f["severity"] != "low") {
+        let t = ticket_of(f["id"].as_str().unwrap());
+        assert_eq!(t["opening"]["narrative_source"], "template", "{t:#}");
+        let violations = t["opening"]["narrative_validation"]["violations"].as_array().unwrap();
+        assert!(violations.iter().any(|v| v["text"].as_str().unwrap().contains("9.9.9")), "{t:#}");
+    }
+    // Every opening went to the ticket task's model, and nothing it was sent
+    // carries the address in the deploy's PR title.
+    let asked = twin.asked();
+    let openings: Vec<_> = asked.iter().filter(|a| ticket_prompt(&a.body).is_some()).collect();
+    assert!(openings.len() >= 2, "{} requests", asked.len());
+    assert!(
+        openings.iter().all(|a| a.model == "ticket-model"),
+        "{:?}",
+        openings.iter().map(|a| &a.model).collect::<Vec<_>>()
+    );
+    assert!(asked.iter().all(|a| !a.text.contains("jane.doe") && !a.text.contains("203.0.113.7")));
+
+    // The next pass over the same windows keeps the accepted opening: its
+    // evidence still supports it, so the model is not asked for it again.
+    let before =
+        twin.asked().iter().filter(|a| ticket_prompt(&a.body).is_some_and(|(f, _)| f["service"] == "pricing")).count();
+    let again = analyze();
+    let again_run = again["findings"].as_array().unwrap().iter().find(|f| f["service"] == "pricing").unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let after =
+        twin.asked().iter().filter(|a| ticket_prompt(&a.body).is_some_and(|(f, _)| f["service"] == "pricing")).count();
+    assert_eq!(after, before, "a still-valid opening is kept, not written again");
+    let ticket = ticket_of(pricing_id);
+    assert_eq!(ticket["opening"]["text"], text, "{ticket:#}");
+    assert_eq!(ticket["run_id"], again_run.as_str());
+
+    // The gate and the delivery follow in the run that made the latest draft.
+    let id = ticket["id"].as_str().unwrap();
+    let (status, approved) =
+        server.post_json(&format!("/api/v1/tickets/{id}/approve"), &json!({"reviewer": "alice", "note": "real"}));
+    assert_eq!(status, 200, "{approved}");
+    assert!(
+        andon_tests::wait_for(StdDuration::from_secs(30), || ticket_of(pricing_id)["state"] == "posted"),
+        "{:#}",
+        ticket_of(pricing_id)
+    );
+    let (_, recorded) = server.get_json(&format!("/api/v1/runs/{again_run}"));
+    let steps = recorded["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("no {n} step: {names:?}"));
+    assert!(pos("select") < pos("attribute") && pos("attribute") < pos("cluster") && pos("cluster") < pos("detect"));
+    assert!(pos("detect") < pos("ticket opening") && pos("ticket opening") < pos("ticket"), "{names:?}");
+    assert!(pos("ticket") < pos("gate") && pos("gate") < pos("deliver to file"), "{names:?}");
+    let gate = &steps[pos("gate")];
+    assert!(gate["summary"].as_str().unwrap().contains("approved by alice"), "{gate:#}");
+    assert_eq!(gate["parents"], json!([steps[pos("gate") - 1]["id"]]));
+    let delivered = &steps[pos("deliver to file")];
+    assert!(delivered["summary"].as_str().unwrap().contains("delivered"), "{delivered:#}");
+    assert_eq!(steps[pos("ticket opening")]["kind"], "model");
+    // The first run holds the model's drafts: accepted after two.
+    let (_, first) = server.get_json(&format!("/api/v1/runs/{run}"));
+    let opened = first["steps"].as_array().unwrap().iter().find(|s| s["name"] == "ticket opening").unwrap();
+    assert!(opened["summary"].as_str().unwrap().contains("accepted after 2 drafts"), "{opened:#}");
+
+    // Replayed: each detector's queries, the selection, the attribution, the
+    // grouping and the findings come out as recorded; what followed the pass
+    // is not re-run.
+    let (status, replay) = server.post_json(&format!("/api/v1/runs/{again_run}/replay"), &json!({}));
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(replay["differences"], json!([]), "{replay:#}");
+    let pass_steps = names.iter().filter(|n| n.ends_with(" tests")).count() + 3;
+    assert_eq!(replay["replayed"].as_u64(), Some(pass_steps as u64 + 1), "{replay:#}");
 }

@@ -3,7 +3,7 @@
 //! spans is redacted, then escaped (see [`crate::markdown`]).
 
 use andon_model::format::{count, ms, pct};
-use andon_model::{Finding, Incident, Priority, Severity, Tenant};
+use andon_model::{Finding, Incident, NarrativeSource, Priority, Severity, Tenant, TicketOpening};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -29,6 +29,8 @@ pub struct Draft {
     pub labels: Vec<String>,
     pub priority: Priority,
     pub severity: Severity,
+    /// The opening paragraph's source, when a model was asked to write it.
+    pub opening: Option<TicketOpening>,
 }
 
 /// The ticket id of a fingerprint: one ticket per problem per tenant, for good.
@@ -154,12 +156,25 @@ impl Drafter {
         out
     }
 
-    /// The Markdown body of a finding's ticket.
-    pub fn body(&self, tenant: &Tenant, ticket_id: &str, f: &Finding, priority: Priority) -> String {
+    /// The Markdown body of a finding's ticket. It opens with the paragraph
+    /// a model wrote and the validator accepted, if any, else with the
+    /// detector's summary.
+    pub fn body(
+        &self,
+        tenant: &Tenant,
+        ticket_id: &str,
+        f: &Finding,
+        priority: Priority,
+        opening: Option<&TicketOpening>,
+    ) -> String {
         let mut b = String::new();
         b.push_str(&marker(tenant, &f.fingerprint, ticket_id));
         b.push_str("\n\n");
-        b.push_str(&sentence(&self.r(&f.summary)));
+        let first = match opening {
+            Some(o) if o.narrative_source == NarrativeSource::Llm => &o.text,
+            _ => &f.summary,
+        };
+        b.push_str(&sentence(&self.r(first)));
         b.push_str("\n\n");
         b.push_str(&self.table(f));
         b.push('\n');
@@ -301,12 +316,18 @@ impl Drafter {
         out
     }
 
-    /// A finding's draft.
+    /// A finding's draft, opening with the detector's summary.
     pub fn draft(&self, tenant: &Tenant, f: &Finding) -> Draft {
+        self.draft_with(tenant, f, None)
+    }
+
+    /// A finding's draft, opening with `opening` when a model wrote it.
+    pub fn draft_with(&self, tenant: &Tenant, f: &Finding, opening: Option<&TicketOpening>) -> Draft {
         let priority = self.settings.priority(f.impact);
         let ticket_id = ticket_id(tenant, &f.fingerprint);
         Draft {
-            body: self.body(tenant, &ticket_id, f, priority),
+            body: self.body(tenant, &ticket_id, f, priority, opening),
+            opening: opening.cloned(),
             ticket_id,
             fingerprint: f.fingerprint.clone(),
             title: self.title(f),
@@ -343,6 +364,7 @@ impl Drafter {
             labels,
             priority,
             severity: Severity::High,
+            opening: None,
         }
     }
 

@@ -34,7 +34,7 @@ pub mod sink;
 pub use config::{Settings, TicketingConfig};
 pub use db::{ApprovedTicket, PostedTicket, TicketDb};
 pub use draft::{Draft, Drafter};
-pub use observe::Observed;
+pub use observe::{Observed, Openings, TicketChange};
 pub use outbox::Ticketing;
 pub use redact::Redactor;
 pub use sink::{SinkError, TicketSink};

@@ -31,6 +31,7 @@ pub fn pending(draft: Draft, finding_ids: Vec<String>, incident_id: Option<Strin
         resolved_at: None,
         last_error: None,
         run_id: None,
+        opening: draft.opening,
     }
 }
 
@@ -41,6 +42,7 @@ pub fn refresh(t: &mut Ticket, draft: Draft) {
     t.labels = draft.labels;
     t.priority = draft.priority;
     t.severity = draft.severity;
+    t.opening = draft.opening;
 }
 
 /// Swaps the priority label for the new priority's.
@@ -138,6 +140,7 @@ mod tests {
             labels: vec!["andon".into(), "P2".into()],
             priority: Priority::P2,
             severity: Severity::Medium,
+            opening: None,
         }
     }
 

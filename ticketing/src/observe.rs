@@ -1,7 +1,7 @@
 //! What findings and incidents do to tickets: a new problem is drafted at the
 //! gate, a recurrence refreshes its pending draft or comments on its issue.
 
-use andon_model::{Finding, Incident, Severity, Tenant, Ticket, TicketState};
+use andon_model::{Finding, Incident, Severity, Tenant, Ticket, TicketOpening, TicketState};
 use chrono::{DateTime, Utc};
 use rusqlite::Transaction;
 
@@ -13,13 +13,30 @@ use crate::lifecycle;
 use crate::queue::{CommentPayload, enqueue, set_payload};
 
 /// What one batch of findings did to the tickets.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Observed {
     pub drafted: usize,
     pub refreshed: usize,
     pub auto_approved: usize,
     pub comments: usize,
+    /// Each ticket a finding drafted, refreshed or commented on.
+    pub changes: Vec<TicketChange>,
 }
+
+/// What one finding did to its ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketChange {
+    pub finding_id: String,
+    pub ticket_id: String,
+    /// `drafted`, `auto-approved`, `refreshed` or `commented`.
+    pub action: &'static str,
+    pub state: TicketState,
+    pub title: String,
+    pub priority: andon_model::Priority,
+}
+
+/// The openings a model wrote, by finding fingerprint.
+pub type Openings = std::collections::BTreeMap<String, TicketOpening>;
 
 impl TicketDb {
     /// Drafts the RCA ticket of an incident, or refreshes it while it is pending
@@ -68,6 +85,7 @@ impl TicketDb {
         tenant: &Tenant,
         drafter: &Drafter,
         findings: &[Finding],
+        openings: &Openings,
         now: DateTime<Utc>,
     ) -> Result<Observed, TicketError> {
         let settings = drafter.settings();
@@ -75,7 +93,7 @@ impl TicketDb {
         let tx = conn.transaction().map_err(db_err)?;
         let mut out = Observed::default();
         for f in findings.iter().filter(|f| f.severity <= settings.draft_min) {
-            let draft = drafter.draft(tenant, f);
+            let draft = drafter.draft_with(tenant, f, openings.get(&f.fingerprint));
             let Some(mut t) = load(&tx, tenant, &draft.ticket_id)? else {
                 let mut t = lifecycle::pending(draft, vec![f.id.clone()], None, now);
                 t.run_id = f.run_id.clone();
@@ -94,6 +112,8 @@ impl TicketDb {
                     out.auto_approved += 1;
                 }
                 save(&tx, tenant, &t)?;
+                let action = if t.state == TicketState::Approved { "auto-approved" } else { "drafted" };
+                out.changes.push(change(f, &t, action));
                 continue;
             };
             t.occurrences += 1;
@@ -107,15 +127,18 @@ impl TicketDb {
                         audit(&tx, &t.id, now, "andon", "updated", &format!("now also finding {}", f.id))?;
                     }
                     out.refreshed += 1;
+                    out.changes.push(change(f, &t, "refreshed"));
                 }
                 TicketState::Posted if !known => {
                     recur(&tx, tenant, drafter, &mut t, f, false, "seen again", now)?;
                     out.comments += 1;
+                    out.changes.push(change(f, &t, "commented"));
                 }
                 TicketState::Resolved if !known && t.resolved_at.is_some_and(|r| f.window.start >= r) => {
                     let reopen = settings.on_closed == OnClosed::Reopen;
                     recur(&tx, tenant, drafter, &mut t, f, reopen, "seen after the issue was closed", now)?;
                     out.comments += 1;
+                    out.changes.push(change(f, &t, "commented"));
                 }
                 _ => {}
             }
@@ -123,6 +146,40 @@ impl TicketDb {
             save(&tx, tenant, &t)?;
         }
         tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+}
+
+fn change(f: &Finding, t: &Ticket, action: &'static str) -> TicketChange {
+    TicketChange {
+        finding_id: f.id.clone(),
+        ticket_id: t.id.clone(),
+        action,
+        state: t.state,
+        title: t.title.clone(),
+        priority: t.priority,
+    }
+}
+
+impl TicketDb {
+    /// The findings of `findings` whose ticket a pass would draft or
+    /// refresh (those a model may write an opening for), with the opening
+    /// their pending ticket has now.
+    pub fn awaiting_openings<'f>(
+        &self,
+        tenant: &Tenant,
+        drafter: &Drafter,
+        findings: &'f [Finding],
+    ) -> Result<Vec<(&'f Finding, Option<TicketOpening>)>, TicketError> {
+        let conn = self.conn();
+        let mut out = Vec::new();
+        for f in findings.iter().filter(|f| f.severity <= drafter.settings().draft_min) {
+            match load(&conn, tenant, &crate::draft::ticket_id(tenant, &f.fingerprint))? {
+                None => out.push((f, None)),
+                Some(t) if t.state == TicketState::Pending => out.push((f, t.opening)),
+                Some(_) => {}
+            }
+        }
         Ok(out)
     }
 }

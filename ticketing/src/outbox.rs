@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use andon_model::{Finding, Incident, Priority, Tenant, Ticket, TicketState};
+use andon_model::{Finding, Incident, LoggedStep, Priority, RunLog, Tenant, Ticket, TicketOpening, TicketState};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use crate::TicketError;
 use crate::config::{Settings, SinkKind};
 use crate::db::TicketDb;
 use crate::draft::Drafter;
-use crate::observe::Observed;
+use crate::observe::{Observed, Openings};
 use crate::queue::{Delivery, Job};
 use crate::redact::Redactor;
 use crate::sink::{FileSink, GitHubSink, SinkError, TicketSink, WebhookSink};
@@ -43,6 +43,9 @@ pub struct Ticketing {
     paused_until: Mutex<Option<DateTime<Utc>>>,
     /// Where the last poll of changed issues started.
     polled: Mutex<Option<DateTime<Utc>>>,
+    /// The flight recorder: each gate decision and delivery is appended to
+    /// the run that made the ticket's latest draft.
+    runs: Option<Arc<dyn RunLog>>,
 }
 
 /// The sink the settings name; secrets are read from the environment here.
@@ -80,7 +83,31 @@ impl Ticketing {
     }
 
     pub fn with_sink(db: TicketDb, settings: Settings, sink: Option<Arc<dyn TicketSink>>) -> Self {
-        Self { db, drafter: Drafter::new(settings), sink, paused_until: Mutex::new(None), polled: Mutex::new(None) }
+        Self {
+            db,
+            drafter: Drafter::new(settings),
+            sink,
+            paused_until: Mutex::new(None),
+            polled: Mutex::new(None),
+            runs: None,
+        }
+    }
+
+    /// The same, appending each gate decision and delivery to the run of
+    /// its ticket's latest draft.
+    pub fn recording(mut self, runs: Arc<dyn RunLog>) -> Self {
+        self.runs = Some(runs);
+        self
+    }
+
+    /// Appends a step to `t`'s run, when it has one and a recorder is set.
+    fn log(&self, tenant: &Tenant, t: &Ticket, kind: &str, name: &str, input: serde_json::Value, summary: String) {
+        let (Some(runs), Some(run)) = (&self.runs, &t.run_id) else { return };
+        let output = serde_json::json!({
+            "ticket": t.id, "state": t.state.as_str(), "priority": t.priority.as_str(),
+            "reviewer": t.reviewer, "external": t.external, "last_error": t.last_error,
+        });
+        runs.append(tenant, run, LoggedStep { kind: kind.to_owned(), name: name.to_owned(), input, output, summary });
     }
 
     pub fn db(&self) -> &TicketDb {
@@ -97,7 +124,28 @@ impl Ticketing {
 
     /// Drafts and recurrences for a pass's findings.
     pub fn observe(&self, tenant: &Tenant, findings: &[Finding]) -> Result<Observed, TicketError> {
-        self.db.observe(tenant, &self.drafter, findings, Utc::now())
+        self.observe_with(tenant, findings, &Openings::new())
+    }
+
+    /// Drafts and recurrences, a draft opening with the paragraph a model
+    /// wrote for its finding when `openings` has one.
+    pub fn observe_with(
+        &self,
+        tenant: &Tenant,
+        findings: &[Finding],
+        openings: &Openings,
+    ) -> Result<Observed, TicketError> {
+        self.db.observe(tenant, &self.drafter, findings, openings, Utc::now())
+    }
+
+    /// The findings whose tickets a pass would draft or refresh, with the
+    /// opening each pending one has now.
+    pub fn awaiting_openings<'f>(
+        &self,
+        tenant: &Tenant,
+        findings: &'f [Finding],
+    ) -> Result<Vec<(&'f Finding, Option<TicketOpening>)>, TicketError> {
+        self.db.awaiting_openings(tenant, &self.drafter, findings)
     }
 
     /// Drafts (or refreshes) the RCA ticket of an incident.
@@ -115,12 +163,19 @@ impl Ticketing {
     ) -> Result<Ticket, TicketError> {
         let t = self.db.approve(tenant, id, reviewer, note, priority, Utc::now())?;
         info!(ticket = %id, %reviewer, "ticket approved");
+        let input = serde_json::json!({
+            "ticket": id, "decision": "approve", "reviewer": reviewer, "note": note,
+            "priority": priority.map(Priority::as_str),
+        });
+        self.log(tenant, &t, "decision", "gate", input, format!("{id} approved by {reviewer}"));
         Ok(t)
     }
 
     pub fn reject(&self, tenant: &Tenant, id: &str, reviewer: &str, reason: &str) -> Result<Ticket, TicketError> {
         let t = self.db.reject(tenant, id, reviewer, reason, Utc::now())?;
         info!(ticket = %id, %reviewer, "ticket rejected");
+        let input = serde_json::json!({ "ticket": id, "decision": "reject", "reviewer": reviewer, "note": reason });
+        self.log(tenant, &t, "decision", "gate", input, format!("{id} rejected by {reviewer}"));
         Ok(t)
     }
 
@@ -142,7 +197,9 @@ impl Ticketing {
         let mut delivered = 0;
         for d in due {
             self.db.begin_attempt(d.id)?;
-            match self.deliver(sink.as_ref(), &d).await {
+            let result = self.deliver(sink.as_ref(), &d).await;
+            self.log_delivery(sink.system(), &d, &result);
+            match result {
                 Ok(()) => delivered += 1,
                 Err(TicketError::Sink(SinkError::Transient { message, retry_after })) => {
                     let wait =
@@ -164,6 +221,32 @@ impl Ticketing {
             }
         }
         Ok(delivered)
+    }
+
+    /// Appends a delivery attempt, with its outcome, to its ticket's run.
+    fn log_delivery(&self, system: &str, d: &Delivery, result: &Result<(), TicketError>) {
+        if self.runs.is_none() {
+            return;
+        }
+        let (tenant, id, action) = match &d.job {
+            Job::Create(a) => (a.tenant(), a.ticket().id.as_str(), "create"),
+            Job::Comment { ticket, reopen: true, .. } => {
+                (&ticket.tenant, ticket.ticket.id.as_str(), "reopen and comment")
+            }
+            Job::Comment { ticket, .. } => (&ticket.tenant, ticket.ticket.id.as_str(), "comment"),
+        };
+        // The ticket as the delivery left it.
+        let Ok(Some(t)) = self.db.get(tenant, id) else { return };
+        let outcome = match result {
+            Ok(()) => "delivered".to_owned(),
+            Err(e) => format!("failed: {e}"),
+        };
+        let input = serde_json::json!({
+            "ticket": id, "delivery": d.id, "attempt": d.attempts + 1, "action": action, "sink": system,
+            "outcome": outcome,
+        });
+        let summary = format!("{action} to {system}, attempt {}: {outcome}", d.attempts + 1);
+        self.log(tenant, &t, "delivery", &format!("deliver to {system}"), input, summary);
     }
 
     async fn deliver(&self, sink: &dyn TicketSink, d: &Delivery) -> Result<(), TicketError> {

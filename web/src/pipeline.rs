@@ -8,11 +8,12 @@
 use std::sync::Arc;
 
 use andon_analysis::{AnalysisError, FindingsDb};
-use andon_model::{Finding, Incident, Tenant};
+use andon_model::{Finding, Incident, LoggedStep, NarrativeSource, Tenant, TicketOpening};
 use andon_rca::from_findings::opens_incident;
 use andon_rca::{Hints, OpenIncident, Rca, RcaError, report};
-use andon_ticketing::Ticketing;
+use andon_ticketing::{Observed, Openings, Ticketing};
 use chrono::{DateTime, Utc};
+use serde_json::json;
 use tracing::{info, warn};
 
 /// Whether a pass waits for the incidents its findings open.
@@ -53,11 +54,22 @@ impl Pipeline {
         resolve_before: Option<DateTime<Utc>>,
         incidents: Incidents,
     ) -> Result<AfterPass, AnalysisError> {
-        let (db, tickets, t) = (Arc::clone(&self.findings), Arc::clone(&self.tickets), tenant.clone());
+        let (db, t) = (Arc::clone(&self.findings), tenant.clone());
+        let recorded = tokio::task::spawn_blocking(move || db.record(&t, found))
+            .await
+            .map_err(|e| AnalysisError::Db(e.to_string()))??;
+        let written = self.openings(tenant, &recorded).await;
+        let (db, tickets, t, runs) =
+            (Arc::clone(&self.findings), Arc::clone(&self.tickets), tenant.clone(), self.rca.recorder.clone());
         let (recorded, resolved) = tokio::task::spawn_blocking(move || {
-            let recorded = db.record(&t, found)?;
-            if let Err(e) = tickets.observe(&t, &recorded) {
-                warn!(error = %e, "drafting tickets failed");
+            let openings: Openings = written.iter().map(|w| (w.fingerprint.clone(), w.opening.clone())).collect();
+            match tickets.observe_with(&t, &recorded, &openings) {
+                Ok(observed) => {
+                    if let Some(runs) = runs {
+                        record_drafts(&runs, &t, &recorded, &written, &observed);
+                    }
+                }
+                Err(e) => warn!(error = %e, "drafting tickets failed"),
             }
             let resolved = match resolve_before {
                 Some(cutoff) => db.resolve_stale(&t, cutoff)?,
@@ -87,6 +99,38 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// The openings of the tickets a pass drafts or refreshes, when the
+    /// narrator writes them (a model is configured): the most impactful
+    /// findings first, at most [`OPENINGS_PER_PASS`] asked of the model.
+    async fn openings(&self, tenant: &Tenant, findings: &[Finding]) -> Vec<Written> {
+        let narrator = Arc::clone(&self.rca.narrator);
+        if !narrator.checks_claims() {
+            return Vec::new();
+        }
+        let (tickets, t, all) = (Arc::clone(&self.tickets), tenant.clone(), findings.to_vec());
+        let awaiting = tokio::task::spawn_blocking(move || {
+            tickets.awaiting_openings(&t, &all).map(|a| a.into_iter().map(|(f, o)| (f.clone(), o)).collect::<Vec<_>>())
+        })
+        .await;
+        let mut awaiting = match awaiting.map_err(|e| e.to_string()).and_then(|a| a.map_err(|e| e.to_string())) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "reading tickets for their openings failed");
+                return Vec::new();
+            }
+        };
+        awaiting.sort_by(|a, b| b.0.impact.total_cmp(&a.0.impact));
+        let mut out = Vec::new();
+        for (f, previous) in awaiting.into_iter().take(OPENINGS_PER_PASS) {
+            let started = Utc::now();
+            if let Some(opening) = narrator.ticket_opening(&f, previous.as_ref()).await {
+                let kept = previous.as_ref() == Some(&opening);
+                out.push(Written { fingerprint: f.fingerprint.clone(), finding: f, opening, kept, started });
+            }
+        }
+        out
+    }
+
     /// Opens an incident, runs its RCA and drafts its ticket.
     pub async fn open_incident(&self, tenant: &Tenant, req: &OpenIncident, hints: Hints) -> Result<Incident, RcaError> {
         let inc = self.rca.open(tenant, req, hints).await?;
@@ -106,11 +150,27 @@ impl Pipeline {
 
     async fn draft_rca_ticket(&self, tenant: &Tenant, inc: &Incident) -> Result<(), RcaError> {
         let (tickets, t, i) = (Arc::clone(&self.tickets), tenant.clone(), inc.clone());
+        let runs = self.rca.recorder.clone();
         let drafted = tokio::task::spawn_blocking(move || {
             // The report is rendered from the masked incident: once rendered,
             // Markdown's escapes hide an address from the redactor.
             let masked = crate::app::redact_incident(tickets.drafter().redactor(), i.clone());
-            tickets.observe_incident(&t, &i, &report::markdown(&masked))
+            let drafted = tickets.observe_incident(&t, &i, &report::markdown(&masked));
+            if let (Some(runs), Some(run), Ok(tk)) = (runs, &i.run_id, &drafted) {
+                let input = json!({ "incident": i.id });
+                let output = json!({
+                    "ticket": tk.id, "state": tk.state.as_str(), "title": tk.title, "priority": tk.priority.as_str(),
+                });
+                let summary = format!("RCA ticket {} is {}", tk.id, tk.state.as_str());
+                if let Err(e) = runs.append(
+                    &t,
+                    run,
+                    LoggedStep { kind: "decision".into(), name: "ticket".into(), input, output, summary },
+                ) {
+                    warn!(error = %e, "flight recorder could not record the rca ticket");
+                }
+            }
+            drafted
         })
         .await
         .map_err(|e| RcaError::Db(e.to_string()))?;
@@ -119,5 +179,73 @@ impl Pipeline {
         }
         info!(incident = %inc.id, title = %inc.title, confidence = inc.confidence, "incident analysed");
         Ok(())
+    }
+}
+
+/// Model requests for ticket openings one pass makes at most; the rest of
+/// its drafts open with their detectors' summaries until a later pass.
+pub const OPENINGS_PER_PASS: usize = 10;
+
+/// A ticket opening written (or kept) for one finding of a pass.
+#[derive(Debug)]
+struct Written {
+    fingerprint: String,
+    finding: Finding,
+    opening: TicketOpening,
+    /// The pending ticket's opening, still supported by the new evidence.
+    kept: bool,
+    started: DateTime<Utc>,
+}
+
+/// Appends to each finding's detection run the opening its ticket got (a
+/// model step, with the validator's verdict) and what the finding did to its
+/// ticket (drafted, refreshed, commented on).
+fn record_drafts(
+    runs: &andon_analysis::recorder::RunsDb,
+    tenant: &Tenant,
+    findings: &[Finding],
+    written: &[Written],
+    observed: &Observed,
+) {
+    let run_of = |id: &str| findings.iter().find(|f| f.id == id).and_then(|f| f.run_id.clone());
+    for w in written {
+        let Some(run) = &w.finding.run_id else { continue };
+        let validation = w.opening.narrative_validation.as_ref();
+        let summary = match (w.kept, w.opening.narrative_source) {
+            (true, _) => format!("{}: the model's opening still holds; kept", w.finding.id),
+            (false, NarrativeSource::Llm) => {
+                format!("{}: accepted after {} drafts", w.finding.id, validation.map_or(0, |v| v.attempts))
+            }
+            (false, NarrativeSource::Template) => format!(
+                "{}: the detector's summary ({})",
+                w.finding.id,
+                validation.and_then(|v| v.error.clone()).unwrap_or_else(|| "every draft was rejected".into())
+            ),
+        };
+        let input = json!({ "finding": w.finding.id, "fingerprint": w.fingerprint, "started_at": w.started });
+        let output = serde_json::to_value(&w.opening).unwrap_or_default();
+        if let Err(e) = runs.append(
+            tenant,
+            run,
+            LoggedStep { kind: "model".into(), name: "ticket opening".into(), input, output, summary },
+        ) {
+            warn!(error = %e, "flight recorder could not record a ticket opening");
+        }
+    }
+    for c in &observed.changes {
+        let Some(run) = run_of(&c.finding_id) else { continue };
+        let input = json!({ "finding": c.finding_id });
+        let output = json!({
+            "ticket": c.ticket_id, "action": c.action, "state": c.state.as_str(), "title": c.title,
+            "priority": c.priority.as_str(),
+        });
+        let summary = format!("{} {}: {}", c.action, c.ticket_id, c.title);
+        if let Err(e) = runs.append(
+            tenant,
+            &run,
+            LoggedStep { kind: "decision".into(), name: "ticket".into(), input, output, summary },
+        ) {
+            warn!(error = %e, "flight recorder could not record a ticket draft");
+        }
     }
 }

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use andon_model::{Incident, NarrativeSource, NarrativeValidation, Violation};
+use andon_model::{Finding, Incident, NarrativeSource, NarrativeValidation, TicketOpening, Violation};
 use async_trait::async_trait;
 
-use super::validate::{Evidence, evidence_json};
+use super::validate::{Evidence, evidence_json, finding_evidence_json};
 use super::{Llm, Message, Task};
 use crate::RcaError;
 use crate::narrate::{Narrative, Narrator, TemplateNarrator};
@@ -22,6 +22,15 @@ appear in it (you may round a number, or give a change between two of its number
 as a cause only the suspects or the linked change, as the evidence does; if it links no change, say so and \
 blame none. Write services and operations in backticks. Do not speculate about mechanisms the evidence \
 does not state.";
+
+const TICKET_RULES: &str = "You write the opening paragraph of an issue for the team that owns a \
+service: 2 to 4 sentences, plain text, no headings or lists. Say what users are hitting, where (the \
+operation, its service and the segment), how much worse it is than the baseline, how many sessions it \
+touches, and since when. Use only the finding you are given: every number, time, version, commit, pull \
+request, trace id, service and operation you write must appear in it (you may round a number, or give a \
+change between two of its numbers as a percentage). Name as a cause only where the finding says the \
+trouble starts, or its linked change; otherwise blame nothing. Write services and operations in \
+backticks. Do not speculate about mechanisms the finding does not state.";
 
 /// Writes the narrative with a model; see the module docs.
 #[derive(Debug)]
@@ -47,27 +56,23 @@ fn feedback(violations: &[Violation]) -> String {
     out
 }
 
-#[async_trait]
-impl Narrator for LlmNarrator {
-    async fn narrate(&self, inc: &Incident, services: &[String]) -> Result<Narrative, RcaError> {
-        let template = TemplateNarrator.write(inc);
-        let evidence = Evidence::of_incident(inc).with_known_services(services.iter().cloned());
-        let bundle = self.llm.redactor().json(&evidence_json(inc));
-        let bundle = serde_json::to_string_pretty(&bundle).unwrap_or_default();
-        let mut messages = vec![
-            Message::System(RULES.to_owned()),
-            Message::User(format!(
-                "The evidence, as JSON:\n{bundle}\n\nA plain account written from it by a template, for \
-                 reference:\n{template}\n\nWrite the narrative."
-            )),
-        ];
+impl LlmNarrator {
+    /// Asks for drafts until one passes `evidence` (at most `max_attempts`),
+    /// each rejected one going back with its violations. The text accepted,
+    /// if any, and the verdict.
+    async fn validated(
+        &self,
+        task: Task,
+        mut messages: Vec<Message>,
+        evidence: &Evidence,
+    ) -> (Option<String>, NarrativeValidation) {
         let config = self.llm.config();
         let mut budget = config.max_tokens_per_task;
         let mut attempts = 0;
         let mut violations = Vec::new();
         let mut error = None;
         while attempts < config.max_attempts {
-            let reply = match self.llm.chat(Task::Narrate, &messages, budget).await {
+            let reply = match self.llm.chat(task, &messages, budget).await {
                 Ok(r) => r,
                 Err(e) => {
                     error = Some(e.to_string());
@@ -81,21 +86,76 @@ impl Narrator for LlmNarrator {
                 break;
             }
             violations = evidence.check(&reply.text);
-            tracing::debug!(model = reply.model, attempts, rejected = violations.len(), "narrative drafted");
+            tracing::debug!(
+                task = task.as_str(),
+                model = reply.model,
+                attempts,
+                rejected = violations.len(),
+                "drafted"
+            );
             if violations.is_empty() {
-                return Ok(Narrative {
-                    text: reply.text,
-                    source: NarrativeSource::Llm,
-                    validation: Some(NarrativeValidation { accepted: true, attempts, violations, error: None }),
-                });
+                return (Some(reply.text), NarrativeValidation { accepted: true, attempts, violations, error: None });
             }
             messages.push(Message::Assistant(reply.text));
             messages.push(Message::User(feedback(&violations)));
         }
-        Ok(Narrative {
-            text: template,
-            source: NarrativeSource::Template,
-            validation: Some(NarrativeValidation { accepted: false, attempts, violations, error }),
+        (None, NarrativeValidation { accepted: false, attempts, violations, error })
+    }
+}
+
+#[async_trait]
+impl Narrator for LlmNarrator {
+    async fn narrate(&self, inc: &Incident, services: &[String]) -> Result<Narrative, RcaError> {
+        let template = TemplateNarrator.write(inc);
+        let evidence = Evidence::of_incident(inc).with_known_services(services.iter().cloned());
+        let bundle = self.llm.redactor().json(&evidence_json(inc));
+        let bundle = serde_json::to_string_pretty(&bundle).unwrap_or_default();
+        let messages = vec![
+            Message::System(RULES.to_owned()),
+            Message::User(format!(
+                "The evidence, as JSON:\n{bundle}\n\nA plain account written from it by a template, for \
+                 reference:\n{template}\n\nWrite the narrative."
+            )),
+        ];
+        let (text, validation) = self.validated(Task::Narrate, messages, &evidence).await;
+        Ok(match text {
+            Some(text) => Narrative { text, source: NarrativeSource::Llm, validation: Some(validation) },
+            None => Narrative { text: template, source: NarrativeSource::Template, validation: Some(validation) },
+        })
+    }
+
+    /// The opening of `f`'s ticket. An opening a model wrote for an earlier
+    /// draft is kept while the finding's new evidence still supports it (no
+    /// model is asked each pass); otherwise the model writes one, held to the
+    /// finding like a narrative, and the detector's summary stands in when
+    /// every draft is rejected.
+    async fn ticket_opening(&self, f: &Finding, previous: Option<&TicketOpening>) -> Option<TicketOpening> {
+        let evidence = Evidence::of_finding(f);
+        if let Some(p) = previous.filter(|p| p.narrative_source == NarrativeSource::Llm)
+            && evidence.check(&p.text).is_empty()
+        {
+            return Some(p.clone());
+        }
+        let bundle = self.llm.redactor().json(&finding_evidence_json(f));
+        let bundle = serde_json::to_string_pretty(&bundle).unwrap_or_default();
+        let messages = vec![
+            Message::System(TICKET_RULES.to_owned()),
+            Message::User(format!(
+                "The finding, as JSON:\n{bundle}\n\nIts summary, written by the detector, for reference:\n{}\n\n\
+                 Write the opening paragraph of its issue.",
+                self.llm.redactor().text(&f.summary)
+            )),
+        ];
+        let (text, validation) = self.validated(Task::Ticket, messages, &evidence).await;
+        Some(match text {
+            Some(text) => {
+                TicketOpening { text, narrative_source: NarrativeSource::Llm, narrative_validation: Some(validation) }
+            }
+            None => TicketOpening {
+                text: f.summary.clone(),
+                narrative_source: NarrativeSource::Template,
+                narrative_validation: Some(validation),
+            },
         })
     }
 

@@ -442,6 +442,67 @@ impl Evidence {
         e
     }
 
+    /// Everything a finding says but its SQL and its wording templates: what
+    /// a finding's ticket may claim. The cause it may name is where its
+    /// trouble starts (when that is not the operation itself) and its linked
+    /// change; its effects are its own operation and its linked symptoms.
+    pub fn of_finding(f: &andon_model::Finding) -> Self {
+        let mut e = Self::new();
+        e.add_json(&finding_evidence_json(f));
+        let mut pairs: Vec<(f64, f64, bool)> = Vec::new();
+        for (k, b) in &f.baseline {
+            if let (Some(b), Some(c)) = (b.as_f64(), f.current.get(k).and_then(Value::as_f64)) {
+                if k.ends_with("_ms") {
+                    e.ms.extend([b, c]);
+                }
+                pairs.push((b, c, !(k.ends_with("_ms") || k.ends_with("_us") || k.ends_with("_ns"))));
+            }
+        }
+        e.allow_effect(&f.service);
+        e.allow_effect(&f.operation);
+        for l in &f.evidence.linked {
+            e.allow_effect(&l.service);
+            e.allow_effect(&l.operation);
+        }
+        e.latency = match f.trouble {
+            andon_model::Trouble::Latency => Some(true),
+            andon_model::Trouble::Failures => Some(false),
+            _ => None,
+        };
+        if let Some(c) = &f.evidence.cause {
+            e.allow_cause(&c.service);
+            e.allow_cause(&c.operation);
+        }
+        let mut spans = vec![
+            (f.window.end, f.window.start),
+            (f.baseline_window.end, f.baseline_window.start),
+            (f.window.start, f.baseline_window.end),
+        ];
+        if let Some(o) = f.evidence.onset {
+            spans.push((f.window.end, o));
+        }
+        if let Some(c) = &f.change {
+            e.change = true;
+            e.allow_cause(&c.service);
+            e.allow_cause(&c.version);
+            if let Some(commit) = &c.commit {
+                e.allow_cause(commit);
+            }
+            if let Some(pr) = c.pr {
+                e.prs.insert(pr);
+                e.allow_cause(&format!("#{pr}"));
+            }
+            if let Some(t) = c.first_seen {
+                spans.push((f.window.end, t));
+                if let Some(o) = f.evidence.onset {
+                    spans.push((o, t));
+                }
+            }
+        }
+        e.derive_numbers(pairs, spans);
+        e
+    }
+
     /// Adds what an incident's report says, with its causes and effects.
     pub fn add_incident(&mut self, inc: &Incident) {
         for s in &inc.similar_incidents {
@@ -680,17 +741,6 @@ impl Evidence {
                 self.allow_effect(c);
             }
         }
-        for (b, i, rate) in pairs {
-            if b.abs() > f64::EPSILON {
-                self.percents.push(((i - b) / b * 100.0).abs());
-                self.ratios.push(i / b);
-            }
-            self.ms.push((i - b).abs());
-            self.numbers.push((i - b).abs());
-            if rate {
-                self.points.push(((i - b) * 100.0).abs());
-            }
-        }
         // Durations a reader states: the windows' lengths, and how far apart
         // the onset, the deploy and the window's end lie.
         let mut spans = vec![
@@ -717,6 +767,24 @@ impl Evidence {
             if let Some(pr) = e.pr {
                 self.prs.insert(pr);
                 self.allow_cause(&format!("#{pr}"));
+            }
+        }
+        self.derive_numbers(pairs, spans);
+    }
+
+    /// The numbers a reader derives: changes between a baseline and a
+    /// current value (as percentages, ratios, differences and points), and
+    /// the minutes between two times.
+    fn derive_numbers(&mut self, pairs: Vec<(f64, f64, bool)>, spans: Vec<(DateTime<Utc>, DateTime<Utc>)>) {
+        for (b, i, rate) in pairs {
+            if b.abs() > f64::EPSILON {
+                self.percents.push(((i - b) / b * 100.0).abs());
+                self.ratios.push(i / b);
+            }
+            self.ms.push((i - b).abs());
+            self.numbers.push((i - b).abs());
+            if rate {
+                self.points.push(((i - b) * 100.0).abs());
             }
         }
         for (a, b) in spans {
@@ -1047,6 +1115,22 @@ pub fn evidence_json(inc: &Incident) -> Value {
         if let Some(Value::Object(d)) = o.get_mut("details") {
             d.remove("series");
             d.remove("series_bucket_secs");
+        }
+    }
+    v
+}
+
+/// What a finding's evidence is, as JSON: the finding without its SQL (whose
+/// constants are no claims), its wording templates and its bookkeeping. This
+/// is also what a model writing its ticket's opening is shown.
+pub fn finding_evidence_json(f: &andon_model::Finding) -> Value {
+    let mut v = serde_json::to_value(f).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        for k in ["wording", "state", "first_seen", "last_seen", "run_id", "fingerprint"] {
+            o.remove(k);
+        }
+        if let Some(Value::Object(ev)) = o.get_mut("evidence") {
+            ev.remove("query");
         }
     }
     v
