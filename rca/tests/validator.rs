@@ -62,6 +62,16 @@ fn planted() -> Vec<(&'static str, String, &'static str)> {
     push(e("The error rate rose 12 percentage points to 16.4%."), "16.4%");
     push(e("The failures began 7 minutes after payments 3.5.0 was deployed."), "7 minutes");
 
+    // Wrong numbers written in words, and counts followed by a word that
+    // starts like a unit.
+    push(l("Its p95 grew about nine times."), "nine times");
+    push(l("The p95 is now ninety-five ms."), "ninety-five ms");
+    push(l("The regression began nine minutes after the deploy."), "nine minutes");
+    push(l("Quotes were twice as slow after the deploy."), "twice");
+    push(e("About four thousand calls failed."), "four thousand");
+    push(l("About 9,999 sessions were affected."), "9,999");
+    push(e("It failed for 1,234 shoppers."), "1,234");
+
     // Times and dates that are not the evidence's.
     push(l("The onset was at 11:24 UTC."), "11:24");
     push(l("Pricing 7.4.0 was deployed at 10:58 UTC."), "10:58");
@@ -167,6 +177,10 @@ fn faithful() -> Vec<(&'static str, &'static str)> {
         (
             "latency_incident",
             "The pricing deploy 7.4.0 led to a p95 latency regression on `GET /v1/quote`: 15.6 ms to 89.5 ms since 11:11 UTC. Fix forward in what PR #4817 changed, or roll back to 7.3.2.",
+        ),
+        (
+            "latency_incident",
+            "Since 11:11 UTC quotes from `pricing` take about six times as long at the p95, 15.6 ms before against 89.5 ms now, after pricing 7.4.0 rolled out; two of its gates passed it.",
         ),
         (
             "error_incident",

@@ -48,9 +48,21 @@ static PR: LazyLock<Regex> =
 static ID: LazyLock<Regex> = LazyLock::new(|| re(r"\b(inc|fnd|tkt|run|inv|chg)-[0-9a-f]{6,}\b"));
 static NUMBER: LazyLock<Regex> = LazyLock::new(|| {
     re(
-        r"(?i)([+\-−]?)(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*(?:milliseconds?|millis|ms|µs|us|microseconds?|seconds?|secs?|s|minutes?|mins?|min|hours?|hrs?|h|percentage points?|pp|%|percent|×|x|times|fold))?",
+        r"(?i)([+\-−]?)(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*(?:(?:milliseconds?|millis|ms|µs|us|microseconds?|seconds?|secs?|s|minutes?|mins?|min|hours?|hrs?|h|percentage points?|pp|percent|x|times|fold)\b|%|×))?",
     )
 });
+const NUMBER_WORDS: &str = "zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|\
+fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|\
+million|billion";
+/// A number written in words ("nine thousand", "forty-two"), with its unit
+/// as [`NUMBER`] reads one.
+static SPELLED: LazyLock<Regex> = LazyLock::new(|| {
+    re(&format!(
+        r"(?i)\b((?:{NUMBER_WORDS})(?:(?:\s+and\s+|[\s-]+)(?:{NUMBER_WORDS}))*)\b(\s*(?:(?:milliseconds?|millis|ms|microseconds?|seconds?|secs?|minutes?|mins?|hours?|hrs?|percentage points?|percent|times|fold)\b|%))?"
+    ))
+});
+/// Words that are a ratio: "twice as slow", "the p95 doubled".
+static MULTIPLE: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b(twice|thrice|doubled|tripled|quadrupled)\b"));
 static SERVICE_WORD: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?i)\b(?:the\s+)?`?([a-z][a-z0-9_.-]*)`?\s+(?:service|microservice|backend)\b"));
 static CALLERS: LazyLock<Regex> = LazyLock::new(|| {
@@ -373,6 +385,57 @@ fn quantities(text: &str) -> Vec<(std::ops::Range<usize>, Quantity)> {
         };
         let value = if matches!(sign, "-" | "−") { -value } else { value };
         out.push((all.start()..end, Quantity { value, decimals: frac.len() as i32, unit: unit_of(unit_text) }));
+    }
+    out.extend(spelled(text));
+    out
+}
+
+/// The value of a number in words: "two hundred and five" is 205.
+fn spelled_value(words: &str) -> Option<f64> {
+    let (mut total, mut current) = (0.0, 0.0);
+    for w in words.to_ascii_lowercase().split(|c: char| c.is_whitespace() || c == '-').filter(|w| !w.is_empty()) {
+        let small = NUMBER_WORDS.split('|').position(|n| n == w);
+        match (w, small) {
+            ("and", _) => {}
+            ("hundred", _) => current = if current == 0.0 { 100.0 } else { current * 100.0 },
+            ("thousand" | "million" | "billion", _) => {
+                let m = match w {
+                    "thousand" => 1e3,
+                    "million" => 1e6,
+                    _ => 1e9,
+                };
+                total += if current == 0.0 { m } else { current * m };
+                current = 0.0;
+            }
+            (_, Some(i)) if i < 20 => current += i as f64,
+            (_, Some(i)) if i < 28 => current += (i as f64 - 18.0) * 10.0,
+            _ => return None,
+        }
+    }
+    Some(total + current)
+}
+
+/// Numbers written in words. A bare one below ten ("two callers", "one in
+/// eight") counts things the prose names rather than claims a measurement,
+/// and is left alone; with a unit, or from ten up, it is checked like digits.
+fn spelled(text: &str) -> Vec<(std::ops::Range<usize>, Quantity)> {
+    let mut out = Vec::new();
+    for c in SPELLED.captures_iter(text) {
+        let (Some(all), Some(words)) = (c.get(0), c.get(1)) else { continue };
+        let Some(value) = spelled_value(words.as_str()) else { continue };
+        let unit = unit_of(c.get(2).map(|m| m.as_str()).unwrap_or(""));
+        if unit == Unit::None && value < 10.0 {
+            continue;
+        }
+        out.push((all.start()..all.end(), Quantity { value, decimals: 0, unit }));
+    }
+    for m in MULTIPLE.find_iter(text) {
+        let value = match m.as_str().to_ascii_lowercase().as_str() {
+            "twice" | "doubled" => 2.0,
+            "thrice" | "tripled" => 3.0,
+            _ => 4.0,
+        };
+        out.push((m.start()..m.end(), Quantity { value, decimals: 0, unit: Unit::Times }));
     }
     out
 }
@@ -1270,6 +1333,25 @@ mod tests {
             .map(|(_, q)| q.value)
             .collect();
         assert_eq!(q, vec![15.6, 89.5, 473.0, 2000.0]);
+        // A count followed by a word starting like a unit is still a count;
+        // numbers in words are read, small bare ones left to the prose.
+        let q: Vec<(f64, Unit)> = quantities(
+            "412 sessions, 3 hosts, two hundred and five ms, forty-two requests, two callers, one minute, it doubled",
+        )
+        .into_iter()
+        .map(|(_, q)| (q.value, q.unit))
+        .collect();
+        assert_eq!(
+            q,
+            vec![
+                (412.0, Unit::None),
+                (3.0, Unit::None),
+                (205.0, Unit::Ms),
+                (42.0, Unit::None),
+                (1.0, Unit::Minutes),
+                (2.0, Unit::Times)
+            ]
+        );
         for r in [&*HTTP_OP, &*BACKTICK, &*TIME, &*DATE, &*VERSION, &*HEX, &*PR, &*ID, &*NUMBER, &*SERVICE_WORD] {
             assert!(!r.as_str().is_empty());
         }
