@@ -171,3 +171,23 @@ pub struct LoggedStep {
 pub trait RunLog: Send + Sync + std::fmt::Debug {
     fn append(&self, tenant: &crate::Tenant, run_id: &str, step: LoggedStep);
 }
+
+/// One request to a model and its answer, as the flight recorder keeps it:
+/// what was sent (redacted), what came back, and the validator's verdict on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelExchange {
+    /// `narrate`, `ticket` or `investigate`.
+    pub task: String,
+    /// The model that answered (empty when none did).
+    pub model: String,
+    /// The messages sent, as `[{role, content}]`.
+    pub sent: Value,
+    pub reply: String,
+    pub tokens: u64,
+    /// The claims of the reply the evidence does not support.
+    #[serde(default)]
+    pub violations: Vec<Violation>,
+    /// Why there was no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

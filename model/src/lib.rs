@@ -23,7 +23,7 @@ pub mod stats;
 pub mod tenant;
 pub mod ticket;
 
-pub use agent::{Citation, Investigation, InvestigationState, LoggedStep, Run, RunLog, RunStep};
+pub use agent::{Citation, Investigation, InvestigationState, LoggedStep, ModelExchange, Run, RunLog, RunStep};
 pub use change::{ChangeEvent, Gate, GateKind, Verdict};
 pub use finding::{
     Affected, ChangeRef, Evidence, Finding, FindingKind, FindingState, LinkedFinding, ServiceOperation, Severity,

@@ -6,7 +6,8 @@
 
 use andon_model::format::ms;
 use andon_model::{
-    Discrepancy, Finding, FindingKind, Incident, NarrativeSource, NarrativeValidation, SuspectCause, TicketOpening,
+    Discrepancy, Finding, FindingKind, Incident, ModelExchange, NarrativeSource, NarrativeValidation, SuspectCause,
+    TicketOpening,
 };
 use async_trait::async_trait;
 
@@ -19,6 +20,16 @@ pub struct Narrative {
     pub source: NarrativeSource,
     /// The validator's verdict on a model's drafts, when a model was asked.
     pub validation: Option<NarrativeValidation>,
+    /// Each request to the model and its answer, for the flight recorder.
+    pub exchanges: Vec<ModelExchange>,
+}
+
+/// A ticket's opening paragraph, with the model requests that wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opening {
+    pub opening: TicketOpening,
+    /// None when an opening written before was kept.
+    pub exchanges: Vec<ModelExchange>,
 }
 
 #[async_trait]
@@ -32,7 +43,7 @@ pub trait Narrator: Send + Sync {
     /// The opening paragraph of a finding's ticket, given the one its
     /// pending ticket has now. `None` when this narrator writes none (the
     /// ticket opens with the detector's summary).
-    async fn ticket_opening(&self, _f: &Finding, _previous: Option<&TicketOpening>) -> Option<TicketOpening> {
+    async fn ticket_opening(&self, _f: &Finding, _previous: Option<&TicketOpening>) -> Option<Opening> {
         None
     }
 
@@ -63,7 +74,12 @@ fn list(items: &[String]) -> String {
 #[async_trait]
 impl Narrator for TemplateNarrator {
     async fn narrate(&self, inc: &Incident, _services: &[String]) -> Result<Narrative, RcaError> {
-        Ok(Narrative { text: self.write(inc), source: NarrativeSource::Template, validation: None })
+        Ok(Narrative {
+            text: self.write(inc),
+            source: NarrativeSource::Template,
+            validation: None,
+            exchanges: Vec::new(),
+        })
     }
 }
 

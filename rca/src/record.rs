@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use andon_analysis::localize::Channel;
 use andon_analysis::recorder::{
-    Difference, RecordedStep, ReplayReport, RunsDb, StepRecord, check_integrity, same_content,
+    Difference, RecordedStep, Recording, ReplayReport, RunsDb, StepRecord, check_integrity, same_content,
 };
-use andon_model::{Incident, NarrativeSource, Tenant};
+use andon_model::{Incident, LoggedStep, ModelExchange, NarrativeSource, Tenant};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
@@ -90,6 +90,7 @@ pub(crate) fn record(
     req: &OpenIncident,
     hints: &Hints,
     inc: &Incident,
+    exchanges: &[ModelExchange],
     started: DateTime<Utc>,
 ) -> String {
     let rec = runs.begin(tenant, "rca", &inc.id);
@@ -106,10 +107,15 @@ pub(crate) fn record(
     });
     ids.push(("request".into(), first));
     for s in &inc.steps {
-        let parents: Vec<String> = parents_of(&s.step)
+        let mut parents: Vec<String> = parents_of(&s.step)
             .iter()
             .filter_map(|p| ids.iter().rev().find(|(n, _)| n == p).map(|(_, id)| id.clone()))
             .collect();
+        if s.step == "narrate" {
+            // Each request to the model and its answer, in turn: the
+            // narrative follows from the last.
+            parents = record_exchanges(&rec, exchanges, parents, s.at - Duration::milliseconds(s.took_ms as i64));
+        }
         let id = rec.step(StepRecord {
             kind: kind_of(&s.step, inc),
             name: &s.step,
@@ -123,6 +129,51 @@ pub(crate) fn record(
     }
     rec.finish();
     rec.id().to_owned()
+}
+
+/// A request to a model and its answer, as a step: what was sent, the
+/// reply, and the validator's verdict on it (`n` counts the drafts from 1).
+pub fn exchange_step(n: usize, x: &ModelExchange) -> LoggedStep {
+    let verdict = match (&x.error, x.violations.len()) {
+        (Some(e), _) => format!("no answer: {e}"),
+        (None, 0) => "accepted by the validator".to_owned(),
+        (None, k) => format!("rejected: {k} unsupported claims"),
+    };
+    let model = if x.model.is_empty() { "no model" } else { x.model.as_str() };
+    LoggedStep {
+        kind: "model".into(),
+        name: "model request".into(),
+        input: json!({"task": x.task, "messages": x.sent}),
+        output: json!({
+            "model": x.model, "reply": x.reply, "tokens": x.tokens, "violations": x.violations, "error": x.error,
+        }),
+        summary: format!("{} draft {n} ({model}): {verdict}", x.task),
+    }
+}
+
+/// Records model requests one after another, the first after `parents`;
+/// returns the last one's id as the parent of what follows (`parents` when
+/// there were none).
+fn record_exchanges(
+    rec: &Recording,
+    exchanges: &[ModelExchange],
+    mut parents: Vec<String>,
+    started: DateTime<Utc>,
+) -> Vec<String> {
+    for (i, x) in exchanges.iter().enumerate() {
+        let step = exchange_step(i + 1, x);
+        let id = rec.step(StepRecord {
+            kind: "model",
+            name: &step.name,
+            parents: &parents,
+            started_at: started,
+            input: &step.input,
+            output: &step.output,
+            summary: step.summary,
+        });
+        parents = vec![id];
+    }
+    parents
 }
 
 impl Rca {

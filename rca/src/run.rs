@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use andon_model::{Discrepancy, Incident, IncidentState, NarrativeSource, RcaStep, SuspectCause, Tenant, TimeWindow};
+use andon_model::{
+    Discrepancy, Incident, IncidentState, ModelExchange, NarrativeSource, RcaStep, SuspectCause, Tenant, TimeWindow,
+};
 use andon_store::QueryEngine;
 use andon_store::sql::{self, Rows, lit};
 use chrono::{DateTime, Duration, Utc};
@@ -151,9 +153,9 @@ impl Rca {
     pub async fn open(&self, tenant: &Tenant, req: &OpenIncident, hints: Hints) -> Result<Incident, RcaError> {
         let started = Utc::now();
         let mut inc = self.fresh(tenant, req, &hints, started)?;
-        self.analyze(tenant, &mut inc, &hints).await?;
+        let exchanges = self.analyze_with(tenant, &mut inc, &hints, self.narrator.as_ref()).await?;
         if let Some(runs) = &self.recorder {
-            inc.run_id = Some(crate::record::record(runs, tenant, req, &hints, &inc, started));
+            inc.run_id = Some(crate::record::record(runs, tenant, req, &hints, &inc, &exchanges, started));
         }
         let (db, owner, i, key) = (Arc::clone(&self.incidents), tenant.clone(), inc.clone(), hints.group_key.clone());
         crate::blocking(move || db.save(&owner, &i, key.as_deref())).await?;
@@ -208,7 +210,7 @@ impl Rca {
 
     /// Runs (or re-runs) the RCA on an incident's windows.
     pub async fn analyze(&self, tenant: &Tenant, inc: &mut Incident, hints: &Hints) -> Result<(), RcaError> {
-        self.analyze_with(tenant, inc, hints, self.narrator.as_ref()).await
+        self.analyze_with(tenant, inc, hints, self.narrator.as_ref()).await.map(drop)
     }
 
     async fn analyze_with(
@@ -217,7 +219,7 @@ impl Rca {
         inc: &mut Incident,
         hints: &Hints,
         narrator: &dyn Narrator,
-    ) -> Result<(), RcaError> {
+    ) -> Result<Vec<ModelExchange>, RcaError> {
         let mut steps = Steps(Vec::new());
         let (baseline, window) = (inc.baseline_window, inc.window);
 
@@ -267,8 +269,7 @@ impl Rca {
                 "Widen the window or pick a quieter baseline: the traces show no significant change to act on."
                     .to_owned(),
             ];
-            self.finish(tenant, inc, steps, narrator).await?;
-            return Ok(());
+            return self.finish(tenant, inc, steps, narrator).await;
         };
 
         let t = Instant::now();
@@ -381,7 +382,7 @@ impl Rca {
         inc: &mut Incident,
         mut steps: Steps,
         narrator: &dyn Narrator,
-    ) -> Result<(), RcaError> {
+    ) -> Result<Vec<ModelExchange>, RcaError> {
         if inc.title.is_empty() {
             inc.title = format!(
                 "Incident {} – {} UTC",
@@ -418,7 +419,7 @@ impl Rca {
         steps.record("narrate", t, summary, vec![q]);
         inc.steps = steps.0;
         inc.updated_at = Utc::now();
-        Ok(())
+        Ok(n.exchanges)
     }
 
     /// The services that ran in the incident's baseline and window.

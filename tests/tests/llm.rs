@@ -367,7 +367,41 @@ fn replays(server: &Server, rca_run: &str, investigation_run: &str) {
     }
     let (_, run) = server.get_json(&format!("/api/v1/runs/{rca_run}"));
     let names: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["request", "localize", "onset", "link", "gates", "similar", "narrate"], "{run:#}");
+    assert_eq!(
+        names,
+        [
+            "request",
+            "localize",
+            "onset",
+            "link",
+            "gates",
+            "similar",
+            "model request",
+            "model request",
+            "narrate",
+            "ticket"
+        ],
+        "{run:#}"
+    );
+    // Each request to the model is kept as sent, redacted, with the
+    // validator's verdict on its answer.
+    let steps = run["steps"].as_array().unwrap();
+    assert!(steps[6]["summary"].as_str().unwrap().contains("rejected"), "{:#}", steps[6]);
+    assert!(steps[7]["summary"].as_str().unwrap().contains("accepted by the validator"), "{:#}", steps[7]);
+    assert_eq!(steps[8]["parents"], json!([steps[7]["id"]]));
+    // Its ticket's draft follows the report.
+    assert!(steps[9]["summary"].as_str().unwrap().starts_with("RCA ticket tk-"), "{:#}", steps[9]);
+    let db = rusqlite::Connection::open(server.data_dir.join("andon.db")).unwrap();
+    let blob = |sha: &Value| -> String {
+        let body: Vec<u8> = db
+            .query_row("SELECT body FROM run_blobs WHERE sha256 = ?1", [sha.as_str().unwrap()], |r| r.get(0))
+            .unwrap();
+        String::from_utf8(body).unwrap()
+    };
+    let (sent, answered) = (blob(&steps[6]["input_sha256"]), blob(&steps[6]["output_sha256"]));
+    assert!(sent.contains("Cache quotes") && !sent.contains("jane.doe") && !sent.contains("203.0.113.7"), "{sent}");
+    assert!(answered.contains("ledger") && answered.contains("violations"), "{answered}");
+    drop(db);
 
     // Tamper with the recorded query of the investigation: replay names the step.
     let (_, run) = server.get_json(&format!("/api/v1/runs/{investigation_run}"));
@@ -499,6 +533,10 @@ outbox_interval_secs = 1
     assert!(text.ends_with(&format!("It touches {} sessions.", pricing["affected"]["sessions"])), "{text}");
     let body = ticket["body"].as_str().unwrap();
     assert!(body.contains("sessions.") && !body.contains("9.9.9"), "{body}");
+    // The reviewer at the gate sees who wrote it, and how Andon got there.
+    let html = page(&server, &format!("/tickets/{}", ticket["id"].as_str().unwrap()));
+    assert!(html.contains("A model wrote the opening paragraph") && html.contains("accepted after 2 drafts"), "{html}");
+    assert!(html.contains(&format!("/runs/{run}")), "{html}");
     // Any other finding's ticket opens with its detector's summary, the
     // rejected claim kept beside it.
     for f in findings.iter().filter(|f| f["service"] != "pricing" && f["severity"] != "low") {
@@ -557,11 +595,21 @@ outbox_interval_secs = 1
     assert_eq!(gate["parents"], json!([steps[pos("gate") - 1]["id"]]));
     let delivered = &steps[pos("deliver to file")];
     assert!(delivered["summary"].as_str().unwrap().contains("delivered"), "{delivered:#}");
-    assert_eq!(steps[pos("ticket opening")]["kind"], "model");
-    // The first run holds the model's drafts: accepted after two.
+    assert!(steps[pos("ticket opening")]["summary"].as_str().unwrap().contains("kept"), "{names:?}");
+    // The first run holds each request to the model with its verdict, then
+    // the opening: accepted after two drafts.
     let (_, first) = server.get_json(&format!("/api/v1/runs/{run}"));
-    let opened = first["steps"].as_array().unwrap().iter().find(|s| s["name"] == "ticket opening").unwrap();
-    assert!(opened["summary"].as_str().unwrap().contains("accepted after 2 drafts"), "{opened:#}");
+    let first = first["steps"].as_array().unwrap();
+    let opened = first
+        .iter()
+        .position(|s| s["name"] == "ticket opening" && s["summary"].as_str().unwrap().starts_with(pricing_id))
+        .unwrap();
+    assert!(first[opened]["summary"].as_str().unwrap().contains("accepted after 2 drafts"), "{:#}", first[opened]);
+    let (rejected, accepted) = (&first[opened - 2], &first[opened - 1]);
+    assert_eq!((rejected["name"].as_str(), rejected["kind"].as_str()), (Some("model request"), Some("model")));
+    assert!(rejected["summary"].as_str().unwrap().contains("ticket draft 1 (ticket-model): rejected"), "{rejected:#}");
+    assert!(accepted["summary"].as_str().unwrap().contains("draft 2 (ticket-model): accepted"), "{accepted:#}");
+    assert_eq!(accepted["parents"], json!([rejected["id"]]));
 
     // Replayed: each detector's queries, the selection, the attribution, the
     // grouping and the findings come out as recorded; what followed the pass

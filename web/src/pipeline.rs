@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use andon_analysis::{AnalysisError, FindingsDb};
-use andon_model::{Finding, Incident, LoggedStep, NarrativeSource, Tenant, TicketOpening};
+use andon_model::{Finding, Incident, LoggedStep, ModelExchange, NarrativeSource, Tenant, TicketOpening};
 use andon_rca::from_findings::opens_incident;
 use andon_rca::{Hints, OpenIncident, Rca, RcaError, report};
 use andon_ticketing::{Observed, Openings, Ticketing};
@@ -123,9 +123,16 @@ impl Pipeline {
         let mut out = Vec::new();
         for (f, previous) in awaiting.into_iter().take(OPENINGS_PER_PASS) {
             let started = Utc::now();
-            if let Some(opening) = narrator.ticket_opening(&f, previous.as_ref()).await {
-                let kept = previous.as_ref() == Some(&opening);
-                out.push(Written { fingerprint: f.fingerprint.clone(), finding: f, opening, kept, started });
+            if let Some(o) = narrator.ticket_opening(&f, previous.as_ref()).await {
+                let kept = o.exchanges.is_empty() && previous.as_ref() == Some(&o.opening);
+                out.push(Written {
+                    fingerprint: f.fingerprint.clone(),
+                    finding: f,
+                    opening: o.opening,
+                    exchanges: o.exchanges,
+                    kept,
+                    started,
+                });
             }
         }
         out
@@ -192,6 +199,8 @@ struct Written {
     fingerprint: String,
     finding: Finding,
     opening: TicketOpening,
+    /// The requests to the model that wrote it.
+    exchanges: Vec<ModelExchange>,
     /// The pending ticket's opening, still supported by the new evidence.
     kept: bool,
     started: DateTime<Utc>,
@@ -208,8 +217,16 @@ fn record_drafts(
     observed: &Observed,
 ) {
     let run_of = |id: &str| findings.iter().find(|f| f.id == id).and_then(|f| f.run_id.clone());
+    let append = |run: &str, step: LoggedStep| {
+        if let Err(e) = runs.append(tenant, run, step) {
+            warn!(error = %e, "flight recorder could not record a ticket step");
+        }
+    };
     for w in written {
         let Some(run) = &w.finding.run_id else { continue };
+        for (i, x) in w.exchanges.iter().enumerate() {
+            append(run, andon_rca::record::exchange_step(i + 1, x));
+        }
         let validation = w.opening.narrative_validation.as_ref();
         let summary = match (w.kept, w.opening.narrative_source) {
             (true, _) => format!("{}: the model's opening still holds; kept", w.finding.id),
@@ -224,13 +241,7 @@ fn record_drafts(
         };
         let input = json!({ "finding": w.finding.id, "fingerprint": w.fingerprint, "started_at": w.started });
         let output = serde_json::to_value(&w.opening).unwrap_or_default();
-        if let Err(e) = runs.append(
-            tenant,
-            run,
-            LoggedStep { kind: "model".into(), name: "ticket opening".into(), input, output, summary },
-        ) {
-            warn!(error = %e, "flight recorder could not record a ticket opening");
-        }
+        append(run, LoggedStep { kind: "decision".into(), name: "ticket opening".into(), input, output, summary });
     }
     for c in &observed.changes {
         let Some(run) = run_of(&c.finding_id) else { continue };
@@ -240,12 +251,6 @@ fn record_drafts(
             "priority": c.priority.as_str(),
         });
         let summary = format!("{} {}: {}", c.action, c.ticket_id, c.title);
-        if let Err(e) = runs.append(
-            tenant,
-            &run,
-            LoggedStep { kind: "decision".into(), name: "ticket".into(), input, output, summary },
-        ) {
-            warn!(error = %e, "flight recorder could not record a ticket draft");
-        }
+        append(&run, LoggedStep { kind: "decision".into(), name: "ticket".into(), input, output, summary });
     }
 }

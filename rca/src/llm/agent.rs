@@ -20,7 +20,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::validate::{Evidence, evidence_json};
-use super::{Llm, Message, Task, ToolCall, ToolSpec};
+use super::{Llm, Message, Task, ToolCall, ToolSpec, messages_json};
 
 /// What the agent may do: Andon's own functions, for one tenant.
 #[async_trait]
@@ -280,22 +280,6 @@ fn feedback(violations: &[Violation]) -> String {
         out.push_str(&format!("- \"{}\": {}\n", v.text, v.reason));
     }
     out
-}
-
-fn messages_json(messages: &[Message]) -> Value {
-    Value::Array(
-        messages
-            .iter()
-            .map(|m| match m {
-                Message::System(s) => json!({"role": "system", "content": s}),
-                Message::User(s) => json!({"role": "user", "content": s}),
-                Message::Assistant(s) => json!({"role": "assistant", "content": s}),
-                Message::Calls { text, calls } => json!({"role": "assistant", "content": text,
-                    "tool_calls": calls.iter().map(|c| json!({"id": c.id, "name": c.name, "arguments": c.arguments})).collect::<Vec<_>>()}),
-                Message::Tool { call_id, content } => json!({"role": "tool", "tool_call_id": call_id, "content": content}),
-            })
-            .collect(),
-    )
 }
 
 /// Evidence from the question and the outputs of tool steps.

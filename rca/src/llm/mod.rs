@@ -464,7 +464,44 @@ impl Llm {
     }
 
     /// The redactor every message passes through.
+    /// `messages` as sent (redacted), for the flight recorder.
+    pub fn sent(&self, messages: &[Message]) -> serde_json::Value {
+        let redacted: Vec<Message> = messages
+            .iter()
+            .map(|m| match m {
+                Message::System(s) => Message::System(self.redactor.text(s).into_owned()),
+                Message::User(s) => Message::User(self.redactor.text(s).into_owned()),
+                Message::Assistant(s) => Message::Assistant(self.redactor.text(s).into_owned()),
+                Message::Calls { text, calls } => {
+                    Message::Calls { text: self.redactor.text(text).into_owned(), calls: calls.clone() }
+                }
+                Message::Tool { call_id, content } => {
+                    Message::Tool { call_id: call_id.clone(), content: self.redactor.text(content).into_owned() }
+                }
+            })
+            .collect();
+        messages_json(&redacted)
+    }
+
     pub fn redactor(&self) -> &Redactor {
         &self.redactor
     }
+}
+
+/// Messages as the chat API writes them: `[{role, content}]`.
+pub(crate) fn messages_json(messages: &[Message]) -> serde_json::Value {
+    use serde_json::json;
+    serde_json::Value::Array(
+        messages
+            .iter()
+            .map(|m| match m {
+                Message::System(s) => json!({"role": "system", "content": s}),
+                Message::User(s) => json!({"role": "user", "content": s}),
+                Message::Assistant(s) => json!({"role": "assistant", "content": s}),
+                Message::Calls { text, calls } => json!({"role": "assistant", "content": text,
+                    "tool_calls": calls.iter().map(|c| json!({"id": c.id, "name": c.name, "arguments": c.arguments})).collect::<Vec<_>>()}),
+                Message::Tool { call_id, content } => json!({"role": "tool", "tool_call_id": call_id, "content": content}),
+            })
+            .collect(),
+    )
 }

@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
-use andon_model::{Finding, Incident, NarrativeSource, NarrativeValidation, TicketOpening, Violation};
+use andon_model::{Finding, Incident, ModelExchange, NarrativeSource, NarrativeValidation, TicketOpening, Violation};
 use async_trait::async_trait;
 
 use super::validate::{Evidence, evidence_json, finding_evidence_json};
 use super::{Llm, Message, Task};
 use crate::RcaError;
-use crate::narrate::{Narrative, Narrator, TemplateNarrator};
+use crate::narrate::{Narrative, Narrator, Opening, TemplateNarrator};
 
 const RULES: &str = "You write the narrative of an incident report for site reliability engineers: one \
 paragraph of 3 to 6 sentences, plain text, no headings or lists. Say what broke, since when, what the \
@@ -44,6 +44,32 @@ impl LlmNarrator {
     }
 }
 
+/// What [`LlmNarrator::validated`] ends with.
+struct Validated {
+    text: Option<String>,
+    validation: NarrativeValidation,
+    exchanges: Vec<ModelExchange>,
+}
+
+fn exchange(
+    task: Task,
+    sent: serde_json::Value,
+    model: &str,
+    tokens: u64,
+    violations: Vec<Violation>,
+    error: Option<String>,
+) -> ModelExchange {
+    ModelExchange {
+        task: task.as_str().to_owned(),
+        model: model.to_owned(),
+        sent,
+        reply: String::new(),
+        tokens,
+        violations,
+        error,
+    }
+}
+
 /// The feedback a rejected draft goes back with.
 fn feedback(violations: &[Violation]) -> String {
     let mut out = String::from(
@@ -59,23 +85,21 @@ fn feedback(violations: &[Violation]) -> String {
 impl LlmNarrator {
     /// Asks for drafts until one passes `evidence` (at most `max_attempts`),
     /// each rejected one going back with its violations. The text accepted,
-    /// if any, and the verdict.
-    async fn validated(
-        &self,
-        task: Task,
-        mut messages: Vec<Message>,
-        evidence: &Evidence,
-    ) -> (Option<String>, NarrativeValidation) {
+    /// if any, the verdict, and every request with its answer.
+    async fn validated(&self, task: Task, mut messages: Vec<Message>, evidence: &Evidence) -> Validated {
         let config = self.llm.config();
         let mut budget = config.max_tokens_per_task;
         let mut attempts = 0;
         let mut violations = Vec::new();
         let mut error = None;
+        let mut exchanges = Vec::new();
         while attempts < config.max_attempts {
+            let sent = self.llm.sent(&messages);
             let reply = match self.llm.chat(task, &messages, budget).await {
                 Ok(r) => r,
                 Err(e) => {
                     error = Some(e.to_string());
+                    exchanges.push(exchange(task, sent, "", 0, Vec::new(), error.clone()));
                     break;
                 }
             };
@@ -83,6 +107,7 @@ impl LlmNarrator {
             budget = budget.saturating_sub(reply.tokens);
             if reply.text.is_empty() {
                 error = Some(format!("model {} answered with no text", reply.model));
+                exchanges.push(exchange(task, sent, &reply.model, reply.tokens, Vec::new(), error.clone()));
                 break;
             }
             violations = evidence.check(&reply.text);
@@ -93,13 +118,18 @@ impl LlmNarrator {
                 rejected = violations.len(),
                 "drafted"
             );
+            let mut ex = exchange(task, sent, &reply.model, reply.tokens, violations.clone(), None);
+            ex.reply = reply.text.clone();
+            exchanges.push(ex);
             if violations.is_empty() {
-                return (Some(reply.text), NarrativeValidation { accepted: true, attempts, violations, error: None });
+                let validation = NarrativeValidation { accepted: true, attempts, violations, error: None };
+                return Validated { text: Some(reply.text), validation, exchanges };
             }
             messages.push(Message::Assistant(reply.text));
             messages.push(Message::User(feedback(&violations)));
         }
-        (None, NarrativeValidation { accepted: false, attempts, violations, error })
+        let validation = NarrativeValidation { accepted: false, attempts, violations, error };
+        Validated { text: None, validation, exchanges }
     }
 }
 
@@ -117,11 +147,12 @@ impl Narrator for LlmNarrator {
                  reference:\n{template}\n\nWrite the narrative."
             )),
         ];
-        let (text, validation) = self.validated(Task::Narrate, messages, &evidence).await;
-        Ok(match text {
-            Some(text) => Narrative { text, source: NarrativeSource::Llm, validation: Some(validation) },
-            None => Narrative { text: template, source: NarrativeSource::Template, validation: Some(validation) },
-        })
+        let Validated { text, validation, exchanges } = self.validated(Task::Narrate, messages, &evidence).await;
+        let (text, source) = match text {
+            Some(text) => (text, NarrativeSource::Llm),
+            None => (template, NarrativeSource::Template),
+        };
+        Ok(Narrative { text, source, validation: Some(validation), exchanges })
     }
 
     /// The opening of `f`'s ticket. An opening a model wrote for an earlier
@@ -129,12 +160,12 @@ impl Narrator for LlmNarrator {
     /// model is asked each pass); otherwise the model writes one, held to the
     /// finding like a narrative, and the detector's summary stands in when
     /// every draft is rejected.
-    async fn ticket_opening(&self, f: &Finding, previous: Option<&TicketOpening>) -> Option<TicketOpening> {
+    async fn ticket_opening(&self, f: &Finding, previous: Option<&TicketOpening>) -> Option<Opening> {
         let evidence = Evidence::of_finding(f);
         if let Some(p) = previous.filter(|p| p.narrative_source == NarrativeSource::Llm)
             && evidence.check(&p.text).is_empty()
         {
-            return Some(p.clone());
+            return Some(Opening { opening: p.clone(), exchanges: Vec::new() });
         }
         let bundle = self.llm.redactor().json(&finding_evidence_json(f));
         let bundle = serde_json::to_string_pretty(&bundle).unwrap_or_default();
@@ -146,17 +177,13 @@ impl Narrator for LlmNarrator {
                 self.llm.redactor().text(&f.summary)
             )),
         ];
-        let (text, validation) = self.validated(Task::Ticket, messages, &evidence).await;
-        Some(match text {
-            Some(text) => {
-                TicketOpening { text, narrative_source: NarrativeSource::Llm, narrative_validation: Some(validation) }
-            }
-            None => TicketOpening {
-                text: f.summary.clone(),
-                narrative_source: NarrativeSource::Template,
-                narrative_validation: Some(validation),
-            },
-        })
+        let Validated { text, validation, exchanges } = self.validated(Task::Ticket, messages, &evidence).await;
+        let (text, narrative_source) = match text {
+            Some(text) => (text, NarrativeSource::Llm),
+            None => (f.summary.clone(), NarrativeSource::Template),
+        };
+        let opening = TicketOpening { text, narrative_source, narrative_validation: Some(validation) };
+        Some(Opening { opening, exchanges })
     }
 
     fn checks_claims(&self) -> bool {

@@ -545,16 +545,7 @@ impl Evidence {
             spans.push((f.window.end, o));
         }
         if let Some(c) = &f.change {
-            e.change = true;
-            e.allow_cause(&c.service);
-            e.allow_cause(&c.version);
-            if let Some(commit) = &c.commit {
-                e.allow_cause(commit);
-            }
-            if let Some(pr) = c.pr {
-                e.prs.insert(pr);
-                e.allow_cause(&format!("#{pr}"));
-            }
+            e.allow_change(&c.service, &c.version, c.commit.as_deref(), c.pr);
             if let Some(t) = c.first_seen {
                 spans.push((f.window.end, t));
                 if let Some(o) = f.evidence.onset {
@@ -601,6 +592,21 @@ impl Evidence {
     pub fn allow_cause(&mut self, name: &str) {
         if !name.is_empty() {
             self.causes.insert(name.to_ascii_lowercase());
+        }
+    }
+
+    /// A linked change: a causal claim may blame it by its service,
+    /// version, commit or pull request.
+    fn allow_change(&mut self, service: &str, version: &str, commit: Option<&str>, pr: Option<u64>) {
+        self.change = true;
+        self.allow_cause(service);
+        self.allow_cause(version);
+        if let Some(commit) = commit {
+            self.allow_cause(commit);
+        }
+        if let Some(pr) = pr {
+            self.prs.insert(pr);
+            self.allow_cause(&format!("#{pr}"));
         }
     }
 
@@ -816,21 +822,12 @@ impl Evidence {
             spans.push((inc.window.end, o));
         }
         if let Some(c) = &inc.change {
-            self.change = true;
             let e = &c.event;
             spans.push((inc.window.end, e.deployed_at));
             if let Some(o) = onset {
                 spans.push((o, e.deployed_at));
             }
-            self.allow_cause(&e.service);
-            self.allow_cause(&e.version);
-            if let Some(commit) = &e.commit {
-                self.allow_cause(commit);
-            }
-            if let Some(pr) = e.pr {
-                self.prs.insert(pr);
-                self.allow_cause(&format!("#{pr}"));
-            }
+            self.allow_change(&e.service, &e.version, e.commit.as_deref(), e.pr);
         }
         self.derive_numbers(pairs, spans);
     }

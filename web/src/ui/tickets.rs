@@ -183,7 +183,14 @@ pub async fn detail(
         )
         .collect();
     if !links.is_empty() {
-        let _ = write!(b, "<p>From {}</p>", links.join(", "));
+        let run = t
+            .run_id
+            .as_ref()
+            .map_or(String::new(), |r| format!(" · <a href=\"/runs/{}\">how Andon got here</a>", url_encode(r)));
+        let _ = write!(b, "<p>From {}{run}</p>", links.join(", "));
+    }
+    if let Some(o) = &t.opening {
+        b.push_str(&opening_note(o));
     }
     if t.state == TicketState::Pending {
         let priorities = ["P0", "P1", "P2", "P3"];
@@ -310,6 +317,36 @@ pub async fn reject(
     let (tickets, t, tid) = (Arc::clone(&app.tickets), viewer.tenant.clone(), id.clone());
     blocking(move || tickets.reject(&t, &tid, &reviewer, &reason)).await?;
     Ok(see_other(&format!("/tickets/{}?done=rejected", url_encode(&id))))
+}
+
+/// Who wrote the ticket's opening paragraph, and what the validator said.
+fn opening_note(o: &andon_model::TicketOpening) -> String {
+    let v = o.narrative_validation.as_ref();
+    match o.narrative_source {
+        andon_model::NarrativeSource::Llm => format!(
+            "<p class=\"muted\">A model wrote the opening paragraph; every number, name and cause in it was \
+             checked against the finding's evidence{}.</p>",
+            v.filter(|v| v.attempts > 0).map_or(String::new(), |v| format!(" (accepted after {} drafts)", v.attempts))
+        ),
+        andon_model::NarrativeSource::Template => {
+            let mut out = String::from("<p class=\"muted\">The opening paragraph is the detector's summary");
+            match v {
+                Some(v) if !v.violations.is_empty() => {
+                    let _ = write!(out, ": the model's last draft claimed what the evidence does not support.</p><ul>");
+                    for x in &v.violations {
+                        let _ = write!(out, "<li>“{}”: {}</li>", esc(&x.text), esc(&x.reason));
+                    }
+                    out.push_str("</ul>");
+                }
+                Some(v) => {
+                    let why = v.error.as_deref().unwrap_or("no model answered");
+                    let _ = write!(out, ": {}.</p>", esc(why));
+                }
+                None => out.push_str(".</p>"),
+            }
+            out
+        }
+    }
 }
 
 #[cfg(test)]
