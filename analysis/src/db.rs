@@ -122,7 +122,7 @@ impl FindingsDb {
     /// stored.
     pub fn record(&self, tenant: &Tenant, findings: Vec<Finding>) -> Result<Vec<Finding>, AnalysisError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         let mut out = Vec::with_capacity(findings.len());
         for mut f in findings {
             let existing: Option<String> = tx
@@ -257,7 +257,7 @@ impl FindingsDb {
     /// Resolves open findings last seen before `cutoff`; returns how many.
     pub fn resolve_stale(&self, tenant: &Tenant, cutoff: DateTime<Utc>) -> Result<usize, AnalysisError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         let stale: Vec<(String, String)> = {
             let mut st = tx
                 .prepare("SELECT id, body FROM findings WHERE tenant = ?1 AND state = 'open' AND last_seen < ?2")
@@ -282,7 +282,7 @@ impl FindingsDb {
     /// closed); returns how many changed.
     pub fn resolve_ids(&self, tenant: &Tenant, ids: &[String]) -> Result<usize, AnalysisError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         let mut n = 0;
         for id in ids {
             let body: Option<String> = tx

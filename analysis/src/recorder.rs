@@ -168,7 +168,7 @@ impl RunsDb {
         step: andon_model::LoggedStep,
     ) -> Result<Option<String>, AnalysisError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         let known: Option<i64> = tx
             .query_row(
                 "SELECT (SELECT COALESCE(MAX(seq), 0) FROM run_steps WHERE run_id = ?1) FROM runs
@@ -289,7 +289,7 @@ impl RunsDb {
     pub fn prune(&self, now: DateTime<Utc>) -> Result<usize, AnalysisError> {
         let cutoff = time(now - self.limits.retention);
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         tx.execute("DELETE FROM run_steps WHERE run_id IN (SELECT id FROM runs WHERE started_at < ?1)", [&cutoff])
             .map_err(db_err)?;
         let n = tx.execute("DELETE FROM runs WHERE started_at < ?1", [&cutoff]).map_err(db_err)?;
@@ -368,7 +368,7 @@ impl Recording {
         let id = format!("s{seq}");
         let write = || -> rusqlite::Result<()> {
             let mut conn = self.db.conn();
-            let tx = conn.transaction()?;
+            let tx = andon_sqlite::write(&mut conn)?;
             self.db.insert_step(&tx, &self.id, seq, &s)?;
             tx.commit()
         };

@@ -120,7 +120,7 @@ impl ChangesDb {
         validate(&c)?;
         let id = change_id(tenant, &c);
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         let old: Option<String> = tx
             .query_row("SELECT body FROM changes WHERE id = ?1", params![id], |r| r.get(0))
             .optional()
@@ -160,7 +160,7 @@ impl ChangesDb {
     pub fn infer(&self, tenant: &Tenant, c: ChangeEvent) -> Result<Option<String>, RcaError> {
         validate(&c)?;
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         if !same_version(&tx, tenant, &c.service, &c.version, false)?.is_empty() {
             return Ok(None);
         }

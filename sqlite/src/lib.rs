@@ -28,11 +28,22 @@ pub fn open(path: &Path, sync: Sync, schema: &str) -> rusqlite::Result<Mutex<Con
         Sync::Normal => "NORMAL",
         Sync::Full => "FULL",
     };
+    // The busy timeout first: switching to WAL needs a lock another
+    // connection may hold for a moment.
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
+        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};"
     ))?;
     conn.execute_batch(schema)?;
     Ok(Mutex::new(conn))
+}
+
+/// A transaction that writes: it takes the write lock when it begins,
+/// waiting out the busy timeout. A deferred one that read first could not
+/// take it once another connection had committed since its read (SQLite then
+/// answers "database is locked" at once, without waiting), and every store
+/// shares `andon.db`.
+pub fn write(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 /// The connection; a panic in another holder does not poison it for good.
@@ -67,5 +78,26 @@ mod tests {
         assert_eq!(parse_time(&back), t);
         let mode: String = lock(&b).query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_write_that_reads_first_waits_for_another_connections_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("andon.db");
+        let a = open(&path, Sync::Normal, "CREATE TABLE IF NOT EXISTS a (n INTEGER)").unwrap();
+        let b = open(&path, Sync::Normal, "").unwrap();
+        let mut ca = lock(&a);
+        let tx = write(&mut ca).unwrap();
+        let n: i64 = tx.query_row("SELECT count(*) FROM a", [], |r| r.get(0)).unwrap();
+        // Another connection commits while this one holds the write lock: it
+        // waits (busy timeout) instead of failing, and lands after.
+        let other = std::thread::spawn(move || lock(&b).execute("INSERT INTO a VALUES (2)", []).map(|_| ()));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        tx.execute("INSERT INTO a VALUES (?1)", [n + 1]).unwrap();
+        tx.commit().unwrap();
+        drop(ca);
+        other.join().unwrap().unwrap();
+        let total: i64 = lock(&a).query_row("SELECT sum(n) FROM a", [], |r| r.get(0)).unwrap();
+        assert_eq!(total, 3);
     }
 }

@@ -221,7 +221,7 @@ impl TicketDb {
         f: impl FnOnce(&Transaction<'_>, &mut Ticket) -> Result<T, TicketError>,
     ) -> Result<T, TicketError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         let mut t = load(&tx, tenant, id)?.ok_or_else(|| TicketError::NotFound(id.to_owned()))?;
         let out = f(&tx, &mut t)?;
         save(&tx, tenant, &t)?;

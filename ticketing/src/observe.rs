@@ -51,7 +51,7 @@ impl TicketDb {
     ) -> Result<Ticket, TicketError> {
         let draft = drafter.draft_incident(tenant, inc, report_md);
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         let t = match load(&tx, tenant, &draft.ticket_id)? {
             None => {
                 let mut t = lifecycle::pending(draft, inc.finding_ids.clone(), Some(inc.id.clone()), now);
@@ -90,7 +90,7 @@ impl TicketDb {
     ) -> Result<Observed, TicketError> {
         let settings = drafter.settings();
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         let mut out = Observed::default();
         for f in findings.iter().filter(|f| f.severity <= settings.draft_min) {
             let draft = drafter.draft_with(tenant, f, openings.get(&f.fingerprint));

@@ -117,7 +117,7 @@ impl TicketDb {
     /// longer in the state it needs is cancelled here.
     pub fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Delivery>, TicketError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = andon_sqlite::write(&mut conn).map_err(db_err)?;
         let rows: Vec<(i64, String, String, String, String, u32, String)> = {
             let mut st = tx
                 .prepare(
