@@ -62,7 +62,8 @@ impl Pipeline {
         let (db, tickets, t, runs) =
             (Arc::clone(&self.findings), Arc::clone(&self.tickets), tenant.clone(), self.rca.recorder.clone());
         let (recorded, resolved) = tokio::task::spawn_blocking(move || {
-            let openings: Openings = written.iter().map(|w| (w.fingerprint.clone(), w.opening.clone())).collect();
+            let openings: Openings =
+                written.iter().map(|w| (w.finding.fingerprint.clone(), w.opening.clone())).collect();
             match tickets.observe_with(&t, &recorded, &openings) {
                 Ok(observed) => {
                     if let Some(runs) = runs {
@@ -125,14 +126,7 @@ impl Pipeline {
             let started = Utc::now();
             if let Some(o) = narrator.ticket_opening(&f, previous.as_ref()).await {
                 let kept = o.exchanges.is_empty() && previous.as_ref() == Some(&o.opening);
-                out.push(Written {
-                    fingerprint: f.fingerprint.clone(),
-                    finding: f,
-                    opening: o.opening,
-                    exchanges: o.exchanges,
-                    kept,
-                    started,
-                });
+                out.push(Written { finding: f, opening: o.opening, exchanges: o.exchanges, kept, started });
             }
         }
         out
@@ -196,7 +190,6 @@ pub const OPENINGS_PER_PASS: usize = 10;
 /// A ticket opening written (or kept) for one finding of a pass.
 #[derive(Debug)]
 struct Written {
-    fingerprint: String,
     finding: Finding,
     opening: TicketOpening,
     /// The requests to the model that wrote it.
@@ -239,7 +232,7 @@ fn record_drafts(
                 validation.and_then(|v| v.error.clone()).unwrap_or_else(|| "every draft was rejected".into())
             ),
         };
-        let input = json!({ "finding": w.finding.id, "fingerprint": w.fingerprint, "started_at": w.started });
+        let input = json!({ "finding": w.finding.id, "fingerprint": w.finding.fingerprint, "started_at": w.started });
         let output = serde_json::to_value(&w.opening).unwrap_or_default();
         append(run, LoggedStep { kind: "decision".into(), name: "ticket opening".into(), input, output, summary });
     }
