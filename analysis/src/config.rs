@@ -21,8 +21,8 @@ pub struct AnalysisConfig {
     /// The baseline window, just before the current one.
     pub baseline_secs: u64,
     /// A continuous pass also judges its last `recent_secs` against the same
-    /// baseline, with the detectors that can judge so short a window (latency
-    /// and error rate, against at least 30 periods of its length), so that
+    /// baseline, with the detectors that can judge so short a window (latency,
+    /// error rate and retries, against at least 30 periods of its length), so that
     /// a fault that stands out within a minute is reported by the first pass
     /// after its onset instead of once it fills enough of `window_secs`. 0
     /// turns the short window off.

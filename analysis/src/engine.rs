@@ -176,6 +176,35 @@ pub struct PassReport {
     /// selected, where each candidate's trouble starts, and how they were
     /// grouped.
     pub steps: Vec<PassStep>,
+    /// What the pass's clustering read of each finding's headline account,
+    /// in the order of `findings`: a continuous pass weighs its last minute's
+    /// accounts against its whole window's with it.
+    pub accounts: Vec<Account>,
+}
+
+/// A finding's headline account as clustering weighs it, with the short
+/// form of its effect for a finding it is linked under.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub member: Member,
+    pub short: String,
+}
+
+impl Account {
+    /// `f` (whose account this is) as linked under another finding, with what
+    /// was linked under it.
+    fn linked(&self, f: &Finding) -> Vec<LinkedFinding> {
+        let own = LinkedFinding {
+            kind: f.kind,
+            service: f.service.clone(),
+            operation: f.operation.clone(),
+            segment: f.segment.clone(),
+            summary: summary::linked(f.kind, &f.service, &f.operation, &self.short),
+            p_value: f.p_value,
+            why: f.evidence.details.get("cause_reason").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        };
+        std::iter::once(own).chain(f.evidence.linked.iter().cloned()).collect()
+    }
 }
 
 /// One step of a pass, as the flight recorder keeps it.
@@ -590,7 +619,9 @@ impl Analyzer {
     /// to the whole window. And where the whole window reports the operation
     /// (or links it under one of its findings) for the same kind of trouble,
     /// in whatever segment, the short window's account is left out: the
-    /// whole window's has more evidence.
+    /// whole window's has more evidence. A short window's account of another
+    /// kind of trouble that starts where a whole window's finding starts
+    /// joins that finding (see `continuous_unrecorded`).
     pub async fn continuous(
         &self,
         tenant: &Tenant,
@@ -620,11 +651,34 @@ impl Analyzer {
             known.push((f.kind, &f.service, &f.operation));
             known.extend(f.evidence.linked.iter().map(|l| (l.kind, l.service.as_str(), l.operation.as_str())));
         }
-        let fresh: Vec<Finding> = short
+        let fresh: Vec<(Finding, Account)> = short
             .findings
             .into_iter()
-            .filter(|f| !known.contains(&(f.kind, f.service.as_str(), f.operation.as_str())))
+            .zip(short.accounts)
+            .filter(|(f, _)| !known.contains(&(f.kind, f.service.as_str(), f.operation.as_str())))
             .collect();
+        for (f, a) in fresh {
+            // Trouble that starts where one of the whole window's findings
+            // starts is that finding's problem: the two accounts are one
+            // finding, headed by the account clustering would choose in one
+            // pass (the short window's retries for everyone over the whole
+            // window's error rate in one OS), with the other linked under it.
+            let Some(i) = report.accounts.iter().position(|w| w.member.cause == a.member.cause) else {
+                report.findings.push(f);
+                report.accounts.push(a);
+                continue;
+            };
+            let pair = [report.accounts[i].member.clone(), a.member.clone()];
+            if cluster::primary(&pair, &[0, 1]) == 1 {
+                let whole = std::mem::replace(&mut report.findings[i], f);
+                let linked = report.accounts[i].linked(&whole);
+                report.findings[i].evidence.linked.splice(0..0, linked);
+                report.accounts[i] = a;
+            } else {
+                let linked = a.linked(&f);
+                report.findings[i].evidence.linked.extend(linked);
+            }
+        }
         report.tests += short.tests;
         report.steps.extend(short.steps.into_iter().map(|mut s| {
             s.name = format!("last minute: {}", s.name);
@@ -633,8 +687,10 @@ impl Analyzer {
             }
             s
         }));
-        report.findings.extend(fresh);
-        report.findings.sort_by(|a, b| b.impact.total_cmp(&a.impact).then(a.fingerprint.cmp(&b.fingerprint)));
+        let mut found: Vec<(Finding, Account)> =
+            std::mem::take(&mut report.findings).into_iter().zip(std::mem::take(&mut report.accounts)).collect();
+        found.sort_by(|(a, _), (b, _)| b.impact.total_cmp(&a.impact).then(a.fingerprint.cmp(&b.fingerprint)));
+        (report.findings, report.accounts) = found.into_iter().unzip();
         report.elapsed += short.elapsed;
         Ok(report)
     }
@@ -821,13 +877,19 @@ impl Analyzer {
         }
         let onsets: Vec<Onset> = groups.iter().map(|(p, _)| self.onset_of(&examined[*p])).collect();
         let series = self.onset_series(&sql, &ctx, &onsets).await?;
-        let mut findings = Vec::new();
+        let mut found = Vec::new();
         for ((primary, group), series) in groups.iter().zip(&series) {
             let linked: Vec<&Examined> = group.iter().filter(|i| *i != primary).map(|i| &examined[*i]).collect();
-            findings.push(self.finding(&sql, &ctx, &examined[*primary], &linked, &versions, series).await?);
+            let e = &examined[*primary];
+            let account = Account {
+                member: members[*primary].clone(),
+                short: self.detector(e.test.kind)?.short(&e.test.judgement),
+            };
+            found.push((self.finding(&sql, &ctx, e, &linked, &versions, series).await?, account));
         }
-        findings.sort_by(|a, b| b.impact.total_cmp(&a.impact).then(a.fingerprint.cmp(&b.fingerprint)));
-        Ok(PassReport { findings, tests: n_tests, flows, elapsed: started.elapsed(), steps })
+        found.sort_by(|(a, _), (b, _)| b.impact.total_cmp(&a.impact).then(a.fingerprint.cmp(&b.fingerprint)));
+        let (findings, accounts) = found.into_iter().unzip();
+        Ok(PassReport { findings, tests: n_tests, flows, elapsed: started.elapsed(), steps, accounts })
     }
 
     /// What a finding's onset is found in: the binned latency of its own

@@ -206,6 +206,34 @@ fn a_clean_day_gives_no_finding() {
     assert!(found.is_empty(), "{found:#?}");
 }
 
+/// The passes continuous detection runs once a minute (30-minute windows, a
+/// 3-hour baseline), from four minutes before `fault`'s first minute to three
+/// after: nothing is reported before its onset (asserted), and the first pass
+/// that reports its kind on its service gives (pass end, finding, every
+/// finding of that pass).
+fn first_continuous_report(
+    l: &Loaded,
+    fault: &andon_fixtures::TruthFault,
+) -> Option<(DateTime<Utc>, Finding, Vec<String>)> {
+    let analyzer = Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap();
+    let minute = Duration::minutes(1);
+    let first = andon_analysis::floor_minute(fault.onset);
+    for k in -4..=3 {
+        let end = first + minute * k;
+        let w = Windows::before(end - Duration::minutes(30), end, 3 * 3600);
+        let r = l.rt.block_on(analyzer.continuous(&Tenant::default_tenant(), w, None)).unwrap();
+        let all: Vec<String> = r.findings.iter().map(describe).collect();
+        if end <= fault.onset {
+            assert!(all.is_empty(), "nothing to find before the fault, pass ending {end}: {all:#?}");
+            continue;
+        }
+        if let Some(f) = r.findings.iter().find(|f| f.kind == fault.target.kind && f.service == fault.target.service) {
+            return Some((end, f.clone(), all));
+        }
+    }
+    None
+}
+
 #[test]
 fn a_slow_release_is_reported_by_the_first_continuous_pass_after_its_first_instance_switches() {
     // Two hours at 2 sessions/s: pricing 7.4.0 starts rolling out 72 minutes
@@ -214,37 +242,78 @@ fn a_slow_release_is_reported_by_the_first_continuous_pass_after_its_first_insta
     // earlier: 42 of them here, past the 30 it needs.
     let l = load("latency", 2.0, 2.0);
     let fault = &l.truth.faults[0];
-    let analyzer = Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap();
-    let minute = Duration::minutes(1);
-    let first = andon_analysis::floor_minute(fault.onset);
-    let mut reported = None;
-    // The passes continuous detection runs once a minute, from four minutes
-    // before the first instance switches to three minutes after.
-    for k in -4..=3 {
-        let end = first + minute * k;
-        let w = Windows::before(end - Duration::minutes(30), end, 3 * 3600);
-        let r = l.rt.block_on(analyzer.continuous(&Tenant::default_tenant(), w, None)).unwrap();
-        let all: Vec<String> = r.findings.iter().map(describe).collect();
-        if end <= fault.onset {
-            assert!(all.is_empty(), "nothing to find before the release, pass ending {end}: {all:#?}");
-            continue;
-        }
-        if let Some(f) = r.findings.iter().find(|f| f.kind == fault.target.kind && f.service == "pricing") {
-            reported = Some((end, f.clone(), all));
-            break;
-        }
-    }
-    let (end, f, all) = reported.expect("reported within three minutes of the release");
+    let (end, f, all) = first_continuous_report(&l, fault).expect("reported within three minutes of the release");
     assert!(end - fault.onset <= Duration::seconds(120), "first reported by the pass ending {end}, {}", fault.onset);
     assert_eq!(f.operation, fault.target.operation, "{all:#?}");
     // Seen first in the release (or in the whole operation), it is the same
     // finding as the whole window's account once the release is rolled out.
     assert_eq!(f.fingerprint, Finding::fingerprint_of(f.kind, &f.service, &f.operation, &BTreeMap::new()), "{all:#?}");
     assert!(f.segment.keys().all(|k| k == "service.version"), "{:?}", f.segment);
-    assert_eq!(f.window.end - f.window.start, minute, "found in the pass's last minute");
+    assert_eq!(f.window.end - f.window.start, Duration::minutes(1), "found in the pass's last minute");
     assert!(f.effect > 2.0, "the injected factor is 7: {}", f.effect);
     // Every caller of pricing waits on it: none is reported on its own.
     assert_eq!(all.len(), 1, "{all:#?}");
+}
+
+#[test]
+fn a_retry_storm_is_reported_by_the_first_continuous_pass_after_it_starts() {
+    // Two hours at 3 sessions/s: from 72 minutes in, a rate limiter rejects
+    // 45% of Android's add-to-cart calls and the app resends them. The
+    // pass's last minute is judged against the minutes before its baseline's
+    // end (42 here): how much the share of sessions retrying moves from one
+    // minute to the next.
+    let l = load("retry", 2.0, 3.0);
+    let fault = &l.truth.faults[0];
+    let (end, f, all) = first_continuous_report(&l, fault).expect("reported within three minutes of the onset");
+    eprintln!("retries first reported by the pass ending {}s after the onset", (end - fault.onset).num_seconds());
+    assert!(end - fault.onset <= Duration::seconds(120), "first reported by the pass ending {end}, {}", fault.onset);
+    assert_eq!(f.operation, fault.target.operation, "{all:#?}");
+    // A minute says that the operation broke, not for whom: its account is of
+    // the whole operation, which the whole window's Android account revises.
+    assert!(f.segment.is_empty() || f.segment == fault.target.segment, "{:?}", f.segment);
+    assert_eq!(f.window.end - f.window.start, Duration::minutes(1), "found in the pass's last minute");
+    assert!(f.evidence.details.contains_key("windows_compared"), "judged against the minutes before: {f:?}");
+    // The 503s behind the retries are the same problem, not a second finding:
+    // the whole window's account of them (Android's error rate) is linked
+    // under the retries.
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        f.evidence.linked.iter().any(|l| l.kind.as_str() == "error_rate_regression" && l.operation == f.operation),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn continuous_passes_over_clean_traffic_report_nothing_from_their_last_minute_either() {
+    use andon_analysis::recorder::{RecorderLimits, RunsDb};
+    // Two hours of clean traffic at 3 sessions/s (the retry storm's rate),
+    // with a harmless release 90 minutes in. Every third minute of the last
+    // 48 (passes with at least the 30 minutes of history a last minute is
+    // judged against): neither the whole window nor its last minute reports
+    // anything, the release included.
+    let l = load("clean", 2.0, 3.0);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Arc::new(RunsDb::open(&dir.path().join("runs.db"), RecorderLimits::default()).unwrap());
+    let analyzer = Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap().recording(Arc::clone(&runs));
+    let last = andon_analysis::floor_minute(l.truth.end);
+    let (mut found, mut judged) = (Vec::new(), 0);
+    for k in 0..16 {
+        let end = last - Duration::minutes(3 * k);
+        let w = Windows::before(end - Duration::minutes(30), end, 3 * 3600);
+        let r = l.rt.block_on(analyzer.continuous(&Tenant::default_tenant(), w, None)).unwrap();
+        found.extend(r.findings.iter().map(|f| format!("{} (pass ending {end})", describe(f))));
+        // The pass's steps went to the recorder: its latest run.
+        let (_, run) = runs.list(None, 1).unwrap().pop().unwrap();
+        let (_, steps) = runs.recorded(None, &run.id).unwrap().unwrap();
+        let tests = |name: &str| {
+            steps.iter().find(|s| s.step.name == name).and_then(|s| s.output.as_ref()?["tests"].as_u64()).unwrap_or(0)
+        };
+        if tests("last minute: retry tests") > 0 && tests("last minute: error_rate_regression tests") > 0 {
+            judged += 1;
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+    assert!(judged >= 12, "the last minute's retries and errors were tested in {judged} passes of 16");
 }
 
 /// Precision and recall over every scenario, printed for the issue note; run with

@@ -87,15 +87,30 @@ pub fn history_look(ctx: &Ctx) -> chrono::Duration {
 /// minutes. The latency and error-rate detectors read the same query. `None`
 /// when the store keeps no rollups.
 pub fn history_rolled_query(ctx: &Ctx, filter: &str) -> Option<String> {
-    if !ctx.rollups {
-        return None;
-    }
+    ctx.rollups.then(|| history_query(include_str!("history_rolled.sql"), ctx, filter))
+}
+
+/// How often sessions retry each operation from one window to the next, over
+/// `sessions` (`retry_history_sessions.sql`), in the periods of
+/// [`history_rolled_query`]. `None` when the pass does not read `sessions`.
+pub fn retry_history_query(ctx: &Ctx, filter: &str) -> Option<String> {
+    ctx.sessioned().then(|| history_query(include_str!("retry_history_sessions.sql"), ctx, filter))
+}
+
+/// Renders a history template: [`history_look`] before the baseline's end
+/// (its minute), in periods of the current window's length rounded to whole
+/// minutes.
+fn history_query(template: &str, ctx: &Ctx, filter: &str) -> String {
     let window = (ctx.end - ctx.split).num_seconds().max(1);
     let end = crate::engine::floor_minute(ctx.baseline_end);
     let ctx = Ctx { baseline_start: end - history_look(ctx), baseline_end: end, ..ctx.clone() };
+    // `sessions` names its segment columns as `span_metrics` does.
     let mut vars = ctx.metric_vars(filter);
+    if let Some((_, segments)) = vars.iter().find(|(k, _)| *k == "metric_segments") {
+        vars.push(("session_segments", segments.clone()));
+    }
     vars.push(("window_secs", (((window + 30) / 60).max(1) * 60).to_string()));
-    Some(sql::render(include_str!("history_rolled.sql"), &vars))
+    sql::render(template, &vars)
 }
 
 /// A pass's context for a detector's unit tests: every window starts and ends

@@ -8,7 +8,12 @@ use andon_model::{Affected, FindingKind, Severity, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Metric, Subject, judge_rate, num, round, segment_tests, subjects};
+use std::collections::BTreeMap;
+
+use super::{
+    Metric, SHORT_MIN_PERIODS, Subject, against_history, judge_rate, merge_subjects, num, round, segment_tests,
+    subjects,
+};
 use crate::AnalysisError;
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
 use crate::sql::Rows;
@@ -20,13 +25,16 @@ pub const KIND: FindingKind = FindingKind::Retry;
 
 pub const SQL: &str = include_str!("retry.sql");
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Retries {
     pub sessions: u64,
     pub retrying_sessions: u64,
     pub retries: u64,
     pub auto_retries: u64,
     pub attempts: u64,
+    /// Before the baseline's end, per period of the window's length:
+    /// (sessions, retrying sessions). Only a short window reads them.
+    pub periods: BTreeMap<i64, (u64, u64)>,
 }
 
 impl Metric for Retries {
@@ -36,6 +44,11 @@ impl Metric for Retries {
         self.retries += o.retries;
         self.auto_retries += o.auto_retries;
         self.attempts += o.attempts;
+        for (p, (n, x)) in &o.periods {
+            let e = self.periods.entry(*p).or_default();
+            e.0 += n;
+            e.1 += x;
+        }
     }
 
     fn samples(&self) -> u64 {
@@ -64,19 +77,26 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
     super::session_calls_query(SQL, ctx, filter)
 }
 
-fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let subjects: Vec<Subject<Retries>> = subjects(
-        rows,
-        &ctx.segments,
-        |r| Some((r.str("service")?, r.str("operation")?)),
-        |r| Retries {
-            sessions: r.u64("sessions"),
-            retrying_sessions: r.u64("retrying_sessions"),
-            retries: r.u64("retries"),
-            auto_retries: r.u64("auto_retries"),
-            attempts: r.u64("attempts"),
-        },
-    );
+/// The retry history a short window is judged against: a minute of a
+/// service's life is compared with at least half an hour of minutes like it
+/// (how much the share of sessions retrying moves on its own from one minute
+/// to the next), never with the baseline alone.
+fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
+    let key = |r: &andon_store::sql::Row<'_>| Some((r.str("service")?, r.str("operation")?));
+    let mut subjects: Vec<Subject<Retries>> = subjects(rows, &ctx.segments, key, |r| Retries {
+        sessions: r.u64("sessions"),
+        retrying_sessions: r.u64("retrying_sessions"),
+        retries: r.u64("retries"),
+        auto_retries: r.u64("auto_retries"),
+        attempts: r.u64("attempts"),
+        periods: BTreeMap::new(),
+    });
+    // The history's periods join their subjects, on the baseline's side.
+    let periods = super::subjects(history, &ctx.segments, key, |r| Retries {
+        periods: r.i64("period").map(|p| (p, (r.u64("sessions"), r.u64("retrying_sessions")))).into_iter().collect(),
+        ..Retries::default()
+    });
+    merge_subjects(&mut subjects, periods);
     subjects
         .iter()
         .flat_map(|s| {
@@ -87,6 +107,23 @@ fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
                     (c.retrying_sessions, c.sessions),
                     ("retrying_sessions", "sessions", "retrying_share"),
                 )?;
+                if ctx.short {
+                    let min = ctx.config.segment_min_samples;
+                    let periods = b.periods.values().map(|(n, x)| (*n, *x));
+                    match against_history(periods, (c.sessions, c.retrying_sessions), min) {
+                        Some(h) if h.periods >= SHORT_MIN_PERIODS => {
+                            let cur = c.retrying_sessions as f64 / c.sessions.max(1) as f64;
+                            j.material &= cur - h.rate >= ctx.config.rate_min_delta
+                                && cur >= ctx.config.rate_min_ratio * h.rate;
+                            j.p_value = j.p_value.max(h.p_value);
+                            j.details.insert("history_retrying_share".into(), num(round(h.rate, 5)));
+                            j.details.insert("history_dispersion".into(), num(round(h.dispersion, 3)));
+                            j.details.insert("history_p_value".into(), num(h.p_value));
+                            j.details.insert("windows_compared".into(), Value::from(h.periods));
+                        }
+                        _ => j.material = false,
+                    }
+                }
                 for (side, m) in [(&mut j.baseline, b), (&mut j.current, c)] {
                     side.insert("mean_attempts".into(), num(round(m.mean_attempts(), 4)));
                     side.insert("attempts_when_retried".into(), num(round(m.attempts_when_retried(), 4)));
@@ -105,12 +142,24 @@ impl Detector for Retry {
         KIND
     }
 
+    /// A short window is judged against the minutes before the baseline's
+    /// end, read from `sessions`; a pass over spans has no such history and
+    /// reports no retries from its short window.
+    fn judges_short_windows(&self) -> bool {
+        true
+    }
+
     fn queries(&self, ctx: &Ctx) -> Vec<(String, String)> {
         vec![(KIND.to_string(), query(ctx, ""))]
     }
 
     async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
-        Ok(Tested { tests: tests(&sql.rows(&query(ctx, "")).await?, ctx), flows: Vec::new() })
+        let rows = sql.rows(&query(ctx, "")).await?;
+        let history = match super::retry_history_query(ctx, "").filter(|_| ctx.short) {
+            Some(q) => sql.rows(&q).await?,
+            None => Rows::new(Vec::new()),
+        };
+        Ok(Tested { tests: tests(&rows, &history, ctx), flows: Vec::new() })
     }
 
     async fn evidence(
