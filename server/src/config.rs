@@ -206,6 +206,12 @@ pub struct RawStorage {
     pub rollups: bool,
     /// How often a flush also writes the open sessions.
     pub sessions_snapshot_secs: u64,
+    /// Keep segments in S3-compatible storage, `s3://bucket/prefix`, with
+    /// credentials, region and endpoint from the `AWS_*` environment
+    /// variables. Empty: under `data_dir`.
+    pub object_store: String,
+    /// With `object_store`, the most bytes of segments cached on local disk.
+    pub object_cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,6 +291,8 @@ impl Default for RawStorage {
             compact_small_bytes: 32 << 20,
             rollups: true,
             sessions_snapshot_secs: 30,
+            object_store: String::new(),
+            object_cache_bytes: 1 << 30,
         }
     }
 }
@@ -484,7 +492,16 @@ impl RawConfig {
         if let Some(l) = &self.llm {
             l.validate().map_err(anyhow::Error::msg)?;
         }
+        let object_store = match self.storage.object_store.trim() {
+            "" => None,
+            url => {
+                andon_store::parse_s3_url(url).map_err(|e| anyhow::anyhow!("storage.object_store: {e}"))?;
+                Some(url.to_owned())
+            }
+        };
         let store = StoreConfig {
+            object_store,
+            object_cache_bytes: self.storage.object_cache_bytes,
             data_dir: self.data_dir,
             durability,
             flush_interval: Duration::from_secs(self.storage.flush_interval_secs),
@@ -604,6 +621,12 @@ mod tests {
         raw.storage.durability = "sometimes".into();
         let err = raw.validate().unwrap_err().to_string();
         assert!(err.contains("storage.durability"), "{err}");
+        let mut raw = RawConfig::default();
+        raw.storage.object_store = "gs://spans".into();
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("storage.object_store") && err.contains("s3://"), "{err}");
+        let s3 = load(None, &vars(&[("ANDON_STORAGE_OBJECT_STORE", "s3://andon-spans/prod")])).unwrap();
+        assert_eq!(s3.validate().unwrap().store.object_store.as_deref(), Some("s3://andon-spans/prod"));
         let err = load(None, &vars(&[("ANDON_OTLP_MAX_REQUEST_BYTES", "lots")])).unwrap_err();
         assert!(format!("{err:#}").contains("max_request_bytes"), "{err:#}");
     }

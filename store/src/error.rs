@@ -21,6 +21,9 @@ pub enum StoreError {
     Query(#[from] DataFusionError),
     #[error("{0}")]
     Refused(String),
+    /// The object store refused or failed a request.
+    #[error("object store: {0}")]
+    Remote(String),
     #[error("query exceeded its time limit of {0:?}")]
     Timeout(std::time::Duration),
     /// Every query slot is taken; retry shortly.

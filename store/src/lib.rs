@@ -21,6 +21,7 @@ mod arrivals;
 mod dedup;
 mod error;
 mod query;
+mod remote;
 mod rollup;
 mod rows_table;
 mod segment;
@@ -46,6 +47,7 @@ use tracing::{info, warn};
 pub use arrivals::HORIZON_SECS as ARRIVALS_HORIZON_SECS;
 pub use error::StoreError;
 pub use query::{ExtraTable, QueryEngine, QueryLimits, QueryOutput};
+pub use remote::parse_s3_url;
 pub use rollup::{BUCKETS_PER_E, RollupSpec, latency_bucket};
 pub use rows_table::RowsTable;
 pub use segment::Segment;
@@ -97,6 +99,13 @@ pub struct StoreConfig {
     /// at every flush). A start rebuilds what was noted after the last write
     /// from the segments flushed since.
     pub sessions_snapshot_interval: Duration,
+    /// Keep segments in this S3 bucket (`s3://bucket/prefix`) rather than
+    /// under `data_dir`; credentials, region and endpoint come from the `AWS_*`
+    /// environment variables. `None`: local disk.
+    pub object_store: Option<String>,
+    /// With `object_store`, the most bytes of segments kept on local disk as
+    /// a cache.
+    pub object_cache_bytes: u64,
 }
 
 impl StoreConfig {
@@ -119,6 +128,8 @@ impl StoreConfig {
             session_timeout_secs: 900,
             retry_interval_secs: 30,
             sessions_snapshot_interval: Duration::from_secs(30),
+            object_store: None,
+            object_cache_bytes: 1 << 30,
         }
     }
 }
@@ -185,6 +196,8 @@ struct Inner {
     /// not since the start, so the next flush writes them).
     sessions_snapshot: Mutex<(u64, Option<Instant>)>,
     stats: Arc<StoreStats>,
+    /// Where segments live when not on local disk.
+    remote: Option<Arc<remote::Remote>>,
     _lock: File,
 }
 
@@ -222,8 +235,22 @@ impl Store {
         // Spill files of queries that ran before a crash.
         let _ = fs::remove_dir_all(dir.join("spill"));
         let quarantine = dir.join("quarantine");
-        let (segments, bad_segments) =
+        let (segments, mut bad_segments) =
             segment::load_segments(&Self::segments_dir(dir), &quarantine.join("segments"), checkpoint)?;
+        let remote = match &config.object_store {
+            Some(url) => Some(Arc::new(remote::Remote::open(url, dir, config.object_cache_bytes)?)),
+            None => None,
+        };
+        let mut modified: std::collections::HashMap<PathBuf, SystemTime> = std::collections::HashMap::new();
+        let segments = match &remote {
+            Some(r) => {
+                let (segments, unreadable, listed) = adopt_remote(r, dir, segments, checkpoint)?;
+                bad_segments += unreadable;
+                modified = listed;
+                segments
+            }
+            None => segments,
+        };
         let stats = Arc::new(StoreStats::default());
         stats.add_quarantined(bad_segments);
 
@@ -231,9 +258,12 @@ impl Store {
         let now = Instant::now();
         let recent = SystemTime::now() - config.dedup_window;
         for s in &segments {
-            let modified = fs::metadata(&s.path).and_then(|m| m.modified());
+            let modified = match modified.get(&s.path) {
+                Some(m) => Ok(*m),
+                None => fs::metadata(&s.path).and_then(|m| m.modified()),
+            };
             if modified.is_ok_and(|m| m >= recent) {
-                for b in segment::read_ids(&s.path)? {
+                for b in read_segment(remote.as_deref(), s, true)? {
                     dedup.insert_new(&batch_keys(&b), now);
                 }
             }
@@ -259,7 +289,7 @@ impl Store {
             // Compaction leaves these segments alone until a later write.
             let mut renoted = 0usize;
             for seg in segments.iter().filter(|s| s.flush_seq > snapshot) {
-                for b in segment::read_all(&seg.path)? {
+                for b in read_segment(remote.as_deref(), seg, false)? {
                     renoted += b.num_rows();
                     book.note(&seg.tenant, &b, replay_time);
                 }
@@ -354,6 +384,7 @@ impl Store {
                 flush_lock: Mutex::new(()),
                 graveyard: Mutex::new(Vec::new()),
                 stats,
+                remote,
                 _lock: lock,
             }),
         };
@@ -518,7 +549,7 @@ impl Store {
         let fsync = self.inner.config.durability == Durability::Fsync;
         let dir = &self.inner.config.data_dir;
         for seg in &missing {
-            let batches = segment::read_all(&seg.path)?;
+            let batches = read_segment(self.inner.remote.as_deref(), seg, false)?;
             let rolled = self.inner.rollups.roll_up_alone(&batches)?;
             let Some(path) = rollup::metrics_path(dir, &seg.path) else { continue };
             let bytes = rollup::write_small_parquet(&path, &rolled, fsync)?;
@@ -604,20 +635,28 @@ impl Store {
         let mut rolled: Vec<(PathBuf, (PathBuf, u64))> = Vec::new();
         let data_dir = &self.inner.config.data_dir;
         let result = (|| {
+            if let Some(r) = &self.inner.remote {
+                // Uploads of a failed attempt must be gone before any checkpoint.
+                r.delete_orphans()?;
+            }
             for (tenant, batches) in &by_tenant {
                 for (n, (hour, batch)) in segment::partition_by_hour(batches)?.into_iter().enumerate() {
                     let seg = segment::write_segment(&root, tenant, hour, through, n, &batch, fsync)?;
+                    written.push(seg.clone());
+                    if let Some(r) = &self.inner.remote {
+                        // In the bucket before anything counts it as stored.
+                        r.upload(&seg.path)?;
+                        r.admit(&seg.path, seg.bytes);
+                    }
                     if !self.inner.config.rollups {
-                        written.push(seg);
                         continue;
                     }
                     // The segment's rollup, from the same spans, before the checkpoint.
                     let metrics = self.inner.rollups.roll_up(tenant, std::slice::from_ref(&batch))?;
                     let path = rollup::metrics_path(data_dir, &seg.path)
                         .ok_or_else(|| StoreError::Corrupt(format!("{} is outside the store", seg.path.display())))?;
-                    written.push(seg);
                     let bytes = rollup::write_small_parquet(&path, &metrics, fsync)?;
-                    rolled.push((written[written.len() - 1].path.clone(), (path, bytes)));
+                    rolled.push((seg.path, (path, bytes)));
                 }
             }
             Ok::<_, StoreError>(())
@@ -658,7 +697,12 @@ impl Store {
             }
             self.inner.sessions.put_back(quiet);
             for seg in &written {
-                let _ = fs::remove_file(&seg.path);
+                match &self.inner.remote {
+                    Some(r) => r.abandon(&seg.path),
+                    None => {
+                        let _ = fs::remove_file(&seg.path);
+                    }
+                }
                 rollup::remove_metrics(data_dir, &seg.path);
             }
             return Err(e);
@@ -749,6 +793,13 @@ impl Store {
             let started = Instant::now();
             let merged = query::sorted_segments(self, inputs.clone())
                 .and_then(|batches| segment::write_compacted(&inputs, batches, fsync))?;
+            if let Some(r) = &self.inner.remote {
+                if let Err(e) = r.upload(&merged.path) {
+                    r.abandon(&merged.path);
+                    return Err(e);
+                }
+                r.admit(&merged.path, merged.bytes);
+            }
             // The inputs' rollups merged, when every input has one; otherwise the
             // merged segment is rolled up afresh later.
             let input_metrics: Option<Vec<PathBuf>> = {
@@ -889,7 +940,7 @@ impl Store {
             Ok(())
         };
         for seg in &segs {
-            for b in segment::read_all(&seg.path)? {
+            for b in read_segment(self.inner.remote.as_deref(), seg, false)? {
                 book.note(&seg.tenant, &b, wall);
             }
             take(&book)?;
@@ -921,6 +972,35 @@ impl Store {
         Ok(rows)
     }
 
+    /// Deletes a file the store no longer serves: a segment (its local copy,
+    /// its object in the bucket and its rollup) or a sessions file.
+    fn discard_segment(&self, path: &Path) {
+        let is_segment = path.starts_with(Self::segments_dir(&self.inner.config.data_dir));
+        match &self.inner.remote {
+            Some(r) if is_segment => {
+                r.forget(path);
+                if let Err(e) = r.delete(path) {
+                    warn!(path = %path.display(), error = %e, "could not delete a segment from the object store");
+                }
+            }
+            _ => {
+                if let Err(e) = fs::remove_file(path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    warn!(path = %path.display(), error = %e, "could not delete a file the store no longer serves");
+                }
+            }
+        }
+        if is_segment {
+            rollup::remove_metrics(&self.inner.config.data_dir, path);
+        }
+    }
+
+    /// Where segments are read from when not cached locally, if not local disk.
+    pub(crate) fn remote(&self) -> Option<&remote::Remote> {
+        self.inner.remote.as_deref()
+    }
+
     /// Deletes compaction inputs whose grace period is over.
     fn bury(&self, grace: Duration) {
         let due: Vec<PathBuf> = {
@@ -930,10 +1010,7 @@ impl Store {
             due.into_iter().map(|(_, p)| p).collect()
         };
         for p in due {
-            if let Err(e) = fs::remove_file(&p) {
-                warn!(path = %p.display(), error = %e, "could not delete a compacted segment");
-            }
-            rollup::remove_metrics(&self.inner.config.data_dir, &p);
+            self.discard_segment(&p);
         }
     }
 
@@ -961,10 +1038,7 @@ impl Store {
             paths.iter().filter_map(|p| s.segments.remove(p)).collect()
         };
         for seg in &expired {
-            if let Err(e) = fs::remove_file(&seg.path) {
-                warn!(path = %seg.path.display(), error = %e, "could not delete expired segment");
-            }
-            rollup::remove_metrics(&self.inner.config.data_dir, &seg.path);
+            self.discard_segment(&seg.path);
             if let Some(dir) = seg.path.parent() {
                 // Succeeds only once the hour directory is empty.
                 let _ = fs::remove_dir(dir);
@@ -1034,6 +1108,7 @@ impl Store {
             out.buffered_spans = s.buffer.iter().map(|b| b.batch.num_rows() as u64).sum();
             out.buffered_bytes = s.buffer_bytes as u64;
         }
+        out.segment_cache_bytes = self.inner.remote.as_ref().map_or(0, |r| r.cached_bytes());
         out.dedup_keys = self.inner.dedup.lock().len() as u64;
         out.wal_disk_bytes = fs::read_dir(self.inner.config.data_dir.join("wal"))
             .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
@@ -1059,6 +1134,84 @@ impl SpanSink for Store {
     fn ready(&self) -> Result<(), SinkError> {
         Store::ready(self)
     }
+}
+
+/// The spans of `seg` (only its ids with `ids_only`): from the local file, or
+/// from the bucket when it is not cached.
+fn read_segment(
+    remote: Option<&remote::Remote>,
+    seg: &Segment,
+    ids_only: bool,
+) -> Result<Vec<RecordBatch>, StoreError> {
+    match remote {
+        Some(r) if !r.cached(&seg.path) => segment::read_batches(r.get(&seg.path)?, ids_only),
+        _ => segment::read_batches(File::open(&seg.path)?, ids_only),
+    }
+}
+
+/// The segments of a store kept in `r`, given the `local` ones `load_segments`
+/// found (cached copies, or segments from before the store used the bucket),
+/// and how many could not be read, with the time each was last written.
+///
+/// Objects of flushes after `checkpoint` are deleted (their spans are still in
+/// the WAL), local segments missing from the bucket are uploaded, inputs of an
+/// interrupted compaction are deleted, and the local copies of what is served
+/// become the cache.
+fn adopt_remote(
+    r: &remote::Remote,
+    data_dir: &Path,
+    local: Vec<Segment>,
+    checkpoint: u64,
+) -> Result<(Vec<Segment>, u64, std::collections::HashMap<PathBuf, SystemTime>), StoreError> {
+    let root = Store::segments_dir(data_dir);
+    let mut local: BTreeMap<PathBuf, Segment> = local.into_iter().map(|s| (s.path.clone(), s)).collect();
+    let mut found = Vec::new();
+    let mut modified = std::collections::HashMap::new();
+    let mut unreadable = 0;
+    for o in r.list("segments")? {
+        let Some((tenant, hour, flush_seq, first_seq)) = segment::parse_location(&root, &o.path) else {
+            continue;
+        };
+        if flush_seq > checkpoint {
+            info!(path = %o.path.display(), "removing an uploaded segment of an unfinished flush");
+            r.delete(&o.path)?;
+            continue;
+        }
+        let rows = match local.remove(&o.path) {
+            Some(copy) if copy.bytes == o.bytes => copy.rows,
+            _ => match r.rows(&o.path, o.bytes) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(path = %o.path.display(), error = %e,
+                        "unreadable segment in the object store: its spans are not served");
+                    unreadable += 1;
+                    continue;
+                }
+            },
+        };
+        modified.insert(o.path.clone(), o.modified);
+        found.push(Segment { path: o.path, tenant, hour, flush_seq, first_seq, rows, bytes: o.bytes });
+    }
+    if !local.is_empty() {
+        info!(segments = local.len(), bucket = r.shown(), "uploading local segments to the object store");
+    }
+    for (_, seg) in local {
+        r.upload(&seg.path)?;
+        found.push(seg);
+    }
+    let (mut keep, replaced) = segment::split_merged(found);
+    for seg in replaced {
+        info!(path = %seg.path.display(), "removing segment already merged by compaction");
+        r.delete(&seg.path)?;
+        let _ = fs::remove_file(&seg.path);
+    }
+    for seg in &keep {
+        if seg.path.exists() {
+            r.admit(&seg.path, seg.bytes);
+        }
+    }
+    keep.sort_by(|a, b| (a.hour, a.flush_seq, &a.path).cmp(&(b.hour, b.flush_seq, &b.path)));
+    Ok((keep, unreadable, modified))
 }
 
 fn read_checkpoint(path: &Path) -> Result<u64, StoreError> {

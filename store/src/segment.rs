@@ -30,7 +30,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::reader::FileReader;
+use parquet::file::reader::{ChunkReader, FileReader};
 use parquet::file::serialized_reader::SerializedFileReader;
 use parquet::schema::types::ColumnPath;
 
@@ -276,28 +276,68 @@ fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     }
 }
 
+/// Tenant, hour and `(last, first)` flush sequence numbers of the segment at
+/// `root/<tenant>/<hour>/<name>`.
+pub(crate) fn parse_location(root: &Path, path: &Path) -> Option<(Tenant, i64, u64, u64)> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut parts = rel.iter().map(|p| p.to_str());
+    let (Some(Some(tenant)), Some(Some(hour)), Some(Some(name)), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let (last, first) = parse_segment_name(name)?;
+    Some((Tenant::new(tenant).ok()?, parse_hour_dir(hour)?, last, first))
+}
+
+/// Splits `found` into the segments to serve and those a compaction already
+/// merged into another of them (inputs a crash left behind).
+pub(crate) fn split_merged(found: Vec<Segment>) -> (Vec<Segment>, Vec<Segment>) {
+    let merged: Vec<(&Tenant, i64, u64, u64, &PathBuf)> = found
+        .iter()
+        .filter(|s| s.first_seq != s.flush_seq)
+        .map(|s| (&s.tenant, s.hour, s.first_seq, s.flush_seq, &s.path))
+        .collect();
+    let replaced: Vec<bool> = found
+        .iter()
+        .map(|seg| {
+            merged.iter().any(|(t, h, first, last, p)| {
+                **t == seg.tenant
+                    && *h == seg.hour
+                    && **p != seg.path
+                    && *first <= seg.first_seq
+                    && seg.flush_seq <= *last
+            })
+        })
+        .collect();
+    let (mut keep, mut gone) = (Vec::new(), Vec::new());
+    for (seg, r) in found.into_iter().zip(replaced) {
+        if r { gone.push(seg) } else { keep.push(seg) }
+    }
+    (keep, gone)
+}
+
 /// Every segment under `root`, and how many were quarantined. Temporary files
 /// are deleted, and so are segments of flushes after `checkpoint`, whose spans
 /// are still in the WAL. A segment whose footer cannot be read is moved under
 /// `quarantine` (the same tenant/hour path) and reported, so that one bad
 /// file never stops the store from opening.
 pub fn load_segments(root: &Path, quarantine: &Path, checkpoint: u64) -> Result<(Vec<Segment>, u64), StoreError> {
-    let mut out = Vec::new();
+    let mut found = Vec::new();
     let mut quarantined = 0;
     if !root.exists() {
-        return Ok((out, quarantined));
+        return Ok((found, quarantined));
     }
     for t in fs::read_dir(root)? {
         let t = t?;
-        let Some(tenant) = t.file_name().to_str().and_then(|n| Tenant::new(n).ok()) else {
+        if !t.file_type()?.is_dir() {
             continue;
-        };
+        }
         for h in fs::read_dir(t.path())? {
             let h = h?;
-            let Some(hour) = h.file_name().to_str().and_then(parse_hour_dir) else {
+            if !h.file_type()?.is_dir() {
                 continue;
-            };
-            let mut found = Vec::new();
+            }
             for f in fs::read_dir(h.path())? {
                 let path = f?.path();
                 let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
@@ -307,7 +347,7 @@ pub fn load_segments(root: &Path, quarantine: &Path, checkpoint: u64) -> Result<
                     fs::remove_file(&path)?;
                     continue;
                 }
-                let Some((flush_seq, first_seq)) = parse_segment_name(&name) else {
+                let Some((tenant, hour, flush_seq, first_seq)) = parse_location(root, &path) else {
                     continue;
                 };
                 if flush_seq > checkpoint {
@@ -331,41 +371,27 @@ pub fn load_segments(root: &Path, quarantine: &Path, checkpoint: u64) -> Result<
                 let rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
                 found.push(Segment { path, tenant: tenant.clone(), hour, flush_seq, first_seq, rows, bytes });
             }
-            // Inputs of a compaction that crashed before deleting them.
-            let merged: Vec<(u64, u64, PathBuf)> = found
-                .iter()
-                .filter(|s| s.first_seq != s.flush_seq)
-                .map(|s| (s.first_seq, s.flush_seq, s.path.clone()))
-                .collect();
-            for seg in found {
-                let replaced = merged
-                    .iter()
-                    .any(|(first, last, p)| *p != seg.path && *first <= seg.first_seq && seg.flush_seq <= *last);
-                if replaced {
-                    tracing::info!(path = %seg.path.display(), "removing segment already merged by compaction");
-                    fs::remove_file(&seg.path)?;
-                } else {
-                    out.push(seg);
-                }
-            }
         }
+    }
+    // Inputs of a compaction that crashed before deleting them.
+    let (mut out, replaced) = split_merged(found);
+    for seg in replaced {
+        tracing::info!(path = %seg.path.display(), "removing segment already merged by compaction");
+        fs::remove_file(&seg.path)?;
     }
     out.sort_by(|a, b| (a.hour, a.flush_seq, &a.path).cmp(&(b.hour, b.flush_seq, &b.path)));
     Ok((out, quarantined))
 }
 
-/// Reads every span of a segment.
-pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
-}
-
-/// Reads only the tenant and id columns of a segment, to rebuild the dedup index.
-pub fn read_ids(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), ["tenant", "trace_id", "span_id"]);
-    let reader = builder.with_projection(mask).build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+/// Reads every span of a segment, or only the tenant and id columns (what
+/// rebuilding the dedup index needs), from a file or the bytes of one.
+pub fn read_batches<R: ChunkReader + 'static>(reader: R, ids_only: bool) -> Result<Vec<RecordBatch>, StoreError> {
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(reader)?;
+    if ids_only {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), ["tenant", "trace_id", "span_id"]);
+        builder = builder.with_projection(mask);
+    }
+    Ok(builder.build()?.collect::<Result<Vec<_>, _>>()?)
 }
 
 #[cfg(test)]

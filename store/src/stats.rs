@@ -46,6 +46,8 @@ pub struct StoreSnapshot {
     pub segment_bytes_written: u64,
     pub segments: u64,
     pub segment_disk_bytes: u64,
+    /// With segments in an object store, the bytes of their local copies.
+    pub segment_cache_bytes: u64,
     pub buffered_spans: u64,
     pub buffered_bytes: u64,
     pub queries_failed: u64,

@@ -19,7 +19,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -134,11 +134,33 @@ impl TableProvider for SpansTable {
             Some(segments) => crate::Snapshot { batches: Vec::new(), segments: segments.clone() },
             None => self.store.snapshot(self.tenant.as_ref(), hours),
         };
-        let files: Vec<(std::path::PathBuf, u64)> = snap.segments.iter().map(|s| (s.path.clone(), s.bytes)).collect();
+        // Segments kept in a bucket are read from their local copy when cached.
+        let mut files: Vec<(std::path::PathBuf, u64)> = Vec::new();
+        let mut remote_files: Vec<(String, u64)> = Vec::new();
+        let remote = self.store.remote();
+        for seg in &snap.segments {
+            match remote {
+                Some(r) if !r.cached(&seg.path) => {
+                    let key = r.key(&seg.path).map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    remote_files.push((key.to_string(), seg.bytes));
+                }
+                _ => files.push((seg.path.clone(), seg.bytes)),
+            }
+        }
         // Two partitions keep both cores busy on the freshest data.
         let half = snap.batches.len().div_ceil(2).max(1);
         let parts: Vec<Vec<_>> = snap.batches.chunks(half).map(<[_]>::to_vec).collect();
-        files_and_memory(state, span_schema(), &files, &parts, projection, limit).await
+        let mut plan = files_and_memory(state, span_schema(), &files, &parts, projection, limit).await?;
+        if let Some(r) = remote.filter(|_| !remote_files.is_empty()) {
+            r.register(state.runtime_env());
+            let fetched = scan_parquet(state, span_schema(), r.url().clone(), &remote_files, projection, limit).await?;
+            plan = if files.is_empty() && parts.iter().all(Vec::is_empty) {
+                fetched
+            } else {
+                UnionExec::try_new(vec![plan, fetched])?
+            };
+        }
+        Ok(plan)
     }
 }
 
@@ -154,20 +176,9 @@ pub(crate) async fn files_and_memory(
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
     if !files.is_empty() {
-        let n = state.config().target_partitions().max(1).min(files.len());
-        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n];
-        for (i, (path, bytes)) in files.iter().enumerate() {
-            groups[i % n].push(PartitionedFile::new(path.to_string_lossy().into_owned(), *bytes));
-        }
-        let options = state.table_options().parquet.clone();
-        let format = ParquetFormat::default().with_options(options.clone());
-        let source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        inputs.push(format.create_physical_plan(state, config).await?);
+        let files: Vec<(String, u64)> = files.iter().map(|(p, b)| (p.to_string_lossy().into_owned(), *b)).collect();
+        let url = ObjectStoreUrl::local_filesystem();
+        inputs.push(scan_parquet(state, Arc::clone(&schema), url, &files, projection, limit).await?);
     }
     if parts.iter().any(|p| !p.is_empty()) {
         inputs.push(MemorySourceConfig::try_new_exec(parts, Arc::clone(&schema), projection.cloned())?);
@@ -180,6 +191,32 @@ pub(crate) async fn files_and_memory(
         return Ok(Arc::new(EmptyExec::new(projected)));
     }
     UnionExec::try_new(inputs)
+}
+
+/// The plan of Parquet files at `files` (location, size) in the object store of
+/// `url`, spread over the session's partitions.
+async fn scan_parquet(
+    state: &dyn Session,
+    schema: SchemaRef,
+    url: ObjectStoreUrl,
+    files: &[(String, u64)],
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let n = state.config().target_partitions().max(1).min(files.len().max(1));
+    let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n];
+    for (i, (location, bytes)) in files.iter().enumerate() {
+        groups[i % n].push(PartitionedFile::new(location.clone(), *bytes));
+    }
+    let options = state.table_options().parquet.clone();
+    let format = ParquetFormat::default().with_options(options.clone());
+    let source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+    let config = FileScanConfigBuilder::new(url, Arc::new(source))
+        .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .build();
+    format.create_physical_plan(state, config).await
 }
 
 #[cfg(test)]

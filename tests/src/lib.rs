@@ -33,6 +33,18 @@ fn build_bin(bin: &str) -> PathBuf {
     // `--workspace`, as the test build has: the same packages resolve the same
     // features, so this reuses the binary that build made (see tests/Cargo.toml).
     build.args(["build", "--quiet", "--workspace", "--bin", bin]).current_dir(workspace_root());
+    // Without the variables cargo set for this test process: build scripts
+    // that watch them (ring's does) would run again, and everything built on
+    // them would be rebuilt, once here and again by the next `cargo test`.
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(k, "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR")
+        {
+            build.env_remove(k);
+        }
+    }
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         // Benchmarks measure optimised binaries.
         build.arg("--release");
@@ -352,6 +364,9 @@ pub mod reqwest {
         }
         pub fn get(&self, url: String) -> RequestBuilder {
             RequestBuilder { inner: client().get(url) }
+        }
+        pub fn put(&self, url: String) -> RequestBuilder {
+            RequestBuilder { inner: client().put(url) }
         }
         pub fn delete(&self, url: String) -> RequestBuilder {
             RequestBuilder { inner: client().delete(url) }

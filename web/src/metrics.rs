@@ -83,7 +83,13 @@ pub fn render(r: &Readings<'_>) -> String {
         r.store.segment_bytes_written,
     );
     gauge(&mut out, "andon_segments", "Parquet segments on disk.", r.store.segments);
-    gauge(&mut out, "andon_segment_size_bytes", "Bytes of Parquet segments on disk.", r.store.segment_disk_bytes);
+    gauge(&mut out, "andon_segment_size_bytes", "Bytes of Parquet segments stored.", r.store.segment_disk_bytes);
+    gauge(
+        &mut out,
+        "andon_segment_cache_bytes",
+        "Bytes of local copies of segments kept in the object store.",
+        r.store.segment_cache_bytes,
+    );
     gauge(&mut out, "andon_dedup_keys", "Span ids remembered for deduplication.", r.store.dedup_keys);
     histogram(&mut out, "andon_flush_seconds", "Duration of flushes from memory to segments.", &r.flush);
     histogram(&mut out, "andon_query_seconds", "Latency of SQL queries.", &r.query);

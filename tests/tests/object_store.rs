@@ -1,0 +1,222 @@
+//! Segments in S3-compatible storage: a real S3 API server (moto, from PyPI, in
+//! server mode) stands in for the bucket. Spans go in over OTLP, their
+//! segments land in the bucket, and a server killed with SIGKILL, whose local
+//! copies of segments are then deleted, serves every span again from the bucket
+//! alone. An outage of the bucket delays flushes and loses nothing.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use andon_tests::reqwest::blocking_client;
+use andon_tests::{Server, otlp, wait_for};
+use prost::Message;
+
+const BUCKET: &str = "andon-spans";
+const SPANS_PER_REQUEST: u64 = 300;
+
+/// `moto_server` on a free loopback port.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start(python: &str, port: u16) -> Moto {
+        let child = Command::new(python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto server starts");
+        let url = format!("http://127.0.0.1:{port}/");
+        assert!(
+            wait_for(Duration::from_secs(60), || blocking_client().get(url.clone()).send().is_ok()),
+            "moto server answers on port {port}"
+        );
+        Moto { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn create_bucket(&self) {
+        let r = blocking_client().put(self.url(&format!("/{BUCKET}"))).send().expect("bucket created");
+        assert!(r.status().is_success(), "create bucket: {}", r.status());
+    }
+
+    /// Keys and sizes of the objects under `prefix`.
+    fn list(&self, prefix: &str) -> Vec<(String, u64)> {
+        let body = blocking_client()
+            .get(self.url(&format!("/{BUCKET}?list-type=2&prefix={prefix}")))
+            .send()
+            .map(|r| r.text())
+            .expect("bucket listed");
+        body.split("<Contents>")
+            .skip(1)
+            .map(|c| {
+                let field = |name: &str| {
+                    let open = format!("<{name}>");
+                    let start = c.find(&open).map(|i| i + open.len()).expect("field in listing");
+                    c[start..].split('<').next().unwrap_or_default().to_owned()
+                };
+                (field("Key"), field("Size").parse().expect("size"))
+            })
+            .collect()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+fn python_with_moto() -> Option<String> {
+    let Ok(python) = std::env::var("ANDON_TEST_PYTHON") else {
+        assert!(std::env::var_os("CI").is_none(), "ANDON_TEST_PYTHON must be set in CI");
+        eprintln!("skipping: ANDON_TEST_PYTHON is not set");
+        return None;
+    };
+    let ok = Command::new(&python).args(["-c", "import moto.server"]).status().is_ok_and(|s| s.success());
+    assert!(ok, "{python} lacks moto (tests/python/requirements.txt installs it)");
+    Some(python)
+}
+
+fn export(server: &Server, seed: u64) {
+    let body = otlp::request("bucketed", seed, SPANS_PER_REQUEST, otlp::now_ns()).encode_to_vec();
+    let r = blocking_client()
+        .post(server.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .expect("export answered");
+    assert_eq!(r.status(), 200, "export acknowledged");
+}
+
+fn stored(server: &Server) -> (i64, i64) {
+    let rows =
+        server.query("SELECT count(*), count(DISTINCT trace_id || span_id) FROM spans WHERE service_name = 'bucketed'");
+    (rows[0][0].as_i64().unwrap_or(-1), rows[0][1].as_i64().unwrap_or(-1))
+}
+
+/// A gauge from `/metrics`.
+fn gauge(server: &Server, name: &str) -> f64 {
+    let text = blocking_client().get(server.api_url("/metrics")).send().map(|r| r.text()).expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+fn local_parquet(dir: &Path) -> usize {
+    fn walk(dir: &Path, n: &mut usize) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, n);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(dir, &mut n);
+    n
+}
+
+#[test]
+fn segments_live_in_the_bucket_and_survive_a_kill_and_a_lost_cache() {
+    let Some(python) = python_with_moto() else { return };
+    let mut moto = Moto::start(&python, free_port());
+    moto.create_bucket();
+    let endpoint = moto.url("");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("ANDON_STORAGE_OBJECT_STORE", "s3://andon-spans/prod/eu"),
+        // No cache to speak of: queries after the restart must read the bucket.
+        ("ANDON_STORAGE_OBJECT_CACHE_BYTES", "0"),
+        ("ANDON_STORAGE_FLUSH_INTERVAL_SECS", "1"),
+        ("AWS_ACCESS_KEY_ID", "andon-test"),
+        ("AWS_SECRET_ACCESS_KEY", "andon-test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let mut server = Server::start_with_env(&data, &env);
+
+    // Flushed segments land in the bucket under the prefix, as Parquet.
+    for seed in 0..4 {
+        export(&server, seed);
+    }
+    let sent = |requests: u64| (requests * SPANS_PER_REQUEST) as i64;
+    assert!(
+        wait_for(Duration::from_secs(60), || gauge(&server, "andon_buffered_spans") == 0.0),
+        "the exports are flushed"
+    );
+    let objects = moto.list("prod/eu/segments/");
+    assert!(objects.iter().all(|(k, _)| k.starts_with("prod/eu/segments/default/") && k.ends_with(".parquet")));
+    assert!(objects.iter().all(|(_, size)| *size > 0));
+    assert_eq!(stored(&server), (sent(4), sent(4)));
+
+    assert!(gauge(&server, "andon_segment_cache_bytes") > 0.0, "fresh segments stay cached for their grace");
+
+    // The bucket goes away for a while: exports are still acknowledged (the WAL
+    // has them), and the flushes that fail meanwhile keep them.
+    let port = moto.port;
+    moto.kill();
+    for seed in 4..8 {
+        export(&server, seed);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(stored(&server), (sent(8), sent(8)), "spans are served from the buffer during the outage");
+    assert_eq!(gauge(&server, "andon_buffered_spans"), sent(4) as f64, "no flush completes without the bucket");
+    // Back, but empty (moto keeps its objects in memory): the segments of the
+    // first four exports are gone with it, so this part counts what comes after.
+    moto = Moto::start(&python, port);
+    moto.create_bucket();
+    assert!(
+        wait_for(Duration::from_secs(240), || gauge(&server, "andon_buffered_spans") == 0.0),
+        "the flush retried after the outage uploads the buffered spans"
+    );
+    assert!(!moto.list("prod/eu/segments/").is_empty());
+    for seed in 8..12 {
+        export(&server, seed);
+    }
+
+    // SIGKILL, then the local copies of segments are lost too: only the WAL (for
+    // whatever was not yet uploaded) and the bucket remain.
+    server.kill();
+    let cached = local_parquet(&data.join("segments"));
+    assert!(cached > 0, "fresh segments were cached locally");
+    std::fs::remove_dir_all(data.join("segments")).expect("local segments deleted");
+    server.respawn();
+    let bucketed = moto.list("prod/eu/segments/");
+    assert!(!bucketed.is_empty());
+    // Everything acknowledged after the bucket came back is served, once,
+    // with the spans of the outage: 8 of the 12 exports (the first four were
+    // in the bucket that moto's restart emptied).
+    assert!(
+        wait_for(Duration::from_secs(60), || stored(&server) == (sent(8), sent(8))),
+        "every span acknowledged since the bucket came back is served exactly once, got {:?}",
+        stored(&server)
+    );
+    // And a lookup by trace id reads the bucket's footers and pages.
+    let trace = otlp::hex(&otlp::trace_id(9, 7));
+    let rows = server.query(&format!("SELECT count(*) FROM spans WHERE trace_id = '{trace}'"));
+    assert_eq!(rows[0][0], serde_json::json!(1));
+    // The replayed WAL was flushed into the bucket at the start.
+    assert_eq!(gauge(&server, "andon_buffered_spans"), 0.0);
+    server.stop();
+}
