@@ -1149,6 +1149,10 @@ fn read_segment(
     }
 }
 
+/// What opening a store over a bucket serves: its segments, how many were
+/// unreadable, and when each object was last written.
+type Adopted = (Vec<Segment>, u64, std::collections::HashMap<PathBuf, SystemTime>);
+
 /// The segments of a store kept in `r`, given the `local` ones `load_segments`
 /// found (cached copies, or segments from before the store used the bucket),
 /// and how many could not be read, with the time each was last written.
@@ -1162,7 +1166,7 @@ fn adopt_remote(
     data_dir: &Path,
     local: Vec<Segment>,
     checkpoint: u64,
-) -> Result<(Vec<Segment>, u64, std::collections::HashMap<PathBuf, SystemTime>), StoreError> {
+) -> Result<Adopted, StoreError> {
     let root = Store::segments_dir(data_dir);
     let mut local: BTreeMap<PathBuf, Segment> = local.into_iter().map(|s| (s.path.clone(), s)).collect();
     let mut found = Vec::new();

@@ -141,17 +141,17 @@ impl Remote {
     }
 
     /// Runs `fut` on the store's own runtime and waits for it.
-    fn block<F>(&self, fut: F) -> F::Output
+    fn block<F, T>(&self, fut: F) -> Result<T, StoreError>
     where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let Some(rt) = &self.runtime else { unreachable!("the runtime goes only with the store") };
         rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().expect("the object store runtime dropped a request")
+        rx.recv().map_err(|_| StoreError::Remote("the object store's runtime stopped".into()))?
     }
 
     /// The object key of a local path under the data directory.
