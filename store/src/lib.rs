@@ -241,15 +241,14 @@ impl Store {
             Some(url) => Some(Arc::new(remote::Remote::open(url, dir, config.object_cache_bytes)?)),
             None => None,
         };
-        let mut modified: std::collections::HashMap<PathBuf, SystemTime> = std::collections::HashMap::new();
-        let segments = match &remote {
+        // With a bucket, when each segment was last written comes from its listing.
+        let (segments, modified) = match &remote {
             Some(r) => {
                 let (segments, unreadable, listed) = adopt_remote(r, dir, segments, checkpoint)?;
                 bad_segments += unreadable;
-                modified = listed;
-                segments
+                (segments, listed)
             }
-            None => segments,
+            None => (segments, std::collections::HashMap::new()),
         };
         let stats = Arc::new(StoreStats::default());
         stats.add_quarantined(bad_segments);
