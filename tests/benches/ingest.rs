@@ -4,6 +4,11 @@
 //!
 //! `cargo bench --workspace --bench ingest [-- SECONDS [CONNECTIONS [ROUNDS [RATE]]]]`
 //!
+//! With `ANDON_BENCH_S3=PYTHON` (an interpreter with `moto[server]`) it
+//! compares segments on local disk with segments in an S3 bucket served by
+//! moto on loopback (`[storage] object_store`), rollups on in both, instead of
+//! rollups on and off.
+//!
 //! Without `RATE` the clients send as fast as the server accepts, so the
 //! server runs saturated and refuses some requests (their decoding is CPU
 //! spent on nothing stored). With `RATE` (spans a second, in all) both
@@ -14,6 +19,8 @@
 //! RSS and Parquet bytes per span on disk, with the rollups and sessions kept at
 //! ingest (the default) and without them (`[storage] rollups = false`),
 //! alternating for `ROUNDS` rounds (default 1), then the medians of each.
+//! Against the bucket it also prints moto's CPU-seconds, the bytes uploaded
+//! and how long the final flush (upload included) took to stop the server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +28,7 @@ use std::time::Duration;
 use andon_fixtures::export::Transport;
 use andon_fixtures::load::{self, LoadConfig};
 use andon_tests::Server;
+use andon_tests::moto::{Moto, free_port};
 
 const SPANS_PER_REQUEST: usize = 500;
 
@@ -64,7 +72,33 @@ struct Run {
     per_cpu: f64,
     p99_ms: f64,
     rss: f64,
+    stop_secs: f64,
 }
+
+/// What one run of a round changes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Variant {
+    Rollups(bool),
+    Storage(Store),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Store {
+    LocalDisk,
+    S3,
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Variant::Rollups(on) => write!(f, "rollups={on}"),
+            Variant::Storage(Store::LocalDisk) => write!(f, "segments on local disk"),
+            Variant::Storage(Store::S3) => write!(f, "segments in S3 (moto)"),
+        }
+    }
+}
+
+const BUCKET: &str = "andon-bench";
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -81,17 +115,36 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     // Enough for well over the fastest rate measured; the run says if it ran out.
     let pool_spans = (secs as usize * 150_000).clamp(100_000, 4_000_000);
-    let mut runs: std::collections::BTreeMap<(String, bool), Vec<Run>> = Default::default();
+    let s3_python = std::env::var("ANDON_BENCH_S3").ok();
+    let variants: Vec<Variant> = if s3_python.is_some() {
+        vec![Variant::Storage(Store::LocalDisk), Variant::Storage(Store::S3)]
+    } else {
+        vec![Variant::Rollups(true), Variant::Rollups(false)]
+    };
+    let mut runs: std::collections::BTreeMap<(String, Variant), Vec<Run>> = Default::default();
     for _ in 0..rounds {
         for (seed, transport) in [(1, Transport::Http), (2, Transport::Grpc)] {
             let pool = Arc::new(load::encode_pool(pool_spans, SPANS_PER_REQUEST, seed).expect("traffic encodes"));
-            for rollups in [true, false] {
+            for &variant in &variants {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let flag = if rollups { "true" } else { "false" };
                 // Ingest alone: no detection passes share the server's CPU.
-                let env = [("ANDON_STORAGE_ROLLUPS", flag), ("ANDON_ANALYSIS_INTERVAL_SECS", "0")];
+                let mut env: Vec<(&str, String)> = vec![("ANDON_ANALYSIS_INTERVAL_SECS", "0".to_owned())];
+                let mut moto = None;
+                match variant {
+                    Variant::Rollups(on) => env.push(("ANDON_STORAGE_ROLLUPS", on.to_string())),
+                    Variant::Storage(Store::LocalDisk) => {}
+                    Variant::Storage(Store::S3) => {
+                        let m = Moto::start(s3_python.as_deref().unwrap_or("python3"), free_port());
+                        m.create_bucket(BUCKET);
+                        env.push(("ANDON_STORAGE_OBJECT_STORE", format!("s3://{BUCKET}/bench")));
+                        env.extend(m.env());
+                        moto = Some(m);
+                    }
+                }
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 let mut server = Server::start_with_env(dir.path(), &env);
                 let pid = server.pid();
+                let moto_cpu0 = moto.as_ref().map_or(0.0, |m| cpu_seconds(m.pid()));
                 let endpoint = match transport {
                     Transport::Http => server.http_url(""),
                     Transport::Grpc => server.grpc_url(),
@@ -110,16 +163,29 @@ fn main() {
                 let report = rt.block_on(load::run(&cfg, Arc::clone(&pool))).expect("loopback load");
                 let cpu = cpu_seconds(pid) - cpu0;
                 let rss = peak_rss_mb(pid);
+                let stopping = std::time::Instant::now();
                 server.stop();
-                let parquet = dir_bytes(&dir.path().join("segments"), "parquet");
+                let stop_secs = stopping.elapsed().as_secs_f64();
+                let parquet = match &moto {
+                    Some(m) => m.list(BUCKET, "bench/segments/").iter().map(|(_, size)| size).sum(),
+                    None => dir_bytes(&dir.path().join("segments"), "parquet"),
+                };
+                if let Some(m) = &moto {
+                    println!(
+                        "  moto: {:.1} CPU-seconds, {parquet} bytes of segments in the bucket",
+                        cpu_seconds(m.pid()) - moto_cpu0
+                    );
+                }
+                drop(moto);
                 let run = Run {
                     rate: report.spans as f64 / report.elapsed.as_secs_f64().max(1e-9),
                     per_cpu: report.spans as f64 / cpu.max(1e-9),
                     p99_ms: report.percentile(0.99).as_secs_f64() * 1e3,
                     rss,
+                    stop_secs,
                 };
                 println!(
-                    "{transport:?} rollups={rollups}: {:.0} spans/s, {:.0} spans per server CPU-second, p50 {:.1} ms, p99 {:.1} ms, peak RSS {rss:.0} MB, {:.1} Parquet bytes/span ({} spans, {:.0} bytes/span encoded, {conns} connections{})",
+                    "{transport:?} {variant}: {:.0} spans/s, {:.0} spans per server CPU-second, p50 {:.1} ms, p99 {:.1} ms, peak RSS {rss:.0} MB, {:.1} Parquet bytes/span, stopped in {stop_secs:.1} s ({} spans, {:.0} bytes/span encoded, {} refused, {conns} connections{})",
                     run.rate,
                     run.per_cpu,
                     report.percentile(0.5).as_secs_f64() * 1e3,
@@ -127,29 +193,34 @@ fn main() {
                     parquet as f64 / report.spans.max(1) as f64,
                     report.spans,
                     report.encoded_bytes_per_span,
+                    report.refused,
                     if report.pool_exhausted { ", pool ran out" } else { "" },
                 );
-                runs.entry((format!("{transport:?}"), rollups)).or_default().push(run);
+                runs.entry((format!("{transport:?}"), variant)).or_default().push(run);
             }
         }
     }
     println!("medians of {rounds} round(s):");
-    for ((transport, rollups), v) in &runs {
+    for ((transport, variant), v) in &runs {
         println!(
-            "{transport} rollups={rollups}: {:.0} spans/s, {:.0} spans per server CPU-second, p99 {:.1} ms, peak RSS {:.0} MB",
+            "{transport} {variant}: {:.0} spans/s, {:.0} spans per server CPU-second, p99 {:.1} ms, peak RSS {:.0} MB, stopped in {:.1} s",
             median(v.iter().map(|r| r.rate).collect()),
             median(v.iter().map(|r| r.per_cpu).collect()),
             median(v.iter().map(|r| r.p99_ms).collect()),
             median(v.iter().map(|r| r.rss).collect()),
+            median(v.iter().map(|r| r.stop_secs).collect()),
         );
     }
     for transport in ["Http", "Grpc"] {
-        let on = runs.get(&(transport.to_owned(), true));
-        let off = runs.get(&(transport.to_owned(), false));
-        if let (Some(on), Some(off)) = (on, off) {
-            let on = median(on.iter().map(|r| r.per_cpu).collect());
-            let off = median(off.iter().map(|r| r.per_cpu).collect());
-            println!("{transport}: rollups and sessions cost {:.1}% of spans per CPU-second", (1.0 - on / off) * 100.0);
+        let per_cpu =
+            |variant| runs.get(&(transport.to_owned(), variant)).map(|v| median(v.iter().map(|r| r.per_cpu).collect()));
+        let (with, without, what) = if s3_python.is_some() {
+            (Variant::Storage(Store::S3), Variant::Storage(Store::LocalDisk), "segments in S3 cost")
+        } else {
+            (Variant::Rollups(true), Variant::Rollups(false), "rollups and sessions cost")
+        };
+        if let (Some(on), Some(off)) = (per_cpu(with), per_cpu(without)) {
+            println!("{transport}: {what} {:.1}% of spans per CPU-second", (1.0 - on / off) * 100.0);
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod github_twin;
 pub mod llm_twin;
+pub mod moto;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -4,95 +4,16 @@
 //! copies of segments are then deleted, serves every span again from the bucket
 //! alone. An outage of the bucket delays flushes and loses nothing.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use andon_tests::moto::{Moto, free_port, python_with_moto};
 use andon_tests::reqwest::blocking_client;
 use andon_tests::{Server, otlp, wait_for};
 use prost::Message;
 
 const BUCKET: &str = "andon-spans";
 const SPANS_PER_REQUEST: u64 = 300;
-
-/// `moto_server` on a free loopback port.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start(python: &str, port: u16) -> Moto {
-        let child = Command::new(python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto server starts");
-        let url = format!("http://127.0.0.1:{port}/");
-        assert!(
-            wait_for(Duration::from_secs(60), || blocking_client().get(url.clone()).send().is_ok()),
-            "moto server answers on port {port}"
-        );
-        Moto { child, port }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn create_bucket(&self) {
-        let r = blocking_client().put(self.url(&format!("/{BUCKET}"))).send().expect("bucket created");
-        assert!(r.status().is_success(), "create bucket: {}", r.status());
-    }
-
-    /// Keys and sizes of the objects under `prefix`.
-    fn list(&self, prefix: &str) -> Vec<(String, u64)> {
-        let body = blocking_client()
-            .get(self.url(&format!("/{BUCKET}?list-type=2&prefix={prefix}")))
-            .send()
-            .map(|r| r.text())
-            .expect("bucket listed");
-        body.split("<Contents>")
-            .skip(1)
-            .map(|c| {
-                let field = |name: &str| {
-                    let open = format!("<{name}>");
-                    let start = c.find(&open).map(|i| i + open.len()).expect("field in listing");
-                    c[start..].split('<').next().unwrap_or_default().to_owned()
-                };
-                (field("Key"), field("Size").parse().expect("size"))
-            })
-            .collect()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
-fn python_with_moto() -> Option<String> {
-    let Ok(python) = std::env::var("ANDON_TEST_PYTHON") else {
-        assert!(std::env::var_os("CI").is_none(), "ANDON_TEST_PYTHON must be set in CI");
-        eprintln!("skipping: ANDON_TEST_PYTHON is not set");
-        return None;
-    };
-    let ok = Command::new(&python).args(["-c", "import moto.server"]).status().is_ok_and(|s| s.success());
-    assert!(ok, "{python} lacks moto (tests/python/requirements.txt installs it)");
-    Some(python)
-}
 
 fn export(server: &Server, seed: u64) {
     let body = otlp::request("bucketed", seed, SPANS_PER_REQUEST, otlp::now_ns()).encode_to_vec();
@@ -139,21 +60,17 @@ fn local_parquet(dir: &Path) -> usize {
 fn segments_live_in_the_bucket_and_survive_a_kill_and_a_lost_cache() {
     let Some(python) = python_with_moto() else { return };
     let mut moto = Moto::start(&python, free_port());
-    moto.create_bucket();
-    let endpoint = moto.url("");
+    moto.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let env = [
+    let aws = moto.env();
+    let mut env = vec![
         ("ANDON_STORAGE_OBJECT_STORE", "s3://andon-spans/prod/eu"),
         // No cache to speak of: queries after the restart must read the bucket.
         ("ANDON_STORAGE_OBJECT_CACHE_BYTES", "0"),
         ("ANDON_STORAGE_FLUSH_INTERVAL_SECS", "1"),
-        ("AWS_ACCESS_KEY_ID", "andon-test"),
-        ("AWS_SECRET_ACCESS_KEY", "andon-test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
     ];
+    env.extend(aws.iter().map(|(k, v)| (*k, v.as_str())));
     let mut server = Server::start_with_env(&data, &env);
 
     // Flushed segments land in the bucket under the prefix, as Parquet.
@@ -165,7 +82,7 @@ fn segments_live_in_the_bucket_and_survive_a_kill_and_a_lost_cache() {
         wait_for(Duration::from_secs(60), || gauge(&server, "andon_buffered_spans") == 0.0),
         "the exports are flushed"
     );
-    let objects = moto.list("prod/eu/segments/");
+    let objects = moto.list(BUCKET, "prod/eu/segments/");
     assert!(objects.iter().all(|(k, _)| k.starts_with("prod/eu/segments/default/") && k.ends_with(".parquet")));
     assert!(objects.iter().all(|(_, size)| *size > 0));
     assert_eq!(stored(&server), (sent(4), sent(4)));
@@ -185,12 +102,12 @@ fn segments_live_in_the_bucket_and_survive_a_kill_and_a_lost_cache() {
     // Back, but empty (moto keeps its objects in memory): the segments of the
     // first four exports are gone with it, so this part counts what comes after.
     moto = Moto::start(&python, port);
-    moto.create_bucket();
+    moto.create_bucket(BUCKET);
     assert!(
         wait_for(Duration::from_secs(240), || gauge(&server, "andon_buffered_spans") == 0.0),
         "the flush retried after the outage uploads the buffered spans"
     );
-    assert!(!moto.list("prod/eu/segments/").is_empty());
+    assert!(!moto.list(BUCKET, "prod/eu/segments/").is_empty());
     for seed in 8..12 {
         export(&server, seed);
     }
@@ -202,7 +119,7 @@ fn segments_live_in_the_bucket_and_survive_a_kill_and_a_lost_cache() {
     assert!(cached > 0, "fresh segments were cached locally");
     std::fs::remove_dir_all(data.join("segments")).expect("local segments deleted");
     server.respawn();
-    let bucketed = moto.list("prod/eu/segments/");
+    let bucketed = moto.list(BUCKET, "prod/eu/segments/");
     assert!(!bucketed.is_empty());
     // Everything acknowledged after the bucket came back is served, once,
     // with the spans of the outage: 8 of the 12 exports (the first four were
