@@ -150,10 +150,19 @@ impl Windows {
         }
         let step = chrono::Duration::seconds(step as i64);
         let window = chrono::Duration::seconds(cfg.window_secs as i64);
+        // The last pass ends at the range's end, or, for passes on whole
+        // minutes, at its last whole minute: a live pass would not have run
+        // later, and a pass off the minute reads every span of its baseline
+        // instead of the rollups.
+        let last = if minutes { floor_minute(to) } else { to };
         let mut out = Vec::new();
-        while end < to {
-            end = (end + step).min(to);
+        while end < last {
+            end = (end + step).min(last);
             out.push(Windows::before(end - window, end, cfg.baseline_secs));
+        }
+        if out.is_empty() {
+            // A range within one minute: the pass that minute began with.
+            out.push(Windows::before(last - window, last, cfg.baseline_secs));
         }
         out
     }
@@ -1310,7 +1319,13 @@ mod tests {
         let late = chrono::Duration::seconds(30);
         let unaligned = Windows::replay(&AnalysisConfig::default(), t(0, 0) + late, t(24, 0) + late, None);
         assert!(unaligned.len() <= 48, "{} passes", unaligned.len());
-        assert_eq!(unaligned.last().unwrap().end, t(24, 0) + late, "the last pass ends at the range's end");
+        assert_eq!(unaligned.last().unwrap().end, t(24, 0), "the last pass ends on the range's last whole minute");
+        assert!(unaligned.iter().all(|w| w.end.timestamp() % 60 == 0 && w.end > t(0, 0) + late));
+        let within = Windows::replay(&AnalysisConfig::default(), t(1, 0) + late, t(1, 0) + late * 3 / 2, None);
+        assert_eq!(within.iter().map(|w| w.end).collect::<Vec<_>>(), [t(1, 0)], "the minute the range lies in");
+        let seconds = AnalysisConfig { interval_secs: 45, ..AnalysisConfig::default() };
+        let odd_interval = Windows::replay(&seconds, t(0, 0) + late, t(0, 5) + late, None);
+        assert_eq!(odd_interval.last().unwrap().end, t(0, 5) + late, "off the minute, passes run to the range's end");
         let off = AnalysisConfig { interval_secs: 0, ..AnalysisConfig::default() };
         assert_eq!(
             Windows::replay(&off, t(0, 0), t(0, 5), None).len(),
