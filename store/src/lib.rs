@@ -231,16 +231,27 @@ impl Store {
             return Err(StoreError::Locked(dir.display().to_string()));
         }
         let fsync = config.durability == Durability::Fsync;
-        let checkpoint = read_checkpoint(&Self::checkpoint_path(dir))?;
+        let remote = match &config.object_store {
+            Some(url) => Some(Arc::new(remote::Remote::open(url, dir, config.object_cache_bytes)?)),
+            None => None,
+        };
+        let mut checkpoint = read_checkpoint(&Self::checkpoint_path(dir))?;
+        if let Some(r) = &remote
+            && never_written(dir)?
+            && let Some(newest) = newest_flush_in(r, dir)?
+        {
+            // A new data directory over a bucket that holds a store (a new
+            // machine, a lost disk): the WAL that wrote the bucket's flushes is
+            // gone, so they are all committed, and new flushes follow them.
+            info!(bucket = r.shown(), checkpoint = newest, "empty data directory: serving the store in the bucket");
+            write_checkpoint(dir, newest, fsync)?;
+            checkpoint = newest;
+        }
         // Spill files of queries that ran before a crash.
         let _ = fs::remove_dir_all(dir.join("spill"));
         let quarantine = dir.join("quarantine");
         let (segments, mut bad_segments) =
             segment::load_segments(&Self::segments_dir(dir), &quarantine.join("segments"), checkpoint)?;
-        let remote = match &config.object_store {
-            Some(url) => Some(Arc::new(remote::Remote::open(url, dir, config.object_cache_bytes)?)),
-            None => None,
-        };
         // With a bucket, when each segment was last written comes from its listing.
         let (segments, modified) = match &remote {
             Some(r) => {
@@ -275,9 +286,27 @@ impl Store {
             config.retry_interval_secs,
         )));
         let rollups = Arc::new(rollup::RollupContext::new(spec));
+        if let Some(r) = &remote {
+            for d in remote::MIRRORED {
+                let restored = r.restore(d)?;
+                if restored > 0 {
+                    info!(files = restored, dir = d, "downloaded files missing on local disk from the object store");
+                }
+            }
+        }
         let rolled = rollup::load_metrics(dir, &segments)?;
         let sessions::Loaded { files: session_files, kept: kept_sessions, snapshot } =
             sessions::load_sessions(dir, &book, checkpoint)?;
+        if let Some(r) = &remote {
+            // What the loads deleted (flushes never checkpointed, compacted
+            // inputs) goes from the bucket; what predates the bucket goes up.
+            for d in remote::MIRRORED {
+                let (uploaded, deleted) = r.reconcile(d)?;
+                if uploaded + deleted > 0 {
+                    info!(uploaded, deleted, dir = d, "brought the object store's copies up to date");
+                }
+            }
+        }
         let replay_time = wall_nanos();
         if config.rollups
             && let Some(snapshot) = snapshot
@@ -552,6 +581,7 @@ impl Store {
             let rolled = self.inner.rollups.roll_up_alone(&batches)?;
             let Some(path) = rollup::metrics_path(dir, &seg.path) else { continue };
             let bytes = rollup::write_small_parquet(&path, &rolled, fsync)?;
+            self.mirror(&path)?;
             self.inner.state.write().metrics.insert(seg.path.clone(), (path, bytes));
         }
         Ok(missing.len())
@@ -562,9 +592,10 @@ impl Store {
         let _guard = self.inner.flush_lock.lock();
         self.inner.state.write().metrics.clear();
         match fs::remove_dir_all(self.inner.config.data_dir.join("metrics")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
         }
+        self.reconcile_mirror("metrics")
     }
 
     /// Every tenant with spans whose start falls in the hour range: buffered or in
@@ -655,6 +686,7 @@ impl Store {
                     let path = rollup::metrics_path(data_dir, &seg.path)
                         .ok_or_else(|| StoreError::Corrupt(format!("{} is outside the store", seg.path.display())))?;
                     let bytes = rollup::write_small_parquet(&path, &metrics, fsync)?;
+                    self.mirror(&path)?;
                     rolled.push((seg.path, (path, bytes)));
                 }
             }
@@ -668,6 +700,7 @@ impl Store {
             sessions::Quiet::default()
         };
         let mut session_files: Vec<sessions::SessionFile> = Vec::new();
+        let mut open_written: Option<PathBuf> = None;
         // The open sessions are written every `sessions_snapshot_interval`, not
         // at every flush: each write holds every open session.
         let snapshot_due = rollups
@@ -680,10 +713,15 @@ impl Store {
                 return Ok(());
             }
             for (tenant, batch) in self.inner.sessions.rows_of(&quiet)? {
-                session_files.push(sessions::write_sessions(data_dir, &tenant, through, &batch, fsync)?);
+                let file = sessions::write_sessions(data_dir, &tenant, through, &batch, fsync)?;
+                let path = file.path.clone();
+                session_files.push(file);
+                self.mirror(&path)?;
             }
             if snapshot_due {
-                sessions::write_open(data_dir, &self.inner.sessions, through, fsync)?;
+                let path = sessions::write_open(data_dir, &self.inner.sessions, through, fsync)?;
+                open_written = Some(path.clone());
+                self.mirror(&path)?;
             }
             Ok(())
         });
@@ -691,18 +729,15 @@ impl Store {
             // The spans stay buffered and in the WAL. Segments of this attempt must
             // go: the next flush checkpoints past `through`, which would make them
             // count as committed next to the segments written again.
-            for f in &session_files {
-                let _ = fs::remove_file(&f.path);
+            for p in session_files.iter().map(|f| &f.path).chain(&open_written) {
+                self.discard_uncommitted(p);
             }
             self.inner.sessions.put_back(quiet);
             for seg in &written {
-                match &self.inner.remote {
-                    Some(r) => r.abandon(&seg.path),
-                    None => {
-                        let _ = fs::remove_file(&seg.path);
-                    }
+                self.discard_uncommitted(&seg.path);
+                if let Some(m) = rollup::metrics_path(data_dir, &seg.path) {
+                    self.discard_uncommitted(&m);
                 }
-                rollup::remove_metrics(data_dir, &seg.path);
             }
             return Err(e);
         }
@@ -729,7 +764,11 @@ impl Store {
         write_checkpoint(&self.inner.config.data_dir, through, fsync)?;
         if snapshot_due {
             *self.inner.sessions_snapshot.lock() = (through, Some(Instant::now()));
-            sessions::forget_open_before(data_dir, through);
+            for old in sessions::forget_open_before(data_dir, through) {
+                if let Some(r) = &self.inner.remote {
+                    r.unmirror(&old);
+                }
+            }
         }
         wal::truncate_through(&self.inner.config.data_dir.join("wal"), through)?;
         if rows > 0 {
@@ -815,6 +854,11 @@ impl Store {
                 }
                 let m = self.inner.rollups.merge(&batches)?;
                 let bytes = rollup::write_small_parquet(&path, &m, fsync)?;
+                if let Err(e) = self.mirror(&path) {
+                    self.discard_uncommitted(&path);
+                    self.discard_uncommitted(&merged.path);
+                    return Err(e);
+                }
                 merged_metrics = Some((path, bytes));
             }
             {
@@ -867,6 +911,10 @@ impl Store {
         let mut replaced = 0;
         for run in runs {
             let merged = sessions::compact_files(&cfg.data_dir, &run, fsync)?;
+            if let Err(e) = self.mirror(&merged.path) {
+                self.discard_uncommitted(&merged.path);
+                return Err(e);
+            }
             {
                 let mut s = self.inner.state.write();
                 s.session_files.retain(|f| !run.iter().any(|r| r.path == f.path));
@@ -884,7 +932,8 @@ impl Store {
         let _guard = self.inner.flush_lock.lock();
         self.inner.state.write().session_files.clear();
         sessions::clear(&self.inner.sessions);
-        sessions::remove_all(&self.inner.config.data_dir)
+        sessions::remove_all(&self.inner.config.data_dir)?;
+        self.reconcile_mirror("sessions")
     }
 
     /// Whether `sessions` covers every stored span.
@@ -967,14 +1016,17 @@ impl Store {
         self.inner.state.write().session_files = files;
         self.inner.sessions_flushed.store(checkpoint, Ordering::Release);
         self.inner.sessions_ready.store(true, Ordering::Release);
+        self.reconcile_mirror("sessions")?;
         info!(rows, elapsed_ms = started.elapsed().as_millis() as u64, "rebuilt sessions from the stored spans");
         Ok(rows)
     }
 
     /// Deletes a file the store no longer serves: a segment (its local copy,
-    /// its object in the bucket and its rollup) or a sessions file.
+    /// its object in the bucket and its rollup, with the rollup's copy) or a
+    /// sessions file (with its copy).
     fn discard_segment(&self, path: &Path) {
-        let is_segment = path.starts_with(Self::segments_dir(&self.inner.config.data_dir));
+        let data_dir = &self.inner.config.data_dir;
+        let is_segment = path.starts_with(Self::segments_dir(data_dir));
         match &self.inner.remote {
             Some(r) if is_segment => {
                 r.forget(path);
@@ -988,11 +1040,45 @@ impl Store {
                 {
                     warn!(path = %path.display(), error = %e, "could not delete a file the store no longer serves");
                 }
+                if let Some(r) = &self.inner.remote {
+                    r.unmirror(path);
+                }
             }
         }
         if is_segment {
-            rollup::remove_metrics(&self.inner.config.data_dir, path);
+            rollup::remove_metrics(data_dir, path);
+            if let (Some(r), Some(m)) = (&self.inner.remote, rollup::metrics_path(data_dir, path)) {
+                r.unmirror(&m);
+            }
         }
+    }
+
+    /// Uploads a rollup or sessions file just written to its copy in the
+    /// bucket, if the store has one.
+    fn mirror(&self, path: &Path) -> Result<(), StoreError> {
+        match &self.inner.remote {
+            Some(r) => r.upload(path),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes a file no checkpoint committed, with its object in the bucket
+    /// (retried before the next checkpoint if that fails).
+    fn discard_uncommitted(&self, path: &Path) {
+        match &self.inner.remote {
+            Some(r) => r.abandon(path),
+            None => {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Makes the bucket's copies under `dir` follow the local files.
+    fn reconcile_mirror(&self, dir: &str) -> Result<(), StoreError> {
+        if let Some(r) = &self.inner.remote {
+            r.reconcile(dir)?;
+        }
+        Ok(())
     }
 
     /// Where segments are read from when not cached locally, if not local disk.
@@ -1215,6 +1301,29 @@ fn adopt_remote(
     }
     keep.sort_by(|a, b| (a.hour, a.flush_seq, &a.path).cmp(&(b.hour, b.flush_seq, &b.path)));
     Ok((keep, unreadable, modified))
+}
+
+/// Whether the data directory `dir` never stored anything: no checkpoint, and
+/// not a file in its WAL.
+fn never_written(dir: &Path) -> Result<bool, StoreError> {
+    if Store::checkpoint_path(dir).exists() {
+        return Ok(false);
+    }
+    Ok(fs::read_dir(dir.join("wal"))?.next().is_none())
+}
+
+/// The newest flush the bucket holds anything of: a segment, a file of
+/// sessions or a snapshot of the open ones.
+fn newest_flush_in(r: &remote::Remote, dir: &Path) -> Result<Option<u64>, StoreError> {
+    let root = Store::segments_dir(dir);
+    let segments = r.list("segments")?.into_iter().filter_map(|o| segment::parse_location(&root, &o.path));
+    let mut newest = segments.map(|(_, _, flush, _)| flush).max();
+    for o in r.list("sessions")? {
+        if let Some(flush) = sessions::flush_of(&o.path) {
+            newest = newest.max(Some(flush));
+        }
+    }
+    Ok(newest)
 }
 
 fn read_checkpoint(path: &Path) -> Result<u64, StoreError> {

@@ -1,11 +1,19 @@
 //! Segments on object storage (`[storage] object_store = "s3://bucket/prefix"`).
 //!
-//! The WAL, the rollups and the sessions stay on local disk; segments live in the
-//! bucket. A flush (or a compaction) writes its segment locally as before, uploads
-//! it, and only then commits it: the WAL checkpoint never passes a segment that is
-//! not in the bucket. A segment's object key mirrors its local path under the data
+//! The WAL stays on local disk; segments live in the bucket. A flush (or a
+//! compaction) writes its segment locally as before, uploads it, and only then
+//! commits it: the WAL checkpoint never passes a segment that is not in the
+//! bucket. A segment's object key mirrors its local path under the data
 //! directory (`<prefix>/segments/<tenant>/<hour>/<name>.parquet`), so the names
 //! keep carrying the flush ranges that recovery reads.
+//!
+//! The rollups (`metrics/`) and the sessions (`sessions/`, finalized files and
+//! the open sessions' snapshots) are small, and detection reads them every
+//! pass: they stay whole on local disk and are mirrored in the bucket under the
+//! same keys, each uploaded before the checkpoint that commits it and deleted
+//! with its local file. A store started on an empty data directory (a new
+//! machine, a lost disk) downloads them, takes its checkpoint from the newest
+//! flush in the bucket, and serves what the bucket holds.
 //!
 //! The local copies form a cache of whole segments, at most `cache_bytes` in all,
 //! least recently used first out. Fresh segments enter it as they are written, so
@@ -31,6 +39,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use parking_lot::Mutex;
 
 use crate::error::StoreError;
+
+/// Directories of small files kept whole on local disk and mirrored in the
+/// bucket.
+pub(crate) const MIRRORED: [&str; 2] = ["metrics", "sessions"];
 
 /// Files larger than this are uploaded in parts.
 const SINGLE_PUT_BYTES: u64 = 16 << 20;
@@ -290,6 +302,55 @@ impl Remote {
             .collect())
     }
 
+    /// Downloads every object under `<prefix>/<dir>` that has no local file
+    /// (a start on an empty data directory). Returns how many.
+    pub fn restore(&self, dir: &str) -> Result<usize, StoreError> {
+        let mut restored = 0;
+        for o in self.list(dir)? {
+            if o.path.exists() {
+                continue;
+            }
+            let data = self.get(&o.path)?;
+            let parent =
+                o.path.parent().ok_or_else(|| StoreError::Corrupt(format!("{} has no directory", o.path.display())))?;
+            fs::create_dir_all(parent)?;
+            let mut tmp = o.path.clone().into_os_string();
+            tmp.push(".restoring");
+            let tmp = PathBuf::from(tmp);
+            fs::write(&tmp, &data)?;
+            fs::rename(&tmp, &o.path)?;
+            restored += 1;
+        }
+        Ok(restored)
+    }
+
+    /// Makes the objects under `<prefix>/<dir>` mirror the local files under
+    /// `dir`: uploads the files the bucket lacks (or holds at another size)
+    /// and deletes the objects whose file is gone. Returns (uploaded, deleted).
+    pub fn reconcile(&self, dir: &str) -> Result<(usize, usize), StoreError> {
+        let mut listed: HashMap<PathBuf, u64> = self.list(dir)?.into_iter().map(|o| (o.path, o.bytes)).collect();
+        let (mut uploaded, mut deleted) = (0, 0);
+        for (path, bytes) in local_files(&self.data_dir.join(dir))? {
+            if listed.remove(&path) != Some(bytes) {
+                self.upload(&path)?;
+                uploaded += 1;
+            }
+        }
+        for path in listed.into_keys() {
+            self.delete(&path)?;
+            deleted += 1;
+        }
+        Ok((uploaded, deleted))
+    }
+
+    /// Deletes the object mirroring `path`, whose local file went. A failure
+    /// is logged: the next start's [`Self::reconcile`] deletes it.
+    pub fn unmirror(&self, path: &Path) {
+        if let Err(e) = self.delete(path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete a mirrored object; the next start will");
+        }
+    }
+
     /// Makes the bucket readable by queries planned in `env`.
     pub fn register(&self, env: &RuntimeEnv) {
         env.register_object_store(self.url.as_ref(), Arc::clone(&self.store));
@@ -360,6 +421,31 @@ impl Remote {
     pub fn cached_bytes(&self) -> u64 {
         self.cache.lock().total
     }
+}
+
+/// Every finished file under `dir` (not the temporary ones a write or a
+/// restore leaves behind), with its size.
+fn local_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>, StoreError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for e in entries {
+            let e = e?;
+            let path = e.path();
+            let meta = e.metadata()?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "parquet" || x == "json") {
+                out.push((path, meta.len()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@
 //! rollups of its inputs, retention deletes a rollup with its segment, and a
 //! segment without a rollup (stored before rollups existed) gets one in the
 //! background. The buffered spans, not yet in any segment, are rolled up when
-//! a query reads the table.
+//! a query reads the table. With a bucket, a rollup is also uploaded before
+//! the checkpoint (see `remote`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};

@@ -31,7 +31,9 @@
 //! the checkpoint are deleted, the open sessions of the checkpoint's flush are
 //! read back, and the WAL replay notes its spans again (a call noted twice
 //! counts once). A store whose segments predate sessions rebuilds them from
-//! its segments in the background (`Store::rebuild_sessions`).
+//! its segments in the background (`Store::rebuild_sessions`). With a bucket,
+//! every file is also uploaded before the checkpoint that commits it (see
+//! `remote`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
@@ -853,8 +855,8 @@ fn write_file(
     Ok(SessionFile { path, tenant: tenant.clone(), flush, first, hours, bytes })
 }
 
-/// Writes the open sessions as of the flush `flush`.
-pub fn write_open(data_dir: &Path, book: &SessionBook, flush: u64, fsync: bool) -> Result<(), StoreError> {
+/// Writes the open sessions as of the flush `flush`; returns the file.
+pub fn write_open(data_dir: &Path, book: &SessionBook, flush: u64, fsync: bool) -> Result<PathBuf, StoreError> {
     let dir = open_dir(data_dir);
     fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{flush:020}.json"));
@@ -867,7 +869,17 @@ pub fn write_open(data_dir: &Path, book: &SessionBook, flush: u64, fsync: bool) 
     if fsync {
         sync_dir(&dir)?;
     }
-    Ok(())
+    Ok(path)
+}
+
+/// The flush a file of sessions (finalized, or a snapshot of the open ones)
+/// was written by, from its name.
+pub fn flush_of(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    match name.strip_suffix(".json") {
+        Some(seq) => seq.parse().ok(),
+        None => parse_name(name).map(|(flush, ..)| flush),
+    }
 }
 
 /// The sessions a file finalized: their ids and `session_end`.
@@ -893,16 +905,18 @@ pub fn finalized_in(path: &Path) -> Result<Vec<(String, i64)>, StoreError> {
 }
 
 /// Deletes the open sessions of flushes before `flush` (once `flush` is
-/// checkpointed).
-pub fn forget_open_before(data_dir: &Path, flush: u64) {
-    let Ok(entries) = fs::read_dir(open_dir(data_dir)) else { return };
+/// checkpointed); returns the files deleted.
+pub fn forget_open_before(data_dir: &Path, flush: u64) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(open_dir(data_dir)) else { return Vec::new() };
+    let mut gone = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let seq = name.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok());
-        if seq.is_some_and(|s| s < flush) {
-            let _ = fs::remove_file(e.path());
+        if seq.is_some_and(|s| s < flush) && fs::remove_file(e.path()).is_ok() {
+            gone.push(e.path());
         }
     }
+    gone
 }
 
 /// What a start finds of the sessions.

@@ -2,14 +2,16 @@
 //! server mode) stands in for the bucket. Spans go in over OTLP, their
 //! segments land in the bucket, and a server killed with SIGKILL, whose local
 //! copies of segments are then deleted, serves every span again from the bucket
-//! alone. An outage of the bucket delays flushes and loses nothing.
+//! alone. An outage of the bucket delays flushes and loses nothing. A server
+//! started on an empty data directory over the bucket (a new machine) serves
+//! the spans, rollups and sessions the bucket holds, and stores after them.
 
 use std::path::Path;
 use std::time::Duration;
 
 use andon_tests::moto::{Moto, free_port, python_with_moto};
 use andon_tests::reqwest::blocking_client;
-use andon_tests::{Server, otlp, wait_for};
+use andon_tests::{Server, otlp, simulate, wait_for};
 use prost::Message;
 
 const BUCKET: &str = "andon-spans";
@@ -135,5 +137,87 @@ fn segments_live_in_the_bucket_and_survive_a_kill_and_a_lost_cache() {
     assert_eq!(rows[0][0], serde_json::json!(1));
     // The replayed WAL was flushed into the bucket at the start.
     assert_eq!(gauge(&server, "andon_buffered_spans"), 0.0);
+    server.stop();
+}
+
+/// Rows that must read the same from any machine serving the bucket: the
+/// shop's spans, their rollups and their sessions.
+fn shop_answers(server: &Server) -> Vec<Vec<serde_json::Value>> {
+    [
+        "SELECT count(*), count(DISTINCT trace_id) FROM spans WHERE service_name <> 'bucketed'",
+        "SELECT count(*), sum(requests), sum(errors) FROM span_metrics WHERE service_name <> 'bucketed'",
+        "SELECT count(DISTINCT session_id), sum(calls), sum(errors), sum(retries) FROM sessions \
+         WHERE service_name <> 'bucketed'",
+    ]
+    .into_iter()
+    .map(|sql| server.query(sql).remove(0))
+    .collect()
+}
+
+/// The flush numbers of the segments in the bucket (the first 20 digits of
+/// each object's name).
+fn flushes(moto: &Moto, prefix: &str) -> Vec<u64> {
+    moto.list(BUCKET, &format!("{prefix}segments/"))
+        .iter()
+        .filter_map(|(k, _)| k.rsplit('/').next()?.get(..20)?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_new_machine_serves_the_spans_rollups_and_sessions_in_the_bucket() {
+    let Some(python) = python_with_moto() else { return };
+    let moto = Moto::start(&python, free_port());
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let shop = dir.path().join("shop");
+    simulate(&shop, "clean", 1, 1, 7);
+    let data = dir.path().join("data");
+    let aws = moto.env();
+    let mut env = vec![
+        ("ANDON_STORAGE_OBJECT_STORE", "s3://andon-spans/fleet"),
+        ("ANDON_STORAGE_FLUSH_INTERVAL_SECS", "1"),
+        ("ANDON_STORAGE_SESSIONS_SNAPSHOT_SECS", "1"),
+    ];
+    env.extend(aws.iter().map(|(k, v)| (*k, v.as_str())));
+    let mut server = Server::start_with_env(&data, &env);
+    server.import(&shop.join("spans.jsonl"));
+    assert!(
+        wait_for(Duration::from_secs(120), || gauge(&server, "andon_buffered_spans") == 0.0),
+        "the import is flushed"
+    );
+    let before = shop_answers(&server);
+    assert!(before[0][0].as_i64().unwrap_or(0) > 100_000, "an hour of the shop is stored: {before:?}");
+    assert!(before[2][0].as_i64().unwrap_or(0) > 1_000, "its sessions are kept: {before:?}");
+    server.stop();
+
+    // The rollups and sessions have their copies in the bucket, beside the
+    // segments, under the same names as on local disk.
+    let metrics = moto.list(BUCKET, "fleet/metrics/default/");
+    let segments = moto.list(BUCKET, "fleet/segments/default/");
+    assert_eq!(metrics.len(), segments.len(), "a rollup for every segment: {metrics:?}");
+    for (k, _) in &metrics {
+        let local = data.join(k.strip_prefix("fleet/").unwrap_or(k));
+        assert!(local.exists(), "{k} mirrors a local rollup");
+    }
+    let sessions = moto.list(BUCKET, "fleet/sessions/");
+    assert!(sessions.iter().any(|(k, _)| k.starts_with("fleet/sessions/default/") && k.ends_with(".parquet")));
+    assert!(sessions.iter().any(|(k, _)| k.starts_with("fleet/sessions/open/") && k.ends_with(".json")));
+
+    // A new machine: the same bucket, nothing on local disk.
+    std::fs::remove_dir_all(&data).expect("data directory deleted");
+    server.respawn();
+    assert_eq!(shop_answers(&server), before, "the new machine serves what the old one did, from its first query");
+
+    // It stores new spans after the bucket's flushes, never over them.
+    let newest = flushes(&moto, "fleet/").into_iter().max().unwrap_or(0);
+    export(&server, 1);
+    assert!(
+        wait_for(Duration::from_secs(60), || gauge(&server, "andon_buffered_spans") == 0.0),
+        "the export is flushed"
+    );
+    assert_eq!(stored(&server), (SPANS_PER_REQUEST as i64, SPANS_PER_REQUEST as i64));
+    let after = flushes(&moto, "fleet/");
+    assert!(after.iter().any(|f| *f > newest), "the new segment's flush follows the bucket's newest, {newest}");
+    assert_eq!(shop_answers(&server), before);
     server.stop();
 }
