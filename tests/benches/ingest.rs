@@ -9,6 +9,13 @@
 //! moto on loopback (`[storage] object_store`), rollups on in both, instead of
 //! rollups on and off.
 //!
+//! With `ANDON_BENCH_ROTEL=PATH` it compares Andon (durability and rollups
+//! on, the defaults) with rotel, a Rust OpenTelemetry collector, run with its
+//! blackhole exporter (it receives, decodes and drops; it stores nothing).
+//! PATH is rotel's `rotel-agent` executable, or a Python interpreter with the
+//! `rotel` package from PyPI (`pip install rotel`), whose bundled agent is
+//! used. The same client pushes the same requests at both.
+//!
 //! Without `RATE` the clients send as fast as the server accepts, so the
 //! server runs saturated and refuses some requests (their decoding is CPU
 //! spent on nothing stored). With `RATE` (spans a second, in all) both
@@ -22,8 +29,10 @@
 //! Against the bucket it also prints moto's CPU-seconds, the bytes uploaded
 //! and how long the final flush (upload included) took to stop the server.
 
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use andon_fixtures::export::Transport;
 use andon_fixtures::load::{self, LoadConfig};
@@ -80,6 +89,7 @@ struct Run {
 enum Variant {
     Rollups(bool),
     Storage(Store),
+    Rotel,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -94,11 +104,84 @@ impl std::fmt::Display for Variant {
             Variant::Rollups(on) => write!(f, "rollups={on}"),
             Variant::Storage(Store::LocalDisk) => write!(f, "segments on local disk"),
             Variant::Storage(Store::S3) => write!(f, "segments in S3 (moto)"),
+            Variant::Rotel => write!(f, "rotel (blackhole exporter)"),
         }
     }
 }
 
 const BUCKET: &str = "andon-bench";
+
+/// rotel's agent: `path` itself, or the one bundled with the `rotel` package
+/// of the Python interpreter `path`.
+fn rotel_agent(path: &str) -> String {
+    let name = std::path::Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !name.starts_with("python") {
+        return path.to_owned();
+    }
+    let out = Command::new(path)
+        .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{path} has no rotel package (pip install rotel)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// What receives the load: Andon, or rotel.
+enum Receiver {
+    Andon(Server),
+    Rotel { child: Child, grpc: String, http: String },
+}
+
+impl Receiver {
+    fn start_rotel(agent: &str) -> Receiver {
+        let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let child = Command::new(agent)
+            .args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint", &grpc, "--otlp-http-endpoint", &http])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{agent} starts: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&grpc).is_err() || TcpStream::connect(&http).is_err() {
+            assert!(Instant::now() < deadline, "rotel listens within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Receiver::Rotel { child, grpc, http }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Receiver::Andon(s) => s.pid(),
+            Receiver::Rotel { child, .. } => child.id(),
+        }
+    }
+
+    fn endpoint(&self, transport: Transport) -> String {
+        match (self, transport) {
+            (Receiver::Andon(s), Transport::Http) => s.http_url(""),
+            (Receiver::Andon(s), Transport::Grpc) => s.grpc_url(),
+            (Receiver::Rotel { http, .. }, Transport::Http) => format!("http://{http}"),
+            (Receiver::Rotel { grpc, .. }, Transport::Grpc) => format!("http://{grpc}"),
+        }
+    }
+
+    /// SIGTERM, and waits for the exit.
+    fn stop(&mut self) {
+        match self {
+            Receiver::Andon(s) => s.stop(),
+            Receiver::Rotel { child, .. } => {
+                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while child.try_wait().ok().flatten().is_none() {
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -116,7 +199,10 @@ fn main() {
     // Enough for well over the fastest rate measured; the run says if it ran out.
     let pool_spans = (secs as usize * 150_000).clamp(100_000, 4_000_000);
     let s3_python = std::env::var("ANDON_BENCH_S3").ok();
-    let variants: Vec<Variant> = if s3_python.is_some() {
+    let rotel = std::env::var("ANDON_BENCH_ROTEL").ok().map(|p| rotel_agent(&p));
+    let variants: Vec<Variant> = if rotel.is_some() {
+        vec![Variant::Rollups(true), Variant::Rotel]
+    } else if s3_python.is_some() {
         vec![Variant::Storage(Store::LocalDisk), Variant::Storage(Store::S3)]
     } else {
         vec![Variant::Rollups(true), Variant::Rollups(false)]
@@ -132,7 +218,7 @@ fn main() {
                 let mut moto = None;
                 match variant {
                     Variant::Rollups(on) => env.push(("ANDON_STORAGE_ROLLUPS", on.to_string())),
-                    Variant::Storage(Store::LocalDisk) => {}
+                    Variant::Storage(Store::LocalDisk) | Variant::Rotel => {}
                     Variant::Storage(Store::S3) => {
                         let m = Moto::start(s3_python.as_deref().unwrap_or("python3"), free_port());
                         m.create_bucket(BUCKET);
@@ -142,15 +228,14 @@ fn main() {
                     }
                 }
                 let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                let mut server = Server::start_with_env(dir.path(), &env);
+                let mut server = match (variant, &rotel) {
+                    (Variant::Rotel, Some(agent)) => Receiver::start_rotel(agent),
+                    _ => Receiver::Andon(Server::start_with_env(dir.path(), &env)),
+                };
                 let pid = server.pid();
                 let moto_cpu0 = moto.as_ref().map_or(0.0, |m| cpu_seconds(m.pid()));
-                let endpoint = match transport {
-                    Transport::Http => server.http_url(""),
-                    Transport::Grpc => server.grpc_url(),
-                };
                 let cfg = LoadConfig {
-                    endpoint,
+                    endpoint: server.endpoint(transport),
                     transport,
                     duration: Duration::from_secs(secs),
                     connections: conns,
@@ -214,6 +299,12 @@ fn main() {
     for transport in ["Http", "Grpc"] {
         let per_cpu =
             |variant| runs.get(&(transport.to_owned(), variant)).map(|v| median(v.iter().map(|r| r.per_cpu).collect()));
+        if rotel.is_some() {
+            if let (Some(andon), Some(rotel)) = (per_cpu(Variant::Rollups(true)), per_cpu(Variant::Rotel)) {
+                println!("{transport}: Andon's spans per CPU-second are {:.2}x rotel's", andon / rotel);
+            }
+            continue;
+        }
         let (with, without, what) = if s3_python.is_some() {
             (Variant::Storage(Store::S3), Variant::Storage(Store::LocalDisk), "segments in S3 cost")
         } else {
