@@ -21,6 +21,11 @@ use clap::{Parser, Subcommand};
 
 // Ingest allocates and frees many small buffers per span (protobuf decoding,
 // Arrow builders); mimalloc handles that pattern far better than glibc malloc.
+// Built without transparent huge pages (the `no_thp` feature): mimalloc would
+// advise them for its memory, and each fault into fresh memory then zeroes 2
+// MiB, a fifth of the server's CPU at 40,000 spans/s (BENCHMARKS.md). Where
+// the kernel forces them (`transparent_hugepage=always`), MIMALLOC_ALLOW_THP=0
+// turns them off for the process.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
