@@ -4,7 +4,15 @@
 //! whether it came over gRPC, HTTP or `andon import`. Spans that cannot be stored
 //! (malformed ids, impossible times, outside the configured age limits) are dropped
 //! here and counted, so the receiver can report them as a partial success.
+//!
+//! A request is read in place from its protobuf bytes ([`crate::wire`]): ids,
+//! names and string attributes go from the request's buffer straight into the
+//! column builders, and a resource's attributes are read once for all its
+//! spans. Only the rarer parts (events, links, attribute values other than
+//! strings, integers and booleans) are decoded by prost on the way. OTLP/JSON
+//! is decoded by serde and encoded to protobuf first.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -19,8 +27,11 @@ use arrow::datatypes::{DataType, Field};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+use prost::Message;
+
+use crate::wire::{Fields, Value as WireValue, WireError};
 
 /// Optional bounds on span start times, relative to the receiver's clock.
 #[derive(Debug, Clone, Copy)]
@@ -98,30 +109,30 @@ impl Reject {
     }
 }
 
-fn check(span: &Span, now_ns: u64, limits: SpanLimits) -> Result<(), Reject> {
+fn check(span: &SpanView<'_>, now_ns: u64, limits: SpanLimits) -> Result<(), Reject> {
     let nonzero = |b: &[u8]| b.iter().any(|x| *x != 0);
-    if span.trace_id.len() != 16 || !nonzero(&span.trace_id) {
+    if span.trace_id.len() != 16 || !nonzero(span.trace_id) {
         return Err(Reject::TraceId);
     }
-    if span.span_id.len() != 8 || !nonzero(&span.span_id) {
+    if span.span_id.len() != 8 || !nonzero(span.span_id) {
         return Err(Reject::SpanId);
     }
     if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
         return Err(Reject::ParentSpanId);
     }
-    if span.start_time_unix_nano == 0 || span.start_time_unix_nano > i64::MAX as u64 {
+    if span.start == 0 || span.start > i64::MAX as u64 {
         return Err(Reject::StartTime);
     }
-    if span.end_time_unix_nano < span.start_time_unix_nano || span.end_time_unix_nano > i64::MAX as u64 {
+    if span.end < span.start || span.end > i64::MAX as u64 {
         return Err(Reject::EndBeforeStart);
     }
     if let Some(max_age) = limits.max_age_ns
-        && span.start_time_unix_nano < now_ns.saturating_sub(max_age)
+        && span.start < now_ns.saturating_sub(max_age)
     {
         return Err(Reject::TooOld);
     }
     if let Some(max_future) = limits.max_future_ns
-        && span.start_time_unix_nano > now_ns.saturating_add(max_future)
+        && span.start > now_ns.saturating_add(max_future)
     {
         return Err(Reject::TooNew);
     }
@@ -186,26 +197,68 @@ enum SemBuilder {
     Boolean(BooleanBuilder),
 }
 
+/// An attribute's value, borrowed from the request where it can be.
+#[derive(Clone, Debug)]
+enum Val<'a> {
+    /// No value (a `KeyValue` without one, or an empty `AnyValue`).
+    Absent,
+    Str(Cow<'a, str>),
+    Int(i64),
+    Bool(bool),
+    /// Any other kind, in its stored text form ([`any_value_string`]).
+    Other(String),
+}
+
+impl<'a> Val<'a> {
+    fn of(v: &AnyValue) -> Val<'a> {
+        match &v.value {
+            None => Val::Absent,
+            Some(Value::StringValue(s)) => Val::Str(Cow::Owned(s.clone())),
+            Some(Value::IntValue(i)) => Val::Int(*i),
+            Some(Value::BoolValue(b)) => Val::Bool(*b),
+            Some(_) => Val::Other(any_value_string(v).unwrap_or_default()),
+        }
+    }
+
+    /// The text stored in the attribute maps.
+    fn text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            Val::Absent => None,
+            Val::Str(s) => Some(Cow::Borrowed(s.as_ref())),
+            Val::Int(i) => Some(Cow::Owned(i.to_string())),
+            Val::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            Val::Other(s) => Some(Cow::Borrowed(s)),
+        }
+    }
+}
+
+/// One attribute of the request.
+#[derive(Clone, Debug)]
+struct Kv<'a> {
+    key: &'a str,
+    value: Val<'a>,
+}
+
 /// A semantic-convention value pulled out of the attributes, typed for its column.
 #[derive(Clone, Debug)]
-enum SemValue {
-    Utf8(String),
+enum SemValue<'a> {
+    Utf8(Cow<'a, str>),
     Int64(i64),
     Boolean(bool),
 }
 
-fn sem_value(ty: ColumnType, v: &AnyValue) -> Option<SemValue> {
-    let val = v.value.as_ref()?;
-    match (ty, val) {
-        (ColumnType::Int64, Value::IntValue(i)) => Some(SemValue::Int64(*i)),
-        (ColumnType::Int64, Value::StringValue(s)) => s.trim().parse().ok().map(SemValue::Int64),
-        (ColumnType::Boolean, Value::BoolValue(b)) => Some(SemValue::Boolean(*b)),
-        (ColumnType::Boolean, Value::StringValue(s)) => match s.as_str() {
+fn sem_value<'a>(ty: ColumnType, v: &'a Val<'_>) -> Option<SemValue<'a>> {
+    match (ty, v) {
+        (_, Val::Absent) => None,
+        (ColumnType::Int64, Val::Int(i)) => Some(SemValue::Int64(*i)),
+        (ColumnType::Int64, Val::Str(s)) => s.trim().parse().ok().map(SemValue::Int64),
+        (ColumnType::Boolean, Val::Bool(b)) => Some(SemValue::Boolean(*b)),
+        (ColumnType::Boolean, Val::Str(s)) => match s.as_ref() {
             "true" | "1" => Some(SemValue::Boolean(true)),
             "false" | "0" => Some(SemValue::Boolean(false)),
             _ => None,
         },
-        (ColumnType::Utf8, _) => any_value_string(v).map(SemValue::Utf8),
+        (ColumnType::Utf8, v) => v.text().map(SemValue::Utf8),
         _ => None,
     }
 }
@@ -224,31 +277,31 @@ const LEGACY: &[(&str, &str)] = &[
     ("http.user_agent", "user_agent.original"),
 ];
 
-/// Splits attributes into semantic-convention values (by `SEMCONV` index) and the rest.
-fn split_attributes(attrs: &[KeyValue], sem: &mut [Option<SemValue>]) -> Vec<(usize, Option<String>)> {
-    let mut rest = Vec::new();
-    let mut current = vec![false; sem.len()];
+/// Splits attributes into semantic-convention values (by `SEMCONV` index) and
+/// the rest, whose indices go to `rest`.
+fn split_attributes<'a>(attrs: &'a [Kv<'_>], sem: &mut [Option<SemValue<'a>>], rest: &mut Vec<usize>) {
+    rest.clear();
+    // Which columns the attributes' current names set (SEMCONV has fewer than 64).
+    let mut current = 0u64;
     for (i, kv) in attrs.iter().enumerate() {
-        let typed = semconv_index(&kv.key)
-            .and_then(|idx| kv.value.as_ref().and_then(|v| sem_value(SEMCONV[idx].ty, v)).map(|v| (idx, v)));
+        let typed = semconv_index(kv.key).and_then(|idx| sem_value(SEMCONV[idx].ty, &kv.value).map(|v| (idx, v)));
         match typed {
             Some((idx, v)) => {
                 sem[idx] = Some(v);
-                current[idx] = true;
+                current |= 1 << idx;
             }
             None => {
                 let legacy = LEGACY.iter().find(|(old, _)| *old == kv.key).and_then(|(_, new)| semconv_index(new));
                 if let Some(idx) = legacy
-                    && !current[idx]
-                    && let Some(v) = kv.value.as_ref().and_then(|v| sem_value(SEMCONV[idx].ty, v))
+                    && current & (1 << idx) == 0
+                    && let Some(v) = sem_value(SEMCONV[idx].ty, &kv.value)
                 {
                     sem[idx] = Some(v);
                 }
-                rest.push((i, kv.value.as_ref().and_then(any_value_string)));
+                rest.push(i);
             }
         }
     }
-    rest
 }
 
 fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
@@ -410,124 +463,373 @@ fn opt_str(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Converts a request into one span batch for `tenant`.
+/// Why a request could not be converted.
+#[derive(Debug)]
+pub enum ConvertError {
+    /// The bytes are not an `ExportTraceServiceRequest`: the client's fault.
+    Malformed(WireError),
+    /// Building the batch failed: Andon's fault.
+    Arrow(ArrowError),
+}
+
+impl std::fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConvertError::Malformed(e) => write!(f, "protobuf: {e}"),
+            ConvertError::Arrow(e) => write!(f, "building the span batch: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConvertError {}
+
+impl From<WireError> for ConvertError {
+    fn from(e: WireError) -> Self {
+        ConvertError::Malformed(e)
+    }
+}
+
+impl From<ArrowError> for ConvertError {
+    fn from(e: ArrowError) -> Self {
+        ConvertError::Arrow(e)
+    }
+}
+
+fn prost_err(what: &str, e: prost::DecodeError) -> WireError {
+    WireError(format!("{what}: {e}"))
+}
+
+/// Bytes of Arrow a converted span costs besides its attributes: ids,
+/// times, names, status and the builders' offsets.
+const ROW_OVERHEAD: usize = 160;
+
+/// What converting a request builds, found without converting it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// Bytes of Arrow the spans take: each row copies its resource's and its
+    /// scope's attributes, so a small request can decode into far more memory
+    /// than it took on the wire.
+    pub cost: usize,
+    pub spans: usize,
+}
+
+/// Walks a request's messages down to its spans, without reading them, for
+/// what converting it would build.
+pub fn scan(body: &[u8]) -> Result<Scanned, WireError> {
+    let mut out = Scanned::default();
+    let mut req = Fields::new(body);
+    while let Some((n, v)) = req.next()? {
+        if n != 1 {
+            continue;
+        }
+        let rs = v.bytes("ResourceSpans")?;
+        let mut resource = 0usize;
+        let mut fields = Fields::new(rs);
+        while let Some((n, v)) = fields.next()? {
+            if n == 1 {
+                resource += attributes_len(v.bytes("Resource")?, 1)?;
+            }
+        }
+        let mut fields = Fields::new(rs);
+        while let Some((n, v)) = fields.next()? {
+            if n != 2 {
+                continue;
+            }
+            let ss = v.bytes("ScopeSpans")?;
+            let (mut scope, mut spans, mut span_bytes) = (0usize, 0usize, 0usize);
+            let mut fields = Fields::new(ss);
+            while let Some((n, v)) = fields.next()? {
+                match n {
+                    1 => {
+                        let mut f = Fields::new(v.bytes("InstrumentationScope")?);
+                        while let Some((n, v)) = f.next()? {
+                            match n {
+                                1 | 2 => scope += v.bytes("InstrumentationScope.name")?.len(),
+                                3 => scope += v.bytes("InstrumentationScope.attributes")?.len(),
+                                _ => {}
+                            }
+                        }
+                    }
+                    2 => {
+                        spans += 1;
+                        span_bytes = span_bytes.saturating_add(v.bytes("Span")?.len());
+                    }
+                    _ => {}
+                }
+            }
+            let shared = resource + scope + ROW_OVERHEAD;
+            out.cost = out.cost.saturating_add(span_bytes).saturating_add(shared.saturating_mul(spans));
+            out.spans += spans;
+        }
+    }
+    Ok(out)
+}
+
+/// The bytes of the attributes (field `tag`) of a message.
+fn attributes_len(msg: &[u8], tag: u32) -> Result<usize, WireError> {
+    let mut n = 0;
+    let mut f = Fields::new(msg);
+    while let Some((t, v)) = f.next()? {
+        if t == tag {
+            n += v.bytes("attributes")?.len();
+        }
+    }
+    Ok(n)
+}
+
+/// Checks that the string fields `tags` of a message Andon does not read
+/// are UTF-8, as a full decode would.
+fn check_strings(msg: &[u8], what: &str, tags: &[u32]) -> Result<(), WireError> {
+    let mut f = Fields::new(msg);
+    while let Some((t, v)) = f.next()? {
+        if tags.contains(&t) {
+            v.str(what)?;
+        }
+    }
+    Ok(())
+}
+
+/// An `AnyValue`: one string, integer or boolean is read in place; anything
+/// else (other kinds, a value given in parts) is decoded whole.
+#[inline]
+fn any_value<'a>(parts: &[&'a [u8]]) -> Result<Val<'a>, WireError> {
+    if let [one] = parts {
+        let mut f = Fields::new(one);
+        let first = f.next()?;
+        if f.next()?.is_none() {
+            match first {
+                None => return Ok(Val::Absent),
+                Some((1, v @ WireValue::Bytes(_))) => {
+                    return Ok(Val::Str(Cow::Borrowed(v.str("AnyValue.string_value")?)));
+                }
+                Some((2, WireValue::Varint(b))) => return Ok(Val::Bool(b != 0)),
+                Some((3, WireValue::Varint(i))) => return Ok(Val::Int(i as i64)),
+                _ => {}
+            }
+        }
+    }
+    let decoded = match parts {
+        [one] => AnyValue::decode(*one),
+        _ => AnyValue::decode(parts.concat().as_slice()),
+    };
+    Ok(Val::of(&decoded.map_err(|e| prost_err("AnyValue", e))?))
+}
+
+/// A `KeyValue`.
+#[inline]
+fn key_value(msg: &[u8]) -> Result<Kv<'_>, WireError> {
+    let mut key = "";
+    let mut parts: [&[u8]; 1] = [&[]];
+    let mut more: Vec<&[u8]> = Vec::new();
+    let mut values = 0;
+    let mut f = Fields::new(msg);
+    while let Some((t, v)) = f.next()? {
+        match t {
+            1 => key = v.str("KeyValue.key")?,
+            2 => {
+                let b = v.bytes("KeyValue.value")?;
+                if values == 0 {
+                    parts[0] = b;
+                } else {
+                    if values == 1 {
+                        more.push(parts[0]);
+                    }
+                    more.push(b);
+                }
+                values += 1;
+            }
+            3 => {
+                v.int32("KeyValue.key_strindex")?;
+            }
+            _ => {}
+        }
+    }
+    let value = match values {
+        0 => Val::Absent,
+        1 => any_value(&parts)?,
+        _ => any_value(&more)?,
+    };
+    Ok(Kv { key, value })
+}
+
+/// The fields of a span Andon reads, borrowed from the request.
+#[derive(Debug, Default)]
+struct SpanView<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    parent_span_id: &'a [u8],
+    trace_state: &'a str,
+    name: &'a str,
+    kind: i32,
+    start: u64,
+    end: u64,
+    status_code: i32,
+    status_message: &'a str,
+}
+
+/// Buffers reused from span to span.
+#[derive(Default)]
+struct Scratch<'a> {
+    attrs: Vec<Kv<'a>>,
+    events: Vec<Event>,
+    links: Vec<Link>,
+}
+
+/// Reads one span into `view` and `scratch`.
+fn read_span<'a>(msg: &'a [u8], view: &mut SpanView<'a>, scratch: &mut Scratch<'a>) -> Result<(), WireError> {
+    *view = SpanView::default();
+    scratch.attrs.clear();
+    scratch.events.clear();
+    scratch.links.clear();
+    let mut f = Fields::new(msg);
+    while let Some((t, v)) = f.next()? {
+        match t {
+            1 => view.trace_id = v.bytes("Span.trace_id")?,
+            2 => view.span_id = v.bytes("Span.span_id")?,
+            3 => view.trace_state = v.str("Span.trace_state")?,
+            4 => view.parent_span_id = v.bytes("Span.parent_span_id")?,
+            5 => view.name = v.str("Span.name")?,
+            6 => view.kind = v.int32("Span.kind")?,
+            7 => view.start = v.fixed64("Span.start_time_unix_nano")?,
+            8 => view.end = v.fixed64("Span.end_time_unix_nano")?,
+            9 => scratch.attrs.push(key_value(v.bytes("Span.attributes")?)?),
+            10 | 12 | 14 => {
+                v.varint("Span.dropped_count")?;
+            }
+            11 => scratch.events.push(Event::decode(v.bytes("Span.events")?).map_err(|e| prost_err("Span.events", e))?),
+            13 => scratch.links.push(Link::decode(v.bytes("Span.links")?).map_err(|e| prost_err("Span.links", e))?),
+            15 => {
+                // Given twice, a message is merged: read each into the same fields.
+                let mut s = Fields::new(v.bytes("Span.status")?);
+                while let Some((t, v)) = s.next()? {
+                    match t {
+                        2 => view.status_message = v.str("Status.message")?,
+                        3 => view.status_code = v.int32("Status.code")?,
+                        _ => {}
+                    }
+                }
+            }
+            16 => {
+                v.fixed32("Span.flags")?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Converts a decoded request into one span batch for `tenant`.
 pub fn convert_request(
     req: &ExportTraceServiceRequest,
     tenant: &Tenant,
     now_ns: u64,
     limits: SpanLimits,
-) -> Result<Converted, ArrowError> {
-    let total: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+) -> Result<Converted, ConvertError> {
+    convert_bytes(&req.encode_to_vec(), tenant, now_ns, limits)
+}
+
+/// Converts an encoded `ExportTraceServiceRequest` into one span batch for
+/// `tenant`, reading the protobuf in place.
+pub fn convert_bytes(body: &[u8], tenant: &Tenant, now_ns: u64, limits: SpanLimits) -> Result<Converted, ConvertError> {
+    let total = scan(body)?.spans;
     let mut b = Builders::new(total);
     let mut rejected = [0u64; Reject::ALL.len()];
     let mut accepted = 0usize;
     let mut hex = [0u8; 32];
+    let mut scratch = Scratch::default();
+    let mut view = SpanView::default();
+    let mut res_attrs: Vec<Kv<'_>> = Vec::new();
+    let mut res_rest: Vec<usize> = Vec::new();
+    let mut span_rest: Vec<usize> = Vec::new();
 
-    for rs in &req.resource_spans {
-        let empty = Vec::new();
-        let res_attrs = rs.resource.as_ref().map_or(&empty, |r| &r.attributes);
-        let mut res_sem: Vec<Option<SemValue>> = vec![None; SEMCONV.len()];
-        let res_rest = split_attributes(res_attrs, &mut res_sem);
+    let mut req = Fields::new(body);
+    while let Some((n, v)) = req.next()? {
+        if n != 1 {
+            continue;
+        }
+        let rs = v.bytes("ExportTraceServiceRequest.resource_spans")?;
+        // The resource may follow its spans on the wire: read it first.
+        res_attrs.clear();
+        let mut fields = Fields::new(rs);
+        while let Some((n, v)) = fields.next()? {
+            match n {
+                1 => {
+                    let mut f = Fields::new(v.bytes("ResourceSpans.resource")?);
+                    while let Some((t, v)) = f.next()? {
+                        match t {
+                            1 => res_attrs.push(key_value(v.bytes("Resource.attributes")?)?),
+                            2 => {
+                                v.varint("Resource.dropped_attributes_count")?;
+                            }
+                            3 => check_strings(v.bytes("Resource.entity_refs")?, "EntityRef", &[1, 2, 3, 4])?,
+                            _ => {}
+                        }
+                    }
+                }
+                3 => {
+                    v.str("ResourceSpans.schema_url")?;
+                }
+                _ => {}
+            }
+        }
+        let mut res_sem: Vec<Option<SemValue<'_>>> = vec![None; SEMCONV.len()];
+        split_attributes(&res_attrs, &mut res_sem, &mut res_rest);
 
-        for ss in &rs.scope_spans {
-            let (scope_name, scope_version) =
-                ss.scope.as_ref().map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()));
-            for span in &ss.spans {
-                if let Err(r) = check(span, now_ns, limits) {
+        let mut fields = Fields::new(rs);
+        while let Some((n, v)) = fields.next()? {
+            if n != 2 {
+                continue;
+            }
+            let ss = v.bytes("ResourceSpans.scope_spans")?;
+            let (mut scope_name, mut scope_version) = ("", "");
+            let mut f = Fields::new(ss);
+            while let Some((n, v)) = f.next()? {
+                match n {
+                    1 => {
+                        let mut s = Fields::new(v.bytes("ScopeSpans.scope")?);
+                        while let Some((t, v)) = s.next()? {
+                            match t {
+                                1 => scope_name = v.str("InstrumentationScope.name")?,
+                                2 => scope_version = v.str("InstrumentationScope.version")?,
+                                3 => {
+                                    key_value(v.bytes("InstrumentationScope.attributes")?)?;
+                                }
+                                4 => {
+                                    v.varint("InstrumentationScope.dropped_attributes_count")?;
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    3 => {
+                        v.str("ScopeSpans.schema_url")?;
+                    }
+                    _ => {}
+                }
+            }
+            let mut f = Fields::new(ss);
+            while let Some((n, v)) = f.next()? {
+                if n != 2 {
+                    continue;
+                }
+                read_span(v.bytes("ScopeSpans.spans")?, &mut view, &mut scratch)?;
+                if let Err(r) = check(&view, now_ns, limits) {
                     rejected[r as usize] += 1;
                     continue;
                 }
                 accepted += 1;
-                b.tenant.append_value(tenant.as_str());
-                b.trace_id.append_value(hex_into(&span.trace_id, &mut hex));
-                b.span_id.append_value(hex_into(&span.span_id, &mut hex));
-                if span.parent_span_id.iter().any(|x| *x != 0) {
-                    b.parent_span_id.append_value(hex_into(&span.parent_span_id, &mut hex));
-                } else {
-                    b.parent_span_id.append_null();
-                }
-                b.trace_state.append_option(opt_str(&span.trace_state));
-                b.name.append_value(&span.name);
-                let kind = usize::try_from(span.kind).ok().and_then(|k| SPAN_KINDS.get(k));
-                b.kind.append_value(kind.copied().unwrap_or("unspecified"));
-                let start = span.start_time_unix_nano as i64;
-                let end = span.end_time_unix_nano as i64;
-                b.start.append_value(start);
-                b.end.append_value(end);
-                b.duration.append_value(end - start);
-                let (code, message) = span.status.as_ref().map_or((0, ""), |s| (s.code, s.message.as_str()));
-                let code = usize::try_from(code).ok().and_then(|c| STATUS_CODES.get(c));
-                b.status_code.append_value(code.copied().unwrap_or("unset"));
-                b.status_message.append_option(opt_str(message));
-
-                let mut span_sem: Vec<Option<SemValue>> = vec![None; SEMCONV.len()];
-                let span_rest = split_attributes(&span.attributes, &mut span_sem);
-                for (i, builder) in b.sem.iter_mut().enumerate() {
-                    let v = span_sem[i].as_ref().or(res_sem[i].as_ref());
-                    match (builder, v) {
-                        (SemBuilder::Utf8(bb), Some(SemValue::Utf8(s))) => bb.append_value(s),
-                        (SemBuilder::Utf8(bb), None) if SEMCONV[i].column == schema::SEMCONV[0].column => {
-                            bb.append_value("unknown_service")
-                        }
-                        (SemBuilder::Utf8(bb), _) => bb.append_null(),
-                        (SemBuilder::Int64(bb), Some(SemValue::Int64(x))) => bb.append_value(*x),
-                        (SemBuilder::Int64(bb), _) => bb.append_null(),
-                        (SemBuilder::Boolean(bb), Some(SemValue::Boolean(x))) => bb.append_value(*x),
-                        (SemBuilder::Boolean(bb), _) => bb.append_null(),
-                    }
-                }
-                b.scope_name.append_option(opt_str(scope_name));
-                b.scope_version.append_option(opt_str(scope_version));
-
-                // A semantic-convention attribute set on the span overrides the resource's,
-                // so the resource's copy stays in the resource map only when unused.
-                append_map(
-                    &mut b.resource_attributes,
-                    res_rest.iter().map(|(i, v)| (res_attrs[*i].key.as_str(), v.as_deref())),
+                append_span(
+                    &mut b,
+                    tenant,
+                    &view,
+                    &scratch,
+                    &res_attrs,
+                    &res_sem,
+                    &res_rest,
+                    (scope_name, scope_version),
+                    &mut span_rest,
+                    &mut hex,
                 )?;
-                append_map(
-                    &mut b.attributes,
-                    span_rest.iter().map(|(i, v)| (span.attributes[*i].key.as_str(), v.as_deref())),
-                )?;
-
-                let mut exception: Option<(Option<String>, Option<String>)> = None;
-                for ev in &span.events {
-                    b.event_time.append_value(ev.time_unix_nano.min(i64::MAX as u64) as i64);
-                    b.event_name.append_value(&ev.name);
-                    append_map(
-                        &mut b.event_attributes,
-                        ev.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.as_ref().and_then(any_value_string))),
-                    )?;
-                    if exception.is_none() && ev.name == "exception" {
-                        let get = |k: &str| {
-                            ev.attributes
-                                .iter()
-                                .find(|kv| kv.key == k)
-                                .and_then(|kv| kv.value.as_ref())
-                                .and_then(any_value_string)
-                        };
-                        exception = Some((get("exception.type"), get("exception.message")));
-                    }
-                }
-                let (et, em) = exception.unwrap_or_default();
-                b.exception_type.append_option(et);
-                b.exception_message.append_option(em);
-                let next_event = b.event_offsets.last().copied().unwrap_or(0) + span.events.len() as i32;
-                b.event_offsets.push(next_event);
-
-                for link in &span.links {
-                    b.link_trace_id.append_value(hex_into(&link.trace_id, &mut hex));
-                    b.link_span_id.append_value(hex_into(&link.span_id, &mut hex));
-                    b.link_trace_state.append_option(opt_str(&link.trace_state));
-                    append_map(
-                        &mut b.link_attributes,
-                        link.attributes
-                            .iter()
-                            .map(|kv| (kv.key.as_str(), kv.value.as_ref().and_then(any_value_string))),
-                    )?;
-                }
-                let next_link = b.link_offsets.last().copied().unwrap_or(0) + span.links.len() as i32;
-                b.link_offsets.push(next_link);
             }
         }
     }
@@ -546,13 +848,108 @@ pub fn convert_request(
     Ok(Converted { batch, rejected: rejected_total, error_message })
 }
 
+/// Appends one accepted span's row.
+#[allow(clippy::too_many_arguments)]
+fn append_span<'a>(
+    b: &mut Builders,
+    tenant: &Tenant,
+    span: &SpanView<'a>,
+    scratch: &Scratch<'a>,
+    res_attrs: &[Kv<'_>],
+    res_sem: &[Option<SemValue<'_>>],
+    res_rest: &[usize],
+    (scope_name, scope_version): (&str, &str),
+    span_rest: &mut Vec<usize>,
+    hex: &mut [u8; 32],
+) -> Result<(), ArrowError> {
+    b.tenant.append_value(tenant.as_str());
+    b.trace_id.append_value(hex_into(span.trace_id, hex));
+    b.span_id.append_value(hex_into(span.span_id, hex));
+    if span.parent_span_id.iter().any(|x| *x != 0) {
+        b.parent_span_id.append_value(hex_into(span.parent_span_id, hex));
+    } else {
+        b.parent_span_id.append_null();
+    }
+    b.trace_state.append_option(opt_str(span.trace_state));
+    b.name.append_value(span.name);
+    let kind = usize::try_from(span.kind).ok().and_then(|k| SPAN_KINDS.get(k));
+    b.kind.append_value(kind.copied().unwrap_or("unspecified"));
+    let start = span.start as i64;
+    let end = span.end as i64;
+    b.start.append_value(start);
+    b.end.append_value(end);
+    b.duration.append_value(end - start);
+    let code = usize::try_from(span.status_code).ok().and_then(|c| STATUS_CODES.get(c));
+    b.status_code.append_value(code.copied().unwrap_or("unset"));
+    b.status_message.append_option(opt_str(span.status_message));
+
+    let mut span_sem: [Option<SemValue<'_>>; SEMCONV.len()] = [const { None }; SEMCONV.len()];
+    split_attributes(&scratch.attrs, &mut span_sem, span_rest);
+    for (i, builder) in b.sem.iter_mut().enumerate() {
+        let v = span_sem[i].as_ref().or(res_sem[i].as_ref());
+        match (builder, v) {
+            (SemBuilder::Utf8(bb), Some(SemValue::Utf8(s))) => bb.append_value(s),
+            (SemBuilder::Utf8(bb), None) if SEMCONV[i].column == schema::SEMCONV[0].column => {
+                bb.append_value("unknown_service")
+            }
+            (SemBuilder::Utf8(bb), _) => bb.append_null(),
+            (SemBuilder::Int64(bb), Some(SemValue::Int64(x))) => bb.append_value(*x),
+            (SemBuilder::Int64(bb), _) => bb.append_null(),
+            (SemBuilder::Boolean(bb), Some(SemValue::Boolean(x))) => bb.append_value(*x),
+            (SemBuilder::Boolean(bb), _) => bb.append_null(),
+        }
+    }
+    b.scope_name.append_option(opt_str(scope_name));
+    b.scope_version.append_option(opt_str(scope_version));
+
+    // A semantic-convention attribute set on the span overrides the resource's,
+    // so the resource's copy stays in the resource map only when unused.
+    append_map(&mut b.resource_attributes, res_rest.iter().map(|i| (res_attrs[*i].key, res_attrs[*i].value.text())))?;
+    append_map(&mut b.attributes, span_rest.iter().map(|i| (scratch.attrs[*i].key, scratch.attrs[*i].value.text())))?;
+
+    let mut exception: Option<(Option<String>, Option<String>)> = None;
+    for ev in &scratch.events {
+        b.event_time.append_value(ev.time_unix_nano.min(i64::MAX as u64) as i64);
+        b.event_name.append_value(&ev.name);
+        append_map(
+            &mut b.event_attributes,
+            ev.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.as_ref().and_then(any_value_string))),
+        )?;
+        if exception.is_none() && ev.name == "exception" {
+            let get = |k: &str| {
+                ev.attributes.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.as_ref()).and_then(any_value_string)
+            };
+            exception = Some((get("exception.type"), get("exception.message")));
+        }
+    }
+    let (et, em) = exception.unwrap_or_default();
+    b.exception_type.append_option(et);
+    b.exception_message.append_option(em);
+    let next_event = b.event_offsets.last().copied().unwrap_or(0) + scratch.events.len() as i32;
+    b.event_offsets.push(next_event);
+
+    for link in &scratch.links {
+        b.link_trace_id.append_value(hex_into(&link.trace_id, hex));
+        b.link_span_id.append_value(hex_into(&link.span_id, hex));
+        b.link_trace_state.append_option(opt_str(&link.trace_state));
+        append_map(
+            &mut b.link_attributes,
+            link.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.as_ref().and_then(any_value_string))),
+        )?;
+    }
+    let next_link = b.link_offsets.last().copied().unwrap_or(0) + scratch.links.len() as i32;
+    b.link_offsets.push(next_link);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Int64Type;
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
     use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 
     fn kv(k: &str, v: Value) -> KeyValue {
         KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
@@ -684,5 +1081,176 @@ mod tests {
         let c = convert_request(&request(vec![span(2)]), &Tenant::default_tenant(), now, limits).unwrap();
         assert_eq!((c.accepted(), c.rejected), (0, 1));
         assert!(c.batch.is_none());
+    }
+
+    /// A request with every kind of field the converter reads: two resources
+    /// (one given after its spans), scopes, events with an exception, links,
+    /// every kind of attribute value, legacy HTTP names and invalid spans.
+    fn rich() -> ExportTraceServiceRequest {
+        use opentelemetry_proto::tonic::common::v1::{ArrayValue, InstrumentationScope, KeyValueList};
+        use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+        let mut a = span(2);
+        a.parent_span_id = vec![9; 8];
+        a.trace_state = "k=v".into();
+        a.attributes.extend([
+            kv("http.method", Value::StringValue("GET".into())),
+            kv("http.request.resend_count", Value::StringValue(" 2 ".into())),
+            kv("ratio", Value::DoubleValue(0.25)),
+            kv("raw", Value::BytesValue(vec![0xde, 0xad])),
+            kv("list", Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(Value::IntValue(1)) }] })),
+            kv("nested", Value::KvlistValue(KeyValueList { values: vec![kv("x", Value::BoolValue(true))] })),
+            KeyValue { key: "empty".into(), value: None, ..Default::default() },
+        ]);
+        a.events = vec![
+            Event { time_unix_nano: 5, name: "retry".into(), ..Default::default() },
+            Event {
+                time_unix_nano: 6,
+                name: "exception".into(),
+                attributes: vec![
+                    kv("exception.type", Value::StringValue("Timeout".into())),
+                    kv("exception.message", Value::StringValue("took too long".into())),
+                ],
+                ..Default::default()
+            },
+        ];
+        a.links = vec![Link {
+            trace_id: vec![3; 16],
+            span_id: vec![4; 8],
+            attributes: vec![kv("why", Value::StringValue("follows".into()))],
+            ..Default::default()
+        }];
+        let mut b = span(3);
+        b.kind = 3;
+        b.status = None;
+        b.attributes = vec![
+            kv("session.id", Value::StringValue("s-1".into())),
+            kv("browser.mobile", Value::StringValue("1".into())),
+        ];
+        let mut bad = span(4);
+        bad.span_id = vec![0; 8];
+        let mut req = request(vec![a, b, bad]);
+        req.resource_spans[0].scope_spans[0].scope =
+            Some(InstrumentationScope { name: "lib".into(), version: "1.2".into(), ..Default::default() });
+        let mut other = request(vec![span(5)]);
+        other.resource_spans[0].resource.as_mut().unwrap().attributes =
+            vec![kv("service.name", Value::StringValue("pay".into())), kv("cloud.region", Value::IntValue(7))];
+        req.resource_spans.extend(other.resource_spans);
+        req
+    }
+
+    /// The resource of the second `ResourceSpans`, moved after its spans.
+    fn reordered(req: &ExportTraceServiceRequest) -> Vec<u8> {
+        let mut out = Vec::new();
+        for rs in &req.resource_spans {
+            let mut inner = Vec::new();
+            for ss in &rs.scope_spans {
+                prost::encoding::message::encode(2, ss, &mut inner);
+            }
+            if let Some(r) = &rs.resource {
+                prost::encoding::message::encode(1, r, &mut inner);
+            }
+            prost::encoding::bytes::encode(1, &inner, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn fields_in_any_order_read_as_prost_reads_them() {
+        let req = rich();
+        let tenant = Tenant::default_tenant();
+        let canonical = convert_request(&req, &tenant, 0, SpanLimits::NONE).unwrap();
+        let bytes = reordered(&req);
+        assert_eq!(ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap(), req);
+        let moved = convert_bytes(&bytes, &tenant, 0, SpanLimits::NONE).unwrap();
+        assert_eq!(canonical.batch, moved.batch);
+        assert_eq!((canonical.accepted(), canonical.rejected), (3, 1));
+        let batch = canonical.batch.unwrap();
+        let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+        assert_eq!(col("service_name").as_string::<i32>().value(2), "pay");
+        assert_eq!(col("cloud_region").as_string::<i32>().value(2), "7", "an integer in a string column");
+        assert_eq!(col("http_request_method").as_string::<i32>().value(0), "GET");
+        assert_eq!(col("http_request_resend_count").as_primitive::<Int64Type>().value(0), 2);
+        assert!(col("browser_mobile").as_boolean().value(1), "\"1\" is true");
+        assert_eq!(col("exception_type").as_string::<i32>().value(0), "Timeout");
+        assert_eq!(col("scope_name").as_string::<i32>().value(0), "lib");
+        let attrs = col("attributes");
+        let map = attrs.as_map().value(0);
+        let text: Vec<(String, Option<String>)> = (0..map.len())
+            .map(|i| {
+                let v = map.column(1).as_string::<i32>();
+                (map.column(0).as_string::<i32>().value(i).to_owned(), v.is_valid(i).then(|| v.value(i).to_owned()))
+            })
+            .collect();
+        for (k, v) in [
+            ("ratio", Some("0.25")),
+            ("raw", Some("dead")),
+            ("list", Some("[1]")),
+            ("nested", Some("{\"x\":true}")),
+            ("empty", None),
+            ("custom.flag", Some("false")),
+        ] {
+            assert!(text.contains(&(k.to_owned(), v.map(str::to_owned))), "{k}: {text:?}");
+        }
+    }
+
+    /// Damaged requests: the converter accepts exactly those prost decodes,
+    /// and reads each as prost does.
+    #[test]
+    fn damaged_requests_are_refused_or_read_exactly_as_prost_reads_them() {
+        let tenant = Tenant::default_tenant();
+        let base = rich().encode_to_vec();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..4_000 {
+            let mut bytes = base.clone();
+            for _ in 0..(1 + next() % 3) {
+                let at = (next() % bytes.len() as u64) as usize;
+                match next() % 4 {
+                    0 => bytes[at] ^= 1 << (next() % 8),
+                    1 => bytes[at] = next() as u8,
+                    2 => bytes.truncate(at),
+                    _ => bytes.insert(at, next() as u8),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let theirs = ExportTraceServiceRequest::decode(bytes.as_slice());
+            let ours = convert_bytes(&bytes, &tenant, 0, SpanLimits::NONE);
+            match (theirs, ours) {
+                (Ok(req), Ok(ours)) => {
+                    let expected = convert_request(&req, &tenant, 0, SpanLimits::NONE).unwrap();
+                    assert_eq!(expected.batch, ours.batch, "{bytes:?}");
+                    assert_eq!(expected.rejected, ours.rejected, "{bytes:?}");
+                    accepted += 1;
+                }
+                (Err(_), Err(ConvertError::Malformed(_))) => refused += 1,
+                (theirs, ours) => panic!("prost: {theirs:?}\nours: {ours:?}\nbytes: {bytes:?}"),
+            }
+        }
+        assert!(accepted > 100 && refused > 100, "both kinds seen: {accepted} read, {refused} refused");
+    }
+
+    #[test]
+    fn the_scan_counts_what_conversion_builds() {
+        let req = rich();
+        let bytes = req.encode_to_vec();
+        let s = scan(&bytes).unwrap();
+        assert_eq!(s.spans, 4, "the rejected span is counted too");
+        let span_bytes: usize = req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(Message::encoded_len)
+            .sum();
+        assert!(s.cost >= span_bytes + 4 * ROW_OVERHEAD, "{s:?}");
+        assert!(scan(&bytes[..bytes.len() - 1]).is_err());
     }
 }

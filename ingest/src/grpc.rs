@@ -4,12 +4,10 @@ use std::sync::Arc;
 
 use andon_model::Tenant;
 use andon_model::auth::AuthError;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{CompressionEncoding, DecodeBuf, EncodeBuf};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 
@@ -45,12 +43,8 @@ pub fn to_status(e: &IngestError) -> Status {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for TraceReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+impl TraceReceiver {
+    async fn export(&self, request: Request<Bytes>) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let ing = &self.ingestor;
         let result = async {
             // The interceptor (`service`) checked the caller before decoding.
@@ -60,12 +54,12 @@ impl TraceService for TraceReceiver {
             };
             // `Reserve` held memory for the body before it was decoded; what
             // decompression added is held here.
-            let size = request.get_ref().encoded_len();
+            let size = request.get_ref().len();
             let body = request.extensions().get::<Reserved>().map_or(0, |r| r.0);
             let permit = if size > body { Some(ing.reserve(size - body)?) } else { None };
             let held = ing.held_for(body.max(size));
             ing.stats().add_request(size as u64);
-            let out = ing.export_holding(&tenant, request.into_inner(), held).await;
+            let out = ing.export_bytes(&tenant, request.into_inner(), held).await;
             drop(permit);
             out
         }
@@ -86,6 +80,105 @@ impl TraceService for TraceReceiver {
                 Err(to_status(&e))
             }
         }
+    }
+}
+
+/// The codec of `TraceService/Export`: the request's message as it came, for
+/// the converter to read in place, and the response through prost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportCodec;
+
+/// Encodes `ExportTraceServiceResponse`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseEncoder;
+
+/// Hands over a request's message bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDecoder;
+
+impl tonic::codec::Codec for ExportCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ResponseEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(buf).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
+    }
+}
+
+/// The path of the one method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// `TraceService`, served with [`ExportCodec`]: its size limit, gzip accepted
+/// and sent.
+#[derive(Debug, Clone)]
+pub struct TraceServer {
+    receiver: Arc<TraceReceiver>,
+    max_message_bytes: usize,
+}
+
+impl tonic::server::NamedService for TraceServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+struct ExportMethod(Arc<TraceReceiver>);
+
+impl tonic::server::UnaryService<Bytes> for ExportMethod {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Self::Response>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let receiver = Arc::clone(&self.0);
+        Box::pin(async move { receiver.export(request).await })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for TraceServer
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != EXPORT_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
+        }
+        let method = ExportMethod(Arc::clone(&self.receiver));
+        let mut grpc = tonic::server::Grpc::new(ExportCodec)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(self.max_message_bytes);
+        Box::pin(async move { Ok(grpc.unary(method, req).await) })
     }
 }
 
@@ -182,13 +275,10 @@ impl tonic::service::Interceptor for Authenticate {
 
 /// The gRPC service, with its size limit and gzip accepted, behind the
 /// interceptor that checks who calls.
-pub fn service(ingestor: Arc<Ingestor>) -> InterceptedService<TraceServiceServer<TraceReceiver>, Authenticate> {
-    let limit = ingestor.config().max_grpc_message_bytes;
+pub fn service(ingestor: Arc<Ingestor>) -> InterceptedService<TraceServer, Authenticate> {
+    let max_message_bytes = ingestor.config().max_grpc_message_bytes;
     let auth = Authenticate { ingestor: Arc::clone(&ingestor) };
-    let server = TraceServiceServer::new(TraceReceiver { ingestor })
-        .max_decoding_message_size(limit)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip);
+    let server = TraceServer { receiver: Arc::new(TraceReceiver { ingestor }), max_message_bytes };
     InterceptedService::new(server, auth)
 }
 

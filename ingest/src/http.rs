@@ -83,13 +83,11 @@ pub fn decompress(content_encoding: Option<&str>, body: Bytes, limit: usize) -> 
     Ok(Bytes::from(out))
 }
 
-fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {
-    match encoding {
-        Encoding::Protobuf => {
-            ExportTraceServiceRequest::decode(body).map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))
-        }
-        Encoding::Json => serde_json::from_slice(body).map_err(|e| IngestError::Malformed(format!("json: {e}"))),
-    }
+/// OTLP/JSON to the protobuf encoding every request is converted from.
+fn json_to_protobuf(body: &[u8]) -> Result<Bytes, IngestError> {
+    let req: ExportTraceServiceRequest =
+        serde_json::from_slice(body).map_err(|e| IngestError::Malformed(format!("json: {e}")))?;
+    Ok(req.encode_to_vec().into())
 }
 
 fn status_of(e: &IngestError) -> (StatusCode, i32) {
@@ -245,11 +243,14 @@ async fn handle(
         // Decompressed, the request holds more memory than was reserved for it.
         permit.merge(ing.reserve(plain.len() - compressed)?);
     }
-    let request = tokio::task::spawn_blocking(move || decode(encoding, &plain))
-        .await
-        .map_err(|e| IngestError::Internal(e.to_string()))??;
+    let body = match encoding {
+        Encoding::Protobuf => plain,
+        Encoding::Json => tokio::task::spawn_blocking(move || json_to_protobuf(&plain))
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))??,
+    };
     let held = permit.num_permits();
-    let out = ing.export_holding(&tenant, request, held).await;
+    let out = ing.export_bytes(&tenant, body, held).await;
     drop(permit);
     out
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod listen;
 pub mod rpc;
 mod stats;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +25,12 @@ use std::time::Duration;
 use andon_model::auth::{Permission, Verifier};
 use andon_model::clock::Clock;
 use andon_model::{SpanSink, Tenant};
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use convert::{Converted, SpanLimits, convert_request};
+pub use convert::{ConvertError, Converted, Scanned, SpanLimits, convert_bytes, convert_request};
 pub use error::IngestError;
 pub use stats::{IngestSnapshot, IngestStats, RejectReason};
 
@@ -76,32 +79,6 @@ pub struct ExportOutcome {
 /// Decoded spans held in memory are several times their encoded size; permits are
 /// taken for that, not for the bytes on the wire.
 const DECODED_EXPANSION: usize = 4;
-
-/// Bytes of Arrow a converted span costs besides its attributes: ids,
-/// times, names, status and the builders' offsets.
-const ROW_OVERHEAD: usize = 160;
-
-/// What converting `req` builds, in bytes, and how many spans it holds. Each
-/// row copies its resource's and its scope's attributes, so a small request
-/// can decode into far more memory than it took on the wire.
-pub fn decoded_cost(req: &ExportTraceServiceRequest) -> (usize, usize) {
-    use prost::Message;
-    let attrs =
-        |a: &[opentelemetry_proto::tonic::common::v1::KeyValue]| -> usize { a.iter().map(Message::encoded_len).sum() };
-    let (mut bytes, mut spans) = (0usize, 0usize);
-    for rs in &req.resource_spans {
-        let resource = rs.resource.as_ref().map_or(0, |r| attrs(&r.attributes));
-        for ss in &rs.scope_spans {
-            let scope = ss.scope.as_ref().map_or(0, |s| attrs(&s.attributes) + s.name.len() + s.version.len());
-            let shared = resource + scope + ROW_OVERHEAD;
-            for span in &ss.spans {
-                bytes = bytes.saturating_add(span.encoded_len() + shared);
-            }
-            spans += ss.spans.len();
-        }
-    }
-    (bytes, spans)
-}
 
 /// The shared core of every receiver.
 #[derive(Debug)]
@@ -155,20 +132,28 @@ impl Ingestor {
 
     /// Validates, converts and stores one request. Resolves once the spans are durable.
     pub async fn export(&self, tenant: &Tenant, req: ExportTraceServiceRequest) -> Result<ExportOutcome, IngestError> {
-        self.export_holding(tenant, req, 0).await
+        self.export_bytes(tenant, req.encode_to_vec().into(), 0).await
     }
 
-    /// [`Ingestor::export`] for a receiver that already holds `held` bytes of
-    /// in-flight memory for the request: what decoding builds beyond that is
-    /// held too, and a request that would build more than the whole budget,
-    /// or carries more than `max_request_spans`, is refused as too large.
+    /// [`Ingestor::export_bytes`] for a request already decoded (OTLP/JSON).
     pub async fn export_holding(
         &self,
         tenant: &Tenant,
         req: ExportTraceServiceRequest,
         held: usize,
     ) -> Result<ExportOutcome, IngestError> {
-        let (cost, spans) = decoded_cost(&req);
+        self.export_bytes(tenant, req.encode_to_vec().into(), held).await
+    }
+
+    /// Validates, converts and stores one protobuf-encoded request, for a
+    /// receiver that already holds `held` bytes of in-flight memory for it:
+    /// what converting builds beyond that is held too, and a request that
+    /// would build more than the whole budget, or carries more than
+    /// `max_request_spans`, is refused as too large. Resolves once the spans
+    /// are durable.
+    pub async fn export_bytes(&self, tenant: &Tenant, body: Bytes, held: usize) -> Result<ExportOutcome, IngestError> {
+        let Scanned { cost, spans } =
+            convert::scan(&body).map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?;
         if spans > self.config.max_request_spans {
             return Err(IngestError::Amplified(format!(
                 "{spans} spans in one request, more than the limit of {}; send smaller batches",
@@ -193,10 +178,13 @@ impl Ingestor {
         let now = self.clock.now_ns();
         let limits = self.config.span_limits;
         let tenant_owned = tenant.clone();
-        let converted = tokio::task::spawn_blocking(move || convert_request(&req, &tenant_owned, now, limits))
+        let converted = tokio::task::spawn_blocking(move || convert_bytes(&body, &tenant_owned, now, limits))
             .await
             .map_err(|e| IngestError::Internal(e.to_string()))?
-            .map_err(|e| IngestError::Internal(e.to_string()))?;
+            .map_err(|e| match e {
+                ConvertError::Malformed(e) => IngestError::Malformed(format!("protobuf: {e}")),
+                ConvertError::Arrow(e) => IngestError::Internal(e.to_string()),
+            })?;
         let received = converted.accepted() as u64 + converted.rejected;
         self.stats.add_received(received);
         self.stats.add_rejected(RejectReason::Invalid, converted.rejected);

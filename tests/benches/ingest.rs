@@ -16,6 +16,11 @@
 //! `rotel` package from PyPI (`pip install rotel`), whose bundled agent is
 //! used. The same client pushes the same requests at both.
 //!
+//! With `ANDON_BENCH_BASELINE=PATH` (another build of `andon`, say one copied
+//! from `target/release/andon` before a change) it runs that build beside this
+//! one in every round, with the same settings, for a before-and-after figure
+//! measured in one run; with `ANDON_BENCH_ROTEL` as well, rotel runs too.
+//!
 //! Without `RATE` the clients send as fast as the server accepts, so the
 //! server runs saturated and refuses some requests (their decoding is CPU
 //! spent on nothing stored). With `RATE` (spans a second, in all) both
@@ -89,6 +94,8 @@ struct Run {
 enum Variant {
     Rollups(bool),
     Storage(Store),
+    /// Another build of `andon` (`ANDON_BENCH_BASELINE`), with the defaults.
+    Baseline,
     Rotel,
 }
 
@@ -104,6 +111,7 @@ impl std::fmt::Display for Variant {
             Variant::Rollups(on) => write!(f, "rollups={on}"),
             Variant::Storage(Store::LocalDisk) => write!(f, "segments on local disk"),
             Variant::Storage(Store::S3) => write!(f, "segments in S3 (moto)"),
+            Variant::Baseline => write!(f, "baseline build"),
             Variant::Rotel => write!(f, "rotel (blackhole exporter)"),
         }
     }
@@ -200,13 +208,19 @@ fn main() {
     let pool_spans = (secs as usize * 150_000).clamp(100_000, 4_000_000);
     let s3_python = std::env::var("ANDON_BENCH_S3").ok();
     let rotel = std::env::var("ANDON_BENCH_ROTEL").ok().map(|p| rotel_agent(&p));
-    let variants: Vec<Variant> = if rotel.is_some() {
+    let baseline = std::env::var_os("ANDON_BENCH_BASELINE").map(std::path::PathBuf::from);
+    let mut variants: Vec<Variant> = if rotel.is_some() {
         vec![Variant::Rollups(true), Variant::Rotel]
+    } else if baseline.is_some() {
+        vec![Variant::Rollups(true)]
     } else if s3_python.is_some() {
         vec![Variant::Storage(Store::LocalDisk), Variant::Storage(Store::S3)]
     } else {
         vec![Variant::Rollups(true), Variant::Rollups(false)]
     };
+    if baseline.is_some() {
+        variants.insert(1, Variant::Baseline);
+    }
     let mut runs: std::collections::BTreeMap<(String, Variant), Vec<Run>> = Default::default();
     for _ in 0..rounds {
         for (seed, transport) in [(1, Transport::Http), (2, Transport::Grpc)] {
@@ -218,7 +232,7 @@ fn main() {
                 let mut moto = None;
                 match variant {
                     Variant::Rollups(on) => env.push(("ANDON_STORAGE_ROLLUPS", on.to_string())),
-                    Variant::Storage(Store::LocalDisk) | Variant::Rotel => {}
+                    Variant::Storage(Store::LocalDisk) | Variant::Rotel | Variant::Baseline => {}
                     Variant::Storage(Store::S3) => {
                         let m = Moto::start(s3_python.as_deref().unwrap_or("python3"), free_port());
                         m.create_bucket(BUCKET);
@@ -228,8 +242,11 @@ fn main() {
                     }
                 }
                 let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                let mut server = match (variant, &rotel) {
-                    (Variant::Rotel, Some(agent)) => Receiver::start_rotel(agent),
+                let mut server = match (variant, &rotel, &baseline) {
+                    (Variant::Rotel, Some(agent), _) => Receiver::start_rotel(agent),
+                    (Variant::Baseline, _, Some(bin)) => {
+                        Receiver::Andon(Server::start_bin_with_env(bin, dir.path(), &env))
+                    }
                     _ => Receiver::Andon(Server::start_with_env(dir.path(), &env)),
                 };
                 let pid = server.pid();
@@ -299,10 +316,18 @@ fn main() {
     for transport in ["Http", "Grpc"] {
         let per_cpu =
             |variant| runs.get(&(transport.to_owned(), variant)).map(|v| median(v.iter().map(|r| r.per_cpu).collect()));
+        if let (Some(andon), Some(base)) = (per_cpu(Variant::Rollups(true)), per_cpu(Variant::Baseline)) {
+            println!("{transport}: this build's spans per CPU-second are {:.2}x the baseline build's", andon / base);
+        }
         if rotel.is_some() {
-            if let (Some(andon), Some(rotel)) = (per_cpu(Variant::Rollups(true)), per_cpu(Variant::Rotel)) {
-                println!("{transport}: Andon's spans per CPU-second are {:.2}x rotel's", andon / rotel);
+            for (variant, name) in [(Variant::Rollups(true), "Andon's"), (Variant::Baseline, "The baseline build's")] {
+                if let (Some(andon), Some(rotel)) = (per_cpu(variant), per_cpu(Variant::Rotel)) {
+                    println!("{transport}: {name} spans per CPU-second are {:.2}x rotel's", andon / rotel);
+                }
             }
+            continue;
+        }
+        if baseline.is_some() {
             continue;
         }
         let (with, without, what) = if s3_python.is_some() {

@@ -129,6 +129,8 @@ pub const RETENTION_ENV: &str = "ANDON_STORAGE_RETENTION_HOURS";
 #[derive(Debug)]
 pub struct Server {
     child: Option<Child>,
+    /// The `andon` binary it runs.
+    bin: PathBuf,
     pub grpc: String,
     pub http: String,
     pub api: String,
@@ -147,7 +149,14 @@ impl Server {
     /// Starts a server with `ANDON_*` settings in its environment.
     pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let extra_env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        Self::spawn(data_dir, extra_env, None)
+        Self::spawn(andon_bin(), data_dir, extra_env, None)
+    }
+
+    /// Starts another build of `andon` (`bin`), as [`Server::start_with_env`]
+    /// does: for benchmarks that compare two builds side by side.
+    pub fn start_bin_with_env(bin: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let extra_env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Self::spawn(bin, data_dir, extra_env, None)
     }
 
     /// Starts a server with a configuration file (written beside the data
@@ -156,11 +165,11 @@ impl Server {
         let path = data_dir.with_extension("toml");
         std::fs::write(&path, toml).expect("config written");
         let extra_env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        Self::spawn(data_dir, extra_env, Some(path))
+        Self::spawn(andon_bin(), data_dir, extra_env, Some(path))
     }
 
-    fn spawn(data_dir: &Path, extra_env: Vec<(String, String)>, config: Option<PathBuf>) -> Server {
-        let mut cmd = Command::new(andon_bin());
+    fn spawn(bin: &Path, data_dir: &Path, extra_env: Vec<(String, String)>, config: Option<PathBuf>) -> Server {
+        let mut cmd = Command::new(bin);
         // Every test server has an explicit retention. Tests replay fixed-date
         // history (`--end 2026-11-20T12:00:00Z`) so that their data is the same on
         // every run; under the default seven-day retention that history would be
@@ -200,6 +209,7 @@ impl Server {
         };
         assert!(line.starts_with("listening "), "unexpected first line {line:?}");
         Server {
+            bin: bin.to_path_buf(),
             grpc: field("otlp-grpc"),
             http: field("otlp-http"),
             api: field("api"),
@@ -253,13 +263,13 @@ impl Server {
     /// Starts the server again on the same data directory (new ports).
     pub fn restart(&mut self) {
         self.stop();
-        *self = Self::spawn(&self.data_dir.clone(), self.extra_env.clone(), self.config.clone());
+        *self = Self::spawn(&self.bin.clone(), &self.data_dir.clone(), self.extra_env.clone(), self.config.clone());
     }
 
     /// Starts it again after a kill.
     pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "respawn after kill or stop");
-        *self = Self::spawn(&self.data_dir.clone(), self.extra_env.clone(), self.config.clone());
+        *self = Self::spawn(&self.bin.clone(), &self.data_dir.clone(), self.extra_env.clone(), self.config.clone());
     }
 
     /// Runs SQL through `POST /api/v1/query`; panics on an error answer.
