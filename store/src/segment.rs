@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use andon_model::{Tenant, span_schema};
-use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::compute::{SortColumn, concat, interleave_record_batch, lexsort_to_indices};
 use arrow::datatypes::TimestampNanosecondType;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
@@ -127,14 +127,23 @@ fn writer_properties(rows: usize) -> Result<WriterProperties, StoreError> {
 }
 
 /// Sorts the batches of one tenant and splits them by hour: `(hour, sorted batch)`.
+///
+/// Only the sort keys are concatenated; the rows are then gathered from the
+/// batches in sorted order in one pass, so no unsorted copy of the whole
+/// buffer is made on the way.
 pub fn partition_by_hour(batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
     let schema = span_schema();
-    let all = concat_batches(&schema, batches)?;
-    if all.num_rows() == 0 {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    if batches.is_empty() {
         return Ok(Vec::new());
     }
     let column = |n: &str| -> Result<ArrayRef, StoreError> {
-        all.column_by_name(n).cloned().ok_or_else(|| StoreError::Corrupt(format!("batch lacks column {n}")))
+        let parts = batches
+            .iter()
+            .map(|b| b.column_by_name(n).map(AsRef::as_ref))
+            .collect::<Option<Vec<&dyn Array>>>()
+            .ok_or_else(|| StoreError::Corrupt(format!("batch lacks column {n}")))?;
+        Ok(concat(&parts)?)
     };
     let start = column("start_time")?;
     let hours: Int64Array = start
@@ -149,7 +158,26 @@ pub fn partition_by_hour(batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatc
         SortColumn { values: start, options: None },
     ];
     let indices = lexsort_to_indices(&sort, None)?;
-    let sorted = take_record_batch(&all, &indices)?;
+    // Each batch's first row in the concatenation.
+    let firsts: Vec<usize> = batches
+        .iter()
+        .scan(0, |next, b| {
+            let first = *next;
+            *next += b.num_rows();
+            Some(first)
+        })
+        .collect();
+    let rows: Vec<(usize, usize)> = indices
+        .values()
+        .iter()
+        .map(|&i| {
+            let i = i as usize;
+            let b = firsts.partition_point(|&f| f <= i) - 1;
+            (b, i - firsts[b])
+        })
+        .collect();
+    let sorted = interleave_record_batch(&batches, &rows)?;
+    debug_assert_eq!(sorted.schema(), schema);
     let sorted_hours = arrow::compute::take(&hours, &indices, None)?;
     let sorted_hours = sorted_hours.as_primitive::<arrow::datatypes::Int64Type>();
     let mut out = Vec::new();
