@@ -286,12 +286,14 @@ impl Store {
             config.retry_interval_secs,
         )));
         let rollups = Arc::new(rollup::RollupContext::new(spec));
+        let mut listings = Vec::new();
         if let Some(r) = &remote {
             for d in remote::MIRRORED {
-                let restored = r.restore(d)?;
+                let (restored, listed) = r.restore(d)?;
                 if restored > 0 {
                     info!(files = restored, dir = d, "downloaded files missing on local disk from the object store");
                 }
+                listings.push((d, listed));
             }
         }
         let rolled = rollup::load_metrics(dir, &segments)?;
@@ -300,8 +302,8 @@ impl Store {
         if let Some(r) = &remote {
             // What the loads deleted (flushes never checkpointed, compacted
             // inputs) goes from the bucket; what predates the bucket goes up.
-            for d in remote::MIRRORED {
-                let (uploaded, deleted) = r.reconcile(d)?;
+            for (d, listed) in listings {
+                let (uploaded, deleted) = r.reconcile_listed(d, listed)?;
                 if uploaded + deleted > 0 {
                     info!(uploaded, deleted, dir = d, "brought the object store's copies up to date");
                 }

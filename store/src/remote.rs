@@ -303,10 +303,12 @@ impl Remote {
     }
 
     /// Downloads every object under `<prefix>/<dir>` that has no local file
-    /// (a start on an empty data directory). Returns how many.
-    pub fn restore(&self, dir: &str) -> Result<usize, StoreError> {
+    /// (a start on an empty data directory). Returns how many, and the
+    /// listing, for [`Self::reconcile_listed`] once the local files are settled.
+    pub fn restore(&self, dir: &str) -> Result<(usize, Vec<Listed>), StoreError> {
         let mut restored = 0;
-        for o in self.list(dir)? {
+        let listed = self.list(dir)?;
+        for o in &listed {
             if o.path.exists() {
                 continue;
             }
@@ -321,14 +323,20 @@ impl Remote {
             fs::rename(&tmp, &o.path)?;
             restored += 1;
         }
-        Ok(restored)
+        Ok((restored, listed))
     }
 
     /// Makes the objects under `<prefix>/<dir>` mirror the local files under
     /// `dir`: uploads the files the bucket lacks (or holds at another size)
     /// and deletes the objects whose file is gone. Returns (uploaded, deleted).
     pub fn reconcile(&self, dir: &str) -> Result<(usize, usize), StoreError> {
-        let mut listed: HashMap<PathBuf, u64> = self.list(dir)?.into_iter().map(|o| (o.path, o.bytes)).collect();
+        self.reconcile_listed(dir, self.list(dir)?)
+    }
+
+    /// [`Self::reconcile`] against a listing of `<prefix>/<dir>` already made
+    /// (by [`Self::restore`]; nothing has written to the bucket since).
+    pub fn reconcile_listed(&self, dir: &str, listed: Vec<Listed>) -> Result<(usize, usize), StoreError> {
+        let mut listed: HashMap<PathBuf, u64> = listed.into_iter().map(|o| (o.path, o.bytes)).collect();
         let (mut uploaded, mut deleted) = (0, 0);
         for (path, bytes) in local_files(&self.data_dir.join(dir))? {
             if listed.remove(&path) != Some(bytes) {
