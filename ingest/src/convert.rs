@@ -544,7 +544,7 @@ pub fn scan(body: &[u8]) -> Result<Scanned, WireError> {
                         let mut f = Fields::new(v.bytes("InstrumentationScope")?);
                         while let Some((n, v)) = f.next()? {
                             match n {
-                                1 | 2 => scope += v.bytes("InstrumentationScope.name")?.len(),
+                                1 | 2 => scope += v.bytes("InstrumentationScope.name or version")?.len(),
                                 3 => scope += v.bytes("InstrumentationScope.attributes")?.len(),
                                 _ => {}
                             }
@@ -731,8 +731,20 @@ pub fn convert_request(
 /// Converts an encoded `ExportTraceServiceRequest` into one span batch for
 /// `tenant`, reading the protobuf in place.
 pub fn convert_bytes(body: &[u8], tenant: &Tenant, now_ns: u64, limits: SpanLimits) -> Result<Converted, ConvertError> {
-    let total = scan(body)?.spans;
-    let mut b = Builders::new(total);
+    let spans = scan(body)?.spans;
+    convert_scanned(body, spans, tenant, now_ns, limits)
+}
+
+/// [`convert_bytes`] for a request [`scan`] has already walked: `spans` is
+/// its span count, the builders' capacity.
+pub fn convert_scanned(
+    body: &[u8],
+    spans: usize,
+    tenant: &Tenant,
+    now_ns: u64,
+    limits: SpanLimits,
+) -> Result<Converted, ConvertError> {
+    let mut b = Builders::new(spans);
     let mut rejected = [0u64; Reject::ALL.len()];
     let mut accepted = 0usize;
     let mut hex = [0u8; 32];

@@ -184,14 +184,14 @@ where
 
 /// tonic answers errors it meets outside the handler with codes OTLP does not use:
 /// a message over the size limit is `OUT_OF_RANGE` (OTLP: `RESOURCE_EXHAUSTED`,
-/// not retried) and an undecodable one `INTERNAL` (OTLP: `INVALID_ARGUMENT`, not
-/// retried). The status comes in the headers or in the trailers; both are mended.
+/// not retried). The status comes in the headers or in the trailers; both are
+/// mended. (A message that is not a valid request reaches the handler as bytes,
+/// which answers `INVALID_ARGUMENT` itself.)
 fn mend_status(headers: &mut http::HeaderMap) {
     // tonic percent-encodes spaces in grpc-message.
     let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("").replace("%20", " ");
     let code = match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
         Some("11") if message.contains("message length too large") => Some("8"),
-        Some("13") if message.contains("failed to decode Protobuf message") => Some("3"),
         _ => None,
     };
     if let Some(code) = code {

@@ -30,7 +30,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use convert::{ConvertError, Converted, Scanned, SpanLimits, convert_bytes, convert_request};
+pub use convert::{ConvertError, Converted, Scanned, SpanLimits, convert_bytes, convert_request, convert_scanned};
 pub use error::IngestError;
 pub use stats::{IngestSnapshot, IngestStats, RejectReason};
 
@@ -135,16 +135,6 @@ impl Ingestor {
         self.export_bytes(tenant, req.encode_to_vec().into(), 0).await
     }
 
-    /// [`Ingestor::export_bytes`] for a request already decoded (OTLP/JSON).
-    pub async fn export_holding(
-        &self,
-        tenant: &Tenant,
-        req: ExportTraceServiceRequest,
-        held: usize,
-    ) -> Result<ExportOutcome, IngestError> {
-        self.export_bytes(tenant, req.encode_to_vec().into(), held).await
-    }
-
     /// Validates, converts and stores one protobuf-encoded request, for a
     /// receiver that already holds `held` bytes of in-flight memory for it:
     /// what converting builds beyond that is held too, and a request that
@@ -178,13 +168,14 @@ impl Ingestor {
         let now = self.clock.now_ns();
         let limits = self.config.span_limits;
         let tenant_owned = tenant.clone();
-        let converted = tokio::task::spawn_blocking(move || convert_bytes(&body, &tenant_owned, now, limits))
-            .await
-            .map_err(|e| IngestError::Internal(e.to_string()))?
-            .map_err(|e| match e {
-                ConvertError::Malformed(e) => IngestError::Malformed(format!("protobuf: {e}")),
-                ConvertError::Arrow(e) => IngestError::Internal(e.to_string()),
-            })?;
+        let converted =
+            tokio::task::spawn_blocking(move || convert::convert_scanned(&body, spans, &tenant_owned, now, limits))
+                .await
+                .map_err(|e| IngestError::Internal(e.to_string()))?
+                .map_err(|e| match e {
+                    ConvertError::Malformed(e) => IngestError::Malformed(format!("protobuf: {e}")),
+                    ConvertError::Arrow(e) => IngestError::Internal(e.to_string()),
+                })?;
         let received = converted.accepted() as u64 + converted.rejected;
         self.stats.add_received(received);
         self.stats.add_rejected(RejectReason::Invalid, converted.rejected);
