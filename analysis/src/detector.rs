@@ -105,6 +105,7 @@ impl Ctx {
             ("split", sql::ts(self.split)),
             ("baseline_end", sql::ts(self.baseline_end)),
             ("filter", filter.to_owned()),
+            ("side", format!("CASE WHEN minute >= {} THEN 1 ELSE 0 END", sql::ts(self.split))),
         ]
     }
 

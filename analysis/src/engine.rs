@@ -25,6 +25,7 @@ use crate::config::AnalysisConfig;
 use crate::detector::{Ctx, Detector, Facts, Sql, Test};
 use crate::detectors::{self, Candidate};
 use crate::localize;
+use crate::sides;
 use crate::sql::{self, Rows, Segments};
 use crate::summary;
 use crate::traces::{self, Pick, Sample, TraceSpans};
@@ -51,13 +52,8 @@ struct Picked {
     any: Vec<Pick>,
 }
 
-/// The `seg` columns of a pass's rows, in order.
-fn seg_columns(segments: &Segments) -> Vec<String> {
-    (0..segments.columns.len()).map(|i| format!("seg{i}")).collect()
-}
-
 /// Rows of one operation within one segment, among rows that carry every
-/// `seg` column ([`seg_columns`]).
+/// `seg` column ([`Segments::names`]).
 struct Cut<'a> {
     service: &'a str,
     operation: &'a str,
@@ -67,7 +63,7 @@ struct Cut<'a> {
 
 impl<'a> Cut<'a> {
     fn new(segments: &Segments, service: &'a str, operation: &'a str, segment: &BTreeMap<String, Value>) -> Self {
-        let columns = seg_columns(segments);
+        let columns = segments.names();
         let want = segments
             .values(segment)
             .into_iter()
@@ -306,8 +302,9 @@ pub struct Analyzer {
 }
 
 /// SQL as one tenant, for one pass: a statement the pass already ran (the
-/// latency and error-rate detectors read the same history) is answered from
-/// its result.
+/// latency and error-rate detectors read the same history), or whose rows the
+/// pass summed out of a statement it shares with another ([`crate::sides`]),
+/// is answered from its result.
 struct TenantSql<'a> {
     engine: &'a QueryEngine,
     tenant: &'a Tenant,
@@ -318,8 +315,9 @@ struct TenantSql<'a> {
 }
 
 impl<'a> TenantSql<'a> {
-    fn new(engine: &'a QueryEngine, tenant: &'a Tenant, logged: bool) -> Self {
-        Self { engine, tenant, ran: std::sync::Mutex::default(), log: logged.then(std::sync::Mutex::default) }
+    fn new(engine: &'a QueryEngine, tenant: &'a Tenant, logged: bool, known: &BTreeMap<String, Rows>) -> Self {
+        let ran = std::sync::Mutex::new(known.clone());
+        Self { engine, tenant, ran, log: logged.then(std::sync::Mutex::default) }
     }
 
     fn ran(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Rows>> {
@@ -482,7 +480,7 @@ impl Analyzer {
         settled: Option<DateTime<Utc>>,
     ) -> Result<PassReport, AnalysisError> {
         let started = Utc::now();
-        let mut report = self.judge(tenant, w, settled, false).await?;
+        let mut report = self.judge(tenant, w, settled, false, &BTreeMap::new()).await?;
         self.record(tenant, "pass", w, settled, started, &mut report);
         Ok(report)
     }
@@ -649,12 +647,14 @@ impl Analyzer {
         w: Windows,
         settled: Option<DateTime<Utc>>,
     ) -> Result<PassReport, AnalysisError> {
-        let mut report = self.judge(tenant, w, settled, false).await?;
         let recent = chrono::Duration::seconds(self.config.recent_secs as i64);
         if recent.is_zero() || w.split + recent >= w.end {
-            return Ok(report);
+            return self.judge(tenant, w, settled, false, &BTreeMap::new()).await;
         }
-        let short = self.judge(tenant, Windows { split: w.end - recent, ..w }, settled, true).await?;
+        let last = Windows { split: w.end - recent, ..w };
+        let known = self.shared_sides(tenant, w, last, settled).await?;
+        let mut report = self.judge(tenant, w, settled, false, &known).await?;
+        let short = self.judge(tenant, last, settled, true, &known).await?;
         let mut known: Vec<(FindingKind, &str, &str)> = Vec::new();
         for f in &report.findings {
             known.push((f.kind, &f.service, &f.operation));
@@ -704,14 +704,141 @@ impl Analyzer {
         Ok(report)
     }
 
+    /// The rows of the statements that a continuous pass's window `w` and its
+    /// last minute `last` both ask for, each keyed by its SQL, from one read
+    /// of their baseline per pair ([`crate::sides`]): the latency and error
+    /// rate over `span_metrics`, and the calls over `sessions` that the retry
+    /// and silent-recovery detectors share. Empty when the pass reads spans.
+    async fn shared_sides(
+        &self,
+        tenant: &Tenant,
+        w: Windows,
+        last: Windows,
+        settled: Option<DateTime<Utc>>,
+    ) -> Result<BTreeMap<String, Rows>, AnalysisError> {
+        let mut known = BTreeMap::new();
+        let (whole, minute) = (self.ctx(w, settled), Ctx { short: true, ..self.ctx(last, settled) });
+        if !whole.rolled() || !minute.rolled() {
+            return Ok(known);
+        }
+        let active = |k: FindingKind| self.detectors.iter().any(|d| d.kind() == k);
+        let segs = whole.segments.names();
+        // A statement's keys: the service, the operation, its segment columns, then `more`.
+        let keyed = |more: &[&str]| -> Vec<String> {
+            ["service", "operation"]
+                .iter()
+                .map(|k| (*k).to_owned())
+                .chain(segs.iter().cloned())
+                .chain(more.iter().map(|k| (*k).to_owned()))
+                .collect()
+        };
+        let three = format!(
+            "CASE WHEN minute >= {} THEN 2 WHEN minute >= {} THEN 1 ELSE 0 END",
+            sql::ts(minute.split),
+            sql::ts(whole.split)
+        );
+        /// A statement over `span_metrics` whose side is `side`.
+        struct Rolled {
+            kind: FindingKind,
+            template: &'static str,
+            query: fn(&Ctx, &str) -> String,
+            more_keys: &'static [&'static str],
+            sums: &'static [(&'static str, &'static str)],
+        }
+        /// The shared statement, then each pass's statement and how its rows
+        /// are summed out of the shared one's.
+        type Pair = (String, (String, sides::Regroup<'static>), (String, sides::Regroup<'static>));
+        let mut pairs: Vec<Pair> = Vec::new();
+        let rolled = [
+            Rolled {
+                kind: FindingKind::LatencyRegression,
+                template: include_str!("detectors/latency_rolled.sql"),
+                query: detectors::latency_regression::query,
+                more_keys: &["bucket"],
+                sums: &[("n", "n")],
+            },
+            Rolled {
+                kind: FindingKind::ErrorRateRegression,
+                template: include_str!("detectors/error_rate_rolled.sql"),
+                query: detectors::error_rate_regression::query,
+                more_keys: &["error_sessions"],
+                sums: &[("n", "n"), ("errors", "errors"), ("own_errors", "own_errors")],
+            },
+        ];
+        for Rolled { kind, template, query, more_keys, sums } in rolled {
+            if !active(kind) {
+                continue;
+            }
+            let (keys, sums) = (keyed(more_keys), sums.to_vec());
+            let mut vars = whole.metric_vars("");
+            vars.retain(|(k, _)| *k != "side");
+            vars.push(("side", three.clone()));
+            let window = sides::Regroup { side: "cur", map: sides::window_side, present: None, keys, sums };
+            let minute_of = sides::Regroup {
+                map: sides::last_minute_side,
+                keys: window.keys.clone(),
+                sums: window.sums.clone(),
+                ..window
+            };
+            pairs.push((sql::render(template, &vars), (query(&whole, ""), window), (query(&minute, ""), minute_of)));
+        }
+        if whole.sessioned()
+            && minute.sessioned()
+            && [FindingKind::Retry, FindingKind::SilentRecovery].into_iter().any(active)
+        {
+            let mut vars = whole.session_vars("");
+            vars.push(("short_split", sql::ts(minute.split)));
+            // Each count of `calls_sessions.sql`, and its name for the last
+            // minute in the shared statement.
+            let counts = [
+                ("retrying_sessions", "retrying_sessions_s"),
+                ("retries", "retries_s"),
+                ("auto_retries", "auto_retries_s"),
+                ("attempts", "attempts_s"),
+                ("error_sessions", "error_sessions_s"),
+                ("recovered_sessions", "recovered_sessions_s"),
+                ("auto_recovered_sessions", "auto_recovered_sessions_s"),
+            ];
+            let window = sides::Regroup {
+                side: "cur",
+                map: Some,
+                present: None,
+                keys: keyed(&[]),
+                sums: std::iter::once(("sessions", "sessions")).chain(counts.iter().map(|(c, _)| (*c, *c))).collect(),
+            };
+            let minute_of = sides::Regroup {
+                side: "cur_s",
+                map: Some,
+                present: Some("present_s"),
+                keys: window.keys.clone(),
+                sums: std::iter::once(("sessions", "sessions")).chain(counts.iter().map(|(c, s)| (*s, *c))).collect(),
+            };
+            pairs.push((
+                sql::render(include_str!("detectors/calls_sessions_last_minute.sql"), &vars),
+                (detectors::retry::query(&whole, ""), window),
+                (detectors::retry::query(&minute, ""), minute_of),
+            ));
+        }
+        for (shared, window, minute_of) in pairs {
+            let rows = self.rows(tenant, &shared).await?;
+            for (statement, regroup) in [window, minute_of] {
+                let out = sides::regroup(&rows, &regroup)
+                    .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: shared.clone() })?;
+                known.insert(statement, out);
+            }
+        }
+        Ok(known)
+    }
+
     /// One pass over `w`; `short` runs only the detectors that judge short
-    /// windows.
+    /// windows; `known` answers statements ([`TenantSql`]).
     async fn judge(
         &self,
         tenant: &Tenant,
         w: Windows,
         settled: Option<DateTime<Utc>>,
         short: bool,
+        known: &BTreeMap<String, Rows>,
     ) -> Result<PassReport, AnalysisError> {
         let started = Instant::now();
         if w.baseline_end <= w.baseline_start || w.end <= w.split || w.split < w.baseline_end {
@@ -721,7 +848,7 @@ impl Analyzer {
         }
         let ctx = Ctx { short, ..self.ctx(w, settled) };
         let logged = self.journal;
-        let sql = TenantSql::new(&self.engine, tenant, logged);
+        let sql = TenantSql::new(&self.engine, tenant, logged, known);
         let mut steps: Vec<PassStep> = Vec::new();
         let mut tests = Vec::new();
         let mut flows = Vec::new();
@@ -953,7 +1080,7 @@ impl Analyzer {
             sites_condition(subjects.iter().map(|o| (o.service.as_str(), o.operation.as_str())), "service_name"),
         ));
         let rows = sql.rows(&sql::render(include_str!("detectors/minutes_rolled.sql"), &vars)).await?;
-        let columns = seg_columns(&ctx.segments);
+        let columns = ctx.segments.names();
         struct Cell {
             bin: i64,
             service: String,
@@ -1033,7 +1160,7 @@ impl Analyzer {
         );
         let rows = self.rows(tenant, &q).await?;
         // Each request once, with what the candidates tell apart.
-        let columns = seg_columns(&ctx.segments);
+        let columns = ctx.segments.names();
         struct Request {
             service: String,
             operation: String,
@@ -1296,6 +1423,77 @@ impl Analyzer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each row of `rows` as its columns' names and values, sorted.
+    fn canonical(rows: &Rows) -> Vec<String> {
+        let mut out = Vec::new();
+        for b in rows.batches() {
+            let schema = b.schema();
+            for i in 0..b.num_rows() {
+                let mut cells: Vec<String> = (0..b.num_columns())
+                    .map(|c| {
+                        let v = arrow::util::display::array_value_to_string(b.column(c), i).unwrap_or_default();
+                        format!("{}={v}", schema.field(c).name())
+                    })
+                    .collect();
+                cells.sort();
+                out.push(cells.join(" "));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_pass_and_its_last_minute_get_from_one_read_the_rows_each_statement_gives() {
+        use std::sync::Arc;
+
+        use andon_ingest::{IngestConfig, Ingestor};
+        use andon_model::clock::SystemClock;
+        use andon_store::{Durability, QueryLimits, Store, StoreConfig};
+
+        // Every fault of the shop at once, so that the retries, failures and
+        // recoveries the shared statements count are not all zero.
+        let end = DateTime::parse_from_rfc3339("2026-11-20T20:00:00Z").unwrap().with_timezone(&Utc);
+        let g = andon_fixtures::generate("all", 11, 1.5, 2.0, end).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::new(dir.path());
+        cfg.durability = Durability::None;
+        let store = Store::open(cfg).unwrap();
+        let ingestor = Ingestor::new(Arc::new(store.clone()), Arc::new(SystemClock), IngestConfig::default());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let tenant = Tenant::default_tenant();
+        for req in g.requests {
+            if store.buffer_full() {
+                store.flush().unwrap();
+            }
+            rt.block_on(ingestor.export(&tenant, req)).unwrap();
+        }
+        store.flush().unwrap();
+        let engine = QueryEngine::new(store, QueryLimits::default(), 2).unwrap();
+        let config = AnalysisConfig { baseline_secs: 2400, window_secs: 900, ..AnalysisConfig::default() };
+        let analyzer = Analyzer::new(engine.clone(), config.clone()).unwrap();
+        // The first passes with a whole baseline behind them, each minute,
+        // while the faults (from 40% of the run) go on.
+        let from = g.truth.start + chrono::Duration::minutes(55);
+        let passes = Windows::replay(&config, from, from + chrono::Duration::minutes(4), None);
+        assert_eq!(passes.len(), 4);
+        let mut nonzero = BTreeMap::<&str, i64>::new();
+        for w in passes {
+            let last = Windows { split: w.end - chrono::Duration::seconds(config.recent_secs as i64), ..w };
+            let known = rt.block_on(analyzer.shared_sides(&tenant, w, last, None)).unwrap();
+            assert_eq!(known.len(), 6, "latency, error rate and calls, each for the window and the last minute");
+            for (sql, rows) in &known {
+                let direct = rt.block_on(query(&engine, &tenant, sql)).unwrap();
+                assert!(!direct.is_empty(), "{sql}");
+                assert_eq!(canonical(rows), canonical(&direct), "{sql}");
+                for c in ["retries", "recovered_sessions", "errors"] {
+                    *nonzero.entry(c).or_default() += rows.iter().filter_map(|r| r.i64(c)).sum::<i64>();
+                }
+            }
+        }
+        assert!(nonzero.values().all(|n| *n > 0), "{nonzero:?}");
+    }
 
     #[test]
     fn a_replay_runs_the_passes_continuous_detection_would_have_run() {

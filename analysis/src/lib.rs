@@ -23,6 +23,7 @@ pub mod engine;
 pub mod localize;
 pub mod recorder;
 pub mod runner;
+pub mod sides;
 pub mod sql;
 pub mod summary;
 pub mod traces;

@@ -65,6 +65,11 @@ impl Segments {
         (0..self.columns.len()).map(|i| format!(", seg{i}")).collect()
     }
 
+    /// The names of the segment columns in a detector's rows.
+    pub fn names(&self) -> Vec<String> {
+        (0..self.columns.len()).map(|i| format!("seg{i}")).collect()
+    }
+
     /// A WHERE condition restricting `seg` columns to a segment.
     pub fn condition(&self, segment: &BTreeMap<String, serde_json::Value>) -> String {
         self.values(segment).into_iter().map(|(col, text)| format!(" AND {col} = {}", lit(&text))).collect()

@@ -90,6 +90,10 @@ impl Rows {
         self.len() == 0
     }
 
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
         self.batches.iter().flat_map(|b| (0..b.num_rows()).map(move |i| Row { batch: b, i }))
     }
@@ -103,7 +107,7 @@ pub struct Row<'a> {
 
 impl Row<'_> {
     fn column(&self, name: &str) -> Option<&dyn Array> {
-        let idx = self.batch.schema().index_of(name).ok()?;
+        let idx = self.batch.schema_ref().index_of(name).ok()?;
         Some(self.batch.column(idx).as_ref())
     }
 
@@ -148,6 +152,8 @@ impl Row<'_> {
         }
         match a.data_type() {
             DataType::Int64 => Some(a.as_primitive::<Int64Type>().value(self.i)),
+            DataType::Int32 => Some(i64::from(a.as_primitive::<Int32Type>().value(self.i))),
+            DataType::UInt64 => Some(a.as_primitive::<UInt64Type>().value(self.i) as i64),
             DataType::Timestamp(_, _) => Some(
                 arrow::compute::cast(&a.slice(self.i, 1), &DataType::Int64).ok()?.as_primitive::<Int64Type>().value(0),
             ),

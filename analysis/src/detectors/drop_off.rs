@@ -507,16 +507,22 @@ fn tests(rows: &Rows, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &mut HashS
         }
         let (service, op) = &flow.steps[k];
         let mut cells = BTreeMap::<(bool, Vec<Option<String>>), Step>::new();
+        let names = ctx.segments.names();
+        let columns = [
+            format!("reached{f}_{k}"),
+            format!("reached_sq{f}_{k}"),
+            format!("went{f}_{k}"),
+            format!("left_after_error{f}_{k}"),
+        ];
         for r in rows.iter() {
             let cur = r.i64("cur").unwrap_or(0) == 1;
-            let segs: Vec<Option<String>> =
-                (0..ctx.segments.columns.len()).map(|i| r.str(&format!("seg{i}"))).collect();
-            let sum = |c: String| r.f64(&c).unwrap_or(0.0);
+            let segs: Vec<Option<String>> = names.iter().map(|n| r.str(n)).collect();
+            let sum = |c: &str| r.f64(c).unwrap_or(0.0);
             let step = Step {
-                reached: sum(format!("reached{f}_{k}")),
-                reached_sq: sum(format!("reached_sq{f}_{k}")),
-                next: sum(format!("went{f}_{k}")),
-                left_after_error: sum(format!("left_after_error{f}_{k}")),
+                reached: sum(&columns[0]),
+                reached_sq: sum(&columns[1]),
+                next: sum(&columns[2]),
+                left_after_error: sum(&columns[3]),
                 periods: BTreeMap::new(),
             };
             // A history row (`history_query`) is in the baseline only when

@@ -218,9 +218,10 @@ fn subjects_of_history(
     key: impl Fn(&andon_store::sql::Row<'_>) -> Option<(String, String)>,
 ) -> Vec<Subject<Latency>> {
     let mut out: BTreeMap<(String, String), Subject<Latency>> = BTreeMap::new();
+    let names = ctx.segments.names();
     for r in history.iter() {
         let Some((service, operation)) = key(&r) else { continue };
-        let segs: Vec<Option<String>> = (0..ctx.segments.columns.len()).map(|i| r.str(&format!("seg{i}"))).collect();
+        let segs: Vec<Option<String>> = names.iter().map(|n| r.str(n)).collect();
         let Some(period) = r.i64("period") else { continue };
         let sums = (r.u64("n"), r.f64("log_sum").unwrap_or(0.0));
         let m = Latency { periods: BTreeMap::from([(period, sums)]), ..Latency::default() };

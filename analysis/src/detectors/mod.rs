@@ -172,10 +172,11 @@ pub fn subjects<M: Metric>(
 ) -> Vec<Subject<M>> {
     type Cells<M> = BTreeMap<(bool, Vec<Option<String>>), M>;
     let mut by_key: BTreeMap<(String, String), Cells<M>> = BTreeMap::new();
+    let names = segments.names();
     for row in rows.iter() {
         let Some(k) = key(&row) else { continue };
         let cur = row.i64("cur").unwrap_or(0) == 1;
-        let segs: Vec<Option<String>> = (0..segments.columns.len()).map(|i| row.str(&format!("seg{i}"))).collect();
+        let segs: Vec<Option<String>> = names.iter().map(|n| row.str(n)).collect();
         by_key.entry(k).or_default().entry((cur, segs)).or_default().add(&measure(&row));
     }
     by_key
