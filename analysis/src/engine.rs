@@ -737,7 +737,9 @@ impl Analyzer {
             sql::ts(minute.split),
             sql::ts(whole.split)
         );
-        /// A statement over `span_metrics` whose side is `side`.
+        /// A detector's statement over `span_metrics`: its template, whose
+        /// side is the `{{side}}` placeholder, how the detector renders it,
+        /// its keys besides the service, operation and segments, and its sums.
         struct Rolled {
             kind: FindingKind,
             template: &'static str,
@@ -752,14 +754,14 @@ impl Analyzer {
         let rolled = [
             Rolled {
                 kind: FindingKind::LatencyRegression,
-                template: include_str!("detectors/latency_rolled.sql"),
+                template: detectors::latency_regression::ROLLED_SQL,
                 query: detectors::latency_regression::query,
                 more_keys: &["bucket"],
                 sums: &[("n", "n")],
             },
             Rolled {
                 kind: FindingKind::ErrorRateRegression,
-                template: include_str!("detectors/error_rate_rolled.sql"),
+                template: detectors::error_rate_regression::ROLLED_SQL,
                 query: detectors::error_rate_regression::query,
                 more_keys: &["error_sessions"],
                 sums: &[("n", "n"), ("errors", "errors"), ("own_errors", "own_errors")],

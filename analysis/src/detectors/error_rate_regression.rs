@@ -24,6 +24,9 @@ pub const KIND: FindingKind = FindingKind::ErrorRateRegression;
 
 pub const SQL: &str = include_str!("error_rate_regression.sql");
 
+/// [`SQL`] over `span_metrics`, for windows on whole minutes.
+pub const ROLLED_SQL: &str = include_str!("error_rate_rolled.sql");
+
 #[derive(Debug, Clone, Default)]
 pub struct Errors {
     pub requests: u64,
@@ -56,7 +59,7 @@ impl Metric for Errors {
 
 pub fn query(ctx: &Ctx, filter: &str) -> String {
     if ctx.rolled() {
-        return sql::render(include_str!("error_rate_rolled.sql"), &ctx.metric_vars(filter));
+        return sql::render(ROLLED_SQL, &ctx.metric_vars(filter));
     }
     sql::render(SQL, &ctx.vars(filter))
 }

@@ -33,6 +33,9 @@ pub const KIND: FindingKind = FindingKind::LatencyRegression;
 
 pub const SQL: &str = include_str!("latency_regression.sql");
 
+/// [`SQL`] over `span_metrics`, for windows on whole minutes.
+pub const ROLLED_SQL: &str = include_str!("latency_rolled.sql");
+
 /// Histogram buckets per factor e of duration: about 5% apart.
 pub const BUCKETS_PER_E: f64 = 20.0;
 
@@ -111,7 +114,7 @@ pub fn steadiness(periods: &BTreeMap<i64, (u64, f64)>, now: (u64, f64), min: u64
 
 pub fn query(ctx: &Ctx, filter: &str) -> String {
     if ctx.rolled() {
-        return sql::render(include_str!("latency_rolled.sql"), &ctx.metric_vars(filter));
+        return sql::render(ROLLED_SQL, &ctx.metric_vars(filter));
     }
     let mut vars = ctx.vars(filter);
     vars.push(("buckets_per_e", format!("{BUCKETS_PER_E:.1}")));
