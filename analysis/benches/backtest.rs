@@ -30,6 +30,10 @@ use andon_model::clock::SystemClock;
 use andon_store::{Durability, QueryEngine, QueryLimits, Store, StoreConfig};
 use chrono::{DateTime, Duration, Utc};
 
+/// The allocator the `andon` binary runs backtests with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Peak resident memory of this process, from `/proc`.
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

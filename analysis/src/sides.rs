@@ -51,7 +51,12 @@ pub fn regroup(rows: &Rows, r: &Regroup<'_>) -> Result<Rows, ArrowError> {
     let shared = first.schema();
     let key_fields: Vec<Field> = r.keys.iter().map(|k| shared.field_with_name(k).cloned()).collect::<Result<_, _>>()?;
     let converter = RowConverter::new(key_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
-    let mut groups: HashMap<(i64, Vec<u8>), usize> = HashMap::new();
+    // Every batch's keys in row format, so that groups are keyed by borrowed rows.
+    let keys: Vec<arrow::row::Rows> = batches
+        .iter()
+        .map(|b| converter.convert_columns(&r.keys.iter().map(|k| column(b, k)).collect::<Result<Vec<_>, _>>()?))
+        .collect::<Result<_, _>>()?;
+    let mut groups: HashMap<(i64, arrow::row::Row<'_>), usize> = HashMap::new();
     // Per group: where its first row is, its side, and its sums.
     let mut firsts: Vec<(usize, usize)> = Vec::new();
     let mut sides: Vec<i64> = Vec::new();
@@ -61,7 +66,6 @@ pub fn regroup(rows: &Rows, r: &Regroup<'_>) -> Result<Rows, ArrowError> {
         let side = side.as_primitive::<Int64Type>();
         let present = r.present.map(|p| cast(&column(b, p)?, &DataType::Int64)).transpose()?;
         let present = present.as_ref().map(|p| p.as_primitive::<Int64Type>());
-        let keys = converter.convert_columns(&r.keys.iter().map(|k| column(b, k)).collect::<Result<Vec<_>, _>>()?)?;
         let values =
             r.sums.iter().map(|(from, _)| cast(&column(b, from)?, &DataType::Int64)).collect::<Result<Vec<_>, _>>()?;
         for i in 0..b.num_rows() {
@@ -69,7 +73,7 @@ pub fn regroup(rows: &Rows, r: &Regroup<'_>) -> Result<Rows, ArrowError> {
                 continue;
             }
             let Some(s) = (r.map)(side.value(i)) else { continue };
-            let g = *groups.entry((s, keys.row(i).as_ref().to_vec())).or_insert_with(|| {
+            let g = *groups.entry((s, keys[bi].row(i))).or_insert_with(|| {
                 firsts.push((bi, i));
                 sides.push(s);
                 sums.iter_mut().for_each(|v| v.push(None));

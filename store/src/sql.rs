@@ -3,6 +3,8 @@
 //! column each segment attribute lives in, and reading query results by
 //! column name.
 
+use std::borrow::Cow;
+
 use andon_model::schema::{ColumnType, SEMCONV};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, UInt64Type};
@@ -105,26 +107,34 @@ pub struct Row<'a> {
     i: usize,
 }
 
-impl Row<'_> {
-    fn column(&self, name: &str) -> Option<&dyn Array> {
+impl<'a> Row<'a> {
+    fn column(&self, name: &str) -> Option<&'a dyn Array> {
         let idx = self.batch.schema_ref().index_of(name).ok()?;
         Some(self.batch.column(idx).as_ref())
     }
 
     pub fn str(&self, name: &str) -> Option<String> {
+        self.text(name).map(Cow::into_owned)
+    }
+
+    /// [`Self::str`] borrowed from the result where its column holds text,
+    /// so that rows can be grouped without a copy of every key.
+    pub fn text(&self, name: &str) -> Option<Cow<'a, str>> {
         let a = self.column(name)?;
         if a.is_null(self.i) {
             return None;
         }
         Some(match a.data_type() {
-            DataType::Utf8 => a.as_string::<i32>().value(self.i).to_owned(),
-            DataType::LargeUtf8 => a.as_string::<i64>().value(self.i).to_owned(),
-            DataType::Utf8View => a.as_string_view().value(self.i).to_owned(),
+            DataType::Utf8 => Cow::Borrowed(a.as_string::<i32>().value(self.i)),
+            DataType::LargeUtf8 => Cow::Borrowed(a.as_string::<i64>().value(self.i)),
+            DataType::Utf8View => Cow::Borrowed(a.as_string_view().value(self.i)),
             DataType::Dictionary(_, _) => {
                 let one = arrow::compute::cast(&a.slice(self.i, 1), &DataType::Utf8).ok()?;
-                one.as_string::<i32>().value(0).to_owned()
+                Cow::Owned(one.as_string::<i32>().value(0).to_owned())
             }
-            _ => arrow::util::display::ArrayFormatter::try_new(a, &Default::default()).ok()?.value(self.i).to_string(),
+            _ => Cow::Owned(
+                arrow::util::display::ArrayFormatter::try_new(a, &Default::default()).ok()?.value(self.i).to_string(),
+            ),
         })
     }
 

@@ -5,6 +5,7 @@
 //! journey enough sessions follow is discovered from the baseline's page
 //! requests, and all of them are measured in one scan.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use andon_model::format::{count, pct};
@@ -57,12 +58,13 @@ const MIN_GAPS: usize = 50;
 pub fn horizons(rows: &Rows, flows: &mut [ResolvedFlow], timeout_ns: i64) {
     let (pages, at) = pages(flows);
     // Each session's first request of each page.
-    let mut first: HashMap<String, Vec<Option<i64>>> = HashMap::new();
+    let mut first: HashMap<Cow<'_, str>, Vec<Option<i64>>> = HashMap::new();
     for r in rows.iter() {
-        let (Some(session), Some(op), Some(t)) = (r.str("session_id"), r.str("operation"), r.i64("first_time")) else {
+        let (Some(session), Some(op), Some(t)) = (r.text("session_id"), r.text("operation"), r.i64("first_time"))
+        else {
             continue;
         };
-        let Some(p) = pages.iter().position(|page| *page == op || op.ends_with(&format!(" {page}"))) else {
+        let Some(p) = pages.iter().position(|page| is_page(&op, page)) else {
             continue;
         };
         let times = first.entry(session).or_insert_with(|| vec![None; pages.len()]);
@@ -86,6 +88,12 @@ pub fn horizons(rows: &Rows, flows: &mut [ResolvedFlow], timeout_ns: i64) {
             })
             .collect();
     }
+}
+
+/// Whether operation `op` requests `page`: it is the page, or the page after
+/// its method (`GET /cart` requests `/cart`).
+fn is_page(op: &str, page: &str) -> bool {
+    op == page || op.strip_suffix(page).is_some_and(|method| method.ends_with(' '))
 }
 
 /// One scan for every flow: per session, when it first and last requested each
@@ -275,19 +283,19 @@ const MAX_FLOWS: usize = 12;
 /// journey. A page counts when at least 2% of sessions (at least ten)
 /// request it.
 pub fn discover(rows: &Rows) -> Vec<ResolvedFlow> {
-    let mut sessions: HashMap<String, Vec<(i64, usize)>> = HashMap::new();
+    let mut sessions: HashMap<Cow<'_, str>, Vec<(i64, usize)>> = HashMap::new();
     let mut ops: Vec<(String, String)> = Vec::new();
-    let mut index: HashMap<(String, String), usize> = HashMap::new();
+    let mut index: HashMap<(Cow<'_, str>, Cow<'_, str>), usize> = HashMap::new();
     for r in rows.iter() {
         let (Some(session), Some(service), Some(op), Some(t)) =
-            (r.str("session_id"), r.str("service"), r.str("operation"), r.i64("first_time"))
+            (r.text("session_id"), r.text("service"), r.text("operation"), r.i64("first_time"))
         else {
             continue;
         };
-        let key = (service, op);
-        let i = *index.entry(key.clone()).or_insert_with(|| {
-            ops.push(key);
-            ops.len() - 1
+        let next = ops.len();
+        let i = *index.entry((service, op)).or_insert_with_key(|(service, op)| {
+            ops.push((service.to_string(), op.to_string()));
+            next
         });
         sessions.entry(session).or_default().push((t, i));
     }
@@ -731,6 +739,16 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+
+    #[test]
+    fn an_operation_requests_a_page_by_its_route_after_a_method() {
+        assert!(is_page("/cart", "/cart"));
+        assert!(is_page("GET /cart", "/cart"));
+        assert!(!is_page("GET /cart/items", "/cart"));
+        assert!(!is_page("GET/cart", "/cart"));
+        assert!(!is_page("GET /shopping/cart", "/cart"));
+        assert!(!is_page("/cart", "GET /cart"));
+    }
 
     /// Rows of the journeys query: each session's pages in order.
     fn rows(sessions: &[(usize, &[&str])]) -> Rows {

@@ -65,8 +65,7 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
 }
 
 fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let key = |r: &andon_store::sql::Row<'_>| Some((r.str("service")?, r.str("operation")?));
-    let mut subjects: Vec<Subject<Errors>> = subjects(rows, &ctx.segments, key, |r| Errors {
+    let mut subjects: Vec<Subject<Errors>> = subjects(rows, &ctx.segments, |r| Errors {
         requests: r.u64("n"),
         errors: r.u64("errors"),
         own: r.u64("own_errors"),
@@ -74,7 +73,7 @@ fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
         periods: BTreeMap::new(),
     });
     // The history's periods join their subjects, on the baseline's side.
-    let periods = super::subjects(history, &ctx.segments, key, |r| Errors {
+    let periods = super::subjects(history, &ctx.segments, |r| Errors {
         periods: r.i64("period").map(|p| (p, (r.u64("requests"), r.u64("errors")))).into_iter().collect(),
         ..Errors::default()
     });

@@ -202,38 +202,21 @@ fn judge_steady(ctx: &Ctx, b: &Latency, c: &Latency) -> Option<Judgement> {
 }
 
 fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let key = |r: &andon_store::sql::Row<'_>| Some((r.str("service")?, r.str("operation")?));
-    let mut subjects: Vec<Subject<Latency>> = subjects(rows, &ctx.segments, key, |r| Latency {
+    let mut subjects: Vec<Subject<Latency>> = subjects(rows, &ctx.segments, |r| Latency {
         hist: BTreeMap::from([(r.i64("bucket").unwrap_or(0), r.u64("n"))]),
         ..Latency::default()
     });
-    // The history's periods join their subjects, on the baseline's side.
-    merge_subjects(&mut subjects, subjects_of_history(history, ctx, key));
+    // The history's periods join their subjects, on the baseline's side (its
+    // rows have no `cur`).
+    let periods = super::subjects(history, &ctx.segments, |r| Latency {
+        periods: r.i64("period").map(|p| (p, (r.u64("n"), r.f64("log_sum").unwrap_or(0.0)))).into_iter().collect(),
+        ..Latency::default()
+    });
+    merge_subjects(&mut subjects, periods);
     subjects
         .iter()
         .flat_map(|s| segment_tests(KIND, s, ctx, |b, c| judge_steady(ctx, b, c)))
         .collect()
-}
-
-fn subjects_of_history(
-    history: &Rows,
-    ctx: &Ctx,
-    key: impl Fn(&andon_store::sql::Row<'_>) -> Option<(String, String)>,
-) -> Vec<Subject<Latency>> {
-    let mut out: BTreeMap<(String, String), Subject<Latency>> = BTreeMap::new();
-    let names = ctx.segments.names();
-    for r in history.iter() {
-        let Some((service, operation)) = key(&r) else { continue };
-        let segs: Vec<Option<String>> = names.iter().map(|n| r.str(n)).collect();
-        let Some(period) = r.i64("period") else { continue };
-        let sums = (r.u64("n"), r.f64("log_sum").unwrap_or(0.0));
-        let m = Latency { periods: BTreeMap::from([(period, sums)]), ..Latency::default() };
-        out.entry((service.clone(), operation.clone()))
-            .or_insert_with(|| Subject { service, operation, cells: Vec::new() })
-            .cells
-            .push((false, segs, m));
-    }
-    out.into_values().collect()
 }
 
 #[async_trait]

@@ -28,7 +28,8 @@ registry! {
     drop_off => DropOff,
 }
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use andon_model::FindingKind;
 use serde_json::Value;
@@ -162,31 +163,33 @@ impl<M: Metric> Subject<M> {
     }
 }
 
-/// Groups rows into subjects keyed by (service, operation), cells by side and
-/// segment values.
-pub fn subjects<M: Metric>(
-    rows: &sql::Rows,
-    segments: &Segments,
-    key: impl Fn(&Row<'_>) -> Option<(String, String)>,
-    measure: impl Fn(&Row<'_>) -> M,
-) -> Vec<Subject<M>> {
-    type Cells<M> = BTreeMap<(bool, Vec<Option<String>>), M>;
-    let mut by_key: BTreeMap<(String, String), Cells<M>> = BTreeMap::new();
+/// Groups rows into subjects keyed by their `service` and `operation`, cells
+/// by side (`cur`) and segment values, in that order. Keys are borrowed from
+/// the rows while they are grouped: a result has a row per histogram bucket or
+/// period, and only its distinct cells are copied out.
+pub fn subjects<M: Metric>(rows: &sql::Rows, segments: &Segments, measure: impl Fn(&Row<'_>) -> M) -> Vec<Subject<M>> {
+    type Cell<'r> = (bool, Vec<Option<Cow<'r, str>>>);
+    let mut by_key: HashMap<(Cow<'_, str>, Cow<'_, str>), HashMap<Cell<'_>, M>> = HashMap::new();
     let names = segments.names();
     for row in rows.iter() {
-        let Some(k) = key(&row) else { continue };
+        let (Some(service), Some(operation)) = (row.text("service"), row.text("operation")) else { continue };
         let cur = row.i64("cur").unwrap_or(0) == 1;
-        let segs: Vec<Option<String>> = names.iter().map(|n| row.str(n)).collect();
-        by_key.entry(k).or_default().entry((cur, segs)).or_default().add(&measure(&row));
+        let segs: Vec<Option<Cow<'_, str>>> = names.iter().map(|n| row.text(n)).collect();
+        by_key.entry((service, operation)).or_default().entry((cur, segs)).or_default().add(&measure(&row));
     }
-    by_key
+    let mut out: Vec<Subject<M>> = by_key
         .into_iter()
-        .map(|((service, operation), cells)| Subject {
-            service,
-            operation,
-            cells: cells.into_iter().map(|((cur, segs), m)| (cur, segs, m)).collect(),
+        .map(|((service, operation), cells)| {
+            let mut cells: Vec<(bool, Vec<Option<String>>, M)> = cells
+                .into_iter()
+                .map(|((cur, segs), m)| (cur, segs.into_iter().map(|v| v.map(Cow::into_owned)).collect(), m))
+                .collect();
+            cells.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            Subject { service: service.into_owned(), operation: operation.into_owned(), cells }
         })
-        .collect()
+        .collect();
+    out.sort_by(|a, b| (&a.service, &a.operation).cmp(&(&b.service, &b.operation)));
+    out
 }
 
 /// A rate of the current window, `(trials, events)`, against the same rate
@@ -637,6 +640,69 @@ mod tests {
             out.push((true, vec![Some((*os).to_owned())], Rate { x: c.0, n: c.1 }));
         }
         Subject { service: "reservations".into(), operation: "POST /pay".into(), cells: out }
+    }
+
+    #[test]
+    fn rows_group_into_subjects_by_operation_side_and_segment_values() {
+        use std::sync::Arc;
+
+        use arrow::array::{DictionaryArray, Int64Array, RecordBatch, StringArray};
+        use arrow::datatypes::{DataType, Field, Int32Type, Schema};
+
+        // Two batches of one result; the segment column is a dictionary in
+        // the second, as DataFusion may return it.
+        let batch = |service: Vec<&str>, os: Arc<dyn arrow::array::Array>, cur: Vec<i64>, n: Vec<i64>| {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("service", DataType::Utf8, true),
+                Field::new("operation", DataType::Utf8, false),
+                Field::new("seg0", os.data_type().clone(), true),
+                Field::new("cur", DataType::Int64, false),
+                Field::new("n", DataType::Int64, false),
+            ]));
+            let ops = StringArray::from(vec!["GET /a"; n.len()]);
+            let service: StringArray = service.into_iter().map(|s| (!s.is_empty()).then_some(s)).collect();
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(service),
+                    Arc::new(ops),
+                    os,
+                    Arc::new(Int64Array::from(cur)),
+                    Arc::new(Int64Array::from(n)),
+                ],
+            )
+            .unwrap()
+        };
+        let first = batch(
+            vec!["web", "web", "api", ""],
+            Arc::new(StringArray::from(vec![Some("ios"), None, Some("ios"), Some("ios")])),
+            vec![1, 0, 0, 1],
+            vec![3, 5, 7, 100],
+        );
+        let dict: DictionaryArray<Int32Type> = vec!["ios", "android", "ios"].into_iter().collect();
+        let second = batch(vec!["web", "web", "web"], Arc::new(dict), vec![1, 1, 0], vec![10, 20, 40]);
+        let rows = sql::Rows::new(vec![first, second]);
+        let got = subjects(&rows, &ctx().segments, |r| Rate { x: 0, n: r.u64("n") });
+        type Cells = Vec<(bool, Vec<Option<String>>, u64)>;
+        let got: Vec<(String, Cells)> =
+            got.into_iter().map(|s| (s.service, s.cells.into_iter().map(|(c, v, m)| (c, v, m.n)).collect())).collect();
+        let some = |v: &str| vec![Some(v.to_owned())];
+        assert_eq!(
+            got,
+            vec![
+                ("api".to_owned(), vec![(false, some("ios"), 7)]),
+                (
+                    "web".to_owned(),
+                    vec![
+                        (false, vec![None], 5),
+                        (false, some("ios"), 40),
+                        (true, some("android"), 20),
+                        (true, some("ios"), 13)
+                    ]
+                ),
+            ],
+            "the row without a service is left out; cells are summed across batches and ordered"
+        );
     }
 
     fn tests_of(s: &Subject<Rate>) -> Vec<Test> {

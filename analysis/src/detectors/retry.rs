@@ -82,8 +82,7 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
 /// (how much the share of sessions retrying moves on its own from one minute
 /// to the next), never with the baseline alone.
 fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let key = |r: &andon_store::sql::Row<'_>| Some((r.str("service")?, r.str("operation")?));
-    let mut subjects: Vec<Subject<Retries>> = subjects(rows, &ctx.segments, key, |r| Retries {
+    let mut subjects: Vec<Subject<Retries>> = subjects(rows, &ctx.segments, |r| Retries {
         sessions: r.u64("sessions"),
         retrying_sessions: r.u64("retrying_sessions"),
         retries: r.u64("retries"),
@@ -92,7 +91,7 @@ fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
         periods: BTreeMap::new(),
     });
     // The history's periods join their subjects, on the baseline's side.
-    let periods = super::subjects(history, &ctx.segments, key, |r| Retries {
+    let periods = super::subjects(history, &ctx.segments, |r| Retries {
         periods: r.i64("period").map(|p| (p, (r.u64("sessions"), r.u64("retrying_sessions")))).into_iter().collect(),
         ..Retries::default()
     });

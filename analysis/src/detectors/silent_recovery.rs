@@ -56,7 +56,6 @@ fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
     let subjects: Vec<Subject<Recoveries>> = subjects(
         rows,
         &ctx.segments,
-        |r| Some((r.str("service")?, r.str("operation")?)),
         |r| Recoveries {
             sessions: r.u64("sessions"),
             error_sessions: r.u64("error_sessions"),
