@@ -761,7 +761,11 @@ impl Store {
             if !session_files.is_empty() {
                 self.inner.sessions_flushed.store(through, Ordering::Release);
             }
+            let added = !session_files.is_empty();
             s.session_files.extend(session_files);
+            if added {
+                self.inner.sessions.changed();
+            }
         }
         write_checkpoint(&self.inner.config.data_dir, through, fsync)?;
         if snapshot_due {
@@ -933,6 +937,7 @@ impl Store {
     pub fn drop_sessions(&self) -> Result<(), StoreError> {
         let _guard = self.inner.flush_lock.lock();
         self.inner.state.write().session_files.clear();
+        self.inner.sessions.changed();
         sessions::clear(&self.inner.sessions);
         sessions::remove_all(&self.inner.config.data_dir)?;
         self.reconcile_mirror("sessions")
@@ -941,6 +946,14 @@ impl Store {
     /// Whether `sessions` covers every stored span.
     pub fn sessions_ready(&self) -> bool {
         self.inner.sessions_ready.load(Ordering::Acquire)
+    }
+
+    /// A number that changes whenever what `sessions` shows may have: an open
+    /// session noted, finalized or forgotten, a file of finalized sessions
+    /// added or deleted (not one compacted). A reader that keeps rows of
+    /// `sessions` across statements keeps them only while it stays the same.
+    pub fn sessions_version(&self) -> u64 {
+        self.inner.sessions.version()
     }
 
     /// What keeps `sessions`.
@@ -1016,6 +1029,7 @@ impl Store {
         sessions::write_open(&cfg.data_dir, &self.inner.sessions, checkpoint, fsync)?;
         *self.inner.sessions_snapshot.lock() = (checkpoint, Some(Instant::now()));
         self.inner.state.write().session_files = files;
+        self.inner.sessions.changed();
         self.inner.sessions_flushed.store(checkpoint, Ordering::Release);
         self.inner.sessions_ready.store(true, Ordering::Release);
         self.reconcile_mirror("sessions")?;
@@ -1121,6 +1135,9 @@ impl Store {
             let (old, keep): (Vec<_>, Vec<_>) =
                 std::mem::take(&mut s.session_files).into_iter().partition(|f| f.hours.1 < cutoff);
             s.session_files = keep;
+            if !old.is_empty() {
+                self.inner.sessions.changed();
+            }
             self.inner.graveyard.lock().extend(old.into_iter().map(|f| (Instant::now(), f.path)));
             paths.iter().filter_map(|p| s.segments.remove(p)).collect()
         };

@@ -250,18 +250,33 @@ pub struct SessionBook {
     /// scans `sessions` several times, and a backtest many times between
     /// changes.
     open_cache: Mutex<Option<HashMap<Tenant, RecordBatch>>>,
+    /// Counts the changes to what `sessions` shows: every change to the open
+    /// sessions, and every finalized file added or removed
+    /// ([`Store::sessions_version`](crate::Store::sessions_version)).
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl SessionBook {
     pub fn new(spec: SessionSpec) -> Self {
-        Self { spec, by_tenant: Mutex::default(), open_cache: Mutex::default() }
+        Self { spec, by_tenant: Mutex::default(), open_cache: Mutex::default(), version: Default::default() }
     }
 
     /// The open sessions, to change them: forgets their cached rows.
     fn edit(&self) -> parking_lot::MutexGuard<'_, HashMap<Tenant, TenantBook>> {
         let guard = self.by_tenant.lock();
         *self.open_cache.lock() = None;
+        self.changed();
         guard
+    }
+
+    /// Notes a change to what `sessions` shows.
+    pub(crate) fn changed(&self) {
+        self.version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// How many changes `sessions` has seen.
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn spec(&self) -> &SessionSpec {
