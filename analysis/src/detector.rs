@@ -214,6 +214,22 @@ pub type Numbers = BTreeMap<String, Value>;
 #[async_trait]
 pub trait Sql: Send + Sync {
     async fn rows(&self, sql: &str) -> Result<Rows, AnalysisError>;
+
+    /// Every session of `sessions` with rows in `[from, to)`, folded by page
+    /// request and kept from the last pass's where the pass keeps them
+    /// ([`crate::fold::PageFold`]); `None` where it does not, and the caller
+    /// runs its SQL instead.
+    async fn session_pages(
+        &self,
+        _ctx: &Ctx,
+        _from: DateTime<Utc>,
+        _to: DateTime<Utc>,
+    ) -> Result<Option<crate::fold::Pages>, AnalysisError> {
+        Ok(None)
+    }
+
+    /// Notes that `sql` was answered with `rows` without being run.
+    fn answered(&self, _sql: &str, _rows: &Rows) {}
 }
 
 /// A detector's tests of one pass.

@@ -302,6 +302,9 @@ pub struct Analyzer {
     /// The calls of sessions as the last continuous pass folded them, for the
     /// next ([`crate::fold`]); taken out while a pass uses it.
     calls_fold: Arc<std::sync::Mutex<Option<crate::fold::CallsFold>>>,
+    /// The sessions by page request as the last pass folded them, for the
+    /// drop-off funnels of the next ([`crate::fold::PageFold`]).
+    page_fold: Arc<std::sync::Mutex<Option<crate::fold::PageFold>>>,
 }
 
 /// SQL as one tenant, for one pass: a statement the pass already ran (the
@@ -315,12 +318,19 @@ struct TenantSql<'a> {
     /// Each statement asked for since the last [`TenantSql::asked`], with
     /// its row count, when the pass is recorded.
     log: Option<std::sync::Mutex<Vec<(String, usize)>>>,
+    /// Where the sessions by page request are kept between passes.
+    pages: Option<&'a std::sync::Mutex<Option<crate::fold::PageFold>>>,
 }
 
 impl<'a> TenantSql<'a> {
     fn new(engine: &'a QueryEngine, tenant: &'a Tenant, logged: bool, known: &BTreeMap<String, Rows>) -> Self {
         let ran = std::sync::Mutex::new(known.clone());
-        Self { engine, tenant, ran, log: logged.then(std::sync::Mutex::default) }
+        Self { engine, tenant, ran, log: logged.then(std::sync::Mutex::default), pages: None }
+    }
+
+    /// The same, keeping the sessions by page request in `pages`.
+    fn keeping(self, pages: &'a std::sync::Mutex<Option<crate::fold::PageFold>>) -> Self {
+        Self { pages: Some(pages), ..self }
     }
 
     fn ran(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Rows>> {
@@ -356,6 +366,33 @@ impl Sql for TenantSql<'_> {
         self.note(sql, &rows);
         self.ran().insert(sql.to_owned(), rows.clone());
         Ok(rows)
+    }
+
+    async fn session_pages(
+        &self,
+        ctx: &Ctx,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<crate::fold::Pages>, AnalysisError> {
+        let Some(slot) = self.pages else { return Ok(None) };
+        let session_segments = ctx.session_vars("").into_iter().find(|(k, _)| *k == "session_segments");
+        let (Some((_, session_segments)), Some(from), Some(to)) =
+            (session_segments, from.timestamp_nanos_opt(), to.timestamp_nanos_opt())
+        else {
+            return Ok(None);
+        };
+        let taken = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let mut fold = taken.unwrap_or_default();
+        let source = (self.tenant.clone(), session_segments, self.engine.store().sessions_version());
+        let read = |sql: String| async move { query(self.engine, self.tenant, &sql).await };
+        let pages = fold.pages(source, ctx.segments.columns.len(), from, to, read).await;
+        *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
+        pages.map(Some)
+    }
+
+    fn answered(&self, sql: &str, rows: &Rows) {
+        self.note(sql, rows);
+        self.ran().insert(sql.to_owned(), rows.clone());
     }
 }
 
@@ -407,6 +444,7 @@ impl Analyzer {
             recorder: None,
             journal: false,
             calls_fold: Arc::default(),
+            page_fold: Arc::default(),
         })
     }
 
@@ -836,9 +874,9 @@ impl Analyzer {
                 (Some(session_segments), Some(bounds)) if whole.baseline_end == whole.split => {
                     let taken = self.calls_fold.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
                     let mut fold = taken.unwrap_or_default();
-                    let version = self.engine.store().sessions_version();
+                    let source = (tenant.clone(), session_segments, self.engine.store().sessions_version());
                     let read = |sql: String| async move { query(&self.engine, tenant, &sql).await };
-                    let rows = fold.rows(tenant, version, segs.len(), &session_segments, bounds, read).await;
+                    let rows = fold.rows(source, segs.len(), bounds, read).await;
                     *self.calls_fold.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
                     rows?
                 }
@@ -881,7 +919,7 @@ impl Analyzer {
         }
         let ctx = Ctx { short, ..self.ctx(w, settled) };
         let logged = self.journal;
-        let sql = TenantSql::new(&self.engine, tenant, logged, known);
+        let sql = TenantSql::new(&self.engine, tenant, logged, known).keeping(&self.page_fold);
         let mut steps: Vec<PassStep> = Vec::new();
         let mut tests = Vec::new();
         let mut flows = Vec::new();
@@ -1477,6 +1515,49 @@ mod tests {
         out
     }
 
+    /// Whether `a` and `b` hold the same rows, their floating-point columns
+    /// equal to within rounding (sums taken in another order); else how not.
+    fn same_rows(a: &Rows, b: &Rows) -> Result<(), String> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::DataType;
+        let split = |rows: &Rows| -> Vec<(String, Vec<f64>)> {
+            let mut out: Vec<(String, Vec<f64>)> = Vec::new();
+            for batch in rows.batches() {
+                let schema = batch.schema();
+                let mut order: Vec<usize> = (0..batch.num_columns()).collect();
+                order.sort_by_key(|c| schema.field(*c).name().clone());
+                for i in 0..batch.num_rows() {
+                    let (mut key, mut floats) = (String::new(), Vec::new());
+                    for c in &order {
+                        let column = batch.column(*c);
+                        if column.data_type() == &DataType::Float64 {
+                            let values = column.as_primitive::<arrow::datatypes::Float64Type>();
+                            floats.push(if values.is_null(i) { f64::NAN } else { values.value(i) });
+                        } else {
+                            let v = arrow::util::display::array_value_to_string(column, i).unwrap_or_default();
+                            key.push_str(&format!("{}={v} ", schema.field(*c).name()));
+                        }
+                    }
+                    out.push((key, floats));
+                }
+            }
+            out.sort_by(|x, y| x.0.cmp(&y.0));
+            out
+        };
+        let (a, b) = (split(a), split(b));
+        if a.len() != b.len() {
+            return Err(format!("{} rows against {}", a.len(), b.len()));
+        }
+        for ((ka, fa), (kb, fb)) in a.iter().zip(&b) {
+            let close = fa.len() == fb.len()
+                && fa.iter().zip(fb).all(|(x, y)| (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0));
+            if ka != kb || !close {
+                return Err(format!("{ka} {fa:?} against {kb} {fb:?}"));
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn a_pass_and_its_last_minute_get_from_one_read_the_rows_each_statement_gives() {
         use std::sync::Arc;
@@ -1516,7 +1597,9 @@ mod tests {
         assert_eq!(passes.len(), 4);
         passes.push(passes[3]);
         let mut nonzero = BTreeMap::<&str, i64>::new();
-        let rebuilds = || analyzer.calls_fold.lock().unwrap().as_ref().map_or(0, |f| f.rebuilds);
+        let rebuilds = || analyzer.calls_fold.lock().unwrap().as_ref().map_or(0, |f| f.rebuilds());
+        let page_rebuilds = || analyzer.page_fold.lock().unwrap().as_ref().map_or(0, |f| f.rebuilds());
+        let mut funnels = 0;
         for (i, w) in passes.into_iter().enumerate() {
             if i == 4 {
                 rt.block_on(ingestor.export(&tenant, late.clone())).unwrap();
@@ -1544,8 +1627,23 @@ mod tests {
             // The calls of sessions are folded from the last pass's while
             // `sessions` stays the same, and read again once it changed.
             assert_eq!(rebuilds(), if i < 4 { 1 } else { 2 }, "pass {i}");
+            // So are the sessions the drop-off funnels read: the statement's
+            // rows computed from them are the statement's.
+            let ctx = analyzer.ctx(w, None);
+            let sql = TenantSql::new(&engine, &tenant, false, &BTreeMap::new()).keeping(&analyzer.page_fold);
+            let flows = rt.block_on(detectors::drop_off::DropOff.flows(&ctx, &sql)).unwrap();
+            assert!(!flows.is_empty());
+            let statement = detectors::drop_off::history_query(&ctx, &flows);
+            let direct = rt.block_on(query(&engine, &tenant, &statement)).unwrap();
+            let start = detectors::drop_off::history_start(&ctx);
+            let pages = rt.block_on(sql.session_pages(&ctx, start, ctx.end)).unwrap().unwrap();
+            let folded = detectors::drop_off::folded(&ctx, &flows, &pages).unwrap();
+            same_rows(&folded, &direct).unwrap_or_else(|e| panic!("pass {i}: {e}"));
+            funnels += direct.len();
+            assert_eq!(page_rebuilds(), if i < 4 { 1 } else { 2 }, "pass {i}");
         }
         assert!(nonzero.values().all(|n| *n > 0), "{nonzero:?}");
+        assert!(funnels > 0);
     }
 
     #[test]

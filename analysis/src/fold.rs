@@ -1,25 +1,32 @@
-//! The calls of sessions, folded from one continuous pass to the next.
+//! Sessions folded from one continuous pass to the next.
 //!
-//! The retry and silent-recovery detectors read one statement over
-//! `sessions` for a continuous pass's window and its last minute
-//! (`detectors/calls_sessions_last_minute.sql`): per session and operation,
-//! the calls, retries, failures and recoveries in the range, then per
-//! operation, side and segment, how many sessions did what. Run as SQL, it
-//! aggregates every row of the range (3.5 hours by default) every pass, while
-//! successive passes, live or replayed by a backtest, move their windows a
-//! minute at a time: one minute enters the range, one enters the last minute
-//! and one leaves it, one moves from the window to the baseline and one
-//! leaves the baseline. Only the sessions with rows in those minutes count
-//! differently in the next pass.
+//! The session detectors read statements over `sessions` that aggregate
+//! every row of a pass's range (3.5 hours by default) per session, then per
+//! operation, side and segment. Successive passes, live or replayed by a
+//! backtest, move their windows a minute at a time: one minute enters the
+//! range, one enters the last minute and one leaves it, one moves from the
+//! window to the baseline and one leaves the baseline. Only the sessions with
+//! rows in those minutes count differently in the next pass.
 //!
-//! [`CallsFold`] keeps the range's rows by session, with what each session
-//! adds to the statement's groups. A pass reads only the minutes that entered
-//! the range and recomputes only the sessions with rows in a minute whose
-//! place changed, so its cost follows those sessions, not the range. Its rows
-//! are the statement's, exactly (`engine` tests both ways). It starts again
-//! from one read of the range when the store's sessions changed since
-//! ([`andon_store::Store::sessions_version`]: while traffic arrives, every
-//! pass), for another tenant, or for windows that do not follow on.
+//! A fold keeps the range's rows by session (`Kept`). A pass reads only the
+//! minutes that entered the range and drops those that left; the fold starts
+//! again from one read of the whole range when the store's sessions changed
+//! since ([`andon_store::Store::sessions_version`]: while traffic arrives,
+//! every pass), for another tenant, or for windows that do not follow on.
+//!
+//! - [`CallsFold`] answers the retry and silent-recovery detectors' shared
+//!   statement (`detectors/calls_sessions_last_minute.sql`): it keeps what
+//!   each session adds to the statement's groups and recomputes only the
+//!   sessions with rows in a minute whose place changed, so a pass costs in
+//!   proportion to those sessions, not to the range.
+//! - [`PageFold`] keeps each session's first and last call of each request
+//!   and its segment values, recomputed for the sessions whose rows changed;
+//!   the drop-off funnels are weighed from them in one pass over the sessions
+//!   ([`crate::detectors::drop_off::folded`]), not over their rows.
+//!
+//! Both give the statements' rows (the drop-off sums to within rounding, as
+//! the order of a sum of floating-point weights goes); the `engine` tests
+//! compare them with the SQL over successive passes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -46,7 +53,7 @@ enum Place {
 /// A pass's bounds in nanoseconds: the range `[from, to)`, the window from
 /// `split` (where the baseline ends), its last minute from `short`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Bounds {
+pub struct Bounds {
     pub from: i64,
     pub split: i64,
     pub short: i64,
@@ -122,13 +129,6 @@ const SUMS: [&str; 15] = [
 ];
 
 type Sums = [i64; SUMS.len()];
-
-/// A session's rows in the range and what they add to each group.
-#[derive(Debug, Default)]
-struct Session {
-    calls: Vec<Call>,
-    adds: Vec<(Group, Sums)>,
-}
 
 /// What one session adds to the statement's groups, over its `calls` in the
 /// range (`calls_sessions_last_minute.sql`, `rows` and `per_session`).
@@ -222,39 +222,144 @@ fn adds(calls: &[Call], b: &Bounds) -> Vec<(Group, Sums)> {
         .collect()
 }
 
-/// The rows of a continuous pass's shared calls statement, kept from one pass
+/// Whose rows a fold keeps: the tenant, how the segment columns are read
+/// (a statement's `{{session_segments}}`), and the store's
+/// [`andon_store::Store::sessions_version`] when they were read.
+pub type Source = (andon_model::Tenant, String, u64);
+
+/// A row of `sessions` as a fold keeps it.
+trait Timed {
+    fn minute(&self) -> i64;
+}
+
+impl Timed for Call {
+    fn minute(&self) -> i64 {
+        self.minute
+    }
+}
+
+/// Rows of `sessions` kept by session over a range of minutes, from one pass
 /// to the next.
-#[derive(Debug, Default)]
-pub(crate) struct CallsFold {
-    /// Whose rows, read with which segment columns, at which
-    /// [`andon_store::Store::sessions_version`]; `None` before the first read.
-    source: Option<(andon_model::Tenant, String, u64)>,
-    bounds: Option<Bounds>,
+#[derive(Debug)]
+struct Kept<R> {
+    source: Option<Source>,
+    /// `[from, to)` in nanoseconds.
+    range: Option<(i64, i64)>,
     /// The sessions (numbered) with rows in each minute of the range, some
     /// more than once.
     minutes: BTreeMap<i64, Vec<u32>>,
-    sessions: HashMap<u32, Session>,
+    sessions: HashMap<u32, Vec<R>>,
     /// Session ids, numbered.
     ids: HashMap<Box<str>, u32>,
-    /// Service, operation and segment values, numbered.
-    series: Vec<Vec<Option<String>>>,
-    numbered: HashMap<Vec<Option<String>>, u32>,
-    groups: HashMap<Group, Sums>,
-    /// How many times the fold started again from a read of its whole range.
-    pub rebuilds: u64,
+    /// How many times the rows were read again for a whole range.
+    rebuilds: u64,
 }
 
-/// The columns [`CallsFold`] reads of `sessions`, for `[from, to)`:
-/// `session_segments` is the statement's `{{session_segments}}`.
-fn read_sql(session_segments: &str, from: i64, to: i64) -> String {
-    let ts = |ns: i64| crate::sql::ts(DateTime::from_timestamp_nanos(ns));
-    format!(
-        "SELECT session_id, service_name AS service, operation, minute, \
-         coalesce(seen_end, session_end) AS seen{session_segments}, calls, errors, retries, auto_retries, \
-         recovered, recovered_end, auto_recovered FROM sessions WHERE minute >= {} AND minute < {}",
-        ts(from),
-        ts(to)
-    )
+impl<R> Default for Kept<R> {
+    fn default() -> Self {
+        Self {
+            source: None,
+            range: None,
+            minutes: BTreeMap::new(),
+            sessions: HashMap::new(),
+            ids: HashMap::new(),
+            rebuilds: 0,
+        }
+    }
+}
+
+/// What moving a fold's range changed: whether it read its whole range
+/// again, and the sessions whose rows changed (all of them if it did).
+struct Moved {
+    rebuilt: bool,
+    changed: HashSet<u32>,
+}
+
+fn failed(sql: &str) -> impl Fn(ArrowError) -> AnalysisError + '_ {
+    move |e| AnalysisError::Query { message: e.to_string(), sql: sql.to_owned() }
+}
+
+/// `n`'s number in `numbered`, given the next free one if it has none.
+fn number<K: std::hash::Hash + Eq + Clone>(numbered: &mut HashMap<K, u32>, key: &K) -> u32 {
+    let next = numbered.len() as u32;
+    *numbered.entry(key.clone()).or_insert(next)
+}
+
+impl<R: Timed> Kept<R> {
+    /// Whether the rows kept are `source`'s and `[from, to)` follows on from
+    /// their range: it starts no earlier, ends no earlier, and overlaps it.
+    fn follows(&self, source: &Source, from: i64, to: i64) -> bool {
+        self.source.as_ref() == Some(source) && self.range.is_some_and(|(f, t)| f <= from && t <= to && from < t)
+    }
+
+    /// Moves the range to `[from, to)`: drops the rows before `from` and
+    /// reads what it lacks with `read` (SQL of `sql(lo, hi)` for the minutes
+    /// `[lo, hi)`), every minute when `source` changed or the range does not
+    /// follow on. `parse` hands each row of a result to `push` with its
+    /// session's id.
+    async fn advance<S, F, Fut, P>(
+        &mut self,
+        source: Source,
+        from: i64,
+        to: i64,
+        sql: S,
+        read: F,
+        mut parse: P,
+    ) -> Result<Moved, AnalysisError>
+    where
+        S: Fn(i64, i64) -> String,
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
+        P: FnMut(&RecordBatch, &mut dyn FnMut(&str, R)) -> Result<(), ArrowError>,
+    {
+        let rebuilt = !self.follows(&source, from, to);
+        let mut changed = HashSet::new();
+        let lo = match self.range {
+            Some((before, end)) if !rebuilt => {
+                changed.extend(self.minutes.range(before..from).flat_map(|(_, ids)| ids.iter().copied()));
+                let gone: Vec<i64> = self.minutes.range(..from).map(|(m, _)| *m).collect();
+                for m in gone {
+                    self.minutes.remove(&m);
+                }
+                for id in &changed {
+                    if let Some(rows) = self.sessions.get_mut(id) {
+                        rows.retain(|r| r.minute() >= from);
+                        if rows.is_empty() {
+                            self.sessions.remove(id);
+                        }
+                    }
+                }
+                end
+            }
+            _ => {
+                *self = Self { rebuilds: self.rebuilds + 1, source: Some(source), ..Self::default() };
+                from
+            }
+        };
+        if lo < to {
+            let q = sql(lo, to);
+            let rows = read(q.clone()).await?;
+            let (ids, minutes, sessions) = (&mut self.ids, &mut self.minutes, &mut self.sessions);
+            let mut push = |id: &str, r: R| {
+                let n = match ids.get(id) {
+                    Some(n) => *n,
+                    None => {
+                        let n = ids.len() as u32;
+                        ids.insert(id.into(), n);
+                        n
+                    }
+                };
+                minutes.entry(r.minute()).or_default().push(n);
+                sessions.entry(n).or_default().push(r);
+                changed.insert(n);
+            };
+            for b in rows.batches() {
+                parse(b, &mut push).map_err(failed(&q))?;
+            }
+        }
+        self.range = Some((from, to));
+        Ok(Moved { rebuilt, changed })
+    }
 }
 
 fn strings(b: &RecordBatch, name: &str) -> Result<StringArray, ArrowError> {
@@ -275,17 +380,38 @@ fn ints(b: &RecordBatch, name: &str) -> Result<Int64Array, ArrowError> {
     Ok(a.as_primitive::<Int64Type>().clone())
 }
 
+/// A timestamp literal of `ns`.
+fn ts(ns: i64) -> String {
+    crate::sql::ts(DateTime::from_timestamp_nanos(ns))
+}
+
+/// The rows of a continuous pass's shared calls statement, kept from one pass
+/// to the next.
+#[derive(Debug, Default)]
+pub struct CallsFold {
+    kept: Kept<Call>,
+    bounds: Option<Bounds>,
+    /// What each session adds to the groups.
+    adds: HashMap<u32, Vec<(Group, Sums)>>,
+    /// Service, operation and segment values, numbered.
+    series: Vec<Vec<Option<String>>>,
+    numbered: HashMap<Vec<Option<String>>, u32>,
+    groups: HashMap<Group, Sums>,
+}
+
 impl CallsFold {
+    /// How many times the fold read its whole range.
+    pub fn rebuilds(&self) -> u64 {
+        self.kept.rebuilds
+    }
+
     /// The statement's rows for a pass over `b`, reading what it lacks of
-    /// `tenant`'s `sessions` with `read` (SQL to rows) at `version`.
-    /// `segments` are the statement's segment columns (`seg0`, ...) and
-    /// `session_segments` how they are read (`{{session_segments}}`).
+    /// `sessions` with `read` (SQL to rows). `segments` is how many segment
+    /// columns (`seg0`, ...) the statement has, read as `source` says.
     pub async fn rows<F, Fut>(
         &mut self,
-        tenant: &andon_model::Tenant,
-        version: u64,
+        source: Source,
         segments: usize,
-        session_segments: &str,
         b: Bounds,
         read: F,
     ) -> Result<Rows, AnalysisError>
@@ -293,65 +419,31 @@ impl CallsFold {
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
     {
-        fn failed(sql: &str) -> impl Fn(ArrowError) -> AnalysisError + '_ {
-            move |e| AnalysisError::Query { message: e.to_string(), sql: sql.to_owned() }
-        }
-        let source = (tenant.clone(), session_segments.to_owned(), version);
-        let follows = self.source.as_ref() == Some(&source)
-            && self.bounds.is_some_and(|p| p.from <= b.from && p.to <= b.to && b.from < p.to);
-        if !follows {
-            *self = Self { rebuilds: self.rebuilds + 1, ..Self::default() };
-            self.source = Some(source);
-            let sql = read_sql(session_segments, b.from, b.to);
-            let rows = read(sql.clone()).await?;
-            self.bounds = Some(b);
-            let fresh = self.add_rows(&rows, segments).map_err(failed(&sql))?;
-            for id in fresh {
-                self.refold(id, &b);
-            }
-            return self.output(segments).map_err(failed("the folded calls"));
-        }
-        let Some(p) = self.bounds else { return self.output(segments).map_err(failed("the folded calls")) };
-        // The sessions with rows in a minute whose place changed.
-        let mut touched: HashSet<u32> = HashSet::new();
-        for (lo, hi) in [
-            (p.from, b.from),
-            (p.split.min(b.split), p.split.max(b.split)),
-            (p.short.min(b.short), p.short.max(b.short)),
-            (p.to.min(b.to), p.to.max(b.to)),
-        ] {
-            for (m, ids) in self.minutes.range(lo..hi) {
-                if p.place(*m) != b.place(*m) {
-                    touched.extend(ids.iter().copied());
+        // The sessions with rows in a minute that moved into or out of the
+        // window or the last minute.
+        let mut moved: HashSet<u32> = HashSet::new();
+        if let Some(p) = self.bounds.filter(|_| self.kept.follows(&source, b.from, b.to)) {
+            for (lo, hi) in [(p.split.min(b.split), p.split.max(b.split)), (p.short.min(b.short), p.short.max(b.short))]
+            {
+                for (m, ids) in self.kept.minutes.range(lo..hi) {
+                    if p.place(*m) != b.place(*m) {
+                        moved.extend(ids.iter().copied());
+                    }
                 }
             }
         }
-        // The minutes that left the range go; those that entered are read.
-        let gone: Vec<i64> = self.minutes.range(..b.from).map(|(m, _)| *m).collect();
-        for m in gone {
-            self.minutes.remove(&m);
-        }
-        for id in &touched {
-            if let Some(s) = self.sessions.get_mut(id) {
-                s.calls.retain(|c| c.minute >= b.from);
-            }
-        }
-        if p.to < b.to {
-            let sql = read_sql(session_segments, p.to, b.to);
-            let rows = read(sql.clone()).await?;
-            touched.extend(self.add_rows(&rows, segments).map_err(failed(&sql))?);
-        }
-        self.bounds = Some(b);
-        for id in touched {
-            self.refold(id, &b);
-        }
-        self.output(segments).map_err(failed("the folded calls"))
-    }
-
-    /// Adds `rows` read of `sessions`; returns the sessions they belong to.
-    fn add_rows(&mut self, rows: &Rows, segments: usize) -> Result<HashSet<u32>, ArrowError> {
-        let mut fresh = HashSet::new();
-        for batch in rows.batches() {
+        let session_segments = source.1.clone();
+        let sql = |lo: i64, hi: i64| {
+            format!(
+                "SELECT session_id, service_name AS service, operation, minute, \
+                 coalesce(seen_end, session_end) AS seen{session_segments}, calls, errors, retries, auto_retries, \
+                 recovered, recovered_end, auto_recovered FROM sessions WHERE minute >= {} AND minute < {}",
+                ts(lo),
+                ts(hi)
+            )
+        };
+        let (series, numbered) = (&mut self.series, &mut self.numbered);
+        let parse = |batch: &RecordBatch, push: &mut dyn FnMut(&str, Call)| -> Result<(), ArrowError> {
             let (ids, services, operations) =
                 (strings(batch, "session_id")?, strings(batch, "service")?, strings(batch, "operation")?);
             let segs: Vec<StringArray> =
@@ -378,26 +470,13 @@ impl CallsFold {
                     .chain(segs.iter())
                     .map(|a| (!a.is_null(i)).then(|| a.value(i).to_owned()))
                     .collect();
-                let series = match self.numbered.get(&key) {
-                    Some(n) => *n,
-                    None => {
-                        let n = self.series.len() as u32;
-                        self.series.push(key.clone());
-                        self.numbered.insert(key, n);
-                        n
-                    }
-                };
-                let id = match self.ids.get(ids.value(i)) {
-                    Some(n) => *n,
-                    None => {
-                        let n = self.ids.len() as u32;
-                        self.ids.insert(ids.value(i).into(), n);
-                        n
-                    }
-                };
+                let n = number(numbered, &key);
+                if n as usize == series.len() {
+                    series.push(key);
+                }
                 let call = Call {
                     minute: minute.value(i),
-                    series,
+                    series: n,
                     seen: value(&seen, i),
                     calls: value(&calls, i),
                     errors: value(&errors, i),
@@ -407,18 +486,26 @@ impl CallsFold {
                     recovered_end: (!recovered_end.is_null(i)).then(|| recovered_end.value(i)),
                     auto_recovered: value(&auto_recovered, i),
                 };
-                self.minutes.entry(call.minute).or_default().push(id);
-                self.sessions.entry(id).or_default().calls.push(call);
-                fresh.insert(id);
+                push(ids.value(i), call);
             }
+            Ok(())
+        };
+        let Moved { rebuilt, changed } = self.kept.advance(source, b.from, b.to, sql, read, parse).await?;
+        self.bounds = Some(b);
+        if rebuilt {
+            self.groups.clear();
+            self.adds.clear();
         }
-        Ok(fresh)
+        for id in changed.into_iter().chain(moved) {
+            self.refold(id, &b);
+        }
+        self.output(segments).map_err(failed("the folded calls"))
     }
 
-    /// Takes what session `id` added out of the groups.
-    fn retract(&mut self, id: u32) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
-        for (g, sums) in s.adds.drain(..) {
+    /// Replaces what session `id` adds to the groups with what it adds over
+    /// its rows in `b`.
+    fn refold(&mut self, id: u32, b: &Bounds) {
+        for (g, sums) in self.adds.remove(&id).into_iter().flatten() {
             if let Some(total) = self.groups.get_mut(&g) {
                 total.iter_mut().zip(sums).for_each(|(t, v)| *t -= v);
                 if total[0] == 0 {
@@ -426,22 +513,13 @@ impl CallsFold {
                 }
             }
         }
-    }
-
-    /// Replaces what session `id` adds to the groups with what it adds over
-    /// its rows in `b` (a session left without rows goes).
-    fn refold(&mut self, id: u32, b: &Bounds) {
-        self.retract(id);
-        let Some(s) = self.sessions.get_mut(&id) else { return };
-        if s.calls.is_empty() {
-            self.sessions.remove(&id);
-            return;
-        }
-        s.adds = adds(&s.calls, b);
-        for (g, sums) in &s.adds {
+        let Some(calls) = self.kept.sessions.get(&id) else { return };
+        let now = adds(calls, b);
+        for (g, sums) in &now {
             let total = self.groups.entry(*g).or_insert([0; SUMS.len()]);
             total.iter_mut().zip(sums).for_each(|(t, v)| *t += v);
         }
+        self.adds.insert(id, now);
     }
 
     /// The groups as the statement's rows.
@@ -475,5 +553,189 @@ impl CallsFold {
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
         Ok(Rows::new(vec![batch]))
+    }
+}
+
+/// One row of `sessions` as the drop-off funnels read it.
+#[derive(Debug, Clone)]
+struct PageCall {
+    minute: i64,
+    /// Operation, route and span name ([`Pages::requests`]).
+    request: u32,
+    /// Segment values ([`Pages::segments`]).
+    segs: u32,
+    first: i64,
+    last: i64,
+    err: bool,
+}
+
+impl Timed for PageCall {
+    fn minute(&self) -> i64 {
+        self.minute
+    }
+}
+
+/// One session over a pass's range, as the drop-off funnels read it: when
+/// it was first seen, the greatest of each segment column's values, and per
+/// operation, route and span name its first and last call and whether one
+/// failed.
+#[derive(Debug)]
+pub struct SessionPages {
+    /// The session's number in the fold.
+    pub id: u32,
+    pub first_seen: i64,
+    /// Into [`Pages::segments`].
+    pub segs: u32,
+    /// `(request, first call, last call, failed)`, `request` into [`Pages::requests`].
+    pub requests: Vec<(u32, i64, i64, bool)>,
+}
+
+/// Every session of a pass's range, folded by page request.
+#[derive(Debug)]
+pub struct Pages {
+    /// Operation, route and span name, by number.
+    pub requests: Vec<[Option<String>; 3]>,
+    /// Segment values, by number.
+    pub segments: Vec<Vec<Option<String>>>,
+    pub sessions: Vec<Arc<SessionPages>>,
+}
+
+/// The sessions of a range as the drop-off funnels read them, kept from one
+/// pass to the next.
+#[derive(Debug, Default)]
+pub struct PageFold {
+    kept: Kept<PageCall>,
+    summaries: HashMap<u32, Arc<SessionPages>>,
+    requests: Vec<[Option<String>; 3]>,
+    numbered_requests: HashMap<[Option<String>; 3], u32>,
+    segments: Vec<Vec<Option<String>>>,
+    numbered_segments: HashMap<Vec<Option<String>>, u32>,
+}
+
+impl PageFold {
+    /// How many times the fold read its whole range.
+    pub fn rebuilds(&self) -> u64 {
+        self.kept.rebuilds
+    }
+
+    /// Every session with rows in `[from, to)`, reading what the fold lacks
+    /// of `sessions` with `read`; `segments` segment columns read as
+    /// `source` says.
+    pub async fn pages<F, Fut>(
+        &mut self,
+        source: Source,
+        segments: usize,
+        from: i64,
+        to: i64,
+        read: F,
+    ) -> Result<Pages, AnalysisError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
+    {
+        let session_segments = source.1.clone();
+        let sql = |lo: i64, hi: i64| {
+            format!(
+                "SELECT session_id, operation, route, span_name, minute, first_call, last_call, errors\
+                 {session_segments} FROM sessions WHERE minute >= {} AND minute < {}",
+                ts(lo),
+                ts(hi)
+            )
+        };
+        let (requests, numbered_requests) = (&mut self.requests, &mut self.numbered_requests);
+        let (seg_values, numbered_segments) = (&mut self.segments, &mut self.numbered_segments);
+        let parse = |batch: &RecordBatch, push: &mut dyn FnMut(&str, PageCall)| -> Result<(), ArrowError> {
+            let ids = strings(batch, "session_id")?;
+            let texts = [strings(batch, "operation")?, strings(batch, "route")?, strings(batch, "span_name")?];
+            let segs: Vec<StringArray> =
+                (0..segments).map(|i| strings(batch, &format!("seg{i}"))).collect::<Result<_, _>>()?;
+            let (minute, first, last, errors) =
+                (ints(batch, "minute")?, ints(batch, "first_call")?, ints(batch, "last_call")?, ints(batch, "errors")?);
+            let text = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
+            for i in 0..batch.num_rows() {
+                let request = [text(&texts[0], i), text(&texts[1], i), text(&texts[2], i)];
+                let r = number(numbered_requests, &request);
+                if r as usize == requests.len() {
+                    requests.push(request);
+                }
+                let values: Vec<Option<String>> = segs.iter().map(|a| text(a, i)).collect();
+                let s = number(numbered_segments, &values);
+                if s as usize == seg_values.len() {
+                    seg_values.push(values);
+                }
+                let call = PageCall {
+                    minute: minute.value(i),
+                    request: r,
+                    segs: s,
+                    first: first.value(i),
+                    last: last.value(i),
+                    err: !errors.is_null(i) && errors.value(i) > 0,
+                };
+                push(ids.value(i), call);
+            }
+            Ok(())
+        };
+        let Moved { rebuilt, changed } = self.kept.advance(source, from, to, sql, read, parse).await?;
+        if rebuilt {
+            self.summaries.clear();
+        }
+        for id in changed {
+            self.summaries.remove(&id);
+            let Some(calls) = self.kept.sessions.get(&id) else { continue };
+            let summary = summarize(id, &mut self.segments, &mut self.numbered_segments, calls);
+            self.summaries.insert(id, Arc::new(summary));
+        }
+        Ok(Pages {
+            requests: self.requests.clone(),
+            segments: self.segments.clone(),
+            sessions: {
+                let mut all: Vec<Arc<SessionPages>> = self.summaries.values().cloned().collect();
+                all.sort_unstable_by_key(|s| s.id);
+                all
+            },
+        })
+    }
+}
+
+/// One session over its rows in the range; the greatest segment values are
+/// numbered in `segments`.
+fn summarize(
+    id: u32,
+    segments: &mut Vec<Vec<Option<String>>>,
+    numbered: &mut HashMap<Vec<Option<String>>, u32>,
+    calls: &[PageCall],
+) -> SessionPages {
+    {
+        let first_seen = calls.iter().map(|c| c.first).min().unwrap_or(0);
+        // The greatest value of each segment column, as SQL's `max` (nulls aside).
+        let mut greatest: Vec<Option<&String>> = Vec::new();
+        for c in calls {
+            let values = &segments[c.segs as usize];
+            greatest.resize(values.len(), None);
+            for (g, v) in greatest.iter_mut().zip(values) {
+                if let Some(v) = v
+                    && g.is_none_or(|g| v > g)
+                {
+                    *g = Some(v);
+                }
+            }
+        }
+        let values: Vec<Option<String>> = greatest.into_iter().map(|v| v.cloned()).collect();
+        let segs = number(numbered, &values);
+        if segs as usize == segments.len() {
+            segments.push(values);
+        }
+        let mut requests: Vec<(u32, i64, i64, bool)> = Vec::new();
+        for c in calls {
+            match requests.iter_mut().find(|r| r.0 == c.request) {
+                Some(r) => {
+                    r.1 = r.1.min(c.first);
+                    r.2 = r.2.max(c.last);
+                    r.3 |= c.err;
+                }
+                None => requests.push((c.request, c.first, c.last, c.err)),
+            }
+        }
+        SessionPages { id, first_seen, segs, requests }
     }
 }

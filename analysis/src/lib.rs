@@ -20,7 +20,7 @@ pub mod db;
 pub mod detector;
 pub mod detectors;
 pub mod engine;
-mod fold;
+pub mod fold;
 pub mod localize;
 pub mod recorder;
 pub mod runner;

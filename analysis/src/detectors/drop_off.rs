@@ -210,9 +210,8 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
     }
     let segment_max: String = (0..ctx.segments.columns.len()).map(|i| format!(", max(seg{i}) AS seg{i}")).collect();
     let (mut vars, history, history_keys) = if history {
-        let window_ns = (ctx.end - ctx.split).num_nanoseconds().unwrap_or(i64::MAX).max(1);
-        let end_ns = ctx.baseline_end.timestamp_nanos_opt().unwrap_or(i64::MAX);
-        let wide = Ctx { baseline_start: ctx.baseline_start.min(ctx.baseline_end - history_look(ctx)), ..ctx.clone() };
+        let (window_ns, end_ns) = period_of(ctx);
+        let wide = Ctx { baseline_start: history_start(ctx), ..ctx.clone() };
         let columns = format!(
             ", CASE WHEN first_seen >= {base} THEN 1 ELSE 0 END AS in_base, \
              CASE WHEN first_seen < {end} THEN CAST(({end_ns} - CAST(first_seen AS BIGINT) - 1) / {window_ns} AS BIGINT) END AS period",
@@ -234,6 +233,147 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         ("segment_max", segment_max),
     ]);
     sql::render(if ctx.sessioned() { SESSIONS_SQL } else { SQL }, &vars)
+}
+
+/// Where [`history_query`] starts reading: [`history_look`] before the
+/// baseline's end, or the baseline's start if earlier.
+pub(crate) fn history_start(ctx: &Ctx) -> chrono::DateTime<chrono::Utc> {
+    ctx.baseline_start.min(ctx.baseline_end - history_look(ctx))
+}
+
+/// The length of [`history_query`]'s periods and where they count back
+/// from, in nanoseconds: the current window's length, and the baseline's end.
+fn period_of(ctx: &Ctx) -> (i64, i64) {
+    let window_ns = (ctx.end - ctx.split).num_nanoseconds().unwrap_or(i64::MAX).max(1);
+    (window_ns, ctx.baseline_end.timestamp_nanos_opt().unwrap_or(i64::MAX))
+}
+
+/// The rows of [`history_query`] over `sessions`, from `pages`, every session
+/// with rows in its range ([`crate::fold::PageFold`]): the same columns,
+/// groups and sums, each session weighed as the statement weighs it.
+pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> Result<Rows, arrow::error::ArrowError> {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let (page_names, flow_pages) = self::pages(flows);
+    // Each request's step: the first page its operation, route or span name is.
+    let step_of: Vec<Option<usize>> = pages
+        .requests
+        .iter()
+        .map(|texts| {
+            texts.iter().filter_map(|t| t.as_deref().and_then(|t| page_names.iter().position(|p| p == t))).min()
+        })
+        .collect();
+    let timeout_ns = timeout_ns(ctx);
+    let ns = |t: chrono::DateTime<chrono::Utc>| t.timestamp_nanos_opt();
+    let end_ns = ns(ctx.end).unwrap_or(i64::MAX);
+    let split_ns = ns(ctx.split).unwrap_or(i64::MIN);
+    let base_ns = ns(ctx.baseline_start).unwrap_or(i64::MIN);
+    let (window_ns, base_end_ns) = period_of(ctx);
+    // Per flow and step with a next one: its horizon, the time by which a
+    // session must reach it, and how long a current session may take to.
+    let bounds: Vec<Vec<(i64, i64, i64)>> = flows
+        .iter()
+        .zip(&flow_pages)
+        .map(|(flow, at)| {
+            (0..at.len().saturating_sub(1))
+                .map(|k| {
+                    let h = flow.horizon(k, timeout_ns);
+                    let by = end_ns.saturating_sub(h);
+                    (h, by, by.saturating_sub(split_ns).max(1_000_000_000))
+                })
+                .collect()
+        })
+        .collect();
+    let width: usize = bounds.iter().map(|b| b.len() * 4).sum();
+    /// A group of the statement: `cur`, `in_base`, `period` and the segment values' number.
+    type Group = (i64, i64, Option<i64>, u32);
+    // Each group's sessions, then the sums of each step.
+    let mut groups: HashMap<Group, (i64, Vec<f64>)> = HashMap::new();
+    let mut first = vec![None::<i64>; page_names.len()];
+    let mut last = vec![None::<i64>; page_names.len()];
+    let mut err = vec![false; page_names.len()];
+    for s in &pages.sessions {
+        first.iter_mut().for_each(|v| *v = None);
+        last.iter_mut().for_each(|v| *v = None);
+        err.iter_mut().for_each(|v| *v = false);
+        for (request, f, l, e) in &s.requests {
+            let Some(p) = step_of[*request as usize] else { continue };
+            first[p] = Some(first[p].map_or(*f, |v: i64| v.min(*f)));
+            last[p] = Some(last[p].map_or(*l, |v: i64| v.max(*l)));
+            err[p] |= *e;
+        }
+        let cur = i64::from(s.first_seen >= split_ns);
+        let in_base = i64::from(s.first_seen >= base_ns);
+        let period = (s.first_seen < base_end_ns).then(|| (base_end_ns - s.first_seen - 1) / window_ns);
+        let (sessions, sums) = groups.entry((cur, in_base, period, s.segs)).or_insert_with(|| (0, vec![0.0; width]));
+        *sessions += 1;
+        let mut col = 0;
+        for (at, steps) in flow_pages.iter().zip(&bounds) {
+            // Whether the session reached step k: the flow's first page, then
+            // each next one no earlier than the one before.
+            let reached = |k: usize| {
+                first[at[0]].is_some()
+                    && (1..=k).all(|j| matches!((last[at[j]], first[at[j - 1]]), (Some(l), Some(f)) if l >= f))
+            };
+            for (k, (h, by, kept)) in steps.iter().enumerate() {
+                let t = at[..=k].iter().filter_map(|p| first[*p]).max();
+                let e = match t {
+                    Some(t) if reached(k) && t < *by => {
+                        if cur == 1 {
+                            1.0
+                        } else if *kept > t - s.first_seen {
+                            (kept - (t - s.first_seen)) as f64 / *kept as f64
+                        } else {
+                            0.0
+                        }
+                    }
+                    _ => 0.0,
+                };
+                let went = match (t, first[at[k + 1]]) {
+                    (Some(t), Some(next)) => reached(k + 1) && next - t <= *h,
+                    _ => false,
+                };
+                sums[col] += e;
+                sums[col + 1] += e * e;
+                sums[col + 2] += if went { e } else { 0.0 };
+                sums[col + 3] += if !went && err[at[k]] { e } else { 0.0 };
+                col += 4;
+            }
+        }
+    }
+    let mut rows: Vec<(&Group, &(i64, Vec<f64>))> = groups.iter().collect();
+    rows.sort_by_key(|(k, _)| **k);
+    let int = |f: &dyn Fn(&Group) -> Option<i64>| -> ArrayRef {
+        Arc::new(rows.iter().map(|(k, _)| f(k)).collect::<Int64Array>())
+    };
+    let mut fields = vec![
+        Field::new("cur", DataType::Int64, true),
+        Field::new("in_base", DataType::Int64, true),
+        Field::new("period", DataType::Int64, true),
+    ];
+    let mut columns = vec![int(&|k| Some(k.0)), int(&|k| Some(k.1)), int(&|k| k.2)];
+    for i in 0..ctx.segments.columns.len() {
+        fields.push(Field::new(format!("seg{i}"), DataType::Utf8, true));
+        let values = rows.iter().map(|(k, _)| pages.segments[k.3 as usize].get(i).and_then(|v| v.as_deref()));
+        columns.push(Arc::new(values.collect::<StringArray>()));
+    }
+    fields.push(Field::new("sessions", DataType::Int64, true));
+    columns.push(Arc::new(rows.iter().map(|(_, (n, _))| Some(*n)).collect::<Int64Array>()));
+    let mut col = 0;
+    for (f, steps) in bounds.iter().enumerate() {
+        for k in 0..steps.len() {
+            for name in ["reached", "reached_sq", "went", "left_after_error"] {
+                fields.push(Field::new(format!("{name}{f}_{k}"), DataType::Float64, true));
+                columns.push(Arc::new(rows.iter().map(|(_, (_, sums))| Some(sums[col])).collect::<Float64Array>()));
+                col += 1;
+            }
+        }
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    Ok(Rows::new(vec![batch]))
 }
 
 /// The placeholders of the funnel query, over `sessions` or spans.
@@ -586,7 +726,7 @@ impl DropOff {
     /// The configured flows with the services serving their steps, else the
     /// journeys discovered from the baseline; either way with the horizons
     /// the baseline's journeys give them.
-    async fn flows(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Vec<ResolvedFlow>, AnalysisError> {
+    pub(crate) async fn flows(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Vec<ResolvedFlow>, AnalysisError> {
         let journeys = sql.rows(&journeys_query(ctx)).await?;
         let mut flows = self.resolved(ctx, sql, &journeys).await?;
         horizons(&journeys, &mut flows, timeout_ns(ctx));
@@ -632,7 +772,23 @@ impl Detector for DropOff {
         if flows.is_empty() {
             return Ok(out);
         }
-        let rows = sql.rows(&history_query(ctx, &flows)).await?;
+        let statement = history_query(ctx, &flows);
+        // Over `sessions`, from the sessions kept since the last pass where
+        // the pass keeps them: the statement's rows, computed in place.
+        let kept = if ctx.sessioned() && ctx.baseline_end == ctx.split {
+            sql.session_pages(ctx, history_start(ctx), ctx.end).await?
+        } else {
+            None
+        };
+        let rows = match kept {
+            Some(pages) => {
+                let rows = folded(ctx, &flows, &pages)
+                    .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: statement.clone() })?;
+                sql.answered(&statement, &rows);
+                rows
+            }
+            None => sql.rows(&statement).await?,
+        };
         let mut seen = HashSet::new();
         for (f, flow) in flows.into_iter().enumerate() {
             out.tests.extend(tests(&rows, ctx, f, &flow, &mut seen));
