@@ -386,7 +386,12 @@ impl Sql for TenantSql<'_> {
         let source = (self.tenant.clone(), session_segments, self.engine.store().sessions_version());
         let read = |sql: String| async move { query(self.engine, self.tenant, &sql).await };
         let pages = fold.pages(source, ctx.segments.columns.len(), from, to, read).await;
-        *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
+        // Kept for the next pass only while `sessions` has not changed since
+        // the read: while traffic arrives, the next pass reads its range again
+        // anyway, and the rows would only take memory until then.
+        if fold.read_at(self.engine.store().sessions_version()) {
+            *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
+        }
         pages.map(Some)
     }
 
@@ -877,7 +882,23 @@ impl Analyzer {
                     let source = (tenant.clone(), session_segments, self.engine.store().sessions_version());
                     let read = |sql: String| async move { query(&self.engine, tenant, &sql).await };
                     let rows = fold.rows(source, segs.len(), bounds, read).await;
-                    *self.calls_fold.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
+                    // The last minute's retries against the minutes before
+                    // (`retry_history_sessions.sql`), from the same rows.
+                    if let (Ok(_), Some(statement)) = (&rows, detectors::retry_history_query(&minute, "")) {
+                        let (from, end, window) = detectors::history_span(&minute);
+                        let ns = |t: DateTime<Utc>| t.timestamp_nanos_opt();
+                        if let (Some(from), Some(end)) = (ns(from), ns(end))
+                            && let Some(history) = fold.retry_history(from, end, window * 1_000_000_000, segs.len())
+                        {
+                            let history = history
+                                .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: statement.clone() })?;
+                            known.insert(statement, history);
+                        }
+                    }
+                    // As the page fold (`TenantSql::session_pages`): kept only while current.
+                    if fold.read_at(self.engine.store().sessions_version()) {
+                        *self.calls_fold.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
+                    }
                     rows?
                 }
                 _ => self.rows(tenant, &shared).await?,
@@ -1607,7 +1628,11 @@ mod tests {
             }
             let last = Windows { split: w.end - chrono::Duration::seconds(config.recent_secs as i64), ..w };
             let known = rt.block_on(analyzer.shared_sides(&tenant, w, last, None)).unwrap();
-            assert_eq!(known.len(), 6, "latency, error rate and calls, each for the window and the last minute");
+            assert_eq!(
+                known.len(),
+                7,
+                "latency, error rate and calls, each for the window and the last minute, and the last minute's retry history"
+            );
             for (sql, rows) in &known {
                 let direct = rt.block_on(query(&engine, &tenant, sql)).unwrap();
                 assert!(!direct.is_empty(), "{sql}");

@@ -28,7 +28,7 @@
 //! the order of a sum of floating-point weights goes); the `engine` tests
 //! compare them with the SQL over successive passes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
@@ -36,6 +36,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use arrow::error::ArrowError;
 use chrono::{DateTime, Utc};
+use hashbrown::{HashMap, HashSet};
 
 use crate::AnalysisError;
 use crate::sql::Rows;
@@ -285,6 +286,13 @@ fn number<K: std::hash::Hash + Eq + Clone>(numbered: &mut HashMap<K, u32>, key: 
     *numbered.entry(key.clone()).or_insert(next)
 }
 
+impl<R> Kept<R> {
+    /// Whether the rows were read at the store's sessions `version`.
+    fn read_at(&self, version: u64) -> bool {
+        self.source.as_ref().is_some_and(|s| s.2 == version)
+    }
+}
+
 impl<R: Timed> Kept<R> {
     /// Whether the rows kept are `source`'s and `[from, to)` follows on from
     /// their range: it starts no earlier, ends no earlier, and overlaps it.
@@ -405,6 +413,11 @@ impl CallsFold {
         self.kept.rebuilds
     }
 
+    /// Whether its rows were read at the store's sessions `version`.
+    pub fn read_at(&self, version: u64) -> bool {
+        self.kept.read_at(version)
+    }
+
     /// The statement's rows for a pass over `b`, reading what it lacks of
     /// `sessions` with `read` (SQL to rows). `segments` is how many segment
     /// columns (`seg0`, ...) the statement has, read as `source` says.
@@ -500,6 +513,55 @@ impl CallsFold {
             self.refold(id, &b);
         }
         self.output(segments).map_err(failed("the folded calls"))
+    }
+
+    /// The rows of `retry_history_sessions.sql` over `[from, end)`, in
+    /// periods of `window` nanoseconds counted back from `end`: per
+    /// operation, segment values and period, the sessions that called the
+    /// operation and those of them that retried it. `None` when the kept
+    /// range does not hold `[from, end)`.
+    pub fn retry_history(&self, from: i64, end: i64, window: i64, segments: usize) -> Option<Result<Rows, ArrowError>> {
+        let (lo, hi) = self.kept.range?;
+        if from < lo || end > hi || window <= 0 {
+            return None;
+        }
+        // Per session, operation and segment values, and period: its retries.
+        let mut per: HashMap<(u32, u32, i64), i64> = HashMap::new();
+        for (id, calls) in &self.kept.sessions {
+            for c in calls.iter().filter(|c| (from..end).contains(&c.minute)) {
+                let period = end + (c.minute - end).div_euclid(window) * window;
+                *per.entry((*id, c.series, period)).or_default() += c.retries;
+            }
+        }
+        // Per operation, segment values and period: sessions, and those that retried.
+        let mut groups: HashMap<(u32, i64), (i64, i64)> = HashMap::new();
+        for ((_, series, period), retries) in per {
+            let g = groups.entry((series, period)).or_default();
+            g.0 += 1;
+            g.1 += i64::from(retries > 0);
+        }
+        let mut groups: Vec<((u32, i64), (i64, i64))> = groups.into_iter().collect();
+        groups.sort_unstable_by_key(|(k, _)| *k);
+        let text = |k: usize| -> ArrayRef {
+            Arc::new(groups.iter().map(|((s, _), _)| self.series[*s as usize][k].as_deref()).collect::<StringArray>())
+        };
+        let periods = arrow::array::TimestampNanosecondArray::from_iter_values(groups.iter().map(|((_, p), _)| *p))
+            .with_timezone("UTC");
+        let mut fields = vec![
+            Field::new("service", DataType::Utf8, true),
+            Field::new("operation", DataType::Utf8, true),
+            Field::new("period", periods.data_type().clone(), true),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![text(0), text(1), Arc::new(periods)];
+        for i in 0..segments {
+            fields.push(Field::new(format!("seg{i}"), DataType::Utf8, true));
+            columns.push(text(2 + i));
+        }
+        fields.push(Field::new("sessions", DataType::Int64, true));
+        columns.push(Arc::new(groups.iter().map(|(_, (n, _))| Some(*n)).collect::<Int64Array>()));
+        fields.push(Field::new("retrying_sessions", DataType::Int64, true));
+        columns.push(Arc::new(groups.iter().map(|(_, (_, x))| Some(*x)).collect::<Int64Array>()));
+        Some(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map(|b| Rows::new(vec![b])))
     }
 
     /// Replaces what session `id` adds to the groups with what it adds over
@@ -616,6 +678,11 @@ impl PageFold {
     /// How many times the fold read its whole range.
     pub fn rebuilds(&self) -> u64 {
         self.kept.rebuilds
+    }
+
+    /// Whether its rows were read at the store's sessions `version`.
+    pub fn read_at(&self, version: u64) -> bool {
+        self.kept.read_at(version)
     }
 
     /// Every session with rows in `[from, to)`, reading what the fold lacks

@@ -11,7 +11,6 @@
 //! ask for their statements as before and are answered from these rows, so
 //! their tests, findings and recorded SQL are the same.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
@@ -19,6 +18,7 @@ use arrow::compute::{cast, interleave};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
+use hashbrown::HashMap;
 
 use crate::sql::Rows;
 

@@ -139,13 +139,8 @@ pub fn mann_whitney(baseline: &Histogram, current: &Histogram, confidence: f64) 
     let z = if var > 0.0 { (u - nm / 2.0 - 0.5) / var.sqrt() } else { 0.0 };
     let p_value = if var > 0.0 { normal_sf(z) } else { 1.0 };
 
-    // Pairwise differences current - baseline, weighted by counts.
-    let mut diffs: BTreeMap<i64, f64> = BTreeMap::new();
-    for (cb, cc) in current {
-        for (bb, bc) in baseline {
-            *diffs.entry(cb - bb).or_default() += (*cc as f64) * (*bc as f64);
-        }
-    }
+    // Pairwise differences current - baseline, weighted by counts, in order.
+    let diffs = differences(baseline, current);
     let order_stat = |k: f64| -> f64 {
         let mut seen = 0.0;
         for (d, w) in &diffs {
@@ -154,13 +149,46 @@ pub fn mann_whitney(baseline: &Histogram, current: &Histogram, confidence: f64) 
                 return *d as f64;
             }
         }
-        diffs.keys().next_back().copied().unwrap_or(0) as f64
+        diffs.last().map_or(0, |(d, _)| *d) as f64
     };
     let shift = order_stat(nm / 2.0);
     let za = normal_isf((1.0 - confidence) / 2.0);
     let c = (nm / 2.0 - za * (nm * (big_n + 1.0) / 12.0).sqrt()).floor().max(1.0);
     let ci = (order_stat(c), order_stat(nm - c + 1.0));
     Some(ShiftTest { p_value, shift, ci })
+}
+
+/// Every difference `c - b` of a bucket `c` of `current` and a bucket `b` of
+/// `baseline`, in order, with the product of their counts summed over the
+/// pairs that make it. Bucket indexes are close together, so the sums are
+/// kept in a vector over the differences' range (a map where it is wide).
+fn differences(baseline: &Histogram, current: &Histogram) -> Vec<(i64, f64)> {
+    let (Some((&b_lo, _)), Some((&b_hi, _)), Some((&c_lo, _)), Some((&c_hi, _))) =
+        (baseline.first_key_value(), baseline.last_key_value(), current.first_key_value(), current.last_key_value())
+    else {
+        return Vec::new();
+    };
+    let lo = c_lo.saturating_sub(b_hi);
+    let width = c_hi.saturating_sub(b_lo).saturating_sub(lo).saturating_add(1);
+    if !(1..=1 << 16).contains(&width) {
+        let mut diffs: BTreeMap<i64, f64> = BTreeMap::new();
+        for (cb, cc) in current {
+            for (bb, bc) in baseline {
+                *diffs.entry(cb - bb).or_default() += (*cc as f64) * (*bc as f64);
+            }
+        }
+        return diffs.into_iter().collect();
+    }
+    let mut sums = vec![0.0; width as usize];
+    let mut made = vec![false; width as usize];
+    for (cb, cc) in current {
+        for (bb, bc) in baseline {
+            let i = (cb - bb - lo) as usize;
+            sums[i] += (*cc as f64) * (*bc as f64);
+            made[i] = true;
+        }
+    }
+    (0..width as usize).filter(|i| made[*i]).map(|i| (lo + i as i64, sums[i])).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -333,6 +361,26 @@ mod tests {
         assert!(close(normal_isf(0.025), 1.959_964, 1e-5));
         assert!(close(normal_isf(0.5), 0.0, 1e-6));
         assert!(normal_sf(10.0) > 0.0 && normal_sf(10.0) < 1e-22);
+    }
+
+    #[test]
+    fn pairwise_differences_are_every_pair_in_order_however_far_apart() {
+        let reference = |b: &Histogram, c: &Histogram| -> Vec<(i64, f64)> {
+            let mut diffs: BTreeMap<i64, f64> = BTreeMap::new();
+            for (cb, cc) in c {
+                for (bb, bc) in b {
+                    *diffs.entry(cb - bb).or_default() += (*cc as f64) * (*bc as f64);
+                }
+            }
+            diffs.into_iter().collect()
+        };
+        let near: Histogram = [(-3, 2), (0, 5), (7, 1), (40, 9)].into();
+        let other: Histogram = [(1, 4), (2, 3), (41, 1)].into();
+        let far: Histogram = [(-5, 1), (1 << 20, 2)].into();
+        for (b, c) in [(&near, &other), (&other, &near), (&near, &far), (&far, &near), (&near, &Histogram::new())] {
+            assert_eq!(differences(b, c), reference(b, c), "{b:?} {c:?}");
+        }
+        assert_eq!(differences(&near, &other).first(), Some(&(1 - 40, 36.0)));
     }
 
     #[test]

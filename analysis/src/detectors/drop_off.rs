@@ -6,8 +6,9 @@
 //! requests, and all of them are measured in one scan.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
+use hashbrown::{HashMap, HashSet};
 use andon_model::format::{count, pct};
 use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
 use async_trait::async_trait;

@@ -29,9 +29,10 @@ registry! {
 }
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use andon_model::FindingKind;
+use hashbrown::HashMap;
 use serde_json::Value;
 
 use crate::config::AnalysisConfig;
@@ -102,16 +103,24 @@ pub fn retry_history_query(ctx: &Ctx, filter: &str) -> Option<String> {
 /// (its minute), in periods of the current window's length rounded to whole
 /// minutes.
 fn history_query(template: &str, ctx: &Ctx, filter: &str) -> String {
-    let window = (ctx.end - ctx.split).num_seconds().max(1);
-    let end = crate::engine::floor_minute(ctx.baseline_end);
-    let ctx = Ctx { baseline_start: end - history_look(ctx), baseline_end: end, ..ctx.clone() };
+    let (from, end, window_secs) = history_span(ctx);
+    let ctx = Ctx { baseline_start: from, baseline_end: end, ..ctx.clone() };
     // `sessions` names its segment columns as `span_metrics` does.
     let mut vars = ctx.metric_vars(filter);
     if let Some((_, segments)) = vars.iter().find(|(k, _)| *k == "metric_segments") {
         vars.push(("session_segments", segments.clone()));
     }
-    vars.push(("window_secs", (((window + 30) / 60).max(1) * 60).to_string()));
+    vars.push(("window_secs", window_secs.to_string()));
     sql::render(template, &vars)
+}
+
+/// What a history template reads: from [`history_look`] before the
+/// baseline's end (its minute) to that end, in periods of the current
+/// window's length rounded to whole minutes (in seconds).
+pub fn history_span(ctx: &Ctx) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>, i64) {
+    let window = (ctx.end - ctx.split).num_seconds().max(1);
+    let end = crate::engine::floor_minute(ctx.baseline_end);
+    (end - history_look(ctx), end, ((window + 30) / 60).max(1) * 60)
 }
 
 /// A pass's context for a detector's unit tests: every window starts and ends
