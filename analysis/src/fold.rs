@@ -280,10 +280,34 @@ fn failed(sql: &str) -> impl Fn(ArrowError) -> AnalysisError + '_ {
     move |e| AnalysisError::Query { message: e.to_string(), sql: sql.to_owned() }
 }
 
-/// `n`'s number in `numbered`, given the next free one if it has none.
-fn number<K: std::hash::Hash + Eq + Clone>(numbered: &mut HashMap<K, u32>, key: &K) -> u32 {
-    let next = numbered.len() as u32;
-    *numbered.entry(key.clone()).or_insert(next)
+/// Values numbered in the order first seen.
+#[derive(Debug, Clone)]
+struct Numbered<K> {
+    values: Vec<K>,
+    numbers: HashMap<K, u32>,
+}
+
+impl<K> Default for Numbered<K> {
+    fn default() -> Self {
+        Self { values: Vec::new(), numbers: HashMap::new() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Numbered<K> {
+    /// `key`'s number, the next free one if it has none yet.
+    fn number(&mut self, key: K) -> u32 {
+        if let Some(n) = self.numbers.get(&key) {
+            return *n;
+        }
+        let n = self.values.len() as u32;
+        self.values.push(key.clone());
+        self.numbers.insert(key, n);
+        n
+    }
+
+    fn get(&self, n: u32) -> &K {
+        &self.values[n as usize]
+    }
 }
 
 impl<R> Kept<R> {
@@ -402,8 +426,7 @@ pub struct CallsFold {
     /// What each session adds to the groups.
     adds: HashMap<u32, Vec<(Group, Sums)>>,
     /// Service, operation and segment values, numbered.
-    series: Vec<Vec<Option<String>>>,
-    numbered: HashMap<Vec<Option<String>>, u32>,
+    series: Numbered<Vec<Option<String>>>,
     groups: HashMap<Group, Sums>,
 }
 
@@ -455,7 +478,7 @@ impl CallsFold {
                 ts(hi)
             )
         };
-        let (series, numbered) = (&mut self.series, &mut self.numbered);
+        let series = &mut self.series;
         let parse = |batch: &RecordBatch, push: &mut dyn FnMut(&str, Call)| -> Result<(), ArrowError> {
             let (ids, services, operations) =
                 (strings(batch, "session_id")?, strings(batch, "service")?, strings(batch, "operation")?);
@@ -483,13 +506,9 @@ impl CallsFold {
                     .chain(segs.iter())
                     .map(|a| (!a.is_null(i)).then(|| a.value(i).to_owned()))
                     .collect();
-                let n = number(numbered, &key);
-                if n as usize == series.len() {
-                    series.push(key);
-                }
                 let call = Call {
                     minute: minute.value(i),
-                    series: n,
+                    series: series.number(key),
                     seen: value(&seen, i),
                     calls: value(&calls, i),
                     errors: value(&errors, i),
@@ -543,7 +562,7 @@ impl CallsFold {
         let mut groups: Vec<((u32, i64), (i64, i64))> = groups.into_iter().collect();
         groups.sort_unstable_by_key(|(k, _)| *k);
         let text = |k: usize| -> ArrayRef {
-            Arc::new(groups.iter().map(|((s, _), _)| self.series[*s as usize][k].as_deref()).collect::<StringArray>())
+            Arc::new(groups.iter().map(|((s, _), _)| self.series.get(*s)[k].as_deref()).collect::<StringArray>())
         };
         let periods = arrow::array::TimestampNanosecondArray::from_iter_values(groups.iter().map(|((_, p), _)| *p))
             .with_timezone("UTC");
@@ -589,7 +608,7 @@ impl CallsFold {
         let mut groups: Vec<(&Group, &Sums)> = self.groups.iter().collect();
         groups.sort_by_key(|(g, _)| (g.series, g.cur, g.cur_s, g.present_s));
         let text = |k: usize| -> ArrayRef {
-            Arc::new(groups.iter().map(|(g, _)| self.series[g.series as usize][k].as_deref()).collect::<StringArray>())
+            Arc::new(groups.iter().map(|(g, _)| self.series.get(g.series)[k].as_deref()).collect::<StringArray>())
         };
         let mut fields = vec![
             Field::new("service", DataType::Utf8, true),
@@ -668,10 +687,8 @@ pub struct Pages {
 pub struct PageFold {
     kept: Kept<PageCall>,
     summaries: HashMap<u32, Arc<SessionPages>>,
-    requests: Vec<[Option<String>; 3]>,
-    numbered_requests: HashMap<[Option<String>; 3], u32>,
-    segments: Vec<Vec<Option<String>>>,
-    numbered_segments: HashMap<Vec<Option<String>>, u32>,
+    requests: Numbered<[Option<String>; 3]>,
+    segments: Numbered<Vec<Option<String>>>,
 }
 
 impl PageFold {
@@ -709,8 +726,7 @@ impl PageFold {
                 ts(hi)
             )
         };
-        let (requests, numbered_requests) = (&mut self.requests, &mut self.numbered_requests);
-        let (seg_values, numbered_segments) = (&mut self.segments, &mut self.numbered_segments);
+        let (requests, seg_values) = (&mut self.requests, &mut self.segments);
         let parse = |batch: &RecordBatch, push: &mut dyn FnMut(&str, PageCall)| -> Result<(), ArrowError> {
             let ids = strings(batch, "session_id")?;
             let texts = [strings(batch, "operation")?, strings(batch, "route")?, strings(batch, "span_name")?];
@@ -721,19 +737,11 @@ impl PageFold {
             let text = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
             for i in 0..batch.num_rows() {
                 let request = [text(&texts[0], i), text(&texts[1], i), text(&texts[2], i)];
-                let r = number(numbered_requests, &request);
-                if r as usize == requests.len() {
-                    requests.push(request);
-                }
                 let values: Vec<Option<String>> = segs.iter().map(|a| text(a, i)).collect();
-                let s = number(numbered_segments, &values);
-                if s as usize == seg_values.len() {
-                    seg_values.push(values);
-                }
                 let call = PageCall {
                     minute: minute.value(i),
-                    request: r,
-                    segs: s,
+                    request: requests.number(request),
+                    segs: seg_values.number(values),
                     first: first.value(i),
                     last: last.value(i),
                     err: !errors.is_null(i) && errors.value(i) > 0,
@@ -749,12 +757,12 @@ impl PageFold {
         for id in changed {
             self.summaries.remove(&id);
             let Some(calls) = self.kept.sessions.get(&id) else { continue };
-            let summary = summarize(id, &mut self.segments, &mut self.numbered_segments, calls);
+            let summary = summarize(id, &mut self.segments, calls);
             self.summaries.insert(id, Arc::new(summary));
         }
         Ok(Pages {
-            requests: self.requests.clone(),
-            segments: self.segments.clone(),
+            requests: self.requests.values.clone(),
+            segments: self.segments.values.clone(),
             sessions: {
                 let mut all: Vec<Arc<SessionPages>> = self.summaries.values().cloned().collect();
                 all.sort_unstable_by_key(|s| s.id);
@@ -766,43 +774,33 @@ impl PageFold {
 
 /// One session over its rows in the range; the greatest segment values are
 /// numbered in `segments`.
-fn summarize(
-    id: u32,
-    segments: &mut Vec<Vec<Option<String>>>,
-    numbered: &mut HashMap<Vec<Option<String>>, u32>,
-    calls: &[PageCall],
-) -> SessionPages {
-    {
-        let first_seen = calls.iter().map(|c| c.first).min().unwrap_or(0);
-        // The greatest value of each segment column, as SQL's `max` (nulls aside).
-        let mut greatest: Vec<Option<&String>> = Vec::new();
-        for c in calls {
-            let values = &segments[c.segs as usize];
-            greatest.resize(values.len(), None);
-            for (g, v) in greatest.iter_mut().zip(values) {
-                if let Some(v) = v
-                    && g.is_none_or(|g| v > g)
-                {
-                    *g = Some(v);
-                }
+fn summarize(id: u32, segments: &mut Numbered<Vec<Option<String>>>, calls: &[PageCall]) -> SessionPages {
+    let first_seen = calls.iter().map(|c| c.first).min().unwrap_or(0);
+    // The greatest value of each segment column, as SQL's `max` (nulls aside).
+    let mut greatest: Vec<Option<&String>> = Vec::new();
+    for c in calls {
+        let values = segments.get(c.segs);
+        greatest.resize(values.len(), None);
+        for (g, v) in greatest.iter_mut().zip(values) {
+            if let Some(v) = v
+                && g.is_none_or(|g| v > g)
+            {
+                *g = Some(v);
             }
         }
-        let values: Vec<Option<String>> = greatest.into_iter().map(|v| v.cloned()).collect();
-        let segs = number(numbered, &values);
-        if segs as usize == segments.len() {
-            segments.push(values);
-        }
-        let mut requests: Vec<(u32, i64, i64, bool)> = Vec::new();
-        for c in calls {
-            match requests.iter_mut().find(|r| r.0 == c.request) {
-                Some(r) => {
-                    r.1 = r.1.min(c.first);
-                    r.2 = r.2.max(c.last);
-                    r.3 |= c.err;
-                }
-                None => requests.push((c.request, c.first, c.last, c.err)),
-            }
-        }
-        SessionPages { id, first_seen, segs, requests }
     }
+    let values: Vec<Option<String>> = greatest.into_iter().map(|v| v.cloned()).collect();
+    let segs = segments.number(values);
+    let mut requests: Vec<(u32, i64, i64, bool)> = Vec::new();
+    for c in calls {
+        match requests.iter_mut().find(|r| r.0 == c.request) {
+            Some(r) => {
+                r.1 = r.1.min(c.first);
+                r.2 = r.2.max(c.last);
+                r.3 |= c.err;
+            }
+            None => requests.push((c.request, c.first, c.last, c.err)),
+        }
+    }
+    SessionPages { id, first_seen, segs, requests }
 }
