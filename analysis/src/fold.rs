@@ -250,8 +250,11 @@ struct Kept<R> {
     /// more than once.
     minutes: BTreeMap<i64, Vec<u32>>,
     sessions: HashMap<u32, Vec<R>>,
-    /// Session ids, numbered.
-    ids: HashMap<Box<str>, u32>,
+    /// The kept sessions' ids, numbered, both ways (a session's number goes
+    /// with its last row), and the next number.
+    ids: HashMap<Arc<str>, u32>,
+    names: HashMap<u32, Arc<str>>,
+    next: u32,
     /// How many times the rows were read again for a whole range.
     rebuilds: u64,
 }
@@ -264,6 +267,8 @@ impl<R> Default for Kept<R> {
             minutes: BTreeMap::new(),
             sessions: HashMap::new(),
             ids: HashMap::new(),
+            names: HashMap::new(),
+            next: 0,
             rebuilds: 0,
         }
     }
@@ -358,6 +363,9 @@ impl<R: Timed> Kept<R> {
                         rows.retain(|r| r.minute() >= from);
                         if rows.is_empty() {
                             self.sessions.remove(id);
+                            if let Some(name) = self.names.remove(id) {
+                                self.ids.remove(&name);
+                            }
                         }
                     }
                 }
@@ -371,13 +379,16 @@ impl<R: Timed> Kept<R> {
         if lo < to {
             let q = sql(lo, to);
             let rows = read(q.clone()).await?;
-            let (ids, minutes, sessions) = (&mut self.ids, &mut self.minutes, &mut self.sessions);
+            let (ids, names, next) = (&mut self.ids, &mut self.names, &mut self.next);
+            let (minutes, sessions) = (&mut self.minutes, &mut self.sessions);
             let mut push = |id: &str, r: R| {
                 let n = match ids.get(id) {
                     Some(n) => *n,
                     None => {
-                        let n = ids.len() as u32;
-                        ids.insert(id.into(), n);
+                        let (n, name) = (*next, Arc::<str>::from(id));
+                        *next = next.wrapping_add(1);
+                        ids.insert(Arc::clone(&name), n);
+                        names.insert(n, name);
                         n
                     }
                 };
@@ -803,4 +814,81 @@ fn summarize(id: u32, segments: &mut Numbered<Vec<Option<String>>>, calls: &[Pag
         }
     }
     SessionPages { id, first_seen, segs, requests }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::TimestampNanosecondArray;
+
+    const MINUTE: i64 = 60_000_000_000;
+
+    /// A row of `sessions`: session, operation, minute and first call.
+    type Row<'a> = (&'a str, &'a str, i64, i64);
+
+    /// Rows of `sessions` as the page fold reads them.
+    fn rows(calls: &[Row<'_>]) -> Rows {
+        let ts = |f: &dyn Fn(&Row<'_>) -> i64| -> ArrayRef {
+            Arc::new(TimestampNanosecondArray::from_iter_values(calls.iter().map(f)).with_timezone("UTC"))
+        };
+        let text = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> ArrayRef {
+            Arc::new(calls.iter().map(f).collect::<StringArray>())
+        };
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("session_id", text(&|c| Some(c.0.to_owned()))),
+            ("operation", text(&|c| Some(c.1.to_owned()))),
+            ("route", text(&|_| None)),
+            ("span_name", text(&|c| Some(c.1.to_owned()))),
+            ("minute", ts(&|c| c.2 * MINUTE)),
+            ("first_call", ts(&|c| c.3)),
+            ("last_call", ts(&|c| c.3 + 1)),
+            ("errors", Arc::new(calls.iter().map(|_| Some(0i64)).collect::<Int64Array>())),
+            ("seg0", text(&|c| Some(if c.0 == "b" { "ios" } else { "android" }.to_owned()))),
+        ];
+        Rows::new(vec![RecordBatch::try_from_iter(columns).unwrap()])
+    }
+
+    #[test]
+    fn a_fold_reads_only_the_minutes_that_entered_and_forgets_the_sessions_that_left() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let tenant = andon_model::Tenant::default_tenant();
+        let source = |version| (tenant.clone(), ", seg0".to_owned(), version);
+        let asked = std::sync::Mutex::new(Vec::new());
+        let serve = |answer: Rows| {
+            let asked = &asked;
+            move |sql: String| {
+                asked.lock().unwrap().push(sql);
+                let answer = answer.clone();
+                async move { Ok::<_, AnalysisError>(answer) }
+            }
+        };
+        let mut fold = PageFold::default();
+        // Minutes 0..3: session a in minutes 0 and 2, b in minute 1.
+        let first = rows(&[("a", "GET /", 0, 10), ("b", "GET /", 1, 70), ("a", "GET /cart", 2, 130)]);
+        let pages = rt.block_on(fold.pages(source(7), 1, 0, 3 * MINUTE, serve(first))).unwrap();
+        assert_eq!(pages.sessions.len(), 2);
+        let a = pages.sessions.iter().find(|s| s.first_seen == 10).unwrap();
+        assert_eq!(a.requests.len(), 2, "a's two requests");
+        assert_eq!(pages.segments[a.segs as usize], vec![Some("android".to_owned())]);
+        // The next pass: minute 0 leaves, minute 3 enters with a new session c.
+        let next = rows(&[("c", "GET /", 3, 190)]);
+        let pages = rt.block_on(fold.pages(source(7), 1, MINUTE, 4 * MINUTE, serve(next))).unwrap();
+        let asked_now = asked.lock().unwrap().clone();
+        assert_eq!(asked_now.len(), 2);
+        assert!(asked_now[1].contains("minute >= TIMESTAMP '1970-01-01T00:03:00"), "{}", asked_now[1]);
+        let mut seen: Vec<(i64, usize)> = pages.sessions.iter().map(|s| (s.first_seen, s.requests.len())).collect();
+        seen.sort();
+        assert_eq!(seen, [(70, 1), (130, 1), (190, 1)], "a is now first seen at its call of minute 2");
+        assert_eq!(fold.rebuilds(), 1);
+        // Minutes 1 and 2 leave: a and b are forgotten, their ids too.
+        let pages = rt.block_on(fold.pages(source(7), 1, 3 * MINUTE, 4 * MINUTE, serve(rows(&[])))).unwrap();
+        assert_eq!(pages.sessions.iter().map(|s| s.first_seen).collect::<Vec<_>>(), [190]);
+        assert_eq!((fold.kept.ids.len(), fold.kept.names.len(), fold.kept.sessions.len()), (1, 1, 1));
+        // Another version of `sessions`: the whole range is read again.
+        let again = rows(&[("c", "GET /", 3, 190), ("d", "GET /", 3, 200)]);
+        let pages = rt.block_on(fold.pages(source(8), 1, 3 * MINUTE, 4 * MINUTE, serve(again))).unwrap();
+        assert_eq!(pages.sessions.len(), 2);
+        assert_eq!(fold.rebuilds(), 2);
+        assert!(fold.read_at(8) && !fold.read_at(7));
+    }
 }
