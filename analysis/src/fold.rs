@@ -24,9 +24,14 @@
 //!   the drop-off funnels are weighed from them in one pass over the sessions
 //!   ([`crate::detectors::drop_off::folded`]), not over their rows.
 //!
-//! Both give the statements' rows (the drop-off sums to within rounding, as
-//! the order of a sum of floating-point weights goes); the `engine` tests
-//! compare them with the SQL over successive passes.
+//! - [`MetricsFold`] does the same for the latency and error-rate
+//!   detectors' statements over `span_metrics` and their histories, keeping
+//!   cells by minute ([`andon_store::Store::metrics_version`]).
+//!
+//! All give the statements' rows (the drop-off sums and the histories'
+//! log-latency sums to within rounding, as the order of a sum of
+//! floating-point values goes); the `engine` tests compare them with the SQL
+//! over successive passes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,9 +46,12 @@ use hashbrown::{HashMap, HashSet};
 use crate::AnalysisError;
 use crate::sql::Rows;
 
+mod metrics;
+pub use metrics::{MetricsFold, Side};
+
 /// Where a minute lies in a pass: outside its range, in the baseline, in the
 /// window before its last minute, or in the last minute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Place {
     Out,
     Baseline,
@@ -557,7 +565,10 @@ impl CallsFold {
         }
         // Per session, operation and segment values, and period: its retries.
         let mut per: HashMap<(u32, u32, i64), i64> = HashMap::new();
-        for (id, calls) in &self.kept.sessions {
+        let within: HashSet<u32> =
+            self.kept.minutes.range(from..end).flat_map(|(_, ids)| ids.iter().copied()).collect();
+        for id in &within {
+            let Some(calls) = self.kept.sessions.get(id) else { continue };
             for c in calls.iter().filter(|c| (from..end).contains(&c.minute)) {
                 let period = end + (c.minute - end).div_euclid(window) * window;
                 *per.entry((*id, c.series, period)).or_default() += c.retries;

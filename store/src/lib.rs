@@ -153,6 +153,9 @@ struct State {
     metrics: std::collections::HashMap<PathBuf, (PathBuf, u64)>,
     /// The files of finalized sessions.
     session_files: Vec<sessions::SessionFile>,
+    /// Changes whenever what `span_metrics` shows may have
+    /// ([`Store::metrics_version`]).
+    metrics_version: u64,
 }
 
 /// What a `span_metrics` query reads: rollup files with their sizes, and the
@@ -385,6 +388,7 @@ impl Store {
                     s.buffer_bytes += bytes;
                     s.buffer.push_back(Buffered { seq, tenant, batch, bytes, at: now });
                 }
+                s.metrics_version += 1;
             })
         };
         let wal = wal::Wal::start(
@@ -584,7 +588,9 @@ impl Store {
             let Some(path) = rollup::metrics_path(dir, &seg.path) else { continue };
             let bytes = rollup::write_small_parquet(&path, &rolled, fsync)?;
             self.mirror(&path)?;
-            self.inner.state.write().metrics.insert(seg.path.clone(), (path, bytes));
+            let mut s = self.inner.state.write();
+            s.metrics.insert(seg.path.clone(), (path, bytes));
+            s.metrics_version += 1;
         }
         Ok(missing.len())
     }
@@ -592,7 +598,11 @@ impl Store {
     /// Deletes every rollup, so that [`Self::roll_up_missing`] makes each again.
     pub fn drop_rollups(&self) -> Result<(), StoreError> {
         let _guard = self.inner.flush_lock.lock();
-        self.inner.state.write().metrics.clear();
+        {
+            let mut s = self.inner.state.write();
+            s.metrics.clear();
+            s.metrics_version += 1;
+        }
         match fs::remove_dir_all(self.inner.config.data_dir.join("metrics")) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
@@ -758,6 +768,7 @@ impl Store {
                 s.segments.insert(seg.path.clone(), seg);
             }
             s.metrics.extend(rolled);
+            s.metrics_version += 1;
             if !session_files.is_empty() {
                 self.inner.sessions_flushed.store(through, Ordering::Release);
             }
@@ -877,6 +888,7 @@ impl Store {
                 if let Some(m) = merged_metrics {
                     s.metrics.insert(merged.path.clone(), m);
                 }
+                s.metrics_version += 1;
             }
             // Queries that took their snapshot before the swap may still open the
             // inputs; they get a grace period before the files go.
@@ -954,6 +966,14 @@ impl Store {
     /// `sessions` across statements keeps them only while it stays the same.
     pub fn sessions_version(&self) -> u64 {
         self.inner.sessions.version()
+    }
+
+    /// A number that changes whenever what `span_metrics` shows may have:
+    /// spans buffered, flushed, compacted or expired, a rollup made or
+    /// dropped. A reader that keeps rows of `span_metrics` across statements
+    /// keeps them only while it stays the same.
+    pub fn metrics_version(&self) -> u64 {
+        self.inner.state.read().metrics_version
     }
 
     /// What keeps `sessions`.
@@ -1130,6 +1150,9 @@ impl Store {
                 s.segments.values().filter(|seg| seg.hour < cutoff).map(|seg| seg.path.clone()).collect();
             for p in &paths {
                 s.metrics.remove(p);
+            }
+            if !paths.is_empty() {
+                s.metrics_version += 1;
             }
             // Sessions go with the hour their last session started in.
             let (old, keep): (Vec<_>, Vec<_>) =

@@ -7,7 +7,10 @@ use std::borrow::Cow;
 
 use andon_model::schema::{ColumnType, SEMCONV};
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, UInt64Type};
+use arrow::datatypes::{
+    DataType, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt64Type,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// An operation: `METHOD route` for HTTP server spans, else the span name.
@@ -101,6 +104,25 @@ impl Rows {
     }
 }
 
+/// Row `i` of column `a` as text, as [`Row::text`] reads it.
+pub fn text_at(a: &dyn Array, i: usize) -> Option<Cow<'_, str>> {
+    if a.is_null(i) {
+        return None;
+    }
+    Some(match a.data_type() {
+        DataType::Utf8 => Cow::Borrowed(a.as_string::<i32>().value(i)),
+        DataType::LargeUtf8 => Cow::Borrowed(a.as_string::<i64>().value(i)),
+        DataType::Utf8View => Cow::Borrowed(a.as_string_view().value(i)),
+        DataType::Dictionary(_, _) => {
+            let one = arrow::compute::cast(&a.slice(i, 1), &DataType::Utf8).ok()?;
+            Cow::Owned(one.as_string::<i32>().value(0).to_owned())
+        }
+        _ => {
+            Cow::Owned(arrow::util::display::ArrayFormatter::try_new(a, &Default::default()).ok()?.value(i).to_string())
+        }
+    })
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Row<'a> {
     batch: &'a RecordBatch,
@@ -109,8 +131,19 @@ pub struct Row<'a> {
 
 impl<'a> Row<'a> {
     fn column(&self, name: &str) -> Option<&'a dyn Array> {
-        let idx = self.batch.schema_ref().index_of(name).ok()?;
+        // Not `index_of`, whose error for a missing column formats every field.
+        let (idx, _) = self.batch.schema_ref().column_with_name(name)?;
         Some(self.batch.column(idx).as_ref())
+    }
+
+    /// A timestamp's value in its own unit, as a cast to `Int64` gives it.
+    fn timestamp(a: &dyn Array, i: usize, unit: TimeUnit) -> i64 {
+        match unit {
+            TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i),
+            TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i),
+            TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
+            TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().value(i),
+        }
     }
 
     pub fn str(&self, name: &str) -> Option<String> {
@@ -120,22 +153,13 @@ impl<'a> Row<'a> {
     /// [`Self::str`] borrowed from the result where its column holds text,
     /// so that rows can be grouped without a copy of every key.
     pub fn text(&self, name: &str) -> Option<Cow<'a, str>> {
-        let a = self.column(name)?;
-        if a.is_null(self.i) {
-            return None;
-        }
-        Some(match a.data_type() {
-            DataType::Utf8 => Cow::Borrowed(a.as_string::<i32>().value(self.i)),
-            DataType::LargeUtf8 => Cow::Borrowed(a.as_string::<i64>().value(self.i)),
-            DataType::Utf8View => Cow::Borrowed(a.as_string_view().value(self.i)),
-            DataType::Dictionary(_, _) => {
-                let one = arrow::compute::cast(&a.slice(self.i, 1), &DataType::Utf8).ok()?;
-                Cow::Owned(one.as_string::<i32>().value(0).to_owned())
-            }
-            _ => Cow::Owned(
-                arrow::util::display::ArrayFormatter::try_new(a, &Default::default()).ok()?.value(self.i).to_string(),
-            ),
-        })
+        text_at(self.column(name)?, self.i)
+    }
+
+    /// The batch this row is in, and its index there: for readers that find
+    /// their columns once per batch ([`text_at`]).
+    pub fn place(&self) -> (&'a RecordBatch, usize) {
+        (self.batch, self.i)
     }
 
     pub fn f64(&self, name: &str) -> Option<f64> {
@@ -148,9 +172,7 @@ impl<'a> Row<'a> {
             DataType::Int64 => Some(a.as_primitive::<Int64Type>().value(self.i) as f64),
             DataType::Int32 => Some(f64::from(a.as_primitive::<Int32Type>().value(self.i))),
             DataType::UInt64 => Some(a.as_primitive::<UInt64Type>().value(self.i) as f64),
-            DataType::Timestamp(_, _) => {
-                Some(arrow::compute::cast(a, &DataType::Int64).ok()?.as_primitive::<Int64Type>().value(self.i) as f64)
-            }
+            DataType::Timestamp(unit, _) => Some(Self::timestamp(a, self.i, *unit) as f64),
             _ => None,
         }
     }
@@ -164,9 +186,7 @@ impl<'a> Row<'a> {
             DataType::Int64 => Some(a.as_primitive::<Int64Type>().value(self.i)),
             DataType::Int32 => Some(i64::from(a.as_primitive::<Int32Type>().value(self.i))),
             DataType::UInt64 => Some(a.as_primitive::<UInt64Type>().value(self.i) as i64),
-            DataType::Timestamp(_, _) => Some(
-                arrow::compute::cast(&a.slice(self.i, 1), &DataType::Int64).ok()?.as_primitive::<Int64Type>().value(0),
-            ),
+            DataType::Timestamp(unit, _) => Some(Self::timestamp(a, self.i, *unit)),
             _ => self.f64(name).map(|v| v as i64),
         }
     }

@@ -60,11 +60,7 @@ pub fn horizons(rows: &Rows, flows: &mut [ResolvedFlow], timeout_ns: i64) {
     let (pages, at) = pages(flows);
     // Each session's first request of each page.
     let mut first: HashMap<Cow<'_, str>, Vec<Option<i64>>> = HashMap::new();
-    for r in rows.iter() {
-        let (Some(session), Some(op), Some(t)) = (r.text("session_id"), r.text("operation"), r.i64("first_time"))
-        else {
-            continue;
-        };
+    for (session, _, op, t) in journey_rows(rows) {
         let Some(p) = pages.iter().position(|page| is_page(&op, page)) else {
             continue;
         };
@@ -89,6 +85,24 @@ pub fn horizons(rows: &Rows, flows: &mut [ResolvedFlow], timeout_ns: i64) {
             })
             .collect();
     }
+}
+
+/// The rows of [`journeys_query`] with a session, an operation and a first
+/// time: those, and the service (the columns found once per batch).
+type JourneyRow<'a> = (Cow<'a, str>, Option<Cow<'a, str>>, Cow<'a, str>, i64);
+
+fn journey_rows(rows: &Rows) -> impl Iterator<Item = JourneyRow<'_>> {
+    use arrow::array::{Array, AsArray};
+    rows.batches().iter().flat_map(|b: &arrow::array::RecordBatch| {
+        let column = |n: &str| b.column_by_name(n).map(|a| a.as_ref());
+        let texts = [column("session_id"), column("service"), column("operation")];
+        let times = b.column_by_name("first_time").and_then(|a| arrow::compute::cast(a, &arrow::datatypes::DataType::Int64).ok());
+        (0..b.num_rows()).filter_map(move |i| {
+            let text = |k: usize| texts[k].and_then(|a| andon_store::sql::text_at(a, i));
+            let t = times.as_ref().filter(|a| !a.is_null(i))?.as_primitive::<arrow::datatypes::Int64Type>().value(i);
+            Some((text(0)?, text(1), text(2)?, t))
+        })
+    })
 }
 
 /// Whether operation `op` requests `page`: it is the page, or the page after
@@ -427,12 +441,8 @@ pub fn discover(rows: &Rows) -> Vec<ResolvedFlow> {
     let mut sessions: HashMap<Cow<'_, str>, Vec<(i64, usize)>> = HashMap::new();
     let mut ops: Vec<(String, String)> = Vec::new();
     let mut index: HashMap<(Cow<'_, str>, Cow<'_, str>), usize> = HashMap::new();
-    for r in rows.iter() {
-        let (Some(session), Some(service), Some(op), Some(t)) =
-            (r.text("session_id"), r.text("service"), r.text("operation"), r.i64("first_time"))
-        else {
-            continue;
-        };
+    for (session, service, op, t) in journey_rows(rows) {
+        let Some(service) = service else { continue };
         let next = ops.len();
         let i = *index.entry((service, op)).or_insert_with_key(|(service, op)| {
             ops.push((service.to_string(), op.to_string()));

@@ -65,17 +65,19 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
 }
 
 fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let mut subjects: Vec<Subject<Errors>> = subjects(rows, &ctx.segments, |r| Errors {
-        requests: r.u64("n"),
-        errors: r.u64("errors"),
-        own: r.u64("own_errors"),
-        error_sessions: r.u64("error_sessions"),
-        periods: BTreeMap::new(),
+    let mut subjects: Vec<Subject<Errors>> = subjects(rows, &ctx.segments, |m: &mut Errors, r| {
+        m.requests += r.u64("n");
+        m.errors += r.u64("errors");
+        m.own += r.u64("own_errors");
+        m.error_sessions += r.u64("error_sessions");
     });
     // The history's periods join their subjects, on the baseline's side.
-    let periods = super::subjects(history, &ctx.segments, |r| Errors {
-        periods: r.i64("period").map(|p| (p, (r.u64("requests"), r.u64("errors")))).into_iter().collect(),
-        ..Errors::default()
+    let periods = super::subjects(history, &ctx.segments, |m: &mut Errors, r| {
+        if let Some(p) = r.i64("period") {
+            let e = m.periods.entry(p).or_default();
+            e.0 += r.u64("requests");
+            e.1 += r.u64("errors");
+        }
     });
     merge_subjects(&mut subjects, periods);
     subjects

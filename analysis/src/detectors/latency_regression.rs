@@ -202,15 +202,17 @@ fn judge_steady(ctx: &Ctx, b: &Latency, c: &Latency) -> Option<Judgement> {
 }
 
 fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let mut subjects: Vec<Subject<Latency>> = subjects(rows, &ctx.segments, |r| Latency {
-        hist: BTreeMap::from([(r.i64("bucket").unwrap_or(0), r.u64("n"))]),
-        ..Latency::default()
+    let mut subjects: Vec<Subject<Latency>> = subjects(rows, &ctx.segments, |m: &mut Latency, r| {
+        *m.hist.entry(r.i64("bucket").unwrap_or(0)).or_default() += r.u64("n");
     });
     // The history's periods join their subjects, on the baseline's side (its
     // rows have no `cur`).
-    let periods = super::subjects(history, &ctx.segments, |r| Latency {
-        periods: r.i64("period").map(|p| (p, (r.u64("n"), r.f64("log_sum").unwrap_or(0.0)))).into_iter().collect(),
-        ..Latency::default()
+    let periods = super::subjects(history, &ctx.segments, |m: &mut Latency, r| {
+        if let Some(p) = r.i64("period") {
+            let e = m.periods.entry(p).or_default();
+            e.0 += r.u64("n");
+            e.1 += r.f64("log_sum").unwrap_or(0.0);
+        }
     });
     merge_subjects(&mut subjects, periods);
     subjects

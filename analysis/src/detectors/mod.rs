@@ -176,15 +176,31 @@ impl<M: Metric> Subject<M> {
 /// by side (`cur`) and segment values, in that order. Keys are borrowed from
 /// the rows while they are grouped: a result has a row per histogram bucket or
 /// period, and only its distinct cells are copied out.
-pub fn subjects<M: Metric>(rows: &sql::Rows, segments: &Segments, measure: impl Fn(&Row<'_>) -> M) -> Vec<Subject<M>> {
+pub fn subjects<M: Metric>(
+    rows: &sql::Rows,
+    segments: &Segments,
+    measure: impl Fn(&mut M, &Row<'_>),
+) -> Vec<Subject<M>> {
     type Cell<'r> = (bool, Vec<Option<Cow<'r, str>>>);
     let mut by_key: HashMap<(Cow<'_, str>, Cow<'_, str>), HashMap<Cell<'_>, M>> = HashMap::new();
     let names = segments.names();
+    // The key columns, found once per batch.
+    let mut found: Option<(*const arrow::array::RecordBatch, Vec<Option<&dyn arrow::array::Array>>)> = None;
     for row in rows.iter() {
-        let (Some(service), Some(operation)) = (row.text("service"), row.text("operation")) else { continue };
+        let (batch, i) = row.place();
+        let columns = match &found {
+            Some((b, columns)) if std::ptr::eq(*b, batch) => columns,
+            _ => {
+                let column = |n: &str| batch.column_by_name(n).map(|a| a.as_ref());
+                let columns = ["service", "operation"].into_iter().chain(names.iter().map(String::as_str)).map(column);
+                &found.insert((batch, columns.collect())).1
+            }
+        };
+        let text = |k: usize| columns[k].and_then(|a| andon_store::sql::text_at(a, i));
+        let (Some(service), Some(operation)) = (text(0), text(1)) else { continue };
         let cur = row.i64("cur").unwrap_or(0) == 1;
-        let segs: Vec<Option<Cow<'_, str>>> = names.iter().map(|n| row.text(n)).collect();
-        by_key.entry((service, operation)).or_default().entry((cur, segs)).or_default().add(&measure(&row));
+        let segs: Vec<Option<Cow<'_, str>>> = (0..names.len()).map(|k| text(2 + k)).collect();
+        measure(by_key.entry((service, operation)).or_default().entry((cur, segs)).or_default(), &row);
     }
     let mut out: Vec<Subject<M>> = by_key
         .into_iter()
@@ -691,7 +707,7 @@ mod tests {
         let dict: DictionaryArray<Int32Type> = vec!["ios", "android", "ios"].into_iter().collect();
         let second = batch(vec!["web", "web", "web"], Arc::new(dict), vec![1, 1, 0], vec![10, 20, 40]);
         let rows = sql::Rows::new(vec![first, second]);
-        let got = subjects(&rows, &ctx().segments, |r| Rate { x: 0, n: r.u64("n") });
+        let got = subjects(&rows, &ctx().segments, |m: &mut Rate, r| m.add(&Rate { x: 0, n: r.u64("n") }));
         type Cells = Vec<(bool, Vec<Option<String>>, u64)>;
         let got: Vec<(String, Cells)> =
             got.into_iter().map(|s| (s.service, s.cells.into_iter().map(|(c, v, m)| (c, v, m.n)).collect())).collect();

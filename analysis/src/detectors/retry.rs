@@ -82,18 +82,20 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
 /// (how much the share of sessions retrying moves on its own from one minute
 /// to the next), never with the baseline alone.
 fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let mut subjects: Vec<Subject<Retries>> = subjects(rows, &ctx.segments, |r| Retries {
-        sessions: r.u64("sessions"),
-        retrying_sessions: r.u64("retrying_sessions"),
-        retries: r.u64("retries"),
-        auto_retries: r.u64("auto_retries"),
-        attempts: r.u64("attempts"),
-        periods: BTreeMap::new(),
+    let mut subjects: Vec<Subject<Retries>> = subjects(rows, &ctx.segments, |m: &mut Retries, r| {
+        m.sessions += r.u64("sessions");
+        m.retrying_sessions += r.u64("retrying_sessions");
+        m.retries += r.u64("retries");
+        m.auto_retries += r.u64("auto_retries");
+        m.attempts += r.u64("attempts");
     });
     // The history's periods join their subjects, on the baseline's side.
-    let periods = super::subjects(history, &ctx.segments, |r| Retries {
-        periods: r.i64("period").map(|p| (p, (r.u64("sessions"), r.u64("retrying_sessions")))).into_iter().collect(),
-        ..Retries::default()
+    let periods = super::subjects(history, &ctx.segments, |m: &mut Retries, r| {
+        if let Some(p) = r.i64("period") {
+            let e = m.periods.entry(p).or_default();
+            e.0 += r.u64("sessions");
+            e.1 += r.u64("retrying_sessions");
+        }
     });
     merge_subjects(&mut subjects, periods);
     subjects

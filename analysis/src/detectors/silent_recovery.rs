@@ -53,16 +53,12 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
 }
 
 fn tests(rows: &Rows, ctx: &Ctx) -> Vec<Test> {
-    let subjects: Vec<Subject<Recoveries>> = subjects(
-        rows,
-        &ctx.segments,
-        |r| Recoveries {
-            sessions: r.u64("sessions"),
-            error_sessions: r.u64("error_sessions"),
-            recovered: r.u64("recovered_sessions"),
-            auto_recovered: r.u64("auto_recovered_sessions"),
-        },
-    );
+    let subjects: Vec<Subject<Recoveries>> = subjects(rows, &ctx.segments, |m: &mut Recoveries, r| {
+        m.sessions += r.u64("sessions");
+        m.error_sessions += r.u64("error_sessions");
+        m.recovered += r.u64("recovered_sessions");
+        m.auto_recovered += r.u64("auto_recovered_sessions");
+    });
     subjects
         .iter()
         .flat_map(|s| {

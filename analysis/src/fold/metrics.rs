@@ -1,0 +1,392 @@
+//! `span_metrics` folded from one continuous pass to the next.
+//!
+//! The latency and error-rate detectors read the range's cells per operation,
+//! side and segment values (`latency_rolled.sql`, `error_rate_rolled.sql`),
+//! and how each operation moved from one window to the next before the
+//! baseline's end (`history_rolled.sql`), once for the window and once for
+//! its last minute. A pass that follows on from the last moves one minute
+//! into the range, one into the last minute, one from the window to the
+//! baseline, and drops one. [`MetricsFold`] keeps the cells by minute and
+//! their sums per operation, segment values and place (baseline, window,
+//! last minute); a pass reads the minutes that entered and moves the sums of
+//! the minutes whose place changed, so it costs in proportion to them, not
+//! to the range. The histories' periods count back from the baseline's end
+//! and so move with every pass: they are summed again from the kept cells.
+//!
+//! The fold reads its whole range again when the store's `span_metrics`
+//! changed ([`andon_store::Store::metrics_version`]: while traffic arrives,
+//! every pass), for another tenant, or for windows that do not follow on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
+use arrow::error::ArrowError;
+use hashbrown::HashMap;
+
+use super::{Bounds, Numbered, Place, Source, failed, ints, strings, ts};
+use crate::AnalysisError;
+use crate::sql::Rows;
+
+/// One cell of `span_metrics`: a server operation's minute in one segment.
+#[derive(Debug)]
+struct Cell {
+    /// Service, operation and segment values ([`MetricsFold::series`]).
+    series: u32,
+    requests: i64,
+    errors: i64,
+    own_errors: i64,
+    log_sum: f64,
+    /// `(latency bucket, requests that succeeded in it)`.
+    buckets: Box<[(i32, i64)]>,
+}
+
+/// The sums of one operation and segment values over the minutes of one place.
+#[derive(Debug, Default)]
+struct Acc {
+    /// How many cells were summed (the group exists while there are some).
+    cells: i64,
+    requests: i64,
+    errors: i64,
+    own_errors: i64,
+    /// Per latency bucket: how many cells hold it, and its requests.
+    buckets: BTreeMap<i32, (i64, i64)>,
+}
+
+impl Acc {
+    /// Adds `c` (`sign` 1) or takes it out (`sign` -1).
+    fn add(&mut self, c: &Cell, sign: i64) {
+        self.cells += sign;
+        self.requests += sign * c.requests;
+        self.errors += sign * c.errors;
+        self.own_errors += sign * c.own_errors;
+        for (b, n) in c.buckets.iter() {
+            let e = self.buckets.entry(*b).or_default();
+            e.0 += sign;
+            e.1 += sign * n;
+            if e.0 == 0 {
+                self.buckets.remove(b);
+            }
+        }
+    }
+}
+
+/// Which statement of a pair a fold's rows are for: the window's, whose
+/// current side is the window with its last minute, or the last minute's,
+/// which does not read the rest of the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Window,
+    LastMinute,
+}
+
+impl Side {
+    /// The statement's `cur` for a minute in `place`, `None` when it does not read it.
+    fn cur(self, place: Place) -> Option<i64> {
+        match (self, place) {
+            (_, Place::Out) => None,
+            (_, Place::Baseline) => Some(0),
+            (Side::Window, _) | (Side::LastMinute, Place::Last) => Some(1),
+            (Side::LastMinute, Place::Window) => None,
+        }
+    }
+}
+
+/// The cells of `span_metrics` over a range, and their sums per place, kept
+/// from one pass to the next.
+#[derive(Debug, Default)]
+pub struct MetricsFold {
+    source: Option<Source>,
+    /// `[from, to)` in nanoseconds: from the earliest minute a history
+    /// reads to the pass's end.
+    range: Option<(i64, i64)>,
+    bounds: Option<Bounds>,
+    minutes: BTreeMap<i64, Vec<Cell>>,
+    series: Numbered<Vec<Option<String>>>,
+    sums: HashMap<(u32, Place), Acc>,
+    rebuilds: u64,
+}
+
+impl MetricsFold {
+    /// How many times the fold read its whole range.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
+    /// Whether its cells were read at the store's metrics `version`.
+    pub fn read_at(&self, version: u64) -> bool {
+        self.source.as_ref().is_some_and(|s| s.2 == version)
+    }
+
+    /// Moves the fold to a pass over `b` whose histories read from `from`
+    /// (at or before `b.from`), reading what it lacks of `span_metrics` with
+    /// `read` (SQL to rows); `segments` segment columns read as `source` says.
+    pub async fn advance<F, Fut>(
+        &mut self,
+        source: Source,
+        segments: usize,
+        from: i64,
+        b: Bounds,
+        read: F,
+    ) -> Result<(), AnalysisError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
+    {
+        let from = from.min(b.from);
+        let follows = self.source.as_ref() == Some(&source)
+            && self.range.is_some_and(|(f, t)| f <= from && t <= b.to && from < t)
+            && self.bounds.is_some();
+        let lo = match (self.range, self.bounds) {
+            (Some((_, end)), Some(p)) if follows => {
+                // Every minute whose place changed lies between a bound of
+                // the last pass and the same bound of this one.
+                let mut moved: Vec<i64> = Vec::new();
+                for (x, y) in [(p.from, b.from), (p.split, b.split), (p.short, b.short), (p.to, b.to)] {
+                    moved.extend(self.minutes.range(x.min(y)..x.max(y)).map(|(m, _)| *m));
+                }
+                moved.sort_unstable();
+                moved.dedup();
+                for m in moved {
+                    let (was, is) = (p.place(m), b.place(m));
+                    if was == is {
+                        continue;
+                    }
+                    let cells = &self.minutes[&m];
+                    for c in cells {
+                        if was != Place::Out {
+                            let acc = self.sums.entry((c.series, was)).or_default();
+                            acc.add(c, -1);
+                            if acc.cells == 0 {
+                                self.sums.remove(&(c.series, was));
+                            }
+                        }
+                        if is != Place::Out {
+                            self.sums.entry((c.series, is)).or_default().add(c, 1);
+                        }
+                    }
+                }
+                self.minutes = self.minutes.split_off(&from);
+                end
+            }
+            _ => {
+                *self = Self { rebuilds: self.rebuilds + 1, source: Some(source.clone()), ..Self::default() };
+                from
+            }
+        };
+        if lo < b.to {
+            let sql = format!(
+                "SELECT minute, service_name AS service, operation{}, requests, errors, own_errors, \
+                 log_latency_sum, latency_buckets, latency_counts FROM span_metrics \
+                 WHERE kind = 'server' AND minute >= {} AND minute < {}",
+                source.1,
+                ts(lo),
+                ts(b.to)
+            );
+            let rows = read(sql.clone()).await?;
+            for batch in rows.batches() {
+                self.take(batch, segments, &b).map_err(failed(&sql))?;
+            }
+        }
+        self.source = Some(source);
+        self.range = Some((from, b.to));
+        self.bounds = Some(b);
+        Ok(())
+    }
+
+    /// Keeps the cells of `batch`, adding them to their places' sums.
+    fn take(&mut self, batch: &RecordBatch, segments: usize, b: &Bounds) -> Result<(), ArrowError> {
+        let (services, operations) = (strings(batch, "service")?, strings(batch, "operation")?);
+        let segs: Vec<StringArray> =
+            (0..segments).map(|i| strings(batch, &format!("seg{i}"))).collect::<Result<_, _>>()?;
+        let (minute, requests, errors, own_errors) =
+            (ints(batch, "minute")?, ints(batch, "requests")?, ints(batch, "errors")?, ints(batch, "own_errors")?);
+        let column = |name: &str| {
+            batch.column_by_name(name).cloned().ok_or_else(|| ArrowError::SchemaError(format!("no column {name}")))
+        };
+        let log_sum = arrow::compute::cast(&column("log_latency_sum")?, &DataType::Float64)?;
+        let log_sum = log_sum.as_primitive::<arrow::datatypes::Float64Type>();
+        let list = |name: &str| -> Result<arrow::array::ListArray, ArrowError> {
+            let a = column(name)?;
+            a.as_list_opt::<i32>().cloned().ok_or_else(|| ArrowError::SchemaError(format!("{name} is not a list")))
+        };
+        let (bucket_lists, count_lists) = (list("latency_buckets")?, list("latency_counts")?);
+        let bucket_values = arrow::compute::cast(bucket_lists.values(), &DataType::Int32)?;
+        let count_values = arrow::compute::cast(count_lists.values(), &DataType::Int64)?;
+        let (bucket_values, count_values) =
+            (bucket_values.as_primitive::<Int32Type>(), count_values.as_primitive::<Int64Type>());
+        let value = |a: &Int64Array, i: usize| if a.is_null(i) { 0 } else { a.value(i) };
+        for i in 0..batch.num_rows() {
+            let key: Vec<Option<String>> = [&services, &operations]
+                .into_iter()
+                .chain(segs.iter())
+                .map(|a| (!a.is_null(i)).then(|| a.value(i).to_owned()))
+                .collect();
+            let (bo, co) = (bucket_lists.value_offsets(), count_lists.value_offsets());
+            let (bs, be) = (bo[i] as usize, bo[i + 1] as usize);
+            let (cs, ce) = (co[i] as usize, co[i + 1] as usize);
+            if bucket_lists.is_null(i) || count_lists.is_null(i) || be - bs != ce - cs {
+                return Err(ArrowError::InvalidArgumentError("latency buckets and counts differ in length".into()));
+            }
+            let buckets: Box<[(i32, i64)]> =
+                (0..be - bs).map(|k| (bucket_values.value(bs + k), count_values.value(cs + k))).collect();
+            let cell = Cell {
+                series: self.series.number(key),
+                requests: value(&requests, i),
+                errors: value(&errors, i),
+                own_errors: value(&own_errors, i),
+                log_sum: if log_sum.is_null(i) { 0.0 } else { log_sum.value(i) },
+                buckets,
+            };
+            let m = minute.value(i);
+            let place = b.place(m);
+            if place != Place::Out {
+                self.sums.entry((cell.series, place)).or_default().add(&cell, 1);
+            }
+            self.minutes.entry(m).or_default().push(cell);
+        }
+        Ok(())
+    }
+
+    /// Per series and `cur` of `side`'s statement, the places' sums it adds up.
+    fn groups(&self, side: Side) -> Vec<(u32, i64, Vec<&Acc>)> {
+        let mut groups: BTreeMap<(u32, i64), Vec<&Acc>> = BTreeMap::new();
+        for ((series, place), acc) in &self.sums {
+            if let Some(cur) = side.cur(*place) {
+                groups.entry((*series, cur)).or_default().push(acc);
+            }
+        }
+        groups.into_iter().map(|((s, c), accs)| (s, c, accs)).collect()
+    }
+
+    /// The text columns of `keys` (service, operation, then the segments).
+    fn texts(&self, keys: &[u32], segments: usize) -> Vec<ArrayRef> {
+        (0..2 + segments)
+            .map(|k| -> ArrayRef {
+                Arc::new(keys.iter().map(|s| self.series.get(*s)[k].as_deref()).collect::<StringArray>())
+            })
+            .collect()
+    }
+
+    /// `latency_rolled.sql`'s rows for `side`'s statement of the last pass
+    /// ([`Self::advance`]): per service, operation, `cur`, segment values and
+    /// latency bucket, the requests that succeeded.
+    pub fn latency(&self, side: Side, segments: usize) -> Result<Rows, ArrowError> {
+        let (mut keys, mut curs, mut buckets, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (series, cur, accs) in self.groups(side) {
+            let mut merged: BTreeMap<i32, i64> = BTreeMap::new();
+            for acc in accs {
+                for (b, (_, n)) in &acc.buckets {
+                    *merged.entry(*b).or_default() += n;
+                }
+            }
+            for (b, n) in merged {
+                keys.push(series);
+                curs.push(cur);
+                buckets.push(b);
+                counts.push(n);
+            }
+        }
+        let texts = self.texts(&keys, segments);
+        let mut fields =
+            vec![Field::new("service", DataType::Utf8, true), Field::new("operation", DataType::Utf8, true)];
+        let mut columns: Vec<ArrayRef> = texts[..2].to_vec();
+        fields.push(Field::new("cur", DataType::Int64, true));
+        columns.push(Arc::new(Int64Array::from(curs)));
+        for (i, t) in texts[2..].iter().enumerate() {
+            fields.push(Field::new(format!("seg{i}"), DataType::Utf8, true));
+            columns.push(Arc::clone(t));
+        }
+        fields.push(Field::new("bucket", DataType::Int32, true));
+        columns.push(Arc::new(Int32Array::from(buckets)));
+        fields.push(Field::new("n", DataType::Int64, true));
+        columns.push(Arc::new(Int64Array::from(counts)));
+        Ok(Rows::new(vec![RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?]))
+    }
+
+    /// `error_rate_rolled.sql`'s rows for `side`'s statement of the last
+    /// pass: per service, operation, `cur` and segment values, the requests,
+    /// the failed ones and those that failed on their own.
+    pub fn error_rate(&self, side: Side, segments: usize) -> Result<Rows, ArrowError> {
+        let groups = self.groups(side);
+        let keys: Vec<u32> = groups.iter().map(|g| g.0).collect();
+        let sum = |f: fn(&Acc) -> i64| -> ArrayRef {
+            Arc::new(groups.iter().map(|(_, _, accs)| accs.iter().map(|a| f(a)).sum::<i64>()).collect::<Int64Array>())
+        };
+        let texts = self.texts(&keys, segments);
+        let mut fields =
+            vec![Field::new("service", DataType::Utf8, true), Field::new("operation", DataType::Utf8, true)];
+        let mut columns: Vec<ArrayRef> = texts[..2].to_vec();
+        fields.push(Field::new("cur", DataType::Int64, true));
+        columns.push(Arc::new(groups.iter().map(|g| g.1).collect::<Int64Array>()));
+        for (i, t) in texts[2..].iter().enumerate() {
+            fields.push(Field::new(format!("seg{i}"), DataType::Utf8, true));
+            columns.push(Arc::clone(t));
+        }
+        for (name, f) in [
+            ("n", (|a: &Acc| a.requests) as fn(&Acc) -> i64),
+            ("errors", |a: &Acc| a.errors),
+            ("own_errors", |a: &Acc| a.own_errors),
+        ] {
+            fields.push(Field::new(name, DataType::Int64, true));
+            columns.push(sum(f));
+        }
+        fields.push(Field::new("error_sessions", DataType::Int64, true));
+        columns.push(Arc::new(Int64Array::new_null(groups.len())));
+        Ok(Rows::new(vec![RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?]))
+    }
+
+    /// `history_rolled.sql`'s rows over `[from, end)` in periods of `window`
+    /// nanoseconds counted back from `end`: per service, operation, period
+    /// and segment values, the requests, the failed ones, and those that
+    /// succeeded with the sum of their log latencies. `None` when the kept
+    /// range does not hold `[from, end)`.
+    pub fn history(&self, from: i64, end: i64, window: i64, segments: usize) -> Option<Result<Rows, ArrowError>> {
+        let (lo, hi) = self.range?;
+        if from < lo || end > hi || window <= 0 {
+            return None;
+        }
+        // Per series and period: requests, errors, log-latency sum.
+        type Sums = (i64, i64, f64);
+        let mut groups: HashMap<(u32, i64), Sums> = HashMap::new();
+        for (m, cells) in self.minutes.range(from..end) {
+            let period = end + (m - end).div_euclid(window) * window;
+            for c in cells {
+                let g = groups.entry((c.series, period)).or_default();
+                g.0 += c.requests;
+                g.1 += c.errors;
+                g.2 += c.log_sum;
+            }
+        }
+        let mut groups: Vec<((u32, i64), Sums)> = groups.into_iter().collect();
+        groups.sort_unstable_by_key(|(k, _)| *k);
+        let keys: Vec<u32> = groups.iter().map(|((s, _), _)| *s).collect();
+        let texts = self.texts(&keys, segments);
+        let periods = arrow::array::TimestampNanosecondArray::from_iter_values(groups.iter().map(|((_, p), _)| *p))
+            .with_timezone("UTC");
+        let mut fields = vec![
+            Field::new("service", DataType::Utf8, true),
+            Field::new("operation", DataType::Utf8, true),
+            Field::new("period", periods.data_type().clone(), true),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![Arc::clone(&texts[0]), Arc::clone(&texts[1]), Arc::new(periods)];
+        for (i, t) in texts[2..].iter().enumerate() {
+            fields.push(Field::new(format!("seg{i}"), DataType::Utf8, true));
+            columns.push(Arc::clone(t));
+        }
+        let ints =
+            |f: fn(&Sums) -> i64| -> ArrayRef { Arc::new(groups.iter().map(|(_, g)| f(g)).collect::<Int64Array>()) };
+        for (name, f) in [
+            ("requests", (|g: &Sums| g.0) as fn(&Sums) -> i64),
+            ("errors", |g: &Sums| g.1),
+            ("n", |g: &Sums| g.0 - g.1),
+        ] {
+            fields.push(Field::new(name, DataType::Int64, true));
+            columns.push(ints(f));
+        }
+        fields.push(Field::new("log_sum", DataType::Float64, true));
+        columns.push(Arc::new(groups.iter().map(|(_, g)| g.2).collect::<Float64Array>()));
+        Some(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map(|b| Rows::new(vec![b])))
+    }
+}
