@@ -228,6 +228,20 @@ pub trait Sql: Send + Sync {
         Ok(None)
     }
 
+    /// The rows of `journeys_sessions.sql` over the minutes `[from, to)`,
+    /// from the sessions folded by page request over `[range_from,
+    /// range_to)` as [`Sql::session_pages`] keeps them; `None` where it
+    /// keeps none, and the caller runs the SQL instead.
+    async fn session_journeys(
+        &self,
+        _ctx: &Ctx,
+        _range: (DateTime<Utc>, DateTime<Utc>),
+        _from: DateTime<Utc>,
+        _to: DateTime<Utc>,
+    ) -> Result<Option<Rows>, AnalysisError> {
+        Ok(None)
+    }
+
     /// Notes that `sql` was answered with `rows` without being run.
     fn answered(&self, _sql: &str, _rows: &Rows) {}
 }

@@ -377,6 +377,42 @@ impl Sql for TenantSql<'_> {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Option<crate::fold::Pages>, AnalysisError> {
+        self.page_fold(ctx, from, to, |_, pages| Ok(pages)).await
+    }
+
+    async fn session_journeys(
+        &self,
+        ctx: &Ctx,
+        (range_from, range_to): (DateTime<Utc>, DateTime<Utc>),
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<Rows>, AnalysisError> {
+        let (Some(from), Some(to)) = (from.timestamp_nanos_opt(), to.timestamp_nanos_opt()) else { return Ok(None) };
+        let journeys = |fold: &crate::fold::PageFold, _| {
+            fold.journeys(from, to)
+                .transpose()
+                .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: "the folded journeys".into() })
+        };
+        Ok(self.page_fold(ctx, range_from, range_to, journeys).await?.flatten())
+    }
+
+    fn answered(&self, sql: &str, rows: &Rows) {
+        self.note(sql, rows);
+        self.ran().insert(sql.to_owned(), rows.clone());
+    }
+}
+
+impl TenantSql<'_> {
+    /// Moves the page fold kept between passes to `[from, to)` and hands it,
+    /// with every session it keeps there, to `then`; `None` where the pass
+    /// keeps no fold.
+    async fn page_fold<T>(
+        &self,
+        ctx: &Ctx,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        then: impl FnOnce(&crate::fold::PageFold, crate::fold::Pages) -> Result<T, AnalysisError>,
+    ) -> Result<Option<T>, AnalysisError> {
         let Some(slot) = self.pages else { return Ok(None) };
         let session_segments = ctx.session_vars("").into_iter().find(|(k, _)| *k == "session_segments");
         let (Some((_, session_segments)), Some(from), Some(to)) =
@@ -388,19 +424,17 @@ impl Sql for TenantSql<'_> {
         let mut fold = taken.unwrap_or_default();
         let source = (self.tenant.clone(), session_segments, self.engine.store().sessions_version());
         let read = |sql: String| async move { query(self.engine, self.tenant, &sql).await };
-        let pages = fold.pages(source, ctx.segments.columns.len(), from, to, read).await;
+        let out = match fold.pages(source, ctx.segments.columns.len(), from, to, read).await {
+            Ok(pages) => then(&fold, pages),
+            Err(e) => Err(e),
+        };
         // Kept for the next pass only while `sessions` has not changed since
         // the read: while traffic arrives, the next pass reads its range again
         // anyway, and the rows would only take memory until then.
         if fold.read_at(self.engine.store().sessions_version()) {
             *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
         }
-        pages.map(Some)
-    }
-
-    fn answered(&self, sql: &str, rows: &Rows) {
-        self.note(sql, rows);
-        self.ran().insert(sql.to_owned(), rows.clone());
+        out.map(Some)
     }
 }
 
@@ -1731,6 +1765,14 @@ mod tests {
             let statement = detectors::drop_off::history_query(&ctx, &flows);
             let direct = rt.block_on(query(&engine, &tenant, &statement)).unwrap();
             let start = detectors::drop_off::history_start(&ctx);
+            // The baseline's journeys, from the same fold.
+            let range = (start, ctx.end);
+            let journeys =
+                rt.block_on(sql.session_journeys(&ctx, range, ctx.baseline_start, ctx.baseline_end)).unwrap().unwrap();
+            let direct_journeys =
+                rt.block_on(query(&engine, &tenant, &detectors::drop_off::journeys_query(&ctx))).unwrap();
+            assert!(!direct_journeys.is_empty());
+            same_rows(&journeys, &direct_journeys).unwrap_or_else(|e| panic!("pass {i}, journeys: {e}"));
             let pages = rt.block_on(sql.session_pages(&ctx, start, ctx.end)).unwrap().unwrap();
             let folded = detectors::drop_off::folded(&ctx, &flows, &pages).unwrap();
             same_rows(&folded, &direct).unwrap_or_else(|e| panic!("pass {i}: {e}"));

@@ -663,6 +663,11 @@ impl CallsFold {
 #[derive(Debug, Clone)]
 struct PageCall {
     minute: i64,
+    /// The service ([`PageFold::services`]).
+    service: u32,
+    /// When the session first requested the operation as a page in this
+    /// minute (`first_page`), if it did.
+    first_page: Option<i64>,
     /// Operation, route and span name ([`Pages::requests`]).
     request: u32,
     /// Segment values ([`Pages::segments`]).
@@ -711,6 +716,7 @@ pub struct PageFold {
     summaries: HashMap<u32, Arc<SessionPages>>,
     requests: Numbered<[Option<String>; 3]>,
     segments: Numbered<Vec<Option<String>>>,
+    services: Numbered<Option<String>>,
 }
 
 impl PageFold {
@@ -742,15 +748,16 @@ impl PageFold {
         let session_segments = source.1.clone();
         let sql = |lo: i64, hi: i64| {
             format!(
-                "SELECT session_id, operation, route, span_name, minute, first_call, last_call, errors\
-                 {session_segments} FROM sessions WHERE minute >= {} AND minute < {}",
+                "SELECT session_id, service_name AS service, operation, route, span_name, minute, first_call, \
+                 last_call, errors, first_page{session_segments} FROM sessions WHERE minute >= {} AND minute < {}",
                 ts(lo),
                 ts(hi)
             )
         };
-        let (requests, seg_values) = (&mut self.requests, &mut self.segments);
+        let (requests, seg_values, services) = (&mut self.requests, &mut self.segments, &mut self.services);
         let parse = |batch: &RecordBatch, push: &mut dyn FnMut(&str, PageCall)| -> Result<(), ArrowError> {
-            let ids = strings(batch, "session_id")?;
+            let (ids, service) = (strings(batch, "session_id")?, strings(batch, "service")?);
+            let first_page = ints(batch, "first_page")?;
             let texts = [strings(batch, "operation")?, strings(batch, "route")?, strings(batch, "span_name")?];
             let segs: Vec<StringArray> =
                 (0..segments).map(|i| strings(batch, &format!("seg{i}"))).collect::<Result<_, _>>()?;
@@ -762,6 +769,8 @@ impl PageFold {
                 let values: Vec<Option<String>> = segs.iter().map(|a| text(a, i)).collect();
                 let call = PageCall {
                     minute: minute.value(i),
+                    service: services.number(text(&service, i)),
+                    first_page: (!first_page.is_null(i)).then(|| first_page.value(i)),
                     request: requests.number(request),
                     segs: seg_values.number(values),
                     first: first.value(i),
@@ -791,6 +800,54 @@ impl PageFold {
                 all
             },
         })
+    }
+}
+
+impl PageFold {
+    /// `journeys_sessions.sql`'s rows over the minutes `[from, to)` of the
+    /// range the last [`Self::pages`] kept: per session, service and
+    /// operation it requested as a page there, its first such request.
+    /// `None` when the kept range does not hold `[from, to)`.
+    pub fn journeys(&self, from: i64, to: i64) -> Option<Result<Rows, ArrowError>> {
+        let (lo, hi) = self.kept.range?;
+        if from < lo || to > hi {
+            return None;
+        }
+        let within: HashSet<u32> = self.kept.minutes.range(from..to).flat_map(|(_, ids)| ids.iter().copied()).collect();
+        // Session, service and operation.
+        type Key<'a> = (u32, u32, Option<&'a str>);
+        let mut firsts: HashMap<Key<'_>, i64> = HashMap::new();
+        for id in within {
+            let Some(calls) = self.kept.sessions.get(&id) else { continue };
+            for c in calls.iter().filter(|c| (from..to).contains(&c.minute)) {
+                let Some(t) = c.first_page else { continue };
+                let operation = self.requests.get(c.request)[0].as_deref();
+                let first = firsts.entry((id, c.service, operation)).or_insert(t);
+                *first = (*first).min(t);
+            }
+        }
+        let mut rows: Vec<(Key<'_>, i64)> = firsts.into_iter().collect();
+        rows.sort_unstable();
+        let schema = Schema::new(vec![
+            Field::new("session_id", DataType::Utf8, true),
+            Field::new("service", DataType::Utf8, true),
+            Field::new("operation", DataType::Utf8, true),
+            Field::new(
+                "first_time",
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, Some("UTC".into())),
+                true,
+            ),
+        ]);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(rows.iter().map(|((id, _, _), _)| self.kept.names.get(id).map(|n| &**n)).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|((_, s, _), _)| self.services.get(*s).as_deref()).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|((_, _, op), _)| *op).collect::<StringArray>()),
+            Arc::new(
+                arrow::array::TimestampNanosecondArray::from_iter_values(rows.iter().map(|(_, t)| *t))
+                    .with_timezone("UTC"),
+            ),
+        ];
+        Some(RecordBatch::try_new(Arc::new(schema), columns).map(|b| Rows::new(vec![b])))
     }
 }
 
@@ -847,6 +904,7 @@ mod tests {
         };
         let columns: Vec<(&str, ArrayRef)> = vec![
             ("session_id", text(&|c| Some(c.0.to_owned()))),
+            ("service", text(&|_| Some("frontend".to_owned()))),
             ("operation", text(&|c| Some(c.1.to_owned()))),
             ("route", text(&|_| None)),
             ("span_name", text(&|c| Some(c.1.to_owned()))),
@@ -854,6 +912,17 @@ mod tests {
             ("first_call", ts(&|c| c.3)),
             ("last_call", ts(&|c| c.3 + 1)),
             ("errors", Arc::new(calls.iter().map(|_| Some(0i64)).collect::<Int64Array>())),
+            // `GET /cart` is requested by a page's script, not as a page.
+            (
+                "first_page",
+                Arc::new(
+                    calls
+                        .iter()
+                        .map(|c| (c.1 != "GET /cart").then_some(c.3))
+                        .collect::<TimestampNanosecondArray>()
+                        .with_timezone("UTC"),
+                ),
+            ),
             ("seg0", text(&|c| Some(if c.0 == "b" { "ios" } else { "android" }.to_owned()))),
         ];
         Rows::new(vec![RecordBatch::try_from_iter(columns).unwrap()])
@@ -891,6 +960,13 @@ mod tests {
         seen.sort();
         assert_eq!(seen, [(70, 1), (130, 1), (190, 1)], "a is now first seen at its call of minute 2");
         assert_eq!(fold.rebuilds(), 1);
+        // The journeys of minutes 1..4: each session's first page request,
+        // a's `GET /cart` none; of minute 0, gone from the range, none.
+        let journeys = fold.journeys(MINUTE, 4 * MINUTE).unwrap().unwrap();
+        let got: Vec<(String, Option<i64>)> =
+            journeys.iter().map(|r| (r.str("session_id").unwrap(), r.i64("first_time"))).collect();
+        assert_eq!(got, [("b".to_owned(), Some(70)), ("c".to_owned(), Some(190))]);
+        assert!(fold.journeys(0, 4 * MINUTE).is_none());
         // Minutes 1 and 2 leave: a and b are forgotten, their ids too.
         let pages = rt.block_on(fold.pages(source(7), 1, 3 * MINUTE, 4 * MINUTE, serve(rows(&[])))).unwrap();
         assert_eq!(pages.sessions.iter().map(|s| s.first_seen).collect::<Vec<_>>(), [190]);

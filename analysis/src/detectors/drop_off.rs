@@ -738,7 +738,22 @@ impl DropOff {
     /// journeys discovered from the baseline; either way with the horizons
     /// the baseline's journeys give them.
     pub(crate) async fn flows(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Vec<ResolvedFlow>, AnalysisError> {
-        let journeys = sql.rows(&journeys_query(ctx)).await?;
+        let statement = journeys_query(ctx);
+        // From the sessions kept since the last pass where the pass keeps
+        // them (the funnels read the same fold), else the statement.
+        let kept = if ctx.sessioned() && ctx.baseline_end == ctx.split {
+            let range = (history_start(ctx), ctx.end);
+            sql.session_journeys(ctx, range, ctx.baseline_start, ctx.baseline_end).await?
+        } else {
+            None
+        };
+        let journeys = match kept {
+            Some(rows) => {
+                sql.answered(&statement, &rows);
+                rows
+            }
+            None => sql.rows(&statement).await?,
+        };
         let mut flows = self.resolved(ctx, sql, &journeys).await?;
         horizons(&journeys, &mut flows, timeout_ns(ctx));
         Ok(flows)
