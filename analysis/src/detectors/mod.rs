@@ -175,7 +175,8 @@ impl<M: Metric> Subject<M> {
 /// Groups rows into subjects keyed by their `service` and `operation`, cells
 /// by side (`cur`) and segment values, in that order. Keys are borrowed from
 /// the rows while they are grouped: a result has a row per histogram bucket or
-/// period, and only its distinct cells are copied out.
+/// period, and only its distinct cells are copied out. `measure` adds each
+/// row into its cell.
 pub fn subjects<M: Metric>(
     rows: &sql::Rows,
     segments: &Segments,
