@@ -377,7 +377,7 @@ impl Sql for TenantSql<'_> {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Option<crate::fold::Pages>, AnalysisError> {
-        self.page_fold(ctx, from, to, |_, pages| Ok(pages)).await
+        self.page_fold(ctx, from, to, |fold| Ok(fold.kept_pages())).await
     }
 
     async fn session_journeys(
@@ -388,7 +388,7 @@ impl Sql for TenantSql<'_> {
         to: DateTime<Utc>,
     ) -> Result<Option<Rows>, AnalysisError> {
         let (Some(from), Some(to)) = (from.timestamp_nanos_opt(), to.timestamp_nanos_opt()) else { return Ok(None) };
-        let journeys = |fold: &crate::fold::PageFold, _| {
+        let journeys = |fold: &crate::fold::PageFold| {
             fold.journeys(from, to)
                 .transpose()
                 .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: "the folded journeys".into() })
@@ -403,15 +403,14 @@ impl Sql for TenantSql<'_> {
 }
 
 impl TenantSql<'_> {
-    /// Moves the page fold kept between passes to `[from, to)` and hands it,
-    /// with every session it keeps there, to `then`; `None` where the pass
-    /// keeps no fold.
+    /// Moves the page fold kept between passes to `[from, to)` and hands it
+    /// to `then`; `None` where the pass keeps no fold.
     async fn page_fold<T>(
         &self,
         ctx: &Ctx,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        then: impl FnOnce(&crate::fold::PageFold, crate::fold::Pages) -> Result<T, AnalysisError>,
+        then: impl FnOnce(&crate::fold::PageFold) -> Result<T, AnalysisError>,
     ) -> Result<Option<T>, AnalysisError> {
         let Some(slot) = self.pages else { return Ok(None) };
         let session_segments = ctx.session_vars("").into_iter().find(|(k, _)| *k == "session_segments");
@@ -424,8 +423,8 @@ impl TenantSql<'_> {
         let mut fold = taken.unwrap_or_default();
         let source = (self.tenant.clone(), session_segments, self.engine.store().sessions_version());
         let read = |sql: String| async move { query(self.engine, self.tenant, &sql).await };
-        let out = match fold.pages(source, ctx.segments.columns.len(), from, to, read).await {
-            Ok(pages) => then(&fold, pages),
+        let out = match fold.advance(source, ctx.segments.columns.len(), from, to, read).await {
+            Ok(()) => then(&fold),
             Err(e) => Err(e),
         };
         // Kept for the next pass only while `sessions` has not changed since

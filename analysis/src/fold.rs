@@ -413,6 +413,12 @@ impl<R: Timed> Kept<R> {
     }
 }
 
+/// Row `i` of `columns` (service, operation, segment values), owned: a
+/// series' key.
+fn series_key<'a>(columns: impl IntoIterator<Item = &'a StringArray>, i: usize) -> Vec<Option<String>> {
+    columns.into_iter().map(|a| (!a.is_null(i)).then(|| a.value(i).to_owned())).collect()
+}
+
 fn strings(b: &RecordBatch, name: &str) -> Result<StringArray, ArrowError> {
     let a = b.column_by_name(name).ok_or_else(|| ArrowError::SchemaError(format!("no column {name}")))?;
     Ok(cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
@@ -520,11 +526,7 @@ impl CallsFold {
                 (retries?, auto_retries?, recovered?, recovered_end?, auto_recovered?);
             let value = |a: &Int64Array, i: usize| if a.is_null(i) { 0 } else { a.value(i) };
             for i in 0..batch.num_rows() {
-                let key: Vec<Option<String>> = [&services, &operations]
-                    .into_iter()
-                    .chain(segs.iter())
-                    .map(|a| (!a.is_null(i)).then(|| a.value(i).to_owned()))
-                    .collect();
+                let key = series_key([&services, &operations].into_iter().chain(segs.iter()), i);
                 let call = Call {
                     minute: minute.value(i),
                     series: series.number(key),
@@ -745,6 +747,24 @@ impl PageFold {
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
     {
+        self.advance(source, segments, from, to, read).await?;
+        Ok(self.kept_pages())
+    }
+
+    /// Moves the fold to `[from, to)`, as [`Self::pages`] does, without
+    /// handing out its sessions.
+    pub async fn advance<F, Fut>(
+        &mut self,
+        source: Source,
+        segments: usize,
+        from: i64,
+        to: i64,
+        read: F,
+    ) -> Result<(), AnalysisError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
+    {
         let session_segments = source.1.clone();
         let sql = |lo: i64, hi: i64| {
             format!(
@@ -791,21 +811,20 @@ impl PageFold {
             let summary = summarize(id, &mut self.segments, calls);
             self.summaries.insert(id, Arc::new(summary));
         }
-        Ok(Pages {
-            requests: self.requests.values.clone(),
-            segments: self.segments.values.clone(),
-            sessions: {
-                let mut all: Vec<Arc<SessionPages>> = self.summaries.values().cloned().collect();
-                all.sort_unstable_by_key(|s| s.id);
-                all
-            },
-        })
+        Ok(())
+    }
+
+    /// Every session the fold keeps, as its last move left them.
+    pub fn kept_pages(&self) -> Pages {
+        let mut sessions: Vec<Arc<SessionPages>> = self.summaries.values().cloned().collect();
+        sessions.sort_unstable_by_key(|s| s.id);
+        Pages { requests: self.requests.values.clone(), segments: self.segments.values.clone(), sessions }
     }
 }
 
 impl PageFold {
     /// `journeys_sessions.sql`'s rows over the minutes `[from, to)` of the
-    /// range the last [`Self::pages`] kept: per session, service and
+    /// range the fold was last moved to: per session, service and
     /// operation it requested as a page there, its first such request.
     /// `None` when the kept range does not hold `[from, to)`.
     pub fn journeys(&self, from: i64, to: i64) -> Option<Result<Rows, ArrowError>> {

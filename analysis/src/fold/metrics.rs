@@ -25,7 +25,7 @@ use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
 use arrow::error::ArrowError;
 use hashbrown::HashMap;
 
-use super::{Bounds, Numbered, Place, Source, failed, ints, strings, ts};
+use super::{Bounds, Numbered, Place, Source, failed, ints, series_key, strings, ts};
 use crate::AnalysisError;
 use crate::sql::Rows;
 
@@ -218,11 +218,7 @@ impl MetricsFold {
             (bucket_values.as_primitive::<Int32Type>(), count_values.as_primitive::<Int64Type>());
         let value = |a: &Int64Array, i: usize| if a.is_null(i) { 0 } else { a.value(i) };
         for i in 0..batch.num_rows() {
-            let key: Vec<Option<String>> = [&services, &operations]
-                .into_iter()
-                .chain(segs.iter())
-                .map(|a| (!a.is_null(i)).then(|| a.value(i).to_owned()))
-                .collect();
+            let key = series_key([&services, &operations].into_iter().chain(segs.iter()), i);
             let (bo, co) = (bucket_lists.value_offsets(), count_lists.value_offsets());
             let (bs, be) = (bo[i] as usize, bo[i + 1] as usize);
             let (cs, ce) = (co[i] as usize, co[i + 1] as usize);
