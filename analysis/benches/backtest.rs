@@ -42,6 +42,16 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// CPU-seconds this process has used, user and system.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // `sysconf(_SC_CLK_TCK)`, 100 on Linux.
+    Some(ticks / 100.0)
+}
+
 fn main() {
     // `RUST_LOG=andon_store::query=debug` prints every query with its time.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -108,6 +118,7 @@ fn main() {
     // one finding (one ticket).
     let db = FindingsDb::open(&dir.path().join("findings.db")).unwrap();
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     let mut times = Vec::with_capacity(passes.len());
     let mut accounts: BTreeSet<String> = BTreeSet::new();
     let mut reported: Vec<andon_model::Finding> = Vec::new();
@@ -151,14 +162,16 @@ fn main() {
         }
     }
     let total = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
     times.sort_by(f64::total_cmp);
     let pick = |q: f64| times.get(((times.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
     println!(
-        "backtest {name}: {hours} h, {spans} spans, {} passes in {total:.1} s (per pass median {:.3} s, p95 {:.3} s, max {:.3} s), peak RSS {:.0} MB",
+        "backtest {name}: {hours} h, {spans} spans, {} passes in {total:.1} s (per pass median {:.3} s, p95 {:.3} s, max {:.3} s; {:.3} CPU-s a pass on average), peak RSS {:.0} MB",
         times.len(),
         pick(0.5),
         pick(0.95),
         pick(1.0),
+        cpu.unwrap_or(0.0) / times.len().max(1) as f64,
         peak_rss_mb().unwrap_or(0.0)
     );
     println!(

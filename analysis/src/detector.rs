@@ -228,8 +228,8 @@ pub trait Sql: Send + Sync {
         Ok(None)
     }
 
-    /// The rows of `journeys_sessions.sql` over the minutes `[from, to)`,
-    /// from the sessions folded by page request over `[range_from,
+    /// The journeys of `journeys_sessions.sql` over the minutes `[from,
+    /// to)`, from the sessions folded by page request over `[range_from,
     /// range_to)` as [`Sql::session_pages`] keeps them; `None` where it
     /// keeps none, and the caller runs the SQL instead.
     async fn session_journeys(
@@ -238,12 +238,16 @@ pub trait Sql: Send + Sync {
         _range: (DateTime<Utc>, DateTime<Utc>),
         _from: DateTime<Utc>,
         _to: DateTime<Utc>,
-    ) -> Result<Option<Rows>, AnalysisError> {
+    ) -> Result<Option<crate::detectors::drop_off::Journeys>, AnalysisError> {
         Ok(None)
     }
 
     /// Notes that `sql` was answered with `rows` without being run.
     fn answered(&self, _sql: &str, _rows: &Rows) {}
+
+    /// Notes that `sql` was answered, in `rows` rows, without being run or
+    /// its rows built.
+    fn noted(&self, _sql: &str, _rows: usize) {}
 }
 
 /// A detector's tests of one pass.

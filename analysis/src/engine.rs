@@ -341,8 +341,12 @@ impl<'a> TenantSql<'a> {
     }
 
     fn note(&self, sql: &str, rows: &Rows) {
+        self.count(sql, rows.len());
+    }
+
+    fn count(&self, sql: &str, rows: usize) {
         if let Some(log) = &self.log {
-            log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((sql.to_owned(), rows.len()));
+            log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((sql.to_owned(), rows));
         }
     }
 
@@ -386,19 +390,19 @@ impl Sql for TenantSql<'_> {
         (range_from, range_to): (DateTime<Utc>, DateTime<Utc>),
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Option<Rows>, AnalysisError> {
+    ) -> Result<Option<crate::detectors::drop_off::Journeys>, AnalysisError> {
         let (Some(from), Some(to)) = (from.timestamp_nanos_opt(), to.timestamp_nanos_opt()) else { return Ok(None) };
-        let journeys = |fold: &crate::fold::PageFold| {
-            fold.journeys(from, to)
-                .transpose()
-                .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: "the folded journeys".into() })
-        };
+        let journeys = |fold: &mut crate::fold::PageFold| Ok(fold.journeys(from, to));
         Ok(self.page_fold(ctx, range_from, range_to, journeys).await?.flatten())
     }
 
     fn answered(&self, sql: &str, rows: &Rows) {
         self.note(sql, rows);
         self.ran().insert(sql.to_owned(), rows.clone());
+    }
+
+    fn noted(&self, sql: &str, rows: usize) {
+        self.count(sql, rows);
     }
 }
 
@@ -410,7 +414,7 @@ impl TenantSql<'_> {
         ctx: &Ctx,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        then: impl FnOnce(&crate::fold::PageFold) -> Result<T, AnalysisError>,
+        then: impl FnOnce(&mut crate::fold::PageFold) -> Result<T, AnalysisError>,
     ) -> Result<Option<T>, AnalysisError> {
         let Some(slot) = self.pages else { return Ok(None) };
         let session_segments = ctx.session_vars("").into_iter().find(|(k, _)| *k == "session_segments");
@@ -424,7 +428,7 @@ impl TenantSql<'_> {
         let source = (self.tenant.clone(), session_segments, self.engine.store().sessions_version());
         let read = |sql: String| async move { query(self.engine, self.tenant, &sql).await };
         let out = match fold.advance(source, ctx.segments.columns.len(), from, to, read).await {
-            Ok(()) => then(&fold),
+            Ok(()) => then(&mut fold),
             Err(e) => Err(e),
         };
         // Kept for the next pass only while `sessions` has not changed since
@@ -434,6 +438,32 @@ impl TenantSql<'_> {
             *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
         }
         out.map(Some)
+    }
+}
+
+/// A shared statement, then each of the two statements of a pass (its
+/// window's and its last minute's) and how its rows are summed out of the
+/// shared one's.
+type Pair = (String, (String, sides::Regroup<'static>), (String, sides::Regroup<'static>));
+
+/// A shared statement's keys: the service, the operation, its segment
+/// columns `segs`, then `more`.
+fn statement_keys(segs: &[String], more: &[&str]) -> Vec<String> {
+    ["service", "operation"]
+        .iter()
+        .map(|k| (*k).to_owned())
+        .chain(segs.iter().cloned())
+        .chain(more.iter().map(|k| (*k).to_owned()))
+        .collect()
+}
+
+/// What a task spawned beside a pass's own work gave; its panic goes on in
+/// the pass.
+async fn joined<T>(task: tokio::task::JoinHandle<Result<T, AnalysisError>>, what: &str) -> Result<T, AnalysisError> {
+    match task.await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(AnalysisError::Config(format!("{what} stopped: {e}"))),
     }
 }
 
@@ -746,8 +776,16 @@ impl Analyzer {
         }
         let last = Windows { split: w.end - recent, ..w };
         let known = self.shared_sides(tenant, w, last, settled).await?;
-        let mut report = self.judge(tenant, w, settled, false, &known).await?;
-        let short = self.judge(tenant, last, settled, true, &known).await?;
+        // The last minute is judged beside the window, on another worker
+        // where the runtime has one: the two share nothing but what
+        // `shared_sides` read for both.
+        let short = {
+            let (this, tenant, known) = (self.clone(), tenant.clone(), known.clone());
+            tokio::spawn(async move { this.judge(&tenant, last, settled, true, &known).await })
+        };
+        let report = self.judge(tenant, w, settled, false, &known).await;
+        let short = joined(short, "the last minute's judgement").await?;
+        let mut report = report?;
         let mut known: Vec<(FindingKind, &str, &str)> = Vec::new();
         for f in &report.findings {
             known.push((f.kind, &f.service, &f.operation));
@@ -816,15 +854,7 @@ impl Analyzer {
         }
         let active = |k: FindingKind| self.detectors.iter().any(|d| d.kind() == k);
         let segs = whole.segments.names();
-        // A statement's keys: the service, the operation, its segment columns, then `more`.
-        let keyed = |more: &[&str]| -> Vec<String> {
-            ["service", "operation"]
-                .iter()
-                .map(|k| (*k).to_owned())
-                .chain(segs.iter().cloned())
-                .chain(more.iter().map(|k| (*k).to_owned()))
-                .collect()
-        };
+        let keyed = |more: &[&str]| -> Vec<String> { statement_keys(&segs, more) };
         let three = format!(
             "CASE WHEN minute >= {} THEN 2 WHEN minute >= {} THEN 1 ELSE 0 END",
             sql::ts(minute.split),
@@ -840,9 +870,6 @@ impl Analyzer {
             more_keys: &'static [&'static str],
             sums: &'static [(&'static str, &'static str)],
         }
-        /// The shared statement, then each pass's statement and how its rows
-        /// are summed out of the shared one's.
-        type Pair = (String, (String, sides::Regroup<'static>), (String, sides::Regroup<'static>));
         let mut pairs: Vec<Pair> = Vec::new();
         let rolled = [
             Rolled {
@@ -877,6 +904,56 @@ impl Analyzer {
             };
             pairs.push((sql::render(template, &vars), (query(&whole, ""), window), (query(&minute, ""), minute_of)));
         }
+        // The calls of sessions beside the cells of `span_metrics`, on
+        // another worker where the runtime has one.
+        let calls = {
+            let (this, tenant, whole, minute) = (self.clone(), tenant.clone(), whole.clone(), minute.clone());
+            tokio::spawn(async move { this.shared_calls(&tenant, &whole, &minute).await })
+        };
+        let bounds = crate::fold::Bounds::new(whole.baseline_start, whole.split, minute.split, whole.end);
+        let metrics = match bounds.filter(|_| whole.baseline_end == whole.split && !pairs.is_empty()) {
+            Some(b) => self.folded_metrics(tenant, &whole, &minute, b, &mut known).await,
+            None => self.regrouped(tenant, pairs, &mut known).await,
+        };
+        let calls = joined(calls, "the calls of sessions").await;
+        metrics?;
+        known.extend(calls?);
+        Ok(known)
+    }
+
+    /// Each statement of `pairs` from its shared statement's rows, into `known`.
+    async fn regrouped(
+        &self,
+        tenant: &Tenant,
+        pairs: Vec<Pair>,
+        known: &mut BTreeMap<String, Rows>,
+    ) -> Result<(), AnalysisError> {
+        for (shared, window, minute_of) in pairs {
+            let rows = self.rows(tenant, &shared).await?;
+            for (statement, regroup) in [window, minute_of] {
+                let out = sides::regroup(&rows, &regroup)
+                    .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: shared.clone() })?;
+                known.insert(statement, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows of the retry and silent-recovery detectors' statements of a
+    /// continuous pass's window `whole` and last minute `minute`, and of the
+    /// last minute's retry history, from one statement over `sessions` (the
+    /// calls of sessions, folded from the last pass's where the windows
+    /// follow on). Empty when neither detector runs or the pass reads spans.
+    async fn shared_calls(
+        &self,
+        tenant: &Tenant,
+        whole: &Ctx,
+        minute: &Ctx,
+    ) -> Result<BTreeMap<String, Rows>, AnalysisError> {
+        let mut known = BTreeMap::new();
+        let active = |k: FindingKind| self.detectors.iter().any(|d| d.kind() == k);
+        let segs = whole.segments.names();
+        let keyed = |more: &[&str]| -> Vec<String> { statement_keys(&segs, more) };
         if whole.sessioned()
             && minute.sessioned()
             && [FindingKind::Retry, FindingKind::SilentRecovery].into_iter().any(active)
@@ -921,8 +998,8 @@ impl Analyzer {
                     let rows = fold.rows(source, segs.len(), bounds, read).await;
                     // The last minute's retries against the minutes before
                     // (`retry_history_sessions.sql`), from the same rows.
-                    if let (Ok(_), Some(statement)) = (&rows, detectors::retry_history_query(&minute, "")) {
-                        let (from, end, window) = detectors::history_span(&minute);
+                    if let (Ok(_), Some(statement)) = (&rows, detectors::retry_history_query(minute, "")) {
+                        let (from, end, window) = detectors::history_span(minute);
                         let ns = |t: DateTime<Utc>| t.timestamp_nanos_opt();
                         if let (Some(from), Some(end)) = (ns(from), ns(end))
                             && let Some(history) = fold.retry_history(from, end, window * 1_000_000_000, segs.len())
@@ -941,21 +1018,8 @@ impl Analyzer {
                 _ => self.rows(tenant, &shared).await?,
             };
             for (statement, regroup) in
-                [(detectors::retry::query(&whole, ""), window), (detectors::retry::query(&minute, ""), minute_of)]
+                [(detectors::retry::query(whole, ""), window), (detectors::retry::query(minute, ""), minute_of)]
             {
-                let out = sides::regroup(&rows, &regroup)
-                    .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: shared.clone() })?;
-                known.insert(statement, out);
-            }
-        }
-        let bounds = crate::fold::Bounds::new(whole.baseline_start, whole.split, minute.split, whole.end);
-        if let Some(b) = bounds.filter(|_| whole.baseline_end == whole.split && !pairs.is_empty()) {
-            self.folded_metrics(tenant, &whole, &minute, b, &mut known).await?;
-            return Ok(known);
-        }
-        for (shared, window, minute_of) in pairs {
-            let rows = self.rows(tenant, &shared).await?;
-            for (statement, regroup) in [window, minute_of] {
                 let out = sides::regroup(&rows, &regroup)
                     .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: shared.clone() })?;
                 known.insert(statement, out);
@@ -1771,7 +1835,29 @@ mod tests {
             let direct_journeys =
                 rt.block_on(query(&engine, &tenant, &detectors::drop_off::journeys_query(&ctx))).unwrap();
             assert!(!direct_journeys.is_empty());
-            same_rows(&journeys, &direct_journeys).unwrap_or_else(|e| panic!("pass {i}, journeys: {e}"));
+            // Each session's pages and first requests, whoever the session is.
+            let visits = |j: &detectors::drop_off::Journeys| {
+                let mut v: Vec<Vec<(Option<String>, String, i64)>> = j
+                    .sessions
+                    .iter()
+                    .map(|s| {
+                        let mut s: Vec<_> = s
+                            .iter()
+                            .map(|(p, t)| {
+                                let (service, op) = j.pages[*p as usize].clone();
+                                (service, op, *t)
+                            })
+                            .collect();
+                        s.sort();
+                        s
+                    })
+                    .collect();
+                v.sort();
+                v
+            };
+            let direct_journeys = detectors::drop_off::Journeys::from_rows(&direct_journeys);
+            assert_eq!(journeys.len(), direct_journeys.len(), "pass {i}");
+            assert!(visits(&journeys) == visits(&direct_journeys), "pass {i}: the journeys differ");
             let pages = rt.block_on(sql.session_pages(&ctx, start, ctx.end)).unwrap().unwrap();
             let folded = detectors::drop_off::folded(&ctx, &flows, &pages).unwrap();
             same_rows(&folded, &direct).unwrap_or_else(|e| panic!("pass {i}: {e}"));

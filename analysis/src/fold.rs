@@ -44,6 +44,7 @@ use chrono::{DateTime, Utc};
 use hashbrown::{HashMap, HashSet};
 
 use crate::AnalysisError;
+use crate::detectors::drop_off::Journeys;
 use crate::sql::Rows;
 
 mod metrics;
@@ -719,6 +720,16 @@ pub struct PageFold {
     requests: Numbered<[Option<String>; 3]>,
     segments: Numbered<Vec<Option<String>>>,
     services: Numbered<Option<String>>,
+    /// Journeys' pages (service and operation), by number, and the page of
+    /// each service and request.
+    pages: Numbered<(Option<String>, String)>,
+    page_of: HashMap<(u32, u32), Option<u32>>,
+    /// Each session's journey over the minutes `journey_bounds` (its pages
+    /// and first requests of each), kept from one pass to the next.
+    journeys: HashMap<u32, Arc<Vec<(u32, i64)>>>,
+    journey_bounds: Option<(i64, i64)>,
+    /// The sessions whose rows changed since their journeys were taken.
+    moved: HashSet<u32>,
 }
 
 impl PageFold {
@@ -732,27 +743,9 @@ impl PageFold {
         self.kept.read_at(version)
     }
 
-    /// Every session with rows in `[from, to)`, reading what the fold lacks
-    /// of `sessions` with `read`; `segments` segment columns read as
-    /// `source` says.
-    pub async fn pages<F, Fut>(
-        &mut self,
-        source: Source,
-        segments: usize,
-        from: i64,
-        to: i64,
-        read: F,
-    ) -> Result<Pages, AnalysisError>
-    where
-        F: Fn(String) -> Fut,
-        Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
-    {
-        self.advance(source, segments, from, to, read).await?;
-        Ok(self.kept_pages())
-    }
-
-    /// Moves the fold to `[from, to)`, as [`Self::pages`] does, without
-    /// handing out its sessions.
+    /// Moves the fold to `[from, to)`, reading what it lacks of `sessions`
+    /// with `read`; `segments` segment columns read as `source` says. Its
+    /// sessions are then [`Self::kept_pages`], its journeys [`Self::journeys`].
     pub async fn advance<F, Fut>(
         &mut self,
         source: Source,
@@ -804,7 +797,11 @@ impl PageFold {
         let Moved { rebuilt, changed } = self.kept.advance(source, from, to, sql, read, parse).await?;
         if rebuilt {
             self.summaries.clear();
+            self.journeys.clear();
+            self.journey_bounds = None;
+            self.moved.clear();
         }
+        self.moved.extend(changed.iter().copied());
         for id in changed {
             self.summaries.remove(&id);
             let Some(calls) = self.kept.sessions.get(&id) else { continue };
@@ -824,49 +821,56 @@ impl PageFold {
 
 impl PageFold {
     /// `journeys_sessions.sql`'s rows over the minutes `[from, to)` of the
-    /// range the fold was last moved to: per session, service and
-    /// operation it requested as a page there, its first such request.
-    /// `None` when the kept range does not hold `[from, to)`.
-    pub fn journeys(&self, from: i64, to: i64) -> Option<Result<Rows, ArrowError>> {
+    /// range the fold was last moved to, numbered: per session, each page
+    /// (service and operation) it requested there and its first such
+    /// request. A session's journey is taken again only when its rows
+    /// changed or it has rows in a minute that entered or left `[from, to)`
+    /// since the last call. `None` when the kept range does not hold
+    /// `[from, to)`.
+    pub fn journeys(&mut self, from: i64, to: i64) -> Option<Journeys> {
         let (lo, hi) = self.kept.range?;
         if from < lo || to > hi {
             return None;
         }
-        let within: HashSet<u32> = self.kept.minutes.range(from..to).flat_map(|(_, ids)| ids.iter().copied()).collect();
-        // Session, service and operation.
-        type Key<'a> = (u32, u32, Option<&'a str>);
-        let mut firsts: HashMap<Key<'_>, i64> = HashMap::new();
-        for id in within {
-            let Some(calls) = self.kept.sessions.get(&id) else { continue };
-            for c in calls.iter().filter(|c| (from..to).contains(&c.minute)) {
-                let Some(t) = c.first_page else { continue };
-                let operation = self.requests.get(c.request)[0].as_deref();
-                let first = firsts.entry((id, c.service, operation)).or_insert(t);
-                *first = (*first).min(t);
+        let mut again = std::mem::take(&mut self.moved);
+        let ids = |range: std::ops::Range<i64>| {
+            self.kept.minutes.range(range).flat_map(|(_, ids)| ids.iter().copied()).collect::<Vec<u32>>()
+        };
+        match self.journey_bounds {
+            // The minutes in one of the two ranges only.
+            Some((f, t)) => {
+                again.extend(ids(f.min(from)..f.max(from)));
+                again.extend(ids(t.min(to)..t.max(to)));
+            }
+            None => {
+                self.journeys.clear();
+                again.extend(ids(from..to));
             }
         }
-        let mut rows: Vec<(Key<'_>, i64)> = firsts.into_iter().collect();
-        rows.sort_unstable();
-        let schema = Schema::new(vec![
-            Field::new("session_id", DataType::Utf8, true),
-            Field::new("service", DataType::Utf8, true),
-            Field::new("operation", DataType::Utf8, true),
-            Field::new(
-                "first_time",
-                DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, Some("UTC".into())),
-                true,
-            ),
-        ]);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(rows.iter().map(|((id, _, _), _)| self.kept.names.get(id).map(|n| &**n)).collect::<StringArray>()),
-            Arc::new(rows.iter().map(|((_, s, _), _)| self.services.get(*s).as_deref()).collect::<StringArray>()),
-            Arc::new(rows.iter().map(|((_, _, op), _)| *op).collect::<StringArray>()),
-            Arc::new(
-                arrow::array::TimestampNanosecondArray::from_iter_values(rows.iter().map(|(_, t)| *t))
-                    .with_timezone("UTC"),
-            ),
-        ];
-        Some(RecordBatch::try_new(Arc::new(schema), columns).map(|b| Rows::new(vec![b])))
+        for id in again {
+            let mut visits: Vec<(u32, i64)> = Vec::new();
+            let calls = self.kept.sessions.get(&id).map_or(&[][..], Vec::as_slice);
+            for c in calls.iter().filter(|c| (from..to).contains(&c.minute)) {
+                let Some(t) = c.first_page else { continue };
+                let (requests, pages, services) = (&self.requests, &mut self.pages, &self.services);
+                let page = *self.page_of.entry((c.service, c.request)).or_insert_with(|| {
+                    let operation = requests.get(c.request)[0].clone()?;
+                    Some(pages.number((services.get(c.service).clone(), operation)))
+                });
+                let Some(page) = page else { continue };
+                match visits.iter_mut().find(|(p, _)| *p == page) {
+                    Some((_, first)) => *first = (*first).min(t),
+                    None => visits.push((page, t)),
+                }
+            }
+            if visits.is_empty() {
+                self.journeys.remove(&id);
+            } else {
+                self.journeys.insert(id, Arc::new(visits));
+            }
+        }
+        self.journey_bounds = Some((from, to));
+        Some(Journeys { pages: self.pages.values.clone(), sessions: self.journeys.values().cloned().collect() })
     }
 }
 
@@ -962,16 +966,20 @@ mod tests {
             }
         };
         let mut fold = PageFold::default();
+        // Moves the fold and hands out its sessions.
+        let moved = |fold: &mut PageFold, (source, segments, from, to, read)| {
+            rt.block_on(fold.advance(source, segments, from, to, read)).map(|()| fold.kept_pages())
+        };
         // Minutes 0..3: session a in minutes 0 and 2, b in minute 1.
         let first = rows(&[("a", "GET /", 0, 10), ("b", "GET /", 1, 70), ("a", "GET /cart", 2, 130)]);
-        let pages = rt.block_on(fold.pages(source(7), 1, 0, 3 * MINUTE, serve(first))).unwrap();
+        let pages = moved(&mut fold, (source(7), 1, 0, 3 * MINUTE, serve(first))).unwrap();
         assert_eq!(pages.sessions.len(), 2);
         let a = pages.sessions.iter().find(|s| s.first_seen == 10).unwrap();
         assert_eq!(a.requests.len(), 2, "a's two requests");
         assert_eq!(pages.segments[a.segs as usize], vec![Some("android".to_owned())]);
         // The next pass: minute 0 leaves, minute 3 enters with a new session c.
         let next = rows(&[("c", "GET /", 3, 190)]);
-        let pages = rt.block_on(fold.pages(source(7), 1, MINUTE, 4 * MINUTE, serve(next))).unwrap();
+        let pages = moved(&mut fold, (source(7), 1, MINUTE, 4 * MINUTE, serve(next))).unwrap();
         let asked_now = asked.lock().unwrap().clone();
         assert_eq!(asked_now.len(), 2);
         assert!(asked_now[1].contains("minute >= TIMESTAMP '1970-01-01T00:03:00"), "{}", asked_now[1]);
@@ -981,18 +989,31 @@ mod tests {
         assert_eq!(fold.rebuilds(), 1);
         // The journeys of minutes 1..4: each session's first page request,
         // a's `GET /cart` none; of minute 0, gone from the range, none.
-        let journeys = fold.journeys(MINUTE, 4 * MINUTE).unwrap().unwrap();
-        let got: Vec<(String, Option<i64>)> =
-            journeys.iter().map(|r| (r.str("session_id").unwrap(), r.i64("first_time"))).collect();
-        assert_eq!(got, [("b".to_owned(), Some(70)), ("c".to_owned(), Some(190))]);
+        let firsts = |j: &Journeys| {
+            let mut v: Vec<Vec<(String, i64)>> = j
+                .sessions
+                .iter()
+                .map(|s| s.iter().map(|(p, t)| (j.pages[*p as usize].1.clone(), *t)).collect())
+                .collect();
+            v.sort();
+            v
+        };
+        let journeys = fold.journeys(MINUTE, 4 * MINUTE).unwrap();
+        let page = |t: i64| vec![("GET /".to_owned(), t)];
+        assert_eq!(firsts(&journeys), [page(70), page(190)]);
+        assert_eq!(journeys.pages, [(Some("frontend".to_owned()), "GET /".to_owned())]);
         assert!(fold.journeys(0, 4 * MINUTE).is_none());
+        // Minute 1 leaves the journeys' minutes, and b with it; then it
+        // comes back.
+        assert_eq!(firsts(&fold.journeys(2 * MINUTE, 4 * MINUTE).unwrap()), [page(190)]);
+        assert_eq!(firsts(&fold.journeys(MINUTE, 3 * MINUTE).unwrap()), [page(70)]);
         // Minutes 1 and 2 leave: a and b are forgotten, their ids too.
-        let pages = rt.block_on(fold.pages(source(7), 1, 3 * MINUTE, 4 * MINUTE, serve(rows(&[])))).unwrap();
+        let pages = moved(&mut fold, (source(7), 1, 3 * MINUTE, 4 * MINUTE, serve(rows(&[])))).unwrap();
         assert_eq!(pages.sessions.iter().map(|s| s.first_seen).collect::<Vec<_>>(), [190]);
         assert_eq!((fold.kept.ids.len(), fold.kept.names.len(), fold.kept.sessions.len()), (1, 1, 1));
         // Another version of `sessions`: the whole range is read again.
         let again = rows(&[("c", "GET /", 3, 190), ("d", "GET /", 3, 200)]);
-        let pages = rt.block_on(fold.pages(source(8), 1, 3 * MINUTE, 4 * MINUTE, serve(again))).unwrap();
+        let pages = moved(&mut fold, (source(8), 1, 3 * MINUTE, 4 * MINUTE, serve(again))).unwrap();
         assert_eq!(pages.sessions.len(), 2);
         assert_eq!(fold.rebuilds(), 2);
         assert!(fold.read_at(8) && !fold.read_at(7));

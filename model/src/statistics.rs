@@ -139,18 +139,10 @@ pub fn mann_whitney(baseline: &Histogram, current: &Histogram, confidence: f64) 
     let z = if var > 0.0 { (u - nm / 2.0 - 0.5) / var.sqrt() } else { 0.0 };
     let p_value = if var > 0.0 { normal_sf(z) } else { 1.0 };
 
-    // Pairwise differences current - baseline, weighted by counts, in order.
-    let diffs = differences(baseline, current);
-    let order_stat = |k: f64| -> f64 {
-        let mut seen = 0.0;
-        for (d, w) in &diffs {
-            seen += w;
-            if seen >= k {
-                return *d as f64;
-            }
-        }
-        diffs.last().map_or(0, |(d, _)| *d) as f64
-    };
+    // Order statistics of the pairwise differences current - baseline,
+    // weighted by counts.
+    let pairs = Pairs::new(baseline, current);
+    let order_stat = |k: f64| pairs.order_stat(k) as f64;
     let shift = order_stat(nm / 2.0);
     let za = normal_isf((1.0 - confidence) / 2.0);
     let c = (nm / 2.0 - za * (nm * (big_n + 1.0) / 12.0).sqrt()).floor().max(1.0);
@@ -158,37 +150,76 @@ pub fn mann_whitney(baseline: &Histogram, current: &Histogram, confidence: f64) 
     Some(ShiftTest { p_value, shift, ci })
 }
 
-/// Every difference `c - b` of a bucket `c` of `current` and a bucket `b` of
-/// `baseline`, in order, with the product of their counts summed over the
-/// pairs that make it. Bucket indexes are close together, so the sums are
-/// kept in a vector over the differences' range (a map where it is wide).
-fn differences(baseline: &Histogram, current: &Histogram) -> Vec<(i64, f64)> {
-    let (Some((&b_lo, _)), Some((&b_hi, _)), Some((&c_lo, _)), Some((&c_hi, _))) =
-        (baseline.first_key_value(), baseline.last_key_value(), current.first_key_value(), current.last_key_value())
-    else {
-        return Vec::new();
-    };
-    let lo = c_lo.saturating_sub(b_hi);
-    let width = c_hi.saturating_sub(b_lo).saturating_sub(lo).saturating_add(1);
-    if !(1..=1 << 16).contains(&width) {
-        let mut diffs: BTreeMap<i64, f64> = BTreeMap::new();
-        for (cb, cc) in current {
-            for (bb, bc) in baseline {
-                *diffs.entry(cb - bb).or_default() += (*cc as f64) * (*bc as f64);
+/// The pairs of a bucket `c` of `current` and a bucket `b` of `baseline`,
+/// weighted by the product of their counts, ordered by their difference
+/// `c - b`, without listing them: how many have a difference at most `d` is
+/// a sum over `current`'s buckets of `baseline`'s requests from `c - d` up,
+/// so an order statistic is a binary search over differences.
+struct Pairs {
+    /// `baseline`'s buckets in order, and the requests below each.
+    base: Vec<i64>,
+    below: Vec<u64>,
+    base_total: u64,
+    current: Vec<(i64, u64)>,
+}
+
+impl Pairs {
+    fn new(baseline: &Histogram, current: &Histogram) -> Self {
+        let mut below = Vec::with_capacity(baseline.len());
+        let mut seen = 0u64;
+        for c in baseline.values() {
+            below.push(seen);
+            seen += c;
+        }
+        Self {
+            base: baseline.keys().copied().collect(),
+            below,
+            base_total: seen,
+            current: current.iter().map(|(b, c)| (*b, *c)).collect(),
+        }
+    }
+
+    /// The weight of the pairs whose difference is at most `d`.
+    fn at_most(&self, d: i64) -> u128 {
+        // `cb - d` rises with `cb`: one sweep over both.
+        let mut i = 0;
+        self.current
+            .iter()
+            .map(|(cb, cc)| {
+                // Baseline requests in buckets at or above `cb - d`.
+                let from = cb.saturating_sub(d);
+                while i < self.base.len() && self.base[i] < from {
+                    i += 1;
+                }
+                let above = self.base_total - self.below.get(i).copied().unwrap_or(self.base_total);
+                u128::from(*cc) * u128::from(above)
+            })
+            .sum()
+    }
+
+    /// The least difference whose pairs, with every pair of a smaller one,
+    /// weigh at least `k`; the greatest difference when none do.
+    fn order_stat(&self, k: f64) -> i64 {
+        let (Some(b_lo), Some(b_hi), Some(c_lo), Some(c_hi)) =
+            (self.base.first(), self.base.last(), self.current.first(), self.current.last())
+        else {
+            return 0;
+        };
+        let (mut lo, mut hi) = (c_lo.0.saturating_sub(*b_hi), c_hi.0.saturating_sub(*b_lo));
+        if (self.at_most(hi) as f64) < k {
+            return hi;
+        }
+        // The least `d` in `[lo, hi]` with `at_most(d) >= k`.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.at_most(mid) as f64 >= k {
+                hi = mid;
+            } else {
+                lo = mid + 1;
             }
         }
-        return diffs.into_iter().collect();
+        lo
     }
-    let mut sums = vec![0.0; width as usize];
-    let mut made = vec![false; width as usize];
-    for (cb, cc) in current {
-        for (bb, bc) in baseline {
-            let i = (cb - bb - lo) as usize;
-            sums[i] += (*cc as f64) * (*bc as f64);
-            made[i] = true;
-        }
-    }
-    (0..width as usize).filter(|i| made[*i]).map(|i| (lo + i as i64, sums[i])).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -364,23 +395,33 @@ mod tests {
     }
 
     #[test]
-    fn pairwise_differences_are_every_pair_in_order_however_far_apart() {
-        let reference = |b: &Histogram, c: &Histogram| -> Vec<(i64, f64)> {
-            let mut diffs: BTreeMap<i64, f64> = BTreeMap::new();
+    fn order_statistics_of_pairwise_differences_are_those_of_every_pair_however_far_apart() {
+        // Every pair's difference, repeated by its weight, in order.
+        let listed = |b: &Histogram, c: &Histogram| -> Vec<i64> {
+            let mut diffs = Vec::new();
             for (cb, cc) in c {
                 for (bb, bc) in b {
-                    *diffs.entry(cb - bb).or_default() += (*cc as f64) * (*bc as f64);
+                    diffs.extend(std::iter::repeat_n(cb - bb, (cc * bc) as usize));
                 }
             }
-            diffs.into_iter().collect()
+            diffs.sort_unstable();
+            diffs
         };
         let near: Histogram = [(-3, 2), (0, 5), (7, 1), (40, 9)].into();
         let other: Histogram = [(1, 4), (2, 3), (41, 1)].into();
         let far: Histogram = [(-5, 1), (1 << 20, 2)].into();
-        for (b, c) in [(&near, &other), (&other, &near), (&near, &far), (&far, &near), (&near, &Histogram::new())] {
-            assert_eq!(differences(b, c), reference(b, c), "{b:?} {c:?}");
+        for (b, c) in [(&near, &other), (&other, &near), (&near, &far), (&far, &near), (&near, &near)] {
+            let diffs = listed(b, c);
+            let pairs = Pairs::new(b, c);
+            for k in 1..=diffs.len() {
+                assert_eq!(pairs.order_stat(k as f64), diffs[k - 1], "{k} of {b:?} {c:?}");
+            }
+            // Halfway between two weights, the next; past the end, the last.
+            assert_eq!(pairs.order_stat(1.5), diffs[1]);
+            assert_eq!(pairs.order_stat(diffs.len() as f64 + 1.0), *diffs.last().unwrap());
         }
-        assert_eq!(differences(&near, &other).first(), Some(&(1 - 40, 36.0)));
+        assert_eq!(Pairs::new(&near, &other).order_stat(1.0), 1 - 40);
+        assert_eq!(Pairs::new(&near, &Histogram::new()).order_stat(1.0), 0);
     }
 
     #[test]

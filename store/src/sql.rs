@@ -123,6 +123,35 @@ pub fn text_at(a: &dyn Array, i: usize) -> Option<Cow<'_, str>> {
     })
 }
 
+/// Row `i` of column `a` as an integer, as [`Row::i64`] reads it.
+pub fn i64_at(a: &dyn Array, i: usize) -> Option<i64> {
+    if a.is_null(i) {
+        return None;
+    }
+    match a.data_type() {
+        DataType::Int64 => Some(a.as_primitive::<Int64Type>().value(i)),
+        DataType::Int32 => Some(i64::from(a.as_primitive::<Int32Type>().value(i))),
+        DataType::UInt64 => Some(a.as_primitive::<UInt64Type>().value(i) as i64),
+        DataType::Timestamp(unit, _) => Some(Row::timestamp(a, i, *unit)),
+        _ => f64_at(a, i).map(|v| v as i64),
+    }
+}
+
+/// Row `i` of column `a` as a float, as [`Row::f64`] reads it.
+pub fn f64_at(a: &dyn Array, i: usize) -> Option<f64> {
+    if a.is_null(i) {
+        return None;
+    }
+    match a.data_type() {
+        DataType::Float64 => Some(a.as_primitive::<Float64Type>().value(i)),
+        DataType::Int64 => Some(a.as_primitive::<Int64Type>().value(i) as f64),
+        DataType::Int32 => Some(f64::from(a.as_primitive::<Int32Type>().value(i))),
+        DataType::UInt64 => Some(a.as_primitive::<UInt64Type>().value(i) as f64),
+        DataType::Timestamp(unit, _) => Some(Row::timestamp(a, i, *unit) as f64),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Row<'a> {
     batch: &'a RecordBatch,
@@ -163,32 +192,11 @@ impl<'a> Row<'a> {
     }
 
     pub fn f64(&self, name: &str) -> Option<f64> {
-        let a = self.column(name)?;
-        if a.is_null(self.i) {
-            return None;
-        }
-        match a.data_type() {
-            DataType::Float64 => Some(a.as_primitive::<Float64Type>().value(self.i)),
-            DataType::Int64 => Some(a.as_primitive::<Int64Type>().value(self.i) as f64),
-            DataType::Int32 => Some(f64::from(a.as_primitive::<Int32Type>().value(self.i))),
-            DataType::UInt64 => Some(a.as_primitive::<UInt64Type>().value(self.i) as f64),
-            DataType::Timestamp(unit, _) => Some(Self::timestamp(a, self.i, *unit) as f64),
-            _ => None,
-        }
+        f64_at(self.column(name)?, self.i)
     }
 
     pub fn i64(&self, name: &str) -> Option<i64> {
-        let a = self.column(name)?;
-        if a.is_null(self.i) {
-            return None;
-        }
-        match a.data_type() {
-            DataType::Int64 => Some(a.as_primitive::<Int64Type>().value(self.i)),
-            DataType::Int32 => Some(i64::from(a.as_primitive::<Int32Type>().value(self.i))),
-            DataType::UInt64 => Some(a.as_primitive::<UInt64Type>().value(self.i) as i64),
-            DataType::Timestamp(unit, _) => Some(Self::timestamp(a, self.i, *unit)),
-            _ => self.f64(name).map(|v| v as i64),
-        }
+        i64_at(self.column(name)?, self.i)
     }
 
     pub fn u64(&self, name: &str) -> u64 {

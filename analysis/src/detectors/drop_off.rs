@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 use andon_model::format::{count, pct};
@@ -50,32 +51,84 @@ impl ResolvedFlow {
 /// step's horizon at the session timeout.
 const MIN_GAPS: usize = 50;
 
-/// Each flow's horizons from the rows of [`journeys_query`]: twice the 95th
+/// Each session's first request of each page over the baseline: the rows of
+/// [`journeys_query`], numbered, which journey discovery and the horizons
+/// read. A session's pages are kept together so that a fold can hand out the
+/// sessions it kept from the last pass without copying them.
+#[derive(Debug, Clone, Default)]
+pub struct Journeys {
+    /// Service and operation, by number.
+    pub pages: Vec<(Option<String>, String)>,
+    /// Per session, each page it requested (by number, once) and when it
+    /// first did.
+    pub sessions: Vec<Arc<Vec<(u32, i64)>>>,
+}
+
+impl Journeys {
+    /// The rows of [`journeys_query`]: a row without a session, an
+    /// operation or a time is no request of a page.
+    pub fn from_rows(rows: &Rows) -> Self {
+        let mut pages: Vec<(Option<String>, String)> = Vec::new();
+        let mut numbers: HashMap<(Option<Cow<'_, str>>, Cow<'_, str>), u32> = HashMap::new();
+        let mut sessions: HashMap<Cow<'_, str>, Vec<(u32, i64)>> = HashMap::new();
+        for (session, service, op, t) in journey_rows(rows) {
+            let next = pages.len() as u32;
+            let page = *numbers.entry((service, op)).or_insert_with_key(|(service, op)| {
+                pages.push((service.as_deref().map(str::to_owned), op.to_string()));
+                next
+            });
+            let visits = sessions.entry(session).or_default();
+            match visits.iter_mut().find(|(p, _)| *p == page) {
+                Some((_, first)) => *first = (*first).min(t),
+                None => visits.push((page, t)),
+            }
+        }
+        Self { pages, sessions: sessions.into_values().map(Arc::new).collect() }
+    }
+
+    /// How many rows of [`journeys_query`] these are: one per session and page.
+    pub fn len(&self) -> usize {
+        self.sessions.iter().map(|s| s.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.iter().all(|s| s.is_empty())
+    }
+}
+
+/// Each flow's horizons from the baseline's journeys: twice the 95th
 /// percentile of the baseline's times from a step's first page request to the
 /// next page's, among the sessions that went on, between a second and the
 /// session timeout. A session that took longer is one of the slowest few in a
 /// hundred, twice over; a step too few sessions went on from keeps the
 /// timeout.
-pub fn horizons(rows: &Rows, flows: &mut [ResolvedFlow], timeout_ns: i64) {
+pub fn horizons(journeys: &Journeys, flows: &mut [ResolvedFlow], timeout_ns: i64) {
     let (pages, at) = pages(flows);
-    // Each session's first request of each page.
-    let mut first: HashMap<Cow<'_, str>, Vec<Option<i64>>> = HashMap::new();
-    for (session, _, op, t) in journey_rows(rows) {
-        let Some(p) = pages.iter().position(|page| is_page(&op, page)) else {
-            continue;
-        };
-        let times = first.entry(session).or_insert_with(|| vec![None; pages.len()]);
-        times[p] = Some(times[p].map_or(t, |f| f.min(t)));
-    }
+    // The flows' page each numbered page requests, if any.
+    let page_of: Vec<Option<usize>> =
+        journeys.pages.iter().map(|(_, op)| pages.iter().position(|page| is_page(op, page))).collect();
+    // Each session's first request of each flows' page.
+    let first: Vec<Vec<Option<i64>>> = journeys
+        .sessions
+        .iter()
+        .filter_map(|visits| {
+            let mut times = vec![None; pages.len()];
+            let mut any = false;
+            for (page, t) in visits.iter() {
+                if let Some(p) = page_of[*page as usize] {
+                    times[p] = Some(times[p].map_or(*t, |f: i64| f.min(*t)));
+                    any = true;
+                }
+            }
+            any.then_some(times)
+        })
+        .collect();
     for (flow, at) in flows.iter_mut().zip(at) {
         flow.horizons = at
             .windows(2)
             .map(|pair| {
-                let mut gaps: Vec<i64> = first
-                    .values()
-                    .filter_map(|t| Some(t[pair[1]]? - t[pair[0]]?))
-                    .filter(|gap| *gap >= 0)
-                    .collect();
+                let mut gaps: Vec<i64> =
+                    first.iter().filter_map(|t| Some(t[pair[1]]? - t[pair[0]]?)).filter(|gap| *gap >= 0).collect();
                 if gaps.len() < MIN_GAPS {
                     return timeout_ns;
                 }
@@ -267,7 +320,6 @@ fn period_of(ctx: &Ctx) -> (i64, i64) {
 /// with rows in its range ([`crate::fold::PageFold`]): the same columns,
 /// groups and sums, each session weighed as the statement weighs it.
 pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> Result<Rows, arrow::error::ArrowError> {
-    use std::sync::Arc;
 
     use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
@@ -329,14 +381,19 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
         for (at, steps) in flow_pages.iter().zip(&bounds) {
             // Whether the session reached step k: the flow's first page, then
             // each next one no earlier than the one before.
-            let reached = |k: usize| {
-                first[at[0]].is_some()
-                    && (1..=k).all(|j| matches!((last[at[j]], first[at[j - 1]]), (Some(l), Some(f)) if l >= f))
-            };
+            let mut reached = first[at[0]].is_some();
+            if !reached {
+                col += 4 * steps.len();
+                continue;
+            }
+            let link = |j: usize| matches!((last[at[j]], first[at[j - 1]]), (Some(l), Some(f)) if l >= f);
+            // The latest first request of the steps up to k.
+            let mut t: Option<i64> = None;
             for (k, (h, by, kept)) in steps.iter().enumerate() {
-                let t = at[..=k].iter().filter_map(|p| first[*p]).max();
+                t = t.max(first[at[k]]);
+                let reached_next = reached && link(k + 1);
                 let e = match t {
-                    Some(t) if reached(k) && t < *by => {
+                    Some(t) if reached && t < *by => {
                         if cur == 1 {
                             1.0
                         } else if *kept > t - s.first_seen {
@@ -348,7 +405,7 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
                     _ => 0.0,
                 };
                 let went = match (t, first[at[k + 1]]) {
-                    (Some(t), Some(next)) => reached(k + 1) && next - t <= *h,
+                    (Some(t), Some(next)) => reached_next && next - t <= *h,
                     _ => false,
                 };
                 sums[col] += e;
@@ -356,6 +413,7 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
                 sums[col + 2] += if went { e } else { 0.0 };
                 sums[col + 3] += if !went && err[at[k]] { e } else { 0.0 };
                 col += 4;
+                reached = reached_next;
             }
         }
     }
@@ -437,33 +495,24 @@ const MAX_FLOWS: usize = 12;
 /// leads to, to a page that leads nowhere, with at least three pages, is a
 /// journey. A page counts when at least 2% of sessions (at least ten)
 /// request it.
-pub fn discover(rows: &Rows) -> Vec<ResolvedFlow> {
-    let mut sessions: HashMap<Cow<'_, str>, Vec<(i64, usize)>> = HashMap::new();
-    let mut ops: Vec<(String, String)> = Vec::new();
-    let mut index: HashMap<(Cow<'_, str>, Cow<'_, str>), usize> = HashMap::new();
-    for (session, service, op, t) in journey_rows(rows) {
-        let Some(service) = service else { continue };
-        let next = ops.len();
-        let i = *index.entry((service, op)).or_insert_with_key(|(service, op)| {
-            ops.push((service.to_string(), op.to_string()));
-            next
-        });
-        sessions.entry(session).or_default().push((t, i));
-    }
+pub fn discover(journeys: &Journeys) -> Vec<ResolvedFlow> {
     // Pages numbered by name, not in the order rows arrive (which varies from
-    // one run to the next): ties between journeys break the same way every time.
-    let mut order: Vec<usize> = (0..ops.len()).collect();
-    order.sort_by(|a, b| ops[*a].cmp(&ops[*b]));
-    let mut rank = vec![0; ops.len()];
+    // one run to the next): ties between journeys break the same way every
+    // time. A page without a service is no step.
+    let mut order: Vec<usize> = (0..journeys.pages.len()).filter(|i| journeys.pages[*i].0.is_some()).collect();
+    order.sort_by(|a, b| journeys.pages[*a].cmp(&journeys.pages[*b]));
+    let mut rank: Vec<Option<usize>> = vec![None; journeys.pages.len()];
     for (r, i) in order.iter().enumerate() {
-        rank[*i] = r;
+        rank[*i] = Some(r);
     }
-    let ops: Vec<(String, String)> = order.iter().map(|i| ops[*i].clone()).collect();
-    for seq in sessions.values_mut() {
-        for (_, i) in seq.iter_mut() {
-            *i = rank[*i];
-        }
-    }
+    let ops: Vec<(String, String)> =
+        order.iter().map(|i| (journeys.pages[*i].0.clone().unwrap_or_default(), journeys.pages[*i].1.clone())).collect();
+    let mut sessions: Vec<Vec<(i64, usize)>> = journeys
+        .sessions
+        .iter()
+        .map(|visits| visits.iter().filter_map(|(page, t)| Some((*t, rank[*page as usize]?))).collect::<Vec<_>>())
+        .filter(|seq| !seq.is_empty())
+        .collect();
     let total = sessions.len();
     if total < 50 {
         return Vec::new();
@@ -471,7 +520,7 @@ pub fn discover(rows: &Rows) -> Vec<ResolvedFlow> {
     let n = ops.len();
     let mut support = vec![0usize; n];
     let mut before = vec![vec![0usize; n]; n];
-    for seq in sessions.values_mut() {
+    for seq in sessions.iter_mut() {
         seq.sort_unstable();
         seq.dedup_by_key(|(_, i)| *i);
         for (pos, (_, i)) in seq.iter().enumerate() {
@@ -748,18 +797,18 @@ impl DropOff {
             None
         };
         let journeys = match kept {
-            Some(rows) => {
-                sql.answered(&statement, &rows);
-                rows
+            Some(journeys) => {
+                sql.noted(&statement, journeys.len());
+                journeys
             }
-            None => sql.rows(&statement).await?,
+            None => Journeys::from_rows(&sql.rows(&statement).await?),
         };
         let mut flows = self.resolved(ctx, sql, &journeys).await?;
         horizons(&journeys, &mut flows, timeout_ns(ctx));
         Ok(flows)
     }
 
-    async fn resolved(&self, ctx: &Ctx, sql: &dyn Sql, journeys: &Rows) -> Result<Vec<ResolvedFlow>, AnalysisError> {
+    async fn resolved(&self, ctx: &Ctx, sql: &dyn Sql, journeys: &Journeys) -> Result<Vec<ResolvedFlow>, AnalysisError> {
         if ctx.config.flows.is_empty() {
             return Ok(discover(journeys));
         }
@@ -975,10 +1024,10 @@ mod tests {
         // Most sessions browse: items, their reviews, deals, the account and
         // help pages. One in ten checks out and reads no reviews: the checkout
         // pages are never requested with the browsing pages that come first.
-        let flows = discover(&rows(&[
+        let flows = discover(&Journeys::from_rows(&rows(&[
             (900, &["GET /", "GET /items/{id}", "GET /items/{id}/reviews", "GET /deals", "GET /account", "GET /help"]),
             (100, &["GET /", "GET /items/{id}", "POST /bag", "POST /checkout/shipping", "POST /checkout/payment"]),
-        ]));
+        ])));
         let found = names(&flows);
         assert!(
             found.contains(&vec!["GET /", "GET /items/{id}", "POST /bag", "POST /checkout/shipping", "POST /checkout/payment"]),
@@ -1066,7 +1115,7 @@ mod tests {
             horizons: Vec::new(),
         }];
         let timeout = 900 * 1_000_000_000;
-        horizons(&Rows::new(vec![batch]), &mut flows, timeout);
+        horizons(&Journeys::from_rows(&Rows::new(vec![batch])), &mut flows, timeout);
         // The 95th percentile of 1..=100 s is 95 s.
         assert_eq!(flows[0].horizons, vec![190_000_000_000, timeout]);
         assert_eq!(flows[0].horizon(1, timeout), timeout);
@@ -1075,7 +1124,7 @@ mod tests {
 
     #[test]
     fn pages_requested_in_no_consistent_order_make_no_journey() {
-        let flows = discover(&rows(&[(300, &["GET /a", "GET /b", "GET /c"]), (300, &["GET /c", "GET /b", "GET /a"])]));
+        let flows = discover(&Journeys::from_rows(&rows(&[(300, &["GET /a", "GET /b", "GET /c"]), (300, &["GET /c", "GET /b", "GET /a"])])));
         assert!(flows.is_empty(), "{:#?}", names(&flows));
     }
 }

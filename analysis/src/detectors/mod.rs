@@ -175,40 +175,71 @@ impl<M: Metric> Subject<M> {
 /// Groups rows into subjects keyed by their `service` and `operation`, cells
 /// by side (`cur`) and segment values, in that order. Keys are borrowed from
 /// the rows while they are grouped: a result has a row per histogram bucket or
-/// period, and only its distinct cells are copied out. `measure` adds each
-/// row into its cell.
+/// period, and only its distinct cells are copied out. A row of the same cell
+/// as the row before it (as a result's rows of one cell mostly come) is added
+/// without looking its cell up. `measure` adds each row into its cell.
 pub fn subjects<M: Metric>(
     rows: &sql::Rows,
     segments: &Segments,
     measure: impl Fn(&mut M, &Row<'_>),
 ) -> Vec<Subject<M>> {
+    use arrow::array::{Array, RecordBatch};
     type Cell<'r> = (bool, Vec<Option<Cow<'r, str>>>);
-    let mut by_key: HashMap<(Cow<'_, str>, Cow<'_, str>), HashMap<Cell<'_>, M>> = HashMap::new();
+    // Each cell's number in `measured`.
+    let mut by_key: HashMap<(Cow<'_, str>, Cow<'_, str>), HashMap<Cell<'_>, usize>> = HashMap::new();
+    let mut measured: Vec<M> = Vec::new();
     let names = segments.names();
-    // The key columns, found once per batch.
-    let mut found: Option<(*const arrow::array::RecordBatch, Vec<Option<&dyn arrow::array::Array>>)> = None;
+    // The key columns and `cur`, found once per batch.
+    type Columns<'r> = (Vec<Option<&'r dyn Array>>, Option<&'r dyn Array>);
+    let mut found: Option<(*const RecordBatch, Columns<'_>)> = None;
+    // The last row's batch, side, cell and key values.
+    let mut last: Option<(*const RecordBatch, bool, usize)> = None;
+    let mut last_key: Vec<Option<Cow<'_, str>>> = Vec::new();
     for row in rows.iter() {
         let (batch, i) = row.place();
-        let columns = match &found {
+        let (columns, cur_column) = match &found {
             Some((b, columns)) if std::ptr::eq(*b, batch) => columns,
             _ => {
                 let column = |n: &str| batch.column_by_name(n).map(|a| a.as_ref());
-                let columns = ["service", "operation"].into_iter().chain(names.iter().map(String::as_str)).map(column);
-                &found.insert((batch, columns.collect())).1
+                let keys = ["service", "operation"].into_iter().chain(names.iter().map(String::as_str)).map(column);
+                &found.insert((batch, (keys.collect(), column("cur")))).1
             }
         };
         let text = |k: usize| columns[k].and_then(|a| andon_store::sql::text_at(a, i));
-        let (Some(service), Some(operation)) = (text(0), text(1)) else { continue };
-        let cur = row.i64("cur").unwrap_or(0) == 1;
-        let segs: Vec<Option<Cow<'_, str>>> = (0..names.len()).map(|k| text(2 + k)).collect();
-        measure(by_key.entry((service, operation)).or_default().entry((cur, segs)).or_default(), &row);
+        let cur = cur_column.and_then(|a| andon_store::sql::i64_at(a, i)).unwrap_or(0) == 1;
+        let same = last.filter(|(b, c, _)| {
+            std::ptr::eq(*b, batch) && *c == cur && last_key.iter().enumerate().all(|(k, v)| text(k) == *v)
+        });
+        let cell = match same {
+            Some((_, _, cell)) => cell,
+            None => {
+                let key: Vec<Option<Cow<'_, str>>> = (0..columns.len()).map(text).collect();
+                let (Some(service), Some(operation)) = (key[0].clone(), key[1].clone()) else {
+                    last = None;
+                    continue;
+                };
+                let next = measured.len();
+                let cells = by_key.entry((service, operation)).or_default();
+                let cell = *cells.entry((cur, key[2..].to_vec())).or_insert(next);
+                if cell == next {
+                    measured.push(M::default());
+                }
+                last_key = key;
+                cell
+            }
+        };
+        last = Some((batch, cur, cell));
+        measure(&mut measured[cell], &row);
     }
     let mut out: Vec<Subject<M>> = by_key
         .into_iter()
         .map(|((service, operation), cells)| {
             let mut cells: Vec<(bool, Vec<Option<String>>, M)> = cells
                 .into_iter()
-                .map(|((cur, segs), m)| (cur, segs.into_iter().map(|v| v.map(Cow::into_owned)).collect(), m))
+                .map(|((cur, segs), cell)| {
+                    let m = std::mem::take(&mut measured[cell]);
+                    (cur, segs.into_iter().map(|v| v.map(Cow::into_owned)).collect(), m)
+                })
                 .collect();
             cells.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
             Subject { service: service.into_owned(), operation: operation.into_owned(), cells }
@@ -291,21 +322,19 @@ pub fn segment_tests<M: Metric>(
     let (min, min_segment) = (ctx.config.min_samples, ctx.config.segment_min_samples);
     let enough = |b: &M, c: &M| b.samples() >= min_segment && c.samples() >= min_segment;
     type Keep<'k> = &'k dyn Fn(&[Option<String>]) -> bool;
-    // `base` judges the segment's current side against another baseline.
-    let test_against = |keep: Keep<'_>, base: Option<Keep<'_>>, segment: BTreeMap<String, Value>| -> Option<Test> {
-        let (mut b, c) = subject.sides(keep);
-        if let Some(base) = base {
-            b = subject.sides(base).0;
-        }
-        if !enough(&b, &c) || segment.is_empty() && (b.samples() < min || c.samples() < min) {
+    // The segment's sides `(b, c)`, its current side judged against `base`
+    // when given, and `rest`, the sides outside it.
+    let judged = |(b, c): (&M, &M), base: Option<&M>, rest: &dyn Fn() -> (M, M), segment: BTreeMap<String, Value>| {
+        let b = base.unwrap_or(b);
+        if !enough(b, c) || segment.is_empty() && (b.samples() < min || c.samples() < min) {
             return None;
         }
         let follow_up = b.samples() < min || c.samples() < min;
-        let j = judge(&b, &c)?;
+        let j = judge(b, c)?;
         let complement = if segment.is_empty() {
             None
         } else {
-            let (rb, rc) = subject.sides(|s| !keep(s));
+            let (rb, rc) = rest();
             if enough(&rb, &rc) { judge(&rb, &rc) } else { None }
         };
         Some(Test {
@@ -319,7 +348,12 @@ pub fn segment_tests<M: Metric>(
             follow_up,
         })
     };
-    let test = |keep: Keep<'_>, segment: BTreeMap<String, Value>| test_against(keep, None, segment);
+    // `base` judges the segment's current side against another baseline.
+    let test_against = |keep: Keep<'_>, base: Option<Keep<'_>>, segment: BTreeMap<String, Value>| -> Option<Test> {
+        let (b, c) = subject.sides(keep);
+        let base = base.map(|base| subject.sides(base).0);
+        judged((&b, &c), base.as_ref(), &|| subject.sides(|s| !keep(s)), segment)
+    };
     // A release the baseline never served, in a short window.
     let new_version = |i: usize, v: &String| {
         ctx.short
@@ -330,27 +364,47 @@ pub fn segment_tests<M: Metric>(
         t.judgement.details.insert(NEW_VERSION.to_owned(), Value::Bool(true));
         t
     };
-    let mut out: Vec<Test> = test(&|_| true, BTreeMap::new()).into_iter().collect();
+    let whole = subject.sides(|_| true);
+    let nothing = || (M::default(), M::default());
+    let mut out: Vec<Test> = judged((&whole.0, &whole.1), None, &nothing, BTreeMap::new()).into_iter().collect();
     let mut seeds: Vec<(usize, &String, f64)> = Vec::new();
     for (i, col) in ctx.segments.columns.iter().enumerate() {
-        let mut values: Vec<&String> =
-            subject.cells.iter().filter(|(cur, _, _)| *cur).filter_map(|(_, s, _)| s[i].as_ref()).collect();
-        values.sort();
-        values.dedup();
-        if values.len() < 2 {
+        // The sides of each value of the attribute (and whether the current
+        // window has cells of it), and of the cells without one: summed once,
+        // not once per value and again for its rest.
+        let mut by_value: BTreeMap<&String, (M, M, bool)> = BTreeMap::new();
+        let mut without = (M::default(), M::default());
+        for (cur, segs, m) in &subject.cells {
+            let (b, c) = match &segs[i] {
+                Some(v) => {
+                    let slot = by_value.entry(v).or_default();
+                    slot.2 |= *cur;
+                    (&mut slot.0, &mut slot.1)
+                }
+                None => (&mut without.0, &mut without.1),
+            };
+            if *cur { c.add(m) } else { b.add(m) }
+        }
+        if by_value.values().filter(|(_, _, cur)| *cur).count() < 2 {
             continue;
         }
-        for v in values {
+        for (v, (b, c, _)) in by_value.iter().filter(|(_, (_, _, cur))| *cur) {
             let segment = BTreeMap::from([(col.attribute.clone(), ctx.segments.json_value(i, v))]);
-            let keep = |s: &[Option<String>]| s[i].as_ref() == Some(v);
+            let rest = || {
+                let (mut rb, mut rc) = without.clone();
+                for (_, (ob, oc, _)) in by_value.iter().filter(|(w, _)| *w != v) {
+                    rb.add(ob);
+                    rc.add(oc);
+                }
+                (rb, rc)
+            };
             // A release new in a short window: its requests against everything
             // the operation served before.
-            let t = if new_version(i, v) {
-                test_against(&keep, Some(&|_| true), segment).map(canary)
-            } else {
-                test(&keep, segment)
-            };
-            let Some(t) = t else { continue };
+            let new = ctx.short && col.attribute == "service.version" && b.samples() == 0;
+            let Some(mut t) = judged((b, c), new.then_some(&whole.0), &rest, segment) else { continue };
+            if new {
+                t = canary(t);
+            }
             if t.judgement.material && !t.follow_up {
                 seeds.push((i, v, t.judgement.p_value));
             }
