@@ -314,6 +314,22 @@ fn continuous_passes_over_clean_traffic_report_nothing_from_their_last_minute_ei
     }
     assert!(found.is_empty(), "{found:#?}");
     assert!(judged >= 12, "the last minute's retries and errors were tested in {judged} passes of 16");
+    // Passes after the traffic stops (an exporter that has not sent yet, a
+    // collector down, a replay of data that ends): sessions cut off where the
+    // data ends had no time to go on that a pass could see, so they are no
+    // drop-off, whatever the window and whenever the pass runs.
+    let data_end = l.truth.end;
+    for window in [10, 30] {
+        for after in [20, 100, 200, 400] {
+            let end = data_end + Duration::seconds(after);
+            let w = Windows::before(end - Duration::minutes(window), end, 1800);
+            let r = l.rt.block_on(analyzer.continuous(&Tenant::default_tenant(), w, Some(end))).unwrap();
+            found.extend(
+                r.findings.iter().map(|f| format!("{} ({window}-minute pass {after}s after the traffic)", describe(f))),
+            );
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
 }
 
 /// Precision and recall over every scenario, printed for the issue note; run with

@@ -256,10 +256,12 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
             };
             reach.push_str(&format!(", {t} AS t{f}_{k}"));
             let h = flow.horizon(k, timeout_ns);
-            let by = end_ns.saturating_sub(h);
+            // The time by which a session must reach the step: H before what
+            // the range has seen (`upto`).
+            let by = format!("(upto - {h})");
             // How long a current session may take to reach the step and still
             // be kept, at the longest (at least a second).
-            let kept = by.saturating_sub(split_ns).max(1_000_000_000);
+            let kept = format!("greatest({by} - {split_ns}, 1000000000)");
             weigh.push_str(&format!(
                 ", CASE WHEN r{f}_{k} = 0 OR t{f}_{k} >= {by} THEN 0.0 WHEN cur = 1 THEN 1.0 \
                  WHEN {kept} > t{f}_{k} - CAST(first_seen AS BIGINT) \
@@ -299,6 +301,7 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         ("weigh", weigh),
         ("reach_sums", reach_sums),
         ("segment_max", segment_max),
+        ("end_ns", end_ns.to_string()),
     ]);
     sql::render(if ctx.sessioned() { SESSIONS_SQL } else { SQL }, &vars)
 }
@@ -335,10 +338,13 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
         .collect();
     let timeout_ns = timeout_ns(ctx);
     let ns = |t: chrono::DateTime<chrono::Utc>| t.timestamp_nanos_opt();
-    let end_ns = ns(ctx.end).unwrap_or(i64::MAX);
     let split_ns = ns(ctx.split).unwrap_or(i64::MIN);
     let base_ns = ns(ctx.baseline_start).unwrap_or(i64::MIN);
     let (window_ns, base_end_ns) = period_of(ctx);
+    // What the range has seen, as the statement's `upto`: its latest call, or
+    // its end if earlier.
+    let latest = pages.sessions.iter().flat_map(|s| s.requests.iter().map(|r| r.2)).max();
+    let upto = latest.map_or(i64::MAX, |l| l.min(ns(ctx.end).unwrap_or(i64::MAX)));
     // Per flow and step with a next one: its horizon, the time by which a
     // session must reach it, and how long a current session may take to.
     let bounds: Vec<Vec<(i64, i64, i64)>> = flows
@@ -348,7 +354,7 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
             (0..at.len().saturating_sub(1))
                 .map(|k| {
                     let h = flow.horizon(k, timeout_ns);
-                    let by = end_ns.saturating_sub(h);
+                    let by = upto.saturating_sub(h);
                     (h, by, by.saturating_sub(split_ns).max(1_000_000_000))
                 })
                 .collect()

@@ -11,6 +11,12 @@
 -- No session has to have ended: a step is judged H after sessions reach it,
 -- not a session timeout after they leave.
 --
+-- The range's end is what the range has seen (`upto`): its latest request, or
+-- its end if earlier. Where traffic stops before the end (spans still on their
+-- way, a collector down, a replay of data that ends), a session that reached
+-- a step less than H before the last request had no time to go on that the
+-- range could see, so it is not judged there.
+--
 -- That keeps a current session at step k only if it reached the step H before
 -- the window ends, so the longer a session takes to get there, the less likely
 -- it is kept: left as it is, the current window would hold the quicker
@@ -27,7 +33,7 @@
 -- varies from one window to the next.
 WITH {{shared}},
 steps AS (
-    SELECT session_id, min(start_time) AS first_seen{{segment_max}}{{step_aggregates}}
+    SELECT session_id, min(start_time) AS first_seen, max(start_time) AS last_active{{segment_max}}{{step_aggregates}}
     FROM (
         SELECT r.*, {{step_case}} AS step
         FROM requests r
@@ -36,7 +42,8 @@ steps AS (
     GROUP BY session_id
 ),
 funnel AS (
-    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur{{history}}{{reach}}
+    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur,
+           least(CAST(max(last_active) OVER () AS BIGINT), {{end_ns}}) AS upto{{history}}{{reach}}
     FROM steps
 ),
 weighed AS (

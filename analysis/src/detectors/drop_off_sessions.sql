@@ -3,7 +3,7 @@
 -- the range's minutes are read, so a pass sees nothing that came after it.
 -- A session's rows are first folded per page (`step`, null for the rest), so
 -- the pivot to one column per page reads a few rows a session, not one per
--- operation and minute.
+-- operation and minute. `upto`, the range's latest call, is drop_off.sql's.
 WITH per_step AS (
     SELECT session_id, step, min(start_time) AS first_seen{{segment_max}},
            min(first_call) AS first_call, max(last_call) AS last_call, max(err) AS err
@@ -17,12 +17,13 @@ WITH per_step AS (
     GROUP BY session_id, step
 ),
 steps AS (
-    SELECT session_id, min(first_seen) AS first_seen{{segment_max}}{{step_aggregates}}
+    SELECT session_id, min(first_seen) AS first_seen, max(last_call) AS last_active{{segment_max}}{{step_aggregates}}
     FROM per_step
     GROUP BY session_id
 ),
 funnel AS (
-    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur{{history}}{{reach}}
+    SELECT *, CASE WHEN first_seen >= {{split}} THEN 1 ELSE 0 END AS cur,
+           least(CAST(max(last_active) OVER () AS BIGINT), {{end_ns}}) AS upto{{history}}{{reach}}
     FROM steps
 ),
 weighed AS (
