@@ -15,6 +15,7 @@ use andon_model::{
 use andon_store::QueryEngine;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 use tracing::debug;
 
@@ -1185,10 +1186,13 @@ impl Analyzer {
             }
             None => TraceSpans::default(),
         };
-        let mut examined = Vec::new();
-        for (c, picked) in candidates.into_iter().zip(picks) {
-            examined.push(self.examine(tenant, &ctx, c, picked, &spans).await?);
-        }
+        // Two candidates at a time: a candidate waits on its statements (the
+        // trace samples of both windows), which leave a core idle.
+        let examined: Vec<Examined> = futures::stream::iter(candidates.into_iter().zip(picks))
+            .map(|(c, picked)| self.examine(tenant, &ctx, c, picked, &spans))
+            .buffered(2)
+            .try_collect()
+            .await?;
         if logged {
             let asked = sql.asked();
             let mut causes: Vec<serde_json::Value> = examined
