@@ -174,6 +174,8 @@ fn main() {
         cpu.unwrap_or(0.0) / times.len().max(1) as f64,
         peak_rss_mb().unwrap_or(0.0)
     );
+    let (answered, read) = analyzer.sampled_traces();
+    println!("sampled traces: {answered} answered from the previous passes' reads, {read} read from the store");
     println!(
         "{} findings ({} distinct accounts: kind, service, operation and segment)",
         reported.len(),

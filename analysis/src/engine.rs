@@ -309,6 +309,9 @@ pub struct Analyzer {
     /// The cells of `span_metrics` as the last pass folded them, for the
     /// latency and error-rate statements of the next ([`crate::fold::MetricsFold`]).
     metrics_fold: Arc<std::sync::Mutex<Option<crate::fold::MetricsFold>>>,
+    /// The traces the last passes sampled for their candidates' causes, for
+    /// the next ([`localize::TraceBook`]).
+    traces: Arc<localize::TraceBook>,
 }
 
 /// SQL as one tenant, for one pass: a statement the pass already ran (the
@@ -518,6 +521,7 @@ impl Analyzer {
             calls_fold: Arc::default(),
             page_fold: Arc::default(),
             metrics_fold: Arc::default(),
+            traces: Arc::default(),
         })
     }
 
@@ -539,6 +543,12 @@ impl Analyzer {
 
     pub fn config(&self) -> &AnalysisConfig {
         &self.config
+    }
+
+    /// Sampled traces (answered from the ones earlier passes read, read from
+    /// the store) since the analyzer began.
+    pub fn sampled_traces(&self) -> (u64, u64) {
+        self.traces.counts()
     }
 
     /// The passes continuous detection would have run over `(from, to]`.
@@ -1101,6 +1111,7 @@ impl Analyzer {
             ));
         }
         let ctx = Ctx { short, ..self.ctx(w, settled) };
+        self.traces.turn(tenant, &self.engine.store().last_arrivals(tenant));
         let logged = self.journal;
         let sql = TenantSql::new(&self.engine, tenant, logged, known).keeping(&self.page_fold);
         let mut steps: Vec<PassStep> = Vec::new();
@@ -1559,8 +1570,17 @@ impl Analyzer {
         let limits = localize::LocalizeLimits { traces: CAUSE_TRACES, fdr: self.config.fdr };
         let baseline = TimeWindow { start: ctx.baseline_start, end: ctx.baseline_end };
         let current = TimeWindow { start: ctx.split, end: ctx.end };
-        let (found, _) =
-            localize::localize(&self.engine, tenant, &baseline, &current, &scope, channel, &limits).await?;
+        let (found, _) = localize::localize_with(
+            &self.engine,
+            tenant,
+            &baseline,
+            &current,
+            &scope,
+            channel,
+            &limits,
+            Some(&self.traces),
+        )
+        .await?;
         let below = found.callees_of(&t.service);
         let traces = found.traces;
         Ok((found.suspects.into_iter().find(|s| s.service == t.service || below.contains(&s.service)), traces))

@@ -623,3 +623,90 @@ fn a_pass_on_whole_minutes_reads_the_rollups_and_sessions_and_finds_what_the_spa
         );
     }
 }
+
+#[test]
+fn a_book_of_sampled_traces_answers_what_reading_them_again_would_until_one_receives_a_span() {
+    use andon_analysis::localize::{LocalizeLimits, Scope, TraceBook, localize, localize_with};
+    let l = load(Fault::CatalogSlowToAccept, HOURS, 5);
+    let tenant = Tenant::default_tenant();
+    let span = l.end - l.start;
+    let at = |f: f64| l.start + Duration::milliseconds((span.num_milliseconds() as f64 * f) as i64);
+    let baseline = andon_model::TimeWindow { start: l.start, end: at(0.4) };
+    let current = andon_model::TimeWindow { start: at(0.8), end: l.end };
+    let scope = Scope { through: Some("gateway".into()), ..Default::default() };
+    let limits = LocalizeLimits { traces: 400, fdr: 0.01 };
+    let read = || {
+        let (loc, _) = l.rt.block_on(localize(&l.engine, &tenant, &baseline, &current, &scope, None, &limits)).unwrap();
+        format!("{loc:?}")
+    };
+    let book = TraceBook::default();
+    let booked = || {
+        book.turn(&tenant, &l.engine.store().last_arrivals(&tenant));
+        let (loc, _) =
+            l.rt.block_on(localize_with(&l.engine, &tenant, &baseline, &current, &scope, None, &limits, Some(&book)))
+                .unwrap();
+        format!("{loc:?}")
+    };
+    let fresh = read();
+    assert!(fresh.contains("catalog"), "{fresh}");
+    assert_eq!(booked(), fresh);
+    let (answered, first_read) = book.counts();
+    assert_eq!(answered, 0);
+    assert_eq!(first_read, 800, "400 traces a window, none kept yet");
+    // The same windows again: every trace from the book, the same suspects.
+    assert_eq!(booked(), fresh);
+    assert_eq!(book.counts(), (800, 800));
+
+    // Spans arrive late for the first trace the current window samples: the
+    // gateway's call to a ledger service, and the ledger's server span.
+    let q = format!(
+        "SELECT trace_id, span_id, CAST(start_time AS BIGINT) AS t0 FROM spans WHERE service_name = 'gateway' \
+         AND kind = 'server' AND start_time >= {} AND start_time < {} ORDER BY trace_id LIMIT 1",
+        andon_store::sql::ts(current.start),
+        andon_store::sql::ts(current.end),
+    );
+    let row = andon_store::sql::Rows::new(l.rt.block_on(l.engine.collect(Some(tenant.clone()), &q)).unwrap().batches);
+    let row = row.iter().next().unwrap();
+    let hex = |s: String| (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
+    let t0 = row.i64("t0").unwrap() as u64;
+    let trace: Vec<u8> = hex(row.str("trace_id").unwrap());
+    let late = |parent: Vec<u8>, id: u8, kind: span::SpanKind, ms: u64| Span {
+        trace_id: trace.clone(),
+        span_id: vec![id; 8],
+        parent_span_id: parent,
+        name: "POST /v1/entries".into(),
+        kind: kind as i32,
+        start_time_unix_nano: t0 + 1_000_000,
+        end_time_unix_nano: t0 + ms * 1_000_000,
+        ..Default::default()
+    };
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![
+            ResourceSpans {
+                resource: Some(Proc::Backend("gateway", 0).resource()),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![late(hex(row.str("span_id").unwrap()), 7, span::SpanKind::Client, 30)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            ResourceSpans {
+                resource: Some(Proc::Backend("ledger", 0).resource()),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![late(vec![7; 8], 8, span::SpanKind::Server, 29)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ],
+    };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let ingestor = Ingestor::new(Arc::new(l.engine.store().clone()), Arc::new(SystemClock), IngestConfig::default());
+    l.rt.block_on(ingestor.export(&tenant, req)).unwrap();
+    let changed = read();
+    assert_ne!(changed, fresh, "the late span changes what the trace says");
+    // The book forgets that trace, reads it again, and answers with the rest.
+    assert_eq!(booked(), changed);
+    assert!(changed.contains("(\"gateway\", \"ledger\")"), "{changed}");
+    assert_eq!(book.counts(), (800 + 799, 801));
+}

@@ -543,6 +543,14 @@ impl Store {
         &self.inner.arrivals
     }
 
+    /// The traces of `tenant` that received a span in the last
+    /// [`ARRIVALS_HORIZON_SECS`], with when the last one came (Unix
+    /// nanoseconds, this server's clock). A reader that keeps a trace's spans
+    /// across statements drops it once it shows here with a later arrival.
+    pub fn last_arrivals(&self, tenant: &Tenant) -> Vec<(u128, i64)> {
+        self.inner.arrivals.list(Some(tenant))
+    }
+
     /// What rolls spans up into `span_metrics`.
     pub(crate) fn rollups(&self) -> &Arc<rollup::RollupContext> {
         &self.inner.rollups

@@ -35,12 +35,14 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::AnalysisError;
 
+mod book;
 mod profile;
 mod scope;
 
+pub use book::TraceBook;
 pub use profile::Profile;
 use profile::{Key, Stat};
-pub use scope::{Failures, Scope, failures_query, sample_query};
+pub use scope::{Failures, REACH, Scope, failures_query, picked_query, sample_query};
 
 /// How much of each window to read.
 #[derive(Debug, Clone, Copy)]
@@ -715,6 +717,22 @@ pub async fn localize(
     channel: Option<Channel>,
     limits: &LocalizeLimits,
 ) -> Result<(Localization, Vec<String>), AnalysisError> {
+    localize_with(engine, tenant, baseline, incident, scope, channel, limits, None).await
+}
+
+/// [`localize`], reading the sampled traces `book` holds from it instead of
+/// the store (and keeping the others there).
+#[allow(clippy::too_many_arguments)]
+pub async fn localize_with(
+    engine: &QueryEngine,
+    tenant: &Tenant,
+    baseline: &TimeWindow,
+    incident: &TimeWindow,
+    scope: &Scope,
+    channel: Option<Channel>,
+    limits: &LocalizeLimits,
+    book: Option<&TraceBook>,
+) -> Result<(Localization, Vec<String>), AnalysisError> {
     let mut queries = Vec::new();
     let mut profiles = Vec::new();
     let mut failures = Vec::new();
@@ -724,11 +742,17 @@ pub async fn localize(
     let exact_failures = scope.through.is_none();
     for w in [baseline, incident] {
         let q = sample_query(w, limits.traces, scope);
-        let out = engine
-            .collect(Some(tenant.clone()), &q)
-            .await
-            .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: q.clone() })?;
-        profiles.push(Profile::from_batches(&out.batches)?);
+        let profile = match book {
+            Some(book) => book.sample(engine, tenant, w, limits.traces, scope).await?,
+            None => {
+                let out = engine
+                    .collect(Some(tenant.clone()), &q)
+                    .await
+                    .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: q.clone() })?;
+                Profile::from_batches(&out.batches)?
+            }
+        };
+        profiles.push(profile);
         queries.push(q);
         if exact_failures {
             let q = failures_query(w, scope);

@@ -138,86 +138,104 @@ fn schema_err(e: impl ToString) -> AnalysisError {
 
 impl Profile {
     pub fn from_batches(batches: &[RecordBatch]) -> Result<Self, AnalysisError> {
-        let mut interner: HashMap<String, Arc<str>> = HashMap::new();
-        let mut intern = |s: &str| -> Arc<str> {
-            if let Some(a) = interner.get(s) {
-                return a.clone();
-            }
-            let a: Arc<str> = Arc::from(s);
-            interner.insert(s.to_owned(), a.clone());
-            a
-        };
-        let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
-        for b in batches {
-            let col = |name: &str| -> Result<arrow::array::ArrayRef, AnalysisError> {
-                let i = b.schema().index_of(name).map_err(schema_err)?;
-                Ok(b.column(i).clone())
-            };
-            let text = |name: &str| -> Result<arrow::array::ArrayRef, AnalysisError> {
-                arrow::compute::cast(&col(name)?, &DataType::Utf8).map_err(schema_err)
-            };
-            let int = |name: &str| -> Result<arrow::array::ArrayRef, AnalysisError> {
-                arrow::compute::cast(&col(name)?, &DataType::Int64).map_err(schema_err)
-            };
-            let (trace, id, parent, service, op, kind, status) = (
-                text("trace_id")?,
-                text("span_id")?,
-                text("parent_span_id")?,
-                text("service")?,
-                text("operation")?,
-                text("kind")?,
-                text("status_code")?,
-            );
-            let (t0, t1) = (int("t0")?, int("t1")?);
-            // A sample read before versions were selected has no such column.
-            let version = match b.schema().index_of("version") {
-                Ok(_) => Some(text("version")?),
-                Err(_) => None,
-            };
-            let version = version.as_ref().map(|v| v.as_string::<i32>());
-            let (trace, id, parent, service, op, kind, status) = (
-                trace.as_string::<i32>(),
-                id.as_string::<i32>(),
-                parent.as_string::<i32>(),
-                service.as_string::<i32>(),
-                op.as_string::<i32>(),
-                kind.as_string::<i32>(),
-                status.as_string::<i32>(),
-            );
-            let (t0, t1) = (t0.as_primitive::<Int64Type>(), t1.as_primitive::<Int64Type>());
-            for i in 0..b.num_rows() {
-                if trace.is_null(i) || id.is_null(i) || t0.is_null(i) || t1.is_null(i) {
-                    continue;
-                }
-                let parent = (!parent.is_null(i) && !parent.value(i).is_empty()).then(|| intern(parent.value(i)));
-                let span = Span {
-                    id: intern(id.value(i)),
-                    parent,
-                    service: intern(if service.is_null(i) { "unknown" } else { service.value(i) }),
-                    operation: intern(if op.is_null(i) { "" } else { op.value(i) }),
-                    kind: match (!kind.is_null(i)).then(|| kind.value(i)) {
-                        Some("server") => Kind::Server,
-                        Some("client") => Kind::Client,
-                        Some("producer") => Kind::Producer,
-                        Some("consumer") => Kind::Consumer,
-                        _ => Kind::Other,
-                    },
-                    version: version.filter(|v| !v.is_null(i) && !v.value(i).is_empty()).map(|v| intern(v.value(i))),
-                    err: !status.is_null(i) && status.value(i) == "error",
-                    t0: t0.value(i),
-                    t1: t1.value(i).max(t0.value(i)),
-                };
-                by_trace.entry(trace.value(i).to_owned()).or_default().push(span);
-            }
-        }
-        let mut p = Profile { traces: by_trace.len(), ..Profile::default() };
-        for (n, (trace_id, spans)) in by_trace.into_iter().enumerate() {
-            p.trace_ids.push(trace_id);
-            p.add_trace(&spans, n as u32);
-        }
-        Ok(p)
+        Ok(Self::from_traces(spans_by_trace(batches)?.iter().map(|(t, s)| (t.as_str(), s.as_slice()))))
     }
 
+    /// A profile of these traces, taken in trace id order (`(id, spans)`).
+    pub(super) fn from_traces<'a>(traces: impl IntoIterator<Item = (&'a str, &'a [Span])>) -> Self {
+        let mut p = Profile::default();
+        for (n, (trace_id, spans)) in traces.into_iter().enumerate() {
+            p.trace_ids.push(trace_id.to_owned());
+            p.add_trace(spans, n as u32);
+        }
+        p.traces = p.trace_ids.len();
+        p
+    }
+}
+
+/// The spans of a sample's rows, by trace id (each trace's in the rows' order).
+pub(super) fn spans_by_trace(batches: &[RecordBatch]) -> Result<BTreeMap<String, Vec<Span>>, AnalysisError> {
+    let mut interner: HashMap<String, Arc<str>> = HashMap::new();
+    let mut intern = |s: &str| -> Arc<str> {
+        if let Some(a) = interner.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        interner.insert(s.to_owned(), a.clone());
+        a
+    };
+    let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
+    for b in batches {
+        let col = |name: &str| -> Result<arrow::array::ArrayRef, AnalysisError> {
+            let i = b.schema().index_of(name).map_err(schema_err)?;
+            Ok(b.column(i).clone())
+        };
+        let text = |name: &str| -> Result<arrow::array::ArrayRef, AnalysisError> {
+            arrow::compute::cast(&col(name)?, &DataType::Utf8).map_err(schema_err)
+        };
+        let int = |name: &str| -> Result<arrow::array::ArrayRef, AnalysisError> {
+            arrow::compute::cast(&col(name)?, &DataType::Int64).map_err(schema_err)
+        };
+        let (trace, id, parent, service, op, kind, status) = (
+            text("trace_id")?,
+            text("span_id")?,
+            text("parent_span_id")?,
+            text("service")?,
+            text("operation")?,
+            text("kind")?,
+            text("status_code")?,
+        );
+        let (t0, t1) = (int("t0")?, int("t1")?);
+        // A sample read before versions were selected has no such column.
+        let version = match b.schema().index_of("version") {
+            Ok(_) => Some(text("version")?),
+            Err(_) => None,
+        };
+        let version = version.as_ref().map(|v| v.as_string::<i32>());
+        let (trace, id, parent, service, op, kind, status) = (
+            trace.as_string::<i32>(),
+            id.as_string::<i32>(),
+            parent.as_string::<i32>(),
+            service.as_string::<i32>(),
+            op.as_string::<i32>(),
+            kind.as_string::<i32>(),
+            status.as_string::<i32>(),
+        );
+        let (t0, t1) = (t0.as_primitive::<Int64Type>(), t1.as_primitive::<Int64Type>());
+        for i in 0..b.num_rows() {
+            if trace.is_null(i) || id.is_null(i) || t0.is_null(i) || t1.is_null(i) {
+                continue;
+            }
+            let parent = (!parent.is_null(i) && !parent.value(i).is_empty()).then(|| intern(parent.value(i)));
+            let span = Span {
+                id: intern(id.value(i)),
+                parent,
+                service: intern(if service.is_null(i) { "unknown" } else { service.value(i) }),
+                operation: intern(if op.is_null(i) { "" } else { op.value(i) }),
+                kind: match (!kind.is_null(i)).then(|| kind.value(i)) {
+                    Some("server") => Kind::Server,
+                    Some("client") => Kind::Client,
+                    Some("producer") => Kind::Producer,
+                    Some("consumer") => Kind::Consumer,
+                    _ => Kind::Other,
+                },
+                version: version.filter(|v| !v.is_null(i) && !v.value(i).is_empty()).map(|v| intern(v.value(i))),
+                err: !status.is_null(i) && status.value(i) == "error",
+                t0: t0.value(i),
+                t1: t1.value(i).max(t0.value(i)),
+            };
+            by_trace.entry(trace.value(i).to_owned()).or_default().push(span);
+        }
+    }
+    // In time order, whatever order the rows came in, so that a trace adds
+    // up the same however it was read.
+    for spans in by_trace.values_mut() {
+        spans.sort_by(|a, b| (a.t0, &a.id, a.t1).cmp(&(b.t0, &b.id, b.t1)));
+    }
+    Ok(by_trace)
+}
+
+impl Profile {
     pub(super) fn add_trace(&mut self, spans: &[Span], trace: u32) {
         let index: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (&*s.id, i)).collect();
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];

@@ -1,0 +1,257 @@
+//! The traces a pass sampled, kept for the next: consecutive passes slide
+//! their windows by a minute, so most of the traces a candidate's sample
+//! picks were read by the pass before. A trace's spans are those within
+//! [`REACH`](super::scope::REACH) of its root, whatever the window, so the
+//! book answers with exactly what reading them again would.
+//!
+//! Which traces are in a scope does not depend on the window either (a
+//! span within reach of the root meets each condition), so the book keeps
+//! them by the minute their root starts in, and a pass reads only the
+//! minutes it has not seen, while what the store shows stays the same
+//! ([`andon_store::Store::metrics_version`]: in a backtest, every pass;
+//! while traffic arrives, each pass reads its range again).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use super::profile::{Span, spans_by_trace};
+use super::scope::{picked_query, qualifying_query, spans_query, within_reach};
+use super::*;
+
+/// How many turns (detection passes, or a pass's last-minute judgement) a
+/// trace stays in the book without being asked for.
+const KEPT_TURNS: u64 = 3;
+
+/// Spans of sampled traces by (tenant, trace id), with the turn that last
+/// asked for each.
+#[derive(Debug, Default)]
+pub struct TraceBook {
+    inner: Mutex<Book>,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    turn: u64,
+    traces: HashMap<(Tenant, String), Kept>,
+    /// Per (tenant, scope): the traces in scope by the minute their root
+    /// starts in.
+    scopes: HashMap<(Tenant, String), Minutes>,
+    /// Lookups answered from the book and read from the store, since the start.
+    hits: u64,
+    reads: u64,
+}
+
+/// The traces in one scope, by minute, as the store showed them at `version`.
+#[derive(Debug, Default)]
+struct Minutes {
+    version: u64,
+    /// Minute (Unix ns) → (trace id, root start in Unix ns) and the turn
+    /// that last asked for it.
+    minutes: BTreeMap<i64, (Vec<(String, i64)>, u64)>,
+}
+
+const MINUTE_NS: i64 = 60_000_000_000;
+
+#[derive(Debug)]
+struct Kept {
+    root_start: i64,
+    spans: Arc<[Span]>,
+    /// When it was read (Unix ns, this server's clock).
+    read_at: i64,
+    asked: u64,
+}
+
+impl TraceBook {
+    /// Starts a turn: forgets the traces no recent turn asked for, and those
+    /// of `tenant` that received a span after they were read (`arrivals`,
+    /// trace id and last arrival in Unix ns, as the store lists them).
+    pub fn turn(&self, tenant: &Tenant, arrivals: &[(u128, i64)]) {
+        let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.turn += 1;
+        let oldest = b.turn.saturating_sub(KEPT_TURNS);
+        let late: HashMap<u128, i64> = arrivals.iter().copied().collect();
+        b.traces.retain(|(t, id), k| {
+            if k.asked < oldest {
+                return false;
+            }
+            if t != tenant {
+                return true;
+            }
+            match u128::from_str_radix(id, 16).ok().and_then(|v| late.get(&v)) {
+                Some(&at) => at < k.read_at,
+                None => true,
+            }
+        });
+        b.scopes.retain(|_, m| {
+            m.minutes.retain(|_, (_, asked)| *asked >= oldest);
+            !m.minutes.is_empty()
+        });
+    }
+
+    /// The first `traces` by trace id of the traces in `scope` whose root
+    /// starts in `w` ([`picked_query`]): from the minutes the book holds for
+    /// the scope, reading the others.
+    async fn picked(
+        &self,
+        engine: &QueryEngine,
+        tenant: &Tenant,
+        w: &TimeWindow,
+        traces: usize,
+        scope: &Scope,
+    ) -> Result<Vec<(String, i64)>, AnalysisError> {
+        let (Some(from), Some(to)) = (w.start.timestamp_nanos_opt(), w.end.timestamp_nanos_opt()) else {
+            let q = picked_query(w, traces, scope);
+            return Ok(rows(&collect(engine, tenant, &q).await?));
+        };
+        let version = engine.store().metrics_version();
+        let key = (tenant.clone(), scope.key());
+        let first = from.div_euclid(MINUTE_NS) * MINUTE_NS;
+        let wanted: Vec<i64> = (0..).map(|i| first + i * MINUTE_NS).take_while(|m| *m < to).collect();
+        // Runs of minutes the book does not hold, each read in one statement.
+        let runs: Vec<(i64, i64)> = {
+            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let turn = b.turn;
+            let held = b.scopes.entry(key.clone()).or_default();
+            if held.version != version {
+                held.minutes.clear();
+                held.version = version;
+            }
+            let mut runs: Vec<(i64, i64)> = Vec::new();
+            for m in &wanted {
+                match held.minutes.get_mut(m) {
+                    Some((_, asked)) => *asked = turn,
+                    None => match runs.last_mut() {
+                        Some(run) if run.1 == *m => run.1 = m + MINUTE_NS,
+                        _ => runs.push((*m, m + MINUTE_NS)),
+                    },
+                }
+            }
+            runs
+        };
+        for (a, z) in runs {
+            let at = DateTime::from_timestamp_nanos;
+            let read = rows(&collect(engine, tenant, &qualifying_query(at(a), at(z), scope)).await?);
+            let mut by_minute: BTreeMap<i64, Vec<(String, i64)>> =
+                (0..).map(|i| a + i * MINUTE_NS).take_while(|m| *m < z).map(|m| (m, Vec::new())).collect();
+            for (id, root) in read {
+                by_minute.entry(root.div_euclid(MINUTE_NS) * MINUTE_NS).or_default().push((id, root));
+            }
+            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let turn = b.turn;
+            let held = b.scopes.entry(key.clone()).or_default();
+            if held.version == version {
+                for (m, list) in by_minute {
+                    held.minutes.insert(m, (list, turn));
+                }
+            }
+        }
+        let arriving: HashSet<u128> = match scope.settled.and_then(|at| at.timestamp_nanos_opt()) {
+            Some(at) => engine.store().last_arrivals(tenant).into_iter().filter(|a| a.1 > at).map(|a| a.0).collect(),
+            None => HashSet::new(),
+        };
+        let held: Option<Vec<(String, i64)>> = {
+            let b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            b.scopes.get(&key).filter(|h| h.version == version && wanted.iter().all(|m| h.minutes.contains_key(m))).map(
+                |h| {
+                    let mut roots: BTreeMap<&str, i64> = BTreeMap::new();
+                    for (list, _) in wanted.iter().filter_map(|m| h.minutes.get(m)) {
+                        for (id, root) in list {
+                            if *root < from || *root >= to {
+                                continue;
+                            }
+                            if u128::from_str_radix(id, 16).is_ok_and(|v| arriving.contains(&v)) {
+                                continue;
+                            }
+                            roots.entry(id.as_str()).and_modify(|r| *r = (*r).min(*root)).or_insert(*root);
+                        }
+                    }
+                    roots.into_iter().take(traces).map(|(id, root)| (id.to_owned(), root)).collect()
+                },
+            )
+        };
+        match held {
+            Some(picked) => Ok(picked),
+            None => {
+                // The store changed while the minutes were read: read the window whole.
+                let q = picked_query(w, traces, scope);
+                Ok(rows(&collect(engine, tenant, &q).await?))
+            }
+        }
+    }
+
+    /// (answered from the book, read from the store) since the book began.
+    pub fn counts(&self) -> (u64, u64) {
+        let b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (b.hits, b.reads)
+    }
+
+    /// The profile of `w`'s sample ([`sample_query`]), reading from the store
+    /// only the picked traces the book does not hold.
+    pub(super) async fn sample(
+        &self,
+        engine: &QueryEngine,
+        tenant: &Tenant,
+        w: &TimeWindow,
+        traces: usize,
+        scope: &Scope,
+    ) -> Result<Profile, AnalysisError> {
+        let picked = self.picked(engine, tenant, w, traces, scope).await?;
+        let mut found: HashMap<String, Arc<[Span]>> = HashMap::new();
+        let missing: Vec<(String, i64)> = {
+            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let turn = b.turn;
+            let mut missing = Vec::new();
+            for (id, root) in &picked {
+                match b.traces.get_mut(&(tenant.clone(), id.clone())) {
+                    Some(k) if k.root_start == *root => {
+                        k.asked = turn;
+                        found.insert(id.clone(), Arc::clone(&k.spans));
+                    }
+                    _ => missing.push((id.clone(), *root)),
+                }
+            }
+            b.hits += found.len() as u64;
+            b.reads += missing.len() as u64;
+            missing
+        };
+        if let Some(q) = spans_query(&missing) {
+            let read_at = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let mut read = spans_by_trace(&collect(engine, tenant, &q).await?)?;
+            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let turn = b.turn;
+            for (id, root) in missing {
+                let spans: Arc<[Span]> = read
+                    .remove(&id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|s| within_reach(root, s.t0))
+                    .collect::<Vec<_>>()
+                    .into();
+                b.traces.insert(
+                    (tenant.clone(), id.clone()),
+                    Kept { root_start: root, spans: Arc::clone(&spans), read_at, asked: turn },
+                );
+                found.insert(id, spans);
+            }
+        }
+        let mut ids: Vec<&String> = found.keys().filter(|id| !found[*id].is_empty()).collect();
+        ids.sort();
+        Ok(Profile::from_traces(ids.into_iter().map(|id| (id.as_str(), &*found[id]))))
+    }
+}
+
+/// `(trace_id, root_start)` rows.
+fn rows(batches: &[RecordBatch]) -> Vec<(String, i64)> {
+    andon_store::sql::Rows::new(batches.to_vec())
+        .iter()
+        .filter_map(|r| Some((r.str("trace_id")?, r.i64("root_start")?)))
+        .collect()
+}
+
+async fn collect(engine: &QueryEngine, tenant: &Tenant, q: &str) -> Result<Vec<RecordBatch>, AnalysisError> {
+    Ok(engine
+        .collect(Some(tenant.clone()), q)
+        .await
+        .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: q.to_owned() })?
+        .batches)
+}
