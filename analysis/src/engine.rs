@@ -1111,7 +1111,7 @@ impl Analyzer {
             ));
         }
         let ctx = Ctx { short, ..self.ctx(w, settled) };
-        self.traces.turn(tenant, &self.engine.store().last_arrivals(tenant));
+        self.traces.turn(self.engine.store(), tenant);
         let logged = self.journal;
         let sql = TenantSql::new(&self.engine, tenant, logged, known).keeping(&self.page_fold);
         let mut steps: Vec<PassStep> = Vec::new();

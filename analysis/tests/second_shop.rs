@@ -641,7 +641,7 @@ fn a_book_of_sampled_traces_answers_what_reading_them_again_would_until_one_rece
     };
     let book = TraceBook::default();
     let booked = || {
-        book.turn(&tenant, &l.engine.store().last_arrivals(&tenant));
+        book.turn(l.engine.store(), &tenant);
         let (loc, _) =
             l.rt.block_on(localize_with(&l.engine, &tenant, &baseline, &current, &scope, None, &limits, Some(&book)))
                 .unwrap();

@@ -84,6 +84,76 @@ impl Arrivals {
     }
 }
 
+/// How long [`Appends`] can tell what was appended.
+pub const APPENDS_HORIZON_SECS: i64 = 3_600;
+
+/// Per tenant and wall-clock second of arrival, the earliest `start_time` of
+/// the spans appended: a reader that keeps what it derived from a span range
+/// learns which part of it the spans appended since may have changed.
+#[derive(Debug, Default)]
+pub struct Appends {
+    by_tenant: Mutex<HashMap<Tenant, AppendLog>>,
+    /// The second (Unix s) after the last removal of spans (retention).
+    removed_at: Mutex<Option<i64>>,
+}
+
+#[derive(Debug, Default)]
+struct AppendLog {
+    /// (second, earliest start_time in Unix ns), oldest first.
+    seconds: std::collections::VecDeque<(i64, i64)>,
+    /// Before this second (Unix s) the log cannot tell: it was pruned, or
+    /// spans were removed (retention).
+    known_from: i64,
+}
+
+impl Appends {
+    /// Notes that `batch` was appended for `tenant` at `now_ns`.
+    pub fn note(&self, tenant: &Tenant, batch: &RecordBatch, now_ns: i64) {
+        let Ok(i) = batch.schema().index_of("start_time") else { return };
+        let Some(earliest) =
+            batch.column(i).as_any().downcast_ref::<TimestampNanosecondArray>().and_then(arrow::compute::min)
+        else {
+            return;
+        };
+        let second = now_ns.div_euclid(1_000_000_000);
+        let mut by_tenant = self.by_tenant.lock();
+        let log = by_tenant.entry(tenant.clone()).or_default();
+        match log.seconds.back_mut() {
+            Some((s, e)) if *s == second => *e = (*e).min(earliest),
+            _ => log.seconds.push_back((second, earliest)),
+        }
+        while log.seconds.front().is_some_and(|(s, _)| *s < second - APPENDS_HORIZON_SECS) {
+            if let Some((s, _)) = log.seconds.pop_front() {
+                log.known_from = log.known_from.max(s + 1);
+            }
+        }
+    }
+
+    /// Spans of every tenant may have been removed at `now_ns`: what was
+    /// derived before cannot be trusted.
+    pub fn removed(&self, now_ns: i64) {
+        let second = now_ns.div_euclid(1_000_000_000) + 1;
+        let mut removed = self.removed_at.lock();
+        *removed = Some(removed.map_or(second, |r| r.max(second)));
+    }
+
+    /// The earliest `start_time` among the spans appended for `tenant` at or
+    /// after `since_ns` (to the second, so perhaps a little before): `Some(None)`
+    /// when none was, `None` when the log cannot tell.
+    pub fn earliest_since(&self, tenant: &Tenant, since_ns: i64) -> Option<Option<i64>> {
+        let second = since_ns.div_euclid(1_000_000_000);
+        if self.removed_at.lock().is_some_and(|r| r > second) {
+            return None;
+        }
+        let by_tenant = self.by_tenant.lock();
+        let Some(log) = by_tenant.get(tenant) else { return Some(None) };
+        if log.known_from > second {
+            return None;
+        }
+        Some(log.seconds.iter().rev().take_while(|(s, _)| *s >= second).map(|(_, e)| *e).min())
+    }
+}
+
 /// The SQL table `arriving_traces (trace_id, last_arrival)`: traces that
 /// received a span in the last [`HORIZON_SECS`], when they last did.
 #[derive(Debug)]
@@ -163,5 +233,38 @@ mod tests {
         // The cutoff falls at 2 µs: the first arrival of `y` in tenant a is forgotten.
         a.prune(HORIZON_SECS * 1_000_000_000 + 2_000);
         assert_eq!(a.list(None), vec![(1, 2_000), (u128::from_str_radix(x, 16).unwrap(), 5_000)]);
+    }
+
+    fn starts(ns: &[i64]) -> RecordBatch {
+        let schema =
+            Arc::new(Schema::new(vec![Field::new("start_time", andon_model::schema::timestamp_type(), false)]));
+        let at = TimestampNanosecondArray::from(ns.to_vec()).with_timezone("UTC");
+        RecordBatch::try_new(schema, vec![Arc::new(at)]).unwrap()
+    }
+
+    #[test]
+    fn tells_the_earliest_start_appended_since_a_moment_per_tenant_until_it_cannot() {
+        const S: i64 = 1_000_000_000;
+        let a = Appends::default();
+        let (t1, t2) = (Tenant::new("a").unwrap(), Tenant::new("b").unwrap());
+        a.note(&t1, &starts(&[500 * S, 400 * S]), 1_000 * S);
+        a.note(&t1, &starts(&[900 * S]), 1_010 * S + 3);
+        a.note(&t2, &starts(&[100 * S]), 1_020 * S);
+        // Since a moment before both appends of tenant a, and between them.
+        assert_eq!(a.earliest_since(&t1, 999 * S), Some(Some(400 * S)));
+        assert_eq!(a.earliest_since(&t1, 1_005 * S), Some(Some(900 * S)));
+        // To the second: an append in the same second counts.
+        assert_eq!(a.earliest_since(&t1, 1_010 * S + 500), Some(Some(900 * S)));
+        assert_eq!(a.earliest_since(&t1, 1_011 * S), Some(None));
+        assert_eq!(a.earliest_since(&t2, 1_000 * S), Some(Some(100 * S)));
+        assert_eq!(a.earliest_since(&Tenant::new("c").unwrap(), 0), Some(None));
+        // An hour later the first seconds are forgotten: since then, it cannot tell.
+        a.note(&t1, &starts(&[2_000 * S]), (1_010 + APPENDS_HORIZON_SECS) * S);
+        assert_eq!(a.earliest_since(&t1, 999 * S), None);
+        assert_eq!(a.earliest_since(&t1, 1_010 * S), Some(Some(900 * S)));
+        // Spans removed: nothing before that can be told.
+        a.removed(5_000 * S);
+        assert_eq!(a.earliest_since(&t1, 4_999 * S), None);
+        assert_eq!(a.earliest_since(&t2, 5_001 * S), Some(None));
     }
 }

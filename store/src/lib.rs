@@ -44,7 +44,7 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
 
-pub use arrivals::HORIZON_SECS as ARRIVALS_HORIZON_SECS;
+pub use arrivals::{APPENDS_HORIZON_SECS, HORIZON_SECS as ARRIVALS_HORIZON_SECS};
 pub use error::StoreError;
 pub use query::{ExtraTable, QueryEngine, QueryLimits, QueryOutput};
 pub use remote::parse_s3_url;
@@ -185,6 +185,7 @@ struct Inner {
     graveyard: Mutex<Vec<(Instant, PathBuf)>>,
     /// When each recent trace last received a span.
     arrivals: Arc<arrivals::Arrivals>,
+    appends: arrivals::Appends,
     /// What rolling a span up needs from the spans before it.
     rollups: Arc<rollup::RollupContext>,
     /// Every tenant's open sessions.
@@ -408,6 +409,7 @@ impl Store {
                 dedup: Mutex::new(dedup),
                 pending: Mutex::default(),
                 arrivals: Arc::default(),
+                appends: arrivals::Appends::default(),
                 rollups,
                 sessions: book,
                 sessions_ready: AtomicBool::new(sessions_ready),
@@ -520,6 +522,7 @@ impl Store {
             Ok(_) => {
                 let now = wall_nanos();
                 self.inner.arrivals.note(tenant, &fresh, now);
+                self.inner.appends.note(tenant, &fresh, now);
                 if self.inner.config.rollups {
                     self.inner.rollups.note(tenant, &fresh, now);
                     self.inner.sessions.note(tenant, &fresh, now);
@@ -549,6 +552,16 @@ impl Store {
     /// across statements drops it once it shows here with a later arrival.
     pub fn last_arrivals(&self, tenant: &Tenant) -> Vec<(u128, i64)> {
         self.inner.arrivals.list(Some(tenant))
+    }
+
+    /// The earliest `start_time` among the spans appended for `tenant` since
+    /// `since_ns` (Unix ns, this server's clock; to the second, so perhaps from
+    /// a little before): `Some(None)` when none was, `None` when the store
+    /// cannot tell (more than [`APPENDS_HORIZON_SECS`] ago, or spans were
+    /// removed since). A reader that keeps what it derived from a range of
+    /// spans knows from it which part may have changed.
+    pub fn earliest_appended_since(&self, tenant: &Tenant, since_ns: i64) -> Option<Option<i64>> {
+        self.inner.appends.earliest_since(tenant, since_ns)
     }
 
     /// What rolls spans up into `span_metrics`.
@@ -1161,6 +1174,7 @@ impl Store {
             }
             if !paths.is_empty() {
                 s.metrics_version += 1;
+                self.inner.appends.removed(wall_nanos());
             }
             // Sessions go with the hour their last session started in.
             let (old, keep): (Vec<_>, Vec<_>) =

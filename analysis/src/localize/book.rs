@@ -7,9 +7,10 @@
 //! Which traces are in a scope does not depend on the window either (a
 //! span within reach of the root meets each condition), so the book keeps
 //! them by the minute their root starts in, and a pass reads only the
-//! minutes it has not seen, while what the store shows stays the same
-//! ([`andon_store::Store::metrics_version`]: in a backtest, every pass;
-//! while traffic arrives, each pass reads its range again).
+//! minutes it has not seen. Each turn drops the minutes the spans appended
+//! since the last may have changed (those within reach of the earliest
+//! appended span, [`andon_store::Store::earliest_appended_since`]): in a
+//! backtest none, while traffic arrives the last few.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -36,15 +37,16 @@ struct Book {
     /// Per (tenant, scope): the traces in scope by the minute their root
     /// starts in.
     scopes: HashMap<(Tenant, String), Minutes>,
+    /// When each tenant's last turn began (Unix ns, this server's clock).
+    turned_at: HashMap<Tenant, i64>,
     /// Lookups answered from the book and read from the store, since the start.
     hits: u64,
     reads: u64,
 }
 
-/// The traces in one scope, by minute, as the store showed them at `version`.
+/// The traces in one scope, by minute.
 #[derive(Debug, Default)]
 struct Minutes {
-    version: u64,
     /// Minute (Unix ns) → (trace id, root start in Unix ns) and the turn
     /// that last asked for it.
     minutes: BTreeMap<i64, (Vec<(String, i64)>, u64)>,
@@ -62,11 +64,18 @@ struct Kept {
 }
 
 impl TraceBook {
-    /// Starts a turn: forgets the traces no recent turn asked for, and those
-    /// of `tenant` that received a span after they were read (`arrivals`,
-    /// trace id and last arrival in Unix ns, as the store lists them).
-    pub fn turn(&self, tenant: &Tenant, arrivals: &[(u128, i64)]) {
+    /// Starts a turn for `tenant`: forgets what no recent turn asked for, the
+    /// traces that received a span after they were read, and the minutes of
+    /// scopes the spans appended since the last turn may have changed.
+    pub fn turn(&self, store: &andon_store::Store, tenant: &Tenant) {
+        let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let arrivals = store.last_arrivals(tenant);
         let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let appended = match b.turned_at.insert(tenant.clone(), now) {
+            Some(since) => store.earliest_appended_since(tenant, since),
+            // Nothing of the tenant's was read before its first turn.
+            None => Some(None),
+        };
         b.turn += 1;
         let oldest = b.turn.saturating_sub(KEPT_TURNS);
         let late: HashMap<u128, i64> = arrivals.iter().copied().collect();
@@ -82,8 +91,23 @@ impl TraceBook {
                 None => true,
             }
         });
-        b.scopes.retain(|_, m| {
-            m.minutes.retain(|_, (_, asked)| *asked >= oldest);
+        // A root in minute m brings traces in scope by spans up to a reach
+        // after the minute ends.
+        let reach = super::REACH.num_nanoseconds().unwrap_or(i64::MAX);
+        b.scopes.retain(|(t, _), m| {
+            m.minutes.retain(|minute, (_, asked)| {
+                if *asked < oldest {
+                    return false;
+                }
+                if t != tenant {
+                    return true;
+                }
+                match appended {
+                    None => false,
+                    Some(None) => true,
+                    Some(Some(earliest)) => minute.saturating_add(MINUTE_NS).saturating_add(reach) <= earliest,
+                }
+            });
             !m.minutes.is_empty()
         });
     }
@@ -103,7 +127,6 @@ impl TraceBook {
             let q = picked_query(w, traces, scope);
             return Ok(rows(&collect(engine, tenant, &q).await?));
         };
-        let version = engine.store().metrics_version();
         let key = (tenant.clone(), scope.key());
         let first = from.div_euclid(MINUTE_NS) * MINUTE_NS;
         let wanted: Vec<i64> = (0..).map(|i| first + i * MINUTE_NS).take_while(|m| *m < to).collect();
@@ -112,10 +135,6 @@ impl TraceBook {
             let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let turn = b.turn;
             let held = b.scopes.entry(key.clone()).or_default();
-            if held.version != version {
-                held.minutes.clear();
-                held.version = version;
-            }
             let mut runs: Vec<(i64, i64)> = Vec::new();
             for m in &wanted {
                 match held.minutes.get_mut(m) {
@@ -139,10 +158,8 @@ impl TraceBook {
             let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let turn = b.turn;
             let held = b.scopes.entry(key.clone()).or_default();
-            if held.version == version {
-                for (m, list) in by_minute {
-                    held.minutes.insert(m, (list, turn));
-                }
+            for (m, list) in by_minute {
+                held.minutes.insert(m, (list, turn));
             }
         }
         let arriving: HashSet<u128> = match scope.settled.and_then(|at| at.timestamp_nanos_opt()) {
@@ -151,28 +168,26 @@ impl TraceBook {
         };
         let held: Option<Vec<(String, i64)>> = {
             let b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            b.scopes.get(&key).filter(|h| h.version == version && wanted.iter().all(|m| h.minutes.contains_key(m))).map(
-                |h| {
-                    let mut roots: BTreeMap<&str, i64> = BTreeMap::new();
-                    for (list, _) in wanted.iter().filter_map(|m| h.minutes.get(m)) {
-                        for (id, root) in list {
-                            if *root < from || *root >= to {
-                                continue;
-                            }
-                            if u128::from_str_radix(id, 16).is_ok_and(|v| arriving.contains(&v)) {
-                                continue;
-                            }
-                            roots.entry(id.as_str()).and_modify(|r| *r = (*r).min(*root)).or_insert(*root);
+            b.scopes.get(&key).filter(|h| wanted.iter().all(|m| h.minutes.contains_key(m))).map(|h| {
+                let mut roots: BTreeMap<&str, i64> = BTreeMap::new();
+                for (list, _) in wanted.iter().filter_map(|m| h.minutes.get(m)) {
+                    for (id, root) in list {
+                        if *root < from || *root >= to {
+                            continue;
                         }
+                        if u128::from_str_radix(id, 16).is_ok_and(|v| arriving.contains(&v)) {
+                            continue;
+                        }
+                        roots.entry(id.as_str()).and_modify(|r| *r = (*r).min(*root)).or_insert(*root);
                     }
-                    roots.into_iter().take(traces).map(|(id, root)| (id.to_owned(), root)).collect()
-                },
-            )
+                }
+                roots.into_iter().take(traces).map(|(id, root)| (id.to_owned(), root)).collect()
+            })
         };
         match held {
             Some(picked) => Ok(picked),
             None => {
-                // The store changed while the minutes were read: read the window whole.
+                // A turn began meanwhile and dropped minutes: read the window whole.
                 let q = picked_query(w, traces, scope);
                 Ok(rows(&collect(engine, tenant, &q).await?))
             }
