@@ -635,18 +635,20 @@ fn a_book_of_sampled_traces_answers_what_reading_them_again_would_until_one_rece
     let current = andon_model::TimeWindow { start: at(0.8), end: l.end };
     let scope = Scope { through: Some("gateway".into()), ..Default::default() };
     let limits = LocalizeLimits { traces: 400, fdr: 0.01 };
-    let read = || {
-        let (loc, _) = l.rt.block_on(localize(&l.engine, &tenant, &baseline, &current, &scope, None, &limits)).unwrap();
+    let read_with = |limits: &LocalizeLimits| {
+        let (loc, _) = l.rt.block_on(localize(&l.engine, &tenant, &baseline, &current, &scope, None, limits)).unwrap();
         format!("{loc:?}")
     };
+    let read = || read_with(&limits);
     let book = TraceBook::default();
-    let booked = || {
+    let booked_with = |limits: &LocalizeLimits| {
         book.turn(l.engine.store(), &tenant);
         let (loc, _) =
-            l.rt.block_on(localize_with(&l.engine, &tenant, &baseline, &current, &scope, None, &limits, Some(&book)))
+            l.rt.block_on(localize_with(&l.engine, &tenant, &baseline, &current, &scope, None, limits, Some(&book)))
                 .unwrap();
         format!("{loc:?}")
     };
+    let booked = || booked_with(&limits);
     let fresh = read();
     assert!(fresh.contains("catalog"), "{fresh}");
     assert_eq!(booked(), fresh);
@@ -656,6 +658,12 @@ fn a_book_of_sampled_traces_answers_what_reading_them_again_would_until_one_rece
     // The same windows again: every trace from the book, the same suspects.
     assert_eq!(booked(), fresh);
     assert_eq!(book.counts(), (800, 800));
+    // Five traces a window: the book keeps each minute's first five, enough
+    // for the first five of any run of minutes.
+    let few = LocalizeLimits { traces: 5, fdr: 0.01 };
+    assert_eq!(booked_with(&few), read_with(&few));
+    assert_eq!(booked_with(&few), read_with(&few));
+    assert_eq!(book.counts(), (800 + 20, 800), "the first five of each window are among the first 400");
 
     // Spans arrive late for the first trace the current window samples: the
     // gateway's call to a ledger service, and the ledger's server span.
@@ -708,5 +716,5 @@ fn a_book_of_sampled_traces_answers_what_reading_them_again_would_until_one_rece
     // The book forgets that trace, reads it again, and answers with the rest.
     assert_eq!(booked(), changed);
     assert!(changed.contains("(\"gateway\", \"ledger\")"), "{changed}");
-    assert_eq!(book.counts(), (800 + 799, 801));
+    assert_eq!(book.counts(), (820 + 799, 801));
 }

@@ -8,8 +8,8 @@
 //! span within reach of the root meets each condition), so the book keeps
 //! them by the minute their root starts in, and a pass reads only the
 //! minutes it has not seen. Each turn drops the minutes the spans appended
-//! since the last may have changed (those within reach of the earliest
-//! appended span, [`andon_store::Store::earliest_appended_since`]): in a
+//! since they were last checked (or read) may have changed (those within
+//! reach of the earliest appended span, [`andon_store::Store::earliest_appended_since`]): in a
 //! backtest none, while traffic arrives the last few.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,19 +37,30 @@ struct Book {
     /// Per (tenant, scope): the traces in scope by the minute their root
     /// starts in.
     scopes: HashMap<(Tenant, String), Minutes>,
-    /// When each tenant's last turn began (Unix ns, this server's clock).
-    turned_at: HashMap<Tenant, i64>,
     /// Lookups answered from the book and read from the store, since the start.
     hits: u64,
     reads: u64,
 }
 
-/// The traces in one scope, by minute.
+/// The traces in one scope, by minute (Unix ns).
 #[derive(Debug, Default)]
 struct Minutes {
-    /// Minute (Unix ns) → (trace id, root start in Unix ns) and the turn
-    /// that last asked for it.
-    minutes: BTreeMap<i64, (Vec<(String, i64)>, u64)>,
+    minutes: BTreeMap<i64, Cell>,
+}
+
+/// One minute's traces in a scope: the first (by trace id) as many as a
+/// sample takes, `(trace id, root start in Unix ns)`, since no more of one
+/// minute can be among a window's first.
+#[derive(Debug)]
+struct Cell {
+    traces: Vec<(String, i64)>,
+    /// More traces were in scope than kept.
+    truncated: bool,
+    /// Spans appended since this moment (Unix ns, this server's clock) have
+    /// not been checked against it: when its read began, then each turn's start.
+    checked_from: i64,
+    /// The turn that last asked for it.
+    asked: u64,
 }
 
 const MINUTE_NS: i64 = 60_000_000_000;
@@ -66,16 +77,14 @@ struct Kept {
 impl TraceBook {
     /// Starts a turn for `tenant`: forgets what no recent turn asked for, the
     /// traces that received a span after they were read, and the minutes of
-    /// scopes the spans appended since the last turn may have changed.
+    /// scopes the spans appended since they were last checked may have changed.
     pub fn turn(&self, store: &andon_store::Store, tenant: &Tenant) {
         let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
         let arrivals = store.last_arrivals(tenant);
         let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let appended = match b.turned_at.insert(tenant.clone(), now) {
-            Some(since) => store.earliest_appended_since(tenant, since),
-            // Nothing of the tenant's was read before its first turn.
-            None => Some(None),
-        };
+        // The earliest start appended since each moment cells were last
+        // checked from (most share one: the last turn's start).
+        let mut appended: HashMap<i64, Option<Option<i64>>> = HashMap::new();
         b.turn += 1;
         let oldest = b.turn.saturating_sub(KEPT_TURNS);
         let late: HashMap<u128, i64> = arrivals.iter().copied().collect();
@@ -95,14 +104,16 @@ impl TraceBook {
         // after the minute ends.
         let reach = super::REACH.num_nanoseconds().unwrap_or(i64::MAX);
         b.scopes.retain(|(t, _), m| {
-            m.minutes.retain(|minute, (_, asked)| {
-                if *asked < oldest {
+            m.minutes.retain(|minute, cell| {
+                if cell.asked < oldest {
                     return false;
                 }
                 if t != tenant {
                     return true;
                 }
-                match appended {
+                let since = cell.checked_from;
+                cell.checked_from = now;
+                match *appended.entry(since).or_insert_with(|| store.earliest_appended_since(tenant, since)) {
                     None => false,
                     Some(None) => true,
                     Some(Some(earliest)) => minute.saturating_add(MINUTE_NS).saturating_add(reach) <= earliest,
@@ -123,11 +134,13 @@ impl TraceBook {
         traces: usize,
         scope: &Scope,
     ) -> Result<Vec<(String, i64)>, AnalysisError> {
-        let (Some(from), Some(to)) = (w.start.timestamp_nanos_opt(), w.end.timestamp_nanos_opt()) else {
+        let whole = |t: DateTime<Utc>| t.timestamp_nanos_opt().filter(|ns| ns.rem_euclid(MINUTE_NS) == 0);
+        let (Some(from), Some(to)) = (whole(w.start), whole(w.end)) else {
+            // A window that does not begin and end on a minute (not a pass's).
             let q = picked_query(w, traces, scope);
             return Ok(rows(&collect(engine, tenant, &q).await?));
         };
-        let key = (tenant.clone(), scope.key());
+        let key = (tenant.clone(), format!("{traces}\n{}", scope.key()));
         let first = from.div_euclid(MINUTE_NS) * MINUTE_NS;
         let wanted: Vec<i64> = (0..).map(|i| first + i * MINUTE_NS).take_while(|m| *m < to).collect();
         // Runs of minutes the book does not hold, each read in one statement.
@@ -138,7 +151,7 @@ impl TraceBook {
             let mut runs: Vec<(i64, i64)> = Vec::new();
             for m in &wanted {
                 match held.minutes.get_mut(m) {
-                    Some((_, asked)) => *asked = turn,
+                    Some(cell) => cell.asked = turn,
                     None => match runs.last_mut() {
                         Some(run) if run.1 == *m => run.1 = m + MINUTE_NS,
                         _ => runs.push((*m, m + MINUTE_NS)),
@@ -149,6 +162,7 @@ impl TraceBook {
         };
         for (a, z) in runs {
             let at = DateTime::from_timestamp_nanos;
+            let read_at = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
             let read = rows(&collect(engine, tenant, &qualifying_query(at(a), at(z), scope)).await?);
             let mut by_minute: BTreeMap<i64, Vec<(String, i64)>> =
                 (0..).map(|i| a + i * MINUTE_NS).take_while(|m| *m < z).map(|m| (m, Vec::new())).collect();
@@ -158,8 +172,11 @@ impl TraceBook {
             let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let turn = b.turn;
             let held = b.scopes.entry(key.clone()).or_default();
-            for (m, list) in by_minute {
-                held.minutes.insert(m, (list, turn));
+            for (m, mut list) in by_minute {
+                list.sort_unstable();
+                let truncated = list.len() > traces;
+                list.truncate(traces);
+                held.minutes.insert(m, Cell { traces: list, truncated, checked_from: read_at, asked: turn });
             }
         }
         let arriving: HashSet<u128> = match scope.settled.and_then(|at| at.timestamp_nanos_opt()) {
@@ -168,26 +185,30 @@ impl TraceBook {
         };
         let held: Option<Vec<(String, i64)>> = {
             let b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            b.scopes.get(&key).filter(|h| wanted.iter().all(|m| h.minutes.contains_key(m))).map(|h| {
+            let h = b.scopes.get(&key).filter(|h| wanted.iter().all(|m| h.minutes.contains_key(m)));
+            h.and_then(|h| {
                 let mut roots: BTreeMap<&str, i64> = BTreeMap::new();
-                for (list, _) in wanted.iter().filter_map(|m| h.minutes.get(m)) {
-                    for (id, root) in list {
-                        if *root < from || *root >= to {
-                            continue;
-                        }
+                for cell in wanted.iter().filter_map(|m| h.minutes.get(m)) {
+                    for (id, root) in &cell.traces {
                         if u128::from_str_radix(id, 16).is_ok_and(|v| arriving.contains(&v)) {
+                            // The traces kept of a full minute are no longer
+                            // its first that have settled.
+                            if cell.truncated {
+                                return None;
+                            }
                             continue;
                         }
                         roots.entry(id.as_str()).and_modify(|r| *r = (*r).min(*root)).or_insert(*root);
                     }
                 }
-                roots.into_iter().take(traces).map(|(id, root)| (id.to_owned(), root)).collect()
+                Some(roots.into_iter().take(traces).map(|(id, root)| (id.to_owned(), root)).collect())
             })
         };
         match held {
             Some(picked) => Ok(picked),
             None => {
-                // A turn began meanwhile and dropped minutes: read the window whole.
+                // A turn began meanwhile and dropped minutes, or a full
+                // minute holds traces still arriving: read the window whole.
                 let q = picked_query(w, traces, scope);
                 Ok(rows(&collect(engine, tenant, &q).await?))
             }
