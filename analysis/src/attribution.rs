@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::detector::Ctx;
+use crate::minutes::{MINUTE_NS, MinuteCells, now_ns, whole_minutes};
 use crate::sql::{self, Rows};
 
 /// When each version of each service first served in the pass's range.
@@ -49,32 +50,19 @@ pub fn attribute(versions: &Rows, service: &str, onset: Option<DateTime<Utc>>, c
     best.map(|(_, c)| c)
 }
 
-const MINUTE_NS: i64 = 60_000_000_000;
-
-/// How many turns a minute stays without being asked for.
-const KEPT_TURNS: u64 = 3;
-
 /// [`versions_query`]'s rows kept by minute from one pass to the next: each
 /// column is a minimum, a maximum or a count, so a range's rows are its
-/// minutes' rows merged, and a pass reads only the minutes it has not seen.
-/// Each turn drops the minutes spans appended since they were last checked
-/// (or read) fall in ([`andon_store::Store::earliest_appended_since`]).
-#[derive(Debug, Default)]
-pub struct VersionBook {
-    inner: std::sync::Mutex<Book>,
-}
-
-#[derive(Debug, Default)]
-struct Book {
-    turn: u64,
-    minutes: std::collections::HashMap<andon_model::Tenant, std::collections::BTreeMap<i64, Minute>>,
-}
-
+/// minutes' rows merged, and a pass reads only the minutes it has not seen
+/// ([`MinuteCells`]; a span changes only its own minute's rows).
 #[derive(Debug)]
-struct Minute {
-    rows: Vec<Served>,
-    checked_from: i64,
-    asked: u64,
+pub struct VersionBook {
+    inner: std::sync::Mutex<MinuteCells<(), Vec<Served>>>,
+}
+
+impl Default for VersionBook {
+    fn default() -> Self {
+        VersionBook { inner: std::sync::Mutex::new(MinuteCells::new(0)) }
+    }
 }
 
 /// A version's first minute or more of serving.
@@ -89,31 +77,13 @@ struct Served {
 }
 
 impl VersionBook {
-    /// Starts a turn for `tenant`.
+    fn cells(&self) -> std::sync::MutexGuard<'_, MinuteCells<(), Vec<Served>>> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts a turn for `tenant` ([`MinuteCells::turn`]).
     pub fn turn(&self, store: &andon_store::Store, tenant: &andon_model::Tenant) {
-        let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-        let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        b.turn += 1;
-        let oldest = b.turn.saturating_sub(KEPT_TURNS);
-        let mut appended: std::collections::HashMap<i64, Option<Option<i64>>> = std::collections::HashMap::new();
-        b.minutes.retain(|t, minutes| {
-            minutes.retain(|minute, m| {
-                if m.asked < oldest {
-                    return false;
-                }
-                if t != tenant {
-                    return true;
-                }
-                let since = m.checked_from;
-                m.checked_from = now;
-                match *appended.entry(since).or_insert_with(|| store.earliest_appended_since(tenant, since)) {
-                    None => false,
-                    Some(None) => true,
-                    Some(Some(earliest)) => minute.saturating_add(MINUTE_NS) <= earliest,
-                }
-            });
-            !minutes.is_empty()
-        });
+        self.cells().turn(store, tenant);
     }
 
     /// [`versions_query`]'s rows for `ctx`'s range from the minutes kept,
@@ -125,27 +95,10 @@ impl VersionBook {
         tenant: &andon_model::Tenant,
         ctx: &Ctx,
     ) -> Result<Option<Rows>, crate::AnalysisError> {
-        let whole = |t: DateTime<Utc>| t.timestamp_nanos_opt().filter(|ns| ns.rem_euclid(MINUTE_NS) == 0);
-        let (Some(from), Some(to)) = (whole(ctx.baseline_start), whole(ctx.end)) else { return Ok(None) };
-        let wanted: Vec<i64> = (0..).map(|i| from + i * MINUTE_NS).take_while(|m| *m < to).collect();
-        let runs: Vec<(i64, i64)> = {
-            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let turn = b.turn;
-            let held = b.minutes.entry(tenant.clone()).or_default();
-            let mut runs: Vec<(i64, i64)> = Vec::new();
-            for m in &wanted {
-                match held.get_mut(m) {
-                    Some(minute) => minute.asked = turn,
-                    None => match runs.last_mut() {
-                        Some(run) if run.1 == *m => run.1 = m + MINUTE_NS,
-                        _ => runs.push((*m, m + MINUTE_NS)),
-                    },
-                }
-            }
-            runs
-        };
+        let Some(wanted) = whole_minutes(ctx.baseline_start, ctx.end) else { return Ok(None) };
+        let runs = self.cells().missing(tenant, &(), &wanted);
         for (a, z) in runs {
-            let read_at = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let read_at = now_ns();
             let q = format!(
                 "SELECT service_name AS service, service_version AS version, \
                  CAST(start_time AS BIGINT) / {MINUTE_NS} AS minute, CAST(min(start_time) AS BIGINT) AS first_seen, \
@@ -160,47 +113,38 @@ impl VersionBook {
                 .collect(Some(tenant.clone()), &q)
                 .await
                 .map_err(|e| crate::AnalysisError::Query { message: e.to_string(), sql: q.clone() })?;
-            let mut by_minute: std::collections::BTreeMap<i64, Vec<Served>> =
-                (0..).map(|i| a + i * MINUTE_NS).take_while(|m| *m < z).map(|m| (m, Vec::new())).collect();
-            for r in Rows::new(out.batches).iter() {
-                let (Some(service), Some(version), Some(minute), Some(first_seen)) =
-                    (r.str("service"), r.str("version"), r.i64("minute"), r.i64("first_seen"))
-                else {
-                    continue;
-                };
-                by_minute.entry(minute * MINUTE_NS).or_default().push(Served {
-                    service,
-                    version,
-                    first_seen,
-                    commit: r.str("commit"),
-                    pr: r.str("pr"),
-                    spans: r.i64("spans").unwrap_or(0),
-                });
-            }
-            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let turn = b.turn;
-            let held = b.minutes.entry(tenant.clone()).or_default();
-            for (m, rows) in by_minute {
-                held.insert(m, Minute { rows, checked_from: read_at, asked: turn });
-            }
+            let rows = Rows::new(out.batches);
+            let read = rows.iter().filter_map(|r| {
+                Some((
+                    r.i64("minute")? * MINUTE_NS,
+                    Served {
+                        service: r.str("service")?,
+                        version: r.str("version")?,
+                        first_seen: r.i64("first_seen")?,
+                        commit: r.str("commit"),
+                        pr: r.str("pr"),
+                        spans: r.i64("spans").unwrap_or(0),
+                    },
+                ))
+            });
+            let read: Vec<(i64, Served)> = read.collect();
+            self.cells().fill(tenant, &(), (a, z), read_at, read, |rows| rows);
         }
         let merged: Option<Vec<Served>> = {
-            let b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            b.minutes.get(tenant).filter(|h| wanted.iter().all(|m| h.contains_key(m))).map(|h| {
+            let cells = self.cells();
+            cells.parts(tenant, &(), &wanted).map(|parts| {
                 let mut by_version: std::collections::BTreeMap<(&str, &str), Served> =
                     std::collections::BTreeMap::new();
-                for minute in wanted.iter().filter_map(|m| h.get(m)) {
-                    for s in &minute.rows {
-                        by_version
-                            .entry((s.service.as_str(), s.version.as_str()))
-                            .and_modify(|v| {
-                                v.first_seen = v.first_seen.min(s.first_seen);
-                                v.commit = v.commit.take().max(s.commit.clone());
-                                v.pr = v.pr.take().max(s.pr.clone());
-                                v.spans += s.spans;
-                            })
-                            .or_insert_with(|| s.clone());
-                    }
+                for s in parts.into_iter().flatten() {
+                    by_version
+                        .entry((s.service.as_str(), s.version.as_str()))
+                        .and_modify(|v| {
+                            v.first_seen = v.first_seen.min(s.first_seen);
+                            v.commit = v.commit.take().max(s.commit.clone());
+                            v.pr = v.pr.take().max(s.pr.clone());
+                            v.spans += s.spans;
+                        })
+                        .or_insert_with(|| s.clone());
                 }
                 by_version.into_values().collect()
             })

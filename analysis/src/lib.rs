@@ -22,6 +22,7 @@ pub mod detectors;
 pub mod engine;
 pub mod fold;
 pub mod localize;
+pub mod minutes;
 pub mod recorder;
 pub mod runner;
 pub mod sides;

@@ -6,64 +6,64 @@
 //!
 //! Which traces are in a scope does not depend on the window either (a
 //! span within reach of the root meets each condition), so the book keeps
-//! them by the minute their root starts in, and a pass reads only the
-//! minutes it has not seen. Each turn drops the minutes the spans appended
-//! since they were last checked (or read) may have changed (those within
-//! reach of the earliest appended span, [`andon_store::Store::earliest_appended_since`]): in a
-//! backtest none, while traffic arrives the last few.
+//! them by the minute their root starts in ([`MinuteCells`], with a span
+//! able to change the minutes up to a reach before it), and a pass reads
+//! only the minutes it has not seen.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
+
+use crate::minutes::{KEPT_TURNS, MinuteCells, now_ns, whole_minutes};
 
 use super::profile::{Span, spans_by_trace};
 use super::scope::{picked_query, qualifying_query, spans_query, within_reach};
 use super::*;
 
-/// How many turns (detection passes, or a pass's last-minute judgement) a
-/// trace stays in the book without being asked for.
-const KEPT_TURNS: u64 = 3;
-
 /// Spans of sampled traces by (tenant, trace id), with the turn that last
 /// asked for each.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TraceBook {
     inner: Mutex<Book>,
 }
 
-#[derive(Debug, Default)]
+impl Default for TraceBook {
+    fn default() -> Self {
+        // A root in minute m brings traces in scope by spans up to a reach
+        // after the minute ends.
+        let reach = super::REACH.num_nanoseconds().unwrap_or(i64::MAX);
+        TraceBook {
+            inner: Mutex::new(Book {
+                turn: 0,
+                traces: HashMap::new(),
+                scopes: MinuteCells::new(reach),
+                hits: 0,
+                reads: 0,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Book {
     turn: u64,
     traces: HashMap<(Tenant, String), Kept>,
-    /// Per (tenant, scope): the traces in scope by the minute their root
-    /// starts in.
-    scopes: HashMap<(Tenant, String), Minutes>,
+    /// Per (tenant, traces a sample takes and scope): the traces in scope by
+    /// the minute their root starts in.
+    scopes: MinuteCells<String, InScope>,
     /// Lookups answered from the book and read from the store, since the start.
     hits: u64,
     reads: u64,
-}
-
-/// The traces in one scope, by minute (Unix ns).
-#[derive(Debug, Default)]
-struct Minutes {
-    minutes: BTreeMap<i64, Cell>,
 }
 
 /// One minute's traces in a scope: the first (by trace id) as many as a
 /// sample takes, `(trace id, root start in Unix ns)`, since no more of one
 /// minute can be among a window's first.
 #[derive(Debug)]
-struct Cell {
+struct InScope {
     traces: Vec<(String, i64)>,
     /// More traces were in scope than kept.
     truncated: bool,
-    /// Spans appended since this moment (Unix ns, this server's clock) have
-    /// not been checked against it: when its read began, then each turn's start.
-    checked_from: i64,
-    /// The turn that last asked for it.
-    asked: u64,
 }
-
-const MINUTE_NS: i64 = 60_000_000_000;
 
 #[derive(Debug)]
 struct Kept {
@@ -79,12 +79,8 @@ impl TraceBook {
     /// traces that received a span after they were read, and the minutes of
     /// scopes the spans appended since they were last checked may have changed.
     pub fn turn(&self, store: &andon_store::Store, tenant: &Tenant) {
-        let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
         let arrivals = store.last_arrivals(tenant);
-        let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // The earliest start appended since each moment cells were last
-        // checked from (most share one: the last turn's start).
-        let mut appended: HashMap<i64, Option<Option<i64>>> = HashMap::new();
+        let mut b = self.book();
         b.turn += 1;
         let oldest = b.turn.saturating_sub(KEPT_TURNS);
         let late: HashMap<u128, i64> = arrivals.iter().copied().collect();
@@ -100,27 +96,11 @@ impl TraceBook {
                 None => true,
             }
         });
-        // A root in minute m brings traces in scope by spans up to a reach
-        // after the minute ends.
-        let reach = super::REACH.num_nanoseconds().unwrap_or(i64::MAX);
-        b.scopes.retain(|(t, _), m| {
-            m.minutes.retain(|minute, cell| {
-                if cell.asked < oldest {
-                    return false;
-                }
-                if t != tenant {
-                    return true;
-                }
-                let since = cell.checked_from;
-                cell.checked_from = now;
-                match *appended.entry(since).or_insert_with(|| store.earliest_appended_since(tenant, since)) {
-                    None => false,
-                    Some(None) => true,
-                    Some(Some(earliest)) => minute.saturating_add(MINUTE_NS).saturating_add(reach) <= earliest,
-                }
-            });
-            !m.minutes.is_empty()
-        });
+        b.scopes.turn(store, tenant);
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The first `traces` by trace id of the traces in `scope` whose root
@@ -134,61 +114,35 @@ impl TraceBook {
         traces: usize,
         scope: &Scope,
     ) -> Result<Vec<(String, i64)>, AnalysisError> {
-        let whole = |t: DateTime<Utc>| t.timestamp_nanos_opt().filter(|ns| ns.rem_euclid(MINUTE_NS) == 0);
-        let (Some(from), Some(to)) = (whole(w.start), whole(w.end)) else {
+        let Some(wanted) = whole_minutes(w.start, w.end) else {
             // A window that does not begin and end on a minute (not a pass's).
             let q = picked_query(w, traces, scope);
             return Ok(rows(&collect(engine, tenant, &q).await?));
         };
-        let key = (tenant.clone(), format!("{traces}\n{}", scope.key()));
-        let first = from.div_euclid(MINUTE_NS) * MINUTE_NS;
-        let wanted: Vec<i64> = (0..).map(|i| first + i * MINUTE_NS).take_while(|m| *m < to).collect();
+        let key = format!("{traces}\n{}", scope.key());
         // Runs of minutes the book does not hold, each read in one statement.
-        let runs: Vec<(i64, i64)> = {
-            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let turn = b.turn;
-            let held = b.scopes.entry(key.clone()).or_default();
-            let mut runs: Vec<(i64, i64)> = Vec::new();
-            for m in &wanted {
-                match held.minutes.get_mut(m) {
-                    Some(cell) => cell.asked = turn,
-                    None => match runs.last_mut() {
-                        Some(run) if run.1 == *m => run.1 = m + MINUTE_NS,
-                        _ => runs.push((*m, m + MINUTE_NS)),
-                    },
-                }
-            }
-            runs
-        };
+        let runs = self.book().scopes.missing(tenant, &key, &wanted);
         for (a, z) in runs {
             let at = DateTime::from_timestamp_nanos;
-            let read_at = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let read_at = now_ns();
             let read = rows(&collect(engine, tenant, &qualifying_query(at(a), at(z), scope)).await?);
-            let mut by_minute: BTreeMap<i64, Vec<(String, i64)>> =
-                (0..).map(|i| a + i * MINUTE_NS).take_while(|m| *m < z).map(|m| (m, Vec::new())).collect();
-            for (id, root) in read {
-                by_minute.entry(root.div_euclid(MINUTE_NS) * MINUTE_NS).or_default().push((id, root));
-            }
-            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let turn = b.turn;
-            let held = b.scopes.entry(key.clone()).or_default();
-            for (m, mut list) in by_minute {
+            let read = read.into_iter().map(|(id, root)| (root, (id, root)));
+            self.book().scopes.fill(tenant, &key, (a, z), read_at, read, |mut list| {
                 list.sort_unstable();
                 let truncated = list.len() > traces;
                 list.truncate(traces);
-                held.minutes.insert(m, Cell { traces: list, truncated, checked_from: read_at, asked: turn });
-            }
+                InScope { traces: list, truncated }
+            });
         }
         let arriving: HashSet<u128> = match scope.settled.and_then(|at| at.timestamp_nanos_opt()) {
             Some(at) => engine.store().last_arrivals(tenant).into_iter().filter(|a| a.1 > at).map(|a| a.0).collect(),
             None => HashSet::new(),
         };
         let held: Option<Vec<(String, i64)>> = {
-            let b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let h = b.scopes.get(&key).filter(|h| wanted.iter().all(|m| h.minutes.contains_key(m)));
-            h.and_then(|h| {
+            let b = self.book();
+            b.scopes.parts(tenant, &key, &wanted).and_then(|parts| {
                 let mut roots: BTreeMap<&str, i64> = BTreeMap::new();
-                for cell in wanted.iter().filter_map(|m| h.minutes.get(m)) {
+                for cell in parts {
                     for (id, root) in &cell.traces {
                         if u128::from_str_radix(id, 16).is_ok_and(|v| arriving.contains(&v)) {
                             // The traces kept of a full minute are no longer
@@ -217,7 +171,7 @@ impl TraceBook {
 
     /// (answered from the book, read from the store) since the book began.
     pub fn counts(&self) -> (u64, u64) {
-        let b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = self.book();
         (b.hits, b.reads)
     }
 
@@ -234,7 +188,7 @@ impl TraceBook {
         let picked = self.picked(engine, tenant, w, traces, scope).await?;
         let mut found: HashMap<String, Arc<[Span]>> = HashMap::new();
         let missing: Vec<(String, i64)> = {
-            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut b = self.book();
             let turn = b.turn;
             let mut missing = Vec::new();
             for (id, root) in &picked {
@@ -251,9 +205,9 @@ impl TraceBook {
             missing
         };
         if let Some(q) = spans_query(&missing) {
-            let read_at = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let read_at = now_ns();
             let mut read = spans_by_trace(&collect(engine, tenant, &q).await?)?;
-            let mut b = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut b = self.book();
             let turn = b.turn;
             for (id, root) in missing {
                 let spans: Arc<[Span]> = read
