@@ -4,7 +4,7 @@
 //! findings with their evidence. What a finding says and how it is tested are
 //! its detector's ([`crate::detector::Detector`]); this only orchestrates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,46 @@ struct Onset {
     segment: BTreeMap<String, Value>,
     /// In the latency of successful requests; otherwise in the error rate.
     latency: bool,
+}
+
+/// One cell of the rollups an onset series sums: a minute of an operation
+/// in one combination of segment values.
+struct OnsetCell {
+    bin: i64,
+    service: String,
+    operation: String,
+    segs: Vec<Option<String>>,
+    n: u64,
+    ok: u64,
+    errors: u64,
+    log_sum: f64,
+}
+
+/// Each subject's onset series from the rollups' cells of its operation:
+/// `(minute, metric)` for the minutes with at least 3 requests in its segment.
+fn onset_series_of(ctx: &Ctx, subjects: &[Onset], cells: &[OnsetCell]) -> Vec<Vec<(i64, f64)>> {
+    subjects
+        .iter()
+        .map(|o| {
+            let cut = Cut::new(&ctx.segments, &o.service, &o.operation, &o.segment);
+            // (n, ok, errors, log sum) by minute.
+            let mut bins: BTreeMap<i64, (u64, u64, u64, f64)> = BTreeMap::new();
+            for c in cells.iter().filter(|c| cut.holds(&c.service, &c.operation, &c.segs)) {
+                let b = bins.entry(c.bin).or_default();
+                b.0 += c.n;
+                b.1 += c.ok;
+                b.2 += c.errors;
+                b.3 += c.log_sum;
+            }
+            bins.into_iter()
+                .filter(|(_, b)| b.0 >= 3)
+                .filter_map(|(bin, (n, ok, errors, log_sum))| {
+                    let v = if o.latency { (ok > 0).then(|| log_sum / ok as f64)? } else { errors as f64 / n as f64 };
+                    Some((bin, v))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The windows of a pass: baseline `[baseline_start, baseline_end)`, current
@@ -1351,30 +1391,66 @@ impl Analyzer {
         if subjects.is_empty() {
             return Ok(Vec::new());
         }
-        // Minutes: the rollups hold them. One read of every subject's
-        // operation by minute and segment values; each subject sums the cells
-        // of its segment.
+        // Minutes: the rollups hold them, and the metrics fold holds the
+        // rollups' cells of the range when it was read at the store's
+        // present version; otherwise one read of every subject's operation by
+        // minute and segment values. Each subject sums the cells of its segment.
+        let sites: BTreeSet<(&str, &str)> =
+            subjects.iter().map(|o| (o.service.as_str(), o.operation.as_str())).collect();
+        let cells = match self.kept_onset_cells(sql.tenant, ctx, &sites) {
+            Some(cells) => cells,
+            None => self.read_onset_cells(sql, ctx, &sites).await?,
+        };
+        Ok(onset_series_of(ctx, subjects, &cells))
+    }
+
+    /// The rollups' cells of the sites over the range, from the metrics fold
+    /// when it holds them as the store now is.
+    fn kept_onset_cells(&self, tenant: &Tenant, ctx: &Ctx, sites: &BTreeSet<(&str, &str)>) -> Option<Vec<OnsetCell>> {
+        let fold = self.metrics_fold.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let from = floor_minute(ctx.baseline_start).timestamp_nanos_opt();
+        let to = ctx.end.timestamp_nanos_opt();
+        let vars = ctx.metric_vars("");
+        let metric_segments = vars.iter().find(|(k, _)| *k == "metric_segments").map(|(_, v)| v.clone());
+        let source = (tenant.clone(), metric_segments.unwrap_or_default(), self.engine.store().metrics_version());
+        fold.as_ref().filter(|f| f.read_as(&source)).zip(from.zip(to)).and_then(|(f, (from, to))| {
+            let wanted = |k: &[Option<String>]| match k {
+                [Some(service), Some(operation), ..] => sites.contains(&(service.as_str(), operation.as_str())),
+                _ => false,
+            };
+            f.cells(from, to, wanted).map(|cells| {
+                cells
+                    .into_iter()
+                    .map(|(bin, key, n, errors, log_sum)| OnsetCell {
+                        bin,
+                        service: key[0].clone().unwrap_or_default(),
+                        operation: key[1].clone().unwrap_or_default(),
+                        segs: key[2..].to_vec(),
+                        n: n.max(0) as u64,
+                        ok: (n - errors).max(0) as u64,
+                        errors: errors.max(0) as u64,
+                        log_sum,
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    /// The rollups' cells of the sites over the range, read (`minutes_rolled.sql`).
+    async fn read_onset_cells(
+        &self,
+        sql: &TenantSql<'_>,
+        ctx: &Ctx,
+        sites: &BTreeSet<(&str, &str)>,
+    ) -> Result<Vec<OnsetCell>, AnalysisError> {
         let mut vars = ctx.metric_vars("");
-        vars.push((
-            "sites",
-            sites_condition(subjects.iter().map(|o| (o.service.as_str(), o.operation.as_str())), "service_name"),
-        ));
+        vars.push(("sites", sites_condition(sites.iter().copied(), "service_name")));
         let rows = sql.rows(&sql::render(include_str!("detectors/minutes_rolled.sql"), &vars)).await?;
         let columns = ctx.segments.names();
-        struct Cell {
-            bin: i64,
-            service: String,
-            operation: String,
-            segs: Vec<Option<String>>,
-            n: u64,
-            ok: u64,
-            errors: u64,
-            log_sum: f64,
-        }
-        let cells: Vec<Cell> = rows
+        Ok(rows
             .iter()
             .filter_map(|r| {
-                Some(Cell {
+                Some(OnsetCell {
                     bin: r.i64("bin")?,
                     service: r.str("service")?,
                     operation: r.str("operation")?,
@@ -1384,29 +1460,6 @@ impl Analyzer {
                     errors: r.u64("errors"),
                     log_sum: r.f64("log_latency_sum").unwrap_or(0.0),
                 })
-            })
-            .collect();
-        Ok(subjects
-            .iter()
-            .map(|o| {
-                let cut = Cut::new(&ctx.segments, &o.service, &o.operation, &o.segment);
-                // (n, ok, errors, log sum) by minute.
-                let mut bins: BTreeMap<i64, (u64, u64, u64, f64)> = BTreeMap::new();
-                for c in cells.iter().filter(|c| cut.holds(&c.service, &c.operation, &c.segs)) {
-                    let b = bins.entry(c.bin).or_default();
-                    b.0 += c.n;
-                    b.1 += c.ok;
-                    b.2 += c.errors;
-                    b.3 += c.log_sum;
-                }
-                bins.into_iter()
-                    .filter(|(_, b)| b.0 >= 3)
-                    .filter_map(|(bin, (n, ok, errors, log_sum))| {
-                        let v =
-                            if o.latency { (ok > 0).then(|| log_sum / ok as f64)? } else { errors as f64 / n as f64 };
-                        Some((bin, v))
-                    })
-                    .collect()
             })
             .collect())
     }
@@ -1848,6 +1901,39 @@ mod tests {
                 }
                 for c in ["retries", "recovered_sessions", "errors"] {
                     *nonzero.entry(c).or_default() += rows.iter().filter_map(|r| r.i64(c)).sum::<i64>();
+                }
+            }
+            // The onset series from the metrics fold's cells, as from the rollups read.
+            let ctx = analyzer.ctx(w, None);
+            let mut subjects: Vec<Onset> = Vec::new();
+            for r in known
+                .iter()
+                .filter(|(q, _)| q.contains("latency_buckets") || q.contains("errors"))
+                .flat_map(|(_, r)| r.iter())
+            {
+                let (Some(service), Some(operation)) = (r.str("service"), r.str("operation")) else { continue };
+                if subjects.iter().any(|o| o.service == service && o.operation == operation) || subjects.len() >= 12 {
+                    continue;
+                }
+                let latency = subjects.len().is_multiple_of(2);
+                let mut segment = BTreeMap::new();
+                if subjects.len() % 3 == 1 {
+                    segment.insert("browser.mobile".to_owned(), Value::Bool(true));
+                }
+                subjects.push(Onset { service, operation, segment, latency });
+            }
+            assert!(subjects.len() >= 6, "{} subjects", subjects.len());
+            let sites: BTreeSet<(&str, &str)> =
+                subjects.iter().map(|o| (o.service.as_str(), o.operation.as_str())).collect();
+            let kept = analyzer.kept_onset_cells(&tenant, &ctx, &sites).expect("the fold holds the range");
+            let sql = TenantSql::new(&engine, &tenant, false, &BTreeMap::new());
+            let read = rt.block_on(analyzer.read_onset_cells(&sql, &ctx, &sites)).unwrap();
+            let (kept, read) = (onset_series_of(&ctx, &subjects, &kept), onset_series_of(&ctx, &subjects, &read));
+            assert!(read.iter().filter(|s| s.len() > 30).count() >= 4, "pass {i}: series of the range's minutes");
+            for (k, r) in kept.iter().zip(&read) {
+                assert_eq!(k.len(), r.len(), "pass {i}");
+                for (a, b) in k.iter().zip(r) {
+                    assert!(a.0 == b.0 && (a.1 - b.1).abs() <= 1e-9 * b.1.abs().max(1.0), "pass {i}: {a:?} {b:?}");
                 }
             }
             // When each version first served, from the minutes kept by the

@@ -72,6 +72,9 @@ impl Acc {
     }
 }
 
+/// `(minute, series, requests, errors, log-latency sum)` ([`MetricsFold::cells`]).
+pub type MinuteCell<'a> = (i64, &'a [Option<String>], i64, i64, f64);
+
 /// Which statement of a pair a fold's rows are for: the window's, whose
 /// current side is the window with its last minute, or the last minute's,
 /// which does not read the rest of the window.
@@ -112,6 +115,12 @@ impl MetricsFold {
     /// How many times the fold read its whole range.
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds
+    }
+
+    /// Whether its cells were read as `source` says (tenant, segment columns
+    /// and the store's metrics version).
+    pub fn read_as(&self, source: &Source) -> bool {
+        self.source.as_ref() == Some(source)
     }
 
     /// Whether its cells were read at the store's metrics `version`.
@@ -243,6 +252,29 @@ impl MetricsFold {
             self.minutes.entry(m).or_default().push(cell);
         }
         Ok(())
+    }
+
+    /// The cells of the minutes in `[from, to)` whose series (service,
+    /// operation, then the segment values) `wanted` admits, as `(minute,
+    /// series, requests, errors, log-latency sum)`, in minute order; `None`
+    /// when the fold does not hold all of `[from, to)` (the onset series
+    /// `minutes_rolled.sql` reads, without reading it).
+    pub fn cells(&self, from: i64, to: i64, wanted: impl Fn(&[Option<String>]) -> bool) -> Option<Vec<MinuteCell<'_>>> {
+        let (lo, hi) = self.range?;
+        if from < lo || to > hi {
+            return None;
+        }
+        let mut admitted: HashMap<u32, bool> = HashMap::new();
+        let mut out = Vec::new();
+        for (m, cells) in self.minutes.range(from..to) {
+            for c in cells {
+                let series = self.series.get(c.series);
+                if *admitted.entry(c.series).or_insert_with(|| wanted(series)) {
+                    out.push((*m, series.as_slice(), c.requests, c.errors, c.log_sum));
+                }
+            }
+        }
+        Some(out)
     }
 
     /// Per series and `cur` of `side`'s statement, the places' sums it adds up.
