@@ -230,6 +230,8 @@ impl QueryEngine {
         let started = Instant::now();
         let ctx = self.session(tenant)?;
         let head = sql.chars().take(200).collect::<String>().split_whitespace().collect::<Vec<_>>().join(" ");
+        // The whole statement at `trace`, to reproduce one (`EXPLAIN ANALYZE`).
+        tracing::trace!(target: "andon_store::query", sql, "statement");
         let sql = sql.to_owned();
         let task = self.handle.spawn(async move {
             let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);

@@ -10,7 +10,7 @@
 //! able to change the minutes up to a reach before it), and a pass reads
 //! only the minutes it has not seen.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::minutes::{KEPT_TURNS, MinuteCells, now_ns, whole_minutes};
@@ -141,8 +141,12 @@ impl TraceBook {
         let held: Option<Vec<(String, i64)>> = {
             let b = self.book();
             b.scopes.parts(tenant, &key, &wanted).and_then(|parts| {
-                let mut roots: BTreeMap<&str, i64> = BTreeMap::new();
+                let mut roots: Vec<(&str, i64)> = Vec::new();
                 for cell in parts {
+                    if arriving.is_empty() {
+                        roots.extend(cell.traces.iter().map(|(id, root)| (id.as_str(), *root)));
+                        continue;
+                    }
                     for (id, root) in &cell.traces {
                         if u128::from_str_radix(id, 16).is_ok_and(|v| arriving.contains(&v)) {
                             // The traces kept of a full minute are no longer
@@ -152,10 +156,10 @@ impl TraceBook {
                             }
                             continue;
                         }
-                        roots.entry(id.as_str()).and_modify(|r| *r = (*r).min(*root)).or_insert(*root);
+                        roots.push((id.as_str(), *root));
                     }
                 }
-                Some(roots.into_iter().take(traces).map(|(id, root)| (id.to_owned(), root)).collect())
+                Some(first_traces(roots, traces))
             })
         };
         match held {
@@ -230,6 +234,28 @@ impl TraceBook {
     }
 }
 
+/// The first `n` traces by id, each with its earliest root start.
+fn first_traces(mut roots: Vec<(&str, i64)>, n: usize) -> Vec<(String, i64)> {
+    fn whole(mut v: Vec<(&str, i64)>) -> Vec<(&str, i64)> {
+        v.sort_unstable();
+        v.dedup_by(|later, first| later.0 == first.0);
+        v
+    }
+    // The first n pairs hold the first n traces unless a trace holds two of them.
+    if roots.len() > n && n > 0 {
+        roots.select_nth_unstable(n - 1);
+        let head = whole(roots[..n].to_vec());
+        if head.len() == n {
+            roots = head;
+        } else {
+            roots = whole(roots);
+        }
+    } else {
+        roots = whole(roots);
+    }
+    roots.into_iter().take(n).map(|(id, root)| (id.to_owned(), root)).collect()
+}
+
 /// `(trace_id, root_start)` rows.
 fn rows(batches: &[RecordBatch]) -> Vec<(String, i64)> {
     andon_store::sql::Rows::new(batches.to_vec())
@@ -244,4 +270,26 @@ async fn collect(engine: &QueryEngine, tenant: &Tenant, q: &str) -> Result<Vec<R
         .await
         .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: q.to_owned() })?
         .batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_traces;
+
+    #[test]
+    fn the_first_traces_by_id_each_once_with_its_earliest_root() {
+        let roots = vec![("c", 5), ("a", 9), ("b", 2), ("a", 3), ("d", 1), ("b", 7)];
+        let owned = |v: &[(&str, i64)]| v.iter().map(|(id, r)| (id.to_string(), *r)).collect::<Vec<_>>();
+        assert_eq!(first_traces(roots.clone(), 2), owned(&[("a", 3), ("b", 2)]));
+        assert_eq!(first_traces(roots.clone(), 3), owned(&[("a", 3), ("b", 2), ("c", 5)]));
+        assert_eq!(first_traces(roots.clone(), 10), owned(&[("a", 3), ("b", 2), ("c", 5), ("d", 1)]));
+        assert_eq!(first_traces(roots, 0), owned(&[]));
+        let many: Vec<(String, i64)> = (0..1000).rev().map(|i| (format!("{i:04}"), i)).collect();
+        let refs: Vec<(&str, i64)> = many.iter().map(|(id, r)| (id.as_str(), *r)).collect();
+        let first = first_traces(refs, 5);
+        assert_eq!(
+            first.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            ["0000", "0001", "0002", "0003", "0004"]
+        );
+    }
 }
