@@ -20,6 +20,7 @@
 mod arrivals;
 mod dedup;
 mod error;
+mod metrics_log;
 mod query;
 mod remote;
 mod rollup;
@@ -141,6 +142,18 @@ struct Buffered {
     batch: RecordBatch,
     bytes: usize,
     at: Instant,
+    /// The earliest `start_time` in the batch (Unix ns).
+    min_start: i64,
+}
+
+/// The earliest `start_time` in `batch` (Unix ns); `i64::MIN` when it has none.
+fn min_start(batch: &RecordBatch) -> i64 {
+    use arrow::array::AsArray;
+    batch
+        .column_by_name("start_time")
+        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::TimestampNanosecondType>())
+        .and_then(arrow::compute::min)
+        .unwrap_or(i64::MIN)
 }
 
 /// What readers see: the buffer and the committed segments, swapped together.
@@ -156,6 +169,29 @@ struct State {
     /// Changes whenever what `span_metrics` shows may have
     /// ([`Store::metrics_version`]).
     metrics_version: u64,
+    /// What each version may have changed ([`Store::metrics_changed_since`]).
+    metrics_log: metrics_log::MetricsLog,
+}
+
+impl State {
+    /// A new version of `span_metrics`, which may have changed the minutes
+    /// from each tenant's start (every minute of every tenant: `None`).
+    fn metrics_changed(&mut self, change: Option<BTreeMap<Tenant, i64>>) {
+        self.metrics_version += 1;
+        let v = self.metrics_version;
+        self.metrics_log.note(v, change);
+    }
+
+    /// The earliest start buffered for each of `tenants`.
+    fn earliest_buffered(&self, tenants: impl IntoIterator<Item = Tenant>) -> BTreeMap<Tenant, i64> {
+        let mut out: BTreeMap<Tenant, i64> = tenants.into_iter().map(|t| (t, i64::MAX)).collect();
+        for b in &self.buffer {
+            if let Some(e) = out.get_mut(&b.tenant) {
+                *e = (*e).min(b.min_start);
+            }
+        }
+        out
+    }
 }
 
 /// What a `span_metrics` query reads: rollup files with their sizes, and the
@@ -372,7 +408,15 @@ impl Store {
                 }
                 let bytes = batch.get_array_memory_size();
                 state.buffer_bytes += bytes;
-                state.buffer.push_back(Buffered { seq: r.seq, tenant: r.tenant.clone(), batch, bytes, at: now });
+                let min_start = min_start(&batch);
+                state.buffer.push_back(Buffered {
+                    seq: r.seq,
+                    tenant: r.tenant.clone(),
+                    batch,
+                    bytes,
+                    at: now,
+                    min_start,
+                });
             }
         })?;
         stats.add_quarantined(bad_wal);
@@ -384,12 +428,18 @@ impl Store {
             Box::new(move |records: Vec<(u64, Tenant, RecordBatch)>| {
                 let now = Instant::now();
                 let mut s = state.write();
+                let mut tenants = std::collections::BTreeSet::new();
                 for (seq, tenant, batch) in records {
                     let bytes = batch.get_array_memory_size();
                     s.buffer_bytes += bytes;
-                    s.buffer.push_back(Buffered { seq, tenant, batch, bytes, at: now });
+                    tenants.insert(tenant.clone());
+                    let min_start = min_start(&batch);
+                    s.buffer.push_back(Buffered { seq, tenant, batch, bytes, at: now, min_start });
                 }
-                s.metrics_version += 1;
+                // What arrived may change the cells of any buffered span of
+                // its tenant (its session's values, a failed child).
+                let change = s.earliest_buffered(tenants);
+                s.metrics_changed(Some(change));
             })
         };
         let wal = wal::Wal::start(
@@ -611,7 +661,7 @@ impl Store {
             self.mirror(&path)?;
             let mut s = self.inner.state.write();
             s.metrics.insert(seg.path.clone(), (path, bytes));
-            s.metrics_version += 1;
+            s.metrics_changed(None);
         }
         Ok(missing.len())
     }
@@ -622,7 +672,7 @@ impl Store {
         {
             let mut s = self.inner.state.write();
             s.metrics.clear();
-            s.metrics_version += 1;
+            s.metrics_changed(None);
         }
         match fs::remove_dir_all(self.inner.config.data_dir.join("metrics")) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -780,16 +830,20 @@ impl Store {
         }
         {
             let mut s = self.inner.state.write();
+            // The flushed spans' cells are now as the flush rolled them up.
+            let mut flushed: BTreeMap<Tenant, i64> = BTreeMap::new();
             while s.buffer.front().is_some_and(|b| b.seq <= through) {
                 if let Some(b) = s.buffer.pop_front() {
                     s.buffer_bytes -= b.bytes;
+                    let e = flushed.entry(b.tenant.clone()).or_insert(i64::MAX);
+                    *e = (*e).min(b.min_start);
                 }
             }
             for seg in written {
                 s.segments.insert(seg.path.clone(), seg);
             }
             s.metrics.extend(rolled);
-            s.metrics_version += 1;
+            s.metrics_changed(Some(flushed));
             if !session_files.is_empty() {
                 self.inner.sessions_flushed.store(through, Ordering::Release);
             }
@@ -909,7 +963,9 @@ impl Store {
                 if let Some(m) = merged_metrics {
                     s.metrics.insert(merged.path.clone(), m);
                 }
-                s.metrics_version += 1;
+                // The hour's cells, merged (the same sums, added in another order).
+                let hour = merged.hour.saturating_mul(3_600_000_000_000);
+                s.metrics_changed(Some(BTreeMap::from([(merged.tenant.clone(), hour)])));
             }
             // Queries that took their snapshot before the swap may still open the
             // inputs; they get a grace period before the files go.
@@ -995,6 +1051,16 @@ impl Store {
     /// keeps them only while it stays the same.
     pub fn metrics_version(&self) -> u64 {
         self.inner.state.read().metrics_version
+    }
+
+    /// The earliest `start_time` (Unix ns) whose minute of `tenant` in
+    /// `span_metrics` may show otherwise now than at metrics version
+    /// `version`: `Some(None)` when none may, `None` when the store cannot
+    /// tell (every minute may; too many versions ago). A reader that keeps
+    /// cells of `span_metrics` reads again only the minutes from it.
+    pub fn metrics_changed_since(&self, tenant: &Tenant, version: u64) -> Option<Option<i64>> {
+        let s = self.inner.state.read();
+        s.metrics_log.since(tenant, version, s.metrics_version)
     }
 
     /// What keeps `sessions`.
@@ -1173,7 +1239,7 @@ impl Store {
                 s.metrics.remove(p);
             }
             if !paths.is_empty() {
-                s.metrics_version += 1;
+                s.metrics_changed(None);
                 self.inner.appends.removed(wall_nanos());
             }
             // Sessions go with the hour their last session started in.

@@ -29,6 +29,8 @@ use super::{Bounds, Numbered, Place, Source, failed, ints, series_key, strings, 
 use crate::AnalysisError;
 use crate::sql::Rows;
 
+const MINUTE_NS: i64 = 60_000_000_000;
+
 /// One cell of `span_metrics`: a server operation's minute in one segment.
 #[derive(Debug)]
 struct Cell {
@@ -137,6 +139,7 @@ impl MetricsFold {
         segments: usize,
         from: i64,
         b: Bounds,
+        changed: impl FnOnce(u64) -> Option<Option<i64>>,
         read: F,
     ) -> Result<(), AnalysisError>
     where
@@ -144,11 +147,35 @@ impl MetricsFold {
         Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
     {
         let from = from.min(b.from);
-        let follows = self.source.as_ref() == Some(&source)
+        // Since the cells were read, the store may have changed the minutes
+        // from `since` on ([`andon_store::Store::metrics_changed_since`]):
+        // those are dropped and read again, the others kept.
+        let since: Option<Option<i64>> = match &self.source {
+            Some(s) if *s == source => Some(None),
+            Some(s) if s.0 == source.0 && s.1 == source.1 => changed(s.2),
+            _ => None,
+        };
+        let since = since.map(|at| at.map(|ns| ns.div_euclid(MINUTE_NS) * MINUTE_NS));
+        let follows = since.is_some_and(|at| at.is_none_or(|m| m > from))
             && self.range.is_some_and(|(f, t)| f <= from && t <= b.to && from < t)
             && self.bounds.is_some();
         let lo = match (self.range, self.bounds) {
             (Some((_, end)), Some(p)) if follows => {
+                let end = match since.flatten() {
+                    Some(m) if m < end => {
+                        for (minute, cells) in self.minutes.split_off(&m) {
+                            let was = p.place(minute);
+                            if was == Place::Out {
+                                continue;
+                            }
+                            for c in &cells {
+                                self.unsum(c, was);
+                            }
+                        }
+                        m
+                    }
+                    _ => end,
+                };
                 // Every minute whose place changed lies between a bound of
                 // the last pass and the same bound of this one.
                 let mut moved: Vec<i64> = Vec::new();
@@ -162,19 +189,16 @@ impl MetricsFold {
                     if was == is {
                         continue;
                     }
-                    let cells = &self.minutes[&m];
-                    for c in cells {
+                    let Some(cells) = self.minutes.remove(&m) else { continue };
+                    for c in &cells {
                         if was != Place::Out {
-                            let acc = self.sums.entry((c.series, was)).or_default();
-                            acc.add(c, -1);
-                            if acc.cells == 0 {
-                                self.sums.remove(&(c.series, was));
-                            }
+                            self.unsum(c, was);
                         }
                         if is != Place::Out {
                             self.sums.entry((c.series, is)).or_default().add(c, 1);
                         }
                     }
+                    self.minutes.insert(m, cells);
                 }
                 self.minutes = self.minutes.split_off(&from);
                 end
@@ -202,6 +226,15 @@ impl MetricsFold {
         self.range = Some((from, b.to));
         self.bounds = Some(b);
         Ok(())
+    }
+
+    /// Takes `c` out of its place's sums.
+    fn unsum(&mut self, c: &Cell, place: Place) {
+        let acc = self.sums.entry((c.series, place)).or_default();
+        acc.add(c, -1);
+        if acc.cells == 0 {
+            self.sums.remove(&(c.series, place));
+        }
     }
 
     /// Keeps the cells of `batch`, adding them to their places' sums.
