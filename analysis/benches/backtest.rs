@@ -20,7 +20,8 @@
 //! server would: the spans up to the first pass are stored first, then before
 //! each pass the export requests of the minute it adds go through the ingest
 //! path, flushed to a segment but for their last 10 seconds, which stay
-//! buffered (the store's flush age), and each simulated hour is compacted.
+//! buffered, and small segments are compacted as the server's maintenance
+//! compacts them.
 //! Nothing is kept between runs in this mode.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -135,7 +136,6 @@ fn main() {
     // `ANDON_BENCH_FINDINGS=FILE` keeps every new account whole, one JSON a line.
     let mut dump = std::env::var_os("ANDON_BENCH_FINDINGS").map(|p| std::fs::File::create(p).unwrap());
     let (mut arrived, mut arrived_cpu) = (Duration::zero(), 0.0);
-    let mut compacted_hour = first_end.map_or(0, |e| e.timestamp() / 3600);
     for (i, w) in passes.iter().enumerate() {
         if live {
             // The minute's traffic: stored, but for its last 10 seconds, which stay buffered.
@@ -148,11 +148,10 @@ fn main() {
             };
             send(w.end - Duration::seconds(10));
             store.flush().unwrap();
+            // As the server's maintenance does every 10 s: a partition's
+            // small segments merged once there are enough of them.
+            while store.compact().unwrap() > 0 {}
             send(w.end);
-            if w.end.timestamp() / 3600 > compacted_hour {
-                compacted_hour = w.end.timestamp() / 3600;
-                while store.compact().unwrap() > 0 {}
-            }
             arrived += Duration::from_std(a.elapsed()).unwrap_or_default();
             arrived_cpu += cpu_seconds().zip(a_cpu).map_or(0.0, |(after, before)| after - before);
         }

@@ -474,14 +474,14 @@ impl TenantSql<'_> {
         let mut fold = taken.unwrap_or_default();
         let source = (self.tenant.clone(), session_segments, self.engine.store().sessions_version());
         let read = |sql: String| async move { query(self.engine, self.tenant, &sql).await };
-        let out = match fold.advance(source, ctx.segments.columns.len(), from, to, read).await {
+        let changed = |version| self.engine.store().sessions_changed_since(self.tenant, version);
+        let out = match fold.advance(source, ctx.segments.columns.len(), from, to, changed, read).await {
             Ok(()) => then(&mut fold),
             Err(e) => Err(e),
         };
-        // Kept for the next pass only while `sessions` has not changed since
-        // the read: while traffic arrives, the next pass reads its range again
-        // anyway, and the rows would only take memory until then.
-        if fold.read_at(self.engine.store().sessions_version()) {
+        // Kept for the next pass, which reads again the minutes of the
+        // sessions that changed since.
+        if out.is_ok() {
             *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
         }
         out.map(Some)
@@ -1050,7 +1050,8 @@ impl Analyzer {
                     let mut fold = taken.unwrap_or_default();
                     let source = (tenant.clone(), session_segments, self.engine.store().sessions_version());
                     let read = |sql: String| async move { query(&self.engine, tenant, &sql).await };
-                    let rows = fold.rows(source, segs.len(), bounds, read).await;
+                    let changed = |version| self.engine.store().sessions_changed_since(tenant, version);
+                    let rows = fold.rows(source, segs.len(), bounds, changed, read).await;
                     // The last minute's retries against the minutes before
                     // (`retry_history_sessions.sql`), from the same rows.
                     if let (Ok(_), Some(statement)) = (&rows, detectors::retry_history_query(minute, "")) {
@@ -1064,8 +1065,8 @@ impl Analyzer {
                             known.insert(statement, history);
                         }
                     }
-                    // As the page fold (`TenantSql::session_pages`): kept only while current.
-                    if fold.read_at(self.engine.store().sessions_version()) {
+                    // As the page fold (`TenantSql::session_pages`): kept for the next pass.
+                    if rows.is_ok() {
                         *self.calls_fold.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
                     }
                     rows?
@@ -1950,13 +1951,11 @@ mod tests {
             let direct = rt.block_on(query(&engine, &tenant, &attribution::versions_query(&ctx))).unwrap();
             assert!(direct.iter().any(|r| r.str("commit").is_some()), "versions with their commit");
             assert_eq!(canonical(&booked), canonical(&direct), "pass {i}");
-            // The calls of sessions are folded from the last pass's while
-            // `sessions` stays the same, and read again once it changed; the
-            // cells of `span_metrics` likewise.
-            let after = [1, 1, 1, 1, 2, 3][i];
-            assert_eq!(rebuilds(), after, "pass {i}");
-            // The cells of `span_metrics` are kept through new spans: only
-            // the minutes the store may have changed are read again.
+            // The calls of sessions and the cells of `span_metrics` are kept
+            // through new spans: only the minutes the store may have changed
+            // (those of the sessions the spans belong to; every buffered
+            // span's) are read again.
+            assert_eq!(rebuilds(), 1, "pass {i}");
             assert_eq!(metric_rebuilds(), 1, "pass {i}");
             // So are the sessions the drop-off funnels read: the statement's
             // rows computed from them are the statement's.
@@ -2001,7 +2000,7 @@ mod tests {
             let folded = detectors::drop_off::folded(&ctx, &flows, &pages).unwrap();
             same_rows(&folded, &direct).unwrap_or_else(|e| panic!("pass {i}: {e}"));
             funnels += direct.len();
-            assert_eq!(page_rebuilds(), after, "pass {i}");
+            assert_eq!(page_rebuilds(), 1, "pass {i}");
         }
         assert!(nonzero.values().all(|n| *n > 0), "{nonzero:?}");
         assert!(funnels > 0);

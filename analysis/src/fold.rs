@@ -9,10 +9,13 @@
 //! rows in those minutes count differently in the next pass.
 //!
 //! A fold keeps the range's rows by session (`Kept`). A pass reads only the
-//! minutes that entered the range and drops those that left; the fold starts
-//! again from one read of the whole range when the store's sessions changed
-//! since ([`andon_store::Store::sessions_version`]: while traffic arrives,
-//! every pass), for another tenant, or for windows that do not follow on.
+//! minutes that entered the range and drops those that left. While traffic
+//! arrives, the store changes sessions between passes: it tells from which
+//! minute the sessions changed since the rows were read begin
+//! ([`andon_store::Store::sessions_changed_since`]; a session's rows change
+//! together), and the fold reads those minutes again. It starts again from
+//! one read of the whole range when the store cannot tell (retention, the
+//! sessions rebuilt), for another tenant, or for windows that do not follow on.
 //!
 //! - [`CallsFold`] answers the retry and silent-recovery detectors' shared
 //!   statement (`detectors/calls_sessions_last_minute.sql`): it keeps what
@@ -26,7 +29,7 @@
 //!
 //! - [`MetricsFold`] does the same for the latency and error-rate
 //!   detectors' statements over `span_metrics` and their histories, keeping
-//!   cells by minute ([`andon_store::Store::metrics_version`]).
+//!   cells by minute ([`andon_store::Store::metrics_changed_since`]).
 //!
 //! All give the statements' rows (the drop-off sums and the histories'
 //! log-latency sums to within rounding, as the order of a sum of
@@ -237,6 +240,8 @@ fn adds(calls: &[Call], b: &Bounds) -> Vec<(Group, Sums)> {
 /// [`andon_store::Store::sessions_version`] when they were read.
 pub type Source = (andon_model::Tenant, String, u64);
 
+const MINUTE_NS: i64 = 60_000_000_000;
+
 /// A row of `sessions` as a fold keeps it.
 trait Timed {
     fn minute(&self) -> i64;
@@ -332,22 +337,45 @@ impl<R> Kept<R> {
 }
 
 impl<R: Timed> Kept<R> {
-    /// Whether the rows kept are `source`'s and `[from, to)` follows on from
-    /// their range: it starts no earlier, ends no earlier, and overlaps it.
-    fn follows(&self, source: &Source, from: i64, to: i64) -> bool {
-        self.source.as_ref() == Some(source) && self.range.is_some_and(|(f, t)| f <= from && t <= to && from < t)
+    /// When the rows kept can serve `source` over `[from, to)` (the same
+    /// tenant and columns, and a range that starts no earlier, ends no
+    /// earlier and overlaps theirs), the first minute whose rows may have
+    /// changed since they were read (`Some(None)`: none; `changed` tells it
+    /// from the version they were read at); `None` when the range must be
+    /// read whole.
+    fn follows(
+        &self,
+        source: &Source,
+        from: i64,
+        to: i64,
+        changed: impl FnOnce(u64) -> Option<Option<i64>>,
+    ) -> Option<Option<i64>> {
+        if !self.range.is_some_and(|(f, t)| f <= from && t <= to && from < t) {
+            return None;
+        }
+        let since = match &self.source {
+            Some(s) if s == source => Some(None),
+            // The same tenant and columns: the store tells which sessions changed.
+            Some(s) if s.0 == source.0 && s.1 == source.1 => changed(s.2),
+            _ => None,
+        }?;
+        let since = since.map(|ns| ns.div_euclid(MINUTE_NS) * MINUTE_NS);
+        since.is_none_or(|m| m > from).then_some(since)
     }
 
     /// Moves the range to `[from, to)`: drops the rows before `from` and
-    /// reads what it lacks with `read` (SQL of `sql(lo, hi)` for the minutes
-    /// `[lo, hi)`), every minute when `source` changed or the range does not
-    /// follow on. `parse` hands each row of a result to `push` with its
-    /// session's id.
+    /// those of the minutes from `follows` ([`Self::follows`]: the minutes
+    /// the store changed since they were read), and reads what it lacks with
+    /// `read` (SQL of `sql(lo, hi)` for the minutes `[lo, hi)`), every minute
+    /// when `follows` is `None`. `parse` hands each row of a result to `push`
+    /// with its session's id.
+    #[allow(clippy::too_many_arguments)]
     async fn advance<S, F, Fut, P>(
         &mut self,
         source: Source,
         from: i64,
         to: i64,
+        follows: Option<Option<i64>>,
         sql: S,
         read: F,
         mut parse: P,
@@ -358,18 +386,24 @@ impl<R: Timed> Kept<R> {
         Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
         P: FnMut(&RecordBatch, &mut dyn FnMut(&str, R)) -> Result<(), ArrowError>,
     {
-        let rebuilt = !self.follows(&source, from, to);
+        let rebuilt = follows.is_none();
         let mut changed = HashSet::new();
-        let lo = match self.range {
-            Some((before, end)) if !rebuilt => {
-                changed.extend(self.minutes.range(before..from).flat_map(|(_, ids)| ids.iter().copied()));
-                let gone: Vec<i64> = self.minutes.range(..from).map(|(m, _)| *m).collect();
+        let lo = match (self.range, follows) {
+            (Some((before, end)), Some(since)) => {
+                // The rows before the range, and those of the minutes the
+                // store may have changed since they were read.
+                let end = since.filter(|m| *m < end).unwrap_or(end);
+                let mut gone: Vec<i64> = self.minutes.range(before..from).map(|(m, _)| *m).collect();
+                gone.extend(self.minutes.range(end..).map(|(m, _)| *m));
+                let mut touched: HashSet<u32> = HashSet::new();
                 for m in gone {
-                    self.minutes.remove(&m);
+                    if let Some(ids) = self.minutes.remove(&m) {
+                        touched.extend(ids);
+                    }
                 }
-                for id in &changed {
+                for id in &touched {
                     if let Some(rows) = self.sessions.get_mut(id) {
-                        rows.retain(|r| r.minute() >= from);
+                        rows.retain(|r| r.minute() >= from && r.minute() < end);
                         if rows.is_empty() {
                             self.sessions.remove(id);
                             if let Some(name) = self.names.remove(id) {
@@ -378,10 +412,11 @@ impl<R: Timed> Kept<R> {
                         }
                     }
                 }
+                changed.extend(touched);
                 end
             }
             _ => {
-                *self = Self { rebuilds: self.rebuilds + 1, source: Some(source), ..Self::default() };
+                *self = Self { rebuilds: self.rebuilds + 1, ..Self::default() };
                 from
             }
         };
@@ -409,6 +444,7 @@ impl<R: Timed> Kept<R> {
                 parse(b, &mut push).map_err(failed(&q))?;
             }
         }
+        self.source = Some(source);
         self.range = Some((from, to));
         Ok(Moved { rebuilt, changed })
     }
@@ -475,6 +511,7 @@ impl CallsFold {
         source: Source,
         segments: usize,
         b: Bounds,
+        changed_since: impl FnOnce(u64) -> Option<Option<i64>>,
         read: F,
     ) -> Result<Rows, AnalysisError>
     where
@@ -484,7 +521,8 @@ impl CallsFold {
         // The sessions with rows in a minute that moved into or out of the
         // window or the last minute.
         let mut moved: HashSet<u32> = HashSet::new();
-        if let Some(p) = self.bounds.filter(|_| self.kept.follows(&source, b.from, b.to)) {
+        let follows = self.kept.follows(&source, b.from, b.to, changed_since);
+        if let Some(p) = self.bounds.filter(|_| follows.is_some()) {
             for (lo, hi) in [(p.split.min(b.split), p.split.max(b.split)), (p.short.min(b.short), p.short.max(b.short))]
             {
                 for (m, ids) in self.kept.minutes.range(lo..hi) {
@@ -544,7 +582,7 @@ impl CallsFold {
             }
             Ok(())
         };
-        let Moved { rebuilt, changed } = self.kept.advance(source, b.from, b.to, sql, read, parse).await?;
+        let Moved { rebuilt, changed } = self.kept.advance(source, b.from, b.to, follows, sql, read, parse).await?;
         self.bounds = Some(b);
         if rebuilt {
             self.groups.clear();
@@ -752,6 +790,7 @@ impl PageFold {
         segments: usize,
         from: i64,
         to: i64,
+        changed_since: impl FnOnce(u64) -> Option<Option<i64>>,
         read: F,
     ) -> Result<(), AnalysisError>
     where
@@ -794,7 +833,8 @@ impl PageFold {
             }
             Ok(())
         };
-        let Moved { rebuilt, changed } = self.kept.advance(source, from, to, sql, read, parse).await?;
+        let follows = self.kept.follows(&source, from, to, changed_since);
+        let Moved { rebuilt, changed } = self.kept.advance(source, from, to, follows, sql, read, parse).await?;
         if rebuilt {
             self.summaries.clear();
             self.journeys.clear();
@@ -968,7 +1008,7 @@ mod tests {
         let mut fold = PageFold::default();
         // Moves the fold and hands out its sessions.
         let moved = |fold: &mut PageFold, (source, segments, from, to, read)| {
-            rt.block_on(fold.advance(source, segments, from, to, read)).map(|()| fold.kept_pages())
+            rt.block_on(fold.advance(source, segments, from, to, |_| None, read)).map(|()| fold.kept_pages())
         };
         // Minutes 0..3: session a in minutes 0 and 2, b in minute 1.
         let first = rows(&[("a", "GET /", 0, 10), ("b", "GET /", 1, 70), ("a", "GET /cart", 2, 130)]);

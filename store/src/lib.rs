@@ -18,9 +18,9 @@
 //! replayed, so a crash at any step loses nothing acknowledged and stores nothing twice.
 
 mod arrivals;
+mod change_log;
 mod dedup;
 mod error;
-mod metrics_log;
 mod query;
 mod remote;
 mod rollup;
@@ -170,7 +170,7 @@ struct State {
     /// ([`Store::metrics_version`]).
     metrics_version: u64,
     /// What each version may have changed ([`Store::metrics_changed_since`]).
-    metrics_log: metrics_log::MetricsLog,
+    metrics_log: change_log::ChangeLog,
 }
 
 impl State {
@@ -782,6 +782,8 @@ impl Store {
         } else {
             sessions::Quiet::default()
         };
+        // The rows the files written below add.
+        let quiet_from = quiet.first_minutes();
         let mut session_files: Vec<sessions::SessionFile> = Vec::new();
         let mut open_written: Option<PathBuf> = None;
         // The open sessions are written every `sessions_snapshot_interval`, not
@@ -850,7 +852,7 @@ impl Store {
             let added = !session_files.is_empty();
             s.session_files.extend(session_files);
             if added {
-                self.inner.sessions.changed();
+                self.inner.sessions.changed(Some(quiet_from));
             }
         }
         write_checkpoint(&self.inner.config.data_dir, through, fsync)?;
@@ -1026,7 +1028,7 @@ impl Store {
     pub fn drop_sessions(&self) -> Result<(), StoreError> {
         let _guard = self.inner.flush_lock.lock();
         self.inner.state.write().session_files.clear();
-        self.inner.sessions.changed();
+        self.inner.sessions.changed(None);
         sessions::clear(&self.inner.sessions);
         sessions::remove_all(&self.inner.config.data_dir)?;
         self.reconcile_mirror("sessions")
@@ -1051,6 +1053,16 @@ impl Store {
     /// keeps them only while it stays the same.
     pub fn metrics_version(&self) -> u64 {
         self.inner.state.read().metrics_version
+    }
+
+    /// The earliest first minute (Unix ns) of the sessions of `tenant` whose
+    /// rows in `sessions` may show otherwise now than at sessions version
+    /// `version` (a session's rows change together: they carry its segment
+    /// values and when it was last seen): `Some(None)` when none may, `None`
+    /// when the store cannot tell. A reader that keeps rows of `sessions` by
+    /// minute reads again only the minutes from it.
+    pub fn sessions_changed_since(&self, tenant: &Tenant, version: u64) -> Option<Option<i64>> {
+        self.inner.sessions.changed_since(tenant, version)
     }
 
     /// The earliest `start_time` (Unix ns) whose minute of `tenant` in
@@ -1136,7 +1148,7 @@ impl Store {
         sessions::write_open(&cfg.data_dir, &self.inner.sessions, checkpoint, fsync)?;
         *self.inner.sessions_snapshot.lock() = (checkpoint, Some(Instant::now()));
         self.inner.state.write().session_files = files;
-        self.inner.sessions.changed();
+        self.inner.sessions.changed(None);
         self.inner.sessions_flushed.store(checkpoint, Ordering::Release);
         self.inner.sessions_ready.store(true, Ordering::Release);
         self.reconcile_mirror("sessions")?;
@@ -1247,7 +1259,7 @@ impl Store {
                 std::mem::take(&mut s.session_files).into_iter().partition(|f| f.hours.1 < cutoff);
             s.session_files = keep;
             if !old.is_empty() {
-                self.inner.sessions.changed();
+                self.inner.sessions.changed(None);
             }
             self.inner.graveyard.lock().extend(old.into_iter().map(|f| (Instant::now(), f.path)));
             paths.iter().filter_map(|p| s.segments.remove(p)).collect()

@@ -53,6 +53,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::change_log::ChangeLog;
 use crate::error::StoreError;
 use crate::sql::SegmentColumn;
 use crate::wal::sync_dir;
@@ -174,6 +175,24 @@ struct TenantBook {
 #[derive(Debug, Default)]
 pub struct Quiet(Vec<(Tenant, Vec<(String, Open)>)>);
 
+impl Quiet {
+    /// Per tenant, the earliest first minute of its sessions.
+    pub(crate) fn first_minutes(&self) -> FirstMinutes {
+        self.0
+            .iter()
+            .filter_map(|(t, sessions)| Some((t.clone(), sessions.iter().map(|(_, s)| s.first_minute()).min()?)))
+            .collect()
+    }
+}
+
+impl Open {
+    /// The first minute it has a span in (Unix ns); the earliest time there
+    /// is when it does not know (a session restored from an older file).
+    fn first_minute(&self) -> i64 {
+        self.ends.keys().next().copied().unwrap_or(i64::MIN)
+    }
+}
+
 /// What a flush writes of the open sessions.
 #[derive(Debug, Default, Deserialize)]
 struct OpenFile {
@@ -252,31 +271,48 @@ pub struct SessionBook {
     open_cache: Mutex<Option<HashMap<Tenant, RecordBatch>>>,
     /// Counts the changes to what `sessions` shows: every change to the open
     /// sessions, and every finalized file added or removed
-    /// ([`Store::sessions_version`](crate::Store::sessions_version)).
-    version: std::sync::atomic::AtomicU64,
+    /// ([`Store::sessions_version`](crate::Store::sessions_version)), with
+    /// the first minute of the sessions each changed
+    /// ([`Store::sessions_changed_since`](crate::Store::sessions_changed_since)).
+    versions: Mutex<(u64, ChangeLog)>,
 }
+
+/// Per tenant, the earliest first minute of some sessions.
+pub(crate) type FirstMinutes = BTreeMap<Tenant, i64>;
 
 impl SessionBook {
     pub fn new(spec: SessionSpec) -> Self {
-        Self { spec, by_tenant: Mutex::default(), open_cache: Mutex::default(), version: Default::default() }
+        Self { spec, by_tenant: Mutex::default(), open_cache: Mutex::default(), versions: Mutex::default() }
     }
 
-    /// The open sessions, to change them: forgets their cached rows.
+    /// The open sessions, to change them: forgets their cached rows. The
+    /// caller notes what it changed ([`Self::changed`]) before letting go.
     fn edit(&self) -> parking_lot::MutexGuard<'_, HashMap<Tenant, TenantBook>> {
         let guard = self.by_tenant.lock();
         *self.open_cache.lock() = None;
-        self.changed();
         guard
     }
 
-    /// Notes a change to what `sessions` shows.
-    pub(crate) fn changed(&self) {
-        self.version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    /// Notes a change to what `sessions` shows: the rows of sessions whose
+    /// first minute is, per tenant, at or after `from`'s (every row: `None`).
+    pub(crate) fn changed(&self, from: Option<FirstMinutes>) {
+        let mut v = self.versions.lock();
+        v.0 += 1;
+        let version = v.0;
+        v.1.note(version, from);
     }
 
     /// How many changes `sessions` has seen.
     pub(crate) fn version(&self) -> u64 {
-        self.version.load(std::sync::atomic::Ordering::Acquire)
+        self.versions.lock().0
+    }
+
+    /// The earliest first minute (Unix ns) of the sessions of `tenant`
+    /// changed since version `since`: `Some(None)` when none, `None` when it
+    /// cannot tell.
+    pub(crate) fn changed_since(&self, tenant: &Tenant, since: u64) -> Option<Option<i64>> {
+        let v = self.versions.lock();
+        v.1.since(tenant, since, v.0)
     }
 
     pub fn spec(&self) -> &SessionSpec {
@@ -287,7 +323,8 @@ impl SessionBook {
     pub fn note(&self, tenant: &Tenant, batch: &RecordBatch, wall_ns: i64) {
         let mut by_tenant = self.edit();
         let book = by_tenant.entry(tenant.clone()).or_default();
-        note_into(&self.spec, book, batch, wall_ns);
+        let first = note_into(&self.spec, book, batch, wall_ns);
+        self.changed(Some(first.map(|m| BTreeMap::from([(tenant.clone(), m)])).unwrap_or_default()));
     }
 
     /// Takes the sessions that have been quiet for the timeout.
@@ -309,7 +346,9 @@ impl SessionBook {
             }
         }
         by_tenant.retain(|_, b| !b.open.is_empty() || b.watermark > wall_ns.saturating_sub(timeout));
-        Quiet(done)
+        let quiet = Quiet(done);
+        self.changed(Some(quiet.first_minutes()));
+        quiet
     }
 
     /// The rows of sessions taken by [`Self::take_quiet`], by tenant.
@@ -331,6 +370,7 @@ impl SessionBook {
     /// Returns sessions taken by [`Self::take_quiet`] that could not be written.
     pub fn put_back(&self, quiet: Quiet) {
         let mut by_tenant = self.edit();
+        self.changed(Some(quiet.first_minutes()));
         for (tenant, sessions) in quiet.0 {
             merge_book(
                 by_tenant.entry(tenant).or_default(),
@@ -385,6 +425,7 @@ impl SessionBook {
         let file: OpenFile =
             serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))?;
         let mut by_tenant = self.edit();
+        self.changed(None);
         for (t, b) in file.tenants {
             let tenant = Tenant::new(&t).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))?;
             merge_book(by_tenant.entry(tenant).or_default(), b);
@@ -398,6 +439,8 @@ impl SessionBook {
     pub fn forget_finalized(&self, tenant: &Tenant, ids: &[(String, i64)]) {
         let mut by_tenant = self.edit();
         let Some(book) = by_tenant.get_mut(tenant) else { return };
+        let first = ids.iter().filter_map(|(id, _)| book.open.get(id).map(Open::first_minute)).min();
+        self.changed(Some(first.map(|m| BTreeMap::from([(tenant.clone(), m)])).unwrap_or_default()));
         for (id, end) in ids {
             let Some(s) = book.open.get_mut(id) else { continue };
             s.calls.retain(|_, c| c.end > *end);
@@ -412,7 +455,9 @@ impl SessionBook {
 
     /// Forgets every open session.
     fn clear(&self) {
-        self.edit().clear();
+        let mut by_tenant = self.edit();
+        by_tenant.clear();
+        self.changed(None);
     }
 
     /// Replaces every open session by `other`'s, keeping calls noted here
@@ -420,6 +465,7 @@ impl SessionBook {
     fn replace_with(&self, other: SessionBook) {
         let rebuilt = other.by_tenant.into_inner();
         let mut by_tenant = self.edit();
+        self.changed(None);
         let live = std::mem::replace(&mut *by_tenant, rebuilt);
         for (t, b) in live {
             merge_book(by_tenant.entry(t).or_default(), b);
@@ -459,8 +505,11 @@ fn merge_book(into: &mut TenantBook, from: TenantBook) {
     }
 }
 
-fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wall_ns: i64) {
-    let Some(sessions) = text_column(batch, "session_id") else { return };
+/// Notes `batch`'s spans into `book`; returns the earliest first minute of
+/// the sessions they belong to.
+fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wall_ns: i64) -> Option<i64> {
+    let mut first: Option<i64> = None;
+    let Some(sessions) = text_column(batch, "session_id") else { return first };
     let sessions = Some(sessions);
     let col = |n: &str| text_column(batch, n);
     let (traces, spans, parents, kinds) = (col("trace_id"), col("span_id"), col("parent_span_id"), col("kind"));
@@ -468,7 +517,7 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
         (col("service_name"), col("name"), col("http_route"), col("http_request_method"), col("status_code"));
     let segs: Vec<Option<ArrayRef>> = spec.segments.iter().map(|s| text_column(batch, s.column)).collect();
     let time = |n: &str| batch.column_by_name(n).and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
-    let (Some(start), Some(end)) = (time("start_time"), time("end_time")) else { return };
+    let (Some(start), Some(end)) = (time("start_time"), time("end_time")) else { return first };
     let resend = batch.column_by_name("http_request_resend_count").and_then(|c| c.as_primitive_opt::<Int64Type>());
     let width = spec.segments.len();
     // Spans stamped far ahead of the wall clock must not close every session.
@@ -489,6 +538,8 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
         s.last_seen = s.last_seen.max(t1);
         let end = s.ends.entry(t0.div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE).or_insert(t1);
         *end = (*end).max(t1);
+        let m = s.first_minute();
+        first = Some(first.map_or(m, |f| f.min(m)));
         s.noted = s.noted.max(wall_ns);
         let parent = str_at(&parents, r).filter(|p| !p.is_empty());
         for (i, c) in spec.segments.iter().enumerate() {
@@ -548,6 +599,7 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
             _ => {}
         }
     }
+    first
 }
 
 type RowKey = (String, String, String, Vec<Option<String>>, i64);

@@ -1,16 +1,24 @@
-//! What each change of `span_metrics` may have changed, by version
-//! ([`crate::Store::metrics_changed_since`]).
+//! What each version of a table kept by minute may have changed
+//! ([`crate::Store::metrics_changed_since`], [`crate::Store::sessions_changed_since`]).
 //!
-//! A cell of `span_metrics` is one minute of spans by their start. Buffered
+//! Each version notes, per tenant, the earliest start (Unix ns) whose minute
+//! may show otherwise than at the version before; a change it cannot bound
+//! (retention, a table dropped or rebuilt) is noted for every minute of every
+//! tenant. A reader that keeps rows by minute reads again only the minutes
+//! from the earliest start noted since it read them.
+//!
+//! `span_metrics`: a cell is one minute of spans by their start. Buffered
 //! spans are rolled up when a query reads them, with what the spans that
 //! arrived so far say of their sessions and failed children, so a span that
 //! arrives may change the cells of any buffered span of its tenant, and a
-//! flush fixes the buffered spans' cells as they are then. Each version
-//! notes, per tenant, the earliest start whose minute may show otherwise
-//! since the version before: for spans buffered, the earliest start buffered
-//! for the tenant; for a flush, the earliest start flushed; for a
-//! compaction, the start of the hour merged. A change it cannot bound
-//! (retention, rollups made or dropped) is noted for every tenant.
+//! flush fixes the buffered spans' cells as they are then: spans buffered
+//! note the earliest start buffered for the tenant, a flush the earliest
+//! start flushed, a compaction the start of the hour merged.
+//!
+//! `sessions`: a row is one minute of a session's calls of an operation, and
+//! carries what the session says as a whole (its segment values, when it was
+//! last seen), so a change to a session may change every row of it: the
+//! change notes the first minute of each session it changed.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -19,14 +27,14 @@ use andon_model::Tenant;
 /// How many versions are remembered; a reader further behind reads again.
 const KEPT: usize = 4096;
 
-/// Since which start each version may have changed `span_metrics`.
+/// Since which start each version may have changed a table.
 #[derive(Debug, Default)]
-pub(crate) struct MetricsLog {
+pub(crate) struct ChangeLog {
     /// `(version, change)`, oldest first; `None` for a change to every minute of every tenant.
     changes: VecDeque<(u64, Option<BTreeMap<Tenant, i64>>)>,
 }
 
-impl MetricsLog {
+impl ChangeLog {
     /// Notes what `version` may have changed.
     pub(crate) fn note(&mut self, version: u64, change: Option<BTreeMap<Tenant, i64>>) {
         self.changes.push_back((version, change));
@@ -42,8 +50,10 @@ impl MetricsLog {
         if since == now {
             return Some(None);
         }
-        // Every version after `since` must be remembered.
-        if self.changes.front().is_none_or(|(v, _)| *v > since + 1) || since > now {
+        // Every version after `since` up to `now` must be remembered.
+        let remembered = |(first, last): (u64, u64)| first <= since + 1 && last >= now;
+        let span = self.changes.front().map(|c| c.0).zip(self.changes.back().map(|c| c.0));
+        if !span.is_some_and(remembered) || since > now {
             return None;
         }
         let mut earliest: Option<i64> = None;
@@ -68,7 +78,7 @@ mod tests {
     #[test]
     fn tells_the_earliest_start_a_tenant_may_have_changed_since_a_version_until_it_cannot() {
         let (a, b) = (Tenant::new("a").unwrap(), Tenant::new("b").unwrap());
-        let mut log = MetricsLog::default();
+        let mut log = ChangeLog::default();
         log.note(1, Some(BTreeMap::from([(a.clone(), 500)])));
         log.note(2, Some(BTreeMap::from([(b.clone(), 100)])));
         log.note(3, Some(BTreeMap::from([(a.clone(), 300), (b.clone(), 900)])));
@@ -76,6 +86,7 @@ mod tests {
         assert_eq!(log.since(&a, 1, 2), Some(None), "only b changed in version 2");
         assert_eq!(log.since(&b, 2, 3), Some(Some(900)));
         assert_eq!(log.since(&a, 3, 3), Some(None));
+        assert_eq!(log.since(&a, 2, 4), None, "version 4 is not noted yet");
         log.note(4, None);
         assert_eq!(log.since(&a, 3, 4), None, "retention: every minute");
         assert_eq!(log.since(&a, 4, 4), Some(None));
