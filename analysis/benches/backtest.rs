@@ -143,6 +143,9 @@ fn main() {
             let mut send = |upto: DateTime<Utc>| {
                 while let Some(b) = sim.next_if(|b| b.not_before <= upto) {
                     spans += b.spans;
+                    if store.buffer_full() {
+                        store.flush().unwrap();
+                    }
                     rt.block_on(ingestor.export(&tenant, b.request)).unwrap();
                 }
             };
