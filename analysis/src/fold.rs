@@ -48,6 +48,7 @@ use hashbrown::{HashMap, HashSet};
 
 use crate::AnalysisError;
 use crate::detectors::drop_off::Journeys;
+use crate::minutes::MINUTE_NS;
 use crate::sql::Rows;
 
 mod metrics;
@@ -240,7 +241,22 @@ fn adds(calls: &[Call], b: &Bounds) -> Vec<(Group, Sums)> {
 /// [`andon_store::Store::sessions_version`] when they were read.
 pub type Source = (andon_model::Tenant, String, u64);
 
-const MINUTE_NS: i64 = 60_000_000_000;
+/// The first minute (Unix ns) whose rows may have changed since rows were
+/// read as `kept` says, for a reader of `source`: `Some(None)` when none may,
+/// `None` when they must be read whole (another tenant or columns, or the
+/// store cannot tell; `changed` answers from the version they were read at).
+fn changed_minute(
+    kept: Option<&Source>,
+    source: &Source,
+    changed: impl FnOnce(u64) -> Option<Option<i64>>,
+) -> Option<Option<i64>> {
+    let since = match kept {
+        Some(s) if s == source => Some(None),
+        Some(s) if s.0 == source.0 && s.1 == source.1 => changed(s.2),
+        _ => None,
+    }?;
+    Some(since.map(|ns| ns.div_euclid(MINUTE_NS) * MINUTE_NS))
+}
 
 /// A row of `sessions` as a fold keeps it.
 trait Timed {
@@ -353,13 +369,7 @@ impl<R: Timed> Kept<R> {
         if !self.range.is_some_and(|(f, t)| f <= from && t <= to && from < t) {
             return None;
         }
-        let since = match &self.source {
-            Some(s) if s == source => Some(None),
-            // The same tenant and columns: the store tells which sessions changed.
-            Some(s) if s.0 == source.0 && s.1 == source.1 => changed(s.2),
-            _ => None,
-        }?;
-        let since = since.map(|ns| ns.div_euclid(MINUTE_NS) * MINUTE_NS);
+        let since = changed_minute(self.source.as_ref(), source, changed)?;
         since.is_none_or(|m| m > from).then_some(since)
     }
 
@@ -496,11 +506,6 @@ impl CallsFold {
     /// How many times the fold read its whole range.
     pub fn rebuilds(&self) -> u64 {
         self.kept.rebuilds
-    }
-
-    /// Whether its rows were read at the store's sessions `version`.
-    pub fn read_at(&self, version: u64) -> bool {
-        self.kept.read_at(version)
     }
 
     /// The statement's rows for a pass over `b`, reading what it lacks of

@@ -25,11 +25,9 @@ use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
 use arrow::error::ArrowError;
 use hashbrown::HashMap;
 
-use super::{Bounds, Numbered, Place, Source, failed, ints, series_key, strings, ts};
+use super::{Bounds, Numbered, Place, Source, changed_minute, failed, ints, series_key, strings, ts};
 use crate::AnalysisError;
 use crate::sql::Rows;
-
-const MINUTE_NS: i64 = 60_000_000_000;
 
 /// One cell of `span_metrics`: a server operation's minute in one segment.
 #[derive(Debug)]
@@ -125,11 +123,6 @@ impl MetricsFold {
         self.source.as_ref() == Some(source)
     }
 
-    /// Whether its cells were read at the store's metrics `version`.
-    pub fn read_at(&self, version: u64) -> bool {
-        self.source.as_ref().is_some_and(|s| s.2 == version)
-    }
-
     /// Moves the fold to a pass over `b` whose histories read from `from`
     /// (at or before `b.from`), reading what it lacks of `span_metrics` with
     /// `read` (SQL to rows); `segments` segment columns read as `source` says.
@@ -150,12 +143,7 @@ impl MetricsFold {
         // Since the cells were read, the store may have changed the minutes
         // from `since` on ([`andon_store::Store::metrics_changed_since`]):
         // those are dropped and read again, the others kept.
-        let since: Option<Option<i64>> = match &self.source {
-            Some(s) if *s == source => Some(None),
-            Some(s) if s.0 == source.0 && s.1 == source.1 => changed(s.2),
-            _ => None,
-        };
-        let since = since.map(|at| at.map(|ns| ns.div_euclid(MINUTE_NS) * MINUTE_NS));
+        let since = changed_minute(self.source.as_ref(), &source, changed);
         let follows = since.is_some_and(|at| at.is_none_or(|m| m > from))
             && self.range.is_some_and(|(f, t)| f <= from && t <= b.to && from < t)
             && self.bounds.is_some();
