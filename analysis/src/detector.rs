@@ -290,9 +290,7 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
     /// Whether this detector judges a window as short as `recent_secs`: only
     /// one that judges it against how much windows of its length vary before
     /// the baseline's end (at least [`crate::detectors::SHORT_MIN_PERIODS`] of
-    /// them), since a minute's requests share their conditions. A drop-off
-    /// is known only once a session has been quiet for the session timeout,
-    /// which a short window never holds.
+    /// them), since a minute's requests share their conditions.
     fn judges_short_windows(&self) -> bool {
         false
     }

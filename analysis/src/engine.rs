@@ -345,7 +345,9 @@ pub struct Analyzer {
     calls_fold: Arc<std::sync::Mutex<Option<crate::fold::CallsFold>>>,
     /// The sessions by page request as the last pass folded them, for the
     /// drop-off funnels of the next ([`crate::fold::PageFold`]).
-    page_fold: Arc<std::sync::Mutex<Option<crate::fold::PageFold>>>,
+    /// Held while a pass moves and reads it: a continuous pass's window and
+    /// last minute read it at once, and the second finds it moved.
+    page_fold: Arc<tokio::sync::Mutex<Option<crate::fold::PageFold>>>,
     /// The cells of `span_metrics` as the last pass folded them, for the
     /// latency and error-rate statements of the next ([`crate::fold::MetricsFold`]).
     metrics_fold: Arc<std::sync::Mutex<Option<crate::fold::MetricsFold>>>,
@@ -369,7 +371,7 @@ struct TenantSql<'a> {
     /// its row count, when the pass is recorded.
     log: Option<std::sync::Mutex<Vec<(String, usize)>>>,
     /// Where the sessions by page request are kept between passes.
-    pages: Option<&'a std::sync::Mutex<Option<crate::fold::PageFold>>>,
+    pages: Option<&'a tokio::sync::Mutex<Option<crate::fold::PageFold>>>,
 }
 
 impl<'a> TenantSql<'a> {
@@ -379,7 +381,7 @@ impl<'a> TenantSql<'a> {
     }
 
     /// The same, keeping the sessions by page request in `pages`.
-    fn keeping(self, pages: &'a std::sync::Mutex<Option<crate::fold::PageFold>>) -> Self {
+    fn keeping(self, pages: &'a tokio::sync::Mutex<Option<crate::fold::PageFold>>) -> Self {
         Self { pages: Some(pages), ..self }
     }
 
@@ -470,8 +472,8 @@ impl TenantSql<'_> {
         else {
             return Ok(None);
         };
-        let taken = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let mut fold = taken.unwrap_or_default();
+        let mut held = slot.lock().await;
+        let mut fold = held.take().unwrap_or_default();
         let source = (self.tenant.clone(), session_segments, self.engine.store().sessions_version());
         let read = |sql: String| async move { query(self.engine, self.tenant, &sql).await };
         let changed = |version| self.engine.store().sessions_changed_since(self.tenant, version);
@@ -482,7 +484,7 @@ impl TenantSql<'_> {
         // Kept for the next pass, which reads again the minutes of the
         // sessions that changed since.
         if out.is_ok() {
-            *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fold);
+            *held = Some(fold);
         }
         out.map(Some)
     }
@@ -841,17 +843,33 @@ impl Analyzer {
         let report = self.judge(tenant, w, settled, false, &known).await;
         let short = joined(short, "the last minute's judgement").await?;
         let mut report = report?;
-        let mut known: Vec<(FindingKind, &str, &str)> = Vec::new();
-        for f in &report.findings {
-            known.push((f.kind, &f.service, &f.operation));
-            known.extend(f.evidence.linked.iter().map(|l| (l.kind, l.service.as_str(), l.operation.as_str())));
+        // Per kind of trouble, service and operation the whole window
+        // reports (or links), the finding that holds it.
+        let mut known: BTreeMap<(FindingKind, String, String), usize> = BTreeMap::new();
+        for (i, f) in report.findings.iter().enumerate() {
+            known.entry((f.kind, f.service.clone(), f.operation.clone())).or_insert(i);
+            for l in &f.evidence.linked {
+                known.entry((l.kind, l.service.clone(), l.operation.clone())).or_insert(i);
+            }
         }
-        let fresh: Vec<(Finding, Account)> = short
-            .findings
-            .into_iter()
-            .zip(short.accounts)
-            .filter(|(f, _)| !known.contains(&(f.kind, f.service.as_str(), f.operation.as_str())))
-            .collect();
+        let mut fresh: Vec<(Finding, Account)> = Vec::new();
+        for (f, a) in short.findings.into_iter().zip(short.accounts) {
+            let Some(&i) = known.get(&(f.kind, f.service.clone(), f.operation.clone())) else {
+                fresh.push((f, a));
+                continue;
+            };
+            // The whole window's account stands. What the minute links under
+            // it that the whole window has not seen (users leaving a funnel
+            // at the failing step, a horizon after they reached it) is the
+            // same problem: it joins the finding that holds the trouble.
+            for l in f.evidence.linked {
+                let key = (l.kind, l.service.clone(), l.operation.clone());
+                if let std::collections::btree_map::Entry::Vacant(e) = known.entry(key) {
+                    e.insert(i);
+                    report.findings[i].evidence.linked.push(l);
+                }
+            }
+        }
         for (f, a) in fresh {
             // Trouble that starts where one of the whole window's findings
             // starts is that finding's problem: the two accounts are one
@@ -1873,7 +1891,7 @@ mod tests {
         passes.push(passes[3]);
         let mut nonzero = BTreeMap::<&str, i64>::new();
         let rebuilds = || analyzer.calls_fold.lock().unwrap().as_ref().map_or(0, |f| f.rebuilds());
-        let page_rebuilds = || analyzer.page_fold.lock().unwrap().as_ref().map_or(0, |f| f.rebuilds());
+        let page_rebuilds = || analyzer.page_fold.try_lock().unwrap().as_ref().map_or(0, |f| f.rebuilds());
         let metric_rebuilds = || analyzer.metrics_fold.lock().unwrap().as_ref().map_or(0, |f| f.rebuilds());
         let mut funnels = 0;
         for (i, w) in passes.into_iter().enumerate() {
@@ -2000,6 +2018,23 @@ mod tests {
             let folded = detectors::drop_off::folded(&ctx, &flows, &pages).unwrap();
             same_rows(&folded, &direct).unwrap_or_else(|e| panic!("pass {i}: {e}"));
             funnels += direct.len();
+            // The last minute's funnels (per step, by when sessions reached
+            // it) from the same fold over the same range, as the statement.
+            let minute = Ctx { short: true, ..analyzer.ctx(last, None) };
+            assert_eq!(detectors::drop_off::read_from(&minute), start, "one range for both");
+            let short_flows = rt.block_on(detectors::drop_off::DropOff.flows(&minute, &sql)).unwrap();
+            assert_eq!(short_flows.len(), flows.len(), "the same baseline's journeys");
+            let statement = detectors::drop_off::history_query(&minute, &short_flows);
+            let direct = rt.block_on(query(&engine, &tenant, &statement)).unwrap();
+            let pages = rt.block_on(sql.session_pages(&minute, start, minute.end)).unwrap().unwrap();
+            let folded = detectors::drop_off::folded(&minute, &short_flows, &pages).unwrap();
+            same_rows(&folded, &direct).unwrap_or_else(|e| panic!("pass {i}, last minute: {e}"));
+            let side = |cur: i64| direct.iter().filter(|r| r.i64("cur") == Some(cur)).count();
+            assert!(
+                side(1) > 0 && side(0) > 0,
+                "pass {i}: sessions whose horizon ended in the last minute, and before"
+            );
+            assert!(direct.iter().filter_map(|r| r.i64("period")).max() >= Some(29), "pass {i}: periods of a minute");
             assert_eq!(page_rebuilds(), 1, "pass {i}");
         }
         assert!(nonzero.values().all(|n| *n > 0), "{nonzero:?}");

@@ -284,6 +284,63 @@ fn a_retry_storm_is_reported_by_the_first_continuous_pass_after_it_starts() {
 }
 
 #[test]
+fn a_mobile_drop_off_is_reported_by_a_last_minute_once_the_step_horizon_has_passed() {
+    // Two hours at 3 sessions/s: payments 3.5.0 rolls out from 72 minutes
+    // in and fails most mobile card authorizations; mobile sessions abandon
+    // at the payment step. Sessions leaving are known only once they had the
+    // step's horizon to go on (twice the baseline's 95th percentile from
+    // payment to placing the order), so a pass's last minute holds the
+    // sessions whose horizon ended in it, judged against the minutes before
+    // the baseline's end. A 30-minute window needed a quarter of an hour of
+    // the fault (900 s in the backtest bench).
+    let l = load("drop-off", 2.0, 3.0);
+    let fault = l.truth.faults.iter().find(|f| f.target.kind.as_str() == "drop_off").unwrap();
+    let analyzer = Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap();
+    let tenant = Tenant::default_tenant();
+    let target = (fault.target.service.as_str(), fault.target.operation.as_str());
+    // The drop-off, reported on its own or linked under its cause's finding.
+    let drop_off_in = |r: &PassReport| -> Option<String> {
+        r.findings.iter().find_map(|f| {
+            if f.kind.as_str() == "drop_off" && (f.service.as_str(), f.operation.as_str()) == target {
+                return Some(describe(f));
+            }
+            let linked = f
+                .evidence
+                .linked
+                .iter()
+                .any(|l| l.kind.as_str() == "drop_off" && (l.service.as_str(), l.operation.as_str()) == target);
+            linked.then(|| format!("linked under {}", describe(f)))
+        })
+    };
+    let first = andon_analysis::floor_minute(fault.onset);
+    let mut reported = None;
+    for k in -2..=10 {
+        let end = first + Duration::minutes(k);
+        let w = Windows::before(end - Duration::minutes(30), end, 3 * 3600);
+        let r = l.rt.block_on(analyzer.continuous(&tenant, w, None)).unwrap();
+        let drop_offs: Vec<&Finding> = r.findings.iter().filter(|f| f.kind.as_str() == "drop_off").collect();
+        if end <= fault.onset {
+            assert!(drop_offs.is_empty(), "no drop-off before the fault, pass ending {end}: {drop_offs:#?}");
+            continue;
+        }
+        if let Some(how) = drop_off_in(&r) {
+            reported = Some((end, w, how));
+            break;
+        }
+    }
+    let (end, w, how) = reported.expect("a drop-off reported within ten minutes of the release");
+    eprintln!(
+        "drop-off first reported by the pass ending {}s after the onset: {how}",
+        (end - fault.onset).num_seconds()
+    );
+    // The rollout takes 12 minutes: the pass's 30-minute window alone had not
+    // seen enough of it. Its last minute had.
+    let whole = l.rt.block_on(analyzer.pass(&tenant, w)).unwrap();
+    assert_eq!(drop_off_in(&whole), None, "the whole window alone, pass ending {end}");
+    assert!(end - fault.onset <= Duration::minutes(9), "first reported by the pass ending {end}, {}", fault.onset);
+}
+
+#[test]
 fn continuous_passes_over_clean_traffic_report_nothing_from_their_last_minute_either() {
     use andon_analysis::recorder::{RecorderLimits, RunsDb};
     // Two hours of clean traffic at 3 sessions/s (the retry storm's rate),
@@ -308,7 +365,10 @@ fn continuous_passes_over_clean_traffic_report_nothing_from_their_last_minute_ei
         let tests = |name: &str| {
             steps.iter().find(|s| s.step.name == name).and_then(|s| s.output.as_ref()?["tests"].as_u64()).unwrap_or(0)
         };
-        if tests("last minute: retry tests") > 0 && tests("last minute: error_rate_regression tests") > 0 {
+        if tests("last minute: retry tests") > 0
+            && tests("last minute: error_rate_regression tests") > 0
+            && tests("last minute: drop_off tests") > 0
+        {
             judged += 1;
         }
     }

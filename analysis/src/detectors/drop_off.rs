@@ -279,6 +279,9 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         }
     }
     let segment_max: String = (0..ctx.segments.columns.len()).map(|i| format!(", max(seg{i}) AS seg{i}")).collect();
+    if ctx.short {
+        return render_short(ctx, flows, filter, history, Parts { step_case, step_aggregates, reach, segment_max });
+    }
     let (mut vars, history, history_keys) = if history {
         let (window_ns, end_ns) = period_of(ctx);
         let wide = Ctx { baseline_start: history_start(ctx), ..ctx.clone() };
@@ -298,12 +301,126 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         ("step_case", step_case),
         ("step_aggregates", step_aggregates),
         ("reach", reach),
-        ("weigh", weigh),
+        ("weighed", format!("SELECT *{weigh} FROM funnel")),
         ("reach_sums", reach_sums),
         ("segment_max", segment_max),
         ("end_ns", end_ns.to_string()),
     ]);
     sql::render(if ctx.sessioned() { SESSIONS_SQL } else { SQL }, &vars)
+}
+
+/// What [`render`] builds the same way for a window of any length: the
+/// lookup of a row's page, the per-page aggregates, and each step's reach
+/// and time columns.
+struct Parts {
+    step_case: String,
+    step_aggregates: String,
+    reach: String,
+    segment_max: String,
+}
+
+/// The funnels of a short window ([`Ctx::short`]): the sessions whose
+/// horizon at a step ended in the window's length before what the range has
+/// seen (`upto`), so that each is known to have gone on or left, against
+/// the baseline's sessions that reached the step. Sides and periods are
+/// per step, by when a session reached it, not when it started: the rows
+/// are one per session and step (`fk`, numbered over the flows' steps with
+/// a next one) and are summed back into the columns of [`render`], each
+/// session weighing 1. With `history`, the periods of the window's length
+/// over [`history_look`] before the baseline's end.
+fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, parts: Parts) -> String {
+    let (_, flow_pages) = pages(flows);
+    let timeout_ns = timeout_ns(ctx);
+    let ns = |p: usize| format!("CAST(first{p} AS BIGINT)");
+    let (mut t_arms, mut r_arms, mut g_arms, mut e_arms, mut by_arms, mut reach_sums, mut values) =
+        (String::new(), String::new(), String::new(), String::new(), String::new(), String::new(), Vec::new());
+    let mut i = 0usize;
+    for (f, (flow, at)) in flows.iter().zip(&flow_pages).enumerate() {
+        for k in 0..at.len().saturating_sub(1) {
+            let h = flow.horizon(k, timeout_ns);
+            t_arms.push_str(&format!(" WHEN {i} THEN t{f}_{k}"));
+            r_arms.push_str(&format!(" WHEN {i} THEN r{f}_{k}"));
+            g_arms.push_str(&format!(
+                " WHEN {i} THEN CASE WHEN r{f}_{k1} = 1 AND {next} - t{f}_{k} <= {h} THEN 1 ELSE 0 END",
+                k1 = k + 1,
+                next = ns(at[k + 1]),
+            ));
+            e_arms.push_str(&format!(" WHEN {i} THEN err{}", at[k]));
+            by_arms.push_str(&format!(" WHEN {i} THEN upto - {h}"));
+            reach_sums.push_str(&format!(
+                ", sum(CASE WHEN fk = {i} THEN 1.0 ELSE 0.0 END) AS reached{f}_{k}, \
+                 sum(CASE WHEN fk = {i} THEN 1.0 ELSE 0.0 END) AS reached_sq{f}_{k}, \
+                 sum(CASE WHEN fk = {i} AND g = 1 THEN 1.0 ELSE 0.0 END) AS went{f}_{k}, \
+                 sum(CASE WHEN fk = {i} AND g = 0 AND e = 1 THEN 1.0 ELSE 0.0 END) AS left_after_error{f}_{k}"
+            ));
+            values.push(format!("({i})"));
+            i += 1;
+        }
+    }
+    let segments = ctx.segments.list();
+    let (window_ns, base_end_ns) = period_of(ctx);
+    let base_ns = ctx.baseline_start.timestamp_nanos_opt().unwrap_or(i64::MIN);
+    // Periods over `history_look` before the baseline's end, and the rows
+    // read from where the window's own pass reads them, so that both read
+    // one range of the kept sessions.
+    let (look_ns, from) = if history {
+        let look = ctx.baseline_end - history_look(ctx);
+        (look.timestamp_nanos_opt().unwrap_or(i64::MIN), read_from(ctx))
+    } else {
+        (base_ns, ctx.baseline_start)
+    };
+    let (history_keys, period) = if history {
+        (
+            ", in_base, period",
+            format!(
+                ", CASE WHEN cur = 0 AND t >= {look_ns} AND t < {base_end_ns} \
+                 THEN CAST(({base_end_ns} - t - 1) / {window_ns} AS BIGINT) END AS period"
+            ),
+        )
+    } else {
+        ("", String::new())
+    };
+    let weighed = format!(
+        "SELECT *, CASE WHEN cur = 0 AND t >= {base_ns} AND t < {base_end_ns} THEN 1 ELSE 0 END AS in_base{period} \
+         FROM (SELECT *, CASE WHEN t >= by_t - {window_ns} AND t < by_t THEN 1 ELSE 0 END AS cur \
+         FROM (SELECT session_id{segments}, fk.i AS fk, CASE fk.i{t_arms} END AS t, CASE fk.i{r_arms} END AS r, \
+         CASE fk.i{g_arms} END AS g, CASE fk.i{e_arms} END AS e, CASE fk.i{by_arms} END AS by_t \
+         FROM funnel CROSS JOIN (VALUES {values}) AS fk(i)) unpivoted \
+         WHERE r = 1) stepped \
+         WHERE cur = 1 OR (t >= {lower} AND t < {base_end_ns})",
+        values = if values.is_empty() { "(-1)".to_owned() } else { values.join(", ") },
+        lower = look_ns.min(base_ns),
+    );
+    // The rows read: the whole range, the window's minutes before its start
+    // included, since a session's horizon at a step ends in the window only
+    // when it reached the step before.
+    let read = Ctx { baseline_start: from, baseline_end: ctx.split, ..ctx.clone() };
+    let mut vars = vars_of(&read, filter);
+    vars.extend([
+        ("history", String::new()),
+        ("history_keys", history_keys.to_owned()),
+        ("step_case", parts.step_case),
+        ("step_aggregates", parts.step_aggregates),
+        ("reach", parts.reach),
+        ("reach_sums", reach_sums),
+        ("segment_max", parts.segment_max),
+        ("end_ns", ctx.end.timestamp_nanos_opt().unwrap_or(i64::MAX).to_string()),
+        ("weighed", weighed),
+    ]);
+    sql::render(if ctx.sessioned() { SESSIONS_SQL } else { SQL }, &vars)
+}
+
+/// Where a history's rows start: [`history_start`], or for a short window
+/// where its whole window's history starts (the window is the short one's
+/// baseline end to its end), so that both judgements of a continuous pass
+/// read one range.
+pub(crate) fn read_from(ctx: &Ctx) -> chrono::DateTime<chrono::Utc> {
+    if ctx.short {
+        let whole = Ctx { split: ctx.baseline_end, short: false, ..ctx.clone() };
+        history_start(&whole).min(history_start(ctx))
+    } else {
+        history_start(ctx)
+    }
 }
 
 /// Where [`history_query`] starts reading: [`history_look`] before the
@@ -361,6 +478,10 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
         })
         .collect();
     let width: usize = bounds.iter().map(|b| b.len() * 4).sum();
+    // A short window's periods and the earliest of its rows kept, as
+    // [`render_short`] has them.
+    let look_ns = ns(ctx.baseline_end - history_look(ctx)).unwrap_or(i64::MIN);
+    let lower_ns = look_ns.min(base_ns);
     /// A group of the statement: `cur`, `in_base`, `period` and the segment values' number.
     type Group = (i64, i64, Option<i64>, u32);
     // Each group's sessions, then the sums of each step.
@@ -377,6 +498,38 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
             first[p] = Some(first[p].map_or(*f, |v: i64| v.min(*f)));
             last[p] = Some(last[p].map_or(*l, |v: i64| v.max(*l)));
             err[p] |= *e;
+        }
+        if ctx.short {
+            // One row per step the session reached, keyed by when it did.
+            let mut col = 0;
+            for (at, steps) in flow_pages.iter().zip(&bounds) {
+                let mut reached = first[at[0]].is_some();
+                let link = |j: usize| matches!((last[at[j]], first[at[j - 1]]), (Some(l), Some(f)) if l >= f);
+                let mut t: Option<i64> = None;
+                for (k, (h, by, _)) in steps.iter().enumerate() {
+                    t = t.max(first[at[k]]);
+                    let reached_next = reached && link(k + 1);
+                    if let (true, Some(t)) = (reached, t) {
+                        let cur = t >= by.saturating_sub(window_ns) && t < *by;
+                        if cur || (t >= lower_ns && t < base_end_ns) {
+                            let in_base = !cur && t >= base_ns && t < base_end_ns;
+                            let period = (!cur && t >= look_ns && t < base_end_ns).then(|| (base_end_ns - t - 1) / window_ns);
+                            let went = reached_next && first[at[k + 1]].is_some_and(|next| next - t <= *h);
+                            let (sessions, sums) = groups
+                                .entry((i64::from(cur), i64::from(in_base), period, s.segs))
+                                .or_insert_with(|| (0, vec![0.0; width]));
+                            *sessions += 1;
+                            sums[col] += 1.0;
+                            sums[col + 1] += 1.0;
+                            sums[col + 2] += if went { 1.0 } else { 0.0 };
+                            sums[col + 3] += if !went && err[at[k]] { 1.0 } else { 0.0 };
+                        }
+                    }
+                    col += 4;
+                    reached = reached_next;
+                }
+            }
+            continue;
         }
         let cur = i64::from(s.first_seen >= split_ns);
         let in_base = i64::from(s.first_seen >= base_ns);
@@ -673,6 +826,10 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         material &= self::material(ctx, h.rate, t.current, lc);
         p_value = p_value.max(h.p_value);
     }
+    // A short window is judged only against enough periods like it.
+    if ctx.short && history.is_none_or(|h| h.periods < super::SHORT_MIN_PERIODS) {
+        material = false;
+    }
     let side = |s: &Step, conv: f64| {
         let whole = |x: f64| Value::from(x.round() as u64);
         BTreeMap::from([
@@ -796,8 +953,8 @@ impl DropOff {
         let statement = journeys_query(ctx);
         // From the sessions kept since the last pass where the pass keeps
         // them (the funnels read the same fold), else the statement.
-        let kept = if ctx.sessioned() && ctx.baseline_end == ctx.split {
-            let range = (history_start(ctx), ctx.end);
+        let kept = if ctx.sessioned() && (ctx.baseline_end == ctx.split || ctx.short) {
+            let range = (read_from(ctx), ctx.end);
             sql.session_journeys(ctx, range, ctx.baseline_start, ctx.baseline_end).await?
         } else {
             None
@@ -856,8 +1013,8 @@ impl Detector for DropOff {
         let statement = history_query(ctx, &flows);
         // Over `sessions`, from the sessions kept since the last pass where
         // the pass keeps them: the statement's rows, computed in place.
-        let kept = if ctx.sessioned() && ctx.baseline_end == ctx.split {
-            sql.session_pages(ctx, history_start(ctx), ctx.end).await?
+        let kept = if ctx.sessioned() && (ctx.baseline_end == ctx.split || ctx.short) {
+            sql.session_pages(ctx, read_from(ctx), ctx.end).await?
         } else {
             None
         };
@@ -880,6 +1037,14 @@ impl Detector for DropOff {
 
     /// Sessions that leave after an error there follow the failures; those that
     /// leave without one leave the RCA to find what changed.
+    /// A short window holds the sessions whose horizon at a step ended in
+    /// it, judged against at least [`super::SHORT_MIN_PERIODS`] periods like
+    /// it before the baseline's end: a step's leaving is known a horizon
+    /// after sessions reach it, not a session timeout after they leave.
+    fn judges_short_windows(&self) -> bool {
+        true
+    }
+
     fn trouble(&self, j: &Judgement) -> Trouble {
         if get(&j.details, "left_after_error_share") >= 0.5 { Trouble::Failures } else { Trouble::Unclear }
     }

@@ -47,8 +47,7 @@ funnel AS (
     FROM steps
 ),
 weighed AS (
-    SELECT *{{weigh}}
-    FROM funnel
+    {{weighed}}
 )
 SELECT cur{{history_keys}}{{segments}}, count(*) AS sessions{{reach_sums}}
 FROM weighed
