@@ -876,13 +876,17 @@ impl Analyzer {
             // finding, headed by the account clustering would choose in one
             // pass (the short window's retries for everyone over the whole
             // window's error rate in one OS), with the other linked under it.
+            // A minute of users leaving a funnel is the consequence of what
+            // they hit at the step, which the whole window holds: it is
+            // linked under that account and never heads it, so that the
+            // finding does not change head (and ticket) with one minute.
             let Some(i) = report.accounts.iter().position(|w| w.member.cause == a.member.cause) else {
                 report.findings.push(f);
                 report.accounts.push(a);
                 continue;
             };
             let pair = [report.accounts[i].member.clone(), a.member.clone()];
-            if cluster::primary(&pair, &[0, 1]) == 1 {
+            if f.kind != FindingKind::DropOff && cluster::primary(&pair, &[0, 1]) == 1 {
                 let whole = std::mem::replace(&mut report.findings[i], f);
                 let linked = report.accounts[i].linked(&whole);
                 report.findings[i].evidence.linked.splice(0..0, linked);
