@@ -2039,10 +2039,27 @@ mod tests {
                 "pass {i}: sessions whose horizon ended in the last minute, and before"
             );
             assert!(direct.iter().filter_map(|r| r.i64("period")).max() >= Some(29), "pass {i}: periods of a minute");
+            if i == 0 {
+                // The same statement over spans (windows off the minute, a
+                // store without sessions), and the evidence's, run too.
+                let spans = rt.block_on(query(&engine, &tenant, &statement_over_spans(&minute, &short_flows))).unwrap();
+                assert!(spans.iter().any(|r| r.i64("cur") == Some(1)), "the last minute's sessions, from spans");
+            }
             assert_eq!(page_rebuilds(), 1, "pass {i}");
         }
         assert!(nonzero.values().all(|n| *n > 0), "{nonzero:?}");
         assert!(funnels > 0);
+    }
+
+    /// A short window's funnels over spans: its history statement and the
+    /// evidence statement of its first flow, as one.
+    fn statement_over_spans(minute: &Ctx, flows: &[detectors::drop_off::ResolvedFlow]) -> String {
+        let spans = minute.unrolled();
+        let evidence = detectors::drop_off::query(&spans, &flows[..1], "");
+        format!(
+            "SELECT cur, sum(reached0_0) AS reached FROM ({}) h GROUP BY cur UNION ALL SELECT cur, sum(reached0_0) FROM ({evidence}) e GROUP BY cur",
+            detectors::drop_off::history_query(&spans, flows)
+        )
     }
 
     #[test]
