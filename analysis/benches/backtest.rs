@@ -133,6 +133,10 @@ fn main() {
     let mut times = Vec::with_capacity(passes.len());
     let mut accounts: BTreeSet<String> = BTreeSet::new();
     let mut reported: Vec<andon_model::Finding> = Vec::new();
+    // Each (kind, service, operation) linked under a finding, and the end of
+    // the first pass that did.
+    let mut linked: std::collections::BTreeMap<(andon_model::FindingKind, String, String), DateTime<Utc>> =
+        std::collections::BTreeMap::new();
     // `ANDON_BENCH_FINDINGS=FILE` keeps every new account whole, one JSON a line.
     let mut dump = std::env::var_os("ANDON_BENCH_FINDINGS").map(|p| std::fs::File::create(p).unwrap());
     let (mut arrived, mut arrived_cpu) = (Duration::zero(), 0.0);
@@ -169,6 +173,9 @@ fn main() {
                 use std::io::Write;
                 writeln!(out, "{}", serde_json::to_string(f).unwrap()).unwrap();
             }
+        }
+        for l in report.findings.iter().flat_map(|f| &f.evidence.linked) {
+            linked.entry((l.kind, l.service.clone(), l.operation.clone())).or_insert(w.end);
         }
         for f in db.record(&tenant, report.findings).unwrap() {
             let key = format!("{} {} {} {:?}", f.kind, f.service, f.operation, f.segment);
@@ -243,8 +250,13 @@ fn main() {
             .filter(|f| f.first_seen >= fault.onset)
             .find(|f| f.service == origin || f.evidence.cause.as_ref().is_some_and(|c| c.service == origin));
         let after = |f: &andon_model::Finding| format!("{} s", (f.first_seen - fault.onset).num_seconds());
+        // Reported as a symptom, linked under another finding (its cause's).
+        let under = linked
+            .get(&(t.kind, t.service.clone(), t.operation.clone()))
+            .filter(|at| **at > fault.onset)
+            .map_or("never".to_owned(), |at| format!("{} s", (*at - fault.onset).num_seconds()));
         println!(
-            "  injected {} on {} {} at {}: first reported {} after its onset; first finding on {origin}: {}",
+            "  injected {} on {} {} at {}: first reported {} after its onset (linked under another finding: {under}); first finding on {origin}: {}",
             t.kind,
             t.service,
             t.operation,

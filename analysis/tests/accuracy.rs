@@ -291,8 +291,8 @@ fn a_mobile_drop_off_is_reported_by_a_last_minute_once_the_step_horizon_has_pass
     // step's horizon to go on (twice the baseline's 95th percentile from
     // payment to placing the order), so a pass's last minute holds the
     // sessions whose horizon ended in it, judged against the minutes before
-    // the baseline's end. A 30-minute window needed a quarter of an hour of
-    // the fault (900 s in the backtest bench).
+    // the baseline's end and corrected for the minutes a day judges. The
+    // 30-minute window alone needs more of the rollout (the pass after).
     let l = load("drop-off", 2.0, 3.0);
     let fault = l.truth.faults.iter().find(|f| f.target.kind.as_str() == "drop_off").unwrap();
     let analyzer = Analyzer::new(l.engine.clone(), AnalysisConfig::default()).unwrap();

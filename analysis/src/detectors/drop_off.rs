@@ -826,9 +826,17 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         material &= self::material(ctx, h.rate, t.current, lc);
         p_value = p_value.max(h.p_value);
     }
-    // A short window is judged only against enough periods like it.
-    if ctx.short && history.is_none_or(|h| h.periods < super::SHORT_MIN_PERIODS) {
-        material = false;
+    // A short window is judged only against enough periods like it, and is
+    // one of the windows a day of continuous passes judges, each a fresh
+    // chance of a minute that lost more sessions than usual: its p-value is
+    // corrected for them (Bonferroni), so that a step's false alarms stay
+    // within `fdr` a day, not a few each day.
+    let minute_p = p_value;
+    if ctx.short {
+        if history.is_none_or(|h| h.periods < super::SHORT_MIN_PERIODS) {
+            material = false;
+        }
+        p_value = (p_value * windows_a_day(ctx)).min(1.0);
     }
     let side = |s: &Step, conv: f64| {
         let whole = |x: f64| Value::from(x.round() as u64);
@@ -847,6 +855,10 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         ("next_step".to_owned(), Value::from(next_step)),
         ("left_after_error_share".to_owned(), num(round(error_share, 4))),
     ]);
+    if ctx.short {
+        details.insert("window_p_value".to_owned(), num(minute_p));
+        details.insert("windows_a_day".to_owned(), num(windows_a_day(ctx)));
+    }
     if let Some(h) = history {
         details.insert("history_left_rate".to_owned(), num(round(h.rate, 5)));
         details.insert("history_dispersion".to_owned(), num(round(h.dispersion, 3)));
@@ -865,6 +877,13 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         details,
         current_samples: nc,
     })
+}
+
+/// How many windows of the current one's length a day holds: the short
+/// windows a day of continuous passes judges.
+fn windows_a_day(ctx: &Ctx) -> f64 {
+    let window = (ctx.end - ctx.split).num_seconds().max(1) as f64;
+    (86_400.0 / window).max(1.0)
 }
 
 /// The tests of flow `f` of a [`query`] over several flows. A step another
