@@ -191,6 +191,7 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    ing.admit().await?;
     let mut permit = ing.reserve(declared.unwrap_or(0))?;
     let mut held = declared.unwrap_or(0);
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));

@@ -49,6 +49,11 @@ pub struct IngestConfig {
     pub span_limits: SpanLimits,
     /// What `Retry-After` and `RetryInfo` suggest under overload.
     pub retry_after: Duration,
+    /// How long a request waits for the store's buffer to have room (a flush)
+    /// before it is refused as overloaded: clients slow to the rate the store
+    /// keeps up with instead of being refused. Keep it well under exporters'
+    /// timeouts (the Collector's default is 5 s).
+    pub overload_wait: Duration,
     /// Who may export, and to which tenant; off (anyone, any tenant) by default.
     pub auth: Arc<Verifier>,
 }
@@ -62,6 +67,7 @@ impl Default for IngestConfig {
             max_request_spans: 100_000,
             span_limits: SpanLimits::default(),
             retry_after: Duration::from_secs(2),
+            overload_wait: Duration::from_secs(2),
             auth: Arc::default(),
         }
     }
@@ -111,6 +117,13 @@ impl Ingestor {
         let auth = &self.config.auth;
         let principal = auth.authenticate(authorization)?;
         Ok(auth.authorize(principal.as_ref(), Permission::Ingest, tenant)?)
+    }
+
+    /// Waits up to `overload_wait` while the sink's buffer is full, then
+    /// refuses as overloaded if it still is. Receivers call it before they
+    /// read a request's body.
+    pub async fn admit(&self) -> Result<(), IngestError> {
+        Ok(self.sink.wait_ready(self.config.overload_wait).await?)
     }
 
     /// Reserves in-flight memory for a request of `encoded_bytes`, or refuses

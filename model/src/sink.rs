@@ -34,6 +34,8 @@ pub enum SinkError {
 
 pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<AppendOutcome, SinkError>> + Send + 'a>>;
 
+pub type ReadyFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+
 pub trait SpanSink: Send + Sync + std::fmt::Debug + 'static {
     /// Stores `batch` (with the span schema) for `tenant`.
     fn append<'a>(&'a self, tenant: &'a Tenant, batch: RecordBatch) -> AppendFuture<'a>;
@@ -42,5 +44,14 @@ pub trait SpanSink: Send + Sync + std::fmt::Debug + 'static {
     /// decode a request, so a full sink costs a refused request nothing more.
     fn ready(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    /// Waits up to `patience` for the sink to take appends, then answers as
+    /// [`SpanSink::ready`] does: a receiver holds a request while the sink
+    /// makes room (a flush) rather than refuse it at once, so clients slow to
+    /// the rate the sink keeps up with.
+    fn wait_ready(&self, patience: Duration) -> ReadyFuture<'_> {
+        let _ = patience;
+        Box::pin(std::future::ready(self.ready()))
     }
 }

@@ -157,6 +157,9 @@ pub struct RawOtlp {
     /// Reject spans starting more than this many seconds ahead; 0 accepts any.
     pub max_span_future_secs: u64,
     pub retry_after_secs: u64,
+    /// How long an export waits for the store's buffer to have room before
+    /// it is refused as overloaded; 0 refuses at once.
+    pub overload_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +258,7 @@ impl Default for RawOtlp {
             max_span_age_secs: 0,
             max_span_future_secs: andon_ingest::convert::DEFAULT_MAX_FUTURE_SECS,
             retry_after_secs: 2,
+            overload_wait_ms: 2_000,
         }
     }
 }
@@ -282,8 +286,8 @@ impl Default for RawStorage {
         Self {
             durability: "fsync".into(),
             flush_interval_secs: 60,
-            flush_bytes: 32 << 20,
-            max_buffer_bytes: 192 << 20,
+            flush_bytes: 16 << 20,
+            max_buffer_bytes: 64 << 20,
             retention_hours: 24 * 7,
             dedup_window_secs: 600,
             dedup_max_keys: 4_000_000,
@@ -482,6 +486,7 @@ impl RawConfig {
                 max_future_ns: secs(self.otlp.max_span_future_secs),
             },
             retry_after: Duration::from_secs(self.otlp.retry_after_secs.max(1)),
+            overload_wait: Duration::from_millis(self.otlp.overload_wait_ms),
             auth: std::sync::Arc::clone(&auth),
         };
         if self.storage.flush_interval_secs == 0 {

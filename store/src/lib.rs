@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use andon_model::{AppendFuture, AppendOutcome, SinkError, SpanSink, Tenant};
+use andon_model::{AppendFuture, AppendOutcome, ReadyFuture, SinkError, SpanSink, Tenant};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 use parking_lot::{Mutex, RwLock};
@@ -115,8 +115,8 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             durability: Durability::Fsync,
             flush_interval: Duration::from_secs(60),
-            flush_bytes: 32 << 20,
-            max_buffer_bytes: 192 << 20,
+            flush_bytes: 16 << 20,
+            max_buffer_bytes: 64 << 20,
             retention: Some(Duration::from_secs(7 * 24 * 3_600)),
             dedup_window: Duration::from_secs(600),
             dedup_max_keys: 4_000_000,
@@ -217,6 +217,8 @@ struct Inner {
     wal: wal::Wal,
     closed: AtomicBool,
     flush_lock: Mutex<()>,
+    /// Woken when a flush frees buffer space, for appends waiting on room.
+    room: tokio::sync::Notify,
     /// Compacted-away segment files, deleted after a grace period.
     graveyard: Mutex<Vec<(Instant, PathBuf)>>,
     /// When each recent trace last received a span.
@@ -468,6 +470,7 @@ impl Store {
                 wal,
                 closed: AtomicBool::new(false),
                 flush_lock: Mutex::new(()),
+                room: tokio::sync::Notify::new(),
                 graveyard: Mutex::new(Vec::new()),
                 stats,
                 remote,
@@ -496,7 +499,10 @@ impl Store {
         if total == 0 {
             return Ok(AppendOutcome::default());
         }
-        self.ready()?;
+        // Not refused for a full buffer: receivers admit a request only while
+        // the buffer has room ([`Store::wait_ready`]), before they read it, and
+        // what they admit is taken. The buffer then holds at most its limit
+        // and what the receivers' in-flight budget lets through at once.
         let keys = batch_keys(&batch);
         let (landed, landing) = tokio::sync::watch::channel(None::<bool>);
         // Under one lock: which keys are new, the appends still writing the
@@ -723,6 +729,24 @@ impl Store {
         Ok(())
     }
 
+    /// Waits up to `patience` for the buffer to have room (a flush to free
+    /// it), then answers as [`Store::ready`].
+    pub async fn wait_ready(&self, patience: Duration) -> Result<(), SinkError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            // Registered before the check, so a flush between the two wakes it.
+            let room = self.inner.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !self.buffer_full() || self.inner.closed.load(Ordering::Acquire) {
+                return self.ready();
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return self.ready();
+            }
+        }
+    }
+
     /// Whether a flush is due by size or age.
     fn flush_due(&self) -> bool {
         let s = self.inner.state.read();
@@ -753,19 +777,27 @@ impl Store {
                 r.delete_orphans()?;
             }
             for (tenant, batches) in &by_tenant {
-                for (n, (hour, batch)) in segment::partition_by_hour(batches)?.into_iter().enumerate() {
-                    let seg = segment::write_segment(&root, tenant, hour, through, n, &batch, fsync)?;
+                let sorted = segment::sort_by_hour(batches)?;
+                for (n, (hour, rows)) in sorted.hours().enumerate() {
+                    // The segment's rollup, from the same spans as they are
+                    // written, before the checkpoint.
+                    let mut rolling = self.inner.config.rollups.then(|| self.inner.rollups.rolling(tenant));
+                    let slices = sorted.gather(n).map(|b| {
+                        let b = b?;
+                        if let Some(r) = rolling.as_mut() {
+                            r.add(&b)?;
+                        }
+                        Ok(b)
+                    });
+                    let seg = segment::write_segment(&root, tenant, hour, through, n, rows, slices, fsync)?;
                     written.push(seg.clone());
                     if let Some(r) = &self.inner.remote {
                         // In the bucket before anything counts it as stored.
                         r.upload(&seg.path)?;
                         r.admit(&seg.path, seg.bytes);
                     }
-                    if !self.inner.config.rollups {
-                        continue;
-                    }
-                    // The segment's rollup, from the same spans, before the checkpoint.
-                    let metrics = self.inner.rollups.roll_up(tenant, std::slice::from_ref(&batch))?;
+                    let Some(rolling) = rolling else { continue };
+                    let metrics = rolling.finish()?;
                     let path = rollup::metrics_path(data_dir, &seg.path)
                         .ok_or_else(|| StoreError::Corrupt(format!("{} is outside the store", seg.path.display())))?;
                     let bytes = rollup::write_small_parquet(&path, &metrics, fsync)?;
@@ -844,6 +876,7 @@ impl Store {
             for seg in written {
                 s.segments.insert(seg.path.clone(), seg);
             }
+            self.inner.room.notify_waiters();
             s.metrics.extend(rolled);
             s.metrics_changed(Some(flushed));
             if !session_files.is_empty() {
@@ -1360,6 +1393,10 @@ impl SpanSink for Store {
 
     fn ready(&self) -> Result<(), SinkError> {
         Store::ready(self)
+    }
+
+    fn wait_ready(&self, patience: Duration) -> ReadyFuture<'_> {
+        Box::pin(Store::wait_ready(self, patience))
     }
 }
 

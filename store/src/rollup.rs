@@ -181,16 +181,18 @@ impl RollupContext {
 
     /// The cells of `batches` (one tenant's), with the context noted so far.
     pub fn roll_up(&self, tenant: &Tenant, batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
-        let mut cells = Cells::default();
-        {
-            let by_tenant = self.by_tenant.lock();
-            let empty = TenantContext::default();
-            let ctx = by_tenant.get(tenant).unwrap_or(&empty);
-            for b in batches {
-                cells.add_spans(&self.spec, ctx, b)?;
-            }
+        let mut r = self.rolling(tenant);
+        for b in batches {
+            r.add(b)?;
         }
-        cells.finish(&self.spec)
+        r.finish()
+    }
+
+    /// Cells of one tenant's spans given a batch at a time ([`RollingUp::add`]),
+    /// each with the context noted by then: a flush rolls up each slice of a
+    /// segment as it writes it.
+    pub fn rolling<'a>(&'a self, tenant: &'a Tenant) -> RollingUp<'a> {
+        RollingUp { context: self, tenant, cells: Cells::default() }
     }
 
     /// The cells of spans read back from a segment, with only that segment's
@@ -214,6 +216,28 @@ impl RollupContext {
             cells.add_rows(&self.spec, b)?;
         }
         cells.finish(&self.spec)
+    }
+}
+
+/// A rollup being built a batch at a time ([`RollupContext::rolling`]).
+pub struct RollingUp<'a> {
+    context: &'a RollupContext,
+    tenant: &'a Tenant,
+    cells: Cells,
+}
+
+impl RollingUp<'_> {
+    /// Adds the cells of `batch`'s spans.
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {
+        let by_tenant = self.context.by_tenant.lock();
+        let empty = TenantContext::default();
+        let ctx = by_tenant.get(self.tenant).unwrap_or(&empty);
+        self.cells.add_spans(&self.context.spec, ctx, batch)
+    }
+
+    /// The cells of every batch added.
+    pub fn finish(self) -> Result<RecordBatch, StoreError> {
+        self.cells.finish(&self.context.spec)
     }
 }
 

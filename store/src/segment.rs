@@ -126,16 +126,45 @@ fn writer_properties(rows: usize) -> Result<WriterProperties, StoreError> {
     Ok(b.build())
 }
 
-/// Sorts the batches of one tenant and splits them by hour: `(hour, sorted batch)`.
-///
-/// Only the sort keys are concatenated; the rows are then gathered from the
-/// batches in sorted order in one pass, so no unsorted copy of the whole
+/// Rows gathered into one batch at a time while a flush writes its sorted
+/// spans: the flush never holds a sorted copy of more than this beside the
+/// buffer it writes from.
+const GATHER_ROWS: usize = 16 * 1024;
+
+/// One tenant's buffered batches in sorted order, split by hour, not yet
+/// gathered: only the sort keys are concatenated, and the rows are gathered
+/// from the batches in sorted order a slice at a time
+/// ([`SortedByHour::gather`]), so no sorted or unsorted copy of the whole
 /// buffer is made on the way.
-pub fn partition_by_hour(batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
-    let schema = span_schema();
+pub struct SortedByHour<'a> {
+    batches: Vec<&'a RecordBatch>,
+    /// `(batch, row)` of each row, in sorted order.
+    rows: Vec<(usize, usize)>,
+    /// `(hour, first, end)` of each hour's run in `rows`.
+    runs: Vec<(i64, usize, usize)>,
+}
+
+impl SortedByHour<'_> {
+    /// Each hour with the number of its rows, in order.
+    pub fn hours(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
+        self.runs.iter().map(|(hour, a, z)| (*hour, (z - a) as u64))
+    }
+
+    /// The rows of the `i`th hour, sorted, [`GATHER_ROWS`] at a time.
+    pub fn gather(&self, i: usize) -> impl Iterator<Item = Result<RecordBatch, StoreError>> + '_ {
+        let (a, z) = self.runs.get(i).map_or((0, 0), |r| (r.1, r.2));
+        (a..z).step_by(GATHER_ROWS).map(move |from| {
+            let rows = &self.rows[from..(from + GATHER_ROWS).min(z)];
+            Ok(interleave_record_batch(&self.batches, rows)?)
+        })
+    }
+}
+
+/// Sorts the batches of one tenant and splits them by hour.
+pub fn sort_by_hour(batches: &[RecordBatch]) -> Result<SortedByHour<'_>, StoreError> {
     let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
     if batches.is_empty() {
-        return Ok(Vec::new());
+        return Ok(SortedByHour { batches, rows: Vec::new(), runs: Vec::new() });
     }
     let column = |n: &str| -> Result<ArrayRef, StoreError> {
         let parts = batches
@@ -176,19 +205,16 @@ pub fn partition_by_hour(batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatc
             (b, i - firsts[b])
         })
         .collect();
-    let sorted = interleave_record_batch(&batches, &rows)?;
-    debug_assert_eq!(sorted.schema(), schema);
-    let sorted_hours = arrow::compute::take(&hours, &indices, None)?;
-    let sorted_hours = sorted_hours.as_primitive::<arrow::datatypes::Int64Type>();
-    let mut out = Vec::new();
+    let hour_at = |k: usize| hours.value(indices.value(k) as usize);
+    let mut runs = Vec::new();
     let mut run_start = 0;
-    for i in 1..=sorted.num_rows() {
-        if i == sorted.num_rows() || sorted_hours.value(i) != sorted_hours.value(run_start) {
-            out.push((sorted_hours.value(run_start), sorted.slice(run_start, i - run_start)));
+    for i in 1..=rows.len() {
+        if i == rows.len() || hour_at(i) != hour_at(run_start) {
+            runs.push((hour_at(run_start), run_start, i));
             run_start = i;
         }
     }
-    Ok(out)
+    Ok(SortedByHour { batches, rows, runs })
 }
 
 pub fn tenant_dir(root: &Path, tenant: &Tenant) -> PathBuf {
@@ -239,22 +265,24 @@ fn write_file(
     Ok((path, bytes))
 }
 
-/// Writes one sorted batch as a segment, durably, and returns it.
+/// Writes one hour's sorted spans (`rows` of them, in `batches`) as a
+/// segment, durably, and returns it.
+#[allow(clippy::too_many_arguments)]
 pub fn write_segment(
     root: &Path,
     tenant: &Tenant,
     hour: i64,
     flush_seq: u64,
     n: usize,
-    batch: &RecordBatch,
+    rows: u64,
+    batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
     fsync: bool,
 ) -> Result<Segment, StoreError> {
     let dir = tenant_dir(root, tenant).join(hour_dir_name(hour));
     let new_dir = !dir.exists();
     fs::create_dir_all(&dir)?;
     let name = format!("{flush_seq:020}-{n:04}.parquet");
-    let rows = batch.num_rows() as u64;
-    let (path, bytes) = write_file(&dir, &name, rows, [Ok(batch.clone())], fsync)?;
+    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync)?;
     if fsync && new_dir {
         // The hour and tenant directories must survive too.
         for d in dir.ancestors().skip(1).take(2) {

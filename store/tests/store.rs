@@ -655,7 +655,7 @@ fn with_rollups_off_spans_are_stored_and_no_rollups_or_sessions_are_kept() {
 }
 
 #[test]
-fn a_full_buffer_refuses_the_next_export_before_it_is_read() {
+fn a_full_buffer_holds_the_next_export_until_a_flush_then_refuses_it_before_it_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.max_buffer_bytes = 4096;
@@ -678,8 +678,24 @@ fn a_full_buffer_refuses_the_next_export_before_it_is_read() {
     let refused = ingestor.reserve(1000).unwrap_err();
     assert!(matches!(refused, andon_ingest::IngestError::Overloaded { .. }), "{refused}");
     assert!(refused.retry_after().is_some());
-    // What was taken is kept, and a flush makes room again.
-    store.flush().unwrap();
+    // Admission waits for room, then refuses when no flush made any.
+    let waited = std::time::Instant::now();
+    let refused = rt.block_on(ingestor.admit()).unwrap_err();
+    assert!(matches!(refused, andon_ingest::IngestError::Overloaded { .. }), "{refused}");
+    assert!(waited.elapsed() >= andon_ingest::IngestConfig::default().overload_wait, "{:?}", waited.elapsed());
+    // What was taken is kept, and a flush makes room again: an export waiting
+    // for room is admitted as soon as it does.
+    let flusher = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            store.flush().unwrap();
+        })
+    };
+    let waited = std::time::Instant::now();
+    rt.block_on(ingestor.admit()).expect("admitted once the flush made room");
+    assert!(waited.elapsed() >= std::time::Duration::from_millis(250), "it waited for the flush");
+    flusher.join().unwrap();
     assert!(ingestor.reserve(1000).is_ok(), "the flushed buffer takes exports again");
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 50 * seed as i64);
 }

@@ -277,6 +277,50 @@ fn retried_spans_are_stored_and_counted_once() {
     assert!(metrics.contains("andon_spans_rejected_total{reason=\"duplicate\"} 100\n"), "{metrics}");
 }
 
+/// Four clients push a burst many times the store's buffer: each export
+/// waits for a flush to make room instead of being refused, and every span is
+/// stored once. With the wait off (`otlp.overload_wait_ms = 0`) the same burst
+/// is refused in part, as it was before exports waited.
+#[test]
+fn a_burst_past_the_store_buffer_waits_for_flushes_instead_of_being_refused() {
+    let burst = |wait_ms: &str| -> (u64, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_with_env(
+            dir.path(),
+            &[
+                ("ANDON_STORAGE_MAX_BUFFER_BYTES", "65536"),
+                ("ANDON_STORAGE_FLUSH_BYTES", "65536"),
+                ("ANDON_OTLP_OVERLOAD_WAIT_MS", wait_ms),
+            ],
+        );
+        let refused: u64 = std::thread::scope(|s| {
+            let clients: Vec<_> = (0..4u64)
+                .map(|c| {
+                    let server = &server;
+                    s.spawn(move || {
+                        let mut refused = 0;
+                        for k in 0..10 {
+                            let req = otlp::request("cart", 100 * c + k, 200, otlp::now_ns()).encode_to_vec();
+                            match post(server, "application/x-protobuf", req, &[]).status().as_u16() {
+                                200 => {}
+                                503 => refused += 1,
+                                other => panic!("export answered {other}"),
+                            }
+                        }
+                        refused
+                    })
+                })
+                .collect();
+            clients.into_iter().map(|c| c.join().unwrap()).sum()
+        });
+        (refused, server.count("SELECT count(*) FROM spans"))
+    };
+    assert_eq!(burst("2000"), (0, 40 * 200), "(refused exports, spans stored) with the wait");
+    let (refused, stored) = burst("0");
+    assert!(refused > 0, "without the wait the burst is refused in part");
+    assert_eq!(stored, (40 - refused as i64) * 200, "what was taken is stored");
+}
+
 #[test]
 fn overload_answers_503_with_retry_after_and_keeps_nothing_half_done() {
     let dir = tempfile::tempdir().unwrap();
