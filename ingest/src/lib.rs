@@ -127,10 +127,11 @@ impl Ingestor {
     }
 
     /// Reserves in-flight memory for a request of `encoded_bytes`, or refuses
-    /// it: when that memory is taken, or when the sink would refuse the spans
-    /// anyway (its buffer is full), before the request is read or decoded.
+    /// it when that memory is taken. Whether the sink has room was settled
+    /// once, by [`Ingestor::admit`] before the body was read: a request
+    /// admitted is not refused halfway through its body because the buffer
+    /// filled meanwhile.
     pub fn reserve(&self, encoded_bytes: usize) -> Result<OwnedSemaphorePermit, IngestError> {
-        self.sink.ready()?;
         let want = encoded_bytes.saturating_mul(DECODED_EXPANSION).clamp(1, self.config.max_inflight_bytes.max(1));
         let want = u32::try_from(want).unwrap_or(u32::MAX);
         Arc::clone(&self.inflight)

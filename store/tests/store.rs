@@ -668,20 +668,18 @@ fn a_full_buffer_holds_the_next_export_until_a_flush_then_refuses_it_before_it_i
         std::sync::Arc::new(andon_model::clock::SystemClock),
         andon_ingest::IngestConfig::default(),
     );
-    assert!(ingestor.reserve(1000).is_ok(), "an empty buffer takes exports");
+    rt.block_on(ingestor.admit()).expect("an empty buffer takes exports");
     let mut seed = 0;
     while !store.buffer_full() {
         seed += 1;
         rt.block_on(store.append(&t, batch(seed, 50, now_ns()))).unwrap();
     }
-    // Refused as retryable before a byte of the request is held or decoded.
-    let refused = ingestor.reserve(1000).unwrap_err();
-    assert!(matches!(refused, andon_ingest::IngestError::Overloaded { .. }), "{refused}");
-    assert!(refused.retry_after().is_some());
-    // Admission waits for room, then refuses when no flush made any.
+    // Admission waits for room, then refuses as retryable when no flush made
+    // any, before a byte of the request is held or decoded.
     let waited = std::time::Instant::now();
     let refused = rt.block_on(ingestor.admit()).unwrap_err();
     assert!(matches!(refused, andon_ingest::IngestError::Overloaded { .. }), "{refused}");
+    assert!(refused.retry_after().is_some());
     assert!(waited.elapsed() >= andon_ingest::IngestConfig::default().overload_wait, "{:?}", waited.elapsed());
     // What was taken is kept, and a flush makes room again: an export waiting
     // for room is admitted as soon as it does.
@@ -696,7 +694,7 @@ fn a_full_buffer_holds_the_next_export_until_a_flush_then_refuses_it_before_it_i
     rt.block_on(ingestor.admit()).expect("admitted once the flush made room");
     assert!(waited.elapsed() >= std::time::Duration::from_millis(250), "it waited for the flush");
     flusher.join().unwrap();
-    assert!(ingestor.reserve(1000).is_ok(), "the flushed buffer takes exports again");
+    rt.block_on(ingestor.admit()).expect("the flushed buffer takes exports again");
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 50 * seed as i64);
 }
 
