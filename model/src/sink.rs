@@ -40,8 +40,9 @@ pub trait SpanSink: Send + Sync + std::fmt::Debug + 'static {
     /// Stores `batch` (with the span schema) for `tenant`.
     fn append<'a>(&'a self, tenant: &'a Tenant, batch: RecordBatch) -> AppendFuture<'a>;
 
-    /// Whether an append would be taken now. Receivers ask before they read or
-    /// decode a request, so a full sink costs a refused request nothing more.
+    /// Whether an append would be taken now. Receivers ask (through
+    /// [`SpanSink::wait_ready`]) before they read or decode a request, so a
+    /// full sink costs a refused request nothing more.
     fn ready(&self) -> Result<(), SinkError> {
         Ok(())
     }

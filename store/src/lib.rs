@@ -217,7 +217,8 @@ struct Inner {
     wal: wal::Wal,
     closed: AtomicBool,
     flush_lock: Mutex<()>,
-    /// Woken when a flush frees buffer space, for appends waiting on room.
+    /// Woken when a flush frees buffer space, for exports waiting to be
+    /// admitted ([`Store::wait_ready`]).
     room: tokio::sync::Notify,
     /// Compacted-away segment files, deleted after a grace period.
     graveyard: Mutex<Vec<(Instant, PathBuf)>>,
