@@ -242,6 +242,19 @@ pub trait Sql: Send + Sync {
         Ok(None)
     }
 
+    /// The sessions the failed requests of a subject (service, operation,
+    /// segment) reached, (baseline, current), as `error_rate_regression.sql`
+    /// over spans counts them (without a segment, by the spans' own segment
+    /// values), from the requests kept by minute; `None` where the pass
+    /// keeps none, and the caller runs the SQL.
+    async fn error_sessions(
+        &self,
+        _ctx: &Ctx,
+        _subject: (&str, &str, &BTreeMap<String, Value>),
+    ) -> Result<Option<(u64, u64)>, AnalysisError> {
+        Ok(None)
+    }
+
     /// Notes that `sql` was answered with `rows` without being run.
     fn answered(&self, _sql: &str, _rows: &Rows) {}
 

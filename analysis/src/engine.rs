@@ -4,7 +4,7 @@
 //! findings with their evidence. What a finding says and how it is tested are
 //! its detector's ([`crate::detector::Detector`]); this only orchestrates.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,16 @@ const SAMPLE: usize = 100;
 struct Picked {
     sample: Vec<Pick>,
     any: Vec<Pick>,
+}
+
+/// A request of the current window, with what the candidates tell apart.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct WindowRequest {
+    service: String,
+    operation: String,
+    err: bool,
+    segs: Vec<Option<String>>,
+    pick: Pick,
 }
 
 /// Rows of one operation within one segment, among rows that carry every
@@ -357,6 +367,9 @@ pub struct Analyzer {
     /// When each version first served, by minute, for the next pass
     /// ([`attribution::VersionBook`]).
     versions: Arc<attribution::VersionBook>,
+    /// The requests of the operations examined, and the sessions' segment
+    /// values, by minute, for the next pass ([`crate::requests::RequestBook`]).
+    requests: Arc<crate::requests::RequestBook>,
 }
 
 /// SQL as one tenant, for one pass: a statement the pass already ran (the
@@ -372,12 +385,19 @@ struct TenantSql<'a> {
     log: Option<std::sync::Mutex<Vec<(String, usize)>>>,
     /// Where the sessions by page request are kept between passes.
     pages: Option<&'a tokio::sync::Mutex<Option<crate::fold::PageFold>>>,
+    /// Where requests and session values are kept by minute between passes.
+    requests: Option<&'a crate::requests::RequestBook>,
 }
 
 impl<'a> TenantSql<'a> {
     fn new(engine: &'a QueryEngine, tenant: &'a Tenant, logged: bool, known: &BTreeMap<String, Rows>) -> Self {
         let ran = std::sync::Mutex::new(known.clone());
-        Self { engine, tenant, ran, log: logged.then(std::sync::Mutex::default), pages: None }
+        Self { engine, tenant, ran, log: logged.then(std::sync::Mutex::default), pages: None, requests: None }
+    }
+
+    /// The same, keeping requests and session values by minute in `book`.
+    fn with_requests(self, book: &'a crate::requests::RequestBook) -> Self {
+        Self { requests: Some(book), ..self }
     }
 
     /// The same, keeping the sessions by page request in `pages`.
@@ -443,6 +463,41 @@ impl Sql for TenantSql<'_> {
         let (Some(from), Some(to)) = (from.timestamp_nanos_opt(), to.timestamp_nanos_opt()) else { return Ok(None) };
         let journeys = |fold: &mut crate::fold::PageFold| Ok(fold.journeys(from, to));
         Ok(self.page_fold(ctx, range_from, range_to, journeys).await?.flatten())
+    }
+
+    async fn error_sessions(
+        &self,
+        ctx: &Ctx,
+        (service, operation, segment): (&str, &str, &BTreeMap<String, Value>),
+    ) -> Result<Option<(u64, u64)>, AnalysisError> {
+        let Some(book) = self.requests else { return Ok(None) };
+        let cut = Cut::new(&ctx.segments, service, operation, segment);
+        let lean = segment.is_empty();
+        // `count(DISTINCT session_id)` of the failed requests per side and
+        // segment values, summed over the values the segment keeps.
+        let mut seen: HashSet<(bool, Vec<Option<String>>, Arc<str>)> = HashSet::new();
+        let (baseline_end, split) = (ctx.baseline_end.timestamp_nanos_opt(), ctx.split.timestamp_nanos_opt());
+        let (Some(baseline_end), Some(split)) = (baseline_end, split) else { return Ok(None) };
+        let site = [(service.to_owned(), operation.to_owned())];
+        let range = (ctx.baseline_start, ctx.end);
+        let kept = book
+            .requests(self.engine, self.tenant, &ctx.segments, &site, range, lean, |service, operation, r, segs| {
+                let cur = r.start >= split;
+                if !r.err || !(cur || r.start < baseline_end) {
+                    return;
+                }
+                let Some(session) = &r.session else { return };
+                let segs: Vec<Option<String>> = segs.iter().map(|v| v.map(str::to_owned)).collect();
+                if cut.holds(service, operation, &segs) {
+                    seen.insert((cur, segs, Arc::clone(session)));
+                }
+            })
+            .await?;
+        if !kept {
+            return Ok(None);
+        }
+        let current = seen.iter().filter(|k| k.0).count() as u64;
+        Ok(Some((seen.len() as u64 - current, current)))
     }
 
     fn answered(&self, sql: &str, rows: &Rows) {
@@ -568,6 +623,7 @@ impl Analyzer {
             metrics_fold: Arc::default(),
             traces: Arc::default(),
             versions: Arc::default(),
+            requests: Arc::default(),
         })
     }
 
@@ -1180,8 +1236,10 @@ impl Analyzer {
         let ctx = Ctx { short, ..self.ctx(w, settled) };
         self.traces.turn(self.engine.store(), tenant);
         self.versions.turn(self.engine.store(), tenant);
+        self.requests.turn(self.engine.store(), tenant);
         let logged = self.journal;
-        let sql = TenantSql::new(&self.engine, tenant, logged, known).keeping(&self.page_fold);
+        let sql =
+            TenantSql::new(&self.engine, tenant, logged, known).keeping(&self.page_fold).with_requests(&self.requests);
         let mut steps: Vec<PassStep> = Vec::new();
         let mut tests = Vec::new();
         let mut flows = Vec::new();
@@ -1493,6 +1551,70 @@ impl Analyzer {
         self.detector(t.kind).is_ok_and(|d| d.trouble(&t.judgement) == Trouble::Latency)
     }
 
+    /// The server requests of `sites` in the current window, settled, each
+    /// once with its segment values as the `requests` common table
+    /// expression of `shared.sql` gives them over the window (`lean`: the
+    /// span's own): from the requests kept by minute when `kept` and the
+    /// window is whole minutes, otherwise read.
+    async fn window_requests(
+        &self,
+        tenant: &Tenant,
+        ctx: &Ctx,
+        sites: &[(String, String)],
+        lean: bool,
+        kept: bool,
+    ) -> Result<Vec<WindowRequest>, AnalysisError> {
+        let mut requests: Vec<WindowRequest> = Vec::new();
+        if kept {
+            let arriving = crate::requests::arriving(self.engine.store(), tenant, ctx.settled);
+            let window = (ctx.split, ctx.end);
+            let each = |service: &str, operation: &str, r: &crate::requests::Request, segs: &[Option<&str>]| {
+                if crate::requests::is_arriving(&arriving, &r.trace_id) {
+                    return;
+                }
+                requests.push(WindowRequest {
+                    service: service.to_owned(),
+                    operation: operation.to_owned(),
+                    err: r.err,
+                    segs: segs.iter().map(|v| v.map(str::to_owned)).collect(),
+                    pick: Pick {
+                        trace_id: r.trace_id.to_string(),
+                        span_id: r.span_id.to_string(),
+                        start: r.start,
+                        end: r.end,
+                    },
+                });
+            };
+            if self.requests.requests(&self.engine, tenant, &ctx.segments, sites, window, lean, each).await? {
+                return Ok(requests);
+            }
+            requests.clear();
+        }
+        let window = Ctx { baseline_start: ctx.split, baseline_end: ctx.split, lean, ..ctx.clone() };
+        let q = format!(
+            "WITH {}\nSELECT trace_id, span_id, start_time, end_time, service, operation, err{} FROM requests \
+             WHERE start_time >= {} AND start_time < {} AND ({}){settled}",
+            sql::render(sql::SHARED_CTES, &window.shared_vars()),
+            ctx.segments.list(),
+            sql::ts(ctx.split),
+            sql::ts(ctx.end),
+            sites_condition(sites.iter().map(|(s, o)| (s.as_str(), o.as_str())), "service"),
+            settled = ctx.settled.map(|at| format!(" AND {}", sql::settled("trace_id", at))).unwrap_or_default(),
+        );
+        let rows = self.rows(tenant, &q).await?;
+        let columns = ctx.segments.names();
+        requests.extend(rows.iter().filter_map(|r| {
+            Some(WindowRequest {
+                pick: Pick::of(&r)?,
+                segs: columns.iter().map(|c| r.str(c)).collect(),
+                service: r.str("service")?,
+                operation: r.str("operation")?,
+                err: r.i64("err") == Some(1),
+            })
+        }));
+        Ok(requests)
+    }
+
     /// Each candidate's sample of requests in the current window, in one read:
     /// the first [`SAMPLE`] by trace id (as random a sample as the ids, and the
     /// same one every time the pass runs), of every request when its trouble
@@ -1503,39 +1625,11 @@ impl Analyzer {
             return Ok(Vec::new());
         }
         let lean = candidates.iter().all(|c| c.test.segment.is_empty());
-        let window = Ctx { baseline_start: ctx.split, baseline_end: ctx.split, lean, ..ctx.clone() };
-        let q = format!(
-            "WITH {}\nSELECT trace_id, span_id, start_time, end_time, service, operation, err{} FROM requests \
-             WHERE start_time >= {} AND start_time < {} AND ({}){settled}",
-            sql::render(sql::SHARED_CTES, &window.shared_vars()),
-            ctx.segments.list(),
-            sql::ts(ctx.split),
-            sql::ts(ctx.end),
-            sites_condition(candidates.iter().map(|c| (c.test.service.as_str(), c.test.operation.as_str())), "service"),
-            settled = ctx.settled.map(|at| format!(" AND {}", sql::settled("trace_id", at))).unwrap_or_default(),
-        );
-        let rows = self.rows(tenant, &q).await?;
-        // Each request once, with what the candidates tell apart.
-        let columns = ctx.segments.names();
-        struct Request {
-            service: String,
-            operation: String,
-            err: bool,
-            segs: Vec<Option<String>>,
-            pick: Pick,
-        }
-        let requests: Vec<Request> = rows
-            .iter()
-            .filter_map(|r| {
-                Some(Request {
-                    pick: Pick::of(&r)?,
-                    segs: columns.iter().map(|c| r.str(c)).collect(),
-                    service: r.str("service")?,
-                    operation: r.str("operation")?,
-                    err: r.i64("err") == Some(1),
-                })
-            })
-            .collect();
+        let mut sites: Vec<(String, String)> =
+            candidates.iter().map(|c| (c.test.service.clone(), c.test.operation.clone())).collect();
+        sites.sort_unstable();
+        sites.dedup();
+        let requests = self.window_requests(tenant, ctx, &sites, lean, true).await?;
         Ok(candidates
             .iter()
             .map(|c| {
@@ -1973,6 +2067,44 @@ mod tests {
             let direct = rt.block_on(query(&engine, &tenant, &attribution::versions_query(&ctx))).unwrap();
             assert!(direct.iter().any(|r| r.str("commit").is_some()), "versions with their commit");
             assert_eq!(canonical(&booked), canonical(&direct), "pass {i}");
+            // The requests the picks sample, and the sessions failures
+            // reached, from the requests kept by minute, as read.
+            analyzer.requests.turn(&store, &tenant);
+            let ctx = analyzer.ctx(w, None);
+            let mut sites: Vec<(String, String)> =
+                subjects.iter().map(|o| (o.service.clone(), o.operation.clone())).collect();
+            sites.sort();
+            sites.dedup();
+            for lean in [true, false] {
+                let mut kept = rt.block_on(analyzer.window_requests(&tenant, &ctx, &sites, lean, true)).unwrap();
+                let mut read = rt.block_on(analyzer.window_requests(&tenant, &ctx, &sites, lean, false)).unwrap();
+                kept.sort();
+                read.sort();
+                assert!(read.len() > 100 && read.iter().any(|r| r.err), "pass {i}: {} requests", read.len());
+                // The session's device, where the session's values are read.
+                let mobile = read.iter().any(|r| r.segs[0].as_deref() == Some("true"));
+                assert!(mobile != lean, "pass {i}, lean {lean}: mobile sessions {mobile}");
+                assert!(kept == read, "pass {i}, lean {lean}: the window's requests differ");
+            }
+            let sql = TenantSql::new(&engine, &tenant, false, &BTreeMap::new()).with_requests(&analyzer.requests);
+            for o in &subjects {
+                let subject = (o.service.as_str(), o.operation.as_str(), &o.segment);
+                let kept = rt.block_on(sql.error_sessions(&ctx, subject)).unwrap().expect("kept by minute");
+                let filter = ctx.subject_filter(&o.service, &o.operation, &o.segment);
+                let statement = crate::detector::per_side(
+                    &detectors::error_rate_regression::query(&ctx.lean_for(&o.segment).unrolled(), &filter),
+                    "sum(error_sessions) AS error_sessions",
+                );
+                let direct = rt.block_on(query(&engine, &tenant, &statement)).unwrap();
+                let side = |name: &str| {
+                    direct
+                        .iter()
+                        .find(|r| r.str("side").as_deref() == Some(name))
+                        .map_or(0, |r| r.u64("error_sessions"))
+                };
+                assert_eq!(kept, (side("baseline"), side("current")), "pass {i}: {subject:?}");
+                *nonzero.entry("error_sessions").or_default() += kept.1 as i64;
+            }
             // The calls of sessions and the cells of `span_metrics` are kept
             // through new spans: only the minutes the store may have changed
             // (those of the sessions the spans belong to; every buffered

@@ -24,6 +24,7 @@ pub mod fold;
 pub mod localize;
 pub mod minutes;
 pub mod recorder;
+pub mod requests;
 pub mod runner;
 pub mod sides;
 pub mod sql;

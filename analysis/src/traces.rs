@@ -28,7 +28,7 @@ pub struct Sample {
 }
 
 /// A request of the operation under study, picked for a sample.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pick {
     pub trace_id: String,
     pub span_id: String,

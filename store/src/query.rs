@@ -303,21 +303,135 @@ impl QueryEngine {
     }
 }
 
+/// Rows a compaction's input streams read at a time: the merge holds one batch
+/// of every input at once.
+const MERGE_BATCH_ROWS: usize = 2048;
+
+/// How compaction reads its inputs: `SELECT * FROM input ORDER BY` the
+/// segments' order, each input file declared sorted, so the plan is a
+/// streaming merge of the files (one batch of each held at a time), not a sort.
+fn compaction_context(store: &Store, segments: Vec<crate::Segment>) -> Result<SessionContext, StoreError> {
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(96 << 20, 1.0).build_arc()?;
+    let config = SessionConfig::new().with_target_partitions(1).with_batch_size(MERGE_BATCH_ROWS);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.register_table("input", Arc::new(SpansTable::segments(store.clone(), segments)))?;
+    Ok(ctx)
+}
+
+fn compaction_sql() -> String {
+    let order: Vec<String> = crate::table::SEGMENT_ORDER.iter().map(|c| format!("{c} ASC NULLS LAST")).collect();
+    format!("SELECT * FROM input ORDER BY {}", order.join(", "))
+}
+
 /// The rows of `segments`, sorted as segments are, streamed under a memory budget.
 pub(crate) fn sorted_segments(
     store: &Store,
     segments: Vec<crate::Segment>,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, StoreError>>, StoreError> {
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let runtime = RuntimeEnvBuilder::new().with_memory_limit(96 << 20, 1.0).build_arc()?;
-    let config = SessionConfig::new().with_target_partitions(1);
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
-    ctx.register_table("input", Arc::new(SpansTable::segments(store.clone(), segments)))?;
+    let ctx = compaction_context(store, segments)?;
     let mut stream = rt.block_on(async {
-        let df = ctx.sql("SELECT * FROM input ORDER BY service_name, name, start_time").await?;
+        let df = ctx.sql(&compaction_sql()).await?;
         df.execute_stream().await
     })?;
     Ok(std::iter::from_fn(move || rt.block_on(stream.next()).map(|r| r.map_err(StoreError::from))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The physical plan compaction runs over `segments`, as text.
+    pub(crate) fn compaction_plan(store: &Store, segments: Vec<crate::Segment>) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ctx = compaction_context(store, segments).unwrap();
+        rt.block_on(async {
+            let plan = ctx.sql(&compaction_sql()).await.unwrap().create_physical_plan().await.unwrap();
+            datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string()
+        })
+    }
+
+    /// One export of `service` with spans named `a` and `b`, starting at `starts` (Unix ns).
+    fn export(service: &str, starts: &[u64], seed: u64) -> RecordBatch {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+        let spans = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Span {
+                trace_id: [seed.to_be_bytes(), (i as u64 + 1).to_be_bytes()].concat(),
+                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                name: ["b", "a"][i % 2].into(),
+                kind: 2,
+                start_time_unix_nano: t,
+                end_time_unix_nano: t + 1_000,
+                ..Default::default()
+            })
+            .collect();
+        let service = KeyValue {
+            key: "service.name".into(),
+            value: Some(AnyValue { value: Some(Value::StringValue(service.into())) }),
+            ..Default::default()
+        };
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource { attributes: vec![service], ..Default::default() }),
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let tenant = Tenant::default_tenant();
+        andon_ingest::convert_request(&req, &tenant, 0, andon_ingest::SpanLimits::NONE).unwrap().batch.unwrap()
+    }
+
+    #[test]
+    fn compaction_merges_its_sorted_inputs_without_sorting_them() {
+        use arrow::array::AsArray;
+        use arrow::datatypes::TimestampNanosecondType;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::StoreConfig::new(dir.path());
+        config.flush_interval = Duration::from_secs(3_600);
+        let store = Store::open(config).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let tenant = Tenant::default_tenant();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let hour = now / 3_600_000_000_000 * 3_600_000_000_000;
+        // Three flushes, each with three services whose spans interleave in time
+        // with the other flushes'.
+        for flush in 0..3u64 {
+            for (k, service) in ["checkout", "api", "cart"].into_iter().enumerate() {
+                let starts: Vec<u64> = (0..20u64).map(|i| hour + (i * 9 + flush * 3 + k as u64) * 1_000_000).collect();
+                rt.block_on(store.append(&tenant, export(service, &starts, flush * 10 + k as u64))).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let segments: Vec<crate::Segment> = store.inner.state.read().segments.values().cloned().collect();
+        assert_eq!(segments.len(), 3);
+        let plan = compaction_plan(&store, segments.clone());
+        assert!(plan.contains("SortPreservingMergeExec"), "{plan}");
+        assert!(!plan.contains("SortExec"), "{plan}");
+
+        let rows: Vec<(String, String, i64)> = sorted_segments(&store, segments)
+            .unwrap()
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let s = |c: &str| b.column_by_name(c).unwrap().as_string::<i32>().clone();
+                let (service, name) = (s("service_name"), s("name"));
+                let start = b.column_by_name("start_time").unwrap().as_primitive::<TimestampNanosecondType>().clone();
+                (0..b.num_rows())
+                    .map(|i| (service.value(i).to_owned(), name.value(i).to_owned(), start.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(rows.len(), 180);
+        let mut sorted = rows.clone();
+        sorted.sort();
+        assert_eq!(rows, sorted);
+    }
 }

@@ -675,7 +675,7 @@ impl TableProvider for MetricsTable {
                 rolled.push(b);
             }
         }
-        crate::table::files_and_memory(state, self.schema(), &files, &[rolled], projection, limit).await
+        crate::table::files_and_memory(state, self.schema(), &files, &[rolled], projection, limit, None).await
     }
 }
 

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use andon_model::{Tenant, span_schema};
+use arrow::compute::SortOptions;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -22,6 +23,8 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, Pa
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
@@ -150,10 +153,15 @@ impl TableProvider for SpansTable {
         // Two partitions keep both cores busy on the freshest data.
         let half = snap.batches.len().div_ceil(2).max(1);
         let parts: Vec<Vec<_>> = snap.batches.chunks(half).map(<[_]>::to_vec).collect();
-        let mut plan = files_and_memory(state, span_schema(), &files, &parts, projection, limit).await?;
+        // Compaction's inputs are each sorted as a flush or a compaction wrote
+        // them: one partition per file, declared sorted, so the merge is a
+        // streaming merge of sorted files instead of a sort.
+        let order = self.only.is_some().then_some(SEGMENT_ORDER);
+        let mut plan = files_and_memory(state, span_schema(), &files, &parts, projection, limit, order).await?;
         if let Some(r) = remote.filter(|_| !remote_files.is_empty()) {
             r.register(state.runtime_env());
-            let fetched = scan_parquet(state, span_schema(), r.url().clone(), &remote_files, projection, limit).await?;
+            let url = r.url().clone();
+            let fetched = scan_parquet(state, span_schema(), url, &remote_files, projection, limit, order).await?;
             plan = if files.is_empty() && parts.iter().all(Vec::is_empty) {
                 fetched
             } else {
@@ -164,8 +172,15 @@ impl TableProvider for SpansTable {
     }
 }
 
+/// The order of the rows in every segment (`segment::sort_by_hour`, and
+/// compaction's merge): by service, span name and start, ascending. The
+/// columns are not nullable.
+pub(crate) const SEGMENT_ORDER: &[&str] = &["service_name", "name", "start_time"];
+
 /// The plan of a table served from Parquet files (spread over the session's
-/// partitions) and batches in memory (one partition per inner list).
+/// partitions, or with `sorted_by`, each file its own partition declared
+/// sorted by those columns, ascending) and batches in memory (one partition
+/// per inner list).
 pub(crate) async fn files_and_memory(
     state: &dyn Session,
     schema: SchemaRef,
@@ -173,12 +188,13 @@ pub(crate) async fn files_and_memory(
     parts: &[Vec<arrow::array::RecordBatch>],
     projection: Option<&Vec<usize>>,
     limit: Option<usize>,
+    sorted_by: Option<&[&str]>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
     if !files.is_empty() {
         let files: Vec<(String, u64)> = files.iter().map(|(p, b)| (p.to_string_lossy().into_owned(), *b)).collect();
         let url = ObjectStoreUrl::local_filesystem();
-        inputs.push(scan_parquet(state, Arc::clone(&schema), url, &files, projection, limit).await?);
+        inputs.push(scan_parquet(state, Arc::clone(&schema), url, &files, projection, limit, sorted_by).await?);
     }
     if parts.iter().any(|p| !p.is_empty()) {
         inputs.push(MemorySourceConfig::try_new_exec(parts, Arc::clone(&schema), projection.cloned())?);
@@ -194,7 +210,8 @@ pub(crate) async fn files_and_memory(
 }
 
 /// The plan of Parquet files at `files` (location, size) in the object store of
-/// `url`, spread over the session's partitions.
+/// `url`, spread over the session's partitions; with `sorted_by`, one
+/// partition per file, each declared sorted by those columns, ascending.
 async fn scan_parquet(
     state: &dyn Session,
     schema: SchemaRef,
@@ -202,8 +219,12 @@ async fn scan_parquet(
     files: &[(String, u64)],
     projection: Option<&Vec<usize>>,
     limit: Option<usize>,
+    sorted_by: Option<&[&str]>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let n = state.config().target_partitions().max(1).min(files.len().max(1));
+    let n = match sorted_by {
+        Some(_) => files.len().max(1),
+        None => state.config().target_partitions().max(1).min(files.len().max(1)),
+    };
     let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n];
     for (i, (location, bytes)) in files.iter().enumerate() {
         groups[i % n].push(PartitionedFile::new(location.clone(), *bytes));
@@ -211,12 +232,19 @@ async fn scan_parquet(
     let options = state.table_options().parquet.clone();
     let format = ParquetFormat::default().with_options(options.clone());
     let source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
-    let config = FileScanConfigBuilder::new(url, Arc::new(source))
+    let mut config = FileScanConfigBuilder::new(url, Arc::new(source))
         .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
         .with_projection_indices(projection.cloned())?
-        .with_limit(limit)
-        .build();
-    format.create_physical_plan(state, config).await
+        .with_limit(limit);
+    if let Some(columns) = sorted_by {
+        let ascending = SortOptions { descending: false, nulls_first: false };
+        let exprs = columns
+            .iter()
+            .map(|c| Ok(PhysicalSortExpr::new(Arc::new(Column::new_with_schema(c, &schema)?), ascending)))
+            .collect::<Result<Vec<_>>>()?;
+        config = config.with_output_ordering(LexOrdering::new(exprs).into_iter().collect());
+    }
+    format.create_physical_plan(state, config.build()).await
 }
 
 #[cfg(test)]

@@ -152,7 +152,15 @@ impl Detector for ErrorRateRegression {
              round(CAST(sum(errors) AS DOUBLE) / sum(n), 5) AS error_rate, sum(error_sessions) AS error_sessions",
         );
         if ctx.rolled() {
-            // The rollups do not count sessions: the spans of this one subject do.
+            // The rollups do not count sessions: the spans of this one
+            // subject do, from the requests kept by minute where the pass
+            // keeps them.
+            if let Some((b, c)) = sql.error_sessions(ctx, (&t.service, &t.operation, &t.segment)).await? {
+                baseline.insert("error_sessions".into(), Value::from(b));
+                current.insert("error_sessions".into(), Value::from(c));
+                sql.noted(&q, 2);
+                return Ok(q);
+            }
             for r in sql.rows(&q).await?.iter() {
                 let side = if r.str("side").as_deref() == Some("current") { &mut *current } else { &mut *baseline };
                 side.insert("error_sessions".into(), Value::from(r.u64("error_sessions")));
