@@ -210,6 +210,16 @@ pub struct Test {
 /// One side's numbers, by name (`p95_ms`, `error_rate`, ...).
 pub type Numbers = BTreeMap<String, Value>;
 
+/// One side's latency evidence ([`Sql::latency_evidence`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SideLatency {
+    pub current: bool,
+    pub requests: u64,
+    pub sessions: u64,
+    /// p50, p95 and p99 in milliseconds, to three places.
+    pub ms: [f64; 3],
+}
+
 /// Runs SQL as the pass's tenant, on the query engine's own runtime.
 #[async_trait]
 pub trait Sql: Send + Sync {
@@ -252,6 +262,18 @@ pub trait Sql: Send + Sync {
         _ctx: &Ctx,
         _subject: (&str, &str, &BTreeMap<String, Value>),
     ) -> Result<Option<(u64, u64)>, AnalysisError> {
+        Ok(None)
+    }
+
+    /// The latency of a subject's requests that succeeded, per side, as
+    /// `detectors/evidence_latency.sql` gives it: `(current, requests,
+    /// sessions, p50, p95, p99 in ms)` for each side with requests, from the
+    /// requests kept by minute; `None` where the pass keeps none.
+    async fn latency_evidence(
+        &self,
+        _ctx: &Ctx,
+        _subject: (&str, &str, &BTreeMap<String, Value>),
+    ) -> Result<Option<Vec<SideLatency>>, AnalysisError> {
         Ok(None)
     }
 

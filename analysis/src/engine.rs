@@ -500,6 +500,56 @@ impl Sql for TenantSql<'_> {
         Ok(Some((seen.len() as u64 - current, current)))
     }
 
+    async fn latency_evidence(
+        &self,
+        ctx: &Ctx,
+        (service, operation, segment): (&str, &str, &BTreeMap<String, Value>),
+    ) -> Result<Option<Vec<crate::detector::SideLatency>>, AnalysisError> {
+        let Some(book) = self.requests else { return Ok(None) };
+        let cut = Cut::new(&ctx.segments, service, operation, segment);
+        let (baseline_end, split) = (ctx.baseline_end.timestamp_nanos_opt(), ctx.split.timestamp_nanos_opt());
+        let (Some(baseline_end), Some(split)) = (baseline_end, split) else { return Ok(None) };
+        // Per side (baseline, current): the durations and the sessions.
+        let mut sides: [(Vec<i64>, HashSet<Arc<str>>); 2] = Default::default();
+        let site = [(service.to_owned(), operation.to_owned())];
+        let range = (ctx.baseline_start, ctx.end);
+        let lean = segment.is_empty();
+        let kept = book
+            .requests(self.engine, self.tenant, &ctx.segments, &site, range, lean, |service, operation, r, segs| {
+                let cur = r.start >= split;
+                if r.err || !(cur || r.start < baseline_end) {
+                    return;
+                }
+                let segs: Vec<Option<String>> = segs.iter().map(|v| v.map(str::to_owned)).collect();
+                if cut.holds(service, operation, &segs) {
+                    let side = &mut sides[usize::from(cur)];
+                    side.0.push(r.duration_ns);
+                    if let Some(s) = &r.session {
+                        side.1.insert(Arc::clone(s));
+                    }
+                }
+            })
+            .await?;
+        if !kept {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for (current, (mut durations, sessions)) in [false, true].into_iter().zip(sides) {
+            durations.sort_unstable();
+            let ms = [0.5, 0.95, 0.99]
+                .map(|p| crate::requests::percentile_cont(&durations, p).map_or(f64::NAN, crate::requests::round_ms));
+            if !durations.is_empty() {
+                out.push(crate::detector::SideLatency {
+                    current,
+                    requests: durations.len() as u64,
+                    sessions: sessions.len() as u64,
+                    ms,
+                });
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn answered(&self, sql: &str, rows: &Rows) {
         self.note(sql, rows);
         self.ran().insert(sql.to_owned(), rows.clone());
@@ -2104,6 +2154,25 @@ mod tests {
                 };
                 assert_eq!(kept, (side("baseline"), side("current")), "pass {i}: {subject:?}");
                 *nonzero.entry("error_sessions").or_default() += kept.1 as i64;
+                // The latency evidence likewise.
+                let kept = rt.block_on(sql.latency_evidence(&ctx, subject)).unwrap().expect("kept by minute");
+                let statement = sql::render(
+                    include_str!("detectors/evidence_latency.sql"),
+                    &ctx.lean_for(&o.segment).vars(&filter),
+                );
+                let direct: Vec<crate::detector::SideLatency> = rt
+                    .block_on(query(&engine, &tenant, &statement))
+                    .unwrap()
+                    .iter()
+                    .map(|r| crate::detector::SideLatency {
+                        current: r.str("side").as_deref() == Some("current"),
+                        requests: r.u64("requests"),
+                        sessions: r.u64("sessions"),
+                        ms: ["p50_ms", "p95_ms", "p99_ms"].map(|k| r.f64(k).unwrap_or(f64::NAN)),
+                    })
+                    .collect();
+                assert_eq!(direct.len(), 2, "pass {i}: {subject:?}");
+                assert_eq!(kept, direct, "pass {i}: {subject:?}");
             }
             // The calls of sessions and the cells of `span_metrics` are kept
             // through new spans: only the minutes the store may have changed

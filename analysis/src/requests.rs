@@ -34,6 +34,7 @@ pub struct Request {
     /// Start and end, Unix ns.
     pub start: i64,
     pub end: i64,
+    pub duration_ns: i64,
     pub err: bool,
     pub session: Option<Arc<str>>,
     /// Each segment column's value on the span itself, as text.
@@ -153,12 +154,16 @@ impl RequestBook {
                     ) else {
                         continue;
                     };
+                    let Some(duration_ns) = r.i64("duration_ns") else {
+                        continue;
+                    };
                     let own = (0..segments.columns.len()).map(|i| text(r.str(&format!("own{i}")))).collect();
                     let request = Request {
                         trace_id: trace_id.into(),
                         span_id: span_id.into(),
                         start,
                         end,
+                        duration_ns,
                         err: r.i64("err") == Some(1),
                         session: text(r.str("session_id")),
                         own,
@@ -265,7 +270,7 @@ fn requests_query(segments: &Segments, sites: &[&(String, String)], a: i64, z: i
         .collect();
     format!(
         "SELECT s.trace_id, s.span_id, CAST(s.start_time AS BIGINT) AS t0, CAST(s.end_time AS BIGINT) AS t1,\n       \
-         s.service_name AS service, {op} AS operation,\n       \
+         s.duration_ns, s.service_name AS service, {op} AS operation,\n       \
          CASE WHEN s.status_code = 'error' THEN 1 ELSE 0 END AS err, s.session_id{own}\n\
          FROM spans s\nWHERE s.kind = 'server' AND s.start_time >= {from} AND s.start_time < {to}\n  AND ({sites})",
         op = sql::OPERATION,
@@ -317,4 +322,27 @@ pub fn arriving(store: &andon_store::Store, tenant: &Tenant, at: Option<DateTime
 /// Whether the trace `id` (hex) is among `arriving`.
 pub fn is_arriving(arriving: &HashSet<u128>, id: &str) -> bool {
     !arriving.is_empty() && u128::from_str_radix(id, 16).is_ok_and(|v| arriving.contains(&v))
+}
+
+/// `percentile_cont(p) WITHIN GROUP (ORDER BY v)` of integers as DataFusion
+/// computes it: between the closest ranks, by a weight quantized to a
+/// millionth, truncated back to an integer. `values` is sorted.
+pub fn percentile_cont(values: &[i64], p: f64) -> Option<i64> {
+    let n = values.len();
+    if n <= 1 {
+        return values.first().copied();
+    }
+    let index = p * (n - 1) as f64;
+    let (lower, upper) = (index.floor() as usize, index.ceil() as usize);
+    if lower == upper {
+        return Some(values[lower]);
+    }
+    let weight = ((index - lower as f64) * 1_000_000.0) as usize as f64 / 1_000_000.0;
+    let (lo, hi) = (values[lower] as f64, values[upper] as f64);
+    Some((lo + (hi - lo) * weight) as i64)
+}
+
+/// `round(ns / 1e6, 3)`: nanoseconds as milliseconds to three places, as DataFusion rounds.
+pub fn round_ms(ns: i64) -> f64 {
+    (ns as f64 / 1e6 * 1000.0).round() / 1000.0
 }

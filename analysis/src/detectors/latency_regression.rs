@@ -255,6 +255,18 @@ impl Detector for LatencyRegression {
     ) -> Result<String, AnalysisError> {
         let filter = ctx.subject_filter(&t.service, &t.operation, &t.segment);
         let q = sql::render(include_str!("evidence_latency.sql"), &ctx.lean_for(&t.segment).vars(&filter));
+        if let Some(sides) = sql.latency_evidence(ctx, (&t.service, &t.operation, &t.segment)).await? {
+            sql.noted(&q, sides.len());
+            for s in sides {
+                let side = if s.current { &mut *current } else { &mut *baseline };
+                side.insert("requests".into(), Value::from(s.requests));
+                side.insert("sessions".into(), Value::from(s.sessions));
+                for (k, v) in ["p50_ms", "p95_ms", "p99_ms"].into_iter().zip(s.ms) {
+                    side.insert(k.into(), num(v));
+                }
+            }
+            return Ok(q);
+        }
         for r in sql.rows(&q).await?.iter() {
             let side = if r.str("side").as_deref() == Some("current") { &mut *current } else { &mut *baseline };
             for k in ["requests", "sessions"] {
