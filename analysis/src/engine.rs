@@ -468,65 +468,38 @@ impl Sql for TenantSql<'_> {
     async fn error_sessions(
         &self,
         ctx: &Ctx,
-        (service, operation, segment): (&str, &str, &BTreeMap<String, Value>),
+        subject: (&str, &str, &BTreeMap<String, Value>),
     ) -> Result<Option<(u64, u64)>, AnalysisError> {
-        let Some(book) = self.requests else { return Ok(None) };
-        let cut = Cut::new(&ctx.segments, service, operation, segment);
-        let lean = segment.is_empty();
         // `count(DISTINCT session_id)` of the failed requests per side and
         // segment values, summed over the values the segment keeps.
         let mut seen: HashSet<(bool, Vec<Option<String>>, Arc<str>)> = HashSet::new();
-        let (baseline_end, split) = (ctx.baseline_end.timestamp_nanos_opt(), ctx.split.timestamp_nanos_opt());
-        let (Some(baseline_end), Some(split)) = (baseline_end, split) else { return Ok(None) };
-        let site = [(service.to_owned(), operation.to_owned())];
-        let range = (ctx.baseline_start, ctx.end);
-        let kept = book
-            .requests(self.engine, self.tenant, &ctx.segments, &site, range, lean, |service, operation, r, segs| {
-                let cur = r.start >= split;
-                if !r.err || !(cur || r.start < baseline_end) {
-                    return;
-                }
-                let Some(session) = &r.session else { return };
-                let segs: Vec<Option<String>> = segs.iter().map(|v| v.map(str::to_owned)).collect();
-                if cut.holds(service, operation, &segs) {
+        let kept = self
+            .subject_requests(ctx, subject, |cur, r, segs| {
+                if let Some(session) = r.session.as_ref().filter(|_| r.err) {
                     seen.insert((cur, segs, Arc::clone(session)));
                 }
             })
             .await?;
-        if !kept {
-            return Ok(None);
-        }
         let current = seen.iter().filter(|k| k.0).count() as u64;
-        Ok(Some((seen.len() as u64 - current, current)))
+        Ok(kept.then(|| (seen.len() as u64 - current, current)))
     }
 
     async fn latency_evidence(
         &self,
         ctx: &Ctx,
-        (service, operation, segment): (&str, &str, &BTreeMap<String, Value>),
+        subject: (&str, &str, &BTreeMap<String, Value>),
     ) -> Result<Option<Vec<crate::detector::SideLatency>>, AnalysisError> {
-        let Some(book) = self.requests else { return Ok(None) };
-        let cut = Cut::new(&ctx.segments, service, operation, segment);
-        let (baseline_end, split) = (ctx.baseline_end.timestamp_nanos_opt(), ctx.split.timestamp_nanos_opt());
-        let (Some(baseline_end), Some(split)) = (baseline_end, split) else { return Ok(None) };
-        // Per side (baseline, current): the durations and the sessions.
+        // Per side (baseline, current): the durations and the sessions of the requests that succeeded.
         let mut sides: [(Vec<i64>, HashSet<Arc<str>>); 2] = Default::default();
-        let site = [(service.to_owned(), operation.to_owned())];
-        let range = (ctx.baseline_start, ctx.end);
-        let lean = segment.is_empty();
-        let kept = book
-            .requests(self.engine, self.tenant, &ctx.segments, &site, range, lean, |service, operation, r, segs| {
-                let cur = r.start >= split;
-                if r.err || !(cur || r.start < baseline_end) {
+        let kept = self
+            .subject_requests(ctx, subject, |cur, r, _| {
+                if r.err {
                     return;
                 }
-                let segs: Vec<Option<String>> = segs.iter().map(|v| v.map(str::to_owned)).collect();
-                if cut.holds(service, operation, &segs) {
-                    let side = &mut sides[usize::from(cur)];
-                    side.0.push(r.duration_ns);
-                    if let Some(s) = &r.session {
-                        side.1.insert(Arc::clone(s));
-                    }
+                let side = &mut sides[usize::from(cur)];
+                side.0.push(r.duration_ns);
+                if let Some(s) = &r.session {
+                    side.1.insert(Arc::clone(s));
                 }
             })
             .await?;
@@ -561,6 +534,48 @@ impl Sql for TenantSql<'_> {
 }
 
 impl TenantSql<'_> {
+    /// The server requests of a subject (service, operation, segment) on
+    /// either side of the pass, as a detector's statement over spans sees
+    /// them (without a segment, by the spans' own segment values), from the
+    /// requests kept by minute: `each(current, request, segment values)`.
+    /// `false` where the pass keeps none or they are not held (the caller
+    /// runs the SQL).
+    async fn subject_requests(
+        &self,
+        ctx: &Ctx,
+        (service, operation, segment): (&str, &str, &BTreeMap<String, Value>),
+        mut each: impl FnMut(bool, &crate::requests::Request, Vec<Option<String>>),
+    ) -> Result<bool, AnalysisError> {
+        let Some(book) = self.requests else { return Ok(false) };
+        let (Some(baseline_end), Some(split)) =
+            (ctx.baseline_end.timestamp_nanos_opt(), ctx.split.timestamp_nanos_opt())
+        else {
+            return Ok(false);
+        };
+        let cut = Cut::new(&ctx.segments, service, operation, segment);
+        let site = [(service.to_owned(), operation.to_owned())];
+        let range = (ctx.baseline_start, ctx.end);
+        book.requests(
+            self.engine,
+            self.tenant,
+            &ctx.segments,
+            &site,
+            range,
+            segment.is_empty(),
+            |service, operation, r, segs| {
+                let cur = r.start >= split;
+                if !(cur || r.start < baseline_end) {
+                    return;
+                }
+                let segs: Vec<Option<String>> = segs.iter().map(|v| v.map(str::to_owned)).collect();
+                if cut.holds(service, operation, &segs) {
+                    each(cur, r, segs);
+                }
+            },
+        )
+        .await
+    }
+
     /// Moves the page fold kept between passes to `[from, to)` and hands it
     /// to `then`; `None` where the pass keeps no fold.
     async fn page_fold<T>(

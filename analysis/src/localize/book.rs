@@ -10,7 +10,7 @@
 //! able to change the minutes up to a reach before it), and a pass reads
 //! only the minutes it has not seen.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::minutes::{KEPT_TURNS, MinuteCells, now_ns, whole_minutes};
@@ -134,10 +134,7 @@ impl TraceBook {
                 InScope { traces: list, truncated }
             });
         }
-        let arriving: HashSet<u128> = match scope.settled.and_then(|at| at.timestamp_nanos_opt()) {
-            Some(at) => engine.store().last_arrivals(tenant).into_iter().filter(|a| a.1 > at).map(|a| a.0).collect(),
-            None => HashSet::new(),
-        };
+        let arriving = crate::requests::arriving(engine.store(), tenant, scope.settled);
         let held: Option<Vec<(String, i64)>> = {
             let b = self.book();
             b.scopes.parts(tenant, &key, &wanted).and_then(|parts| {
@@ -148,7 +145,7 @@ impl TraceBook {
                         continue;
                     }
                     for (id, root) in &cell.traces {
-                        if u128::from_str_radix(id, 16).is_ok_and(|v| arriving.contains(&v)) {
+                        if crate::requests::is_arriving(&arriving, id) {
                             // The traces kept of a full minute are no longer
                             // its first that have settled.
                             if cell.truncated {
