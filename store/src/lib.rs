@@ -944,9 +944,10 @@ impl Store {
         out
     }
 
-    /// Merges runs of small segments into one sorted segment each. The merge streams
-    /// through DataFusion's external sort under a fixed memory budget, spilling to
-    /// disk past it. Returns how many segments were replaced.
+    /// Merges runs of small segments into one sorted segment each: a slice of
+    /// the hour at a time, a streaming merge of the inputs' rows of that slice
+    /// (each input already sorted), under a fixed memory budget. Returns how
+    /// many segments were replaced.
     pub fn compact(&self) -> Result<usize, StoreError> {
         let _guard = self.inner.flush_lock.lock();
         if self.inner.closed.load(Ordering::Acquire) {

@@ -307,36 +307,69 @@ impl QueryEngine {
 /// of every input at once.
 const MERGE_BATCH_ROWS: usize = 2048;
 
-/// How compaction reads its inputs: `SELECT * FROM input ORDER BY` the
-/// segments' order, each input file declared sorted, so the plan is a
+/// How compaction reads its inputs: one slice of the hour at a time
+/// ([`compaction_sql`]), each input file declared sorted, so the plan is a
 /// streaming merge of the files (one batch of each held at a time), not a sort.
 fn compaction_context(store: &Store, segments: Vec<crate::Segment>) -> Result<SessionContext, StoreError> {
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
     let runtime = RuntimeEnvBuilder::new().with_memory_limit(96 << 20, 1.0).build_arc()?;
-    let config = SessionConfig::new().with_target_partitions(1).with_batch_size(MERGE_BATCH_ROWS);
+    let mut config = SessionConfig::new().with_target_partitions(1).with_batch_size(MERGE_BATCH_ROWS);
+    // Each slice's statement skips the other slices' row groups.
+    config.options_mut().execution.parquet.pushdown_filters = true;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_table("input", Arc::new(SpansTable::segments(store.clone(), segments)))?;
     Ok(ctx)
 }
 
-fn compaction_sql() -> String {
+/// The rows of one slice (`segment::SLICE_NS`, counted from the epoch) in the
+/// segments' order. Inside a slice every input is sorted that way: a segment
+/// holds each slice as its own row groups, and one written before slices is
+/// sorted that way as a whole, which its rows of one slice still are.
+fn compaction_sql(slice: i64) -> String {
+    let at = |ns: i64| crate::sql::ts(chrono::DateTime::from_timestamp_nanos(ns));
     let order: Vec<String> = crate::table::SEGMENT_ORDER.iter().map(|c| format!("{c} ASC NULLS LAST")).collect();
-    format!("SELECT * FROM input ORDER BY {}", order.join(", "))
+    format!(
+        "SELECT * FROM input WHERE start_time >= {} AND start_time < {} ORDER BY {}",
+        at(slice * crate::segment::SLICE_NS),
+        at((slice + 1) * crate::segment::SLICE_NS),
+        order.join(", ")
+    )
 }
 
-/// The rows of `segments`, sorted as segments are, streamed under a memory budget.
+/// The rows of `segments` (one partition), sorted as segments are, slice
+/// after slice, streamed under a memory budget.
 pub(crate) fn sorted_segments(
     store: &Store,
     segments: Vec<crate::Segment>,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, StoreError>>, StoreError> {
+    use crate::segment::{NANOS_PER_HOUR, SLICE_NS};
+
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let first = segments.first().map_or(0, |s| s.hour) * NANOS_PER_HOUR / SLICE_NS;
+    let mut slices = first..first + NANOS_PER_HOUR / SLICE_NS;
     let ctx = compaction_context(store, segments)?;
-    let mut stream = rt.block_on(async {
-        let df = ctx.sql(&compaction_sql()).await?;
-        df.execute_stream().await
-    })?;
-    Ok(std::iter::from_fn(move || rt.block_on(stream.next()).map(|r| r.map_err(StoreError::from))))
+    let mut stream: Option<datafusion::execution::SendableRecordBatchStream> = None;
+    Ok(std::iter::from_fn(move || {
+        loop {
+            if let Some(s) = stream.as_mut() {
+                match rt.block_on(s.next()) {
+                    Some(r) => return Some(r.map_err(StoreError::from)),
+                    None => stream = None,
+                }
+            }
+            let slice = slices.next()?;
+            let started = rt.block_on(async { ctx.sql(&compaction_sql(slice)).await?.execute_stream().await });
+            match started {
+                Ok(s) => stream = Some(s),
+                Err(e) => {
+                    // Nothing after a failed slice: the merged file would lack its rows.
+                    slices = 0..0;
+                    return Some(Err(StoreError::from(e)));
+                }
+            }
+        }
+    }))
 }
 
 #[cfg(test)]
@@ -344,11 +377,11 @@ mod tests {
     use super::*;
 
     /// The physical plan compaction runs over `segments`, as text.
-    pub(crate) fn compaction_plan(store: &Store, segments: Vec<crate::Segment>) -> String {
+    pub(crate) fn compaction_plan(store: &Store, segments: Vec<crate::Segment>, slice: i64) -> String {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let ctx = compaction_context(store, segments).unwrap();
         rt.block_on(async {
-            let plan = ctx.sql(&compaction_sql()).await.unwrap().create_physical_plan().await.unwrap();
+            let plan = ctx.sql(&compaction_sql(slice)).await.unwrap().create_physical_plan().await.unwrap();
             datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string()
         })
     }
@@ -390,48 +423,80 @@ mod tests {
     }
 
     #[test]
-    fn compaction_merges_its_sorted_inputs_without_sorting_them() {
+    fn compaction_merges_its_sorted_inputs_slice_by_slice_without_sorting_them() {
+        use crate::segment::{SLICE_NS, slice_of};
         use arrow::array::AsArray;
         use arrow::datatypes::TimestampNanosecondType;
 
         let dir = tempfile::tempdir().unwrap();
         let mut config = crate::StoreConfig::new(dir.path());
         config.flush_interval = Duration::from_secs(3_600);
+        config.compact_min_segments = 2;
+        config.sessions_snapshot_interval = Duration::ZERO;
         let store = Store::open(config).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let tenant = Tenant::default_tenant();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
         let hour = now / 3_600_000_000_000 * 3_600_000_000_000;
         // Three flushes, each with three services whose spans interleave in time
-        // with the other flushes'.
+        // with the other flushes', over every slice of the hour.
         for flush in 0..3u64 {
             for (k, service) in ["checkout", "api", "cart"].into_iter().enumerate() {
-                let starts: Vec<u64> = (0..20u64).map(|i| hour + (i * 9 + flush * 3 + k as u64) * 1_000_000).collect();
+                let starts: Vec<u64> =
+                    (0..20u64).map(|i| hour + (i * 9 + flush * 3 + k as u64) * 20_000_000_000).collect();
                 rt.block_on(store.append(&tenant, export(service, &starts, flush * 10 + k as u64))).unwrap();
             }
             store.flush().unwrap();
         }
         let segments: Vec<crate::Segment> = store.inner.state.read().segments.values().cloned().collect();
         assert_eq!(segments.len(), 3);
-        let plan = compaction_plan(&store, segments.clone());
+        let first = slice_of(hour as i64);
+        let plan = compaction_plan(&store, segments.clone(), first);
         assert!(plan.contains("SortPreservingMergeExec"), "{plan}");
         assert!(!plan.contains("SortExec"), "{plan}");
+        assert!(plan.contains("pruning_predicate"), "each slice skips the others' row groups: {plan}");
 
-        let rows: Vec<(String, String, i64)> = sorted_segments(&store, segments)
+        let key = |service: &str, name: &str, start: i64| (slice_of(start), service.to_owned(), name.to_owned(), start);
+        let rows: Vec<(i64, String, String, i64)> = sorted_segments(&store, segments)
             .unwrap()
             .flat_map(|b| {
                 let b = b.unwrap();
                 let s = |c: &str| b.column_by_name(c).unwrap().as_string::<i32>().clone();
                 let (service, name) = (s("service_name"), s("name"));
                 let start = b.column_by_name("start_time").unwrap().as_primitive::<TimestampNanosecondType>().clone();
-                (0..b.num_rows())
-                    .map(|i| (service.value(i).to_owned(), name.value(i).to_owned(), start.value(i)))
-                    .collect::<Vec<_>>()
+                (0..b.num_rows()).map(|i| key(service.value(i), name.value(i), start.value(i))).collect::<Vec<_>>()
             })
             .collect();
         assert_eq!(rows.len(), 180);
         let mut sorted = rows.clone();
         sorted.sort();
         assert_eq!(rows, sorted);
+
+        // The merged segment holds each slice as its own row group.
+        assert_eq!(store.compact().unwrap(), 3);
+        let merged: Vec<crate::Segment> = store.inner.state.read().segments.values().cloned().collect();
+        assert_eq!(merged.len(), 1);
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new(std::fs::File::open(&merged[0].path).unwrap())
+                .unwrap();
+        use parquet::file::reader::FileReader;
+        let start_col = reader
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.name() == "start_time")
+            .unwrap();
+        let mut slices = Vec::new();
+        for rg in reader.metadata().row_groups() {
+            let stats = rg.column(start_col).statistics().unwrap();
+            let (parquet::file::statistics::Statistics::Int64(st)) = stats else { panic!("{stats:?}") };
+            let (lo, hi) = (*st.min_opt().unwrap(), *st.max_opt().unwrap());
+            assert_eq!(slice_of(lo), slice_of(hi), "a row group within one slice");
+            slices.push(slice_of(lo));
+        }
+        let expected: Vec<i64> = (0..(3_600_000_000_000 / SLICE_NS)).map(|i| first + i).collect();
+        assert_eq!(slices, expected);
     }
 }

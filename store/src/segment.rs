@@ -12,9 +12,12 @@
 //! lies inside `[first, last]`. A crash after the merged file is renamed but before
 //! its inputs are deleted is mended on start by deleting those inputs.
 //!
-//! Rows are sorted by service, span name and start time: that is what detectors and
-//! people filter on, so row-group statistics prune well, and neighbouring rows share
-//! attribute values, which dictionary encoding and zstd turn into few bytes.
+//! Each row group holds one [`SLICE_NS`] slice of the hour, and its rows are
+//! sorted by service, span name and start time. Almost every statement bounds
+//! `start_time`, and most read a few minutes, so row-group statistics skip the
+//! rest of the hour; inside a slice, the sort is what people and detectors
+//! filter on, so page statistics prune, and neighbouring rows share attribute
+//! values, which dictionary encoding and zstd turn into few bytes.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -38,6 +41,17 @@ use crate::error::StoreError;
 use crate::wal::sync_dir;
 
 pub const NANOS_PER_HOUR: i64 = 3_600 * 1_000_000_000;
+
+/// The span of start times one row group holds (a divisor of the hour). A
+/// statement over a minute decodes one row group of the twelve in an hour
+/// instead of the whole hour's, while a slice still holds long runs of one
+/// service and operation to compress.
+pub const SLICE_NS: i64 = 5 * 60 * 1_000_000_000;
+
+/// The slice (of [`SLICE_NS`], counted from the epoch) a start time falls in.
+pub fn slice_of(start_ns: i64) -> i64 {
+    start_ns.div_euclid(SLICE_NS)
+}
 
 /// A committed segment file.
 #[derive(Debug, Clone)]
@@ -160,7 +174,8 @@ impl SortedByHour<'_> {
     }
 }
 
-/// Sorts the batches of one tenant and splits them by hour.
+/// Sorts the batches of one tenant by slice, service, span name and start
+/// time, and splits them by hour.
 pub fn sort_by_hour(batches: &[RecordBatch]) -> Result<SortedByHour<'_>, StoreError> {
     let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
     if batches.is_empty() {
@@ -175,13 +190,9 @@ pub fn sort_by_hour(batches: &[RecordBatch]) -> Result<SortedByHour<'_>, StoreEr
         Ok(concat(&parts)?)
     };
     let start = column("start_time")?;
-    let hours: Int64Array = start
-        .as_primitive::<TimestampNanosecondType>()
-        .iter()
-        .map(|t| t.map(|t| t.div_euclid(NANOS_PER_HOUR)))
-        .collect();
+    let slices: Int64Array = start.as_primitive::<TimestampNanosecondType>().iter().map(|t| t.map(slice_of)).collect();
     let sort = [
-        SortColumn { values: Arc::new(hours.clone()), options: None },
+        SortColumn { values: Arc::new(slices.clone()), options: None },
         SortColumn { values: column("service_name")?, options: None },
         SortColumn { values: column("name")?, options: None },
         SortColumn { values: start, options: None },
@@ -205,7 +216,7 @@ pub fn sort_by_hour(batches: &[RecordBatch]) -> Result<SortedByHour<'_>, StoreEr
             (b, i - firsts[b])
         })
         .collect();
-    let hour_at = |k: usize| hours.value(indices.value(k) as usize);
+    let hour_at = |k: usize| (slices.value(indices.value(k) as usize) * SLICE_NS).div_euclid(NANOS_PER_HOUR);
     let mut runs = Vec::new();
     let mut run_start = 0;
     for i in 1..=rows.len() {
@@ -221,9 +232,10 @@ pub fn tenant_dir(root: &Path, tenant: &Tenant) -> PathBuf {
     root.join(tenant.as_str())
 }
 
-/// Writes `batches` (`rows` rows in all) to `dir/name` through a temporary file that
-/// is synced, renamed and its directory synced; a failure, or a row count other
-/// than `rows`, leaves no file behind. Returns the path and the file's size.
+/// Writes `batches` (`rows` rows in all, in slice order) to `dir/name` through a
+/// temporary file that is synced, renamed and its directory synced, closing a
+/// row group wherever the slice changes; a failure, or a row count other than
+/// `rows`, leaves no file behind. Returns the path and the file's size.
 fn write_file(
     dir: &Path,
     name: &str,
@@ -237,11 +249,18 @@ fn write_file(
     let write = || -> Result<File, StoreError> {
         let mut w = ArrowWriter::try_new(File::create(&tmp)?, span_schema(), Some(writer_properties(hint)?))?;
         let mut written = 0u64;
+        let mut slice = None;
         for b in batches {
             // A query's schema may differ in nullability only; the file's must not.
             let b = RecordBatch::try_new(span_schema(), b?.columns().to_vec())?;
             written += b.num_rows() as u64;
-            w.write(&b)?;
+            for (s, part) in by_slice(&b)? {
+                if slice.is_some_and(|current| current != s) {
+                    w.flush()?;
+                }
+                slice = Some(s);
+                w.write(&part)?;
+            }
         }
         if written != rows {
             // Never put a file that lost or gained rows in place of its inputs.
@@ -263,6 +282,23 @@ fn write_file(
         sync_dir(dir)?;
     }
     Ok((path, bytes))
+}
+
+/// The runs of `batch` whose start times fall in one slice, with the slice.
+fn by_slice(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
+    let start = batch
+        .column_by_name("start_time")
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or_else(|| StoreError::Corrupt("batch lacks start_time".into()))?;
+    let mut out = Vec::new();
+    let mut first = 0;
+    for i in 1..=batch.num_rows() {
+        if i == batch.num_rows() || slice_of(start.value(i)) != slice_of(start.value(first)) {
+            out.push((slice_of(start.value(first)), batch.slice(first, i - first)));
+            first = i;
+        }
+    }
+    Ok(out)
 }
 
 /// Writes one hour's sorted spans (`rows` of them, in `batches`) as a
