@@ -472,31 +472,54 @@ mod tests {
         sorted.sort();
         assert_eq!(rows, sorted);
 
-        // The merged segment holds each slice as its own row group.
+        // Its slices hold fewer rows than a row group is closed with: one group.
         assert_eq!(store.compact().unwrap(), 3);
         let merged: Vec<crate::Segment> = store.inner.state.read().segments.values().cloned().collect();
         assert_eq!(merged.len(), 1);
-        let reader =
-            parquet::file::serialized_reader::SerializedFileReader::new(std::fs::File::open(&merged[0].path).unwrap())
-                .unwrap();
+        assert_eq!(row_group_slices(&merged[0].path), vec![(first, first + 11)]);
+    }
+
+    /// The first and last slice of each row group of the segment at `path`.
+    fn row_group_slices(path: &std::path::Path) -> Vec<(i64, i64)> {
+        use crate::segment::slice_of;
         use parquet::file::reader::FileReader;
-        let start_col = reader
+        use parquet::file::statistics::Statistics;
+
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+        let schema = reader.metadata().file_metadata().schema_descr_ptr();
+        let start = schema.columns().iter().position(|c| c.name() == "start_time").unwrap();
+        reader
             .metadata()
-            .file_metadata()
-            .schema_descr()
-            .columns()
+            .row_groups()
             .iter()
-            .position(|c| c.name() == "start_time")
-            .unwrap();
-        let mut slices = Vec::new();
-        for rg in reader.metadata().row_groups() {
-            let stats = rg.column(start_col).statistics().unwrap();
-            let (parquet::file::statistics::Statistics::Int64(st)) = stats else { panic!("{stats:?}") };
-            let (lo, hi) = (*st.min_opt().unwrap(), *st.max_opt().unwrap());
-            assert_eq!(slice_of(lo), slice_of(hi), "a row group within one slice");
-            slices.push(slice_of(lo));
+            .map(|rg| match rg.column(start).statistics() {
+                Some(Statistics::Int64(st)) => (slice_of(*st.min_opt().unwrap()), slice_of(*st.max_opt().unwrap())),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_segment_closes_a_row_group_where_the_slice_changes_once_it_holds_enough_rows() {
+        use crate::segment::{SLICE_NS, slice_of, sort_by_hour, write_file};
+
+        let dir = tempfile::tempdir().unwrap();
+        let hour = 1_796_457_600_000_000_000u64;
+        // Four slices of three spans each, sent out of order.
+        let starts: Vec<u64> =
+            [3u64, 0, 2, 1].iter().flat_map(|s| (0..3).map(move |i| hour + s * SLICE_NS as u64 + i)).collect();
+        let batch = export("api", &starts, 1);
+        let first = slice_of(hour as i64);
+        for (group_rows, expected) in [
+            (1, vec![(first, first), (first + 1, first + 1), (first + 2, first + 2), (first + 3, first + 3)]),
+            (6, vec![(first, first + 1), (first + 2, first + 3)]),
+            (100, vec![(first, first + 3)]),
+        ] {
+            let sorted = sort_by_hour(std::slice::from_ref(&batch)).unwrap();
+            let name = format!("{group_rows}.parquet");
+            let (path, _) = write_file(dir.path(), &name, 12, sorted.gather(0), false, group_rows).unwrap();
+            assert_eq!(row_group_slices(&path), expected, "closed at {group_rows} rows");
         }
-        let expected: Vec<i64> = (0..(3_600_000_000_000 / SLICE_NS)).map(|i| first + i).collect();
-        assert_eq!(slices, expected);
     }
 }

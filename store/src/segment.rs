@@ -12,12 +12,13 @@
 //! lies inside `[first, last]`. A crash after the merged file is renamed but before
 //! its inputs are deleted is mended on start by deleting those inputs.
 //!
-//! Each row group holds one [`SLICE_NS`] slice of the hour, and its rows are
-//! sorted by service, span name and start time. Almost every statement bounds
+//! Rows are sorted by [`SLICE_NS`] slice of the hour, then service, span name
+//! and start time, and a row group holds one slice (or, for slices of few
+//! rows, several consecutive ones). Almost every statement bounds
 //! `start_time`, and most read a few minutes, so row-group statistics skip the
 //! rest of the hour; inside a slice, the sort is what people and detectors
-//! filter on, so page statistics prune, and neighbouring rows share attribute
-//! values, which dictionary encoding and zstd turn into few bytes.
+//! filter on, and neighbouring rows share attribute values, which dictionary
+//! encoding and zstd turn into few bytes.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,12 @@ pub const NANOS_PER_HOUR: i64 = 3_600 * 1_000_000_000;
 /// instead of the whole hour's, while a slice still holds long runs of one
 /// service and operation to compress.
 pub const SLICE_NS: i64 = 5 * 60 * 1_000_000_000;
+
+/// The fewest rows a row group is closed with where the slice changes: below
+/// it, the next slice joins the group. A sparse hour, or a flush of history
+/// spread over many slices, would otherwise write row groups too small to
+/// share dictionaries, and a small group is cheap to read whole.
+pub(crate) const SLICE_GROUP_ROWS: usize = 16 * 1024;
 
 /// The slice (of [`SLICE_NS`], counted from the epoch) a start time falls in.
 pub fn slice_of(start_ns: i64) -> i64 {
@@ -234,14 +241,16 @@ pub fn tenant_dir(root: &Path, tenant: &Tenant) -> PathBuf {
 
 /// Writes `batches` (`rows` rows in all, in slice order) to `dir/name` through a
 /// temporary file that is synced, renamed and its directory synced, closing a
-/// row group wherever the slice changes; a failure, or a row count other than
-/// `rows`, leaves no file behind. Returns the path and the file's size.
-fn write_file(
+/// row group where the slice changes once it holds `group_rows`; a failure,
+/// or a row count other than `rows`, leaves no file behind. Returns the path
+/// and the file's size.
+pub(crate) fn write_file(
     dir: &Path,
     name: &str,
     rows: u64,
     batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
     fsync: bool,
+    group_rows: usize,
 ) -> Result<(PathBuf, u64), StoreError> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
@@ -255,7 +264,7 @@ fn write_file(
             let b = RecordBatch::try_new(span_schema(), b?.columns().to_vec())?;
             written += b.num_rows() as u64;
             for (s, part) in by_slice(&b)? {
-                if slice.is_some_and(|current| current != s) {
+                if slice.is_some_and(|current| current != s) && w.in_progress_rows() >= group_rows {
                     w.flush()?;
                 }
                 slice = Some(s);
@@ -318,7 +327,7 @@ pub fn write_segment(
     let new_dir = !dir.exists();
     fs::create_dir_all(&dir)?;
     let name = format!("{flush_seq:020}-{n:04}.parquet");
-    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync)?;
+    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, SLICE_GROUP_ROWS)?;
     if fsync && new_dir {
         // The hour and tenant directories must survive too.
         for d in dir.ancestors().skip(1).take(2) {
@@ -343,7 +352,7 @@ pub fn write_compacted(
     let dir = inputs[0].path.parent().map(Path::to_path_buf).unwrap_or_default();
     let rows: u64 = inputs.iter().map(|s| s.rows).sum();
     let name = format!("{last:020}-c{first:020}.parquet");
-    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync)?;
+    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, SLICE_GROUP_ROWS)?;
     Ok(Segment {
         path,
         tenant: inputs[0].tenant.clone(),
