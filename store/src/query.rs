@@ -424,7 +424,7 @@ mod tests {
 
     #[test]
     fn compaction_merges_its_sorted_inputs_slice_by_slice_without_sorting_them() {
-        use crate::segment::{SLICE_NS, slice_of};
+        use crate::segment::slice_of;
         use arrow::array::AsArray;
         use arrow::datatypes::TimestampNanosecondType;
 

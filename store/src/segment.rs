@@ -53,7 +53,7 @@ pub const SLICE_NS: i64 = 5 * 60 * 1_000_000_000;
 /// it, the next slice joins the group. A sparse hour, or a flush of history
 /// spread over many slices, would otherwise write row groups too small to
 /// share dictionaries, and a small group is cheap to read whole.
-pub(crate) const SLICE_GROUP_ROWS: usize = 16 * 1024;
+const SLICE_GROUP_ROWS: usize = 16 * 1024;
 
 /// The slice (of [`SLICE_NS`], counted from the epoch) a start time falls in.
 pub fn slice_of(start_ns: i64) -> i64 {
