@@ -202,6 +202,8 @@ pub struct RawStorage {
     pub dedup_max_keys: u64,
     /// Merge an hour's small segments once there are this many.
     pub compact_min_segments: u64,
+    /// The most segments one merge reads at once (its memory grows with them).
+    pub compact_max_segments: u64,
     /// Segments below this size count as small.
     pub compact_small_bytes: u64,
     /// Keep `span_metrics` and `sessions` at ingest for detection to read;
@@ -292,6 +294,7 @@ impl Default for RawStorage {
             dedup_window_secs: 600,
             dedup_max_keys: 4_000_000,
             compact_min_segments: 8,
+            compact_max_segments: 16,
             compact_small_bytes: 32 << 20,
             rollups: true,
             sessions_snapshot_secs: 30,
@@ -517,6 +520,7 @@ impl RawConfig {
             dedup_window: Duration::from_secs(self.storage.dedup_window_secs.max(1)),
             dedup_max_keys: size("storage.dedup_max_keys", self.storage.dedup_max_keys, 1)?,
             compact_min_segments: size("storage.compact_min_segments", self.storage.compact_min_segments, 2)?,
+            compact_max_segments: size("storage.compact_max_segments", self.storage.compact_max_segments, 2)?,
             compact_small_bytes: self.storage.compact_small_bytes,
             rollups: self.storage.rollups,
             sessions_snapshot_interval: Duration::from_secs(self.storage.sessions_snapshot_secs),
@@ -526,6 +530,9 @@ impl RawConfig {
         };
         if store.max_buffer_bytes < store.flush_bytes {
             bail!("storage.max_buffer_bytes must be at least storage.flush_bytes");
+        }
+        if store.compact_max_segments < store.compact_min_segments {
+            bail!("storage.compact_max_segments must be at least storage.compact_min_segments");
         }
         Ok(Config {
             grpc_addr: addr("otlp.grpc_addr", &self.otlp.grpc_addr, listen)?,
@@ -634,6 +641,12 @@ mod tests {
         assert_eq!(s3.validate().unwrap().store.object_store.as_deref(), Some("s3://andon-spans/prod"));
         let err = load(None, &vars(&[("ANDON_OTLP_MAX_REQUEST_BYTES", "lots")])).unwrap_err();
         assert!(format!("{err:#}").contains("max_request_bytes"), "{err:#}");
+        // A merge must be able to take the run that triggers it.
+        let few = vars(&[("ANDON_STORAGE_COMPACT_MIN_SEGMENTS", "16"), ("ANDON_STORAGE_COMPACT_MAX_SEGMENTS", "4")]);
+        let err = load(None, &few).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("storage.compact_max_segments"), "{err}");
+        let ok = vars(&[("ANDON_STORAGE_COMPACT_MAX_SEGMENTS", "32")]);
+        assert_eq!(load(None, &ok).unwrap().validate().unwrap().store.compact_max_segments, 32);
     }
     #[test]
     fn the_runs_section_bounds_the_flight_recorder() {

@@ -86,6 +86,11 @@ pub struct StoreConfig {
     pub dedup_max_keys: usize,
     /// Merge a partition's segments once it has this many below `compact_small_bytes`.
     pub compact_min_segments: usize,
+    /// The most segments one merge reads at once. A merge holds a reader per
+    /// input and each reader a decompression context and pages per column (up
+    /// to about 15 MB an input): this bounds compaction's memory. Fewer means
+    /// merged segments still small, merged again: more rewriting.
+    pub compact_max_segments: usize,
     pub compact_small_bytes: u64,
     /// Keep `span_metrics` and `sessions` at ingest. Off, both stay empty and
     /// detection reads raw spans.
@@ -121,6 +126,7 @@ impl StoreConfig {
             dedup_window: Duration::from_secs(600),
             dedup_max_keys: 4_000_000,
             compact_min_segments: 8,
+            compact_max_segments: 16,
             compact_small_bytes: 32 << 20,
             rollups: true,
             rollup_segments: ["browser.mobile", "os.type", "cloud.region", "service.version"]
@@ -906,8 +912,9 @@ impl Store {
         Ok(rows)
     }
 
-    /// Picks, per partition, the longest run of small segments consecutive in flush
-    /// order, when it is long enough to be worth merging.
+    /// Picks, per partition, the runs of small segments consecutive in flush
+    /// order worth merging: every run of at least `compact_min_segments`, cut
+    /// into merges of at most `compact_max_segments`.
     fn compaction_candidates(&self) -> Vec<Vec<Segment>> {
         let cfg = &self.inner.config;
         let s = self.inner.state.read();
@@ -919,26 +926,26 @@ impl Store {
         for seg in s.segments.values().filter(|seg| seg.flush_seq <= written) {
             partitions.entry((seg.tenant.clone(), seg.hour)).or_default().push(seg.clone());
         }
+        let (min, max) = (cfg.compact_min_segments.max(2), cfg.compact_max_segments.max(2));
         let mut out = Vec::new();
         for (_, mut segs) in partitions {
             segs.sort_by_key(|x| x.flush_seq);
-            let mut best: Vec<Segment> = Vec::new();
             let mut run: Vec<Segment> = Vec::new();
-            for seg in segs {
-                if seg.bytes < cfg.compact_small_bytes && run.len() < 64 {
-                    run.push(seg);
-                } else {
-                    if run.len() > best.len() {
-                        best = std::mem::take(&mut run);
+            for seg in segs.into_iter().map(Some).chain([None]) {
+                match seg {
+                    Some(seg) if seg.bytes < cfg.compact_small_bytes => {
+                        if run.len() == max {
+                            out.push(std::mem::take(&mut run));
+                        }
+                        run.push(seg);
                     }
-                    run.clear();
+                    _ => {
+                        if run.len() >= min {
+                            out.push(std::mem::take(&mut run));
+                        }
+                        run.clear();
+                    }
                 }
-            }
-            if run.len() > best.len() {
-                best = run;
-            }
-            if best.len() >= cfg.compact_min_segments.max(2) {
-                out.push(best);
             }
         }
         out
@@ -1021,9 +1028,11 @@ impl Store {
     }
 
     /// Merges each tenant's oldest run of small sessions files, once it has
-    /// enough of them. The caller holds the flush lock.
+    /// enough of them, at most `compact_max_segments` files a merge. The
+    /// caller holds the flush lock.
     fn compact_sessions(&self, fsync: bool) -> Result<usize, StoreError> {
         let cfg = &self.inner.config;
+        let (min, max) = (cfg.compact_min_segments.max(2), cfg.compact_max_segments.max(2));
         let runs: Vec<Vec<sessions::SessionFile>> = {
             let s = self.inner.state.read();
             let mut by_tenant: BTreeMap<Tenant, Vec<sessions::SessionFile>> = BTreeMap::new();
@@ -1032,11 +1041,10 @@ impl Store {
             }
             by_tenant
                 .into_values()
-                .filter_map(|mut files| {
+                .flat_map(|mut files| {
                     files.sort_by_key(|f| f.flush);
-                    let run: Vec<_> =
-                        files.into_iter().take_while(|f| f.bytes < cfg.compact_small_bytes).take(64).collect();
-                    (run.len() >= cfg.compact_min_segments.max(2)).then_some(run)
+                    let run: Vec<_> = files.into_iter().take_while(|f| f.bytes < cfg.compact_small_bytes).collect();
+                    run.chunks(max).filter(|c| c.len() >= min).map(<[_]>::to_vec).collect::<Vec<_>>()
                 })
                 .collect()
         };

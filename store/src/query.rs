@@ -372,6 +372,41 @@ pub(crate) fn sorted_segments(
     }))
 }
 
+/// The rows of sessions files (each sorted by `order`, as a sessions file is
+/// written) merged in that order, streamed: one batch of each file held at a
+/// time, so a merge's memory grows with the number of files, not their size.
+pub(crate) fn merged_small_files(
+    files: Vec<(std::path::PathBuf, u64)>,
+    schema: arrow::datatypes::SchemaRef,
+    order: &'static [&'static str],
+) -> Result<impl Iterator<Item = Result<RecordBatch, StoreError>>, StoreError> {
+    use arrow::compute::SortOptions;
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let config = SessionConfig::new().with_target_partitions(1).with_batch_size(MERGE_BATCH_ROWS);
+    let ctx = SessionContext::new_with_config(config);
+    let mut stream = rt.block_on(async {
+        let state = ctx.state();
+        let scan =
+            crate::table::files_and_memory(&state, Arc::clone(&schema), &files, &[], None, None, Some(order)).await?;
+        // As `lexsort_to_indices` sorted them when the files were written.
+        let ascending = SortOptions { descending: false, nulls_first: true };
+        let exprs = order
+            .iter()
+            .map(|c| Ok(PhysicalSortExpr::new(Arc::new(Column::new_with_schema(c, &schema)?), ascending)))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let ordering = LexOrdering::new(exprs)
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("a merge without an order".into()))?;
+        let merge = Arc::new(SortPreservingMergeExec::new(ordering, scan));
+        merge.execute(0, ctx.task_ctx())
+    })?;
+    Ok(std::iter::from_fn(move || rt.block_on(stream.next()).map(|r| r.map_err(StoreError::from))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,5 +556,53 @@ mod tests {
             let (path, _) = write_file(dir.path(), &name, 12, sorted.gather(0), false, group_rows).unwrap();
             assert_eq!(row_group_slices(&path), expected, "closed at {group_rows} rows");
         }
+    }
+
+    #[test]
+    fn small_files_merge_in_their_order_a_batch_of_each_at_a_time() {
+        use arrow::array::{AsArray, Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("minute", DataType::Int64, false),
+            Field::new("session_id", DataType::Utf8, false),
+            Field::new("file", DataType::Int64, false),
+        ]));
+        // Three files, each sorted by (minute, session_id), interleaving; one
+        // holds more rows than a merge reads of a file at once.
+        let mut files = Vec::new();
+        let mut expected: Vec<(i64, String)> = Vec::new();
+        for f in 0..3i64 {
+            let n = if f == 1 { 3 * MERGE_BATCH_ROWS as i64 } else { 50 };
+            let mut rows: Vec<(i64, String)> =
+                (0..n).map(|i| ((i * 7 + f) % 40, format!("s{:05}", i * 3 + f))).collect();
+            rows.sort();
+            expected.extend(rows.iter().cloned());
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|_| f))),
+                ],
+            )
+            .unwrap();
+            let path = dir.path().join(format!("{f}.parquet"));
+            let bytes = crate::rollup::write_small_parquet(&path, &batch, false).unwrap();
+            files.push((path, bytes));
+        }
+        expected.sort();
+        let merged = merged_small_files(files, Arc::clone(&schema), &["minute", "session_id"]).unwrap();
+        let mut got: Vec<(i64, String)> = Vec::new();
+        for b in merged {
+            let b = b.unwrap();
+            assert!(b.num_rows() <= MERGE_BATCH_ROWS);
+            let minutes = b.column(0).as_primitive::<Int64Type>();
+            let ids = b.column(1).as_string::<i32>();
+            got.extend((0..b.num_rows()).map(|i| (minutes.value(i), ids.value(i).to_owned())));
+        }
+        assert_eq!(got.len(), expected.len());
+        assert_eq!(got, expected, "every row once, in (minute, session_id) order");
     }
 }

@@ -536,6 +536,17 @@ const SMALL_ROW_GROUP: usize = 16_384;
 /// Writes a rollup or a sessions file durably (temporary file, sync, rename,
 /// directory sync, and the two directories above a new one).
 pub fn write_small_parquet(path: &Path, batch: &RecordBatch, fsync: bool) -> Result<u64, StoreError> {
+    write_small_parquet_batches(path, batch.schema(), [Ok(batch.clone())], fsync)
+}
+
+/// [`write_small_parquet`] of batches written as they come, none held after
+/// it is written.
+pub fn write_small_parquet_batches(
+    path: &Path,
+    schema: SchemaRef,
+    batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
+    fsync: bool,
+) -> Result<u64, StoreError> {
     let dir = path.parent().ok_or_else(|| StoreError::Corrupt(format!("{} has no directory", path.display())))?;
     let new_dir = !dir.exists();
     fs::create_dir_all(dir)?;
@@ -546,8 +557,10 @@ pub fn write_small_parquet(path: &Path, batch: &RecordBatch, fsync: bool) -> Res
         .set_max_row_group_row_count(Some(SMALL_ROW_GROUP))
         .build();
     let write = || -> Result<File, StoreError> {
-        let mut w = ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(props))?;
-        w.write(batch)?;
+        let mut w = ArrowWriter::try_new(File::create(&tmp)?, schema, Some(props))?;
+        for batch in batches {
+            w.write(&batch?)?;
+        }
         let file = w.into_inner()?;
         if fsync {
             file.sync_all()?;

@@ -874,23 +874,41 @@ pub fn write_sessions(
     write_file(data_dir, tenant, (flush, flush), batch, fsync)
 }
 
-/// Merges the files of a run of flushes into one.
+/// The order of a sessions file's rows ([`write_file`]).
+const FILE_ORDER: [&str; 2] = ["minute", "session_id"];
+
+/// Merges the files of a run of flushes into one, streaming: each input is
+/// already in [`FILE_ORDER`], so the merge holds a batch of each at a time
+/// whatever their size.
 pub fn compact_files(data_dir: &Path, inputs: &[SessionFile], fsync: bool) -> Result<SessionFile, StoreError> {
     let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
         return Err(StoreError::Corrupt("no sessions files to compact".into()));
     };
-    let mut batches = Vec::new();
-    for f in inputs {
-        batches.extend(crate::rollup::read_small_parquet(&f.path)?);
-    }
-    let schema =
-        batches.first().map(|b| b.schema()).ok_or_else(|| StoreError::Corrupt("empty sessions files".into()))?;
-    let all = arrow::compute::concat_batches(&schema, &batches)?;
-    write_file(data_dir, &first.tenant, (first.first, last.flush), &all, fsync)
+    let schema = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&first.path)?)?
+        .schema()
+        .clone();
+    let hours =
+        (inputs.iter().map(|f| f.hours.0).min().unwrap_or(0), inputs.iter().map(|f| f.hours.1).max().unwrap_or(0));
+    let files: Vec<(PathBuf, u64)> = inputs.iter().map(|f| (f.path.clone(), f.bytes)).collect();
+    let merged = crate::query::merged_small_files(files, Arc::clone(&schema), &FILE_ORDER)?;
+    let path = file_path(data_dir, &first.tenant, (first.first, last.flush), hours);
+    let bytes = crate::rollup::write_small_parquet_batches(&path, schema, merged, fsync)?;
+    Ok(SessionFile { path, tenant: first.tenant.clone(), flush: last.flush, first: first.first, hours, bytes })
 }
 
 fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef, StoreError> {
     batch.column_by_name(name).cloned().ok_or_else(|| StoreError::Corrupt(format!("sessions rows without {name}")))
+}
+
+/// Where the sessions of the flushes `first..=flush` of `tenant`, starting in
+/// `hours`, are kept.
+fn file_path(data_dir: &Path, tenant: &Tenant, (first, flush): (u64, u64), hours: (i64, i64)) -> PathBuf {
+    let name = if first == flush {
+        format!("{flush:020}-h{}-h{}.parquet", hours.0, hours.1)
+    } else {
+        format!("{flush:020}-h{}-h{}-c{first:020}.parquet", hours.0, hours.1)
+    };
+    root(data_dir).join(tenant.as_str()).join(name)
 }
 
 fn write_file(
@@ -900,21 +918,15 @@ fn write_file(
     batch: &RecordBatch,
     fsync: bool,
 ) -> Result<SessionFile, StoreError> {
-    let dir = root(data_dir).join(tenant.as_str());
     let hours = hours_of(batch);
-    let name = if first == flush {
-        format!("{flush:020}-h{}-h{}.parquet", hours.0, hours.1)
-    } else {
-        format!("{flush:020}-h{}-h{}-c{first:020}.parquet", hours.0, hours.1)
-    };
-    let path = dir.join(name);
+    let path = file_path(data_dir, tenant, (first, flush), hours);
     // By minute, so that a query of a few hours of a file that spans a day
     // reads only their row groups and pages (by their statistics).
     let order = arrow::compute::lexsort_to_indices(
-        &[
-            arrow::compute::SortColumn { values: column(batch, "minute")?, options: None },
-            arrow::compute::SortColumn { values: column(batch, "session_id")?, options: None },
-        ],
+        &FILE_ORDER
+            .iter()
+            .map(|c| Ok(arrow::compute::SortColumn { values: column(batch, c)?, options: None }))
+            .collect::<Result<Vec<_>, StoreError>>()?,
         None,
     )?;
     let sorted = arrow::compute::take_record_batch(batch, &order)?;

@@ -328,6 +328,46 @@ fn compaction_merges_small_segments_and_a_crash_midway_is_mended() {
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 600);
 }
 
+#[test]
+fn a_merge_reads_at_most_compact_max_segments_and_the_merged_ones_merge_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns();
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 2;
+    cfg.compact_max_segments = 3;
+    cfg.sessions_snapshot_interval = std::time::Duration::ZERO;
+    let store = Store::open(cfg).unwrap();
+    for i in 0..7 {
+        rt.block_on(store.append(&t, batch(i, 100, now))).unwrap();
+        store.flush().unwrap();
+    }
+    assert_eq!(store.snapshot_stats().segments, 7);
+    // Seven small segments in a row: two merges of three; the seventh waits
+    // for a second one.
+    assert_eq!(store.compact().unwrap(), 6);
+    assert_eq!(store.snapshot_stats().segments, 3);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 700);
+    // The merged segments are small too, and consecutive with the seventh.
+    assert_eq!(store.compact().unwrap(), 3);
+    assert_eq!(store.snapshot_stats().segments, 1);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 700);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(DISTINCT trace_id) FROM spans")), 700);
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open({
+        let mut c = config(dir.path());
+        c.compact_max_segments = 3;
+        c
+    })
+    .unwrap();
+    let files = walk(&dir.path().join("segments"));
+    assert_eq!(files.len(), 1, "one segment holds all seven flushes: {files:?}");
+    assert!(files[0].file_name().unwrap().to_string_lossy().contains("-c"));
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 700);
+}
+
 fn kv(key: &str, v: Value) -> KeyValue {
     KeyValue { key: key.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
 }
