@@ -123,21 +123,133 @@ impl SessionSpec {
     }
 }
 
-/// One server call of a session.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One server call of a session. Names are shared with the other calls of
+/// the tenant's open sessions ([`Names`]), and the ids only kept as the keys
+/// they are looked up by: an open session's memory is mostly its calls.
+#[derive(Debug, Clone)]
 struct Call {
-    service: String,
-    operation: String,
-    route: Option<String>,
-    span_name: String,
-    trace: String,
-    parent: Option<String>,
+    service: Arc<str>,
+    operation: Arc<str>,
+    route: Option<Arc<str>>,
+    span_name: Arc<str>,
+    /// [`trace_key`] of its trace.
+    trace: u64,
+    /// [`span_key`] of its parent span.
+    parent: Option<u64>,
     start: i64,
     end: i64,
     err: bool,
     /// The span's own values of the segment columns that describe the
     /// process (`service.version`); `None` for the session's columns.
+    own: Box<[Option<Arc<str>>]>,
+}
+
+/// A call as written in the open sessions' file.
+#[derive(Serialize)]
+struct CallOut<'a> {
+    service: &'a str,
+    operation: &'a str,
+    route: Option<&'a str>,
+    span_name: &'a str,
+    trace: u64,
+    parent: Option<u64>,
+    start: i64,
+    end: i64,
+    err: bool,
+    own: Vec<Option<&'a str>>,
+}
+
+impl Serialize for Call {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        CallOut {
+            service: &self.service,
+            operation: &self.operation,
+            route: self.route.as_deref(),
+            span_name: &self.span_name,
+            trace: self.trace,
+            parent: self.parent,
+            start: self.start,
+            end: self.end,
+            err: self.err,
+            own: self.own.iter().map(Option::as_deref).collect(),
+        }
+        .serialize(s)
+    }
+}
+
+/// A key as written: the number, or (files written before ids were kept as
+/// keys) the id's text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Key {
+    Number(u64),
+    Text(String),
+}
+
+/// A call as read back: ids as keys, or as text in files written before.
+#[derive(Deserialize)]
+struct CallIn {
+    service: String,
+    operation: String,
+    route: Option<String>,
+    span_name: String,
+    trace: Key,
+    parent: Option<Key>,
+    start: i64,
+    end: i64,
+    err: bool,
     own: Vec<Option<String>>,
+}
+
+impl<'de> Deserialize<'de> for Call {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let c = CallIn::deserialize(d)?;
+        let parent = match (c.parent, &c.trace) {
+            (None, _) => None,
+            (Some(Key::Number(k)), _) => Some(k),
+            (Some(Key::Text(p)), Key::Text(t)) => Some(span_key(&mut String::new(), t, &p)),
+            (Some(Key::Text(_)), Key::Number(_)) => {
+                return Err(serde::de::Error::custom("a call's parent as text and its trace as a key"));
+            }
+        };
+        let trace = match &c.trace {
+            Key::Number(k) => *k,
+            Key::Text(t) => trace_key(t),
+        };
+        Ok(Call {
+            service: c.service.into(),
+            operation: c.operation.into(),
+            route: c.route.map(Into::into),
+            span_name: c.span_name.into(),
+            trace,
+            parent,
+            start: c.start,
+            end: c.end,
+            err: c.err,
+            own: c.own.into_iter().map(|v| v.map(Into::into)).collect(),
+        })
+    }
+}
+
+/// The names the calls of a tenant's open sessions hold, each once.
+#[derive(Debug, Default)]
+struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    /// Past this many, the set starts again (the calls keep theirs).
+    const MOST: usize = 100_000;
+
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return Arc::clone(n);
+        }
+        if self.0.len() >= Self::MOST {
+            self.0.clear();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.0.insert(Arc::clone(&n));
+        n
+    }
 }
 
 /// A session still receiving spans.
@@ -160,8 +272,9 @@ struct Open {
     /// `trace_id/span_id` of the root client spans of its traces.
     #[serde(deserialize_with = "span_keys")]
     root_clients: HashSet<u64>,
-    /// Traces its client sent again by itself.
-    resent: HashSet<String>,
+    /// [`trace_key`]s of the traces its client sent again by itself.
+    #[serde(deserialize_with = "trace_keys")]
+    resent: HashSet<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -169,6 +282,8 @@ struct TenantBook {
     open: HashMap<String, Open>,
     /// The latest span end seen (capped near the wall clock).
     watermark: i64,
+    #[serde(skip)]
+    names: Names,
 }
 
 /// Sessions taken from the open ones once quiet, until their rows are written.
@@ -226,13 +341,23 @@ fn by_span_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<u64, Ca
     Ok(m.into_iter().map(|(k, c)| (read_span_key(&k), c)).collect())
 }
 
+/// The key a trace is looked up by.
+fn trace_key(trace: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(trace.as_bytes())
+}
+
+fn trace_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashSet<u64>, D::Error> {
+    let keys = Vec::<Key>::deserialize(d)?;
+    Ok(keys
+        .into_iter()
+        .map(|k| match k {
+            Key::Number(n) => n,
+            Key::Text(t) => trace_key(&t),
+        })
+        .collect())
+}
+
 fn span_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashSet<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Key {
-        Number(u64),
-        Text(String),
-    }
     let keys = Vec::<Key>::deserialize(d)?;
     Ok(keys
         .into_iter()
@@ -374,7 +499,7 @@ impl SessionBook {
         for (tenant, sessions) in quiet.0 {
             merge_book(
                 by_tenant.entry(tenant).or_default(),
-                TenantBook { open: sessions.into_iter().collect(), watermark: 0 },
+                TenantBook { open: sessions.into_iter().collect(), watermark: 0, names: Names::default() },
             );
         }
     }
@@ -513,7 +638,7 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
     let sessions = Some(sessions);
     let col = |n: &str| text_column(batch, n);
     let (traces, spans, parents, kinds) = (col("trace_id"), col("span_id"), col("parent_span_id"), col("kind"));
-    let (services, names, routes, methods, status) =
+    let (services, span_names, routes, methods, status) =
         (col("service_name"), col("name"), col("http_route"), col("http_request_method"), col("status_code"));
     let segs: Vec<Option<ArrayRef>> = spec.segments.iter().map(|s| text_column(batch, s.column)).collect();
     let time = |n: &str| batch.column_by_name(n).and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
@@ -522,7 +647,7 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
     let width = spec.segments.len();
     // Spans stamped far ahead of the wall clock must not close every session.
     let cap = wall_ns.saturating_add(60_000_000_000);
-    let mut key_buf = String::new();
+    let (mut key_buf, mut op_buf) = (String::new(), String::new());
     for r in 0..batch.num_rows() {
         let Some(sid) = str_at(&sessions, r) else { continue };
         if start.is_null(r) {
@@ -534,7 +659,8 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
             book.open
                 .insert(sid.to_owned(), Open { root: vec![None; width], any: vec![None; width], ..Open::default() });
         }
-        let Some(s) = book.open.get_mut(sid) else { continue };
+        let TenantBook { open, names, .. } = &mut *book;
+        let Some(s) = open.get_mut(sid) else { continue };
         s.last_seen = s.last_seen.max(t1);
         let end = s.ends.entry(t0.div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE).or_insert(t1);
         *end = (*end).max(t1);
@@ -555,7 +681,7 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
         }
         let (Some(trace), Some(span)) = (str_at(&traces, r), str_at(&spans, r)) else { continue };
         if resend.is_some_and(|a| !a.is_null(r) && a.value(r) > 0) {
-            s.resent.insert(trace.to_owned());
+            s.resent.insert(trace_key(trace));
         }
         match str_at(&kinds, r) {
             Some("client") if parent.is_none() => {
@@ -567,28 +693,35 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
                     // Noted before (a WAL replayed, a restart's segments).
                     continue;
                 }
-                let name = str_at(&names, r).unwrap_or_default();
+                let name = str_at(&span_names, r).unwrap_or_default();
                 let route = str_at(&routes, r);
                 let operation = match (route, str_at(&methods, r)) {
-                    (None, _) => name.to_owned(),
-                    (Some(route), None) => route.to_owned(),
-                    (Some(route), Some(method)) => format!("{method} {route}"),
+                    (None, _) => names.get(name),
+                    (Some(route), None) => names.get(route),
+                    (Some(route), Some(method)) => {
+                        op_buf.clear();
+                        op_buf.push_str(method);
+                        op_buf.push(' ');
+                        op_buf.push_str(route);
+                        names.get(&op_buf)
+                    }
                 };
                 let own = spec
                     .segments
                     .iter()
                     .zip(&segs)
-                    .map(|(c, a)| if c.per_session { None } else { str_at(a, r).map(str::to_owned) })
+                    .map(|(c, a)| if c.per_session { None } else { str_at(a, r).map(|v| names.get(v)) })
                     .collect();
+                let parent = parent.map(|p| span_key(&mut key_buf, trace, p));
                 s.calls.insert(
                     key,
                     Call {
-                        service: str_at(&services, r).unwrap_or("unknown_service").to_owned(),
+                        service: names.get(str_at(&services, r).unwrap_or("unknown_service")),
                         operation,
-                        route: route.map(str::to_owned),
-                        span_name: name.to_owned(),
-                        trace: trace.to_owned(),
-                        parent: parent.map(str::to_owned),
+                        route: route.map(|v| names.get(v)),
+                        span_name: names.get(name),
+                        trace: trace_key(trace),
+                        parent,
                         start: t0,
                         end: t1,
                         err: str_at(&status, r) == Some("error"),
@@ -641,8 +774,8 @@ struct Row {
     session_start: i64,
     session_end: i64,
     seen_end: i64,
-    route: Option<String>,
-    span_name: String,
+    route: Option<Arc<str>>,
+    span_name: Arc<str>,
     first_call: i64,
     last_call: i64,
     first_page: Option<i64>,
@@ -670,13 +803,12 @@ impl Rows {
     fn add(&mut self, spec: &SessionSpec, id: &str, s: &Open, open: bool) {
         let Some(session_start) = s.calls.values().map(|c| c.start).min() else { return };
         let retry = spec.retry_ns();
-        let mut key_buf = String::new();
         let values: Vec<Option<&str>> = s.root.iter().zip(&s.any).map(|(r, a)| r.as_deref().or(a.as_deref())).collect();
         let mut segs: Vec<Option<&str>> = Vec::with_capacity(spec.segments.len());
         // Each operation's calls in order of start.
         let mut by_op: BTreeMap<(&str, &str), Vec<(&u64, &Call)>> = BTreeMap::new();
         for (k, c) in &s.calls {
-            by_op.entry((c.service.as_str(), c.operation.as_str())).or_default().push((k, c));
+            by_op.entry((&*c.service, &*c.operation)).or_default().push((k, c));
         }
         for ((service, operation), mut calls) in by_op {
             calls.sort_by(|a, b| (a.1.start, a.1.end, a.0).cmp(&(b.1.start, b.1.end, b.0)));
@@ -729,10 +861,7 @@ impl Rows {
                 }
                 row.first_call = row.first_call.min(c.start);
                 row.last_call = row.last_call.max(c.start);
-                let page = match &c.parent {
-                    None => true,
-                    Some(p) => s.root_clients.contains(&span_key(&mut key_buf, &c.trace, p)),
-                };
+                let page = c.parent.is_none_or(|p| s.root_clients.contains(&p));
                 if page {
                     row.first_page = Some(row.first_page.map_or(c.start, |f| f.min(c.start)));
                 }
@@ -778,7 +907,7 @@ impl Rows {
             Arc::new(StringArray::from(rows.iter().map(|r| r.0.1.as_str()).collect::<Vec<_>>())),
             Arc::new(StringArray::from(rows.iter().map(|r| r.0.2.as_str()).collect::<Vec<_>>())),
             Arc::new(rows.iter().map(|r| r.1.route.as_deref()).collect::<StringArray>()),
-            Arc::new(StringArray::from(rows.iter().map(|r| r.1.span_name.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| &*r.1.span_name).collect::<Vec<_>>())),
         ];
         for (i, s) in spec.segments.iter().enumerate() {
             let values = rows.iter().map(|r| r.0.3[i].as_deref());
