@@ -347,23 +347,21 @@ fn trace_key(trace: &str) -> u64 {
 }
 
 fn trace_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashSet<u64>, D::Error> {
-    let keys = Vec::<Key>::deserialize(d)?;
-    Ok(keys
-        .into_iter()
-        .map(|k| match k {
-            Key::Number(n) => n,
-            Key::Text(t) => trace_key(&t),
-        })
-        .collect())
+    keys(d, trace_key)
 }
 
 fn span_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashSet<u64>, D::Error> {
+    keys(d, read_span_key)
+}
+
+/// A set of keys as written: numbers, or texts made keys by `of_text`.
+fn keys<'de, D: serde::Deserializer<'de>>(d: D, of_text: fn(&str) -> u64) -> Result<HashSet<u64>, D::Error> {
     let keys = Vec::<Key>::deserialize(d)?;
     Ok(keys
         .into_iter()
         .map(|k| match k {
             Key::Number(n) => n,
-            Key::Text(t) => read_span_key(&t),
+            Key::Text(t) => of_text(&t),
         })
         .collect())
 }
