@@ -926,7 +926,8 @@ impl Store {
         for seg in s.segments.values().filter(|seg| seg.flush_seq <= written) {
             partitions.entry((seg.tenant.clone(), seg.hour)).or_default().push(seg.clone());
         }
-        let (min, max) = (cfg.compact_min_segments.max(2), cfg.compact_max_segments.max(2));
+        let min = cfg.compact_min_segments.max(2);
+        let max = cfg.compact_max_segments.max(min);
         let mut out = Vec::new();
         for (_, mut segs) in partitions {
             segs.sort_by_key(|x| x.flush_seq);
@@ -1032,7 +1033,8 @@ impl Store {
     /// caller holds the flush lock.
     fn compact_sessions(&self, fsync: bool) -> Result<usize, StoreError> {
         let cfg = &self.inner.config;
-        let (min, max) = (cfg.compact_min_segments.max(2), cfg.compact_max_segments.max(2));
+        let min = cfg.compact_min_segments.max(2);
+        let max = cfg.compact_max_segments.max(min);
         let runs: Vec<Vec<sessions::SessionFile>> = {
             let s = self.inner.state.read();
             let mut by_tenant: BTreeMap<Tenant, Vec<sessions::SessionFile>> = BTreeMap::new();
@@ -1050,7 +1052,7 @@ impl Store {
         };
         let mut replaced = 0;
         for run in runs {
-            let merged = sessions::compact_files(&cfg.data_dir, &run, fsync)?;
+            let merged = sessions::compact_files(&cfg.data_dir, &run, self.inner.sessions.spec().schema(), fsync)?;
             if let Err(e) = self.mirror(&merged.path) {
                 self.discard_uncommitted(&merged.path);
                 return Err(e);

@@ -605,4 +605,37 @@ mod tests {
         assert_eq!(got.len(), expected.len());
         assert_eq!(got, expected, "every row once, in (minute, session_id) order");
     }
+
+    #[test]
+    fn a_small_file_written_before_a_column_existed_merges_with_it_as_null() {
+        use arrow::array::{Array, AsArray, Int64Array};
+        use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+        let dir = tempfile::tempdir().unwrap();
+        let old = Arc::new(Schema::new(vec![Field::new("minute", DataType::Int64, false)]));
+        let new = Arc::new(Schema::new(vec![
+            Field::new("minute", DataType::Int64, false),
+            Field::new("recovered_end", DataType::Int64, true),
+        ]));
+        let a = RecordBatch::try_new(Arc::clone(&old), vec![Arc::new(Int64Array::from(vec![1, 3]))]).unwrap();
+        let b = RecordBatch::try_new(
+            Arc::clone(&new),
+            vec![Arc::new(Int64Array::from(vec![2, 4])), Arc::new(Int64Array::from(vec![20, 40]))],
+        )
+        .unwrap();
+        let mut files = Vec::new();
+        for (name, batch) in [("old.parquet", &a), ("new.parquet", &b)] {
+            let path = dir.path().join(name);
+            let bytes = crate::rollup::write_small_parquet(&path, batch, false).unwrap();
+            files.push((path, bytes));
+        }
+        let mut got = Vec::new();
+        for batch in merged_small_files(files, Arc::clone(&new), &["minute"]).unwrap() {
+            let batch = batch.unwrap();
+            assert_eq!(batch.schema().fields().len(), 2, "the newer column is kept");
+            let (m, r) = (batch.column(0).as_primitive::<Int64Type>(), batch.column(1).as_primitive::<Int64Type>());
+            got.extend((0..batch.num_rows()).map(|i| (m.value(i), r.is_valid(i).then(|| r.value(i)))));
+        }
+        assert_eq!(got, vec![(1, None), (2, Some(20)), (3, None), (4, Some(40))]);
+    }
 }

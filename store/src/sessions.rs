@@ -1006,14 +1006,18 @@ const FILE_ORDER: [&str; 2] = ["minute", "session_id"];
 
 /// Merges the files of a run of flushes into one, streaming: each input is
 /// already in [`FILE_ORDER`], so the merge holds a batch of each at a time
-/// whatever their size.
-pub fn compact_files(data_dir: &Path, inputs: &[SessionFile], fsync: bool) -> Result<SessionFile, StoreError> {
+/// whatever their size. Every file is read as `schema` (the `sessions`
+/// table's), as queries read it: a column a file written before it existed
+/// lacks reads as null, and none is dropped.
+pub fn compact_files(
+    data_dir: &Path,
+    inputs: &[SessionFile],
+    schema: SchemaRef,
+    fsync: bool,
+) -> Result<SessionFile, StoreError> {
     let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
         return Err(StoreError::Corrupt("no sessions files to compact".into()));
     };
-    let schema = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&first.path)?)?
-        .schema()
-        .clone();
     let hours =
         (inputs.iter().map(|f| f.hours.0).min().unwrap_or(0), inputs.iter().map(|f| f.hours.1).max().unwrap_or(0));
     let files: Vec<(PathBuf, u64)> = inputs.iter().map(|f| (f.path.clone(), f.bytes)).collect();
