@@ -4,7 +4,7 @@
 //! findings with their evidence. What a finding says and how it is tested are
 //! its detector's ([`crate::detector::Detector`]); this only orchestrates.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use crate::cluster::{self, Member};
 use crate::config::AnalysisConfig;
 use crate::detector::{Ctx, Detector, Facts, Sql, Test};
 use crate::detectors::{self, Candidate};
-use crate::localize;
+use crate::localize::{self, Scope};
 use crate::sides;
 use crate::sql::{self, Rows, Segments};
 use crate::summary;
@@ -53,14 +53,39 @@ struct Picked {
     any: Vec<Pick>,
 }
 
-/// A request of the current window, with what the candidates tell apart.
+/// A service's and an operation's names, shared.
+type Names = (Arc<str>, Arc<str>);
+
+/// A request of the current window, with what the candidates tell apart
+/// (the names and values shared with the requests kept by minute).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct WindowRequest {
-    service: String,
-    operation: String,
+    service: Arc<str>,
+    operation: Arc<str>,
     err: bool,
-    segs: Vec<Option<String>>,
-    pick: Pick,
+    segs: Box<[Option<Arc<str>>]>,
+    trace_id: Arc<str>,
+    span_id: Arc<str>,
+    start: i64,
+    end: i64,
+}
+
+impl WindowRequest {
+    fn pick(&self) -> Pick {
+        Pick {
+            trace_id: self.trace_id.to_string(),
+            span_id: self.span_id.to_string(),
+            start: self.start,
+            end: self.end,
+        }
+    }
+
+    /// The first `limit` of `requests` by trace and span id, as picks ([`Pick::first`]).
+    fn first<'a>(requests: impl Iterator<Item = &'a WindowRequest>, limit: usize) -> Vec<Pick> {
+        let mut v: Vec<&WindowRequest> = requests.collect();
+        v.sort_by(|a, b| a.trace_id.cmp(&b.trace_id).then(a.span_id.cmp(&b.span_id)));
+        v.into_iter().take(limit).map(WindowRequest::pick).collect()
+    }
 }
 
 /// Rows of one operation within one segment, among rows that carry every
@@ -83,10 +108,13 @@ impl<'a> Cut<'a> {
         Self { service, operation, want }
     }
 
-    fn holds(&self, service: &str, operation: &str, segs: &[Option<String>]) -> bool {
-        service == self.service
-            && operation == self.operation
-            && self.want.iter().all(|(i, v)| segs[*i].as_deref() == Some(v.as_str()))
+    fn holds<S: AsRef<str>>(&self, service: &str, operation: &str, segs: &[Option<S>]) -> bool {
+        service == self.service && operation == self.operation && self.within(segs)
+    }
+
+    /// Whether values `segs` are within the segment.
+    fn within<S: AsRef<str>>(&self, segs: &[Option<S>]) -> bool {
+        self.want.iter().all(|(i, v)| segs[*i].as_ref().map(AsRef::as_ref) == Some(v.as_str()))
     }
 }
 
@@ -149,6 +177,23 @@ fn onset_series_of(ctx: &Ctx, subjects: &[Onset], cells: &[OnsetCell]) -> Vec<Ve
                 .collect()
         })
         .collect()
+}
+
+/// The traces a candidate's cause is looked for in: those through its
+/// operation, in its segment.
+fn cause_scope(ctx: &Ctx, t: &Test) -> Scope {
+    Scope {
+        through: Some(t.service.clone()),
+        operation: Some(t.operation.clone()),
+        segment: t.segment.clone(),
+        settled: ctx.settled,
+        users_moved: false,
+    }
+}
+
+/// The baseline and current windows a candidate's cause is looked for in.
+fn cause_windows(ctx: &Ctx) -> [TimeWindow; 2] {
+    [TimeWindow { start: ctx.baseline_start, end: ctx.baseline_end }, TimeWindow { start: ctx.split, end: ctx.end }]
 }
 
 /// The windows of a pass: baseline `[baseline_start, baseline_end)`, current
@@ -472,11 +517,11 @@ impl Sql for TenantSql<'_> {
     ) -> Result<Option<(u64, u64)>, AnalysisError> {
         // `count(DISTINCT session_id)` of the failed requests per side and
         // segment values, summed over the values the segment keeps.
-        let mut seen: HashSet<(bool, Vec<Option<String>>, Arc<str>)> = HashSet::new();
+        let mut seen: HashSet<(bool, Vec<Option<Arc<str>>>, Arc<str>)> = HashSet::new();
         let kept = self
             .subject_requests(ctx, subject, |cur, r, segs| {
                 if let Some(session) = r.session.as_ref().filter(|_| r.err) {
-                    seen.insert((cur, segs, Arc::clone(session)));
+                    seen.insert((cur, segs.iter().map(|v| v.cloned()).collect(), Arc::clone(session)));
                 }
             })
             .await?;
@@ -544,7 +589,7 @@ impl TenantSql<'_> {
         &self,
         ctx: &Ctx,
         (service, operation, segment): (&str, &str, &BTreeMap<String, Value>),
-        mut each: impl FnMut(bool, &crate::requests::Request, Vec<Option<String>>),
+        mut each: impl FnMut(bool, &crate::requests::Request, &[Option<&Arc<str>>]),
     ) -> Result<bool, AnalysisError> {
         let Some(book) = self.requests else { return Ok(false) };
         let (Some(baseline_end), Some(split)) =
@@ -567,8 +612,7 @@ impl TenantSql<'_> {
                 if !(cur || r.start < baseline_end) {
                     return;
                 }
-                let segs: Vec<Option<String>> = segs.iter().map(|v| v.map(str::to_owned)).collect();
-                if cut.holds(service, operation, &segs) {
+                if cut.holds(service, operation, segs) {
                     each(cur, r, segs);
                 }
             },
@@ -1388,6 +1432,7 @@ impl Analyzer {
             }
             None => TraceSpans::default(),
         };
+        self.prefill_samples(tenant, &ctx, &candidates).await?;
         // Two candidates at a time: a candidate waits on its statements (the
         // trace samples of both windows), which leave a core idle.
         let examined: Vec<Examined> = futures::stream::iter(candidates.into_iter().zip(picks))
@@ -1633,21 +1678,25 @@ impl Analyzer {
         if kept {
             let arriving = crate::requests::arriving(self.engine.store(), tenant, ctx.settled);
             let window = (ctx.split, ctx.end);
-            let each = |service: &str, operation: &str, r: &crate::requests::Request, segs: &[Option<&str>]| {
+            // Each site's names once, shared by its requests.
+            let names: HashMap<(&str, &str), Names> = sites
+                .iter()
+                .map(|(s, o)| ((s.as_str(), o.as_str()), (Arc::from(s.as_str()), Arc::from(o.as_str()))))
+                .collect();
+            let each = |service: &str, operation: &str, r: &crate::requests::Request, segs: &[Option<&Arc<str>>]| {
                 if crate::requests::is_arriving(&arriving, &r.trace_id) {
                     return;
                 }
+                let Some((service, operation)) = names.get(&(service, operation)) else { return };
                 requests.push(WindowRequest {
-                    service: service.to_owned(),
-                    operation: operation.to_owned(),
+                    service: Arc::clone(service),
+                    operation: Arc::clone(operation),
                     err: r.err,
-                    segs: segs.iter().map(|v| v.map(str::to_owned)).collect(),
-                    pick: Pick {
-                        trace_id: r.trace_id.to_string(),
-                        span_id: r.span_id.to_string(),
-                        start: r.start,
-                        end: r.end,
-                    },
+                    segs: segs.iter().map(|v| v.cloned()).collect(),
+                    trace_id: Arc::clone(&r.trace_id),
+                    span_id: Arc::clone(&r.span_id),
+                    start: r.start,
+                    end: r.end,
                 });
             };
             if self.requests.requests(&self.engine, tenant, &ctx.segments, sites, window, lean, each).await? {
@@ -1669,12 +1718,16 @@ impl Analyzer {
         let rows = self.rows(tenant, &q).await?;
         let columns = ctx.segments.names();
         requests.extend(rows.iter().filter_map(|r| {
+            let pick = Pick::of(&r)?;
             Some(WindowRequest {
-                pick: Pick::of(&r)?,
-                segs: columns.iter().map(|c| r.str(c)).collect(),
-                service: r.str("service")?,
-                operation: r.str("operation")?,
+                segs: columns.iter().map(|c| r.str(c).map(Arc::from)).collect(),
+                service: r.str("service")?.into(),
+                operation: r.str("operation")?.into(),
                 err: r.i64("err") == Some(1),
+                trace_id: pick.trace_id.into(),
+                span_id: pick.span_id.into(),
+                start: pick.start,
+                end: pick.end,
             })
         }));
         Ok(requests)
@@ -1695,16 +1748,21 @@ impl Analyzer {
         sites.sort_unstable();
         sites.dedup();
         let requests = self.window_requests(tenant, ctx, &sites, lean, true).await?;
+        let mut by_site: HashMap<(&str, &str), Vec<&WindowRequest>> = HashMap::new();
+        for r in &requests {
+            by_site.entry((&r.service, &r.operation)).or_default().push(r);
+        }
         Ok(candidates
             .iter()
             .map(|c| {
                 let t = &c.test;
                 let errors = !self.latency(t);
                 let cut = Cut::new(&ctx.segments, &t.service, &t.operation, &t.segment);
-                let mine = || requests.iter().filter(|r| cut.holds(&r.service, &r.operation, &r.segs));
+                let site = by_site.get(&(t.service.as_str(), t.operation.as_str())).map_or(&[][..], |v| &v[..]);
+                let mine = || site.iter().copied().filter(|r| cut.within(&r.segs));
                 Picked {
-                    sample: Pick::first(mine().filter(|r| !errors || r.err).map(|r| r.pick.clone()), SAMPLE),
-                    any: Pick::first(mine().map(|r| r.pick.clone()), self.config.exemplars),
+                    sample: WindowRequest::first(mine().filter(|r| !errors || r.err), SAMPLE),
+                    any: WindowRequest::first(mine(), self.config.exemplars),
                 }
             })
             .collect())
@@ -1794,6 +1852,20 @@ impl Analyzer {
         })
     }
 
+    /// Reads for every latency candidate at once the minutes of its trace
+    /// samples the book does not hold ([`localize::TraceBook::prefill`]):
+    /// each is about to be localized ([`Self::latency_cause`]), and alone
+    /// each would read the same minutes of spans for itself.
+    async fn prefill_samples(&self, tenant: &Tenant, ctx: &Ctx, candidates: &[Candidate]) -> Result<(), AnalysisError> {
+        let scopes: Vec<Scope> =
+            candidates.iter().filter(|c| self.latency(&c.test)).map(|c| cause_scope(ctx, &c.test)).collect();
+        if scopes.is_empty() {
+            return Ok(());
+        }
+        let scopes: Vec<&Scope> = scopes.iter().collect();
+        self.traces.prefill(&self.engine, tenant, &cause_windows(ctx), CAUSE_TRACES, &scopes).await
+    }
+
     /// The localization's top suspect among the operation and what it calls,
     /// over the operation's traces in the test's segment, with the traces read
     /// (baseline, current). With no channel, the trouble is in what users do,
@@ -1807,16 +1879,9 @@ impl Analyzer {
         t: &Test,
         channel: Option<localize::Channel>,
     ) -> Result<(Option<andon_model::Suspect>, (usize, usize)), AnalysisError> {
-        let scope = localize::Scope {
-            through: Some(t.service.clone()),
-            operation: Some(t.operation.clone()),
-            segment: t.segment.clone(),
-            settled: ctx.settled,
-            users_moved: channel.is_none(),
-        };
+        let scope = Scope { users_moved: channel.is_none(), ..cause_scope(ctx, t) };
         let limits = localize::LocalizeLimits { traces: CAUSE_TRACES, fdr: self.config.fdr };
-        let baseline = TimeWindow { start: ctx.baseline_start, end: ctx.baseline_end };
-        let current = TimeWindow { start: ctx.split, end: ctx.end };
+        let [baseline, current] = cause_windows(ctx);
         let (found, _) = localize::localize_with(
             &self.engine,
             tenant,
@@ -2189,6 +2254,35 @@ mod tests {
                 assert_eq!(direct.len(), 2, "pass {i}: {subject:?}");
                 assert_eq!(kept, direct, "pass {i}: {subject:?}");
             }
+            // The traces each subject's cause is looked for in, read for all
+            // the subjects in one statement, as each scope's own statement
+            // picks them.
+            analyzer.traces.turn(&store, &tenant);
+            let scopes: Vec<Scope> = subjects
+                .iter()
+                .map(|o| Scope {
+                    through: Some(o.service.clone()),
+                    operation: Some(o.operation.clone()),
+                    segment: o.segment.clone(),
+                    ..Scope::default()
+                })
+                .collect();
+            assert!(scopes.iter().any(|s| !s.segment.is_empty()));
+            let refs: Vec<&Scope> = scopes.iter().collect();
+            let windows = cause_windows(&ctx);
+            rt.block_on(analyzer.traces.prefill(&engine, &tenant, &windows, 40, &refs)).unwrap();
+            let reads = analyzer.traces.scope_reads();
+            for scope in &scopes {
+                for w in &windows {
+                    let held = rt.block_on(analyzer.traces.picked(&engine, &tenant, w, 40, scope)).unwrap();
+                    let direct = rt.block_on(query(&engine, &tenant, &localize::picked_query(w, 40, scope))).unwrap();
+                    let direct: Vec<(String, i64)> =
+                        direct.iter().filter_map(|r| Some((r.str("trace_id")?, r.i64("root_start")?))).collect();
+                    assert!(!direct.is_empty(), "pass {i}: {scope:?}");
+                    assert_eq!(held, direct, "pass {i}: {scope:?} over {w:?}");
+                }
+            }
+            assert_eq!(analyzer.traces.scope_reads(), reads, "pass {i}: no scope read its traces on its own");
             // The calls of sessions and the cells of `span_metrics` are kept
             // through new spans: only the minutes the store may have changed
             // (those of the sessions the spans belong to; every buffered

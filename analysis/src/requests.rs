@@ -218,7 +218,7 @@ impl RequestBook {
         sites: &[(String, String)],
         (from, to): (DateTime<Utc>, DateTime<Utc>),
         lean: bool,
-        mut each: impl FnMut(&str, &str, &Request, &[Option<&str>]),
+        mut each: impl FnMut(&str, &str, &Request, &[Option<&Arc<str>>]),
     ) -> Result<bool, AnalysisError> {
         let Some(wanted) = whole_minutes(from, to) else { return Ok(false) };
         self.read(engine, tenant, segments, sites, &wanted, (!lean).then_some(&wanted[..])).await?;
@@ -238,13 +238,13 @@ impl RequestBook {
                 None => return Ok(false),
             }
         }
-        let mut values: Vec<Option<&str>> = vec![None; segments.columns.len()];
+        let mut values: Vec<Option<&Arc<str>>> = vec![None; segments.columns.len()];
         for (site, minutes) in parts {
             for request in minutes.iter().flat_map(|m| m.iter()) {
                 let session = sessions.as_ref().and_then(|s| s.get(request.session.as_deref()?));
                 for (i, c) in segments.columns.iter().enumerate() {
-                    let from_session = session.filter(|_| c.per_session).and_then(|v| v[i].as_deref());
-                    values[i] = from_session.or(request.own[i].as_deref());
+                    let from_session = session.filter(|_| c.per_session).and_then(|v| v[i].as_ref());
+                    values[i] = from_session.or(request.own[i].as_ref());
                 }
                 each(&site.0, &site.1, request, &values);
             }

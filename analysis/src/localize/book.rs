@@ -10,14 +10,17 @@
 //! able to change the minutes up to a reach before it), and a pass reads
 //! only the minutes it has not seen.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use crate::minutes::{KEPT_TURNS, MinuteCells, now_ns, whole_minutes};
 
 use super::profile::{Span, spans_by_trace};
-use super::scope::{picked_query, qualifying_query, spans_query, within_reach};
+use super::scope::{conditions_query, picked_query, qualifying_query, spans_query, within_reach};
 use super::*;
+
+/// Each scope's conditions, by its key.
+type Conditions = BTreeMap<String, Vec<String>>;
 
 /// Spans of sampled traces by (tenant, trace id), with the turn that last
 /// asked for each.
@@ -38,6 +41,7 @@ impl Default for TraceBook {
                 scopes: MinuteCells::new(reach),
                 hits: 0,
                 reads: 0,
+                scope_reads: 0,
             }),
         }
     }
@@ -53,6 +57,8 @@ struct Book {
     /// Lookups answered from the book and read from the store, since the start.
     hits: u64,
     reads: u64,
+    /// Statements a scope read its traces with on its own ([`TraceBook::picked`]).
+    scope_reads: u64,
 }
 
 /// One minute's traces in a scope: the first (by trace id) as many as a
@@ -103,10 +109,79 @@ impl TraceBook {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Reads the minutes of `windows` the book does not hold for each of
+    /// `scopes` (a pass's candidates, about to be sampled), scopes missing
+    /// the same minutes in one statement ([`conditions_query`]) instead of
+    /// one each. Windows that do not begin and end on a minute are left to
+    /// [`Self::picked`].
+    pub async fn prefill(
+        &self,
+        engine: &QueryEngine,
+        tenant: &Tenant,
+        windows: &[TimeWindow],
+        traces: usize,
+        scopes: &[&Scope],
+    ) -> Result<(), AnalysisError> {
+        let mut wanted: Vec<i64> = windows.iter().filter_map(|w| whole_minutes(w.start, w.end)).flatten().collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        // Per scope key: its conditions, and the runs of minutes it misses.
+        let mut by_runs: BTreeMap<Vec<(i64, i64)>, Conditions> = BTreeMap::new();
+        {
+            let mut b = self.book();
+            for scope in scopes {
+                let key = format!("{traces}\n{}", scope.key());
+                let runs = b.scopes.missing(tenant, &key, &wanted);
+                if !runs.is_empty() {
+                    by_runs.entry(runs).or_default().insert(key, scope.each_condition());
+                }
+            }
+        }
+        for (runs, keys) in by_runs {
+            let mut conditions: Vec<&String> = keys.values().flatten().collect();
+            conditions.sort_unstable();
+            conditions.dedup();
+            let owned: Vec<String> = conditions.iter().map(|c| (*c).clone()).collect();
+            for (a, z) in runs {
+                let at = DateTime::from_timestamp_nanos;
+                let read_at = now_ns();
+                let rows = andon_store::sql::Rows::new(
+                    collect(engine, tenant, &conditions_query(at(a), at(z), &owned)).await?,
+                );
+                // Each root, with the conditions it meets.
+                let roots: Vec<(String, i64, Vec<bool>)> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let met = (0..owned.len()).map(|i| r.i64(&format!("c{i}")) == Some(1)).collect();
+                        Some((r.str("trace_id")?, r.i64("root_start")?, met))
+                    })
+                    .collect();
+                let mut b = self.book();
+                for (key, own) in &keys {
+                    let needed: Vec<usize> = own.iter().filter_map(|c| conditions.binary_search(&c).ok()).collect();
+                    let read = roots
+                        .iter()
+                        .filter(|(_, _, met)| needed.iter().all(|i| met[*i]))
+                        .map(|(id, root, _)| (*root, (id.clone(), *root)));
+                    b.scopes.fill(tenant, key, (a, z), read_at, read, |mut list| {
+                        list.sort_unstable();
+                        let truncated = list.len() > traces;
+                        list.truncate(traces);
+                        InScope { traces: list, truncated }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The first `traces` by trace id of the traces in `scope` whose root
     /// starts in `w` ([`picked_query`]): from the minutes the book holds for
     /// the scope, reading the others.
-    async fn picked(
+    pub(crate) async fn picked(
         &self,
         engine: &QueryEngine,
         tenant: &Tenant,
@@ -122,6 +197,7 @@ impl TraceBook {
         let key = format!("{traces}\n{}", scope.key());
         // Runs of minutes the book does not hold, each read in one statement.
         let runs = self.book().scopes.missing(tenant, &key, &wanted);
+        self.book().scope_reads += runs.len() as u64;
         for (a, z) in runs {
             let at = DateTime::from_timestamp_nanos;
             let read_at = now_ns();
@@ -162,12 +238,19 @@ impl TraceBook {
         match held {
             Some(picked) => Ok(picked),
             None => {
+                self.book().scope_reads += 1;
                 // A turn began meanwhile and dropped minutes, or a full
                 // minute holds traces still arriving: read the window whole.
                 let q = picked_query(w, traces, scope);
                 Ok(rows(&collect(engine, tenant, &q).await?))
             }
         }
+    }
+
+    /// Statements a scope read its traces with on its own since the book
+    /// began, not in a [`Self::prefill`] for many.
+    pub fn scope_reads(&self) -> u64 {
+        self.book().scope_reads
     }
 
     /// (answered from the book, read from the store) since the book began.

@@ -70,6 +70,11 @@ impl Scope {
     pub(super) fn key(&self) -> String {
         self.conditions().join("\n")
     }
+
+    /// Its conditions ([`Self::trace_filter`]'s), each over the spans aliased `s`.
+    pub(super) fn each_condition(&self) -> Vec<String> {
+        self.conditions()
+    }
 }
 
 /// How far from its root's start a sampled trace's spans are read: a trace
@@ -121,6 +126,35 @@ pub(super) fn qualifying_query(from: DateTime<Utc>, to: DateTime<Utc>, scope: &S
     format!(
         "WITH {}\nSELECT trace_id, CAST(root_start AS BIGINT) AS root_start FROM qualifying",
         qualifying_ctes(from, to, scope, None)
+    )
+}
+
+/// Every trace whose root starts between `from` and `to`, with its root's
+/// start (`root_start`, Unix ns) and, for each of `conditions` (over the
+/// spans aliased `s`), whether one of its spans within [`REACH`] of its root
+/// meets it (`c0`, `c1`, …: 1 or 0). One read serves many scopes: a trace
+/// is in a scope when it meets each of the scope's conditions, which is what
+/// [`qualifying_query`] gives for that scope.
+pub(super) fn conditions_query(from: DateTime<Utc>, to: DateTime<Utc>, conditions: &[String]) -> String {
+    let reach = format!("INTERVAL '{} seconds'", REACH.num_seconds());
+    let flags: String = conditions
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!(",\n       max(CASE WHEN {c} THEN 1 ELSE 0 END) AS c{i}"))
+        .collect();
+    format!(
+        "WITH roots AS (\n    SELECT trace_id, min(start_time) AS root_start FROM spans\n    \
+         WHERE start_time >= {from} AND start_time < {to}\n      \
+         AND (parent_span_id IS NULL OR parent_span_id = '')\n    GROUP BY trace_id\n)\n\
+         SELECT r.trace_id, CAST(r.root_start AS BIGINT) AS root_start{flags}\n\
+         FROM roots r JOIN spans s ON s.trace_id = r.trace_id\n\
+         WHERE s.start_time >= {slack_from} AND s.start_time < {slack_to}\n  \
+         AND s.start_time >= r.root_start - {reach} AND s.start_time < r.root_start + {reach}\n\
+         GROUP BY r.trace_id, r.root_start",
+        from = sql::ts(from),
+        to = sql::ts(to),
+        slack_from = sql::ts(from - REACH),
+        slack_to = sql::ts(to + REACH),
     )
 }
 
