@@ -112,8 +112,8 @@ impl TraceBook {
     /// Reads the minutes of `windows` the book does not hold for each of
     /// `scopes` (a pass's candidates, about to be sampled), scopes missing
     /// the same minutes in one statement ([`conditions_query`]) instead of
-    /// one each. Windows that do not begin and end on a minute are left to
-    /// [`Self::picked`].
+    /// one each. Windows that do not begin and end on a minute, and scopes
+    /// without a condition (every trace), are left to [`Self::picked`].
     pub async fn prefill(
         &self,
         engine: &QueryEngine,
@@ -132,7 +132,7 @@ impl TraceBook {
         let mut by_runs: BTreeMap<Vec<(i64, i64)>, Conditions> = BTreeMap::new();
         {
             let mut b = self.book();
-            for scope in scopes {
+            for scope in scopes.iter().filter(|s| !s.each_condition().is_empty()) {
                 let key = format!("{traces}\n{}", scope.key());
                 let runs = b.scopes.missing(tenant, &key, &wanted);
                 if !runs.is_empty() {

@@ -129,12 +129,14 @@ pub(super) fn qualifying_query(from: DateTime<Utc>, to: DateTime<Utc>, scope: &S
     )
 }
 
-/// Every trace whose root starts between `from` and `to`, with its root's
-/// start (`root_start`, Unix ns) and, for each of `conditions` (over the
-/// spans aliased `s`), whether one of its spans within [`REACH`] of its root
-/// meets it (`c0`, `c1`, …: 1 or 0). One read serves many scopes: a trace
-/// is in a scope when it meets each of the scope's conditions, which is what
-/// [`qualifying_query`] gives for that scope.
+/// The traces whose root starts between `from` and `to` and which meet at
+/// least one of `conditions` (over the spans aliased `s`), with the root's
+/// start (`root_start`, Unix ns) and, for each condition, whether one of
+/// the trace's spans within [`REACH`] of its root meets it (`c0`, `c1`, …: 1
+/// or 0). One read serves many scopes: a trace is in a scope when it meets
+/// each of the scope's conditions (at least one), which is what
+/// [`qualifying_query`] gives for that scope. Only the spans that meet a
+/// condition are joined to the roots.
 pub(super) fn conditions_query(from: DateTime<Utc>, to: DateTime<Utc>, conditions: &[String]) -> String {
     let reach = format!("INTERVAL '{} seconds'", REACH.num_seconds());
     let flags: String = conditions
@@ -142,6 +144,8 @@ pub(super) fn conditions_query(from: DateTime<Utc>, to: DateTime<Utc>, condition
         .enumerate()
         .map(|(i, c)| format!(",\n       max(CASE WHEN {c} THEN 1 ELSE 0 END) AS c{i}"))
         .collect();
+    let any: Vec<String> = conditions.iter().map(|c| format!("({c})")).collect();
+    let any = if any.is_empty() { "FALSE".to_owned() } else { any.join("\n    OR ") };
     format!(
         "WITH roots AS (\n    SELECT trace_id, min(start_time) AS root_start FROM spans\n    \
          WHERE start_time >= {from} AND start_time < {to}\n      \
@@ -149,7 +153,8 @@ pub(super) fn conditions_query(from: DateTime<Utc>, to: DateTime<Utc>, condition
          SELECT r.trace_id, CAST(r.root_start AS BIGINT) AS root_start{flags}\n\
          FROM roots r JOIN spans s ON s.trace_id = r.trace_id\n\
          WHERE s.start_time >= {slack_from} AND s.start_time < {slack_to}\n  \
-         AND s.start_time >= r.root_start - {reach} AND s.start_time < r.root_start + {reach}\n\
+         AND s.start_time >= r.root_start - {reach} AND s.start_time < r.root_start + {reach}\n  \
+         AND ({any})\n\
          GROUP BY r.trace_id, r.root_start",
         from = sql::ts(from),
         to = sql::ts(to),
