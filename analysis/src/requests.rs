@@ -314,7 +314,7 @@ async fn collect(engine: &QueryEngine, tenant: &Tenant, q: &str) -> Result<Rows,
 /// the `arriving_traces` table gives them.
 pub fn arriving(store: &andon_store::Store, tenant: &Tenant, at: Option<DateTime<Utc>>) -> HashSet<u128> {
     match at.and_then(|at| at.timestamp_nanos_opt()) {
-        Some(at) => store.last_arrivals(tenant).into_iter().filter(|a| a.1 > at).map(|a| a.0).collect(),
+        Some(at) => store.arrivals_after(tenant, at).into_iter().map(|a| a.0).collect(),
         None => HashSet::new(),
     }
 }

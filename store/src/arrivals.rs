@@ -70,6 +70,17 @@ impl Arrivals {
         });
     }
 
+    /// The traces of `tenant` whose last span arrived after `after_ns`, with
+    /// that arrival, in no order: what a reader holding traces read at some
+    /// moment needs, without listing (and sorting) every recent trace.
+    pub fn after(&self, tenant: &Tenant, after_ns: i64) -> Vec<(u128, i64)> {
+        let by_tenant = self.by_tenant.lock();
+        by_tenant
+            .get(tenant)
+            .map(|m| m.iter().filter(|(_, at)| **at > after_ns).map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+
     /// The traces of `tenant` (every tenant's when `None`) with their last
     /// arrival, oldest first.
     pub fn list(&self, tenant: Option<&Tenant>) -> Vec<(u128, i64)> {
@@ -233,6 +244,11 @@ mod tests {
         // The cutoff falls at 2 µs: the first arrival of `y` in tenant a is forgotten.
         a.prune(HORIZON_SECS * 1_000_000_000 + 2_000);
         assert_eq!(a.list(None), vec![(1, 2_000), (u128::from_str_radix(x, 16).unwrap(), 5_000)]);
+        // Only the arrivals after a moment, of one tenant.
+        assert_eq!(a.after(&t1, 4_999), vec![(u128::from_str_radix(x, 16).unwrap(), 5_000)]);
+        assert!(a.after(&t1, 5_000).is_empty());
+        assert_eq!(a.after(&t2, 0), vec![(1, 2_000)]);
+        assert!(a.after(&Tenant::new("c").unwrap(), 0).is_empty());
     }
 
     fn starts(ns: &[i64]) -> RecordBatch {

@@ -609,12 +609,13 @@ impl Store {
         &self.inner.arrivals
     }
 
-    /// The traces of `tenant` that received a span in the last
-    /// [`ARRIVALS_HORIZON_SECS`], with when the last one came (Unix
-    /// nanoseconds, this server's clock). A reader that keeps a trace's spans
-    /// across statements drops it once it shows here with a later arrival.
-    pub fn last_arrivals(&self, tenant: &Tenant) -> Vec<(u128, i64)> {
-        self.inner.arrivals.list(Some(tenant))
+    /// The traces of `tenant` whose last span came after `after_ns` (Unix
+    /// nanoseconds, this server's clock), within the last
+    /// [`ARRIVALS_HORIZON_SECS`], with when it came, in no order. A reader
+    /// that keeps a trace's spans across statements drops it once it shows
+    /// here with an arrival after it read them.
+    pub fn arrivals_after(&self, tenant: &Tenant, after_ns: i64) -> Vec<(u128, i64)> {
+        self.inner.arrivals.after(tenant, after_ns)
     }
 
     /// The earliest `start_time` among the spans appended for `tenant` since

@@ -55,12 +55,82 @@ impl Metric for Histogram {
     }
 }
 
+/// A latency histogram as a segment's sides sum it: dense counts from its
+/// lowest bucket on, so that adding one to another is a pass over two short
+/// arrays (a segment's sides are sums of many cells, summed again for each
+/// value and pair tested), not a lookup per bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Buckets {
+    lo: i64,
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Buckets {
+    /// Counts `n` more in bucket `b`.
+    pub fn add_to(&mut self, b: i64, n: u64) {
+        self.cover(b, b);
+        self.counts[(b - self.lo) as usize] += n;
+        self.total += n;
+    }
+
+    /// Widens the range held to `[lo, hi]` at least.
+    fn cover(&mut self, lo: i64, hi: i64) {
+        if self.counts.is_empty() {
+            self.lo = lo;
+            self.counts = vec![0; (hi - lo + 1) as usize];
+            return;
+        }
+        if lo < self.lo {
+            let mut counts = vec![0; (self.lo - lo) as usize];
+            counts.append(&mut self.counts);
+            self.counts = counts;
+            self.lo = lo;
+        }
+        let end = self.lo + self.counts.len() as i64 - 1;
+        if hi > end {
+            self.counts.resize(self.counts.len() + (hi - end) as usize, 0);
+        }
+    }
+
+    /// The histogram of the buckets that hold requests.
+    pub fn histogram(&self) -> Histogram {
+        (self.lo..).zip(&self.counts).filter(|(_, n)| **n > 0).map(|(b, n)| (b, *n)).collect()
+    }
+
+    pub fn from_histogram(h: &Histogram) -> Self {
+        let mut out = Buckets::default();
+        for (b, n) in h {
+            out.add_to(*b, *n);
+        }
+        out
+    }
+}
+
+impl Metric for Buckets {
+    fn add(&mut self, other: &Self) {
+        if other.counts.is_empty() {
+            return;
+        }
+        self.cover(other.lo, other.lo + other.counts.len() as i64 - 1);
+        let at = (other.lo - self.lo) as usize;
+        for (kept, n) in self.counts[at..].iter_mut().zip(&other.counts) {
+            *kept += n;
+        }
+        self.total += other.total;
+    }
+
+    fn samples(&self) -> u64 {
+        self.total
+    }
+}
+
 /// One side of a latency comparison: the histogram the test reads and, on
 /// the baseline's side, the requests and log-latency sums of the periods
 /// before the baseline's end that show how steady the operation is.
 #[derive(Debug, Clone, Default)]
 pub struct Latency {
-    pub hist: Histogram,
+    pub hist: Buckets,
     /// Per period before the baseline's end (keyed by its start): requests
     /// that succeeded and the sum of their log latencies.
     pub periods: BTreeMap<i64, (u64, f64)>,
@@ -83,7 +153,7 @@ impl Metric for Latency {
     }
 
     fn samples(&self) -> u64 {
-        stats::total(&self.hist)
+        self.hist.samples()
     }
 }
 
@@ -187,8 +257,9 @@ pub fn judge(ctx: &Ctx, base: &Histogram, cur: &Histogram) -> Option<Judgement> 
 /// [`judge`], with the shift material only where it also stands out from the
 /// operation's window-to-window variation.
 fn judge_steady(ctx: &Ctx, b: &Latency, c: &Latency) -> Option<Judgement> {
-    let mut j = judge(ctx, &b.hist, &c.hist)?;
-    let steady = steadiness(&b.periods, log_sums(&c.hist), ctx.config.segment_min_samples);
+    let current = c.hist.histogram();
+    let mut j = judge(ctx, &b.hist.histogram(), &current)?;
+    let steady = steadiness(&b.periods, log_sums(&current), ctx.config.segment_min_samples);
     if ctx.short && steady.is_none_or(|(_, _, periods)| periods < super::SHORT_MIN_PERIODS) {
         j.material = false;
     }
@@ -203,7 +274,7 @@ fn judge_steady(ctx: &Ctx, b: &Latency, c: &Latency) -> Option<Judgement> {
 
 fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
     let mut subjects: Vec<Subject<Latency>> = subjects(rows, &ctx.segments, |m: &mut Latency, r| {
-        *m.hist.entry(r.i64("bucket").unwrap_or(0)).or_default() += r.u64("n");
+        m.hist.add_to(r.i64("bucket").unwrap_or(0), r.u64("n"));
     });
     // The history's periods join their subjects, on the baseline's side (its
     // rows have no `cur`).
@@ -372,7 +443,31 @@ mod tests {
     }
 
     fn side(median_ms: f64, n: u64, periods_: BTreeMap<i64, (u64, f64)>) -> Latency {
-        Latency { hist: hist(median_ms, n), periods: periods_ }
+        Latency { hist: Buckets::from_histogram(&hist(median_ms, n)), periods: periods_ }
+    }
+
+    #[test]
+    fn dense_buckets_sum_to_the_histogram_a_sum_of_histograms_gives() {
+        let parts: [Histogram; 4] = [
+            BTreeMap::from([(300, 2), (305, 1)]),
+            BTreeMap::from([(290, 4), (310, 1)]),
+            BTreeMap::new(),
+            BTreeMap::from([(305, 3), (400, 1), (280, 2)]),
+        ];
+        let mut dense = Buckets::default();
+        let mut sparse = Histogram::new();
+        for p in &parts {
+            dense.add(&Buckets::from_histogram(p));
+            sparse.add(p);
+        }
+        assert_eq!(dense.histogram(), sparse);
+        assert_eq!(dense.samples(), 14);
+        // A bucket below and above the range held widens it.
+        dense.add_to(100, 1);
+        dense.add_to(500, 2);
+        sparse.add(&BTreeMap::from([(100, 1), (500, 2)]));
+        assert_eq!(dense.histogram(), sparse);
+        assert_eq!(Buckets::default().histogram(), Histogram::new());
     }
 
     #[test]

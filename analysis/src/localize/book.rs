@@ -85,7 +85,10 @@ impl TraceBook {
     /// traces that received a span after they were read, and the minutes of
     /// scopes the spans appended since they were last checked may have changed.
     pub fn turn(&self, store: &andon_store::Store, tenant: &Tenant) {
-        let arrivals = store.last_arrivals(tenant);
+        // Only arrivals after the earliest read of the tenant's kept traces
+        // can make one of them stale.
+        let earliest = self.book().traces.iter().filter(|((t, _), _)| t == tenant).map(|(_, k)| k.read_at).min();
+        let arrivals = earliest.map(|at| store.arrivals_after(tenant, at - 1)).unwrap_or_default();
         let mut b = self.book();
         b.turn += 1;
         let oldest = b.turn.saturating_sub(KEPT_TURNS);
