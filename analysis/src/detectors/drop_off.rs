@@ -886,49 +886,92 @@ fn windows_a_day(ctx: &Ctx) -> f64 {
     (86_400.0 / window).max(1.0)
 }
 
-/// The tests of flow `f` of a [`query`] over several flows. A step another
-/// flow already tested with the same pages before it and the same next page
-/// is not tested twice.
-fn tests(rows: &Rows, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &mut HashSet<Vec<String>>) -> Vec<Test> {
-    let mut out = Vec::new();
-    for k in 0..flow.steps.len().saturating_sub(1) {
-        if !seen.insert(flow.steps[..=k + 1].iter().map(|(_, op)| op.clone()).collect()) {
-            continue;
-        }
-        let (service, op) = &flow.steps[k];
-        let mut cells = BTreeMap::<(bool, Vec<Option<String>>), Step>::new();
+/// A funnel statement's cell: its side (`cur`) and segment values.
+type FunnelCell = (bool, Vec<Option<String>>);
+
+/// The rows of a funnel statement ([`query`], [`history_query`]) as every
+/// step reads them: read once, not once per flow and step.
+struct Funnel<'r> {
+    rows: &'r Rows,
+    /// Per row: its cell (side and segment values) in `cells`, its period and
+    /// whether the baseline holds it.
+    at: Vec<(usize, Option<i64>, bool)>,
+    /// The distinct cells, in order.
+    cells: Vec<FunnelCell>,
+}
+
+impl<'r> Funnel<'r> {
+    fn new(rows: &'r Rows, ctx: &Ctx) -> Self {
         let names = ctx.segments.names();
+        let mut read: Vec<(FunnelCell, Option<i64>, bool)> = Vec::with_capacity(rows.len());
+        for r in rows.iter() {
+            let cur = r.i64("cur").unwrap_or(0) == 1;
+            let segs: Vec<Option<String>> = names.iter().map(|n| r.str(n)).collect();
+            // A history row (`history_query`) is in the baseline only when
+            // `in_base` says so, and in its period either way.
+            let period = if cur { None } else { r.i64("period") };
+            let in_base = r.i64("in_base").is_none_or(|b| b == 1);
+            read.push(((cur, segs), period, in_base));
+        }
+        let numbered: BTreeMap<&FunnelCell, usize> = {
+            let mut keys: Vec<&FunnelCell> = read.iter().map(|(k, _, _)| k).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.into_iter().enumerate().map(|(i, k)| (k, i)).collect()
+        };
+        let at = read.iter().map(|(k, period, in_base)| (numbered[k], *period, *in_base)).collect();
+        let cells = numbered.into_keys().cloned().collect();
+        Self { rows, at, cells }
+    }
+
+    /// Per cell, the sums of step `k` of flow `f`.
+    fn step(&self, f: usize, k: usize) -> Vec<Step> {
         let columns = [
             format!("reached{f}_{k}"),
             format!("reached_sq{f}_{k}"),
             format!("went{f}_{k}"),
             format!("left_after_error{f}_{k}"),
         ];
-        for r in rows.iter() {
-            let cur = r.i64("cur").unwrap_or(0) == 1;
-            let segs: Vec<Option<String>> = names.iter().map(|n| r.str(n)).collect();
-            let sum = |c: &str| r.f64(c).unwrap_or(0.0);
-            let step = Step {
-                reached: sum(&columns[0]),
-                reached_sq: sum(&columns[1]),
-                next: sum(&columns[2]),
-                left_after_error: sum(&columns[3]),
-                periods: BTreeMap::new(),
-            };
-            // A history row (`history_query`) is in the baseline only when
-            // `in_base` says so, and in its period either way.
-            let period = if cur { None } else { r.i64("period") };
-            let in_base = r.i64("in_base").is_none_or(|b| b == 1);
-            let mut cell = if cur || in_base { step.clone() } else { Step::default() };
-            if let Some(p) = period {
-                cell.periods.insert(p, Step { left_after_error: 0.0, ..step });
+        let mut cells = vec![Step::default(); self.cells.len()];
+        let mut at = self.at.iter();
+        for batch in self.rows.batches() {
+            let sums = columns.each_ref().map(|c| batch.column_by_name(c).map(|a| a.as_ref()));
+            for i in 0..batch.num_rows() {
+                let Some(&(cell, period, in_base)) = at.next() else { break };
+                let sum = |c: usize| sums[c].and_then(|a| andon_store::sql::f64_at(a, i)).unwrap_or(0.0);
+                let step = Step {
+                    reached: sum(0),
+                    reached_sq: sum(1),
+                    next: sum(2),
+                    left_after_error: sum(3),
+                    periods: BTreeMap::new(),
+                };
+                let cur = self.cells[cell].0;
+                let mut one = if cur || in_base { step.clone() } else { Step::default() };
+                if let Some(p) = period {
+                    one.periods.insert(p, Step { left_after_error: 0.0, ..step });
+                }
+                cells[cell].add(&one);
             }
-            cells.entry((cur, segs)).or_default().add(&cell);
         }
+        cells
+    }
+}
+
+/// The tests of flow `f` of a [`query`] over several flows, its rows read
+/// as `funnel`. A step another flow already tested with the same pages
+/// before it and the same next page is not tested twice.
+fn tests(funnel: &Funnel<'_>, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &mut HashSet<Vec<String>>) -> Vec<Test> {
+    let mut out = Vec::new();
+    for k in 0..flow.steps.len().saturating_sub(1) {
+        if !seen.insert(flow.steps[..=k + 1].iter().map(|(_, op)| op.clone()).collect()) {
+            continue;
+        }
+        let (service, op) = &flow.steps[k];
         let subject = Subject {
             service: service.clone(),
             operation: op.clone(),
-            cells: cells.into_iter().map(|((c, s), m)| (c, s, m)).collect(),
+            cells: funnel.cells.iter().zip(funnel.step(f, k)).map(|((c, s), m)| (*c, s.clone(), m)).collect(),
         };
         let next = &flow.steps[k + 1].1;
         let steps: Value = flow.steps.iter().map(|(s, o)| Value::from(vec![s.clone(), o.clone()])).collect();
@@ -1047,8 +1090,9 @@ impl Detector for DropOff {
             None => sql.rows(&statement).await?,
         };
         let mut seen = HashSet::new();
+        let funnel = Funnel::new(&rows, ctx);
         for (f, flow) in flows.into_iter().enumerate() {
-            out.tests.extend(tests(&rows, ctx, f, &flow, &mut seen));
+            out.tests.extend(tests(&funnel, ctx, f, &flow, &mut seen));
             out.flows.push(flow.name);
         }
         Ok(out)

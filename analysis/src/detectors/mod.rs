@@ -367,6 +367,12 @@ pub fn segment_tests<M: Metric>(
     let whole = subject.sides(|_| true);
     let nothing = || (M::default(), M::default());
     let mut out: Vec<Test> = judged((&whole.0, &whole.1), None, &nothing, BTreeMap::new()).into_iter().collect();
+    // A short window keeps only the whole operation's test and those of a
+    // release new in it ([`judged_in_short_windows`]): without such a release
+    // the segments' tests would all be dropped.
+    if ctx.short && !serves_new_release(subject, ctx) {
+        return out;
+    }
     let mut seeds: Vec<(usize, &String, f64)> = Vec::new();
     for (i, col) in ctx.segments.columns.iter().enumerate() {
         // The sides of each value of the attribute (and whether the current
@@ -464,6 +470,30 @@ pub fn segment_tests<M: Metric>(
         }
     }
     out
+}
+
+/// Whether the subject's current window serves, under `service.version`, a
+/// release its baseline never served, beside at least one other release: the
+/// only segment tests a short window keeps are that release's, alone or with
+/// one other value (a release is tested only when the window serves two).
+fn serves_new_release<M: Metric>(subject: &Subject<M>, ctx: &Ctx) -> bool {
+    let Some(i) = ctx.segments.columns.iter().position(|c| c.attribute == "service.version") else {
+        return false;
+    };
+    // Per release: whether the window serves it, and its baseline's side.
+    let mut releases: BTreeMap<&String, (bool, M)> = BTreeMap::new();
+    for (cur, segs, m) in &subject.cells {
+        if let Some(v) = &segs[i] {
+            let seen = releases.entry(v).or_default();
+            if *cur {
+                seen.0 = true;
+            } else {
+                seen.1.add(m);
+            }
+        }
+    }
+    releases.values().filter(|(cur, _)| *cur).count() >= 2
+        && releases.values().any(|(cur, base)| *cur && base.samples() == 0)
 }
 
 /// The p-value at which another value of a segment's attribute counts as
@@ -908,6 +938,58 @@ mod tests {
                 ("os.type".to_owned(), Value::from("android"))
             ])
         );
+    }
+
+    #[test]
+    fn a_short_window_tests_segments_only_for_a_release_new_in_it() {
+        let ctx = Ctx {
+            short: true,
+            ..test_ctx(AnalysisConfig {
+                segments: vec!["cloud.region".into(), "service.version".into()],
+                ..AnalysisConfig::default()
+            })
+        };
+        let subject = |cells: &[(&str, &str, Counts, Counts)]| {
+            let mut out = Vec::new();
+            for (region, version, b, c) in cells {
+                let segs = vec![Some((*region).to_owned()), Some((*version).to_owned())];
+                out.push((false, segs.clone(), Rate { x: b.0, n: b.1 }));
+                out.push((true, segs, Rate { x: c.0, n: c.1 }));
+            }
+            Subject { service: "reservations".into(), operation: "POST /pay".into(), cells: out }
+        };
+        let tests = |ctx: &Ctx, s: &Subject<Rate>| {
+            segment_tests(FindingKind::ErrorRateRegression, s, ctx, |b, c| {
+                judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
+            })
+        };
+        // One region failing, every release old: the minute keeps only the
+        // whole operation's test, so it makes no other.
+        let old = subject(&[
+            ("eu-west-1", "2.7.3", (2, 2000), (30, 200)),
+            ("us-east-1", "2.7.3", (2, 2000), (0, 200)),
+            ("eu-west-1", "2.7.2", (2, 2000), (0, 200)),
+            ("us-east-1", "2.7.2", (2, 2000), (0, 200)),
+        ]);
+        let made = tests(&ctx, &old);
+        assert_eq!(made.len(), 1, "{made:?}");
+        assert!(made[0].segment.is_empty());
+        // The same cells over a whole window test the region.
+        let whole = Ctx { short: false, ..ctx.clone() };
+        let region = BTreeMap::from([("cloud.region".to_owned(), Value::from("eu-west-1"))]);
+        assert!(tests(&whole, &old).iter().any(|t| t.segment == region));
+        // A release the baseline never served, beside the old one: its tests
+        // are made, against everything the operation served before.
+        let new = subject(&[
+            ("eu-west-1", "2.7.3", (2, 2000), (0, 200)),
+            ("us-east-1", "2.7.3", (2, 2000), (0, 200)),
+            ("us-east-1", "2.8.0", (0, 0), (30, 200)),
+        ]);
+        let made = tests(&ctx, &new);
+        let release = BTreeMap::from([("service.version".to_owned(), Value::from("2.8.0"))]);
+        let t = made.iter().find(|t| t.segment == release).expect("the new release's test");
+        assert!(is_new_version(t) && judged_in_short_windows(t));
+        assert_eq!(t.judgement.baseline["requests"], 4000);
     }
 
     /// Failures per version and region: (version, region, baseline, current),
