@@ -43,18 +43,6 @@ pub const BUCKETS_PER_E: f64 = 20.0;
 /// window-to-window variation (Shewhart's control limits).
 const CONTROL_SIGMAS: f64 = 3.0;
 
-impl Metric for Histogram {
-    fn add(&mut self, other: &Self) {
-        for (b, c) in other {
-            *self.entry(*b).or_default() += c;
-        }
-    }
-
-    fn samples(&self) -> u64 {
-        stats::total(self)
-    }
-}
-
 /// A latency histogram as a segment's sides sum it: dense counts from its
 /// lowest bucket on, so that adding one to another is a pass over two short
 /// arrays (a segment's sides are sums of many cells, summed again for each
@@ -454,18 +442,24 @@ mod tests {
             BTreeMap::new(),
             BTreeMap::from([(305, 3), (400, 1), (280, 2)]),
         ];
+        // The sum bucket by bucket, as a map.
+        let sum = |into: &mut Histogram, h: &Histogram| {
+            for (b, n) in h {
+                *into.entry(*b).or_default() += n;
+            }
+        };
         let mut dense = Buckets::default();
         let mut sparse = Histogram::new();
         for p in &parts {
             dense.add(&Buckets::from_histogram(p));
-            sparse.add(p);
+            sum(&mut sparse, p);
         }
         assert_eq!(dense.histogram(), sparse);
         assert_eq!(dense.samples(), 14);
         // A bucket below and above the range held widens it.
         dense.add_to(100, 1);
         dense.add_to(500, 2);
-        sparse.add(&BTreeMap::from([(100, 1), (500, 2)]));
+        sum(&mut sparse, &BTreeMap::from([(100, 1), (500, 2)]));
         assert_eq!(dense.histogram(), sparse);
         assert_eq!(Buckets::default().histogram(), Histogram::new());
     }
