@@ -134,12 +134,13 @@ impl Ctx {
         Ctx { lean: segment.is_empty(), ..self.clone() }
     }
 
-    /// For comparing versions of a test's subject: the segment column holding
-    /// `service.version`, the filter to the subject in every segment, and the
-    /// windows without the session join. `None` when versions are not a segment.
-    pub fn by_version(&self, t: &Test) -> Option<(String, String, Ctx)> {
+    /// For comparing versions of a subject (service, operation): the segment
+    /// column holding `service.version`, the filter to the subject in every
+    /// segment, and the windows without the session join. `None` when
+    /// versions are not a segment.
+    pub fn by_version(&self, (service, operation): (&str, &str)) -> Option<(String, String, Ctx)> {
         let vi = self.segments.columns.iter().position(|c| c.attribute == "service.version")?;
-        let filter = self.subject_filter(&t.service, &t.operation, &BTreeMap::new());
+        let filter = self.subject_filter(service, operation, &BTreeMap::new());
         Some((format!("seg{vi}"), filter, self.lean_for(&BTreeMap::new())))
     }
 

@@ -2082,6 +2082,7 @@ mod tests {
 
         use andon_ingest::{IngestConfig, Ingestor};
         use andon_model::clock::SystemClock;
+        use andon_store::sql::Row;
         use andon_store::{Durability, QueryLimits, Store, StoreConfig};
 
         // Every fault of the shop at once, so that the retries, failures and
@@ -2189,6 +2190,29 @@ mod tests {
                     assert!(a.0 == b.0 && (a.1 - b.1).abs() <= 1e-9 * b.1.abs().max(1.0), "pass {i}: {a:?} {b:?}");
                 }
             }
+            // A subject's rows by version, from the rows the pass read for
+            // every subject, as the statement narrowed to the subject gives.
+            let sql = TenantSql::new(&engine, &tenant, false, &known);
+            let mut versions = BTreeSet::new();
+            for o in &subjects {
+                let subject = (o.service.as_str(), o.operation.as_str());
+                let (seg, filter, lean) = ctx.by_version(subject).expect("versions are a segment");
+                let queries: [fn(&Ctx, &str) -> String; 2] =
+                    [detectors::latency_regression::query, detectors::error_rate_regression::query];
+                for q in queries {
+                    let key = |v: String, r: &Row<'_>| (v, r.i64("cur"), r.i64("bucket"), r.u64("n"), r.u64("errors"));
+                    let mut kept = Vec::new();
+                    let each = |v: String, r: &Row<'_>| kept.push(key(v, r));
+                    rt.block_on(detectors::each_version_row(&ctx, subject, &sql, q, each)).unwrap();
+                    let direct = rt.block_on(query(&engine, &tenant, &q(&lean, &filter))).unwrap();
+                    let mut direct: Vec<_> = direct.iter().filter_map(|r| Some(key(r.str(&seg)?, &r))).collect();
+                    kept.sort();
+                    direct.sort();
+                    assert!(!kept.is_empty() && kept == direct, "pass {i}: {subject:?}");
+                    versions.extend(kept.into_iter().map(|k| k.0));
+                }
+            }
+            assert!(versions.len() >= 2, "pass {i}: {versions:?}");
             // When each version first served, from the minutes kept by the
             // passes before and those read now.
             analyzer.versions.turn(&store, &tenant);

@@ -102,6 +102,19 @@ impl Rows {
     pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
         self.batches.iter().flat_map(|b| (0..b.num_rows()).map(move |i| Row { batch: b, i }))
     }
+
+    /// The rows whose text columns hold the given values, as a `WHERE` of
+    /// equalities on them would keep: each column found once per batch.
+    pub fn rows_where<'a>(&'a self, equal: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = Row<'a>> {
+        self.batches.iter().flat_map(move |b| {
+            let columns: Option<Vec<(&dyn Array, &str)>> =
+                equal.iter().map(|(n, v)| Some((b.column_by_name(n)?.as_ref(), *v))).collect();
+            let n = if columns.is_some() { b.num_rows() } else { 0 };
+            (0..n)
+                .filter(move |&i| columns.iter().flatten().all(|(a, v)| text_at(*a, i).is_some_and(|t| t == *v)))
+                .map(move |i| Row { batch: b, i })
+        })
+    }
 }
 
 /// Row `i` of column `a` as text, as [`Row::text`] reads it.

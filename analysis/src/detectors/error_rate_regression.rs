@@ -16,6 +16,7 @@ use super::{Metric, Subject, judge_rate, merge_subjects, segment_tests, subjects
 use crate::AnalysisError;
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
 use crate::sql::{self, Rows};
+use andon_store::sql::Row;
 
 #[derive(Debug)]
 pub struct ErrorRateRegression;
@@ -176,15 +177,13 @@ impl Detector for ErrorRateRegression {
         new: &str,
         sql: &dyn Sql,
     ) -> Result<Option<(String, Judgement)>, AnalysisError> {
-        let Some((seg, filter, ctx)) = ctx.by_version(t) else { return Ok(None) };
-        let rows = sql.rows(&query(&ctx, &filter)).await?;
         let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for r in rows.iter() {
-            let Some(v) = r.str(&seg) else { continue };
+        let each = |v: String, r: &Row<'_>| {
             let e = by.entry(v).or_default();
             e.0 += r.u64("errors");
             e.1 += r.u64("n");
-        }
+        };
+        let Some(ctx) = super::each_version_row(ctx, (&t.service, &t.operation), sql, query, each).await? else { return Ok(None) };
         let Some(new_c) = by.remove(new) else { return Ok(None) };
         let Some((prev, prev_c)) = by.into_iter().max_by_key(|(_, c)| c.1) else { return Ok(None) };
         Ok(judge_rate(&ctx.config, prev_c, new_c, ("errors", "requests", "error_rate")).map(|j| (prev, j)))

@@ -25,6 +25,7 @@ use super::{MIN_PERIODS, Metric, Subject, history_look, merge_subjects, num, rou
 use crate::AnalysisError;
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, Ctx, Judgement, Test};
 use crate::sql::{self, Rows};
+use andon_store::sql::Row;
 
 #[derive(Debug)]
 pub struct LatencyRegression;
@@ -345,13 +346,11 @@ impl Detector for LatencyRegression {
         new: &str,
         sql: &dyn Sql,
     ) -> Result<Option<(String, Judgement)>, AnalysisError> {
-        let Some((seg, filter, ctx)) = ctx.by_version(t) else { return Ok(None) };
-        let rows = sql.rows(&query(&ctx, &filter)).await?;
         let mut by: BTreeMap<String, Histogram> = BTreeMap::new();
-        for r in rows.iter() {
-            let Some(v) = r.str(&seg) else { continue };
+        let each = |v: String, r: &Row<'_>| {
             *by.entry(v).or_default().entry(r.i64("bucket").unwrap_or(0)).or_default() += r.u64("n");
-        }
+        };
+        let Some(ctx) = super::each_version_row(ctx, (&t.service, &t.operation), sql, query, each).await? else { return Ok(None) };
         let Some(new_h) = by.remove(new) else { return Ok(None) };
         let Some((prev, prev_h)) = by.into_iter().max_by_key(|(_, h)| stats::total(h)) else { return Ok(None) };
         Ok(judge(&ctx, &prev_h, &new_h).map(|j| (prev, j)))

@@ -680,6 +680,39 @@ pub(crate) fn round(v: f64, places: i32) -> f64 {
     (v * f).round() / f
 }
 
+/// Each row of detector statement `query` over the range of `ctx`, for
+/// `subject` (service, operation), with the row's `service.version`; the
+/// context to judge the versions in, `None` when versions are not a segment.
+/// Over the rollups the pass has already read the statement for every
+/// subject, and its rows for this one are what the subject's filter would
+/// keep; over spans, the statement is narrowed to the subject and reads no
+/// sessions.
+pub(crate) async fn each_version_row(
+    ctx: &Ctx,
+    subject: (&str, &str),
+    sql: &dyn crate::detector::Sql,
+    query: fn(&Ctx, &str) -> String,
+    mut each: impl FnMut(String, &Row<'_>) + Send,
+) -> Result<Option<Ctx>, crate::AnalysisError> {
+    let Some((seg, filter, lean)) = ctx.by_version(subject) else { return Ok(None) };
+    if ctx.rolled() {
+        let rows = sql.rows(&query(ctx, "")).await?;
+        let subject = [("service", subject.0), ("operation", subject.1)];
+        for r in rows.rows_where(&subject) {
+            if let Some(v) = r.str(&seg) {
+                each(v, &r);
+            }
+        }
+    } else {
+        for r in sql.rows(&query(&lean, &filter)).await?.iter() {
+            if let Some(v) = r.str(&seg) {
+                each(v, &r);
+            }
+        }
+    }
+    Ok(Some(lean))
+}
+
 /// Judges a rate that should not rise: `x/n` baseline against current.
 pub(crate) fn judge_rate(
     cfg: &AnalysisConfig,
