@@ -253,6 +253,21 @@ pub trait Sql: Send + Sync {
         Ok(None)
     }
 
+    /// The flows `make` makes of the journeys [`Sql::session_journeys`]
+    /// gives, and how many rows those are, made once for every judgement
+    /// over the same journeys ([`crate::fold::PageFold::flows`]); `None`
+    /// where the pass keeps no sessions by page request.
+    async fn session_flows(
+        &self,
+        _ctx: &Ctx,
+        _range: (DateTime<Utc>, DateTime<Utc>),
+        _from: DateTime<Utc>,
+        _to: DateTime<Utc>,
+        _make: &crate::detectors::drop_off::MakeFlows,
+    ) -> Result<Option<(Vec<crate::detectors::drop_off::ResolvedFlow>, usize)>, AnalysisError> {
+        Ok(None)
+    }
+
     /// The sessions the failed requests of a subject (service, operation,
     /// segment) reached, (baseline, current), as `error_rate_regression.sql`
     /// over spans counts them (without a segment, by the spans' own segment

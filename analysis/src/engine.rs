@@ -510,6 +510,19 @@ impl Sql for TenantSql<'_> {
         Ok(self.page_fold(ctx, range_from, range_to, journeys).await?.flatten())
     }
 
+    async fn session_flows(
+        &self,
+        ctx: &Ctx,
+        (range_from, range_to): (DateTime<Utc>, DateTime<Utc>),
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        make: &crate::detectors::drop_off::MakeFlows,
+    ) -> Result<Option<(Vec<crate::detectors::drop_off::ResolvedFlow>, usize)>, AnalysisError> {
+        let (Some(from), Some(to)) = (from.timestamp_nanos_opt(), to.timestamp_nanos_opt()) else { return Ok(None) };
+        let flows = |fold: &mut crate::fold::PageFold| Ok(fold.flows(from, to, make));
+        Ok(self.page_fold(ctx, range_from, range_to, flows).await?.flatten())
+    }
+
     async fn error_sessions(
         &self,
         ctx: &Ctx,

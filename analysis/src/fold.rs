@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 use hashbrown::{HashMap, HashSet};
 
 use crate::AnalysisError;
-use crate::detectors::drop_off::Journeys;
+use crate::detectors::drop_off::{Journeys, ResolvedFlow};
 use crate::minutes::MINUTE_NS;
 use crate::sql::Rows;
 
@@ -773,6 +773,9 @@ pub struct PageFold {
     journey_bounds: Option<(i64, i64)>,
     /// The sessions whose rows changed since their journeys were taken.
     moved: HashSet<u32>,
+    /// The flows made of the journeys as they stand ([`Self::flows`]), with
+    /// how many rows the journeys are; dropped when a journey is taken again.
+    flows: Option<(Vec<ResolvedFlow>, usize)>,
 }
 
 impl PageFold {
@@ -845,6 +848,7 @@ impl PageFold {
             self.journeys.clear();
             self.journey_bounds = None;
             self.moved.clear();
+            self.flows = None;
         }
         self.moved.extend(changed.iter().copied());
         for id in changed {
@@ -873,6 +877,38 @@ impl PageFold {
     /// since the last call. `None` when the kept range does not hold
     /// `[from, to)`.
     pub fn journeys(&mut self, from: i64, to: i64) -> Option<Journeys> {
+        self.take_journeys(from, to)?;
+        Some(self.kept_journeys())
+    }
+
+    /// The flows `make` makes of [`Self::journeys`] over `[from, to)`, and
+    /// how many rows the journeys are: made again only when a journey was
+    /// taken again since the last call, so that the judgements of one pass
+    /// (its window's and its last minute's, over one baseline) make them
+    /// once. `make` must make the same flows of the same journeys every
+    /// time. `None` when the kept range does not hold `[from, to)`.
+    pub fn flows(
+        &mut self,
+        from: i64,
+        to: i64,
+        make: impl FnOnce(&Journeys) -> Vec<ResolvedFlow>,
+    ) -> Option<(Vec<ResolvedFlow>, usize)> {
+        self.take_journeys(from, to)?;
+        if self.flows.is_none() {
+            let journeys = self.kept_journeys();
+            self.flows = Some((make(&journeys), journeys.len()));
+        }
+        self.flows.clone()
+    }
+
+    fn kept_journeys(&self) -> Journeys {
+        Journeys { pages: self.pages.values.clone(), sessions: self.journeys.values().cloned().collect() }
+    }
+
+    /// Takes again the journeys over `[from, to)` of the sessions that
+    /// moved or have rows in a minute that entered or left them; `None`
+    /// when the kept range does not hold `[from, to)`.
+    fn take_journeys(&mut self, from: i64, to: i64) -> Option<()> {
         let (lo, hi) = self.kept.range?;
         if from < lo || to > hi {
             return None;
@@ -891,6 +927,9 @@ impl PageFold {
                 self.journeys.clear();
                 again.extend(ids(from..to));
             }
+        }
+        if !again.is_empty() || self.journey_bounds != Some((from, to)) {
+            self.flows = None;
         }
         for id in again {
             let mut visits: Vec<(u32, i64)> = Vec::new();
@@ -915,7 +954,7 @@ impl PageFold {
             }
         }
         self.journey_bounds = Some((from, to));
-        Some(Journeys { pages: self.pages.values.clone(), sessions: self.journeys.values().cloned().collect() })
+        Some(())
     }
 }
 
@@ -1052,6 +1091,25 @@ mod tests {
         // comes back.
         assert_eq!(firsts(&fold.journeys(2 * MINUTE, 4 * MINUTE).unwrap()), [page(190)]);
         assert_eq!(firsts(&fold.journeys(MINUTE, 3 * MINUTE).unwrap()), [page(70)]);
+        // The flows of the same journeys are made once, and again once a
+        // journey is taken again: by other minutes, or by `journeys`.
+        let made = std::cell::Cell::new(0);
+        let make = |j: &Journeys| {
+            made.set(made.get() + 1);
+            let name = firsts(j).iter().map(|s| s[0].1.to_string()).collect::<Vec<_>>().join(",");
+            vec![ResolvedFlow { name, steps: Vec::new(), horizons: Vec::new() }]
+        };
+        let mut flows = |from: i64, to: i64| {
+            let (flows, rows) = fold.flows(from, to, &make).unwrap();
+            (flows[0].name.clone(), rows, made.get())
+        };
+        assert_eq!(flows(MINUTE, 3 * MINUTE), ("70".to_owned(), 1, 1));
+        assert_eq!(flows(MINUTE, 3 * MINUTE), ("70".to_owned(), 1, 1));
+        assert_eq!(flows(2 * MINUTE, 4 * MINUTE), ("190".to_owned(), 1, 2));
+        assert_eq!(flows(2 * MINUTE, 4 * MINUTE), ("190".to_owned(), 1, 2));
+        assert_eq!(firsts(&fold.journeys(MINUTE, 4 * MINUTE).unwrap()), [page(70), page(190)]);
+        assert_eq!(fold.flows(MINUTE, 4 * MINUTE, &make).unwrap().0[0].name, "70,190");
+        assert_eq!(made.get(), 3);
         // Minutes 1 and 2 leave: a and b are forgotten, their ids too.
         let pages = moved(&mut fold, (source(7), 1, 3 * MINUTE, 4 * MINUTE, serve(rows(&[])))).unwrap();
         assert_eq!(pages.sessions.iter().map(|s| s.first_seen).collect::<Vec<_>>(), [190]);

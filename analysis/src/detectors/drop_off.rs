@@ -47,6 +47,9 @@ impl ResolvedFlow {
     }
 }
 
+/// How a pass makes its flows of the baseline's journeys, with their horizons.
+pub type MakeFlows = dyn for<'j> Fn(&'j Journeys) -> Vec<ResolvedFlow> + Sync;
+
 /// Fewer baseline sessions than this going from a step to the next leave the
 /// step's horizon at the session timeout.
 const MIN_GAPS: usize = 50;
@@ -1015,12 +1018,25 @@ impl DropOff {
         let statement = journeys_query(ctx);
         // From the sessions kept since the last pass where the pass keeps
         // them (the funnels read the same fold), else the statement.
-        let kept = if ctx.sessioned() && (ctx.baseline_end == ctx.split || ctx.short) {
-            let range = (read_from(ctx), ctx.end);
-            sql.session_journeys(ctx, range, ctx.baseline_start, ctx.baseline_end).await?
-        } else {
-            None
-        };
+        let keeps = ctx.sessioned() && (ctx.baseline_end == ctx.split || ctx.short);
+        let range = (read_from(ctx), ctx.end);
+        if keeps && ctx.config.flows.is_empty() {
+            // Discovered, the flows depend on the journeys alone: made once
+            // for the pass's judgements over this baseline.
+            let timeout = timeout_ns(ctx);
+            let make = move |journeys: &Journeys| {
+                let mut flows = discover(journeys);
+                horizons(journeys, &mut flows, timeout);
+                flows
+            };
+            if let Some((flows, rows)) =
+                sql.session_flows(ctx, range, ctx.baseline_start, ctx.baseline_end, &make).await?
+            {
+                sql.noted(&statement, rows);
+                return Ok(flows);
+            }
+        }
+        let kept = if keeps { sql.session_journeys(ctx, range, ctx.baseline_start, ctx.baseline_end).await? } else { None };
         let journeys = match kept {
             Some(journeys) => {
                 sql.noted(&statement, journeys.len());
