@@ -458,6 +458,36 @@ mod tests {
     }
 
     #[test]
+    fn a_segments_page_index_is_read_once_and_kept_with_its_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(crate::StoreConfig::new(dir.path())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let tenant = Tenant::default_tenant();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let hour = now / 3_600_000_000_000 * 3_600_000_000_000 - 3_600_000_000_000;
+        let starts: Vec<u64> = (0..60u64).map(|i| hour + i * 60_000_000_000).collect();
+        rt.block_on(store.append(&tenant, export("checkout", &starts, 1))).unwrap();
+        store.flush().unwrap();
+        let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 1).unwrap();
+        // A filter on the start time, which the page index narrows.
+        let from = chrono::DateTime::from_timestamp_nanos((hour + 30 * 60_000_000_000) as i64);
+        let sql = format!("SELECT count(*) AS n FROM spans WHERE start_time >= {}", crate::sql::ts(from));
+        let cache = engine.env.cache_manager.get_file_metadata_cache();
+        for read in 1..=3 {
+            let out = rt.block_on(engine.collect(Some(tenant.clone()), &sql)).unwrap();
+            let n = out.batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0);
+            assert_eq!(n, 30, "read {read}: the spans of the last 30 minutes");
+            let entries = cache.list_entries();
+            assert_eq!(entries.len(), 1, "read {read}: one segment");
+            for (path, e) in entries {
+                let index = e.value.file_metadata.extra_info().get("page_index").cloned();
+                assert_eq!(index.as_deref(), Some("true"), "read {read}: {path} cached with its page index");
+                assert_eq!(e.hits, read - 1, "read {read}: {path} read once, then from the cache");
+            }
+        }
+    }
+
+    #[test]
     fn compaction_merges_its_sorted_inputs_slice_by_slice_without_sorting_them() {
         use crate::segment::slice_of;
         use arrow::array::AsArray;

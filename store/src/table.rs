@@ -15,11 +15,11 @@ use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetFileReaderFactory};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
@@ -27,7 +27,12 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::union::UnionExec;
+use futures::future::BoxFuture;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 
 use crate::Store;
 use crate::segment::NANOS_PER_HOUR;
@@ -230,8 +235,16 @@ async fn scan_parquet(
         groups[i % n].push(PartitionedFile::new(location.clone(), *bytes));
     }
     let options = state.table_options().parquet.clone();
-    let format = ParquetFormat::default().with_options(options.clone());
-    let source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+    let readers = IndexedReaders(CachedParquetFileReaderFactory::new(
+        state.runtime_env().object_store(&url)?,
+        state.runtime_env().cache_manager.get_file_metadata_cache(),
+    ));
+    let mut source = ParquetSource::new(Arc::clone(&schema))
+        .with_table_parquet_options(options.clone())
+        .with_parquet_file_reader_factory(Arc::new(readers));
+    if let Some(hint) = options.global.metadata_size_hint {
+        source = source.with_metadata_size_hint(hint);
+    }
     let mut config = FileScanConfigBuilder::new(url, Arc::new(source))
         .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
         .with_projection_indices(projection.cloned())?
@@ -244,7 +257,57 @@ async fn scan_parquet(
             .collect::<Result<Vec<_>>>()?;
         config = config.with_output_ordering(LexOrdering::new(exprs).into_iter().collect());
     }
-    format.create_physical_plan(state, config.build()).await
+    Ok(DataSourceExec::from_data_source(config.build()))
+}
+
+/// Readers of segments whose metadata, page index included, comes from the
+/// runtime's metadata cache. A scan first asks for the footer alone and then
+/// reads the page index from the file whenever a filter can use it, every
+/// statement again; segments never change once written, so their page index
+/// is read and decoded once, cached with the footer.
+#[derive(Debug)]
+struct IndexedReaders(CachedParquetFileReaderFactory);
+
+impl ParquetFileReaderFactory for IndexedReaders {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        let inner = self.0.create_reader(partition_index, file, metadata_size_hint, metrics)?;
+        Ok(Box::new(IndexedReader { inner, options: None }))
+    }
+}
+
+/// A segment's reader that asks the cache for the page index with the footer.
+struct IndexedReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+    /// The options of the last metadata request, with the page index asked for.
+    options: Option<ArrowReaderOptions>,
+}
+
+impl AsyncFileReader for IndexedReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
+        self.inner.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
+        self.inner.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let asked = options.cloned().unwrap_or_default().with_page_index_policy(PageIndexPolicy::Optional);
+        self.options = Some(asked);
+        self.inner.get_metadata(self.options.as_ref())
+    }
 }
 
 #[cfg(test)]
