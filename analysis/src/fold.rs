@@ -1100,7 +1100,7 @@ mod tests {
             vec![ResolvedFlow { name, steps: Vec::new(), horizons: Vec::new() }]
         };
         let mut flows = |from: i64, to: i64| {
-            let (flows, rows) = fold.flows(from, to, &make).unwrap();
+            let (flows, rows) = fold.flows(from, to, make).unwrap();
             (flows[0].name.clone(), rows, made.get())
         };
         assert_eq!(flows(MINUTE, 3 * MINUTE), ("70".to_owned(), 1, 1));
@@ -1108,7 +1108,7 @@ mod tests {
         assert_eq!(flows(2 * MINUTE, 4 * MINUTE), ("190".to_owned(), 1, 2));
         assert_eq!(flows(2 * MINUTE, 4 * MINUTE), ("190".to_owned(), 1, 2));
         assert_eq!(firsts(&fold.journeys(MINUTE, 4 * MINUTE).unwrap()), [page(70), page(190)]);
-        assert_eq!(fold.flows(MINUTE, 4 * MINUTE, &make).unwrap().0[0].name, "70,190");
+        assert_eq!(fold.flows(MINUTE, 4 * MINUTE, make).unwrap().0[0].name, "70,190");
         assert_eq!(made.get(), 3);
         // Minutes 1 and 2 leave: a and b are forgotten, their ids too.
         let pages = moved(&mut fold, (source(7), 1, 3 * MINUTE, 4 * MINUTE, serve(rows(&[])))).unwrap();
