@@ -695,19 +695,11 @@ pub(crate) async fn each_version_row(
     mut each: impl FnMut(String, &Row<'_>) + Send,
 ) -> Result<Option<Ctx>, crate::AnalysisError> {
     let Some((seg, filter, lean)) = ctx.by_version(subject) else { return Ok(None) };
-    if ctx.rolled() {
-        let rows = sql.rows(&query(ctx, "")).await?;
-        let subject = [("service", subject.0), ("operation", subject.1)];
-        for r in rows.rows_where(&subject) {
-            if let Some(v) = r.str(&seg) {
-                each(v, &r);
-            }
-        }
-    } else {
-        for r in sql.rows(&query(&lean, &filter)).await?.iter() {
-            if let Some(v) = r.str(&seg) {
-                each(v, &r);
-            }
+    let statement = if ctx.rolled() { query(ctx, "") } else { query(&lean, &filter) };
+    let rows = sql.rows(&statement).await?;
+    for r in rows.rows_where(&[("service", subject.0), ("operation", subject.1)]) {
+        if let Some(v) = r.str(&seg) {
+            each(v, &r);
         }
     }
     Ok(Some(lean))
