@@ -260,11 +260,12 @@ async fn scan_parquet(
     Ok(DataSourceExec::from_data_source(config.build()))
 }
 
-/// Readers of segments whose metadata, page index included, comes from the
-/// runtime's metadata cache. A scan first asks for the footer alone and then
-/// reads the page index from the file whenever a filter can use it, every
-/// statement again; segments never change once written, so their page index
-/// is read and decoded once, cached with the footer.
+/// Readers of the store's Parquet files (segments, their rollups, sessions
+/// files) whose metadata, page index included, comes from the runtime's
+/// metadata cache. A scan first asks for the footer alone and then reads the
+/// page index from the file whenever a filter can use it, every statement
+/// again; a file is never changed once written (each is named by its flush),
+/// so its page index is read and decoded once, cached with the footer.
 #[derive(Debug)]
 struct IndexedReaders(CachedParquetFileReaderFactory);
 
@@ -281,7 +282,7 @@ impl ParquetFileReaderFactory for IndexedReaders {
     }
 }
 
-/// A segment's reader that asks the cache for the page index with the footer.
+/// A file's reader that asks the cache for the page index with the footer.
 struct IndexedReader {
     inner: Box<dyn AsyncFileReader + Send>,
     /// The options of the last metadata request, with the page index asked for.
