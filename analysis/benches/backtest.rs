@@ -227,6 +227,8 @@ fn main() {
     );
     let (answered, read) = analyzer.sampled_traces();
     println!("sampled traces: {answered} answered from the previous passes' reads, {read} read from the store");
+    let (answered, read) = analyzer.failing_traces();
+    println!("failing traces: {answered} answered from the previous passes' reads, {read} read from the store");
     println!(
         "{} findings ({} distinct accounts: kind, service, operation and segment)",
         reported.len(),

@@ -80,7 +80,7 @@ impl WindowRequest {
         }
     }
 
-    /// The first `limit` of `requests` by trace and span id, as picks ([`Pick::first`]).
+    /// The first `limit` of `requests` by trace and span id, as picks.
     fn first<'a>(requests: impl Iterator<Item = &'a WindowRequest>, limit: usize) -> Vec<Pick> {
         let mut v: Vec<&WindowRequest> = requests.collect();
         v.sort_by(|a, b| a.trace_id.cmp(&b.trace_id).then(a.span_id.cmp(&b.span_id)));
@@ -403,12 +403,18 @@ pub struct Analyzer {
     /// Held while a pass moves and reads it: a continuous pass's window and
     /// last minute read it at once, and the second finds it moved.
     page_fold: Arc<tokio::sync::Mutex<Option<crate::fold::PageFold>>>,
+    /// The last read of `sessions` one fold made for a pass, for the other
+    /// ([`crate::fold::SharedRead`]).
+    session_read: Arc<crate::fold::SharedRead>,
     /// The cells of `span_metrics` as the last pass folded them, for the
     /// latency and error-rate statements of the next ([`crate::fold::MetricsFold`]).
     metrics_fold: Arc<std::sync::Mutex<Option<crate::fold::MetricsFold>>>,
     /// The traces the last passes sampled for their candidates' causes, for
     /// the next ([`localize::TraceBook`]).
     traces: Arc<localize::TraceBook>,
+    /// The spans of the traces the last passes' failing samples picked, for
+    /// the next ([`traces::SpansBook`]).
+    failing: Arc<traces::SpansBook>,
     /// When each version first served, by minute, for the next pass
     /// ([`attribution::VersionBook`]).
     versions: Arc<attribution::VersionBook>,
@@ -428,8 +434,9 @@ struct TenantSql<'a> {
     /// Each statement asked for since the last [`TenantSql::asked`], with
     /// its row count, when the pass is recorded.
     log: Option<std::sync::Mutex<Vec<(String, usize)>>>,
-    /// Where the sessions by page request are kept between passes.
-    pages: Option<&'a tokio::sync::Mutex<Option<crate::fold::PageFold>>>,
+    /// Where the sessions by page request are kept between passes, and the
+    /// calls fold's read of `sessions` it may take.
+    pages: Option<(&'a tokio::sync::Mutex<Option<crate::fold::PageFold>>, &'a crate::fold::SharedRead)>,
     /// Where requests and session values are kept by minute between passes.
     requests: Option<&'a crate::requests::RequestBook>,
 }
@@ -445,9 +452,14 @@ impl<'a> TenantSql<'a> {
         Self { requests: Some(book), ..self }
     }
 
-    /// The same, keeping the sessions by page request in `pages`.
-    fn keeping(self, pages: &'a tokio::sync::Mutex<Option<crate::fold::PageFold>>) -> Self {
-        Self { pages: Some(pages), ..self }
+    /// The same, keeping the sessions by page request in `pages`, reading
+    /// `sessions` through `shared`.
+    fn keeping(
+        self,
+        pages: &'a tokio::sync::Mutex<Option<crate::fold::PageFold>>,
+        shared: &'a crate::fold::SharedRead,
+    ) -> Self {
+        Self { pages: Some((pages, shared)), ..self }
     }
 
     fn ran(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Rows>> {
@@ -642,7 +654,7 @@ impl TenantSql<'_> {
         to: DateTime<Utc>,
         then: impl FnOnce(&mut crate::fold::PageFold) -> Result<T, AnalysisError>,
     ) -> Result<Option<T>, AnalysisError> {
-        let Some(slot) = self.pages else { return Ok(None) };
+        let Some((slot, shared)) = self.pages else { return Ok(None) };
         let session_segments = ctx.session_vars("").into_iter().find(|(k, _)| *k == "session_segments");
         let (Some((_, session_segments)), Some(from), Some(to)) =
             (session_segments, from.timestamp_nanos_opt(), to.timestamp_nanos_opt())
@@ -652,7 +664,10 @@ impl TenantSql<'_> {
         let mut held = slot.lock().await;
         let mut fold = held.take().unwrap_or_default();
         let source = (self.tenant.clone(), session_segments, self.engine.store().sessions_version());
-        let read = |sql: String| async move { query(self.engine, self.tenant, &sql).await };
+        let read = |sql: String| {
+            let key = (self.tenant.clone(), self.engine.store().sessions_version(), sql);
+            shared.rows(key, |sql| async move { query(self.engine, self.tenant, &sql).await })
+        };
         let changed = |version| self.engine.store().sessions_changed_since(self.tenant, version);
         let out = match fold.advance(source, ctx.segments.columns.len(), from, to, changed, read).await {
             Ok(()) => then(&mut fold),
@@ -742,8 +757,10 @@ impl Analyzer {
             journal: false,
             calls_fold: Arc::default(),
             page_fold: Arc::default(),
+            session_read: Arc::default(),
             metrics_fold: Arc::default(),
             traces: Arc::default(),
+            failing: Arc::default(),
             versions: Arc::default(),
             requests: Arc::default(),
         })
@@ -773,6 +790,12 @@ impl Analyzer {
     /// the store) since the analyzer began.
     pub fn sampled_traces(&self) -> (u64, u64) {
         self.traces.counts()
+    }
+
+    /// The traces of failing samples (answered from the ones earlier passes
+    /// read, read from the store) since the analyzer began.
+    pub fn failing_traces(&self) -> (u64, u64) {
+        self.failing.counts()
     }
 
     /// The passes continuous detection would have run over `(from, to]`.
@@ -1249,7 +1272,10 @@ impl Analyzer {
                     let taken = self.calls_fold.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
                     let mut fold = taken.unwrap_or_default();
                     let source = (tenant.clone(), session_segments, self.engine.store().sessions_version());
-                    let read = |sql: String| async move { query(&self.engine, tenant, &sql).await };
+                    let read = |sql: String| {
+                        let key = (tenant.clone(), self.engine.store().sessions_version(), sql);
+                        self.session_read.rows(key, |sql| async move { query(&self.engine, tenant, &sql).await })
+                    };
                     let changed = |version| self.engine.store().sessions_changed_since(tenant, version);
                     let rows = fold.rows(source, segs.len(), bounds, changed, read).await;
                     // The last minute's retries against the minutes before
@@ -1357,11 +1383,12 @@ impl Analyzer {
         }
         let ctx = Ctx { short, ..self.ctx(w, settled) };
         self.traces.turn(self.engine.store(), tenant);
+        self.failing.turn(self.engine.store(), tenant);
         self.versions.turn(self.engine.store(), tenant);
         self.requests.turn(self.engine.store(), tenant);
         let logged = self.journal;
         let sql =
-            TenantSql::new(&self.engine, tenant, logged, known).keeping(&self.page_fold).with_requests(&self.requests);
+            TenantSql::new(&self.engine, tenant, logged, known).keeping(&self.page_fold, &self.session_read).with_requests(&self.requests);
         let mut steps: Vec<PassStep> = Vec::new();
         let mut tests = Vec::new();
         let mut flows = Vec::new();
@@ -1429,7 +1456,8 @@ impl Analyzer {
         }
 
         // Every candidate's sample of requests in one read of the current
-        // window, and the spans beneath its failing ones in one read by trace id.
+        // window, and the spans beneath its failing ones: those of the traces
+        // the last passes did not read, in one read by trace id.
         let picks = self.picks(tenant, &ctx, &candidates).await?;
         let failing: Vec<&Pick> = candidates
             .iter()
@@ -1437,14 +1465,7 @@ impl Analyzer {
             .filter(|(c, _)| !self.latency(&c.test))
             .flat_map(|(_, p)| p.sample.iter())
             .collect();
-        let spans = match failing.iter().map(|p| p.start).min() {
-            Some(first) => {
-                let from = Utc.timestamp_nanos(first) - chrono::Duration::minutes(1);
-                let q = traces::query(&failing, &sql::ts(from), &sql::ts(ctx.end + chrono::Duration::minutes(5)));
-                TraceSpans::from_rows(&self.rows(tenant, &q).await?)
-            }
-            None => TraceSpans::default(),
-        };
+        let spans = self.failing.spans(tenant, &failing, |q| async move { self.rows(tenant, &q).await }).await?;
         self.prefill_samples(tenant, &ctx, &candidates).await?;
         // Two candidates at a time: a candidate waits on its statements (the
         // trace samples of both windows), which leave a core idle.
@@ -2329,7 +2350,7 @@ mod tests {
             // So are the sessions the drop-off funnels read: the statement's
             // rows computed from them are the statement's.
             let ctx = analyzer.ctx(w, None);
-            let sql = TenantSql::new(&engine, &tenant, false, &BTreeMap::new()).keeping(&analyzer.page_fold);
+            let sql = TenantSql::new(&engine, &tenant, false, &BTreeMap::new()).keeping(&analyzer.page_fold, &analyzer.session_read);
             let flows = rt.block_on(detectors::drop_off::DropOff.flows(&ctx, &sql)).unwrap();
             assert!(!flows.is_empty());
             let statement = detectors::drop_off::history_query(&ctx, &flows);

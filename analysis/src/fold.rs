@@ -309,6 +309,9 @@ impl<R> Default for Kept<R> {
 struct Moved {
     rebuilt: bool,
     changed: HashSet<u32>,
+    /// The first minute whose rows were read (the range's end if none was):
+    /// the rows of the minutes from the range's start up to it are as before.
+    read_from: i64,
 }
 
 fn failed(sql: &str) -> impl Fn(ArrowError) -> AnalysisError + '_ {
@@ -456,7 +459,53 @@ impl<R: Timed> Kept<R> {
         }
         self.source = Some(source);
         self.range = Some((from, to));
-        Ok(Moved { rebuilt, changed })
+        Ok(Moved { rebuilt, changed, read_from: lo.min(to) })
+    }
+}
+
+/// The rows of `sessions` in the minutes `[lo, hi)` as both folds read them
+/// (each its own columns of them), with the segment columns
+/// `session_segments` (`, … AS seg0`, …): one statement, so that the rows one
+/// fold read for a pass serve the other ([`SharedRead`]).
+fn sessions_query(session_segments: &str, lo: i64, hi: i64) -> String {
+    format!(
+        "SELECT session_id, service_name AS service, operation, route, span_name, minute, first_call, last_call, \
+         first_page, coalesce(seen_end, session_end) AS seen{session_segments}, calls, errors, retries, \
+         auto_retries, recovered, recovered_end, auto_recovered FROM sessions WHERE minute >= {} AND minute < {}",
+        ts(lo),
+        ts(hi)
+    )
+}
+
+/// What a statement over `sessions` is read as: (tenant, the store's
+/// sessions version when it was read, the statement).
+pub type ReadKey = (andon_model::Tenant, u64, String);
+
+/// The last read of `sessions` one fold made, left for the other: a pass
+/// moves both folds by the same minutes, and the second to read them takes
+/// the first's rows ([`sessions_query`]) instead of reading them again.
+#[derive(Debug, Default)]
+pub struct SharedRead(std::sync::Mutex<Option<(ReadKey, Rows)>>);
+
+impl SharedRead {
+    /// The rows of `key`'s statement: the ones left by the read before, taken,
+    /// when it read the same statement at the same version; else read with
+    /// `read`, and left for the next.
+    pub async fn rows<F, Fut>(&self, key: ReadKey, read: F) -> Result<Rows, AnalysisError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
+    {
+        let left = {
+            let mut held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if held.as_ref().is_some_and(|(k, _)| *k == key) { held.take().map(|(_, rows)| rows) } else { None }
+        };
+        if let Some(rows) = left {
+            return Ok(rows);
+        }
+        let rows = read(key.2.clone()).await?;
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((key, rows.clone()));
+        Ok(rows)
     }
 }
 
@@ -500,6 +549,10 @@ pub struct CallsFold {
     /// Service, operation and segment values, numbered.
     series: Numbered<Vec<Option<String>>>,
     groups: HashMap<Group, Sums>,
+    /// Per minute of the range whose rows are as read: per series, the
+    /// sessions that called it in the minute and those that retried it
+    /// ([`Self::retry_history`] in periods of a minute).
+    minute_retries: BTreeMap<i64, Vec<(u32, (i64, i64))>>,
 }
 
 impl CallsFold {
@@ -538,15 +591,7 @@ impl CallsFold {
             }
         }
         let session_segments = source.1.clone();
-        let sql = |lo: i64, hi: i64| {
-            format!(
-                "SELECT session_id, service_name AS service, operation, minute, \
-                 coalesce(seen_end, session_end) AS seen{session_segments}, calls, errors, retries, auto_retries, \
-                 recovered, recovered_end, auto_recovered FROM sessions WHERE minute >= {} AND minute < {}",
-                ts(lo),
-                ts(hi)
-            )
-        };
+        let sql = |lo: i64, hi: i64| sessions_query(&session_segments, lo, hi);
         let series = &mut self.series;
         let parse = |batch: &RecordBatch, push: &mut dyn FnMut(&str, Call)| -> Result<(), ArrowError> {
             let (ids, services, operations) =
@@ -587,12 +632,14 @@ impl CallsFold {
             }
             Ok(())
         };
-        let Moved { rebuilt, changed } = self.kept.advance(source, b.from, b.to, follows, sql, read, parse).await?;
+        let Moved { rebuilt, changed, read_from } =
+            self.kept.advance(source, b.from, b.to, follows, sql, read, parse).await?;
         self.bounds = Some(b);
         if rebuilt {
             self.groups.clear();
             self.adds.clear();
         }
+        self.minute_retries.retain(|m, _| (b.from..read_from).contains(m));
         for id in changed.into_iter().chain(moved) {
             self.refold(id, &b);
         }
@@ -604,28 +651,30 @@ impl CallsFold {
     /// operation, segment values and period, the sessions that called the
     /// operation and those of them that retried it. `None` when the kept
     /// range does not hold `[from, end)`.
-    pub fn retry_history(&self, from: i64, end: i64, window: i64, segments: usize) -> Option<Result<Rows, ArrowError>> {
+    pub fn retry_history(
+        &mut self,
+        from: i64,
+        end: i64,
+        window: i64,
+        segments: usize,
+    ) -> Option<Result<Rows, ArrowError>> {
         let (lo, hi) = self.kept.range?;
         if from < lo || end > hi || window <= 0 {
             return None;
         }
-        // Per session, operation and segment values, and period: its retries.
-        let mut per: HashMap<(u32, u32, i64), i64> = HashMap::new();
-        let within: HashSet<u32> =
-            self.kept.minutes.range(from..end).flat_map(|(_, ids)| ids.iter().copied()).collect();
-        for id in &within {
-            let Some(calls) = self.kept.sessions.get(id) else { continue };
-            for c in calls.iter().filter(|c| (from..end).contains(&c.minute)) {
-                let period = end + (c.minute - end).div_euclid(window) * window;
-                *per.entry((*id, c.series, period)).or_default() += c.retries;
-            }
-        }
-        // Per operation, segment values and period: sessions, and those that retried.
         let mut groups: HashMap<(u32, i64), (i64, i64)> = HashMap::new();
-        for ((_, series, period), retries) in per {
-            let g = groups.entry((series, period)).or_default();
-            g.0 += 1;
-            g.1 += i64::from(retries > 0);
+        if window == MINUTE_NS && from.rem_euclid(MINUTE_NS) == 0 && end.rem_euclid(MINUTE_NS) == 0 {
+            // Periods of whole minutes: each minute's counts, kept while its
+            // rows are.
+            for m in (from..end).step_by(MINUTE_NS as usize) {
+                if !self.minute_retries.contains_key(&m) {
+                    let counts = self.retries(m, m + MINUTE_NS, MINUTE_NS).into_iter().map(|((s, _), n)| (s, n));
+                    self.minute_retries.insert(m, counts.collect());
+                }
+                groups.extend(self.minute_retries[&m].iter().map(|(s, n)| ((*s, m), *n)));
+            }
+        } else {
+            groups = self.retries(from, end, window);
         }
         let mut groups: Vec<((u32, i64), (i64, i64))> = groups.into_iter().collect();
         groups.sort_unstable_by_key(|(k, _)| *k);
@@ -649,6 +698,30 @@ impl CallsFold {
         fields.push(Field::new("retrying_sessions", DataType::Int64, true));
         columns.push(Arc::new(groups.iter().map(|(_, (_, x))| Some(*x)).collect::<Int64Array>()));
         Some(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map(|b| Rows::new(vec![b])))
+    }
+
+    /// Per series and period of `window` ns counted back from `end`, over
+    /// `[from, end)`: the sessions that called it, and those that retried it.
+    fn retries(&self, from: i64, end: i64, window: i64) -> HashMap<(u32, i64), (i64, i64)> {
+        // Per session, operation and segment values, and period: its retries.
+        let mut per: HashMap<(u32, u32, i64), i64> = HashMap::new();
+        let within: HashSet<u32> =
+            self.kept.minutes.range(from..end).flat_map(|(_, ids)| ids.iter().copied()).collect();
+        for id in &within {
+            let Some(calls) = self.kept.sessions.get(id) else { continue };
+            for c in calls.iter().filter(|c| (from..end).contains(&c.minute)) {
+                let period = end + (c.minute - end).div_euclid(window) * window;
+                *per.entry((*id, c.series, period)).or_default() += c.retries;
+            }
+        }
+        // Per operation, segment values and period: sessions, and those that retried.
+        let mut groups: HashMap<(u32, i64), (i64, i64)> = HashMap::new();
+        for ((_, series, period), retries) in per {
+            let g = groups.entry((series, period)).or_default();
+            g.0 += 1;
+            g.1 += i64::from(retries > 0);
+        }
+        groups
     }
 
     /// Replaces what session `id` adds to the groups with what it adds over
@@ -806,14 +879,7 @@ impl PageFold {
         Fut: std::future::Future<Output = Result<Rows, AnalysisError>>,
     {
         let session_segments = source.1.clone();
-        let sql = |lo: i64, hi: i64| {
-            format!(
-                "SELECT session_id, service_name AS service, operation, route, span_name, minute, first_call, \
-                 last_call, errors, first_page{session_segments} FROM sessions WHERE minute >= {} AND minute < {}",
-                ts(lo),
-                ts(hi)
-            )
-        };
+        let sql = |lo: i64, hi: i64| sessions_query(&session_segments, lo, hi);
         let (requests, seg_values, services) = (&mut self.requests, &mut self.segments, &mut self.services);
         let parse = |batch: &RecordBatch, push: &mut dyn FnMut(&str, PageCall)| -> Result<(), ArrowError> {
             let (ids, service) = (strings(batch, "session_id")?, strings(batch, "service")?);
@@ -842,7 +908,7 @@ impl PageFold {
             Ok(())
         };
         let follows = self.kept.follows(&source, from, to, changed_since);
-        let Moved { rebuilt, changed } = self.kept.advance(source, from, to, follows, sql, read, parse).await?;
+        let Moved { rebuilt, changed, .. } = self.kept.advance(source, from, to, follows, sql, read, parse).await?;
         if rebuilt {
             self.summaries.clear();
             self.journeys.clear();
@@ -1120,5 +1186,34 @@ mod tests {
         assert_eq!(pages.sessions.len(), 2);
         assert_eq!(fold.rebuilds(), 2);
         assert!(fold.read_at(8) && !fold.read_at(7));
+    }
+
+    #[test]
+    fn a_read_of_sessions_serves_the_next_fold_that_asks_for_it_at_the_same_version_once() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let reads = std::cell::Cell::new(0);
+        let shared = SharedRead::default();
+        let tenant = andon_model::Tenant::default_tenant();
+        let statement = sessions_query(", os AS seg0", 0, MINUTE);
+        let mut get = |version: u64, sql: &str| {
+            let read = |_: String| {
+                reads.set(reads.get() + 1);
+                let answer = rows(&[("a", "GET /", 0, 10)]);
+                async move { Ok::<_, AnalysisError>(answer) }
+            };
+            rt.block_on(shared.rows((tenant.clone(), version, sql.to_owned()), read)).unwrap().len()
+        };
+        // The calls fold reads the minute; the page fold takes its rows.
+        assert_eq!((get(1, &statement), get(1, &statement), reads.get()), (1, 1, 1));
+        // Taken once: a third fold asking reads again.
+        assert_eq!((get(1, &statement), reads.get()), (1, 2));
+        // The store's sessions changed since: read again.
+        assert_eq!((get(2, &statement), reads.get()), (1, 3));
+        // Another statement (other minutes) is read too, and replaces it.
+        let later = sessions_query(", os AS seg0", MINUTE, 2 * MINUTE);
+        assert_eq!((get(2, &later), get(2, &statement), reads.get()), (1, 1, 5));
+        for column in ["first_page", "seen", "recovered_end", "seg0"] {
+            assert!(statement.contains(column), "both folds' columns: {statement}");
+        }
     }
 }

@@ -151,6 +151,70 @@ impl<K: Eq + Hash + Clone, V> MinuteCells<K, V> {
     }
 }
 
+/// Whole traces a pass read, `V` by (tenant, trace id), for the passes after
+/// it: a trace is kept while a recent turn asks for it and no span of it
+/// arrived after it was read.
+#[derive(Debug)]
+pub struct KeptTraces<V> {
+    turn: u64,
+    traces: HashMap<(Tenant, String), KeptTrace<V>>,
+}
+
+#[derive(Debug)]
+struct KeptTrace<V> {
+    value: V,
+    /// When its read began (Unix ns, this server's clock).
+    read_at: i64,
+    /// The turn that last asked for it.
+    asked: u64,
+}
+
+impl<V> Default for KeptTraces<V> {
+    fn default() -> Self {
+        KeptTraces { turn: 0, traces: HashMap::new() }
+    }
+}
+
+impl<V> KeptTraces<V> {
+    /// Starts a turn for `tenant`: forgets the traces no recent turn asked
+    /// for, and the tenant's traces that received a span after they were
+    /// read. `arrivals` gives the traces (id, when) that received spans since
+    /// a moment; it is asked only when the tenant has traces kept.
+    pub fn turn(&mut self, tenant: &Tenant, arrivals: impl FnOnce(i64) -> Vec<(u128, i64)>) {
+        self.turn += 1;
+        // Only arrivals after the earliest read can make a kept trace stale.
+        let earliest = self.traces.iter().filter(|((t, _), _)| t == tenant).map(|(_, k)| k.read_at).min();
+        let late: HashMap<u128, i64> = earliest.map(|at| arrivals(at - 1)).unwrap_or_default().into_iter().collect();
+        let oldest = self.turn.saturating_sub(KEPT_TURNS);
+        self.traces.retain(|(t, id), k| {
+            if k.asked < oldest {
+                return false;
+            }
+            if t != tenant {
+                return true;
+            }
+            match u128::from_str_radix(id, 16).ok().and_then(|v| late.get(&v)) {
+                Some(&at) => at < k.read_at,
+                None => true,
+            }
+        });
+    }
+
+    /// The trace kept as `id`, marked as asked for this turn.
+    pub fn get(&mut self, tenant: &Tenant, id: &str) -> Option<&V> {
+        let turn = self.turn;
+        let k = self.traces.get_mut(&(tenant.clone(), id.to_owned()))?;
+        k.asked = turn;
+        Some(&k.value)
+    }
+
+    /// Keeps `value` for the trace `id`, read from the moment `read_at`.
+    pub fn insert(&mut self, tenant: &Tenant, id: String, value: V, read_at: i64) {
+        let asked = self.turn;
+        self.traces.insert((tenant.clone(), id), KeptTrace { value, read_at, asked });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

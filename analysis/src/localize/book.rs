@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use crate::minutes::{KEPT_TURNS, MinuteCells, now_ns, whole_minutes};
+use crate::minutes::{KeptTraces, MinuteCells, now_ns, whole_minutes};
 
 use super::profile::{Span, spans_by_trace};
 use super::scope::{conditions_query, picked_query, qualifying_query, spans_query, within_reach};
@@ -36,8 +36,7 @@ impl Default for TraceBook {
         let reach = super::REACH.num_nanoseconds().unwrap_or(i64::MAX);
         TraceBook {
             inner: Mutex::new(Book {
-                turn: 0,
-                traces: HashMap::new(),
+                traces: KeptTraces::default(),
                 scopes: MinuteCells::new(reach),
                 hits: 0,
                 reads: 0,
@@ -49,8 +48,7 @@ impl Default for TraceBook {
 
 #[derive(Debug)]
 struct Book {
-    turn: u64,
-    traces: HashMap<(Tenant, String), Kept>,
+    traces: KeptTraces<Kept>,
     /// Per (tenant, traces a sample takes and scope): the traces in scope by
     /// the minute their root starts in.
     scopes: MinuteCells<String, InScope>,
@@ -75,9 +73,6 @@ struct InScope {
 struct Kept {
     root_start: i64,
     spans: Arc<[Span]>,
-    /// When it was read (Unix ns, this server's clock).
-    read_at: i64,
-    asked: u64,
 }
 
 impl TraceBook {
@@ -85,26 +80,8 @@ impl TraceBook {
     /// traces that received a span after they were read, and the minutes of
     /// scopes the spans appended since they were last checked may have changed.
     pub fn turn(&self, store: &andon_store::Store, tenant: &Tenant) {
-        // Only arrivals after the earliest read of the tenant's kept traces
-        // can make one of them stale.
-        let earliest = self.book().traces.iter().filter(|((t, _), _)| t == tenant).map(|(_, k)| k.read_at).min();
-        let arrivals = earliest.map(|at| store.arrivals_after(tenant, at - 1)).unwrap_or_default();
         let mut b = self.book();
-        b.turn += 1;
-        let oldest = b.turn.saturating_sub(KEPT_TURNS);
-        let late: HashMap<u128, i64> = arrivals.iter().copied().collect();
-        b.traces.retain(|(t, id), k| {
-            if k.asked < oldest {
-                return false;
-            }
-            if t != tenant {
-                return true;
-            }
-            match u128::from_str_radix(id, 16).ok().and_then(|v| late.get(&v)) {
-                Some(&at) => at < k.read_at,
-                None => true,
-            }
-        });
+        b.traces.turn(tenant, |after| store.arrivals_after(tenant, after));
         b.scopes.turn(store, tenant);
     }
 
@@ -276,12 +253,10 @@ impl TraceBook {
         let mut found: HashMap<String, Arc<[Span]>> = HashMap::new();
         let missing: Vec<(String, i64)> = {
             let mut b = self.book();
-            let turn = b.turn;
             let mut missing = Vec::new();
             for (id, root) in &picked {
-                match b.traces.get_mut(&(tenant.clone(), id.clone())) {
+                match b.traces.get(tenant, id) {
                     Some(k) if k.root_start == *root => {
-                        k.asked = turn;
                         found.insert(id.clone(), Arc::clone(&k.spans));
                     }
                     _ => missing.push((id.clone(), *root)),
@@ -295,7 +270,6 @@ impl TraceBook {
             let read_at = now_ns();
             let mut read = spans_by_trace(&collect(engine, tenant, &q).await?)?;
             let mut b = self.book();
-            let turn = b.turn;
             for (id, root) in missing {
                 let spans: Arc<[Span]> = read
                     .remove(&id)
@@ -304,10 +278,7 @@ impl TraceBook {
                     .filter(|s| within_reach(root, s.t0))
                     .collect::<Vec<_>>()
                     .into();
-                b.traces.insert(
-                    (tenant.clone(), id.clone()),
-                    Kept { root_start: root, spans: Arc::clone(&spans), read_at, asked: turn },
-                );
+                b.traces.insert(tenant, id.clone(), Kept { root_start: root, spans: Arc::clone(&spans) }, read_at);
                 found.insert(id, spans);
             }
         }
