@@ -293,6 +293,13 @@ pub trait Sql: Send + Sync {
         Ok(None)
     }
 
+    /// The subjects a pass folded for the statement `sql` and its history
+    /// ([`crate::detectors::Folded`]); `None` where it folded none, and the
+    /// detector reads the rows.
+    fn folded(&self, _sql: &str) -> Option<std::sync::Arc<crate::detectors::Folded>> {
+        None
+    }
+
     /// Notes that `sql` was answered with `rows` without being run.
     fn answered(&self, _sql: &str, _rows: &Rows) {}
 

@@ -423,6 +423,17 @@ pub struct Analyzer {
     requests: Arc<crate::requests::RequestBook>,
 }
 
+/// What a pass knows before its judgements: statements' rows, and the
+/// subjects the latency and error-rate detectors' statements (with their
+/// histories) were folded into ([`crate::fold::MetricsFold::latency_subjects`]).
+#[derive(Debug, Clone, Default)]
+struct Known {
+    rows: BTreeMap<String, Rows>,
+    folded: BTreeMap<String, Arc<detectors::Folded>>,
+    /// How many segment columns the folded statements' rows have.
+    segments: usize,
+}
+
 /// SQL as one tenant, for one pass: a statement the pass already ran (the
 /// latency and error-rate detectors read the same history), or whose rows the
 /// pass summed out of a statement it shares with another ([`crate::sides`]),
@@ -431,6 +442,10 @@ struct TenantSql<'a> {
     engine: &'a QueryEngine,
     tenant: &'a Tenant,
     ran: std::sync::Mutex<BTreeMap<String, Rows>>,
+    /// The subjects the pass folded, by statement ([`Known::folded`]), and
+    /// how many segment columns their rows have.
+    folded: BTreeMap<String, Arc<detectors::Folded>>,
+    segments: usize,
     /// Each statement asked for since the last [`TenantSql::asked`], with
     /// its row count, when the pass is recorded.
     log: Option<std::sync::Mutex<Vec<(String, usize)>>>,
@@ -442,9 +457,18 @@ struct TenantSql<'a> {
 }
 
 impl<'a> TenantSql<'a> {
-    fn new(engine: &'a QueryEngine, tenant: &'a Tenant, logged: bool, known: &BTreeMap<String, Rows>) -> Self {
-        let ran = std::sync::Mutex::new(known.clone());
-        Self { engine, tenant, ran, log: logged.then(std::sync::Mutex::default), pages: None, requests: None }
+    fn new(engine: &'a QueryEngine, tenant: &'a Tenant, logged: bool, known: &Known) -> Self {
+        let ran = std::sync::Mutex::new(known.rows.clone());
+        Self {
+            engine,
+            tenant,
+            ran,
+            folded: known.folded.clone(),
+            segments: known.segments,
+            log: logged.then(std::sync::Mutex::default),
+            pages: None,
+            requests: None,
+        }
     }
 
     /// The same, keeping requests and session values by minute in `book`.
@@ -491,6 +515,15 @@ impl Sql for TenantSql<'_> {
         let cached = self.ran().get(sql).cloned();
         if let Some(rows) = cached {
             self.note(sql, &rows);
+            return Ok(rows);
+        }
+        if let Some(folded) = self.folded.get(sql) {
+            // Made again of the subjects the pass folded.
+            let rows = folded
+                .rows(self.segments)
+                .map_err(|e| AnalysisError::Query { message: e.to_string(), sql: sql.to_owned() })?;
+            self.note(sql, &rows);
+            self.ran().insert(sql.to_owned(), rows.clone());
             return Ok(rows);
         }
         // `RUST_LOG=andon_analysis::sql=trace` prints every statement in full.
@@ -591,6 +624,12 @@ impl Sql for TenantSql<'_> {
             }
         }
         Ok(Some(out))
+    }
+
+    fn folded(&self, sql: &str) -> Option<Arc<detectors::Folded>> {
+        let folded = self.folded.get(sql)?;
+        self.count(sql, 0);
+        Some(Arc::clone(folded))
     }
 
     fn answered(&self, sql: &str, rows: &Rows) {
@@ -861,7 +900,7 @@ impl Analyzer {
         settled: Option<DateTime<Utc>>,
     ) -> Result<PassReport, AnalysisError> {
         let started = Utc::now();
-        let mut report = self.judge(tenant, w, settled, false, &BTreeMap::new()).await?;
+        let mut report = self.judge(tenant, w, settled, false, &Known::default()).await?;
         self.record(tenant, "pass", w, settled, started, &mut report);
         Ok(report)
     }
@@ -1030,7 +1069,7 @@ impl Analyzer {
     ) -> Result<PassReport, AnalysisError> {
         let recent = chrono::Duration::seconds(self.config.recent_secs as i64);
         if recent.is_zero() || w.split + recent >= w.end {
-            return self.judge(tenant, w, settled, false, &BTreeMap::new()).await;
+            return self.judge(tenant, w, settled, false, &Known::default()).await;
         }
         let last = Windows { split: w.end - recent, ..w };
         let known = self.shared_sides(tenant, w, last, settled).await?;
@@ -1124,8 +1163,8 @@ impl Analyzer {
         w: Windows,
         last: Windows,
         settled: Option<DateTime<Utc>>,
-    ) -> Result<BTreeMap<String, Rows>, AnalysisError> {
-        let mut known = BTreeMap::new();
+    ) -> Result<Known, AnalysisError> {
+        let mut known = Known::default();
         let (whole, minute) = (self.ctx(w, settled), Ctx { short: true, ..self.ctx(last, settled) });
         if !whole.rolled() || !minute.rolled() {
             return Ok(known);
@@ -1191,11 +1230,11 @@ impl Analyzer {
         let bounds = crate::fold::Bounds::new(whole.baseline_start, whole.split, minute.split, whole.end);
         let metrics = match bounds.filter(|_| whole.baseline_end == whole.split && !pairs.is_empty()) {
             Some(b) => self.folded_metrics(tenant, &whole, &minute, b, &mut known).await,
-            None => self.regrouped(tenant, pairs, &mut known).await,
+            None => self.regrouped(tenant, pairs, &mut known.rows).await,
         };
         let calls = joined(calls, "the calls of sessions").await;
         metrics?;
-        known.extend(calls?);
+        known.rows.extend(calls?);
         Ok(known)
     }
 
@@ -1320,7 +1359,7 @@ impl Analyzer {
         whole: &Ctx,
         minute: &Ctx,
         b: crate::fold::Bounds,
-        known: &mut BTreeMap<String, Rows>,
+        known: &mut Known,
     ) -> Result<(), AnalysisError> {
         use crate::fold::Side;
         let active = |k: FindingKind| self.detectors.iter().any(|d| d.kind() == k);
@@ -1340,23 +1379,44 @@ impl Analyzer {
             let sql = sql.to_owned();
             move |e: arrow::error::ArrowError| AnalysisError::Query { message: e.to_string(), sql }
         };
+        known.segments = segments;
         for (c, side) in [(whole, Side::Window), (minute, Side::LastMinute)] {
+            let (from, end, window) = detectors::history_span(c);
+            let history = detectors::history_rolled_query(c, "");
+            // The detectors' subjects with their histories, where the fold
+            // holds the histories too; else their statements' rows.
+            let span = match (&history, ns(from), ns(end)) {
+                (Some(_), Some(from), Some(end)) => Some((from, end, window * 1_000_000_000)),
+                _ => None,
+            };
+            let mut unfolded = false;
             if active(FindingKind::LatencyRegression) {
                 let q = detectors::latency_regression::query(c, "");
-                let rows = fold.latency(side, segments).map_err(failed(&q))?;
-                known.insert(q, rows);
+                match span.and_then(|s| fold.latency_subjects(side, s)) {
+                    Some(s) => drop(known.folded.insert(q, Arc::new(detectors::Folded::Latency(s)))),
+                    None => {
+                        unfolded = true;
+                        let rows = fold.latency(side, segments).map_err(failed(&q))?;
+                        known.rows.insert(q, rows);
+                    }
+                }
             }
             if active(FindingKind::ErrorRateRegression) {
                 let q = detectors::error_rate_regression::query(c, "");
-                let rows = fold.error_rate(side, segments).map_err(failed(&q))?;
-                known.insert(q, rows);
+                match span.and_then(|s| fold.error_subjects(side, s)) {
+                    Some(s) => drop(known.folded.insert(q, Arc::new(detectors::Folded::Errors(s)))),
+                    None => {
+                        unfolded = true;
+                        let rows = fold.error_rate(side, segments).map_err(failed(&q))?;
+                        known.rows.insert(q, rows);
+                    }
+                }
             }
-            let (from, end, window) = detectors::history_span(c);
-            if let (Some(q), Some(from), Some(end)) = (detectors::history_rolled_query(c, ""), ns(from), ns(end))
+            if let (true, Some(q), Some(from), Some(end)) = (unfolded, history, ns(from), ns(end))
                 && let Some(rows) = fold.history(from, end, window * 1_000_000_000, segments)
             {
                 let rows = rows.map_err(failed(&q))?;
-                known.insert(q, rows);
+                known.rows.insert(q, rows);
             }
         }
         // Kept for the next pass, which reads again the minutes the store
@@ -1373,7 +1433,7 @@ impl Analyzer {
         w: Windows,
         settled: Option<DateTime<Utc>>,
         short: bool,
-        known: &BTreeMap<String, Rows>,
+        known: &Known,
     ) -> Result<PassReport, AnalysisError> {
         let started = Instant::now();
         if w.baseline_end <= w.baseline_start || w.end <= w.split || w.split < w.baseline_end {
@@ -2069,6 +2129,50 @@ mod tests {
 
     /// Whether `a` and `b` hold the same rows, their floating-point columns
     /// equal to within rounding (sums taken in another order); else how not.
+    /// Whether `folded` holds the subjects of the statement's rows `direct`
+    /// and its history's `history`: the same cells with the same counts, and
+    /// the histories' log-latency sums to within rounding.
+    fn same_subjects(folded: &detectors::Folded, direct: &Rows, history: &Rows, ctx: &Ctx) -> Result<(), String> {
+        use detectors::{Folded, Subject};
+        fn compare<M: std::fmt::Debug>(
+            a: &[Subject<M>],
+            b: &[Subject<M>],
+            same: impl Fn(&M, &M) -> bool,
+        ) -> Result<(), String> {
+            if a.len() != b.len() {
+                return Err(format!("{} subjects, {} wanted", a.len(), b.len()));
+            }
+            for (x, y) in a.iter().zip(b) {
+                let cells = |s: &Subject<M>| s.cells.iter().map(|c| (c.0, c.1.clone())).collect::<Vec<_>>();
+                if (&x.service, &x.operation, cells(x)) != (&y.service, &y.operation, cells(y)) {
+                    return Err(format!("{x:?} against {y:?}"));
+                }
+                if let Some((c, d)) = x.cells.iter().zip(&y.cells).find(|(c, d)| !same(&c.2, &d.2)) {
+                    return Err(format!("{} {}: {c:?} against {d:?}", x.service, x.operation));
+                }
+            }
+            Ok(())
+        }
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        match folded {
+            Folded::Latency(s) => {
+                let read = detectors::latency_regression::subjects_of(direct, history, ctx);
+                compare(s, &read, |a, b| {
+                    a.hist.histogram() == b.hist.histogram()
+                        && a.periods.len() == b.periods.len()
+                        && a.periods.iter().zip(&b.periods).all(|(p, q)| p.0 == q.0 && p.1.0 == q.1.0 && close(p.1.1, q.1.1))
+                })
+            }
+            Folded::Errors(s) => {
+                let read = detectors::error_rate_regression::subjects_of(direct, history, ctx);
+                compare(s, &read, |a, b| {
+                    (a.requests, a.errors, a.own, a.error_sessions, &a.periods)
+                        == (b.requests, b.errors, b.own, b.error_sessions, &b.periods)
+                })
+            }
+        }
+    }
+
     fn same_rows(a: &Rows, b: &Rows) -> Result<(), String> {
         use arrow::array::{Array, AsArray};
         use arrow::datatypes::DataType;
@@ -2168,12 +2272,33 @@ mod tests {
             let last = Windows { split: w.end - chrono::Duration::seconds(config.recent_secs as i64), ..w };
             let known = rt.block_on(analyzer.shared_sides(&tenant, w, last, None)).unwrap();
             assert_eq!(
-                known.len(),
-                9,
-                "latency, error rate, their history and calls, each for the window and the last minute, \
-                 and the last minute's retry history"
+                (known.folded.len(), known.rows.len()),
+                (4, 3),
+                "latency and error rate with their histories folded, and calls, each for the window and the \
+                 last minute, and the last minute's retry history"
             );
-            for (sql, rows) in &known {
+            // The folded subjects, as the subjects of the statements' and
+            // their histories' rows read.
+            let (whole, minute) = (analyzer.ctx(w, None), Ctx { short: true, ..analyzer.ctx(last, None) });
+            for (sql, folded) in &known.folded {
+                let c = if *sql == detectors::latency_regression::query(&whole, "")
+                    || *sql == detectors::error_rate_regression::query(&whole, "")
+                {
+                    &whole
+                } else {
+                    &minute
+                };
+                let direct = rt.block_on(query(&engine, &tenant, sql)).unwrap();
+                let history = detectors::history_rolled_query(c, "").unwrap();
+                let history = rt.block_on(query(&engine, &tenant, &history)).unwrap();
+                assert!(!direct.is_empty() && !history.is_empty(), "{sql}");
+                if let Err(e) = same_subjects(folded, &direct, &history, c) {
+                    panic!("pass {i}: {e}: {sql}");
+                }
+            }
+            let mut all: Vec<(String, Rows)> = known.rows.clone().into_iter().collect();
+            all.extend(known.folded.iter().map(|(q, f)| (q.clone(), f.rows(known.segments).unwrap())));
+            for (sql, rows) in &all {
                 let direct = rt.block_on(query(&engine, &tenant, sql)).unwrap();
                 assert!(!direct.is_empty(), "{sql}");
                 // The histories' log-latency sums to within rounding, every other column exactly.
@@ -2194,7 +2319,7 @@ mod tests {
             // The onset series from the metrics fold's cells, as from the rollups read.
             let ctx = analyzer.ctx(w, None);
             let mut subjects: Vec<Onset> = Vec::new();
-            for r in known
+            for r in all
                 .iter()
                 .filter(|(q, _)| q.contains("latency_buckets") || q.contains("errors"))
                 .flat_map(|(_, r)| r.iter())
@@ -2214,7 +2339,7 @@ mod tests {
             let sites: BTreeSet<(&str, &str)> =
                 subjects.iter().map(|o| (o.service.as_str(), o.operation.as_str())).collect();
             let kept = analyzer.kept_onset_cells(&tenant, &ctx, &sites).expect("the fold holds the range");
-            let sql = TenantSql::new(&engine, &tenant, false, &BTreeMap::new());
+            let sql = TenantSql::new(&engine, &tenant, false, &Known::default());
             let read = rt.block_on(analyzer.read_onset_cells(&sql, &ctx, &sites)).unwrap();
             let (kept, read) = (onset_series_of(&ctx, &subjects, &kept), onset_series_of(&ctx, &subjects, &read));
             assert!(read.iter().filter(|s| s.len() > 30).count() >= 4, "pass {i}: series of the range's minutes");
@@ -2274,7 +2399,7 @@ mod tests {
                 assert!(mobile != lean, "pass {i}, lean {lean}: mobile sessions {mobile}");
                 assert!(kept == read, "pass {i}, lean {lean}: the window's requests differ");
             }
-            let sql = TenantSql::new(&engine, &tenant, false, &BTreeMap::new()).with_requests(&analyzer.requests);
+            let sql = TenantSql::new(&engine, &tenant, false, &Known::default()).with_requests(&analyzer.requests);
             for o in &subjects {
                 let subject = (o.service.as_str(), o.operation.as_str(), &o.segment);
                 let kept = rt.block_on(sql.error_sessions(&ctx, subject)).unwrap().expect("kept by minute");
@@ -2350,7 +2475,7 @@ mod tests {
             // So are the sessions the drop-off funnels read: the statement's
             // rows computed from them are the statement's.
             let ctx = analyzer.ctx(w, None);
-            let sql = TenantSql::new(&engine, &tenant, false, &BTreeMap::new()).keeping(&analyzer.page_fold, &analyzer.session_read);
+            let sql = TenantSql::new(&engine, &tenant, false, &Known::default()).keeping(&analyzer.page_fold, &analyzer.session_read);
             let flows = rt.block_on(detectors::drop_off::DropOff.flows(&ctx, &sql)).unwrap();
             assert!(!flows.is_empty());
             let statement = detectors::drop_off::history_query(&ctx, &flows);

@@ -65,7 +65,9 @@ pub fn query(ctx: &Ctx, filter: &str) -> String {
     sql::render(SQL, &ctx.vars(filter))
 }
 
-fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
+/// The subjects of the statement's `rows`, with the `history`'s periods
+/// joined on the baseline's side.
+pub fn subjects_of(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Subject<Errors>> {
     let mut subjects: Vec<Subject<Errors>> = subjects(rows, &ctx.segments, |m: &mut Errors, r| {
         m.requests += r.u64("n");
         m.errors += r.u64("errors");
@@ -81,6 +83,23 @@ fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
         }
     });
     merge_subjects(&mut subjects, periods);
+    subjects
+}
+
+/// The statement's rows as [`subjects_of`] reads them (its cells that are
+/// not a history's).
+pub fn rows_of(subjects: &[Subject<Errors>], segments: usize) -> Result<Rows, arrow::error::ArrowError> {
+    let mut rows = super::SubjectRows::new(segments, &["n", "errors", "own_errors", "error_sessions"]);
+    for s in subjects {
+        for (cur, segs, m) in s.cells.iter().filter(|c| c.2.periods.is_empty()) {
+            let sessions = (m.error_sessions > 0).then_some(m.error_sessions as i64);
+            rows.push(s, *cur, segs, &[Some(m.requests as i64), Some(m.errors as i64), Some(m.own as i64), sessions]);
+        }
+    }
+    rows.finish()
+}
+
+fn tests(subjects: &[Subject<Errors>], ctx: &Ctx) -> Vec<Test> {
     subjects
         .iter()
         .flat_map(|s| {
@@ -130,12 +149,18 @@ impl Detector for ErrorRateRegression {
     }
 
     async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
-        let rows = sql.rows(&query(ctx, "")).await?;
+        let q = query(ctx, "");
+        if let Some(folded) = sql.folded(&q)
+            && let super::Folded::Errors(subjects) = &*folded
+        {
+            return Ok(Tested { tests: tests(subjects, ctx), flows: Vec::new() });
+        }
+        let rows = sql.rows(&q).await?;
         let history = match super::history_rolled_query(ctx, "") {
             Some(q) => sql.rows(&q).await?,
             None => Rows::new(Vec::new()),
         };
-        Ok(Tested { tests: tests(&rows, &history, ctx), flows: Vec::new() })
+        Ok(Tested { tests: tests(&subjects_of(&rows, &history, ctx), ctx), flows: Vec::new() })
     }
 
     async fn evidence(

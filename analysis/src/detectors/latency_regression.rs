@@ -261,12 +261,12 @@ fn judge_steady(ctx: &Ctx, b: &Latency, c: &Latency) -> Option<Judgement> {
     Some(j)
 }
 
-fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
+/// The subjects of the statement's `rows`, with the `history`'s periods
+/// joined on the baseline's side (its rows have no `cur`).
+pub fn subjects_of(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Subject<Latency>> {
     let mut subjects: Vec<Subject<Latency>> = subjects(rows, &ctx.segments, |m: &mut Latency, r| {
         m.hist.add_to(r.i64("bucket").unwrap_or(0), r.u64("n"));
     });
-    // The history's periods join their subjects, on the baseline's side (its
-    // rows have no `cur`).
     let periods = super::subjects(history, &ctx.segments, |m: &mut Latency, r| {
         if let Some(p) = r.i64("period") {
             let e = m.periods.entry(p).or_default();
@@ -276,9 +276,24 @@ fn tests(rows: &Rows, history: &Rows, ctx: &Ctx) -> Vec<Test> {
     });
     merge_subjects(&mut subjects, periods);
     subjects
-        .iter()
-        .flat_map(|s| segment_tests(KIND, s, ctx, |b, c| judge_steady(ctx, b, c)))
-        .collect()
+}
+
+fn tests(subjects: &[Subject<Latency>], ctx: &Ctx) -> Vec<Test> {
+    subjects.iter().flat_map(|s| segment_tests(KIND, s, ctx, |b, c| judge_steady(ctx, b, c))).collect()
+}
+
+/// The statement's rows as [`subjects_of`] reads them (its cells that are
+/// not a history's, a row per latency bucket).
+pub fn rows_of(subjects: &[Subject<Latency>], segments: usize) -> Result<Rows, arrow::error::ArrowError> {
+    let mut rows = super::SubjectRows::new(segments, &["bucket", "n"]);
+    for s in subjects {
+        for (cur, segs, m) in s.cells.iter().filter(|c| c.2.periods.is_empty()) {
+            for (b, n) in m.hist.histogram() {
+                rows.push(s, *cur, segs, &[Some(b), Some(n as i64)]);
+            }
+        }
+    }
+    rows.finish()
 }
 
 #[async_trait]
@@ -292,9 +307,15 @@ impl Detector for LatencyRegression {
     }
 
     async fn tests(&self, ctx: &Ctx, sql: &dyn Sql) -> Result<Tested, AnalysisError> {
-        let rows = sql.rows(&query(ctx, "")).await?;
+        let q = query(ctx, "");
+        if let Some(folded) = sql.folded(&q)
+            && let super::Folded::Latency(subjects) = &*folded
+        {
+            return Ok(Tested { tests: tests(subjects, ctx), flows: Vec::new() });
+        }
+        let rows = sql.rows(&q).await?;
         let history = sql.rows(&history_query(ctx, "")).await?;
-        Ok(Tested { tests: tests(&rows, &history, ctx), flows: Vec::new() })
+        Ok(Tested { tests: tests(&subjects_of(&rows, &history, ctx), ctx), flows: Vec::new() })
     }
 
     fn trouble(&self, _j: &Judgement) -> Trouble {

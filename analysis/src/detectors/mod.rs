@@ -289,6 +289,79 @@ pub struct History {
     pub p_value: f64,
 }
 
+/// A detector's subjects as a pass folded them from the rollups, its
+/// statement's and its history's together ([`crate::fold::MetricsFold`]),
+/// handed to the detector instead of rows it would read back.
+#[derive(Debug)]
+pub enum Folded {
+    Latency(Vec<Subject<latency_regression::Latency>>),
+    Errors(Vec<Subject<error_rate_regression::Errors>>),
+}
+
+impl Folded {
+    /// The detector's statement's rows, made again of the subjects, for
+    /// whatever reads them beside the detector's tests (a finding's versions).
+    pub fn rows(&self, segments: usize) -> Result<sql::Rows, arrow::error::ArrowError> {
+        match self {
+            Folded::Latency(s) => latency_regression::rows_of(s, segments),
+            Folded::Errors(s) => error_rate_regression::rows_of(s, segments),
+        }
+    }
+}
+
+/// Rows of a statement over subjects: service, operation, `cur`, the
+/// segment columns `seg0`, … and integer columns.
+pub(crate) struct SubjectRows<'a> {
+    names: &'a [&'a str],
+    texts: Vec<arrow::array::StringBuilder>,
+    cur: arrow::array::Int64Builder,
+    values: Vec<arrow::array::Int64Builder>,
+}
+
+impl<'a> SubjectRows<'a> {
+    pub(crate) fn new(segments: usize, names: &'a [&'a str]) -> Self {
+        SubjectRows {
+            names,
+            texts: (0..2 + segments).map(|_| arrow::array::StringBuilder::new()).collect(),
+            cur: arrow::array::Int64Builder::new(),
+            values: names.iter().map(|_| arrow::array::Int64Builder::new()).collect(),
+        }
+    }
+
+    pub(crate) fn push<M>(&mut self, s: &Subject<M>, cur: bool, segs: &[Option<String>], values: &[Option<i64>]) {
+        self.texts[0].append_value(&s.service);
+        self.texts[1].append_value(&s.operation);
+        for (b, v) in self.texts[2..].iter_mut().zip(segs) {
+            b.append_option(v.as_deref());
+        }
+        self.cur.append_value(i64::from(cur));
+        for (b, v) in self.values.iter_mut().zip(values) {
+            b.append_option(*v);
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Result<sql::Rows, arrow::error::ArrowError> {
+        use arrow::array::{Array, ArrayRef};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let mut columns: Vec<(String, ArrayRef)> = Vec::new();
+        let mut texts = self.texts.iter_mut().map(|b| -> ArrayRef { std::sync::Arc::new(b.finish()) });
+        for name in ["service", "operation"] {
+            columns.push((name.to_owned(), texts.next().unwrap_or_else(|| arrow::array::new_empty_array(&DataType::Utf8))));
+        }
+        columns.push(("cur".to_owned(), std::sync::Arc::new(self.cur.finish())));
+        columns.extend(texts.enumerate().map(|(i, a)| (format!("seg{i}"), a)));
+        for (name, b) in self.names.iter().zip(&mut self.values) {
+            columns.push(((*name).to_owned(), std::sync::Arc::new(b.finish())));
+        }
+        let fields: Vec<Field> = columns.iter().map(|(n, a)| Field::new(n, a.data_type().clone(), true)).collect();
+        let batch = arrow::array::RecordBatch::try_new(
+            std::sync::Arc::new(Schema::new(fields)),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )?;
+        Ok(sql::Rows::new(vec![batch]))
+    }
+}
+
 /// Adds `more`'s cells to the subject of the same (service, operation) in
 /// `into`, or `more`'s subject when `into` has none.
 pub fn merge_subjects<M: Metric>(into: &mut Vec<Subject<M>>, more: Vec<Subject<M>>) {

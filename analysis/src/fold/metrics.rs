@@ -27,7 +27,13 @@ use hashbrown::HashMap;
 
 use super::{Bounds, Numbered, Place, Source, changed_minute, failed, ints, series_key, strings, ts};
 use crate::AnalysisError;
+use crate::detectors::error_rate_regression::Errors;
+use crate::detectors::latency_regression::{Buckets, Latency};
+use crate::detectors::{Metric, Subject, merge_subjects};
 use crate::sql::Rows;
+
+/// A history's requests, failed requests and log-latency sum over one period.
+type PeriodSums = (i64, i64, f64);
 
 /// One cell of `span_metrics`: a server operation's minute in one segment.
 #[derive(Debug)]
@@ -386,19 +392,112 @@ impl MetricsFold {
         Ok(Rows::new(vec![RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?]))
     }
 
-    /// `history_rolled.sql`'s rows over `[from, end)` in periods of `window`
-    /// nanoseconds counted back from `end`: per service, operation, period
-    /// and segment values, the requests, the failed ones, and those that
-    /// succeeded with the sum of their log latencies. `None` when the kept
-    /// range does not hold `[from, end)`.
-    pub fn history(&self, from: i64, end: i64, window: i64, segments: usize) -> Option<Result<Rows, ArrowError>> {
+    /// The latency detector's subjects for `side`'s statement, with the
+    /// history over `span` (`(from, end, window)`, as [`Self::history`])
+    /// merged in: what [`crate::detectors::subjects`] makes of the rows of
+    /// [`Self::latency`] and [`Self::history`], without the rows. `None`
+    /// when the kept range does not hold the history.
+    pub fn latency_subjects(&self, side: Side, span: (i64, i64, i64)) -> Option<Vec<Subject<Latency>>> {
+        let cell = |accs: &[&Acc]| {
+            let mut merged: BTreeMap<i32, i64> = BTreeMap::new();
+            for acc in accs {
+                for (b, (_, n)) in &acc.buckets {
+                    *merged.entry(*b).or_default() += n;
+                }
+            }
+            // A group without a latency bucket has no row.
+            (!merged.is_empty()).then(|| {
+                let mut hist = Buckets::default();
+                for (b, n) in merged {
+                    hist.add_to(i64::from(b), n.max(0) as u64);
+                }
+                Latency { hist, periods: BTreeMap::new() }
+            })
+        };
+        let period = |m: &mut Latency, p: i64, (requests, errors, log_sum): &PeriodSums| {
+            let e = m.periods.entry(p).or_default();
+            e.0 += (requests - errors).max(0) as u64;
+            e.1 += log_sum;
+        };
+        self.subjects(side, span, cell, period)
+    }
+
+    /// The error-rate detector's subjects for `side`'s statement, with the
+    /// history over `span` merged in ([`Self::latency_subjects`], of the rows
+    /// of [`Self::error_rate`] and [`Self::history`]).
+    pub fn error_subjects(&self, side: Side, span: (i64, i64, i64)) -> Option<Vec<Subject<Errors>>> {
+        let cell = |accs: &[&Acc]| {
+            let sum = |f: fn(&Acc) -> i64| accs.iter().map(|a| f(a)).sum::<i64>().max(0) as u64;
+            Some(Errors {
+                requests: sum(|a| a.requests),
+                errors: sum(|a| a.errors),
+                own: sum(|a| a.own_errors),
+                ..Errors::default()
+            })
+        };
+        let period = |m: &mut Errors, p: i64, (requests, errors, _): &PeriodSums| {
+            let e = m.periods.entry(p).or_default();
+            e.0 += (*requests).max(0) as u64;
+            e.1 += (*errors).max(0) as u64;
+        };
+        self.subjects(side, span, cell, period)
+    }
+
+    /// Subjects of `side`'s groups, each cell made by `cell` of the places'
+    /// sums it adds up (none where it gives none), then the history's
+    /// subjects, each period added by `period`, merged in: in the order and
+    /// with the cells [`crate::detectors::subjects`] and
+    /// [`crate::detectors::merge_subjects`] give of the rows.
+    fn subjects<M: Metric>(
+        &self,
+        side: Side,
+        (from, end, window): (i64, i64, i64),
+        cell: impl Fn(&[&Acc]) -> Option<M>,
+        period: impl Fn(&mut M, i64, &PeriodSums),
+    ) -> Option<Vec<Subject<M>>> {
+        let history = self.history_sums(from, end, window)?;
+        type Cells<M> = BTreeMap<(String, String), Vec<(bool, Vec<Option<String>>, M)>>;
+        let keyed = |series: u32| {
+            let key = self.series.get(series);
+            match (&key[0], &key[1]) {
+                (Some(service), Some(operation)) => Some(((service.clone(), operation.clone()), &key[2..])),
+                _ => None,
+            }
+        };
+        let mut main: Cells<M> = BTreeMap::new();
+        for (series, cur, accs) in self.groups(side) {
+            let (Some((subject, segs)), Some(m)) = (keyed(series), cell(&accs)) else { continue };
+            main.entry(subject).or_default().push((cur == 1, segs.to_vec(), m));
+        }
+        let mut past: BTreeMap<(String, String), BTreeMap<Vec<Option<String>>, M>> = BTreeMap::new();
+        for ((series, p), sums) in &history {
+            let Some((subject, segs)) = keyed(*series) else { continue };
+            let m = past.entry(subject).or_default().entry(segs.to_vec()).or_default();
+            period(m, *p, sums);
+        }
+        let subject = |((service, operation), cells)| Subject { service, operation, cells };
+        let mut out: Vec<Subject<M>> = main
+            .into_iter()
+            .map(|(k, mut cells)| {
+                cells.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+                subject((k, cells))
+            })
+            .collect();
+        let past = past.into_iter().map(|(k, cells)| (k, cells.into_iter().map(|(segs, m)| (false, segs, m)).collect()));
+        merge_subjects(&mut out, past.map(subject).collect());
+        Some(out)
+    }
+
+    /// Per series and period of `window` ns counted back from `end`, over
+    /// `[from, end)`: the requests, the failed ones and the log-latency sum,
+    /// ordered by series and period. `None` when the kept range does not
+    /// hold `[from, end)`.
+    fn history_sums(&self, from: i64, end: i64, window: i64) -> Option<Vec<((u32, i64), PeriodSums)>> {
         let (lo, hi) = self.range?;
         if from < lo || end > hi || window <= 0 {
             return None;
         }
-        // Per series and period: requests, errors, log-latency sum.
-        type Sums = (i64, i64, f64);
-        let mut groups: HashMap<(u32, i64), Sums> = HashMap::new();
+        let mut groups: HashMap<(u32, i64), PeriodSums> = HashMap::new();
         for (m, cells) in self.minutes.range(from..end) {
             let period = end + (m - end).div_euclid(window) * window;
             for c in cells {
@@ -408,8 +507,19 @@ impl MetricsFold {
                 g.2 += c.log_sum;
             }
         }
-        let mut groups: Vec<((u32, i64), Sums)> = groups.into_iter().collect();
+        let mut groups: Vec<((u32, i64), PeriodSums)> = groups.into_iter().collect();
         groups.sort_unstable_by_key(|(k, _)| *k);
+        Some(groups)
+    }
+
+    /// `history_rolled.sql`'s rows over `[from, end)` in periods of `window`
+    /// nanoseconds counted back from `end`: per service, operation, period
+    /// and segment values, the requests, the failed ones, and those that
+    /// succeeded with the sum of their log latencies. `None` when the kept
+    /// range does not hold `[from, end)`.
+    pub fn history(&self, from: i64, end: i64, window: i64, segments: usize) -> Option<Result<Rows, ArrowError>> {
+        type Sums = PeriodSums;
+        let groups = self.history_sums(from, end, window)?;
         let keys: Vec<u32> = groups.iter().map(|((s, _), _)| *s).collect();
         let texts = self.texts(&keys, segments);
         let periods = arrow::array::TimestampNanosecondArray::from_iter_values(groups.iter().map(|((_, p), _)| *p))
