@@ -13,6 +13,12 @@
 //! to the range. The histories' periods count back from the baseline's end
 //! and so move with every pass: they are summed again from the kept cells.
 //!
+//! A read takes [`READ_AHEAD`] past the pass's end too: the cells of those
+//! minutes wait outside the range (summed nowhere) until a pass moves them
+//! in, so a backtest's passes read a statement every quarter of an hour, not
+//! every minute. While traffic arrives those minutes hold little or nothing
+//! yet, and what arrives in them is read again as in any changed minute.
+//!
 //! The fold reads its whole range again when the store's `span_metrics`
 //! changed ([`andon_store::Store::metrics_version`]: while traffic arrives,
 //! every pass), for another tenant, or for windows that do not follow on.
@@ -31,6 +37,9 @@ use crate::detectors::error_rate_regression::Errors;
 use crate::detectors::latency_regression::{Buckets, Latency};
 use crate::detectors::{Metric, Subject, merge_subjects};
 use crate::sql::Rows;
+
+/// How far past a pass's end a read of `span_metrics` reaches (ns).
+const READ_AHEAD: i64 = 15 * crate::minutes::MINUTE_NS;
 
 /// A history's requests, failed requests and log-latency sum over one period.
 type PeriodSums = (i64, i64, f64);
@@ -110,6 +119,9 @@ pub struct MetricsFold {
     /// `[from, to)` in nanoseconds: from the earliest minute a history
     /// reads to the pass's end.
     range: Option<(i64, i64)>,
+    /// How far the cells were read (at or after the range's end): the
+    /// minutes past the range's end wait, summed nowhere.
+    read_to: i64,
     bounds: Option<Bounds>,
     minutes: BTreeMap<i64, Vec<Cell>>,
     series: Numbered<Vec<Option<String>>>,
@@ -154,7 +166,8 @@ impl MetricsFold {
             && self.range.is_some_and(|(f, t)| f <= from && t <= b.to && from < t)
             && self.bounds.is_some();
         let lo = match (self.range, self.bounds) {
-            (Some((_, end)), Some(p)) if follows => {
+            (Some(_), Some(p)) if follows => {
+                let end = self.read_to;
                 let end = match since.flatten() {
                     Some(m) if m < end => {
                         for (minute, cells) in self.minutes.split_off(&m) {
@@ -202,19 +215,22 @@ impl MetricsFold {
                 from
             }
         };
+        self.read_to = lo;
         if lo < b.to {
+            let to = b.to.saturating_add(READ_AHEAD);
             let sql = format!(
                 "SELECT minute, service_name AS service, operation{}, requests, errors, own_errors, \
                  log_latency_sum, latency_buckets, latency_counts FROM span_metrics \
                  WHERE kind = 'server' AND minute >= {} AND minute < {}",
                 source.1,
                 ts(lo),
-                ts(b.to)
+                ts(to)
             );
             let rows = read(sql.clone()).await?;
             for batch in rows.batches() {
                 self.take(batch, segments, &b).map_err(failed(&sql))?;
             }
+            self.read_to = to;
         }
         self.source = Some(source);
         self.range = Some((from, b.to));
