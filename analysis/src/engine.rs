@@ -1447,8 +1447,9 @@ impl Analyzer {
         self.versions.turn(self.engine.store(), tenant);
         self.requests.turn(self.engine.store(), tenant);
         let logged = self.journal;
-        let sql =
-            TenantSql::new(&self.engine, tenant, logged, known).keeping(&self.page_fold, &self.session_read).with_requests(&self.requests);
+        let sql = TenantSql::new(&self.engine, tenant, logged, known)
+            .keeping(&self.page_fold, &self.session_read)
+            .with_requests(&self.requests);
         let mut steps: Vec<PassStep> = Vec::new();
         let mut tests = Vec::new();
         let mut flows = Vec::new();
@@ -2160,7 +2161,10 @@ mod tests {
                 compare(s, &read, |a, b| {
                     a.hist.histogram() == b.hist.histogram()
                         && a.periods.len() == b.periods.len()
-                        && a.periods.iter().zip(&b.periods).all(|(p, q)| p.0 == q.0 && p.1.0 == q.1.0 && close(p.1.1, q.1.1))
+                        && a.periods
+                            .iter()
+                            .zip(&b.periods)
+                            .all(|(p, q)| p.0 == q.0 && p.1.0 == q.1.0 && close(p.1.1, q.1.1))
                 })
             }
             Folded::Errors(s) => {
@@ -2475,7 +2479,8 @@ mod tests {
             // So are the sessions the drop-off funnels read: the statement's
             // rows computed from them are the statement's.
             let ctx = analyzer.ctx(w, None);
-            let sql = TenantSql::new(&engine, &tenant, false, &Known::default()).keeping(&analyzer.page_fold, &analyzer.session_read);
+            let sql = TenantSql::new(&engine, &tenant, false, &Known::default())
+                .keeping(&analyzer.page_fold, &analyzer.session_read);
             let flows = rt.block_on(detectors::drop_off::DropOff.flows(&ctx, &sql)).unwrap();
             assert!(!flows.is_empty());
             let statement = detectors::drop_off::history_query(&ctx, &flows);

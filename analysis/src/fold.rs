@@ -538,6 +538,9 @@ fn ts(ns: i64) -> String {
     crate::sql::ts(DateTime::from_timestamp_nanos(ns))
 }
 
+/// Sessions that called a series, and those of them that retried it.
+type Retrying = (i64, i64);
+
 /// The rows of a continuous pass's shared calls statement, kept from one pass
 /// to the next.
 #[derive(Debug, Default)]
@@ -552,7 +555,7 @@ pub struct CallsFold {
     /// Per minute of the range whose rows are as read: per series, the
     /// sessions that called it in the minute and those that retried it
     /// ([`Self::retry_history`] in periods of a minute).
-    minute_retries: BTreeMap<i64, Vec<(u32, (i64, i64))>>,
+    minute_retries: BTreeMap<i64, Vec<(u32, Retrying)>>,
 }
 
 impl CallsFold {
@@ -1195,7 +1198,7 @@ mod tests {
         let shared = SharedRead::default();
         let tenant = andon_model::Tenant::default_tenant();
         let statement = sessions_query(", os AS seg0", 0, MINUTE);
-        let mut get = |version: u64, sql: &str| {
+        let get = |version: u64, sql: &str| {
             let read = |_: String| {
                 reads.set(reads.get() + 1);
                 let answer = rows(&[("a", "GET /", 0, 10)]);

@@ -185,9 +185,7 @@ impl SpansBook {
             b.hits += out.0.len() as u64;
             b.reads += missing.len() as u64;
         }
-        let (Some(from), Some(to)) =
-            (missing.iter().map(|m| m.1.0).min(), missing.iter().map(|m| m.1.1).max())
-        else {
+        let (Some(from), Some(to)) = (missing.iter().map(|m| m.1.0).min(), missing.iter().map(|m| m.1.1).max()) else {
             return Ok(out);
         };
         let ids: Vec<&str> = missing.iter().map(|m| m.0).collect();
@@ -355,11 +353,14 @@ mod tests {
 
     const MIN: i64 = 60_000_000_000;
 
-    /// Rows of `spans` as `traces.sql` selects them: (trace, start, span,
-    /// parent, service, failed).
-    fn rows(spans: &[(&str, i64, &str, &str, &str, bool)]) -> Rows {
+    /// A span as a test's store holds it: (trace, start, span, parent,
+    /// service, failed).
+    type Stored<'a> = (&'a str, i64, &'a str, &'a str, &'a str, bool);
+
+    /// Rows of `spans` as `traces.sql` selects them.
+    fn rows(spans: &[Stored<'_>]) -> Rows {
         use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-        let text = |f: &dyn Fn(&(&str, i64, &str, &str, &str, bool)) -> String| -> ArrayRef {
+        let text = |f: &dyn Fn(&Stored<'_>) -> String| -> ArrayRef {
             Arc::new(StringArray::from(spans.iter().map(f).collect::<Vec<_>>()))
         };
         let batch = RecordBatch::try_from_iter([

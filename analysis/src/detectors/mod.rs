@@ -346,7 +346,10 @@ impl<'a> SubjectRows<'a> {
         let mut columns: Vec<(String, ArrayRef)> = Vec::new();
         let mut texts = self.texts.iter_mut().map(|b| -> ArrayRef { std::sync::Arc::new(b.finish()) });
         for name in ["service", "operation"] {
-            columns.push((name.to_owned(), texts.next().unwrap_or_else(|| arrow::array::new_empty_array(&DataType::Utf8))));
+            columns.push((
+                name.to_owned(),
+                texts.next().unwrap_or_else(|| arrow::array::new_empty_array(&DataType::Utf8)),
+            ));
         }
         columns.push(("cur".to_owned(), std::sync::Arc::new(self.cur.finish())));
         columns.extend(texts.enumerate().map(|(i, a)| (format!("seg{i}"), a)));

@@ -485,7 +485,8 @@ impl MetricsFold {
             let (Some((subject, segs)), Some(m)) = (keyed(series), cell(&accs)) else { continue };
             main.entry(subject).or_default().push((cur == 1, segs.to_vec(), m));
         }
-        let mut past: BTreeMap<(String, String), BTreeMap<Vec<Option<String>>, M>> = BTreeMap::new();
+        type Periods<M> = BTreeMap<(String, String), BTreeMap<Vec<Option<String>>, M>>;
+        let mut past: Periods<M> = BTreeMap::new();
         for ((series, p), sums) in &history {
             let Some((subject, segs)) = keyed(*series) else { continue };
             let m = past.entry(subject).or_default().entry(segs.to_vec()).or_default();
@@ -499,7 +500,8 @@ impl MetricsFold {
                 subject((k, cells))
             })
             .collect();
-        let past = past.into_iter().map(|(k, cells)| (k, cells.into_iter().map(|(segs, m)| (false, segs, m)).collect()));
+        let past =
+            past.into_iter().map(|(k, cells)| (k, cells.into_iter().map(|(segs, m)| (false, segs, m)).collect()));
         merge_subjects(&mut out, past.map(subject).collect());
         Some(out)
     }
