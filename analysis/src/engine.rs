@@ -721,6 +721,16 @@ impl TenantSql<'_> {
     }
 }
 
+/// A detector's statement over the metrics fold: its kind, how it renders
+/// it, its subjects folded for a history span, and its rows where they are
+/// not.
+type Folding<'a> = (
+    FindingKind,
+    fn(&Ctx, &str) -> String,
+    &'a dyn Fn((i64, i64, i64)) -> Option<detectors::Folded>,
+    fn(&crate::fold::MetricsFold, crate::fold::Side, usize) -> Result<Rows, arrow::error::ArrowError>,
+);
+
 /// A shared statement, then each of the two statements of a pass (its
 /// window's and its last minute's) and how its rows are summed out of the
 /// shared one's.
@@ -1390,24 +1400,32 @@ impl Analyzer {
                 _ => None,
             };
             let mut unfolded = false;
-            if active(FindingKind::LatencyRegression) {
-                let q = detectors::latency_regression::query(c, "");
-                match span.and_then(|s| fold.latency_subjects(side, s)) {
-                    Some(s) => drop(known.folded.insert(q, Arc::new(detectors::Folded::Latency(s)))),
-                    None => {
-                        unfolded = true;
-                        let rows = fold.latency(side, segments).map_err(failed(&q))?;
-                        known.rows.insert(q, rows);
-                    }
+            let latency = |s| fold.latency_subjects(side, s).map(detectors::Folded::Latency);
+            let errors = |s| fold.error_subjects(side, s).map(detectors::Folded::Errors);
+            let statements: [Folding<'_>; 2] = [
+                (
+                    FindingKind::LatencyRegression,
+                    detectors::latency_regression::query,
+                    &latency,
+                    crate::fold::MetricsFold::latency,
+                ),
+                (
+                    FindingKind::ErrorRateRegression,
+                    detectors::error_rate_regression::query,
+                    &errors,
+                    crate::fold::MetricsFold::error_rate,
+                ),
+            ];
+            for (kind, query, subjects, rows) in statements {
+                if !active(kind) {
+                    continue;
                 }
-            }
-            if active(FindingKind::ErrorRateRegression) {
-                let q = detectors::error_rate_regression::query(c, "");
-                match span.and_then(|s| fold.error_subjects(side, s)) {
-                    Some(s) => drop(known.folded.insert(q, Arc::new(detectors::Folded::Errors(s)))),
+                let q = query(c, "");
+                match span.and_then(subjects) {
+                    Some(folded) => drop(known.folded.insert(q, Arc::new(folded))),
                     None => {
                         unfolded = true;
-                        let rows = fold.error_rate(side, segments).map_err(failed(&q))?;
+                        let rows = rows(&fold, side, segments).map_err(failed(&q))?;
                         known.rows.insert(q, rows);
                     }
                 }
