@@ -628,7 +628,9 @@ impl Sql for TenantSql<'_> {
 
     fn folded(&self, sql: &str) -> Option<Arc<detectors::Folded>> {
         let folded = self.folded.get(sql)?;
-        self.count(sql, 0);
+        if self.log.is_some() {
+            self.count(sql, folded.statement_rows());
+        }
         Some(Arc::clone(folded))
     }
 

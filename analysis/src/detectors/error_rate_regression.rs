@@ -153,6 +153,9 @@ impl Detector for ErrorRateRegression {
         if let Some(folded) = sql.folded(&q)
             && let super::Folded::Errors(subjects) = &*folded
         {
+            if let Some(h) = super::history_rolled_query(ctx, "") {
+                sql.noted(&h, folded.history_rows());
+            }
             return Ok(Tested { tests: tests(subjects, ctx), flows: Vec::new() });
         }
         let rows = sql.rows(&q).await?;

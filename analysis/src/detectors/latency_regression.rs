@@ -311,6 +311,7 @@ impl Detector for LatencyRegression {
         if let Some(folded) = sql.folded(&q)
             && let super::Folded::Latency(subjects) = &*folded
         {
+            sql.noted(&history_query(ctx, ""), folded.history_rows());
             return Ok(Tested { tests: tests(subjects, ctx), flows: Vec::new() });
         }
         let rows = sql.rows(&q).await?;

@@ -307,6 +307,26 @@ impl Folded {
             Folded::Errors(s) => error_rate_regression::rows_of(s, segments),
         }
     }
+
+    /// How many rows the statement would have given (a recorded pass's count).
+    pub fn statement_rows(&self) -> usize {
+        match self {
+            Folded::Latency(s) => {
+                let cells = s.iter().flat_map(|s| s.cells.iter().filter(|c| c.2.periods.is_empty()));
+                cells.map(|c| c.2.hist.histogram().len()).sum()
+            }
+            Folded::Errors(s) => s.iter().flat_map(|s| s.cells.iter().filter(|c| c.2.periods.is_empty())).count(),
+        }
+    }
+
+    /// How many rows its history would have given: a row per period of each
+    /// of the history's cells.
+    pub fn history_rows(&self) -> usize {
+        match self {
+            Folded::Latency(s) => s.iter().flat_map(|s| s.cells.iter().map(|c| c.2.periods.len())).sum(),
+            Folded::Errors(s) => s.iter().flat_map(|s| s.cells.iter().map(|c| c.2.periods.len())).sum(),
+        }
+    }
 }
 
 /// Rows of a statement over subjects: service, operation, `cur`, the
