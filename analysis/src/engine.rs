@@ -724,12 +724,12 @@ impl TenantSql<'_> {
 }
 
 /// A detector's statement over the metrics fold: its kind, how it renders
-/// it, its subjects folded for a history span, and its rows where they are
+/// it, its subjects folded with a history's sums, and its rows where they are
 /// not.
 type Folding<'a> = (
     FindingKind,
     fn(&Ctx, &str) -> String,
-    &'a dyn Fn((i64, i64, i64)) -> Option<detectors::Folded>,
+    &'a dyn Fn(&crate::fold::HistorySums) -> detectors::Folded,
     fn(&crate::fold::MetricsFold, crate::fold::Side, usize) -> Result<Rows, arrow::error::ArrowError>,
 );
 
@@ -1402,8 +1402,10 @@ impl Analyzer {
                 _ => None,
             };
             let mut unfolded = false;
-            let latency = |s| fold.latency_subjects(side, s).map(detectors::Folded::Latency);
-            let errors = |s| fold.error_subjects(side, s).map(detectors::Folded::Errors);
+            // One history for both detectors' subjects.
+            let sums = span.and_then(|s| fold.history_sums(s));
+            let latency = |h: &_| detectors::Folded::Latency(fold.latency_subjects(side, h));
+            let errors = |h: &_| detectors::Folded::Errors(fold.error_subjects(side, h));
             let statements: [Folding<'_>; 2] = [
                 (
                     FindingKind::LatencyRegression,
@@ -1423,7 +1425,7 @@ impl Analyzer {
                     continue;
                 }
                 let q = query(c, "");
-                match span.and_then(subjects) {
+                match sums.as_ref().map(subjects) {
                     Some(folded) => drop(known.folded.insert(q, Arc::new(folded))),
                     None => {
                         unfolded = true;

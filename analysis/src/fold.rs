@@ -52,7 +52,7 @@ use crate::minutes::MINUTE_NS;
 use crate::sql::Rows;
 
 mod metrics;
-pub use metrics::{MetricsFold, Side};
+pub use metrics::{HistorySums, MetricsFold, Side};
 
 /// Where a minute lies in a pass: outside its range, in the baseline, in the
 /// window before its last minute, or in the last minute.

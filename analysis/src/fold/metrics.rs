@@ -44,6 +44,12 @@ const READ_AHEAD: i64 = 15 * crate::minutes::MINUTE_NS;
 /// A history's requests, failed requests and log-latency sum over one period.
 type PeriodSums = (i64, i64, f64);
 
+/// A history's sums per series and period, ordered by series and period
+/// ([`MetricsFold::history_sums`]): one history serves both detectors'
+/// subjects.
+#[derive(Debug)]
+pub struct HistorySums(Vec<((u32, i64), PeriodSums)>);
+
 /// One cell of `span_metrics`: a server operation's minute in one segment.
 #[derive(Debug)]
 struct Cell {
@@ -408,12 +414,11 @@ impl MetricsFold {
         Ok(Rows::new(vec![RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?]))
     }
 
-    /// The latency detector's subjects for `side`'s statement, with the
-    /// history over `span` (`(from, end, window)`, as [`Self::history`])
-    /// merged in: what [`crate::detectors::subjects`] makes of the rows of
-    /// [`Self::latency`] and [`Self::history`], without the rows. `None`
-    /// when the kept range does not hold the history.
-    pub fn latency_subjects(&self, side: Side, span: (i64, i64, i64)) -> Option<Vec<Subject<Latency>>> {
+    /// The latency detector's subjects for `side`'s statement, with
+    /// `history` ([`Self::history_sums`]) merged in: what
+    /// [`crate::detectors::subjects`] makes of the rows of [`Self::latency`]
+    /// and [`Self::history`], without the rows.
+    pub fn latency_subjects(&self, side: Side, history: &HistorySums) -> Vec<Subject<Latency>> {
         let cell = |accs: &[&Acc]| {
             let mut merged: BTreeMap<i32, i64> = BTreeMap::new();
             for acc in accs {
@@ -435,13 +440,13 @@ impl MetricsFold {
             e.0 += (requests - errors).max(0) as u64;
             e.1 += log_sum;
         };
-        self.subjects(side, span, cell, period)
+        self.subjects(side, history, cell, period)
     }
 
-    /// The error-rate detector's subjects for `side`'s statement, with the
-    /// history over `span` merged in ([`Self::latency_subjects`], of the rows
-    /// of [`Self::error_rate`] and [`Self::history`]).
-    pub fn error_subjects(&self, side: Side, span: (i64, i64, i64)) -> Option<Vec<Subject<Errors>>> {
+    /// The error-rate detector's subjects for `side`'s statement, with
+    /// `history` merged in ([`Self::latency_subjects`], of the rows of
+    /// [`Self::error_rate`] and [`Self::history`]).
+    pub fn error_subjects(&self, side: Side, history: &HistorySums) -> Vec<Subject<Errors>> {
         let cell = |accs: &[&Acc]| {
             let sum = |f: fn(&Acc) -> i64| accs.iter().map(|a| f(a)).sum::<i64>().max(0) as u64;
             Some(Errors {
@@ -456,61 +461,72 @@ impl MetricsFold {
             e.0 += (*requests).max(0) as u64;
             e.1 += (*errors).max(0) as u64;
         };
-        self.subjects(side, span, cell, period)
+        self.subjects(side, history, cell, period)
     }
 
     /// Subjects of `side`'s groups, each cell made by `cell` of the places'
     /// sums it adds up (none where it gives none), then the history's
     /// subjects, each period added by `period`, merged in: in the order and
     /// with the cells [`crate::detectors::subjects`] and
-    /// [`crate::detectors::merge_subjects`] give of the rows.
+    /// [`crate::detectors::merge_subjects`] give of the rows. A series'
+    /// names are looked up once, however many periods it has.
     fn subjects<M: Metric>(
         &self,
         side: Side,
-        (from, end, window): (i64, i64, i64),
+        history: &HistorySums,
         cell: impl Fn(&[&Acc]) -> Option<M>,
         period: impl Fn(&mut M, i64, &PeriodSums),
-    ) -> Option<Vec<Subject<M>>> {
-        let history = self.history_sums(from, end, window)?;
-        type Cells<M> = BTreeMap<(String, String), Vec<(bool, Vec<Option<String>>, M)>>;
+    ) -> Vec<Subject<M>> {
         let keyed = |series: u32| {
             let key = self.series.get(series);
             match (&key[0], &key[1]) {
-                (Some(service), Some(operation)) => Some(((service.clone(), operation.clone()), &key[2..])),
+                (Some(service), Some(operation)) => Some(((service.as_str(), operation.as_str()), &key[2..])),
                 _ => None,
             }
         };
-        let mut main: Cells<M> = BTreeMap::new();
+        type Cells<'k, M> = BTreeMap<(&'k str, &'k str), Vec<(bool, &'k [Option<String>], M)>>;
+        let mut main: Cells<'_, M> = BTreeMap::new();
         for (series, cur, accs) in self.groups(side) {
             let (Some((subject, segs)), Some(m)) = (keyed(series), cell(&accs)) else { continue };
-            main.entry(subject).or_default().push((cur == 1, segs.to_vec(), m));
+            main.entry(subject).or_default().push((cur == 1, segs, m));
         }
-        type Periods<M> = BTreeMap<(String, String), BTreeMap<Vec<Option<String>>, M>>;
-        let mut past: Periods<M> = BTreeMap::new();
-        for ((series, p), sums) in &history {
-            let Some((subject, segs)) = keyed(*series) else { continue };
-            let m = past.entry(subject).or_default().entry(segs.to_vec()).or_default();
-            period(m, *p, sums);
+        // Per subject, each series' periods (a series is one segment values).
+        type Periods<'k, M> = BTreeMap<(&'k str, &'k str), BTreeMap<&'k [Option<String>], M>>;
+        let mut past: Periods<'_, M> = BTreeMap::new();
+        for periods in history.0.chunk_by(|a, b| a.0.0 == b.0.0) {
+            let Some((subject, segs)) = keyed(periods[0].0.0) else { continue };
+            let m = past.entry(subject).or_default().entry(segs).or_default();
+            for ((_, p), sums) in periods {
+                period(m, *p, sums);
+            }
         }
-        let subject = |((service, operation), cells)| Subject { service, operation, cells };
+        let owned = |cells: Vec<(bool, &[Option<String>], M)>| -> Vec<(bool, Vec<Option<String>>, M)> {
+            cells.into_iter().map(|(cur, segs, m)| (cur, segs.to_vec(), m)).collect()
+        };
+        let subject = |(service, operation): (&str, &str), cells| Subject {
+            service: service.to_owned(),
+            operation: operation.to_owned(),
+            cells,
+        };
         let mut out: Vec<Subject<M>> = main
             .into_iter()
             .map(|(k, mut cells)| {
-                cells.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-                subject((k, cells))
+                cells.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+                subject(k, owned(cells))
             })
             .collect();
-        let past =
-            past.into_iter().map(|(k, cells)| (k, cells.into_iter().map(|(segs, m)| (false, segs, m)).collect()));
-        merge_subjects(&mut out, past.map(subject).collect());
-        Some(out)
+        let past = past
+            .into_iter()
+            .map(|(k, cells)| subject(k, owned(cells.into_iter().map(|(segs, m)| (false, segs, m)).collect())));
+        merge_subjects(&mut out, past.collect());
+        out
     }
 
     /// Per series and period of `window` ns counted back from `end`, over
     /// `[from, end)`: the requests, the failed ones and the log-latency sum,
     /// ordered by series and period. `None` when the kept range does not
     /// hold `[from, end)`.
-    fn history_sums(&self, from: i64, end: i64, window: i64) -> Option<Vec<((u32, i64), PeriodSums)>> {
+    pub fn history_sums(&self, (from, end, window): (i64, i64, i64)) -> Option<HistorySums> {
         let (lo, hi) = self.range?;
         if from < lo || end > hi || window <= 0 {
             return None;
@@ -527,7 +543,7 @@ impl MetricsFold {
         }
         let mut groups: Vec<((u32, i64), PeriodSums)> = groups.into_iter().collect();
         groups.sort_unstable_by_key(|(k, _)| *k);
-        Some(groups)
+        Some(HistorySums(groups))
     }
 
     /// `history_rolled.sql`'s rows over `[from, end)` in periods of `window`
@@ -537,7 +553,7 @@ impl MetricsFold {
     /// range does not hold `[from, end)`.
     pub fn history(&self, from: i64, end: i64, window: i64, segments: usize) -> Option<Result<Rows, ArrowError>> {
         type Sums = PeriodSums;
-        let groups = self.history_sums(from, end, window)?;
+        let groups = self.history_sums((from, end, window))?.0;
         let keys: Vec<u32> = groups.iter().map(|((s, _), _)| *s).collect();
         let texts = self.texts(&keys, segments);
         let periods = arrow::array::TimestampNanosecondArray::from_iter_values(groups.iter().map(|((_, p), _)| *p))
