@@ -118,16 +118,22 @@ pub fn mann_whitney(baseline: &Histogram, current: &Histogram, confidence: f64) 
     if n == 0.0 || m == 0.0 {
         return None;
     }
-    // U = number of (current, baseline) pairs with current > baseline, ties half.
-    let mut keys: Vec<i64> = baseline.keys().chain(current.keys()).copied().collect();
-    keys.sort_unstable();
-    keys.dedup();
+    // U = number of (current, baseline) pairs with current > baseline, ties half;
+    // the two histograms walked together in bucket order.
     let mut below = 0.0;
     let mut u = 0.0;
     let mut ties = 0.0;
-    for k in &keys {
-        let b = *baseline.get(k).unwrap_or(&0) as f64;
-        let c = *current.get(k).unwrap_or(&0) as f64;
+    let (mut bs, mut cs) = (baseline.iter().peekable(), current.iter().peekable());
+    loop {
+        let (b, c) = match (bs.peek(), cs.peek()) {
+            (None, None) => break,
+            (Some((kb, _)), Some((kc, _))) if kb == kc => (bs.next(), cs.next()),
+            (Some((kb, _)), Some((kc, _))) if kb < kc => (bs.next(), None),
+            (Some(_), None) => (bs.next(), None),
+            _ => (None, cs.next()),
+        };
+        let b = b.map_or(0.0, |(_, n)| *n as f64);
+        let c = c.map_or(0.0, |(_, n)| *n as f64);
         u += c * (below + 0.5 * b);
         below += b;
         let t = b + c;

@@ -112,11 +112,11 @@ impl TraceBook {
         let mut by_runs: BTreeMap<Vec<(i64, i64)>, Conditions> = BTreeMap::new();
         {
             let mut b = self.book();
-            for scope in scopes.iter().filter(|s| !s.each_condition().is_empty()) {
+            for scope in scopes.iter().filter(|s| !s.conditions().is_empty()) {
                 let key = format!("{traces}\n{}", scope.key());
                 let runs = b.scopes.missing(tenant, &key, &wanted);
                 if !runs.is_empty() {
-                    by_runs.entry(runs).or_default().insert(key, scope.each_condition());
+                    by_runs.entry(runs).or_default().insert(key, scope.conditions());
                 }
             }
         }

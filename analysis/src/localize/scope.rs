@@ -46,8 +46,8 @@ impl Scope {
     }
 
     /// The conditions a span of a trace in scope meets, one per attribute
-    /// (each over the spans aliased `s`).
-    fn conditions(&self) -> Vec<String> {
+    /// (each over the spans aliased `s`): [`Self::trace_filter`]'s.
+    pub(super) fn conditions(&self) -> Vec<String> {
         let mut conditions = Vec::new();
         if let Some(s) = &self.through {
             match &self.operation {
@@ -69,11 +69,6 @@ impl Scope {
     /// conditions (not when traces settle, nor what the opener saw).
     pub(super) fn key(&self) -> String {
         self.conditions().join("\n")
-    }
-
-    /// Its conditions ([`Self::trace_filter`]'s), each over the spans aliased `s`.
-    pub(super) fn each_condition(&self) -> Vec<String> {
-        self.conditions()
     }
 }
 
