@@ -1396,12 +1396,12 @@ impl Analyzer {
             let (from, end, window) = detectors::history_span(c);
             let history = detectors::history_rolled_query(c, "");
             // The detectors' subjects with their histories, where the fold
-            // holds the histories too; else their statements' rows.
+            // holds the histories too; else their statements' rows, and the
+            // histories' statements run as SQL.
             let span = match (&history, ns(from), ns(end)) {
                 (Some(_), Some(from), Some(end)) => Some((from, end, window * 1_000_000_000)),
                 _ => None,
             };
-            let mut unfolded = false;
             // One history for both detectors' subjects.
             let sums = span.and_then(|s| fold.history_sums(s));
             let latency = |h: &_| detectors::Folded::Latency(fold.latency_subjects(side, h));
@@ -1428,17 +1428,10 @@ impl Analyzer {
                 match sums.as_ref().map(subjects) {
                     Some(folded) => drop(known.folded.insert(q, Arc::new(folded))),
                     None => {
-                        unfolded = true;
                         let rows = rows(&fold, side, segments).map_err(failed(&q))?;
                         known.rows.insert(q, rows);
                     }
                 }
-            }
-            if let (true, Some(q), Some(from), Some(end)) = (unfolded, history, ns(from), ns(end))
-                && let Some(rows) = fold.history(from, end, window * 1_000_000_000, segments)
-            {
-                let rows = rows.map_err(failed(&q))?;
-                known.rows.insert(q, rows);
             }
         }
         // Kept for the next pass, which reads again the minutes the store

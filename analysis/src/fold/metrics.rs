@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
 use arrow::error::ArrowError;
 use hashbrown::HashMap;
@@ -417,7 +417,7 @@ impl MetricsFold {
     /// The latency detector's subjects for `side`'s statement, with
     /// `history` ([`Self::history_sums`]) merged in: what
     /// [`crate::detectors::subjects`] makes of the rows of [`Self::latency`]
-    /// and [`Self::history`], without the rows.
+    /// and of `history_rolled.sql`, without the rows.
     pub fn latency_subjects(&self, side: Side, history: &HistorySums) -> Vec<Subject<Latency>> {
         let cell = |accs: &[&Acc]| {
             let mut merged: BTreeMap<i32, i64> = BTreeMap::new();
@@ -445,7 +445,7 @@ impl MetricsFold {
 
     /// The error-rate detector's subjects for `side`'s statement, with
     /// `history` merged in ([`Self::latency_subjects`], of the rows of
-    /// [`Self::error_rate`] and [`Self::history`]).
+    /// [`Self::error_rate`] and of `history_rolled.sql`).
     pub fn error_subjects(&self, side: Side, history: &HistorySums) -> Vec<Subject<Errors>> {
         let cell = |accs: &[&Acc]| {
             let sum = |f: fn(&Acc) -> i64| accs.iter().map(|a| f(a)).sum::<i64>().max(0) as u64;
@@ -544,42 +544,5 @@ impl MetricsFold {
         let mut groups: Vec<((u32, i64), PeriodSums)> = groups.into_iter().collect();
         groups.sort_unstable_by_key(|(k, _)| *k);
         Some(HistorySums(groups))
-    }
-
-    /// `history_rolled.sql`'s rows over `[from, end)` in periods of `window`
-    /// nanoseconds counted back from `end`: per service, operation, period
-    /// and segment values, the requests, the failed ones, and those that
-    /// succeeded with the sum of their log latencies. `None` when the kept
-    /// range does not hold `[from, end)`.
-    pub fn history(&self, from: i64, end: i64, window: i64, segments: usize) -> Option<Result<Rows, ArrowError>> {
-        type Sums = PeriodSums;
-        let groups = self.history_sums((from, end, window))?.0;
-        let keys: Vec<u32> = groups.iter().map(|((s, _), _)| *s).collect();
-        let texts = self.texts(&keys, segments);
-        let periods = arrow::array::TimestampNanosecondArray::from_iter_values(groups.iter().map(|((_, p), _)| *p))
-            .with_timezone("UTC");
-        let mut fields = vec![
-            Field::new("service", DataType::Utf8, true),
-            Field::new("operation", DataType::Utf8, true),
-            Field::new("period", periods.data_type().clone(), true),
-        ];
-        let mut columns: Vec<ArrayRef> = vec![Arc::clone(&texts[0]), Arc::clone(&texts[1]), Arc::new(periods)];
-        for (i, t) in texts[2..].iter().enumerate() {
-            fields.push(Field::new(format!("seg{i}"), DataType::Utf8, true));
-            columns.push(Arc::clone(t));
-        }
-        let ints =
-            |f: fn(&Sums) -> i64| -> ArrayRef { Arc::new(groups.iter().map(|(_, g)| f(g)).collect::<Int64Array>()) };
-        for (name, f) in [
-            ("requests", (|g: &Sums| g.0) as fn(&Sums) -> i64),
-            ("errors", |g: &Sums| g.1),
-            ("n", |g: &Sums| g.0 - g.1),
-        ] {
-            fields.push(Field::new(name, DataType::Int64, true));
-            columns.push(ints(f));
-        }
-        fields.push(Field::new("log_sum", DataType::Float64, true));
-        columns.push(Arc::new(groups.iter().map(|(_, g)| g.2).collect::<Float64Array>()));
-        Some(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map(|b| Rows::new(vec![b])))
     }
 }
