@@ -144,6 +144,19 @@ impl Browser {
         self.post(&format!("/element/{element}/click"), json!({}));
     }
 
+    /// Clicks an element that leads to another page, and waits until the
+    /// browser is there and the page has loaded: WebDriver's click may return
+    /// before a form's POST and its redirect have finished, and the page read
+    /// right after would still be the one clicked on. Panics, naming the page
+    /// it stayed on, when no page `arrived` accepts has loaded within 30 s.
+    pub fn click_to(&self, element: &str, arrived: impl Fn(&str) -> bool) {
+        self.click(element);
+        let loaded = wait_for(Duration::from_secs(30), || {
+            arrived(&self.current_url()) && self.execute("return document.readyState") == "complete"
+        });
+        assert!(loaded, "the click led nowhere expected: still on {}", self.current_url());
+    }
+
     /// Runs a script in the page and returns its result.
     pub fn execute(&self, script: &str) -> Value {
         self.post("/execute/sync", json!({"script": script, "args": []}))

@@ -254,8 +254,7 @@ fn the_demo_in_a_browser() {
 
     // Its evidence reruns in the SQL console with the finding's numbers.
     let run = b.find("a[href^='/sql?q=']:has(button)");
-    b.click(&run);
-    assert!(b.current_url().contains("/sql?q="), "{}", b.current_url());
+    b.click_to(&run, |url| url.contains("/sql?q="));
     let rows = b.find_all("main table tr");
     let table = b.text(&b.find("main table"));
     assert!(rows.len() >= 3 && table.contains("baseline") && table.contains("current"), "{table}");
@@ -323,7 +322,7 @@ fn the_demo_in_a_browser() {
     // An example trace of the top suspect opens as a waterfall with every span.
     let trace_link = b.find("main a[href^='/traces/']");
     let trace_id = b.text(&trace_link);
-    b.click(&trace_link);
+    b.click_to(&trace_link, |url| url.contains(&format!("/traces/{trace_id}")));
     let spans = b.find_all("table.waterfall tr").len() - 1;
     let resp = blocking_client()
         .post(url("/api/v1/query"))
@@ -354,8 +353,7 @@ fn the_demo_in_a_browser() {
     b.screenshot(&shots.join("ticket.png"));
     b.type_into(&b.find("#approve input[name=reviewer]"), "Dana Reviewer");
     b.type_into(&b.find("#approve textarea[name=note]"), "Confirmed on the dashboard");
-    b.click(&b.find("#approve button[type=submit]"));
-    assert!(b.current_url().ends_with("?done=approved"), "{}", b.current_url());
+    b.click_to(&b.find("#approve button[type=submit]"), |url| url.ends_with("?done=approved"));
     let text = b.page_text();
     assert!(text.contains("Decided by Dana Reviewer"), "{text}");
     let arrived = wait_for(Duration::from_secs(60), || {
