@@ -2552,7 +2552,34 @@ mod tests {
                 "pass {i}: sessions whose horizon ended in the last minute, and before"
             );
             assert!(direct.iter().filter_map(|r| r.i64("period")).max() >= Some(29), "pass {i}: periods of a minute");
+            assert!(side(2) > 0, "pass {i}: sessions still inside their horizon");
             if i == 0 {
+                // A step's evidence gives its numbers as the judgement has
+                // them, the sessions still inside their horizon weighed in.
+                use crate::detector::Detector;
+                let tested = rt.block_on(detectors::drop_off::DropOff.tests(&minute, &sql)).unwrap();
+                let t = tested
+                    .tests
+                    .iter()
+                    .filter(|t| t.segment.is_empty() && t.judgement.current.contains_key("sessions_waiting"))
+                    .max_by_key(|t| t.judgement.current_samples)
+                    .expect("a whole step judged with sessions waiting");
+                let (mut b, mut c) = (t.judgement.baseline.clone(), t.judgement.current.clone());
+                let evidence =
+                    rt.block_on(detectors::drop_off::DropOff.evidence(&minute, t, &sql, &mut b, &mut c)).unwrap();
+                let rows = rt.block_on(query(&engine, &tenant, &evidence)).unwrap();
+                for (side, numbers) in [("current", &t.judgement.current), ("baseline", &t.judgement.baseline)] {
+                    let row = rows.iter().find(|r| r.str("side").as_deref() == Some(side)).unwrap();
+                    for name in ["sessions_reached", "sessions_continued", "left_after_error"] {
+                        let read = row.f64(name).unwrap();
+                        let judged = numbers[name].as_f64().unwrap();
+                        assert!((read - judged).abs() <= 1.0, "{side} {name}: {read} against {judged}\n{evidence}");
+                    }
+                    let read = row.f64("conversion").unwrap();
+                    let judged = numbers["conversion"].as_f64().unwrap();
+                    assert!((read - judged).abs() < 1e-3, "{side} conversion: {read} against {judged}");
+                }
+
                 // The same statement over spans (windows off the minute, a
                 // store without sessions), and the evidence's, run too.
                 let spans = rt.block_on(query(&engine, &tenant, &statement_over_spans(&minute, &short_flows))).unwrap();

@@ -270,6 +270,46 @@ pub fn fisher_greater(x_base: u64, n_base: u64, x_cur: u64, n_cur: u64) -> f64 {
     p.min(1.0)
 }
 
+/// P(w₁X₁ + … + wₘXₘ ≥ k) for independent binomials Xⱼ ~ Bin(nⱼ, qⱼ) with
+/// whole weights wⱼ, `strata` holding each (nⱼ, qⱼ, wⱼ): the exact upper
+/// tail, from their probabilities convolved. Each binomial is kept within 12
+/// standard deviations (and 10 events) of its mean, beyond which its
+/// probabilities are below 1e-30.
+pub fn binomials_at_least(strata: &[(u64, f64, u64)], k: u64) -> f64 {
+    // The weighted sum's probabilities from `offset` on.
+    let (mut offset, mut sum) = (0u64, vec![1.0f64]);
+    for &(n, q, w) in strata {
+        if n == 0 || w == 0 {
+            continue;
+        }
+        let q = q.clamp(0.0, 1.0);
+        let (mean, sd) = (n as f64 * q, (n as f64 * q * (1.0 - q)).sqrt());
+        let lo = (mean - 12.0 * sd - 10.0).floor().max(0.0) as u64;
+        let hi = ((mean + 12.0 * sd + 10.0).ceil() as u64).min(n);
+        let pmf: Vec<f64> = (lo..=hi)
+            .map(|x| match q {
+                0.0 => f64::from(u8::from(x == 0)),
+                1.0 => f64::from(u8::from(x == n)),
+                _ => (ln_choose(n, x) + x as f64 * q.ln() + (n - x) as f64 * (1.0 - q).ln()).exp(),
+            })
+            .collect();
+        let step = w as usize;
+        let mut next = vec![0.0; sum.len() + (pmf.len() - 1) * step];
+        for (i, a) in sum.iter().enumerate() {
+            if *a == 0.0 {
+                continue;
+            }
+            for (j, b) in pmf.iter().enumerate() {
+                next[i + j * step] += a * b;
+            }
+        }
+        offset += lo * w;
+        sum = next;
+    }
+    let from = k.saturating_sub(offset) as usize;
+    sum.iter().skip(from).sum::<f64>().clamp(0.0, 1.0)
+}
+
 /// Is the current proportion `x_cur / n_cur` larger than the baseline's? The
 /// pooled two-proportion z-test, or Fisher's exact test when an expected count is
 /// below 5.
@@ -388,6 +428,29 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
+    }
+
+    #[test]
+    fn binomials_summed_have_the_tail_of_their_convolution() {
+        // One binomial: its own tail, 1 at k = 0, none beyond n.
+        assert!((binomials_at_least(&[(10, 0.5, 1)], 8) - 56.0 / 1024.0).abs() < 1e-12);
+        assert!((binomials_at_least(&[(10, 0.3, 1)], 0) - 1.0).abs() < 1e-12);
+        assert_eq!(binomials_at_least(&[(10, 0.3, 1)], 11), 0.0);
+        // Two of the same q are one binomial of both sizes.
+        let two = binomials_at_least(&[(30, 0.1, 1), (50, 0.1, 1)], 15);
+        let one = binomials_at_least(&[(80, 0.1, 1)], 15);
+        assert!((two - one).abs() < 1e-12, "{two} against {one}");
+        // Certain and impossible events shift the sum; a weight spreads it.
+        assert!((binomials_at_least(&[(5, 1.0, 1), (10, 0.5, 1), (7, 0.0, 1)], 13) - 56.0 / 1024.0).abs() < 1e-12);
+        assert!((binomials_at_least(&[(10, 0.5, 3)], 22) - 56.0 / 1024.0).abs() < 1e-12);
+        assert!((binomials_at_least(&[(10, 0.5, 3), (4, 0.2, 0)], 24) - 56.0 / 1024.0).abs() < 1e-12);
+        // Two events of weight 1 against one of weight 2: P(X + 2Y ≥ 2) with
+        // X ~ Bin(2, ½) and Y ~ Bin(1, ½) is 1 - P(X ≤ 1, Y = 0) = 1 - ¾·½.
+        assert!((binomials_at_least(&[(2, 0.5, 1), (1, 0.5, 2)], 2) - 0.625).abs() < 1e-12);
+        // Against the normal's tail at a large size: close in the bulk.
+        let p = binomials_at_least(&[(10_000, 0.2, 1), (5_000, 0.4, 1)], 4_080);
+        let (mean, sd) = (4_000.0, (10_000.0f64 * 0.16 + 5_000.0 * 0.24).sqrt());
+        assert!((p - normal_sf((4_079.5 - mean) / sd)).abs() < 0.01, "{p}");
     }
 
     #[test]

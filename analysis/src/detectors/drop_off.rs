@@ -330,12 +330,16 @@ struct Parts {
 /// are one per session and step (`fk`, numbered over the flows' steps with
 /// a next one) and are summed back into the columns of [`render`], each
 /// session weighing 1. With `history`, the periods of the window's length
-/// over [`history_look`] before the baseline's end.
+/// over [`history_look`] before the baseline's end, the sessions still
+/// inside their horizon on the current side as well (`cur` 2, a row per
+/// stratum `wait` of how long they have waited, [`WAIT_STRATA`]), and per
+/// step `within{f}_{k}_{j}`, the sessions that went on within each
+/// stratum's time.
 fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, parts: Parts) -> String {
     let (_, flow_pages) = pages(flows);
     let timeout_ns = timeout_ns(ctx);
     let ns = |p: usize| format!("CAST(first{p} AS BIGINT)");
-    let (mut t_arms, mut r_arms, mut g_arms, mut e_arms, mut by_arms, mut reach_sums, mut values) =
+    let (mut t_arms, mut r_arms, mut gap_arms, mut e_arms, mut h_arms, mut reach_sums, mut values) =
         (String::new(), String::new(), String::new(), String::new(), String::new(), String::new(), Vec::new());
     let mut i = 0usize;
     for (f, (flow, at)) in flows.iter().zip(&flow_pages).enumerate() {
@@ -343,19 +347,27 @@ fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, 
             let h = flow.horizon(k, timeout_ns);
             t_arms.push_str(&format!(" WHEN {i} THEN t{f}_{k}"));
             r_arms.push_str(&format!(" WHEN {i} THEN r{f}_{k}"));
-            g_arms.push_str(&format!(
-                " WHEN {i} THEN CASE WHEN r{f}_{k1} = 1 AND {next} - t{f}_{k} <= {h} THEN 1 ELSE 0 END",
+            gap_arms.push_str(&format!(
+                " WHEN {i} THEN CASE WHEN r{f}_{k1} = 1 THEN {next} - t{f}_{k} END",
                 k1 = k + 1,
                 next = ns(at[k + 1]),
             ));
             e_arms.push_str(&format!(" WHEN {i} THEN err{}", at[k]));
-            by_arms.push_str(&format!(" WHEN {i} THEN upto - {h}"));
+            h_arms.push_str(&format!(" WHEN {i} THEN {h}"));
             reach_sums.push_str(&format!(
                 ", sum(CASE WHEN fk = {i} THEN 1.0 ELSE 0.0 END) AS reached{f}_{k}, \
                  sum(CASE WHEN fk = {i} THEN 1.0 ELSE 0.0 END) AS reached_sq{f}_{k}, \
                  sum(CASE WHEN fk = {i} AND g = 1 THEN 1.0 ELSE 0.0 END) AS went{f}_{k}, \
                  sum(CASE WHEN fk = {i} AND g = 0 AND e = 1 THEN 1.0 ELSE 0.0 END) AS left_after_error{f}_{k}"
             ));
+            if history {
+                for j in 1..WAIT_STRATA {
+                    reach_sums.push_str(&format!(
+                        ", sum(CASE WHEN fk = {i} AND gap <= {by} THEN 1.0 ELSE 0.0 END) AS within{f}_{k}_{j}",
+                        by = wait_cut(h, j as i64),
+                    ));
+                }
+            }
             values.push(format!("({i})"));
             i += 1;
         }
@@ -374,7 +386,7 @@ fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, 
     };
     let (history_keys, period) = if history {
         (
-            ", in_base, period",
+            ", in_base, period, wait",
             format!(
                 ", CASE WHEN cur = 0 AND t >= {look_ns} AND t < {base_end_ns} \
                  THEN CAST(({base_end_ns} - t - 1) / {window_ns} AS BIGINT) END AS period"
@@ -383,14 +395,26 @@ fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, 
     } else {
         ("", String::new())
     };
+    // With the history, the sessions still inside their horizon (`cur` 2)
+    // too, each in the stratum of how long it has waited ([`WAIT_STRATA`]).
+    let strata = WAIT_STRATA as i64;
+    let waiting = if history {
+        format!(" WHEN t > upto - h AND upto - t >= h / {strata} THEN 2")
+    } else {
+        String::new()
+    };
     let weighed = format!(
         "SELECT *, CASE WHEN cur = 0 AND t >= {base_ns} AND t < {base_end_ns} THEN 1 ELSE 0 END AS in_base{period} \
-         FROM (SELECT *, CASE WHEN t >= by_t - {window_ns} AND t < by_t THEN 1 ELSE 0 END AS cur \
-         FROM (SELECT session_id{segments}, fk.i AS fk, CASE fk.i{t_arms} END AS t, CASE fk.i{r_arms} END AS r, \
-         CASE fk.i{g_arms} END AS g, CASE fk.i{e_arms} END AS e, CASE fk.i{by_arms} END AS by_t \
+         FROM (SELECT *, CASE WHEN wait IS NOT NULL THEN CASE WHEN gap <= wait * (h / {strata}) THEN 1 ELSE 0 END \
+         WHEN gap <= h THEN 1 ELSE 0 END AS g \
+         FROM (SELECT *, CASE WHEN cur = 2 THEN least((upto - t) / (h / {strata}), {last}) END AS wait \
+         FROM (SELECT *, CASE WHEN t >= upto - h - {window_ns} AND t < upto - h THEN 1{waiting} ELSE 0 END AS cur \
+         FROM (SELECT session_id{segments}, upto, fk.i AS fk, CASE fk.i{t_arms} END AS t, CASE fk.i{r_arms} END AS r, \
+         CASE fk.i{gap_arms} END AS gap, CASE fk.i{e_arms} END AS e, CASE fk.i{h_arms} END AS h \
          FROM funnel CROSS JOIN (VALUES {values}) AS fk(i)) unpivoted \
-         WHERE r = 1) stepped \
-         WHERE cur = 1 OR (t >= {lower} AND t < {base_end_ns})",
+         WHERE r = 1) stepped) waited) judged \
+         WHERE cur >= 1 OR (t >= {lower} AND t < {base_end_ns})",
+        last = strata - 1,
         values = if values.is_empty() { "(-1)".to_owned() } else { values.join(", ") },
         lower = look_ns.min(base_ns),
     );
@@ -411,6 +435,19 @@ fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, 
         ("weighed", weighed),
     ]);
     sql::render(if ctx.sessioned() { SESSIONS_SQL } else { SQL }, &vars)
+}
+
+/// A short window's sessions still inside their horizon at a step are
+/// judged by how long they have waited, in strata of this many parts of the
+/// horizon: one that has waited `j` parts (1 ≤ j < this) counts as gone on
+/// when it requested the next page within `j` parts, against the baseline's
+/// share that did; one that has waited less is not judged yet.
+pub const WAIT_STRATA: usize = 4;
+
+/// How long a session in wait stratum `j` has had to go on: `j` parts of
+/// the horizon `h` ([`WAIT_STRATA`]).
+fn wait_cut(h: i64, j: i64) -> i64 {
+    (h / WAIT_STRATA as i64).saturating_mul(j)
 }
 
 /// Where a history's rows start: [`history_start`], or for a short window
@@ -480,13 +517,17 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
                 .collect()
         })
         .collect();
-    let width: usize = bounds.iter().map(|b| b.len() * 4).sum();
+    // The sums of a step: reached, reached_sq, went and left_after_error,
+    // and for a short window within each wait stratum's time.
+    let per_step = if ctx.short { 3 + WAIT_STRATA } else { 4 };
+    let width: usize = bounds.iter().map(|b| b.len() * per_step).sum();
     // A short window's periods and the earliest of its rows kept, as
     // [`render_short`] has them.
     let look_ns = ns(ctx.baseline_end - history_look(ctx)).unwrap_or(i64::MIN);
     let lower_ns = look_ns.min(base_ns);
-    /// A group of the statement: `cur`, `in_base`, `period` and the segment values' number.
-    type Group = (i64, i64, Option<i64>, u32);
+    /// A group of the statement: `cur`, `in_base`, `period`, a short
+    /// window's `wait` and the segment values' number.
+    type Group = (i64, i64, Option<i64>, Option<i64>, u32);
     // Each group's sessions, then the sums of each step.
     let mut groups: HashMap<Group, (i64, Vec<f64>)> = HashMap::new();
     let mut first = vec![None::<i64>; page_names.len()];
@@ -513,22 +554,35 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
                     t = t.max(first[at[k]]);
                     let reached_next = reached && link(k + 1);
                     if let (true, Some(t)) = (reached, t) {
-                        let cur = t >= by.saturating_sub(window_ns) && t < *by;
-                        if cur || (t >= lower_ns && t < base_end_ns) {
-                            let in_base = !cur && t >= base_ns && t < base_end_ns;
-                            let period = (!cur && t >= look_ns && t < base_end_ns).then(|| (base_end_ns - t - 1) / window_ns);
-                            let went = reached_next && first[at[k + 1]].is_some_and(|next| next - t <= *h);
+                        let part = h / WAIT_STRATA as i64;
+                        let cur = if t >= by.saturating_sub(window_ns) && t < *by {
+                            1
+                        } else if t > *by && upto - t >= part {
+                            2
+                        } else {
+                            0
+                        };
+                        if cur > 0 || (t >= lower_ns && t < base_end_ns) {
+                            let in_base = cur == 0 && t >= base_ns && t < base_end_ns;
+                            let period =
+                                (cur == 0 && t >= look_ns && t < base_end_ns).then(|| (base_end_ns - t - 1) / window_ns);
+                            let wait = (cur == 2).then(|| ((upto - t) / part).min(WAIT_STRATA as i64 - 1));
+                            let gap = first[at[k + 1]].filter(|_| reached_next).map(|next| next - t);
+                            let went = gap.is_some_and(|gap| gap <= wait.map_or(*h, |j| wait_cut(*h, j)));
                             let (sessions, sums) = groups
-                                .entry((i64::from(cur), i64::from(in_base), period, s.segs))
+                                .entry((cur, i64::from(in_base), period, wait, s.segs))
                                 .or_insert_with(|| (0, vec![0.0; width]));
                             *sessions += 1;
                             sums[col] += 1.0;
                             sums[col + 1] += 1.0;
                             sums[col + 2] += if went { 1.0 } else { 0.0 };
                             sums[col + 3] += if !went && err[at[k]] { 1.0 } else { 0.0 };
+                            for j in 1..WAIT_STRATA {
+                                sums[col + 3 + j] += if gap.is_some_and(|gap| gap <= wait_cut(*h, j as i64)) { 1.0 } else { 0.0 };
+                            }
                         }
                     }
-                    col += 4;
+                    col += per_step;
                     reached = reached_next;
                 }
             }
@@ -537,7 +591,8 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
         let cur = i64::from(s.first_seen >= split_ns);
         let in_base = i64::from(s.first_seen >= base_ns);
         let period = (s.first_seen < base_end_ns).then(|| (base_end_ns - s.first_seen - 1) / window_ns);
-        let (sessions, sums) = groups.entry((cur, in_base, period, s.segs)).or_insert_with(|| (0, vec![0.0; width]));
+        let (sessions, sums) =
+            groups.entry((cur, in_base, period, None, s.segs)).or_insert_with(|| (0, vec![0.0; width]));
         *sessions += 1;
         let mut col = 0;
         for (at, steps) in flow_pages.iter().zip(&bounds) {
@@ -545,7 +600,7 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
             // each next one no earlier than the one before.
             let mut reached = first[at[0]].is_some();
             if !reached {
-                col += 4 * steps.len();
+                col += per_step * steps.len();
                 continue;
             }
             let link = |j: usize| matches!((last[at[j]], first[at[j - 1]]), (Some(l), Some(f)) if l >= f);
@@ -574,7 +629,7 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
                 sums[col + 1] += e * e;
                 sums[col + 2] += if went { e } else { 0.0 };
                 sums[col + 3] += if !went && err[at[k]] { e } else { 0.0 };
-                col += 4;
+                col += per_step;
                 reached = reached_next;
             }
         }
@@ -590,9 +645,13 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
         Field::new("period", DataType::Int64, true),
     ];
     let mut columns = vec![int(&|k| Some(k.0)), int(&|k| Some(k.1)), int(&|k| k.2)];
+    if ctx.short {
+        fields.push(Field::new("wait", DataType::Int64, true));
+        columns.push(int(&|k| k.3));
+    }
     for i in 0..ctx.segments.columns.len() {
         fields.push(Field::new(format!("seg{i}"), DataType::Utf8, true));
-        let values = rows.iter().map(|(k, _)| pages.segments[k.3 as usize].get(i).and_then(|v| v.as_deref()));
+        let values = rows.iter().map(|(k, _)| pages.segments[k.4 as usize].get(i).and_then(|v| v.as_deref()));
         columns.push(Arc::new(values.collect::<StringArray>()));
     }
     fields.push(Field::new("sessions", DataType::Int64, true));
@@ -600,8 +659,10 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
     let mut col = 0;
     for (f, steps) in bounds.iter().enumerate() {
         for k in 0..steps.len() {
-            for name in ["reached", "reached_sq", "went", "left_after_error"] {
-                fields.push(Field::new(format!("{name}{f}_{k}"), DataType::Float64, true));
+            let within = (1..WAIT_STRATA).map(|j| format!("within{f}_{k}_{j}"));
+            let names = ["reached", "reached_sq", "went", "left_after_error"].map(|name| format!("{name}{f}_{k}"));
+            for name in names.into_iter().chain(within).take(per_step) {
+                fields.push(Field::new(name, DataType::Float64, true));
                 columns.push(Arc::new(rows.iter().map(|(_, (_, sums))| Some(sums[col])).collect::<Float64Array>()));
                 col += 1;
             }
@@ -763,6 +824,22 @@ pub struct Step {
     /// before the baseline's end ([`history_query`]), keyed by how many
     /// periods back it is, without `left_after_error`.
     pub periods: BTreeMap<i64, Step>,
+    /// On the baseline's side of a short window, Σw over the sessions that
+    /// went on within each wait stratum's time (stratum `j` at `j - 1`,
+    /// [`WAIT_STRATA`]).
+    pub within: [f64; WAIT_STRATA - 1],
+    /// On the current side of a short window, the sessions still inside
+    /// their horizon, per wait stratum (`j` at `j - 1`).
+    pub waiting: [Waiting; WAIT_STRATA - 1],
+}
+
+/// The sessions of a wait stratum: how many reached the step, how many went
+/// on within the stratum's time, and how many of the rest hit an error there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Waiting {
+    pub sessions: f64,
+    pub went: f64,
+    pub left_after_error: f64,
 }
 
 impl Step {
@@ -791,10 +868,20 @@ impl Metric for Step {
         for (k, p) in &o.periods {
             self.periods.entry(*k).or_default().add(p);
         }
+        for (a, b) in self.within.iter_mut().zip(&o.within) {
+            *a += b;
+        }
+        for (a, b) in self.waiting.iter_mut().zip(&o.waiting) {
+            a.sessions += b.sessions;
+            a.went += b.went;
+            a.left_after_error += b.left_after_error;
+        }
     }
 
+    /// The sessions that reached the step, those still inside their horizon
+    /// included.
     fn samples(&self) -> u64 {
-        self.effective().round() as u64
+        (self.effective() + self.waiting.iter().map(|w| w.sessions).sum::<f64>()).round() as u64
     }
 }
 
@@ -819,12 +906,40 @@ fn material(ctx: &Ctx, left_before: f64, left_now: f64, left: u64) -> bool {
 /// happened to lose few sessions does not make an ordinary window a drop-off.
 fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     let ((nb, lb), (nc, lc)) = (b.counts(), c.counts());
-    let t = andon_model::statistics::proportion_greater(lb, nb, lc, nc)?;
+    let waited = Waited::of(b, c);
+    let (t, current, lc, nc) = match &waited {
+        // With sessions still inside their horizon: the sessions that have
+        // not gone on so far, against how many would not have at the
+        // baseline's leaving rate.
+        Some(w) => {
+            let t = andon_model::statistics::ProportionTest {
+                p_value: w.p_value(Waited::smoothed(lb, nb)),
+                baseline: lb as f64 / nb as f64,
+                current: w.rate(),
+                test: "binomial_strata_exact",
+            };
+            let shown = Step {
+                reached: w.worth,
+                reached_sq: w.worth,
+                next: w.went,
+                left_after_error: c.left_after_error + c.waiting.iter().map(|w| w.left_after_error).sum::<f64>(),
+                ..Step::default()
+            };
+            let left = (w.worth - w.went).max(0.0).round() as u64;
+            (t, shown, left, w.worth.round() as u64)
+        }
+        None => (andon_model::statistics::proportion_greater(lb, nb, lc, nc)?, c.clone(), lc, nc),
+    };
+    let c = &current;
     let (conv_b, conv_c) = (1.0 - t.baseline, 1.0 - t.current);
     let relative = if conv_b > 0.0 { (conv_b - conv_c) / conv_b } else { 0.0 };
     let mut material = material(ctx, t.baseline, t.current, lc);
     let mut p_value = t.p_value;
-    let history = against_history(&b.periods, c, ctx.config.segment_min_samples);
+    let history = match &waited {
+        Some(w) => super::against_history(b.periods.values().map(Step::counts), (1, 0), ctx.config.segment_min_samples)
+            .map(|h| History { p_value: w.against_history(&h), ..h }),
+        None => against_history(&b.periods, c, ctx.config.segment_min_samples),
+    };
     if let Some(h) = history {
         material &= self::material(ctx, h.rate, t.current, lc);
         p_value = p_value.max(h.p_value);
@@ -858,6 +973,13 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         ("next_step".to_owned(), Value::from(next_step)),
         ("left_after_error_share".to_owned(), num(round(error_share, 4))),
     ]);
+    let mut current = side(c, conv_c);
+    if let Some(w) = &waited {
+        let (sessions, went) = w.waiting();
+        current.insert("sessions_waiting".to_owned(), Value::from(sessions));
+        current.insert("waiting_continued".to_owned(), Value::from(went));
+        details.insert("wait_strata".to_owned(), Value::from(WAIT_STRATA));
+    }
     if ctx.short {
         details.insert("window_p_value".to_owned(), num(minute_p));
         details.insert("windows_a_day".to_owned(), num(windows_a_day(ctx)));
@@ -876,10 +998,126 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         test: t.test,
         material,
         baseline: side(b, conv_b),
-        current: side(c, conv_c),
+        current,
         details,
         current_samples: nc,
     })
+}
+
+/// A short window's current side with its sessions still inside their
+/// horizon ([`render_short`]): a session that has waited `j` parts of the
+/// horizon has gone on by then with the probability `(1 - r)·sⱼ`, `r` the
+/// step's leaving rate and `sⱼ` the share of the baseline's sessions going
+/// on that did within `j` parts; a session whose horizon ended, `1 - r`.
+/// The test counts the sessions not gone on so far, each stratum's weighed
+/// by what it tells of `r` (`sⱼ / qⱼ(1 - qⱼ)`, `qⱼ` the chance of not having
+/// gone on at the baseline's rate, in whole parts of [`WEIGHT_SCALE`]): a
+/// sum of weighted binomials, whose exact tail at the baseline's rate, and
+/// normal tail at the history's, give the p-value. A session that has
+/// waited only a moment tells little and weighs little or nothing. The
+/// sessions' worth fully observed, `Σ nⱼ sⱼ`, and those gone on give the
+/// rate the window shows.
+struct Waited {
+    /// Per stratum, the sessions, those not gone on so far, `sⱼ` and the
+    /// weight; the sessions whose horizon ended last, with `s` 1.
+    strata: Vec<(u64, u64, f64, u64)>,
+    /// Σ nⱼ sⱼ over the strata.
+    worth: f64,
+    /// The sessions gone on so far.
+    went: f64,
+}
+
+/// The weight of the stratum that tells most of the leaving rate
+/// ([`Waited`]); the others' in proportion, rounded.
+const WEIGHT_SCALE: f64 = 4.0;
+
+impl Waited {
+    /// `None` without sessions waiting, or without a baseline that sessions
+    /// went on from.
+    fn of(b: &Step, c: &Step) -> Option<Self> {
+        let (nb, lb) = b.counts();
+        if c.waiting.iter().all(|w| w.sessions < 0.5) || b.next <= 0.0 || nb == 0 {
+            return None;
+        }
+        let rate = Self::smoothed(lb, nb);
+        let (nc, lc) = c.counts();
+        let mut strata: Vec<(u64, u64, f64)> = Vec::with_capacity(WAIT_STRATA);
+        for (w, within) in c.waiting.iter().zip(&b.within) {
+            let n = w.sessions.round() as u64;
+            let went = (w.went.round() as u64).min(n);
+            if n > 0 {
+                strata.push((n, n - went, (within / b.next).clamp(0.0, 1.0)));
+            }
+        }
+        strata.push((nc, lc, 1.0));
+        let tells = |s: f64| {
+            let q = 1.0 - (1.0 - rate) * s;
+            if q > 0.0 && q < 1.0 { s / (q * (1.0 - q)) } else { 0.0 }
+        };
+        let most = strata.iter().map(|(_, _, s)| tells(*s)).fold(0.0, f64::max);
+        let strata: Vec<(u64, u64, f64, u64)> = strata
+            .into_iter()
+            .map(|(n, left, s)| {
+                let w = if most > 0.0 { (WEIGHT_SCALE * tells(s) / most).round() as u64 } else { 1 };
+                (n, left, s, w)
+            })
+            .collect();
+        let worth = strata.iter().map(|(n, _, s, _)| *n as f64 * s).sum();
+        let went = strata.iter().map(|(n, left, _, _)| (n - left) as f64).sum();
+        Some(Self { strata, worth, went })
+    }
+
+    /// A leaving rate of `left` in `n` smoothed: a rate of 0 is not
+    /// certainty.
+    fn smoothed(left: u64, n: u64) -> f64 {
+        (left as f64 + 0.5) / (n as f64 + 1.0)
+    }
+
+    /// The sessions still waiting, and those of them gone on so far.
+    fn waiting(&self) -> (u64, u64) {
+        let waiting = &self.strata[..self.strata.len() - 1];
+        (waiting.iter().map(|s| s.0).sum(), waiting.iter().map(|s| s.0 - s.1).sum())
+    }
+
+    /// The weighted count of the sessions not gone on so far.
+    fn left(&self) -> u64 {
+        self.strata.iter().map(|(_, left, _, w)| left * w).sum()
+    }
+
+    /// The leaving rate the window shows: of the sessions' worth fully
+    /// observed, the share not gone on.
+    fn rate(&self) -> f64 {
+        if self.worth > 0.0 { (1.0 - self.went / self.worth).clamp(0.0, 1.0) } else { 0.0 }
+    }
+
+    /// The chance of as many (weighed) sessions or more not gone on so far
+    /// when sessions leave at rate `r`: exact.
+    fn p_value(&self, r: f64) -> f64 {
+        let strata: Vec<(u64, f64, u64)> =
+            self.strata.iter().map(|(n, _, s, w)| (*n, 1.0 - (1.0 - r) * s, *w)).collect();
+        andon_model::statistics::binomials_at_least(&strata, self.left())
+    }
+
+    /// Against the periods before the baseline's end, as
+    /// [`super::against_history`] judges a rate: their rate (smoothed as
+    /// there) and its own uncertainty, the variance of both scaled by the
+    /// periods' dispersion.
+    fn against_history(&self, h: &History) -> f64 {
+        let p = (h.rate * h.trials + 0.5) / (h.trials + 1.0);
+        let (mut mean, mut var, mut slope) = (0.0, 0.0, 0.0);
+        for (n, _, s, w) in &self.strata {
+            let (n, q, w) = (*n as f64, 1.0 - (1.0 - p) * s, *w as f64);
+            mean += w * n * q;
+            var += w * w * n * q * (1.0 - q);
+            slope += w * n * s;
+        }
+        let var = h.dispersion * (var + slope * slope * p * (1.0 - p) / h.trials.max(1.0));
+        let over = self.left() as f64 - mean;
+        if var <= 0.0 {
+            return if over > 0.0 { 0.0 } else { 1.0 };
+        }
+        andon_model::statistics::normal_sf(over / var.sqrt())
+    }
 }
 
 /// How many windows of the current one's length a day holds: the short
@@ -896,9 +1134,9 @@ type FunnelCell = (bool, Vec<Option<String>>);
 /// step reads them: read once, not once per flow and step.
 struct Funnel<'r> {
     rows: &'r Rows,
-    /// Per row: its cell (side and segment values) in `cells`, its period and
-    /// whether the baseline holds it.
-    at: Vec<(usize, Option<i64>, bool)>,
+    /// Per row: its cell (side and segment values) in `cells`, its period,
+    /// whether the baseline holds it, and a short window's wait stratum.
+    at: Vec<(usize, Option<i64>, bool, Option<i64>)>,
     /// The distinct cells, in order.
     cells: Vec<FunnelCell>,
 }
@@ -906,23 +1144,25 @@ struct Funnel<'r> {
 impl<'r> Funnel<'r> {
     fn new(rows: &'r Rows, ctx: &Ctx) -> Self {
         let names = ctx.segments.names();
-        let mut read: Vec<(FunnelCell, Option<i64>, bool)> = Vec::with_capacity(rows.len());
+        let mut read: Vec<(FunnelCell, Option<i64>, bool, Option<i64>)> = Vec::with_capacity(rows.len());
         for r in rows.iter() {
-            let cur = r.i64("cur").unwrap_or(0) == 1;
+            // `cur` 2: sessions still inside their horizon, by `wait`.
+            let cur = r.i64("cur").unwrap_or(0) >= 1;
             let segs: Vec<Option<String>> = names.iter().map(|n| r.str(n)).collect();
             // A history row (`history_query`) is in the baseline only when
             // `in_base` says so, and in its period either way.
             let period = if cur { None } else { r.i64("period") };
             let in_base = r.i64("in_base").is_none_or(|b| b == 1);
-            read.push(((cur, segs), period, in_base));
+            let wait = if cur { r.i64("wait") } else { None };
+            read.push(((cur, segs), period, in_base, wait));
         }
         let numbered: BTreeMap<&FunnelCell, usize> = {
-            let mut keys: Vec<&FunnelCell> = read.iter().map(|(k, _, _)| k).collect();
+            let mut keys: Vec<&FunnelCell> = read.iter().map(|(k, _, _, _)| k).collect();
             keys.sort_unstable();
             keys.dedup();
             keys.into_iter().enumerate().map(|(i, k)| (k, i)).collect()
         };
-        let at = read.iter().map(|(k, period, in_base)| (numbered[k], *period, *in_base)).collect();
+        let at = read.iter().map(|(k, period, in_base, wait)| (numbered[k], *period, *in_base, *wait)).collect();
         let cells = numbered.into_keys().cloned().collect();
         Self { rows, at, cells }
     }
@@ -935,19 +1175,29 @@ impl<'r> Funnel<'r> {
             format!("went{f}_{k}"),
             format!("left_after_error{f}_{k}"),
         ];
+        let within: [String; WAIT_STRATA - 1] = std::array::from_fn(|j| format!("within{f}_{k}_{}", j + 1));
         let mut cells = vec![Step::default(); self.cells.len()];
         let mut at = self.at.iter();
         for batch in self.rows.batches() {
             let sums = columns.each_ref().map(|c| batch.column_by_name(c).map(|a| a.as_ref()));
+            let within = within.each_ref().map(|c| batch.column_by_name(c).map(|a| a.as_ref()));
             for i in 0..batch.num_rows() {
-                let Some(&(cell, period, in_base)) = at.next() else { break };
+                let Some(&(cell, period, in_base, wait)) = at.next() else { break };
                 let sum = |c: usize| sums[c].and_then(|a| andon_store::sql::f64_at(a, i)).unwrap_or(0.0);
+                if let Some(j) = wait.and_then(|j| usize::try_from(j).ok()).filter(|j| (1..WAIT_STRATA).contains(j)) {
+                    let w = &mut cells[cell].waiting[j - 1];
+                    w.sessions += sum(0);
+                    w.went += sum(2);
+                    w.left_after_error += sum(3);
+                    continue;
+                }
                 let step = Step {
                     reached: sum(0),
                     reached_sq: sum(1),
                     next: sum(2),
                     left_after_error: sum(3),
-                    periods: BTreeMap::new(),
+                    within: within.map(|c| c.and_then(|a| andon_store::sql::f64_at(a, i)).unwrap_or(0.0)),
+                    ..Step::default()
                 };
                 let cur = self.cells[cell].0;
                 let mut one = if cur || in_base { step.clone() } else { Step::default() };
@@ -989,6 +1239,28 @@ fn tests(funnel: &Funnel<'_>, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &m
         }
     }
     out
+}
+
+/// The evidence of a short window's drop-off at step `k` of `flow`: its
+/// numbers per side as [`judge`] shows them, the sessions still inside their
+/// horizon included, each stratum's weighing by the share of the
+/// baseline's sessions that went on within its time ([`Waited`]).
+fn short_evidence(ctx: &Ctx, flow: &ResolvedFlow, k: usize, filter: &str) -> String {
+    let funnel = render(ctx, std::slice::from_ref(flow), filter, true);
+    let strata: Vec<usize> = (1..WAIT_STRATA).collect();
+    let shares: String = strata.iter().map(|j| format!(", sum(within0_{k}_{j}) AS w{j}")).collect();
+    let share_of: String = strata.iter().map(|j| format!(" WHEN {j} THEN b.w{j}")).collect();
+    format!(
+        "SELECT side, round(sum(worth)) AS sessions_reached, round(sum(went)) AS sessions_continued, \
+         round(sum(went) / sum(worth), 5) AS conversion, round(sum(left_after_error)) AS left_after_error\n\
+         FROM (SELECT CASE WHEN d.cur >= 1 THEN 'current' ELSE 'baseline' END AS side, \
+         CASE WHEN d.wait IS NULL THEN d.reached0_{k} ELSE d.reached0_{k} * CASE d.wait{share_of} END / b.went END AS worth, \
+         d.went0_{k} AS went, d.left_after_error0_{k} AS left_after_error\n\
+         FROM (\n{funnel}\n) d\n\
+         CROSS JOIN (SELECT sum(went0_{k}) AS went{shares} FROM (\n{funnel}\n) x WHERE cur = 0 AND in_base = 1) b\n\
+         WHERE d.cur >= 1 OR d.in_base = 1) sides\n\
+         GROUP BY side\nORDER BY side"
+    )
 }
 
 /// The funnel a drop-off test was judged on, as its details keep it.
@@ -1138,6 +1410,9 @@ impl Detector for DropOff {
     ) -> Result<String, AnalysisError> {
         let flow = flow_of(&t.judgement).ok_or_else(|| AnalysisError::Config("a drop-off without its flow".into()))?;
         let k = flow.steps.iter().position(|(_, op)| *op == t.operation).unwrap_or(0);
+        if ctx.short {
+            return Ok(short_evidence(ctx, &flow, k, &ctx.segments.condition(&t.segment)));
+        }
         Ok(per_side(
             &query(ctx, std::slice::from_ref(&flow), &ctx.segments.condition(&t.segment)),
             &format!(
@@ -1310,6 +1585,41 @@ mod tests {
         // Twice as many leaving as ever before is a drop-off still.
         let j = judge(&ctx, &with_history(step(126, 4), &usual), &step(101, 30), "next").unwrap();
         assert!(j.material && j.p_value < 1e-4, "{j:?}");
+    }
+
+    #[test]
+    fn sessions_still_inside_their_horizon_count_by_how_long_they_have_waited() {
+        let whole = crate::detectors::test_ctx(AnalysisConfig::default());
+        let ctx = Ctx { short: true, split: whole.end - chrono::Duration::minutes(1), ..whole };
+        // 9% leave at this step, minute after minute; of those going on,
+        // 70%, 95% and 99% do within a quarter, a half and three quarters of
+        // the horizon.
+        let usual: Vec<(u64, u64)> = (0..40).map(|i| (100, 8 + i % 3)).collect();
+        let mut b = with_history(step(2000, 180), &usual);
+        b.within = [1274.0, 1729.0, 1802.0];
+        let waiting = |went: [f64; 3]| went.map(|went| Waiting { sessions: 30.0, went, left_after_error: 0.0 });
+        // Sessions whose horizon ended leaving as usual, and the waiting
+        // ones going on as usual for how long they have waited: nothing.
+        let usual_minute = Step { waiting: waiting([19.0, 26.0, 27.0]), ..step(60, 6) };
+        let j = judge(&ctx, &b, &usual_minute, "next").unwrap();
+        assert!(j.p_value > 0.5 && j.test == "binomial_strata_exact", "{j:?}");
+        assert_eq!((j.current["sessions_waiting"].as_u64(), j.current["waiting_continued"].as_u64()), (Some(90), Some(72)));
+        // 12 of 60 leaving is no drop-off on its own in a minute of the
+        // 1,440 a day judges; with the sessions still waiting going on half
+        // as often as usual, it is.
+        let alone = judge(&ctx, &b, &step(60, 12), "next").unwrap();
+        assert!(alone.p_value > 0.5, "{alone:?}");
+        let j = judge(&ctx, &b, &Step { waiting: waiting([10.0, 13.0, 14.0]), ..step(60, 12) }, "next").unwrap();
+        assert!(j.material && j.p_value < 1e-6, "{j:?}");
+        // The conversion shown weighs each waiting session by how much of
+        // its going on could have shown: 85 of 139 sessions' worth.
+        assert!((j.current["conversion"].as_f64().unwrap() - 85.0 / 139.2).abs() < 1e-3, "{:?}", j.current);
+        // Sessions that waited only a quarter of the horizon and have not
+        // gone on tell less than those that waited three quarters.
+        let early = judge(&ctx, &b, &Step { waiting: waiting([10.0, 26.0, 27.0]), ..step(60, 6) }, "next").unwrap();
+        let late = judge(&ctx, &b, &Step { waiting: waiting([19.0, 26.0, 18.0]), ..step(60, 6) }, "next").unwrap();
+        let minute = |j: &Judgement| j.details["window_p_value"].as_f64().unwrap();
+        assert!(minute(&early) > 10.0 * minute(&late), "{} against {}", minute(&early), minute(&late));
     }
 
     #[test]

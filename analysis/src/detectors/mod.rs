@@ -275,6 +275,7 @@ pub fn against_history(periods: impl Iterator<Item = (u64, u64)>, (nc, xc): (u64
         rate,
         dispersion,
         periods: kept.len(),
+        trials: n,
         p_value: andon_model::statistics::normal_sf((current - rate) / se),
     })
 }
@@ -286,6 +287,8 @@ pub struct History {
     pub rate: f64,
     pub dispersion: f64,
     pub periods: usize,
+    /// The trials of the periods the rate is of.
+    pub trials: f64,
     pub p_value: f64,
 }
 
