@@ -913,7 +913,7 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         // baseline's leaving rate.
         Some(w) => {
             let t = andon_model::statistics::ProportionTest {
-                p_value: w.p_value(Waited::smoothed(lb, nb)),
+                p_value: w.p_value(Waited::smoothed(lb as f64, nb as f64)),
                 baseline: lb as f64 / nb as f64,
                 current: w.rate(),
                 test: "binomial_strata_exact",
@@ -1039,7 +1039,7 @@ impl Waited {
         if c.waiting.iter().all(|w| w.sessions < 0.5) || b.next <= 0.0 || nb == 0 {
             return None;
         }
-        let rate = Self::smoothed(lb, nb);
+        let rate = Self::smoothed(lb as f64, nb as f64);
         let (nc, lc) = c.counts();
         let mut strata: Vec<(u64, u64, f64)> = Vec::with_capacity(WAIT_STRATA);
         for (w, within) in c.waiting.iter().zip(&b.within) {
@@ -1067,10 +1067,10 @@ impl Waited {
         Some(Self { strata, worth, went })
     }
 
-    /// A leaving rate of `left` in `n` smoothed: a rate of 0 is not
-    /// certainty.
-    fn smoothed(left: u64, n: u64) -> f64 {
-        (left as f64 + 0.5) / (n as f64 + 1.0)
+    /// A leaving rate of `left` in `n` smoothed, as [`super::against_history`]
+    /// smooths one: a rate of 0 is not certainty.
+    fn smoothed(left: f64, n: f64) -> f64 {
+        (left + 0.5) / (n + 1.0)
     }
 
     /// The sessions still waiting, and those of them gone on so far.
@@ -1103,7 +1103,7 @@ impl Waited {
     /// there) and its own uncertainty, the variance of both scaled by the
     /// periods' dispersion.
     fn against_history(&self, h: &History) -> f64 {
-        let p = (h.rate * h.trials + 0.5) / (h.trials + 1.0);
+        let p = Self::smoothed(h.rate * h.trials, h.trials);
         let (mut mean, mut var, mut slope) = (0.0, 0.0, 0.0);
         for (n, _, s, w) in &self.strata {
             let (n, q, w) = (*n as f64, 1.0 - (1.0 - p) * s, *w as f64);
