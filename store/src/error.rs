@@ -24,6 +24,9 @@ pub enum StoreError {
     /// The object store refused or failed a request.
     #[error("object store: {0}")]
     Remote(String),
+    /// A batch's span ids do not fit the compact layout of a segment.
+    #[error("span ids that are not 16 lowercase hex digits")]
+    TextIds,
     #[error("query exceeded its time limit of {0:?}")]
     Timeout(std::time::Duration),
     /// Every query slot is taken; retry shortly.

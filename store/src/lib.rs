@@ -21,6 +21,7 @@ mod arrivals;
 mod change_log;
 mod dedup;
 mod error;
+mod layout;
 mod query;
 mod remote;
 mod rollup;
@@ -785,6 +786,7 @@ impl Store {
                 r.delete_orphans()?;
             }
             for (tenant, batches) in &by_tenant {
+                let compact = batches.iter().all(layout::ids_fit);
                 let sorted = segment::sort_by_hour(batches)?;
                 for (n, (hour, rows)) in sorted.hours().enumerate() {
                     // The segment's rollup, from the same spans as they are
@@ -797,7 +799,7 @@ impl Store {
                         }
                         Ok(b)
                     });
-                    let seg = segment::write_segment(&root, tenant, hour, through, n, rows, slices, fsync)?;
+                    let seg = segment::write_segment(&root, tenant, hour, through, n, rows, slices, fsync, compact)?;
                     written.push(seg.clone());
                     if let Some(r) = &self.inner.remote {
                         // In the bucket before anything counts it as stored.
@@ -967,8 +969,16 @@ impl Store {
         let mut replaced = 0;
         for inputs in self.compaction_candidates() {
             let started = Instant::now();
-            let merged = query::sorted_segments(self, inputs.clone())
-                .and_then(|batches| segment::write_compacted(&inputs, batches, fsync))?;
+            let merge = |compact| {
+                query::sorted_segments(self, inputs.clone())
+                    .and_then(|batches| segment::write_compacted(&inputs, batches, fsync, compact))
+            };
+            // Ids that do not fit the compact layout (never from the receivers)
+            // keep the table's: the merge runs again.
+            let merged = match merge(true) {
+                Err(StoreError::TextIds) => merge(false),
+                other => other,
+            }?;
             if let Some(r) = &self.inner.remote {
                 if let Err(e) = r.upload(&merged.path) {
                     r.abandon(&merged.path);

@@ -392,7 +392,8 @@ pub(crate) fn merged_small_files(
     let mut stream = rt.block_on(async {
         let state = ctx.state();
         let scan =
-            crate::table::files_and_memory(&state, Arc::clone(&schema), &files, &[], None, None, Some(order)).await?;
+            crate::table::files_and_memory(&state, Arc::clone(&schema), &files, &[], None, None, Some(order), None)
+                .await?;
         // As `lexsort_to_indices` sorted them when the files were written.
         let ascending = SortOptions { descending: false, nulls_first: true };
         let exprs = order
@@ -583,7 +584,7 @@ mod tests {
         ] {
             let sorted = sort_by_hour(std::slice::from_ref(&batch)).unwrap();
             let name = format!("{group_rows}.parquet");
-            let (path, _) = write_file(dir.path(), &name, 12, sorted.gather(0), false, group_rows).unwrap();
+            let (path, _) = write_file(dir.path(), &name, 12, sorted.gather(0), false, group_rows, true).unwrap();
             assert_eq!(row_group_slices(&path), expected, "closed at {group_rows} rows");
         }
     }

@@ -688,7 +688,7 @@ impl TableProvider for MetricsTable {
                 rolled.push(b);
             }
         }
-        crate::table::files_and_memory(state, self.schema(), &files, &[rolled], projection, limit, None).await
+        crate::table::files_and_memory(state, self.schema(), &files, &[rolled], projection, limit, None, None).await
     }
 }
 

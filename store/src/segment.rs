@@ -27,7 +27,7 @@ use std::sync::Arc;
 use andon_model::{Tenant, span_schema};
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::compute::{SortColumn, concat, interleave_record_batch, lexsort_to_indices};
-use arrow::datatypes::TimestampNanosecondType;
+use arrow::datatypes::{Schema, TimestampNanosecondType};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -39,6 +39,7 @@ use parquet::file::serialized_reader::SerializedFileReader;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::StoreError;
+use crate::layout;
 use crate::wal::sync_dir;
 
 pub const NANOS_PER_HOUR: i64 = 3_600 * 1_000_000_000;
@@ -120,8 +121,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn writer_properties(rows: usize) -> Result<WriterProperties, StoreError> {
-    let schema = span_schema();
+fn writer_properties(schema: &Schema, rows: usize) -> Result<WriterProperties, StoreError> {
     let idx = |n: &str| schema.index_of(n).map(|i| i as i32).unwrap_or(0);
     let col = |n: &str| ColumnPath::from(n);
     let mut b = WriterProperties::builder()
@@ -138,6 +138,7 @@ fn writer_properties(rows: usize) -> Result<WriterProperties, StoreError> {
         .set_column_bloom_filter_max_ndv(col("trace_id"), rows.clamp(1_000, 256 * 1024) as u64)
         .set_column_bloom_filter_fpp(col("trace_id"), 0.01);
     // Random ids gain nothing from a dictionary; sorted times are cheap as deltas.
+    // (A file in the compact layout has no `end_time`; its settings go unused.)
     for c in ["span_id", "parent_span_id"] {
         b = b.set_column_dictionary_enabled(col(c), false);
     }
@@ -242,8 +243,10 @@ pub fn tenant_dir(root: &Path, tenant: &Tenant) -> PathBuf {
 /// Writes `batches` (`rows` rows in all, in slice order) to `dir/name` through a
 /// temporary file that is synced, renamed and its directory synced, closing a
 /// row group where the slice changes once it holds `group_rows`; a failure,
-/// or a row count other than `rows`, leaves no file behind. Returns the path
-/// and the file's size.
+/// or a row count other than `rows`, leaves no file behind. With `compact`
+/// the file has the compact layout ([`layout`]), and a batch whose ids do not
+/// fit it fails the write with [`StoreError::TextIds`]. Returns the path and
+/// the file's size.
 pub(crate) fn write_file(
     dir: &Path,
     name: &str,
@@ -251,17 +254,24 @@ pub(crate) fn write_file(
     batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
     fsync: bool,
     group_rows: usize,
+    compact: bool,
 ) -> Result<(PathBuf, u64), StoreError> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     let hint = usize::try_from(rows).unwrap_or(usize::MAX);
+    let schema = if compact { layout::stored_schema() } else { span_schema() };
     let write = || -> Result<File, StoreError> {
-        let mut w = ArrowWriter::try_new(File::create(&tmp)?, span_schema(), Some(writer_properties(hint)?))?;
+        let props = writer_properties(&schema, hint)?;
+        let mut w = ArrowWriter::try_new(File::create(&tmp)?, Arc::clone(&schema), Some(props))?;
         let mut written = 0u64;
         let mut slice = None;
         for b in batches {
             // A query's schema may differ in nullability only; the file's must not.
             let b = RecordBatch::try_new(span_schema(), b?.columns().to_vec())?;
+            let b = match compact {
+                true => layout::to_stored(&b)?.ok_or(StoreError::TextIds)?,
+                false => b,
+            };
             written += b.num_rows() as u64;
             for (s, part) in by_slice(&b)? {
                 if slice.is_some_and(|current| current != s) && w.in_progress_rows() >= group_rows {
@@ -311,7 +321,8 @@ fn by_slice(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StoreError> 
 }
 
 /// Writes one hour's sorted spans (`rows` of them, in `batches`) as a
-/// segment, durably, and returns it.
+/// segment, durably, and returns it; in the compact layout when `compact`
+/// (every id of `batches` fits it: [`layout::ids_fit`]).
 #[allow(clippy::too_many_arguments)]
 pub fn write_segment(
     root: &Path,
@@ -322,12 +333,13 @@ pub fn write_segment(
     rows: u64,
     batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
     fsync: bool,
+    compact: bool,
 ) -> Result<Segment, StoreError> {
     let dir = tenant_dir(root, tenant).join(hour_dir_name(hour));
     let new_dir = !dir.exists();
     fs::create_dir_all(&dir)?;
     let name = format!("{flush_seq:020}-{n:04}.parquet");
-    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, SLICE_GROUP_ROWS)?;
+    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, SLICE_GROUP_ROWS, compact)?;
     if fsync && new_dir {
         // The hour and tenant directories must survive too.
         for d in dir.ancestors().skip(1).take(2) {
@@ -338,11 +350,13 @@ pub fn write_segment(
 }
 
 /// Writes the sorted `batches` of a compaction of `inputs` (one partition, a run
-/// consecutive in flush order) and returns the merged segment.
+/// consecutive in flush order) and returns the merged segment; in the compact
+/// layout when `compact` (see [`write_file`]).
 pub fn write_compacted(
     inputs: &[Segment],
     batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
     fsync: bool,
+    compact: bool,
 ) -> Result<Segment, StoreError> {
     let (Some(first), Some(last)) =
         (inputs.iter().map(|s| s.first_seq).min(), inputs.iter().map(|s| s.flush_seq).max())
@@ -352,7 +366,7 @@ pub fn write_compacted(
     let dir = inputs[0].path.parent().map(Path::to_path_buf).unwrap_or_default();
     let rows: u64 = inputs.iter().map(|s| s.rows).sum();
     let name = format!("{last:020}-c{first:020}.parquet");
-    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, SLICE_GROUP_ROWS)?;
+    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, SLICE_GROUP_ROWS, compact)?;
     Ok(Segment {
         path,
         tenant: inputs[0].tenant.clone(),
@@ -485,14 +499,15 @@ pub fn load_segments(root: &Path, quarantine: &Path, checkpoint: u64) -> Result<
 }
 
 /// Reads every span of a segment, or only the tenant and id columns (what
-/// rebuilding the dedup index needs), from a file or the bytes of one.
+/// rebuilding the dedup index needs), from a file or the bytes of one, in
+/// either layout, as the `spans` table shows them.
 pub fn read_batches<R: ChunkReader + 'static>(reader: R, ids_only: bool) -> Result<Vec<RecordBatch>, StoreError> {
     let mut builder = ParquetRecordBatchReaderBuilder::try_new(reader)?;
     if ids_only {
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["tenant", "trace_id", "span_id"]);
         builder = builder.with_projection(mask);
     }
-    Ok(builder.build()?.collect::<Result<Vec<_>, _>>()?)
+    builder.build()?.map(|b| layout::to_table(b?, !ids_only)).collect()
 }
 
 #[cfg(test)]

@@ -1273,7 +1273,7 @@ impl TableProvider for SessionsTable {
             .sessions()
             .open_rows(self.tenant.as_ref())
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        crate::table::files_and_memory(state, self.schema(), &files, &[open], projection, limit, None).await
+        crate::table::files_and_memory(state, self.schema(), &files, &[open], projection, limit, None, None).await
     }
 }
 

@@ -6,7 +6,7 @@
 //! pruned by hour from the `start_time` bounds in the query; inside a segment,
 //! DataFusion prunes row groups and pages by statistics and bloom filters.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use andon_model::{Tenant, span_schema};
 use arrow::compute::SortOptions;
@@ -28,6 +28,7 @@ use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_expr_adapter::PhysicalExprAdapterFactory;
 use datafusion::physical_plan::union::UnionExec;
 use futures::future::BoxFuture;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
@@ -35,6 +36,7 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 
 use crate::Store;
+use crate::layout::SpanFiles;
 use crate::segment::NANOS_PER_HOUR;
 
 #[derive(Debug, Clone)]
@@ -162,11 +164,14 @@ impl TableProvider for SpansTable {
         // them: one partition per file, declared sorted, so the merge is a
         // streaming merge of sorted files instead of a sort.
         let order = self.only.is_some().then_some(SEGMENT_ORDER);
-        let mut plan = files_and_memory(state, span_schema(), &files, &parts, projection, limit, order).await?;
+        let mut plan =
+            files_and_memory(state, span_schema(), &files, &parts, projection, limit, order, Some(&SPAN_FILES)).await?;
         if let Some(r) = remote.filter(|_| !remote_files.is_empty()) {
             r.register(state.runtime_env());
             let url = r.url().clone();
-            let fetched = scan_parquet(state, span_schema(), url, &remote_files, projection, limit, order).await?;
+            let fetched =
+                scan_parquet(state, span_schema(), url, &remote_files, projection, limit, order, Some(&SPAN_FILES))
+                    .await?;
             plan = if files.is_empty() && parts.iter().all(Vec::is_empty) {
                 fetched
             } else {
@@ -177,6 +182,9 @@ impl TableProvider for SpansTable {
     }
 }
 
+/// Segment files of either layout, read as the `spans` table.
+static SPAN_FILES: LazyLock<Arc<dyn PhysicalExprAdapterFactory>> = LazyLock::new(|| Arc::new(SpanFiles));
+
 /// The order of the rows in every segment (`segment::sort_by_hour`, and
 /// compaction's merge): by service, span name and start, ascending. The
 /// columns are not nullable.
@@ -185,7 +193,8 @@ pub(crate) const SEGMENT_ORDER: &[&str] = &["service_name", "name", "start_time"
 /// The plan of a table served from Parquet files (spread over the session's
 /// partitions, or with `sorted_by`, each file its own partition declared
 /// sorted by those columns, ascending) and batches in memory (one partition
-/// per inner list).
+/// per inner list). `adapter` adapts each file to `schema` where they differ.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn files_and_memory(
     state: &dyn Session,
     schema: SchemaRef,
@@ -194,12 +203,13 @@ pub(crate) async fn files_and_memory(
     projection: Option<&Vec<usize>>,
     limit: Option<usize>,
     sorted_by: Option<&[&str]>,
+    adapter: Option<&Arc<dyn PhysicalExprAdapterFactory>>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
     if !files.is_empty() {
         let files: Vec<(String, u64)> = files.iter().map(|(p, b)| (p.to_string_lossy().into_owned(), *b)).collect();
         let url = ObjectStoreUrl::local_filesystem();
-        inputs.push(scan_parquet(state, Arc::clone(&schema), url, &files, projection, limit, sorted_by).await?);
+        inputs.push(scan_parquet(state, Arc::clone(&schema), url, &files, projection, limit, sorted_by, adapter).await?);
     }
     if parts.iter().any(|p| !p.is_empty()) {
         inputs.push(MemorySourceConfig::try_new_exec(parts, Arc::clone(&schema), projection.cloned())?);
@@ -217,6 +227,7 @@ pub(crate) async fn files_and_memory(
 /// The plan of Parquet files at `files` (location, size) in the object store of
 /// `url`, spread over the session's partitions; with `sorted_by`, one
 /// partition per file, each declared sorted by those columns, ascending.
+#[allow(clippy::too_many_arguments)]
 async fn scan_parquet(
     state: &dyn Session,
     schema: SchemaRef,
@@ -225,6 +236,7 @@ async fn scan_parquet(
     projection: Option<&Vec<usize>>,
     limit: Option<usize>,
     sorted_by: Option<&[&str]>,
+    adapter: Option<&Arc<dyn PhysicalExprAdapterFactory>>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let n = match sorted_by {
         Some(_) => files.len().max(1),
@@ -248,7 +260,8 @@ async fn scan_parquet(
     let mut config = FileScanConfigBuilder::new(url, Arc::new(source))
         .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
         .with_projection_indices(projection.cloned())?
-        .with_limit(limit);
+        .with_limit(limit)
+        .with_expr_adapter(adapter.cloned());
     if let Some(columns) = sorted_by {
         let ascending = SortOptions { descending: false, nulls_first: false };
         let exprs = columns

@@ -790,3 +790,138 @@ fn an_extra_table_is_built_only_by_statements_that_name_it() {
     let err = rt.block_on(engine.run(None, "SELECT * FROM nothing_here")).unwrap_err();
     assert!(err.to_string().contains("nothing_here"), "{err}");
 }
+
+/// `n` spans of one trace, each the child of the one before, `i` ms long.
+fn chain(seed: u64, n: u64, start_ns: u64) -> RecordBatch {
+    let id = |i: u64| (seed << 32 | (i + 1)).to_be_bytes().to_vec();
+    let spans = (0..n)
+        .map(|i| Span {
+            trace_id: [seed.to_be_bytes(), 7u64.to_be_bytes()].concat(),
+            span_id: id(i),
+            parent_span_id: if i == 0 { Vec::new() } else { id(i - 1) },
+            name: "op".into(),
+            start_time_unix_nano: start_ns + i * 1_000,
+            end_time_unix_nano: start_ns + i * 1_000 + (i + 1) * 1_000_000,
+            ..Default::default()
+        })
+        .collect();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue { value: Some(Value::StringValue("svc".into())) }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    };
+    convert_request(&req, &Tenant::default_tenant(), 0, SpanLimits::NONE).unwrap().batch.unwrap()
+}
+
+/// Each row of `sql` as text, columns joined by `|`.
+async fn rows(store: &Store, sql: &str) -> Vec<String> {
+    let engine = QueryEngine::new(store.clone(), QueryLimits::default(), 1).unwrap();
+    let out = engine.run(None, sql).await.unwrap();
+    let mut rows = Vec::new();
+    for b in &out.batches {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
+                .collect();
+            rows.push(cells.join("|"));
+        }
+    }
+    rows
+}
+
+/// The Arrow type of each column of a segment file, by name.
+fn file_columns(path: &std::path::Path) -> Vec<(String, arrow::datatypes::DataType)> {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    reader.schema().fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect()
+}
+
+#[test]
+fn span_ids_are_stored_as_bytes_without_end_time_and_read_back_as_the_table_shows_them() {
+    use arrow::datatypes::DataType;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns() / 1_000_000_000 * 1_000_000_000;
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 2;
+    cfg.sessions_snapshot_interval = Duration::ZERO;
+    let store = Store::open(cfg.clone()).unwrap();
+    rt.block_on(store.append(&t, chain(1, 5, now))).unwrap();
+    store.flush().unwrap();
+    let files = walk(&dir.path().join("segments"));
+    assert_eq!(files.len(), 1);
+    let columns = file_columns(&files[0]);
+    let kind = |name: &str| columns.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone());
+    assert_eq!(kind("span_id"), Some(DataType::FixedSizeBinary(8)));
+    assert_eq!(kind("parent_span_id"), Some(DataType::FixedSizeBinary(8)));
+    assert_eq!(kind("end_time"), None, "end_time is start_time + duration_ns");
+    assert_eq!(kind("trace_id"), Some(DataType::Utf8), "trace ids stay text in the files");
+
+    // A segment in the table's own layout beside it: ids that have no
+    // 8-byte form reading back as the same text (upper case).
+    let upper = chain(0xab, 3, now + 60_000_000_000);
+    let mut cols = upper.columns().to_vec();
+    for name in ["span_id", "parent_span_id"] {
+        let i = upper.schema().index_of(name).unwrap();
+        let text = arrow::compute::kernels::cast::cast(&cols[i], &DataType::Utf8).unwrap();
+        let up: arrow::array::StringArray = text.as_string::<i32>().iter().map(|v| v.map(str::to_uppercase)).collect();
+        cols[i] = std::sync::Arc::new(up);
+    }
+    let upper = RecordBatch::try_new(upper.schema(), cols).unwrap();
+    rt.block_on(store.append(&t, upper)).unwrap();
+    store.flush().unwrap();
+    let files = walk(&dir.path().join("segments"));
+    let text_files = files.iter().filter(|f| file_columns(f).iter().any(|(n, _)| n == "end_time")).count();
+    assert_eq!((files.len(), text_files), (2, 1));
+
+    let expected: Vec<String> = (0..5u64)
+        .map(|i| {
+            let id = |i: u64| format!("{:016x}", 1u64 << 32 | (i + 1));
+            let parent = if i == 0 { String::new() } else { id(i - 1) };
+            format!("{}|{parent}|{}", id(i), (i + 1) * 1_000_000)
+        })
+        .chain((0..3u64).map(|i| {
+            let id = |i: u64| format!("{:016X}", 0xabu64 << 32 | (i + 1));
+            let parent = if i == 0 { String::new() } else { id(i - 1) };
+            format!("{}|{parent}|{}", id(i), (i + 1) * 1_000_000)
+        }))
+        .collect();
+    let all = "SELECT span_id, parent_span_id, CAST(end_time AS BIGINT) - CAST(start_time AS BIGINT) \
+               FROM spans ORDER BY start_time";
+    assert_eq!(rt.block_on(rows(&store, all)), expected);
+    // Filters on the stored-as-bytes and derived columns, as text and times.
+    let one = format!("SELECT duration_ns FROM spans WHERE span_id = '{:016x}'", 1u64 << 32 | 3);
+    assert_eq!(rt.block_on(rows(&store, &one)), vec!["3000000"]);
+    let children = format!("SELECT count(*) FROM spans WHERE parent_span_id = '{:016x}'", 1u64 << 32 | 3);
+    assert_eq!(rt.block_on(count(&store, &children)), 1);
+    let late = format!("SELECT count(*) FROM spans WHERE end_time >= to_timestamp_nanos({})", now + 3_000_000);
+    assert_eq!(rt.block_on(count(&store, &late)), 3 + 3, "spans 3-5 of the first trace and all of the second");
+
+    // Reopened, the ids read from the files still tell a retried span.
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(cfg.clone()).unwrap();
+    rt.block_on(store.append(&t, chain(1, 5, now))).unwrap();
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 8);
+
+    // Merged, the two keep every value; ids that do not fit keep the text layout.
+    assert_eq!(store.compact().unwrap(), 2);
+    assert_eq!(rt.block_on(rows(&store, all)), expected);
+    store.close().unwrap();
+    drop(store);
+    let merged = walk(&dir.path().join("segments"));
+    assert_eq!(merged.len(), 1);
+    assert!(file_columns(&merged[0]).iter().any(|(n, t)| n == "span_id" && *t == DataType::Utf8));
+}
