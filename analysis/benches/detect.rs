@@ -273,9 +273,13 @@ con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
 con.execute("SET threads = 2")
 # DuckDB reads nanosecond timestamps as TIMESTAMP_NS, which has no interval
-# arithmetic; the view gives it the microsecond type its functions take.
+# arithmetic; the view gives it the microsecond type its functions take. The
+# segments store span ids as 8 bytes and no end_time; the view shows them as
+# the spans table does.
 con.execute("CREATE VIEW spans AS SELECT * REPLACE (CAST(start_time AS TIMESTAMPTZ) AS start_time, "
-            "CAST(end_time AS TIMESTAMPTZ) AS end_time) FROM read_parquet('{segments}/**/*.parquet')")
+            "lower(hex(span_id)) AS span_id, lower(hex(parent_span_id)) AS parent_span_id), "
+            "CAST(start_time AS TIMESTAMPTZ) + to_microseconds(duration_ns // 1000) AS end_time "
+            "FROM read_parquet('{segments}/**/*.parquet')")
 # The one dialect difference: DataFusion casts a timestamp to its epoch
 # nanoseconds, DuckDB has epoch_ns() for that.
 import re
