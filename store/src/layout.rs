@@ -21,7 +21,7 @@
 //! file's column references per file, and [`to_table`] for whole batches.
 
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use andon_model::span_schema;
@@ -274,7 +274,7 @@ impl PhysicalExprAdapter for SpanFileAdapter {
 }
 
 /// A binary id column as the hex text the table shows.
-#[derive(Debug, Eq, Hash)]
+#[derive(Debug, Eq)]
 pub(crate) struct HexId {
     id: Arc<dyn PhysicalExpr>,
 }
@@ -282,6 +282,12 @@ pub(crate) struct HexId {
 impl PartialEq for HexId {
     fn eq(&self, other: &Self) -> bool {
         self.id.as_ref() == other.id.as_ref()
+    }
+}
+
+impl Hash for HexId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.as_ref().hash(state);
     }
 }
 
@@ -310,8 +316,8 @@ impl PhysicalExpr for HexId {
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn PhysicalExpr>>) -> Result<Arc<dyn PhysicalExpr>> {
-        let [id] = <[_; 1]>::try_from(children)
-            .map_err(|_| DataFusionError::Internal("hex of one id column".into()))?;
+        let [id] =
+            <[_; 1]>::try_from(children).map_err(|_| DataFusionError::Internal("hex of one id column".into()))?;
         Ok(Arc::new(HexId { id }))
     }
 
@@ -323,7 +329,7 @@ impl PhysicalExpr for HexId {
 }
 
 /// `end_time` of a file that does not store it: `start_time + duration_ns`.
-#[derive(Debug, Eq, Hash)]
+#[derive(Debug, Eq)]
 pub(crate) struct EndTime {
     start: Arc<dyn PhysicalExpr>,
     duration: Arc<dyn PhysicalExpr>,
@@ -332,6 +338,13 @@ pub(crate) struct EndTime {
 impl PartialEq for EndTime {
     fn eq(&self, other: &Self) -> bool {
         self.start.as_ref() == other.start.as_ref() && self.duration.as_ref() == other.duration.as_ref()
+    }
+}
+
+impl Hash for EndTime {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.start.as_ref().hash(state);
+        self.duration.as_ref().hash(state);
     }
 }
 

@@ -25,10 +25,10 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_expr_adapter::PhysicalExprAdapterFactory;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
-use datafusion::physical_expr_adapter::PhysicalExprAdapterFactory;
 use datafusion::physical_plan::union::UnionExec;
 use futures::future::BoxFuture;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
@@ -209,7 +209,8 @@ pub(crate) async fn files_and_memory(
     if !files.is_empty() {
         let files: Vec<(String, u64)> = files.iter().map(|(p, b)| (p.to_string_lossy().into_owned(), *b)).collect();
         let url = ObjectStoreUrl::local_filesystem();
-        inputs.push(scan_parquet(state, Arc::clone(&schema), url, &files, projection, limit, sorted_by, adapter).await?);
+        inputs
+            .push(scan_parquet(state, Arc::clone(&schema), url, &files, projection, limit, sorted_by, adapter).await?);
     }
     if parts.iter().any(|p| !p.is_empty()) {
         inputs.push(MemorySourceConfig::try_new_exec(parts, Arc::clone(&schema), projection.cloned())?);

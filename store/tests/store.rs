@@ -829,11 +829,8 @@ async fn rows(store: &Store, sql: &str) -> Vec<String> {
     let mut rows = Vec::new();
     for b in &out.batches {
         for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
-                .collect();
+            let cells: Vec<String> =
+                b.columns().iter().map(|c| arrow::util::display::array_value_to_string(c, i).unwrap()).collect();
             rows.push(cells.join("|"));
         }
     }
