@@ -33,6 +33,11 @@ fn batch_for(tenant: &Tenant, seed: u64, n: u64, start_ns: u64) -> RecordBatch {
             ..Default::default()
         })
         .collect();
+    service_spans(tenant, spans)
+}
+
+/// `spans` of the service `svc`, as the receivers convert them.
+fn service_spans(tenant: &Tenant, spans: Vec<Span>) -> RecordBatch {
     let req = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
@@ -805,21 +810,7 @@ fn chain(seed: u64, n: u64, start_ns: u64) -> RecordBatch {
             ..Default::default()
         })
         .collect();
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue { value: Some(Value::StringValue("svc".into())) }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-            ..Default::default()
-        }],
-    };
-    convert_request(&req, &Tenant::default_tenant(), 0, SpanLimits::NONE).unwrap().batch.unwrap()
+    service_spans(&Tenant::default_tenant(), spans)
 }
 
 /// Each row of `sql` as text, columns joined by `|`.
