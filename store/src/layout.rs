@@ -7,9 +7,8 @@
 //! - `span_id` and `parent_span_id` as 8-byte fixed-size binary: the 16 hex
 //!   characters of a random id compress to about 9.6 bytes with their length
 //!   prefix, the raw bytes take 8;
-//! - no `end_time`, which is `start_time + duration_ns` (Tempo's vParquet
-//!   keeps the same two): it cost as much as `start_time`, about 4.3 bytes
-//!   a span.
+//! - no `end_time`, which is `start_time + duration_ns`: it cost as much as
+//!   `start_time`, about 4.3 bytes a span.
 //!
 //! `trace_id` stays hex text: it is dictionary-encoded (a trace's spans share
 //! it), and readers of the files filter on it as text.
@@ -101,7 +100,7 @@ pub(crate) fn ids_fit(batch: &RecordBatch) -> bool {
         let Some(text) = batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()) else {
             return false;
         };
-        text.iter().flatten().all(|s| s.len() == 2 * ID_BYTES as usize && s.bytes().all(|c| hex_digit(c).is_some()))
+        text.iter().flatten().all(|s| id_bytes(s).is_some())
     })
 }
 
@@ -113,24 +112,27 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
+/// The bytes of one id, if it is exactly 16 lowercase hex digits.
+fn id_bytes(text: &str) -> Option<[u8; ID_BYTES as usize]> {
+    let text = text.as_bytes();
+    if text.len() != 2 * ID_BYTES as usize {
+        return None;
+    }
+    let mut id = [0u8; ID_BYTES as usize];
+    for (byte, pair) in id.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+    }
+    Some(id)
+}
+
 /// Hex ids as their bytes; nulls stay null. `None` if any is not exactly 16
 /// lowercase hex digits.
 fn ids_to_binary(text: &StringArray) -> Option<FixedSizeBinaryArray> {
     let mut b = FixedSizeBinaryBuilder::with_capacity(text.len(), ID_BYTES);
-    let mut id = [0u8; ID_BYTES as usize];
     for v in text.iter() {
         match v {
             None => b.append_null(),
-            Some(s) => {
-                let s = s.as_bytes();
-                if s.len() != 2 * ID_BYTES as usize {
-                    return None;
-                }
-                for (i, pair) in s.chunks_exact(2).enumerate() {
-                    id[i] = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
-                }
-                b.append_value(id).ok()?;
-            }
+            Some(s) => b.append_value(id_bytes(s)?).ok()?,
         }
     }
     Some(b.finish())
