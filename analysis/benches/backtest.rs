@@ -80,6 +80,8 @@ fn main() {
     let reuse = kept.as_ref().is_some_and(|d| d.join("wal").exists() || d.join("segments").exists());
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::new(kept.as_deref().unwrap_or(dir.path()));
+    // A store kept across runs replays what the receivers logged.
+    cfg.reconvert = Some(std::sync::Arc::new(andon_ingest::OtlpReconvert));
     cfg.durability = Durability::None;
     // Every flush notes the open sessions, so that every segment can be
     // compacted at once, as a server's maintenance compacts them within the

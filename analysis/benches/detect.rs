@@ -150,6 +150,8 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = kept.as_deref().unwrap_or(tmp.path());
     let mut cfg = StoreConfig::new(dir);
+    // A store kept across runs replays what the receivers logged.
+    cfg.reconvert = Some(std::sync::Arc::new(andon_ingest::OtlpReconvert));
     cfg.durability = Durability::None;
     cfg.max_buffer_bytes = 1 << 30;
     let store = Store::open(cfg).unwrap();

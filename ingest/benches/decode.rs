@@ -16,6 +16,7 @@ use std::time::Instant;
 use andon_fixtures::load::encode_pool;
 use andon_ingest::{SpanLimits, convert_bytes};
 use andon_model::Tenant;
+use arrow::ipc::writer::StreamWriter;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
@@ -33,7 +34,12 @@ fn main() {
     let bytes: usize = pool.iter().map(|e| e.body.len()).sum();
     println!("{} requests, {total} spans, {:.1} B a span encoded", pool.len(), bytes as f64 / total as f64);
     let tenant = Tenant::default_tenant();
-    let (mut decode_only, mut whole) = (Vec::new(), Vec::new());
+    let batches: Vec<_> = pool
+        .iter()
+        .map(|e| convert_bytes(&e.body, &tenant, 0, SpanLimits::NONE).expect("converts").batch.expect("spans"))
+        .collect();
+    let (mut decode_only, mut whole, mut ipc) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ipc_bytes = 0;
     for round in 1..=rounds {
         let t = Instant::now();
         let mut n = 0;
@@ -51,12 +57,26 @@ fn main() {
         }
         let w = t.elapsed().as_secs_f64();
         assert_eq!(rows, total, "every span converts");
+        // What a WAL record of the converted batch costs on top: its Arrow IPC stream.
+        let t = Instant::now();
+        ipc_bytes = 0;
+        for b in &batches {
+            let mut buf = Vec::with_capacity(b.get_array_memory_size() / 2 + 64);
+            let mut wr = StreamWriter::try_new(&mut buf, &b.schema()).expect("ipc");
+            wr.write(b).expect("ipc");
+            wr.finish().expect("ipc");
+            drop(wr);
+            ipc_bytes += buf.len();
+        }
+        let i = t.elapsed().as_secs_f64();
+        ipc.push(i * 1e9 / total as f64);
         println!(
             "round {round}: prost decode alone {:.0} ns a span; convert_bytes (decode and convert) {:.0} ns a span ({:.0} spans/s)",
             d * 1e9 / total as f64,
             w * 1e9 / total as f64,
             total as f64 / w
         );
+        println!("round {round}: Arrow IPC of the converted batches {:.0} ns a span", i * 1e9 / total as f64);
         decode_only.push(d * 1e9 / total as f64);
         whole.push(w * 1e9 / total as f64);
     }
@@ -64,5 +84,11 @@ fn main() {
     println!(
         "median of {rounds}: prost decode alone {d:.0} ns a span; convert_bytes (decode and convert) {w:.0} ns a span ({:.0} spans/s)",
         1e9 / w
+    );
+    println!(
+        "median of {rounds}: Arrow IPC of the converted batches {:.0} ns a span, {:.1} B a span (the request: {:.1} B)",
+        median(ipc),
+        ipc_bytes as f64 / total as f64,
+        bytes as f64 / total as f64
     );
 }

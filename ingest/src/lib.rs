@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use andon_model::auth::{Permission, Verifier};
 use andon_model::clock::Clock;
-use andon_model::{SpanSink, Tenant};
+use andon_model::{EncodedSpans, Reconvert, SpanSink, Tenant};
+use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -182,6 +183,8 @@ impl Ingestor {
         let now = self.clock.now_ns();
         let limits = self.config.span_limits;
         let tenant_owned = tenant.clone();
+        // The sink's WAL may log these bytes rather than encode the batch.
+        let encoded = EncodedSpans { recipe: recipe(now, limits), body: body.clone() };
         let converted =
             tokio::task::spawn_blocking(move || convert::convert_scanned(&body, spans, &tenant_owned, now, limits))
                 .await
@@ -201,7 +204,7 @@ impl Ingestor {
             });
         };
         let rows = batch.num_rows() as u64;
-        match self.sink.append(tenant, batch).await {
+        match self.sink.append_encoded(tenant, batch, encoded).await {
             Ok(out) => {
                 self.stats.add_accepted(out.stored as u64);
                 self.stats.add_rejected(RejectReason::Duplicate, out.duplicates as u64);
@@ -223,5 +226,45 @@ impl Ingestor {
     /// Counts a request refused before its spans could be decoded.
     pub fn record_refused(&self, e: &IngestError) {
         self.stats.add_refused_request(RejectReason::from_error(e));
+    }
+}
+
+/// The version of [`recipe`]'s layout.
+const RECIPE_V1: u8 = 1;
+
+/// What converting a request again needs besides its bytes: the clock reading
+/// and the limits it was first converted under. `[1][now: u64][which limits:
+/// u8][max age: u64][max future: u64]`, little-endian.
+fn recipe(now_ns: u64, limits: SpanLimits) -> Bytes {
+    let mut r = Vec::with_capacity(26);
+    r.push(RECIPE_V1);
+    r.extend_from_slice(&now_ns.to_le_bytes());
+    r.push(u8::from(limits.max_age_ns.is_some()) | (u8::from(limits.max_future_ns.is_some()) << 1));
+    r.extend_from_slice(&limits.max_age_ns.unwrap_or(0).to_le_bytes());
+    r.extend_from_slice(&limits.max_future_ns.unwrap_or(0).to_le_bytes());
+    r.into()
+}
+
+/// The receivers' conversion, for a store replaying the OTLP requests its WAL
+/// logged ([`SpanSink::append_encoded`]): the same request, clock reading and
+/// limits give the same batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OtlpReconvert;
+
+impl Reconvert for OtlpReconvert {
+    fn reconvert(&self, tenant: &Tenant, recipe: &[u8], body: &[u8]) -> Result<Option<RecordBatch>, String> {
+        let (&version, rest) = recipe.split_first().ok_or("an empty recipe")?;
+        if version != RECIPE_V1 || rest.len() != 25 {
+            return Err(format!("a recipe of version {version} and {} bytes", recipe.len()));
+        }
+        let u64_at = |i: usize| rest.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        let now = u64_at(0).ok_or("recipe")?;
+        let which = rest[8];
+        let limits = SpanLimits {
+            max_age_ns: (which & 1 != 0).then(|| u64_at(9)).flatten(),
+            max_future_ns: (which & 2 != 0).then(|| u64_at(17)).flatten(),
+        };
+        let converted = convert::convert_bytes(body, tenant, now, limits).map_err(|e| e.to_string())?;
+        Ok(converted.batch)
     }
 }

@@ -34,7 +34,7 @@ pub use incident::{
     RcaStep, Signature, SimilarIncident, Suspect, SuspectCause, Violation,
 };
 pub use schema::{SemConv, SpanColumn, span_schema};
-pub use sink::{AppendFuture, AppendOutcome, ReadyFuture, SinkError, SpanSink};
+pub use sink::{AppendFuture, AppendOutcome, EncodedSpans, ReadyFuture, Reconvert, SinkError, SpanSink};
 pub use tenant::{TENANT_HEADER, Tenant, TenantError};
 pub use ticket::{AuditEntry, ExternalRef, Priority, Ticket, TicketOpening, TicketState};
 

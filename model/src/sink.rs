@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
 
 use crate::Tenant;
 
@@ -32,6 +33,28 @@ pub enum SinkError {
     ShuttingDown,
 }
 
+/// The bytes a batch was converted from, as the receiver holds them, and what
+/// converting them again takes. A sink may log these instead of the batch:
+/// they are already at hand, and smaller than the batch's Arrow IPC (a
+/// request of the simulated shop is 388 B a span as OTLP protobuf, 857 B as
+/// the Arrow IPC of its batch). The sink rebuilds the batch from them with a
+/// [`Reconvert`] when it replays its log.
+#[derive(Debug, Clone)]
+pub struct EncodedSpans {
+    /// The converter's parameters (its clock reading, its limits), opaque to
+    /// the sink; at most `u16::MAX` bytes.
+    pub recipe: Bytes,
+    /// The encoded request.
+    pub body: Bytes,
+}
+
+/// Converts [`EncodedSpans`] again, into the batch the receiver made of them.
+pub trait Reconvert: Send + Sync + std::fmt::Debug + 'static {
+    /// The batch `body` converts to under `recipe` (`None` when no span of it
+    /// is accepted): the same rows, in the same order, as the first time.
+    fn reconvert(&self, tenant: &Tenant, recipe: &[u8], body: &[u8]) -> Result<Option<RecordBatch>, String>;
+}
+
 pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<AppendOutcome, SinkError>> + Send + 'a>>;
 
 pub type ReadyFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
@@ -39,6 +62,13 @@ pub type ReadyFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + 
 pub trait SpanSink: Send + Sync + std::fmt::Debug + 'static {
     /// Stores `batch` (with the span schema) for `tenant`.
     fn append<'a>(&'a self, tenant: &'a Tenant, batch: RecordBatch) -> AppendFuture<'a>;
+
+    /// Stores `batch`, which was converted from `encoded`: a sink that logs
+    /// may log those bytes instead of encoding the batch again.
+    fn append_encoded<'a>(&'a self, tenant: &'a Tenant, batch: RecordBatch, encoded: EncodedSpans) -> AppendFuture<'a> {
+        let _ = encoded;
+        self.append(tenant, batch)
+    }
 
     /// Whether an append would be taken now. Receivers ask (through
     /// [`SpanSink::wait_ready`]) before they read or decode a request, so a

@@ -72,6 +72,8 @@ fn import(
 
 fn open_store(dir: &std::path::Path) -> Result<Store, Box<dyn std::error::Error>> {
     let mut cfg = StoreConfig::new(dir);
+    // A store kept across runs replays what the receivers logged.
+    cfg.reconvert = Some(std::sync::Arc::new(andon_ingest::OtlpReconvert));
     cfg.durability = Durability::None;
     cfg.retention = None;
     Ok(Store::open(cfg)?)

@@ -527,6 +527,7 @@ impl RawConfig {
             rollup_segments: self.analysis.segments.clone(),
             session_timeout_secs: self.analysis.session_timeout_secs,
             retry_interval_secs: self.analysis.retry_interval_secs,
+            reconvert: Some(std::sync::Arc::new(andon_ingest::OtlpReconvert)),
         };
         if store.max_buffer_bytes < store.flush_bytes {
             bail!("storage.max_buffer_bytes must be at least storage.flush_bytes");

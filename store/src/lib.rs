@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use andon_model::{AppendFuture, AppendOutcome, ReadyFuture, SinkError, SpanSink, Tenant};
+use andon_model::{AppendFuture, AppendOutcome, EncodedSpans, ReadyFuture, Reconvert, SinkError, SpanSink, Tenant};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 use parking_lot::{Mutex, RwLock};
@@ -113,6 +113,10 @@ pub struct StoreConfig {
     /// With `object_store`, the most bytes of segments kept on local disk as
     /// a cache.
     pub object_cache_bytes: u64,
+    /// Converts the requests the WAL logged ([`Store::append_encoded`]) again
+    /// on replay: the receivers' converter. Without it a WAL holding any
+    /// refuses to open.
+    pub reconvert: Option<Arc<dyn Reconvert>>,
 }
 
 impl StoreConfig {
@@ -138,6 +142,7 @@ impl StoreConfig {
             sessions_snapshot_interval: Duration::from_secs(30),
             object_store: None,
             object_cache_bytes: 1 << 30,
+            reconvert: None,
         }
     }
 }
@@ -401,34 +406,35 @@ impl Store {
             ..State::default()
         };
         let mut replayed = 0usize;
-        let (last_seq, bad_wal) = wal::replay(&dir.join("wal"), &quarantine.join("wal"), checkpoint, |r| {
-            for batch in r.batches {
-                // A record may repeat spans that reached a segment before a crash.
-                let mask = dedup.insert_new(&batch_keys(&batch), now);
-                let Ok(batch) = filter_record_batch(&batch, &mask) else {
-                    continue;
-                };
-                if batch.num_rows() == 0 {
-                    continue;
+        let (last_seq, bad_wal) =
+            wal::replay(&dir.join("wal"), &quarantine.join("wal"), checkpoint, config.reconvert.as_deref(), |r| {
+                for batch in r.batches {
+                    // A record may repeat spans that reached a segment before a crash.
+                    let mask = dedup.insert_new(&batch_keys(&batch), now);
+                    let Ok(batch) = filter_record_batch(&batch, &mask) else {
+                        continue;
+                    };
+                    if batch.num_rows() == 0 {
+                        continue;
+                    }
+                    replayed += batch.num_rows();
+                    if config.rollups {
+                        rollups.note(&r.tenant, &batch, replay_time);
+                        book.note(&r.tenant, &batch, replay_time);
+                    }
+                    let bytes = batch.get_array_memory_size();
+                    state.buffer_bytes += bytes;
+                    let min_start = min_start(&batch);
+                    state.buffer.push_back(Buffered {
+                        seq: r.seq,
+                        tenant: r.tenant.clone(),
+                        batch,
+                        bytes,
+                        at: now,
+                        min_start,
+                    });
                 }
-                replayed += batch.num_rows();
-                if config.rollups {
-                    rollups.note(&r.tenant, &batch, replay_time);
-                    book.note(&r.tenant, &batch, replay_time);
-                }
-                let bytes = batch.get_array_memory_size();
-                state.buffer_bytes += bytes;
-                let min_start = min_start(&batch);
-                state.buffer.push_back(Buffered {
-                    seq: r.seq,
-                    tenant: r.tenant.clone(),
-                    batch,
-                    bytes,
-                    at: now,
-                    min_start,
-                });
-            }
-        })?;
+            })?;
         stats.add_quarantined(bad_wal);
         info!(checkpoint, last_seq, replayed_spans = replayed, segments = state.segments.len(), "store opened");
 
@@ -502,7 +508,30 @@ impl Store {
     }
 
     /// Stores a batch once it is durable; spans already stored are dropped.
+    /// The WAL logs the batch's Arrow IPC.
     pub async fn append(&self, tenant: &Tenant, batch: RecordBatch) -> Result<AppendOutcome, SinkError> {
+        self.append_logged(tenant, batch, None).await
+    }
+
+    /// Stores a batch converted from `encoded` once it is durable; spans
+    /// already stored are dropped. The WAL logs the encoded request (and
+    /// which of its spans were new), so the store must be opened with
+    /// [`StoreConfig::reconvert`] to replay it.
+    pub async fn append_encoded(
+        &self,
+        tenant: &Tenant,
+        batch: RecordBatch,
+        encoded: EncodedSpans,
+    ) -> Result<AppendOutcome, SinkError> {
+        self.append_logged(tenant, batch, Some(encoded)).await
+    }
+
+    async fn append_logged(
+        &self,
+        tenant: &Tenant,
+        batch: RecordBatch,
+        encoded: Option<EncodedSpans>,
+    ) -> Result<AppendOutcome, SinkError> {
         let total = batch.num_rows();
         if total == 0 {
             return Ok(AppendOutcome::default());
@@ -531,7 +560,7 @@ impl Store {
             }
             (mask, first_copies)
         };
-        let outcome = self.append_fresh(tenant, &batch, &keys, &mask).await;
+        let outcome = self.append_fresh(tenant, &batch, &keys, &mask, encoded).await;
         let _ = landed.send(Some(outcome.is_ok()));
         {
             let mut pending = self.inner.pending.lock();
@@ -552,13 +581,15 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Writes the spans of `batch` that `mask` marks new to the WAL.
+    /// Writes the spans of `batch` that `mask` marks new to the WAL: their
+    /// IPC, or `encoded` with the mask.
     async fn append_fresh(
         &self,
         tenant: &Tenant,
         batch: &RecordBatch,
         keys: &[u64],
         mask: &arrow::array::BooleanArray,
+        encoded: Option<EncodedSpans>,
     ) -> Result<AppendOutcome, SinkError> {
         let total = batch.num_rows();
         let forget = || self.inner.dedup.lock().remove(keys, mask);
@@ -575,14 +606,18 @@ impl Store {
             self.inner.stats.add_stored(0, outcome.duplicates);
             return Ok(outcome);
         }
-        let payload = match wal::encode_batch(tenant, &fresh) {
-            Ok(p) => p,
+        let record = match &encoded {
+            Some(e) => wal::encode_request(tenant, e, (stored < total).then_some(mask)),
+            None => wal::encode_batch(tenant, &fresh),
+        };
+        let record = match record {
+            Ok(r) => r,
             Err(e) => {
                 forget();
                 return Err(SinkError::Unavailable(e.to_string()));
             }
         };
-        match self.inner.wal.append(payload, tenant.clone(), fresh.clone()).await {
+        match self.inner.wal.append(record, tenant.clone(), fresh.clone()).await {
             Ok(_) => {
                 let now = wall_nanos();
                 self.inner.arrivals.note(tenant, &fresh, now);
@@ -1412,6 +1447,10 @@ impl Store {
 impl SpanSink for Store {
     fn append<'a>(&'a self, tenant: &'a Tenant, batch: RecordBatch) -> AppendFuture<'a> {
         Box::pin(Store::append(self, tenant, batch))
+    }
+
+    fn append_encoded<'a>(&'a self, tenant: &'a Tenant, batch: RecordBatch, encoded: EncodedSpans) -> AppendFuture<'a> {
+        Box::pin(Store::append_encoded(self, tenant, batch, encoded))
     }
 
     fn ready(&self) -> Result<(), SinkError> {

@@ -1,14 +1,23 @@
 //! The write-ahead log.
 //!
 //! Records are framed as `[len: u32][crc32: u32][payload]`, the payload being
-//! `[seq: u64][tenant length: u16][tenant][Arrow IPC stream of one batch]`. One writer
-//! thread owns the files: it takes every record waiting in its queue, writes them,
-//! syncs once (group commit), hands the batches to the in-memory buffer in sequence
-//! order and only then wakes the callers, so an acknowledged export is always both
-//! durable and visible to queries.
+//! `[seq: u64][tenant length: u16][tenant][kind: u8][...]`. A record of kind
+//! [`KIND_BATCH`] holds the Arrow IPC stream of one batch; one of kind
+//! [`KIND_ENCODED`] holds the bytes the receiver converted the batch from (an
+//! OTLP request), as they were at hand, with the converter's parameters and
+//! which of the converted rows were stored: it costs no encoding, and a
+//! request of the simulated shop is less than half its batch's IPC. Replay
+//! converts it again with the store's [`Reconvert`].
+//!
+//! One writer thread owns the files: it takes every record waiting in its
+//! queue, writes them, syncs once (group commit), hands the batches to the
+//! in-memory buffer in sequence order and only then wakes the callers, so an
+//! acknowledged export is always both durable and visible to queries.
 //!
 //! Files are named by the first sequence number they hold. The store rotates the log
 //! before each flush, so once the flush is checkpointed every older file can go.
+//! Files of the first format (`ANDNWAL1`, every payload a batch's IPC, without
+//! the kind) replay as before.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -17,35 +26,119 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use andon_model::Tenant;
+use andon_model::{EncodedSpans, Reconvert, Tenant};
+use arrow::array::{Array, BooleanArray};
+use arrow::buffer::{BooleanBuffer, Buffer};
+use arrow::compute::filter_record_batch;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use crate::error::StoreError;
 use crate::stats::StoreStats;
 
-const MAGIC: &[u8; 8] = b"ANDNWAL1";
+/// Files whose payloads are all a batch's IPC, without a kind.
+const MAGIC_V1: &[u8; 8] = b"ANDNWAL1";
+const MAGIC: &[u8; 8] = b"ANDNWAL2";
 const MAX_RECORD: u32 = 1 << 30;
+/// A record holding the Arrow IPC stream of the stored batch.
+pub const KIND_BATCH: u8 = 0;
+/// A record holding the encoded request the stored batch was converted from.
+pub const KIND_ENCODED: u8 = 1;
 
-/// Encodes one record's payload, without the sequence number (the writer assigns it).
-pub fn encode_batch(tenant: &Tenant, batch: &RecordBatch) -> Result<Vec<u8>, StoreError> {
+/// One record's payload, without its sequence number (the writer assigns it):
+/// a head, and the request's bytes, kept as they were received, behind it.
+#[derive(Debug)]
+pub struct Record {
+    head: Vec<u8>,
+    body: Option<Bytes>,
+}
+
+impl Record {
+    fn len(&self) -> usize {
+        self.head.len() + self.body.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+fn head(tenant: &Tenant, kind: u8, capacity: usize) -> Vec<u8> {
     let t = tenant.as_str().as_bytes();
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 64);
+    let mut buf = Vec::with_capacity(capacity + t.len() + 11);
     buf.extend_from_slice(&[0u8; 8]);
     buf.extend_from_slice(&(t.len() as u16).to_le_bytes());
     buf.extend_from_slice(t);
+    buf.push(kind);
+    buf
+}
+
+/// A record of the batch itself, as Arrow IPC.
+pub fn encode_batch(tenant: &Tenant, batch: &RecordBatch) -> Result<Record, StoreError> {
+    let mut buf = head(tenant, KIND_BATCH, batch.get_array_memory_size() / 2 + 64);
     let mut w = StreamWriter::try_new(&mut buf, &batch.schema())?;
     w.write(batch)?;
     w.finish()?;
     drop(w);
-    Ok(buf)
+    Ok(Record { head: buf, body: None })
 }
 
-fn decode_payload(payload: &[u8]) -> Result<(u64, Tenant, Vec<RecordBatch>), StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("wal record: {what}"));
+/// A record of the request a batch was converted from. `stored` marks the
+/// converted rows that were new (the rest were duplicates of spans already
+/// stored); `None` when all were. Replay keeps exactly those rows, whatever
+/// the deduplication index remembers by then.
+pub fn encode_request(
+    tenant: &Tenant,
+    encoded: &EncodedSpans,
+    stored: Option<&BooleanArray>,
+) -> Result<Record, StoreError> {
+    let recipe_len = u16::try_from(encoded.recipe.len())
+        .map_err(|_| StoreError::Refused(format!("a conversion recipe of {} bytes", encoded.recipe.len())))?;
+    let rows = stored.map_or(0, Array::len);
+    let mut buf = head(tenant, KIND_ENCODED, 6 + encoded.recipe.len() + rows.div_ceil(8));
+    buf.extend_from_slice(&recipe_len.to_le_bytes());
+    buf.extend_from_slice(&encoded.recipe);
+    let rows32 = u32::try_from(rows).map_err(|_| StoreError::Refused(format!("a request of {rows} spans")))?;
+    buf.extend_from_slice(&rows32.to_le_bytes());
+    if let Some(mask) = stored {
+        let mut bits = vec![0u8; rows.div_ceil(8)];
+        for (i, keep) in mask.iter().enumerate() {
+            if keep == Some(true) {
+                bits[i / 8] |= 1 << (i % 8);
+            }
+        }
+        buf.extend_from_slice(&bits);
+    }
+    Ok(Record { head: buf, body: Some(encoded.body.clone()) })
+}
+
+/// Why a record could not be read back.
+enum Undecodable {
+    /// The bytes are not a record (though their checksum matched).
+    Corrupt(String),
+    /// The record holds a request and the store was opened without a way to
+    /// convert it: nothing is wrong with the log.
+    NoConverter,
+}
+
+impl From<StoreError> for Undecodable {
+    fn from(e: StoreError) -> Self {
+        Undecodable::Corrupt(e.to_string())
+    }
+}
+
+impl From<arrow::error::ArrowError> for Undecodable {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Undecodable::Corrupt(e.to_string())
+    }
+}
+
+fn decode_payload(
+    payload: &[u8],
+    with_kind: bool,
+    reconvert: Option<&dyn Reconvert>,
+) -> Result<(u64, Tenant, Vec<RecordBatch>), Undecodable> {
+    let corrupt = |what: &str| Undecodable::Corrupt(format!("wal record: {what}"));
     if payload.len() < 10 {
         return Err(corrupt("too short"));
     }
@@ -54,8 +147,54 @@ fn decode_payload(payload: &[u8]) -> Result<(u64, Tenant, Vec<RecordBatch>), Sto
     let tenant_bytes = payload.get(10..10 + tlen).ok_or_else(|| corrupt("tenant"))?;
     let tenant = std::str::from_utf8(tenant_bytes).map_err(|_| corrupt("tenant utf-8"))?;
     let tenant = Tenant::new(tenant).map_err(|e| corrupt(&e.to_string()))?;
-    let reader = StreamReader::try_new(&payload[10 + tlen..], None)?;
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    let mut rest = &payload[10 + tlen..];
+    let kind = if with_kind {
+        let (&k, r) = rest.split_first().ok_or_else(|| corrupt("kind"))?;
+        rest = r;
+        k
+    } else {
+        KIND_BATCH
+    };
+    let batches = match kind {
+        KIND_BATCH => StreamReader::try_new(rest, None)?.collect::<Result<Vec<_>, _>>()?,
+        KIND_ENCODED => {
+            let mut take = |n: usize, what: &str| -> Result<&[u8], Undecodable> {
+                let (a, b) = rest.split_at_checked(n).ok_or_else(|| corrupt(what))?;
+                rest = b;
+                Ok(a)
+            };
+            let recipe_len = take(2, "recipe length")?;
+            let recipe = take(usize::from(u16::from_le_bytes([recipe_len[0], recipe_len[1]])), "recipe")?;
+            let rows = take(4, "rows")?;
+            let rows = u32::from_le_bytes([rows[0], rows[1], rows[2], rows[3]]) as usize;
+            let bits = take(rows.div_ceil(8), "stored rows")?;
+            let reconvert = reconvert.ok_or(Undecodable::NoConverter)?;
+            let batch = reconvert
+                .reconvert(&tenant, recipe, rest)
+                .map_err(|e| Undecodable::Corrupt(format!("wal record: converting its request again: {e}")))?;
+            match batch {
+                None => Vec::new(),
+                Some(b) if rows == 0 => vec![b],
+                Some(b) if b.num_rows() != rows => {
+                    // The converter differs from the one that wrote the record
+                    // (an upgrade): keep every row; deduplication still drops
+                    // the spans already stored.
+                    warn!(
+                        seq,
+                        rows = b.num_rows(),
+                        logged = rows,
+                        "a logged request converts to another number of spans than it did; all are replayed"
+                    );
+                    vec![b]
+                }
+                Some(b) => {
+                    let mask = BooleanArray::new(BooleanBuffer::new(Buffer::from(bits), 0, rows), None);
+                    vec![filter_record_batch(&b, &mask)?]
+                }
+            }
+        }
+        k => return Err(corrupt(&format!("unknown kind {k}"))),
+    };
     Ok((seq, tenant, batches))
 }
 
@@ -90,10 +229,14 @@ fn wal_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// whatever follows it is copied aside into `quarantine` (named after the file
 /// and the offset) before the file is cut there. Returns the last sequence
 /// number seen and the number of files that had bytes put aside.
+///
+/// Records of requests are converted again with `reconvert`; without one, a
+/// log that holds any is refused (nothing is put aside).
 pub fn replay(
     dir: &Path,
     quarantine: &Path,
     after: u64,
+    reconvert: Option<&dyn Reconvert>,
     mut f: impl FnMut(Replayed),
 ) -> Result<(u64, u64), StoreError> {
     let mut last_seq = after;
@@ -103,10 +246,11 @@ pub fn replay(
         let len = file.metadata()?.len();
         let mut r = BufReader::new(&mut file);
         let mut magic = [0u8; 8];
-        if len < 8 || r.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        if len < 8 || r.read_exact(&mut magic).is_err() || (&magic != MAGIC && &magic != MAGIC_V1) {
             warn!(path = %path.display(), "wal file without a valid header, skipped");
             continue;
         }
+        let with_kind = &magic == MAGIC;
         let mut pos = 8u64;
         let mut header = [0u8; 8];
         let good_end = loop {
@@ -123,14 +267,24 @@ pub fn replay(
                 break pos;
             }
             pos += 8 + u64::from(rec_len);
-            match decode_payload(&payload) {
+            let seq = payload.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+            if seq <= after && payload.len() >= 8 {
+                // Already in a checkpointed flush.
+                continue;
+            }
+            match decode_payload(&payload, with_kind, reconvert) {
                 Ok((seq, tenant, batches)) => {
-                    if seq > after {
-                        last_seq = last_seq.max(seq);
-                        f(Replayed { seq, tenant, batches });
-                    }
+                    last_seq = last_seq.max(seq);
+                    f(Replayed { seq, tenant, batches });
                 }
-                Err(e) => {
+                Err(Undecodable::NoConverter) => {
+                    return Err(StoreError::Refused(format!(
+                        "{} holds OTLP requests, and the store was opened without the receivers' converter to \
+                         replay them",
+                        path.display()
+                    )));
+                }
+                Err(Undecodable::Corrupt(e)) => {
                     error!(path = %path.display(), error = %e, "wal record undecodable though its checksum matched");
                     break pos - 8 - u64::from(rec_len);
                 }
@@ -184,7 +338,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub type OnDurable = Box<dyn FnMut(Vec<(u64, Tenant, RecordBatch)>) + Send>;
 
 enum Command {
-    Append { payload: Vec<u8>, tenant: Tenant, batch: RecordBatch, done: oneshot::Sender<Result<u64, String>> },
+    Append { record: Record, tenant: Tenant, batch: RecordBatch, done: oneshot::Sender<Result<u64, String>> },
     Rotate { done: oneshot::Sender<Result<u64, String>> },
 }
 
@@ -274,8 +428,8 @@ impl Wal {
                 while bytes < 64 << 20 {
                     match rx.try_recv() {
                         Ok(c) => {
-                            if let Command::Append { payload, .. } = &c {
-                                bytes += payload.len();
+                            if let Command::Append { record, .. } = &c {
+                                bytes += record.len();
                             }
                             pending.push(c);
                         }
@@ -285,13 +439,19 @@ impl Wal {
                 let mut appends = Vec::new();
                 for cmd in pending {
                     match cmd {
-                        Command::Append { mut payload, tenant, batch, done } => {
-                            appends.push((payload.len(), tenant, batch, done));
+                        Command::Append { record: Record { mut head, body }, tenant, batch, done } => {
+                            let len = head.len() + body.as_ref().map_or(0, Bytes::len);
+                            appends.push((len, tenant, batch, done));
                             let seq = w.next_seq + appends.len() as u64 - 1;
-                            payload[..8].copy_from_slice(&seq.to_le_bytes());
-                            frames.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                            frames.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-                            frames.extend_from_slice(&payload);
+                            head[..8].copy_from_slice(&seq.to_le_bytes());
+                            let mut crc = crc32fast::Hasher::new();
+                            crc.update(&head);
+                            let body = body.unwrap_or_default();
+                            crc.update(&body);
+                            frames.extend_from_slice(&(len as u32).to_le_bytes());
+                            frames.extend_from_slice(&crc.finalize().to_le_bytes());
+                            frames.extend_from_slice(&head);
+                            frames.extend_from_slice(&body);
                         }
                         Command::Rotate { done } => {
                             // Appends queued before the rotation land in the old file.
@@ -355,29 +515,30 @@ impl Wal {
         self.tx.as_ref().ok_or(StoreError::Closed)
     }
 
-    /// Appends a record made by [`encode_batch`]; resolves once it is durable.
-    /// A record over the frame limit is refused whole: its length would not
-    /// fit the frame's length field.
-    pub async fn append(&self, payload: Vec<u8>, tenant: Tenant, batch: RecordBatch) -> Result<u64, StoreError> {
-        if payload.len() > MAX_RECORD as usize {
+    /// Appends a record made by [`encode_batch`] or [`encode_request`] for
+    /// `batch`; resolves once it is durable. A record over the frame limit is
+    /// refused whole: its length would not fit the frame's length field.
+    pub async fn append(&self, record: Record, tenant: Tenant, batch: RecordBatch) -> Result<u64, StoreError> {
+        if record.len() > MAX_RECORD as usize {
             return Err(StoreError::Refused(format!(
                 "a batch of {} bytes is over the WAL's record limit of {} bytes; send smaller requests",
-                payload.len(),
+                record.len(),
                 MAX_RECORD
             )));
         }
         let (done, rx) = oneshot::channel();
         let tx = self.sender()?;
-        match tx.try_send(Command::Append { payload, tenant, batch, done }) {
+        match tx.try_send(Command::Append { record, tenant, batch, done }) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(cmd)) => {
                 // The queue is bounded; waiting for room blocks a blocking-pool thread,
                 // never a receiver's.
                 let tx = tx.clone();
-                tokio::task::spawn_blocking(move || tx.send(cmd))
-                    .await
-                    .map_err(|_| StoreError::Closed)?
-                    .map_err(|_| StoreError::Closed)?;
+                let sent =
+                    tokio::task::spawn_blocking(move || tx.send(cmd).is_ok()).await.map_err(|_| StoreError::Closed)?;
+                if !sent {
+                    return Err(StoreError::Closed);
+                }
             }
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
         }

@@ -38,7 +38,12 @@ fn batch_for(tenant: &Tenant, seed: u64, n: u64, start_ns: u64) -> RecordBatch {
 
 /// `spans` of the service `svc`, as the receivers convert them.
 fn service_spans(tenant: &Tenant, spans: Vec<Span>) -> RecordBatch {
-    let req = ExportTraceServiceRequest {
+    convert_request(&request(spans), tenant, 0, SpanLimits::NONE).unwrap().batch.unwrap()
+}
+
+/// An export of `spans` from the service `svc`.
+fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![KeyValue {
@@ -51,8 +56,7 @@ fn service_spans(tenant: &Tenant, spans: Vec<Span>) -> RecordBatch {
             scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
             ..Default::default()
         }],
-    };
-    convert_request(&req, tenant, 0, SpanLimits::NONE).unwrap().batch.unwrap()
+    }
 }
 
 fn now_ns() -> u64 {
@@ -912,4 +916,91 @@ fn span_ids_are_stored_as_bytes_without_end_time_and_read_back_as_the_table_show
     let merged = walk(&dir.path().join("segments"));
     assert_eq!(merged.len(), 1);
     assert!(file_columns(&merged[0]).iter().any(|(n, t)| n == "span_id" && *t == DataType::Utf8));
+}
+
+/// Spans `from..to` of trace `seed`, starting at `start_ns`.
+fn spans(seed: u64, ids: std::ops::Range<u64>, start_ns: u64) -> Vec<Span> {
+    ids.map(|i| Span {
+        trace_id: [seed.to_be_bytes(), 1u64.to_be_bytes()].concat(),
+        span_id: (seed << 32 | (i + 1)).to_be_bytes().to_vec(),
+        name: "op".into(),
+        start_time_unix_nano: start_ns + i,
+        end_time_unix_nano: start_ns + i + 10,
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// The receivers hand the store the request's own bytes, and the WAL logs
+/// those (not the converted batch) with the rows that were new. Replayed,
+/// a request converts again under its first clock reading and limits, and
+/// keeps exactly the spans it stored, even when the spans it repeated are
+/// no longer remembered as duplicates by then.
+#[test]
+fn requests_logged_as_received_replay_to_exactly_the_spans_they_stored() {
+    use andon_ingest::{IngestConfig, Ingestor, OtlpReconvert};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let mut cfg = config(dir.path());
+    cfg.reconvert = Some(std::sync::Arc::new(OtlpReconvert));
+    let now = now_ns();
+    // The second request repeats 20 spans of the first and adds 30; the third
+    // carries a span dated past the receiver's limit (an hour ahead), refused.
+    let first = request(spans(1, 0..40, now));
+    let second = request(spans(1, 20..70, now));
+    let mut third_spans = spans(2, 0..25, now);
+    third_spans[3].start_time_unix_nano = now + 2 * HOUR;
+    third_spans[3].end_time_unix_nano = now + 2 * HOUR + 10;
+    let third = request(third_spans);
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        let ingestor = Ingestor::new(
+            std::sync::Arc::new(store.clone()),
+            std::sync::Arc::new(andon_model::clock::SystemClock),
+            IngestConfig::default(),
+        );
+        assert_eq!(rt.block_on(ingestor.export(&t, first)).unwrap().stored, 40);
+        // The first request reaches a segment; the WAL starts again.
+        store.flush().unwrap();
+        let out = rt.block_on(ingestor.export(&t, second.clone())).unwrap();
+        assert_eq!((out.stored, out.duplicates), (30, 20));
+        let out = rt.block_on(ingestor.export(&t, third.clone())).unwrap();
+        assert_eq!((out.stored, out.rejected), (24, 1));
+        // The log holds the requests as they were sent.
+        let wal: Vec<u8> = std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        for req in [&second, &third] {
+            let body = req.encode_to_vec();
+            assert!(wal.windows(body.len()).any(|w| w == body), "the request's bytes are in the WAL");
+        }
+        // Dropped without close: as after a kill, only the WAL has the last two.
+    }
+    // Without the receivers' converter the log cannot be replayed: the store
+    // refuses to open and leaves the log as it is.
+    let mut without = cfg.clone();
+    without.reconvert = None;
+    let err = Store::open(without).unwrap_err().to_string();
+    assert!(err.contains("converter"), "{err}");
+    // Restarted once the first request's spans are no longer remembered as
+    // recent (a restart long after the crash): the second request's repeats
+    // stay out because the log says which of its spans were new.
+    std::thread::sleep(Duration::from_millis(1_200));
+    cfg.dedup_window = Duration::from_secs(1);
+    let store = Store::open(cfg.clone()).unwrap();
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 40 + 30 + 24);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(DISTINCT span_id) FROM spans")), 40 + 30 + 24);
+    assert_eq!(
+        rt.block_on(count(&store, "SELECT count(*) FROM spans WHERE span_id = '0000000200000004'")),
+        0,
+        "the span refused at first is refused again"
+    );
+    // Replay flushed them: a second restart reads the same from segments.
+    drop(store);
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(store.snapshot_stats().buffered_spans, 0);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 40 + 30 + 24);
 }

@@ -173,6 +173,14 @@ impl Receiver {
         }
     }
 
+    /// Bytes Andon wrote to its WAL so far (from `/metrics`).
+    fn wal_bytes(&self) -> Option<u64> {
+        let Receiver::Andon(s) = self else { return None };
+        let resp = andon_tests::reqwest::blocking_client().get(s.api_url("/metrics")).send().ok()?;
+        let text = String::from_utf8(resp.body).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("andon_wal_written_bytes_total ")).and_then(|v| v.trim().parse().ok())
+    }
+
     /// SIGTERM, and waits for the exit.
     fn stop(&mut self) {
         match self {
@@ -265,6 +273,7 @@ fn main() {
                 let report = rt.block_on(load::run(&cfg, Arc::clone(&pool))).expect("loopback load");
                 let cpu = cpu_seconds(pid) - cpu0;
                 let rss = peak_rss_mb(pid);
+                let wal = server.wal_bytes();
                 let stopping = std::time::Instant::now();
                 server.stop();
                 let stop_secs = stopping.elapsed().as_secs_f64();
@@ -287,12 +296,13 @@ fn main() {
                     stop_secs,
                 };
                 println!(
-                    "{transport:?} {variant}: {:.0} spans/s, {:.0} spans per server CPU-second, p50 {:.1} ms, p99 {:.1} ms, peak RSS {rss:.0} MB, {:.1} Parquet bytes/span, stopped in {stop_secs:.1} s ({} spans, {:.0} bytes/span encoded, {} refused, {conns} connections{})",
+                    "{transport:?} {variant}: {:.0} spans/s, {:.0} spans per server CPU-second, p50 {:.1} ms, p99 {:.1} ms, peak RSS {rss:.0} MB, {:.1} Parquet bytes/span, {} WAL bytes/span, stopped in {stop_secs:.1} s ({} spans, {:.0} bytes/span encoded, {} refused, {conns} connections{})",
                     run.rate,
                     run.per_cpu,
                     report.percentile(0.5).as_secs_f64() * 1e3,
                     run.p99_ms,
                     parquet as f64 / report.spans.max(1) as f64,
+                    wal.map_or("no".to_owned(), |w| format!("{:.1}", w as f64 / report.spans.max(1) as f64)),
                     report.spans,
                     report.encoded_bytes_per_span,
                     report.refused,
