@@ -15,7 +15,7 @@ use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{History, Metric, Subject, history_look, num, round, segment_tests};
+use super::{History, Metric, Subject, history_look, num, round, segment_tests, windows_a_day};
 use crate::AnalysisError;
 use crate::config::{AnalysisConfig, Flow};
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
@@ -1118,13 +1118,6 @@ impl Waited {
         }
         andon_model::statistics::normal_sf(over / var.sqrt())
     }
-}
-
-/// How many windows of the current one's length a day holds: the short
-/// windows a day of continuous passes judges.
-fn windows_a_day(ctx: &Ctx) -> f64 {
-    let window = (ctx.end - ctx.split).num_seconds().max(1) as f64;
-    (86_400.0 / window).max(1.0)
 }
 
 /// A funnel statement's cell: its side (`cur`) and segment values.

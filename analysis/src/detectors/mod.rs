@@ -403,6 +403,21 @@ pub fn merge_subjects<M: Metric>(into: &mut Vec<Subject<M>>, more: Vec<Subject<M
     }
 }
 
+/// How many windows of the current one's length a day holds: the short
+/// windows a day of continuous passes judges.
+pub fn windows_a_day(ctx: &Ctx) -> f64 {
+    let window = (ctx.end - ctx.split).num_seconds().max(1) as f64;
+    (86_400.0 / window).max(1.0)
+}
+
+/// `j`, a short window's, with its p-value corrected for the windows a day
+/// ([`windows_a_day`]); the minute's own p-value stays in its details.
+pub fn per_day(ctx: &Ctx, j: &mut Judgement) {
+    j.details.insert("window_p_value".to_owned(), num(j.p_value));
+    j.details.insert("windows_a_day".to_owned(), num(windows_a_day(ctx)));
+    j.p_value = (j.p_value * windows_a_day(ctx)).min(1.0);
+}
+
 /// Singles that may combine into a conjunction: at most this many, the
 /// strongest, so that the search stays small.
 const CONJUNCTION_SEEDS: usize = 6;
@@ -466,6 +481,18 @@ pub fn segment_tests<M: Metric>(
     let whole = subject.sides(|_| true);
     let nothing = || (M::default(), M::default());
     let mut out: Vec<Test> = judged((&whole.0, &whole.1), None, &nothing, BTreeMap::new()).into_iter().collect();
+    if ctx.short && kind != FindingKind::DropOff {
+        // The whole operation's minute is one of the windows a day of
+        // continuous passes judges, each a fresh chance of a minute with more
+        // failures (or slower, or more retried) than usual: corrected for them
+        // (Bonferroni), so that an operation's false alarms stay within `fdr`
+        // a day, not a few each day. (A drop-off's judge corrects its own.) A
+        // release new in the minute is not: it is one occasion, not one of a
+        // day's minutes.
+        for t in &mut out {
+            per_day(ctx, &mut t.judgement);
+        }
+    }
     // A short window keeps only the whole operation's test and those of a
     // release new in it ([`judged_in_short_windows`]): without such a release
     // the segments' tests would all be dropped.
@@ -1011,13 +1038,7 @@ mod tests {
     /// Failures per segment values (in the order of `ctx`'s segments), as
     /// (values, baseline, current), judged and corrected as a pass does.
     fn choose_for(ctx: &Ctx, cells: &[(Vec<&str>, Counts, Counts)]) -> Vec<Candidate> {
-        let mut out = Vec::new();
-        for (values, b, c) in cells {
-            let segs: Vec<Option<String>> = values.iter().map(|v| Some((*v).to_owned())).collect();
-            out.push((false, segs.clone(), Rate { x: b.0, n: b.1 }));
-            out.push((true, segs, Rate { x: c.0, n: c.1 }));
-        }
-        let s = Subject { service: "reservations".into(), operation: "POST /pay".into(), cells: out };
+        let s = subject_of(cells);
         let mut tests = segment_tests(FindingKind::ErrorRateRegression, &s, ctx, |b, c| {
             judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
         });
@@ -1128,6 +1149,53 @@ mod tests {
         };
         let cells: Vec<(Vec<&str>, Counts, Counts)> = cells.iter().map(|(v, r, b, c)| (vec![*r, *v], *b, *c)).collect();
         choose_for(&ctx, &cells)
+    }
+
+    #[test]
+    fn a_minute_of_an_operation_is_corrected_for_the_minutes_a_day_and_a_new_release_is_not() {
+        let mut ctx = Ctx {
+            short: true,
+            ..test_ctx(AnalysisConfig { segments: vec!["service.version".into()], ..AnalysisConfig::default() })
+        };
+        ctx.split = ctx.end - chrono::Duration::seconds(60);
+        assert_eq!(windows_a_day(&ctx), 1440.0);
+        // Six failures in a minute of 232 requests where 0.22% fail: Fisher's
+        // p is about 3e-5, once in a few days of one operation's minutes.
+        let blip = [(vec!["2.7.3"], (18, 8349), (6, 232))];
+        assert!(choose_for(&ctx, &blip).is_empty());
+        let tests = segment_tests(FindingKind::ErrorRateRegression, &subject_of(&blip), &ctx, |b, c| {
+            judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
+        });
+        let j = &tests[0].judgement;
+        let minute = j.details["window_p_value"].as_f64().unwrap_or(1.0);
+        assert!(minute < 1e-4 && (j.p_value - minute * 1440.0).abs() < 1e-9, "{j:?}");
+        // Over a whole window of 30 minutes the same counts are 48 windows a day.
+        let mut whole = ctx.clone();
+        whole.short = false;
+        let tests = segment_tests(FindingKind::ErrorRateRegression, &subject_of(&blip), &whole, |b, c| {
+            judge_rate(&ctx.config, (b.x, b.n), (c.x, c.n), ("errors", "requests", "error_rate"))
+        });
+        assert!(!tests[0].judgement.details.contains_key("window_p_value"), "only short windows are corrected");
+        // A failing minute is reported all the same.
+        let fault = [(vec!["2.7.3"], (18, 8349), (30, 232))];
+        assert_eq!(choose_for(&ctx, &fault).len(), 1);
+        // The same six failures from a release the baseline never served: one
+        // occasion, judged as it is.
+        let release = [(vec!["2.7.3"], (18, 8349), (0, 180)), (vec!["2.8.0"], (0, 0), (6, 52))];
+        let chosen = choose_for(&ctx, &release);
+        assert_eq!(chosen.len(), 1, "{chosen:?}");
+        assert_eq!(chosen[0].test.judgement.details.get(NEW_VERSION), Some(&Value::Bool(true)));
+        assert!(!chosen[0].test.judgement.details.contains_key("window_p_value"));
+    }
+
+    fn subject_of(cells: &[(Vec<&str>, Counts, Counts)]) -> Subject<Rate> {
+        let mut out = Vec::new();
+        for (values, b, c) in cells {
+            let segs: Vec<Option<String>> = values.iter().map(|v| Some((*v).to_owned())).collect();
+            out.push((false, segs.clone(), Rate { x: b.0, n: b.1 }));
+            out.push((true, segs, Rate { x: c.0, n: c.1 }));
+        }
+        Subject { service: "reservations".into(), operation: "POST /pay".into(), cells: out }
     }
 
     #[test]
