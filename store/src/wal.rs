@@ -267,9 +267,9 @@ pub fn replay(
                 break pos;
             }
             pos += 8 + u64::from(rec_len);
-            let seq = payload.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
-            if seq <= after && payload.len() >= 8 {
-                // Already in a checkpointed flush.
+            if payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).is_some_and(|seq| seq <= after)
+            {
+                // Already in a checkpointed flush: not converted again.
                 continue;
             }
             match decode_payload(&payload, with_kind, reconvert) {

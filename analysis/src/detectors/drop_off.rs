@@ -15,7 +15,7 @@ use andon_model::{Affected, FindingKind, Severity, Trouble, Wording};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{History, Metric, Subject, history_look, num, round, segment_tests, windows_a_day};
+use super::{History, Metric, Subject, history_look, num, round, segment_tests};
 use crate::AnalysisError;
 use crate::config::{AnalysisConfig, Flow};
 use crate::detector::{Detector, Facts, Numbers, Sql, Tested, get, grade, per_side, Ctx, Judgement, Test};
@@ -944,17 +944,9 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         material &= self::material(ctx, h.rate, t.current, lc);
         p_value = p_value.max(h.p_value);
     }
-    // A short window is judged only against enough periods like it, and is
-    // one of the windows a day of continuous passes judges, each a fresh
-    // chance of a minute that lost more sessions than usual: its p-value is
-    // corrected for them (Bonferroni), so that a step's false alarms stay
-    // within `fdr` a day, not a few each day.
-    let minute_p = p_value;
-    if ctx.short {
-        if history.is_none_or(|h| h.periods < super::SHORT_MIN_PERIODS) {
-            material = false;
-        }
-        p_value = (p_value * windows_a_day(ctx)).min(1.0);
+    // A short window is judged only against enough periods like it.
+    if ctx.short && history.is_none_or(|h| h.periods < super::SHORT_MIN_PERIODS) {
+        material = false;
     }
     let side = |s: &Step, conv: f64| {
         let whole = |x: f64| Value::from(x.round() as u64);
@@ -980,17 +972,13 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         current.insert("waiting_continued".to_owned(), Value::from(went));
         details.insert("wait_strata".to_owned(), Value::from(WAIT_STRATA));
     }
-    if ctx.short {
-        details.insert("window_p_value".to_owned(), num(minute_p));
-        details.insert("windows_a_day".to_owned(), num(windows_a_day(ctx)));
-    }
     if let Some(h) = history {
         details.insert("history_left_rate".to_owned(), num(round(h.rate, 5)));
         details.insert("history_dispersion".to_owned(), num(round(h.dispersion, 3)));
         details.insert("history_p_value".to_owned(), num(h.p_value));
         details.insert("windows_compared".to_owned(), Value::from(h.periods));
     }
-    Some(Judgement {
+    let mut j = Judgement {
         p_value,
         effect: round(relative, 5),
         size: relative,
@@ -1001,7 +989,14 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         current,
         details,
         current_samples: nc,
-    })
+    };
+    // One of the windows a day of continuous passes judges, each a fresh
+    // chance of a minute that lost more sessions than usual: corrected for
+    // them (every short window of a step, a release new in it too).
+    if ctx.short {
+        super::per_day(ctx, &mut j);
+    }
+    Some(j)
 }
 
 /// A short window's current side with its sessions still inside their

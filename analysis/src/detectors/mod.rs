@@ -486,9 +486,10 @@ pub fn segment_tests<M: Metric>(
         // continuous passes judges, each a fresh chance of a minute with more
         // failures (or slower, or more retried) than usual: corrected for them
         // (Bonferroni), so that an operation's false alarms stay within `fdr`
-        // a day, not a few each day. (A drop-off's judge corrects its own.) A
-        // release new in the minute is not: it is one occasion, not one of a
-        // day's minutes.
+        // a day, not a few each day. A release new in the minute is not: it
+        // is one occasion, not one of a day's minutes. (A drop-off's judge
+        // corrects every short window of its step with the same `per_day`,
+        // the release's too: a step's minute is not told apart by release.)
         for t in &mut out {
             per_day(ctx, &mut t.judgement);
         }
