@@ -29,6 +29,50 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay`: its index in the `mi_option_e` enum of
+/// both the v2 and the v3 headers the `mimalloc` crate builds.
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// How long mimalloc keeps memory freed before it returns it to the system,
+/// in milliseconds. Its default (1,000 in v3) is longer than a flush cycle
+/// at full rate (about half a second: the buffer's batches and the flush's
+/// copies freed at once), so the freed memory of two or three flushes stayed
+/// resident: a tenth of a second of it or less keeps the peak near what the
+/// heap holds (BENCHMARKS.md, "Freed memory returned within 10 ms").
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+#[allow(unsafe_code)]
+mod mimalloc_options {
+    unsafe extern "C" {
+        pub fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+        #[cfg(test)]
+        pub fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+    }
+
+    /// Sets one of mimalloc's options.
+    pub fn set(option: std::ffi::c_int, value: std::ffi::c_long) {
+        // SAFETY: both functions only read or store an integer in mimalloc's
+        // option table, from any thread at any time; the allocator is linked
+        // in (`GLOBAL`).
+        unsafe { mi_option_set(option, value) }
+    }
+
+    /// One of mimalloc's options as it stands.
+    #[cfg(test)]
+    pub fn get(option: std::ffi::c_int) -> std::ffi::c_long {
+        // SAFETY: as in `set`.
+        unsafe { mi_option_get(option) }
+    }
+}
+
+/// Tunes the allocator before the work starts, unless the environment
+/// already says (`MIMALLOC_PURGE_DELAY`, which mimalloc reads itself).
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        mimalloc_options::set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "andon", version, about = "Andon: where users struggle in production, and why")]
 struct Cli {
@@ -155,6 +199,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     andon_model::install_tls_provider();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -181,5 +226,22 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_option_tuned_is_mimallocs_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // mimalloc's own default for its purge delay (1,000 ms in v3; its
+        // neighbours in the enum default to 1 and 0): the index is that option.
+        assert_eq!(mimalloc_options::get(MI_OPTION_PURGE_DELAY), 1_000);
+        tune_allocator();
+        assert_eq!(mimalloc_options::get(MI_OPTION_PURGE_DELAY), PURGE_DELAY_MS);
     }
 }
