@@ -26,13 +26,44 @@ use crate::query::ExtraTable;
 /// pass can ask for.
 pub const HORIZON_SECS: i64 = 300;
 
+/// How many traces [`Arrivals`] remembers at most, over every tenant. A
+/// client sending a new trace id with every span could otherwise grow it
+/// for [`HORIZON_SECS`] at whatever rate the receivers take (3M traces
+/// hold about 100 MB of table). Past it the older half is forgotten: those
+/// traces count as settled sooner than their delay.
+pub const MAX_TRACES: usize = 3_000_000;
+
+/// A trace id as two words: a `u128` key would be aligned to 16 bytes, and
+/// each entry would take 32 bytes instead of 24.
+type Key = [u64; 2];
+
+fn key(id: u128) -> Key {
+    [(id >> 64) as u64, id as u64]
+}
+
+fn id(key: &Key) -> u128 {
+    (u128::from(key[0]) << 64) | u128::from(key[1])
+}
+
 /// Last arrival per trace (the 16-byte id), per tenant, in Unix nanoseconds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Arrivals {
-    by_tenant: Mutex<HashMap<Tenant, HashMap<u128, i64>>>,
+    by_tenant: Mutex<HashMap<Tenant, HashMap<Key, i64>>>,
+    max_traces: usize,
+}
+
+impl Default for Arrivals {
+    fn default() -> Self {
+        Self::with_max_traces(MAX_TRACES)
+    }
 }
 
 impl Arrivals {
+    /// Remembering at most `max_traces` traces over every tenant.
+    pub fn with_max_traces(max_traces: usize) -> Self {
+        Self { by_tenant: Mutex::default(), max_traces: max_traces.max(2) }
+    }
+
     /// Notes that `batch`'s traces received spans at `now_ns`.
     pub fn note(&self, tenant: &Tenant, batch: &RecordBatch, now_ns: i64) {
         let Ok(i) = batch.schema().index_of("trace_id") else { return };
@@ -56,7 +87,10 @@ impl Arrivals {
         let mut by_tenant = self.by_tenant.lock();
         let map = by_tenant.entry(tenant.clone()).or_default();
         for v in fresh {
-            map.insert(v, now_ns);
+            map.insert(key(v), now_ns);
+        }
+        if by_tenant.values().map(HashMap::len).sum::<usize>() > self.max_traces {
+            forget_older_half(&mut by_tenant, self.max_traces);
         }
     }
 
@@ -77,7 +111,7 @@ impl Arrivals {
         let by_tenant = self.by_tenant.lock();
         by_tenant
             .get(tenant)
-            .map(|m| m.iter().filter(|(_, at)| **at > after_ns).map(|(k, v)| (*k, *v)).collect())
+            .map(|m| m.iter().filter(|(_, at)| **at > after_ns).map(|(k, v)| (id(k), *v)).collect())
             .unwrap_or_default()
     }
 
@@ -88,11 +122,36 @@ impl Arrivals {
         let mut out: Vec<(u128, i64)> = by_tenant
             .iter()
             .filter(|(t, _)| tenant.is_none_or(|x| x == *t))
-            .flat_map(|(_, m)| m.iter().map(|(k, v)| (*k, *v)))
+            .flat_map(|(_, m)| m.iter().map(|(k, v)| (id(k), *v)))
             .collect();
         out.sort_unstable_by_key(|(k, at)| (*at, *k));
         out
     }
+}
+
+/// Forgets the traces that last received a span before the median arrival
+/// of all (at it too, if that still leaves more than `max`): called when
+/// there are more than `max`, so its cost (one pass over the table) comes
+/// once every half of the cap's new traces.
+fn forget_older_half(by_tenant: &mut HashMap<Tenant, HashMap<Key, i64>>, max: usize) {
+    let mut times: Vec<i64> = by_tenant.values().flat_map(|m| m.values().copied()).collect();
+    let mid = times.len() / 2;
+    let (_, cutoff, _) = times.select_nth_unstable(mid);
+    let cutoff = *cutoff;
+    let before = times.len();
+    let at_or_after = times.iter().filter(|t| **t >= cutoff).count();
+    drop(times);
+    let keep = |at: i64| if at_or_after > max { at > cutoff } else { at >= cutoff };
+    by_tenant.retain(|_, m| {
+        m.retain(|_, at| keep(*at));
+        !m.is_empty()
+    });
+    let after: usize = by_tenant.values().map(HashMap::len).sum();
+    tracing::warn!(
+        forgotten = before - after,
+        kept = after,
+        "more recent traces than the arrivals table keeps: the older ones count as settled"
+    );
 }
 
 /// How long [`Appends`] can tell what was appended.
@@ -249,6 +308,30 @@ mod tests {
         assert!(a.after(&t1, 5_000).is_empty());
         assert_eq!(a.after(&t2, 0), vec![(1, 2_000)]);
         assert!(a.after(&Tenant::new("c").unwrap(), 0).is_empty());
+    }
+
+    #[test]
+    fn past_the_cap_the_traces_that_arrived_last_are_kept() {
+        let a = Arrivals::with_max_traces(10);
+        let (t1, t2) = (Tenant::new("a").unwrap(), Tenant::new("b").unwrap());
+        for i in 0..25u128 {
+            let id = format!("{:032x}", (i << 64) | (i + 1));
+            a.note(if i % 2 == 0 { &t1 } else { &t2 }, &batch(&[&id]), 1_000 + i as i64);
+            let all = a.list(None);
+            assert!(all.len() <= 10, "after trace {i}: {} kept", all.len());
+            assert_eq!(all.last(), Some(&(((i << 64) | (i + 1)), 1_000 + i as i64)), "the newest is kept");
+            // What is kept is the latest arrivals, with no gap.
+            let oldest = 1_000 + i as i64 + 1 - all.len() as i64;
+            assert_eq!(all.first().map(|(_, at)| *at), Some(oldest), "after trace {i}");
+        }
+        // One batch of more traces than the cap, all at one moment: the cap
+        // still holds (none of them is kept), and the next arrival is.
+        let ids: Vec<String> = (100..130u128).map(|i| format!("{i:032x}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        a.note(&t1, &batch(&refs), 9_000);
+        assert!(a.list(None).len() <= 10);
+        a.note(&t1, &batch(&["000000000000000000000000000000ff"]), 9_001);
+        assert_eq!(a.list(None).last(), Some(&(0xff, 9_001)));
     }
 
     fn starts(ns: &[i64]) -> RecordBatch {
