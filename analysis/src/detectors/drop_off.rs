@@ -961,9 +961,17 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     };
     let left_c = c.reached - c.next.min(c.reached);
     let error_share = if left_c <= 0.0 { 0.0 } else { (c.left_after_error / left_c).min(1.0) };
+    // Of the sessions lost beyond the baseline's leaving rate, the share
+    // that the leavers after an error beyond the baseline's account for:
+    // some sessions leave every step, and these say whether the errors
+    // explain the fall.
+    let beyond = left_c - c.reached * t.baseline;
+    let errors_beyond = c.left_after_error - c.reached * if b.reached > 0.0 { b.left_after_error / b.reached } else { 0.0 };
+    let excess_share = if beyond <= 0.0 { 0.0 } else { (errors_beyond / beyond).clamp(0.0, 1.0) };
     let mut details = BTreeMap::from([
         ("next_step".to_owned(), Value::from(next_step)),
         ("left_after_error_share".to_owned(), num(round(error_share, 4))),
+        (super::EXCESS_AFTER_ERROR.to_owned(), num(round(excess_share, 4))),
     ]);
     let mut current = side(c, conv_c);
     if let Some(w) = &waited {

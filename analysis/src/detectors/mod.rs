@@ -410,10 +410,13 @@ pub fn windows_a_day(ctx: &Ctx) -> f64 {
     (86_400.0 / window).max(1.0)
 }
 
+/// A short window's p-value before [`per_day`]'s correction, in its details.
+pub const WINDOW_P_VALUE: &str = "window_p_value";
+
 /// `j`, a short window's, with its p-value corrected for the windows a day
 /// ([`windows_a_day`]); the minute's own p-value stays in its details.
 pub fn per_day(ctx: &Ctx, j: &mut Judgement) {
-    j.details.insert("window_p_value".to_owned(), num(j.p_value));
+    j.details.insert(WINDOW_P_VALUE.to_owned(), num(j.p_value));
     j.details.insert("windows_a_day".to_owned(), num(windows_a_day(ctx)));
     j.p_value = (j.p_value * windows_a_day(ctx)).min(1.0);
 }
@@ -755,9 +758,15 @@ pub fn choose_segments(tests: &[Test], fdr: f64) -> Vec<Candidate> {
     out
 }
 
-/// The share of a drop-off's leavers who hit an error at the step, above
-/// which the errors explain the drop-off.
+/// The share of a drop-off's sessions lost beyond the baseline's leaving
+/// rate that leavers after an error at the step account for
+/// ([`EXCESS_AFTER_ERROR`]), above which the errors explain the drop-off.
 const ERRORS_EXPLAIN: f64 = 0.5;
+
+/// A drop-off's detail: of the sessions lost beyond the baseline's leaving
+/// rate, the share that leavers after an error (beyond the baseline's)
+/// account for.
+pub const EXCESS_AFTER_ERROR: &str = "excess_left_after_error_share";
 
 /// Drop-offs that an error regression already found explains: at the step
 /// (service and operation) and in the segment of an error-rate candidate, a
@@ -766,13 +775,21 @@ const ERRORS_EXPLAIN: f64 = 0.5;
 /// drop-off is what it does to users, tested on its own at `fdr`, so it is
 /// reported (with the errors as its cause) even when the pass-wide correction
 /// leaves it short, as it does where few sessions take the journey.
+///
+/// The drop-off is tested only because errors were found there, so its
+/// family is the drop-off tests at that step and segment (Bonferroni over
+/// them), not every test of the pass: a short window's drop-off is judged
+/// by its own minute's p-value (`window_p_value`), not corrected for the
+/// minutes of a day ([`per_day`]). The day's minutes are already in the
+/// error regression's own test, which opened the gate.
 pub fn drop_offs_errors_explain(tests: &[Test], chosen: &[Candidate], fdr: f64) -> Vec<Candidate> {
-    let explained = |u: &Test| {
+    let explains = |u: &Test| {
         u.kind == FindingKind::DropOff
             && u.judgement.material
-            && u.judgement.p_value <= fdr
-            && u.judgement.details.get("left_after_error_share").and_then(Value::as_f64).unwrap_or(0.0) > ERRORS_EXPLAIN
+            && u.judgement.details.get(EXCESS_AFTER_ERROR).and_then(Value::as_f64).unwrap_or(0.0) > ERRORS_EXPLAIN
     };
+    // The test's own p-value: before the correction for a day's minutes.
+    let own = |u: &Test| u.judgement.details.get(WINDOW_P_VALUE).and_then(Value::as_f64).unwrap_or(u.judgement.p_value);
     let mut out: Vec<Candidate> = Vec::new();
     for c in chosen.iter().filter(|c| c.test.kind == FindingKind::ErrorRateRegression) {
         let at_step =
@@ -785,14 +802,29 @@ pub fn drop_offs_errors_explain(tests: &[Test], chosen: &[Candidate], fdr: f64) 
         if chosen.iter().chain(&out).any(already) {
             continue;
         }
-        if let Some(u) = tests
+        let family = tests.iter().filter(at_step).filter(|u| u.kind == FindingKind::DropOff).count();
+        let Some((u, p)) = tests
             .iter()
             .filter(at_step)
-            .filter(|u| explained(u))
-            .min_by(|a, b| a.judgement.p_value.total_cmp(&b.judgement.p_value))
-        {
-            out.push(Candidate { test: u.clone() });
+            .filter(|u| explains(u))
+            .map(|u| (u, (own(u) * family as f64).min(1.0)))
+            .filter(|(_, p)| *p <= fdr)
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            continue;
+        };
+        let mut test = u.clone();
+        if test.judgement.p_value != p {
+            let j = &mut test.judgement;
+            j.details.insert("p_value_before_gate".to_owned(), num(j.p_value));
+            j.details.insert(
+                "gated_by".to_owned(),
+                Value::from(format!("{} {} {}", c.test.kind.as_str(), c.test.service, c.test.operation)),
+            );
+            j.details.insert("gate_family".to_owned(), Value::from(family));
+            j.p_value = p;
         }
+        out.push(Candidate { test });
     }
     out
 }
@@ -1340,7 +1372,7 @@ mod tests {
                 material: true,
                 baseline: BTreeMap::new(),
                 current: BTreeMap::new(),
-                details: BTreeMap::from([("left_after_error_share".to_owned(), Value::from(left_after_error))]),
+                details: BTreeMap::from([(EXCESS_AFTER_ERROR.to_owned(), Value::from(left_after_error))]),
                 current_samples: 28,
             },
             complement: None,
@@ -1362,10 +1394,46 @@ mod tests {
         assert_eq!(found[0].test.kind, FindingKind::DropOff);
         assert_eq!(found[0].test.segment["os.type"], "android");
 
-        assert!(promoted(vec![drop("android", 0.002, 0.3)]).is_empty(), "most who left never saw the error");
+        assert!(promoted(vec![drop("android", 0.002, 0.3)]).is_empty(), "most of those lost never saw the error");
         assert!(promoted(vec![drop("android", 0.04, 0.8)]).is_empty(), "not significant even on its own");
         assert!(promoted(vec![drop("ios", 0.002, 0.8)]).is_empty(), "another segment than the errors'");
         let elsewhere = test(FindingKind::DropOff, "POST /checkout/guest", "android", 0.002, 0.06, 0.8);
         assert!(promoted(vec![elsewhere]).is_empty(), "another step than the errors'");
+    }
+
+    #[test]
+    fn a_minutes_drop_off_behind_errors_is_judged_by_its_own_p_value_against_the_steps_tests() {
+        let errors = Candidate {
+            test: test(FindingKind::ErrorRateRegression, "POST /checkout/pay", "android", 1e-7, 1e-5, 0.0),
+        };
+        let promoted = |tests: Vec<Test>| drop_offs_errors_explain(&tests, std::slice::from_ref(&errors), 0.01);
+        // A short window's drop-off: its minute's p-value kept, its own
+        // corrected for the 1,440 minutes a day.
+        let minute = |p: f64| {
+            let mut t = test(FindingKind::DropOff, "POST /checkout/pay", "android", (p * 1440.0).min(1.0), 0.5, 0.8);
+            t.judgement.details.insert(WINDOW_P_VALUE.to_owned(), Value::from(p));
+            t
+        };
+        let found = promoted(vec![minute(3e-4)]);
+        assert_eq!(found.len(), 1, "the errors opened the gate: the minute is not one of a day's");
+        let j = &found[0].test.judgement;
+        assert!((j.p_value - 3e-4).abs() < 1e-12, "{j:?}");
+        assert!((j.details["p_value_before_gate"].as_f64().unwrap() - 0.432).abs() < 1e-9);
+        assert_eq!(j.details["gate_family"], 1);
+
+        // Two drop-off tests at the step and segment (two flows through it):
+        // Bonferroni over both.
+        let mut other_flow = minute(0.5);
+        other_flow.judgement.details.insert("flow".into(), Value::from("other"));
+        let found = promoted(vec![minute(3e-4), other_flow.clone()]);
+        assert!((found[0].test.judgement.p_value - 6e-4).abs() < 1e-12);
+        assert!(promoted(vec![minute(6e-3), other_flow]).is_empty(), "0.012 over both tests of the step");
+
+        assert!(promoted(vec![minute(0.02)]).is_empty(), "not significant even on its own");
+        let mut without_errors = minute(3e-4);
+        without_errors.judgement.details.insert(EXCESS_AFTER_ERROR.into(), Value::from(0.2));
+        assert!(promoted(vec![without_errors]).is_empty(), "most who left never saw the error");
+        // No gate without the error regression at the step.
+        assert!(drop_offs_errors_explain(&[minute(3e-4)], &[], 0.01).is_empty());
     }
 }
