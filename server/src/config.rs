@@ -211,6 +211,9 @@ pub struct RawStorage {
     pub rollups: bool,
     /// How often a flush also writes the open sessions.
     pub sessions_snapshot_secs: u64,
+    /// The most server calls open sessions hold (about 175 bytes each); past
+    /// it the least recently active are finalized before their timeout.
+    pub max_open_session_calls: u64,
     /// Keep segments in S3-compatible storage, `s3://bucket/prefix`, with
     /// credentials, region and endpoint from the `AWS_*` environment
     /// variables. Empty: under `data_dir`.
@@ -298,6 +301,7 @@ impl Default for RawStorage {
             compact_small_bytes: 32 << 20,
             rollups: true,
             sessions_snapshot_secs: 30,
+            max_open_session_calls: andon_store::MAX_OPEN_SESSION_CALLS as u64,
             object_store: String::new(),
             object_cache_bytes: 1 << 30,
         }
@@ -527,6 +531,7 @@ impl RawConfig {
             rollup_segments: self.analysis.segments.clone(),
             session_timeout_secs: self.analysis.session_timeout_secs,
             retry_interval_secs: self.analysis.retry_interval_secs,
+            max_open_session_calls: size("storage.max_open_session_calls", self.storage.max_open_session_calls, 1)?,
             reconvert: Some(std::sync::Arc::new(andon_ingest::OtlpReconvert)),
         };
         if store.max_buffer_bytes < store.flush_bytes {

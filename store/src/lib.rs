@@ -53,7 +53,7 @@ pub use remote::parse_s3_url;
 pub use rollup::{BUCKETS_PER_E, RollupSpec, latency_bucket};
 pub use rows_table::RowsTable;
 pub use segment::Segment;
-pub use sessions::SessionSpec;
+pub use sessions::{MAX_OPEN_CALLS as MAX_OPEN_SESSION_CALLS, SessionSpec};
 pub use stats::{StoreSnapshot, StoreStats};
 pub use table::SpansTable;
 
@@ -102,6 +102,9 @@ pub struct StoreConfig {
     pub session_timeout_secs: u64,
     /// A call within this long of a failure of the same operation is a retry.
     pub retry_interval_secs: u64,
+    /// The most server calls the open sessions hold: past it, a flush
+    /// finalizes the least recently active sessions before their timeout.
+    pub max_open_session_calls: usize,
     /// A flush writes the open sessions when the last write is this old (zero:
     /// at every flush). A start rebuilds what was noted after the last write
     /// from the segments flushed since.
@@ -139,6 +142,7 @@ impl StoreConfig {
                 .to_vec(),
             session_timeout_secs: 900,
             retry_interval_secs: 30,
+            max_open_session_calls: sessions::MAX_OPEN_CALLS,
             sessions_snapshot_interval: Duration::from_secs(30),
             object_store: None,
             object_cache_bytes: 1 << 30,
@@ -335,11 +339,10 @@ impl Store {
         }
 
         let spec = rollup::RollupSpec::new(&config.rollup_segments).map_err(StoreError::Refused)?;
-        let book = Arc::new(sessions::SessionBook::new(sessions::SessionSpec::new(
-            &spec,
-            config.session_timeout_secs,
-            config.retry_interval_secs,
-        )));
+        let book = Arc::new(sessions::SessionBook::with_max_open_calls(
+            sessions::SessionSpec::new(&spec, config.session_timeout_secs, config.retry_interval_secs),
+            config.max_open_session_calls,
+        ));
         let rollups = Arc::new(rollup::RollupContext::new(spec));
         let mut listings = Vec::new();
         if let Some(r) = &remote {
@@ -1202,7 +1205,10 @@ impl Store {
             )
         };
         segs.sort_by_key(|s| (s.tenant.clone(), s.hour, s.first_seq));
-        let book = sessions::SessionBook::new(self.inner.sessions.spec().clone());
+        let book = sessions::SessionBook::with_max_open_calls(
+            self.inner.sessions.spec().clone(),
+            self.inner.sessions.max_open_calls(),
+        );
         let wall = wall_nanos();
         let mut finalized: BTreeMap<Tenant, Vec<RecordBatch>> = BTreeMap::new();
         let mut take = |book: &sessions::SessionBook| -> Result<(), StoreError> {

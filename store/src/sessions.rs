@@ -10,7 +10,9 @@
 //! itself (`http.request.resend_count`). It is finalized once it has been
 //! quiet for the session timeout: no span of it ended within the timeout of
 //! the newest span of its tenant, or none arrived within the timeout on the
-//! wall clock.
+//! wall clock. The open sessions' calls are bounded ([`SessionBook::max_open_calls`]):
+//! past the bound, a flush also finalizes the sessions that received a span
+//! longest ago, until a quarter of the bound is free.
 //!
 //! A row of `sessions` is one session's calls of one operation (the
 //! detectors' definition) with one set of segment values, in one minute (so
@@ -386,6 +388,8 @@ fn str_at(a: &Option<ArrayRef>, r: usize) -> Option<&str> {
 #[derive(Debug)]
 pub struct SessionBook {
     spec: SessionSpec,
+    /// The most calls the open sessions hold ([`Self::take_quiet`]).
+    max_open_calls: usize,
     by_tenant: Mutex<HashMap<Tenant, TenantBook>>,
     /// The open sessions' rows by tenant, as [`Self::open_rows`] last built
     /// them; cleared by every change to the open sessions. A detection pass
@@ -403,9 +407,33 @@ pub struct SessionBook {
 /// Per tenant, the earliest first minute of some sessions.
 pub(crate) type FirstMinutes = BTreeMap<Tenant, i64>;
 
+/// The open sessions' calls a store holds by default: an open session's
+/// memory is mostly its calls, 136 bytes each in their hash table, about 175
+/// with the table's spare room and the call's own segment values (about 175
+/// MB at this bound); the simulated shop's sessions make about 30 calls each.
+pub const MAX_OPEN_CALLS: usize = 1_000_000;
+
 impl SessionBook {
+    #[cfg(test)]
     pub fn new(spec: SessionSpec) -> Self {
-        Self { spec, by_tenant: Mutex::default(), open_cache: Mutex::default(), versions: Mutex::default() }
+        Self::with_max_open_calls(spec, MAX_OPEN_CALLS)
+    }
+
+    /// A book whose open sessions hold at most `max_open_calls` calls at each
+    /// [`Self::take_quiet`].
+    pub fn with_max_open_calls(spec: SessionSpec, max_open_calls: usize) -> Self {
+        Self {
+            spec,
+            max_open_calls: max_open_calls.max(1),
+            by_tenant: Mutex::default(),
+            open_cache: Mutex::default(),
+            versions: Mutex::default(),
+        }
+    }
+
+    /// The most calls the open sessions hold after a [`Self::take_quiet`].
+    pub fn max_open_calls(&self) -> usize {
+        self.max_open_calls
     }
 
     /// The open sessions, to change them: forgets their cached rows. The
@@ -468,10 +496,61 @@ impl SessionBook {
                 done.push((tenant.clone(), ids.into_iter().filter_map(|id| book.open.remove_entry(&id)).collect()));
             }
         }
+        self.take_least_recent(&mut by_tenant, &mut done);
         by_tenant.retain(|_, b| !b.open.is_empty() || b.watermark > wall_ns.saturating_sub(timeout));
         let quiet = Quiet(done);
         self.changed(Some(quiet.first_minutes()));
         quiet
+    }
+
+    /// Past [`Self::max_open_calls`], takes into `done` the open sessions
+    /// that received a span longest ago (on the wall clock, then by their
+    /// last span's end), across tenants, until the calls left are three
+    /// quarters of the bound: a client that opens sessions faster than they
+    /// go quiet cannot grow the book without bound, and the sessions it
+    /// finalizes early are those most likely over. One that goes on later
+    /// opens again under the same id.
+    fn take_least_recent(
+        &self,
+        by_tenant: &mut HashMap<Tenant, TenantBook>,
+        done: &mut Vec<(Tenant, Vec<(String, Open)>)>,
+    ) {
+        let calls = |s: &Open| s.calls.len().max(1);
+        let mut open: usize = by_tenant.values().flat_map(|b| b.open.values()).map(calls).sum();
+        if open <= self.max_open_calls {
+            return;
+        }
+        let before = open;
+        let keep = self.max_open_calls - self.max_open_calls / 4;
+        let mut order: Vec<(i64, i64, &Tenant, &String, usize)> = by_tenant
+            .iter()
+            .flat_map(|(t, b)| b.open.iter().map(move |(id, s)| (s.noted, s.last_seen, t, id, calls(s))))
+            .collect();
+        order.sort_unstable_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
+        let mut taken: BTreeMap<Tenant, Vec<String>> = BTreeMap::new();
+        for (_, _, t, id, n) in order {
+            if open <= keep {
+                break;
+            }
+            open -= n;
+            taken.entry(t.clone()).or_default().push(id.clone());
+        }
+        let sessions: usize = taken.values().map(Vec::len).sum();
+        for (tenant, ids) in taken {
+            let Some(book) = by_tenant.get_mut(&tenant) else { continue };
+            let sessions = ids.into_iter().filter_map(|id| book.open.remove_entry(&id));
+            match done.iter_mut().find(|(t, _)| *t == tenant) {
+                Some((_, into)) => into.extend(sessions),
+                None => done.push((tenant, sessions.collect())),
+            }
+        }
+        tracing::warn!(
+            sessions,
+            calls_before = before,
+            calls_after = open,
+            bound = self.max_open_calls,
+            "open sessions past their bound of calls: the least recently active finalized before their timeout"
+        );
     }
 
     /// The rows of sessions taken by [`Self::take_quiet`], by tenant.
@@ -1524,6 +1603,50 @@ mod tests {
         assert_eq!(counts(&book), vec![(2, 1)], "a call noted after a read counts");
         book.clear();
         assert!(counts(&book).is_empty(), "forgotten");
+    }
+
+    /// One server call of session `id`, at `start` seconds.
+    fn call_of(id: &str, trace: &str, start: i64) -> RecordBatch {
+        let b = spans(&[(trace, "x", "", "server", "/a", start, start + 1, false, 0, None, "1")]);
+        let mut c = b.columns().to_vec();
+        let i = b.schema().index_of("session_id").unwrap_or_else(|e| panic!("{e}"));
+        c[i] = Arc::new(StringArray::from(vec![id]));
+        RecordBatch::try_new(b.schema(), c).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn past_the_bound_of_open_calls_the_least_recently_active_sessions_are_finalized() {
+        let book = SessionBook::with_max_open_calls(spec(), 8);
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        let u = Tenant::new("other").unwrap_or_else(|e| panic!("{e}"));
+        let s = 1_000_000_000;
+        let wall = 2_000 * s;
+        // Ten sessions of one call each, noted one second of wall clock
+        // apart, alternating between two tenants; none quiet for the timeout.
+        for i in 0..10i64 {
+            let tenant = if i % 2 == 0 { &t } else { &u };
+            book.note(tenant, &call_of(&format!("s{i}"), &format!("t{i}"), 1_000 + i), wall + i * s);
+        }
+        let quiet = book.take_quiet(wall + 10 * s);
+        let mut taken: Vec<String> =
+            quiet.0.iter().flat_map(|(_, sessions)| sessions.iter().map(|(id, _)| id.clone())).collect();
+        taken.sort();
+        // Down to three quarters of the bound: the four noted first go.
+        assert_eq!(taken, ["s0", "s1", "s2", "s3"]);
+        assert_eq!(quiet.0.len(), 2, "one entry per tenant: {:?}", quiet.0.iter().map(|q| &q.0).collect::<Vec<_>>());
+        let open: usize = book.open_rows(None).unwrap_or_else(|e| panic!("{e}")).iter().map(|b| b.num_rows()).sum();
+        assert_eq!(open, 6);
+        // Their rows are written as any finalized session's.
+        let rows: usize =
+            book.rows_of(&quiet).unwrap_or_else(|e| panic!("{e}")).iter().map(|(_, b)| b.num_rows()).sum();
+        assert_eq!(rows, 4);
+
+        // Within the bound nothing more is taken before its timeout; a span
+        // for a session taken early opens it again.
+        book.note(&t, &call_of("s0", "t0b", 1_020), wall + 11 * s);
+        assert!(book.take_quiet(wall + 12 * s).0.is_empty());
+        let open: usize = book.open_rows(None).unwrap_or_else(|e| panic!("{e}")).iter().map(|b| b.num_rows()).sum();
+        assert_eq!(open, 7);
     }
 
     #[test]
