@@ -55,16 +55,24 @@ fn encoding_of(headers: &HeaderMap) -> Result<Encoding, IngestError> {
     }
 }
 
+/// Whether `content_encoding` leaves the body as sent.
+fn is_identity(content_encoding: Option<&str>) -> bool {
+    content_encoding.is_none_or(|e| {
+        let e = e.trim();
+        e.is_empty() || e.eq_ignore_ascii_case("identity")
+    })
+}
+
 /// Decompresses `body` per `Content-Encoding`, refusing output beyond `limit` bytes.
 pub fn decompress(content_encoding: Option<&str>, body: Bytes, limit: usize) -> Result<Bytes, IngestError> {
-    let enc = content_encoding.unwrap_or("identity").trim().to_ascii_lowercase();
-    let reader: Box<dyn Read + '_> = match enc.as_str() {
-        "" | "identity" => {
-            if body.len() > limit {
-                return Err(IngestError::TooLarge { limit });
-            }
-            return Ok(body);
+    if is_identity(content_encoding) {
+        if body.len() > limit {
+            return Err(IngestError::TooLarge { limit });
         }
+        return Ok(body);
+    }
+    let enc = content_encoding.unwrap_or_default().trim().to_ascii_lowercase();
+    let reader: Box<dyn Read + '_> = match enc.as_str() {
         "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(body.as_ref())),
         "zstd" => Box::new(
             zstd::stream::read::Decoder::new(body.as_ref())
@@ -237,9 +245,15 @@ async fn handle(
     ing.stats().add_request(raw.len() as u64);
     let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let compressed = raw.len();
-    let plain = tokio::task::spawn_blocking(move || decompress(content_encoding.as_deref(), raw, limit))
-        .await
-        .map_err(|e| IngestError::Internal(e.to_string()))??;
+    // An uncompressed body is used as read: no work for the blocking pool,
+    // whose threads each keep a heap of their own.
+    let plain = if is_identity(content_encoding.as_deref()) {
+        decompress(content_encoding.as_deref(), raw, limit)?
+    } else {
+        tokio::task::spawn_blocking(move || decompress(content_encoding.as_deref(), raw, limit))
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))??
+    };
     if plain.len() > compressed {
         // Decompressed, the request holds more memory than was reserved for it.
         permit.merge(ing.reserve(plain.len() - compressed)?);

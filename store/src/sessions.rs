@@ -125,15 +125,50 @@ impl SessionSpec {
     }
 }
 
-/// One server call of a session. Names are shared with the other calls of
-/// the tenant's open sessions ([`Names`]), and the ids only kept as the keys
-/// they are looked up by: an open session's memory is mostly its calls.
-#[derive(Debug, Clone)]
-struct Call {
+/// What a call has in common with the other calls of its operation, kept
+/// once for every call of the tenant's open sessions that shares it
+/// ([`Names::named`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Named {
     service: Arc<str>,
     operation: Arc<str>,
     route: Option<Arc<str>>,
     span_name: Arc<str>,
+    /// The span's own values of the segment columns that describe the
+    /// process (`service.version`); `None` for the session's columns.
+    own: Box<[Option<Arc<str>>]>,
+}
+
+/// A [`Named`] borrowed from a span's columns: hashes as the `Named` it
+/// equals (the fields in the same order), so that one already kept is found
+/// without allocating.
+#[derive(Hash)]
+struct NamedRef<'a> {
+    service: &'a str,
+    operation: &'a str,
+    route: Option<&'a str>,
+    span_name: &'a str,
+    own: &'a [Option<&'a str>],
+}
+
+impl hashbrown::Equivalent<Arc<Named>> for NamedRef<'_> {
+    fn equivalent(&self, n: &Arc<Named>) -> bool {
+        self.service == &*n.service
+            && self.operation == &*n.operation
+            && self.route == n.route.as_deref()
+            && self.span_name == &*n.span_name
+            && self.own.len() == n.own.len()
+            && self.own.iter().zip(&n.own).all(|(a, b)| *a == b.as_deref())
+    }
+}
+
+/// One server call of a session. What it shares with its operation's other
+/// calls is kept once ([`Named`]), and the ids only as the keys they are
+/// looked up by: an open session's memory is mostly its calls, 56 bytes
+/// each and their key's 8.
+#[derive(Debug, Clone)]
+struct Call {
+    named: Arc<Named>,
     /// [`trace_key`] of its trace.
     trace: u64,
     /// [`span_key`] of its parent span.
@@ -141,9 +176,6 @@ struct Call {
     start: i64,
     end: i64,
     err: bool,
-    /// The span's own values of the segment columns that describe the
-    /// process (`service.version`); `None` for the session's columns.
-    own: Box<[Option<Arc<str>>]>,
 }
 
 /// A call as written in the open sessions' file.
@@ -163,17 +195,18 @@ struct CallOut<'a> {
 
 impl Serialize for Call {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = &*self.named;
         CallOut {
-            service: &self.service,
-            operation: &self.operation,
-            route: self.route.as_deref(),
-            span_name: &self.span_name,
+            service: &n.service,
+            operation: &n.operation,
+            route: n.route.as_deref(),
+            span_name: &n.span_name,
             trace: self.trace,
             parent: self.parent,
             start: self.start,
             end: self.end,
             err: self.err,
-            own: self.own.iter().map(Option::as_deref).collect(),
+            own: n.own.iter().map(Option::as_deref).collect(),
         }
         .serialize(s)
     }
@@ -218,39 +251,71 @@ impl<'de> Deserialize<'de> for Call {
             Key::Number(k) => *k,
             Key::Text(t) => trace_key(t),
         };
-        Ok(Call {
+        // Shared with the other calls once restored ([`Names::share`]).
+        let named = Arc::new(Named {
             service: c.service.into(),
             operation: c.operation.into(),
             route: c.route.map(Into::into),
             span_name: c.span_name.into(),
-            trace,
-            parent,
-            start: c.start,
-            end: c.end,
-            err: c.err,
             own: c.own.into_iter().map(|v| v.map(Into::into)).collect(),
-        })
+        });
+        Ok(Call { named, trace, parent, start: c.start, end: c.end, err: c.err })
     }
 }
 
-/// The names the calls of a tenant's open sessions hold, each once.
+/// The names the calls of a tenant's open sessions hold, and what calls of
+/// one operation share ([`Named`]), each once.
 #[derive(Debug, Default)]
-struct Names(HashSet<Arc<str>>);
+struct Names {
+    names: HashSet<Arc<str>>,
+    named: hashbrown::HashSet<Arc<Named>>,
+}
 
 impl Names {
-    /// Past this many, the set starts again (the calls keep theirs).
+    /// Past this many of either, the set starts again (the calls keep theirs).
     const MOST: usize = 100_000;
 
     fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(n) = self.0.get(name) {
+        if let Some(n) = self.names.get(name) {
             return Arc::clone(n);
         }
-        if self.0.len() >= Self::MOST {
-            self.0.clear();
+        if self.names.len() >= Self::MOST {
+            self.names.clear();
         }
         let n: Arc<str> = Arc::from(name);
-        self.0.insert(Arc::clone(&n));
+        self.names.insert(Arc::clone(&n));
         n
+    }
+
+    /// The [`Named`] equal to `r`, kept once.
+    fn named(&mut self, r: &NamedRef<'_>) -> Arc<Named> {
+        if let Some(n) = self.named.get(r) {
+            return Arc::clone(n);
+        }
+        if self.named.len() >= Self::MOST {
+            self.named.clear();
+        }
+        let n = Arc::new(Named {
+            service: self.get(r.service),
+            operation: self.get(r.operation),
+            route: r.route.map(|v| self.get(v)),
+            span_name: self.get(r.span_name),
+            own: r.own.iter().map(|v| v.map(|v| self.get(v))).collect(),
+        });
+        self.named.insert(Arc::clone(&n));
+        n
+    }
+
+    /// `n` as kept once: a call read back shares it with the others.
+    fn share(&mut self, n: &Arc<Named>) -> Arc<Named> {
+        let own: Vec<Option<&str>> = n.own.iter().map(Option::as_deref).collect();
+        self.named(&NamedRef {
+            service: &n.service,
+            operation: &n.operation,
+            route: n.route.as_deref(),
+            span_name: &n.span_name,
+            own: &own,
+        })
     }
 }
 
@@ -408,9 +473,9 @@ pub struct SessionBook {
 pub(crate) type FirstMinutes = BTreeMap<Tenant, i64>;
 
 /// The open sessions' calls a store holds by default: an open session's
-/// memory is mostly its calls, 136 bytes each in their hash table, about 175
-/// with the table's spare room and the call's own segment values (about 175
-/// MB at this bound); the simulated shop's sessions make about 30 calls each.
+/// memory is mostly its calls, 64 bytes each in their hash table, about 100
+/// with the table's spare room (about 100 MB at this bound); the simulated
+/// shop's sessions make about 30 calls each.
 pub const MAX_OPEN_CALLS: usize = 1_000_000;
 
 impl SessionBook {
@@ -630,7 +695,12 @@ impl SessionBook {
         self.changed(None);
         for (t, b) in file.tenants {
             let tenant = Tenant::new(&t).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))?;
-            merge_book(by_tenant.entry(tenant).or_default(), b);
+            let book = by_tenant.entry(tenant).or_default();
+            merge_book(book, b);
+            let TenantBook { open, names, .. } = book;
+            for c in open.values_mut().flat_map(|s| s.calls.values_mut()) {
+                c.named = names.share(&c.named);
+            }
         }
         Ok(())
     }
@@ -725,6 +795,7 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
     // Spans stamped far ahead of the wall clock must not close every session.
     let cap = wall_ns.saturating_add(60_000_000_000);
     let (mut key_buf, mut op_buf) = (String::new(), String::new());
+    let mut own: Vec<Option<&str>> = Vec::with_capacity(width);
     for r in 0..batch.num_rows() {
         let Some(sid) = str_at(&sessions, r) else { continue };
         if start.is_null(r) {
@@ -770,39 +841,40 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
                     // Noted before (a WAL replayed, a restart's segments).
                     continue;
                 }
-                let name = str_at(&span_names, r).unwrap_or_default();
+                let span_name = str_at(&span_names, r).unwrap_or_default();
                 let route = str_at(&routes, r);
                 let operation = match (route, str_at(&methods, r)) {
-                    (None, _) => names.get(name),
-                    (Some(route), None) => names.get(route),
+                    (None, _) => span_name,
+                    (Some(route), None) => route,
                     (Some(route), Some(method)) => {
                         op_buf.clear();
                         op_buf.push_str(method);
                         op_buf.push(' ');
                         op_buf.push_str(route);
-                        names.get(&op_buf)
+                        &op_buf
                     }
                 };
-                let own = spec
-                    .segments
-                    .iter()
-                    .zip(&segs)
-                    .map(|(c, a)| if c.per_session { None } else { str_at(a, r).map(|v| names.get(v)) })
-                    .collect();
+                own.clear();
+                own.extend(
+                    spec.segments.iter().zip(&segs).map(|(c, a)| if c.per_session { None } else { str_at(a, r) }),
+                );
+                let named = names.named(&NamedRef {
+                    service: str_at(&services, r).unwrap_or("unknown_service"),
+                    operation,
+                    route,
+                    span_name,
+                    own: &own,
+                });
                 let parent = parent.map(|p| span_key(&mut key_buf, trace, p));
                 s.calls.insert(
                     key,
                     Call {
-                        service: names.get(str_at(&services, r).unwrap_or("unknown_service")),
-                        operation,
-                        route: route.map(|v| names.get(v)),
-                        span_name: names.get(name),
+                        named,
                         trace: trace_key(trace),
                         parent,
                         start: t0,
                         end: t1,
                         err: str_at(&status, r) == Some("error"),
-                        own,
                     },
                 );
             }
@@ -885,7 +957,7 @@ impl Rows {
         // Each operation's calls in order of start.
         let mut by_op: BTreeMap<(&str, &str), Vec<(&u64, &Call)>> = BTreeMap::new();
         for (k, c) in &s.calls {
-            by_op.entry((&*c.service, &*c.operation)).or_default().push((k, c));
+            by_op.entry((&*c.named.service, &*c.named.operation)).or_default().push((k, c));
         }
         for ((service, operation), mut calls) in by_op {
             calls.sort_by(|a, b| (a.1.start, a.1.end, a.0).cmp(&(b.1.start, b.1.end, b.0)));
@@ -893,7 +965,7 @@ impl Rows {
             for (_, c) in calls {
                 segs.clear();
                 segs.extend(spec.segments.iter().enumerate().map(|(i, col)| {
-                    let own = c.own.get(i).and_then(Option::as_deref);
+                    let own = c.named.own.get(i).and_then(Option::as_deref);
                     if col.per_session { values.get(i).copied().flatten().or(own) } else { own }
                 }));
                 let minute = c.start.div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE;
@@ -912,8 +984,8 @@ impl Rows {
                             session_start,
                             session_end: s.last_seen,
                             seen_end: seen_end(s, minute),
-                            route: c.route.clone(),
-                            span_name: c.span_name.clone(),
+                            route: c.named.route.clone(),
+                            span_name: c.named.span_name.clone(),
                             first_call: c.start,
                             last_call: c.start,
                             first_page: None,
@@ -931,10 +1003,10 @@ impl Rows {
                 }
                 let Some(row) = self.rows.get_mut(&key) else { continue };
                 if row.route.is_none() {
-                    row.route = c.route.clone();
+                    row.route = c.named.route.clone();
                 }
-                if c.span_name < row.span_name {
-                    row.span_name = c.span_name.clone();
+                if c.named.span_name < row.span_name {
+                    row.span_name = c.named.span_name.clone();
                 }
                 row.first_call = row.first_call.min(c.start);
                 row.last_call = row.last_call.max(c.start);
@@ -1612,6 +1684,31 @@ mod tests {
         let i = b.schema().index_of("session_id").unwrap_or_else(|e| panic!("{e}"));
         c[i] = Arc::new(StringArray::from(vec![id]));
         RecordBatch::try_new(b.schema(), c).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn calls_of_one_operation_share_what_they_have_in_common_also_once_read_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let book = SessionBook::new(spec());
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        let wall = 2_000 * 1_000_000_000;
+        for (i, id) in ["s1", "s2"].into_iter().enumerate() {
+            book.note(&t, &call_of(id, &format!("t{i}"), 1_000 + i as i64), wall);
+        }
+        let shared = |book: &SessionBook| {
+            let by_tenant = book.by_tenant.lock();
+            let calls: Vec<Arc<Named>> =
+                by_tenant[&t].open.values().flat_map(|s| s.calls.values().map(|c| Arc::clone(&c.named))).collect();
+            assert_eq!(calls.len(), 2);
+            assert_eq!(&*calls[0].operation, "GET /a");
+            Arc::ptr_eq(&calls[0], &calls[1])
+        };
+        assert!(shared(&book));
+        write_open(dir.path(), &book, 7, false).unwrap_or_else(|e| panic!("{e}"));
+        let again = SessionBook::new(spec());
+        load_sessions(dir.path(), &again, 7).unwrap_or_else(|e| panic!("{e}"));
+        assert!(shared(&again), "read back, the calls share one again");
+        assert_eq!(rows(&again), rows(&book));
     }
 
     #[test]
