@@ -770,7 +770,8 @@ pub const EXCESS_AFTER_ERROR: &str = "excess_left_after_error_share";
 
 /// Drop-offs that an error regression already found explains: at the step
 /// (service and operation) and in the segment of an error-rate candidate, a
-/// material fall in conversion whose leavers mostly hit the error there. The
+/// material fall in conversion whose sessions lost beyond the baseline's
+/// leaving rate mostly hit the error there. The
 /// error regression established the problem across the pass's tests; the
 /// drop-off is what it does to users, tested on its own at `fdr`, so it is
 /// reported (with the errors as its cause) even when the pass-wide correction
