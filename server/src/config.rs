@@ -211,7 +211,7 @@ pub struct RawStorage {
     pub rollups: bool,
     /// How often a flush also writes the open sessions.
     pub sessions_snapshot_secs: u64,
-    /// The most server calls open sessions hold (about 100 bytes each); past
+    /// The most server calls open sessions hold (about 100 bytes each, estimated); past
     /// it the least recently active are finalized before their timeout.
     pub max_open_session_calls: u64,
     /// Keep segments in S3-compatible storage, `s3://bucket/prefix`, with

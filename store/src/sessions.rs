@@ -474,7 +474,8 @@ pub(crate) type FirstMinutes = BTreeMap<Tenant, i64>;
 
 /// The open sessions' calls a store holds by default: an open session's
 /// memory is mostly its calls, 64 bytes each in their hash table, about 100
-/// with the table's spare room (about 100 MB at this bound); the simulated
+/// with the table's spare room (estimated, not measured: about 100 MB at
+/// this bound); the simulated
 /// shop's sessions make about 30 calls each.
 pub const MAX_OPEN_CALLS: usize = 1_000_000;
 
