@@ -967,10 +967,17 @@ impl Store {
         for seg in s.segments.values().filter(|seg| seg.flush_seq <= written) {
             partitions.entry((seg.tenant.clone(), seg.hour)).or_default().push(seg.clone());
         }
-        let min = cfg.compact_min_segments.max(2);
-        let max = cfg.compact_max_segments.max(min);
+        let min_open = cfg.compact_min_segments.max(2);
+        let max = cfg.compact_max_segments.max(min_open);
+        // An hour that ended a flush interval and more ago takes few spans
+        // more: its small segments merge however few (flushes are written
+        // LZ4, merges zstd: `segment::Codec`), so that the hour ends in as few
+        // files as its size allows, compressed for keeping.
+        let now_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let closed_before = (now_secs.saturating_sub(cfg.flush_interval.as_secs()) / 3_600) as i64;
         let mut out = Vec::new();
-        for (_, mut segs) in partitions {
+        for ((_, hour), mut segs) in partitions {
+            let min = if hour < closed_before { 2 } else { min_open };
             segs.sort_by_key(|x| x.flush_seq);
             let mut run: Vec<Segment> = Vec::new();
             for seg in segs.into_iter().map(Some).chain([None]) {

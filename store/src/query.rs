@@ -584,7 +584,16 @@ mod tests {
         ] {
             let sorted = sort_by_hour(std::slice::from_ref(&batch)).unwrap();
             let name = format!("{group_rows}.parquet");
-            let (path, _) = write_file(dir.path(), &name, 12, sorted.gather(0), false, group_rows, true).unwrap();
+            let (path, _) = write_file(
+                dir.path(),
+                &name,
+                12,
+                sorted.gather(0),
+                false,
+                (group_rows, crate::segment::Codec::Kept),
+                true,
+            )
+            .unwrap();
             assert_eq!(row_group_slices(&path), expected, "closed at {group_rows} rows");
         }
     }

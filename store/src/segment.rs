@@ -121,11 +121,31 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn writer_properties(schema: &Schema, rows: usize) -> Result<WriterProperties, StoreError> {
+/// How a segment file's pages are compressed.
+///
+/// A flush writes LZ4: cheap to compress at the receivers' rate, and cheap to
+/// read back, above all for compaction, which reads up to
+/// `compact_max_segments` flushes at once, each leaf column of each through
+/// its own decompression context: zstd's are about 160 KB each (78 MB at the
+/// peak of a saturated run, under `heaptrack`), LZ4's hold nothing. A merge
+/// writes zstd, smaller on disk, for the segments that stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    /// A flush's segment, soon merged.
+    Flush,
+    /// A merged segment.
+    Kept,
+}
+
+fn writer_properties(schema: &Schema, rows: usize, codec: Codec) -> Result<WriterProperties, StoreError> {
     let idx = |n: &str| schema.index_of(n).map(|i| i as i32).unwrap_or(0);
     let col = |n: &str| ColumnPath::from(n);
+    let compression = match codec {
+        Codec::Flush => Compression::LZ4_RAW,
+        Codec::Kept => Compression::ZSTD(ZstdLevel::try_new(3)?),
+    };
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_compression(compression)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(256 * 1024))
         .set_sorting_columns(Some(vec![
@@ -261,7 +281,7 @@ pub(crate) fn write_file(
     rows: u64,
     batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
     fsync: bool,
-    group_rows: usize,
+    (group_rows, codec): (usize, Codec),
     compact: bool,
 ) -> Result<(PathBuf, u64), StoreError> {
     let path = dir.join(name);
@@ -269,7 +289,7 @@ pub(crate) fn write_file(
     let hint = usize::try_from(rows).unwrap_or(usize::MAX);
     let schema = if compact { layout::stored_schema() } else { span_schema() };
     let write = || -> Result<File, StoreError> {
-        let props = writer_properties(&schema, hint)?;
+        let props = writer_properties(&schema, hint, codec)?;
         let mut w = ArrowWriter::try_new(File::create(&tmp)?, Arc::clone(&schema), Some(props))?;
         let mut written = 0u64;
         let mut slice = None;
@@ -347,7 +367,7 @@ pub fn write_segment(
     let new_dir = !dir.exists();
     fs::create_dir_all(&dir)?;
     let name = format!("{flush_seq:020}-{n:04}.parquet");
-    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, SLICE_GROUP_ROWS, compact)?;
+    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, (SLICE_GROUP_ROWS, Codec::Flush), compact)?;
     if fsync && new_dir {
         // The hour and tenant directories must survive too.
         for d in dir.ancestors().skip(1).take(2) {
@@ -374,7 +394,7 @@ pub fn write_compacted(
     let dir = inputs[0].path.parent().map(Path::to_path_buf).unwrap_or_default();
     let rows: u64 = inputs.iter().map(|s| s.rows).sum();
     let name = format!("{last:020}-c{first:020}.parquet");
-    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, SLICE_GROUP_ROWS, compact)?;
+    let (path, bytes) = write_file(&dir, &name, rows, batches, fsync, (SLICE_GROUP_ROWS, Codec::Kept), compact)?;
     Ok(Segment {
         path,
         tenant: inputs[0].tenant.clone(),

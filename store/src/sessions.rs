@@ -679,19 +679,23 @@ impl SessionBook {
     }
 
     /// The open sessions, as a flush writes them.
-    fn to_json(&self) -> Result<Vec<u8>, StoreError> {
+    /// Writes every open session as JSON to `out`, in place under the lock:
+    /// a copy of every open session first cost more than writing them out,
+    /// and so did the whole file in memory (at the bound of open calls some
+    /// 200 MB, twice that while its buffer grew).
+    fn write_json(&self, out: impl std::io::Write) -> Result<(), StoreError> {
         let by_tenant = self.by_tenant.lock();
-        // Serialized in place under the lock: a copy of every open session
-        // first cost more than writing them out.
         let file = OpenFileRef { tenants: by_tenant.iter().map(|(t, b)| (t.as_str(), b)).collect() };
-        serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))
+        serde_json::to_writer(out, &file).map_err(|e| {
+            if e.is_io() { StoreError::Io(e.into()) } else { StoreError::Corrupt(format!("open sessions: {e}")) }
+        })
     }
 
     /// Adds open sessions read back from a flush's file: their calls join any
     /// already noted.
-    fn restore(&self, bytes: &[u8]) -> Result<(), StoreError> {
+    fn restore(&self, from: impl std::io::Read) -> Result<(), StoreError> {
         let file: OpenFile =
-            serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))?;
+            serde_json::from_reader(from).map_err(|e| StoreError::Corrupt(format!("open sessions: {e}")))?;
         let mut by_tenant = self.edit();
         self.changed(None);
         for (t, b) in file.tenants {
@@ -1223,10 +1227,14 @@ pub fn write_open(data_dir: &Path, book: &SessionBook, flush: u64, fsync: bool) 
     fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{flush:020}.json"));
     let tmp = dir.join(format!("{flush:020}.json.tmp"));
-    fs::write(&tmp, book.to_json()?)?;
+    // Streamed to the file: the open sessions are never all in memory twice.
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    book.write_json(&mut file)?;
+    let file = file.into_inner().map_err(|e| StoreError::Io(e.into_error()))?;
     if fsync {
-        File::open(&tmp)?.sync_all()?;
+        file.sync_all()?;
     }
+    drop(file);
     fs::rename(&tmp, &path)?;
     if fsync {
         sync_dir(&dir)?;
@@ -1339,7 +1347,7 @@ pub fn load_sessions(data_dir: &Path, book: &SessionBook, checkpoint: u64) -> Re
         }
         written.sort();
         if let Some((seq, path)) = written.pop() {
-            book.restore(&fs::read(&path)?)?;
+            book.restore(std::io::BufReader::with_capacity(1 << 20, File::open(&path)?))?;
             snapshot = Some(seq);
         }
         for (_, path) in written {

@@ -337,6 +337,53 @@ fn compaction_merges_small_segments_and_a_crash_midway_is_mended() {
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 600);
 }
 
+/// The codec of a Parquet file's first column chunk.
+fn codec_of(path: &std::path::Path) -> parquet::basic::Compression {
+    use parquet::file::reader::FileReader;
+    let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    reader.metadata().row_group(0).column(0).compression()
+}
+
+#[test]
+fn flushes_are_lz4_merges_zstd_and_a_closed_hours_few_small_segments_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns();
+    let hour = 3_600 * 1_000_000_000;
+    // The start of the hour three hours back, and of this one.
+    let (old, current) = (now / hour * hour - 3 * hour, now / hour * hour);
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 4;
+    cfg.sessions_snapshot_interval = std::time::Duration::ZERO;
+    let store = Store::open(cfg).unwrap();
+    for i in 0..3 {
+        rt.block_on(store.append(&t, batch(i, 100, old + i * 1_000))).unwrap();
+        store.flush().unwrap();
+        rt.block_on(store.append(&t, batch(10 + i, 100, current + i * 1_000))).unwrap();
+        store.flush().unwrap();
+    }
+    let flushed = walk(&dir.path().join("segments"));
+    assert_eq!(flushed.len(), 6);
+    for p in &flushed {
+        assert_eq!(codec_of(p), parquet::basic::Compression::LZ4_RAW, "{}", p.display());
+    }
+    // Three small segments are under the four a merge wants, but the old
+    // hour is closed: its three merge, the current hour's wait.
+    assert_eq!(store.compact().unwrap(), 3);
+    assert_eq!(store.snapshot_stats().segments, 4);
+    store.close().unwrap();
+    drop(store);
+    let kept = walk(&dir.path().join("segments"));
+    let merged: Vec<_> = kept.iter().filter(|p| p.file_name().unwrap().to_string_lossy().contains("-c")).collect();
+    assert_eq!(merged.len(), 1, "{kept:?}");
+    assert!(matches!(codec_of(merged[0]), parquet::basic::Compression::ZSTD(_)));
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 600);
+    // Nothing more to merge: the closed hour holds one segment.
+    assert_eq!(store.compact().unwrap(), 0);
+}
+
 #[test]
 fn a_merge_reads_at_most_compact_max_segments_and_the_merged_ones_merge_again() {
     let dir = tempfile::tempdir().unwrap();
