@@ -678,11 +678,12 @@ impl SessionBook {
         Ok(built.iter().filter(|(t, _)| tenant.is_none_or(|x| x == *t)).map(|(_, b)| b.clone()).collect())
     }
 
-    /// The open sessions, as a flush writes them.
-    /// Writes every open session as JSON to `out`, in place under the lock:
-    /// a copy of every open session first cost more than writing them out,
-    /// and so did the whole file in memory (at the bound of open calls some
-    /// 200 MB, twice that while its buffer grew).
+    /// Writes every open session as JSON to `out`, as a flush writes them,
+    /// in place under the lock: a copy of every open session first cost
+    /// more than writing them out, and so did the whole file in memory (at
+    /// the bound of open calls, by the calls' JSON, about 250 MB, and up to
+    /// twice that while its buffer grew). Appends wait for the lock meanwhile, as they waited for the
+    /// serialization before.
     fn write_json(&self, out: impl std::io::Write) -> Result<(), StoreError> {
         let by_tenant = self.by_tenant.lock();
         let file = OpenFileRef { tenants: by_tenant.iter().map(|(t, b)| (t.as_str(), b)).collect() };
