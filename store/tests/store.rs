@@ -892,7 +892,10 @@ fn span_ids_are_stored_as_bytes_without_end_time_and_read_back_as_the_table_show
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let t = Tenant::default_tenant();
+    // Whole seconds, early enough in this hour that the second trace, a
+    // minute later, falls in the same hour: the two segments must merge.
     let now = now_ns() / 1_000_000_000 * 1_000_000_000;
+    let now = now / HOUR * HOUR + (now % HOUR).min(HOUR - 10 * 60_000_000_000);
     let mut cfg = config(dir.path());
     cfg.compact_min_segments = 2;
     cfg.sessions_snapshot_interval = Duration::ZERO;
