@@ -233,6 +233,10 @@ struct Inner {
     wal: wal::Wal,
     closed: AtomicBool,
     flush_lock: Mutex<()>,
+    /// Held by a compaction for its whole run, so that two never merge the
+    /// same inputs. A merge reads and writes without the flush lock and takes
+    /// it only to swap its output in: flushes go on meanwhile.
+    compact_lock: Mutex<()>,
     /// Woken when a flush frees buffer space, for exports waiting to be
     /// admitted ([`Store::wait_ready`]).
     room: tokio::sync::Notify,
@@ -487,6 +491,7 @@ impl Store {
                 wal,
                 closed: AtomicBool::new(false),
                 flush_lock: Mutex::new(()),
+                compact_lock: Mutex::new(()),
                 room: tokio::sync::Notify::new(),
                 graveyard: Mutex::new(Vec::new()),
                 stats,
@@ -1004,15 +1009,21 @@ impl Store {
     /// the hour at a time, a streaming merge of the inputs' rows of that slice
     /// (each input already sorted), under a fixed memory budget. Returns how
     /// many segments were replaced.
+    ///
+    /// A merge reads its inputs and writes its output without the flush lock,
+    /// so flushes (and the exports waiting for the room they make) go on
+    /// while it runs. It takes the lock only to merge the inputs' rollups and
+    /// swap the output in; if retention or `close` took an input meanwhile,
+    /// the output is deleted instead and nothing changes.
     pub fn compact(&self) -> Result<usize, StoreError> {
-        let _guard = self.inner.flush_lock.lock();
-        if self.inner.closed.load(Ordering::Acquire) {
-            // `close` has buried the last inputs; nothing may add new ones.
-            return Ok(0);
-        }
+        let _merging = self.inner.compact_lock.lock();
         let fsync = self.inner.config.durability == Durability::Fsync;
         let mut replaced = 0;
         for inputs in self.compaction_candidates() {
+            if self.inner.closed.load(Ordering::Acquire) {
+                // `close` has buried the last inputs; nothing may add new ones.
+                return Ok(replaced);
+            }
             let started = Instant::now();
             let merge = |compact| {
                 query::sorted_segments(self, inputs.clone())
@@ -1023,13 +1034,24 @@ impl Store {
             let merged = match merge(true) {
                 Err(StoreError::TextIds) => merge(false),
                 other => other,
-            }?;
+            };
+            let merged = match merged {
+                Ok(m) => m,
+                // Retention deleted an input while it was read.
+                Err(_) if !self.all_stored(&inputs) => continue,
+                Err(e) => return Err(e),
+            };
             if let Some(r) = &self.inner.remote {
                 if let Err(e) = r.upload(&merged.path) {
                     r.abandon(&merged.path);
                     return Err(e);
                 }
                 r.admit(&merged.path, merged.bytes);
+            }
+            let _guard = self.inner.flush_lock.lock();
+            if self.inner.closed.load(Ordering::Acquire) || !self.all_stored(&inputs) {
+                self.discard_uncommitted(&merged.path);
+                continue;
             }
             // The inputs' rollups merged, when every input has one; otherwise the
             // merged segment is rolled up afresh later.
@@ -1054,19 +1076,31 @@ impl Store {
                 }
                 merged_metrics = Some((path, bytes));
             }
-            {
+            let swapped = {
                 let mut s = self.inner.state.write();
-                for seg in &inputs {
-                    s.segments.remove(&seg.path);
-                    s.metrics.remove(&seg.path);
+                // Retention takes segments without the flush lock.
+                let present = inputs.iter().all(|seg| s.segments.contains_key(&seg.path));
+                if present {
+                    for seg in &inputs {
+                        s.segments.remove(&seg.path);
+                        s.metrics.remove(&seg.path);
+                    }
+                    s.segments.insert(merged.path.clone(), merged.clone());
+                    if let Some(m) = &merged_metrics {
+                        s.metrics.insert(merged.path.clone(), m.clone());
+                    }
+                    // The hour's cells, merged (the same sums, added in another order).
+                    let hour = merged.hour.saturating_mul(3_600_000_000_000);
+                    s.metrics_changed(Some(BTreeMap::from([(merged.tenant.clone(), hour)])));
                 }
-                s.segments.insert(merged.path.clone(), merged.clone());
-                if let Some(m) = merged_metrics {
-                    s.metrics.insert(merged.path.clone(), m);
+                present
+            };
+            if !swapped {
+                if let Some((path, _)) = &merged_metrics {
+                    self.discard_uncommitted(path);
                 }
-                // The hour's cells, merged (the same sums, added in another order).
-                let hour = merged.hour.saturating_mul(3_600_000_000_000);
-                s.metrics_changed(Some(BTreeMap::from([(merged.tenant.clone(), hour)])));
+                self.discard_uncommitted(&merged.path);
+                continue;
             }
             // Queries that took their snapshot before the swap may still open the
             // inputs; they get a grace period before the files go.
@@ -1080,8 +1114,18 @@ impl Store {
                 "compacted segments"
             );
         }
+        let _guard = self.inner.flush_lock.lock();
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Ok(replaced);
+        }
         replaced += self.compact_sessions(fsync)?;
         Ok(replaced)
+    }
+
+    /// Whether every one of `inputs` is still among the stored segments.
+    fn all_stored(&self, inputs: &[Segment]) -> bool {
+        let s = self.inner.state.read();
+        inputs.iter().all(|seg| s.segments.contains_key(&seg.path))
     }
 
     /// Merges each tenant's oldest run of small sessions files, once it has
@@ -1382,29 +1426,28 @@ impl Store {
     }
 
     /// Runs flushes, compaction and retention in the background until the store is
-    /// closed.
+    /// closed. Compaction has a thread of its own, so that a merge never holds
+    /// up a flush; the returned handle ends after both threads.
     pub fn spawn_maintenance(&self) -> std::thread::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
+        let compaction = Self::spawn_compaction(Arc::downgrade(&self.inner));
         std::thread::spawn(move || {
             let mut last_retention = Instant::now() - Duration::from_secs(3_600);
-            let mut last_compaction = Instant::now();
+            let mut last_chores = Instant::now();
             loop {
                 std::thread::sleep(Duration::from_millis(250));
-                let Some(inner) = weak.upgrade() else { return };
-                let store = Store { inner };
-                if store.inner.closed.load(Ordering::Acquire) {
+                let Some(inner) = weak.upgrade().filter(|i| !i.closed.load(Ordering::Acquire)) else {
+                    let _ = compaction.join();
                     return;
-                }
+                };
+                let store = Store { inner };
                 if store.flush_due()
                     && let Err(e) = store.flush()
                 {
                     warn!(error = %e, "flush failed, will retry");
                 }
-                if last_compaction.elapsed() >= Duration::from_secs(10) {
-                    last_compaction = Instant::now();
-                    if let Err(e) = store.compact() {
-                        warn!(error = %e, "compaction failed, will retry");
-                    }
+                if last_chores.elapsed() >= Duration::from_secs(10) {
+                    last_chores = Instant::now();
                     store.bury(Duration::from_secs(120));
                     store.inner.arrivals.prune(wall_nanos());
                     store.inner.rollups.prune(wall_nanos());
@@ -1426,6 +1469,31 @@ impl Store {
                 }
             }
         })
+    }
+
+    /// Merges small segments every 10 s until the store is closed, on a thread
+    /// named `andon-compact`.
+    fn spawn_compaction(weak: std::sync::Weak<Inner>) -> std::thread::JoinHandle<()> {
+        let named = std::thread::Builder::new().name("andon-compact".into());
+        // Spawning fails only when the process is out of threads, as
+        // `std::thread::spawn` would panic on.
+        #[allow(clippy::expect_used)]
+        named
+            .spawn(move || {
+                let mut last = Instant::now();
+                loop {
+                    std::thread::sleep(Duration::from_millis(250));
+                    let Some(inner) = weak.upgrade().filter(|i| !i.closed.load(Ordering::Acquire)) else { return };
+                    if last.elapsed() < Duration::from_secs(10) {
+                        continue;
+                    }
+                    if let Err(e) = (Store { inner }).compact() {
+                        warn!(error = %e, "compaction failed, will retry");
+                    }
+                    last = Instant::now();
+                }
+            })
+            .expect("spawning the compaction thread")
     }
 
     /// Counters and sizes for `/metrics`.

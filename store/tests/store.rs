@@ -337,6 +337,95 @@ fn compaction_merges_small_segments_and_a_crash_midway_is_mended() {
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 600);
 }
 
+#[test]
+fn flushes_go_on_while_a_merge_runs_and_every_span_is_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns();
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 2;
+    cfg.compact_max_segments = 16;
+    cfg.sessions_snapshot_interval = Duration::ZERO;
+    let store = Store::open(cfg.clone()).unwrap();
+    for seed in 0..16 {
+        rt.block_on(store.append(&t, batch(seed, 5_000, now))).unwrap();
+        store.flush().unwrap();
+    }
+    let merging = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let replaced = store.compact().unwrap();
+            (started, std::time::Instant::now(), replaced)
+        })
+    };
+    // Exports keep arriving and flushing while the sixteen segments merge.
+    let mut flushed_at = Vec::new();
+    let mut seed = 100;
+    while !merging.is_finished() {
+        seed += 1;
+        rt.block_on(store.append(&t, batch(seed, 10, now))).unwrap();
+        store.flush().unwrap();
+        flushed_at.push(std::time::Instant::now());
+    }
+    let (started, ended, replaced) = merging.join().unwrap();
+    assert!(replaced >= 16, "{replaced}");
+    let during = flushed_at.iter().filter(|at| **at > started && **at < ended).count();
+    assert!(during >= 2, "{during} of {} flushes ended while the merge ran {:?}", flushed_at.len(), ended - started);
+    let expected = 16 * 5_000 + 10 * (seed - 100) as i64;
+    let check = |store: &Store| {
+        assert_eq!(rt.block_on(count(store, "SELECT count(*) FROM spans")), expected);
+        assert_eq!(rt.block_on(count(store, "SELECT count(DISTINCT trace_id) FROM spans")), expected);
+        assert_eq!(rt.block_on(count(store, "SELECT sum(requests) FROM span_metrics")), expected);
+    };
+    check(&store);
+    // The merged segment and the flushes beside it, read again after a restart.
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(cfg).unwrap();
+    check(&store);
+    assert_eq!(walk(&dir.path().join("segments")).iter().filter(|p| p.to_string_lossy().contains("-c")).count(), 1);
+}
+
+/// A merge whose input retention deleted meanwhile is dropped whole: nothing
+/// merged is served, the output file is gone, and what is left still reads.
+#[test]
+fn a_merge_whose_inputs_expired_meanwhile_leaves_no_file_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let old = now_ns() - 5 * HOUR;
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 2;
+    cfg.sessions_snapshot_interval = Duration::ZERO;
+    cfg.retention = Some(Duration::from_secs(3 * 3_600));
+    let store = Store::open(cfg).unwrap();
+    for seed in 0..16 {
+        rt.block_on(store.append(&t, batch(seed, 20_000, old))).unwrap();
+        store.flush().unwrap();
+    }
+    let merging = {
+        let store = store.clone();
+        std::thread::spawn(move || store.compact())
+    };
+    // Retention runs while the merge reads (a merge of this size takes over a
+    // second in a debug build, the retention a few milliseconds): it never waits for the merge.
+    std::thread::sleep(Duration::from_millis(200));
+    let expired = store.apply_retention(SystemTime::now()).unwrap();
+    assert_eq!(expired, 16);
+    let replaced = merging.join().unwrap().unwrap();
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 0);
+    assert_eq!(store.snapshot_stats().segments, 0);
+    store.close().unwrap();
+    drop(store);
+    let left: Vec<_> = walk(&dir.path().join("segments"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(left.is_empty(), "merged {replaced}, left {left:?}");
+}
+
 /// The codec of a Parquet file's first column chunk.
 fn codec_of(path: &std::path::Path) -> parquet::basic::Compression {
     use parquet::file::reader::FileReader;
