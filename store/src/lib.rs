@@ -1014,7 +1014,8 @@ impl Store {
     /// so flushes (and the exports waiting for the room they make) go on
     /// while it runs. It takes the lock only to merge the inputs' rollups and
     /// swap the output in; if retention or `close` took an input meanwhile,
-    /// the output is deleted instead and nothing changes.
+    /// the output is deleted instead and nothing changes. A `close` stops a
+    /// running merge at its next batch.
     pub fn compact(&self) -> Result<usize, StoreError> {
         let _merging = self.inner.compact_lock.lock();
         let fsync = self.inner.config.durability == Durability::Fsync;
@@ -1025,9 +1026,15 @@ impl Store {
                 return Ok(replaced);
             }
             let started = Instant::now();
+            // A merge stops at its next batch once the store closes: it could
+            // not be swapped in any more.
+            let closed = &self.inner.closed;
             let merge = |compact| {
-                query::sorted_segments(self, inputs.clone())
-                    .and_then(|batches| segment::write_compacted(&inputs, batches, fsync, compact))
+                query::sorted_segments(self, inputs.clone()).and_then(|batches| {
+                    let batches =
+                        batches.map(|b| if closed.load(Ordering::Acquire) { Err(StoreError::Closed) } else { b });
+                    segment::write_compacted(&inputs, batches, fsync, compact)
+                })
             };
             // Ids that do not fit the compact layout (never from the receivers)
             // keep the table's: the merge runs again.
@@ -1037,6 +1044,7 @@ impl Store {
             };
             let merged = match merged {
                 Ok(m) => m,
+                Err(StoreError::Closed) => return Ok(replaced),
                 // Retention deleted an input while it was read.
                 Err(_) if !self.all_stored(&inputs) => continue,
                 Err(e) => return Err(e),

@@ -426,6 +426,53 @@ fn a_merge_whose_inputs_expired_meanwhile_leaves_no_file_and_changes_nothing() {
     assert!(left.is_empty(), "merged {replaced}, left {left:?}");
 }
 
+/// A store being closed stops a merge at its next batch: nothing merged is
+/// left, the inputs are served after a restart, and the merge ends long
+/// before a whole one would have.
+#[test]
+fn closing_stops_a_merge_midway_and_keeps_its_inputs() {
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns();
+    let filled = |dir: &std::path::Path| {
+        let mut cfg = config(dir);
+        cfg.compact_min_segments = 2;
+        cfg.sessions_snapshot_interval = Duration::ZERO;
+        let store = Store::open(cfg.clone()).unwrap();
+        for seed in 0..16 {
+            rt.block_on(store.append(&t, batch(seed, 20_000, now))).unwrap();
+            store.flush().unwrap();
+        }
+        (store, cfg)
+    };
+    // How long the whole merge takes here.
+    let whole = {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = filled(dir.path());
+        let started = std::time::Instant::now();
+        assert_eq!(store.compact().unwrap(), 16);
+        started.elapsed()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cfg) = filled(dir.path());
+    let started = std::time::Instant::now();
+    let merging = {
+        let store = store.clone();
+        std::thread::spawn(move || store.compact())
+    };
+    std::thread::sleep(whole / 5);
+    store.close().unwrap();
+    assert_eq!(merging.join().unwrap().unwrap(), 0);
+    let took = started.elapsed();
+    assert!(took < whole * 7 / 10, "the merge ran on for {took:?} of a whole one's {whole:?}");
+    drop(store);
+    let files = walk(&dir.path().join("segments"));
+    assert!(files.iter().all(|p| !p.to_string_lossy().contains("-c")), "{files:?}");
+    assert_eq!(files.len(), 16);
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 16 * 20_000);
+}
+
 /// The codec of a Parquet file's first column chunk.
 fn codec_of(path: &std::path::Path) -> parquet::basic::Compression {
     use parquet::file::reader::FileReader;
