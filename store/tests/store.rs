@@ -337,21 +337,27 @@ fn compaction_merges_small_segments_and_a_crash_midway_is_mended() {
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 600);
 }
 
+/// A store opened with `cfg` (every flush a merge candidate) holding 16
+/// flushed segments of `spans` spans each, starting at `at`.
+fn sixteen_segments(rt: &tokio::runtime::Runtime, mut cfg: StoreConfig, spans: u64, at: u64) -> (Store, StoreConfig) {
+    cfg.compact_min_segments = 2;
+    cfg.compact_max_segments = 16;
+    cfg.sessions_snapshot_interval = Duration::ZERO;
+    let store = Store::open(cfg.clone()).unwrap();
+    for seed in 0..16 {
+        rt.block_on(store.append(&Tenant::default_tenant(), batch(seed, spans, at))).unwrap();
+        store.flush().unwrap();
+    }
+    (store, cfg)
+}
+
 #[test]
 fn flushes_go_on_while_a_merge_runs_and_every_span_is_kept_once() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let t = Tenant::default_tenant();
     let now = now_ns();
-    let mut cfg = config(dir.path());
-    cfg.compact_min_segments = 2;
-    cfg.compact_max_segments = 16;
-    cfg.sessions_snapshot_interval = Duration::ZERO;
-    let store = Store::open(cfg.clone()).unwrap();
-    for seed in 0..16 {
-        rt.block_on(store.append(&t, batch(seed, 5_000, now))).unwrap();
-        store.flush().unwrap();
-    }
+    let (store, cfg) = sixteen_segments(&rt, config(dir.path()), 5_000, now);
     let merging = {
         let store = store.clone();
         std::thread::spawn(move || {
@@ -394,17 +400,9 @@ fn flushes_go_on_while_a_merge_runs_and_every_span_is_kept_once() {
 fn a_merge_whose_inputs_expired_meanwhile_leaves_no_file_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
-    let t = Tenant::default_tenant();
-    let old = now_ns() - 5 * HOUR;
     let mut cfg = config(dir.path());
-    cfg.compact_min_segments = 2;
-    cfg.sessions_snapshot_interval = Duration::ZERO;
     cfg.retention = Some(Duration::from_secs(3 * 3_600));
-    let store = Store::open(cfg).unwrap();
-    for seed in 0..16 {
-        rt.block_on(store.append(&t, batch(seed, 20_000, old))).unwrap();
-        store.flush().unwrap();
-    }
+    let (store, _) = sixteen_segments(&rt, cfg, 20_000, now_ns() - 5 * HOUR);
     let merging = {
         let store = store.clone();
         std::thread::spawn(move || store.compact())
@@ -432,19 +430,8 @@ fn a_merge_whose_inputs_expired_meanwhile_leaves_no_file_and_changes_nothing() {
 #[test]
 fn closing_stops_a_merge_midway_and_keeps_its_inputs() {
     let rt = rt();
-    let t = Tenant::default_tenant();
     let now = now_ns();
-    let filled = |dir: &std::path::Path| {
-        let mut cfg = config(dir);
-        cfg.compact_min_segments = 2;
-        cfg.sessions_snapshot_interval = Duration::ZERO;
-        let store = Store::open(cfg.clone()).unwrap();
-        for seed in 0..16 {
-            rt.block_on(store.append(&t, batch(seed, 20_000, now))).unwrap();
-            store.flush().unwrap();
-        }
-        (store, cfg)
-    };
+    let filled = |dir: &std::path::Path| sixteen_segments(&rt, config(dir), 20_000, now);
     // How long the whole merge takes here.
     let whole = {
         let dir = tempfile::tempdir().unwrap();
