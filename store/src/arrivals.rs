@@ -130,18 +130,13 @@ impl Arrivals {
 }
 
 /// Forgets the traces that last received a span before the median arrival
-/// of all (at it too, if that still leaves more than `max`): called when
-/// there are more than `max`, so its cost (one pass over the table) comes
-/// once every half of the cap's new traces.
+/// of all ([`older_half_forgotten`]): called when there are more than
+/// `max`, so its cost (one pass over the table) comes once every half of the
+/// cap's new traces.
 fn forget_older_half(by_tenant: &mut HashMap<Tenant, HashMap<Key, i64>>, max: usize) {
-    let mut times: Vec<i64> = by_tenant.values().flat_map(|m| m.values().copied()).collect();
-    let mid = times.len() / 2;
-    let (_, cutoff, _) = times.select_nth_unstable(mid);
-    let cutoff = *cutoff;
+    let times: Vec<i64> = by_tenant.values().flat_map(|m| m.values().copied()).collect();
     let before = times.len();
-    let at_or_after = times.iter().filter(|t| **t >= cutoff).count();
-    drop(times);
-    let keep = |at: i64| if at_or_after > max { at > cutoff } else { at >= cutoff };
+    let keep = older_half_forgotten(times, max);
     by_tenant.retain(|_, m| {
         m.retain(|_, at| keep(*at));
         !m.is_empty()
@@ -152,6 +147,16 @@ fn forget_older_half(by_tenant: &mut HashMap<Tenant, HashMap<Key, i64>>, max: us
         kept = after,
         "more recent traces than the arrivals table keeps: the older ones count as settled"
     );
+}
+
+/// Which of a table's entries, noted at `times`, to keep when there are more
+/// than `max`: those noted at or after the median time (only after it, if
+/// that still leaves more than `max`).
+pub(crate) fn older_half_forgotten(mut times: Vec<i64>, max: usize) -> impl Fn(i64) -> bool {
+    let mid = times.len() / 2;
+    let cutoff = if times.is_empty() { i64::MIN } else { *times.select_nth_unstable(mid).1 };
+    let at_or_after = times.iter().filter(|t| **t >= cutoff).count();
+    move |at| if at_or_after > max { at > cutoff } else { at >= cutoff }
 }
 
 /// How long [`Appends`] can tell what was appended.

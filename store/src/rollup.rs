@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
+use std::hash::BuildHasherDefault;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,7 +50,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
+use crate::dedup::IdentityHasher;
 use crate::error::StoreError;
+use crate::sessions::span_key;
 use crate::sql::SegmentColumn;
 use crate::wal::sync_dir;
 use crate::{Segment, Store};
@@ -62,6 +65,16 @@ const NANOS_PER_MINUTE: i64 = 60_000_000_000;
 /// How long a session's values and a failed span's parent are remembered for
 /// the spans that follow them.
 const CONTEXT_HORIZON_NS: i64 = 3_600 * 1_000_000_000;
+
+/// How many sessions and failed spans [`RollupContext`] remembers at most,
+/// over every tenant. A client opening a new session (or failing a span)
+/// with every span could otherwise grow it for [`CONTEXT_HORIZON_NS`] at
+/// whatever rate the receivers take (a session with the default three
+/// per-session segment columns takes about 150 bytes, a failed span 17).
+/// Past it the older half is forgotten: their later spans are rolled up with
+/// their own values only, and a failed span whose failed child was forgotten
+/// counts as failing by itself.
+pub const MAX_CONTEXT: usize = 1_000_000;
 
 /// The log bucket of a duration, as the latency detector's SQL computes it:
 /// `floor(ln(greatest(duration_ns, 1000)) * 20)`.
@@ -111,33 +124,107 @@ impl RollupSpec {
 }
 
 /// What a span's cell needs from other spans: its session's values, and
-/// whether a child of it failed.
+/// whether a child of it failed. Sessions and spans are kept by a 64-bit
+/// hash of their ids ([`session_key`], [`span_key`]) and values once each
+/// ([`Interned`]): the context holds every session and failed span of the
+/// last [`CONTEXT_HORIZON_NS`], so its entries must be small.
 #[derive(Debug, Default)]
 struct TenantContext {
-    /// Per session: per per-session segment column, the largest value among
-    /// its root spans and among all its spans, and when it was last noted.
-    sessions: HashMap<String, SessionValues>,
-    /// `(trace id, span id)` of spans with a failed child, and when noted.
-    failed_children: HashMap<(String, String), i64>,
+    /// Per session: the largest value of each per-session segment column
+    /// among its root spans and among all its spans, and when it was last
+    /// noted.
+    sessions: HashMap<u64, SessionValues, BuildHasherDefault<IdentityHasher>>,
+    /// Spans with a failed child, and when noted.
+    failed_children: HashMap<u64, i64, BuildHasherDefault<IdentityHasher>>,
+    values: Interned,
 }
 
-#[derive(Debug, Clone, Default)]
+impl TenantContext {
+    fn len(&self) -> usize {
+        self.sessions.len() + self.failed_children.len()
+    }
+}
+
+/// A session's values: for each per-session segment column (in the spec's
+/// order, [`PerSession`]), the largest among its root spans, then for each
+/// the largest among all its spans.
+#[derive(Debug, Clone)]
 struct SessionValues {
-    root: Vec<Option<String>>,
-    any: Vec<Option<String>>,
+    values: Box<[Option<Arc<str>>]>,
     seen: i64,
 }
 
 impl SessionValues {
-    fn value(&self, i: usize) -> Option<&String> {
-        self.root.get(i).and_then(Option::as_ref).or_else(|| self.any.get(i).and_then(Option::as_ref))
+    /// Per-session column `k` of `n`: its roots' value, else any span's.
+    fn value(&self, k: usize, n: usize) -> Option<&str> {
+        self.values[k].as_deref().or_else(|| self.values[n + k].as_deref())
     }
 }
 
-fn keep_max(slot: &mut Option<String>, v: &str) {
-    if slot.as_deref().is_none_or(|cur| v > cur) {
-        *slot = Some(v.to_owned());
+/// Where each segment column's value sits among a session's values: its
+/// place among the per-session columns, `None` for the span's own.
+struct PerSession {
+    slot: Vec<Option<usize>>,
+    count: usize,
+}
+
+impl PerSession {
+    fn of(spec: &RollupSpec) -> Self {
+        let mut count = 0;
+        let slot = spec
+            .segments
+            .iter()
+            .map(|s| {
+                s.per_session.then(|| {
+                    count += 1;
+                    count - 1
+                })
+            })
+            .collect();
+        Self { slot, count }
     }
+}
+
+/// Segment values, each kept once: a session's holds a pointer, not a copy.
+#[derive(Debug, Default)]
+pub(crate) struct Interned(HashSet<Arc<str>>);
+
+impl Interned {
+    /// Past this many, the set starts again (the sessions keep theirs).
+    const MOST: usize = 100_000;
+
+    pub(crate) fn get(&mut self, v: &str) -> Arc<str> {
+        if let Some(k) = self.0.get(v) {
+            return Arc::clone(k);
+        }
+        if self.0.len() >= Self::MOST {
+            self.0.clear();
+        }
+        let k: Arc<str> = Arc::from(v);
+        self.0.insert(Arc::clone(&k));
+        k
+    }
+}
+
+/// The key a session is remembered by.
+fn session_key(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+/// Keeps in `slot` the larger of it and `v`.
+pub(crate) fn keep_max(slot: &mut Option<Arc<str>>, v: &str, values: &mut Interned) {
+    if slot.as_deref().is_none_or(|cur| v > cur) {
+        *slot = Some(values.get(v));
+    }
+}
+
+/// Keeps in every tenant's context what was noted at a time `keep` keeps.
+fn retain(by_tenant: &mut HashMap<Tenant, TenantContext>, keep: impl Fn(i64) -> bool) {
+    by_tenant.retain(|_, c| {
+        c.sessions.retain(|_, s| keep(s.seen));
+        c.failed_children.retain(|_, at| keep(*at));
+        c.len() > 0
+    });
 }
 
 /// A column of `batch` as text (booleans as `true`/`false`), if it has it.
@@ -151,11 +238,17 @@ fn text_column(batch: &RecordBatch, name: &str) -> Option<ArrayRef> {
 pub struct RollupContext {
     spec: RollupSpec,
     by_tenant: Mutex<HashMap<Tenant, TenantContext>>,
+    max: usize,
 }
 
 impl RollupContext {
     pub fn new(spec: RollupSpec) -> Self {
-        Self { spec, by_tenant: Mutex::default() }
+        Self::with_max(spec, MAX_CONTEXT)
+    }
+
+    /// Remembering at most `max` sessions and failed spans over every tenant.
+    pub fn with_max(spec: RollupSpec, max: usize) -> Self {
+        Self { spec, by_tenant: Mutex::default(), max: max.max(2) }
     }
 
     pub fn spec(&self) -> &RollupSpec {
@@ -166,17 +259,33 @@ impl RollupContext {
     pub fn note(&self, tenant: &Tenant, batch: &RecordBatch, now_ns: i64) {
         let mut by_tenant = self.by_tenant.lock();
         note_into(&self.spec, by_tenant.entry(tenant.clone()).or_default(), batch, now_ns);
+        if by_tenant.values().map(TenantContext::len).sum::<usize>() > self.max {
+            let before: usize = by_tenant.values().map(TenantContext::len).sum();
+            let times: Vec<i64> = by_tenant
+                .values()
+                .flat_map(|c| c.sessions.values().map(|s| s.seen).chain(c.failed_children.values().copied()))
+                .collect();
+            let keep = crate::arrivals::older_half_forgotten(times, self.max);
+            retain(&mut by_tenant, keep);
+            let after: usize = by_tenant.values().map(TenantContext::len).sum();
+            tracing::warn!(
+                forgotten = before - after,
+                kept = after,
+                "more recent sessions and failed spans than the rollups' context keeps: the older ones are forgotten"
+            );
+        }
     }
 
     /// Forgets what was last noted longer than the horizon before `now_ns`.
     pub fn prune(&self, now_ns: i64) {
         let cutoff = now_ns - CONTEXT_HORIZON_NS;
-        let mut by_tenant = self.by_tenant.lock();
-        by_tenant.retain(|_, c| {
-            c.sessions.retain(|_, s| s.seen >= cutoff);
-            c.failed_children.retain(|_, at| *at >= cutoff);
-            !c.sessions.is_empty() || !c.failed_children.is_empty()
-        });
+        retain(&mut self.by_tenant.lock(), |at| at >= cutoff);
+    }
+
+    /// How many sessions and failed spans it remembers, over every tenant.
+    #[cfg(test)]
+    pub fn remembered(&self) -> usize {
+        self.by_tenant.lock().values().map(TenantContext::len).sum()
     }
 
     /// The cells of `batches` (one tenant's), with the context noted so far.
@@ -250,43 +359,40 @@ fn note_into(spec: &RollupSpec, ctx: &mut TenantContext, batch: &RecordBatch, no
     let per_session: Vec<(usize, Option<ArrayRef>)> = spec
         .segments
         .iter()
+        .filter(|s| s.per_session)
         .enumerate()
-        .filter(|(_, s)| s.per_session)
-        .map(|(i, s)| (i, text_column(batch, s.column)))
+        .map(|(k, s)| (k, text_column(batch, s.column)))
         .collect();
-    let width = spec.segments.len();
+    let width = per_session.len();
     fn str_at(a: &Option<ArrayRef>, r: usize) -> Option<&str> {
         let a = a.as_ref()?;
         (!a.is_null(r)).then(|| a.as_string::<i32>().value(r))
     }
+    let mut key_buf = String::new();
+    let TenantContext { sessions: by_session, failed_children, values } = ctx;
     for r in 0..n {
         let parent = str_at(&parents, r).filter(|p| !p.is_empty());
         if let Some(sid) = str_at(&sessions, r) {
-            if !ctx.sessions.contains_key(sid) {
-                ctx.sessions.insert(
-                    sid.to_owned(),
-                    SessionValues { root: vec![None; width], any: vec![None; width], seen: now_ns },
-                );
-            }
-            if let Some(s) = ctx.sessions.get_mut(sid) {
-                s.seen = s.seen.max(now_ns);
-                for (i, col) in &per_session {
-                    let Some(col) = col else { continue };
-                    if col.is_null(r) {
-                        continue;
-                    }
-                    let v = col.as_string::<i32>().value(r);
-                    keep_max(&mut s.any[*i], v);
-                    if parent.is_none() {
-                        keep_max(&mut s.root[*i], v);
-                    }
+            let s = by_session
+                .entry(session_key(sid))
+                .or_insert_with(|| SessionValues { values: vec![None; 2 * width].into(), seen: now_ns });
+            s.seen = s.seen.max(now_ns);
+            for (k, col) in &per_session {
+                let Some(col) = col else { continue };
+                if col.is_null(r) {
+                    continue;
+                }
+                let v = col.as_string::<i32>().value(r);
+                keep_max(&mut s.values[width + k], v, values);
+                if parent.is_none() {
+                    keep_max(&mut s.values[*k], v, values);
                 }
             }
         }
         if str_at(&status, r) == Some("error")
             && let (Some(p), Some(t)) = (parent, str_at(&traces, r))
         {
-            ctx.failed_children.insert((t.to_owned(), p.to_owned()), now_ns);
+            failed_children.insert(span_key(&mut key_buf, t, p), now_ns);
         }
     }
 }
@@ -374,8 +480,9 @@ impl Cells {
         fn s(a: &ArrayRef, r: usize) -> Option<&str> {
             (!a.is_null(r)).then(|| a.as_string::<i32>().value(r))
         }
+        let per_session = PerSession::of(spec);
         // Reused across rows: a cell already seen is found without allocating.
-        let mut composed = String::new();
+        let (mut composed, mut key_buf) = (String::new(), String::new());
         let mut values: Vec<Option<&str>> = Vec::with_capacity(spec.segments.len());
         for r in 0..batch.num_rows() {
             if start.is_null(r) {
@@ -394,10 +501,10 @@ impl Cells {
                     composed.as_str()
                 }
             };
-            let sv = session.as_ref().and_then(|a| s(a, r)).and_then(|id| ctx.sessions.get(id));
+            let sv = session.as_ref().and_then(|a| s(a, r)).and_then(|id| ctx.sessions.get(&session_key(id)));
             values.clear();
-            values.extend(spec.segments.iter().zip(&segs).enumerate().map(|(i, (c, col))| {
-                let from_session = if c.per_session { sv.and_then(|v| v.value(i)).map(String::as_str) } else { None };
+            values.extend(segs.iter().zip(&per_session.slot).map(|(col, slot)| {
+                let from_session = slot.and_then(|k| sv.and_then(|v| v.value(k, per_session.count)));
                 from_session.or_else(|| col.as_ref().and_then(|a| s(a, r)))
             }));
             let key = CellRef {
@@ -415,7 +522,7 @@ impl Cells {
             if s(&status, r) == Some("error") {
                 cell.errors += 1;
                 let failed_child = match (s(&trace, r), s(&span, r)) {
-                    (Some(t), Some(sp)) => ctx.failed_children.contains_key(&(t.to_owned(), sp.to_owned())),
+                    (Some(t), Some(sp)) => ctx.failed_children.contains_key(&span_key(&mut key_buf, t, sp)),
                     _ => false,
                 };
                 if !failed_child {
@@ -702,5 +809,106 @@ mod tests {
         assert_eq!(latency_bucket(1_000_000), 276);
         // Below a microsecond counts as one.
         assert_eq!(latency_bucket(10), latency_bucket(1_000));
+    }
+
+    fn spec() -> RollupSpec {
+        RollupSpec::new(&["os.type".to_owned()]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A server span in minute 0: (session, trace, span, parent, os, failed).
+    type Span<'a> = (&'a str, &'a str, &'a str, &'a str, Option<&'a str>, bool);
+
+    /// Server spans; a root span is the browser's (`web`), the others the
+    /// backend's (`shop`).
+    fn spans(rows: &[Span<'_>]) -> RecordBatch {
+        let text = |name: &str, v: Vec<Option<&str>>| -> (Field, ArrayRef) {
+            (Field::new(name, DataType::Utf8, true), Arc::new(StringArray::from(v)))
+        };
+        let mut cols = vec![
+            text("session_id", rows.iter().map(|r| Some(r.0)).collect()),
+            text("trace_id", rows.iter().map(|r| Some(r.1)).collect()),
+            text("span_id", rows.iter().map(|r| Some(r.2)).collect()),
+            text("parent_span_id", rows.iter().map(|r| (!r.3.is_empty()).then_some(r.3)).collect()),
+            text("os_type", rows.iter().map(|r| r.4).collect()),
+            text("service_name", rows.iter().map(|r| Some(if r.3.is_empty() { "web" } else { "shop" })).collect()),
+            text("name", vec![Some("op"); rows.len()]),
+            text("kind", vec![Some("server"); rows.len()]),
+            text("status_code", rows.iter().map(|r| Some(if r.5 { "error" } else { "ok" })).collect()),
+            text("service_version", vec![Some("1.0"); rows.len()]),
+        ];
+        cols.push((
+            Field::new("start_time", andon_model::schema::timestamp_type(), true),
+            Arc::new(TimestampNanosecondArray::from(vec![0; rows.len()]).with_timezone("UTC")),
+        ));
+        cols.push((
+            Field::new("duration_ns", DataType::Int64, true),
+            Arc::new(Int64Array::from(vec![1_000_000; rows.len()])),
+        ));
+        let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = cols.into_iter().unzip();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Per rolled-up cell: (service, os, requests, errors, own errors).
+    fn cells(batch: &RecordBatch) -> Vec<(String, Option<String>, i64, i64, i64)> {
+        let col = |n: &str| batch.column_by_name(n).unwrap_or_else(|| panic!("no {n}"));
+        let (service, os) = (col("service_name").as_string::<i32>(), col("os_type").as_string::<i32>());
+        let int = |n: &str| col(n).as_primitive::<Int64Type>().clone();
+        let (req, err, own) = (int("requests"), int("errors"), int("own_errors"));
+        let mut out: Vec<_> = (0..batch.num_rows())
+            .map(|r| {
+                let os = (!os.is_null(r)).then(|| os.value(r).to_owned());
+                (service.value(r).to_owned(), os, req.value(r), err.value(r), own.value(r))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_backend_span_takes_its_session_s_values_and_a_failure_below_it_is_not_its_own() {
+        let ctx = RollupContext::new(spec());
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        // The browser's root span says iOS; the backend's span, its child,
+        // says nothing, fails, and has a failing child of its own.
+        ctx.note(&t, &spans(&[("s1", "t1", "a", "", Some("ios"), true)]), 1);
+        let backend = spans(&[("s1", "t1", "b", "a", None, true), ("s1", "t1", "c", "b", None, true)]);
+        ctx.note(&t, &backend, 2);
+        let rolled = ctx.roll_up(&t, &[backend]).unwrap_or_else(|e| panic!("{e}"));
+        // Both backend spans are counted as iOS; `b` failed because `c` did.
+        assert_eq!(cells(&rolled), vec![("shop".to_owned(), Some("ios".to_owned()), 2, 2, 1)]);
+        // The browser's span failed because the backend did.
+        let root =
+            ctx.roll_up(&t, &[spans(&[("s1", "t1", "a", "", Some("ios"), true)])]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cells(&root), vec![("web".to_owned(), Some("ios".to_owned()), 1, 1, 0)]);
+        // A session never noted has no values to lend.
+        let other = ctx.roll_up(&t, &[spans(&[("s2", "t2", "b", "a", None, true)])]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cells(&other), vec![("shop".to_owned(), None, 1, 1, 1)]);
+    }
+
+    #[test]
+    fn past_its_bound_the_context_forgets_the_sessions_noted_longest_ago() {
+        let ctx = RollupContext::with_max(spec(), 10);
+        let t = Tenant::new("default").unwrap_or_else(|e| panic!("{e}"));
+        let session = |i: i64| format!("s{i}");
+        for i in 0..25 {
+            let id = session(i);
+            ctx.note(&t, &spans(&[(&id, &format!("t{i}"), "a", "", Some("android"), false)]), i);
+            assert!(ctx.remembered() <= 10, "{} remembered after {} sessions", ctx.remembered(), i + 1);
+        }
+        let os_of = |i: i64| {
+            let id = session(i);
+            let rolled = ctx
+                .roll_up(&t, &[spans(&[(&id, &format!("t{i}"), "b", "a", None, false)])])
+                .unwrap_or_else(|e| panic!("{e}"));
+            cells(&rolled)[0].1.clone()
+        };
+        // The latest sessions still lend their values; the first are forgotten.
+        assert_eq!(os_of(24), Some("android".to_owned()));
+        assert_eq!(os_of(20), Some("android".to_owned()));
+        assert_eq!(os_of(0), None);
+        assert_eq!(os_of(9), None);
+        // The horizon forgets the rest.
+        ctx.prune(24 + CONTEXT_HORIZON_NS + 1);
+        assert_eq!(ctx.remembered(), 0);
     }
 }

@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::change_log::ChangeLog;
 use crate::error::StoreError;
+use crate::rollup::{Interned, keep_max};
 use crate::sql::SegmentColumn;
 use crate::wal::sync_dir;
 use crate::{RollupSpec, Store};
@@ -267,24 +268,17 @@ impl<'de> Deserialize<'de> for Call {
 /// one operation share ([`Named`]), each once.
 #[derive(Debug, Default)]
 struct Names {
-    names: HashSet<Arc<str>>,
+    names: Interned,
     named: hashbrown::HashSet<Arc<Named>>,
 }
 
 impl Names {
-    /// Past this many of either, the set starts again (the calls keep theirs).
+    /// Past this many [`Named`], the set starts again (the calls keep theirs);
+    /// the names likewise ([`Interned`]).
     const MOST: usize = 100_000;
 
     fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(n) = self.names.get(name) {
-            return Arc::clone(n);
-        }
-        if self.names.len() >= Self::MOST {
-            self.names.clear();
-        }
-        let n: Arc<str> = Arc::from(name);
-        self.names.insert(Arc::clone(&n));
-        n
+        self.names.get(name)
     }
 
     /// The [`Named`] equal to `r`, kept once.
@@ -324,8 +318,8 @@ impl Names {
 struct Open {
     /// Per segment column: the largest value among the spans that start its
     /// traces, and among all its spans.
-    root: Vec<Option<String>>,
-    any: Vec<Option<String>>,
+    root: Vec<Option<Arc<str>>>,
+    any: Vec<Option<Arc<str>>>,
     /// The latest end of any of its spans.
     last_seen: i64,
     /// Per minute its spans started in, the latest end of those spans.
@@ -389,7 +383,7 @@ struct OpenFileRef<'a> {
 
 /// A span's key in a session: the hash of `trace_id/span_id`, built in `buf`
 /// (reused, so noting a span allocates nothing for it).
-fn span_key(buf: &mut String, trace: &str, span: &str) -> u64 {
+pub(crate) fn span_key(buf: &mut String, trace: &str, span: &str) -> u64 {
     buf.clear();
     buf.push_str(trace);
     buf.push('/');
@@ -431,12 +425,6 @@ fn keys<'de, D: serde::Deserializer<'de>>(d: D, of_text: fn(&str) -> u64) -> Res
             Key::Text(t) => of_text(&t),
         })
         .collect())
-}
-
-fn keep_max(slot: &mut Option<String>, v: &str) {
-    if slot.as_deref().is_none_or(|cur| v > cur) {
-        *slot = Some(v.to_owned());
-    }
 }
 
 fn text_column(batch: &RecordBatch, name: &str) -> Option<ArrayRef> {
@@ -753,20 +741,16 @@ impl SessionBook {
 
 fn merge_book(into: &mut TenantBook, from: TenantBook) {
     into.watermark = into.watermark.max(from.watermark);
+    let values = &mut into.names.names;
     for (id, s) in from.open {
         match into.open.get_mut(&id) {
             None => {
                 into.open.insert(id, s);
             }
             Some(cur) => {
-                for (slot, v) in cur.root.iter_mut().zip(&s.root) {
+                for (slot, v) in cur.root.iter_mut().zip(&s.root).chain(cur.any.iter_mut().zip(&s.any)) {
                     if let Some(v) = v {
-                        keep_max(slot, v);
-                    }
-                }
-                for (slot, v) in cur.any.iter_mut().zip(&s.any) {
-                    if let Some(v) = v {
-                        keep_max(slot, v);
+                        keep_max(slot, v, values);
                     }
                 }
                 cur.last_seen = cur.last_seen.max(s.last_seen);
@@ -815,6 +799,7 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
         }
         let TenantBook { open, names, .. } = &mut *book;
         let Some(s) = open.get_mut(sid) else { continue };
+        let values = &mut names.names;
         s.last_seen = s.last_seen.max(t1);
         let end = s.ends.entry(t0.div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE).or_insert(t1);
         *end = (*end).max(t1);
@@ -827,9 +812,9 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
                 continue;
             }
             if let Some(v) = str_at(&segs[i], r) {
-                keep_max(&mut s.any[i], v);
+                keep_max(&mut s.any[i], v, values);
                 if parent.is_none() {
-                    keep_max(&mut s.root[i], v);
+                    keep_max(&mut s.root[i], v, values);
                 }
             }
         }
