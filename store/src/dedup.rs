@@ -38,7 +38,11 @@ impl Hasher for IdentityHasher {
     }
 }
 
-type KeySet = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
+/// Hash tables keyed by a hash already uniform (`xxh3`): its bits are the
+/// table's hash, not hashed again.
+pub(crate) type IdBuild = BuildHasherDefault<IdentityHasher>;
+
+type KeySet = HashSet<u64, IdBuild>;
 
 /// Keys a sealed generation's directory has an entry for, about: each lookup
 /// scans one entry's keys, a cache line or two.

@@ -29,7 +29,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
-use std::hash::BuildHasherDefault;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,7 +49,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use crate::dedup::IdentityHasher;
+use crate::dedup::IdBuild;
 use crate::error::StoreError;
 use crate::sessions::span_key;
 use crate::sql::SegmentColumn;
@@ -133,9 +132,9 @@ struct TenantContext {
     /// Per session: the largest value of each per-session segment column
     /// among its root spans and among all its spans, and when it was last
     /// noted.
-    sessions: HashMap<u64, SessionValues, BuildHasherDefault<IdentityHasher>>,
+    sessions: HashMap<u64, SessionValues, IdBuild>,
     /// Spans with a failed child, and when noted.
-    failed_children: HashMap<u64, i64, BuildHasherDefault<IdentityHasher>>,
+    failed_children: HashMap<u64, i64, IdBuild>,
     values: Interned,
 }
 

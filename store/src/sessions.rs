@@ -56,6 +56,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::change_log::ChangeLog;
+use crate::dedup::IdBuild;
 use crate::error::StoreError;
 use crate::rollup::{Interned, keep_max};
 use crate::sql::SegmentColumn;
@@ -318,8 +319,8 @@ impl Names {
 struct Open {
     /// Per segment column: the largest value among the spans that start its
     /// traces, and among all its spans.
-    root: Vec<Option<Arc<str>>>,
-    any: Vec<Option<Arc<str>>>,
+    root: Box<[Option<Arc<str>>]>,
+    any: Box<[Option<Arc<str>>]>,
     /// The latest end of any of its spans.
     last_seen: i64,
     /// Per minute its spans started in, the latest end of those spans.
@@ -329,13 +330,13 @@ struct Open {
     noted: i64,
     /// Server calls by [`span_key`].
     #[serde(deserialize_with = "by_span_key")]
-    calls: HashMap<u64, Call>,
+    calls: HashMap<u64, Call, IdBuild>,
     /// `trace_id/span_id` of the root client spans of its traces.
     #[serde(deserialize_with = "span_keys")]
-    root_clients: HashSet<u64>,
+    root_clients: HashSet<u64, IdBuild>,
     /// [`trace_key`]s of the traces its client sent again by itself.
     #[serde(deserialize_with = "trace_keys")]
-    resent: HashSet<u64>,
+    resent: HashSet<u64, IdBuild>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -397,7 +398,7 @@ fn read_span_key(k: &str) -> u64 {
     k.parse().unwrap_or_else(|_| xxhash_rust::xxh3::xxh3_64(k.as_bytes()))
 }
 
-fn by_span_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<u64, Call>, D::Error> {
+fn by_span_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<u64, Call, IdBuild>, D::Error> {
     let m = HashMap::<String, Call>::deserialize(d)?;
     Ok(m.into_iter().map(|(k, c)| (read_span_key(&k), c)).collect())
 }
@@ -407,16 +408,16 @@ fn trace_key(trace: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(trace.as_bytes())
 }
 
-fn trace_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashSet<u64>, D::Error> {
+fn trace_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashSet<u64, IdBuild>, D::Error> {
     keys(d, trace_key)
 }
 
-fn span_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashSet<u64>, D::Error> {
+fn span_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashSet<u64, IdBuild>, D::Error> {
     keys(d, read_span_key)
 }
 
 /// A set of keys as written: numbers, or texts made keys by `of_text`.
-fn keys<'de, D: serde::Deserializer<'de>>(d: D, of_text: fn(&str) -> u64) -> Result<HashSet<u64>, D::Error> {
+fn keys<'de, D: serde::Deserializer<'de>>(d: D, of_text: fn(&str) -> u64) -> Result<HashSet<u64, IdBuild>, D::Error> {
     let keys = Vec::<Key>::deserialize(d)?;
     Ok(keys
         .into_iter()
@@ -794,8 +795,10 @@ fn note_into(spec: &SessionSpec, book: &mut TenantBook, batch: &RecordBatch, wal
         let (t0, t1) = (start.value(r), if end.is_null(r) { start.value(r) } else { end.value(r) });
         book.watermark = book.watermark.max(t1.min(cap));
         if !book.open.contains_key(sid) {
-            book.open
-                .insert(sid.to_owned(), Open { root: vec![None; width], any: vec![None; width], ..Open::default() });
+            book.open.insert(
+                sid.to_owned(),
+                Open { root: vec![None; width].into(), any: vec![None; width].into(), ..Open::default() },
+            );
         }
         let TenantBook { open, names, .. } = &mut *book;
         let Some(s) = open.get_mut(sid) else { continue };
