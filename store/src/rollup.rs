@@ -147,7 +147,7 @@ impl TenantContext {
 /// A session's values: for each per-session segment column (in the spec's
 /// order, [`PerSession`]), the largest among its root spans, then for each
 /// the largest among all its spans.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct SessionValues {
     values: Box<[Option<Arc<str>>]>,
     seen: i64,
@@ -258,8 +258,8 @@ impl RollupContext {
     pub fn note(&self, tenant: &Tenant, batch: &RecordBatch, now_ns: i64) {
         let mut by_tenant = self.by_tenant.lock();
         note_into(&self.spec, by_tenant.entry(tenant.clone()).or_default(), batch, now_ns);
-        if by_tenant.values().map(TenantContext::len).sum::<usize>() > self.max {
-            let before: usize = by_tenant.values().map(TenantContext::len).sum();
+        let before: usize = by_tenant.values().map(TenantContext::len).sum();
+        if before > self.max {
             let times: Vec<i64> = by_tenant
                 .values()
                 .flat_map(|c| c.sessions.values().map(|s| s.seen).chain(c.failed_children.values().copied()))
@@ -355,14 +355,14 @@ fn note_into(spec: &RollupSpec, ctx: &mut TenantContext, batch: &RecordBatch, no
     let parents = text_column(batch, "parent_span_id");
     let traces = text_column(batch, "trace_id");
     let status = text_column(batch, "status_code");
+    let slots = PerSession::of(spec);
     let per_session: Vec<(usize, Option<ArrayRef>)> = spec
         .segments
         .iter()
-        .filter(|s| s.per_session)
-        .enumerate()
-        .map(|(k, s)| (k, text_column(batch, s.column)))
+        .zip(&slots.slot)
+        .filter_map(|(s, k)| Some(((*k)?, text_column(batch, s.column))))
         .collect();
-    let width = per_session.len();
+    let width = slots.count;
     fn str_at(a: &Option<ArrayRef>, r: usize) -> Option<&str> {
         let a = a.as_ref()?;
         (!a.is_null(r)).then(|| a.as_string::<i32>().value(r))
