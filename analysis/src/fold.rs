@@ -818,6 +818,10 @@ pub struct SessionPages {
     pub segs: u32,
     /// `(request, first call, last call, failed)`, `request` into [`Pages::requests`].
     pub requests: Vec<(u32, i64, i64, bool)>,
+    /// `(service, segment values, first call)` of each service and segment
+    /// values its rows have, the first call the earliest of theirs: where a
+    /// pass finds the releases that served it.
+    pub served: Vec<(u32, u32, i64)>,
 }
 
 /// Every session of a pass's range, folded by page request.
@@ -1047,7 +1051,12 @@ fn summarize(id: u32, segments: &mut Numbered<Vec<Option<String>>>, calls: &[Pag
     let values: Vec<Option<String>> = greatest.into_iter().map(|v| v.cloned()).collect();
     let segs = segments.number(values);
     let mut requests: Vec<(u32, i64, i64, bool)> = Vec::new();
+    let mut served: Vec<(u32, u32, i64)> = Vec::new();
     for c in calls {
+        match served.iter_mut().find(|r| r.0 == c.service && r.1 == c.segs) {
+            Some(r) => r.2 = r.2.min(c.first),
+            None => served.push((c.service, c.segs, c.first)),
+        }
         match requests.iter_mut().find(|r| r.0 == c.request) {
             Some(r) => {
                 r.1 = r.1.min(c.first);
@@ -1057,7 +1066,7 @@ fn summarize(id: u32, segments: &mut Numbered<Vec<Option<String>>>, calls: &[Pag
             None => requests.push((c.request, c.first, c.last, c.err)),
         }
     }
-    SessionPages { id, first_seen, segs, requests }
+    SessionPages { id, first_seen, segs, requests, served }
 }
 
 #[cfg(test)]

@@ -281,9 +281,9 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
             ));
         }
     }
-    let segment_max: String = (0..ctx.segments.columns.len()).map(|i| format!(", max(seg{i}) AS seg{i}")).collect();
+    let (segment_max, released) = session_segments(ctx);
     if ctx.short {
-        return render_short(ctx, flows, filter, history, Parts { step_case, step_aggregates, reach, segment_max });
+        return render_short(ctx, flows, filter, history, Parts { step_case, step_aggregates, reach, segment_max, released });
     }
     let (mut vars, history, history_keys) = if history {
         let (window_ns, end_ns) = period_of(ctx);
@@ -307,9 +307,52 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         ("weighed", format!("SELECT *{weigh} FROM funnel")),
         ("reach_sums", reach_sums),
         ("segment_max", segment_max),
+        ("released", released),
         ("end_ns", end_ns.to_string()),
     ]);
     sql::render(if ctx.sessioned() { SESSIONS_SQL } else { SQL }, &vars)
+}
+
+/// A session's segment values, as the funnels group it, and each row's
+/// `released`: the greatest value of each column, except `service.version`,
+/// which is the session's newest release: of the releases (service and
+/// version) that served it, the one first called latest over the rows read
+/// (`released`, the version's text breaking a tie). A new release of any
+/// service its steps call is what tells a session apart in the minutes of a
+/// rollout (the callee whose release fails a step is rarely the step's own
+/// service); the greatest of every service's version text would say nothing.
+/// [`folded`] makes the same values of the same rows.
+fn session_segments(ctx: &Ctx) -> (String, String) {
+    let release = release_column(ctx);
+    let segment_max = (0..ctx.segments.columns.len())
+        .map(|i| {
+            if Some(i) == release {
+                format!(
+                    ", last_value(seg{i} ORDER BY released NULLS FIRST, seg{i} NULLS FIRST) AS seg{i}, \
+                     max(released) AS released"
+                )
+            } else {
+                format!(", max(seg{i}) AS seg{i}")
+            }
+        })
+        .collect();
+    let released = match release {
+        // Over `sessions`, a row's version is its service's own.
+        Some(i) if ctx.sessioned() => {
+            let v = format!("CAST(r.{} AS VARCHAR)", ctx.segments.columns[i].column);
+            format!(", CASE WHEN {v} IS NOT NULL THEN min(r.first_call) OVER (PARTITION BY r.service_name, {v}) END AS released")
+        }
+        Some(i) => format!(
+            ", CASE WHEN r.seg{i} IS NOT NULL THEN min(r.start_time) OVER (PARTITION BY r.service, r.seg{i}) END AS released"
+        ),
+        None => String::new(),
+    };
+    (segment_max, released)
+}
+
+/// The segment column of `service.version`, if the pass segments by it.
+fn release_column(ctx: &Ctx) -> Option<usize> {
+    ctx.segments.columns.iter().position(|c| c.attribute == "service.version")
 }
 
 /// What [`render`] builds the same way for a window of any length: the
@@ -320,6 +363,7 @@ struct Parts {
     step_aggregates: String,
     reach: String,
     segment_max: String,
+    released: String,
 }
 
 /// The funnels of a short window ([`Ctx::short`]): the sessions whose
@@ -431,6 +475,7 @@ fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, 
         ("reach", parts.reach),
         ("reach_sums", reach_sums),
         ("segment_max", parts.segment_max),
+        ("released", parts.released),
         ("end_ns", ctx.end.timestamp_nanos_opt().unwrap_or(i64::MAX).to_string()),
         ("weighed", weighed),
     ]);
@@ -533,7 +578,8 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
     let mut first = vec![None::<i64>; page_names.len()];
     let mut last = vec![None::<i64>; page_names.len()];
     let mut err = vec![false; page_names.len()];
-    for s in &pages.sessions {
+    let (seg_values, seg_of) = session_values(ctx, pages);
+    for (s, &segs) in pages.sessions.iter().zip(&seg_of) {
         first.iter_mut().for_each(|v| *v = None);
         last.iter_mut().for_each(|v| *v = None);
         err.iter_mut().for_each(|v| *v = false);
@@ -570,7 +616,7 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
                             let gap = first[at[k + 1]].filter(|_| reached_next).map(|next| next - t);
                             let went = gap.is_some_and(|gap| gap <= wait.map_or(*h, |j| wait_cut(*h, j)));
                             let (sessions, sums) = groups
-                                .entry((cur, i64::from(in_base), period, wait, s.segs))
+                                .entry((cur, i64::from(in_base), period, wait, segs))
                                 .or_insert_with(|| (0, vec![0.0; width]));
                             *sessions += 1;
                             sums[col] += 1.0;
@@ -592,7 +638,7 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
         let in_base = i64::from(s.first_seen >= base_ns);
         let period = (s.first_seen < base_end_ns).then(|| (base_end_ns - s.first_seen - 1) / window_ns);
         let (sessions, sums) =
-            groups.entry((cur, in_base, period, None, s.segs)).or_insert_with(|| (0, vec![0.0; width]));
+            groups.entry((cur, in_base, period, None, segs)).or_insert_with(|| (0, vec![0.0; width]));
         *sessions += 1;
         let mut col = 0;
         for (at, steps) in flow_pages.iter().zip(&bounds) {
@@ -651,7 +697,7 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
     }
     for i in 0..ctx.segments.columns.len() {
         fields.push(Field::new(format!("seg{i}"), DataType::Utf8, true));
-        let values = rows.iter().map(|(k, _)| pages.segments[k.4 as usize].get(i).and_then(|v| v.as_deref()));
+        let values = rows.iter().map(|(k, _)| seg_values[k.4 as usize].get(i).and_then(|v| v.as_deref()));
         columns.push(Arc::new(values.collect::<StringArray>()));
     }
     fields.push(Field::new("sessions", DataType::Int64, true));
@@ -670,6 +716,52 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
     }
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
     Ok(Rows::new(vec![batch]))
+}
+
+/// Each session's segment values as [`session_segments`] makes them from
+/// `sessions` rows, numbered: the greatest of each column, and under
+/// `service.version` its newest release. Returns the values by number and
+/// each session's number, in the order of `pages.sessions`.
+fn session_values(ctx: &Ctx, pages: &crate::fold::Pages) -> (Vec<Vec<Option<String>>>, Vec<u32>) {
+    let Some(vi) = release_column(ctx) else {
+        return (pages.segments.clone(), pages.sessions.iter().map(|s| s.segs).collect());
+    };
+    let version = |segs: u32| pages.segments.get(segs as usize).and_then(|v| v.get(vi)).and_then(|v| v.as_deref());
+    // When each release (service and version) was first called in the range.
+    let mut released: HashMap<(u32, &str), i64> = HashMap::new();
+    for s in &pages.sessions {
+        for &(service, segs, first) in &s.served {
+            if let Some(v) = version(segs) {
+                let at = released.entry((service, v)).or_insert(first);
+                *at = (*at).min(first);
+            }
+        }
+    }
+    let mut numbers: HashMap<Vec<Option<String>>, u32> = HashMap::new();
+    let mut values: Vec<Vec<Option<String>>> = Vec::new();
+    let of = pages
+        .sessions
+        .iter()
+        .map(|s| {
+            let newest = s
+                .served
+                .iter()
+                .filter_map(|&(service, segs, _)| {
+                    let v = version(segs)?;
+                    Some((released.get(&(service, v)).copied()?, v))
+                })
+                .max();
+            let mut own = pages.segments.get(s.segs as usize).cloned().unwrap_or_default();
+            if let Some(slot) = own.get_mut(vi) {
+                *slot = newest.map(|(_, v)| v.to_owned());
+            }
+            *numbers.entry(own).or_insert_with_key(|own| {
+                values.push(own.clone());
+                values.len() as u32 - 1
+            })
+        })
+        .collect();
+    (values, of)
 }
 
 /// The placeholders of the funnel query, over `sessions` or spans.
@@ -986,7 +1078,7 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         details.insert("history_p_value".to_owned(), num(h.p_value));
         details.insert("windows_compared".to_owned(), Value::from(h.periods));
     }
-    let mut j = Judgement {
+    Some(Judgement {
         p_value,
         effect: round(relative, 5),
         size: relative,
@@ -997,14 +1089,7 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         current,
         details,
         current_samples: nc,
-    };
-    // One of the windows a day of continuous passes judges, each a fresh
-    // chance of a minute that lost more sessions than usual: corrected for
-    // them (every short window of a step, a release new in it too).
-    if ctx.short {
-        super::per_day(ctx, &mut j);
-    }
-    Some(j)
+    })
 }
 
 /// A short window's current side with its sessions still inside their
@@ -1226,6 +1311,19 @@ fn tests(funnel: &Funnel<'_>, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &m
         let steps: Value = flow.steps.iter().map(|(s, o)| Value::from(vec![s.clone(), o.clone()])).collect();
         let horizons: Value = flow.horizons.iter().copied().map(Value::from).collect();
         for mut t in segment_tests(KIND, &subject, ctx, |b, c| judge(ctx, b, c, next)) {
+            // A step's short window is one of the windows a day of
+            // continuous passes judges, each a fresh chance of one that lost
+            // more sessions than usual: corrected for them. The sessions a
+            // release new in it served are not: that is one occasion (a
+            // deploy), as the other detectors judge it.
+            if ctx.short && !super::is_new_version(&t) {
+                super::per_day(ctx, &mut t.judgement);
+            }
+            if ctx.short
+                && let Some(c) = t.complement.as_mut()
+            {
+                super::per_day(ctx, c);
+            }
             for j in std::iter::once(&mut t.judgement).chain(t.complement.as_mut()) {
                 j.details.insert("flow".into(), Value::from(flow.name.clone()));
                 j.details.insert("flow_steps".into(), steps.clone());
@@ -1241,8 +1339,11 @@ fn tests(funnel: &Funnel<'_>, ctx: &Ctx, f: usize, flow: &ResolvedFlow, seen: &m
 /// numbers per side as [`judge`] shows them, the sessions still inside their
 /// horizon included, each stratum's weighing by the share of the
 /// baseline's sessions that went on within its time ([`Waited`]).
-fn short_evidence(ctx: &Ctx, flow: &ResolvedFlow, k: usize, filter: &str) -> String {
-    let funnel = render(ctx, std::slice::from_ref(flow), filter, true);
+/// `current` and `baseline` narrow each side to the test's segment: a
+/// release new in the window is judged against its step's whole baseline
+/// (or the other value's, with one).
+fn short_evidence(ctx: &Ctx, flow: &ResolvedFlow, k: usize, current: &str, baseline: &str) -> String {
+    let funnel = render(ctx, std::slice::from_ref(flow), "", true);
     let strata: Vec<usize> = (1..WAIT_STRATA).collect();
     let shares: String = strata.iter().map(|j| format!(", sum(within0_{k}_{j}) AS w{j}")).collect();
     let share_of: String = strata.iter().map(|j| format!(" WHEN {j} THEN b.w{j}")).collect();
@@ -1253,8 +1354,8 @@ fn short_evidence(ctx: &Ctx, flow: &ResolvedFlow, k: usize, filter: &str) -> Str
          CASE WHEN d.wait IS NULL THEN d.reached0_{k} ELSE d.reached0_{k} * CASE d.wait{share_of} END / b.went END AS worth, \
          d.went0_{k} AS went, d.left_after_error0_{k} AS left_after_error\n\
          FROM (\n{funnel}\n) d\n\
-         CROSS JOIN (SELECT sum(went0_{k}) AS went{shares} FROM (\n{funnel}\n) x WHERE cur = 0 AND in_base = 1) b\n\
-         WHERE d.cur >= 1 OR d.in_base = 1) sides\n\
+         CROSS JOIN (SELECT sum(went0_{k}) AS went{shares} FROM (\n{funnel}\n) x WHERE cur = 0 AND in_base = 1{baseline}) b\n\
+         WHERE (d.cur >= 1{current}) OR (d.cur = 0 AND d.in_base = 1{baseline})) sides\n\
          GROUP BY side\nORDER BY side"
     )
 }
@@ -1407,7 +1508,12 @@ impl Detector for DropOff {
         let flow = flow_of(&t.judgement).ok_or_else(|| AnalysisError::Config("a drop-off without its flow".into()))?;
         let k = flow.steps.iter().position(|(_, op)| *op == t.operation).unwrap_or(0);
         if ctx.short {
-            return Ok(short_evidence(ctx, &flow, k, &ctx.segments.condition(&t.segment)));
+            let mut base = t.segment.clone();
+            if super::is_new_version(t) {
+                base.remove("service.version");
+            }
+            let (current, baseline) = (ctx.segments.condition(&t.segment), ctx.segments.condition(&base));
+            return Ok(short_evidence(ctx, &flow, k, &current, &baseline));
         }
         Ok(per_side(
             &query(ctx, std::slice::from_ref(&flow), &ctx.segments.condition(&t.segment)),
@@ -1596,6 +1702,14 @@ mod tests {
         let waiting = |went: [f64; 3]| went.map(|went| Waiting { sessions: 30.0, went, left_after_error: 0.0 });
         // Sessions whose horizon ended leaving as usual, and the waiting
         // ones going on as usual for how long they have waited: nothing.
+        // A step's minute, corrected for the minutes a day as [`tests`]
+        // corrects every one but a new release's.
+        let judge = |ctx: &Ctx, b: &Step, c: &Step, next: &str| {
+            judge(ctx, b, c, next).map(|mut j| {
+                crate::detectors::per_day(ctx, &mut j);
+                j
+            })
+        };
         let usual_minute = Step { waiting: waiting([19.0, 26.0, 27.0]), ..step(60, 6) };
         let j = judge(&ctx, &b, &usual_minute, "next").unwrap();
         assert!(j.p_value > 0.5 && j.test == "binomial_strata_exact", "{j:?}");
@@ -1616,6 +1730,103 @@ mod tests {
         let late = judge(&ctx, &b, &Step { waiting: waiting([19.0, 26.0, 18.0]), ..step(60, 6) }, "next").unwrap();
         let minute = |j: &Judgement| j.details["window_p_value"].as_f64().unwrap();
         assert!(minute(&early) > 10.0 * minute(&late), "{} against {}", minute(&early), minute(&late));
+    }
+
+    /// Three hours of a checkout, a session starting every half second: the
+    /// cart, then the payment page (which calls `payments`) 5 s later, then
+    /// the order page 5 s after that for those that go on; one in ten leaves
+    /// at the payment page. From 90 s before the end, every fourth session's
+    /// payment is served by `payments` 3.5.0, a release the baseline never
+    /// saw, which fails the payment of `failing` of them (mobile ones only,
+    /// three in five) and loses them. The sessions as the fold keeps them,
+    /// each with the greatest version text of its rows, as `summarize`
+    /// gives it: the frontend's.
+    fn checkout(end: i64, failing: bool) -> crate::fold::Pages {
+        const S: i64 = 1_000_000_000;
+        let page = |op: &str| [Some(op.to_owned()), None, None];
+        let requests = vec![page("POST /cart"), page("POST /checkout/payment"), page("GET /order")];
+        let mut segments: Vec<Vec<Option<String>>> = Vec::new();
+        let mut number = |values: [&str; 2]| {
+            let values: Vec<Option<String>> = values.iter().map(|v| Some((*v).to_owned())).collect();
+            segments.iter().position(|v| *v == values).unwrap_or_else(|| {
+                segments.push(values);
+                segments.len() - 1
+            }) as u32
+        };
+        let mut sessions = Vec::new();
+        let (first, last) = (end - 3 * 3600 * S, end - 11 * S);
+        for (i, t0) in (first..last).step_by((S / 2) as usize).enumerate() {
+            let mobile = if (i / 4) % 2 == 0 { "true" } else { "false" };
+            let new = t0 >= end - 95 * S && i % 4 == 1;
+            let release = if new { "3.5.0" } else { "3.4.1" };
+            let fails = failing && new && mobile == "true" && (i / 8) % 5 < 3;
+            let goes_on = !fails && (i / 4) % 10 != 3;
+            let mut calls = vec![(0, t0, t0, false), (1, t0 + 5 * S, t0 + 5 * S, fails)];
+            if goes_on {
+                calls.push((2, t0 + 10 * S, t0 + 10 * S, false));
+            }
+            // The frontend's rows and the payment's.
+            let served = vec![(0, number([mobile, "3.8.1"]), t0), (1, number([mobile, release]), t0 + 5 * S)];
+            sessions.push(Arc::new(crate::fold::SessionPages {
+                id: i as u32,
+                first_seen: t0,
+                segs: number([mobile, "3.8.1"]),
+                requests: calls,
+                served,
+            }));
+        }
+        crate::fold::Pages { requests, segments, sessions }
+    }
+
+    #[test]
+    fn a_release_of_a_callee_new_in_the_minute_is_judged_on_the_sessions_it_served() {
+        let config = AnalysisConfig {
+            segments: vec!["browser.mobile".into(), "service.version".into()],
+            ..AnalysisConfig::default()
+        };
+        let end = chrono::DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 60, 0).unwrap();
+        let ctx = Ctx {
+            short: true,
+            baseline_start: end - chrono::Duration::hours(3),
+            baseline_end: end - chrono::Duration::minutes(1),
+            split: end - chrono::Duration::minutes(1),
+            end,
+            ..crate::detectors::test_ctx(config)
+        };
+        let steps = ["POST /cart", "POST /checkout/payment", "GET /order"];
+        let flow = ResolvedFlow {
+            name: "checkout".into(),
+            steps: steps.iter().map(|op| ("frontend".to_owned(), (*op).to_owned())).collect(),
+            horizons: vec![30_000_000_000; 2],
+        };
+        let tested = |failing: bool| {
+            let pages = checkout(end.timestamp_nanos_opt().unwrap(), failing);
+            let rows = folded(&ctx, std::slice::from_ref(&flow), &pages).unwrap();
+            tests(&Funnel::new(&rows, &ctx), &ctx, 0, &flow, &mut HashSet::new())
+        };
+        let at_payment = |tests: &[Test], segment: &BTreeMap<String, Value>| {
+            tests.iter().find(|t| t.operation == steps[1] && t.segment == *segment).cloned()
+        };
+        let release = BTreeMap::from([("service.version".to_owned(), Value::from("3.5.0"))]);
+
+        let found = tested(true);
+        // The sessions payments 3.5.0 served, against every session that
+        // reached the step before: a third of them left, against a tenth.
+        let t = at_payment(&found, &release).expect("the release's sessions judged");
+        assert!(crate::detectors::is_new_version(&t), "{t:?}");
+        assert!(t.judgement.material && t.judgement.p_value < 1e-4, "{:?}", t.judgement);
+        assert!(!t.judgement.details.contains_key("windows_a_day"), "one deploy, not one of a day's minutes");
+        // The whole step lost a few sessions more than usual in its minute,
+        // not enough for one of the 1,440 minutes a day.
+        let whole = at_payment(&found, &BTreeMap::new()).expect("the whole step judged");
+        assert!(whole.judgement.p_value > 0.05, "{:?}", whole.judgement);
+        // The step before the payment loses nobody.
+        assert!(found.iter().filter(|t| t.operation == steps[0]).all(|t| t.judgement.p_value > 0.05));
+
+        // The same release converting as well as the one before: nothing.
+        let fine = tested(false);
+        let t = at_payment(&fine, &release).expect("the release's sessions judged");
+        assert!(t.judgement.p_value > 0.05 || !t.judgement.material, "{:?}", t.judgement);
     }
 
     #[test]

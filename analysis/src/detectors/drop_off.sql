@@ -26,6 +26,12 @@
 -- the weights' squares give the effective number of sessions (Kish's
 -- n = (Σw)² / Σw²).
 --
+-- A session's segment values are the greatest of its requests', except
+-- `service.version`: the newest release that served it, the one whose first
+-- request over the range (`released`) came latest, so that the sessions a
+-- release new in the window served (of any service their steps call) are a
+-- segment of their own.
+--
 -- With a history (`history_query`), the range reaches further back than the
 -- baseline, and each earlier session also gets the period of the window's
 -- length it started in (`period` 0 ends at the baseline's end) and whether it
@@ -35,7 +41,7 @@ WITH {{shared}},
 steps AS (
     SELECT session_id, min(start_time) AS first_seen, max(start_time) AS last_active{{segment_max}}{{step_aggregates}}
     FROM (
-        SELECT r.*, {{step_case}} AS step
+        SELECT r.*, {{step_case}} AS step{{released}}
         FROM requests r
         WHERE r.session_id IS NOT NULL
     ) x

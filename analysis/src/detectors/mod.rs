@@ -490,9 +490,8 @@ pub fn segment_tests<M: Metric>(
         // failures (or slower, or more retried) than usual: corrected for them
         // (Bonferroni), so that an operation's false alarms stay within `fdr`
         // a day, not a few each day. A release new in the minute is not: it
-        // is one occasion, not one of a day's minutes. (A drop-off's judge
-        // corrects every short window of its step with the same `per_day`,
-        // the release's too: a step's minute is not told apart by release.)
+        // is one occasion, not one of a day's minutes. (The drop-off's tests
+        // correct their step's windows the same way, `drop_off::tests`.)
         for t in &mut out {
             per_day(ctx, &mut t.judgement);
         }
@@ -643,7 +642,7 @@ fn shows_as_much(other: &Judgement, t: &Judgement) -> bool {
 /// the rollout starts in: the release, not that region, explains what they do.
 pub const NEW_VERSION: &str = "new_version";
 
-fn is_new_version(t: &Test) -> bool {
+pub(crate) fn is_new_version(t: &Test) -> bool {
     t.judgement.details.get(NEW_VERSION).and_then(Value::as_bool).unwrap_or(false)
 }
 
