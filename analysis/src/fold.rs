@@ -831,6 +831,8 @@ pub struct Pages {
     pub requests: Vec<[Option<String>; 3]>,
     /// Segment values, by number.
     pub segments: Vec<Vec<Option<String>>>,
+    /// Services, by number ([`SessionPages::served`]).
+    pub services: Vec<Option<String>>,
     pub sessions: Vec<Arc<SessionPages>>,
 }
 
@@ -937,7 +939,12 @@ impl PageFold {
     pub fn kept_pages(&self) -> Pages {
         let mut sessions: Vec<Arc<SessionPages>> = self.summaries.values().cloned().collect();
         sessions.sort_unstable_by_key(|s| s.id);
-        Pages { requests: self.requests.values.clone(), segments: self.segments.values.clone(), sessions }
+        Pages {
+            requests: self.requests.values.clone(),
+            segments: self.segments.values.clone(),
+            services: self.services.values.clone(),
+            sessions,
+        }
     }
 }
 

@@ -281,9 +281,10 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
             ));
         }
     }
-    let (segment_max, released) = session_segments(ctx);
+    let (segment_max, released, read) = session_segments(ctx);
     if ctx.short {
-        return render_short(ctx, flows, filter, history, Parts { step_case, step_aggregates, reach, segment_max, released });
+        let parts = Parts { step_case, step_aggregates, reach, segment_max, released, read };
+        return render_short(ctx, flows, filter, history, parts);
     }
     let (mut vars, history, history_keys) = if history {
         let (window_ns, end_ns) = period_of(ctx);
@@ -308,46 +309,57 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         ("reach_sums", reach_sums),
         ("segment_max", segment_max),
         ("released", released),
+        ("read", read),
         ("end_ns", end_ns.to_string()),
     ]);
     sql::render(if ctx.sessioned() { SESSIONS_SQL } else { SQL }, &vars)
 }
 
-/// A session's segment values, as the funnels group it, and each row's
-/// `released`: the greatest value of each column, except `service.version`,
-/// which is the session's newest release: of the releases (service and
-/// version) that served it, the one first called latest over the rows read
-/// (`released`, the version's text breaking a tie). A new release of any
-/// service its steps call is what tells a session apart in the minutes of a
-/// rollout (the callee whose release fails a step is rarely the step's own
-/// service); the greatest of every service's version text would say nothing.
-/// [`folded`] makes the same values of the same rows.
-fn session_segments(ctx: &Ctx) -> (String, String) {
+/// A session's segment values, as the funnels group it, with what the
+/// statement reads them from: `segment_max`, the greatest value of each
+/// column, except `service.version`; `released`, each row's
+/// `released_raw`, when its release (service and version) was first called
+/// over the rows read; and `read`, those rows with `released` kept for the
+/// rows of the service released last only. A session's `service.version` is
+/// then the release of that service that served it (the later, if both),
+/// none if the service did not serve it: in a rollout's first minutes the
+/// sessions the new release served, whichever callee of the steps it is,
+/// are a canary against the sessions the service served before
+/// ([`super::segment_tests`] judges a new release against the cells that
+/// have a release), and the sessions that never reach that service (who
+/// differ from those who do) are neither. [`folded`] makes the same values
+/// of the same rows.
+fn session_segments(ctx: &Ctx) -> (String, String, String) {
     let release = release_column(ctx);
     let segment_max = (0..ctx.segments.columns.len())
         .map(|i| {
             if Some(i) == release {
                 format!(
-                    ", last_value(seg{i} ORDER BY released NULLS FIRST, seg{i} NULLS FIRST) AS seg{i}, \
-                     max(released) AS released"
+                    ", last_value(CASE WHEN released IS NOT NULL THEN seg{i} END ORDER BY released NULLS FIRST, \
+                     seg{i} NULLS FIRST) AS seg{i}, max(released) AS released"
                 )
             } else {
                 format!(", max(seg{i}) AS seg{i}")
             }
         })
         .collect();
-    let released = match release {
+    let Some(i) = release else { return (segment_max, String::new(), "raw_rows".to_owned()) };
+    let (v, first) = if ctx.sessioned() {
         // Over `sessions`, a row's version is its service's own.
-        Some(i) if ctx.sessioned() => {
-            let v = format!("CAST(r.{} AS VARCHAR)", ctx.segments.columns[i].column);
-            format!(", CASE WHEN {v} IS NOT NULL THEN min(r.first_call) OVER (PARTITION BY r.service_name, {v}) END AS released")
-        }
-        Some(i) => format!(
-            ", CASE WHEN r.seg{i} IS NOT NULL THEN min(r.start_time) OVER (PARTITION BY r.service, r.seg{i}) END AS released"
-        ),
-        None => String::new(),
+        (format!("CAST(r.{} AS VARCHAR)", ctx.segments.columns[i].column), "r.first_call")
+    } else {
+        (format!("r.seg{i}"), "r.start_time")
     };
-    (segment_max, released)
+    let released = format!(
+        ", CASE WHEN {v} IS NOT NULL THEN min({first}) OVER (PARTITION BY {service}, {v}) END AS released_raw",
+        service = if ctx.sessioned() { "r.service_name" } else { "r.service" },
+    );
+    let read = format!(
+        "(SELECT y.*, CASE WHEN y.service = n.newest THEN y.released_raw END AS released FROM raw_rows y \
+         CROSS JOIN (SELECT last_value(service ORDER BY released_raw NULLS FIRST, seg{i} NULLS FIRST, service NULLS FIRST) \
+         AS newest FROM raw_rows) n)"
+    );
+    (segment_max, released, read)
 }
 
 /// The segment column of `service.version`, if the pass segments by it.
@@ -364,6 +376,7 @@ struct Parts {
     reach: String,
     segment_max: String,
     released: String,
+    read: String,
 }
 
 /// The funnels of a short window ([`Ctx::short`]): the sessions whose
@@ -476,6 +489,7 @@ fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, 
         ("reach_sums", reach_sums),
         ("segment_max", parts.segment_max),
         ("released", parts.released),
+        ("read", parts.read),
         ("end_ns", ctx.end.timestamp_nanos_opt().unwrap_or(i64::MAX).to_string()),
         ("weighed", weighed),
     ]);
@@ -720,13 +734,15 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
 
 /// Each session's segment values as [`session_segments`] makes them from
 /// `sessions` rows, numbered: the greatest of each column, and under
-/// `service.version` its newest release. Returns the values by number and
-/// each session's number, in the order of `pages.sessions`.
+/// `service.version` the release that served it of the service released
+/// last. Returns the values by number and each session's number, in the
+/// order of `pages.sessions`.
 fn session_values(ctx: &Ctx, pages: &crate::fold::Pages) -> (Vec<Vec<Option<String>>>, Vec<u32>) {
     let Some(vi) = release_column(ctx) else {
         return (pages.segments.clone(), pages.sessions.iter().map(|s| s.segs).collect());
     };
     let version = |segs: u32| pages.segments.get(segs as usize).and_then(|v| v.get(vi)).and_then(|v| v.as_deref());
+    let name = |service: u32| pages.services.get(service as usize).and_then(|s| s.as_deref());
     // When each release (service and version) was first called in the range.
     let mut released: HashMap<(u32, &str), i64> = HashMap::new();
     for s in &pages.sessions {
@@ -737,15 +753,18 @@ fn session_values(ctx: &Ctx, pages: &crate::fold::Pages) -> (Vec<Vec<Option<Stri
             }
         }
     }
+    // The service released last (its version's text, then its name, breaking a tie).
+    let newest = released.iter().map(|(&(service, v), &at)| (at, v, name(service), service)).max().map(|n| n.3);
     let mut numbers: HashMap<Vec<Option<String>>, u32> = HashMap::new();
     let mut values: Vec<Vec<Option<String>>> = Vec::new();
     let of = pages
         .sessions
         .iter()
         .map(|s| {
-            let newest = s
+            let release = s
                 .served
                 .iter()
+                .filter(|&&(service, _, _)| Some(service) == newest)
                 .filter_map(|&(service, segs, _)| {
                     let v = version(segs)?;
                     Some((released.get(&(service, v)).copied()?, v))
@@ -753,7 +772,7 @@ fn session_values(ctx: &Ctx, pages: &crate::fold::Pages) -> (Vec<Vec<Option<Stri
                 .max();
             let mut own = pages.segments.get(s.segs as usize).cloned().unwrap_or_default();
             if let Some(slot) = own.get_mut(vi) {
-                *slot = newest.map(|(_, v)| v.to_owned());
+                *slot = release.map(|(_, v)| v.to_owned());
             }
             *numbers.entry(own).or_insert_with_key(|own| {
                 values.push(own.clone());
@@ -1734,17 +1753,20 @@ mod tests {
 
     /// Three hours of a checkout, a session starting every half second: the
     /// cart, then the payment page (which calls `payments`) 5 s later, then
-    /// the order page 5 s after that for those that go on; one in ten leaves
-    /// at the payment page. From 90 s before the end, every fourth session's
-    /// payment is served by `payments` 3.5.0, a release the baseline never
-    /// saw, which fails the payment of `failing` of them (mobile ones only,
-    /// three in five) and loses them. The sessions as the fold keeps them,
-    /// each with the greatest version text of its rows, as `summarize`
-    /// gives it: the frontend's.
-    fn checkout(end: i64, failing: bool) -> crate::fold::Pages {
+    /// the order page 5 s after that for those that go on. A third of the
+    /// sessions search first (calling `search`), and those leave at the
+    /// payment page one time in four, the others one in forty. From 95 s
+    /// before the end, `new` ("payments" or "search") rolls out a release
+    /// the baseline never saw to a fifth (payments) or three quarters (search) of
+    /// what it serves; a payments release that is `failing` fails seven in
+    /// ten of its mobile payments, and those sessions leave. The sessions
+    /// as the fold keeps them, each with the greatest version text of its
+    /// rows, as `summarize` gives it.
+    fn checkout(end: i64, new: &str, failing: bool) -> crate::fold::Pages {
         const S: i64 = 1_000_000_000;
         let page = |op: &str| [Some(op.to_owned()), None, None];
         let requests = vec![page("POST /cart"), page("POST /checkout/payment"), page("GET /order")];
+        let services = ["frontend", "payments", "search"].map(|s| Some(s.to_owned())).to_vec();
         let mut segments: Vec<Vec<Option<String>>> = Vec::new();
         let mut number = |values: [&str; 2]| {
             let values: Vec<Option<String>> = values.iter().map(|v| Some((*v).to_owned())).collect();
@@ -1756,17 +1778,31 @@ mod tests {
         let mut sessions = Vec::new();
         let (first, last) = (end - 3 * 3600 * S, end - 11 * S);
         for (i, t0) in (first..last).step_by((S / 2) as usize).enumerate() {
-            let mobile = if (i / 4) % 2 == 0 { "true" } else { "false" };
-            let new = t0 >= end - 95 * S && i % 4 == 1;
-            let release = if new { "3.5.0" } else { "3.4.1" };
-            let fails = failing && new && mobile == "true" && (i / 8) % 5 < 3;
-            let goes_on = !fails && (i / 4) % 10 != 3;
+            // A draw in [0, 1000) of the session's, one per salt.
+            let draw = |salt: u64| {
+                // SplitMix64 of the session and the salt.
+                let mut z = (i as u64).wrapping_mul(8).wrapping_add(salt).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) % 1000
+            };
+            let mobile = if draw(1) < 500 { "true" } else { "false" };
+            let searches = draw(2) < 333;
+            let rolled = t0 >= end - 95 * S;
+            let new_payments = rolled && new == "payments" && draw(3) < 200;
+            let new_search = rolled && new == "search" && draw(3) < 750;
+            let fails = failing && new_payments && mobile == "true" && draw(4) < 700;
+            let leaves = draw(5) < if searches { 250 } else { 25 };
             let mut calls = vec![(0, t0, t0, false), (1, t0 + 5 * S, t0 + 5 * S, fails)];
-            if goes_on {
+            if !fails && !leaves {
                 calls.push((2, t0 + 10 * S, t0 + 10 * S, false));
             }
-            // The frontend's rows and the payment's.
-            let served = vec![(0, number([mobile, "3.8.1"]), t0), (1, number([mobile, release]), t0 + 5 * S)];
+            // The frontend's rows, the payment's, and the search's.
+            let payments = if new_payments { "3.5.0" } else { "3.4.1" };
+            let mut served = vec![(0, number([mobile, "3.8.1"]), t0), (1, number([mobile, payments]), t0 + 5 * S)];
+            if searches {
+                served.push((2, number([mobile, if new_search { "2.0.0" } else { "1.9.0" }]), t0 + S));
+            }
             sessions.push(Arc::new(crate::fold::SessionPages {
                 id: i as u32,
                 first_seen: t0,
@@ -1775,7 +1811,7 @@ mod tests {
                 served,
             }));
         }
-        crate::fold::Pages { requests, segments, sessions }
+        crate::fold::Pages { requests, segments, services, sessions }
     }
 
     #[test]
@@ -1799,34 +1835,43 @@ mod tests {
             steps: steps.iter().map(|op| ("frontend".to_owned(), (*op).to_owned())).collect(),
             horizons: vec![30_000_000_000; 2],
         };
-        let tested = |failing: bool| {
-            let pages = checkout(end.timestamp_nanos_opt().unwrap(), failing);
+        let tested = |new: &str, failing: bool| {
+            let pages = checkout(end.timestamp_nanos_opt().unwrap(), new, failing);
             let rows = folded(&ctx, std::slice::from_ref(&flow), &pages).unwrap();
             tests(&Funnel::new(&rows, &ctx), &ctx, 0, &flow, &mut HashSet::new())
         };
         let at_payment = |tests: &[Test], segment: &BTreeMap<String, Value>| {
             tests.iter().find(|t| t.operation == steps[1] && t.segment == *segment).cloned()
         };
-        let release = BTreeMap::from([("service.version".to_owned(), Value::from("3.5.0"))]);
+        let release = |v: &str| BTreeMap::from([("service.version".to_owned(), Value::from(v))]);
+        let shows = |t: &Test| t.judgement.material && t.judgement.p_value < 0.05;
 
-        let found = tested(true);
-        // The sessions payments 3.5.0 served, against every session that
-        // reached the step before: a third of them left, against a tenth.
-        let t = at_payment(&found, &release).expect("the release's sessions judged");
+        let found = tested("payments", true);
+        // The sessions payments 3.5.0 served, against every session payments
+        // served before: far more of them left.
+        let t = at_payment(&found, &release("3.5.0")).expect("the release's sessions judged");
         assert!(crate::detectors::is_new_version(&t), "{t:?}");
-        assert!(t.judgement.material && t.judgement.p_value < 1e-4, "{:?}", t.judgement);
+        assert!(t.judgement.material && t.judgement.p_value < 1e-3, "{:?}", t.judgement);
         assert!(!t.judgement.details.contains_key("windows_a_day"), "one deploy, not one of a day's minutes");
         // The whole step lost a few sessions more than usual in its minute,
         // not enough for one of the 1,440 minutes a day.
         let whole = at_payment(&found, &BTreeMap::new()).expect("the whole step judged");
-        assert!(whole.judgement.p_value > 0.05, "{:?}", whole.judgement);
+        assert!(!shows(&whole), "{:?}", whole.judgement);
         // The step before the payment loses nobody.
-        assert!(found.iter().filter(|t| t.operation == steps[0]).all(|t| t.judgement.p_value > 0.05));
+        assert!(found.iter().filter(|t| t.operation == steps[0]).all(|t| !shows(t)));
 
         // The same release converting as well as the one before: nothing.
-        let fine = tested(false);
-        let t = at_payment(&fine, &release).expect("the release's sessions judged");
-        assert!(t.judgement.p_value > 0.05 || !t.judgement.material, "{:?}", t.judgement);
+        let fine = tested("payments", false);
+        let t = at_payment(&fine, &release("3.5.0")).expect("the release's sessions judged");
+        assert!(!shows(&t), "{:?}", t.judgement);
+
+        // A release of `search`, which only the sessions that leave most
+        // call: its sessions are judged against those search served before,
+        // not against every session, and nothing shows.
+        let searched = tested("search", false);
+        let t = at_payment(&searched, &release("2.0.0")).expect("the release's sessions judged");
+        assert!(t.judgement.baseline["conversion"].as_f64() < Some(0.8), "searchers' own: {:?}", t.judgement.baseline);
+        assert!(searched.iter().all(|t| !shows(t)), "{searched:?}");
     }
 
     #[test]

@@ -27,10 +27,12 @@
 -- n = (Σw)² / Σw²).
 --
 -- A session's segment values are the greatest of its requests', except
--- `service.version`: the newest release that served it, the one whose first
--- request over the range (`released`) came latest, so that the sessions a
--- release new in the window served (of any service their steps call) are a
--- segment of their own.
+-- `service.version`: the release that served it of the service released last
+-- (the one whose release's first request over the range, `released`, came
+-- latest), none if that service did not serve it. During a rollout, the
+-- sessions the new release served and those the release before it served
+-- are told apart, whichever service of the steps it is, and the rest are not
+-- mistaken for either.
 --
 -- With a history (`history_query`), the range reaches further back than the
 -- baseline, and each earlier session also gets the period of the window's
@@ -38,13 +40,14 @@
 -- is in the baseline (`in_base`): the periods show how much the leaving rate
 -- varies from one window to the next.
 WITH {{shared}},
+raw_rows AS (
+    SELECT r.*, {{step_case}} AS step{{released}}
+    FROM requests r
+    WHERE r.session_id IS NOT NULL
+),
 steps AS (
     SELECT session_id, min(start_time) AS first_seen, max(start_time) AS last_active{{segment_max}}{{step_aggregates}}
-    FROM (
-        SELECT r.*, {{step_case}} AS step{{released}}
-        FROM requests r
-        WHERE r.session_id IS NOT NULL
-    ) x
+    FROM {{read}} x
     GROUP BY session_id
 ),
 funnel AS (

@@ -4,18 +4,19 @@
 -- A session's rows are first folded per page (`step`, null for the rest), so
 -- the pivot to one column per page reads a few rows a session, not one per
 -- operation and minute. `upto`, the range's latest call, is drop_off.sql's.
--- A session's `service.version` is its newest release (`released`, when the
--- release was first called over the rows read), as drop_off.sql has it.
-WITH per_step AS (
+-- A session's `service.version` is drop_off.sql's: the release it was served
+-- of the service released last over the rows read.
+WITH raw_rows AS (
+    SELECT r.session_id, r.service_name AS service, r.first_call AS start_time,
+           CASE WHEN r.errors > 0 THEN 1 ELSE 0 END AS err, r.first_call, r.last_call{{session_segments}}{{released}},
+           {{step_case}} AS step
+    FROM sessions r
+    WHERE r.minute >= {{from}} AND r.minute < {{to}} AND (r.minute < {{baseline_end}} OR r.minute >= {{split}})
+),
+per_step AS (
     SELECT session_id, step, min(start_time) AS first_seen{{segment_max}},
            min(first_call) AS first_call, max(last_call) AS last_call, max(err) AS err
-    FROM (
-        SELECT r.session_id, r.first_call AS start_time,
-               CASE WHEN r.errors > 0 THEN 1 ELSE 0 END AS err, r.first_call, r.last_call{{session_segments}}{{released}},
-               {{step_case}} AS step
-        FROM sessions r
-        WHERE r.minute >= {{from}} AND r.minute < {{to}} AND (r.minute < {{baseline_end}} OR r.minute >= {{split}})
-    ) x
+    FROM {{read}} x
     GROUP BY session_id, step
 ),
 steps AS (

@@ -482,6 +482,15 @@ pub fn segment_tests<M: Metric>(
         t
     };
     let whole = subject.sides(|_| true);
+    // What a release new in a short window is judged against: every cell
+    // the operation served before that has a release. For an operation's
+    // own requests, every cell; for a drop-off's sessions, those that the
+    // service whose release it is served (`drop_off::session_segments`), not
+    // the sessions that never reach it, who differ from those who do.
+    let released = |s: &[Option<String>]| {
+        ctx.segments.columns.iter().position(|c| c.attribute == "service.version").is_none_or(|i| s[i].is_some())
+    };
+    let before = if ctx.short { subject.sides(released).0 } else { M::default() };
     let nothing = || (M::default(), M::default());
     let mut out: Vec<Test> = judged((&whole.0, &whole.1), None, &nothing, BTreeMap::new()).into_iter().collect();
     if ctx.short && kind != FindingKind::DropOff {
@@ -536,7 +545,7 @@ pub fn segment_tests<M: Metric>(
             // A release new in a short window: its requests against everything
             // the operation served before.
             let new = ctx.short && col.attribute == "service.version" && b.samples() == 0;
-            let Some(mut t) = judged((b, c), new.then_some(&whole.0), &rest, segment) else { continue };
+            let Some(mut t) = judged((b, c), new.then_some(&before), &rest, segment) else { continue };
             if new {
                 t = canary(t);
             }
@@ -567,10 +576,10 @@ pub fn segment_tests<M: Metric>(
                 continue;
             }
             // A pair with a new release: its requests of the other value
-            // against that value's baseline in every release.
+            // against that value's baseline in every release (with one).
             let (new_i, new_j) = (new_version(i, vi), new_version(j, vj));
-            let only_i = |s: &[Option<String>]| s[i].as_ref() == Some(vi);
-            let only_j = |s: &[Option<String>]| s[j].as_ref() == Some(vj);
+            let only_i = |s: &[Option<String>]| s[i].as_ref() == Some(vi) && released(s);
+            let only_j = |s: &[Option<String>]| s[j].as_ref() == Some(vj) && released(s);
             let base: Option<Keep<'_>> = match (new_i, new_j) {
                 (true, _) => Some(&only_j),
                 (_, true) => Some(&only_i),
@@ -588,7 +597,7 @@ pub fn segment_tests<M: Metric>(
                 let not_b = |s: &[Option<String>]| s[b].as_ref() != Some(vb);
                 let (mut rb, rc) = subject.sides(|s| s[a].as_ref() == Some(va) && not_b(s));
                 if new_version(a, va) {
-                    rb = subject.sides(not_b).0;
+                    rb = subject.sides(|s| not_b(s) && released(s)).0;
                 }
                 enough(&rb, &rc).then(|| judge(&rb, &rc)).flatten().is_some_and(|r| shows_as_much(&r, &t.judgement))
             };
