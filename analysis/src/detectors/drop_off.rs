@@ -328,12 +328,18 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
 /// ([`super::segment_tests`] judges a new release against the cells that
 /// have a release), and the sessions that never reach that service (who
 /// differ from those who do) are neither. [`folded`] makes the same values
-/// of the same rows.
+/// of the same rows. Only a short window ([`Ctx::short`]) tells releases
+/// apart; over a whole window a session has no `service.version`.
 fn session_segments(ctx: &Ctx) -> (String, String, String) {
     let release = release_column(ctx);
     let segment_max = (0..ctx.segments.columns.len())
         .map(|i| {
-            if Some(i) == release {
+            if Some(i) == release && !ctx.short {
+                // Over a whole window the sessions of a release are not
+                // told apart: a window that long holds the releases before
+                // and after a deploy, and whatever the baseline served.
+                format!(", CAST(NULL AS VARCHAR) AS seg{i}")
+            } else if Some(i) == release {
                 format!(
                     ", last_value(CASE WHEN released IS NOT NULL THEN seg{i} END ORDER BY released NULLS FIRST, \
                      seg{i} NULLS FIRST) AS seg{i}, max(released) AS released"
@@ -343,7 +349,7 @@ fn session_segments(ctx: &Ctx) -> (String, String, String) {
             }
         })
         .collect();
-    let Some(i) = release else { return (segment_max, String::new(), "raw_rows".to_owned()) };
+    let Some(i) = release.filter(|_| ctx.short) else { return (segment_max, String::new(), "raw_rows".to_owned()) };
     let (v, first) = if ctx.sessioned() {
         // Over `sessions`, a row's version is its service's own.
         (format!("CAST(r.{} AS VARCHAR)", ctx.segments.columns[i].column), "r.first_call")
@@ -735,12 +741,13 @@ pub fn folded(ctx: &Ctx, flows: &[ResolvedFlow], pages: &crate::fold::Pages) -> 
 /// Each session's segment values as [`session_segments`] makes them from
 /// `sessions` rows, numbered: the greatest of each column, and under
 /// `service.version` the release that served it of the service released
-/// last. Returns the values by number and each session's number, in the
-/// order of `pages.sessions`.
+/// last (in a short window; none over a whole one). Returns the values by
+/// number and each session's number, in the order of `pages.sessions`.
 fn session_values(ctx: &Ctx, pages: &crate::fold::Pages) -> (Vec<Vec<Option<String>>>, Vec<u32>) {
     let Some(vi) = release_column(ctx) else {
         return (pages.segments.clone(), pages.sessions.iter().map(|s| s.segs).collect());
     };
+    let short = ctx.short;
     let version = |segs: u32| pages.segments.get(segs as usize).and_then(|v| v.get(vi)).and_then(|v| v.as_deref());
     let name = |service: u32| pages.services.get(service as usize).and_then(|s| s.as_deref());
     // When each release (service and version) was first called in the range.
@@ -772,7 +779,7 @@ fn session_values(ctx: &Ctx, pages: &crate::fold::Pages) -> (Vec<Vec<Option<Stri
                 .max();
             let mut own = pages.segments.get(s.segs as usize).cloned().unwrap_or_default();
             if let Some(slot) = own.get_mut(vi) {
-                *slot = release.map(|(_, v)| v.to_owned());
+                *slot = release.filter(|_| short).map(|(_, v)| v.to_owned());
             }
             *numbers.entry(own).or_insert_with_key(|own| {
                 values.push(own.clone());

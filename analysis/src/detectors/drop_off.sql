@@ -27,7 +27,8 @@
 -- n = (Σw)² / Σw²).
 --
 -- A session's segment values are the greatest of its requests', except
--- `service.version`: the release that served it of the service released last
+-- `service.version`, which only a short window reads (none over a whole
+-- one): the release that served it of the service released last
 -- (the one whose release's first request over the range, `released`, came
 -- latest), none if that service did not serve it. During a rollout, the
 -- sessions the new release served and those the release before it served
