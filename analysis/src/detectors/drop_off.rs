@@ -1827,7 +1827,8 @@ mod tests {
             segments: vec!["browser.mobile".into(), "service.version".into()],
             ..AnalysisConfig::default()
         };
-        let end = chrono::DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 60, 0).unwrap();
+        // A whole minute.
+        let end = chrono::DateTime::from_timestamp(30_000_000 * 60, 0).unwrap();
         let ctx = Ctx {
             short: true,
             baseline_start: end - chrono::Duration::hours(3),
