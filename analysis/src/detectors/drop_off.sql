@@ -27,8 +27,9 @@
 -- n = (Σw)² / Σw²).
 --
 -- A session's segment values are the greatest of its requests', except
--- `service.version`, which only a short window reads (none over a whole
--- one): the release that served it of the service released last
+-- `service.version`, which only a short window over `sessions` reads (none
+-- over spans or a whole window, drop_off_sessions.sql): the release that
+-- served it of the service released last
 -- (the one whose release's first request over the range, `released`, came
 -- latest), none if that service did not serve it. During a rollout, the
 -- sessions the new release served and those the release before it served
