@@ -2584,6 +2584,19 @@ mod tests {
                 // store without sessions), and the evidence's, run too.
                 let spans = rt.block_on(query(&engine, &tenant, &statement_over_spans(&minute, &short_flows))).unwrap();
                 assert!(spans.iter().any(|r| r.i64("cur") == Some(1)), "the last minute's sessions, from spans");
+                // Over spans a session has the release it has over `sessions`.
+                let vi = minute.segments.columns.iter().position(|c| c.attribute == "service.version").unwrap();
+                let by_release = |rows: &andon_store::sql::Rows| {
+                    let mut m = BTreeMap::<Option<String>, i64>::new();
+                    for r in rows.iter().filter(|r| r.i64("cur") >= Some(1)) {
+                        *m.entry(r.str(&format!("seg{vi}"))).or_default() += r.i64("sessions").unwrap();
+                    }
+                    m
+                };
+                let history = detectors::drop_off::history_query(&minute.unrolled(), &short_flows);
+                let over_spans = rt.block_on(query(&engine, &tenant, &history)).unwrap();
+                assert!(by_release(&direct).keys().any(Option::is_some), "sessions a release served");
+                assert_eq!(by_release(&over_spans), by_release(&direct), "the last minute's sessions by release");
             }
             assert_eq!(page_rebuilds(), 1, "pass {i}");
         }

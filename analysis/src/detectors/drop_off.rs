@@ -281,9 +281,9 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
             ));
         }
     }
-    let (segment_max, released, read) = session_segments(ctx);
+    let (segment_max, read) = session_segments(ctx);
     if ctx.short {
-        let parts = Parts { step_case, step_aggregates, reach, segment_max, released, read };
+        let parts = Parts { step_case, step_aggregates, reach, segment_max, read };
         return render_short(ctx, flows, filter, history, parts);
     }
     let (mut vars, history, history_keys) = if history {
@@ -308,7 +308,6 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
         ("weighed", format!("SELECT *{weigh} FROM funnel")),
         ("reach_sums", reach_sums),
         ("segment_max", segment_max),
-        ("released", released),
         ("read", read),
         ("end_ns", end_ns.to_string()),
     ]);
@@ -317,20 +316,19 @@ fn render(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool) -> Str
 
 /// A session's segment values, as the funnels group it, with what the
 /// statement reads them from: `segment_max`, the greatest value of each
-/// column, except `service.version`; `released`, each row's
-/// `released_raw`, when its release (service and version) was first called
-/// over the rows read; and `read`, those rows with `released` kept for the
-/// rows of the service released last only. A session's `service.version` is
-/// then the release of that service that served it (the later, if both),
-/// none if the service did not serve it: in a rollout's first minutes the
-/// sessions the new release served, whichever callee of the steps it is,
-/// are a canary against the sessions the service served before
-/// ([`super::segment_tests`] judges a new release against the cells that
-/// have a release), and the sessions that never reach that service (who
-/// differ from those who do) are neither. [`folded`] makes the same values
-/// of the same rows. Only a short window ([`Ctx::short`]) tells releases
-/// apart; over a whole window a session has no `service.version`.
-fn session_segments(ctx: &Ctx) -> (String, String, String) {
+/// column, except `service.version`; and `read`, the rows, each with
+/// `released`, when its release (service and version) was first called over
+/// the rows read, for the rows of the service released last only. A
+/// session's `service.version` is then the release of that service that
+/// served it (the later, if both), none if the service did not serve it: in
+/// a rollout's first minutes the sessions the new release served, whichever
+/// callee of the steps it is, are a canary against the sessions the service
+/// served before ([`super::segment_tests`] judges a new release against the
+/// cells that have a release), and the sessions that never reach that
+/// service (who differ from those who do) are neither. [`folded`] makes the
+/// same values of the same rows. Only a short window ([`Ctx::short`]) tells
+/// releases apart; over a whole window a session has no `service.version`.
+fn session_segments(ctx: &Ctx) -> (String, String) {
     let release = release_column(ctx);
     let segment_max = (0..ctx.segments.columns.len())
         .map(|i| {
@@ -350,30 +348,31 @@ fn session_segments(ctx: &Ctx) -> (String, String, String) {
         })
         .collect();
     let Some(i) = release.filter(|_| by_release(ctx)) else {
-        return (segment_max, String::new(), "raw_rows".to_owned());
+        return (segment_max, "raw_rows".to_owned());
     };
-    // Over `sessions`, a row's version is its service's own.
-    let v = format!("CAST(r.{} AS VARCHAR)", ctx.segments.columns[i].column);
-    let released = format!(
-        ", CASE WHEN {v} IS NOT NULL THEN min(r.first_call) OVER (PARTITION BY r.service_name, {v}) END AS released_raw"
+    // A row's version (`seg{i}`) is its service's own, over `sessions` and
+    // spans alike. Each release's first request, kept for the service
+    // released last (the latest first request, then the greatest version and
+    // service name), is looked up by a join on the few releases, so the rows
+    // are streamed past it: a window over every row, or a cross join that
+    // holds them all, needed them in memory at once.
+    let releases = format!(
+        "(SELECT service, seg{i} AS version, min(start_time) AS at FROM raw_rows WHERE seg{i} IS NOT NULL \
+         GROUP BY service, seg{i})"
     );
     let read = format!(
-        "(SELECT y.*, CASE WHEN y.service = n.newest THEN y.released_raw END AS released FROM raw_rows y \
-         CROSS JOIN (SELECT last_value(service ORDER BY released_raw NULLS FIRST, seg{i} NULLS FIRST, service NULLS FIRST) \
-         AS newest FROM raw_rows) n)"
+        "(SELECT y.*, rl.at AS released FROM (SELECT service, version, at FROM (SELECT service, version, at, \
+         last_value(service) OVER (ORDER BY at, version, service ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) \
+         AS newest FROM {releases} a) b WHERE service = newest) rl \
+         RIGHT JOIN raw_rows y ON y.service = rl.service AND y.seg{i} = rl.version)"
     );
-    (segment_max, released, read)
+    (segment_max, read)
 }
 
-/// Whether the funnels tell a session's release apart: in a short window
-/// over `sessions` (the continuous passes'). Over spans (windows off the
-/// minute, or no `sessions` kept), DataFusion 55 failed this statement
-/// ("partition not used yet", in its repartitioning; the accuracy test's
-/// passes after the traffic stops), as it did over `sessions` with the
-/// service released last found by a window over every row instead of the
-/// join, so a session there has no `service.version`.
+/// Whether the funnels tell a session's release apart: in a short window,
+/// over `sessions` or spans alike.
 fn by_release(ctx: &Ctx) -> bool {
-    ctx.short && ctx.sessioned()
+    ctx.short
 }
 
 /// The segment column of `service.version`, if the pass segments by it.
@@ -389,7 +388,6 @@ struct Parts {
     step_aggregates: String,
     reach: String,
     segment_max: String,
-    released: String,
     read: String,
 }
 
@@ -482,7 +480,7 @@ fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, 
          FROM (SELECT *, CASE WHEN t >= upto - h - {window_ns} AND t < upto - h THEN 1{waiting} ELSE 0 END AS cur \
          FROM (SELECT session_id{segments}, upto, fk.i AS fk, CASE fk.i{t_arms} END AS t, CASE fk.i{r_arms} END AS r, \
          CASE fk.i{gap_arms} END AS gap, CASE fk.i{e_arms} END AS e, CASE fk.i{h_arms} END AS h \
-         FROM funnel CROSS JOIN (VALUES {values}) AS fk(i)) unpivoted \
+         FROM (VALUES {values}) AS fk(i) CROSS JOIN funnel) unpivoted \
          WHERE r = 1) stepped) waited) judged \
          WHERE cur >= 1 OR (t >= {lower} AND t < {base_end_ns})",
         last = strata - 1,
@@ -502,7 +500,6 @@ fn render_short(ctx: &Ctx, flows: &[ResolvedFlow], filter: &str, history: bool, 
         ("reach", parts.reach),
         ("reach_sums", reach_sums),
         ("segment_max", parts.segment_max),
-        ("released", parts.released),
         ("read", parts.read),
         ("end_ns", ctx.end.timestamp_nanos_opt().unwrap_or(i64::MAX).to_string()),
         ("weighed", weighed),
@@ -755,7 +752,16 @@ fn session_values(ctx: &Ctx, pages: &crate::fold::Pages) -> (Vec<Vec<Option<Stri
     let Some(vi) = release_column(ctx) else {
         return (pages.segments.clone(), pages.sessions.iter().map(|s| s.segs).collect());
     };
-    let short = ctx.short;
+    if !ctx.short {
+        // Over a whole window no session has a release: its column is none.
+        return number_values(pages.sessions.iter().map(|s| {
+            let mut own = pages.segments.get(s.segs as usize).cloned().unwrap_or_default();
+            if let Some(slot) = own.get_mut(vi) {
+                *slot = None;
+            }
+            own
+        }));
+    }
     let version = |segs: u32| pages.segments.get(segs as usize).and_then(|v| v.get(vi)).and_then(|v| v.as_deref());
     let name = |service: u32| pages.services.get(service as usize).and_then(|s| s.as_deref());
     // When each release (service and version) was first called in the range.
@@ -770,25 +776,31 @@ fn session_values(ctx: &Ctx, pages: &crate::fold::Pages) -> (Vec<Vec<Option<Stri
     }
     // The service released last (its version's text, then its name, breaking a tie).
     let newest = released.iter().map(|(&(service, v), &at)| (at, v, name(service), service)).max().map(|n| n.3);
+    number_values(pages.sessions.iter().map(|s| {
+        let release = s
+            .served
+            .iter()
+            .filter(|&&(service, _, _)| Some(service) == newest)
+            .filter_map(|&(service, segs, _)| {
+                let v = version(segs)?;
+                Some((released.get(&(service, v)).copied()?, v))
+            })
+            .max();
+        let mut own = pages.segments.get(s.segs as usize).cloned().unwrap_or_default();
+        if let Some(slot) = own.get_mut(vi) {
+            *slot = release.map(|(_, v)| v.to_owned());
+        }
+        own
+    }))
+}
+
+/// Each session's values numbered: the distinct values, and each session's
+/// number, in order.
+fn number_values(each: impl Iterator<Item = Vec<Option<String>>>) -> (Vec<Vec<Option<String>>>, Vec<u32>) {
     let mut numbers: HashMap<Vec<Option<String>>, u32> = HashMap::new();
     let mut values: Vec<Vec<Option<String>>> = Vec::new();
-    let of = pages
-        .sessions
-        .iter()
-        .map(|s| {
-            let release = s
-                .served
-                .iter()
-                .filter(|&&(service, _, _)| Some(service) == newest)
-                .filter_map(|&(service, segs, _)| {
-                    let v = version(segs)?;
-                    Some((released.get(&(service, v)).copied()?, v))
-                })
-                .max();
-            let mut own = pages.segments.get(s.segs as usize).cloned().unwrap_or_default();
-            if let Some(slot) = own.get_mut(vi) {
-                *slot = release.filter(|_| short).map(|(_, v)| v.to_owned());
-            }
+    let of = each
+        .map(|own| {
             *numbers.entry(own).or_insert_with_key(|own| {
                 values.push(own.clone());
                 values.len() as u32 - 1

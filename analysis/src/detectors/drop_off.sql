@@ -27,11 +27,10 @@
 -- n = (Σw)² / Σw²).
 --
 -- A session's segment values are the greatest of its requests', except
--- `service.version`, which only a short window over `sessions` reads (none
--- over spans or a whole window, drop_off_sessions.sql): the release that
--- served it of the service released last
--- (the one whose release's first request over the range, `released`, came
--- latest), none if that service did not serve it. During a rollout, the
+-- `service.version`, which only a short window reads (none over a whole
+-- window): the release that served it of the service released last (the one
+-- whose release's first request over the range, `released`, came latest),
+-- none if that service did not serve it (`read`). During a rollout, the
 -- sessions the new release served and those the release before it served
 -- are told apart, whichever service of the steps it is, and the rest are not
 -- mistaken for either.
@@ -43,7 +42,7 @@
 -- varies from one window to the next.
 WITH {{shared}},
 raw_rows AS (
-    SELECT r.*, {{step_case}} AS step{{released}}
+    SELECT r.*, {{step_case}} AS step
     FROM requests r
     WHERE r.session_id IS NOT NULL
 ),

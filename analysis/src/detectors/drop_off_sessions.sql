@@ -8,7 +8,7 @@
 -- of the service released last over the rows read.
 WITH raw_rows AS (
     SELECT r.session_id, r.service_name AS service, r.first_call AS start_time,
-           CASE WHEN r.errors > 0 THEN 1 ELSE 0 END AS err, r.first_call, r.last_call{{session_segments}}{{released}},
+           CASE WHEN r.errors > 0 THEN 1 ELSE 0 END AS err, r.first_call, r.last_call{{session_segments}},
            {{step_case}} AS step
     FROM sessions r
     WHERE r.minute >= {{from}} AND r.minute < {{to}} AND (r.minute < {{baseline_end}} OR r.minute >= {{split}})

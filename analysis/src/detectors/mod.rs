@@ -542,8 +542,8 @@ pub fn segment_tests<M: Metric>(
                 }
                 (rb, rc)
             };
-            // A release new in a short window: its requests against everything
-            // the operation served before.
+            // A release new in a short window: its requests against every
+            // cell the operation served before that has a release (`before`).
             let new = ctx.short && col.attribute == "service.version" && b.samples() == 0;
             let Some(mut t) = judged((b, c), new.then_some(&before), &rest, segment) else { continue };
             if new {
