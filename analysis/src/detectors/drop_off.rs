@@ -332,7 +332,7 @@ fn session_segments(ctx: &Ctx) -> (String, String) {
     let release = release_column(ctx);
     let segment_max = (0..ctx.segments.columns.len())
         .map(|i| {
-            if Some(i) == release && !by_release(ctx) {
+            if Some(i) == release && !ctx.short {
                 // Over a whole window the sessions of a release are not
                 // told apart: a window that long holds the releases before
                 // and after a deploy, and whatever the baseline served.
@@ -347,7 +347,7 @@ fn session_segments(ctx: &Ctx) -> (String, String) {
             }
         })
         .collect();
-    let Some(i) = release.filter(|_| by_release(ctx)) else {
+    let Some(i) = release.filter(|_| ctx.short) else {
         return (segment_max, "raw_rows".to_owned());
     };
     // A row's version (`seg{i}`) is its service's own, over `sessions` and
@@ -367,12 +367,6 @@ fn session_segments(ctx: &Ctx) -> (String, String) {
          RIGHT JOIN raw_rows y ON y.service = rl.service AND y.seg{i} = rl.version)"
     );
     (segment_max, read)
-}
-
-/// Whether the funnels tell a session's release apart: in a short window,
-/// over `sessions` or spans alike.
-fn by_release(ctx: &Ctx) -> bool {
-    ctx.short
 }
 
 /// The segment column of `service.version`, if the pass segments by it.
@@ -752,21 +746,12 @@ fn session_values(ctx: &Ctx, pages: &crate::fold::Pages) -> (Vec<Vec<Option<Stri
     let Some(vi) = release_column(ctx) else {
         return (pages.segments.clone(), pages.sessions.iter().map(|s| s.segs).collect());
     };
-    if !ctx.short {
-        // Over a whole window no session has a release: its column is none.
-        return number_values(pages.sessions.iter().map(|s| {
-            let mut own = pages.segments.get(s.segs as usize).cloned().unwrap_or_default();
-            if let Some(slot) = own.get_mut(vi) {
-                *slot = None;
-            }
-            own
-        }));
-    }
     let version = |segs: u32| pages.segments.get(segs as usize).and_then(|v| v.get(vi)).and_then(|v| v.as_deref());
     let name = |service: u32| pages.services.get(service as usize).and_then(|s| s.as_deref());
-    // When each release (service and version) was first called in the range.
+    // When each release (service and version) was first called in the range;
+    // none over a whole window, where no session has a release.
     let mut released: HashMap<(u32, &str), i64> = HashMap::new();
-    for s in &pages.sessions {
+    for s in pages.sessions.iter().filter(|_| ctx.short) {
         for &(service, segs, first) in &s.served {
             if let Some(v) = version(segs) {
                 let at = released.entry((service, v)).or_insert(first);
