@@ -1078,10 +1078,15 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     }
     // The leaving rate and the leaving after an error are two tests of one
     // fall, weighed as Bonferroni's weighted form weighs them: the step's
-    // p-value is the smaller of each's over its weight.
+    // p-value is the smaller of each's over its weight. The second counts
+    // only for a fall material by the leaving rate: sessions that leave
+    // after an error but would have left anyway are no drop-off (a failure
+    // that makes users retry, and those that give up are the ones that
+    // always did), and a test that is not material still weighs in the
+    // pass's false-discovery control.
     let mut test = t.test;
     p_value = (p_value / (1.0 - AfterError::WEIGHT)).min(1.0);
-    if let Some(e) = after_error.as_ref().filter(|e| e.material) {
+    if let Some(e) = after_error.as_ref().filter(|e| material && e.material) {
         let weighed = (e.p_value / AfterError::WEIGHT).min(1.0);
         if weighed < p_value {
             p_value = weighed;
@@ -1867,6 +1872,15 @@ mod tests {
         let ordinary = Step { left_after_error: 2.0, ..quiet };
         let j = judge(&ctx, &b, &ordinary, "next").unwrap();
         assert!(j.p_value > 2.0 * ctx.config.fdr && !j.test.starts_with("left_after_error"), "{j:?}");
+        // Leaving at the usual rate, most of the leavers after an error
+        // there (a failure users retry past, given up on by those who would
+        // have left anyway): no drop-off, and the errors do not lend the
+        // step their p-value, which the pass's false-discovery control
+        // would count.
+        let usual = Step { left_after_error: 8.0, ..step(100, 9) };
+        let j = judge(&ctx, &b, &usual, "next").unwrap();
+        assert!(j.details["left_after_error_p_value"].as_f64().unwrap() < 1e-4, "{j:?}");
+        assert!(!j.material && j.p_value > 0.1 && !j.test.starts_with("left_after_error"), "{j:?}");
     }
 
     /// Three hours of a checkout, a session starting every half second: the
