@@ -945,7 +945,7 @@ pub struct Step {
     pub left_after_error: f64,
     /// On the baseline's side, the same sums per period of the window's length
     /// before the baseline's end ([`history_query`]), keyed by how many
-    /// periods back it is.
+    /// periods back it is, without `left_after_error`.
     pub periods: BTreeMap<i64, Step>,
     /// On the baseline's side of a short window, Σw over the sessions that
     /// went on within each wait stratum's time (stratum `j` at `j - 1`,
@@ -978,14 +978,6 @@ impl Step {
         let n = self.effective();
         let left = (self.reached - self.next.min(self.reached)).max(0.0);
         let share = if self.reached > 0.0 { left / self.reached } else { 0.0 };
-        (n.round() as u64, (n * share).round() as u64)
-    }
-
-    /// Sessions that reached the step and those that left there after an
-    /// error, as [`Step::counts`] counts them.
-    fn after_error_counts(&self) -> (u64, u64) {
-        let n = self.effective();
-        let share = if self.reached > 0.0 { (self.left_after_error / self.reached).clamp(0.0, 1.0) } else { 0.0 };
         (n.round() as u64, (n * share).round() as u64)
     }
 }
@@ -1038,7 +1030,6 @@ fn material(ctx: &Ctx, left_before: f64, left_now: f64, left: u64) -> bool {
 fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     let ((nb, lb), (nc, lc)) = (b.counts(), c.counts());
     let waited = Waited::of(b, c);
-    let after_error = AfterError::of(ctx, b, c);
     let (t, current, lc, nc) = match &waited {
         // With sessions still inside their horizon: the sessions that have
         // not gone on so far, against how many would not have at the
@@ -1075,23 +1066,6 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
     if let Some(h) = history {
         material &= self::material(ctx, h.rate, t.current, lc);
         p_value = p_value.max(h.p_value);
-    }
-    // The leaving rate and the leaving after an error are two tests of one
-    // fall, weighed as Bonferroni's weighted form weighs them: the step's
-    // p-value is the smaller of each's over its weight. The second counts
-    // only for a fall material by the leaving rate: sessions that leave
-    // after an error but would have left anyway are no drop-off (a failure
-    // that makes users retry, and those that give up are the ones that
-    // always did), and a test that is not material still weighs in the
-    // pass's false-discovery control.
-    let mut test = t.test;
-    p_value = (p_value / (1.0 - AfterError::WEIGHT)).min(1.0);
-    if let Some(e) = after_error.as_ref().filter(|e| material && e.material) {
-        let weighed = (e.p_value / AfterError::WEIGHT).min(1.0);
-        if weighed < p_value {
-            p_value = weighed;
-            test = e.test;
-        }
     }
     // A short window is judged only against enough periods like it.
     if ctx.short && history.is_none_or(|h| h.periods < super::SHORT_MIN_PERIODS) {
@@ -1135,71 +1109,18 @@ fn judge(ctx: &Ctx, b: &Step, c: &Step, next_step: &str) -> Option<Judgement> {
         details.insert("history_p_value".to_owned(), num(h.p_value));
         details.insert("windows_compared".to_owned(), Value::from(h.periods));
     }
-    if let Some(e) = &after_error {
-        details.insert("left_after_error_rate_baseline".to_owned(), num(round(e.baseline, 5)));
-        details.insert("left_after_error_rate_current".to_owned(), num(round(e.current, 5)));
-        details.insert("left_after_error_p_value".to_owned(), num(e.p_value));
-        if let Some(rate) = e.history_rate {
-            details.insert("history_left_after_error_rate".to_owned(), num(round(rate, 5)));
-        }
-    }
     Some(Judgement {
         p_value,
         effect: round(relative, 5),
         size: relative,
         ci: None,
-        test,
+        test: t.test,
         material,
         baseline: side(b, conv_b),
         current,
         details,
         current_samples: nc,
     })
-}
-
-/// The step's second test: the share of the sessions that reached it and
-/// left after an error there, against the baseline's (and the periods'
-/// before it, as [`against_history`] judges the leaving rate). A fall in
-/// conversion that errors cause shows here long before the leaving rate
-/// says it: the leavers after an error are few in an ordinary window, while
-/// everyone leaves now and then. Only the sessions known to have gone on or
-/// left count: in a short window, those whose horizon has ended.
-struct AfterError {
-    p_value: f64,
-    test: &'static str,
-    baseline: f64,
-    current: f64,
-    history_rate: Option<f64>,
-    /// The rise is material: as [`material`] judges the leaving rate's, on
-    /// the rates of leaving after an error, against the baseline's and the
-    /// history's.
-    material: bool,
-}
-
-impl AfterError {
-    /// The weight of this test beside the leaving rate's (which has the
-    /// rest): its p-value counts for its own over this. Small, since it
-    /// tests the part of the leaving rate the errors make, and a fall
-    /// errors cause leaves it far below its ordinary level.
-    const WEIGHT: f64 = 0.05;
-
-    fn of(ctx: &Ctx, b: &Step, c: &Step) -> Option<Self> {
-        let ((nb, eb), (nc, ec)) = (b.after_error_counts(), c.after_error_counts());
-        let t = andon_model::statistics::proportion_greater(eb, nb, ec, nc)?;
-        let mut material = material(ctx, t.baseline, t.current, ec);
-        let mut p_value = t.p_value;
-        let history =
-            super::against_history(b.periods.values().map(Step::after_error_counts), (nc, ec), ctx.config.segment_min_samples);
-        if let Some(h) = history {
-            material &= self::material(ctx, h.rate, t.current, ec);
-            p_value = p_value.max(h.p_value);
-        }
-        let test = match t.test {
-            "fisher_exact" => "left_after_error_fisher_exact",
-            _ => "left_after_error_two_proportion_z",
-        };
-        Some(Self { p_value, test, baseline: t.baseline, current: t.current, history_rate: history.map(|h| h.rate), material })
-    }
 }
 
 /// A short window's current side with its sessions still inside their
@@ -1393,7 +1314,7 @@ impl<'r> Funnel<'r> {
                 let cur = self.cells[cell].0;
                 let mut one = if cur || in_base { step.clone() } else { Step::default() };
                 if let Some(p) = period {
-                    one.periods.insert(p, step);
+                    one.periods.insert(p, Step { left_after_error: 0.0, ..step });
                 }
                 cells[cell].add(&one);
             }
@@ -1840,47 +1761,6 @@ mod tests {
         let late = judge(&ctx, &b, &Step { waiting: waiting([19.0, 26.0, 18.0]), ..step(60, 6) }, "next").unwrap();
         let minute = |j: &Judgement| j.details["window_p_value"].as_f64().unwrap();
         assert!(minute(&early) > 10.0 * minute(&late), "{} against {}", minute(&early), minute(&late));
-    }
-
-    #[test]
-    fn a_release_whose_sessions_leave_after_errors_is_a_drop_off_before_its_leaving_rate_says_so() {
-        let whole = crate::detectors::test_ctx(AnalysisConfig::default());
-        let ctx = Ctx { short: true, split: whole.end - chrono::Duration::minutes(1), ..whole };
-        // 9% leave at this step, minute after minute, one in a hundred of
-        // them after an error there.
-        let period = |i: u64| Step { left_after_error: if i.is_multiple_of(3) { 1.0 } else { 0.0 }, ..step(100, 8 + i % 3) };
-        let mut b = Step { left_after_error: 20.0, ..step(2000, 180) };
-        b.periods = (0..40).map(|i| (i as i64, period(i))).collect();
-        b.within = [1274.0, 1729.0, 1802.0];
-        // A release's first minute: 36 sessions whose horizon ended, 6 of
-        // them gone without going on, and 36 still inside their horizon,
-        // going on a little less than usual for how long they have waited
-        // (76 against 80 expected). Leaving without errors, that is a
-        // conversion down a tenth but no drop-off yet (the release's test is
-        // not corrected for the minutes a day, as [`tests`] has it); every
-        // one of the 6 after an error at the step is.
-        let waiting = [7.0, 9.0, 10.0].map(|went| Waiting { sessions: 12.0, went, left_after_error: 0.0 });
-        let quiet = Step { waiting, ..step(36, 6) };
-        let alone = judge(&ctx, &b, &quiet, "next").unwrap();
-        assert!(alone.material && alone.p_value > 2.0 * ctx.config.fdr, "{alone:?}");
-        let failing = Step { left_after_error: 6.0, ..quiet.clone() };
-        let j = judge(&ctx, &b, &failing, "next").unwrap();
-        assert!(j.material && j.p_value < 1e-3 && j.test.starts_with("left_after_error"), "{j:?}");
-        assert_eq!(j.details["left_after_error_rate_current"].as_f64(), Some(round(6.0 / 36.0, 5)));
-        // The same leaving rate with two of its leavers after an error, as
-        // an ordinary minute may have, is not.
-        let ordinary = Step { left_after_error: 2.0, ..quiet };
-        let j = judge(&ctx, &b, &ordinary, "next").unwrap();
-        assert!(j.p_value > 2.0 * ctx.config.fdr && !j.test.starts_with("left_after_error"), "{j:?}");
-        // Leaving at the usual rate, most of the leavers after an error
-        // there (a failure users retry past, given up on by those who would
-        // have left anyway): no drop-off, and the errors do not lend the
-        // step their p-value, which the pass's false-discovery control
-        // would count.
-        let usual = Step { left_after_error: 8.0, ..step(100, 9) };
-        let j = judge(&ctx, &b, &usual, "next").unwrap();
-        assert!(j.details["left_after_error_p_value"].as_f64().unwrap() < 1e-4, "{j:?}");
-        assert!(!j.material && j.p_value > 0.1 && !j.test.starts_with("left_after_error"), "{j:?}");
     }
 
     /// Three hours of a checkout, a session starting every half second: the
