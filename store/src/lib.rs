@@ -187,6 +187,9 @@ struct State {
     metrics_version: u64,
     /// What each version may have changed ([`Store::metrics_changed_since`]).
     metrics_log: change_log::ChangeLog,
+    /// When a flush last wrote a segment of each partition (tenant, hour)
+    /// since the store opened: whether an hour still takes spans.
+    last_flushed: std::collections::HashMap<(Tenant, i64), Instant>,
 }
 
 impl State {
@@ -926,7 +929,11 @@ impl Store {
                     *e = (*e).min(b.min_start);
                 }
             }
+            let now = Instant::now();
+            let quiet_after = self.inner.config.flush_interval;
+            s.last_flushed.retain(|_, at| now.duration_since(*at) < quiet_after);
             for seg in written {
+                s.last_flushed.insert((seg.tenant.clone(), seg.hour), now);
                 s.segments.insert(seg.path.clone(), seg);
             }
             self.inner.room.notify_waiters();
@@ -961,6 +968,13 @@ impl Store {
     /// Picks, per partition, the runs of small segments consecutive in flush
     /// order worth merging: every run of at least `compact_min_segments`, cut
     /// into merges of at most `compact_max_segments`.
+    ///
+    /// In an hour still taking spans a run holds segments of one generation
+    /// ([`same_generation`]): flushes merge with flushes, and merged segments
+    /// with merged segments of like size. A merged segment that took flushes
+    /// in with every merge would be rewritten each time a few more arrived:
+    /// at a thousand spans a second, about six rewrites of every span before
+    /// it reached `compact_small_bytes`, where merging by generation takes two.
     fn compaction_candidates(&self) -> Vec<Vec<Segment>> {
         let cfg = &self.inner.config;
         let s = self.inner.state.read();
@@ -974,30 +988,42 @@ impl Store {
         }
         let min_open = cfg.compact_min_segments.max(2);
         let max = cfg.compact_max_segments.max(min_open);
-        // An hour that ended a flush interval and more ago takes few spans
-        // more: its small segments merge however few (flushes are written
-        // LZ4, merges zstd: `segment::Codec`), so that the hour ends in as few
-        // files as its size allows, compressed for keeping.
+        // An hour that ended a flush interval and more ago, and that no flush
+        // wrote to for a flush interval, takes few spans more: its small
+        // segments merge however few (flushes are written LZ4, merges zstd:
+        // `segment::Codec`), so that the hour ends in as few files as its
+        // size allows, compressed for keeping. An hour that ended but still
+        // takes spans (history imported, late spans) merges as an open one.
         let now_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let closed_before = (now_secs.saturating_sub(cfg.flush_interval.as_secs()) / 3_600) as i64;
         let mut out = Vec::new();
-        for ((_, hour), mut segs) in partitions {
-            let min = if hour < closed_before { 2 } else { min_open };
+        for ((tenant, hour), mut segs) in partitions {
+            let flushed_lately = s
+                .last_flushed
+                .get(&(tenant, hour))
+                .is_some_and(|at| at.elapsed() < cfg.flush_interval);
+            let open = hour >= closed_before || flushed_lately;
+            let min = if open { min_open } else { 2 };
             segs.sort_by_key(|x| x.flush_seq);
             let mut run: Vec<Segment> = Vec::new();
             for seg in segs.into_iter().map(Some).chain([None]) {
                 match seg {
-                    Some(seg) if seg.bytes < cfg.compact_small_bytes => {
+                    Some(seg)
+                        if seg.bytes < cfg.compact_small_bytes
+                            && (!open || run.first().is_none_or(|first| same_generation(first, &seg))) =>
+                    {
                         if run.len() == max {
                             out.push(std::mem::take(&mut run));
                         }
                         run.push(seg);
                     }
-                    _ => {
+                    seg => {
                         if run.len() >= min {
                             out.push(std::mem::take(&mut run));
                         }
                         run.clear();
+                        // A small segment of another generation starts the next run.
+                        run.extend(seg.filter(|seg| seg.bytes < cfg.compact_small_bytes));
                     }
                 }
             }
@@ -1663,6 +1689,28 @@ fn read_checkpoint(path: &Path) -> Result<u64, StoreError> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// Whether two small segments of an hour still taking spans belong to one
+/// merge generation: both flushes, or both merged with sizes within
+/// [`GENERATION_RATIO`] of each other. A flush's size follows the traffic's
+/// rate, so flushes of any size are one generation.
+fn same_generation(a: &Segment, b: &Segment) -> bool {
+    let merged = |s: &Segment| s.first_seq != s.flush_seq;
+    match (merged(a), merged(b)) {
+        (false, false) => true,
+        (true, true) => {
+            let (lo, hi) = (a.rows.min(b.rows).max(1), a.rows.max(b.rows));
+            hi <= lo.saturating_mul(GENERATION_RATIO)
+        }
+        _ => false,
+    }
+}
+
+/// How far apart in rows two merged segments of one generation may be. An
+/// open hour's merge takes at least `compact_min_segments` inputs (8 by
+/// default) of one generation, so the next generation is that many times
+/// larger; merges cut short by `compact_max_segments` differ by at most 2x.
+const GENERATION_RATIO: u64 = 4;
 
 fn write_checkpoint(dir: &Path, seq: u64, fsync: bool) -> Result<(), StoreError> {
     let tmp = dir.join("checkpoint.tmp");

@@ -479,6 +479,8 @@ fn flushes_are_lz4_merges_zstd_and_a_closed_hours_few_small_segments_merge() {
     let mut cfg = config(dir.path());
     cfg.compact_min_segments = 4;
     cfg.sessions_snapshot_interval = std::time::Duration::ZERO;
+    // An hour is quiet once no flush wrote to it for this long.
+    cfg.flush_interval = Duration::from_millis(200);
     let store = Store::open(cfg).unwrap();
     for i in 0..3 {
         rt.block_on(store.append(&t, batch(i, 100, old + i * 1_000))).unwrap();
@@ -486,13 +488,14 @@ fn flushes_are_lz4_merges_zstd_and_a_closed_hours_few_small_segments_merge() {
         rt.block_on(store.append(&t, batch(10 + i, 100, current + i * 1_000))).unwrap();
         store.flush().unwrap();
     }
+    std::thread::sleep(Duration::from_millis(300));
     let flushed = walk(&dir.path().join("segments"));
     assert_eq!(flushed.len(), 6);
     for p in &flushed {
         assert_eq!(codec_of(p), parquet::basic::Compression::LZ4_RAW, "{}", p.display());
     }
     // Three small segments are under the four a merge wants, but the old
-    // hour is closed: its three merge, the current hour's wait.
+    // hour is closed and quiet: its three merge, the current hour's wait.
     assert_eq!(store.compact().unwrap(), 3);
     assert_eq!(store.snapshot_stats().segments, 4);
     store.close().unwrap();
@@ -508,7 +511,7 @@ fn flushes_are_lz4_merges_zstd_and_a_closed_hours_few_small_segments_merge() {
 }
 
 #[test]
-fn a_merge_reads_at_most_compact_max_segments_and_the_merged_ones_merge_again() {
+fn a_merge_reads_at_most_compact_max_segments_and_merges_one_generation_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let t = Tenant::default_tenant();
@@ -528,11 +531,20 @@ fn a_merge_reads_at_most_compact_max_segments_and_the_merged_ones_merge_again() 
     assert_eq!(store.compact().unwrap(), 6);
     assert_eq!(store.snapshot_stats().segments, 3);
     assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 700);
-    // The merged segments are small too, and consecutive with the seventh.
-    assert_eq!(store.compact().unwrap(), 3);
+    // The hour still takes spans: the two merged segments merge with each
+    // other, not with the seventh flush after them, which waits for flushes.
+    assert_eq!(store.compact().unwrap(), 2);
+    assert_eq!(store.snapshot_stats().segments, 2);
+    assert_eq!(store.compact().unwrap(), 0, "a flush is not merged into a merged segment");
+    rt.block_on(store.append(&t, batch(7, 100, now))).unwrap();
+    store.flush().unwrap();
+    // Two flushes merge (200 rows); then the two merged segments, 600 and
+    // 200 rows, are one generation (within 4x) and merge.
+    assert_eq!(store.compact().unwrap(), 2);
+    assert_eq!(store.compact().unwrap(), 2);
     assert_eq!(store.snapshot_stats().segments, 1);
-    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 700);
-    assert_eq!(rt.block_on(count(&store, "SELECT count(DISTINCT trace_id) FROM spans")), 700);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 800);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(DISTINCT trace_id) FROM spans")), 800);
     store.close().unwrap();
     drop(store);
     let store = Store::open({
@@ -542,9 +554,62 @@ fn a_merge_reads_at_most_compact_max_segments_and_the_merged_ones_merge_again() 
     })
     .unwrap();
     let files = walk(&dir.path().join("segments"));
-    assert_eq!(files.len(), 1, "one segment holds all seven flushes: {files:?}");
+    assert_eq!(files.len(), 1, "one segment holds all eight flushes: {files:?}");
     assert!(files[0].file_name().unwrap().to_string_lossy().contains("-c"));
-    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 700);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 800);
+}
+
+#[test]
+fn an_hour_taking_spans_merges_by_generation_and_a_quiet_closed_hour_merges_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let t = Tenant::default_tenant();
+    let now = now_ns();
+    let mut cfg = config(dir.path());
+    cfg.compact_min_segments = 4;
+    cfg.compact_max_segments = 8;
+    cfg.sessions_snapshot_interval = Duration::ZERO;
+    // An hour is quiet once no flush wrote to it for this long.
+    cfg.flush_interval = Duration::from_millis(200);
+    let quiet = || std::thread::sleep(Duration::from_millis(300));
+    let store = Store::open(cfg).unwrap();
+    // This hour, and one two hours ago (closed, but taking spans, as history
+    // being imported does), flushed together.
+    let flush = |i: u64| {
+        rt.block_on(store.append(&t, batch(i, 100, now))).unwrap();
+        rt.block_on(store.append(&t, batch(1_000 + i, 50, now - 2 * HOUR))).unwrap();
+        store.flush().unwrap();
+    };
+    for i in 0..4 {
+        flush(i);
+    }
+    assert_eq!(store.snapshot_stats().segments, 8);
+    // Each hour's four flushes merge.
+    assert_eq!(store.compact().unwrap(), 8);
+    assert_eq!(store.snapshot_stats().segments, 2);
+    for i in 4..7 {
+        flush(i);
+    }
+    // Both hours keep their merged segment apart from their three flushes,
+    // too few to merge: a merged segment taking every few flushes in would
+    // be rewritten with each.
+    assert_eq!(store.compact().unwrap(), 0, "a flush is not merged into a merged segment");
+    assert_eq!(store.snapshot_stats().segments, 8);
+    // Once quiet, the closed hour merges everything it has; this hour waits.
+    quiet();
+    assert_eq!(store.compact().unwrap(), 4);
+    assert_eq!(store.snapshot_stats().segments, 5);
+    flush(7);
+    // Four flushes of this hour merge; the closed hour takes spans again and
+    // its new flush waits.
+    assert_eq!(store.compact().unwrap(), 4);
+    assert_eq!(store.snapshot_stats().segments, 4);
+    quiet();
+    assert_eq!(store.compact().unwrap(), 2);
+    assert_eq!(store.snapshot_stats().segments, 3);
+    assert_eq!(rt.block_on(count(&store, "SELECT count(*) FROM spans")), 8 * 150);
+    let this_hour = format!("SELECT count(*) FROM spans WHERE start_time >= to_timestamp_nanos({})", now - HOUR / 2);
+    assert_eq!(rt.block_on(count(&store, &this_hour)), 800);
 }
 
 fn kv(key: &str, v: Value) -> KeyValue {

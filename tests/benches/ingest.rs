@@ -27,7 +27,9 @@
 //! settings get the same offered load, and spans per CPU-second is the cost of
 //! a stored span.
 //!
-//! Prints spans/s, spans per server CPU-second, export latency, the server's peak
+//! Prints spans/s, spans per server CPU-second (over the load, and until the
+//! server fell idle after it: the merges a load leaves behind are part of
+//! what its spans cost), export latency, the server's peak
 //! RSS and Parquet bytes per span on disk, with the rollups and sessions kept at
 //! ingest (the default) and without them (`[storage] rollups = false`),
 //! alternating for `ROUNDS` rounds (default 1), then the medians of each.
@@ -54,6 +56,25 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 =
         f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// Waits at least 65 s (the default flush interval, after which buffered
+/// spans are flushed and an hour that stopped taking spans merges what is
+/// left of it, and a margin), then until the process `pid` uses under 2% of a
+/// core for two seconds in a row (at most three minutes in all): the flushes
+/// and merges a load leaves behind are part of what its spans cost. Returns
+/// the seconds waited.
+fn settle(pid: u32) -> f64 {
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut last = cpu_seconds(pid);
+    while (quiet < 2 || started.elapsed() < Duration::from_secs(65)) && started.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = cpu_seconds(pid);
+        quiet = if now - last < 0.02 { quiet + 1 } else { 0 };
+        last = now;
+    }
+    started.elapsed().as_secs_f64()
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {
@@ -84,6 +105,9 @@ fn dir_bytes(dir: &std::path::Path, ext: &str) -> u64 {
 struct Run {
     rate: f64,
     per_cpu: f64,
+    /// Spans over the CPU used from the start until the server fell idle after
+    /// the load: with the merges the load left behind.
+    per_cpu_settled: f64,
     p99_ms: f64,
     rss: f64,
     stop_secs: f64,
@@ -272,6 +296,8 @@ fn main() {
                 let cpu0 = cpu_seconds(pid);
                 let report = rt.block_on(load::run(&cfg, Arc::clone(&pool))).expect("loopback load");
                 let cpu = cpu_seconds(pid) - cpu0;
+                let settle = settle(pid);
+                let cpu_settled = cpu_seconds(pid) - cpu0;
                 let rss = peak_rss_mb(pid);
                 let wal = server.wal_bytes();
                 let stopping = std::time::Instant::now();
@@ -291,14 +317,16 @@ fn main() {
                 let run = Run {
                     rate: report.spans as f64 / report.elapsed.as_secs_f64().max(1e-9),
                     per_cpu: report.spans as f64 / cpu.max(1e-9),
+                    per_cpu_settled: report.spans as f64 / cpu_settled.max(1e-9),
                     p99_ms: report.percentile(0.99).as_secs_f64() * 1e3,
                     rss,
                     stop_secs,
                 };
                 println!(
-                    "{transport:?} {variant}: {:.0} spans/s, {:.0} spans per server CPU-second, p50 {:.1} ms, p99 {:.1} ms, peak RSS {rss:.0} MB, {:.1} Parquet bytes/span, {} WAL bytes/span, stopped in {stop_secs:.1} s ({} spans, {:.0} bytes/span encoded, {} refused, {conns} connections{})",
+                    "{transport:?} {variant}: {:.0} spans/s, {:.0} spans per server CPU-second ({:.0} until idle {settle:.0} s later), p50 {:.1} ms, p99 {:.1} ms, peak RSS {rss:.0} MB, {:.1} Parquet bytes/span, {} WAL bytes/span, stopped in {stop_secs:.1} s ({} spans, {:.0} bytes/span encoded, {} refused, {conns} connections{})",
                     run.rate,
                     run.per_cpu,
+                    run.per_cpu_settled,
                     report.percentile(0.5).as_secs_f64() * 1e3,
                     run.p99_ms,
                     parquet as f64 / report.spans.max(1) as f64,
@@ -315,9 +343,10 @@ fn main() {
     println!("medians of {rounds} round(s):");
     for ((transport, variant), v) in &runs {
         println!(
-            "{transport} {variant}: {:.0} spans/s, {:.0} spans per server CPU-second, p99 {:.1} ms, peak RSS {:.0} MB, stopped in {:.1} s",
+            "{transport} {variant}: {:.0} spans/s, {:.0} spans per server CPU-second ({:.0} until idle), p99 {:.1} ms, peak RSS {:.0} MB, stopped in {:.1} s",
             median(v.iter().map(|r| r.rate).collect()),
             median(v.iter().map(|r| r.per_cpu).collect()),
+            median(v.iter().map(|r| r.per_cpu_settled).collect()),
             median(v.iter().map(|r| r.p99_ms).collect()),
             median(v.iter().map(|r| r.rss).collect()),
             median(v.iter().map(|r| r.stop_secs).collect()),
