@@ -973,8 +973,8 @@ impl Store {
     /// ([`same_generation`]): flushes merge with flushes, and merged segments
     /// with merged segments of like size. A merged segment that took flushes
     /// in with every merge would be rewritten each time a few more arrived:
-    /// at a thousand spans a second, about six rewrites of every span before
-    /// it reached `compact_small_bytes`, where merging by generation takes two.
+    /// over four minutes at 5,000 spans a second, merges rewrote each span
+    /// four times so, and 1.2 times by generation (BENCHMARKS.md).
     fn compaction_candidates(&self) -> Vec<Vec<Segment>> {
         let cfg = &self.inner.config;
         let s = self.inner.state.read();
@@ -998,10 +998,8 @@ impl Store {
         let closed_before = (now_secs.saturating_sub(cfg.flush_interval.as_secs()) / 3_600) as i64;
         let mut out = Vec::new();
         for ((tenant, hour), mut segs) in partitions {
-            let flushed_lately = s
-                .last_flushed
-                .get(&(tenant, hour))
-                .is_some_and(|at| at.elapsed() < cfg.flush_interval);
+            let flushed_lately =
+                s.last_flushed.get(&(tenant, hour)).is_some_and(|at| at.elapsed() < cfg.flush_interval);
             let open = hour >= closed_before || flushed_lately;
             let min = if open { min_open } else { 2 };
             segs.sort_by_key(|x| x.flush_seq);
@@ -1700,16 +1698,17 @@ fn same_generation(a: &Segment, b: &Segment) -> bool {
         (false, false) => true,
         (true, true) => {
             let (lo, hi) = (a.rows.min(b.rows).max(1), a.rows.max(b.rows));
-            hi <= lo.saturating_mul(GENERATION_RATIO)
+            hi < lo.saturating_mul(GENERATION_RATIO)
         }
         _ => false,
     }
 }
 
-/// How far apart in rows two merged segments of one generation may be. An
-/// open hour's merge takes at least `compact_min_segments` inputs (8 by
-/// default) of one generation, so the next generation is that many times
-/// larger; merges cut short by `compact_max_segments` differ by at most 2x.
+/// How far apart in rows two merged segments of one generation may be (less
+/// than this many times). An open hour's merge takes at least
+/// `compact_min_segments` inputs (8 by default) of one generation, so the
+/// next generation is that many times larger; merges cut at
+/// `compact_max_segments` differ by at most 2x.
 const GENERATION_RATIO: u64 = 4;
 
 fn write_checkpoint(dir: &Path, seq: u64, fsync: bool) -> Result<(), StoreError> {
