@@ -6,8 +6,10 @@
 //! 200,000 and 7) prints each round and the median, in nanoseconds a span
 //! and spans a second on one thread: the receiver's path (`convert_bytes`,
 //! which reads the protobuf in place), and beside it what prost alone takes
-//! to decode the same requests into structs, before any conversion. The
-//! bench runs on the system allocator, not the server's mimalloc.
+//! to decode the same requests into structs, before any conversion. It also
+//! prints the bytes a converted span holds in memory, what the store's buffer
+//! counts against its flush size (with `DECODE_COLUMNS=1`, column by column).
+//! The bench runs on the system allocator, not the server's mimalloc.
 
 #![allow(clippy::expect_used)]
 
@@ -38,6 +40,16 @@ fn main() {
         .iter()
         .map(|e| convert_bytes(&e.body, &tenant, 0, SpanLimits::NONE).expect("converts").batch.expect("spans"))
         .collect();
+    // What the store's buffer counts against its flush size.
+    let held: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    println!("converted batches hold {:.0} B a span in memory", held as f64 / total as f64);
+    if std::env::var_os("DECODE_COLUMNS").is_some() {
+        let schema = batches[0].schema();
+        for (i, f) in schema.fields().iter().enumerate() {
+            let b: usize = batches.iter().map(|b| b.column(i).get_array_memory_size()).sum();
+            println!("  {:<32} {:>7.1} B a span", f.name(), b as f64 / total as f64);
+        }
+    }
     let (mut decode_only, mut whole, mut ipc) = (Vec::new(), Vec::new(), Vec::new());
     let mut ipc_bytes = 0;
     for round in 1..=rounds {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use andon_model::schema::{self, ColumnType, SEMCONV, SPAN_KINDS, STATUS_CODES, event_fields, link_fields};
 use andon_model::{Tenant, span_schema};
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Int64Builder, ListArray, MapBuilder, MapFieldNames, StringBuilder, StructArray,
+    Array, ArrayRef, BooleanBuilder, Int64Builder, ListArray, MapBuilder, MapFieldNames, StringBuilder, StructArray,
     TimestampNanosecondBuilder,
 };
 use arrow::buffer::OffsetBuffer;
@@ -455,6 +455,12 @@ impl Builders {
                 None,
             )?),
         ]);
+        // The builders reserved room for every column of every span, most of
+        // it unused by sparse columns; the batch waits in the store's buffer,
+        // whose size decides when to flush, so it keeps only what it holds.
+        for c in &mut cols {
+            Array::shrink_to_fit(c);
+        }
         RecordBatch::try_new(span_schema(), cols)
     }
 }
