@@ -1032,6 +1032,25 @@ mod tests {
     }
 
     #[test]
+    fn a_converted_batch_holds_its_contents_not_the_room_reserved_for_them() {
+        let spans = (0..500).map(|i| span((i % 250) as u8)).collect();
+        let c = convert_request(&request(spans), &Tenant::default_tenant(), 0, SpanLimits::NONE).unwrap();
+        let batch = c.batch.unwrap();
+        // The Arrow IPC stream holds each buffer's used bytes (padded to 8).
+        let mut ipc = Vec::new();
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        let held = batch.get_array_memory_size();
+        assert!(
+            (held as f64) < 1.1 * ipc.len() as f64,
+            "the store counts {held} bytes against its flush size for {} bytes of spans",
+            ipc.len()
+        );
+    }
+
+    #[test]
     fn pre_stable_http_names_fill_the_columns_when_the_current_ones_are_absent() {
         let mut old = span(2);
         old.attributes = vec![

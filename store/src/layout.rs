@@ -104,13 +104,22 @@ pub(crate) fn ids_fit(batch: &RecordBatch) -> bool {
     })
 }
 
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// Each byte's value as a lowercase hex digit; `INVALID` for any other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut c = 0;
+    while c < 10 {
+        t[b'0' as usize + c] = c as u8;
+        c += 1;
     }
-}
+    let mut c = 0;
+    while c < 6 {
+        t[b'a' as usize + c] = 10 + c as u8;
+        c += 1;
+    }
+    t
+};
+const INVALID: u8 = 0xff;
 
 /// The bytes of one id, if it is exactly 16 lowercase hex digits.
 fn id_bytes(text: &str) -> Option<[u8; ID_BYTES as usize]> {
@@ -119,10 +128,14 @@ fn id_bytes(text: &str) -> Option<[u8; ID_BYTES as usize]> {
         return None;
     }
     let mut id = [0u8; ID_BYTES as usize];
+    // Any invalid digit sets the high bit of `seen`; one test at the end.
+    let mut seen = 0u8;
     for (byte, pair) in id.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+        let (hi, lo) = (HEX_VALUES[usize::from(pair[0])], HEX_VALUES[usize::from(pair[1])]);
+        seen |= hi | lo;
+        *byte = hi << 4 | lo;
     }
-    Some(id)
+    (seen & 0xf0 == 0).then_some(id)
 }
 
 /// Hex ids as their bytes; nulls stay null. `None` if any is not exactly 16
@@ -399,6 +412,21 @@ mod tests {
         assert_eq!(ids_to_hex(&bin), text);
         for bad in ["00FF10A0B1C2D3E4", "00ff10a0b1c2d3e", "00ff10a0b1c2d3e4a", "", "00ff10a0b1c2d3eg"] {
             assert!(ids_to_binary(&StringArray::from(vec![bad])).is_none(), "{bad:?} must keep the text layout");
+        }
+        // Every byte in every place: only 0-9 and a-f convert, to their value.
+        for c in 0..=u8::MAX {
+            let value = (c as char).to_digit(16).filter(|_| !c.is_ascii_uppercase());
+            for at in 0..16 {
+                let mut id = *b"0000000000000000";
+                id[at] = c;
+                let got = std::str::from_utf8(&id).ok().and_then(id_bytes);
+                let want = value.map(|v| {
+                    let mut b = [0u8; 8];
+                    b[at / 2] = (v as u8) << (if at % 2 == 0 { 4 } else { 0 });
+                    b
+                });
+                assert_eq!(got, want, "byte {c:#04x} at {at}");
+            }
         }
     }
 }

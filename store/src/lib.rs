@@ -996,6 +996,7 @@ impl Store {
         // takes spans (history imported, late spans) merges as an open one.
         let now_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let closed_before = (now_secs.saturating_sub(cfg.flush_interval.as_secs()) / 3_600) as i64;
+        let small = |seg: &Segment| seg.bytes < cfg.compact_small_bytes;
         let mut out = Vec::new();
         for ((tenant, hour), mut segs) in partitions {
             let flushed_lately =
@@ -1007,8 +1008,7 @@ impl Store {
             for seg in segs.into_iter().map(Some).chain([None]) {
                 match seg {
                     Some(seg)
-                        if seg.bytes < cfg.compact_small_bytes
-                            && (!open || run.first().is_none_or(|first| same_generation(first, &seg))) =>
+                        if small(&seg) && (!open || run.first().is_none_or(|first| same_generation(first, &seg))) =>
                     {
                         if run.len() == max {
                             out.push(std::mem::take(&mut run));
@@ -1021,7 +1021,7 @@ impl Store {
                         }
                         run.clear();
                         // A small segment of another generation starts the next run.
-                        run.extend(seg.filter(|seg| seg.bytes < cfg.compact_small_bytes));
+                        run.extend(seg.filter(small));
                     }
                 }
             }
