@@ -128,7 +128,7 @@ fn id_bytes(text: &str) -> Option<[u8; ID_BYTES as usize]> {
         return None;
     }
     let mut id = [0u8; ID_BYTES as usize];
-    // Any invalid digit sets the high bit of `seen`; one test at the end.
+    // An invalid digit (`INVALID`) sets the high bits of `seen`: one test at the end.
     let mut seen = 0u8;
     for (byte, pair) in id.iter_mut().zip(text.chunks_exact(2)) {
         let (hi, lo) = (HEX_VALUES[usize::from(pair[0])], HEX_VALUES[usize::from(pair[1])]);
