@@ -974,7 +974,7 @@ impl Store {
     /// with merged segments of like size. A merged segment that took flushes
     /// in with every merge would be rewritten each time a few more arrived:
     /// over four minutes at 5,000 spans a second, merges rewrote each span
-    /// four times so, and 1.2 times by generation (BENCHMARKS.md).
+    /// about four times so, and 1.2 times by generation (BENCHMARKS.md).
     fn compaction_candidates(&self) -> Vec<Vec<Segment>> {
         let cfg = &self.inner.config;
         let s = self.inner.state.read();
